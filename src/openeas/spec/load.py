@@ -1,0 +1,69 @@
+"""Parse a spec from JSON/YAML text or a mapping; turn pydantic errors into `field.path: reason`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from openeas.errors import SpecError
+from openeas.spec.models import ServiceSpec
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "spec"
+
+
+def _reason(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err.get("type") == "missing":
+        return "is required"
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: ``containers[0].port: must be 1..65535``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        lines.append(f"{_loc(loc)}: {_reason(dict(err))}")
+    return lines
+
+
+def parse_spec(data: Any) -> ServiceSpec:
+    if not isinstance(data, dict):
+        raise SpecError(["spec: must be a JSON/YAML object"])
+    try:
+        return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc)) from None
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    """JSON first (the EAS format), then YAML with the same structure."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError([f"spec: neither valid JSON nor YAML ({exc})"]) from None
+    if not isinstance(data, dict):
+        raise SpecError(["spec: must be a JSON/YAML object"])
+    return data
+
+
+def load_spec_file(path: str | Path) -> ServiceSpec:
+    return parse_spec(parse_text(Path(path).read_text()))

@@ -1,0 +1,208 @@
+"""The service spec: the PAI-EAS service JSON, accepted unchanged, plus OpenEAS extensions.
+
+Field names follow EAS (snake_case in `metadata`/`containers`, camelCase inside `autoscaler`).
+Unknown fields are kept (``extra="allow"``) so an EAS spec round-trips without edits; every
+field OpenEAS acts on is typed and validated here, with its unit in the name or the docstring.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class RpcConfig(_Model):
+    keepalive: int | None = Field(
+        default=None, ge=1, description="request timeout in milliseconds (EAS unit); 408 when exceeded"
+    )
+    max_queue_size: int | None = Field(default=None, ge=1)
+    rate_limit: int | None = Field(default=None, ge=1, description="requests per second per service")
+
+
+class RollingStrategy(_Model):
+    max_surge: int = Field(default=1, ge=0, description="replicas above desired during an update")
+    max_unavailable: int = Field(default=0, ge=0, description="replicas below desired during an update")
+
+
+class EasSection(_Model):
+    termination_grace_period: float = Field(
+        default=30.0, ge=0, description="seconds between SIGTERM and SIGKILL when a replica stops"
+    )
+
+
+class Metadata(_Model):
+    name: str
+    instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
+    cpu: float | None = Field(default=None, gt=0, description="cores per replica")
+    memory: int | None = Field(default=None, gt=0, description="MB per replica")
+    gpu: int | None = Field(default=None, ge=0, description="GPUs per replica")
+    type: str | None = Field(default=None, description="'Async' for async inference (own issue)")
+    rpc: RpcConfig = Field(default_factory=RpcConfig)
+    rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
+    eas: EasSection = Field(default_factory=EasSection)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "must start with a lowercase letter and contain only lowercase letters, digits "
+                "and '_' (at most 63 characters)"
+            )
+        return v
+
+
+class HttpGet(_Model):
+    path: str = "/"
+    port: int | None = Field(default=None, ge=1, le=65535, description="defaults to the container port")
+
+
+class HealthCheck(_Model):
+    """Readiness probe. Without ``http_get`` the probe is a TCP connect to the replica's port."""
+
+    http_get: HttpGet | None = None
+    tcp_socket: dict[str, Any] | None = None
+    initial_delay_seconds: float = Field(default=0.0, ge=0)
+    period_seconds: float = Field(default=1.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that mark a Ready replica unready")
+    startup_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="OpenEAS: a replica not Ready after this many seconds is restarted"
+    )
+
+
+class EnvVar(_Model):
+    name: str
+    value: str = ""
+
+
+class Container(_Model):
+    image: str | None = Field(default=None, description="recorded; the process runtime runs `command` on the host")
+    command: str | None = None
+    script: str | None = Field(default=None, description="a bash script run instead of `command`")
+    port: int = Field(default=8000, ge=1, le=65535, description="the port the server listens on in the spec")
+    env: list[EnvVar] = Field(default_factory=list)
+    health_check: HealthCheck | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError("must be 1..65535")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        # EAS writes env as [{"name", "value"}]; a plain mapping is accepted too.
+        if isinstance(v, dict):
+            return [{"name": str(k), "value": "" if val is None else str(val)} for k, val in v.items()]
+        return v
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Container:
+        if not (self.command or self.script):
+            raise ValueError("one of 'command' or 'script' is required")
+        return self
+
+    def env_dict(self) -> dict[str, str]:
+        return {e.name: e.value for e in self.env}
+
+
+class OssSource(_Model):
+    path: str = Field(description="any fsspec URL: oss://, s3://, file:// or a local path")
+    readOnly: bool = True
+
+
+class StorageMount(_Model):
+    mount_path: str
+    oss: OssSource | None = None
+    nfs: dict[str, Any] | None = None
+    empty_dir: dict[str, Any] | None = None
+
+    @field_validator("mount_path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path")
+        if ".." in v.split("/"):
+            raise ValueError("must not contain '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StorageMount:
+        sources = [s for s in (self.oss, self.nfs, self.empty_dir) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("exactly one of 'oss', 'nfs' or 'empty_dir' is required")
+        return self
+
+
+class Computing(_Model):
+    instance_type: str | None = None
+    instances: list[dict[str, Any]] | None = None
+
+
+class Cloud(_Model):
+    computing: Computing = Field(default_factory=Computing)
+
+
+class ScaleStrategy(_Model):
+    metricName: str
+    threshold: float = Field(gt=0)
+
+
+class Autoscaler(_Model):
+    """Stored now; acted on by the autoscaler."""
+
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=1, ge=1)
+    scaleStrategies: list[ScaleStrategy] = Field(default_factory=list)
+    behavior: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaler:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ServiceSpec(_Model):
+    metadata: Metadata
+    containers: list[Container] = Field(min_length=1)
+    storage: list[StorageMount] = Field(default_factory=list)
+    cloud: Cloud = Field(default_factory=Cloud)
+    warm_up_data_path: str | None = Field(
+        default=None, description="JSON/JSONL file of warmup requests, sent before a replica is Ready"
+    )
+    token: str | None = Field(default=None, min_length=8)
+    autoscaler: Autoscaler | None = None
+    runtime: Literal["process"] = Field(default="process", description="OpenEAS: which runtime runs replicas")
+
+    @model_validator(mode="after")
+    def _mounts(self) -> ServiceSpec:
+        paths = [m.mount_path.rstrip("/") or "/" for m in self.storage]
+        for i, p in enumerate(paths):
+            for j, q in enumerate(paths):
+                if i != j and (p == q or p.startswith(q + "/")):
+                    raise ValueError(f"storage[{i}].mount_path overlaps storage[{j}].mount_path")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def main(self) -> Container:
+        """The container that serves traffic (EAS: the first one)."""
+        return self.containers[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)

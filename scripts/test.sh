@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# README command 2: set up, then run the checks and the whole test suite (slow tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+echo "[test] ruff"; ruff check src tests bench scripts
+echo "[test] mypy"; mypy
+echo "[test] pytest"; python -m pytest -q -ra "$@"

@@ -1,0 +1,256 @@
+"""The control-plane HTTP API (FastAPI; OpenAPI at /docs and /openapi.json).
+
+It only writes desired state into the store and wakes the reconciler; it never starts or stops a
+process itself. Every error is `{"error": {"code", "message", "errors"?}}` with a precise message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from openeas.errors import NotFound, OpenEASError, SpecError
+from openeas.spec import parse_spec
+from openeas.spec.load import format_errors
+from openeas.store import ReplicaRow, ServiceRow, Store, same
+
+
+def _iso(t: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat() if t is not None else None
+
+
+class ScaleBody(BaseModel):
+    replicas: int = Field(ge=0, le=1000, description="desired replica count")
+
+
+class RollbackBody(BaseModel):
+    version: int = Field(ge=1)
+
+
+class ControlPlane:
+    """What the API needs from the running server."""
+
+    def __init__(self, store: Store, gateway_url: str, wake: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.gateway_url = gateway_url.rstrip("/")
+        self.wake = wake
+        self.admin_token = store.admin_token()
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.gateway_url}/api/predict/{name}"
+
+    # ---- views ----------------------------------------------------------------------------------
+    def summary(self, svc: ServiceRow, replicas: list[ReplicaRow] | None = None) -> dict[str, Any]:
+        reps = self.store.replicas(svc.name) if replicas is None else replicas
+        live = [r for r in reps if not r.stopping]
+        ready = sum(r.phase == "Ready" for r in live)
+        desired = 0 if svc.state == "Stopped" else svc.desired_replicas
+        if svc.state in ("Deleting", "Stopped"):
+            status = svc.state if live or svc.state == "Deleting" else "Stopped"
+        elif any(r.version != svc.current_version for r in reps):
+            status = "Updating"
+        elif ready >= desired:
+            status = "Running"
+        elif any(r.phase == "Failed" or r.restart_count > 0 and r.phase != "Ready" for r in live):
+            status = "Failed" if ready == 0 else "Degraded"
+        else:
+            status = "Pending"
+        return {
+            "name": svc.name, "status": status, "version": svc.current_version,
+            "desired_replicas": desired, "ready_replicas": ready, "total_replicas": len(live),
+            "endpoint": self.endpoint(svc.name),
+            "created_at": _iso(svc.created_at), "updated_at": _iso(svc.updated_at),
+        }
+
+    def detail(self, name: str) -> dict[str, Any]:
+        svc = self.store.get_service(name)
+        reps = self.store.replicas(name)
+        out = self.summary(svc, reps)
+        out["spec"] = self.store.version_spec(name, svc.current_version).to_dict()
+        out["replicas"] = [replica_view(r) for r in reps]
+        out["versions"] = self.versions(name)
+        return out
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        cur = self.store.get_service(name).current_version
+        return [{"version": v.version, "created_at": _iso(v.created_at), "current": v.version == cur}
+                for v in self.store.versions(name)]
+
+
+def replica_view(r: ReplicaRow) -> dict[str, Any]:
+    cold = r.cold_start or {}
+    return {
+        "id": r.id, "version": r.version, "phase": r.phase, "host": r.host, "port": r.port, "pid": r.pid,
+        "restart_count": r.restart_count, "stopping": bool(r.stopping),
+        "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
+        "cold_start": {k: cold.get(k) for k in ("fetch_s", "start_s", "warm_s", "total_s")}
+        | {"fetch": cold.get("fetch")},
+        "message": r.message,
+    }
+
+
+def _error(status: int, code: str, message: str, errors: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    app = FastAPI(title="OpenEAS control plane", version="0.1.0",
+                  description="Deploy, scale and observe model services. Auth: `Authorization: Bearer <admin token>`.")
+
+    @app.exception_handler(OpenEASError)
+    async def _our_errors(_req: Request, exc: OpenEASError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, getattr(exc, "errors", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        lines = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if p != "body"]
+            where = ".".join(str(p) for p in loc) or "body"
+            lines.append(f"{where}: {str(err.get('msg', 'invalid')).lower()}")
+        return _error(400, "invalid_request", "; ".join(lines), lines)
+
+    def admin(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else header
+        if not token:
+            raise _Unauthorized("missing admin token: send 'Authorization: Bearer <admin_token>'")
+        if not same(token, cp.admin_token):
+            raise _Unauthorized("wrong admin token")
+
+    auth = [Depends(admin)]
+
+    async def _spec_body(request: Request) -> Any:
+        try:
+            return await request.json()
+        except ValueError:
+            raise SpecError(["spec: request body is not valid JSON"]) from None
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/v1/services", status_code=201, dependencies=auth)
+    async def create_service(request: Request) -> dict[str, Any]:
+        spec = parse_spec(await _spec_body(request))
+        cp.store.create_service(spec)
+        cp.wake()
+        return cp.detail(spec.name)
+
+    @app.put("/api/v1/services/{name}", dependencies=auth)
+    async def update_service(name: str, request: Request) -> dict[str, Any]:
+        spec = parse_spec(await _spec_body(request))
+        if spec.name != name:
+            raise SpecError([f"metadata.name: '{spec.name}' does not match the service in the URL ('{name}')"])
+        cp.store.add_version(spec)
+        cp.wake()
+        return cp.detail(name)
+
+    @app.get("/api/v1/services", dependencies=auth)
+    def list_services() -> dict[str, Any]:
+        return {"services": [cp.summary(s) for s in cp.store.list_services()]}
+
+    @app.get("/api/v1/services/{name}", dependencies=auth)
+    def describe(name: str) -> dict[str, Any]:
+        return cp.detail(name)
+
+    @app.delete("/api/v1/services/{name}", dependencies=auth)
+    def delete_service(name: str) -> dict[str, Any]:
+        cp.store.update_service(name, state="Deleting")
+        cp.store.record_event(name, "Deleting", "delete requested; stopping replicas")
+        cp.wake()
+        return {"deleted": name}
+
+    @app.post("/api/v1/services/{name}/scale", dependencies=auth)
+    def scale(name: str, body: ScaleBody) -> dict[str, Any]:
+        _not_deleting(cp.store, name)
+        cp.store.update_service(name, desired_replicas=body.replicas)
+        cp.store.record_event(name, "Scaled", f"desired replicas set to {body.replicas}")
+        cp.wake()
+        return cp.detail(name)
+
+    @app.post("/api/v1/services/{name}/stop", dependencies=auth)
+    def stop(name: str) -> dict[str, Any]:
+        _not_deleting(cp.store, name)
+        cp.store.update_service(name, state="Stopped")
+        cp.store.record_event(name, "Stopped", "service stopped; replicas are being stopped")
+        cp.wake()
+        return cp.detail(name)
+
+    @app.post("/api/v1/services/{name}/start", dependencies=auth)
+    def start(name: str) -> dict[str, Any]:
+        _not_deleting(cp.store, name)
+        cp.store.update_service(name, state="Running")
+        cp.store.record_event(name, "Started", "service started")
+        cp.wake()
+        return cp.detail(name)
+
+    @app.get("/api/v1/services/{name}/versions", dependencies=auth)
+    def versions(name: str) -> dict[str, Any]:
+        return {"versions": cp.versions(name)}
+
+    @app.post("/api/v1/services/{name}/rollback", dependencies=auth)
+    def rollback(name: str, body: RollbackBody) -> dict[str, Any]:
+        _not_deleting(cp.store, name)
+        cp.store.rollback(name, body.version)
+        cp.wake()
+        return cp.detail(name)
+
+    @app.get("/api/v1/services/{name}/events", dependencies=auth)
+    def events(name: str, limit: int = 100) -> dict[str, Any]:
+        cp.store.get_service(name)
+        return {"events": [
+            {"time": _iso(e.time), "type": e.type, "reason": e.reason, "message": e.message, "replica": e.replica}
+            for e in cp.store.events(name, limit)
+        ]}
+
+    @app.get("/api/v1/services/{name}/logs", dependencies=auth)
+    def logs(name: str, replica: str | None = None, tail: int = 200) -> dict[str, Any]:
+        reps = cp.store.replicas(name)
+        cp.store.get_service(name)
+        if replica is not None:
+            reps = [r for r in reps if r.id == replica]
+            if not reps:
+                raise NotFound(f"service '{name}' has no replica '{replica}'")
+        return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
+
+    @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
+    def call_info(name: str) -> dict[str, Any]:
+        cp.store.get_service(name)
+        return {"endpoint": cp.endpoint(name), "token": cp.store.token(name)}
+
+    return app
+
+
+class _Unauthorized(OpenEASError):
+    status = 401
+    code = "unauthorized"
+
+
+def _not_deleting(store: Store, name: str) -> None:
+    if store.get_service(name).state == "Deleting":
+        from openeas.errors import Conflict
+
+        raise Conflict(f"service '{name}' is being deleted")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

@@ -1,0 +1,421 @@
+"""The ``openeas`` command: deploy and operate services on an OpenEAS server.
+
+The server is found from ``--data-dir`` (before or after the command), ``OPENEAS_SERVER`` +
+``OPENEAS_ADMIN_TOKEN``, ``OPENEAS_DATA_DIR``, or ``./.data`` (see ``openeas.sdk.discovery``).
+Exit codes: 0 ok, 1 server/API error, 2 invalid input (a bad spec, a 400 from the API).
+"""
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+
+from openeas import __version__
+from openeas.cli import render
+from openeas.errors import SpecError
+from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
+from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR, ServerNotFound, discover
+
+app = typer.Typer(
+    name="openeas",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals would print the admin token into a traceback.
+    pretty_exceptions_show_locals=False,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Data directory of the server (reads DIR/server.json).",
+        show_default=False,
+        file_okay=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the API answer as one line of JSON.")]
+WaitTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait before giving up.")]
+
+
+class _State:
+    data_dir: Path | None = None
+
+
+_state = _State()
+
+
+def _fail(message: str, lines: list[str] | None = None, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    for line in lines or []:
+        typer.echo(f"  {line}", err=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn known failures into ``error: ...`` on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ServerNotFound as exc:
+            _fail(str(exc))
+        except SpecError as exc:
+            _fail("invalid spec", exc.errors, code=2)
+        except ApiError as exc:
+            _fail(exc.message, exc.errors, code=2 if exc.status in (400, 422) else 1)
+        except WaitTimeout as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", code=130)
+
+    return wrapper
+
+
+def _client(data_dir: Path | None = None) -> Client:
+    return Client.from_info(discover(data_dir if data_dir is not None else _state.data_dir))
+
+
+@contextmanager
+def _spinner(text: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A rich spinner on stderr (stdout stays clean for ``--json``); yields a function to update it."""
+    if not enabled:
+        yield lambda _text: None
+        return
+    with render.err.status(text) as status:
+        yield lambda new: status.update(new)
+
+
+def _wait_ready(
+    client: Client, name: str, replicas: int | None, timeout_s: float, quiet: bool = False
+) -> dict[str, Any]:
+    with _spinner(f"waiting for {name}", enabled=not quiet) as update:
+
+        def progress(d: dict[str, Any]) -> None:
+            wanted = replicas if replicas is not None else int(d.get("desired_replicas") or 0)
+            update(render.progress_line(d, ready_count(d), wanted))
+
+        detail = client.wait_ready(name, replicas=replicas, timeout_s=timeout_s, on_progress=progress)
+    if not quiet:
+        wanted = replicas if replicas is not None else detail.get("desired_replicas", 0)
+        line = f"{name} is ready: {ready_count(detail)}/{wanted} replicas"
+        cold = render.cold_start_line(detail)
+        render.out.print(line + (f" · {cold}" if cold else ""), highlight=False)
+    return detail
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"openeas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    data_dir: DataDir = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """OpenEAS: deploy, route, autoscale and observe model servers.
+
+    Server: --data-dir, else OPENEAS_SERVER (+ OPENEAS_ADMIN_TOKEN), else OPENEAS_DATA_DIR, else ./.data.
+    """
+    _state.data_dir = data_dir
+
+
+# -- server -------------------------------------------------------------------------------------
+
+
+@app.command()
+def server(
+    data_dir: DataDir = None,
+    host: Annotated[str, typer.Option(help="Address the API and gateway listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8080,
+    gateway_port: Annotated[int, typer.Option(help="Gateway (data plane) port.")] = 8081,
+    deploy: Annotated[
+        list[Path] | None,
+        typer.Option("--deploy", help="Spec file deployed at start if the service is absent (repeatable)."),
+    ] = None,
+) -> None:
+    """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
+    from openeas.server import run_server
+
+    resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
+    run_server(data_dir=resolved, host=host, port=port, gateway_port=gateway_port, deploy=list(deploy or []))
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+def _read_spec(file: str) -> dict[str, Any]:
+    from openeas.spec import parse_spec, parse_text
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text()
+        except OSError as exc:
+            _fail(f"cannot read {file}: {exc.strerror or exc}", code=2)
+    try:
+        data = parse_text(text)
+        parse_spec(data)  # validate here: errors name the field before anything reaches the server
+    except SpecError as exc:
+        _fail(f"invalid spec {'on stdin' if file == '-' else file}", exc.errors, code=2)
+    return data
+
+
+@app.command()
+@cli_errors
+def deploy(
+    file: Annotated[
+        str, typer.Option("-f", "--file", help="Service spec (EAS JSON or YAML); '-' reads stdin.")
+    ],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the replicas are Ready.")] = True,
+    timeout: WaitTimeoutOpt = 600,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a service from a spec, or roll out a new version if it exists."""
+    spec = _read_spec(file)
+    client = _client(data_dir)
+    detail, created = client.apply(spec)
+    name = str(detail.get("name") or spec["metadata"]["name"])
+    if not json_out:
+        what = "created" if created else "updated"
+        render.out.print(f"{what} service {name}: version {detail.get('version')}", highlight=False)
+    if wait:
+        detail = _wait_ready(client, name, None, timeout, quiet=json_out)
+    if json_out:
+        render.print_json(detail)
+    elif wait:
+        render.out.print(f"endpoint: {detail.get('endpoint', '')}", highlight=False, soft_wrap=True)
+
+
+@app.command("ls")
+@cli_errors
+def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
+    """List services."""
+    services = _client(data_dir).list()
+    if json_out:
+        render.print_json({"services": services})
+    elif not services:
+        render.out.print("no services")
+    else:
+        render.out.print(render.services_table(services))
+
+
+@app.command()
+@cli_errors
+def describe(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a service: status, replicas with their phases and cold-start breakdown, versions."""
+    d = _client(data_dir).describe(name)
+    if json_out:
+        render.print_json(d)
+        return
+    render.out.print(render.summary_grid(d))
+    replicas = d.get("replicas") or []
+    render.out.print()
+    if replicas:
+        render.out.print(render.replicas_table(replicas))
+    else:
+        render.out.print("no replicas")
+
+
+def _changed(
+    d: dict[str, Any],
+    message: str,
+    json_out: bool,
+    client: Client,
+    wait: bool,
+    replicas: int | None,
+    timeout: float,
+) -> None:
+    if not json_out:
+        render.out.print(message, highlight=False)
+    if wait:
+        d = _wait_ready(client, str(d.get("name")), replicas, timeout, quiet=json_out)
+    if json_out:
+        render.print_json(d)
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until the replicas are Ready.")]
+
+
+@app.command()
+@cli_errors
+def scale(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    replicas: Annotated[int, typer.Argument(min=0, help="Desired replica count.")],
+    wait: WaitOpt = False,
+    timeout: WaitTimeoutOpt = 600,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Set the desired replica count."""
+    client = _client(data_dir)
+    d = client.scale(name, replicas)
+    _changed(d, f"scaling {name} to {replicas} replicas", json_out, client, wait, replicas, timeout)
+
+
+@app.command()
+@cli_errors
+def stop(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Stop all replicas of a service (it keeps its spec, versions and endpoint)."""
+    client = _client(data_dir)
+    d = client.stop(name)
+    _changed(d, f"stopping {name}", json_out, client, False, None, 0)
+
+
+@app.command()
+@cli_errors
+def start(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    wait: WaitOpt = False,
+    timeout: WaitTimeoutOpt = 600,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Start a stopped service."""
+    client = _client(data_dir)
+    d = client.start(name)
+    _changed(d, f"starting {name}", json_out, client, wait, None, timeout)
+
+
+@app.command()
+@cli_errors
+def delete(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until its replicas are stopped and it is gone.")
+    ] = False,
+    timeout: WaitTimeoutOpt = 600,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete a service; its replicas are stopped in the background (--wait waits for that)."""
+    client = _client(data_dir)
+    body = client.delete(name)
+    if wait:
+        with _spinner(f"deleting {name}", enabled=not json_out) as update:
+            client.wait_deleted(
+                name,
+                timeout_s=timeout,
+                on_progress=lambda d: update(render.progress_line(d, ready_count(d), 0)),
+            )
+    if json_out:
+        render.print_json(body)
+    else:
+        render.out.print(f"deleted {name}" if wait else f"deleting {name}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def versions(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List the versions of a service (each deploy or rollback makes one)."""
+    vs = _client(data_dir).versions(name)
+    if json_out:
+        render.print_json({"versions": vs})
+    else:
+        render.out.print(render.versions_table(vs))
+
+
+@app.command()
+@cli_errors
+def rollback(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    version: Annotated[int, typer.Argument(min=1, help="The version whose spec to roll back to.")],
+    wait: WaitOpt = False,
+    timeout: WaitTimeoutOpt = 600,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Roll out the spec of an earlier version again (as a new version)."""
+    client = _client(data_dir)
+    d = client.rollback(name, version)
+    msg = f"rolled back {name} to the spec of version {version}: now version {d.get('version')}"
+    _changed(d, msg, json_out, client, wait, None, timeout)
+
+
+@app.command()
+@cli_errors
+def logs(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    replica: Annotated[str | None, typer.Option("--replica", help="Only this replica.")] = None,
+    tail: Annotated[int, typer.Option("--tail", min=1, help="Lines per replica.")] = 200,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Print the last lines of the replicas' output."""
+    entries = _client(data_dir).logs(name, replica=replica, tail=tail)
+    if json_out:
+        render.print_json({"logs": entries})
+        return
+    for i, entry in enumerate(entries):
+        if len(entries) > 1:
+            typer.echo(("\n" if i else "") + f"==> {entry.get('replica')} <==")
+        text = str(entry.get("text", ""))
+        typer.echo(text, nl=not text.endswith("\n"))
+
+
+@app.command()
+@cli_errors
+def events(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Most recent N events.")] = 50,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a service's events (scaling, replica phases, failures)."""
+    evs = _client(data_dir).events(name, limit=limit)
+    if json_out:
+        render.print_json({"events": evs})
+    elif not evs:
+        render.out.print("no events")
+    else:
+        render.out.print(render.events_table(evs))
+
+
+@app.command("call-info")
+@cli_errors
+def call_info(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"endpoint": ..., "token": ...}.')] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show the endpoint and token to call a service with (and an OpenAI SDK snippet)."""
+    info = _client(data_dir).call_info(name)
+    if json_out:
+        render.print_json({"endpoint": info["endpoint"], "token": info["token"]})
+        return
+    endpoint, token = info["endpoint"], info["token"]
+    typer.echo(f"endpoint: {endpoint}")
+    typer.echo(f"token:    {token}")
+    typer.echo("")
+    typer.echo("# OpenAI-compatible servers:")
+    typer.echo("from openai import OpenAI")
+    typer.echo(f'client = OpenAI(base_url="{endpoint}/v1", api_key="{token}")')
+    typer.echo("")
+    typer.echo("# any HTTP server:")
+    typer.echo(f"curl -H 'Authorization: {token}' {endpoint}")

@@ -1,0 +1,199 @@
+"""How the CLI shows things: rich tables for people, one-line JSON for scripts, plain error lines."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+# Console() resolves sys.stdout/sys.stderr at print time, so test runners that swap them still work.
+out = Console()
+err = Console(stderr=True)
+
+PHASE_STYLE = {
+    "Ready": "green",
+    "Running": "green",
+    "Warming": "cyan",
+    "Starting": "cyan",
+    "Fetching": "cyan",
+    "Pending": "yellow",
+    "Updating": "yellow",
+    "Draining": "yellow",
+    "Deleting": "yellow",
+    "Stopped": "dim",
+    "Failed": "bold red",
+}
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on one line (``--json``): stable for ``jq`` and ``json.loads``."""
+    out.file.write(json.dumps(obj) + "\n")
+    out.file.flush()
+
+
+def styled(word: Any) -> Text:
+    s = "-" if word is None else str(word)
+    return Text(s, style=PHASE_STYLE.get(s, ""))
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def age(value: Any, now: datetime | None = None) -> str:
+    """``"42s"``, ``"5m"``, ``"3h"``, ``"2d"``: how long ago ``value`` (ISO 8601) was."""
+    t = parse_time(value)
+    if t is None:
+        return "-"
+    secs = max(0, int(((now or datetime.now(UTC)) - t).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def clock(value: Any) -> str:
+    """Local wall-clock time of an ISO 8601 instant, ``YYYY-MM-DD HH:MM:SS``."""
+    t = parse_time(value)
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def seconds(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def services_table(services: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("NAME", "STATUS", "VERSION", "READY", "AGE", "ENDPOINT"):
+        table.add_column(col, no_wrap=col != "ENDPOINT")
+    for s in services:
+        table.add_row(
+            str(s.get("name", "")),
+            styled(s.get("status")),
+            str(s.get("version", "-")),
+            f"{s.get('ready_replicas', 0)}/{s.get('desired_replicas', 0)}",
+            age(s.get("created_at")),
+            str(s.get("endpoint", "")),
+        )
+    return table
+
+
+def summary_grid(d: dict[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    versions = d.get("versions") or []
+    rows: list[tuple[str, Any]] = [
+        ("Name", d.get("name", "")),
+        ("Status", styled(d.get("status"))),
+        ("Version", d.get("version", "-")),
+        (
+            "Replicas",
+            f"{d.get('ready_replicas', 0)} ready / {d.get('desired_replicas', 0)} desired"
+            f" / {d.get('total_replicas', 0)} total",
+        ),
+        ("Endpoint", d.get("endpoint", "")),
+        ("Created", f"{clock(d.get('created_at'))} ({age(d.get('created_at'))} ago)"),
+        ("Updated", f"{clock(d.get('updated_at'))} ({age(d.get('updated_at'))} ago)"),
+    ]
+    if versions:
+        rows.append(("Versions", ", ".join(str(v.get("version")) for v in versions)))
+    for key, value in rows:
+        grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+    return grid
+
+
+def replicas_table(replicas: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+    for col in (
+        "REPLICA",
+        "VER",
+        "PHASE",
+        "PORT",
+        "PID",
+        "RESTARTS",
+        "FETCH s",
+        "START s",
+        "WARM s",
+        "TOTAL s",
+    ):
+        table.add_column(col, no_wrap=True, justify="right" if col.endswith(" s") else "left")
+    table.add_column("MESSAGE")
+    for r in replicas:
+        cs = r.get("cold_start") or {}
+        table.add_row(
+            str(r.get("id", "")),
+            str(r.get("version", "-")),
+            styled(r.get("phase")),
+            str(r.get("port") or "-"),
+            str(r.get("pid") or "-"),
+            str(r.get("restart_count", 0)),
+            seconds(cs.get("fetch_s")),
+            seconds(cs.get("start_s")),
+            seconds(cs.get("warm_s")),
+            seconds(cs.get("total_s")),
+            Text(str(r.get("message") or "")),
+        )
+    return table
+
+
+def versions_table(versions: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("VERSION", "CREATED", "CURRENT"):
+        table.add_column(col, no_wrap=True)
+    for v in versions:
+        table.add_row(str(v.get("version")), clock(v.get("created_at")), "*" if v.get("current") else "")
+    return table
+
+
+def events_table(events: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("TIME", "TYPE", "REASON", "REPLICA"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("MESSAGE")
+    for e in events:
+        kind = str(e.get("type", ""))
+        table.add_row(
+            clock(e.get("time")),
+            Text(kind, style="yellow" if kind == "Warning" else ""),
+            str(e.get("reason", "")),
+            str(e.get("replica") or "-"),
+            Text(str(e.get("message", ""))),
+        )
+    return table
+
+
+def progress_line(d: dict[str, Any], ready: int, wanted: int) -> str:
+    """Spinner text while waiting: ``demo Updating · 1/2 ready · demo-ab12 Ready, demo-cd34 Fetching``."""
+    phases = ", ".join(
+        f"{r.get('id')} {r.get('phase')}"
+        + (f" (v{r.get('version')})" if r.get("version") != d.get("version") else "")
+        for r in d.get("replicas") or []
+    )
+    line = f"{d.get('name')} {d.get('status', '')} · {ready}/{wanted} ready"
+    return line + (f" · {phases}" if phases else "")
+
+
+def cold_start_line(d: dict[str, Any]) -> str | None:
+    """The slowest current-version start: ``cold start 12.3s (fetch 1.0 · start 10.1 · warm 1.2)``."""
+    starts = [
+        r.get("cold_start") or {}
+        for r in d.get("replicas") or []
+        if r.get("version") == d.get("version") and r.get("phase") == "Ready"
+    ]
+    starts = [c for c in starts if isinstance(c.get("total_s"), int | float)]
+    if not starts:
+        return None
+    c = max(starts, key=lambda c: c["total_s"])
+    parts = " · ".join(f"{k} {seconds(c.get(k + '_s'))}" for k in ("fetch", "start", "warm"))
+    return f"cold start {c['total_s']:.1f}s ({parts})"

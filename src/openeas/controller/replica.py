@@ -1,0 +1,301 @@
+"""One replica's life: fetch mounts → start → probe → warm up → Ready → watch → drain → stop.
+
+A `ReplicaSupervisor` task owns exactly one replica row. It is the only writer of that row's
+phase, pid and port, so phases never race. The reconciler creates rows and sets `stopping`; the
+supervisor notices and drains. A process found alive after a control-plane restart is adopted
+(no new start); a crashed one is restarted with exponential backoff (`restart_count`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from openeas.controller.probe import probe_once
+from openeas.controller.rollout import restart_backoff_s
+from openeas.controller.warmup import load_warmup, run_warmup
+from openeas.errors import MountError
+from openeas.runtime import ProcessRef, Runtime
+from openeas.runtime import stop as stop_process
+from openeas.runtime.launch import build_launch, free_port
+from openeas.spec import ServiceSpec
+from openeas.storage import NodeCache, prepare_mounts
+from openeas.storage.oss import resolve_url
+from openeas.store import ReplicaRow, Store
+
+log = logging.getLogger("openeas.replica")
+
+# A replica that stayed Ready this long has its crash backoff reset.
+STABLE_AFTER_S = 60.0
+# How often a Ready replica's process is checked for life (cheap /proc read), seconds.
+ALIVE_CHECK_S = 0.1
+
+
+@dataclass
+class SupervisorConfig:
+    data_dir: Path
+    oss_root: Path | None
+    drain_s: float = 1.0  # time between leaving the routing table and SIGTERM (>= 2 gateway polls)
+    base_env: Mapping[str, str] | None = None
+
+
+class _Stop(Exception):
+    """Raised inside the supervisor when the replica was asked to stop."""
+
+
+class _Failure(Exception):
+    """A start attempt failed in a way that a restart (with backoff) may fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ReplicaSupervisor:
+    def __init__(self, rid: str, store: Store, runtime: Runtime, cache: NodeCache,
+                 cfg: SupervisorConfig, clock: Callable[[], float] = time.time) -> None:
+        self.rid = rid
+        self.store = store
+        self.runtime = runtime
+        self.cache = cache
+        self.cfg = cfg
+        self.clock = clock
+        self.stop_requested = asyncio.Event()
+        self.ref: ProcessRef | None = None
+        self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _row(self) -> ReplicaRow:
+        row = self.store.get_replica(self.rid)
+        if row is None:
+            raise _Stop()
+        return row
+
+    def _set(self, **fields: object) -> ReplicaRow:
+        row = self.store.update_replica(self.rid, **fields)
+        if row is None:
+            raise _Stop()
+        return row
+
+    def _event(self, row: ReplicaRow, reason: str, message: str, warning: bool = False) -> None:
+        self.store.record_event(row.service, reason, message, type="Warning" if warning else "Normal",
+                                replica=self.rid)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up (raising _Stop) as soon as a stop is requested."""
+        if self.stop_requested.is_set():
+            raise _Stop()
+        try:
+            await asyncio.wait_for(self.stop_requested.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            return
+        raise _Stop()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._lifecycle()
+        except _Stop:
+            pass
+        except Exception as exc:  # a bug must not leave a process running unsupervised
+            log.exception("replica %s supervisor failed", self.rid)
+            row = self.store.get_replica(self.rid)
+            if row is not None:
+                self._event(row, "SupervisorError", f"{type(exc).__name__}: {exc}", warning=True)
+        await self._shutdown()
+
+    async def _lifecycle(self) -> None:
+        row = self._row()
+        spec = self.store.version_spec(row.service, row.version)
+        self.ref = self._adopt(row)
+        serving = self.ref is not None and row.phase == "Ready"  # adopted while Ready: keep serving
+        while True:
+            if self._row().stopping:
+                raise _Stop()
+            try:
+                if not serving:
+                    if self.ref is None:
+                        await self._start(self._row(), spec)
+                    if await self._wait_ready(spec):
+                        await self._warm(spec)
+                        self._mark_ready()
+                        serving = True
+                if serving:
+                    await self._watch(spec)
+            except _Failure as exc:
+                row = self._set(phase="Failed", message=str(exc))
+                self._event(row, exc.reason, str(exc), warning=True)
+            serving = False
+            await self._restart_after_failure()
+
+    def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
+        if row.pid is None or row.start_ticks is None:
+            return None
+        ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks)
+        if self.runtime.alive(ref):
+            self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
+            if row.phase != "Ready":
+                self._set(phase="Starting", message="adopted; probing")
+            return ref
+        self._set(pid=None, start_ticks=None, restart_count=row.restart_count + 1, phase="Pending",
+                  message="process was gone after a control-plane restart")
+        self._event(row, "Lost", f"replica process {row.pid} was gone after a control-plane restart",
+                    warning=True)
+        return None
+
+    async def _start(self, row: ReplicaRow, spec: ServiceSpec) -> None:
+        self._set(phase="Fetching", message=None)
+        workdir = Path(row.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        resolved = _resolve_storage(spec, self.cfg.oss_root)
+        try:
+            plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+        except MountError as exc:
+            raise _Failure("MountFailed", exc.message) from None
+        fetch = {"bytes": plan.bytes_copied, "seconds": round(plan.seconds, 3), "cache_hit": plan.all_hits}
+        self._set(phase="Starting", cold_start={"fetch": fetch})
+        port = free_port()
+        env = dict(self.cfg.base_env if self.cfg.base_env is not None else os.environ)
+        env.update(OPENEAS_REPLICA_ID=self.rid, OPENEAS_SERVICE=row.service,
+                   OPENEAS_DATA_DIR=str(self.cfg.data_dir))
+        launch = build_launch(spec, replica_id=self.rid, port=port, mounts=plan.paths,
+                              workdir=str(workdir), log_path=row.log_path, base_env=env)
+        self.ref = self.runtime.start(launch)
+        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
+        self._event(row, "Started", f"process {self.ref.pid} listening on port {port}")
+
+    async def _wait_ready(self, spec: ServiceSpec) -> bool:
+        """Probe until the replica answers; False if its process died or it never got ready."""
+        check = spec.main.health_check
+        initial = check.initial_delay_seconds if check else 0.0
+        period = min(check.period_seconds, 1.0) if check else 0.2
+        deadline_s = check.startup_timeout_seconds if check else 600.0
+        row = self._row()
+        started = self.clock()
+        await self._sleep(initial)
+        while True:
+            assert self.ref is not None
+            if not self.runtime.alive(self.ref):
+                return False
+            if row.port is not None:
+                result = await probe_once(row.host, row.port, check)
+                if result.ok:
+                    return True
+                if self.clock() - started > deadline_s:
+                    self._set(message=f"not ready after {deadline_s:.0f}s: {result.detail}")
+                    self._event(row, "StartupTimeout", f"not ready after {deadline_s:.0f}s: {result.detail}",
+                                warning=True)
+                    return False
+            await self._sleep(period)
+
+    async def _warm(self, spec: ServiceSpec) -> None:
+        row = self._set(phase="Warming")
+        if not spec.warm_up_data_path or row.port is None:
+            return
+        try:
+            requests = load_warmup(_resolve_local(spec.warm_up_data_path, self.cfg.oss_root))
+        except (OSError, ValueError) as exc:
+            raise _Failure("WarmupFailed", f"warm_up_data_path: {exc}") from None
+        report = await run_warmup(row.host, row.port, requests, timeout_s=120.0)
+        self._event(row, "Warmed", f"warmup sent {report.sent} requests, {report.failed} failed")
+
+    def _mark_ready(self) -> None:
+        row = self._set(phase="Ready", message=None)
+        t = row.phase_times
+        cold = dict(row.cold_start or {})
+        cold.update(_breakdown(t))
+        self._set(cold_start=cold)
+        self._event(row, "Ready", f"replica ready after {cold.get('total_s') or 0:.2f}s")
+
+    async def _watch(self, spec: ServiceSpec) -> None:
+        """Return when the process dies or stays unready past the failure threshold."""
+        check = spec.main.health_check
+        period = check.period_seconds if check else 5.0
+        threshold = check.failure_threshold if check else 3
+        failures = 0
+        next_probe = self.clock() + period
+        ready_since = self.clock()
+        while True:
+            assert self.ref is not None
+            if not self.runtime.alive(self.ref):
+                code = self.runtime.exit_code(self.ref)
+                row = self._set(phase="Failed", message=f"process exited (code {code})")
+                self._event(row, "Crashed", f"process {self.ref.pid} exited (code {code})", warning=True)
+                self.ref = None
+                if self.clock() - ready_since > STABLE_AFTER_S:
+                    self.streak = 0
+                return
+            now = self.clock()
+            if now >= next_probe:
+                next_probe = now + period
+                row = self._row()
+                if row.port is not None:
+                    result = await probe_once(row.host, row.port, check)
+                    failures = 0 if result.ok else failures + 1
+                    if failures >= threshold:
+                        self._set(phase="Failed", message=f"readiness failed {failures} times: {result.detail}")
+                        self._event(row, "Unhealthy", f"readiness failed {failures} times: {result.detail}",
+                                    warning=True)
+                        return
+            await self._sleep(ALIVE_CHECK_S)
+
+    async def _restart_after_failure(self) -> None:
+        row = self._row()
+        count = row.restart_count + 1
+        if self.ref is not None:
+            await stop_process(self.runtime, self.ref, 5.0)
+            self.ref = None
+        self.streak += 1
+        delay = restart_backoff_s(self.streak)
+        self._set(restart_count=count, pid=None, start_ticks=None, phase="Pending",
+                  message=f"restarting in {delay:.0f}s (restart {count})")
+        self._event(row, "Restarting", f"restart {count} in {delay:.0f}s", warning=True)
+        await self._sleep(delay)
+
+    async def _shutdown(self) -> None:
+        """Drain (leave the routing table, let in-flight requests finish), stop, forget the row."""
+        row = self.store.get_replica(self.rid)
+        if row is None:
+            return
+        if self.ref is not None and self.runtime.alive(self.ref):
+            if row.phase == "Ready":
+                self._set(phase="Draining")
+                await asyncio.sleep(self.cfg.drain_s)
+            spec = self.store.version_spec(row.service, row.version)
+            how = await stop_process(self.runtime, self.ref, spec.metadata.eas.termination_grace_period)
+            self._event(row, "Stopped", f"process {self.ref.pid} {how}")
+        self.store.update_replica(self.rid, phase="Stopped")
+        self.store.delete_replica(self.rid)
+
+
+def _breakdown(t: Mapping[str, float]) -> dict[str, float | None]:
+    def span(a: str, b: str) -> float | None:
+        return round(t[b] - t[a], 3) if a in t and b in t and t[b] >= t[a] else None
+
+    return {
+        "fetch_s": span("Fetching", "Starting"),
+        "start_s": span("Starting", "Warming"),
+        "warm_s": span("Warming", "Ready"),
+        "total_s": span("Pending", "Ready"),
+    }
+
+
+def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:
+    if not any(m.oss for m in spec.storage):
+        return spec
+    storage = []
+    for m in spec.storage:
+        if m.oss is not None:
+            m = m.model_copy(update={"oss": m.oss.model_copy(update={"path": resolve_url(m.oss.path, oss_root)})})
+        storage.append(m)
+    return spec.model_copy(update={"storage": storage})
+
+
+def _resolve_local(path: str, oss_root: Path | None) -> str:
+    url = resolve_url(path, oss_root)
+    return url[len("file://"):] if url.startswith("file://") else url

@@ -1,0 +1,74 @@
+"""Pure rollout decisions: which replicas to create and which to stop, given what exists.
+
+Level-triggered: called on every reconcile pass with the current replicas, it returns the next
+step only. Rolling updates honour `max_surge` (replicas above desired) and `max_unavailable`
+(Ready replicas below desired) as in EAS's `metadata.rolling_strategy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    id: str
+    version: int
+    phase: str
+    stopping: bool
+    created_at: float  # seconds since the epoch
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "Ready"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    create: int
+    stop: tuple[str, ...]
+
+
+def plan_rollout(
+    replicas: Sequence[ReplicaView],
+    *,
+    current_version: int,
+    desired: int,
+    max_surge: int = 1,
+    max_unavailable: int = 0,
+) -> RolloutPlan:
+    live = [r for r in replicas if not r.stopping]
+    cur = [r for r in live if r.version == current_version]
+    old = [r for r in live if r.version != current_version]
+    stop: list[str] = []
+
+    if len(cur) > desired:
+        # Scale down: drop replicas that serve nothing first, then the newest.
+        by_value = sorted(cur, key=lambda r: (r.ready, -r.created_at))
+        extra = by_value[: len(cur) - desired]
+        stop += [r.id for r in extra]
+        cur = [r for r in cur if r not in extra]
+
+    if old:
+        # Both zero would deadlock a rollout; EAS treats that as a surge of one.
+        surge = max_surge if (max_surge or max_unavailable) else 1
+        room = desired + surge - (len(cur) + len(old))
+        create = max(0, min(desired - len(cur), room))
+    else:
+        create = max(0, desired - len(cur))
+
+    ready_total = sum(r.ready for r in cur) + sum(r.ready for r in old)
+    min_available = max(0, desired - max_unavailable)
+    for r in sorted(old, key=lambda r: (r.ready, r.created_at)):
+        if not r.ready:
+            stop.append(r.id)
+        elif ready_total - 1 >= min_available:
+            stop.append(r.id)
+            ready_total -= 1
+    return RolloutPlan(create=create, stop=tuple(stop))
+
+
+def restart_backoff_s(restart_count: int, *, base_s: float = 1.0, cap_s: float = 30.0) -> float:
+    """Delay before restarting a crashed replica: 1, 2, 4, … seconds, capped."""
+    return float(min(cap_s, base_s * 2 ** max(0, restart_count - 1)))

@@ -1,0 +1,46 @@
+"""Gateway errors and the JSON error responses the gateway answers with.
+
+Every error the gateway itself produces is ``{"error": {"code": ..., "message": ...}}`` with a
+precise message; responses from replicas are forwarded untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+
+class GatewayError(Exception):
+    """An error answered by the gateway (not by a replica)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def plain_response(status: int, body: bytes, content_type: bytes, *, close: bool) -> bytes:
+    """A complete HTTP/1.1 response (head + body) as one bytes object."""
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b"Unknown"
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"Content-Type: %s\r\n" % content_type,
+            b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n" if close else b"",
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def error_response(err: GatewayError, *, close: bool) -> bytes:
+    return plain_response(err.status, error_body(err.code, err.message), b"application/json", close=close)

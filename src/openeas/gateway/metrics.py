@@ -1,0 +1,123 @@
+"""Per-service gateway metrics: plain ints updated on the hot path, rendered only when scraped.
+
+`GatewayMetrics.snapshot()` is the seam the autoscaler and console read; ``render()`` produces the
+Prometheus text exposition served on ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+# Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf,
+)
+
+
+class ServiceMetrics:
+    """Counters for one service. Mutated only from the gateway's event loop."""
+
+    __slots__ = ("by_code", "buckets", "in_flight", "latency_count", "latency_sum_s")
+
+    def __init__(self) -> None:
+        self.by_code: dict[int, int] = {}
+        self.in_flight = 0
+        self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
+        self.latency_sum_s = 0.0
+        self.latency_count = 0
+
+    def finish(self, status: int, seconds: float) -> None:
+        """One request answered (by a replica or by the gateway) after ``seconds``."""
+        by_code = self.by_code
+        by_code[status] = by_code.get(status, 0) + 1
+        self.in_flight -= 1
+        self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+        self.latency_count += 1
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    requests_total: int  # answered requests, any status
+    errors_total: int  # answered with status >= 500
+    in_flight: int  # requests being proxied right now
+    by_code: dict[int, int]
+    latency_sum_s: float
+    latency_count: int
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceMetrics] = {}
+        # Requests that matched no service (unknown service, paths outside /api/predict): by status.
+        # Not labelled by the requested name, so random names cannot blow up cardinality.
+        self.unrouted_by_code: dict[int, int] = {}
+
+    def service(self, name: str) -> ServiceMetrics:
+        m = self.services.get(name)
+        if m is None:
+            m = self.services[name] = ServiceMetrics()
+        return m
+
+    def unrouted(self, status: int) -> None:
+        self.unrouted_by_code[status] = self.unrouted_by_code.get(status, 0) + 1
+
+    def snapshot(self) -> dict[str, ServiceSnapshot]:
+        out = {}
+        for name, m in self.services.items():
+            codes = dict(m.by_code)
+            out[name] = ServiceSnapshot(
+                requests_total=sum(codes.values()),
+                errors_total=sum(v for c, v in codes.items() if c >= 500),
+                in_flight=m.in_flight,
+                by_code=codes,
+                latency_sum_s=m.latency_sum_s,
+                latency_count=m.latency_count,
+            )
+        return out
+
+    def render(self) -> bytes:
+        lines = [
+            "# HELP openeas_gateway_requests_total Requests answered by the gateway, by service and status.",
+            "# TYPE openeas_gateway_requests_total counter",
+        ]
+        items = sorted(self.services.items())
+        for name, m in items:
+            svc = _label(name)
+            for code, n in sorted(m.by_code.items()):
+                lines.append(f'openeas_gateway_requests_total{{service="{svc}",code="{code}"}} {n}')
+        lines += [
+            "# HELP openeas_gateway_unrouted_requests_total Requests that matched no service, by status.",
+            "# TYPE openeas_gateway_unrouted_requests_total counter",
+        ]
+        for code, n in sorted(self.unrouted_by_code.items()):
+            lines.append(f'openeas_gateway_unrouted_requests_total{{code="{code}"}} {n}')
+        lines += [
+            "# HELP openeas_gateway_in_flight_requests Requests being proxied now, by service.",
+            "# TYPE openeas_gateway_in_flight_requests gauge",
+        ]
+        for name, m in items:
+            lines.append(f'openeas_gateway_in_flight_requests{{service="{_label(name)}"}} {m.in_flight}')
+        lines += [
+            "# HELP openeas_gateway_request_duration_seconds Time from request head to response end.",
+            "# TYPE openeas_gateway_request_duration_seconds histogram",
+        ]
+        for name, m in items:
+            svc = _label(name)
+            cumulative = 0
+            for le, n in zip(LATENCY_BUCKETS_S, m.buckets, strict=True):
+                cumulative += n
+                le_s = "+Inf" if le == math.inf else repr(le)
+                lines.append(
+                    f'openeas_gateway_request_duration_seconds_bucket{{service="{svc}",le="{le_s}"}} {cumulative}'
+                )
+            lines.append(f'openeas_gateway_request_duration_seconds_sum{{service="{svc}"}} {m.latency_sum_s}')
+            lines.append(f'openeas_gateway_request_duration_seconds_count{{service="{svc}"}} {m.latency_count}')
+        lines.append("")
+        return "\n".join(lines).encode()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

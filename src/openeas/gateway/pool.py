@@ -1,0 +1,174 @@
+"""Upstream side: one `UpstreamState` per replica (idle keep-alive connections, load, cool-down)
+and the `UpstreamConnection` protocol that parses a replica's responses with httptools.
+
+This is the gateway's one transport boundary to replicas: socket and parser errors become calls
+on the `Downstream` (the client connection being served), never exceptions in the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+
+from openeas.gateway.table import Upstream
+
+MAX_IDLE_PER_UPSTREAM = 512  # idle keep-alive connections kept per replica; more are closed
+
+
+class Downstream(Protocol):
+    """The client-side connection an `UpstreamConnection` is currently answering."""
+
+    transport: asyncio.Transport
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None: ...
+    def upstream_pause(self) -> None: ...
+    def upstream_resume(self) -> None: ...
+
+
+class _HeadDone(Exception):
+    """Raised from the parser callback to end a HEAD response at its headers."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection to one replica, answering one request at a time.
+
+    Response bytes are forwarded to the client as they arrive; the parser only finds where each
+    response ends, so the connection can go back to the pool.
+    """
+
+    def __init__(self, state: UpstreamState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.client: Downstream | None = None
+        self.closed = False
+        self.got_bytes = False  # any response byte for the current request
+        self.reused = False  # taken from the idle pool (may have been closed by the replica meanwhile)
+        self.head_request = False
+        self.status = 0
+        self.keep_alive = True
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:  # a replica talking out of turn: drop the connection
+            self.close()
+            return
+        self.got_bytes = True
+        client.transport.write(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                self.parser = HttpResponseParser(self)
+                self.on_message_complete()
+            else:
+                raise
+        except HttpParserError as e:
+            self.abort()
+            self._lost(f"invalid HTTP response from replica {self.state.name}: {e}")
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.forget(self)
+        reason = f"replica {self.state.name} closed the connection"
+        if exc is not None:
+            reason += f" ({exc})"
+        self._lost(reason)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.upstream_pause()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.upstream_resume()
+
+    # --- httptools callbacks ------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.status = status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_request and status >= 200:
+            raise _HeadDone
+
+    def on_message_complete(self) -> None:
+        status = self.status
+        if status < 200 and status != 101:  # interim response (100 Continue): the real one follows
+            return
+        client = self.client
+        if client is not None:
+            client.upstream_complete(self)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _lost(self, reason: str) -> None:
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.upstream_lost(self, reason)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamState:
+    """A replica as the gateway sees it: idle connections, outstanding requests, cool-down."""
+
+    __slots__ = ("cooldown_until", "host", "idle", "name", "outstanding", "port", "retired", "upstream")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.host = upstream.host
+        self.port = upstream.port
+        self.name = f"{upstream.replica_id} ({upstream.host}:{upstream.port})"
+        self.idle: list[UpstreamConnection] = []
+        self.outstanding = 0  # requests sent and not yet answered, all services together
+        self.cooldown_until = 0.0  # loop time; set after a failed connect
+        self.retired = False  # gone from the routing table: connections are closed, not pooled
+
+    def pop_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # most recently used first: warm, least likely to be timed out
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.retired or conn.closed or len(self.idle) >= MAX_IDLE_PER_UPSTREAM:
+            conn.close()
+        else:
+            self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def retire(self) -> None:
+        self.retired = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    async def connect(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
+        """A new connection; raises OSError when the replica cannot be reached."""
+        _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+        return conn

@@ -1,0 +1,76 @@
+"""Per-service state derived from a `RoutingTable`, rebuilt on every table swap.
+
+Swapping keeps what must survive a swap: a replica's `UpstreamState` (pooled connections, load,
+cool-down) and a service's balancer (round-robin position). Requests in flight keep the objects
+they started with; replicas that left the table are retired (their idle connections closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openeas.gateway.auth import Credentials
+from openeas.gateway.balancers import Balancer, UnknownBalancerError, create_balancer
+from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
+from openeas.gateway.pool import UpstreamState
+from openeas.gateway.table import Route, RoutingTable
+
+
+@dataclass(slots=True)
+class RouteState:
+    service: str
+    route: Route
+    creds: Credentials | None  # None: the service needs no token
+    upstreams: list[UpstreamState]
+    balancer: Balancer | None  # None when the route names an unknown balancer (see balancer_error)
+    balancer_error: str | None
+    metrics: ServiceMetrics
+    max_body_bytes: int
+    timeout_s: float | None
+
+
+UpstreamKey = tuple[str, str, int]
+
+
+def build_routes(
+    table: RoutingTable,
+    old_routes: dict[str, RouteState],
+    upstreams: dict[UpstreamKey, UpstreamState],
+    metrics: GatewayMetrics,
+) -> dict[str, RouteState]:
+    """New per-service states for ``table``; mutates ``upstreams`` (adds new, retires gone ones)."""
+    routes: dict[str, RouteState] = {}
+    live: set[UpstreamKey] = set()
+    for service, route in table.routes.items():
+        states = []
+        for u in route.upstreams:
+            key = (u.replica_id, u.host, u.port)
+            live.add(key)
+            st = upstreams.get(key)
+            if st is None:
+                st = upstreams[key] = UpstreamState(u)
+            states.append(st)
+        old = old_routes.get(service)
+        balancer: Balancer | None = None
+        error = None
+        if old is not None and old.route.balancer == route.balancer and old.balancer is not None:
+            balancer = old.balancer
+        else:
+            try:
+                balancer = create_balancer(route.balancer)
+            except UnknownBalancerError as e:
+                error = f"service '{service}' is misconfigured: {e}"
+        routes[service] = RouteState(
+            service=service,
+            route=route,
+            creds=Credentials.from_token(route.token) if route.token else None,
+            upstreams=states,
+            balancer=balancer,
+            balancer_error=error,
+            metrics=metrics.service(service),
+            max_body_bytes=route.max_body_bytes,
+            timeout_s=route.timeout_s,
+        )
+    for key in [k for k in upstreams if k not in live]:
+        upstreams.pop(key).retire()
+    return routes

@@ -1,0 +1,161 @@
+"""`openeas server`: control-plane API + reconciler in this process, the gateway in a child.
+
+The gateway is the hot path, so it runs in a process of its own (pinnable to a core, unaffected
+by control-plane work) and reads the routing table from the store. Once both answer,
+`DIR/server.json` (mode 0600) tells the CLI and scripts where they are (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from openeas.api.app import ControlPlane, create_app
+from openeas.controller.reconciler import Reconciler
+from openeas.controller.replica import SupervisorConfig
+from openeas.errors import Conflict, OpenEASError
+from openeas.runtime import get_runtime
+from openeas.spec import load_spec_file
+from openeas.store import Store
+
+log = logging.getLogger("openeas.server")
+
+
+class ServerError(Exception):
+    pass
+
+
+def write_private_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ServerError(f"another OpenEAS server is running on {data_dir}") from None
+    return fd
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise ServerError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def start_gateway(data_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    (data_dir / "logs").mkdir(exist_ok=True)
+    logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openeas.gateway", "--host", host, "--port", str(port),
+         "--data-dir", str(data_dir), "--parent-pid", str(os.getpid())],
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    logf.close()
+    return proc
+
+
+def _deploy_files(store: Store, files: Sequence[Path]) -> None:
+    for f in files:
+        spec = load_spec_file(f)
+        try:
+            store.create_service(spec)
+            log.info("deployed %s from %s", spec.name, f)
+        except Conflict:
+            if store.get_service(spec.name).state == "Deleting":
+                raise
+            log.info("service %s already exists; left as it is", spec.name)
+
+
+async def _serve(*, data_dir: Path, host: str, port: int, gateway_port: int, deploy: Sequence[Path],
+                 oss_root: Path | None, keep_replicas: bool) -> None:
+    store = Store(data_dir)
+    gateway_url = f"http://{host}:{gateway_port}"
+    api_url = f"http://{host}:{port}"
+    gateway = start_gateway(data_dir, host, gateway_port)
+    try:
+        await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
+        _deploy_files(store, deploy)
+        reconciler = Reconciler(store, get_runtime("process"),
+                                SupervisorConfig(data_dir=data_dir, oss_root=oss_root))
+        cp = ControlPlane(store, gateway_url, wake=reconciler.wake)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
+        config = uvicorn.Config(create_app(cp), host=host, port=port, log_level="warning",
+                                access_log=False, lifespan="off")
+        api = uvicorn.Server(config)
+        api.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        api_task = asyncio.create_task(api.serve())
+        rec_task = asyncio.create_task(reconciler.run(stop))
+        await asyncio.to_thread(_wait_http, f"{api_url}/healthz", 30.0)
+        write_private_json(data_dir / "server.json", {
+            "gateway_url": gateway_url, "api_url": api_url, "admin_token": cp.admin_token, "pid": os.getpid(),
+        })
+        print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
+        done_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({done_task, api_task, rec_task, asyncio.create_task(_watch(gateway))},
+                           return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        (data_dir / "server.json").unlink(missing_ok=True)
+        api.should_exit = True
+        await reconciler.shutdown(stop_replicas=not keep_replicas)
+        await asyncio.gather(api_task, rec_task, return_exceptions=True)
+    finally:
+        (data_dir / "server.json").unlink(missing_ok=True)
+        gateway.terminate()
+        try:
+            gateway.wait(5)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+
+
+async def _watch(proc: subprocess.Popen[bytes]) -> None:
+    while proc.poll() is None:
+        await asyncio.sleep(0.5)
+    log.error("gateway exited with code %s; stopping the server", proc.returncode)
+
+
+def run_server(*, data_dir: Path, host: str = "127.0.0.1", port: int = 8080, gateway_port: int = 8081,
+               deploy: Sequence[Path] = (), oss_root: Path | None = None, keep_replicas: bool = False) -> None:
+    logging.basicConfig(level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(data_dir)
+    try:
+        asyncio.run(_serve(data_dir=data_dir, host=host, port=port, gateway_port=gateway_port,
+                           deploy=list(deploy), oss_root=(oss_root or data_dir / "oss").resolve(),
+                           keep_replicas=keep_replicas))
+    except (ServerError, OpenEASError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        os.close(lock)

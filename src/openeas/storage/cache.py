@@ -1,0 +1,223 @@
+"""The node cache: object storage (any fsspec URL) copied once per node, by content.
+
+``materialize(url)`` lists the source, derives a content key from the listing and copies the
+files into ``<root>/objects/<key>/`` unless that directory is already there. The second replica
+(or the second start) on a node with unchanged content is a cache hit and copies nothing; the
+returned :class:`Materialized` carries hit/miss, bytes and seconds for the replica's cold-start
+"Fetching" phase.
+
+The key is the sha256 of the sorted listing: for each file its path relative to the source, its
+size, and a checksum when the filesystem lists one cheaply (ETag, md5, crc…). When a file has
+none (local files, memory://) its modification time stands in, and the source URL is added to
+the key, so two different folders never share an entry by accident.
+
+A copy is made in a temporary directory next to the final one and renamed into place, under an
+exclusive ``flock`` on ``<root>/locks/<key>.lock``: a reader never sees half a copy and two
+concurrent materializations of one key copy once. Files in the cache are made read-only.
+
+Security: a listed path that would land outside the cache entry (absolute, with ``..``, or a
+symlink of a local source that points outside the source) is refused with a MountError naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from openeas.errors import MountError
+
+# Keys under which filesystems report a content checksum in ``info`` (s3fs, gcsfs, ossfs, adlfs…).
+CHECKSUM_KEYS = ("ETag", "etag", "md5", "md5Hash", "content_md5", "ContentMD5", "crc32c", "checksum")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """The result of one materialize call."""
+
+    url: str
+    key: str  # sha256 hex of the listing
+    path: Path  # the local directory holding the content (``<root>/objects/<key>``)
+    hit: bool  # True: already cached, nothing copied
+    files: int
+    bytes_copied: int  # 0 on a hit
+    seconds: float  # wall time of listing + copy
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # relative posix path inside the entry
+    src: str  # the path in the source filesystem
+    size: int
+    stamp: str  # checksum (c:…) or modification time (t:…)
+
+
+def _stamp(info: dict[str, Any]) -> tuple[str, bool]:
+    """``(stamp, is_checksum)`` for one listed file."""
+    for k in CHECKSUM_KEYS:
+        v = info.get(k)
+        if v:
+            return f"c:{str(v).strip(chr(34))}", True
+    for k in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if isinstance(v, dt.datetime):
+            v = v.timestamp()
+        return f"t:{v}", False
+    return "t:?", False
+
+
+def _check_rel(rel: str, where: str) -> str:
+    """``rel`` if it stays inside the entry, else a MountError naming it."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel or ".." in parts:
+        raise MountError(f"{where}: path {rel!r} escapes the mount")
+    clean = posixpath.normpath(rel)
+    if clean in (".", "") or clean.startswith("../"):
+        raise MountError(f"{where}: path {rel!r} escapes the mount")
+    return clean
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class NodeCache:
+    """A content-addressed cache of object storage under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+        self.objects = self.root / "objects"
+        self.locks = self.root / "locks"
+
+    # -- listing --------------------------------------------------------------------------
+
+    def _list(self, url: str, where: str) -> tuple[fsspec.AbstractFileSystem, list[_Entry], bool]:
+        try:
+            fs, path = url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise MountError(f"{where}: cannot open {url!r}: {e}") from e
+        try:
+            exists = fs.exists(path)
+        except OSError as e:
+            raise MountError(f"{where}: cannot read {url!r}: {e}") from e
+        if not exists:
+            raise MountError(f"{where}: {url!r} does not exist")
+        local = isinstance(fs, LocalFileSystem)
+        is_dir = fs.isdir(path)
+        entries: list[_Entry] = []
+        all_checksums = True
+        if is_dir:
+            root = path.rstrip("/") or "/"
+            items = sorted(fs.find(root, withdirs=False, detail=True).items())
+        else:  # a single file: the entry is a directory holding just that file
+            root = posixpath.dirname(path.rstrip("/"))
+            items = [(path, fs.info(path))]
+        real_root = os.path.realpath(root) if local else ""
+        for src, info in items:
+            src = src.rstrip("/")
+            if not _inside(src, root) or src == root:
+                raise MountError(f"{where}: path {src!r} escapes the mount")
+            rel = _check_rel(src[len(root) :].lstrip("/"), where)
+            # A symlink inside a local source folder must not pull in files from elsewhere.
+            # (A single-file URL names what to copy; following its link is the intent.)
+            if local and is_dir and not _inside(os.path.realpath(src), real_root):
+                raise MountError(
+                    f"{where}: path {rel!r} escapes the mount (a symlink to "
+                    f"{os.path.realpath(src)!r}, outside {real_root!r})"
+                )
+            stamp, is_sum = _stamp(info)
+            all_checksums = all_checksums and is_sum
+            entries.append(_Entry(rel=rel, src=src, size=int(info.get("size") or 0), stamp=stamp))
+        return fs, entries, all_checksums
+
+    @staticmethod
+    def _key(url: str, entries: list[_Entry], all_checksums: bool) -> str:
+        h = hashlib.sha256()
+        if not all_checksums:
+            h.update(json.dumps({"source": url}).encode())
+        for e in entries:
+            h.update(json.dumps([e.rel, e.size, e.stamp]).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    # -- copy -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        self.locks.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / f"{key}.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _copy(fs: fsspec.AbstractFileSystem, entries: list[_Entry], dest: Path) -> int:
+        copied = 0
+        for e in entries:
+            target = dest / e.rel
+            # Belt and braces after _check_rel: the resolved target must stay inside dest.
+            if not _inside(os.path.realpath(target), os.path.realpath(dest)):
+                raise MountError(f"path {e.rel!r} escapes the mount")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open(e.src, "rb") as src, open(target, "xb") as out:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+                    copied += len(chunk)
+            os.chmod(target, 0o444)
+        return copied
+
+    def materialize(self, url: str, *, where: str = "source") -> Materialized:
+        """Make the content at ``url`` available locally; see the module docstring.
+
+        ``where`` prefixes error messages (e.g. ``storage[0].oss.path``).
+        """
+        t0 = time.monotonic()
+        fs, entries, all_checksums = self._list(url, where)
+        key = self._key(url, entries, all_checksums)
+        final = self.objects / key
+        n = len(entries)
+        if final.is_dir():
+            return Materialized(url, key, final, True, n, 0, time.monotonic() - t0)
+        self.objects.mkdir(parents=True, exist_ok=True)
+        with self._lock(key):
+            if final.is_dir():  # another process copied it while we waited for the lock
+                return Materialized(url, key, final, True, n, 0, time.monotonic() - t0)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.objects))
+            try:
+                copied = self._copy(fs, entries, tmp)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, final)
+            except BaseException:
+                _rmtree(tmp)
+                raise
+        return Materialized(url, key, final, False, n, copied, time.monotonic() - t0)
+
+    def evict(self, key: str) -> None:
+        """Remove one cache entry (for cache GC); a no-op if it is not there."""
+        with self._lock(key):
+            _rmtree(self.objects / key)
+
+
+def _rmtree(path: Path) -> None:
+    # Files are read-only but their directories are not, so a plain rmtree removes them.
+    shutil.rmtree(path, ignore_errors=True)

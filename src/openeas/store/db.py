@@ -1,0 +1,290 @@
+"""The store: desired state and observed replica state, in SQLite (WAL) under the data dir.
+
+Everything the control plane knows lives here, so a kill -9 of the server loses nothing: on
+restart the reconciler re-reads it and adopts what still runs. Methods open a short session
+each; returned rows are detached snapshots (``expire_on_commit=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, delete, event, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from openeas.errors import Conflict, NotFound
+from openeas.spec import ServiceSpec, parse_spec
+from openeas.store.schema import Base, EventRow, Meta, ReplicaRow, ServiceRow, VersionRow
+from openeas.store.secrets import TokenCipher, new_token
+
+
+def _v1(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
+
+
+# Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def migrate(engine: Engine) -> int:
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS meta (key VARCHAR(64) PRIMARY KEY, value TEXT)"))
+        row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
+        current = int(row[0]) if row else 0
+        for i, step in enumerate(MIGRATIONS[current:], start=current + 1):
+            step(conn)
+            conn.execute(
+                text("INSERT INTO meta(key, value) VALUES ('schema_version', :v) "
+                     "ON CONFLICT(key) DO UPDATE SET value=:v"),
+                {"v": str(i)},
+            )
+    return len(MIGRATIONS)
+
+
+def db_path(data_dir: Path) -> Path:
+    return data_dir / "openeas.db"
+
+
+class Store:
+    def __init__(self, data_dir: Path, *, url: str | None = None) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(url or f"sqlite:///{db_path(data_dir)}")
+        migrate(self.engine)
+        self.cipher = TokenCipher(data_dir / "secret.key")
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # ---- meta -------------------------------------------------------------------------------
+    def _get_meta(self, s: Session, key: str) -> str | None:
+        row = s.get(Meta, key)
+        return row.value if row else None
+
+    def _set_meta(self, s: Session, key: str, value: str) -> None:
+        row = s.get(Meta, key)
+        if row:
+            row.value = value
+        else:
+            s.add(Meta(key=key, value=value))
+
+    def admin_token(self) -> str:
+        """The control plane's admin token, created on first use, stored encrypted."""
+        with self.session() as s:
+            blob = self._get_meta(s, "admin_token")
+            if blob:
+                return self.cipher.decrypt(blob)
+            token = new_token()
+            self._set_meta(s, "admin_token", self.cipher.encrypt(token))
+            return token
+
+    def routing_version(self) -> int:
+        with self.session() as s:
+            return int(self._get_meta(s, "routing_version") or 0)
+
+    def _bump_routing(self, s: Session) -> None:
+        self._set_meta(s, "routing_version", str(int(self._get_meta(s, "routing_version") or 0) + 1))
+
+    def bump_routing(self) -> None:
+        with self.session() as s:
+            self._bump_routing(s)
+
+    # ---- services and versions ----------------------------------------------------------------
+    def create_service(self, spec: ServiceSpec) -> ServiceRow:
+        now = time.time()
+        with self.session() as s:
+            existing = s.get(ServiceRow, spec.name)
+            if existing is not None:
+                what = "is being deleted" if existing.state == "Deleting" else "already exists"
+                raise Conflict(f"service '{spec.name}' {what}")
+            row = ServiceRow(
+                name=spec.name,
+                state="Running",
+                current_version=1,
+                desired_replicas=spec.metadata.instance,
+                token_enc=self.cipher.encrypt(spec.token or new_token()),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            s.add(VersionRow(service=spec.name, version=1, spec=_stored(spec), created_at=now))
+            self._event(s, spec.name, "Created", "service created at version 1")
+            self._bump_routing(s)
+            return row
+
+    def add_version(self, spec: ServiceSpec, *, reason: str = "Updated", scale: bool = True) -> ServiceRow:
+        """Store `spec` as the next immutable version and make it current."""
+        now = time.time()
+        with self.session() as s:
+            row = self._service(s, spec.name)
+            if row.state == "Deleting":
+                raise Conflict(f"service '{spec.name}' is being deleted")
+            last = s.scalar(select(VersionRow.version).where(VersionRow.service == spec.name)
+                            .order_by(VersionRow.version.desc()).limit(1)) or 0
+            row.current_version = last + 1
+            if scale:
+                row.desired_replicas = spec.metadata.instance
+            if spec.token:
+                row.token_enc = self.cipher.encrypt(spec.token)
+            row.updated_at = now
+            s.add(VersionRow(service=spec.name, version=last + 1, spec=_stored(spec), created_at=now))
+            self._event(s, spec.name, reason, f"version {last + 1} is now current")
+            self._bump_routing(s)
+            return row
+
+    def rollback(self, name: str, version: int) -> ServiceRow:
+        spec = self.version_spec(name, version)
+        return self.add_version(spec, reason="RolledBack", scale=False)
+
+    def _service(self, s: Session, name: str) -> ServiceRow:
+        row = s.get(ServiceRow, name)
+        if row is None:
+            raise NotFound(f"service '{name}' not found")
+        return row
+
+    def get_service(self, name: str) -> ServiceRow:
+        with self.session() as s:
+            return self._service(s, name)
+
+    def list_services(self) -> list[ServiceRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ServiceRow).order_by(ServiceRow.name)))
+
+    def version_spec(self, name: str, version: int) -> ServiceSpec:
+        with self.session() as s:
+            self._service(s, name)
+            row = s.get(VersionRow, (name, version))
+            if row is None:
+                raise NotFound(f"service '{name}' has no version {version}")
+            return parse_spec(row.spec)
+
+    def current_spec(self, name: str) -> ServiceSpec:
+        return self.version_spec(name, self.get_service(name).current_version)
+
+    def versions(self, name: str) -> list[VersionRow]:
+        with self.session() as s:
+            self._service(s, name)
+            return list(s.scalars(select(VersionRow).where(VersionRow.service == name)
+                                  .order_by(VersionRow.version)))
+
+    def token(self, name: str) -> str:
+        return self.cipher.decrypt(self.get_service(name).token_enc)
+
+    def update_service(self, name: str, **fields: Any) -> ServiceRow:
+        with self.session() as s:
+            row = self._service(s, name)
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = time.time()
+            self._bump_routing(s)
+            return row
+
+    def purge_service(self, name: str) -> None:
+        """Remove a deleted service's rows once no replica is left. Events are kept."""
+        with self.session() as s:
+            s.execute(delete(VersionRow).where(VersionRow.service == name))
+            s.execute(delete(ServiceRow).where(ServiceRow.name == name))
+            self._bump_routing(s)
+
+    # ---- replicas -------------------------------------------------------------------------------
+    def add_replica(self, service: str, version: int, *, workdir_root: Path) -> ReplicaRow:
+        now = time.time()
+        rid = f"{service}-{uuid.uuid4().hex[:8]}"
+        workdir = workdir_root / rid
+        row = ReplicaRow(
+            id=rid, service=service, version=version, phase="Pending", phase_times={"Pending": now},
+            cold_start={}, workdir=str(workdir), log_path=str(workdir / "replica.log"),
+            created_at=now, updated_at=now,
+        )
+        with self.session() as s:
+            s.add(row)
+            self._event(s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid)
+        return row
+
+    def replicas(self, service: str | None = None) -> list[ReplicaRow]:
+        with self.session() as s:
+            q = select(ReplicaRow).order_by(ReplicaRow.created_at)
+            if service is not None:
+                q = q.where(ReplicaRow.service == service)
+            return list(s.scalars(q))
+
+    def get_replica(self, rid: str) -> ReplicaRow | None:
+        with self.session() as s:
+            return s.get(ReplicaRow, rid)
+
+    def update_replica(self, rid: str, **fields: Any) -> ReplicaRow | None:
+        """Update fields; a `phase` change stamps `phase_times` and re-publishes routing if needed."""
+        now = time.time()
+        with self.session() as s:
+            row = s.get(ReplicaRow, rid)
+            if row is None:
+                return None
+            old_phase = row.phase
+            for k, v in fields.items():
+                setattr(row, k, v)
+            new_phase = fields.get("phase", old_phase)
+            if new_phase != old_phase:
+                row.phase_times = {**(row.phase_times or {}), new_phase: now}
+            if (old_phase == "Ready") != (new_phase == "Ready") or ("port" in fields and new_phase == "Ready"):
+                self._bump_routing(s)
+            row.updated_at = now
+            return row
+
+    def delete_replica(self, rid: str) -> None:
+        with self.session() as s:
+            row = s.get(ReplicaRow, rid)
+            if row is not None:
+                if row.phase == "Ready":
+                    self._bump_routing(s)
+                s.delete(row)
+
+    # ---- events ---------------------------------------------------------------------------------
+    def _event(self, s: Session, service: str, reason: str, message: str, *,
+               type: str = "Normal", replica: str | None = None) -> None:
+        s.add(EventRow(service=service, time=time.time(), type=type, reason=reason,
+                       message=message, replica=replica))
+
+    def record_event(self, service: str, reason: str, message: str, *,
+                     type: str = "Normal", replica: str | None = None) -> None:
+        with self.session() as s:
+            self._event(s, service, reason, message, type=type, replica=replica)
+
+    def events(self, service: str, limit: int = 100) -> list[EventRow]:
+        with self.session() as s:
+            rows = list(s.scalars(select(EventRow).where(EventRow.service == service)
+                                  .order_by(EventRow.id.desc()).limit(limit)))
+        return rows[::-1]
+
+
+def _stored(spec: ServiceSpec) -> dict[str, Any]:
+    """The spec as stored in a version: the token is kept encrypted on the service, not here."""
+    data = json.loads(spec.model_dump_json(exclude_none=True, by_alias=True))
+    data.pop("token", None)
+    return data

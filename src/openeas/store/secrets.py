@@ -1,0 +1,47 @@
+"""Tokens at rest: encrypted with a key kept apart from the database (a 0600 key file)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class TokenCipher:
+    """Encrypts service and admin tokens; the key file sits in the data dir, never in the DB."""
+
+    def __init__(self, key_path: Path) -> None:
+        if not key_path.exists():
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _write_private(key_path, Fernet.generate_key())
+            except FileExistsError:
+                pass  # another process created it first
+        self._fernet = Fernet(key_path.read_bytes().strip())
+
+    def encrypt(self, token: str) -> str:
+        return self._fernet.encrypt(token.encode()).decode()
+
+    def decrypt(self, blob: str) -> str:
+        try:
+            return self._fernet.decrypt(blob.encode()).decode()
+        except InvalidToken:
+            raise ValueError("token cannot be decrypted: the key file does not match this store") from None
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time comparison."""
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -11,8 +11,15 @@ def reps(*specs: str) -> list[ReplicaView]:
     out = []
     for i, s in enumerate(specs):
         parts = s.split(":")
-        out.append(ReplicaView(id=parts[0], version=int(parts[1]), phase=parts[2],
-                               stopping=len(parts) > 3, created_at=float(i)))
+        out.append(
+            ReplicaView(
+                id=parts[0],
+                version=int(parts[1]),
+                phase=parts[2],
+                stopping=len(parts) > 3,
+                created_at=float(i),
+            )
+        )
     return out
 
 
@@ -42,8 +49,9 @@ CASES = [
     "replicas,current,desired,surge,unavail,create,stop", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_plan_rollout(replicas, current, desired, surge, unavail, create, stop):
-    plan = plan_rollout(reps(*replicas), current_version=current, desired=desired,
-                        max_surge=surge, max_unavailable=unavail)
+    plan = plan_rollout(
+        reps(*replicas), current_version=current, desired=desired, max_surge=surge, max_unavailable=unavail
+    )
     assert plan.create == create
     assert plan.stop == stop
 

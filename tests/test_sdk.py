@@ -551,3 +551,73 @@ def test_api_error_from_non_json_body() -> None:
     resp._content = b"<html>upstream down</html>"
     e = ApiError.from_response(resp)
     assert (e.status, e.code, e.message) == (502, "http_502", "<html>upstream down</html>")
+
+
+class ScriptedClient(Client):
+    """``describe`` answers from a script (the last answer repeats): waits without any server."""
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__("http://127.0.0.1:9", "unused")
+        self.details = details
+        self.calls = 0
+
+    def describe(self, name: str) -> dict[str, Any]:
+        self.calls += 1
+        return self.details[min(self.calls, len(self.details)) - 1]
+
+
+def _detail(status: str, *replicas: tuple[str, int, bool], message: str | None = None) -> dict[str, Any]:
+    return {
+        "name": "demo",
+        "status": status,
+        "version": 2,
+        "desired_replicas": 1,
+        "replicas": [
+            {"id": f"r{i}", "phase": p, "version": v, "stopping": s, "message": message}
+            for i, (p, v, s) in enumerate(replicas)
+        ],
+    }
+
+
+READY_V2 = _detail("Running", ("Ready", 2, False))
+
+
+@pytest.mark.parametrize(
+    ("script", "grace", "outcome"),
+    [
+        pytest.param([READY_V2], 30, "ready", id="ready-at-once"),
+        # a replica of the old version being Ready does not make the new version ready
+        pytest.param(
+            [_detail("Updating", ("Ready", 1, False), ("Starting", 2, False)), READY_V2],
+            30,
+            "ready",
+            id="old-version-ready-does-not-count",
+        ),
+        # a Ready current-version replica that is being stopped (scale down) does not count either
+        pytest.param([_detail("Running", ("Ready", 2, True))], 30, "timeout", id="stopping-does-not-count"),
+        # Failed for less than the grace period, then recovers: the wait goes on
+        pytest.param(
+            [_detail("Failed", ("Starting", 2, False), message="exit 1"), READY_V2],
+            30,
+            "ready",
+            id="failed-then-recovers",
+        ),
+        pytest.param(
+            [_detail("Failed", ("Failed", 2, False), message="exit code 1: no such model")],
+            0,
+            "failed",
+            id="failed-past-grace",
+        ),
+    ],
+)
+def test_wait_ready_outcomes(script: list[dict[str, Any]], grace: float, outcome: str) -> None:
+    c = ScriptedClient(script)
+    try:
+        c.wait_ready("demo", timeout_s=0.1, poll_s=0.01, failed_grace_s=grace)
+        got = "ready"
+    except WaitTimeout:
+        got = "timeout"
+    except ApiError as exc:
+        assert exc.code == "failed" and str(exc) == "service demo failed: exit code 1: no such model"
+        got = "failed"
+    assert got == outcome

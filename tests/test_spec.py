@@ -31,7 +31,9 @@ EAS_DOC_SPEC = {
             "env": [{"name": "VLLM_USE_V1", "value": "1"}],
         }
     ],
-    "storage": [{"mount_path": "/mnt/data/", "oss": {"path": "oss://examplebucket/models/", "readOnly": True}}],
+    "storage": [
+        {"mount_path": "/mnt/data/", "oss": {"path": "oss://examplebucket/models/", "readOnly": True}}
+    ],
     "autoscaler": {
         "min": 1,
         "max": 4,
@@ -76,15 +78,35 @@ def _with(path: str, value: object) -> dict:
 BAD = [
     ("port range", _with("containers.0.port", 70000), "containers[0].port: must be 1..65535"),
     ("port type", _with("containers.0.port", "http"), "containers[0].port: input should be a valid integer"),
-    ("no command", _with("containers.0.command", KeyError), "containers[0]: one of 'command' or 'script' is required"),
+    (
+        "no command",
+        _with("containers.0.command", KeyError),
+        "containers[0]: one of 'command' or 'script' is required",
+    ),
     ("no containers", _with("containers", []), "containers: list should have at least 1 item"),
     ("name missing", _with("metadata.name", KeyError), "metadata.name: is required"),
     ("bad name", _with("metadata.name", "Bad Name"), "metadata.name: must start with a lowercase letter"),
-    ("negative instance", _with("metadata.instance", -1), "metadata.instance: input should be greater than or equal to 0"),
-    ("relative mount", _with("storage.0.mount_path", "mnt/data"), "storage[0].mount_path: must be an absolute path"),
-    ("mount without source", _with("storage.0.oss", KeyError), "storage[0]: exactly one of 'oss', 'nfs' or 'empty_dir'"),
+    (
+        "negative instance",
+        _with("metadata.instance", -1),
+        "metadata.instance: input should be greater than or equal to 0",
+    ),
+    (
+        "relative mount",
+        _with("storage.0.mount_path", "mnt/data"),
+        "storage[0].mount_path: must be an absolute path",
+    ),
+    (
+        "mount without source",
+        _with("storage.0.oss", KeyError),
+        "storage[0]: exactly one of 'oss', 'nfs' or 'empty_dir'",
+    ),
     ("autoscaler bounds", _with("autoscaler.min", 9), "autoscaler: min (9) must not exceed max (4)"),
-    ("keepalive zero", _with("metadata.rpc.keepalive", 0), "metadata.rpc.keepalive: input should be greater than or equal to 1"),
+    (
+        "keepalive zero",
+        _with("metadata.rpc.keepalive", 0),
+        "metadata.rpc.keepalive: input should be greater than or equal to 1",
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_parse_args(argv: list[str], env: dict[str, str], expected: dict[str, An
     ],
 )
 def test_parse_args_rejects(argv: list[str], env: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=f"^{message}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         parse_args(argv, env)
 
 

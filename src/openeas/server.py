@@ -8,16 +8,20 @@ by control-plane work) and reads the routing table from the store. Once both ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -69,13 +73,52 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None 
     raise ServerError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
+def _die_with_parent() -> None:
+    """In the gateway child: the kernel kills it when the server dies, even by kill -9, so a
+    restarted server finds its port free. The gateway holds no state worth a graceful exit."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise ServerError(f"gateway port {host}:{port} is in use ({exc.strerror})") from None
+        time.sleep(0.1)
+
+
 def start_gateway(data_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    _wait_port_free(host, port, 10.0)
     (data_dir / "logs").mkdir(exist_ok=True)
     logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openeas.gateway", "--host", host, "--port", str(port),
-         "--data-dir", str(data_dir), "--parent-pid", str(os.getpid())],
-        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "openeas.gateway",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--parent-pid",
+            str(os.getpid()),
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     logf.close()
     return proc
@@ -93,8 +136,16 @@ def _deploy_files(store: Store, files: Sequence[Path]) -> None:
             log.info("service %s already exists; left as it is", spec.name)
 
 
-async def _serve(*, data_dir: Path, host: str, port: int, gateway_port: int, deploy: Sequence[Path],
-                 oss_root: Path | None, keep_replicas: bool) -> None:
+async def _serve(
+    *,
+    data_dir: Path,
+    host: str,
+    port: int,
+    gateway_port: int,
+    deploy: Sequence[Path],
+    oss_root: Path | None,
+    keep_replicas: bool,
+) -> None:
     store = Store(data_dir)
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
@@ -102,27 +153,36 @@ async def _serve(*, data_dir: Path, host: str, port: int, gateway_port: int, dep
     try:
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
         _deploy_files(store, deploy)
-        reconciler = Reconciler(store, get_runtime("process"),
-                                SupervisorConfig(data_dir=data_dir, oss_root=oss_root))
+        reconciler = Reconciler(
+            store, get_runtime("process"), SupervisorConfig(data_dir=data_dir, oss_root=oss_root)
+        )
         cp = ControlPlane(store, gateway_url, wake=reconciler.wake)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
-        config = uvicorn.Config(create_app(cp), host=host, port=port, log_level="warning",
-                                access_log=False, lifespan="off")
-        api = uvicorn.Server(config)
-        api.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        config = uvicorn.Config(
+            create_app(cp), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        api = _ApiServer(config)
         api_task = asyncio.create_task(api.serve())
         rec_task = asyncio.create_task(reconciler.run(stop))
         await asyncio.to_thread(_wait_http, f"{api_url}/healthz", 30.0)
-        write_private_json(data_dir / "server.json", {
-            "gateway_url": gateway_url, "api_url": api_url, "admin_token": cp.admin_token, "pid": os.getpid(),
-        })
+        write_private_json(
+            data_dir / "server.json",
+            {
+                "gateway_url": gateway_url,
+                "api_url": api_url,
+                "admin_token": cp.admin_token,
+                "pid": os.getpid(),
+            },
+        )
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
-        await asyncio.wait({done_task, api_task, rec_task, asyncio.create_task(_watch(gateway))},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {done_task, api_task, rec_task, asyncio.create_task(_watch(gateway))},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
@@ -137,23 +197,49 @@ async def _serve(*, data_dir: Path, host: str, port: int, gateway_port: int, dep
             gateway.kill()
 
 
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process's handlers only set `stop`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _watch(proc: subprocess.Popen[bytes]) -> None:
     while proc.poll() is None:
         await asyncio.sleep(0.5)
     log.error("gateway exited with code %s; stopping the server", proc.returncode)
 
 
-def run_server(*, data_dir: Path, host: str = "127.0.0.1", port: int = 8080, gateway_port: int = 8081,
-               deploy: Sequence[Path] = (), oss_root: Path | None = None, keep_replicas: bool = False) -> None:
-    logging.basicConfig(level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run_server(
+    *,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    gateway_port: int = 8081,
+    deploy: Sequence[Path] = (),
+    oss_root: Path | None = None,
+    keep_replicas: bool = False,
+) -> None:
+    logging.basicConfig(
+        level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(data_dir)
     try:
-        asyncio.run(_serve(data_dir=data_dir, host=host, port=port, gateway_port=gateway_port,
-                           deploy=list(deploy), oss_root=(oss_root or data_dir / "oss").resolve(),
-                           keep_replicas=keep_replicas))
+        asyncio.run(
+            _serve(
+                data_dir=data_dir,
+                host=host,
+                port=port,
+                gateway_port=gateway_port,
+                deploy=list(deploy),
+                oss_root=(oss_root or data_dir / "oss").resolve(),
+                keep_replicas=keep_replicas,
+            )
+        )
     except (ServerError, OpenEASError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -16,9 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from openeas.errors import NotFound, OpenEASError, SpecError
+from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.spec import parse_spec
-from openeas.spec.load import format_errors
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 
 
@@ -58,15 +57,20 @@ class ControlPlane:
             status = "Updating"
         elif ready >= desired:
             status = "Running"
-        elif any(r.phase == "Failed" or r.restart_count > 0 and r.phase != "Ready" for r in live):
+        elif any(r.phase == "Failed" or (r.restart_count > 0 and r.phase != "Ready") for r in live):
             status = "Failed" if ready == 0 else "Degraded"
         else:
             status = "Pending"
         return {
-            "name": svc.name, "status": status, "version": svc.current_version,
-            "desired_replicas": desired, "ready_replicas": ready, "total_replicas": len(live),
+            "name": svc.name,
+            "status": status,
+            "version": svc.current_version,
+            "desired_replicas": desired,
+            "ready_replicas": ready,
+            "total_replicas": len(live),
             "endpoint": self.endpoint(svc.name),
-            "created_at": _iso(svc.created_at), "updated_at": _iso(svc.updated_at),
+            "created_at": _iso(svc.created_at),
+            "updated_at": _iso(svc.updated_at),
         }
 
     def detail(self, name: str) -> dict[str, Any]:
@@ -80,15 +84,23 @@ class ControlPlane:
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         cur = self.store.get_service(name).current_version
-        return [{"version": v.version, "created_at": _iso(v.created_at), "current": v.version == cur}
-                for v in self.store.versions(name)]
+        return [
+            {"version": v.version, "created_at": _iso(v.created_at), "current": v.version == cur}
+            for v in self.store.versions(name)
+        ]
 
 
 def replica_view(r: ReplicaRow) -> dict[str, Any]:
     cold = r.cold_start or {}
     return {
-        "id": r.id, "version": r.version, "phase": r.phase, "host": r.host, "port": r.port, "pid": r.pid,
-        "restart_count": r.restart_count, "stopping": bool(r.stopping),
+        "id": r.id,
+        "version": r.version,
+        "phase": r.phase,
+        "host": r.host,
+        "port": r.port,
+        "pid": r.pid,
+        "restart_count": r.restart_count,
+        "stopping": bool(r.stopping),
         "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
         "cold_start": {k: cold.get(k) for k in ("fetch_s", "start_s", "warm_s", "total_s")}
         | {"fetch": cold.get("fetch")},
@@ -104,8 +116,11 @@ def _error(status: int, code: str, message: str, errors: list[str] | None = None
 
 
 def create_app(cp: ControlPlane) -> FastAPI:
-    app = FastAPI(title="OpenEAS control plane", version="0.1.0",
-                  description="Deploy, scale and observe model services. Auth: `Authorization: Bearer <admin token>`.")
+    app = FastAPI(
+        title="OpenEAS control plane",
+        version="0.1.0",
+        description="Deploy, scale and observe model services. Auth: `Authorization: Bearer <admin token>`.",
+    )
 
     @app.exception_handler(OpenEASError)
     async def _our_errors(_req: Request, exc: OpenEASError) -> JSONResponse:
@@ -151,7 +166,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def update_service(name: str, request: Request) -> dict[str, Any]:
         spec = parse_spec(await _spec_body(request))
         if spec.name != name:
-            raise SpecError([f"metadata.name: '{spec.name}' does not match the service in the URL ('{name}')"])
+            raise SpecError(
+                [f"metadata.name: '{spec.name}' does not match the service in the URL ('{name}')"]
+            )
         cp.store.add_version(spec)
         cp.wake()
         return cp.detail(name)
@@ -209,10 +226,18 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.get("/api/v1/services/{name}/events", dependencies=auth)
     def events(name: str, limit: int = 100) -> dict[str, Any]:
         cp.store.get_service(name)
-        return {"events": [
-            {"time": _iso(e.time), "type": e.type, "reason": e.reason, "message": e.message, "replica": e.replica}
-            for e in cp.store.events(name, limit)
-        ]}
+        return {
+            "events": [
+                {
+                    "time": _iso(e.time),
+                    "type": e.type,
+                    "reason": e.reason,
+                    "message": e.message,
+                    "replica": e.replica,
+                }
+                for e in cp.store.events(name, limit)
+            ]
+        }
 
     @app.get("/api/v1/services/{name}/logs", dependencies=auth)
     def logs(name: str, replica: str | None = None, tail: int = 200) -> dict[str, Any]:
@@ -239,8 +264,6 @@ class _Unauthorized(OpenEASError):
 
 def _not_deleting(store: Store, name: str) -> None:
     if store.get_service(name).state == "Deleting":
-        from openeas.errors import Conflict
-
         raise Conflict(f"service '{name}' is being deleted")
 
 

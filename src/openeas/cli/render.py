@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,9 +12,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+
+def _width(stream: object) -> int | None:
+    # A pipe has no width: rich would wrap at 80 columns; a table piped to grep or less reads better whole.
+    isatty = getattr(stream, "isatty", None)
+    return None if "COLUMNS" in os.environ or (isatty is not None and isatty()) else 200
+
+
 # Console() resolves sys.stdout/sys.stderr at print time, so test runners that swap them still work.
-out = Console()
-err = Console(stderr=True)
+out = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 PHASE_STYLE = {
     "Ready": "green",

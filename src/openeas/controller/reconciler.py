@@ -25,7 +25,9 @@ log = logging.getLogger("openeas.reconciler")
 
 
 class Reconciler:
-    def __init__(self, store: Store, runtime: Runtime, cfg: SupervisorConfig, *, tick_s: float = 0.25) -> None:
+    def __init__(
+        self, store: Store, runtime: Runtime, cfg: SupervisorConfig, *, tick_s: float = 0.25
+    ) -> None:
         self.store = store
         self.runtime = runtime
         self.cfg = cfg
@@ -58,8 +60,14 @@ class Reconciler:
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
             by_service.setdefault(r.service, []).append(
-                ReplicaView(id=r.id, version=r.version, phase=r.phase, stopping=bool(r.stopping),
-                            created_at=r.created_at))
+                ReplicaView(
+                    id=r.id,
+                    version=r.version,
+                    phase=r.phase,
+                    stopping=bool(r.stopping),
+                    created_at=r.created_at,
+                )
+            )
         for name, svc in services.items():
             views = by_service.get(name, [])
             if svc.state == "Deleting":
@@ -72,8 +80,13 @@ class Reconciler:
             desired = 0 if svc.state == "Stopped" else svc.desired_replicas
             spec = self.store.version_spec(name, svc.current_version)
             rs = spec.metadata.rolling_strategy
-            plan = plan_rollout(views, current_version=svc.current_version, desired=desired,
-                                max_surge=rs.max_surge, max_unavailable=rs.max_unavailable)
+            plan = plan_rollout(
+                views,
+                current_version=svc.current_version,
+                desired=desired,
+                max_surge=rs.max_surge,
+                max_unavailable=rs.max_unavailable,
+            )
             for rid in plan.stop:
                 self._request_stop(rid)
             for _ in range(plan.create):
@@ -115,8 +128,9 @@ class Reconciler:
             refs = [s.ref for s in self.supervisors.values() if s.ref is not None]
             await asyncio.gather(*(stop_process(self.runtime, ref, 5.0) for ref in refs))
             for r in self.store.replicas():
-                self.store.update_replica(r.id, phase="Pending", pid=None, start_ticks=None,
-                                          message="stopped with the server")
+                self.store.update_replica(
+                    r.id, phase="Pending", pid=None, start_ticks=None, message="stopped with the server"
+                )
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -140,7 +154,10 @@ def kill_orphans(data_dir: Path, known_replicas: set[str]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         env = _environ(int(entry.name))
-        if env.get("OPENEAS_DATA_DIR") == str(data_dir) and env.get("OPENEAS_REPLICA_ID") not in known_replicas:
+        if (
+            env.get("OPENEAS_DATA_DIR") == str(data_dir)
+            and env.get("OPENEAS_REPLICA_ID") not in known_replicas
+        ):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))

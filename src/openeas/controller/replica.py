@@ -57,8 +57,15 @@ class _Failure(Exception):
 
 
 class ReplicaSupervisor:
-    def __init__(self, rid: str, store: Store, runtime: Runtime, cache: NodeCache,
-                 cfg: SupervisorConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        rid: str,
+        store: Store,
+        runtime: Runtime,
+        cache: NodeCache,
+        cfg: SupervisorConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.rid = rid
         self.store = store
         self.runtime = runtime
@@ -83,8 +90,9 @@ class ReplicaSupervisor:
         return row
 
     def _event(self, row: ReplicaRow, reason: str, message: str, warning: bool = False) -> None:
-        self.store.record_event(row.service, reason, message, type="Warning" if warning else "Normal",
-                                replica=self.rid)
+        self.store.record_event(
+            row.service, reason, message, type="Warning" if warning else "Normal", replica=self.rid
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up (raising _Stop) as soon as a stop is requested."""
@@ -142,10 +150,16 @@ class ReplicaSupervisor:
             if row.phase != "Ready":
                 self._set(phase="Starting", message="adopted; probing")
             return ref
-        self._set(pid=None, start_ticks=None, restart_count=row.restart_count + 1, phase="Pending",
-                  message="process was gone after a control-plane restart")
-        self._event(row, "Lost", f"replica process {row.pid} was gone after a control-plane restart",
-                    warning=True)
+        self._set(
+            pid=None,
+            start_ticks=None,
+            restart_count=row.restart_count + 1,
+            phase="Pending",
+            message="process was gone after a control-plane restart",
+        )
+        self._event(
+            row, "Lost", f"replica process {row.pid} was gone after a control-plane restart", warning=True
+        )
         return None
 
     async def _start(self, row: ReplicaRow, spec: ServiceSpec) -> None:
@@ -153,18 +167,25 @@ class ReplicaSupervisor:
         workdir = Path(row.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         resolved = _resolve_storage(spec, self.cfg.oss_root)
-        try:
-            plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
-        except MountError as exc:
-            raise _Failure("MountFailed", exc.message) from None
-        fetch = {"bytes": plan.bytes_copied, "seconds": round(plan.seconds, 3), "cache_hit": plan.all_hits}
-        self._set(phase="Starting", cold_start={"fetch": fetch})
         port = free_port()
         env = dict(self.cfg.base_env if self.cfg.base_env is not None else os.environ)
-        env.update(OPENEAS_REPLICA_ID=self.rid, OPENEAS_SERVICE=row.service,
-                   OPENEAS_DATA_DIR=str(self.cfg.data_dir))
-        launch = build_launch(spec, replica_id=self.rid, port=port, mounts=plan.paths,
-                              workdir=str(workdir), log_path=row.log_path, base_env=env)
+        env.update(
+            OPENEAS_REPLICA_ID=self.rid, OPENEAS_SERVICE=row.service, OPENEAS_DATA_DIR=str(self.cfg.data_dir)
+        )
+        try:
+            plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+            launch = build_launch(
+                spec,
+                replica_id=self.rid,
+                port=port,
+                mounts=plan.paths,
+                workdir=str(workdir),
+                log_path=row.log_path,
+                base_env=env,
+            )
+        except MountError as exc:
+            raise _Failure("MountFailed", exc.message) from None
+        self._set(phase="Starting", cold_start={"fetch": plan.summary()})
         self.ref = self.runtime.start(launch)
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
         self._event(row, "Started", f"process {self.ref.pid} listening on port {port}")
@@ -181,6 +202,8 @@ class ReplicaSupervisor:
         while True:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
+                code = self.runtime.exit_code(self.ref)
+                self._set(message=f"process exited during startup (code {code}); see `openeas logs`")
                 return False
             if row.port is not None:
                 result = await probe_once(row.host, row.port, check)
@@ -188,8 +211,12 @@ class ReplicaSupervisor:
                     return True
                 if self.clock() - started > deadline_s:
                     self._set(message=f"not ready after {deadline_s:.0f}s: {result.detail}")
-                    self._event(row, "StartupTimeout", f"not ready after {deadline_s:.0f}s: {result.detail}",
-                                warning=True)
+                    self._event(
+                        row,
+                        "StartupTimeout",
+                        f"not ready after {deadline_s:.0f}s: {result.detail}",
+                        warning=True,
+                    )
                     return False
             await self._sleep(period)
 
@@ -238,9 +265,15 @@ class ReplicaSupervisor:
                     result = await probe_once(row.host, row.port, check)
                     failures = 0 if result.ok else failures + 1
                     if failures >= threshold:
-                        self._set(phase="Failed", message=f"readiness failed {failures} times: {result.detail}")
-                        self._event(row, "Unhealthy", f"readiness failed {failures} times: {result.detail}",
-                                    warning=True)
+                        self._set(
+                            phase="Failed", message=f"readiness failed {failures} times: {result.detail}"
+                        )
+                        self._event(
+                            row,
+                            "Unhealthy",
+                            f"readiness failed {failures} times: {result.detail}",
+                            warning=True,
+                        )
                         return
             await self._sleep(ALIVE_CHECK_S)
 
@@ -252,9 +285,15 @@ class ReplicaSupervisor:
             self.ref = None
         self.streak += 1
         delay = restart_backoff_s(self.streak)
-        self._set(restart_count=count, pid=None, start_ticks=None, phase="Pending",
-                  message=f"restarting in {delay:.0f}s (restart {count})")
-        self._event(row, "Restarting", f"restart {count} in {delay:.0f}s", warning=True)
+        why = f": {row.message}" if row.message else ""
+        self._set(
+            restart_count=count,
+            pid=None,
+            start_ticks=None,
+            phase="Pending",
+            message=f"restarting in {delay:.0f}s (restart {count}){why}",
+        )
+        self._event(row, "Restarting", f"restart {count} in {delay:.0f}s{why}", warning=True)
         await self._sleep(delay)
 
     async def _shutdown(self) -> None:
@@ -291,11 +330,13 @@ def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:
     storage = []
     for m in spec.storage:
         if m.oss is not None:
-            m = m.model_copy(update={"oss": m.oss.model_copy(update={"path": resolve_url(m.oss.path, oss_root)})})
+            m = m.model_copy(
+                update={"oss": m.oss.model_copy(update={"path": resolve_url(m.oss.path, oss_root)})}
+            )
         storage.append(m)
     return spec.model_copy(update={"storage": storage})
 
 
 def _resolve_local(path: str, oss_root: Path | None) -> str:
     url = resolve_url(path, oss_root)
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url

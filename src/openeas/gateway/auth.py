@@ -34,10 +34,17 @@ class Credentials:
     """A route's token, pre-encoded once per routing-table swap (not per request)."""
 
     token: bytes
+    bearer: bytes  # b"Bearer " + token: the OpenAI SDK's form, checked without splitting
 
     @classmethod
     def from_token(cls, token: str) -> Credentials:
-        return cls(token.encode())
+        return cls(token.encode(), b"Bearer " + token.encode())
+
+    def fast_match(self, authorization: bytes | None) -> bool:
+        """True for ``<token>`` or ``Bearer <token>`` (the hot path); else call `authorize`."""
+        return authorization is not None and (
+            hmac.compare_digest(authorization, self.bearer) or hmac.compare_digest(authorization, self.token)
+        )
 
 
 def eas_signature(
@@ -57,6 +64,7 @@ def authorize(
     content_md5: bytes | None = None,
     content_type: bytes | None = None,
     date: bytes | None = None,
+    path: bytes | None = None,
     now: float,
     max_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
 ) -> bytes | None:
@@ -84,19 +92,23 @@ def authorize(
         raise AuthError("invalid_token", f"wrong token for service '{service}'")
     if not date:
         raise AuthError("missing_date", "signed request (Authorization: EAS ...) without a Date header")
-    expected = eas_signature(
-        token,
-        method,
-        content_md5 or b"",
-        content_type or b"",
-        date,
-        b"/api/predict/" + service.encode(),
-    )
-    if not hmac.compare_digest(credential.strip(), expected):
+    # The SDK signs `/api/predict/<service_name>`, where its service name may carry a sub path
+    # (`svc/v1/completions`): accept a signature over the request path as well as the bare one.
+    signed = credential.strip()
+    resources = [b"/api/predict/" + service.encode()]
+    if path and path != resources[0]:
+        resources.append(path)
+    if not any(
+        hmac.compare_digest(
+            signed, eas_signature(token, method, content_md5 or b"", content_type or b"", date, resource)
+        )
+        for resource in resources
+    ):
         raise AuthError(
             "invalid_signature",
             f"wrong EAS signature for service '{service}' (HMAC-SHA1 of method, Content-MD5, "
-            f"Content-Type, Date and /api/predict/{service} with the service token)",
+            f"Content-Type, Date and the request path /api/predict/{service}[/sub/path] with the "
+            "service token)",
         )
     check_date(date, now=now, max_skew_s=max_skew_s)
     return content_md5 or None

@@ -12,14 +12,32 @@ from dataclasses import dataclass
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    math.inf,
 )
+
+
+_HIST = "openeas_gateway_request_duration_seconds"
 
 
 class ServiceMetrics:
     """Counters for one service. Mutated only from the gateway's event loop."""
 
-    __slots__ = ("by_code", "buckets", "in_flight", "latency_count", "latency_sum_s")
+    __slots__ = ("buckets", "by_code", "in_flight", "latency_count", "latency_sum_s")
 
     def __init__(self) -> None:
         self.by_code: dict[int, int] = {}
@@ -110,11 +128,9 @@ class GatewayMetrics:
             for le, n in zip(LATENCY_BUCKETS_S, m.buckets, strict=True):
                 cumulative += n
                 le_s = "+Inf" if le == math.inf else repr(le)
-                lines.append(
-                    f'openeas_gateway_request_duration_seconds_bucket{{service="{svc}",le="{le_s}"}} {cumulative}'
-                )
-            lines.append(f'openeas_gateway_request_duration_seconds_sum{{service="{svc}"}} {m.latency_sum_s}')
-            lines.append(f'openeas_gateway_request_duration_seconds_count{{service="{svc}"}} {m.latency_count}')
+                lines.append(f'{_HIST}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
+            lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
+            lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
         lines.append("")
         return "\n".join(lines).encode()
 

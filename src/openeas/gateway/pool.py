@@ -65,14 +65,17 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadDone):
-                self.parser = HttpResponseParser(self)
-                self.on_message_complete()
-            else:
+            if not isinstance(e.__context__, _HeadDone):
                 raise
+            self.parser = HttpResponseParser(self)
+            client.upstream_complete(self)
         except HttpParserError as e:
             self.abort()
             self._lost(f"invalid HTTP response from replica {self.state.name}: {e}")
+
+    def expect_head_response(self) -> None:
+        """The next response answers a HEAD request: it ends with its headers, whatever they say."""
+        self.parser = HttpResponseParser(_HeadCallbacks(self))
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -93,18 +96,16 @@ class UpstreamConnection(asyncio.Protocol):
         if self.client is not None:
             self.client.upstream_resume()
 
-    # --- httptools callbacks ------------------------------------------------------------------
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        self.status = status = parser.get_status_code()
-        self.keep_alive = parser.should_keep_alive()
-        if self.head_request and status >= 200:
-            raise _HeadDone
-
+    # --- httptools callback -------------------------------------------------------------------
+    # Only on_message_complete: status and keep-alive are still readable then, and one Python
+    # callback per response is cheaper than two.
     def on_message_complete(self) -> None:
-        status = self.status
+        parser = self.parser
+        status = parser.get_status_code()
         if status < 200 and status != 101:  # interim response (100 Continue): the real one follows
             return
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
         client = self.client
         if client is not None:
             client.upstream_complete(self)
@@ -125,6 +126,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+class _HeadCallbacks:
+    """Parser callbacks for a response to HEAD: it is complete at the end of its headers."""
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        parser = conn.parser
+        status = parser.get_status_code()
+        if status >= 200:
+            conn.status = status
+            conn.keep_alive = parser.should_keep_alive()
+            raise _HeadDone
 
 
 class UpstreamState:

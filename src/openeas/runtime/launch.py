@@ -57,9 +57,9 @@ from openeas.spec.models import ServiceSpec
 
 _PORT_RE = re.compile(
     # 1. a flag, then a space or '=', then an optionally quoted number
-    r"(?P<flag>(?<![\w-])--?[A-Za-z][\w.-]*)(?P<fsep>\s*=\s*|\s+)[\"']?(?P<fnum>\d+)(?!\d)"
+    r"(?P<flag>(?<![\w-])--?[A-Za-z][\w.-]*)(?P<fsep>\s*=\s*|\s+)[\"']?(?P<fnum>\d+)(?![\w.:])"
     # 2. an assignment: NAME=number, name = number
-    r"|(?P<name>(?<![\w.$-])[A-Za-z_]\w*)\s*=\s*[\"']?(?P<anum>\d+)(?!\d)"
+    r"|(?P<name>(?<![\w.$-])[A-Za-z_]\w*)\s*=\s*[\"']?(?P<anum>\d+)(?![\w.:])"
     # 3. host:number, or :number at the start of a word (not after '[', a quote or a word char)
     r"|(?:(?<![\w.\[:-])(?:\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9](?:[A-Za-z0-9-]*)(?:\.[A-Za-z0-9-]+)*)"
     r"|(?<![^\s=/]))"

@@ -77,7 +77,8 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def ready_count(detail: dict[str, Any]) -> int:
-    """Ready replicas of the service's current version (old-version replicas don't count after an update)."""
+    """Ready replicas of the current version that are not being stopped (old-version replicas don't
+    count after an update)."""
     replicas = detail.get("replicas")
     if not isinstance(replicas, list):
         return int(detail.get("ready_replicas") or 0)
@@ -85,8 +86,16 @@ def ready_count(detail: dict[str, Any]) -> int:
     return sum(
         1
         for r in replicas
-        if r.get("phase") == "Ready" and (current is None or r.get("version") in (None, current))
+        if r.get("phase") == "Ready"
+        and not r.get("stopping")
+        and (current is None or r.get("version") in (None, current))
     )
+
+
+def last_message(detail: dict[str, Any]) -> str | None:
+    """The most telling replica message (a failure reason), if any."""
+    msgs = [str(r["message"]) for r in detail.get("replicas") or [] if r.get("message")]
+    return msgs[-1] if msgs else None
 
 
 class Client:
@@ -262,25 +271,38 @@ class Client:
         timeout_s: float = 120,
         poll_s: float = 0.5,
         on_progress: ProgressFn | None = None,
+        failed_grace_s: float = 30,
     ) -> dict[str, Any]:
         """Poll ``describe`` until ``replicas`` (default: the desired count) of the current version are Ready.
 
-        Raises ``WaitTimeout`` after ``timeout_s`` seconds and ``ApiError`` if the service turns ``Failed``.
+        Raises ``WaitTimeout`` after ``timeout_s`` seconds, and ``ApiError`` (status 0, code ``failed``)
+        once the service has been ``Failed`` for ``failed_grace_s`` seconds in a row (a replica that
+        crashes once and recovers on restart does not end the wait).
         """
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
+        failed_since: float | None = None
         while True:
             detail = self.describe(name)
+            now = time.monotonic()
             if on_progress is not None:
                 on_progress(detail)
             wanted = replicas if replicas is not None else int(detail.get("desired_replicas") or 0)
-            if ready_count(detail) >= wanted and detail.get("status") not in ("Updating", "Pending"):
+            ready = ready_count(detail)
+            if ready >= wanted and detail.get("status") not in ("Updating", "Pending"):
                 return detail
             if detail.get("status") == "Failed":
-                msgs = [r.get("message") for r in detail.get("replicas", []) if r.get("message")]
-                raise ApiError(0, "failed", f"service {name} failed" + (f": {msgs[-1]}" if msgs else ""))
-            if time.monotonic() >= deadline:
+                failed_since = now if failed_since is None else failed_since
+                if now - failed_since >= failed_grace_s:
+                    why = last_message(detail)
+                    raise ApiError(0, "failed", f"service {name} failed" + (f": {why}" if why else ""))
+            else:
+                failed_since = None
+            if now >= deadline:
+                why = last_message(detail)
                 raise WaitTimeout(
-                    f"service {name}: {ready_count(detail)}/{wanted} replicas ready after {timeout_s:g}s",
+                    f"service {name}: {ready}/{wanted} replicas ready after {timeout_s:g}s"
+                    + (f" (last message: {why})" if why else ""),
                     detail,
                 )
             time.sleep(poll_s)

@@ -25,6 +25,9 @@ class RpcConfig(_Model):
     )
     max_queue_size: int | None = Field(default=None, ge=1)
     rate_limit: int | None = Field(default=None, ge=1, description="requests per second per service")
+    max_body_bytes: int | None = Field(
+        default=None, ge=1, description="OpenEAS: largest request body in bytes (413 above); default 64 MiB"
+    )
 
 
 class RollingStrategy(_Model):
@@ -73,7 +76,9 @@ class HealthCheck(_Model):
     initial_delay_seconds: float = Field(default=0.0, ge=0)
     period_seconds: float = Field(default=1.0, gt=0)
     timeout_seconds: float = Field(default=2.0, gt=0)
-    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that mark a Ready replica unready")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="consecutive failures that mark a Ready replica unready"
+    )
     startup_timeout_seconds: float = Field(
         default=600.0, gt=0, description="OpenEAS: a replica not Ready after this many seconds is restarted"
     )
@@ -85,7 +90,9 @@ class EnvVar(_Model):
 
 
 class Container(_Model):
-    image: str | None = Field(default=None, description="recorded; the process runtime runs `command` on the host")
+    image: str | None = Field(
+        default=None, description="recorded; the process runtime runs `command` on the host"
+    )
     command: str | None = None
     script: str | None = Field(default=None, description="a bash script run instead of `command`")
     port: int = Field(default=8000, ge=1, le=65535, description="the port the server listens on in the spec")

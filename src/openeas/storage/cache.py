@@ -17,6 +17,8 @@ concurrent materializations of one key copy once. Files in the cache are made re
 
 Security: a listed path that would land outside the cache entry (absolute, with ``..``, or a
 symlink of a local source that points outside the source) is refused with a MountError naming it.
+In a local source folder, a symlink to a file inside it is copied as that file and a symlink to
+a folder inside it is kept as a relative symlink; a broken symlink is an error.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class _Entry:
     src: str  # the path in the source filesystem
     size: int
     stamp: str  # checksum (c:…) or modification time (t:…)
+    link: str | None = None  # a relative symlink target (a local folder linking inside itself)
 
 
 def _stamp(info: dict[str, Any]) -> tuple[str, bool]:
@@ -99,6 +102,31 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _local_entry(src: str, rel: str, real_root: str, is_dir: bool, where: str) -> _Entry:
+    """One file of a local source; symlinks are resolved and must stay inside the source.
+
+    A link to a file inside is copied as that file; a link to a folder inside becomes a relative
+    link in the cache (its files are copied under their own names). A single-file URL names
+    what to copy, so following its link anywhere is the intent.
+    """
+    real = os.path.realpath(src)
+    if is_dir and not _inside(real, real_root):
+        raise MountError(
+            f"{where}: path {rel!r} escapes the mount (a symlink to {real!r}, outside {real_root!r})"
+        )
+    if os.path.isdir(real):
+        if not is_dir:  # pragma: no cover - fs.isdir() said it is a file
+            raise MountError(f"{where}: path {rel!r} is not a file")
+        here = os.path.join(real_root, os.path.dirname(rel))
+        return _Entry(rel, src, 0, "l:", link=os.path.relpath(real, here))
+    if not os.path.exists(real):
+        raise MountError(f"{where}: path {rel!r} is a broken symlink")
+    if not os.path.isfile(real):
+        raise MountError(f"{where}: path {rel!r} is not a regular file")
+    st = os.stat(real)
+    return _Entry(rel, src, st.st_size, f"t:{st.st_mtime_ns}")
+
+
 class NodeCache:
     """A content-addressed cache of object storage under ``root`` (see the module docstring)."""
 
@@ -109,52 +137,47 @@ class NodeCache:
 
     # -- listing --------------------------------------------------------------------------
 
-    def _list(self, url: str, where: str) -> tuple[fsspec.AbstractFileSystem, list[_Entry], bool]:
+    def _list(self, url: str, where: str) -> tuple[fsspec.AbstractFileSystem, str, list[_Entry], bool]:
+        """``(fs, source id, entries, all entries have a checksum)``."""
         try:
             fs, path = url_to_fs(url)
         except (ImportError, ValueError) as e:
             raise MountError(f"{where}: cannot open {url!r}: {e}") from e
         try:
-            exists = fs.exists(path)
+            if not fs.exists(path):
+                raise MountError(f"{where}: {url!r} does not exist")
+            local = isinstance(fs, LocalFileSystem)
+            is_dir = fs.isdir(path)
+            if is_dir:
+                root = path.rstrip("/") or "/"
+                items = sorted(fs.find(root, withdirs=False, detail=True).items())
+            else:  # a single file: the entry is a directory holding just that file
+                root = posixpath.dirname(path.rstrip("/"))
+                items = [(path, fs.info(path))]
         except OSError as e:
-            raise MountError(f"{where}: cannot read {url!r}: {e}") from e
-        if not exists:
-            raise MountError(f"{where}: {url!r} does not exist")
-        local = isinstance(fs, LocalFileSystem)
-        is_dir = fs.isdir(path)
+            raise MountError(f"{where}: cannot list {url!r}: {e}") from e
         entries: list[_Entry] = []
-        all_checksums = True
-        if is_dir:
-            root = path.rstrip("/") or "/"
-            items = sorted(fs.find(root, withdirs=False, detail=True).items())
-        else:  # a single file: the entry is a directory holding just that file
-            root = posixpath.dirname(path.rstrip("/"))
-            items = [(path, fs.info(path))]
         real_root = os.path.realpath(root) if local else ""
         for src, info in items:
             src = src.rstrip("/")
             if not _inside(src, root) or src == root:
                 raise MountError(f"{where}: path {src!r} escapes the mount")
             rel = _check_rel(src[len(root) :].lstrip("/"), where)
-            # A symlink inside a local source folder must not pull in files from elsewhere.
-            # (A single-file URL names what to copy; following its link is the intent.)
-            if local and is_dir and not _inside(os.path.realpath(src), real_root):
-                raise MountError(
-                    f"{where}: path {rel!r} escapes the mount (a symlink to "
-                    f"{os.path.realpath(src)!r}, outside {real_root!r})"
-                )
-            stamp, is_sum = _stamp(info)
-            all_checksums = all_checksums and is_sum
-            entries.append(_Entry(rel=rel, src=src, size=int(info.get("size") or 0), stamp=stamp))
-        return fs, entries, all_checksums
+            if local:
+                entries.append(_local_entry(src, rel, real_root, is_dir, where))
+            elif info.get("type", "file") == "file":
+                stamp, _ = _stamp(info)
+                entries.append(_Entry(rel, src, int(info.get("size") or 0), stamp))
+        all_checksums = all(e.stamp.startswith("c:") for e in entries)
+        return fs, fs.unstrip_protocol(path), entries, all_checksums
 
     @staticmethod
-    def _key(url: str, entries: list[_Entry], all_checksums: bool) -> str:
+    def _key(source: str, entries: list[_Entry], all_checksums: bool) -> str:
         h = hashlib.sha256()
         if not all_checksums:
-            h.update(json.dumps({"source": url}).encode())
+            h.update(json.dumps({"source": source}).encode())
         for e in entries:
-            h.update(json.dumps([e.rel, e.size, e.stamp]).encode())
+            h.update(json.dumps([e.rel, e.size, e.stamp, e.link]).encode())
             h.update(b"\n")
         return h.hexdigest()
 
@@ -171,19 +194,26 @@ class NodeCache:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     @staticmethod
-    def _copy(fs: fsspec.AbstractFileSystem, entries: list[_Entry], dest: Path) -> int:
+    def _copy(fs: fsspec.AbstractFileSystem, entries: list[_Entry], dest: Path, where: str) -> int:
         copied = 0
+        real_dest = os.path.realpath(dest)
         for e in entries:
             target = dest / e.rel
             # Belt and braces after _check_rel: the resolved target must stay inside dest.
-            if not _inside(os.path.realpath(target), os.path.realpath(dest)):
-                raise MountError(f"path {e.rel!r} escapes the mount")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open(e.src, "rb") as src, open(target, "xb") as out:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
-                    copied += len(chunk)
-            os.chmod(target, 0o444)
+            if not _inside(os.path.realpath(target), real_dest):
+                raise MountError(f"{where}: path {e.rel!r} escapes the mount")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if e.link is not None:
+                    os.symlink(e.link, target)
+                    continue
+                with fs.open(e.src, "rb") as src, open(target, "xb") as out:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+                        copied += len(chunk)
+                os.chmod(target, 0o444)
+            except OSError as exc:
+                raise MountError(f"{where}: cannot copy {e.rel!r}: {exc}") from exc
         return copied
 
     def materialize(self, url: str, *, where: str = "source") -> Materialized:
@@ -192,8 +222,8 @@ class NodeCache:
         ``where`` prefixes error messages (e.g. ``storage[0].oss.path``).
         """
         t0 = time.monotonic()
-        fs, entries, all_checksums = self._list(url, where)
-        key = self._key(url, entries, all_checksums)
+        fs, source, entries, all_checksums = self._list(url, where)
+        key = self._key(source, entries, all_checksums)
         final = self.objects / key
         n = len(entries)
         if final.is_dir():
@@ -202,9 +232,12 @@ class NodeCache:
         with self._lock(key):
             if final.is_dir():  # another process copied it while we waited for the lock
                 return Materialized(url, key, final, True, n, 0, time.monotonic() - t0)
+            # Only the lock holder writes .tmp dirs of this key: any left are from a crashed copy.
+            for stale in self.objects.glob(f".tmp-{key[:16]}-*"):
+                _rmtree(stale)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.objects))
             try:
-                copied = self._copy(fs, entries, tmp)
+                copied = self._copy(fs, entries, tmp, where)
                 os.chmod(tmp, 0o755)
                 os.rename(tmp, final)
             except BaseException:

@@ -61,14 +61,14 @@ class MountPlan:
     def summary(self) -> dict[str, Any]:
         """JSON-ready fetch statistics (the replica's cold-start "Fetching" phase)."""
         return {
-            "hit": self.all_hits,
+            "cache_hit": self.all_hits,
             "bytes": self.bytes_copied,
             "seconds": round(self.seconds, 6),
             "mounts": [
                 {
                     "mount_path": f.mount_path,
                     "kind": f.kind,
-                    "hit": f.hit,
+                    "cache_hit": f.hit,
                     "bytes": f.bytes_copied,
                     "seconds": round(f.seconds, 6),
                     **({"key": f.key} if f.key else {}),

@@ -14,5 +14,5 @@ from pathlib import Path
 
 def resolve_url(url: str, oss_root: Path | None) -> str:
     if url.startswith("oss://") and oss_root is not None and not os.environ.get("OPENEAS_OSS_ENDPOINT"):
-        return (oss_root / url[len("oss://"):]).as_uri() + ("/" if url.endswith("/") else "")
+        return (oss_root / url[len("oss://") :]).as_uri() + ("/" if url.endswith("/") else "")
     return url

@@ -57,8 +57,10 @@ def migrate(engine: Engine) -> int:
         for i, step in enumerate(MIGRATIONS[current:], start=current + 1):
             step(conn)
             conn.execute(
-                text("INSERT INTO meta(key, value) VALUES ('schema_version', :v) "
-                     "ON CONFLICT(key) DO UPDATE SET value=:v"),
+                text(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', :v) "
+                    "ON CONFLICT(key) DO UPDATE SET value=:v"
+                ),
                 {"v": str(i)},
             )
     return len(MIGRATIONS)
@@ -146,8 +148,15 @@ class Store:
             row = self._service(s, spec.name)
             if row.state == "Deleting":
                 raise Conflict(f"service '{spec.name}' is being deleted")
-            last = s.scalar(select(VersionRow.version).where(VersionRow.service == spec.name)
-                            .order_by(VersionRow.version.desc()).limit(1)) or 0
+            last = (
+                s.scalar(
+                    select(VersionRow.version)
+                    .where(VersionRow.service == spec.name)
+                    .order_by(VersionRow.version.desc())
+                    .limit(1)
+                )
+                or 0
+            )
             row.current_version = last + 1
             if scale:
                 row.desired_replicas = spec.metadata.instance
@@ -191,8 +200,9 @@ class Store:
     def versions(self, name: str) -> list[VersionRow]:
         with self.session() as s:
             self._service(s, name)
-            return list(s.scalars(select(VersionRow).where(VersionRow.service == name)
-                                  .order_by(VersionRow.version)))
+            return list(
+                s.scalars(select(VersionRow).where(VersionRow.service == name).order_by(VersionRow.version))
+            )
 
     def token(self, name: str) -> str:
         return self.cipher.decrypt(self.get_service(name).token_enc)
@@ -219,13 +229,22 @@ class Store:
         rid = f"{service}-{uuid.uuid4().hex[:8]}"
         workdir = workdir_root / rid
         row = ReplicaRow(
-            id=rid, service=service, version=version, phase="Pending", phase_times={"Pending": now},
-            cold_start={}, workdir=str(workdir), log_path=str(workdir / "replica.log"),
-            created_at=now, updated_at=now,
+            id=rid,
+            service=service,
+            version=version,
+            phase="Pending",
+            phase_times={"Pending": now},
+            cold_start={},
+            workdir=str(workdir),
+            log_path=str(workdir / "replica.log"),
+            created_at=now,
+            updated_at=now,
         )
         with self.session() as s:
             s.add(row)
-            self._event(s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid)
+            self._event(
+                s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid
+            )
         return row
 
     def replicas(self, service: str | None = None) -> list[ReplicaRow]:
@@ -252,7 +271,9 @@ class Store:
             new_phase = fields.get("phase", old_phase)
             if new_phase != old_phase:
                 row.phase_times = {**(row.phase_times or {}), new_phase: now}
-            if (old_phase == "Ready") != (new_phase == "Ready") or ("port" in fields and new_phase == "Ready"):
+            if (old_phase == "Ready") != (new_phase == "Ready") or (
+                "port" in fields and new_phase == "Ready"
+            ):
                 self._bump_routing(s)
             row.updated_at = now
             return row
@@ -266,20 +287,38 @@ class Store:
                 s.delete(row)
 
     # ---- events ---------------------------------------------------------------------------------
-    def _event(self, s: Session, service: str, reason: str, message: str, *,
-               type: str = "Normal", replica: str | None = None) -> None:
-        s.add(EventRow(service=service, time=time.time(), type=type, reason=reason,
-                       message=message, replica=replica))
+    def _event(
+        self,
+        s: Session,
+        service: str,
+        reason: str,
+        message: str,
+        *,
+        type: str = "Normal",
+        replica: str | None = None,
+    ) -> None:
+        s.add(
+            EventRow(
+                service=service, time=time.time(), type=type, reason=reason, message=message, replica=replica
+            )
+        )
 
-    def record_event(self, service: str, reason: str, message: str, *,
-                     type: str = "Normal", replica: str | None = None) -> None:
+    def record_event(
+        self, service: str, reason: str, message: str, *, type: str = "Normal", replica: str | None = None
+    ) -> None:
         with self.session() as s:
             self._event(s, service, reason, message, type=type, replica=replica)
 
     def events(self, service: str, limit: int = 100) -> list[EventRow]:
         with self.session() as s:
-            rows = list(s.scalars(select(EventRow).where(EventRow.service == service)
-                                  .order_by(EventRow.id.desc()).limit(limit)))
+            rows = list(
+                s.scalars(
+                    select(EventRow)
+                    .where(EventRow.service == service)
+                    .order_by(EventRow.id.desc())
+                    .limit(limit)
+                )
+            )
         return rows[::-1]
 
 

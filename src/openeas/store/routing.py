@@ -10,7 +10,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from openeas.gateway.table import Route, RoutingTable, Upstream
+from openeas.gateway.table import DEFAULT_MAX_BODY_BYTES, Route, RoutingTable, Upstream
 from openeas.store.db import db_path
 from openeas.store.secrets import TokenCipher
 
@@ -56,11 +56,13 @@ class StoreRoutingSource:
             if state == "Deleting":
                 continue
             spec = json.loads(spec_json)
-            keepalive_ms = spec.get("metadata", {}).get("rpc", {}).get("keepalive")
+            rpc = spec.get("metadata", {}).get("rpc", {})
+            keepalive_ms = rpc.get("keepalive")
             routes[name] = Route(
                 service=name,
                 token=self._cipher.decrypt(token_enc),
                 upstreams=tuple(ready.get(name, ())),
                 timeout_s=keepalive_ms / 1000.0 if keepalive_ms else None,
+                max_body_bytes=int(rpc.get("max_body_bytes") or DEFAULT_MAX_BODY_BYTES),
             )
         return RoutingTable(version=version, routes=routes)

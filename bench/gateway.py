@@ -1,0 +1,347 @@
+"""Gateway vs nginx vs direct, side by side: ``python bench/gateway.py [--duration 10] [--runs 3]``.
+
+Two upstreams: (a) the built-in test server (``python -m openeas.testserver``; a small aiohttp
+JSON app when that package is missing) and (b) nginx serving a fixed body (a very fast replica).
+For each, wrk (pinned to core 0) drives: direct → upstream, nginx (1 worker, keepalive upstream
+pool, pinned to core 1) → upstream, and the OpenEAS gateway (auth token checked, routing and
+metrics on, pinned to core 1) → upstream. Proxy CPU comes from /proc/<pid>/stat. Every load run is
+bounded by ``--duration``; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token-0123456789abcdef"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+AIOHTTP_UPSTREAM = (
+    "import sys; from aiohttp import web\n"
+    "async def ok(r): return web.json_response({'ok': True, 'model': 'bench'})\n"
+    "app = web.Application(); app.router.add_route('*', '/{t:.*}', ok)\n"
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None, access_log=None)\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", path, headers=headers or {})
+            r = c.getresponse()
+            r.read()
+            if r.status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nothing answers 200 on 127.0.0.1:{port}{path}")
+        time.sleep(0.1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        out += [int(k) for k in kids]
+    return out
+
+
+def nginx_conf(tmp: Path, name: str, body: str) -> Path:
+    d = tmp / name
+    d.mkdir()
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  {body}
+}}
+"""
+    )
+    return conf
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    cpu_pids: list[int]
+
+
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, **kw)  # type: ignore[call-overload]
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    # --- upstreams --------------------------------------------------------------------------------
+    def aiohttp_upstream(self) -> tuple[str, int, str]:
+        port = free_port()
+        if importlib.util.find_spec("openeas.testserver") is not None:
+            self.spawn([sys.executable, "-m", "openeas.testserver", "--port", str(port)])
+            label = "openeas.testserver"
+        else:
+            self.spawn([sys.executable, "-c", AIOHTTP_UPSTREAM, str(port)])
+            label = "aiohttp.web JSON"
+        wait_http(port, "/")
+        return label, port, "/"
+
+    def static_upstream(self) -> tuple[str, int, str]:
+        port = free_port()
+        conf = nginx_conf(
+            self.tmp,
+            "static",
+            f"""server {{ listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{{"ok":true,"model":"bench"}}'; }} }}""",
+        )
+        self.spawn([NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        wait_http(port, "/")
+        return "nginx static body", port, "/"
+
+    # --- proxies ----------------------------------------------------------------------------------
+    def nginx_proxy(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+        port = free_port()
+        conf = nginx_conf(
+            self.tmp,
+            f"proxy-{tag}",
+            f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+        )
+        p = self.spawn(["taskset", "-c", "1", NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        wait_http(port, "/")
+        return port, [p.pid, *children(p.pid)]
+
+    def gateway(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+        port = free_port()
+        routing = self.tmp / f"routing-{tag}.json"
+        routing.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "routes": {
+                        "bench": {
+                            "token": TOKEN,
+                            "upstreams": [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}],
+                        }
+                    },
+                }
+            )
+        )
+        p = self.spawn(
+            [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                "-m",
+                "openeas.gateway",
+                "--port",
+                str(port),
+                "--routing-file",
+                str(routing),
+            ]
+        )
+        wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
+        return port, [p.pid]
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_per_10k: float | None
+    errors: int
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, duration: float, conns: int, headers: list[str], cpu_pids: list[int]) -> Result:
+    args = [
+        "taskset",
+        "-c",
+        "0",
+        WRK,
+        "-t2",
+        f"-c{conns}",
+        f"-d{duration:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
+    for h in headers:
+        args += ["-H", h]
+    before = cpu_seconds(cpu_pids) if cpu_pids else 0.0
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, timeout=duration + 30, check=True
+    ).stdout
+    after = cpu_seconds(cpu_pids) if cpu_pids else 0.0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    cpu = (after - before) / total * 10_000 if cpu_pids and total else None
+    return Result(rps, p50, p99, cpu, errors)
+
+
+def median(results: list[Result]) -> Result:
+    cpus = [r.cpu_per_10k for r in results if r.cpu_per_10k is not None]
+    return Result(
+        statistics.median(r.rps for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        statistics.median(cpus) if cpus else None,
+        sum(r.errors for r in results),
+    )
+
+
+@contextlib.contextmanager
+def bench_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="openeas-bench-") as d:
+        yield Path(d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument("--runs", type=int, default=3, help="runs per setup; the table shows medians")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--only", choices=["aiohttp", "static"], help="one upstream only")
+    args = ap.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
+    rows = []
+    with bench_dir() as tmp:
+        b = Bench(tmp)
+        try:
+            upstreams = []
+            if args.only in (None, "aiohttp"):
+                upstreams.append(("aiohttp", b.aiohttp_upstream()))
+            if args.only in (None, "static"):
+                upstreams.append(("static", b.static_upstream()))
+            for tag, (label, up_port, path) in upstreams:
+                nginx_port, nginx_pids = b.nginx_proxy(up_port, tag)
+                gw_port, gw_pids = b.gateway(up_port, tag)
+                setups = {
+                    "direct": (f"http://127.0.0.1:{up_port}{path}", [], []),
+                    "nginx": (f"http://127.0.0.1:{nginx_port}{path}", [], nginx_pids),
+                    "openeas gateway": (
+                        f"http://127.0.0.1:{gw_port}/api/predict/bench{path}",
+                        [f"Authorization: Bearer {TOKEN}"],
+                        gw_pids,
+                    ),
+                }
+                results: dict[str, list[Result]] = {k: [] for k in setups}
+                for url, headers, pids in setups.values():  # warm up pools, JITs, caches
+                    wrk(url, 1, args.connections, headers, pids)
+                for i in range(args.runs):
+                    for name, (url, headers, pids) in setups.items():  # interleaved: drift hits all alike
+                        r = wrk(url, args.duration, args.connections, headers, pids)
+                        results[name].append(r)
+                        print(
+                            f"[{tag} {i + 1}/{args.runs}] {name:16} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms"
+                            f"  p99 {r.p99_ms:.2f} ms  cpu/10k {r.cpu_per_10k or 0:.3f} s  errors {r.errors}",
+                            flush=True,
+                        )
+                med = {k: median(v) for k, v in results.items()}
+                rows.append((label, med))
+        finally:
+            b.close()
+    print()
+    print(
+        f"wrk -t2 -c{args.connections} -d{args.duration:g}s, median of {args.runs}; proxies pinned to core 1"
+    )
+    print()
+    print(
+        "| upstream | setup | req/s | p50 ms | p99 ms | CPU s/10k req "
+        "| vs nginx: req/s | CPU | added p50 vs direct |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, med in rows:
+        ng, direct = med["nginx"], med["direct"]
+        for name, r in med.items():
+            ratio = f"{r.rps / ng.rps:.2f}x" if name != "direct" else ""
+            cpu = f"{r.cpu_per_10k:.3f}" if r.cpu_per_10k is not None else ""
+            cpu_ratio = (
+                f"{r.cpu_per_10k / ng.cpu_per_10k:.2f}x"
+                if r.cpu_per_10k is not None and ng.cpu_per_10k
+                else ""
+            )
+            added = f"{r.p50_ms - direct.p50_ms:+.2f} ms" if name != "direct" else ""
+            errs = f" ({r.errors} errors)" if r.errors else ""
+            print(
+                f"| {label} | {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
+                f"| {cpu_ratio} | {added} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Warmup: requests sent straight to a new replica before it is marked Ready.
+
+The file named by ``ServiceSpec.warm_up_data_path`` is JSON Lines, one request per line::
+
+    {"method": "POST", "path": "/v1/completions", "body": {"prompt": "hi"}, "headers": {}, "count": 3}
+
+or a JSON array of the same objects. Defaults: ``method`` POST, ``path`` "/", no body or
+headers, ``count`` 1. A ``body`` object or array is sent as JSON (with ``Content-Type:
+application/json`` unless the headers say otherwise); a string is sent as is (UTF-8). Blank
+lines are skipped. Every problem is a ``ValueError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from openeas.controller.probe import base_url
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+MAX_COUNT = 100_000  # a typo'd count must not keep a replica warming for hours
+MAX_ERRORS_KEPT = 10
+_KEYS = frozenset({"method", "path", "body", "headers", "count"})
+
+
+@dataclass(frozen=True)
+class WarmupRequest:
+    method: str = "POST"
+    path: str = "/"
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    count: int = 1
+    """How many times the request is sent (sequentially)."""
+    line: int = 0
+    """Line in the warmup file where this request starts (0 when built in code)."""
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    sent: int
+    """Requests sent, answered or not."""
+    failed: int
+    """Of ``sent``: non-2xx answers, timeouts and connection errors."""
+    duration_s: float
+    skipped: int = 0
+    """Requests not sent because ``deadline_s`` passed."""
+    errors: tuple[str, ...] = ()
+    """The first few failures, e.g. "line 2: POST /v1/completions: HTTP 500"."""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.skipped == 0
+
+
+# -- loading (pure but for the file read) -----------------------------------------------------------
+
+
+def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
+    """Read and parse a warmup file; ``OSError`` if unreadable, ``ValueError`` if malformed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return parse_warmup(text, source=os.fspath(path))
+
+
+def parse_warmup(text: str, source: str = "<warmup>") -> list[WarmupRequest]:
+    """Parse JSON Lines or a JSON array of warmup request objects."""
+    if text.lstrip().startswith("["):
+        items = _split_json_array(text, source)
+    else:
+        items = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((lineno, json.loads(line)))
+            except ValueError as e:
+                raise ValueError(
+                    f"{source}:{lineno}: not valid JSON ({e}); each line must be one JSON object "
+                    "(JSON Lines), or the whole file one JSON array"
+                ) from None
+    return [_request(obj, f"{source}:{lineno}", lineno) for lineno, obj in items]
+
+
+def _split_json_array(text: str, source: str) -> list[tuple[int, Any]]:
+    """The items of a JSON array with the line each starts on (for error messages)."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+
+    def skip_ws(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    i = skip_ws(text.index("[") + 1)
+    if i < len(text) and text[i] == "]":
+        i = skip_ws(i + 1)
+    else:
+        while True:
+            try:
+                obj, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{source}:{e.lineno}: not valid JSON: {e.msg}") from None
+            items.append((line_of(i), obj))
+            i = skip_ws(end)
+            if i < len(text) and text[i] == ",":
+                i = skip_ws(i + 1)
+                continue
+            if i < len(text) and text[i] == "]":
+                i = skip_ws(i + 1)
+                break
+            raise ValueError(f"{source}:{line_of(i)}: expected ',' or ']' in the JSON array")
+    if i != len(text):
+        raise ValueError(f"{source}:{line_of(i)}: unexpected text after the JSON array")
+    return items
+
+
+def _request(obj: Any, where: str, lineno: int) -> WarmupRequest:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: a warmup request must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - _KEYS)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {sorted(_KEYS)}"
+        )
+
+    method = obj.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise ValueError(f"{where}: 'method' must be one of {sorted(METHODS)}, got {method!r}")
+    path = obj.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"{where}: 'path' must be a string starting with '/', got {path!r}")
+    headers = obj.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError(f"{where}: 'headers' must be an object of string values")
+    count = obj.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"{where}: 'count' must be an integer within 1..{MAX_COUNT}, got {count!r}")
+
+    raw_body = obj.get("body")
+    body: bytes
+    if raw_body is None:
+        body = b""
+    elif isinstance(raw_body, str):
+        body = raw_body.encode()
+    elif isinstance(raw_body, dict | list):
+        body = json.dumps(raw_body).encode()
+        if not any(k.lower() == "content-type" for k in headers):
+            headers = {**headers, "Content-Type": "application/json"}
+    else:
+        raise ValueError(
+            f"{where}: 'body' must be an object, an array or a string, got {type(raw_body).__name__}"
+        )
+    return WarmupRequest(
+        method=method.upper(), path=path, body=body, headers=headers, count=count, line=lineno
+    )
+
+
+# -- sending (I/O) ------------------------------------------------------------------------------------
+
+
+async def run_warmup(
+    host: str,
+    port: int,
+    requests: Iterable[WarmupRequest],
+    *,
+    timeout_s: float,
+    deadline_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> WarmupReport:
+    """Send each request ``count`` times, one at a time, straight to ``host:port``.
+
+    ``timeout_s`` bounds each request; ``deadline_s`` (optional) bounds the whole warmup, and
+    requests left when it passes are reported as ``skipped``. Failures are counted, not raised:
+    whether a failed warmup blocks readiness is the caller's decision.
+    """
+    requests = list(requests)
+    url = base_url(host, port)
+    start = clock()
+    sent = failed = 0
+    errors: list[str] = []
+    total = sum(r.count for r in requests)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # One keep-alive connection, like a client that warms the replica's connection path too.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+        for req in requests:
+            for _ in range(req.count):
+                if deadline_s is not None and clock() - start >= deadline_s:
+                    return WarmupReport(
+                        sent, failed, clock() - start, skipped=total - sent, errors=tuple(errors)
+                    )
+                sent += 1
+                problem = await _send(session, url, req)
+                if problem is not None:
+                    failed += 1
+                    if len(errors) < MAX_ERRORS_KEPT:
+                        where = f"line {req.line}: " if req.line else ""
+                        errors.append(f"{where}{req.method} {req.path}: {problem}")
+    return WarmupReport(sent, failed, clock() - start, errors=tuple(errors))
+
+
+async def _send(session: aiohttp.ClientSession, url: str, req: WarmupRequest) -> str | None:
+    """None on a 2xx answer, else what went wrong."""
+    try:
+        async with session.request(
+            req.method,
+            url + req.path,
+            data=req.body or None,
+            headers=dict(req.headers),
+            allow_redirects=False,
+        ) as r:
+            await r.read()  # the replica's work includes producing the whole body (and streams)
+            return None if 200 <= r.status < 300 else f"HTTP {r.status}"
+    except TimeoutError:
+        return "timed out"
+    except aiohttp.ClientError as e:
+        return f"{type(e).__name__}: {e}"

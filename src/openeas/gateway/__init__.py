@@ -1,0 +1,46 @@
+"""The gateway (data plane): auth → resolve → balance → proxy, with per-service metrics."""
+
+from openeas.gateway.auth import AuthError, Credentials, authorize, eas_signature, verify_content_md5
+from openeas.gateway.balancers import (
+    Balancer,
+    UnknownBalancerError,
+    balancer_names,
+    create_balancer,
+    register_balancer,
+)
+from openeas.gateway.errors import GatewayError
+from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics, ServiceSnapshot
+from openeas.gateway.resolve import split_predict_path
+from openeas.gateway.server import Gateway, serve
+from openeas.gateway.table import (
+    FileRoutingSource,
+    Route,
+    RoutingSource,
+    RoutingTable,
+    Upstream,
+)
+
+__all__ = [
+    "AuthError",
+    "Balancer",
+    "Credentials",
+    "FileRoutingSource",
+    "Gateway",
+    "GatewayError",
+    "GatewayMetrics",
+    "Route",
+    "RoutingSource",
+    "RoutingTable",
+    "ServiceMetrics",
+    "ServiceSnapshot",
+    "UnknownBalancerError",
+    "Upstream",
+    "authorize",
+    "balancer_names",
+    "create_balancer",
+    "eas_signature",
+    "register_balancer",
+    "serve",
+    "split_predict_path",
+    "verify_content_md5",
+]

@@ -1,0 +1,121 @@
+"""The gateway process: listening socket, routing-table polling, graceful stop.
+
+`Gateway` is the embeddable object (start/stop); `serve()` runs one until cancelled. The routing
+source is polled on a dedicated thread so a slow store query never stalls proxying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
+from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.pool import UpstreamState
+from openeas.gateway.proxy import DEFAULT_COOLDOWN_S, ClientConnection, ProxyContext
+from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
+from openeas.gateway.table import RoutingSource, RoutingTable
+
+log = logging.getLogger("openeas.gateway")
+
+
+class Gateway:
+    def __init__(
+        self,
+        source: RoutingSource,
+        *,
+        poll_interval_s: float = 0.2,
+        max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.poll_interval_s = poll_interval_s  # seconds between two source.poll() calls
+        self.metrics = metrics or GatewayMetrics()
+        self.ctx = ProxyContext(self.metrics, max_date_skew_s=max_date_skew_s, cooldown_s=cooldown_s)
+        self.table: RoutingTable | None = None
+        self.upstreams: dict[UpstreamKey, UpstreamState] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-routing")
+        self.port = 0
+
+    @property
+    def routes(self) -> dict[str, RouteState]:
+        return self.ctx.routes
+
+    def apply(self, table: RoutingTable) -> None:
+        """Swap in a new routing table (requests in flight keep the replica they have)."""
+        self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        self.table = table
+
+    async def poll_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        table = await loop.run_in_executor(self._executor, self.source.poll)
+        if table is not None:
+            self.apply(table)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # a broken source must not take the data plane down
+                log.exception(
+                    "routing source poll failed; keeping table version %s",
+                    self.table.version if self.table else None,
+                )
+
+    async def start(self, host: str, port: int) -> int:
+        """Load the first table, listen, and return the bound port (useful with port 0)."""
+        await self.poll_once()
+        loop = asyncio.get_running_loop()
+        ctx = self.ctx
+        self._server = await loop.create_server(
+            lambda: ClientConnection(ctx), host, port, backlog=1024, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._poller = loop.create_task(self._poll_forever())
+        return self.port
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while loop.time() < deadline and any(c.phase == 1 for c in self.ctx.connections):
+            await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.transport.close()
+        for st in self.upstreams.values():
+            st.retire()
+        self._executor.shutdown(wait=False)
+
+
+async def serve(
+    source: RoutingSource,
+    host: str,
+    port: int,
+    *,
+    ready_cb: Callable[[int], object] | None = None,
+    poll_interval_s: float = 0.2,
+    stop: asyncio.Event | None = None,
+    grace_s: float = 10.0,
+) -> None:
+    """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
+    gw = Gateway(source, poll_interval_s=poll_interval_s)
+    await gw.start(host, port)
+    if ready_cb is not None:
+        ready_cb(gw.port)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await gw.stop(grace_s)

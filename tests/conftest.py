@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Server, new_server, replica_processes
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = new_server(tmp_path / "data").start()
+    yield srv
+    srv.stop()
+    # Whatever a test left behind, no replica process may outlive it.
+    for pid in replica_processes(srv.data_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

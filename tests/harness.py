@@ -1,0 +1,134 @@
+"""A real `openeas server` in a subprocess, for end-to-end tests (real processes, real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openeas.runtime import free_port
+from openeas.sdk import Client
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int
+    gateway_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return self.info["api_url"]
+
+    @property
+    def gateway_url(self) -> str:
+        return self.info["gateway_url"]
+
+    @property
+    def client(self) -> Client:
+        return Client(self.api_url, self.info["admin_token"], gateway_url=self.gateway_url)
+
+    def start(self, timeout_s: float = 60) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "server.out", "ab")  # noqa: SIM115
+        (self.data_dir / "server.json").unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openeas.cli",
+                "server",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--gateway-port",
+                str(self.gateway_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        info_path = self.data_dir / "server.json"
+        while not info_path.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.data_dir / 'server.out').read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not write server.json in time")
+            time.sleep(0.05)
+        self.info = json.loads(info_path.read_text())
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OPENEAS_DATA_DIR": str(self.data_dir)}
+
+
+def new_server(data_dir: Path) -> Server:
+    return Server(data_dir=data_dir, port=free_port(), gateway_port=free_port())
+
+
+def replica_processes(data_dir: Path) -> list[int]:
+    """Pids of live processes started as replicas for this data dir."""
+    out = []
+    needle = f"OPENEAS_DATA_DIR={data_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def service_spec(name: str, *, replicas: int = 1, args: str = "", **extra: Any) -> dict[str, Any]:
+    """A spec written EAS-style for a fixed container port (8000), serving the built-in test server."""
+    spec: dict[str, Any] = {
+        "metadata": {"name": name, "instance": replicas, "eas": {"termination_grace_period": 5}},
+        "containers": [
+            {
+                "command": f"python -m openeas.testserver --host 127.0.0.1 --port 8000 {args}".strip(),
+                "port": 8000,
+                "health_check": {"http_get": {"path": "/health"}, "period_seconds": 1},
+            }
+        ],
+    }
+    spec.update(extra)
+    return spec
+
+
+def wait_for(predicate: Any, timeout_s: float = 30, poll_s: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(poll_s)

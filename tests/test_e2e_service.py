@@ -1,0 +1,209 @@
+"""End to end: real server, real replica processes, real HTTP through the gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from openeas.sdk import ApiError
+from tests.harness import Server, new_server, replica_processes, service_spec, wait_for
+
+
+def _ready_replicas(srv: Server, name: str) -> list[dict]:
+    return [r for r in srv.client.describe(name)["replicas"] if r["phase"] == "Ready"]
+
+
+def test_eas_spec_fixed_port_and_mount_two_replicas_both_serve(server: Server, tmp_path: Path):
+    bucket = tmp_path / "bucket" / "models"
+    bucket.mkdir(parents=True)
+    (bucket / "weights.bin").write_bytes(b"\0" * 4096)
+    spec = service_spec("mounted", replicas=2)
+    # The command only starts if the weights are visible at the mount path, as in EAS.
+    spec["containers"][0]["command"] = (
+        "test -f /mnt/data/weights.bin && exec python -m openeas.testserver --host 127.0.0.1 --port 8000"
+    )
+    spec["storage"] = [{"mount_path": "/mnt/data/", "oss": {"path": bucket.as_uri() + "/"}}]
+    c = server.client
+    c.deploy(spec)
+    detail = c.wait_ready("mounted", 2, timeout_s=60)
+    ports = {r["port"] for r in detail["replicas"]}
+    assert len(ports) == 2 and 8000 not in ports  # side by side, each on its own port
+    for r in detail["replicas"]:
+        assert requests.get(f"http://127.0.0.1:{r['port']}/health", timeout=5).status_code == 200
+        assert r["cold_start"]["total_s"] is not None and r["cold_start"]["total_s"] > 0
+        assert r["phase_times"].keys() >= {"Pending", "Fetching", "Starting", "Warming", "Ready"}
+    # Through the gateway, both replicas take traffic.
+    for _ in range(20):
+        resp = c.predict("mounted", {"model": "m", "prompt": "hi", "max_tokens": 2}, path="/v1/completions")
+        assert resp.json()["object"] == "text_completion"
+    counts = []
+    for r in detail["replicas"]:
+        metrics = requests.get(f"http://127.0.0.1:{r['port']}/metrics", timeout=5).text
+        counts.append(
+            sum(
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith("testserver_requests_total") and "completions" in line
+            )
+        )
+    assert all(n > 0 for n in counts), counts
+    # The second replica found the weights in the node cache (one download per node).
+    fetches = sorted(r["cold_start"]["fetch"]["cache_hit"] for r in detail["replicas"])
+    assert fetches == [False, True]
+
+
+def test_bad_input_gets_clear_errors(server: Server, tmp_path: Path):
+    c = server.client
+    # invalid spec: field path and reason
+    bad = service_spec("bad")
+    bad["containers"][0]["port"] = 70000
+    with pytest.raises(ApiError) as err:
+        c.deploy(bad)
+    assert err.value.status == 400 and "containers[0].port: must be 1..65535" in err.value.errors
+    # unknown service: control plane and gateway
+    with pytest.raises(ApiError) as err:
+        c.describe("nope")
+    assert err.value.status == 404 and "service 'nope' not found" in err.value.message
+    r = requests.post(f"{server.gateway_url}/api/predict/nope", data=b"{}", timeout=5)
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+    # missing / wrong token, oversized body
+    spec = service_spec("guarded", token="s3cret-token-1234")
+    spec["metadata"]["rpc"] = {"max_body_bytes": 1024 * 1024}
+    c.deploy(spec)
+    c.wait_ready("guarded", timeout_s=60)
+    url = f"{server.gateway_url}/api/predict/guarded/echo"
+    r = requests.post(url, data=b"{}", timeout=5)
+    assert r.status_code == 401 and "requires a token" in r.json()["error"]["message"]
+    r = requests.post(url, data=b"{}", headers={"Authorization": "wrong-token"}, timeout=5)
+    assert r.status_code == 401 and "wrong" in r.json()["error"]["message"].lower()
+    r = requests.post(
+        url, data=b"x" * (2 * 1024 * 1024), headers={"Authorization": "s3cret-token-1234"}, timeout=10
+    )
+    assert r.status_code == 413 and "1048576" in r.json()["error"]["message"]
+    r = requests.post(url, data=b"{}", headers={"Authorization": "Bearer s3cret-token-1234"}, timeout=5)
+    assert r.status_code == 200
+    # admin API without the admin token
+    r = requests.get(f"{server.api_url}/api/v1/services", timeout=5)
+    assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
+
+
+def test_path_escaping_mount_is_rejected(server: Server, tmp_path: Path):
+    bucket = tmp_path / "evil"
+    bucket.mkdir()
+    (bucket / "passwd").symlink_to("/etc/passwd")
+    spec = service_spec("escape", storage=[{"mount_path": "/mnt/data", "oss": {"path": str(bucket)}}])
+    server.client.deploy(spec)
+
+    def failed_message() -> str | None:
+        for rep in server.client.describe("escape")["replicas"]:
+            if rep["phase"] in ("Failed", "Pending") and rep["message"] and "escape" in rep["message"]:
+                return rep["message"]
+        return None
+
+    message = wait_for(failed_message, 20, what="mount escape failure")
+    assert "passwd" in message
+    events = server.client.events("escape")
+    assert any(e["reason"] == "MountFailed" and e["type"] == "Warning" for e in events)
+
+
+def test_kill9_replica_under_load_loses_nothing(server: Server):
+    c = server.client
+    c.deploy(service_spec("steady", replicas=2))
+    detail = c.wait_ready("steady", 2, timeout_s=60)
+    token = c.call_info("steady")["token"]
+    url = f"{server.gateway_url}/api/predict/steady/v1/completions"
+    results: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(
+                    url, json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": token}, timeout=10
+                )
+                results.append(r.status_code)
+            except requests.RequestException as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    victim = detail["replicas"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    assert not errors, errors[:3]
+    assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
+    after = c.wait_ready("steady", 2, timeout_s=60)
+    restarted = next(r for r in after["replicas"] if r["id"] == victim["id"])
+    assert restarted["restart_count"] == 1 and restarted["pid"] != victim["pid"]
+
+
+def test_server_kill9_adopts_then_delete_leaves_no_orphans(tmp_path: Path):
+    srv = new_server(tmp_path / "data").start()
+    try:
+        c = srv.client
+        c.deploy(service_spec("durable", replicas=2))
+        before = c.wait_ready("durable", 2, timeout_s=60)
+        c.update("durable", service_spec("durable", replicas=2, args="--model-name v2"))
+        before = c.wait_ready("durable", 2, timeout_s=60)
+        pids = sorted(r["pid"] for r in before["replicas"])
+        srv.kill9()
+        srv.start()
+        c = srv.client
+        after = c.wait_ready("durable", 2, timeout_s=60)
+        assert sorted(r["pid"] for r in after["replicas"]) == pids  # adopted, not restarted
+        assert [v["version"] for v in c.versions("durable")] == [1, 2]
+        assert any(e["reason"] == "Adopted" for e in c.events("durable"))
+        r = c.predict(
+            "durable",
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            path="/v1/chat/completions",
+        )
+        assert r.json()["model"] == "v2"
+        c.delete("durable")
+        c.wait_deleted("durable", timeout_s=30)
+        assert wait_for(lambda: not replica_processes(srv.data_dir), 10, what="no replica processes")
+    finally:
+        srv.stop()
+
+
+def test_scale_stop_start_rollback(server: Server):
+    c = server.client
+    c.deploy(service_spec("ops"))
+    c.wait_ready("ops", 1, timeout_s=60)
+    c.scale("ops", 2)
+    c.wait_ready("ops", 2, timeout_s=60)
+    c.stop("ops")
+    wait_for(
+        lambda: c.describe("ops")["total_replicas"] == 0 and not c.describe("ops")["replicas"],
+        30,
+        what="replicas stopped",
+    )
+    r = requests.post(
+        f"{server.gateway_url}/api/predict/ops/echo",
+        data=b"{}",
+        headers={"Authorization": c.call_info("ops")["token"]},
+        timeout=5,
+    )
+    assert r.status_code == 503 and "no ready replica" in r.json()["error"]["message"]
+    c.start("ops")
+    c.wait_ready("ops", 2, timeout_s=60)
+    c.update("ops", service_spec("ops", replicas=2, args="--model-name second"))
+    c.wait_ready("ops", 2, timeout_s=60)
+    c.rollback("ops", 1)
+    detail = c.wait_ready("ops", 2, timeout_s=60)
+    assert detail["version"] == 3 and {r["version"] for r in detail["replicas"]} == {3}
+    models = c.predict("ops", method="GET", path="/v1/models").json()
+    assert models["data"][0]["id"] == "test-model"

@@ -1,0 +1,202 @@
+"""Pure parts of the gateway: auth, path resolution, balancers, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from email.utils import formatdate
+
+import pytest
+
+from openeas.gateway import (
+    AuthError,
+    Credentials,
+    GatewayMetrics,
+    UnknownBalancerError,
+    authorize,
+    balancer_names,
+    create_balancer,
+    eas_signature,
+    split_predict_path,
+    verify_content_md5,
+)
+
+NOW = 1_800_000_000.0
+TOKEN = "s3cret-token"
+BODY = b'{"x": 1}'
+MD5 = hashlib.md5(BODY).hexdigest().encode()
+CTYPE = b"application/json"
+
+
+def date(offset_s: float) -> bytes:
+    return formatdate(NOW + offset_s, usegmt=True).encode()
+
+
+def signed(token: str = TOKEN, offset_s: float = 0, method: bytes = b"POST", service: str = "svc") -> bytes:
+    sig = eas_signature(
+        token.encode(), method, MD5, CTYPE, date(offset_s), f"/api/predict/{service}".encode()
+    )
+    return b"EAS " + sig
+
+
+def test_signature_matches_the_eas_sdk() -> None:
+    from eas_prediction import PredictClient
+
+    client = PredictClient("127.0.0.1:1", "svc")
+    client.set_token(TOKEN)
+    client.set_content_type("application/json")
+    h = client.generate_singaure(bytearray(BODY))
+    expected = eas_signature(
+        TOKEN.encode(), b"POST", h["Content-MD5"].encode(), CTYPE, h["Date"].encode(), b"/api/predict/svc"
+    )
+    assert h["Authorization"].encode() == b"EAS " + expected
+    assert h["Content-MD5"].encode() == MD5  # the SDK sends the hex md5 of the body
+
+
+@pytest.mark.parametrize(
+    ("header", "headers_date", "expect"),
+    [
+        pytest.param(TOKEN.encode(), None, None, id="plain-token"),
+        pytest.param(b"Bearer " + TOKEN.encode(), None, None, id="bearer"),
+        pytest.param(b"bearer " + TOKEN.encode(), None, None, id="bearer-lowercase"),
+        pytest.param(signed(), date(0), MD5, id="eas-signed"),
+        pytest.param(signed(offset_s=-600), date(-600), MD5, id="eas-signed-10min-old"),
+        pytest.param(None, None, "missing_token", id="missing"),
+        pytest.param(b"", None, "missing_token", id="empty"),
+        pytest.param(b"wrong", None, "invalid_token", id="wrong-plain"),
+        pytest.param(b"Bearer wrong", None, "invalid_token", id="wrong-bearer"),
+        pytest.param(signed(token="other"), date(0), "invalid_signature", id="eas-wrong-token"),
+        pytest.param(signed(service="other"), date(0), "invalid_signature", id="eas-other-service"),
+        pytest.param(signed(), None, "missing_date", id="eas-no-date"),
+        pytest.param(signed(offset_s=-901), date(-901), "stale_signature_date", id="eas-stale-901s"),
+        pytest.param(signed(offset_s=+1200), date(1200), "stale_signature_date", id="eas-future-20min"),
+        pytest.param(b"EAS " + b"x" * 28, b"not a date", "invalid_signature", id="eas-garbage"),
+    ],
+)
+def test_authorize(header: bytes | None, headers_date: bytes | None, expect: bytes | str | None) -> None:
+    kwargs = dict(method=b"POST", content_md5=MD5, content_type=CTYPE, date=headers_date, now=NOW)
+    if isinstance(expect, str):
+        with pytest.raises(AuthError) as e:
+            authorize(Credentials.from_token(TOKEN), "svc", header, **kwargs)  # type: ignore[arg-type]
+        assert e.value.code == expect
+        assert e.value.status == 401
+        assert TOKEN not in e.value.message
+    else:
+        assert authorize(Credentials.from_token(TOKEN), "svc", header, **kwargs) == expect  # type: ignore[arg-type]
+
+
+def test_stale_message_says_how_far_and_the_limit() -> None:
+    with pytest.raises(AuthError) as e:
+        authorize(
+            Credentials.from_token(TOKEN),
+            "svc",
+            signed(offset_s=-3600),
+            content_md5=MD5,
+            content_type=CTYPE,
+            date=date(-3600),
+            now=NOW,
+            max_skew_s=900,
+        )
+    assert "3600 s behind" in e.value.message and "allowed: 900 s" in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        pytest.param(MD5, True, id="hex"),
+        pytest.param(MD5.upper(), True, id="hex-upper"),
+        pytest.param(b"WBEAr4fSrx7RwwBNk6Ly2A==", False, id="base64-of-other"),
+        pytest.param(__import__("base64").b64encode(hashlib.md5(BODY).digest()), True, id="base64-rfc1864"),
+        pytest.param(hashlib.md5(b"tampered").hexdigest().encode(), False, id="mismatch"),
+    ],
+)
+def test_verify_content_md5(header: bytes, ok: bool) -> None:
+    if ok:
+        verify_content_md5(header, BODY)
+    else:
+        with pytest.raises(AuthError, match="Content-MD5"):
+            verify_content_md5(header, BODY)
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        pytest.param(b"/api/predict/svc", ("svc", b"/"), id="bare"),
+        pytest.param(b"/api/predict/svc/", ("svc", b"/"), id="trailing-slash"),
+        pytest.param(
+            b"/api/predict/svc/v1/chat/completions", ("svc", b"/v1/chat/completions"), id="sub-path"
+        ),
+        pytest.param(b"/api/predict/svc?a=1&b=2", ("svc", b"/?a=1&b=2"), id="query"),
+        pytest.param(b"/api/predict/svc/x?a=/b", ("svc", b"/x?a=/b"), id="sub-path-and-query"),
+        pytest.param(b"/api/predict/g.svc/x", ("g.svc", b"/x"), id="dotted-name-kept-whole"),
+        pytest.param(b"/api/predict/", None, id="no-service"),
+        pytest.param(b"/api/predict", None, id="prefix-only"),
+        pytest.param(b"/metrics", None, id="other-path"),
+    ],
+)
+def test_split_predict_path(url: bytes, expect: tuple[str, bytes] | None) -> None:
+    assert split_predict_path(url) == expect
+
+
+@dataclass
+class FakeUpstream:
+    outstanding: int = 0
+    cooldown_until: float = 0.0
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def test_unknown_balancer_is_a_clear_error() -> None:
+    with pytest.raises(
+        UnknownBalancerError, match=r"unknown balancer 'fastest'; known: least-request, round-robin"
+    ):
+        create_balancer("fastest")
+    assert {"least-request", "round-robin"} <= set(balancer_names())
+
+
+@pytest.mark.parametrize(
+    ("loads", "cooldown", "exclude", "expect"),
+    [
+        pytest.param([3, 1, 2], [], [], {1}, id="fewest-outstanding"),
+        pytest.param([0, 0, 5], [], [], {0, 1}, id="tie-random-between-idle"),
+        pytest.param([0, 4, 5], [0], [], {1}, id="cooling-down-skipped"),
+        pytest.param([0, 4, 5], [0, 1, 2], [], {0}, id="all-cooling-still-picks"),
+        pytest.param([0, 4, 5], [], [0], {1}, id="excluded-skipped"),
+        pytest.param([0, 4], [], [0, 1], {-1}, id="all-excluded"),
+        pytest.param([7], [], [], {0}, id="single"),
+        pytest.param([7], [], [0], {-1}, id="single-excluded"),
+    ],
+)
+def test_least_request(loads: list[int], cooldown: list[int], exclude: list[int], expect: set[int]) -> None:
+    ups = [FakeUpstream(n, 10.0 if i in cooldown else 0.0) for i, n in enumerate(loads)]
+    lb = create_balancer("least-request")
+    picks = {lb.pick(ups, 5.0, [ups[i] for i in exclude]) for _ in range(200)}
+    assert picks == expect  # with 200 draws, a fair tie-break hits both idle replicas (miss chance 2^-199)
+
+
+def test_round_robin_cycles_and_skips_cooling() -> None:
+    ups = [FakeUpstream(), FakeUpstream(cooldown_until=10.0), FakeUpstream()]
+    lb = create_balancer("round-robin")
+    assert [lb.pick(ups, 5.0) for _ in range(4)] == [0, 2, 0, 2]
+
+
+def test_metrics_snapshot_and_render() -> None:
+    m = GatewayMetrics()
+    s = m.service("svc")
+    for status, secs in [(200, 0.0004), (200, 0.003), (503, 0.2)]:
+        s.in_flight += 1
+        s.finish(status, secs)
+    s.in_flight += 1  # one still running
+    m.unrouted(404)
+    snap = m.snapshot()["svc"]
+    assert (snap.requests_total, snap.errors_total, snap.in_flight) == (3, 1, 1)
+    assert snap.by_code == {200: 2, 503: 1}
+    text = m.render().decode()
+    assert 'openeas_gateway_requests_total{service="svc",code="200"} 2' in text
+    assert 'openeas_gateway_in_flight_requests{service="svc"} 1' in text
+    # buckets are cumulative: 0.0004 <= 0.001; 0.003 <= 0.005; 0.2 <= 0.25
+    assert 'openeas_gateway_request_duration_seconds_bucket{service="svc",le="0.001"} 1' in text
+    assert 'openeas_gateway_request_duration_seconds_bucket{service="svc",le="0.005"} 2' in text
+    assert 'openeas_gateway_request_duration_seconds_bucket{service="svc",le="+Inf"} 3' in text
+    assert 'openeas_gateway_unrouted_requests_total{code="404"} 1' in text

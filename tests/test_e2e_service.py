@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -207,3 +210,38 @@ def test_scale_stop_start_rollback(server: Server):
     assert detail["version"] == 3 and {r["version"] for r in detail["replicas"]} == {3}
     models = c.predict("ops", method="GET", path="/v1/models").json()
     assert models["data"][0]["id"] == "test-model"
+
+
+def test_warmup_runs_before_ready_and_cli_reports(server: Server, tmp_path: Path):
+    warm = tmp_path / "warmup.jsonl"
+    warm.write_text('{"path": "/v1/completions", "body": {"prompt": "warm", "max_tokens": 1}, "count": 3}\n')
+    # The test server's /ready answers 503 until it has served 3 inference requests.
+    spec = service_spec("warm", args="--warmup-required 3", warm_up_data_path=str(warm))
+    server.client.deploy(spec)
+    detail = server.client.wait_ready("warm", 1, timeout_s=60)
+    rep = detail["replicas"][0]
+    assert requests.get(f"http://127.0.0.1:{rep['port']}/ready", timeout=5).status_code == 200
+    assert rep["cold_start"]["warm_s"] is not None
+    assert any(e["reason"] == "Warmed" and "3 requests, 0 failed" in e["message"] for e in server.client.events("warm"))
+
+    # The CLI finds the server through OPENEAS_DATA_DIR and keeps the call-info contract.
+    out = subprocess.run(
+        [sys.executable, "-m", "openeas.cli", "call-info", "warm", "--json"],
+        env=server.env(), capture_output=True, text=True, check=True,
+    ).stdout
+    info = json.loads(out)
+    assert set(info) == {"endpoint", "token"}
+    assert info["endpoint"] == f"{server.gateway_url}/api/predict/warm"
+    described = subprocess.run(
+        [sys.executable, "-m", "openeas.cli", "describe", "warm"], env=server.env(), capture_output=True, text=True
+    )
+    assert described.returncode == 0 and "Ready" in described.stdout
+
+    # Control-plane metrics: replicas by phase and the cold start just observed.
+    metrics = requests.get(f"{server.api_url}/metrics", timeout=5).text
+    assert 'openeas_replicas{phase="Ready",service="warm"} 1.0' in metrics
+    assert 'openeas_replica_cold_start_seconds_count{phase="warm",service="warm"} 1.0' in metrics
+    # Gateway metrics after one call.
+    server.client.predict("warm", {"prompt": "x", "max_tokens": 1}, path="/v1/completions")
+    gw = requests.get(f"{server.gateway_url}/metrics", timeout=5).text
+    assert 'openeas_gateway_requests_total{service="warm",code="200"}' in gw

@@ -33,6 +33,7 @@ from openeas.errors import Conflict, OpenEASError
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
 from openeas.store import Store
+from openeas.telemetry import ControlMetrics
 
 log = logging.getLogger("openeas.server")
 
@@ -153,10 +154,10 @@ async def _serve(
     try:
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
         _deploy_files(store, deploy)
-        reconciler = Reconciler(
-            store, get_runtime("process"), SupervisorConfig(data_dir=data_dir, oss_root=oss_root)
-        )
-        cp = ControlPlane(store, gateway_url, wake=reconciler.wake)
+        metrics = ControlMetrics(store)
+        cfg = SupervisorConfig(data_dir=data_dir, oss_root=oss_root, on_ready=metrics.observe_cold_start)
+        reconciler = Reconciler(store, get_runtime("process"), cfg)
+        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

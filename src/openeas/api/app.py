@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.spec import parse_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
+from openeas.telemetry import ControlMetrics
 
 
 def _iso(t: float | None) -> str | None:
@@ -36,8 +38,15 @@ class RollbackBody(BaseModel):
 class ControlPlane:
     """What the API needs from the running server."""
 
-    def __init__(self, store: Store, gateway_url: str, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        gateway_url: str,
+        wake: Callable[[], None] = lambda: None,
+        metrics: ControlMetrics | None = None,
+    ) -> None:
         self.store = store
+        self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
         self.admin_token = store.admin_token()
@@ -150,6 +159,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
             return await request.json()
         except ValueError:
             raise SpecError(["spec: request body is not valid JSON"]) from None
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus text format: replicas by phase, desired replicas, restarts, cold starts."""
+        return PlainTextResponse(cp.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -42,6 +42,8 @@ class SupervisorConfig:
     oss_root: Path | None
     drain_s: float = 1.0  # time between leaving the routing table and SIGTERM (>= 2 gateway polls)
     base_env: Mapping[str, str] | None = None
+    # Called with (service, cold-start breakdown) when a replica becomes Ready (metrics).
+    on_ready: Callable[[str, Mapping[str, float | None]], None] | None = None
 
 
 class _Stop(Exception):
@@ -234,9 +236,11 @@ class ReplicaSupervisor:
     def _mark_ready(self) -> None:
         row = self._set(phase="Ready", message=None)
         t = row.phase_times
-        cold = dict(row.cold_start or {})
-        cold.update(_breakdown(t))
-        self._set(cold_start=cold)
+        breakdown = _breakdown(t)
+        self._set(cold_start={**(row.cold_start or {}), **breakdown})
+        if self.cfg.on_ready is not None:
+            self.cfg.on_ready(row.service, breakdown)
+        cold = breakdown
         self._event(row, "Ready", f"replica ready after {cold.get('total_s') or 0:.2f}s")
 
     async def _watch(self, spec: ServiceSpec) -> None:

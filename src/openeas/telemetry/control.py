@@ -1,0 +1,73 @@
+"""Control-plane metrics: replicas by phase, restarts, cold-start phase durations.
+
+Gauges are read from the store at scrape time (a custom collector), so they are right after a
+restart of the server; cold-start durations are observed once per replica start, when the
+supervisor marks the replica Ready.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from openeas.store import Store
+
+PHASES = ("Pending", "Fetching", "Starting", "Warming", "Ready", "Draining", "Stopped", "Failed")
+COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        by_phase: Counter[tuple[str, str]] = Counter()
+        restarts: Counter[str] = Counter()
+        for r in self.store.replicas():
+            by_phase[(r.service, r.phase)] += 1
+            restarts[r.service] += r.restart_count
+        services = {s.name: s for s in self.store.list_services()}
+        replicas = GaugeMetricFamily(
+            "openeas_replicas", "Replicas by service and phase", labels=["service", "phase"]
+        )
+        for name in services:
+            for phase in PHASES:
+                replicas.add_metric([name, phase], by_phase.get((name, phase), 0))
+        yield replicas
+        desired = GaugeMetricFamily(
+            "openeas_desired_replicas", "Desired replicas by service", labels=["service"]
+        )
+        restart = GaugeMetricFamily(
+            "openeas_replica_restarts", "Restarts of the current replicas by service", labels=["service"]
+        )
+        for name, svc in services.items():
+            desired.add_metric([name], 0 if svc.state == "Stopped" else svc.desired_replicas)
+            restart.add_metric([name], restarts.get(name, 0))
+        yield desired
+        yield restart
+
+
+class ControlMetrics:
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StoreCollector(store))
+        self.cold_start = Histogram(
+            "openeas_replica_cold_start_seconds",
+            "Seconds spent in each cold-start phase of a replica start (fetch, start, warm, total)",
+            ["service", "phase"],
+            buckets=COLD_START_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_cold_start(self, service: str, breakdown: Mapping[str, float | None]) -> None:
+        for key in ("fetch_s", "start_s", "warm_s", "total_s"):
+            value = breakdown.get(key)
+            if value is not None:
+                self.cold_start.labels(service, key.removesuffix("_s")).observe(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -54,6 +54,7 @@ class Server:
                 str(self.gateway_port),
             ],
             stdout=log,
+            env=self.env(),  # as users run it: the data dir also in the environment
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )

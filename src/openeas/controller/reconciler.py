@@ -154,10 +154,9 @@ def kill_orphans(data_dir: Path, known_replicas: set[str]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         env = _environ(int(entry.name))
-        if (
-            env.get("OPENEAS_DATA_DIR") == str(data_dir)
-            and env.get("OPENEAS_REPLICA_ID") not in known_replicas
-        ):
+        rid = env.get("OPENEAS_REPLICA_ID")
+        # Only replica processes carry a replica id; the server and gateway may share the data-dir env.
+        if rid is not None and env.get("OPENEAS_DATA_DIR") == str(data_dir) and rid not in known_replicas:
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))

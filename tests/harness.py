@@ -103,7 +103,8 @@ def replica_processes(data_dir: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if needle in env and state != "Z":
+        is_replica = any(item.startswith(b"OPENEAS_REPLICA_ID=") for item in env)
+        if needle in env and is_replica and state != "Z":
             out.append(int(entry.name))
     return out
 

@@ -51,6 +51,13 @@ class ControlPlane:
         self.wake = wake
         self.admin_token = store.admin_token()
 
+    def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
+        """Write desired state (and its event) for a live service, wake the reconciler."""
+        _not_deleting(self.store, name)
+        self.store.update_service(name, event=(reason, message), **fields)
+        self.wake()
+        return self.detail(name)
+
     def endpoint(self, name: str) -> str:
         return f"{self.gateway_url}/api/predict/{name}"
 
@@ -197,34 +204,25 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.delete("/api/v1/services/{name}", dependencies=auth)
     def delete_service(name: str) -> dict[str, Any]:
-        cp.store.update_service(name, state="Deleting")
-        cp.store.record_event(name, "Deleting", "delete requested; stopping replicas")
+        cp.store.update_service(
+            name, state="Deleting", event=("Deleting", "delete requested; stopping replicas")
+        )
         cp.wake()
         return {"deleted": name}
 
     @app.post("/api/v1/services/{name}/scale", dependencies=auth)
     def scale(name: str, body: ScaleBody) -> dict[str, Any]:
-        _not_deleting(cp.store, name)
-        cp.store.update_service(name, desired_replicas=body.replicas)
-        cp.store.record_event(name, "Scaled", f"desired replicas set to {body.replicas}")
-        cp.wake()
-        return cp.detail(name)
+        return cp.change(
+            name, "Scaled", f"desired replicas set to {body.replicas}", desired_replicas=body.replicas
+        )
 
     @app.post("/api/v1/services/{name}/stop", dependencies=auth)
     def stop(name: str) -> dict[str, Any]:
-        _not_deleting(cp.store, name)
-        cp.store.update_service(name, state="Stopped")
-        cp.store.record_event(name, "Stopped", "service stopped; replicas are being stopped")
-        cp.wake()
-        return cp.detail(name)
+        return cp.change(name, "Stopped", "service stopped; replicas are being stopped", state="Stopped")
 
     @app.post("/api/v1/services/{name}/start", dependencies=auth)
     def start(name: str) -> dict[str, Any]:
-        _not_deleting(cp.store, name)
-        cp.store.update_service(name, state="Running")
-        cp.store.record_event(name, "Started", "service started")
-        cp.wake()
-        return cp.detail(name)
+        return cp.change(name, "Started", "service started", state="Running")
 
     @app.get("/api/v1/services/{name}/versions", dependencies=auth)
     def versions(name: str) -> dict[str, Any]:

@@ -188,7 +188,10 @@ class ReplicaSupervisor:
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
         self._set(phase="Starting", cold_start={"fetch": plan.summary()})
-        self.ref = self.runtime.start(launch)
+        try:
+            self.ref = self.runtime.start(launch)
+        except OSError as exc:
+            raise _Failure("StartFailed", f"cannot start the replica process: {exc}") from None
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
         self._event(row, "Started", f"process {self.ref.pid} listening on port {port}")
 

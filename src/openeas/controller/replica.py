@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from openeas.controller.probe import probe_once
+from openeas.controller.probe import ProbeTracker, Transition, probe_once
 from openeas.controller.rollout import restart_backoff_s
 from openeas.controller.warmup import load_warmup, run_warmup
 from openeas.errors import MountError
@@ -34,6 +34,8 @@ log = logging.getLogger("openeas.replica")
 STABLE_AFTER_S = 60.0
 # How often a Ready replica's process is checked for life (cheap /proc read), seconds.
 ALIVE_CHECK_S = 0.1
+# Probe period while a replica starts (the spec's period applies once it is Ready), seconds.
+STARTUP_PROBE_PERIOD_S = 0.25
 
 
 @dataclass
@@ -198,32 +200,27 @@ class ReplicaSupervisor:
     async def _wait_ready(self, spec: ServiceSpec) -> bool:
         """Probe until the replica answers; False if its process died or it never got ready."""
         check = spec.main.health_check
-        initial = check.initial_delay_seconds if check else 0.0
-        period = min(check.period_seconds, 1.0) if check else 0.2
-        deadline_s = check.startup_timeout_seconds if check else 600.0
+        tracker = ProbeTracker.for_check(check, started_at=self.clock())
+        # While starting, probe often: every fraction of a second shaved here is cold start.
+        tracker.period_s = min(tracker.period_s, STARTUP_PROBE_PERIOD_S)
         row = self._row()
-        started = self.clock()
-        await self._sleep(initial)
         while True:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
                 self._set(message=f"process exited during startup (code {code}); see `openeas logs`")
                 return False
-            if row.port is not None:
+            now = self.clock()
+            if row.port is not None and tracker.due(now):
                 result = await probe_once(row.host, row.port, check)
-                if result.ok:
+                if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return True
-                if self.clock() - started > deadline_s:
-                    self._set(message=f"not ready after {deadline_s:.0f}s: {result.detail}")
-                    self._event(
-                        row,
-                        "StartupTimeout",
-                        f"not ready after {deadline_s:.0f}s: {result.detail}",
-                        warning=True,
-                    )
+                if tracker.startup_expired(self.clock()):
+                    msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
+                    self._set(message=msg)
+                    self._event(row, "StartupTimeout", msg, warning=True)
                     return False
-            await self._sleep(period)
+            await self._sleep(ALIVE_CHECK_S)
 
     async def _warm(self, spec: ServiceSpec) -> None:
         row = self._set(phase="Warming")
@@ -247,13 +244,12 @@ class ReplicaSupervisor:
         self._event(row, "Ready", f"replica ready after {cold.get('total_s') or 0:.2f}s")
 
     async def _watch(self, spec: ServiceSpec) -> None:
-        """Return when the process dies or stays unready past the failure threshold."""
+        """Return when the process dies; raise when readiness fails past the threshold."""
         check = spec.main.health_check
-        period = check.period_seconds if check else 5.0
-        threshold = check.failure_threshold if check else 3
-        failures = 0
-        next_probe = self.clock() + period
-        ready_since = self.clock()
+        now = self.clock()
+        tracker = ProbeTracker.for_check(check, started_at=now)
+        tracker.record(True, now)  # it just became Ready: the next probe is one period away
+        ready_since = now
         while True:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
@@ -265,23 +261,15 @@ class ReplicaSupervisor:
                     self.streak = 0
                 return
             now = self.clock()
-            if now >= next_probe:
-                next_probe = now + period
+            if tracker.due(now):
                 row = self._row()
                 if row.port is not None:
                     result = await probe_once(row.host, row.port, check)
-                    failures = 0 if result.ok else failures + 1
-                    if failures >= threshold:
-                        self._set(
-                            phase="Failed", message=f"readiness failed {failures} times: {result.detail}"
-                        )
-                        self._event(
-                            row,
+                    if tracker.record(result.ok, now) is Transition.BECAME_UNREADY:
+                        raise _Failure(
                             "Unhealthy",
-                            f"readiness failed {failures} times: {result.detail}",
-                            warning=True,
+                            f"readiness failed {tracker.consecutive_failures} times: {result.detail}",
                         )
-                        return
             await self._sleep(ALIVE_CHECK_S)
 
     async def _restart_after_failure(self) -> None:

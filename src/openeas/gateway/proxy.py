@@ -16,7 +16,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S, AuthError, authorize, verify_content_md5
 from openeas.gateway.errors import GatewayError, error_response, plain_response
 from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
-from openeas.gateway.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.pool import MAX_IDLE_PER_UPSTREAM, UpstreamConnection, UpstreamState
 from openeas.gateway.resolve import split_predict_path
 from openeas.gateway.routes import RouteState
 
@@ -195,7 +195,11 @@ class ClientConnection(asyncio.Protocol):
             if self.req_done and keep:
                 if self.write_paused:
                     conn.transport.resume_reading()  # type: ignore[union-attr]
-                up.release(conn)
+                idle = up.idle  # up.release(conn), inlined
+                if up.retired or conn.closed or len(idle) >= MAX_IDLE_PER_UPSTREAM:
+                    conn.close()
+                else:
+                    idle.append(conn)
             else:
                 conn.close()
         else:
@@ -209,7 +213,12 @@ class ClientConnection(asyncio.Protocol):
             self.svcm = None
             svcm.finish(conn.status, self.loop.time() - self.t0)
         if self.timer is None and self.keep_alive and self.req_done:
-            self._next_request()
+            if self.paused_by_stash:
+                self._next_request()
+            else:  # _next_request, inlined
+                self.gen += 1
+                self._reset()
+                self.phase = IDLE
         else:
             self._answered()
 
@@ -289,7 +298,8 @@ class ClientConnection(asyncio.Protocol):
         svcm.in_flight += 1
         self.phase = PROXYING
         creds = rs.creds
-        if creds is not None and not creds.fast_match(self.auth):
+        auth = self.auth
+        if creds is not None and not creds.fast_match(auth):
             try:
                 self.body_md5 = authorize(
                     creds,
@@ -315,12 +325,43 @@ class ClientConnection(asyncio.Protocol):
         headers = self.headers
         headers[0] = method + b" " + upath + b" HTTP/1.1\r\n"
         headers.append(_CHUNKED_HEADER if self.chunked else _END_HEAD)
-        self.pending = [b"".join(headers)]
+        head = b"".join(headers)
         if rs.timeout_s is not None:
             self.timer = self.loop.call_later(rs.timeout_s, self._on_timeout, self.gen)
-        self.is_head = method == _HEAD
-        if self.body_md5 is None:
-            self._dispatch()
+        is_head = self.is_head = method == _HEAD
+        if self.body_md5 is not None:
+            self.pending = [head]  # sent once the body's Content-MD5 checks out
+            return
+        # Fast path, the same steps as _dispatch → _use → _attach: a replica with an idle pooled
+        # connection gets the head in one write.
+        ups = rs.upstreams
+        i = rs.balancer.pick(ups, self.t0)  # t0 is the loop's time now
+        if i >= 0:
+            up = ups[i]
+            idle = up.idle
+            if idle:
+                conn: UpstreamConnection | None = idle.pop()  # most recent: warm, least likely timed out
+                if conn is not None and conn.closed:
+                    conn = up.pop_idle()
+                if conn is not None:
+                    self.up = up
+                    up.outstanding += 1
+                    conn.client = self
+                    conn.reused = True
+                    conn.got_bytes = False
+                    if is_head:
+                        conn.expect_head_response()
+                    self.conn = conn
+                    transport = conn.transport
+                    assert transport is not None
+                    if self.write_paused:
+                        transport.pause_reading()
+                    transport.write(head)
+                    self.replay_size = len(head)
+                    self.replay = [head]
+                    return
+        self.pending = [head]
+        self._dispatch_to(rs, i)  # not _dispatch: a second pick would move round-robin on twice
 
     def on_body(self, data: bytes) -> None:
         if self.phase != PROXYING:
@@ -378,12 +419,14 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         rs = self.route
         assert rs is not None and rs.balancer is not None
-        ups = rs.upstreams
-        i = rs.balancer.pick(ups, self.loop.time(), self.tried or ())
+        self._dispatch_to(rs, rs.balancer.pick(rs.upstreams, self.loop.time(), self.tried or ()))
+
+    def _dispatch_to(self, rs: RouteState, i: int) -> None:
+        """Send to ``rs.upstreams[i]``, or hold the request when the balancer found none (-1)."""
         if i < 0:
             self._hold(GatewayError(503, "no_ready_replica", f"service '{rs.service}' has no ready replica"))
             return
-        self._use(ups[i])
+        self._use(rs.upstreams[i])
 
     def _hold(self, err: GatewayError) -> None:
         """No replica to send to now: wait for the routing table to offer one, up to hold_s."""

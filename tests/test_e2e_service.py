@@ -237,6 +237,11 @@ def test_warmup_runs_before_ready_and_cli_reports(server: Server, tmp_path: Path
     )
     assert described.returncode == 0 and "Ready" in described.stdout
 
+    # Each replica's output is captured in its own log.
+    logs = server.client.logs("warm")
+    assert len(logs) == 1 and logs[0]["replica"] == rep["id"]
+    assert f"listening on http://127.0.0.1:{rep['port']}" in logs[0]["text"]
+
     # Control-plane metrics: replicas by phase and the cold start just observed.
     metrics = requests.get(f"{server.api_url}/metrics", timeout=5).text
     assert 'openeas_replicas{phase="Ready",service="warm"} 1.0' in metrics

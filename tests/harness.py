@@ -23,6 +23,7 @@ class Server:
     gateway_port: int
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # only for the server process
 
     @property
     def api_url(self) -> str:
@@ -54,7 +55,7 @@ class Server:
                 str(self.gateway_port),
             ],
             stdout=log,
-            env=self.env(),  # as users run it: the data dir also in the environment
+            env={**self.env(), **self.extra_env},  # as users run it: the data dir in the environment
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )

@@ -250,3 +250,40 @@ def test_warmup_runs_before_ready_and_cli_reports(server: Server, tmp_path: Path
     server.client.predict("warm", {"prompt": "x", "max_tokens": 1}, path="/v1/completions")
     gw = requests.get(f"{server.gateway_url}/metrics", timeout=5).text
     assert 'openeas_gateway_requests_total{service="warm",code="200"}' in gw
+
+
+def test_api_port_in_use_is_a_clear_error_and_nothing_starts(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        srv = new_server(tmp_path / "data")
+        srv.port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=r"API port 127\.0\.0\.1:\d+ is not available"):
+            srv.start(timeout_s=30)
+        assert not (srv.data_dir / "server.json").exists()
+
+
+def test_replicas_never_see_the_admin_token(tmp_path: Path):
+    srv = new_server(tmp_path / "data")
+    srv.extra_env = {"OPENEAS_ADMIN_TOKEN": "admin-secret-must-not-leak"}
+    srv.start()
+    try:
+        c = srv.client
+        c.deploy(service_spec("private"))
+        rep = c.wait_ready("private", 1, timeout_s=60)["replicas"][0]
+        environ = Path(f"/proc/{rep['pid']}/environ").read_bytes()
+        assert b"admin-secret-must-not-leak" not in environ
+        assert f"OPENEAS_REPLICA_ID={rep['id']}".encode() in environ
+        # bad query parameters get a precise 400
+        r = requests.get(
+            f"{srv.api_url}/api/v1/services/private/logs?tail=0",
+            headers={"Authorization": f"Bearer {srv.info['admin_token']}"},
+            timeout=5,
+        )
+        assert r.status_code == 400 and "query.tail: input should be greater than or equal to 1" in r.text
+        c.delete("private")
+        c.wait_deleted("private", timeout_s=30)
+    finally:
+        srv.stop()

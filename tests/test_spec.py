@@ -96,6 +96,7 @@ BAD = [
         _with("storage.0.mount_path", "mnt/data"),
         "storage[0].mount_path: must be an absolute path",
     ),
+    ("mount over root", _with("storage.0.mount_path", "/"), "storage[0].mount_path: must not be '/'"),
     (
         "mount without source",
         _with("storage.0.oss", KeyError),

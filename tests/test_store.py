@@ -32,7 +32,7 @@ def test_versions_are_immutable_and_rollback_adds_one(tmp_path: Path):
     assert [v.version for v in store.versions("svc")] == [1, 2, 3]
     assert store.version_spec("svc", 1).metadata.instance == 2
     assert store.version_spec("svc", 2).metadata.instance == 3
-    assert store.current_spec("svc").metadata.instance == 2  # v3 == v1's spec
+    assert store.version_spec("svc", 3) == store.version_spec("svc", 1)
     assert store.get_service("svc").desired_replicas == 3  # rollback keeps the replica count
 
 

@@ -33,6 +33,7 @@ from openeas.errors import Conflict, OpenEASError
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
 from openeas.store import Store
+from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 
 log = logging.getLogger("openeas.server")
@@ -40,14 +41,6 @@ log = logging.getLogger("openeas.server")
 
 class ServerError(Exception):
     pass
-
-
-def write_private_json(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _lock(data_dir: Path) -> int:
@@ -137,6 +130,19 @@ def _deploy_files(store: Store, files: Sequence[Path]) -> None:
             log.info("service %s already exists; left as it is", spec.name)
 
 
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"{what} port {host}:{port} is not available ({exc.strerror})") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 async def _serve(
     *,
     data_dir: Path,
@@ -150,7 +156,9 @@ async def _serve(
     store = Store(data_dir)
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
+    api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts
     gateway = start_gateway(data_dir, host, gateway_port)
+    reconciler: Reconciler | None = None
     try:
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
         _deploy_files(store, deploy)
@@ -162,21 +170,18 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
-        config = uvicorn.Config(
-            create_app(cp), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-        )
+        config = uvicorn.Config(create_app(cp), log_level="warning", access_log=False, lifespan="off")
         api = _ApiServer(config)
-        api_task = asyncio.create_task(api.serve())
+        api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
+        while not api.started:
+            if api_task.done():
+                raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
+            await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
-        await asyncio.to_thread(_wait_http, f"{api_url}/healthz", 30.0)
-        write_private_json(
+        server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
+        write_private(
             data_dir / "server.json",
-            {
-                "gateway_url": gateway_url,
-                "api_url": api_url,
-                "admin_token": cp.admin_token,
-                "pid": os.getpid(),
-            },
+            json.dumps({**server_info, "admin_token": cp.admin_token}, indent=2).encode(),
         )
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
@@ -187,10 +192,12 @@ async def _serve(
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await reconciler.shutdown(stop_replicas=not keep_replicas)
         await asyncio.gather(api_task, rec_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
+        if reconciler is not None:
+            await reconciler.shutdown(stop_replicas=not keep_replicas)
+        api_sock.close()
         gateway.terminate()
         try:
             gateway.wait(5)

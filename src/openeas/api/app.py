@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -236,7 +236,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return cp.detail(name)
 
     @app.get("/api/v1/services/{name}/events", dependencies=auth)
-    def events(name: str, limit: int = 100) -> dict[str, Any]:
+    def events(
+        name: str, limit: int = Query(100, ge=1, le=10_000, description="newest N events")
+    ) -> dict[str, Any]:
         cp.store.get_service(name)
         return {
             "events": [
@@ -252,7 +254,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
         }
 
     @app.get("/api/v1/services/{name}/logs", dependencies=auth)
-    def logs(name: str, replica: str | None = None, tail: int = 200) -> dict[str, Any]:
+    def logs(
+        name: str,
+        replica: str | None = None,
+        tail: int = Query(200, ge=1, le=100_000, description="last N lines of each replica's log"),
+    ) -> dict[str, Any]:
         reps = cp.store.replicas(name)
         cp.store.get_service(name)
         if replica is not None:

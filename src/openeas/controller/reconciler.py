@@ -12,12 +12,14 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
+from openeas.runtime.process import read_stat
 from openeas.storage import NodeCache
 from openeas.store import Store
 
@@ -42,7 +44,7 @@ class Reconciler:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        kill_orphans(self.cfg.data_dir, {r.id for r in self.store.replicas()})
+        kill_orphans(self.cfg.data_dir, {r.id: r.pid for r in self.store.replicas()})
         while not stop.is_set():
             try:
                 self.reconcile_once()
@@ -125,11 +127,16 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if stop_replicas:
-            refs = [s.ref for s in self.supervisors.values() if s.ref is not None]
-            await asyncio.gather(*(stop_process(self.runtime, ref, 5.0) for ref in refs))
+            sups = [s for s in self.supervisors.values() if s.ref is not None]
+            await asyncio.gather(*(stop_process(self.runtime, s.ref, s.grace_s) for s in sups if s.ref))
             for r in self.store.replicas():
                 self.store.update_replica(
-                    r.id, phase="Pending", pid=None, start_ticks=None, message="stopped with the server"
+                    r.id,
+                    phase="Pending",
+                    phase_times={},
+                    pid=None,
+                    start_ticks=None,
+                    message="stopped with the server",
                 )
 
 
@@ -146,22 +153,34 @@ def _environ(pid: int) -> dict[str, str]:
     return out
 
 
-def kill_orphans(data_dir: Path, known_replicas: set[str]) -> list[int]:
-    """Kill replica processes started for this data dir whose replica the store does not know."""
+def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
+    """Kill replica processes of this data dir that no replica row accounts for.
+
+    `known` maps each replica id in the store to the pid it recorded (its process group, since
+    replicas start in a session of their own). A process is an orphan when its replica id is
+    unknown, when its row recorded no pid (the server died between start and write), or when it
+    is not in the recorded process group (a second process for the same replica).
+    """
     killed = []
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        env = _environ(int(entry.name))
+        pid = int(entry.name)
+        env = _environ(pid)
         rid = env.get("OPENEAS_REPLICA_ID")
         # Only replica processes carry a replica id; the server and gateway may share the data-dir env.
-        if rid is not None and env.get("OPENEAS_DATA_DIR") == str(data_dir) and rid not in known_replicas:
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
+        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
+            continue
+        stat = read_stat(pid)
+        recorded = known.get(rid)
+        if stat is not None and recorded is not None and stat[1] == recorded:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
     if killed:
         log.warning("killed %d orphan replica processes: %s", len(killed), killed)
     return killed

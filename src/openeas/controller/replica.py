@@ -13,16 +13,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from openeas.controller.probe import ProbeTracker, Transition, probe_once
+from openeas.controller.probe import ProbeTracker, Transition, probe_once, probe_port
 from openeas.controller.rollout import restart_backoff_s
 from openeas.controller.warmup import load_warmup, run_warmup
 from openeas.errors import MountError
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.launch import build_launch, free_port
+from openeas.runtime.launch import build_launch, pick_port
 from openeas.spec import ServiceSpec
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.oss import resolve_url
@@ -30,12 +30,16 @@ from openeas.store import ReplicaRow, Store
 
 log = logging.getLogger("openeas.replica")
 
+# The server's own secrets and addresses never reach a replica's environment.
+PRIVATE_ENV = frozenset({"OPENEAS_ADMIN_TOKEN", "OPENEAS_SERVER", "OPENEAS_GATEWAY_URL"})
 # A replica that stayed Ready this long has its crash backoff reset.
 STABLE_AFTER_S = 60.0
 # How often a Ready replica's process is checked for life (cheap /proc read), seconds.
 ALIVE_CHECK_S = 0.1
 # Probe period while a replica starts (the spec's period applies once it is Ready), seconds.
 STARTUP_PROBE_PERIOD_S = 0.25
+# One warmup request may take this long (a first LLM request can be slow), seconds.
+WARMUP_REQUEST_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -68,7 +72,7 @@ class ReplicaSupervisor:
         runtime: Runtime,
         cache: NodeCache,
         cfg: SupervisorConfig,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,  # durations only; the store stamps wall time
     ) -> None:
         self.rid = rid
         self.store = store
@@ -79,6 +83,7 @@ class ReplicaSupervisor:
         self.stop_requested = asyncio.Event()
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
+        self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -124,6 +129,7 @@ class ReplicaSupervisor:
     async def _lifecycle(self) -> None:
         row = self._row()
         spec = self.store.version_spec(row.service, row.version)
+        self.grace_s = spec.metadata.eas.termination_grace_period
         self.ref = self._adopt(row)
         serving = self.ref is not None and row.phase == "Ready"  # adopted while Ready: keep serving
         while True:
@@ -142,6 +148,12 @@ class ReplicaSupervisor:
             except _Failure as exc:
                 row = self._set(phase="Failed", message=str(exc))
                 self._event(row, exc.reason, str(exc), warning=True)
+            except (_Stop, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a bug: back off like a crash instead of churning replicas
+                log.exception("replica %s: unexpected error", self.rid)
+                row = self._set(phase="Failed", message=f"internal error: {type(exc).__name__}: {exc}")
+                self._event(row, "SupervisorError", row.message or "", warning=True)
             serving = False
             await self._restart_after_failure()
 
@@ -152,13 +164,15 @@ class ReplicaSupervisor:
         if self.runtime.alive(ref):
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
             if row.phase != "Ready":
-                self._set(phase="Starting", message="adopted; probing")
+                # Its cold start is unknown: timings restart here rather than span the downtime.
+                self._set(phase="Starting", phase_times={}, message="adopted; probing")
             return ref
         self._set(
             pid=None,
             start_ticks=None,
             restart_count=row.restart_count + 1,
             phase="Pending",
+            phase_times={},
             message="process was gone after a control-plane restart",
         )
         self._event(
@@ -170,14 +184,16 @@ class ReplicaSupervisor:
         self._set(phase="Fetching", message=None)
         workdir = Path(row.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        resolved = _resolve_storage(spec, self.cfg.oss_root)
-        port = free_port()
-        env = dict(self.cfg.base_env if self.cfg.base_env is not None else os.environ)
-        env.update(
-            OPENEAS_REPLICA_ID=self.rid, OPENEAS_SERVICE=row.service, OPENEAS_DATA_DIR=str(self.cfg.data_dir)
-        )
         try:
+            resolved = _resolve_storage(spec, self.cfg.oss_root)
             plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+        except MountError as exc:
+            raise _Failure("MountFailed", exc.message) from None
+        self._set(phase="Starting", cold_start={"fetch": plan.summary()})
+        base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
+        try:
+            # No await from here to the port being stored: two replicas never pick the same port.
+            port = pick_port({r.port for r in self.store.replicas() if r.port is not None})
             launch = build_launch(
                 spec,
                 replica_id=self.rid,
@@ -185,17 +201,22 @@ class ReplicaSupervisor:
                 mounts=plan.paths,
                 workdir=str(workdir),
                 log_path=row.log_path,
-                base_env=env,
+                base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
             )
-        except MountError as exc:
-            raise _Failure("MountFailed", exc.message) from None
-        self._set(phase="Starting", cold_start={"fetch": plan.summary()})
-        try:
+            # Set last, so a spec's env cannot hide the replica from the orphan scan.
+            launch = replace(launch, env={**launch.env, **self._identity(row)})
             self.ref = self.runtime.start(launch)
-        except OSError as exc:
+        except (MountError, OSError, ValueError) as exc:
             raise _Failure("StartFailed", f"cannot start the replica process: {exc}") from None
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
         self._event(row, "Started", f"process {self.ref.pid} listening on port {port}")
+
+    def _identity(self, row: ReplicaRow) -> dict[str, str]:
+        return {
+            "OPENEAS_REPLICA_ID": self.rid,
+            "OPENEAS_SERVICE": row.service,
+            "OPENEAS_DATA_DIR": str(self.cfg.data_dir),
+        }
 
     async def _wait_ready(self, spec: ServiceSpec) -> bool:
         """Probe until the replica answers; False if its process died or it never got ready."""
@@ -212,7 +233,7 @@ class ReplicaSupervisor:
                 return False
             now = self.clock()
             if row.port is not None and tracker.due(now):
-                result = await probe_once(row.host, row.port, check)
+                result = await probe_once(row.host, _probe_port(spec, row.port), check)
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return True
                 if tracker.startup_expired(self.clock()):
@@ -228,10 +249,17 @@ class ReplicaSupervisor:
             return
         try:
             requests = load_warmup(_resolve_local(spec.warm_up_data_path, self.cfg.oss_root))
+        except MountError as exc:
+            raise _Failure("WarmupFailed", exc.message) from None
         except (OSError, ValueError) as exc:
             raise _Failure("WarmupFailed", f"warm_up_data_path: {exc}") from None
-        report = await run_warmup(row.host, row.port, requests, timeout_s=120.0)
-        self._event(row, "Warmed", f"warmup sent {report.sent} requests, {report.failed} failed")
+        report = await run_warmup(row.host, row.port, requests, timeout_s=WARMUP_REQUEST_TIMEOUT_S)
+        summary = f"warmup sent {report.sent} requests, {report.failed} failed"
+        if report.sent and report.failed == report.sent:
+            # Not one warmup request worked: this replica is broken, not merely cold.
+            first = report.errors[0] if report.errors else ""
+            raise _Failure("WarmupFailed", f"{summary}: {first}")
+        self._event(row, "Warmed", summary, warning=not report.ok)
 
     def _mark_ready(self) -> None:
         row = self._set(phase="Ready", message=None)
@@ -240,8 +268,7 @@ class ReplicaSupervisor:
         self._set(cold_start={**(row.cold_start or {}), **breakdown})
         if self.cfg.on_ready is not None:
             self.cfg.on_ready(row.service, breakdown)
-        cold = breakdown
-        self._event(row, "Ready", f"replica ready after {cold.get('total_s') or 0:.2f}s")
+        self._event(row, "Ready", f"replica ready after {breakdown.get('total_s') or 0:.2f}s")
 
     async def _watch(self, spec: ServiceSpec) -> None:
         """Return when the process dies; raise when readiness fails past the threshold."""
@@ -264,7 +291,7 @@ class ReplicaSupervisor:
             if tracker.due(now):
                 row = self._row()
                 if row.port is not None:
-                    result = await probe_once(row.host, row.port, check)
+                    result = await probe_once(row.host, _probe_port(spec, row.port), check)
                     if tracker.record(result.ok, now) is Transition.BECAME_UNREADY:
                         raise _Failure(
                             "Unhealthy",
@@ -276,7 +303,7 @@ class ReplicaSupervisor:
         row = self._row()
         count = row.restart_count + 1
         if self.ref is not None:
-            await stop_process(self.runtime, self.ref, 5.0)
+            await stop_process(self.runtime, self.ref, self.grace_s)
             self.ref = None
         self.streak += 1
         delay = restart_backoff_s(self.streak)
@@ -286,6 +313,8 @@ class ReplicaSupervisor:
             pid=None,
             start_ticks=None,
             phase="Pending",
+            phase_times={},  # a new cold start begins: its timings start from this Pending
+            cold_start={},
             message=f"restarting in {delay:.0f}s (restart {count}){why}",
         )
         self._event(row, "Restarting", f"restart {count} in {delay:.0f}s{why}", warning=True)
@@ -300,11 +329,15 @@ class ReplicaSupervisor:
             if row.phase == "Ready":
                 self._set(phase="Draining")
                 await asyncio.sleep(self.cfg.drain_s)
-            spec = self.store.version_spec(row.service, row.version)
-            how = await stop_process(self.runtime, self.ref, spec.metadata.eas.termination_grace_period)
+            how = await stop_process(self.runtime, self.ref, self.grace_s)
             self._event(row, "Stopped", f"process {self.ref.pid} {how}")
         self.store.update_replica(self.rid, phase="Stopped")
         self.store.delete_replica(self.rid)
+
+
+def _probe_port(spec: ServiceSpec, replica_port: int) -> int:
+    """The health check's port follows the replica's rewritten port unless it names another one."""
+    return probe_port(spec.main.health_check, container_port=spec.main.port, replica_port=replica_port)
 
 
 def _breakdown(t: Mapping[str, float]) -> dict[str, float | None]:
@@ -323,15 +356,14 @@ def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:
     if not any(m.oss for m in spec.storage):
         return spec
     storage = []
-    for m in spec.storage:
+    for i, m in enumerate(spec.storage):
         if m.oss is not None:
-            m = m.model_copy(
-                update={"oss": m.oss.model_copy(update={"path": resolve_url(m.oss.path, oss_root)})}
-            )
+            url = resolve_url(m.oss.path, oss_root, where=f"storage[{i}].oss.path")
+            m = m.model_copy(update={"oss": m.oss.model_copy(update={"path": url})})
         storage.append(m)
     return spec.model_copy(update={"storage": storage})
 
 
 def _resolve_local(path: str, oss_root: Path | None) -> str:
-    url = resolve_url(path, oss_root)
+    url = resolve_url(path, oss_root, where="warm_up_data_path")
     return url[len("file://") :] if url.startswith("file://") else url

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from openeas.runtime.base import LaunchSpec, ProcessRef, Runtime
-from openeas.runtime.launch import build_launch, free_port, rewrite_mounts, rewrite_port
+from openeas.runtime.launch import build_launch, free_port, pick_port, rewrite_mounts, rewrite_port
 from openeas.runtime.process import ProcessRuntime
 from openeas.runtime.stop import StopResult, stop
-
-# The name the controller uses; the same function.
-stop_process = stop
 
 # Runtimes by the name a spec selects (``ServiceSpec.runtime``); each entry builds a fresh one.
 RUNTIMES: dict[str, Callable[[], Runtime]] = {
@@ -38,8 +35,8 @@ __all__ = [
     "build_launch",
     "free_port",
     "get_runtime",
+    "pick_port",
     "rewrite_mounts",
     "rewrite_port",
     "stop",
-    "stop_process",
 ]

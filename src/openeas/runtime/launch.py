@@ -43,6 +43,7 @@ in its own work directory.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shlex
 import socket
@@ -267,3 +268,40 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# Replica ports come from below Linux's ephemeral range (32768-60999 by default), so an outgoing
+# connection (the gateway's, a probe's) never takes a port a replica is about to bind.
+REPLICA_PORTS = (20000, 30000)
+
+
+def replica_port_range() -> tuple[int, int]:
+    """`OPENEAS_REPLICA_PORTS=LO-HI` (inclusive-exclusive) overrides the default range."""
+    raw = os.environ.get("OPENEAS_REPLICA_PORTS")
+    if not raw:
+        return REPLICA_PORTS
+    lo, sep, hi = raw.partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit() and 0 < int(lo) < int(hi) <= 65536):
+        raise ValueError(f"OPENEAS_REPLICA_PORTS: expected LO-HI such as 20000-30000, got {raw!r}")
+    return int(lo), int(hi)
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(used: set[int], host: str = "127.0.0.1", *, rng: random.Random | None = None) -> int:
+    """A free port for a new replica: in the replica range, not `used` by another replica."""
+    lo, hi = replica_port_range()
+    rng = rng or random.Random()
+    for _ in range(256):
+        port = rng.randrange(lo, hi)
+        if port not in used and _bindable(host, port):
+            return port
+    raise OSError(f"no free replica port in {lo}-{hi} on {host} ({len(used)} in use by replicas)")

@@ -140,6 +140,8 @@ class StorageMount(_Model):
     def _abs(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("must be an absolute path")
+        if not v.strip("/"):
+            raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
         return v

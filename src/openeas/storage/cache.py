@@ -141,8 +141,8 @@ class NodeCache:
         """``(fs, source id, entries, all entries have a checksum)``."""
         try:
             fs, path = url_to_fs(url)
-        except (ImportError, ValueError) as e:
-            raise MountError(f"{where}: cannot open {url!r}: {e}") from e
+        except Exception as e:  # any backend's failure (import, URL, connection) is the mount's
+            raise MountError(f"{where}: cannot open {url!r}: {type(e).__name__}: {e}") from e
         try:
             if not fs.exists(path):
                 raise MountError(f"{where}: {url!r} does not exist")
@@ -154,8 +154,10 @@ class NodeCache:
             else:  # a single file: the entry is a directory holding just that file
                 root = posixpath.dirname(path.rstrip("/"))
                 items = [(path, fs.info(path))]
-        except OSError as e:
-            raise MountError(f"{where}: cannot list {url!r}: {e}") from e
+        except MountError:
+            raise
+        except Exception as e:  # OSError, or a backend's own error type
+            raise MountError(f"{where}: cannot list {url!r}: {type(e).__name__}: {e}") from e
         entries: list[_Entry] = []
         real_root = os.path.realpath(root) if local else ""
         for src, info in items:

@@ -11,8 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from openeas.errors import MountError
 
-def resolve_url(url: str, oss_root: Path | None) -> str:
+
+def resolve_url(url: str, oss_root: Path | None, *, where: str = "oss.path") -> str:
+    """The fsspec URL for `url`; `oss://` → a `file://` URL inside `oss_root`, never outside it."""
     if url.startswith("oss://") and oss_root is not None and not os.environ.get("OPENEAS_OSS_ENDPOINT"):
-        return (oss_root / url[len("oss://") :]).as_uri() + ("/" if url.endswith("/") else "")
+        key = url[len("oss://") :]
+        root = oss_root.resolve()
+        local = (root / key.lstrip("/")).resolve()
+        if key.startswith("/") or (local != root and root not in local.parents):
+            raise MountError(f"{where}: {url!r} escapes the object-storage root (write oss://bucket/key)")
+        return local.as_uri() + ("/" if url.endswith("/") else "")
     return url

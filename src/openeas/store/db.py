@@ -194,9 +194,6 @@ class Store:
                 raise NotFound(f"service '{name}' has no version {version}")
             return parse_spec(row.spec)
 
-    def current_spec(self, name: str) -> ServiceSpec:
-        return self.version_spec(name, self.get_service(name).current_version)
-
     def versions(self, name: str) -> list[VersionRow]:
         with self.session() as s:
             self._service(s, name)

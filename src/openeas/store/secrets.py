@@ -10,10 +10,22 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a file only its owner can read (mode 0600 from its creation, never wider).
+
+    `exclusive`: fail with FileExistsError if it exists (a key must never be replaced);
+    otherwise the file is replaced atomically, so readers never see half of it.
+    """
+    if exclusive:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.replace(tmp, path)
 
 
 class TokenCipher:
@@ -23,7 +35,7 @@ class TokenCipher:
         if not key_path.exists():
             key_path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                _write_private(key_path, Fernet.generate_key())
+                write_private(key_path, Fernet.generate_key(), exclusive=True)
             except FileExistsError:
                 pass  # another process created it first
         self._fernet = Fernet(key_path.read_bytes().strip())

@@ -223,7 +223,7 @@ def wrk(url: str, duration: float, conns: int, headers: list[str], cpu_pids: lis
         "-c",
         "0",
         WRK,
-        "-t2",
+        f"-t{min(2, conns)}",
         f"-c{conns}",
         f"-d{duration:g}s",
         "--latency",
@@ -275,10 +275,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per setup; the table shows medians")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--only", choices=["aiohttp", "static"], help="one upstream only")
+    ap.add_argument(
+        "--latency-duration",
+        type=float,
+        default=5.0,
+        help="seconds per run of the unloaded-latency pass (1 connection, no queueing); 0 skips it",
+    )
     args = ap.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
     rows = []
+    lat_rows: list[tuple[str, dict[str, Result]]] = []
     with bench_dir() as tmp:
         b = Bench(tmp)
         try:
@@ -313,6 +320,19 @@ def main() -> None:
                         )
                 med = {k: median(v) for k, v in results.items()}
                 rows.append((label, med))
+                if args.latency_duration > 0:
+                    # One connection: each request waits for none other, so p50 is the hop itself.
+                    lat: dict[str, list[Result]] = {k: [] for k in setups}
+                    for i in range(args.runs):
+                        for name, (url, headers, pids) in setups.items():
+                            r = wrk(url, args.latency_duration, 1, headers, pids)
+                            lat[name].append(r)
+                            print(
+                                f"[{tag} 1-conn {i + 1}/{args.runs}] {name:16} p50 {r.p50_ms * 1000:.0f} us"
+                                f"  p99 {r.p99_ms * 1000:.0f} us",
+                                flush=True,
+                            )
+                    lat_rows.append((label, {k: median(v) for k, v in lat.items()}))
         finally:
             b.close()
     print()
@@ -341,6 +361,18 @@ def main() -> None:
                 f"| {label} | {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
                 f"| {cpu_ratio} | {added} |"
             )
+
+    if lat_rows:
+        print()
+        print(f"unloaded latency: wrk -t1 -c1 -d{args.latency_duration:g}s, median of {args.runs}")
+        print()
+        print("| upstream | setup | p50 us | p99 us | added p50 vs direct |")
+        print("|---|---|---|---|---|")
+        for label, med in lat_rows:
+            direct = med["direct"]
+            for name, r in med.items():
+                added = f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} us" if name != "direct" else ""
+                print(f"| {label} | {name} | {r.p50_ms * 1000:.0f} | {r.p99_ms * 1000:.0f} | {added} |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)  # only for the server process
+    extra_args: list[str] = field(default_factory=list)  # more `openeas server` options
 
     @property
     def api_url(self) -> str:
@@ -53,6 +54,7 @@ class Server:
                 str(self.port),
                 "--gateway-port",
                 str(self.gateway_port),
+                *self.extra_args,
             ],
             stdout=log,
             env={**self.env(), **self.extra_env},  # as users run it: the data dir in the environment

@@ -287,3 +287,27 @@ def test_replicas_never_see_the_admin_token(tmp_path: Path):
         c.wait_deleted("private", timeout_s=30)
     finally:
         srv.stop()
+
+
+def test_graceful_stop_stops_replicas_unless_kept(tmp_path: Path):
+    srv = new_server(tmp_path / "data")
+    srv.start()
+    try:
+        srv.client.deploy(service_spec("keep"))
+        first = srv.client.wait_ready("keep", 1, timeout_s=60)["replicas"][0]["pid"]
+        srv.stop()  # SIGTERM: replicas stop with the server; desired state stays in the store
+        assert wait_for(lambda: not replica_processes(srv.data_dir), 15, what="replicas stopped")
+        srv.extra_args = ["--keep-replicas"]
+        srv.start()
+        second = srv.client.wait_ready("keep", 1, timeout_s=60)["replicas"][0]["pid"]
+        assert second != first  # started again from the stored desired state
+        srv.stop()  # --keep-replicas: they outlive the server ...
+        assert replica_processes(srv.data_dir)
+        srv.extra_args = []
+        srv.start()
+        detail = srv.client.wait_ready("keep", 1, timeout_s=60)
+        assert detail["replicas"][0]["pid"] == second  # ... and the next start adopts them
+        srv.client.delete("keep")
+        srv.client.wait_deleted("keep", timeout_s=30)
+    finally:
+        srv.stop()

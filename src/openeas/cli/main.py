@@ -145,12 +145,31 @@ def server(
         list[Path] | None,
         typer.Option("--deploy", help="Spec file deployed at start if the service is absent (repeatable)."),
     ] = None,
+    oss_root: Annotated[
+        Path | None,
+        typer.Option(help="Local folder that oss://bucket/key maps to (default DIR/oss)."),
+    ] = None,
+    keep_replicas: Annotated[
+        bool,
+        typer.Option(
+            "--keep-replicas",
+            help="On exit leave replica processes running, to be adopted by the next start (upgrades).",
+        ),
+    ] = False,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
     resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
-    run_server(data_dir=resolved, host=host, port=port, gateway_port=gateway_port, deploy=list(deploy or []))
+    run_server(
+        data_dir=resolved,
+        host=host,
+        port=port,
+        gateway_port=gateway_port,
+        deploy=list(deploy or []),
+        oss_root=oss_root,
+        keep_replicas=keep_replicas,
+    )
 
 
 # -- services -----------------------------------------------------------------------------------

@@ -208,3 +208,18 @@ def test_registry() -> None:
     assert "process" in RUNTIMES
     with pytest.raises(ValueError, match=r"unknown runtime 'ray' \(known: process\)"):
         get_runtime("ray")
+
+
+def test_forget_drops_only_the_matching_child(tmp_path: Path):
+    rt = ProcessRuntime()
+    launch = LaunchSpec(replica_id="r", argv=[sys.executable, "-c", "pass"], env={}, cwd=str(tmp_path),
+                        log_path=str(tmp_path / "log"), port=1)
+    ref = rt.start(launch)
+    deadline = time.monotonic() + 10
+    while rt.alive(ref) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rt.exit_code(ref) == 0
+    rt.forget(ProcessRef(pid=ref.pid, start_ticks=ref.start_ticks + 1))  # another process's ref: kept
+    assert rt.exit_code(ref) == 0
+    rt.forget(ref)
+    assert rt.exit_code(ref) is None  # nothing kept about it any more

@@ -113,6 +113,11 @@ class ReplicaSupervisor:
             return
         raise _Stop()
 
+    def _drop_process(self) -> None:
+        if self.ref is not None:
+            self.runtime.forget(self.ref)
+            self.ref = None
+
     # ---- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
         try:
@@ -230,6 +235,7 @@ class ReplicaSupervisor:
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
                 self._set(message=f"process exited during startup (code {code}); see `openeas logs`")
+                self._drop_process()
                 return False
             now = self.clock()
             if row.port is not None and tracker.due(now):
@@ -283,7 +289,7 @@ class ReplicaSupervisor:
                 code = self.runtime.exit_code(self.ref)
                 row = self._set(phase="Failed", message=f"process exited (code {code})")
                 self._event(row, "Crashed", f"process {self.ref.pid} exited (code {code})", warning=True)
-                self.ref = None
+                self._drop_process()
                 if self.clock() - ready_since > STABLE_AFTER_S:
                     self.streak = 0
                 return
@@ -304,7 +310,7 @@ class ReplicaSupervisor:
         count = row.restart_count + 1
         if self.ref is not None:
             await stop_process(self.runtime, self.ref, self.grace_s)
-            self.ref = None
+            self._drop_process()
         self.streak += 1
         delay = restart_backoff_s(self.streak)
         why = f": {row.message}" if row.message else ""
@@ -331,6 +337,7 @@ class ReplicaSupervisor:
                 await asyncio.sleep(self.cfg.drain_s)
             how = await stop_process(self.runtime, self.ref, self.grace_s)
             self._event(row, "Stopped", f"process {self.ref.pid} {how}")
+        self._drop_process()
         self.store.update_replica(self.rid, phase="Stopped")
         self.store.delete_replica(self.rid)
 

@@ -49,3 +49,7 @@ class Runtime(Protocol):
     def signal(self, ref: ProcessRef, sig: int) -> None:
         """Send a signal to the replica's whole process group; no error if it is gone."""
         ...
+
+    def forget(self, ref: ProcessRef) -> None:
+        """Drop what the runtime keeps about a replica process that is gone for good."""
+        ...

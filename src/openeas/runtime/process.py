@@ -144,6 +144,11 @@ class ProcessRuntime:
         st = read_stat(ref.pid)
         return st is None or st[2] == ref.start_ticks
 
+    def forget(self, ref: ProcessRef) -> None:
+        entry = self._children.get(ref.pid)
+        if entry is not None and entry[0] == ref.start_ticks:
+            del self._children[ref.pid]
+
     def signal(self, ref: ProcessRef, sig: int) -> None:
         """Send ``sig`` to the replica's process group; never to a recycled pid."""
         if not self._group_is_ours(ref):

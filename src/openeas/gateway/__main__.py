@@ -13,6 +13,7 @@ from pathlib import Path
 
 from openeas.gateway.server import serve
 from openeas.gateway.table import FileRoutingSource, RoutingSource
+from openeas.runtime.process import pid_alive
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -36,19 +37,9 @@ def _source(args: argparse.Namespace) -> RoutingSource:
     return StoreRoutingSource(args.data_dir)  # type: ignore[no-any-return,unused-ignore]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        if os.getppid() != pid and not _alive(pid):
+        if os.getppid() != pid and pid_alive(pid) is False:
             stop.set()
             return
         await asyncio.sleep(1.0)

@@ -41,6 +41,21 @@ def read_stat(pid: int) -> tuple[str, int, int] | None:
         return None
 
 
+def pid_alive(pid: int | None) -> bool | None:
+    """True/False when `pid` is known on this host; None when it cannot be told."""
+    if pid is None or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
+
+
 def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat (clock ticks after boot when the process started)."""
     st = read_stat(pid)

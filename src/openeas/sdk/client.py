@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import requests
 
-from openeas.sdk.discovery import ServerInfo, discover, pid_alive
+from openeas.runtime.process import pid_alive
+from openeas.sdk.discovery import ServerInfo, discover
 
 API = "/api/v1"
 

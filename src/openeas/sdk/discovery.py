@@ -93,18 +93,3 @@ def discover(
     if not path.exists():
         raise ServerNotFound(NOT_FOUND_HINT)
     return read_server_file(path)
-
-
-def pid_alive(pid: int | None) -> bool | None:
-    """True/False when the server pid is on this host and known; None when it cannot be told."""
-    if pid is None or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return None
-    return True

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openeas.controller import reconciler
 from openeas.runtime import free_port
 from openeas.sdk import Client
 
@@ -96,20 +97,7 @@ def new_server(data_dir: Path) -> Server:
 
 def replica_processes(data_dir: Path) -> list[int]:
     """Pids of live processes started as replicas for this data dir."""
-    out = []
-    needle = f"OPENEAS_DATA_DIR={data_dir}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        is_replica = any(item.startswith(b"OPENEAS_REPLICA_ID=") for item in env)
-        if needle in env and is_replica and state != "Z":
-            out.append(int(entry.name))
-    return out
+    return [pid for pid, _rid, _pgid in reconciler.replica_processes(data_dir)]
 
 
 def service_spec(name: str, *, replicas: int = 1, args: str = "", **extra: Any) -> dict[str, Any]:

@@ -153,6 +153,27 @@ def _environ(pid: int) -> dict[str, str]:
     return out
 
 
+def replica_processes(data_dir: Path) -> list[tuple[int, str, int]]:
+    """`(pid, replica id, process group)` of every live replica process started for `data_dir`.
+
+    Only replica processes carry a replica id; the server and gateway may share the data-dir env.
+    """
+    out = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        env = _environ(pid)
+        rid = env.get("OPENEAS_REPLICA_ID")
+        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
+            continue
+        stat = read_stat(pid)
+        if stat is not None and stat[0] != "Z":
+            out.append((pid, rid, stat[1]))
+    return out
+
+
 def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
     """Kill replica processes of this data dir that no replica row accounts for.
 
@@ -162,19 +183,8 @@ def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
     is not in the recorded process group (a second process for the same replica).
     """
     killed = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        env = _environ(pid)
-        rid = env.get("OPENEAS_REPLICA_ID")
-        # Only replica processes carry a replica id; the server and gateway may share the data-dir env.
-        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
-            continue
-        stat = read_stat(pid)
-        recorded = known.get(rid)
-        if stat is not None and recorded is not None and stat[1] == recorded:
+    for pid, rid, pgid in replica_processes(data_dir):
+        if known.get(rid) == pgid:
             continue
         try:
             os.kill(pid, signal.SIGKILL)

@@ -77,22 +77,34 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def _wait_port_free(host: str, port: int, timeout_s: float) -> None:
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"{what} port {host}:{port} is not available ({exc.strerror})") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float, what: str) -> None:
+    """Wait for `port` to be bindable (a gateway of a killed server may still be going away)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-                return
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise ServerError(f"gateway port {host}:{port} is in use ({exc.strerror})") from None
+        try:
+            _bind(host, port, what).close()
+            return
+        except ServerError:
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.1)
 
 
 def start_gateway(data_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
-    _wait_port_free(host, port, 10.0)
+    _wait_port_free(host, port, 10.0, "gateway")
     (data_dir / "logs").mkdir(exist_ok=True)
     logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
@@ -128,19 +140,6 @@ def _deploy_files(store: Store, files: Sequence[Path]) -> None:
             if store.get_service(spec.name).state == "Deleting":
                 raise
             log.info("service %s already exists; left as it is", spec.name)
-
-
-def _bind(host: str, port: int, what: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ServerError(f"{what} port {host}:{port} is not available ({exc.strerror})") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 async def _serve(

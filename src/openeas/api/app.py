@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
+from openeas.controller.replica import COLD_START_SPANS
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.spec import parse_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
@@ -118,8 +119,7 @@ def replica_view(r: ReplicaRow) -> dict[str, Any]:
         "restart_count": r.restart_count,
         "stopping": bool(r.stopping),
         "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
-        "cold_start": {k: cold.get(k) for k in ("fetch_s", "start_s", "warm_s", "total_s")}
-        | {"fetch": cold.get("fetch")},
+        "cold_start": {k: cold.get(k) for k in COLD_START_SPANS} | {"fetch": cold.get("fetch")},
         "message": r.message,
     }
 

@@ -347,15 +347,20 @@ def _probe_port(spec: ServiceSpec, replica_port: int) -> int:
     return probe_port(spec.main.health_check, container_port=spec.main.port, replica_port=replica_port)
 
 
-def _breakdown(t: Mapping[str, float]) -> dict[str, float | None]:
-    def span(a: str, b: str) -> float | None:
-        return round(t[b] - t[a], 3) if a in t and b in t and t[b] >= t[a] else None
+# Cold-start breakdown of a replica start: name → (phase it starts in, phase it ends in).
+COLD_START_SPANS = {
+    "fetch_s": ("Fetching", "Starting"),
+    "start_s": ("Starting", "Warming"),
+    "warm_s": ("Warming", "Ready"),
+    "total_s": ("Pending", "Ready"),
+}
 
+
+def _breakdown(t: Mapping[str, float]) -> dict[str, float | None]:
+    """Seconds spent in each span of COLD_START_SPANS, from the phase timestamps `t`."""
     return {
-        "fetch_s": span("Fetching", "Starting"),
-        "start_s": span("Starting", "Warming"),
-        "warm_s": span("Warming", "Ready"),
-        "total_s": span("Pending", "Ready"),
+        name: round(t[b] - t[a], 3) if a in t and b in t and t[b] >= t[a] else None
+        for name, (a, b) in COLD_START_SPANS.items()
     }
 
 

@@ -7,7 +7,6 @@ each; returned rows are detached snapshots (``expire_on_commit=False``).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -324,6 +323,6 @@ class Store:
 
 def _stored(spec: ServiceSpec) -> dict[str, Any]:
     """The spec as stored in a version: the token is kept encrypted on the service, not here."""
-    data = json.loads(spec.model_dump_json(exclude_none=True, by_alias=True))
+    data = spec.to_dict()
     data.pop("token", None)
     return data

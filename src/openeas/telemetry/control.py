@@ -64,8 +64,8 @@ class ControlMetrics:
         )
 
     def observe_cold_start(self, service: str, breakdown: Mapping[str, float | None]) -> None:
-        for key in ("fetch_s", "start_s", "warm_s", "total_s"):
-            value = breakdown.get(key)
+        """`breakdown`: span name (`fetch_s`, `start_s`, …) → seconds, None when not measured."""
+        for key, value in breakdown.items():
             if value is not None:
                 self.cold_start.labels(service, key.removesuffix("_s")).observe(value)
 

@@ -88,7 +88,10 @@ def test_routing_source_publishes_only_ready_replicas(tmp_path: Path):
     b = store.add_replica("svc", 1, workdir_root=tmp_path)
     store.update_replica(a.id, phase="Starting", port=1111)
     assert source.poll() is None  # not Ready: routing unchanged
-    store.update_replica(a.id, phase="Ready")
+    for phase in ("Warming", "Ready"):  # the legal way to Ready (openeas.states.TRANSITIONS)
+        store.update_replica(a.id, phase=phase)
+    for phase in ("Fetching", "Starting", "Warming"):
+        store.update_replica(b.id, phase=phase)
     store.update_replica(b.id, phase="Ready", port=2222)
     table = source.poll()
     assert table is not None

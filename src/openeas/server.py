@@ -32,6 +32,7 @@ from openeas.controller.replica import SupervisorConfig
 from openeas.errors import Conflict, OpenEASError
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
+from openeas.states import ServiceState
 from openeas.store import Store
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
@@ -137,7 +138,7 @@ def _deploy_files(store: Store, files: Sequence[Path]) -> None:
             store.create_service(spec)
             log.info("deployed %s from %s", spec.name, f)
         except Conflict:
-            if store.get_service(spec.name).state == "Deleting":
+            if store.get_service(spec.name).state == ServiceState.DELETING:
                 raise
             log.info("service %s already exists; left as it is", spec.name)
 

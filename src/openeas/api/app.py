@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from openeas.controller.replica import COLD_START_SPANS
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.spec import parse_spec
+from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.store import ReplicaRow, ServiceRow, Store, same
-from openeas.telemetry import ControlMetrics
+from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 
 
 def _iso(t: float | None) -> str | None:
@@ -66,24 +66,13 @@ class ControlPlane:
     def summary(self, svc: ServiceRow, replicas: list[ReplicaRow] | None = None) -> dict[str, Any]:
         reps = self.store.replicas(svc.name) if replicas is None else replicas
         live = [r for r in reps if not r.stopping]
-        ready = sum(r.phase == "Ready" for r in live)
-        desired = 0 if svc.state == "Stopped" else svc.desired_replicas
-        if svc.state in ("Deleting", "Stopped"):
-            status = svc.state if live or svc.state == "Deleting" else "Stopped"
-        elif any(r.version != svc.current_version for r in reps):
-            status = "Updating"
-        elif ready >= desired:
-            status = "Running"
-        elif any(r.phase == "Failed" or (r.restart_count > 0 and r.phase != "Ready") for r in live):
-            status = "Failed" if ready == 0 else "Degraded"
-        else:
-            status = "Pending"
+        status = service_status(svc.state, svc.current_version, svc.desired_replicas, reps)
         return {
             "name": svc.name,
-            "status": status,
+            "status": status.value,
             "version": svc.current_version,
-            "desired_replicas": desired,
-            "ready_replicas": ready,
+            "desired_replicas": desired_replicas(svc.state, svc.desired_replicas),
+            "ready_replicas": sum(r.phase == ReplicaPhase.READY for r in live),
             "total_replicas": len(live),
             "endpoint": self.endpoint(svc.name),
             "created_at": _iso(svc.created_at),
@@ -205,7 +194,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.delete("/api/v1/services/{name}", dependencies=auth)
     def delete_service(name: str) -> dict[str, Any]:
         cp.store.update_service(
-            name, state="Deleting", event=("Deleting", "delete requested; stopping replicas")
+            name, state=ServiceState.DELETING, event=("Deleting", "delete requested; stopping replicas")
         )
         cp.wake()
         return {"deleted": name}
@@ -218,11 +207,13 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.post("/api/v1/services/{name}/stop", dependencies=auth)
     def stop(name: str) -> dict[str, Any]:
-        return cp.change(name, "Stopped", "service stopped; replicas are being stopped", state="Stopped")
+        return cp.change(
+            name, "Stopped", "service stopped; replicas are being stopped", state=ServiceState.STOPPED
+        )
 
     @app.post("/api/v1/services/{name}/start", dependencies=auth)
     def start(name: str) -> dict[str, Any]:
-        return cp.change(name, "Started", "service started", state="Running")
+        return cp.change(name, "Started", "service started", state=ServiceState.RUNNING)
 
     @app.get("/api/v1/services/{name}/versions", dependencies=auth)
     def versions(name: str) -> dict[str, Any]:
@@ -281,7 +272,7 @@ class _Unauthorized(OpenEASError):
 
 
 def _not_deleting(store: Store, name: str) -> None:
-    if store.get_service(name).state == "Deleting":
+    if store.get_service(name).state == ServiceState.DELETING:
         raise Conflict(f"service '{name}' is being deleted")
 
 

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from openeas.states import ReplicaPhase, ServiceStatus
+
 
 def _width(stream: object) -> int | None:
     # A pipe has no width: rich would wrap at 80 columns; a table piped to grep or less reads better whole.
@@ -23,18 +25,21 @@ def _width(stream: object) -> int | None:
 out = Console(width=_width(sys.stdout))
 err = Console(stderr=True, width=_width(sys.stderr))
 
-PHASE_STYLE = {
-    "Ready": "green",
-    "Running": "green",
-    "Warming": "cyan",
-    "Starting": "cyan",
-    "Fetching": "cyan",
-    "Pending": "yellow",
-    "Updating": "yellow",
-    "Draining": "yellow",
-    "Deleting": "yellow",
-    "Stopped": "dim",
-    "Failed": "bold red",
+# How a replica phase or a service status is shown (colour); anything else is plain. Pending,
+# Stopped and Failed are words of both enums, styled alike.
+PHASE_STYLE: dict[str, str] = {
+    ReplicaPhase.READY: "green",
+    ReplicaPhase.WARMING: "cyan",
+    ReplicaPhase.STARTING: "cyan",
+    ReplicaPhase.FETCHING: "cyan",
+    ReplicaPhase.PENDING: "yellow",
+    ReplicaPhase.DRAINING: "yellow",
+    ReplicaPhase.STOPPED: "dim",
+    ReplicaPhase.FAILED: "bold red",
+    ServiceStatus.RUNNING: "green",
+    ServiceStatus.UPDATING: "yellow",
+    ServiceStatus.DELETING: "yellow",
+    ServiceStatus.DEGRADED: "bold yellow",
 }
 
 

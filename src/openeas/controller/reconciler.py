@@ -20,6 +20,7 @@ from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.process import read_stat
+from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import Store
 
@@ -72,14 +73,14 @@ class Reconciler:
             )
         for name, svc in services.items():
             views = by_service.get(name, [])
-            if svc.state == "Deleting":
+            if svc.state == ServiceState.DELETING:
                 for v in views:
                     self._request_stop(v.id)
                 if not views:
                     self.store.purge_service(name)
                     self.store.record_event(name, "Deleted", "all replicas stopped; service deleted")
                 continue
-            desired = 0 if svc.state == "Stopped" else svc.desired_replicas
+            desired = desired_replicas(svc.state, svc.desired_replicas)
             spec = self.store.version_spec(name, svc.current_version)
             rs = spec.metadata.rolling_strategy
             plan = plan_rollout(
@@ -115,7 +116,7 @@ class Reconciler:
     def _request_stop(self, rid: str) -> None:
         row = self.store.get_replica(rid)
         if row is not None and not row.stopping:
-            self.store.update_replica(rid, stopping=1)
+            self.store.update_replica(rid, stopping=True)
         sup = self.supervisors.get(rid)
         if sup is not None:
             sup.stop_requested.set()
@@ -132,7 +133,7 @@ class Reconciler:
             for r in self.store.replicas():
                 self.store.update_replica(
                     r.id,
-                    phase="Pending",
+                    phase=ReplicaPhase.PENDING,
                     phase_times={},
                     pid=None,
                     start_ticks=None,

@@ -1,9 +1,12 @@
 """One replica's life: fetch mounts → start → probe → warm up → Ready → watch → drain → stop.
 
-A `ReplicaSupervisor` task owns exactly one replica row. It is the only writer of that row's
-phase, pid and port, so phases never race. The reconciler creates rows and sets `stopping`; the
-supervisor notices and drains. A process found alive after a control-plane restart is adopted
-(no new start); a crashed one is restarted with exponential backoff (`restart_count`).
+A `ReplicaSupervisor` task owns one replica row while it runs: it alone moves that row's phase,
+pid and port, so phases never race. The reconciler creates rows and sets `stopping` (the
+supervisor notices and drains), and after the supervisors are cancelled at server exit it
+resets the rows of the replicas it stopped. A process found alive after a control-plane
+restart is adopted (no new start). Every failure (crash, exit or timeout during start,
+unhealthy, failed warmup) enters Failed, waits out an exponential backoff there, then restarts
+from Pending (`restart_count`). Phases and their legal changes: `openeas.states`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Unpack
 
 from openeas.controller.probe import ProbeTracker, Transition, probe_once, probe_port
 from openeas.controller.rollout import restart_backoff_s
@@ -24,9 +28,12 @@ from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.launch import build_launch, pick_port
 from openeas.spec import ServiceSpec
+from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.oss import resolve_url
 from openeas.store import ReplicaRow, Store
+from openeas.store.schema import ReplicaFields
+from openeas.telemetry.coldstart import breakdown
 
 log = logging.getLogger("openeas.replica")
 
@@ -92,7 +99,7 @@ class ReplicaSupervisor:
             raise _Stop()
         return row
 
-    def _set(self, **fields: object) -> ReplicaRow:
+    def _set(self, **fields: Unpack[ReplicaFields]) -> ReplicaRow:
         row = self.store.update_replica(self.rid, **fields)
         if row is None:
             raise _Stop()
@@ -136,7 +143,8 @@ class ReplicaSupervisor:
         spec = self.store.version_spec(row.service, row.version)
         self.grace_s = spec.metadata.eas.termination_grace_period
         self.ref = self._adopt(row)
-        serving = self.ref is not None and row.phase == "Ready"  # adopted while Ready: keep serving
+        # Adopted while Ready: it keeps serving, no new start.
+        serving = self.ref is not None and row.phase == ReplicaPhase.READY
         while True:
             if self._row().stopping:
                 raise _Stop()
@@ -144,39 +152,46 @@ class ReplicaSupervisor:
                 if not serving:
                     if self.ref is None:
                         await self._start(self._row(), spec)
-                    if await self._wait_ready(spec):
-                        await self._warm(spec)
-                        self._mark_ready()
-                        serving = True
+                    await self._wait_ready(spec)
+                    await self._warm(spec)
+                    self._mark_ready()
+                    serving = True
                 if serving:
                     await self._watch(spec)
             except _Failure as exc:
-                row = self._set(phase="Failed", message=str(exc))
-                self._event(row, exc.reason, str(exc), warning=True)
+                self._fail(exc.reason, str(exc))
             except (_Stop, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a bug: back off like a crash instead of churning replicas
                 log.exception("replica %s: unexpected error", self.rid)
-                row = self._set(phase="Failed", message=f"internal error: {type(exc).__name__}: {exc}")
-                self._event(row, "SupervisorError", row.message or "", warning=True)
+                self._fail("SupervisorError", f"internal error: {type(exc).__name__}: {exc}")
             serving = False
             await self._restart_after_failure()
 
+    def _fail(self, reason: str, message: str) -> None:
+        """Enter Failed with `message` (and a Warning event `reason`); the restart follows."""
+        row = self._set(phase=ReplicaPhase.FAILED, message=message)
+        self._event(row, reason, message, warning=True)
+
     def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
         if row.pid is None or row.start_ticks is None:
+            if row.phase != ReplicaPhase.PENDING:
+                # No process was recorded (a control plane died mid-start or mid-backoff): the
+                # replica starts afresh.
+                self._set(phase=ReplicaPhase.PENDING, phase_times={}, cold_start={})
             return None
         ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks)
         if self.runtime.alive(ref):
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
-            if row.phase != "Ready":
+            if row.phase != ReplicaPhase.READY:
                 # Its cold start is unknown: timings restart here rather than span the downtime.
-                self._set(phase="Starting", phase_times={}, message="adopted; probing")
+                self._set(phase=ReplicaPhase.STARTING, phase_times={}, message="adopted; probing")
             return ref
         self._set(
             pid=None,
             start_ticks=None,
             restart_count=row.restart_count + 1,
-            phase="Pending",
+            phase=ReplicaPhase.PENDING,
             phase_times={},
             message="process was gone after a control-plane restart",
         )
@@ -186,7 +201,7 @@ class ReplicaSupervisor:
         return None
 
     async def _start(self, row: ReplicaRow, spec: ServiceSpec) -> None:
-        self._set(phase="Fetching", message=None)
+        self._set(phase=ReplicaPhase.FETCHING, message=None)
         workdir = Path(row.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -194,7 +209,7 @@ class ReplicaSupervisor:
             plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
-        self._set(phase="Starting", cold_start={"fetch": plan.summary()})
+        self._set(phase=ReplicaPhase.STARTING, cold_start={"fetch": plan.summary()})
         base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
         try:
             # No await from here to the port being stored: two replicas never pick the same port.
@@ -223,8 +238,9 @@ class ReplicaSupervisor:
             "OPENEAS_DATA_DIR": str(self.cfg.data_dir),
         }
 
-    async def _wait_ready(self, spec: ServiceSpec) -> bool:
-        """Probe until the replica answers; False if its process died or it never got ready."""
+    async def _wait_ready(self, spec: ServiceSpec) -> None:
+        """Probe until the replica answers; _Failure if its process exits or it does not get
+        ready within the startup timeout."""
         check = spec.main.health_check
         tracker = ProbeTracker.for_check(check, started_at=self.clock())
         # While starting, probe often: every fraction of a second shaved here is cold start.
@@ -234,23 +250,22 @@ class ReplicaSupervisor:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
-                self._set(message=f"process exited during startup (code {code}); see `openeas logs`")
                 self._drop_process()
-                return False
+                raise _Failure(
+                    "StartFailed", f"process exited during startup (code {code}); see `openeas logs`"
+                )
             now = self.clock()
             if row.port is not None and tracker.due(now):
                 result = await probe_once(row.host, _probe_port(spec, row.port), check)
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
-                    return True
+                    return
                 if tracker.startup_expired(self.clock()):
                     msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
-                    self._set(message=msg)
-                    self._event(row, "StartupTimeout", msg, warning=True)
-                    return False
+                    raise _Failure("StartupTimeout", msg)
             await self._sleep(ALIVE_CHECK_S)
 
     async def _warm(self, spec: ServiceSpec) -> None:
-        row = self._set(phase="Warming")
+        row = self._set(phase=ReplicaPhase.WARMING)
         if not spec.warm_up_data_path or row.port is None:
             return
         try:
@@ -268,13 +283,12 @@ class ReplicaSupervisor:
         self._event(row, "Warmed", summary, warning=not report.ok)
 
     def _mark_ready(self) -> None:
-        row = self._set(phase="Ready", message=None)
-        t = row.phase_times
-        breakdown = _breakdown(t)
-        self._set(cold_start={**(row.cold_start or {}), **breakdown})
+        row = self._set(phase=ReplicaPhase.READY, message=None)
+        spans = breakdown(row.phase_times)
+        self._set(cold_start={**(row.cold_start or {}), **spans})
         if self.cfg.on_ready is not None:
-            self.cfg.on_ready(row.service, breakdown)
-        self._event(row, "Ready", f"replica ready after {breakdown.get('total_s') or 0:.2f}s")
+            self.cfg.on_ready(row.service, spans)
+        self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")
 
     async def _watch(self, spec: ServiceSpec) -> None:
         """Return when the process dies; raise when readiness fails past the threshold."""
@@ -287,8 +301,7 @@ class ReplicaSupervisor:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
-                row = self._set(phase="Failed", message=f"process exited (code {code})")
-                self._event(row, "Crashed", f"process {self.ref.pid} exited (code {code})", warning=True)
+                self._fail("Crashed", f"process {self.ref.pid} exited (code {code})")
                 self._drop_process()
                 if self.clock() - ready_since > STABLE_AFTER_S:
                     self.streak = 0
@@ -306,6 +319,7 @@ class ReplicaSupervisor:
             await self._sleep(ALIVE_CHECK_S)
 
     async def _restart_after_failure(self) -> None:
+        """The replica is Failed: stop what is left of it, wait out the backoff, back to Pending."""
         row = self._row()
         count = row.restart_count + 1
         if self.ref is not None:
@@ -318,13 +332,12 @@ class ReplicaSupervisor:
             restart_count=count,
             pid=None,
             start_ticks=None,
-            phase="Pending",
-            phase_times={},  # a new cold start begins: its timings start from this Pending
-            cold_start={},
             message=f"restarting in {delay:.0f}s (restart {count}){why}",
         )
         self._event(row, "Restarting", f"restart {count} in {delay:.0f}s{why}", warning=True)
         await self._sleep(delay)
+        # A new cold start begins: its timings start from this Pending.
+        self._set(phase=ReplicaPhase.PENDING, phase_times={}, cold_start={})
 
     async def _shutdown(self) -> None:
         """Drain (leave the routing table, let in-flight requests finish), stop, forget the row."""
@@ -332,36 +345,19 @@ class ReplicaSupervisor:
         if row is None:
             return
         if self.ref is not None and self.runtime.alive(self.ref):
-            if row.phase == "Ready":
-                self._set(phase="Draining")
+            if row.phase == ReplicaPhase.READY:
+                self._set(phase=ReplicaPhase.DRAINING)
                 await asyncio.sleep(self.cfg.drain_s)
             how = await stop_process(self.runtime, self.ref, self.grace_s)
             self._event(row, "Stopped", f"process {self.ref.pid} {how}")
         self._drop_process()
-        self.store.update_replica(self.rid, phase="Stopped")
+        self.store.update_replica(self.rid, phase=ReplicaPhase.STOPPED)
         self.store.delete_replica(self.rid)
 
 
 def _probe_port(spec: ServiceSpec, replica_port: int) -> int:
     """The health check's port follows the replica's rewritten port unless it names another one."""
     return probe_port(spec.main.health_check, container_port=spec.main.port, replica_port=replica_port)
-
-
-# Cold-start breakdown of a replica start: name → (phase it starts in, phase it ends in).
-COLD_START_SPANS = {
-    "fetch_s": ("Fetching", "Starting"),
-    "start_s": ("Starting", "Warming"),
-    "warm_s": ("Warming", "Ready"),
-    "total_s": ("Pending", "Ready"),
-}
-
-
-def _breakdown(t: Mapping[str, float]) -> dict[str, float | None]:
-    """Seconds spent in each span of COLD_START_SPANS, from the phase timestamps `t`."""
-    return {
-        name: round(t[b] - t[a], 3) if a in t and b in t and t[b] >= t[a] else None
-        for name, (a, b) in COLD_START_SPANS.items()
-    }
 
 
 def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from openeas.states import ReplicaPhase
+
 
 @dataclass(frozen=True)
 class ReplicaView:
@@ -21,7 +23,7 @@ class ReplicaView:
 
     @property
     def ready(self) -> bool:
-        return self.phase == "Ready"
+        return self.phase == ReplicaPhase.READY
 
 
 @dataclass(frozen=True)

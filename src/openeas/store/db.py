@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import Connection, create_engine, delete, event, select, text
 from sqlalchemy.engine import Engine
@@ -20,7 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
 from openeas.spec import ServiceSpec, parse_spec
-from openeas.store.schema import Base, EventRow, Meta, ReplicaRow, ServiceRow, VersionRow
+from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
+from openeas.store.schema import (
+    REPLICA_FIELDS,
+    Base,
+    EventRow,
+    Meta,
+    ReplicaFields,
+    ReplicaRow,
+    ServiceRow,
+    VersionRow,
+)
 from openeas.store.secrets import TokenCipher, new_token
 
 
@@ -122,11 +132,11 @@ class Store:
         with self.session() as s:
             existing = s.get(ServiceRow, spec.name)
             if existing is not None:
-                what = "is being deleted" if existing.state == "Deleting" else "already exists"
+                what = "is being deleted" if existing.state == ServiceState.DELETING else "already exists"
                 raise Conflict(f"service '{spec.name}' {what}")
             row = ServiceRow(
                 name=spec.name,
-                state="Running",
+                state=ServiceState.RUNNING.value,
                 current_version=1,
                 desired_replicas=spec.metadata.instance,
                 token_enc=self.cipher.encrypt(spec.token or new_token()),
@@ -145,7 +155,7 @@ class Store:
         now = time.time()
         with self.session() as s:
             row = self._service(s, spec.name)
-            if row.state == "Deleting":
+            if row.state == ServiceState.DELETING:
                 raise Conflict(f"service '{spec.name}' is being deleted")
             last = (
                 s.scalar(
@@ -231,8 +241,8 @@ class Store:
             id=rid,
             service=service,
             version=version,
-            phase="Pending",
-            phase_times={"Pending": now},
+            phase=ReplicaPhase.PENDING.value,
+            phase_times={ReplicaPhase.PENDING.value: now},
             cold_start={},
             workdir=str(workdir),
             log_path=str(workdir / "replica.log"),
@@ -257,22 +267,32 @@ class Store:
         with self.session() as s:
             return s.get(ReplicaRow, rid)
 
-    def update_replica(self, rid: str, **fields: Any) -> ReplicaRow | None:
-        """Update fields; a `phase` change stamps `phase_times` and re-publishes routing if needed."""
+    def update_replica(self, rid: str, **fields: Unpack[ReplicaFields]) -> ReplicaRow | None:
+        """Update fields of a replica; None when the row is gone.
+
+        Only the names of :class:`ReplicaFields` are accepted (a typo raises TypeError). A
+        `phase` change must be allowed by :data:`openeas.states.TRANSITIONS` (else
+        IllegalTransition) and is timestamped in `phase_times`; a change of whether the
+        replica is routable (or of its address while routable) bumps the routing version.
+        """
+        unknown = set(fields) - REPLICA_FIELDS
+        if unknown:
+            raise TypeError(f"update_replica: unknown field(s) {sorted(unknown)}")
         now = time.time()
         with self.session() as s:
             row = s.get(ReplicaRow, rid)
             if row is None:
                 return None
             old_phase = row.phase
+            was_routable = routable(row.phase, row.stopping, row.port)
+            old_address = (row.host, row.port)
+            new_phase = check_transition(old_phase, fields.get("phase", old_phase))
             for k, v in fields.items():
                 setattr(row, k, v)
-            new_phase = fields.get("phase", old_phase)
             if new_phase != old_phase:
-                row.phase_times = {**(row.phase_times or {}), new_phase: now}
-            if (old_phase == "Ready") != (new_phase == "Ready") or (
-                "port" in fields and new_phase == "Ready"
-            ):
+                row.phase_times = {**(row.phase_times or {}), new_phase.value: now}
+            is_routable = routable(row.phase, row.stopping, row.port)
+            if was_routable != is_routable or (is_routable and old_address != (row.host, row.port)):
                 self._bump_routing(s)
             row.updated_at = now
             return row
@@ -281,7 +301,7 @@ class Store:
         with self.session() as s:
             row = s.get(ReplicaRow, rid)
             if row is not None:
-                if row.phase == "Ready":
+                if routable(row.phase, row.stopping, row.port):
                     self._bump_routing(s)
                 s.delete(row)
 

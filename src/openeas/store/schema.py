@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -54,10 +54,10 @@ class ReplicaRow(Base):
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     start_ticks: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # Pending → Fetching → Starting → Warming → Ready → Draining → Stopped | Failed
+    # An openeas.states.ReplicaPhase; its legal changes are openeas.states.TRANSITIONS.
     phase: Mapped[str] = mapped_column(String(16), default="Pending")
     # Set when the reconciler wants this replica gone (scale-down, old version, delete).
-    stopping: Mapped[int] = mapped_column(Integer, default=0)
+    stopping: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     phase_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     cold_start: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -66,6 +66,23 @@ class ReplicaRow(Base):
     log_path: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ReplicaFields(TypedDict, total=False):
+    """The replica fields a controller may change (``Store.update_replica(rid, **fields)``)."""
+
+    phase: str  # an openeas.states.ReplicaPhase
+    stopping: bool
+    pid: int | None
+    start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart
+    port: int | None  # the host port the replica listens on
+    restart_count: int
+    phase_times: dict[str, float]  # phase → epoch seconds it was entered
+    cold_start: dict[str, Any]  # span name → seconds, plus the mount fetch summary
+    message: str | None
+
+
+REPLICA_FIELDS = frozenset(ReplicaFields.__annotations__)
 
 
 class EventRow(Base):

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from openeas.states import ReplicaPhase, desired_replicas
 from openeas.store import Store
 
-PHASES = ("Pending", "Fetching", "Starting", "Warming", "Ready", "Draining", "Stopped", "Failed")
 COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -35,7 +35,7 @@ class _StoreCollector(Collector):
             "openeas_replicas", "Replicas by service and phase", labels=["service", "phase"]
         )
         for name in services:
-            for phase in PHASES:
+            for phase in ReplicaPhase:
                 replicas.add_metric([name, phase], by_phase.get((name, phase), 0))
         yield replicas
         desired = GaugeMetricFamily(
@@ -45,7 +45,7 @@ class _StoreCollector(Collector):
             "openeas_replica_restarts", "Restarts of the current replicas by service", labels=["service"]
         )
         for name, svc in services.items():
-            desired.add_metric([name], 0 if svc.state == "Stopped" else svc.desired_replicas)
+            desired.add_metric([name], desired_replicas(svc.state, svc.desired_replicas))
             restart.add_metric([name], restarts.get(name, 0))
         yield desired
         yield restart

@@ -1,0 +1,139 @@
+"""The domain's states, in one place: replica phases and their legal transitions, a service's
+desired state and its shown status, and the three facts everyone must agree on.
+
+Everyone imports these: the store (typed updates check transitions), the supervisor and
+reconciler (who move replicas), the API and CLI (who show them), the metrics (who count them)
+and the gateway's routing source (who routes to them). No dependency beyond the standard
+library, so the gateway process can import it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Protocol
+
+
+class ReplicaPhase(StrEnum):
+    """Where one replica is in its life. Each phase change is timestamped on the replica."""
+
+    PENDING = "Pending"  # waiting to start (first start, or a restart after its backoff)
+    FETCHING = "Fetching"  # mounts are prepared (object storage → node cache)
+    STARTING = "Starting"  # the process runs; readiness probes have not passed yet
+    WARMING = "Warming"  # probes passed; warmup requests run before it takes traffic
+    READY = "Ready"  # in the routing table
+    DRAINING = "Draining"  # left the routing table; in-flight requests finish before SIGTERM
+    FAILED = "Failed"  # crashed, unhealthy, timed out or failed to start: waits out its backoff
+    STOPPED = "Stopped"  # its process is gone; the row is deleted right after
+
+
+P = ReplicaPhase
+
+# Allowed phase changes: from → to. A supervisor or reconciler asking for anything else is a
+# bug, and the store raises IllegalTransition for it.
+#  - any phase can fail (→ Failed) or be stopped for good (→ Stopped), except a stopped one;
+#  - a control-plane restart resets a replica whose process is gone, or a server stop that
+#    takes its replicas down, to Pending (a new start), from any live phase;
+#  - a replica adopted after a control-plane restart while not Ready is probed again (→ Starting).
+_LIVE = frozenset(p for p in P if p is not P.STOPPED)
+TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
+    P.PENDING: frozenset({P.FETCHING, P.STARTING, P.FAILED, P.STOPPED}),
+    P.FETCHING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.STARTING: frozenset({P.WARMING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.WARMING: frozenset({P.READY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),
+    P.READY: frozenset({P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.DRAINING: frozenset({P.STOPPED, P.FAILED, P.PENDING, P.STARTING}),
+    P.FAILED: frozenset({P.PENDING, P.STARTING, P.STOPPED}),
+    P.STOPPED: frozenset(),
+}
+assert set(TRANSITIONS) == set(P) and all(to <= _LIVE | {P.STOPPED} for to in TRANSITIONS.values())
+
+
+class IllegalTransition(RuntimeError):
+    """A phase change the table above does not allow: a bug in whoever asked for it."""
+
+
+def check_transition(old: str, new: str) -> ReplicaPhase:
+    """``new`` as a ReplicaPhase; raises IllegalTransition when ``old → new`` is not allowed."""
+    try:
+        to = ReplicaPhase(new)
+        frm = ReplicaPhase(old)
+    except ValueError as exc:
+        raise IllegalTransition(f"unknown replica phase: {exc}") from None
+    if to is not frm and to not in TRANSITIONS[frm]:
+        raise IllegalTransition(f"replica phase {frm} → {to} is not allowed")
+    return to
+
+
+class ServiceState(StrEnum):
+    """A service's *desired* state, as the operator set it."""
+
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+    DELETING = "Deleting"
+
+
+class ServiceStatus(StrEnum):
+    """A service's *shown* status, derived from its desired state and its replicas."""
+
+    RUNNING = "Running"  # desired replicas are Ready on the current version
+    PENDING = "Pending"  # replicas are on their way up, nothing has failed
+    UPDATING = "Updating"  # replicas of an older version remain (a rollout is under way)
+    DEGRADED = "Degraded"  # some replicas Ready, others failing
+    FAILED = "Failed"  # replicas are failing and none is Ready
+    STOPPED = "Stopped"  # stopped by the operator (its replicas may still be going away)
+    DELETING = "Deleting"
+
+
+class ReplicaFacts(Protocol):
+    """What the derived facts read of a replica (a store row has these attributes)."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def stopping(self) -> int: ...  # 0/1 or a bool
+    @property
+    def version(self) -> int: ...
+    @property
+    def restart_count(self) -> int: ...
+
+
+def desired_replicas(state: str, desired: int) -> int:
+    """How many replicas should run: none while the service is stopped or being deleted."""
+    return desired if state == ServiceState.RUNNING else 0
+
+
+def routable(phase: str, stopping: bool | int, port: int | None) -> bool:
+    """Whether the gateway may send traffic to a replica: Ready, not being stopped, with a port.
+
+    The gateway's routing source selects exactly these (its SQL is ROUTABLE_SQL, kept in step).
+    """
+    return phase == ReplicaPhase.READY and not stopping and port is not None
+
+
+# The same predicate as `routable`, for a query over the replicas table.
+ROUTABLE_SQL = "phase='Ready' AND stopping=0 AND port IS NOT NULL"
+
+
+def service_status(
+    state: str, current_version: int, desired: int, replicas: Iterable[ReplicaFacts]
+) -> ServiceStatus:
+    """The status shown for a service (``ls``, ``describe``, the API)."""
+    reps = list(replicas)
+    live = [r for r in reps if not r.stopping]
+    if state == ServiceState.DELETING:
+        return ServiceStatus.DELETING
+    if state == ServiceState.STOPPED:
+        return ServiceStatus.STOPPED
+    ready = sum(r.phase == ReplicaPhase.READY for r in live)
+    if any(r.version != current_version for r in reps):
+        return ServiceStatus.UPDATING
+    if ready >= desired_replicas(state, desired):
+        return ServiceStatus.RUNNING
+    failing = any(
+        r.phase == ReplicaPhase.FAILED or (r.restart_count > 0 and r.phase != ReplicaPhase.READY)
+        for r in live
+    )
+    if failing:
+        return ServiceStatus.DEGRADED if ready else ServiceStatus.FAILED
+    return ServiceStatus.PENDING

@@ -1,13 +1,19 @@
-"""Spec parsing: the EAS JSON unchanged, YAML, and one precise error line per problem."""
+"""Spec parsing: the EAS JSON unchanged, YAML, one precise error line per problem, and specs that
+round-trip exactly as written (through the model, the YAML reader and the store)."""
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from openeas.errors import SpecError
 from openeas.spec import parse_spec, parse_text
+from openeas.store import Store
 
 # A service JSON in the shape of the PAI-EAS docs (custom image + OSS mount + command).
 EAS_DOC_SPEC = {
@@ -50,8 +56,7 @@ def test_eas_spec_accepted_unchanged():
     assert spec.main.env_dict() == {"VLLM_USE_V1": "1"}
     assert spec.storage[0].oss is not None and spec.storage[0].oss.path == "oss://examplebucket/models/"
     assert spec.autoscaler is not None and spec.autoscaler.scaleStrategies[0].metricName == "qps"
-    # unknown EAS fields are kept, so the spec round-trips
-    assert spec.to_dict()["metadata"]["workspace_id"] == "12345"
+    assert spec.metadata.rpc.keepalive == 60000 and spec.metadata.eas.termination_grace_period == 30
 
 
 def test_yaml_same_structure():
@@ -121,3 +126,155 @@ def test_invalid_spec_names_field_and_reason(data, message):
 def test_not_an_object():
     with pytest.raises(SpecError, match="must be a JSON/YAML object"):
         parse_text("[1, 2]")
+
+
+# -- round trip: what the user wrote comes back, nothing more, nothing less -------------------------
+
+# Real-looking EAS service JSON with fields OpenEAS does not know, at every depth: nulls, lists of
+# objects, lists with nulls, empty objects, nested unknown blocks inside known ones.
+LLM_GPU_SPEC: dict[str, Any] = {
+    "metadata": {
+        "name": "qwen3_chat",
+        "instance": 2,
+        "cpu": 16,
+        "memory": 64000,
+        "gpu": 1,
+        "gpu_memory": None,
+        "workspace_id": "264771",
+        "resource": "eas-r-abc123",
+        "resource_burstable": False,
+        "enable_webservice": True,
+        "rpc": {"keepalive": 600000, "max_queue_size": 128, "worker_threads": 8, "batching": None},
+        "rolling_strategy": {"max_surge": 1, "max_unavailable": 0},
+        "eas": {"termination_grace_period": 30, "scheduler": {"spread": {"policy": "host"}}, "aimaster": None},
+        "labels": {"team": "nlp", "cost-center": None},
+        "quota_id": None,
+    },
+    "cloud": {
+        "computing": {
+            "instance_type": "ecs.gn7i-c16g1.4xlarge",
+            "instances": [{"type": "ecs.gn7i-c16g1.4xlarge", "spot_price_limit": 3.6, "capacity": None}],
+            "disable_spot_protection_period": False,
+        },
+        "networking": {"vpc_id": "vpc-1", "vswitch_id": "vsw-1", "security_group_id": "sg-1"},
+    },
+    "containers": [
+        {
+            "image": "eas-registry-vpc.cn-hangzhou.cr.aliyuncs.com/pai-eas/vllm:0.8.5.post1",
+            "command": "vllm serve /mnt/data/Qwen3-8B --port 8000 --served-model-name qwen3",
+            "port": 8000,
+            "env": [{"name": "VLLM_USE_V1", "value": "1"}, {"name": "HF_HUB_OFFLINE", "value": "1", "from": None}],
+            "health_check": {
+                "http_get": {"path": "/health", "port": 8000, "scheme": "HTTP"},
+                "initial_delay_seconds": 30,
+                "period_seconds": 10,
+                "timeout_seconds": 5,
+                "failure_threshold": 3,
+                "success_threshold": 1,
+            },
+            "prepare": {"pythonRequirements": ["vllm==0.8.5", "transformers"], "pythonRequirementsPath": None},
+            "resources": {"limits": {"nvidia.com/gpu": 1}},
+        },
+        {"image": "sidecar:latest", "script": "exec sleep infinity", "port": 9100, "env": [], "args": [None, "x"]},
+    ],
+    "storage": [
+        {"mount_path": "/mnt/data/", "oss": {"path": "oss://examplebucket/models/", "readOnly": True, "endpoint": None}},
+        {"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 20}},
+    ],
+    "autoscaler": {
+        "min": 1,
+        "max": 8,
+        "scaleStrategies": [{"metricName": "qps", "threshold": 10, "service": None}],
+        "behavior": {
+            "scaleUp": {"stabilizationWindowSeconds": 0},
+            "scaleDown": {"stabilizationWindowSeconds": 300},
+            "onZero": {"scaleDownGracePeriodSeconds": 600, "scaleUpActivationReplicas": 1},
+        },
+    },
+    "warm_up_data_path": "oss://examplebucket/warmup/requests.jsonl",
+    "features": {"eas.aliyun.com/extra-ephemeral-storage": "100Gi", "eas.aliyun.com/gpu-driver-version": None},
+    "dockerAuth": None,
+    "unit_test": [],
+    "options": {},
+}
+
+WEBUI_SPEC: dict[str, Any] = {
+    "metadata": {
+        "name": "sd_webui",
+        "instance": 1,
+        "type": "Async",
+        "enable_grpc": None,
+        "rpc": {"keepalive": 5000, "rate_limit": 50, "max_body_bytes": 10485760},
+    },
+    "containers": [
+        {
+            "image": "eas-registry-vpc.cn-shanghai.cr.aliyuncs.com/pai-eas/stable-diffusion-webui:4.2",
+            "script": "./webui.sh --listen --port 8000 --skip-version-check --data-dir /code/data-oss\n",
+            "port": 8000,
+            "env": {"COMMANDLINE_ARGS": "--api", "GRADIO_SERVER_PORT": "8000"},
+            "health_check": {"tcp_socket": {"port": 8000, "host": None}, "startup_timeout_seconds": 900},
+        }
+    ],
+    "storage": [
+        {"mount_path": "/code/data-oss", "oss": {"path": "oss://bucket/sd/", "readOnly": False}},
+        {"mount_path": "/code/nfs", "nfs": {"server": "abc.cn-shanghai.nas.aliyuncs.com", "path": "/", "readOnly": None}},
+    ],
+    "queue": {"sink": {"memory_ratio": 0.9, "max_length": None}, "source": {"auto_evict": True}},
+    "token": "webui-token-123456",
+    "runtime": "process",
+}
+
+MINIMAL_SPEC: dict[str, Any] = {
+    "metadata": {"name": "tiny", "cpu": 0.5},
+    "containers": [{"command": "python -m http.server 8000", "port": 8000}],
+}
+
+ROUND_TRIP = [
+    pytest.param(LLM_GPU_SPEC, id="llm-gpu-vllm-unknown-fields-everywhere"),
+    pytest.param(WEBUI_SPEC, id="async-webui-script-env-mapping-nfs-token"),
+    pytest.param(MINIMAL_SPEC, id="minimal-no-defaults-added"),
+    pytest.param(EAS_DOC_SPEC, id="eas-docs-example"),
+]
+
+
+def _exactly(data: dict[str, Any]) -> str:
+    """Canonical JSON text: key order aside, equal texts mean equal specs (30 is not 30.0)."""
+    return json.dumps(data, sort_keys=True)
+
+
+@pytest.mark.parametrize("written", ROUND_TRIP)
+def test_spec_round_trips_as_written(written: dict[str, Any]) -> None:
+    original = copy.deepcopy(written)
+    spec = parse_spec(written)
+    assert _exactly(spec.to_dict()) == _exactly(original)
+    assert written == original  # parsing left the caller's dict alone
+    assert parse_spec(spec.to_dict()) == spec  # and what comes back parses to the same spec
+
+
+@pytest.mark.parametrize("written", ROUND_TRIP)
+def test_spec_round_trips_through_yaml(written: dict[str, Any]) -> None:
+    assert _exactly(parse_spec(parse_text(yaml.safe_dump(written))).to_dict()) == _exactly(written)
+
+
+@pytest.mark.parametrize("written", ROUND_TRIP)
+def test_stored_version_is_the_spec_as_written_without_its_token(tmp_path: Path, written: dict[str, Any]) -> None:
+    store = Store(tmp_path)
+    name = written["metadata"]["name"]
+    store.create_service(parse_spec(written))
+    store.rollback(name, 1)
+    expected = {k: v for k, v in written.items() if k != "token"}  # the token lives encrypted on the service
+    for version in (1, 2):  # the rollback's version is version 1's spec again, as written
+        assert _exactly(store.version_spec(name, version).to_dict()) == _exactly(expected)
+
+
+@pytest.mark.parametrize(
+    ("written", "field", "value"),
+    [
+        pytest.param({"keepalive": "60000"}, "keepalive", 60000, id="string-number-becomes-int"),
+        pytest.param({"max_body_bytes": 1024.0}, "max_body_bytes", 1024, id="integral-float-becomes-int"),
+    ],
+)
+def test_known_fields_come_back_validated(written: dict[str, Any], field: str, value: object) -> None:
+    # What the code acts on is the validated value, so what is stored (and routed on) is too.
+    data = {**MINIMAL_SPEC, "metadata": {"name": "tiny", "rpc": written}}
+    assert parse_spec(data).to_dict()["metadata"]["rpc"] == {field: value}

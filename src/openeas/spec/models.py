@@ -1,8 +1,10 @@
 """The service spec: the PAI-EAS service JSON, accepted unchanged, plus OpenEAS extensions.
 
 Field names follow EAS (snake_case in `metadata`/`containers`, camelCase inside `autoscaler`).
-Unknown fields are kept (``extra="allow"``) so an EAS spec round-trips without edits; every
-field OpenEAS acts on is typed and validated here, with its unit in the name or the docstring.
+Unknown fields are kept (``extra="allow"``), nested ones and nulls included, and ``to_dict``
+gives back only what the user wrote (no defaults added), so an EAS spec round-trips without
+edits; every field OpenEAS acts on is typed and validated here, with its unit in the name or
+the docstring.
 """
 
 from __future__ import annotations
@@ -10,9 +12,21 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+# A number of seconds, cores, ...: an int stays an int (30, not 30.0), so a spec round-trips as written.
+Number = int | float
 
 
 class _Model(BaseModel):
@@ -36,7 +50,7 @@ class RollingStrategy(_Model):
 
 
 class EasSection(_Model):
-    termination_grace_period: float = Field(
+    termination_grace_period: Number = Field(
         default=30.0, ge=0, description="seconds between SIGTERM and SIGKILL when a replica stops"
     )
 
@@ -44,7 +58,7 @@ class EasSection(_Model):
 class Metadata(_Model):
     name: str
     instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
-    cpu: float | None = Field(default=None, gt=0, description="cores per replica")
+    cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
     gpu: int | None = Field(default=None, ge=0, description="GPUs per replica")
     type: str | None = Field(default=None, description="'Async' for async inference (own issue)")
@@ -73,13 +87,13 @@ class HealthCheck(_Model):
 
     http_get: HttpGet | None = None
     tcp_socket: dict[str, Any] | None = None
-    initial_delay_seconds: float = Field(default=0.0, ge=0)
-    period_seconds: float = Field(default=1.0, gt=0)
-    timeout_seconds: float = Field(default=2.0, gt=0)
+    initial_delay_seconds: Number = Field(default=0.0, ge=0)
+    period_seconds: Number = Field(default=1.0, gt=0)
+    timeout_seconds: Number = Field(default=2.0, gt=0)
     failure_threshold: int = Field(
         default=3, ge=1, description="consecutive failures that mark a Ready replica unready"
     )
-    startup_timeout_seconds: float = Field(
+    startup_timeout_seconds: Number = Field(
         default=600.0, gt=0, description="OpenEAS: a replica not Ready after this many seconds is restarted"
     )
 
@@ -98,6 +112,22 @@ class Container(_Model):
     port: int = Field(default=8000, ge=1, le=65535, description="the port the server listens on in the spec")
     env: list[EnvVar] = Field(default_factory=list)
     health_check: HealthCheck | None = None
+    _env_as_mapping: bool = PrivateAttr(default=False)  # `env` was written as a mapping
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_env_form(cls, data: Any, handler: Any) -> Any:
+        container = handler(data)
+        if isinstance(data, dict) and isinstance(data.get("env"), dict):
+            container._env_as_mapping = True
+        return container
+
+    @model_serializer(mode="wrap")
+    def _env_as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out = handler(self)
+        if self._env_as_mapping and isinstance(out, dict) and isinstance(out.get("env"), list):
+            out["env"] = {e["name"]: e["value"] for e in out["env"]}
+        return out
 
     @field_validator("port", mode="before")
     @classmethod
@@ -165,7 +195,7 @@ class Cloud(_Model):
 
 class ScaleStrategy(_Model):
     metricName: str
-    threshold: float = Field(gt=0)
+    threshold: Number = Field(gt=0)
 
 
 class Autoscaler(_Model):
@@ -214,4 +244,6 @@ class ServiceSpec(_Model):
         return self.containers[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+        """The spec as the user wrote it: every field they set (unknown ones, nested ones and
+        nulls included), no defaults added; known fields carry their validated values."""
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)

@@ -1,16 +1,19 @@
-"""The store on a real SQLite file: versions, tokens at rest, migrations, routing publication."""
+"""The store on a real SQLite file: versions, tokens at rest, migrations of released databases,\nrouting publication."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from openeas.errors import Conflict, NotFound
 from openeas.spec import parse_spec
-from openeas.store import MIGRATIONS, Store, db_path, migrate
+from openeas.store import MIGRATIONS, Store, db_path
 from openeas.store.routing import StoreRoutingSource
 
 
@@ -68,12 +71,102 @@ def test_tokens_encrypted_at_rest_with_a_separate_private_key(tmp_path: Path):
     assert again.token("svc") == "token-for-tests-123" and again.admin_token() == admin
 
 
-def test_migrations_are_recorded_and_idempotent(tmp_path: Path):
+def _meta(data_dir: Path, key: str) -> str | None:
+    with closing(sqlite3.connect(db_path(data_dir))) as db:
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_new_store_is_at_the_latest_schema_and_reopening_keeps_everything(tmp_path: Path):
     store = Store(tmp_path)
-    assert migrate(store.engine) == len(MIGRATIONS)
-    with sqlite3.connect(db_path(tmp_path)) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(len(MIGRATIONS))
+    store.create_service(spec())
+    admin = store.admin_token()
+    assert _meta(tmp_path, "schema_version") == str(len(MIGRATIONS))
+    with closing(sqlite3.connect(db_path(tmp_path))) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.engine.dispose()
+    again = Store(tmp_path)  # a restarted server: nothing to migrate, nothing lost
+    assert _meta(tmp_path, "schema_version") == str(len(MIGRATIONS))
+    assert again.token("svc") == "token-for-tests-123" and again.admin_token() == admin
+    assert [v.version for v in again.versions("svc")] == [1]
+
+
+# One data directory per released schema, made by that release's own code
+# (tests/fixtures/make_store_fixture.py says how); never regenerated.
+FIXTURES = Path(__file__).parent / "fixtures"
+RELEASED = sorted(FIXTURES.glob("store_v*"), key=lambda p: int(p.name.removeprefix("store_v")))
+
+
+def _rows(db: sqlite3.Connection, table: str, order: str) -> list[dict[str, object]]:
+    cur = db.execute(f"SELECT * FROM {table} ORDER BY {order}")
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _decoded(value: object) -> object:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def test_every_released_schema_has_a_fixture():
+    assert [p.name for p in RELEASED][:1] == ["store_v1"]
+    for p in RELEASED:
+        assert {"openeas.db", "secret.key", "expected.json"} <= {f.name for f in p.iterdir()}, p
+
+
+@pytest.mark.parametrize("fixture", RELEASED, ids=[p.name for p in RELEASED])
+def test_database_of_a_released_schema_is_upgraded_and_read_back(tmp_path: Path, fixture: Path):
+    data = tmp_path / "data"
+    shutil.copytree(fixture, data)  # the fixture itself is never written
+    expected = json.loads((data / "expected.json").read_text())
+    released = int(fixture.name.removeprefix("store_v"))
+    assert _meta(data, "schema_version") == str(released) == str(expected["schema_version"])
+
+    store = Store(data)  # opening migrates
+
+    assert _meta(data, "schema_version") == str(len(MIGRATIONS))
+    # Every row and every column the release wrote is still there, unchanged (new columns may
+    # have been added next to them).
+    with closing(sqlite3.connect(db_path(data))) as db:
+        for table, order in (
+            ("services", "name"),
+            ("versions", "service, version"),
+            ("replicas", "created_at"),
+            ("events", "id"),
+        ):
+            got = _rows(db, table, order)
+            assert len(got) == len(expected[table]), table
+            for old, new in zip(expected[table], got, strict=True):
+                assert {k: _decoded(new[k]) for k in old} == old, table
+        for key, value in expected["meta"].items():
+            assert _meta(data, key) == (str(len(MIGRATIONS)) if key == "schema_version" else value)
+    # Tokens decrypt with the fixture's secret.key.
+    assert store.admin_token() == expected["admin_token"]
+    for name, token in expected["tokens"].items():
+        assert store.token(name) == token
+    # The current code reads it through its own API, and writes to it.
+    for v in expected["versions"]:
+        parsed = store.version_spec(v["service"], v["version"])
+        assert parsed.to_dict() == v["spec"]
+    assert {r.id: r.phase for r in store.replicas()} == {r["id"]: r["phase"] for r in expected["replicas"]}
+    assert [e.reason for e in store.events("fixture_svc", 1000)] == [e["reason"] for e in expected["events"]]
+    current = store.get_service("fixture_svc").current_version
+    store.rollback("fixture_svc", 1)
+    assert store.get_service("fixture_svc").current_version == current + 1
+    # The gateway's routing source reads the upgraded database too: the Ready replica, the
+    # service token and the route settings of the (rolled back to) version-1 spec.
+    table = StoreRoutingSource(data).poll()
+    assert table is not None
+    route = table.routes["fixture_svc"]
+    ready = [r for r in expected["replicas"] if r["phase"] == "Ready" and not r["stopping"]]
+    assert [(u.replica_id, u.port) for u in route.upstreams] == [(r["id"], r["port"]) for r in ready]
+    assert route.token == expected["tokens"]["fixture_svc"]
+    v1_rpc = expected["versions"][0]["spec"]["metadata"]["rpc"]
+    assert (route.timeout_s, route.max_body_bytes) == (v1_rpc["keepalive"] / 1000, v1_rpc["max_body_bytes"])
 
 
 def test_routing_source_publishes_only_ready_replicas(tmp_path: Path):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openeas.controller import reconciler
 from openeas.runtime import free_port
 from openeas.sdk import Client
 
@@ -95,9 +94,73 @@ def new_server(data_dir: Path) -> Server:
     return Server(data_dir=data_dir, port=free_port(), gateway_port=free_port())
 
 
+@dataclass(frozen=True)
+class Proc:
+    """What the test reads itself about a live process in /proc."""
+
+    pid: int
+    state: str  # R, S, D, T, Z, ...
+    pgrp: int
+    cwd: str | None
+    env: dict[str, str]
+
+
+def read_proc(pid: int) -> Proc | None:
+    """The process `pid` as /proc shows it, or None when it is gone or a zombie (a dead process
+    its parent has not reaped yet: it runs nothing and holds no port)."""
+    base = Path("/proc") / str(pid)
+    try:
+        stat = (base / "stat").read_bytes()
+    except OSError:
+        return None
+    try:
+        raw_env = (base / "environ").read_bytes()
+    except OSError:  # not ours to read: still a live process
+        raw_env = b""
+    # comm (field 2) is in parentheses and may contain spaces or ')': count from the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    state, pgrp = fields[0].decode(), int(fields[2])
+    if state in ("Z", "X"):
+        return None
+    try:
+        cwd: str | None = os.readlink(base / "cwd")
+    except OSError:
+        cwd = None
+    env = {}
+    for item in raw_env.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return Proc(pid, state, pgrp, cwd, env)
+
+
+def all_procs() -> list[Proc]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (p := read_proc(int(name))) is not None:
+            out.append(p)
+    return out
+
+
 def replica_processes(data_dir: Path) -> list[int]:
-    """Pids of live processes started as replicas for this data dir."""
-    return [pid for pid, _rid, _pgid in reconciler.replica_processes(data_dir)]
+    """Pids of live replica processes of `data_dir`, found by the test's own /proc scan (not the
+    product's): a process is one when its environment names this data dir and a replica id
+    (what every replica is started with), or when it runs inside the data dir's replica work
+    folders (what a replica that rewrote its own environment still cannot hide)."""
+    data = str(data_dir)
+    workdirs = str(data_dir / "replicas") + "/"
+    pids = []
+    for p in all_procs():
+        by_env = "OPENEAS_REPLICA_ID" in p.env and p.env.get("OPENEAS_DATA_DIR") == data
+        by_cwd = p.cwd is not None and (p.cwd + "/").startswith(workdirs)
+        if by_env or by_cwd:
+            pids.append(p.pid)
+    return sorted(pids)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie)."""
+    return read_proc(pid) is not None
 
 
 def service_spec(name: str, *, replicas: int = 1, args: str = "", **extra: Any) -> dict[str, Any]:

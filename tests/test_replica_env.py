@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from openeas.controller.reconciler import kill_orphans
 from openeas.errors import MountError
 from openeas.runtime.launch import pick_port, replica_port_range
 from openeas.storage.oss import resolve_url
+from tests.harness import read_proc, wait_for
 
 
 @pytest.mark.parametrize(
@@ -68,17 +69,27 @@ def _fake_replica(data_dir: Path, rid: str) -> subprocess.Popen[bytes]:
                             start_new_session=True)
 
 
+def _replica_id(pid: int) -> str | None:
+    p = read_proc(pid)
+    return None if p is None else p.env.get("OPENEAS_REPLICA_ID")
+
+
 def test_kill_orphans_keeps_recorded_and_kills_the_rest(tmp_path: Path):
     kept = _fake_replica(tmp_path, "svc-kept")
     unknown = _fake_replica(tmp_path, "svc-unknown")
     unrecorded = _fake_replica(tmp_path, "svc-unrecorded")  # server died before writing its pid
     twin = _fake_replica(tmp_path, "svc-kept")  # a second process for a recorded replica
     other_dir = _fake_replica(tmp_path / "elsewhere", "svc-unknown")
-    time.sleep(0.3)  # let the children exec so their environment is readable
+    procs = {kept: "svc-kept", unknown: "svc-unknown", unrecorded: "svc-unrecorded", twin: "svc-kept",
+             other_dir: "svc-unknown"}  # fmt: skip
+    # Until a child has exec'd, /proc shows the environment it inherited from this test.
+    wait_for(lambda: all(_replica_id(p.pid) == rid for p, rid in procs.items()), 10, what="children exec'd")
     try:
         known = {"svc-kept": kept.pid, "svc-unrecorded": None}
         killed = kill_orphans(tmp_path, known)
         assert sorted(killed) == sorted([unknown.pid, unrecorded.pid, twin.pid])
+        for p in (unknown, unrecorded, twin):  # really killed, not just reported
+            assert p.wait(10) == -signal.SIGKILL
         assert kept.poll() is None and other_dir.poll() is None
     finally:
         for p in (kept, unknown, unrecorded, twin, other_dir):

@@ -78,8 +78,7 @@ def test_log_is_appended_and_stderr_captured(tmp_path: Path, rt: ProcessRuntime)
     for word in ("first", "second"):
         code = f"import sys; print('{word}', flush=True); print('err', file=sys.stderr)"
         ref = rt.start(launch(tmp_path, py(code)))
-        while rt.alive(ref):
-            time.sleep(0.02)
+        wait_for(lambda ref=ref: not rt.alive(ref))
     text = (tmp_path / "logs" / "r1" / "replica.log").read_text().split()
     assert text == ["first", "err", "second", "err"]
 
@@ -97,13 +96,26 @@ def test_adopted_ref_in_a_fresh_runtime(tmp_path: Path, rt: ProcessRuntime) -> N
 
 
 def test_recycled_pid_is_never_signalled(tmp_path: Path, rt: ProcessRuntime) -> None:
-    ref = rt.start(launch(tmp_path, ["sleep", "30"]))
+    # The process answers SIGUSR1 by appending to a file: an answer after the stale SIGKILLs
+    # proves none of them reached it (a SIGKILL ends a process before any later signal).
+    seen = tmp_path / "usr1"
+    code = (
+        "import pathlib, signal, time\n"
+        f"f = pathlib.Path({str(seen)!r})\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: f.write_text(f.read_text() + 'x' if f.exists() else 'x'))\n"
+        "print('armed', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    ref = rt.start(launch(tmp_path, py(code)))
+    log = tmp_path / "logs" / "r1" / "replica.log"
     try:
+        wait_for(lambda: log.exists() and "armed" in log.read_text())
         stale = ProcessRef(pid=ref.pid, start_ticks=ref.start_ticks + 1)  # "another" process
         for runtime in (rt, ProcessRuntime()):
             assert not runtime.alive(stale)
             runtime.signal(stale, signal.SIGKILL)
-        time.sleep(0.1)
+        rt.signal(ref, signal.SIGUSR1)
+        wait_for(lambda: seen.exists() and seen.read_text() == "x")
         assert rt.alive(ref)  # untouched
     finally:
         rt.signal(ref, signal.SIGKILL)
@@ -215,9 +227,7 @@ def test_forget_drops_only_the_matching_child(tmp_path: Path):
     launch = LaunchSpec(replica_id="r", argv=[sys.executable, "-c", "pass"], env={}, cwd=str(tmp_path),
                         log_path=str(tmp_path / "log"), port=1)
     ref = rt.start(launch)
-    deadline = time.monotonic() + 10
-    while rt.alive(ref) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not rt.alive(ref))
     assert rt.exit_code(ref) == 0
     rt.forget(ProcessRef(pid=ref.pid, start_ticks=ref.start_ticks + 1))  # another process's ref: kept
     assert rt.exit_code(ref) == 0

@@ -1,7 +1,8 @@
-"""Port and mount rewriting, argv and env of a replica launch (pure functions)."""
+"""Port and mount rewriting, argv and env of a replica launch (pure functions), and the choice of\na replica's port among real sockets."""
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 
@@ -9,11 +10,12 @@ import pytest
 
 from openeas.errors import MountError
 from openeas.runtime.launch import (
+    REPLICA_PORTS,
     build_argv,
     build_env,
     build_launch,
-    free_port,
     is_simple_command,
+    pick_port,
     rewrite_mounts,
     rewrite_port,
     rewrite_port_env,
@@ -242,8 +244,50 @@ def test_build_launch_script_runs_with_rewrites(tmp_path: object) -> None:
     assert out.stdout.splitlines() == ["41000", "serving /local/d on 0.0.0.0:41000"]
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    assert 0 < port < 65536
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+def _three_free_ports() -> int:
+    """A base port b of the replica range with b, b+1 and b+2 all free right now."""
+    rng = random.Random()
+    for _ in range(200):
+        b = rng.randrange(REPLICA_PORTS[0], REPLICA_PORTS[1] - 3)
+        try:
+            for p in (b, b + 1, b + 2):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return b
+    raise AssertionError("no three consecutive free ports in the replica range")
+
+
+@pytest.mark.parametrize(
+    ("held", "used", "expected"),
+    [
+        # Offsets from a base b; the range is b..b+2. Only one port is left each time, so every
+        # draw of the random pick must skip the others; `held` ports are bound by another
+        # socket (another program), `used` ones are recorded for other replicas.
+        pytest.param({0, 2}, set(), 1, id="ports-bound-elsewhere-are-skipped"),
+        pytest.param(set(), {0, 2}, 1, id="ports-of-other-replicas-are-skipped"),
+        pytest.param({0}, {2}, 1, id="both-kinds-skipped"),
+        pytest.param({0, 2}, {1}, None, id="none-left-is-a-clear-error"),
+    ],
+)
+def test_pick_port(monkeypatch: pytest.MonkeyPatch, held: set[int], used: set[int], expected: int | None) -> None:
+    b = _three_free_ports()
+    monkeypatch.setenv("OPENEAS_REPLICA_PORTS", f"{b}-{b + 3}")
+    holders = []
+    try:
+        for offset in held:
+            s = socket.socket()
+            holders.append(s)
+            s.bind(("127.0.0.1", b + offset))
+            s.listen(1)
+        taken = {b + u for u in used}
+        if expected is None:
+            with pytest.raises(OSError) as err:
+                pick_port(taken)
+            assert str(err.value) == f"no free replica port in {b}-{b + 3} on 127.0.0.1 ({len(used)} in use by replicas)"
+        else:
+            assert [pick_port(taken, rng=random.Random(seed)) for seed in range(5)] == [b + expected] * 5
+    finally:
+        for s in holders:
+            s.close()

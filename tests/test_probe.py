@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -124,9 +124,18 @@ def test_startup_expired(results: str, now: float, expired: bool) -> None:
     ],
 )
 def test_for_check(check: HealthCheck | None, expected: tuple[float, float, int, float]) -> None:
+    delay, period, threshold, timeout = expected
     t = ProbeTracker.for_check(check, started_at=42.0)
     assert (t.initial_delay_s, t.period_s, t.failure_threshold, t.startup_timeout_s) == expected
-    assert t.started_at == 42.0
+    # ... and they act from the start time: the first probe after the initial delay, the next one
+    # a period later, unready after `threshold` failures, the startup timeout from the start.
+    assert t.next_due() == 42.0 + delay
+    assert t.record(True, now=42.0 + delay) is Transition.BECAME_READY
+    assert t.next_due() == 42.0 + delay + period
+    got = [t.record(False, now=43.0 + delay + i * period) for i in range(threshold)]
+    assert got == [None] * (threshold - 1) + [Transition.BECAME_UNREADY]
+    fresh = ProbeTracker.for_check(check, started_at=42.0)
+    assert (fresh.startup_expired(42.0 + timeout - 0.01), fresh.startup_expired(42.0 + timeout)) == (False, True)
 
 
 @pytest.mark.parametrize(
@@ -206,11 +215,20 @@ async def http_port() -> AsyncIterator[int]:
     await runner.cleanup()
 
 
+def _reserved_port() -> socket.socket:
+    """A bound socket that does not listen: connections to its port are refused, and no other
+    program can take the port while the test holds it (SO_REUSEADDR lets only a later listener
+    of this test share it)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+def closed_port() -> Iterator[int]:
+    with _reserved_port() as s:
+        yield int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -246,19 +264,24 @@ async def test_http_probe_status(http_port: int, path: str, ok: bool, detail: st
     assert (result.ok, result.detail) == (ok, detail)
 
 
-async def test_http_probe_timeout(http_port: int) -> None:
-    # timeout_s overrides the check's 2 s.
+@pytest.mark.parametrize(
+    ("check_timeout_s", "override_s", "expected_s"),
+    [
+        # /slow answers after 5 s: each probe must give up after the timeout that applies.
+        pytest.param(2.0, 0.2, 0.2, id="argument-overrides-check"),
+        pytest.param(0.1, None, 0.1, id="check-timeout"),
+    ],
+)
+async def test_http_probe_gives_up_after_its_timeout(
+    http_port: int, check_timeout_s: float, override_s: float | None, expected_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    result = await probe_once("127.0.0.1", http_port, _http("/slow"), timeout_s=0.2)
+    result = await probe_once("127.0.0.1", http_port, _http("/slow", timeout=check_timeout_s), timeout_s=override_s)
+    took = loop.time() - t0
     assert not result.ok
-    assert result.detail == "no answer from /slow within 0.2s"
-    assert loop.time() - t0 < 2.0
-
-
-async def test_http_probe_uses_the_check_timeout(http_port: int) -> None:
-    result = await probe_once("127.0.0.1", http_port, _http("/slow", timeout=0.1))
-    assert result.detail == "no answer from /slow within 0.1s"
+    assert result.detail == f"no answer from /slow within {expected_s:g}s"
+    assert expected_s <= took < expected_s + 0.5, took  # gave up on time, not at 2 s or 5 s
 
 
 async def test_http_probe_with_a_shared_session(http_port: int) -> None:
@@ -307,22 +330,22 @@ async def test_tracker_drives_real_probes_to_ready() -> None:
     from openeas.testserver import running
 
     loop = asyncio.get_running_loop()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    check = HealthCheck(http_get=HttpGet(path="/health"), period_seconds=0.05, timeout_seconds=1)
-    tracker = ProbeTracker.for_check(check, started_at=loop.time())
-    details = []
-    for _ in range(3):  # nothing listens yet
-        while not tracker.due(now := loop.time()):
-            await asyncio.sleep(tracker.next_due() - now)
-        r = await probe_once("127.0.0.1", port, check)
-        details.append(r.detail)
-        assert tracker.record(r.ok, now) is None
-    async with running(port=port):
-        while not tracker.due(now := loop.time()):
-            await asyncio.sleep(tracker.next_due() - now)
-        r = await probe_once("127.0.0.1", port, check)
-        assert tracker.record(r.ok, now) is Transition.BECAME_READY
+    with _reserved_port() as reserved:  # refuses connections until the server listens
+        port = int(reserved.getsockname()[1])
+        check = HealthCheck(http_get=HttpGet(path="/health"), period_seconds=0.05, timeout_seconds=1)
+        tracker = ProbeTracker.for_check(check, started_at=loop.time())
+        details = []
+        for _ in range(3):  # nothing listens yet
+            while not tracker.due(now := loop.time()):
+                await asyncio.sleep(tracker.next_due() - now)
+            r = await probe_once("127.0.0.1", port, check)
+            details.append(r.detail)
+            assert tracker.record(r.ok, now) is None
+        async with running(port=port):
+            reserved.close()
+            while not tracker.due(now := loop.time()):
+                await asyncio.sleep(tracker.next_due() - now)
+            r = await probe_once("127.0.0.1", port, check)
+            assert tracker.record(r.ok, now) is Transition.BECAME_READY
     assert details == [f"connection refused by 127.0.0.1:{port}"] * 3
     assert r.detail == "HTTP 200 from /health"

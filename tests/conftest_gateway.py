@@ -70,6 +70,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def refusing_port() -> socket.socket:
+    """A bound socket that does not listen: its port refuses connections for as long as the
+    caller holds it, and no other program can take the port meanwhile (unlike a released one)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+# Requests to an upstream's /hold?key=K wait until the test calls release(K) (or max_s passes).
+_HELD: dict[str, asyncio.Event] = {}
+
+
+def release(loop: asyncio.AbstractEventLoop, key: str) -> None:
+    loop.call_soon_threadsafe(lambda: _HELD.setdefault(key, asyncio.Event()).set())
+
+
 def upstream_app(name: str) -> web.Application:
     """A replica with endpoints for each behaviour the tests need."""
 
@@ -138,6 +154,14 @@ def upstream_app(name: str) -> web.Application:
         await asyncio.sleep(float(request.query.get("s", "1")))
         return web.json_response({"replica": name})
 
+    async def hold(request: web.Request) -> web.Response:
+        event = _HELD.setdefault(request.query["key"], asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), float(request.query.get("max_s", "10")))
+        except TimeoutError:
+            pass
+        return web.json_response({"replica": name})
+
     async def big(request: web.Request) -> web.Response:
         n = int(request.query.get("n", str(8 * 1024 * 1024)))
         return web.Response(body=b"x" * n, content_type="application/octet-stream")
@@ -152,6 +176,7 @@ def upstream_app(name: str) -> web.Application:
     app.router.add_route("POST", "/v1/chat/completions", openai_chat)
     app.router.add_route("*", "/sse", sse)
     app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/hold", hold)
     app.router.add_route("GET", "/big", big)
     app.router.add_route("*", "/drop", drop)
     app.router.add_route("*", "/{tail:.*}", echo)

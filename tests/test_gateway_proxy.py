@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,14 +18,19 @@ from openeas.gateway import Gateway
 from tests.conftest_gateway import (
     LoopThread,
     MemorySource,
-    free_port,
+    refusing_port,
+    release,
     route,
     start_gateway,
     start_upstream,
     table,
 )
+from tests.harness import wait_for
 
 TOKEN = "tok-123"
+# How long this module's gateway holds a request that finds no reachable replica (2 s by default):
+# the 503 cases below check that they were held that long, without waiting out the default.
+HOLD_S = 0.3
 
 
 @dataclass
@@ -78,7 +84,9 @@ def env() -> Iterator[Env]:
     rb, b = lt.run(start_upstream("B"))
     source = MemorySource(table())
     gw = lt.run(start_gateway(source))
-    e = Env(lt, gw, source, a, b, free_port())
+    gw.ctx.hold_s = HOLD_S
+    dead = refusing_port()  # held for the module: the "dead" replica's port refuses connections
+    e = Env(lt, gw, source, a, b, dead.getsockname()[1])
     source.set(e.standard_table())
     e.gw.apply(e.standard_table())
     yield e
@@ -86,6 +94,7 @@ def env() -> Iterator[Env]:
     lt.run(ra.cleanup())
     lt.run(rb.cleanup())
     lt.stop()
+    dead.close()
 
 
 @pytest.mark.parametrize(
@@ -268,8 +277,12 @@ def _err(body: bytes) -> tuple[str, str]:
 def test_errors(
     env: Env, method: str, path: str, headers: dict[str, str], body: Any, status: int, code: str, message: str
 ) -> None:
+    t0 = time.monotonic()
     got_status, got_headers, got_body = env.request(method, path, body=body, headers=headers)
+    took = time.monotonic() - t0
     assert got_status == status, got_body
+    if code == "no_ready_replica":  # held for a replica to appear (hold_s), then the 503
+        assert HOLD_S <= took < HOLD_S + 1.5, took
     assert got_headers["Content-Type"] == "application/json"
     got_code, got_message = _err(got_body)
     assert got_code == code
@@ -401,23 +414,33 @@ def test_least_request_spreads_and_round_robin_alternates(env: Env) -> None:
     assert rr in (["A", "B"] * 3, ["B", "A"] * 3)
 
 
-def test_least_request_avoids_the_busy_replica(env: Env) -> None:
-    # Hold 3 slow requests; least-request sends them to alternating replicas, then a 4th... only
-    # counts matter: with A busy by 2 and B by 1, the fast request goes to B.
-    import threading
-
-    results: list[str] = []
-
-    def slow() -> None:
-        results.append(json.loads(env.request("GET", "/api/predict/echo/slow?s=1")[2])["replica"])
-
-    threads = [threading.Thread(target=slow) for _ in range(4)]
-    for t in threads:
-        t.start()
-        time.sleep(0.05)
-    for t in threads:
-        t.join()
-    assert sorted(results) == ["A", "A", "B", "B"]  # outstanding 0/0 → 1/0 → 1/1 → 2/1 → 2/2
+@pytest.mark.parametrize(
+    ("route", "busy_gets"),
+    [
+        # One request holds a replica busy; 8 more are sent one after another meanwhile.
+        # least-request: outstanding 1/0 each time, so all 8 go to the idle replica (random or
+        # round-robin would send about half to the busy one: P(random passes) = 2^-8).
+        pytest.param("echo", 0, id="least-request-avoids-the-busy-replica"),
+        # round-robin ignores load: it alternates, 4 of the 8 to the busy one.
+        pytest.param("rr", 4, id="round-robin-alternates-regardless"),
+    ],
+)
+def test_balancer_and_a_busy_replica(env: Env, route: str, busy_gets: int) -> None:
+    key = f"busy-{route}"
+    held: list[str] = []
+    t = threading.Thread(
+        target=lambda: held.append(json.loads(env.request("GET", f"/api/predict/{route}/hold?key={key}")[2])["replica"])
+    )
+    t.start()
+    try:
+        wait_for(lambda: env.gw.metrics.snapshot()[route].in_flight == 1, 10, what="the held request in flight")
+        others = [json.loads(env.request("GET", f"/api/predict/{route}/x")[2])["replica"] for _ in range(8)]
+        assert env.gw.metrics.snapshot()[route].in_flight == 1  # still held throughout
+    finally:
+        release(env.lt.loop, key)
+        t.join(10)
+    (busy,) = held
+    assert others.count(busy) == busy_gets, (busy, others)
 
 
 def test_metrics_endpoint_and_snapshot(env: Env) -> None:
@@ -444,12 +467,8 @@ def test_table_swap_retires_replica(env: Env) -> None:
     routes = {name: r for name, r in t.routes.items() if all(u.port != env.a for u in r.upstreams)}
     routes["onlya"] = route("onlya", [env.b])
     env.source.set(type(t)(version=2, routes=routes))
-    deadline = time.monotonic() + 5
-    while env.gw.table is None or env.gw.table.version != 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: env.gw.table is not None and env.gw.table.version == 2, 5, what="table version 2")
     assert old.retired and not old.idle
     assert json.loads(env.request("GET", "/api/predict/onlya/x")[2])["replica"] == "B"
     env.source.set(env.standard_table(version=3))
-    while env.gw.table.version != 3:
-        time.sleep(0.02)
+    wait_for(lambda: env.gw.table is not None and env.gw.table.version == 3, 5, what="table version 3")

@@ -30,6 +30,7 @@ from openeas.api.app import ControlPlane, create_app
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import SupervisorConfig
 from openeas.errors import Conflict, OpenEASError
+from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -154,6 +155,10 @@ async def _serve(
     keep_replicas: bool,
 ) -> None:
     store = Store(data_dir)
+    # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
+    # the gateway to re-read the store now (it also polls, slowly, as a safety net).
+    notifier = RoutingNotifier(socket_path(data_dir))
+    store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
     api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts

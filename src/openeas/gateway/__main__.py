@@ -1,4 +1,9 @@
-"""``python -m openeas.gateway --port P (--routing-file F | --data-dir D) [--parent-pid PID]``"""
+"""``python -m openeas.gateway --port P (--routing-file F | --data-dir D) [--parent-pid PID]``
+
+The gateway process imports neither SQLAlchemy nor pydantic (tests/test_routing_push.py checks):
+it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`) and /proc with
+:mod:`openeas.procfs`, so it starts fast and stays small.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from openeas.gateway.server import serve
+from openeas.gateway.notify import socket_path
+from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
+from openeas.gateway.source import StoreRoutingSource
 from openeas.gateway.table import FileRoutingSource, RoutingSource
-from openeas.runtime.process import pid_alive
+from openeas.procfs import pid_alive
+
+# A routing file cannot notify: it is polled (cheaply, one stat) more often than the store.
+FILE_POLL_INTERVAL_S = 0.2
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -23,7 +33,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--routing-file", type=Path, help="JSON routing table (reloaded when it changes)")
     src.add_argument("--data-dir", type=Path, help="OpenEAS data directory (routing from the store)")
-    p.add_argument("--poll-interval", type=float, default=0.2, help="seconds between routing polls")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        help=f"seconds between routing polls (the safety net under change notifications with --data-dir); "
+        f"default {DEFAULT_POLL_INTERVAL_S} with --data-dir, {FILE_POLL_INTERVAL_S} with --routing-file",
+    )
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to finish requests on SIGTERM")
     return p.parse_args(argv)
@@ -32,9 +47,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _source(args: argparse.Namespace) -> RoutingSource:
     if args.routing_file is not None:
         return FileRoutingSource(args.routing_file)
-    from openeas.store.routing import StoreRoutingSource  # written by the control plane
-
-    return StoreRoutingSource(args.data_dir)  # type: ignore[no-any-return,unused-ignore]
+    return StoreRoutingSource(args.data_dir)  # written by the control plane, which notifies changes
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
@@ -61,12 +74,16 @@ async def _main(args: argparse.Namespace) -> None:
         gc.set_threshold(20_000, 50, 50)
         print(f"openeas gateway listening on http://{args.host}:{port}", flush=True)
 
+    poll_s = args.poll_interval
+    if poll_s is None:
+        poll_s = FILE_POLL_INTERVAL_S if args.routing_file is not None else DEFAULT_POLL_INTERVAL_S
     await serve(
         _source(args),
         args.host,
         args.port,
         ready_cb=ready,
-        poll_interval_s=args.poll_interval,
+        poll_interval_s=poll_s,
+        notify_socket=socket_path(args.data_dir) if args.data_dir is not None else None,
         stop=stop,
         grace_s=args.grace,
     )

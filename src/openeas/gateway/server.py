@@ -1,7 +1,10 @@
-"""The gateway process: listening socket, routing-table polling, graceful stop.
+"""The gateway process: listening socket, routing-table refreshes, graceful stop.
 
 `Gateway` is the embeddable object (start/stop); `serve()` runs one until cancelled. The routing
-source is polled on a dedicated thread so a slow store query never stalls proxying.
+source is read on a dedicated thread so a slow store query never stalls proxying. A read happens
+at once when the control plane notifies a change (``notify_socket``, see
+:mod:`openeas.gateway.notify`), and every ``poll_interval_s`` as a safety net for a lost
+notification or a source that cannot notify (a routing file).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
 from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.proxy import DEFAULT_COOLDOWN_S, ClientConnection, ProxyContext
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
@@ -21,25 +26,33 @@ from openeas.gateway.table import RoutingSource, RoutingTable
 
 log = logging.getLogger("openeas.gateway")
 
+DEFAULT_POLL_INTERVAL_S = 1.0  # the safety net under notifications; seconds
+
 
 class Gateway:
     def __init__(
         self,
         source: RoutingSource,
         *,
-        poll_interval_s: float = 0.2,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        notify_socket: Path | None = None,
+        on_apply: Callable[[RoutingTable], object] | None = None,
         max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.source = source
-        self.poll_interval_s = poll_interval_s  # seconds between two source.poll() calls
+        self.poll_interval_s = poll_interval_s  # seconds between two reads when nothing is notified
+        self.notify_socket = notify_socket  # bound while running: a datagram there = read now
+        self.on_apply = on_apply  # called on the loop after each table swap (tests, benchmarks)
         self.metrics = metrics or GatewayMetrics()
         self.ctx = ProxyContext(self.metrics, max_date_skew_s=max_date_skew_s, cooldown_s=cooldown_s)
         self.table: RoutingTable | None = None
         self.upstreams: dict[UpstreamKey, UpstreamState] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._poller: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._listener: NotifyListener | None = None
+        self._wake: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-routing")
         self.port = 0
 
@@ -51,6 +64,13 @@ class Gateway:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
         self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
         self.table = table
+        if self.on_apply is not None:
+            self.on_apply(table)
+
+    def refresh_soon(self) -> None:
+        """Read the source at once (on the routing thread), not at the next poll. Loop thread only."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def poll_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -58,35 +78,48 @@ class Gateway:
         if table is not None:
             self.apply(table)
 
-    async def _poll_forever(self) -> None:
+    async def _refresh_forever(self, wake: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.poll_interval_s)
+            # Cleared before the read: a notification that arrives while it runs sets the event
+            # again and gets a read of its own, so no change committed after this read is missed.
+            wake.clear()
             try:
                 await self.poll_once()
             except Exception:  # a broken source must not take the data plane down
                 log.exception(
-                    "routing source poll failed; keeping table version %s",
+                    "routing source read failed; keeping table version %s",
                     self.table.version if self.table else None,
                 )
 
     async def start(self, host: str, port: int) -> int:
         """Load the first table, listen, and return the bound port (useful with port 0)."""
-        await self.poll_once()
         loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.notify_socket is not None:
+            # Bound before the first read: a change committed between that read and the bind
+            # would otherwise wait for the safety-net poll.
+            self._listener = NotifyListener(self.notify_socket, self.refresh_soon)
+            self._listener.start(loop)
+        await self.poll_once()
         ctx = self.ctx
         self._server = await loop.create_server(
             lambda: ClientConnection(ctx), host, port, backlog=1024, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._poller = loop.create_task(self._poll_forever())
+        self._refresher = loop.create_task(self._refresh_forever(self._wake))
         return self.port
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace_s``), then close."""
-        if self._poller is not None:
-            self._poller.cancel()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._refresher is not None:
+            self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+                await self._refresher
         if self._server is not None:
             self._server.close()
         loop = asyncio.get_running_loop()
@@ -106,12 +139,13 @@ async def serve(
     port: int,
     *,
     ready_cb: Callable[[int], object] | None = None,
-    poll_interval_s: float = 0.2,
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    notify_socket: Path | None = None,
     stop: asyncio.Event | None = None,
     grace_s: float = 10.0,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
-    gw = Gateway(source, poll_interval_s=poll_interval_s)
+    gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket)
     await gw.start(host, port)
     if ready_cb is not None:
         ready_cb(gw.port)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
+DEFAULT_BALANCER = "least-request"
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,75 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class RouteSettings:
+    """A service version's routing settings, as plain values.
+
+    The control plane computes this record from the typed spec when it writes a version
+    (``openeas.store.routing.route_settings``) and stores it with the version; the gateway reads
+    only this record, never the spec. Missing keys take the defaults, unknown keys are ignored,
+    so either side can be newer than the other.
+    """
+
+    timeout_s: float | None = None  # seconds (metadata.rpc.keepalive ms / 1000); None = no limit; 408
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # bytes; a larger request body gets 413
+    balancer: str = DEFAULT_BALANCER  # name in the balancer registry
+    # Resend a request to another replica when one closed the connection after the request was
+    # sent and before any byte of answer (metadata.rpc.resend_unanswered).
+    resend_unanswered: bool = True
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any] | None) -> RouteSettings:
+        d = data or {}
+        timeout = d.get("timeout_s")
+        return RouteSettings(
+            timeout_s=float(timeout) if timeout is not None else None,
+            max_body_bytes=int(d.get("max_body_bytes") or DEFAULT_MAX_BODY_BYTES),
+            balancer=str(d.get("balancer") or DEFAULT_BALANCER),
+            resend_unanswered=bool(d.get("resend_unanswered", True)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timeout_s": self.timeout_s,
+            "max_body_bytes": self.max_body_bytes,
+            "balancer": self.balancer,
+            "resend_unanswered": self.resend_unanswered,
+        }
+
+
+@dataclass(frozen=True)
 class Route:
     service: str
     token: str | None  # plaintext (decrypted by the source); None means the service needs no token
     upstreams: tuple[Upstream, ...]
     timeout_s: float | None = None  # metadata.rpc.keepalive / 1000; None = no limit; 408 when exceeded
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # 413 above this
-    balancer: str = "least-request"  # name in the balancer registry
+    balancer: str = DEFAULT_BALANCER  # name in the balancer registry
+    resend_unanswered: bool = True  # see RouteSettings.resend_unanswered
+
+    @staticmethod
+    def of(
+        service: str, token: str | None, upstreams: tuple[Upstream, ...], settings: RouteSettings
+    ) -> Route:
+        """A route from its service's settings record."""
+        return Route(
+            service=service,
+            token=token,
+            upstreams=upstreams,
+            timeout_s=settings.timeout_s,
+            max_body_bytes=settings.max_body_bytes,
+            balancer=settings.balancer,
+            resend_unanswered=settings.resend_unanswered,
+        )
+
+    @property
+    def settings(self) -> RouteSettings:
+        return RouteSettings(
+            timeout_s=self.timeout_s,
+            max_body_bytes=self.max_body_bytes,
+            balancer=self.balancer,
+            resend_unanswered=self.resend_unanswered,
+        )
 
 
 @dataclass(frozen=True)
@@ -45,13 +108,11 @@ class RoutingTable:
     def from_dict(data: Mapping[str, Any]) -> RoutingTable:
         routes = {}
         for name, r in data.get("routes", {}).items():
-            routes[name] = Route(
-                service=name,
-                token=r.get("token"),
-                upstreams=tuple(Upstream(**u) for u in r.get("upstreams", [])),
-                timeout_s=r.get("timeout_s"),
-                max_body_bytes=int(r.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
-                balancer=r.get("balancer", "least-request"),
+            routes[name] = Route.of(
+                name,
+                r.get("token"),
+                tuple(Upstream(**u) for u in r.get("upstreams", [])),
+                RouteSettings.from_dict(r),
             )
         return RoutingTable(version=int(data.get("version", 0)), routes=routes)
 
@@ -62,9 +123,7 @@ class RoutingTable:
                 name: {
                     "token": r.token,
                     "upstreams": [u.__dict__ for u in r.upstreams],
-                    "timeout_s": r.timeout_s,
-                    "max_body_bytes": r.max_body_bytes,
-                    "balancer": r.balancer,
+                    **r.settings.to_dict(),
                 }
                 for name, r in self.routes.items()
             },

@@ -13,69 +13,12 @@ import os
 import subprocess
 from pathlib import Path
 
+# The /proc helpers live in openeas.procfs (standard library only, so the gateway can use them);
+# they stay importable from here for existing callers.
+from openeas.procfs import group_members, pid_alive, read_stat, start_ticks
 from openeas.runtime.base import LaunchSpec, ProcessRef
 
-PROC = Path("/proc")
-
-
-def read_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgrp, start_ticks)`` of ``pid`` from /proc/<pid>/stat, or None if it is gone.
-
-    The second field (comm) is in parentheses and may itself contain spaces and ')', so the
-    fields are counted from the *last* ')'.
-    """
-    try:
-        raw = (PROC / str(pid) / "stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:
-        return None
-    end = raw.rfind(b")")
-    if end < 0:
-        return None
-    rest = raw[end + 1 :].split()
-    # rest[0] is field 3 (state), rest[2] field 5 (pgrp), rest[19] field 22 (starttime).
-    try:
-        return rest[0].decode(), int(rest[2]), int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def pid_alive(pid: int | None) -> bool | None:
-    """True/False when `pid` is known on this host; None when it cannot be told."""
-    if pid is None or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return None
-    return True
-
-
-def start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot when the process started)."""
-    st = read_stat(pid)
-    return None if st is None else st[2]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Pids of live (non-zombie) processes in process group ``pgid`` (a scan of /proc)."""
-    members: list[int] = []
-    try:
-        names = os.listdir(PROC)
-    except OSError:
-        return members
-    for name in names:
-        if not name.isdigit():
-            continue
-        st = read_stat(int(name))
-        if st is not None and st[1] == pgid and st[0] != "Z":
-            members.append(int(name))
-    return members
+__all__ = ["ProcessRuntime", "group_members", "pid_alive", "read_stat", "start_ticks"]
 
 
 class ProcessRuntime:

@@ -42,6 +42,14 @@ class RpcConfig(_Model):
     max_body_bytes: int | None = Field(
         default=None, ge=1, description="OpenEAS: largest request body in bytes (413 above); default 64 MiB"
     )
+    resend_unanswered: bool = Field(
+        default=True,
+        description=(
+            "OpenEAS: when a replica closes the connection after the request was sent and before "
+            "any byte of answer, resend the request to another replica; set false for services "
+            "whose POSTs are not safe to repeat"
+        ),
+    )
 
 
 class RollingStrategy(_Model):

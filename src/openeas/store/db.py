@@ -7,6 +7,8 @@ each; returned rows are detached snapshots (``expire_on_commit=False``).
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,13 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Unpack
 
-from sqlalchemy import Connection, create_engine, delete, event, select, text
+from sqlalchemy import Connection, create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
+from openeas.gateway.table import RouteSettings
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
+from openeas.store.routing import route_settings
 from openeas.store.schema import (
     REPLICA_FIELDS,
     Base,
@@ -33,13 +37,39 @@ from openeas.store.schema import (
 )
 from openeas.store.secrets import TokenCipher, new_token
 
+log = logging.getLogger("openeas.store")
+
 
 def _v1(conn: Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _v2_route_settings(conn: Connection) -> None:
+    """``versions.route``: the route-settings record the gateway reads instead of the spec.
+
+    A database made by v1 gets the column, and each of its versions the record computed from
+    its spec. (A new database already has the column: v1 creates the tables as they are now.)
+    """
+    if "route" not in {c["name"] for c in inspect(conn).get_columns("versions")}:
+        conn.execute(text("ALTER TABLE versions ADD COLUMN route JSON"))
+    rows = conn.execute(text("SELECT service, version, spec FROM versions WHERE route IS NULL")).all()
+    for service, version, spec in rows:
+        try:
+            record = route_settings(parse_spec(json.loads(spec) if isinstance(spec, str) else spec))
+        except Exception as exc:  # a spec today's models reject must not stop the server's start
+            log.warning("%s version %s: unreadable spec (%s); default route settings", service, version, exc)
+            record = RouteSettings()
+        conn.execute(
+            text("UPDATE versions SET route = :route WHERE service = :service AND version = :version"),
+            {"route": json.dumps(record.to_dict()), "service": service, "version": version},
+        )
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings]
+
+# Session.info key: the routing version this transaction bumped to (see Store.session).
+_ROUTING_BUMPED = "openeas.routing_bumped"
 
 
 def make_engine(url: str) -> Engine:
@@ -87,11 +117,16 @@ class Store:
         migrate(self.engine)
         self.cipher = TokenCipher(data_dir / "secret.key")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._routing_listeners: list[Callable[[int], object]] = []
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as s:
             yield s
+        # Committed. Only now may readers be told: told earlier, they could read the old state.
+        version = s.info.get(_ROUTING_BUMPED)
+        if version is not None:
+            self._routing_changed(version)
 
     # ---- meta -------------------------------------------------------------------------------
     def _get_meta(self, s: Session, key: str) -> str | None:
@@ -120,11 +155,29 @@ class Store:
             return int(self._get_meta(s, "routing_version") or 0)
 
     def _bump_routing(self, s: Session) -> None:
-        self._set_meta(s, "routing_version", str(int(self._get_meta(s, "routing_version") or 0) + 1))
+        version = int(self._get_meta(s, "routing_version") or 0) + 1
+        self._set_meta(s, "routing_version", str(version))
+        s.info[_ROUTING_BUMPED] = version  # session() calls the routing listeners after the commit
 
     def bump_routing(self) -> None:
         with self.session() as s:
             self._bump_routing(s)
+
+    def add_routing_listener(self, listener: Callable[[int], object]) -> None:
+        """Call ``listener(routing_version)`` after each commit that changed what is routed.
+
+        Listeners run on the committing thread, so they must be quick and must not block (the
+        server's is a non-blocking datagram to the gateway). Errors are logged, never raised:
+        the commit has happened, and the gateway's poll will see it anyway.
+        """
+        self._routing_listeners.append(listener)
+
+    def _routing_changed(self, version: int) -> None:
+        for listener in self._routing_listeners:
+            try:
+                listener(version)
+            except Exception:
+                log.exception("routing listener %r failed", listener)
 
     # ---- services and versions ----------------------------------------------------------------
     def create_service(self, spec: ServiceSpec) -> ServiceRow:
@@ -145,7 +198,15 @@ class Store:
             )
             s.add(row)
             s.flush()
-            s.add(VersionRow(service=spec.name, version=1, spec=_stored(spec), created_at=now))
+            s.add(
+                VersionRow(
+                    service=spec.name,
+                    version=1,
+                    spec=_stored(spec),
+                    route=route_settings(spec).to_dict(),
+                    created_at=now,
+                )
+            )
             self._event(s, spec.name, "Created", "service created at version 1")
             self._bump_routing(s)
             return row
@@ -172,7 +233,15 @@ class Store:
             if spec.token:
                 row.token_enc = self.cipher.encrypt(spec.token)
             row.updated_at = now
-            s.add(VersionRow(service=spec.name, version=last + 1, spec=_stored(spec), created_at=now))
+            s.add(
+                VersionRow(
+                    service=spec.name,
+                    version=last + 1,
+                    spec=_stored(spec),
+                    route=route_settings(spec).to_dict(),
+                    created_at=now,
+                )
+            )
             self._event(s, spec.name, reason, f"version {last + 1} is now current")
             self._bump_routing(s)
             return row

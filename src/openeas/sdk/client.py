@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import requests
 
-from openeas.runtime.process import pid_alive
+from openeas.procfs import pid_alive
 from openeas.sdk.discovery import ServerInfo, discover
 
 API = "/api/v1"

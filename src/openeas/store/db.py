@@ -78,12 +78,22 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            # We issue BEGIN ourselves (below); the driver must not open transactions on its own.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            # Transactions read, then write (the routing version, a replica's phase). A deferred
+            # transaction that upgrades to a writer after another one committed fails at once
+            # with "database is locked" whatever busy_timeout says; taking the write lock at
+            # BEGIN makes concurrent writers (API threads, supervisors) wait their turn instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

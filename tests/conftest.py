@@ -21,3 +21,16 @@ def server(tmp_path: Path) -> Iterator[Server]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for a module whose tests each deploy services of their own names."""
+    srv = new_server(tmp_path_factory.mktemp("shared") / "data").start()
+    yield srv
+    srv.stop()
+    for pid in replica_processes(srv.data_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

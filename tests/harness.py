@@ -188,3 +188,18 @@ def wait_for(predicate: Any, timeout_s: float = 30, poll_s: float = 0.1, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(poll_s)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (a replica and whatever it started), by /proc."""
+    return sorted(p.pid for p in all_procs() if p.pgrp == pgid)
+
+
+def reasons(srv: Server, name: str) -> list[str]:
+    return [e["reason"] for e in srv.client.events(name, limit=10_000)]
+
+
+def event(srv: Server, name: str, reason: str) -> dict[str, Any] | None:
+    """The latest event `reason` of service `name`, if any."""
+    found = [e for e in srv.client.events(name, limit=10_000) if e["reason"] == reason]
+    return found[-1] if found else None

@@ -29,7 +29,7 @@ import uvicorn
 from openeas.api.app import ControlPlane, create_app
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import SupervisorConfig
-from openeas.errors import Conflict, OpenEASError
+from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
@@ -240,8 +240,11 @@ def run_server(
     )
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(data_dir)
+    lock: int | None = None
+    # Exit codes, as for every `openeas` command: 1 server error, 2 invalid input, 130 Ctrl-C
+    # before the server is up (once up, SIGTERM and Ctrl-C are a graceful stop: 0).
     try:
+        lock = _lock(data_dir)
         asyncio.run(
             _serve(
                 data_dir=data_dir,
@@ -253,8 +256,17 @@ def run_server(
                 keep_replicas=keep_replicas,
             )
         )
+    except SpecError as exc:  # a bad --deploy spec
+        print("error: invalid spec", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ServerError, OpenEASError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)

@@ -2,7 +2,8 @@
 
 The server is found from ``--data-dir`` (before or after the command), ``OPENEAS_SERVER`` +
 ``OPENEAS_ADMIN_TOKEN``, ``OPENEAS_DATA_DIR``, or ``./.data`` (see ``openeas.sdk.discovery``).
-Exit codes: 0 ok, 1 server/API error, 2 invalid input (a bad spec, a 400 from the API).
+Exit codes: 0 ok, 1 server/API error, 2 invalid input (a bad spec or argument, a 400 from the
+API), 130 interrupted (Ctrl-C). ``openeas server`` uses the same codes.
 """
 
 import functools
@@ -160,6 +161,8 @@ def server(
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
+    for f in deploy or []:
+        _read_spec(str(f))  # a bad --deploy spec is invalid input (exit 2) before anything starts
     resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     run_server(
         data_dir=resolved,

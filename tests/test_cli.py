@@ -1,23 +1,25 @@
-"""The `openeas` CLI through typer's CliRunner: local spec validation, discovery errors, and every
-command against the fake control plane from test_sdk.py (a real HTTP server in a thread)."""
+"""The `openeas` CLI through typer's CliRunner: local spec validation and discovery errors without a
+server, and every command against the real control plane (a real `openeas server` with real
+replicas, shared by this module's tests; each test uses services of its own names)."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner, Result
 
 from openeas.cli.main import app
-
-try:
-    from test_sdk import ADMIN_TOKEN, FakeControlPlane, spec
-except ImportError:  # tests/ collected as a package
-    from tests.test_sdk import ADMIN_TOKEN, FakeControlPlane, spec
+from openeas.sdk import ApiError
+from tests.conftest_gateway import refusing_port
+from tests.harness import Server, service_spec
 
 CLEAN_ENV: dict[str, str | None] = {
     "OPENEAS_DATA_DIR": None,
@@ -42,12 +44,9 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[FakeControlPlane]:
-    # Replicas are Ready on the first describe, so --wait needs no sleeping poll.
-    with FakeControlPlane(steps_to_ready=1) as p:
-        p.write_server_json(tmp_path / "data")
-        yield p
+def spec(name: str, instance: int = 0, **extra: Any) -> dict[str, Any]:
+    """A spec of the built-in test server; 0 replicas unless asked (no process to wait for)."""
+    return service_spec(name, replicas=instance, **extra)
 
 
 def run(*args: str, env: dict[str, str | None] | None = None, data_dir: Path | None = None) -> Result:
@@ -90,6 +89,11 @@ def test_no_server_found(tmp_path: Path) -> None:
             id="yaml-empty-containers",
         ),
         pytest.param("- just\n- a list\n", ["  spec: must be a JSON/YAML object"], id="not-an-object"),
+        pytest.param(
+            json.dumps({"metadata": {"name": "demo"}, "containers": [{"command": "x"}], "runtime": "ray"}),
+            ["  runtime: input should be 'process'"],
+            id="unknown-runtime",
+        ),
     ],
 )
 def test_deploy_validates_locally_before_any_server(tmp_path: Path, text: str, lines: list[str]) -> None:
@@ -114,7 +118,18 @@ def test_python_dash_m_entry_point() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("openeas ")
 
 
-# -- against the fake control plane ---------------------------------------------------------------
+def test_unreachable_server(tmp_path: Path) -> None:
+    data = tmp_path / "dead"
+    data.mkdir()
+    with refusing_port() as s:  # nothing answers on it while the test runs
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        (data / "server.json").write_text(json.dumps({"api_url": url, "admin_token": "x", "gateway_url": url}))
+        r = run("ls", data_dir=data)
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"error: cannot reach OpenEAS server at {url} (from {data}/server.json)")
+
+
+# -- against the real control plane ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -127,209 +142,205 @@ def test_python_dash_m_entry_point() -> None:
         pytest.param("cwd", id="default-./.data"),
     ],
 )
-def test_server_discovery_paths(plane: FakeControlPlane, tmp_path: Path, how: str) -> None:
-    data = tmp_path / "data"
+def test_server_discovery_paths(shared_server: Server, tmp_path: Path, how: str) -> None:
+    data = shared_server.data_dir
     if how == "global-option":
-        r = run("ls", data_dir=data)
+        r = run("ls", "--json", data_dir=data)
     elif how == "command-option":
-        r = run("ls", "--data-dir", str(data))
+        r = run("ls", "--json", "--data-dir", str(data))
     elif how == "OPENEAS_DATA_DIR":
-        r = run("ls", env={"OPENEAS_DATA_DIR": str(data)})
+        r = run("ls", "--json", env={"OPENEAS_DATA_DIR": str(data)})
     elif how == "OPENEAS_SERVER":
-        r = run("ls", env={"OPENEAS_SERVER": plane.url, "OPENEAS_ADMIN_TOKEN": ADMIN_TOKEN})
+        r = run("ls", "--json", env={"OPENEAS_SERVER": shared_server.api_url,
+                                      "OPENEAS_ADMIN_TOKEN": shared_server.info["admin_token"]})  # fmt: skip
     else:
-        plane.write_server_json(tmp_path / ".data")
-        r = run("ls")
-    assert (r.exit_code, r.stdout) == (0, "no services\n"), r.output
-    assert plane.requests[-1].headers["Authorization"] == f"Bearer {ADMIN_TOKEN}"
+        (tmp_path / ".data").mkdir()
+        shutil.copy(data / "server.json", tmp_path / ".data" / "server.json")
+        r = run("ls", "--json")
+    assert r.exit_code == 0, r.output
+    # The answer of this server (found, and the admin token accepted).
+    assert json.loads(r.stdout)["services"] == shared_server.client.list()
 
 
-def test_deploy_creates_then_updates(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    f = write(tmp_path / "svc.yaml", VALID_YAML)
+def test_deploy_creates_then_updates_and_the_spec_is_kept_as_written(shared_server: Server, tmp_path: Path) -> None:
+    data = shared_server.data_dir
+    text = VALID_YAML.replace("name: demo", "name: cli_deploy").replace("instance: 1", "instance: 0")
+    text += "labels:\n  team: nlp\n  owner: null\n"  # unknown fields, a null too
+    f = write(tmp_path / "svc.yaml", text)
     r1 = run("deploy", "-f", f, "--no-wait", data_dir=data)
-    assert (r1.exit_code, r1.stdout) == (0, "created service demo: version 1\n"), r1.output
-    # The spec goes to the server as written (parsed from YAML), not as a normalized model dump.
-    assert plane.api_requests()[0].body == spec()
+    assert (r1.exit_code, r1.stdout) == (0, "created service cli_deploy: version 1\n"), r1.output
     r2 = run("deploy", "-f", f, "--no-wait", data_dir=data)
-    assert (r2.exit_code, r2.stdout) == (0, "updated service demo: version 2\n"), r2.output
-    assert [(q.method, q.path) for q in plane.api_requests()[1:]] == [
-        ("POST", "/api/v1/services"),
-        ("PUT", "/api/v1/services/demo"),
-    ]
+    assert (r2.exit_code, r2.stdout) == (0, "updated service cli_deploy: version 2\n"), r2.output
+    described = json.loads(run("describe", "cli_deploy", "--json", data_dir=data).stdout)
+    assert described["spec"] == yaml.safe_load(text)  # what the file says, no defaults added
 
 
-def test_deploy_waits_and_reports_cold_start(plane: FakeControlPlane, tmp_path: Path) -> None:
-    f = write(tmp_path / "svc.json", json.dumps(spec()))
-    r = run("deploy", "-f", f, data_dir=tmp_path / "data")
+def test_deploy_waits_and_reports_cold_start(shared_server: Server, tmp_path: Path) -> None:
+    f = write(tmp_path / "svc.json", json.dumps(spec("cli_wait", instance=1)))
+    r = run("deploy", "-f", f, data_dir=shared_server.data_dir)
     assert r.exit_code == 0, r.output
+    rep = shared_server.client.describe("cli_wait")["replicas"][0]
+    cold = rep["cold_start"]
     assert r.stdout.splitlines() == [
-        "created service demo: version 1",
-        "demo is ready: 1/1 replicas · cold start 3.0s (fetch 0.5 · start 2.2 · warm 0.2)",
-        f"endpoint: {plane.url}/api/predict/demo",
+        "created service cli_wait: version 1",
+        f"cli_wait is ready: 1/1 replicas · cold start {cold['total_s']:.1f}s "
+        f"(fetch {cold['fetch_s']:.1f} · start {cold['start_s']:.1f} · warm {cold['warm_s']:.1f})",
+        f"endpoint: {shared_server.gateway_url}/api/predict/cli_wait",
     ]
 
 
-def test_deploy_json_prints_only_the_final_detail(plane: FakeControlPlane, tmp_path: Path) -> None:
-    f = write(tmp_path / "svc.json", json.dumps(spec()))
-    r = run("deploy", "-f", f, "--json", data_dir=tmp_path / "data")
+def test_deploy_json_prints_only_the_final_detail(shared_server: Server, tmp_path: Path) -> None:
+    f = write(tmp_path / "svc.json", json.dumps(spec("cli_json", instance=1)))
+    r = run("deploy", "-f", f, "--json", data_dir=shared_server.data_dir)
     assert r.exit_code == 0, r.output
-    detail = json.loads(r.stdout)
-    assert (detail["name"], detail["ready_replicas"], detail["replicas"][0]["phase"]) == ("demo", 1, "Ready")
+    (line,) = r.stdout.splitlines()
+    detail = json.loads(line)
+    assert (detail["name"], detail["ready_replicas"], detail["replicas"][0]["phase"]) == ("cli_json", 1, "Ready")
 
 
-def test_deploy_from_stdin(plane: FakeControlPlane, tmp_path: Path) -> None:
+def test_deploy_from_stdin(shared_server: Server) -> None:
     r = CliRunner().invoke(
         app,
-        ["--data-dir", str(tmp_path / "data"), "deploy", "-f", "-", "--no-wait"],
-        input=VALID_YAML,
+        ["--data-dir", str(shared_server.data_dir), "deploy", "-f", "-", "--no-wait"],
+        input=VALID_YAML.replace("name: demo", "name: cli_stdin").replace("instance: 1", "instance: 0"),
         env=CLEAN_ENV,
     )
-    assert (r.exit_code, r.stdout) == (0, "created service demo: version 1\n"), r.output
+    assert (r.exit_code, r.stdout) == (0, "created service cli_stdin: version 1\n"), r.output
+    assert shared_server.client.describe("cli_stdin")["spec"]["containers"][0]["command"] == "python -m http.server 8000"
 
 
-def test_server_side_validation_errors_exit_2(plane: FakeControlPlane, tmp_path: Path) -> None:
-    f = write(tmp_path / "svc.json", json.dumps(spec("reject_me")))
-    r = run("deploy", "-f", f, data_dir=tmp_path / "data")
-    assert r.exit_code == 2
-    assert r.stderr.splitlines() == [
-        "error: invalid spec",
-        "  containers[0].port: must be 1..65535",
-        "  metadata.instance: too large",
-    ]
+@pytest.fixture
+def errors_service(shared_server: Server) -> str:
+    if not any(s["name"] == "cli_errors" for s in shared_server.client.list()):
+        shared_server.client.deploy(spec("cli_errors"))
+    return "cli_errors"
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "stderr"),
     [
-        pytest.param(["describe", "ghost"], "error: service 'ghost' not found", id="describe-404"),
-        pytest.param(["scale", "ghost", "2"], "error: service 'ghost' not found", id="scale-404"),
-        pytest.param(["rollback", "demo", "9"], "error: version 9 not found", id="rollback-unknown-version"),
+        pytest.param(["describe", "ghost"], 1, ["error: service 'ghost' not found"], id="describe-404"),
+        pytest.param(["scale", "ghost", "2"], 1, ["error: service 'ghost' not found"], id="scale-404"),
+        pytest.param(["delete", "ghost"], 1, ["error: service 'ghost' not found"], id="delete-404"),
+        pytest.param(["events", "ghost"], 1, ["error: service 'ghost' not found"], id="events-404"),
+        pytest.param(["rollback", "cli_errors", "9"], 1, ["error: service 'cli_errors' has no version 9"],
+                     id="rollback-unknown-version"),
+        pytest.param(["logs", "cli_errors", "--replica", "nope"], 1,
+                     ["error: service 'cli_errors' has no replica 'nope'"], id="logs-unknown-replica"),
+        # Rejected by the server's validation: invalid input, exit 2.
+        pytest.param(["scale", "cli_errors", "1001"], 2,
+                     ["error: replicas: input should be less than or equal to 1000",
+                      "  replicas: input should be less than or equal to 1000"], id="scale-too-large-400"),
+        # Rejected by the CLI itself.
+        pytest.param(["scale", "cli_errors", "-1"], 2, None, id="scale-negative"),
+        pytest.param(["rollback", "cli_errors", "0"], 2, None, id="rollback-zero"),
+    ],
+)  # fmt: skip
+def test_errors_and_exit_codes(
+    shared_server: Server, errors_service: str, args: list[str], code: int, stderr: list[str] | None
+) -> None:
+    r = run(*args, data_dir=shared_server.data_dir)
+    assert r.exit_code == code, r.output
+    if stderr is not None:
+        assert r.stderr.splitlines() == stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        pytest.param("wrong", "error: wrong admin token", id="wrong"),
+        pytest.param("", "error: OPENEAS_SERVER is set but OPENEAS_ADMIN_TOKEN is not", id="missing"),
     ],
 )
-def test_api_errors_exit_1(plane: FakeControlPlane, tmp_path: Path, args: list[str], message: str) -> None:
-    plane.steps_to_ready = 3
-    run(
-        "deploy",
-        "-f",
-        write(tmp_path / "s.json", json.dumps(spec())),
-        "--no-wait",
-        data_dir=tmp_path / "data",
-    )
-    r = run(*args, data_dir=tmp_path / "data")
+def test_bad_admin_token(shared_server: Server, token: str, message: str) -> None:
+    r = run("ls", env={"OPENEAS_SERVER": shared_server.api_url, "OPENEAS_ADMIN_TOKEN": token})
     assert (r.exit_code, r.stderr.strip()) == (1, message)
 
 
-def test_bad_admin_token(plane: FakeControlPlane) -> None:
-    r = run("ls", env={"OPENEAS_SERVER": plane.url, "OPENEAS_ADMIN_TOKEN": "wrong"})
-    assert (r.exit_code, r.stderr.strip()) == (1, "error: invalid admin token")
-
-
-def test_unreachable_server(tmp_path: Path) -> None:
-    data = tmp_path / "dead"
-    data.mkdir()
-    (data / "server.json").write_text(
-        json.dumps({"api_url": "http://127.0.0.1:9", "admin_token": "x", "gateway_url": "http://127.0.0.1:9"})
-    )
-    r = run("ls", data_dir=data)
-    assert r.exit_code == 1
-    assert r.stderr.startswith(
-        f"error: cannot reach OpenEAS server at http://127.0.0.1:9 (from {data}/server.json)"
-    )
-
-
-def test_call_info_json_is_exact(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    run("deploy", "-f", write(tmp_path / "s.json", json.dumps(spec())), "--no-wait", data_dir=data)
-    r = run("call-info", "demo", "--json", data_dir=data)
+def test_call_info(shared_server: Server, tmp_path: Path) -> None:
+    data = shared_server.data_dir
+    f = write(tmp_path / "s.json", json.dumps({**spec("cli_call"), "token": "cli-call-token-0123"}))
+    assert run("deploy", "-f", f, "--no-wait", data_dir=data).exit_code == 0
+    endpoint = f"{shared_server.gateway_url}/api/predict/cli_call"
+    r = run("call-info", "cli_call", "--json", data_dir=data)
+    assert (r.exit_code, r.stdout) == (0, json.dumps({"endpoint": endpoint, "token": "cli-call-token-0123"}) + "\n")
+    r = run("call-info", "cli_call", data_dir=data)
     assert r.exit_code == 0
-    assert (
-        r.stdout == json.dumps({"endpoint": f"{plane.url}/api/predict/demo", "token": "svc-token-1"}) + "\n"
-    )
-
-
-def test_call_info_prints_openai_snippet(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    run("deploy", "-f", write(tmp_path / "s.json", json.dumps(spec())), "--no-wait", data_dir=data)
-    r = run("call-info", "demo", data_dir=data)
-    assert r.exit_code == 0
-    endpoint = f"{plane.url}/api/predict/demo"
     assert f"endpoint: {endpoint}\n" in r.stdout
-    assert "token:    svc-token-1\n" in r.stdout
-    assert f'client = OpenAI(base_url="{endpoint}/v1", api_key="svc-token-1")' in r.stdout
+    assert "token:    cli-call-token-0123\n" in r.stdout
+    assert f'client = OpenAI(base_url="{endpoint}/v1", api_key="cli-call-token-0123")' in r.stdout
+    assert f"curl -H 'Authorization: cli-call-token-0123' {endpoint}" in r.stdout
 
 
-def test_ls_and_describe(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    run("deploy", "-f", write(tmp_path / "s.json", json.dumps(spec(instance=2))), data_dir=data)
+def test_ls_describe_logs_and_events_of_running_replicas(shared_server: Server, tmp_path: Path) -> None:
+    data = shared_server.data_dir
+    written = spec("cli_show", instance=2)
+    f = write(tmp_path / "s.json", json.dumps(written))
+    assert run("deploy", "-f", f, data_dir=data).exit_code == 0
+    detail = shared_server.client.describe("cli_show")
+
     ls = run("ls", data_dir=data)
     assert ls.exit_code == 0
-    header, row = ls.stdout.splitlines()[:2]
-    assert header.split()[:4] == ["NAME", "STATUS", "VERSION", "READY"]
-    assert row.split()[:4] == ["demo", "Running", "1", "2/2"]
-    assert json.loads(run("ls", "--json", data_dir=data).stdout)["services"][0]["name"] == "demo"
+    assert ls.stdout.splitlines()[0].split() == ["NAME", "STATUS", "VERSION", "READY", "AGE", "ENDPOINT"]
+    (row,) = [line.split() for line in ls.stdout.splitlines() if line.startswith("cli_show ")]
+    assert row[:4] == ["cli_show", "Running", "1", "2/2"]
+    assert row[-1] == f"{shared_server.gateway_url}/api/predict/cli_show"
 
-    d = run("describe", "demo", data_dir=data)
+    d = run("describe", "cli_show", data_dir=data)
     assert d.exit_code == 0, d.output
     assert "2 ready / 2 desired / 2 total" in d.stdout
-    rows = [line.split() for line in d.stdout.splitlines() if line.startswith("demo-v1-")]
-    # id, version, phase, port, pid, restarts, fetch, start, warm, total
-    assert rows == [
-        ["demo-v1-0", "1", "Ready", "30000", "4000", "0", "0.5", "2.2", "0.2", "3.0"],
-        ["demo-v1-1", "1", "Ready", "30001", "4001", "0", "0.5", "2.2", "0.2", "3.0"],
-    ]
-    assert json.loads(run("describe", "demo", "--json", data_dir=data).stdout)["spec"] == spec(instance=2)
+    rows = [line.split() for line in d.stdout.splitlines() if line.startswith("cli_show-")]
+    expected = []
+    for rep in detail["replicas"]:
+        cs = rep["cold_start"]
+        expected.append([rep["id"], "1", "Ready", str(rep["port"]), str(rep["pid"]), "0",
+                         *(f"{cs[k]:.1f}" for k in ("fetch_s", "start_s", "warm_s", "total_s"))])  # fmt: skip
+    assert rows == expected
+    assert json.loads(run("describe", "cli_show", "--json", data_dir=data).stdout)["spec"] == written
 
+    logs = run("logs", "cli_show", "--tail", "10", data_dir=data)
+    assert logs.exit_code == 0
+    for rep in detail["replicas"]:
+        assert f"==> {rep['id']} <==" in logs.stdout
+        assert f"openeas testserver listening on http://127.0.0.1:{rep['port']}" in logs.stdout
+    one = detail["replicas"][1]
+    only = run("logs", "cli_show", "--replica", one["id"], data_dir=data)
+    assert "==>" not in only.stdout and f"127.0.0.1:{one['port']}" in only.stdout
+    assert f"127.0.0.1:{detail['replicas'][0]['port']}" not in only.stdout
 
-def test_scale_stop_start_rollback_versions(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    f = write(tmp_path / "s.json", json.dumps(spec()))
-    run("deploy", "-f", f, "--no-wait", data_dir=data)
-    run("deploy", "-f", f, "--no-wait", data_dir=data)
-    assert (
-        run("scale", "demo", "3", "--wait", data_dir=data).stdout.splitlines()[0]
-        == "scaling demo to 3 replicas"
-    )
-    assert run("stop", "demo", data_dir=data).stdout == "stopping demo\n"
-    assert run("start", "demo", data_dir=data).stdout == "starting demo\n"
-    rb = run("rollback", "demo", "1", data_dir=data)
-    assert rb.stdout == "rolled back demo to the spec of version 1: now version 3\n"
-    v = run("versions", "demo", data_dir=data)
-    assert [line.split()[0] for line in v.stdout.splitlines()] == ["VERSION", "1", "2", "3"]
-    assert v.stdout.splitlines()[-1].rstrip().endswith("*")
-    bodies = [(q.path.rsplit("/", 1)[-1], q.body) for q in plane.api_requests() if q.method == "POST"][2:]
-    assert bodies == [
-        ("scale", {"replicas": 3}),
-        ("stop", None),
-        ("start", None),
-        ("rollback", {"version": 1}),
-    ]
-    assert run("scale", "demo", "-1", data_dir=data).exit_code == 2  # rejected by the CLI itself
-
-
-def test_delete_wait(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    run("deploy", "-f", write(tmp_path / "s.json", json.dumps(spec())), "--no-wait", data_dir=data)
-    r = run("delete", "demo", "--wait", data_dir=data)
-    assert (r.exit_code, r.stdout) == (0, "deleted demo\n"), r.output
-    assert "demo" not in plane.services
-    assert run("delete", "ghost", data_dir=data).exit_code == 1
-
-
-def test_logs_and_events(plane: FakeControlPlane, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    run("deploy", "-f", write(tmp_path / "s.json", json.dumps(spec(instance=2))), "--no-wait", data_dir=data)
-    r = run("logs", "demo", "--tail", "10", data_dir=data)
-    assert r.stdout == (
-        "==> demo-v1-0 <==\nhello from demo-v1-0\nline 2\n\n==> demo-v1-1 <==\nhello from demo-v1-1\nline 2\n"
-    )
-    one = run("logs", "demo", "--replica", "demo-v1-1", data_dir=data)
-    assert one.stdout == "hello from demo-v1-1\nline 2\n"
-    assert plane.requests[-1].query == {"replica": ["demo-v1-1"], "tail": ["200"]}
-
-    ev = run("events", "demo", "--limit", "5", data_dir=data)
+    ev = run("events", "cli_show", "--limit", "5", data_dir=data)
     assert ev.exit_code == 0
     assert ev.stdout.splitlines()[0].split() == ["TIME", "TYPE", "REASON", "REPLICA", "MESSAGE"]
-    assert "ProbeFailed" in ev.stdout and "Scheduled" in ev.stdout
-    assert plane.requests[-1].query == {"limit": ["5"]}
-    assert len(json.loads(run("events", "demo", "--json", data_dir=data).stdout)["events"]) == 2
+    assert len(ev.stdout.splitlines()) == 6
+    assert re.search(r"Ready\s+cli_show-\S+\s+replica ready after", ev.stdout)
+    events = json.loads(run("events", "cli_show", "--json", data_dir=data).stdout)["events"]
+    assert [e["reason"] for e in events] == [e["reason"] for e in shared_server.client.events("cli_show", limit=50)]
+
+
+def test_scale_stop_start_rollback_versions_delete(shared_server: Server, tmp_path: Path) -> None:
+    data, c = shared_server.data_dir, shared_server.client
+    f = write(tmp_path / "s.json", json.dumps(spec("cli_ops")))
+    run("deploy", "-f", f, "--no-wait", data_dir=data)
+    run("deploy", "-f", write(tmp_path / "s2.json", json.dumps(spec("cli_ops", args="--model-name v2"))), "--no-wait",
+        data_dir=data)  # fmt: skip
+    scaled = run("scale", "cli_ops", "1", "--wait", data_dir=data)
+    assert scaled.exit_code == 0, scaled.output
+    assert scaled.stdout.splitlines()[0] == "scaling cli_ops to 1 replicas"
+    assert scaled.stdout.splitlines()[1].startswith("cli_ops is ready: 1/1 replicas · cold start ")
+    assert c.describe("cli_ops")["ready_replicas"] == 1
+    assert run("stop", "cli_ops", data_dir=data).stdout == "stopping cli_ops\n"
+    assert c.describe("cli_ops")["status"] == "Stopped"
+    assert run("start", "cli_ops", data_dir=data).stdout == "starting cli_ops\n"
+    assert c.describe("cli_ops")["desired_replicas"] == 1
+    rb = run("rollback", "cli_ops", "1", data_dir=data)
+    assert rb.stdout == "rolled back cli_ops to the spec of version 1: now version 3\n"
+    assert c.describe("cli_ops")["spec"] == spec("cli_ops")
+    v = run("versions", "cli_ops", data_dir=data)
+    assert [line.split()[0] for line in v.stdout.splitlines()] == ["VERSION", "1", "2", "3"]
+    assert v.stdout.splitlines()[-1].rstrip().endswith("*")
+    d = run("delete", "cli_ops", "--wait", data_dir=data)
+    assert (d.exit_code, d.stdout) == (0, "deleted cli_ops\n"), d.output
+    with pytest.raises(ApiError) as gone:
+        c.describe("cli_ops")
+    assert gone.value.status == 404

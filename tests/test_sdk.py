@@ -1,309 +1,42 @@
-"""SDK: server discovery (real files, real env mappings) and the client against a fake control plane.
-
-The fake control plane is a real HTTP server in a thread implementing the API contract's routes
-closely enough to check request shapes, auth and error handling; test_cli.py reuses it.
-"""
+"""SDK: server discovery (real files, real env mappings), and the client against the real control
+plane (a real `openeas server` with real replicas, shared by this module's tests; each test uses
+services of its own names). The wait logic is also driven by scripted answers (ScriptedClient)."""
 
 from __future__ import annotations
 
 import json
-import re
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from openeas.sdk import ApiError, Client, ConnectionFailed, ServerInfo, ServerNotFound, WaitTimeout, discover
 from openeas.sdk.discovery import NOT_FOUND_HINT
+from tests.conftest_gateway import refusing_port
+from tests.harness import Server, service_spec, wait_for
 
-ADMIN_TOKEN = "admin-secret-token"
-PHASES = ["Pending", "Fetching", "Starting", "Ready"]
 
-
-def spec(name: str = "demo", instance: int = 1, token: str | None = None) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "metadata": {"name": name, "instance": instance},
-        "containers": [{"command": "python -m http.server 8000", "port": 8000}],
-    }
+def spec(name: str, instance: int = 0, token: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A spec of the built-in test server; 0 replicas unless asked (no process to wait for)."""
+    s = service_spec(name, replicas=instance, **extra)
     if token:
         s["token"] = token
     return s
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class FakeService:
-    name: str
-    spec: dict[str, Any]
-    desired: int
-    version: int = 1
-    specs: dict[int, dict[str, Any]] = field(default_factory=dict)
-    replicas: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "Pending"
-    deleting_polls: int | None = None
-    token: str = "svc-token-1"
-
-
-class FakeControlPlane:
-    """A control plane that keeps services in memory; replicas move one phase per ``describe``.
-
-    ``steps_to_ready`` phases after a (re)deploy the replicas are Ready: 0 means immediately.
-    A spec named ``reject_me`` answers 400 with field errors (a server-side validation failure).
-    """
-
-    def __init__(self, steps_to_ready: int = 3) -> None:
-        self.steps_to_ready = steps_to_ready
-        self.services: dict[str, FakeService] = {}
-        self.requests: list[Recorded] = []
-        self.tokens_rotated = 0
-        self._lock = threading.Lock()
-        plane = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                parts = urlsplit(self.path)
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n) if n else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode()
-                rec = Recorded(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
-                with plane._lock:
-                    plane.requests.append(rec)
-                    status, payload = plane.route(rec)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> FakeControlPlane:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def write_server_json(self, data_dir: Path) -> Path:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path = data_dir / "server.json"
-        path.write_text(
-            json.dumps({"gateway_url": self.url, "api_url": self.url, "admin_token": ADMIN_TOKEN, "pid": 1})
-        )
-        return path
-
-    def api_requests(self) -> list[Recorded]:
-        return [r for r in self.requests if r.path.startswith("/api/v1/")]
-
-    # -- model ---------------------------------------------------------------------------------
-
-    def _rollout(self, svc: FakeService) -> None:
-        start = 3 - self.steps_to_ready if self.steps_to_ready <= 3 else 0
-        svc.replicas = [
-            {
-                "id": f"{svc.name}-v{svc.version}-{i}",
-                "version": svc.version,
-                "phase": PHASES[max(0, start)],
-                "host": "127.0.0.1",
-                "port": 30000 + i,
-                "pid": 4000 + i,
-                "restart_count": 0,
-                "phase_times": {},
-                "cold_start": {"fetch_s": None, "start_s": None, "warm_s": None, "total_s": None},
-                "message": None,
-            }
-            for i in range(svc.desired)
-        ]
-        self._advance(svc, steps=0)
-
-    def _status(self, svc: FakeService) -> None:
-        ready = sum(r["phase"] == "Ready" for r in svc.replicas)
-        if svc.deleting_polls is not None:
-            svc.status = "Deleting"
-        elif svc.desired == 0:
-            svc.status = "Stopped"
-        else:
-            svc.status = "Running" if ready >= svc.desired else "Pending"
-
-    def _advance(self, svc: FakeService, steps: int = 1) -> None:
-        for r in svc.replicas:
-            r["phase"] = PHASES[min(len(PHASES) - 1, PHASES.index(r["phase"]) + steps)]
-            if r["phase"] == "Ready":
-                r["cold_start"] = {"fetch_s": 0.5, "start_s": 2.25, "warm_s": 0.25, "total_s": 3.0}
-        self._status(svc)
-
-    def _summary(self, svc: FakeService) -> dict[str, Any]:
-        now = datetime.now(UTC).isoformat()
-        return {
-            "name": svc.name,
-            "status": svc.status,
-            "version": svc.version,
-            "desired_replicas": svc.desired,
-            "ready_replicas": sum(r["phase"] == "Ready" for r in svc.replicas),
-            "total_replicas": len(svc.replicas),
-            "endpoint": f"{self.url}/api/predict/{svc.name}",
-            "created_at": now,
-            "updated_at": now,
-        }
-
-    def _detail(self, svc: FakeService) -> dict[str, Any]:
-        versions = [
-            {"version": v, "created_at": "2024-05-01T12:00:00+00:00", "current": v == svc.version}
-            for v in sorted(svc.specs)
-        ]
-        return {**self._summary(svc), "spec": svc.spec, "replicas": svc.replicas, "versions": versions}
-
-    @staticmethod
-    def _error(status: int, code: str, message: str, errors: list[str] | None = None) -> tuple[int, Any]:
-        err: dict[str, Any] = {"code": code, "message": message}
-        if errors is not None:
-            err["errors"] = errors
-        return status, {"error": err}
-
-    def route(self, r: Recorded) -> tuple[int, Any]:
-        if r.path == "/healthz":
-            return 200, {"status": "ok"}
-        m = re.fullmatch(r"/api/predict/([^/]+)(/.*)?", r.path)
-        if m:
-            svc = self.services.get(m.group(1))
-            if svc is None:
-                return self._error(404, "not_found", f"service '{m.group(1)}' not found")
-            auth = r.headers.get("Authorization", "")
-            if auth.removeprefix("Bearer ") != svc.token:
-                return self._error(401, "unauthorized", "bad service token")
-            return 200, {"service": svc.name, "path": m.group(2) or "", "echo": r.body}
-        if r.headers.get("Authorization") != f"Bearer {ADMIN_TOKEN}":
-            return self._error(401, "unauthorized", "invalid admin token")
-        if r.path == "/api/v1/services":
-            if r.method == "GET":
-                return 200, {"services": [self._summary(s) for s in self.services.values()]}
-            name = r.body["metadata"]["name"]
-            if name == "reject_me":
-                return self._error(
-                    400,
-                    "invalid_spec",
-                    "invalid spec",
-                    ["containers[0].port: must be 1..65535", "metadata.instance: too large"],
-                )
-            if name in self.services:
-                return self._error(409, "conflict", f"service '{name}' already exists")
-            svc = FakeService(name, r.body, int(r.body["metadata"].get("instance", 1)))
-            svc.specs[1] = r.body
-            self.services[name] = svc
-            self._rollout(svc)
-            return 201, self._detail(svc)
-        m = re.fullmatch(r"/api/v1/services/([^/]+)(?:/([a-z-]+))?", r.path)
-        if not m:
-            return self._error(404, "not_found", f"no route {r.path}")
-        name, action = m.group(1), m.group(2)
-        maybe = self.services.get(name)
-        if maybe is None:
-            return self._error(404, "not_found", f"service '{name}' not found")
-        svc = maybe
-        if action is None and r.method == "GET":
-            if svc.deleting_polls is not None:
-                if svc.deleting_polls == 0:
-                    del self.services[name]
-                    return self._error(404, "not_found", f"service '{name}' not found")
-                svc.deleting_polls -= 1
-            else:
-                self._advance(svc)
-            return 200, self._detail(svc)
-        if action is None and r.method == "PUT":
-            svc.version = max(svc.specs) + 1
-            svc.specs[svc.version] = svc.spec = r.body
-            svc.desired = int(r.body["metadata"].get("instance", svc.desired))
-            self._rollout(svc)
-            return 200, self._detail(svc)
-        if action is None and r.method == "DELETE":
-            svc.deleting_polls = 1
-            self._status(svc)
-            return 200, {"deleted": name}
-        if action == "scale":
-            replicas = r.body.get("replicas") if isinstance(r.body, dict) else None
-            if not isinstance(replicas, int) or replicas < 0:
-                return self._error(400, "bad_request", "replicas must be an integer >= 0")
-            svc.desired = replicas
-            self._rollout(svc)
-            return 200, self._detail(svc)
-        if action in ("stop", "start"):
-            svc.desired = 0 if action == "stop" else int(svc.spec["metadata"].get("instance", 1))
-            self._rollout(svc)
-            return 200, self._detail(svc)
-        if action == "versions":
-            return 200, {"versions": self._detail(svc)["versions"]}
-        if action == "rollback":
-            old = svc.specs.get(r.body["version"])
-            if old is None:
-                return self._error(404, "not_found", f"version {r.body['version']} not found")
-            svc.version = max(svc.specs) + 1
-            svc.specs[svc.version] = svc.spec = old
-            self._rollout(svc)
-            return 200, self._detail(svc)
-        if action == "events":
-            limit = int(r.query.get("limit", ["100"])[0])
-            evs = [
-                {
-                    "time": "2024-05-01T12:00:00+00:00",
-                    "type": "Normal",
-                    "reason": "Scheduled",
-                    "message": "replica demo-v1-0 created",
-                    "replica": "demo-v1-0",
-                },
-                {
-                    "time": "2024-05-01T12:00:05+00:00",
-                    "type": "Warning",
-                    "reason": "ProbeFailed",
-                    "message": "readiness probe failed: connection refused",
-                    "replica": None,
-                },
-            ]
-            return 200, {"events": evs[:limit]}
-        if action == "logs":
-            replica = r.query.get("replica", [None])[0]
-            entries = [{"replica": x["id"], "text": f"hello from {x['id']}\nline 2\n"} for x in svc.replicas]
-            return 200, {"logs": [e for e in entries if replica in (None, e["replica"])]}
-        if action == "call-info":
-            return 200, {"endpoint": f"{self.url}/api/predict/{name}", "token": svc.token}
-        return self._error(404, "not_found", f"no route {r.path}")
-
-
 @pytest.fixture
-def plane() -> Iterator[FakeControlPlane]:
-    with FakeControlPlane() as p:
-        yield p
-
-
-@pytest.fixture
-def client(plane: FakeControlPlane) -> Iterator[Client]:
-    with Client(plane.url, ADMIN_TOKEN, timeout_s=5) as c:
+def client(shared_server: Server) -> Iterator[Client]:
+    with Client(shared_server.api_url, shared_server.info["admin_token"], timeout_s=10,
+                gateway_url=shared_server.gateway_url) as c:  # fmt: skip
         yield c
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    with refusing_port() as s:  # nothing answers there while the test runs
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 # -- discovery ------------------------------------------------------------------------------------
@@ -406,145 +139,161 @@ def test_from_env_reads_the_process_environment(tmp_path: Path, monkeypatch: pyt
     )
 
 
-# -- client ---------------------------------------------------------------------------------------
+# -- client against the real control plane ------------------------------------------------------
 
 
-def test_deploy_sends_spec_with_admin_auth(plane: FakeControlPlane, client: Client) -> None:
-    detail = client.deploy(spec())
-    assert detail["name"] == "demo" and detail["version"] == 1
-    (req,) = plane.api_requests()
-    assert (req.method, req.path, req.body) == ("POST", "/api/v1/services", spec())
-    assert req.headers["Authorization"] == f"Bearer {ADMIN_TOKEN}"
-    assert req.headers["Content-Type"] == "application/json"
+def test_deploy_then_describe_gives_the_spec_as_written(client: Client) -> None:
+    written = spec("sdk_deploy", token="sdk-token-0123456789")
+    written["metadata"]["labels"] = {"team": "nlp", "owner": None}  # unknown fields, a null too
+    detail = client.deploy(written)
+    assert (detail["name"], detail["version"], detail["status"]) == ("sdk_deploy", 1, "Running")
+    # The real API answers the spec as written, without its token (kept encrypted apart) and
+    # without defaults filled in.
+    assert client.describe("sdk_deploy")["spec"] == {k: v for k, v in written.items() if k != "token"}
+    assert client.call_info("sdk_deploy")["token"] == "sdk-token-0123456789"
 
 
-def test_apply_creates_then_updates(plane: FakeControlPlane, client: Client) -> None:
-    d1, created1 = client.apply(spec())
-    d2, created2 = client.apply(spec(instance=2))
+def test_apply_creates_then_updates(client: Client) -> None:
+    d1, created1 = client.apply(spec("sdk_apply"))
+    d2, created2 = client.apply(spec("sdk_apply", args="--model-name second"))
     assert (created1, d1["version"]) == (True, 1)
-    assert (created2, d2["version"], d2["desired_replicas"]) == (False, 2, 2)
-    # POST, POST (409), PUT
-    assert [(r.method, r.path) for r in plane.api_requests()] == [
-        ("POST", "/api/v1/services"),
-        ("POST", "/api/v1/services"),
-        ("PUT", "/api/v1/services/demo"),
-    ]
+    assert (created2, d2["version"]) == (False, 2)
+    assert "--model-name second" in client.describe("sdk_apply")["spec"]["containers"][0]["command"]
 
 
-def test_error_body_becomes_api_error(client: Client) -> None:
+def test_invalid_spec_becomes_an_api_error_with_field_lines(client: Client) -> None:
+    bad = spec("sdk_bad")
+    bad["containers"][0]["port"] = 70000
+    bad["metadata"]["instance"] = 5000
     with pytest.raises(ApiError) as exc:
-        client.deploy(spec("reject_me"))
+        client.deploy(bad)
     e = exc.value
-    assert (e.status, e.code, e.message) == (400, "invalid_spec", "invalid spec")
-    assert e.errors == ["containers[0].port: must be 1..65535", "metadata.instance: too large"]
-    assert str(e) == (
-        "invalid spec (HTTP 400, invalid_spec)\n"
-        "  containers[0].port: must be 1..65535\n"
-        "  metadata.instance: too large"
-    )
+    assert (e.status, e.code) == (400, "invalid_spec")
+    assert e.errors == [
+        "metadata.instance: input should be less than or equal to 1000",
+        "containers[0].port: must be 1..65535",
+    ]
+    assert str(e) == f"{e.message} (HTTP 400, invalid_spec)\n" + "\n".join(f"  {line}" for line in e.errors)
 
 
-def test_not_found_and_bad_token(plane: FakeControlPlane, client: Client) -> None:
-    with pytest.raises(ApiError) as nf:
-        client.describe("ghost")
-    assert (nf.value.status, nf.value.code, nf.value.message) == (
-        404,
-        "not_found",
-        "service 'ghost' not found",
-    )
-    with pytest.raises(ApiError) as unauth, Client(plane.url, "wrong") as bad:
+@pytest.mark.parametrize(
+    ("call", "status", "code", "message"),
+    [
+        pytest.param(lambda c: c.describe("ghost"), 404, "not_found", "service 'ghost' not found", id="unknown-service"),
+        pytest.param(lambda c: c.rollback("sdk_errors", 9), 404, "not_found", "service 'sdk_errors' has no version 9",
+                     id="unknown-version"),
+        pytest.param(lambda c: c.logs("sdk_errors", replica="nope"), 404, "not_found",
+                     "service 'sdk_errors' has no replica 'nope'", id="unknown-replica"),
+        pytest.param(lambda c: c.deploy(spec("sdk_errors")), 409, "conflict", "service 'sdk_errors' already exists",
+                     id="exists"),
+        pytest.param(lambda c: c.scale("sdk_errors", 1001), 400, "invalid_request",
+                     "replicas: input should be less than or equal to 1000", id="scale-too-large"),
+    ],
+)  # fmt: skip
+def test_api_errors(client: Client, call: Any, status: int, code: str, message: str) -> None:
+    if not any(s["name"] == "sdk_errors" for s in client.list()):
+        client.deploy(spec("sdk_errors"))
+    with pytest.raises(ApiError) as exc:
+        call(client)
+    assert (exc.value.status, exc.value.code, exc.value.message) == (status, code, message)
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        pytest.param("wrong", "wrong admin token", id="wrong"),
+        pytest.param("", "missing admin token: send 'Authorization: Bearer <admin_token>'", id="missing"),
+    ],
+)
+def test_admin_token_is_required(shared_server: Server, token: str, message: str) -> None:
+    with pytest.raises(ApiError) as exc, Client(shared_server.api_url, token) as bad:
         bad.list()
-    assert (unauth.value.status, unauth.value.message) == (401, "invalid admin token")
+    assert (exc.value.status, exc.value.code, exc.value.message) == (401, "unauthorized", message)
 
 
-def test_unreachable_server_names_the_source(tmp_path: Path) -> None:
-    (tmp_path / "server.json").write_text(json.dumps({**SERVER_JSON, "api_url": "http://127.0.0.1:9"}))
+def test_unreachable_server_names_the_source(tmp_path: Path, dead_url: str) -> None:
+    (tmp_path / "server.json").write_text(json.dumps({**SERVER_JSON, "api_url": dead_url}))
     c = Client.from_env(tmp_path, timeout_s=2)
     with pytest.raises(ConnectionFailed) as exc:
         c.list()
     assert exc.value.status == 0
-    assert "cannot reach OpenEAS server at http://127.0.0.1:9" in str(exc.value)
+    assert f"cannot reach OpenEAS server at {dead_url}" in str(exc.value)
     assert str(tmp_path / "server.json") in str(exc.value)
 
 
-def test_operations_request_shapes(plane: FakeControlPlane, client: Client) -> None:
-    client.deploy(spec())
-    client.scale("demo", 3)
-    client.stop("demo")
-    client.start("demo")
-    client.update("demo", spec(instance=1))
-    assert [v["version"] for v in client.versions("demo")] == [1, 2]
-    assert client.rollback("demo", 1)["version"] == 3
-    assert len(client.events("demo", limit=1)) == 1
-    client.logs("demo", replica="demo-v3-0", tail=5)
-    assert [s["name"] for s in client.list()] == ["demo"]
-    assert client.delete("demo") == {"deleted": "demo"}
-    got = [
-        (r.method, r.path, r.body, {k: v[0] for k, v in r.query.items()}) for r in plane.api_requests()[1:]
-    ]
-    assert got == [
-        ("POST", "/api/v1/services/demo/scale", {"replicas": 3}, {}),
-        ("POST", "/api/v1/services/demo/stop", None, {}),
-        ("POST", "/api/v1/services/demo/start", None, {}),
-        ("PUT", "/api/v1/services/demo", spec(instance=1), {}),
-        ("GET", "/api/v1/services/demo/versions", None, {}),
-        ("POST", "/api/v1/services/demo/rollback", {"version": 1}, {}),
-        ("GET", "/api/v1/services/demo/events", None, {"limit": "1"}),
-        ("GET", "/api/v1/services/demo/logs", None, {"replica": "demo-v3-0", "tail": "5"}),
-        ("GET", "/api/v1/services", None, {}),
-        ("DELETE", "/api/v1/services/demo", None, {}),
-    ]
+def test_operations_change_the_desired_state(client: Client) -> None:
+    name = "sdk_ops"
+    client.deploy(spec(name))
+    assert client.scale(name, 3)["desired_replicas"] == 3
+    assert client.scale(name, 0)["desired_replicas"] == 0
+    assert client.stop(name)["status"] == "Stopped"
+    assert client.start(name)["status"] == "Running"
+    assert client.update(name, spec(name, args="--model-name two"))["version"] == 2
+    assert [(v["version"], v["current"]) for v in client.versions(name)] == [(1, False), (2, True)]
+    back = client.rollback(name, 1)
+    assert back["version"] == 3 and back["spec"] == client.describe(name)["spec"] == spec(name)
+    reasons = [e["reason"] for e in client.events(name, limit=100)]
+    for reason in ("Created", "Scaled", "Stopped", "Started", "Updated", "RolledBack"):
+        assert reason in reasons
+    assert len(client.events(name, limit=2)) == 2
+    assert client.logs(name, tail=5) == []  # no replica, no log
+    assert name in [s["name"] for s in client.list()]
+    assert client.delete(name) == {"deleted": name}
+    client.wait_deleted(name, timeout_s=30, poll_s=0.1)
+    assert name not in [s["name"] for s in client.list()]
 
 
-def test_wait_ready_polls_until_current_version_ready(plane: FakeControlPlane, client: Client) -> None:
-    client.deploy(spec(instance=2))
+def test_wait_ready_polls_until_the_replica_is_ready(client: Client) -> None:
+    client.deploy(spec("sdk_wait", instance=1))
     seen: list[str] = []
-    detail = client.wait_ready(
-        "demo", timeout_s=10, poll_s=0.01, on_progress=lambda d: seen.append(d["status"])
-    )
-    assert detail["ready_replicas"] == 2
-    # the fake moves one phase per describe: Fetching, Starting, Ready
-    assert seen == ["Pending", "Pending", "Running"]
+    detail = client.wait_ready("sdk_wait", timeout_s=60, poll_s=0.05, on_progress=lambda d: seen.append(d["status"]))
+    assert detail["ready_replicas"] == 1 and detail["replicas"][0]["phase"] == "Ready"
+    assert seen[0] == "Pending" and seen[-1] == "Running"  # it did poll while the replica started
+    logs = client.logs("sdk_wait", tail=5)
+    assert len(logs) == 1 and "listening on" in logs[0]["text"]
 
 
 def test_wait_ready_times_out_with_last_detail(client: Client) -> None:
-    client.deploy(spec())
+    client.deploy(spec("sdk_timeout"))
     with pytest.raises(WaitTimeout) as exc:
-        client.wait_ready("demo", replicas=5, timeout_s=0.2, poll_s=0.05)
-    assert "1/5 replicas ready" in str(exc.value)
-    assert exc.value.last is not None and exc.value.last["name"] == "demo"
+        client.wait_ready("sdk_timeout", replicas=5, timeout_s=0.3, poll_s=0.05)
+    assert str(exc.value) == "service sdk_timeout: 0/5 replicas ready after 0.3s"
+    assert exc.value.last is not None and exc.value.last["name"] == "sdk_timeout"
 
 
-def test_wait_deleted_returns_on_404(client: Client) -> None:
-    client.deploy(spec())
-    client.delete("demo")
-    client.wait_deleted("demo", timeout_s=5, poll_s=0.01)
-    with pytest.raises(ApiError):
-        client.describe("demo")
+def test_predict_uses_the_service_token_and_caches_it(client: Client, dead_url: str) -> None:
+    client.deploy(spec("sdk_predict", instance=1, token="predict-token-0123456789"))
+    client.wait_ready("sdk_predict", timeout_s=60)
+    resp = client.predict("sdk_predict", {"prompt": "hi", "max_tokens": 2}, path="v1/completions")
+    assert resp.json()["object"] == "text_completion"
+    # The gateway takes only the service's token: the admin token gets a 401.
+    r = requests.post(f"{client.gateway_url}/api/predict/sdk_predict/echo",
+                      headers={"Authorization": f"Bearer {client.admin_token}"}, timeout=10)  # fmt: skip
+    assert r.status_code == 401
+    # call-info is cached: with the control plane out of reach, predict still works.
+    api_url, client.api_url = client.api_url, dead_url
+    try:
+        assert client.predict("sdk_predict", b"raw", path="/echo").status_code == 200
+    finally:
+        client.api_url = api_url
 
 
-def test_predict_uses_service_token_not_admin(plane: FakeControlPlane, client: Client) -> None:
-    client.deploy(spec())
-    resp = client.predict("demo", {"prompt": "hi"}, path="v1/completions")
-    assert resp.json() == {"service": "demo", "path": "/v1/completions", "echo": {"prompt": "hi"}}
-    client.predict("demo", b"raw")
-    gateway = [r for r in plane.requests if r.path.startswith("/api/predict/")]
-    assert [r.headers["Authorization"] for r in gateway] == ["Bearer svc-token-1"] * 2
-    # call-info is fetched once and cached
-    assert sum(r.path.endswith("/call-info") for r in plane.requests) == 1
-
-
-def test_predict_refetches_rotated_token(plane: FakeControlPlane, client: Client) -> None:
-    client.deploy(spec())
-    client.predict("demo", {})
-    plane.services["demo"].token = "svc-token-2"
-    assert client.predict("demo", {}).status_code == 200
-    assert sum(r.path.endswith("/call-info") for r in plane.requests) == 2
+def test_predict_refetches_a_rotated_token(shared_server: Server, client: Client) -> None:
+    client.deploy(spec("sdk_rotate", instance=1, token="first-token-0123456789"))
+    client.wait_ready("sdk_rotate", timeout_s=60)
+    assert client.predict("sdk_rotate", {"prompt": "x"}, path="/v1/completions").status_code == 200
+    # Someone else rotates the token; this client still has the old one cached.
+    other = shared_server.client
+    other.update("sdk_rotate", spec("sdk_rotate", instance=1, token="second-token-0123456789"))
+    other.wait_ready("sdk_rotate", timeout_s=60)
+    gw = f"{shared_server.gateway_url}/api/predict/sdk_rotate/echo"
+    wait_for(lambda: requests.post(gw, headers={"Authorization": "first-token-0123456789"}, timeout=10).status_code == 401,
+             10, what="the gateway using the new token")  # fmt: skip
+    assert client.predict("sdk_rotate", {"prompt": "x"}, path="/v1/completions").status_code == 200
+    assert client._call_info["sdk_rotate"]["token"] == "second-token-0123456789"
 
 
 def test_api_error_from_non_json_body() -> None:
-    import requests
-
     resp = requests.Response()
     resp.status_code = 502
     resp.reason = "Bad Gateway"

@@ -324,8 +324,9 @@ async def _text(url: str) -> tuple[int, str]:
 async def test_in_flight_gauge_counts_concurrent_work_requests() -> None:
     async with running(Knobs(latency_ms=400)) as srv:
         calls = [asyncio.create_task(_call(srv.url, "POST", "/echo", {})) for _ in range(3)]
-        while srv.state.in_flight < 3:  # wait until all three are inside the server
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):  # wait until all three are inside the server (400 ms each)
+            while srv.state.in_flight < 3:
+                await asyncio.sleep(0.01)
         _, text = await _text(srv.url + "/metrics")
         await asyncio.gather(*calls)
         _, after = await _text(srv.url + "/metrics")

@@ -77,14 +77,16 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the server with `sig` (SIGTERM, or SIGINT as Ctrl-C does); its exit status."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        return None if self.proc is None else self.proc.returncode
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "OPENEAS_DATA_DIR": str(self.data_dir)}

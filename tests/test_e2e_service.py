@@ -315,13 +315,14 @@ def test_graceful_stop_stops_replicas_unless_kept(tmp_path: Path):
     try:
         srv.client.deploy(service_spec("keep"))
         first = srv.client.wait_ready("keep", 1, timeout_s=60)["replicas"][0]["pid"]
-        srv.stop()  # SIGTERM: replicas stop with the server; desired state stays in the store
+        # Ctrl-C: a graceful stop (exit 0); replicas stop with the server, desired state stays.
+        assert srv.stop(signal.SIGINT) == 0
         assert wait_for(lambda: not replica_processes(srv.data_dir), 15, what="replicas stopped")
         srv.extra_args = ["--keep-replicas"]
         srv.start()
         second = srv.client.wait_ready("keep", 1, timeout_s=60)["replicas"][0]["pid"]
         assert second != first  # started again from the stored desired state
-        srv.stop()  # --keep-replicas: they outlive the server ...
+        assert srv.stop() == 0  # SIGTERM, --keep-replicas: they outlive the server ...
         assert replica_processes(srv.data_dir)
         srv.extra_args = []
         srv.start()

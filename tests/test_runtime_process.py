@@ -20,6 +20,7 @@ from openeas.runtime import (
     get_runtime,
     stop,
 )
+from openeas.runtime.base import ReplicaProcess
 from openeas.runtime.process import read_stat, start_ticks
 
 
@@ -87,7 +88,8 @@ def test_adopted_ref_in_a_fresh_runtime(tmp_path: Path, rt: ProcessRuntime) -> N
     ref = rt.start(launch(tmp_path, ["sleep", "30"]))
     other = ProcessRuntime()  # a restarted control plane: not our child any more
     stored = ProcessRef(pid=ref.pid, start_ticks=ref.start_ticks)
-    assert other.alive(stored)
+    assert other.adopt(stored) and other.alive(stored)
+    assert not other.adopt(ProcessRef(pid=ref.pid, start_ticks=ref.start_ticks + 1))  # a recycled pid
     assert other.exit_code(stored) is None  # only children report exit codes
     other.signal(stored, signal.SIGTERM)
     # The leader is a zombie until its parent (rt) reaps it: adopted alive() must say False.
@@ -218,6 +220,7 @@ async def test_stop_of_a_gone_replica(tmp_path: Path, rt: ProcessRuntime) -> Non
 def test_registry() -> None:
     assert isinstance(get_runtime("process"), ProcessRuntime)
     assert "process" in RUNTIMES
+    assert "fake" not in RUNTIMES  # openeas.runtime.fake is for tests, never for a spec
     with pytest.raises(ValueError, match=r"unknown runtime 'ray' \(known: process\)"):
         get_runtime("ray")
 
@@ -233,3 +236,21 @@ def test_forget_drops_only_the_matching_child(tmp_path: Path):
     assert rt.exit_code(ref) == 0
     rt.forget(ref)
     assert rt.exit_code(ref) is None  # nothing kept about it any more
+
+
+def test_scan_finds_replicas_of_this_data_dir_and_kill_checks_the_group(tmp_path: Path, rt: ProcessRuntime) -> None:
+    env = {"OPENEAS_REPLICA_ID": "svc-1", "OPENEAS_DATA_DIR": str(tmp_path)}
+    ref = rt.start(launch(tmp_path, ["sleep", "30"], **env))
+    elsewhere = rt.start(launch(tmp_path, ["sleep", "30"], name="r2", **{**env, "OPENEAS_DATA_DIR": "/x"}))
+    try:
+        wait_for(lambda: bool(rt.replica_processes(tmp_path)))  # once exec'd, its env is readable
+        found = rt.replica_processes(tmp_path)
+        assert found == [ReplicaProcess(pid=ref.pid, replica_id="svc-1", pgid=ref.pid)]
+        assert not rt.kill(found[0]._replace(pgid=ref.pid + 1))  # the pid is someone else's now
+        assert rt.alive(ref)
+        assert rt.kill(found[0])
+        wait_for(lambda: not rt.alive(ref))
+        assert rt.exit_code(ref) == -signal.SIGKILL and rt.alive(elsewhere)
+    finally:
+        for r in (ref, elsewhere):
+            rt.signal(r, signal.SIGKILL)

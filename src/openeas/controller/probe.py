@@ -2,8 +2,9 @@
 what a run of results means.
 
 ``probe_once`` does a single HTTP GET (``HealthCheck.http_get``; 2xx/3xx = ok, redirects are not
-followed) or, without ``http_get``, a TCP connect. ``ProbeTracker`` holds no clock: every method
-takes ``now`` (seconds, any monotonic origin) and delays compare timestamps, never count ticks.
+followed) or, without ``http_get``, a TCP connect; it is the default :class:`Probe` of the
+supervisors (tests pass a fake runtime's). ``ProbeTracker`` holds no clock: every method takes
+``now`` (seconds, any monotonic origin) and delays compare timestamps, never count ticks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -27,6 +30,12 @@ class ProbeResult:
     ok: bool
     detail: str
     """Human-readable, for events and phase messages: "HTTP 503 from /health", "connection refused …"."""
+
+
+class Probe(Protocol):
+    """Probe a replica once: ``probe_once`` for real, a fake runtime's ``probe`` in tests."""
+
+    def __call__(self, host: str, port: int, check: HealthCheck | None) -> Awaitable[ProbeResult]: ...
 
 
 def base_url(host: str, port: int) -> str:

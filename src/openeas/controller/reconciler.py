@@ -1,25 +1,29 @@
-"""The reconciler: converge running replicas to the desired state in the store.
+"""The reconciler: converge replicas to the desired state in the store.
 
-Level-triggered: every pass re-reads services and replicas and takes the next step
-(`plan_rollout`). It never waits on a replica; each replica has its own supervisor task. On
-start it adopts replicas whose processes still run and kills replica processes of this data dir
-that the store no longer knows (no orphans after a crash).
+Level-triggered: every pass (each `tick_s`, or at once after `wake()`) re-reads services and
+replicas and takes the next step: it creates replica rows and marks replicas `stopping` as
+`plan_rollout` says, stops every replica of a deleted service and purges the service once none
+is left. It never waits on a replica: every replica row gets one `ReplicaSupervisor` task, which
+starts the replica, or adopts the process an earlier control plane left running. Before the
+first pass it asks the runtime for the replica processes of this data dir and kills those no row
+accounts for (`openeas.runtime.base.orphans`), so a crash leaves no orphans. It reaches processes
+only through the `Runtime` and waits only through `SupervisorConfig.clock`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-from collections.abc import Mapping
-from pathlib import Path
 
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.process import read_stat
+from openeas.runtime.base import orphans
+
+# Kept importable from here for a caller from before the orphan scan moved into the runtime
+# (tests/test_replica_env.py); new code asks its Runtime (see Reconciler.kill_orphans).
+from openeas.runtime.process import kill_orphans as kill_orphans
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import Store
@@ -35,7 +39,8 @@ class Reconciler:
         self.runtime = runtime
         self.cfg = cfg
         self.cache = NodeCache(cfg.data_dir / "cache")
-        self.tick_s = tick_s
+        self.tick_s = tick_s  # seconds between passes when nothing wakes the reconciler
+        self.clock = cfg.clock
         self.supervisors: dict[str, ReplicaSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -45,17 +50,24 @@ class Reconciler:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        kill_orphans(self.cfg.data_dir, {r.id: r.pid for r in self.store.replicas()})
+        self.kill_orphans()
         while not stop.is_set():
+            # Cleared before the pass: a wake() during it asks for another pass, it is not lost.
+            self._wake.clear()
             try:
                 self.reconcile_once()
             except Exception:
                 log.exception("reconcile pass failed")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
-            except TimeoutError:
-                pass
+            await self.clock.sleep(self.tick_s, until=self._wake)
+
+    def kill_orphans(self) -> list[int]:
+        """Kill the replica processes of this data dir that no replica row accounts for; their pids."""
+        found = self.runtime.replica_processes(self.cfg.data_dir)
+        strays = orphans(found, {r.id: r.pid for r in self.store.replicas()})
+        killed = [p.pid for p in strays if self.runtime.kill(p)]
+        if killed:
+            log.warning("killed %d orphan replica processes: %s", len(killed), killed)
+        return killed
 
     def reconcile_once(self) -> None:
         services = {s.name: s for s in self.store.list_services()}
@@ -122,15 +134,24 @@ class Reconciler:
             sup.stop_requested.set()
 
     async def shutdown(self, *, stop_replicas: bool) -> None:
-        """Server exit. Replicas keep their rows (desired state is unchanged); with
-        `stop_replicas` their processes are stopped and will be started again on next start."""
+        """Server exit: cancel the supervisors. Replicas keep their rows (desired state is
+        unchanged). Without `stop_replicas` their processes keep running, to be adopted by the
+        next start; with it they are stopped (SIGTERM → grace → SIGKILL, no drain: the gateway
+        goes with the server) and their rows reset to Pending, to be started again."""
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if stop_replicas:
-            sups = [s for s in self.supervisors.values() if s.ref is not None]
-            await asyncio.gather(*(stop_process(self.runtime, s.ref, s.grace_s) for s in sups if s.ref))
+            refs = [(s.ref, s.grace_s) for s in self.supervisors.values() if s.ref is not None]
+            await asyncio.gather(
+                *(stop_process(self.runtime, ref, grace, clock=self.clock) for ref, grace in refs)
+            )
+            for ref, _ in refs:
+                self.runtime.forget(ref)
             for r in self.store.replicas():
+                if r.phase == ReplicaPhase.STOPPED:  # cancelled between Stopped and its deletion
+                    self.store.delete_replica(r.id)
+                    continue
                 self.store.update_replica(
                     r.id,
                     phase=ReplicaPhase.PENDING,
@@ -140,58 +161,3 @@ class Reconciler:
                     message="stopped with the server",
                 )
 
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out = {}
-    for item in raw.split(b"\0"):
-        k, sep, v = item.partition(b"=")
-        if sep and k in (b"OPENEAS_DATA_DIR", b"OPENEAS_REPLICA_ID"):
-            out[k.decode()] = v.decode(errors="replace")
-    return out
-
-
-def replica_processes(data_dir: Path) -> list[tuple[int, str, int]]:
-    """`(pid, replica id, process group)` of every live replica process started for `data_dir`.
-
-    Only replica processes carry a replica id; the server and gateway may share the data-dir env.
-    """
-    out = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        env = _environ(pid)
-        rid = env.get("OPENEAS_REPLICA_ID")
-        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
-            continue
-        stat = read_stat(pid)
-        if stat is not None and stat[0] != "Z":
-            out.append((pid, rid, stat[1]))
-    return out
-
-
-def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
-    """Kill replica processes of this data dir that no replica row accounts for.
-
-    `known` maps each replica id in the store to the pid it recorded (its process group, since
-    replicas start in a session of their own). A process is an orphan when its replica id is
-    unknown, when its row recorded no pid (the server died between start and write), or when it
-    is not in the recorded process group (a second process for the same replica).
-    """
-    killed = []
-    for pid, rid, pgid in replica_processes(data_dir):
-        if known.get(rid) == pgid:
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except ProcessLookupError:
-            pass
-    if killed:
-        log.warning("killed %d orphan replica processes: %s", len(killed), killed)
-    return killed

@@ -1,12 +1,21 @@
 """One replica's life: fetch mounts → start → probe → warm up → Ready → watch → drain → stop.
 
-A `ReplicaSupervisor` task owns one replica row while it runs: it alone moves that row's phase,
-pid and port, so phases never race. The reconciler creates rows and sets `stopping` (the
-supervisor notices and drains), and after the supervisors are cancelled at server exit it
-resets the rows of the replicas it stopped. A process found alive after a control-plane
-restart is adopted (no new start). Every failure (crash, exit or timeout during start,
-unhealthy, failed warmup) enters Failed, waits out an exponential backoff there, then restarts
-from Pending (`restart_count`). Phases and their legal changes: `openeas.states`.
+Who writes a replica row: the reconciler creates it (Pending) and sets `stopping`; from then on
+its `ReplicaSupervisor` task alone writes its phase, pid, start ticks, port, restart_count,
+message and cold-start timings, and deletes it once Stopped, so phases never race. The one
+exception is server exit: the reconciler cancels the supervisors first, then (when it stops the
+replicas with the server) resets their rows to Pending itself.
+
+A stop request (`stop_requested`, set by the reconciler with `stopping`) interrupts any wait;
+a Ready replica then drains (Draining for `drain_s`, out of the routing table) before
+SIGTERM → `eas.termination_grace_period` → SIGKILL. A process an earlier control plane recorded
+is adopted through `Runtime.adopt`: alive and Ready, it keeps serving without a new start; alive
+but not Ready, it is probed (and warmed) again; gone, the replica restarts (`restart_count` + 1).
+Every failure (crash, exit or timeout during start, unhealthy, failed warmup) enters Failed and
+waits out the backoff (`restart_backoff_s` of the failure streak) there, then restarts from
+Pending. Processes are reached only through the `Runtime`; all waiting goes through
+`SupervisorConfig.clock`, and probes and warmup through `SupervisorConfig.probe`/`.warmup`, so
+tests run all of it on fakes. Phases and their legal changes: `openeas.states`.
 """
 
 from __future__ import annotations
@@ -14,18 +23,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Unpack
 
-from openeas.controller.probe import ProbeTracker, Transition, probe_once, probe_port
+from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port
 from openeas.controller.rollout import restart_backoff_s
-from openeas.controller.warmup import load_warmup, run_warmup
+from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
 from openeas.errors import MountError
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
+from openeas.runtime.clock import Clock, LoopClock
 from openeas.runtime.launch import build_launch, pick_port
 from openeas.spec import ServiceSpec
 from openeas.states import ReplicaPhase
@@ -41,7 +50,7 @@ log = logging.getLogger("openeas.replica")
 PRIVATE_ENV = frozenset({"OPENEAS_ADMIN_TOKEN", "OPENEAS_SERVER", "OPENEAS_GATEWAY_URL"})
 # A replica that stayed Ready this long has its crash backoff reset.
 STABLE_AFTER_S = 60.0
-# How often a Ready replica's process is checked for life (cheap /proc read), seconds.
+# How often a starting or Ready replica's process is checked for life (a cheap runtime call), seconds.
 ALIVE_CHECK_S = 0.1
 # Probe period while a replica starts (the spec's period applies once it is Ready), seconds.
 STARTUP_PROBE_PERIOD_S = 0.25
@@ -57,6 +66,10 @@ class SupervisorConfig:
     base_env: Mapping[str, str] | None = None
     # Called with (service, cold-start breakdown) when a replica becomes Ready (metrics).
     on_ready: Callable[[str, Mapping[str, float | None]], None] | None = None
+    # How supervisors and the reconciler wait, probe and warm up: real by default, fakes in tests.
+    clock: Clock = field(default_factory=LoopClock)
+    probe: Probe = probe_once
+    warmup: WarmupSender = run_warmup
 
 
 class _Stop(Exception):
@@ -79,14 +92,13 @@ class ReplicaSupervisor:
         runtime: Runtime,
         cache: NodeCache,
         cfg: SupervisorConfig,
-        clock: Callable[[], float] = time.monotonic,  # durations only; the store stamps wall time
     ) -> None:
         self.rid = rid
         self.store = store
         self.runtime = runtime
         self.cache = cache
         self.cfg = cfg
-        self.clock = clock
+        self.clock = cfg.clock  # durations and waits only; the store stamps phases in wall time
         self.stop_requested = asyncio.Event()
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
@@ -112,13 +124,8 @@ class ReplicaSupervisor:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up (raising _Stop) as soon as a stop is requested."""
-        if self.stop_requested.is_set():
+        if await self.clock.sleep(seconds, until=self.stop_requested):
             raise _Stop()
-        try:
-            await asyncio.wait_for(self.stop_requested.wait(), timeout=max(0.0, seconds))
-        except TimeoutError:
-            return
-        raise _Stop()
 
     def _drop_process(self) -> None:
         if self.ref is not None:
@@ -181,7 +188,7 @@ class ReplicaSupervisor:
                 self._set(phase=ReplicaPhase.PENDING, phase_times={}, cold_start={})
             return None
         ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks)
-        if self.runtime.alive(ref):
+        if self.runtime.adopt(ref):
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
             if row.phase != ReplicaPhase.READY:
                 # Its cold start is unknown: timings restart here rather than span the downtime.
@@ -206,7 +213,10 @@ class ReplicaSupervisor:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             resolved = _resolve_storage(spec, self.cfg.oss_root)
-            plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+            if resolved.storage:  # copies from object storage can take minutes: off the loop
+                plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+            else:  # nothing to fetch: no thread hop
+                plan = prepare_mounts(resolved, self.cache, workdir=workdir)
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
         self._set(phase=ReplicaPhase.STARTING, cold_start={"fetch": plan.summary()})
@@ -242,7 +252,7 @@ class ReplicaSupervisor:
         """Probe until the replica answers; _Failure if its process exits or it does not get
         ready within the startup timeout."""
         check = spec.main.health_check
-        tracker = ProbeTracker.for_check(check, started_at=self.clock())
+        tracker = ProbeTracker.for_check(check, started_at=self.clock.now())
         # While starting, probe often: every fraction of a second shaved here is cold start.
         tracker.period_s = min(tracker.period_s, STARTUP_PROBE_PERIOD_S)
         row = self._row()
@@ -250,16 +260,15 @@ class ReplicaSupervisor:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
-                self._drop_process()
                 raise _Failure(
                     "StartFailed", f"process exited during startup (code {code}); see `openeas logs`"
                 )
-            now = self.clock()
+            now = self.clock.now()
             if row.port is not None and tracker.due(now):
-                result = await probe_once(row.host, _probe_port(spec, row.port), check)
+                result = await self.cfg.probe(row.host, _probe_port(spec, row.port), check)
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
-                if tracker.startup_expired(self.clock()):
+                if tracker.startup_expired(self.clock.now()):
                     msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
                     raise _Failure("StartupTimeout", msg)
             await self._sleep(ALIVE_CHECK_S)
@@ -274,7 +283,7 @@ class ReplicaSupervisor:
             raise _Failure("WarmupFailed", exc.message) from None
         except (OSError, ValueError) as exc:
             raise _Failure("WarmupFailed", f"warm_up_data_path: {exc}") from None
-        report = await run_warmup(row.host, row.port, requests, timeout_s=WARMUP_REQUEST_TIMEOUT_S)
+        report = await self.cfg.warmup(row.host, row.port, requests, timeout_s=WARMUP_REQUEST_TIMEOUT_S)
         summary = f"warmup sent {report.sent} requests, {report.failed} failed"
         if report.sent and report.failed == report.sent:
             # Not one warmup request worked: this replica is broken, not merely cold.
@@ -293,7 +302,7 @@ class ReplicaSupervisor:
     async def _watch(self, spec: ServiceSpec) -> None:
         """Return when the process dies; raise when readiness fails past the threshold."""
         check = spec.main.health_check
-        now = self.clock()
+        now = self.clock.now()
         tracker = ProbeTracker.for_check(check, started_at=now)
         tracker.record(True, now)  # it just became Ready: the next probe is one period away
         ready_since = now
@@ -302,15 +311,14 @@ class ReplicaSupervisor:
             if not self.runtime.alive(self.ref):
                 code = self.runtime.exit_code(self.ref)
                 self._fail("Crashed", f"process {self.ref.pid} exited (code {code})")
-                self._drop_process()
-                if self.clock() - ready_since > STABLE_AFTER_S:
+                if self.clock.now() - ready_since > STABLE_AFTER_S:
                     self.streak = 0
                 return
-            now = self.clock()
+            now = self.clock.now()
             if tracker.due(now):
                 row = self._row()
                 if row.port is not None:
-                    result = await probe_once(row.host, _probe_port(spec, row.port), check)
+                    result = await self.cfg.probe(row.host, _probe_port(spec, row.port), check)
                     if tracker.record(result.ok, now) is Transition.BECAME_UNREADY:
                         raise _Failure(
                             "Unhealthy",
@@ -323,7 +331,8 @@ class ReplicaSupervisor:
         row = self._row()
         count = row.restart_count + 1
         if self.ref is not None:
-            await stop_process(self.runtime, self.ref, self.grace_s)
+            # Also after its leader exited: what it spawned in its group must not outlive it.
+            await stop_process(self.runtime, self.ref, self.grace_s, clock=self.clock)
             self._drop_process()
         self.streak += 1
         delay = restart_backoff_s(self.streak)
@@ -344,11 +353,11 @@ class ReplicaSupervisor:
         row = self.store.get_replica(self.rid)
         if row is None:
             return
-        if self.ref is not None and self.runtime.alive(self.ref):
+        if self.ref is not None and self.runtime.group_alive(self.ref):
             if row.phase == ReplicaPhase.READY:
                 self._set(phase=ReplicaPhase.DRAINING)
-                await asyncio.sleep(self.cfg.drain_s)
-            how = await stop_process(self.runtime, self.ref, self.grace_s)
+                await self.clock.sleep(self.cfg.drain_s)  # a stop is under way: nothing interrupts it
+            how = await stop_process(self.runtime, self.ref, self.grace_s, clock=self.clock)
             self._event(row, "Stopped", f"process {self.ref.pid} {how}")
         self._drop_process()
         self.store.update_replica(self.rid, phase=ReplicaPhase.STOPPED)

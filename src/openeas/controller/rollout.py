@@ -1,8 +1,12 @@
-"""Pure rollout decisions: which replicas to create and which to stop, given what exists.
+"""Pure rollout decisions: which replicas to create and which to stop, given what exists; and
+how long a failed replica waits before its restart.
 
-Level-triggered: called on every reconcile pass with the current replicas, it returns the next
-step only. Rolling updates honour `max_surge` (replicas above desired) and `max_unavailable`
-(Ready replicas below desired) as in EAS's `metadata.rolling_strategy`.
+Level-triggered: `plan_rollout` is called on every reconcile pass with the current replicas and
+returns the next step only. Replicas already `stopping` do not count. During a rolling update
+(replicas of an older version remain) it keeps the replicas at most `max_surge` above desired,
+and stops an old Ready replica only while the Ready replicas stay at least desired minus
+`max_unavailable` (EAS's `metadata.rolling_strategy`); old replicas that are not Ready are
+stopped at once. A plain scale-down stops current-version replicas that serve nothing first.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ or a JSON array of the same objects. Defaults: ``method`` POST, ``path`` "/", no
 headers, ``count`` 1. A ``body`` object or array is sent as JSON (with ``Content-Type:
 application/json`` unless the headers say otherwise); a string is sent as is (UTF-8). Blank
 lines are skipped. Every problem is a ``ValueError`` naming the file and line.
+
+``run_warmup`` sends them; it is the default :class:`WarmupSender` of the supervisors (tests
+pass a fake runtime's).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -167,6 +170,14 @@ def _request(obj: Any, where: str, lineno: int) -> WarmupRequest:
 
 
 # -- sending (I/O) ------------------------------------------------------------------------------------
+
+
+class WarmupSender(Protocol):
+    """Send warmup requests to a replica: ``run_warmup`` for real, a fake runtime's in tests."""
+
+    def __call__(
+        self, host: str, port: int, requests: Iterable[WarmupRequest], *, timeout_s: float
+    ) -> Awaitable[WarmupReport]: ...
 
 
 async def run_warmup(

@@ -1,9 +1,19 @@
-"""The runtime protocol: start, watch and stop replica processes. Serving lives elsewhere."""
+"""The runtime protocol: everything that touches replica processes, and nothing else.
+
+A :class:`Runtime` starts a replica, tells whether it still runs and how it ended, signals it,
+adopts a process recorded by an earlier control plane, and scans the host for replica
+processes (the orphan scan). The controllers (reconciler, supervisors) only ever go through it:
+they never read /proc or send signals themselves. What a replica serves is not the runtime's
+business. :func:`orphans` is the pure decision of which scanned processes no replica row
+accounts for; the runtime only finds and kills them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True)
@@ -22,8 +32,9 @@ class LaunchSpec:
 class ProcessRef:
     """Identifies a running replica across control-plane restarts.
 
-    ``start_ticks`` is field 22 of /proc/<pid>/stat: a recycled pid has another value, so a
-    stored ref never adopts an unrelated process.
+    ``start_ticks`` tells two processes with the same pid apart: for the process runtime it is
+    field 22 of /proc/<pid>/stat (clock ticks after boot), so a stored ref never adopts or
+    signals an unrelated process that got a recycled pid.
     """
 
     pid: int
@@ -31,19 +42,53 @@ class ProcessRef:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class ReplicaProcess(NamedTuple):
+    """A live process that a runtime's scan found started as a replica for one data dir."""
+
+    pid: int
+    replica_id: str  # its OPENEAS_REPLICA_ID
+    pgid: int  # its process group: the pid a replica row records, since replicas lead their group
+
+
+def orphans(found: Iterable[ReplicaProcess], known: Mapping[str, int | None]) -> list[ReplicaProcess]:
+    """The scanned processes that no replica row accounts for (pure).
+
+    ``known`` maps each replica id in the store to the pid it recorded. A process is an orphan
+    when its replica id is unknown, when its row recorded no pid (a control plane died between
+    the start and the write), or when it is outside the recorded process group (a second process
+    for the same replica).
+    """
+    return [p for p in found if known.get(p.replica_id) != p.pgid]
+
+
 class Runtime(Protocol):
     name: str
 
     def start(self, launch: LaunchSpec) -> ProcessRef:
-        """Start the replica in its own session (it survives a crash of the control plane)."""
+        """Start the replica in its own session (it survives a crash of the control plane).
+
+        Raises OSError (or ValueError) when it cannot be started at all.
+        """
+        ...
+
+    def adopt(self, ref: ProcessRef) -> bool:
+        """Take over a process an earlier control plane recorded as ``ref``.
+
+        True when that very process still runs (pid *and* start match); from then on it is
+        watched and signalled like one this runtime started. False when it is gone.
+        """
         ...
 
     def alive(self, ref: ProcessRef) -> bool:
-        """True while the process runs; reaps it if it is our child."""
+        """True while the replica's leader process runs; reaps it if it is our child."""
+        ...
+
+    def group_alive(self, ref: ProcessRef) -> bool:
+        """True while the leader or any other process of the replica's group still runs."""
         ...
 
     def exit_code(self, ref: ProcessRef) -> int | None:
-        """The exit status if we saw it exit (children only), else None."""
+        """The exit status (negative: killed by that signal) if we saw it exit, else None."""
         ...
 
     def signal(self, ref: ProcessRef, sig: int) -> None:
@@ -52,4 +97,12 @@ class Runtime(Protocol):
 
     def forget(self, ref: ProcessRef) -> None:
         """Drop what the runtime keeps about a replica process that is gone for good."""
+        ...
+
+    def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
+        """Every live process started as a replica for ``data_dir``, by any control plane."""
+        ...
+
+    def kill(self, proc: ReplicaProcess) -> bool:
+        """SIGKILL one scanned process (not its group); False when it was already gone."""
         ...

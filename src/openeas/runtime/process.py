@@ -5,18 +5,24 @@ control plane, and the whole tree it spawns (a shell and its server, a server an
 is one process group that is signalled at once. A :class:`ProcessRef` stores the pid together
 with the kernel's start time of the process (field 22 of ``/proc/<pid>/stat``), so a restarted
 control plane adopts exactly the processes it started and never signals a recycled pid.
+
+The orphan scan reads each process's environment from /proc: a replica carries
+``OPENEAS_REPLICA_ID`` and ``OPENEAS_DATA_DIR`` (set last by the supervisor, so a spec's env
+cannot hide it), which tells replica processes of one data dir apart from everything else.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 # The /proc helpers live in openeas.procfs (standard library only, so the gateway can use them);
 # they stay importable from here for existing callers.
 from openeas.procfs import group_members, pid_alive, read_stat, start_ticks
-from openeas.runtime.base import LaunchSpec, ProcessRef
+from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess, orphans
 
 __all__ = ["ProcessRuntime", "group_members", "pid_alive", "read_stat", "start_ticks"]
 
@@ -59,6 +65,11 @@ class ProcessRuntime:
         if entry is None or entry[0] != ref.start_ticks:
             return None
         return entry[1]
+
+    def adopt(self, ref: ProcessRef) -> bool:
+        """A process of an earlier control plane is known by its pid and start ticks alone: it is
+        not our child, so nothing is recorded and its exit code will never be known."""
+        return self.alive(ref)
 
     def alive(self, ref: ProcessRef) -> bool:
         """True while the replica's leader process runs (zombies count as exited)."""
@@ -115,3 +126,59 @@ class ProcessRuntime:
             os.killpg(ref.pid, sig)
         except ProcessLookupError:
             pass
+
+    def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
+        return replica_processes(data_dir)
+
+    def kill(self, proc: ReplicaProcess) -> bool:
+        """SIGKILL ``proc.pid`` unless it is gone or no longer in ``proc.pgid`` (pid reused)."""
+        st = read_stat(proc.pid)
+        if st is None or st[0] == "Z" or st[1] != proc.pgid:
+            return False
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The two variables of /proc/<pid>/environ that mark a replica process (empty if unreadable)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep and k in (b"OPENEAS_DATA_DIR", b"OPENEAS_REPLICA_ID"):
+            out[k.decode()] = v.decode(errors="replace")
+    return out
+
+
+def replica_processes(data_dir: Path) -> list[ReplicaProcess]:
+    """Every live process on this host started as a replica for ``data_dir`` (a /proc scan).
+
+    Only replica processes carry a replica id; the server and gateway may share the data-dir env.
+    """
+    out = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        env = _environ(pid)
+        rid = env.get("OPENEAS_REPLICA_ID")
+        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
+            continue
+        st = read_stat(pid)
+        if st is not None and st[0] != "Z":
+            out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=st[1]))
+    return out
+
+
+def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
+    """SIGKILL the replica processes of ``data_dir`` that ``known`` does not account for
+    (:func:`openeas.runtime.base.orphans`); returns their pids."""
+    runtime = ProcessRuntime()
+    return [p.pid for p in orphans(replica_processes(data_dir), known) if runtime.kill(p)]

@@ -8,6 +8,8 @@ server), real HTTP through the gateway; processes are checked with the test's ow
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -236,3 +238,57 @@ def _seconds_between(a: str, b: str) -> float:
     from datetime import datetime
 
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def _testserver_in_flight(port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("testserver_requests_in_flight"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("resend", "status"),
+    [
+        # The replica working on the request is killed before it answered a byte.
+        pytest.param(None, 200, id="default-resent-to-the-other-replica"),
+        pytest.param(True, 200, id="true-resent-to-the-other-replica"),
+        pytest.param(False, 502, id="false-502-the-client-decides"),
+    ],
+)
+def test_request_dropped_unanswered_is_resent_per_service(shared_server: Server, resend: bool | None, status: int):
+    srv, c = shared_server, shared_server.client
+    name = {None: "resend_default", True: "resend_true", False: "resend_false"}[resend]
+    spec = service_spec(name, replicas=2, args="--latency-ms 1500")
+    if resend is not None:
+        spec["metadata"]["rpc"] = {"resend_unanswered": resend}
+    c.deploy(spec)
+    replicas = c.wait_ready(name, 2, timeout_s=60)["replicas"]
+    token = c.call_info(name)["token"]
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        r = requests.post(
+            f"{srv.gateway_url}/api/predict/{name}/v1/completions",
+            json={"prompt": "hi", "max_tokens": 1},
+            headers={"Authorization": token},
+            timeout=30,
+        )
+        result.update(status=r.status_code, body=r.json())
+
+    t = threading.Thread(target=call)
+    t.start()
+    # The replica that has the request (it read it: it is inside its handler) is killed.
+    working = wait_for(
+        lambda: next((r for r in replicas if _testserver_in_flight(r["port"]) == 1), None), 10,
+        what="a replica working on the request",
+    )
+    os.kill(working["pid"], signal.SIGKILL)
+    t.join(30)
+    assert result["status"] == status, result
+    if status == 200:
+        assert result["body"]["object"] == "text_completion"  # answered by the other replica
+    else:
+        assert result["body"]["error"]["code"] == "upstream_failed"
+    c.scale(name, 0)

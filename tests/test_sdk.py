@@ -161,18 +161,32 @@ def test_apply_creates_then_updates(client: Client) -> None:
     assert "--model-name second" in client.describe("sdk_apply")["spec"]["containers"][0]["command"]
 
 
-def test_invalid_spec_becomes_an_api_error_with_field_lines(client: Client) -> None:
+@pytest.mark.parametrize(
+    ("change", "errors"),
+    [
+        pytest.param(
+            {"port": 70000, "instance": 5000},
+            ["metadata.instance: input should be less than or equal to 1000", "containers[0].port: must be 1..65535"],
+            id="two-fields",
+        ),
+        pytest.param({"runtime": "ray"}, ["runtime: input should be 'process'"], id="unknown-runtime"),
+    ],
+)
+def test_invalid_spec_becomes_an_api_error_with_field_lines(
+    client: Client, change: dict[str, Any], errors: list[str]
+) -> None:
     bad = spec("sdk_bad")
-    bad["containers"][0]["port"] = 70000
-    bad["metadata"]["instance"] = 5000
+    if "port" in change:
+        bad["containers"][0]["port"] = change["port"]
+    if "instance" in change:
+        bad["metadata"]["instance"] = change["instance"]
+    if "runtime" in change:
+        bad["runtime"] = change["runtime"]
     with pytest.raises(ApiError) as exc:
         client.deploy(bad)
     e = exc.value
     assert (e.status, e.code) == (400, "invalid_spec")
-    assert e.errors == [
-        "metadata.instance: input should be less than or equal to 1000",
-        "containers[0].port: must be 1..65535",
-    ]
+    assert e.errors == errors
     assert str(e) == f"{e.message} (HTTP 400, invalid_spec)\n" + "\n".join(f"  {line}" for line in e.errors)
 
 

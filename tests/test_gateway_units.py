@@ -1,10 +1,14 @@
-"""Pure parts of the gateway: auth, path resolution, balancers, metrics."""
+"""Pure parts of the gateway: auth, path resolution, balancers, metrics, retry decisions, local
+answers, and the one kernel fact the resend rule relies on (real loopback sockets, no loop)."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
+import sys
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,12 @@ from openeas.gateway import (
     split_predict_path,
     verify_content_md5,
 )
+from openeas.gateway.errors import GatewayError
+from openeas.gateway.local import local_answer
+from openeas.gateway.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.retry import AfterLoss, NextAttempt, after_loss, next_attempt
+from openeas.gateway.routes import build_routes
+from openeas.gateway.table import Route, RoutingTable, Upstream
 
 NOW = 1_800_000_000.0
 TOKEN = "s3cret-token"
@@ -200,3 +210,123 @@ def test_metrics_snapshot_and_render() -> None:
     assert 'openeas_gateway_request_duration_seconds_bucket{service="svc",le="0.005"} 2' in text
     assert 'openeas_gateway_request_duration_seconds_bucket{service="svc",le="+Inf"} 3' in text
     assert 'openeas_gateway_unrouted_requests_total{code="404"} 1' in text
+
+
+@pytest.mark.parametrize(
+    ("answer_started", "resendable", "resend_unanswered", "acknowledged", "expect"),
+    [
+        pytest.param(True, True, True, True, AfterLoss.CUT, id="answer-started-cut"),
+        pytest.param(True, True, False, False, AfterLoss.CUT, id="answer-started-cut-even-unacked"),
+        pytest.param(False, False, True, None, AfterLoss.FAIL, id="too-large-to-resend"),
+        pytest.param(False, True, True, None, AfterLoss.RESEND, id="resend-on"),
+        pytest.param(False, True, True, True, AfterLoss.RESEND, id="resend-on-acked"),
+        pytest.param(False, True, False, True, AfterLoss.FAIL, id="resend-off-acked"),
+        pytest.param(False, True, False, None, AfterLoss.FAIL, id="resend-off-ack-unknown"),
+        pytest.param(False, True, False, False, AfterLoss.RESEND, id="resend-off-never-acked"),
+        pytest.param(False, False, False, False, AfterLoss.FAIL, id="never-acked-but-too-large"),
+    ],
+)
+def test_after_loss(
+    answer_started: bool, resendable: bool, resend_unanswered: bool, acknowledged: bool | None, expect: AfterLoss
+) -> None:
+    got = after_loss(
+        answer_started=answer_started,
+        resendable=resendable,
+        resend_unanswered=resend_unanswered,
+        acknowledged=acknowledged,
+    )
+    assert got is expect
+
+
+@pytest.mark.parametrize(
+    ("found_other", "stale", "fresh_used", "connect_failed", "expect"),
+    [
+        pytest.param(True, True, False, False, NextAttempt.OTHER, id="other-replica-first"),
+        pytest.param(True, False, False, True, NextAttempt.OTHER, id="other-after-connect-failure"),
+        pytest.param(False, True, False, False, NextAttempt.FRESH_SAME, id="stale-pooled-fresh-retry"),
+        pytest.param(False, True, True, False, NextAttempt.FAIL, id="fresh-retry-spent"),
+        pytest.param(False, False, False, False, NextAttempt.FAIL, id="fresh-connection-lost"),
+        pytest.param(False, False, False, True, NextAttempt.HOLD, id="nothing-reachable-hold"),
+        pytest.param(False, True, True, True, NextAttempt.HOLD, id="connect-failed-after-fresh-retry"),
+    ],
+)
+def test_next_attempt(
+    found_other: bool, stale: bool, fresh_used: bool, connect_failed: bool, expect: NextAttempt
+) -> None:
+    got = next_attempt(found_other=found_other, stale=stale, fresh_used=fresh_used, connect_failed=connect_failed)
+    assert got is expect
+
+
+@pytest.mark.parametrize("resend", [True, False], ids=["resend-on", "resend-off"])
+def test_route_state_carries_resend_unanswered(resend: bool) -> None:
+    r = Route("svc", None, (Upstream("a", "127.0.0.1", 1),), resend_unanswered=resend)
+    routes = build_routes(RoutingTable(1, {"svc": r}), {}, {}, GatewayMetrics())
+    assert routes["svc"].resend_unanswered is resend
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "starts"),
+    [
+        pytest.param(b"GET", b"/healthz", 200, b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n', id="healthz"),
+        pytest.param(b"GET", b"/metrics", 200, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n", id="metrics"),
+        pytest.param(b"POST", b"/metrics", 404, None, id="post-metrics"),
+        pytest.param(b"GET", b"/v1/models", 404, None, id="outside-predict"),
+    ],
+)
+def test_local_answer(method: bytes, path: bytes, status: int, starts: bytes | None) -> None:
+    if starts is not None:
+        assert local_answer(method, path, GatewayMetrics(), close=False).startswith(starts)
+        return
+    with pytest.raises(GatewayError) as e:
+        local_answer(method, path, GatewayMetrics(), close=False)
+    assert (e.value.status, e.value.code) == (404, "not_found")
+    assert e.value.message == f"no route for {path.decode()!r}: use /api/predict/<service>[/path]"
+
+
+class _SocketOnly:
+    """A transport stand-in that only lends its socket (what `request_acknowledged` reads)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tcpi_bytes_acked is Linux's")
+@pytest.mark.parametrize(
+    ("replica_reads_it", "acknowledged"),
+    [
+        pytest.param(False, False, id="replica-closed-idle-connection-first"),
+        pytest.param(True, True, id="replica-read-the-request-then-died"),
+    ],
+)
+def test_tcp_acknowledgement_tells_a_stale_connection_from_a_read_request(
+    replica_reads_it: bool, acknowledged: bool
+) -> None:
+    earlier = b"GET /first HTTP/1.1\r\n\r\n"
+    request = b"POST /pay HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        gateway_side = socket.create_connection(listener.getsockname())
+        replica_side, _ = listener.accept()
+        with gateway_side, replica_side:
+            gateway_side.settimeout(5)
+            gateway_side.sendall(earlier)  # one request answered: every byte of it acknowledged
+            assert replica_side.recv(100) == earlier
+            replica_side.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            gateway_side.recv(100)
+            if replica_reads_it:
+                gateway_side.sendall(request)
+                assert replica_side.recv(100) == request
+                replica_side.close()
+            else:
+                replica_side.close()  # keep-alive timeout: closed while idle, before our write
+                gateway_side.sendall(request)
+            try:
+                assert gateway_side.recv(100) == b""  # the replica's FIN
+            except ConnectionResetError:
+                pass
+            conn = UpstreamConnection(UpstreamState(Upstream("a", "127.0.0.1", 1)))
+            conn.transport = _SocketOnly(gateway_side)  # type: ignore[assignment]
+            conn.earlier_request_bytes = len(earlier)
+            assert conn.request_acknowledged() is acknowledged

@@ -1,4 +1,5 @@
-"""Request authentication: pure functions of the request's headers, the route's token and ``now``.
+"""Owns request authentication: pure functions of the request's headers, the route's token and
+``now``, and the buffer that holds a signed request's body until its Content-MD5 is checked.
 
 Accepted forms of the ``Authorization`` header when a route has a token:
 
@@ -139,3 +140,21 @@ def verify_content_md5(expected: bytes, body: bytes) -> None:
     ):
         return
     raise AuthError("content_md5_mismatch", "Content-MD5 header does not match the request body")
+
+
+class SignedBody:
+    """The body of a signed request that carries a Content-MD5: kept until it can be checked.
+
+    The request goes to no replica before the check passes, so a tampered body never leaves the
+    gateway.
+    """
+
+    __slots__ = ("expected_md5", "parts")
+
+    def __init__(self, expected_md5: bytes) -> None:
+        self.expected_md5 = expected_md5
+        self.parts: list[bytes] = []
+
+    def verify(self) -> None:
+        """Raise `AuthError` when the body read so far does not match the Content-MD5 header."""
+        verify_content_md5(self.expected_md5, b"".join(self.parts))

@@ -1,4 +1,4 @@
-"""Load balancers: one small protocol, a registry by name, no if/elif factory.
+"""Owns load balancing: one small protocol, a registry by name, no if/elif factory.
 
 A balancer picks one of a route's upstreams for each request. Upstreams in a connect cool-down or
 in ``exclude`` (already failed for this request) are skipped; when every replica is cooling down

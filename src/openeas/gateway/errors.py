@@ -1,4 +1,4 @@
-"""Gateway errors and the JSON error responses the gateway answers with.
+"""Owns the gateway's own error answers: `GatewayError` and the HTTP responses built from it.
 
 Every error the gateway itself produces is ``{"error": {"code": ..., "message": ...}}`` with a
 precise message; responses from replicas are forwarded untouched.
@@ -44,3 +44,9 @@ def plain_response(status: int, body: bytes, content_type: bytes, *, close: bool
 
 def error_response(err: GatewayError, *, close: bool) -> bytes:
     return plain_response(err.status, error_body(err.code, err.message), b"application/json", close=close)
+
+
+def body_too_large(limit_bytes: int, service: str) -> GatewayError:
+    return GatewayError(
+        413, "body_too_large", f"request body exceeds {limit_bytes} bytes, the limit of service '{service}'"
+    )

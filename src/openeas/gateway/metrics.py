@@ -1,4 +1,5 @@
-"""Per-service gateway metrics: plain ints updated on the hot path, rendered only when scraped.
+"""Owns the gateway's metrics: per-service plain ints updated on the hot path, rendered only
+when scraped.
 
 `GatewayMetrics.snapshot()` is the seam the autoscaler and console read; ``render()`` produces the
 Prometheus text exposition served on ``GET /metrics``.

@@ -1,13 +1,19 @@
-"""Upstream side: one `UpstreamState` per replica (idle keep-alive connections, load, cool-down)
-and the `UpstreamConnection` protocol that parses a replica's responses with httptools.
+"""Owns the gateway's side of replicas: one `UpstreamState` per replica (idle keep-alive
+connections, load, cool-down) and the `UpstreamConnection` protocol that finds where a replica's
+responses end with httptools.
 
 This is the gateway's one transport boundary to replicas: socket and parser errors become calls
-on the `Downstream` (the client connection being served), never exceptions in the proxy.
+on the `Downstream` (the client connection being served), never exceptions in the proxy. It also
+answers the one question about delivery the transport can answer: did the replica's TCP stack
+acknowledge any byte of the current request (`UpstreamConnection.request_acknowledged`; why that
+matters: `openeas.gateway.retry`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
@@ -15,6 +21,12 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpResponsePars
 from openeas.gateway.table import Upstream
 
 MAX_IDLE_PER_UPSTREAM = 512  # idle keep-alive connections kept per replica; more are closed
+
+# Linux `struct tcp_info`: `tcpi_bytes_acked` (u64, since Linux 4.1) is at byte offset 120. It
+# counts the SYN too: a connection that carried no data reads 1.
+_TCP_INFO_LEN = 136
+_BYTES_ACKED_OFFSET = 120
+_SYN_BYTES = 1
 
 
 class Downstream(Protocol):
@@ -39,6 +51,19 @@ class UpstreamConnection(asyncio.Protocol):
     response ends, so the connection can go back to the pool.
     """
 
+    __slots__ = (
+        "client",
+        "closed",
+        "earlier_request_bytes",
+        "got_bytes",
+        "keep_alive",
+        "parser",
+        "reused",
+        "state",
+        "status",
+        "transport",
+    )
+
     def __init__(self, state: UpstreamState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
@@ -47,7 +72,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.got_bytes = False  # any response byte for the current request
         self.reused = False  # taken from the idle pool (may have been closed by the replica meanwhile)
-        self.head_request = False
+        # Bytes of the requests this connection carried before the current one. All of them were
+        # answered, so the replica's TCP stack acknowledged every one of these bytes.
+        self.earlier_request_bytes = 0
         self.status = 0
         self.keep_alive = True
 
@@ -76,6 +103,17 @@ class UpstreamConnection(asyncio.Protocol):
     def expect_head_response(self) -> None:
         """The next response answers a HEAD request: it ends with its headers, whatever they say."""
         self.parser = HttpResponseParser(_HeadCallbacks(self))
+
+    def request_acknowledged(self) -> bool | None:
+        """Did the replica's TCP stack acknowledge any byte of the current request?
+
+        None when that cannot be known (not Linux, not TCP, socket already gone). Read only on
+        failure paths: it is a system call.
+        """
+        acked = tcp_bytes_acked(self.transport)
+        if acked is None:
+            return None
+        return acked - _SYN_BYTES > self.earlier_request_bytes
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -126,6 +164,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def tcp_bytes_acked(transport: asyncio.BaseTransport | None) -> int | None:
+    """Bytes the peer's TCP stack acknowledged on this connection (SYN included), or None."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, ValueError, AttributeError):  # closed, not TCP, or no TCP_INFO on this OS
+        return None
+    if len(info) < _BYTES_ACKED_OFFSET + 8:
+        return None  # kernel older than 4.1
+    acked: int = struct.unpack_from("=Q", info, _BYTES_ACKED_OFFSET)[0]
+    return acked
 
 
 class _HeadCallbacks:

@@ -1,5 +1,18 @@
-"""The client side of the gateway: an `asyncio.Protocol` that parses requests with httptools,
-authenticates and routes them, and streams them to a pooled upstream connection.
+"""Owns the client side of the gateway: `ClientConnection`, the `asyncio.Protocol` that parses a
+client's requests with httptools, authenticates and routes each one, streams it to a pooled
+upstream connection and the answer back.
+
+A client connection goes through named phases (`Phase`): IDLE (reading a request head) →
+PROXYING (a replica serves the request) → ANSWERED (the answer is complete, the rest of the
+request body is read and dropped) → IDLE for the next request, or CLOSED. Helpers elsewhere own
+the rest: what all connections share (context.py), flow control (flow.py), what to do when a
+replica fails a request (retry.py), header handling (head.py), the gateway's own endpoints
+(local.py), the replica side (pool.py).
+
+Pipelining: a request that arrives in a later read while the previous one is served is kept and
+served after it (`FlowControl.keep_early`). A second request in the *same* read as the first is
+not: the connection closes after the first answer and the client sends the second again (HTTP/1.1
+lets a server close instead of answering pipelined requests; clients that pipeline must retry).
 
 Hot-path rules (see bench/RESULTS.md for what each bought): no framework objects, no per-request
 task or logging; the request head is rebuilt once from the parsed headers, bodies and responses are
@@ -10,133 +23,146 @@ from __future__ import annotations
 
 import asyncio
 import time
+from enum import IntEnum
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S, AuthError, authorize, verify_content_md5
-from openeas.gateway.errors import GatewayError, error_response, plain_response
-from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
-from openeas.gateway.pool import MAX_IDLE_PER_UPSTREAM, UpstreamConnection, UpstreamState
-from openeas.gateway.resolve import split_predict_path
+from openeas.gateway.auth import AuthError, SignedBody, authorize
+from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
+from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
+from openeas.gateway.errors import GatewayError, body_too_large, error_response
+from openeas.gateway.flow import FlowControl
+from openeas.gateway.head import (
+    AUTHORIZATION,
+    CHUNKED_END_OF_HEAD,
+    CONTENT_LENGTH,
+    CONTENT_MD5,
+    CONTENT_TYPE,
+    END_OF_HEAD,
+    HEAD_METHOD,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    TRANSFER_ENCODING,
+    header_kind,
+)
+from openeas.gateway.local import local_answer
+from openeas.gateway.metrics import ServiceMetrics
+from openeas.gateway.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
 from openeas.gateway.routes import RouteState
 
-REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica after a stale connection
-DEFAULT_COOLDOWN_S = 1.5  # a replica whose connect failed is avoided this long
-DEFAULT_HOLD_S = 2.0  # a request with no reachable replica waits this long for one before a 503
-HOLD_POLL_S = 0.05  # how often a held request looks at the routing table again
-
-# Phases of a client connection.
-IDLE = 0  # waiting for (or parsing the head of) a request
-PROXYING = 1  # the request goes to a replica; its response streams back
-ANSWERED = 2  # the response is complete; the rest of the request body is read and discarded
-CLOSED = 3
-
-# Request headers we look at; everything else is forwarded unchanged.
-_AUTH, _HOP, _TE, _CLEN, _CTYPE, _MD5, _DATE = range(7)
-_SPECIAL = {
-    b"authorization": _AUTH,
-    b"connection": _HOP,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-    b"upgrade": _HOP,
-    b"transfer-encoding": _TE,
-    b"content-length": _CLEN,
-    b"content-type": _CTYPE,
-    b"content-md5": _MD5,
-    b"date": _DATE,
-}
-_HEAD = b"HEAD"
-_CHUNKED_HEADER = b"Transfer-Encoding: chunked\r\n\r\n"
-_END_HEAD = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
+HOLD_POLL_S = 0.05  # seconds between two looks at the routing table by a held request
 
 
-# Request targets recently split into (service, upstream path): clients repeat the same few URLs.
-_RESOLVED: dict[bytes, tuple[str, bytes] | None] = {}
-_RESOLVED_MAX = 4096
+class Phase(IntEnum):
+    IDLE = 0  # waiting for (or parsing the head of) a request
+    PROXYING = 1  # the request goes to a replica; its response streams back
+    ANSWERED = 2  # the response is complete; the rest of the request body is read and discarded
+    CLOSED = 3
+
+
+# Module-level names: importable (server.py waits for PROXYING connections), and read as fast
+# globals on the hot path, where phases are compared by identity.
+IDLE = Phase.IDLE
+PROXYING = Phase.PROXYING
+ANSWERED = Phase.ANSWERED
+CLOSED = Phase.CLOSED
 
 
 class _Pipelined(Exception):
     """A second request arrived in the same read as the first one."""
 
 
-class ProxyContext:
-    """What every client connection shares: the current routes, metrics and settings."""
-
-    def __init__(
-        self,
-        metrics: GatewayMetrics,
-        *,
-        max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
-        cooldown_s: float = DEFAULT_COOLDOWN_S,
-        hold_s: float = DEFAULT_HOLD_S,
-    ) -> None:
-        self.routes: dict[str, RouteState] = {}  # swapped whole by the gateway, never mutated
-        self.metrics = metrics
-        self.max_date_skew_s = max_date_skew_s
-        self.cooldown_s = cooldown_s
-        # Seconds a request waits for a replica when none is reachable (one just turning Ready,
-        # or restarting after a crash) before it gets a 503: requests are held, not dropped.
-        self.hold_s = hold_s
-        self.connections: set[ClientConnection] = set()
-
-
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, ctx: ProxyContext) -> None:
+    """One client's keep-alive connection; serves its requests one at a time."""
+
+    # Slots, not an instance dict: attribute reads and writes are most of the per-request Python
+    # work here, and slots made a proxied request ~8% fewer instructions (bench/RESULTS.md).
+    __slots__ = (
+        "attempts",
+        "authorization",
+        "chunked",
+        "chunked_bytes",
+        "content_length",
+        "content_md5",
+        "content_type",
+        "ctx",
+        "date",
+        "flow",
+        "headers",
+        "is_head",
+        "keep_alive",
+        "loop",
+        "parser",
+        "phase",
+        "request_done",
+        "request_seq",
+        "resendable",
+        "route",
+        "sent_bytes",
+        "service_metrics",
+        "signed_body",
+        "started",
+        "timer",
+        "transport",
+        "upstream",
+        "upstream_conn",
+        "url",
+        "waiting",
+    )
+
+    def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.ctx = ctx
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.parser = HttpRequestParser(self)
-        self.phase = IDLE
-        self.gen = 0  # bumped per request, so late callbacks of an old request are ignored
-        self.stash: list[bytes] = []  # bytes of the next request received while answering this one
-        self.paused_by_upstream = False
-        self.paused_by_stash = False
-        self.write_paused = False
-        self._reset()
+        self.flow = FlowControl()
+        # Bumped per request and on close: a timer or task of an earlier request checks it and
+        # does nothing when it moved on.
+        self.request_seq = -1
+        self._next_request()
 
-    def _reset(self) -> None:
+    def _next_request(self) -> None:
+        """Forget the previous request (a fresh connection starts here too) and read the next one."""
+        self.request_seq += 1
+        self.phase = IDLE
+        if self.flow.early is not None:  # its bytes came while the previous one was served
+            self.loop.call_soon(self._feed_early, self.request_seq)
+        # The request head, filled by the parser callbacks.
         self.url = b""
-        self.headers: list[bytes] = [b""]  # [0] becomes the request line
-        self.auth: bytes | None = None
-        self.ctype: bytes | None = None
-        self.md5: bytes | None = None
+        self.headers: list[bytes] = [b""]  # the head for the replica; [0] becomes the request line
+        self.authorization: bytes | None = None
+        self.content_type: bytes | None = None
+        self.content_md5: bytes | None = None
         self.date: bytes | None = None
         self.chunked = False
-        self.clen = 0
+        self.content_length = 0  # bytes, from the header (chunked bodies: chunked_bytes)
         self.is_head = False
-        self.body_parts: list[bytes] | None = None  # body of a signed request, to check its Content-MD5
         self.keep_alive = True
-        self.req_done = False
+        self.request_done = False  # the whole request (body included) was read
+        # Serving it.
         self.route: RouteState | None = None
-        self.svcm: ServiceMetrics | None = None
-        self.conn: UpstreamConnection | None = None
-        self.up: UpstreamState | None = None
-        self.pending: list[bytes] | None = None  # request bytes waiting for a connection
-        self.replay: list[bytes] | None = None  # request bytes written so far (to resend), or None
-        self.replay_size = 0
-        self.body_len = 0
-        self.body_md5: bytes | None = None  # signed request: buffer the body and check its md5
-        self.tried: list[UpstreamState] | None = None
-        self.fresh_retry = False
-        self.force_new = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.hold_until: float | None = None  # loop time after which a request with no replica gets 503
-        self.t0 = 0.0
+        self.service_metrics: ServiceMetrics | None = None  # None once the outcome is recorded
+        self.upstream: UpstreamState | None = None  # the replica counting this request as outstanding
+        self.upstream_conn: UpstreamConnection | None = None
+        self.waiting: list[bytes] | None = None  # request bytes waiting for a connection
+        self.resendable: list[bytes] | None = None  # bytes written so far, kept to resend; None: too many
+        self.sent_bytes = 0  # request bytes written to upstream_conn
+        self.chunked_bytes = 0  # body bytes of a chunked request so far
+        self.signed_body: SignedBody | None = None  # signed request: body kept until its md5 checks out
+        self.attempts: Attempts | None = None  # made on the first failure or hold
+        self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
+        self.started = 0.0  # loop time (s) the head was complete
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.flow.client = transport  # type: ignore[assignment]
         self.ctx.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.phase != IDLE and self.req_done:
-            # The client sent its next request before we finished answering this one.
-            self.stash.append(data)
-            self.paused_by_stash = True
-            self.transport.pause_reading()
+        if self.request_done and self.phase is not IDLE:
+            self.flow.keep_early(data)  # the next request, before this one was answered
             return
         try:
             self.parser.feed_data(data)
@@ -144,237 +170,171 @@ class ClientConnection(asyncio.Protocol):
             self._local_error(GatewayError(501, "upgrade_not_supported", "protocol upgrades are unsupported"))
         except HttpParserError as e:
             if isinstance(e.__context__, _Pipelined):
-                return  # served after the current response; see on_message_begin
-            if self.phase == IDLE:
+                return  # the connection closes after the current answer; see on_url
+            if self.phase is IDLE:
                 self._local_error(GatewayError(400, "bad_request", f"malformed HTTP request: {e}"))
             else:
-                self._abort(400)
+                self._drop_upstream()
+                self._record(400)
+                self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
-        if self.phase == PROXYING:
-            self._drop_upstream(abort=True)
+        if self.phase is PROXYING:
+            self._drop_upstream()
             self._record(499)  # client closed before the response completed (nginx's code)
         self._clear_timer()
         self.phase = CLOSED
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        conn = self.conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        conn = self.upstream_conn
+        self.flow.client_paused(conn.transport if conn is not None else None)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        conn = self.conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        conn = self.upstream_conn
+        self.flow.client_resumed(conn.transport if conn is not None else None)
 
     # --- Downstream (called by UpstreamConnection) ----------------------------------------------
     def upstream_pause(self) -> None:
-        if not self.paused_by_upstream:
-            self.paused_by_upstream = True
-            self.transport.pause_reading()
+        self.flow.upstream_paused()
 
     def upstream_resume(self) -> None:
-        if self.paused_by_upstream:
-            self.paused_by_upstream = False
-            if not self.paused_by_stash:
-                self.transport.resume_reading()
+        self.flow.upstream_resumed()
 
     def upstream_complete(self, conn: UpstreamConnection) -> None:
-        if conn is not self.conn:
+        """The replica's answer ended (all of it already went to the client)."""
+        if conn is not self.upstream_conn:
             return
-        self.conn = None
+        self.upstream_conn = None
         conn.client = None
-        up = self.up
-        self.up = None
+        upstream = self.upstream
+        self.upstream = None
+        assert upstream is not None  # set whenever upstream_conn is
+        upstream.outstanding -= 1
+        flow = self.flow
         keep = conn.keep_alive
-        if up is not None:
-            up.outstanding -= 1
-            if self.req_done and keep:
-                if self.write_paused:
-                    conn.transport.resume_reading()  # type: ignore[union-attr]
-                idle = up.idle  # up.release(conn), inlined
-                if up.retired or conn.closed or len(idle) >= MAX_IDLE_PER_UPSTREAM:
-                    conn.close()
-                else:
-                    idle.append(conn)
-            else:
-                conn.close()
+        if keep and self.request_done:
+            conn.earlier_request_bytes += self.sent_bytes
+            if flow.client_full:
+                flow.detach(conn.transport)  # type: ignore[arg-type]
+            upstream.release(conn)
         else:
-            conn.close()
+            conn.close()  # the replica said close, or answered before reading the whole body
         if not keep:
             self.keep_alive = False  # the replica's "Connection: close" went to the client as is
-        if self.paused_by_upstream:
-            self.upstream_resume()
-        svcm = self.svcm
-        if svcm is not None:
-            self.svcm = None
-            svcm.finish(conn.status, self.loop.time() - self.t0)
-        if self.timer is None and self.keep_alive and self.req_done:
-            if self.paused_by_stash:
-                self._next_request()
-            else:  # _next_request, inlined
-                self.gen += 1
-                self._reset()
-                self.phase = IDLE
+        if flow.upstream_full:
+            flow.upstream_resumed()
+        self._record(conn.status)
+        if self.timer is None and self.keep_alive and self.request_done:
+            self._next_request()  # the common case, without _answered's checks
         else:
             self._answered()
 
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
-        if conn is not self.conn or self.phase != PROXYING:
+        """The replica's connection closed before its answer ended."""
+        if conn is not self.upstream_conn or self.phase is not PROXYING:
             return
-        self.conn = None
-        failed = self.up
-        self._release_up()
-        self.upstream_resume()
-        if not conn.got_bytes:
-            if self.replay is not None and failed is not None:
-                # Closed without a byte of answer: most likely a pooled keep-alive connection the
-                # replica had closed, or a replica killed before it read the request (its accept
-                # queue is reset). Resend elsewhere; a stale pooled connection also earns one retry
-                # on a fresh connection to the same replica.
-                self.pending = self.replay + (self.pending or [])
-                self.replay = None
-                self.replay_size = 0
-                self._retry(failed, reason, stale=conn.reused, connect_failed=False)
-                return
-            self._fail(GatewayError(502, "upstream_failed", f"{reason} before answering"))
-            return
-        # Part of the response already went to the client: all we can do is end the connection.
-        self._record(502)
-        self._close()
+        self.upstream_conn = None
+        failed = self.upstream
+        assert failed is not None and self.route is not None
+        self._release_upstream()
+        self.flow.upstream_resumed()  # its full buffer went with it
+        action = after_loss(
+            answer_started=conn.got_bytes,
+            resendable=self.resendable is not None,
+            resend_unanswered=self.route.resend_unanswered,
+            acknowledged=None if conn.got_bytes else conn.request_acknowledged(),
+        )
+        if action is AfterLoss.CUT:
+            # Part of the answer already went to the client: all we can do is end the connection.
+            self._record(502)
+            self._close()
+        elif action is AfterLoss.FAIL:
+            not_resent = not self.route.resend_unanswered and self.resendable is not None
+            self._fail(unanswered(reason, self.route.service, not_resent=not_resent))
+        else:
+            assert self.resendable is not None
+            self.waiting = self.resendable
+            self.resendable = None
+            self._resend(failed, reason, stale=conn.reused, connect_failed=False)
 
     # --- httptools callbacks ------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
-        if self.phase != IDLE:
+        if self.phase is not IDLE:
             # A pipelined request in the same read: close after this response; the client resends.
             self.keep_alive = False
             raise _Pipelined
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = _SPECIAL.get(name.lower())
+        kind = header_kind(name.lower())
         if kind is None:
             self.headers += (name, b": ", value, b"\r\n")
-        elif kind == _AUTH:
-            self.auth = value
-        elif kind == _TE:
+        elif kind == AUTHORIZATION:
+            self.authorization = value
+        elif kind == TRANSFER_ENCODING:
             self.chunked = True
-        elif kind != _HOP:
-            if kind == _CLEN:
-                self.clen = int(value)  # llhttp accepted it: digits only
-            elif kind == _CTYPE:
-                self.ctype = value
-            elif kind == _MD5:
-                self.md5 = value
-            else:
+        elif kind != HOP_BY_HOP:
+            if kind == CONTENT_LENGTH:
+                self.content_length = int(value)  # llhttp accepted it: digits only
+            elif kind == CONTENT_TYPE:
+                self.content_type = value
+            elif kind == CONTENT_MD5:
+                self.content_md5 = value
+            else:  # DATE
                 self.date = value
             self.headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        self.t0 = self.loop.time()
+        self.started = now = self.loop.time()
         self.keep_alive = parser.should_keep_alive()
         method = parser.get_method()
+        ctx = self.ctx
         url = self.url
-        target = _RESOLVED.get(url)
-        if target is None:
-            target = split_predict_path(url)
-            if len(_RESOLVED) >= _RESOLVED_MAX:
-                _RESOLVED.clear()
-            _RESOLVED[url] = target
+        target = ctx.targets.get(url) or ctx.resolve(url)
         if target is None:
             self._local(method)
             return
-        service, upath = target
-        rs = self.ctx.routes.get(service)
-        if rs is None:
+        service, upstream_path = target
+        route = ctx.routes.get(service)
+        if route is None:
             self._local_error(GatewayError(404, "service_not_found", f"service '{service}' not found"))
             return
-        self.route = rs
-        svcm = self.svcm = rs.metrics
-        svcm.in_flight += 1
+        self.route = route
+        service_metrics = self.service_metrics = route.metrics
+        service_metrics.in_flight += 1
         self.phase = PROXYING
-        creds = rs.creds
-        auth = self.auth
-        if creds is not None and not creds.fast_match(auth):
-            try:
-                self.body_md5 = authorize(
-                    creds,
-                    service,
-                    self.auth,
-                    method=method,
-                    content_md5=self.md5,
-                    content_type=self.ctype,
-                    date=self.date,
-                    path=self.url.partition(b"?")[0],
-                    now=time.time(),
-                    max_skew_s=self.ctx.max_date_skew_s,
-                )
-            except AuthError as e:
-                self._fail(e)
-                return
-        if rs.balancer is None:
-            self._fail(GatewayError(500, "invalid_balancer", rs.balancer_error or "invalid balancer"))
+        creds = route.creds
+        if creds is not None and not creds.fast_match(self.authorization) and not self._authorize(method):
             return
-        if self.clen > rs.max_body_bytes:
-            self._fail(self._too_large(rs), close=True)
+        if route.balancer is None:
+            self._fail(GatewayError(500, "invalid_balancer", route.balancer_error or "invalid balancer"))
+            return
+        if self.content_length > route.max_body_bytes:
+            self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
             return
         headers = self.headers
-        headers[0] = method + b" " + upath + b" HTTP/1.1\r\n"
-        headers.append(_CHUNKED_HEADER if self.chunked else _END_HEAD)
-        head = b"".join(headers)
-        if rs.timeout_s is not None:
-            self.timer = self.loop.call_later(rs.timeout_s, self._on_timeout, self.gen)
-        is_head = self.is_head = method == _HEAD
-        if self.body_md5 is not None:
-            self.pending = [head]  # sent once the body's Content-MD5 checks out
-            return
-        # Fast path, the same steps as _dispatch → _use → _attach: a replica with an idle pooled
-        # connection gets the head in one write.
-        ups = rs.upstreams
-        i = rs.balancer.pick(ups, self.t0)  # t0 is the loop's time now
-        if i >= 0:
-            up = ups[i]
-            idle = up.idle
-            if idle:
-                conn: UpstreamConnection | None = idle.pop()  # most recent: warm, least likely timed out
-                if conn is not None and conn.closed:
-                    conn = up.pop_idle()
-                if conn is not None:
-                    self.up = up
-                    up.outstanding += 1
-                    conn.client = self
-                    conn.reused = True
-                    conn.got_bytes = False
-                    if is_head:
-                        conn.expect_head_response()
-                    self.conn = conn
-                    transport = conn.transport
-                    assert transport is not None
-                    if self.write_paused:
-                        transport.pause_reading()
-                    transport.write(head)
-                    self.replay_size = len(head)
-                    self.replay = [head]
-                    return
-        self.pending = [head]
-        self._dispatch_to(rs, i)  # not _dispatch: a second pick would move round-robin on twice
+        headers[0] = method + b" " + upstream_path + b" HTTP/1.1\r\n"  # the request line
+        headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
+        self.waiting = [b"".join(headers)]
+        if route.timeout_s is not None:
+            self.timer = self.loop.call_later(route.timeout_s, self._on_timeout, self.request_seq)
+        self.is_head = method == HEAD_METHOD
+        if self.signed_body is None:  # else sent once the body's Content-MD5 checks out
+            self._dispatch(now)
 
     def on_body(self, data: bytes) -> None:
-        if self.phase != PROXYING:
+        if self.phase is not PROXYING:
             return  # answered already: discard
-        if self.body_md5 is not None:
-            if self.body_parts is None:
-                self.body_parts = []
-            self.body_parts.append(data)
+        if self.signed_body is not None:
+            self.signed_body.parts.append(data)
         if self.chunked:
-            self.body_len += len(data)
-            rs = self.route
-            if rs is not None and self.body_len > rs.max_body_bytes:
-                self._fail(self._too_large(rs), close=True)
+            self.chunked_bytes += len(data)
+            route = self.route
+            assert route is not None
+            if self.chunked_bytes > route.max_body_bytes:
+                self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
                 return
             self._send(b"%x\r\n" % len(data))
             self._send(data)
@@ -383,276 +343,284 @@ class ClientConnection(asyncio.Protocol):
             self._send(data)
 
     def on_message_complete(self) -> None:
+        self.request_done = True
         phase = self.phase
-        self.req_done = True
-        if phase == PROXYING:
+        if phase is PROXYING:
             if self.chunked:
-                self._send(_LAST_CHUNK)
-            expected = self.body_md5
-            if expected is not None:
+                self._send(LAST_CHUNK)
+            signed = self.signed_body
+            if signed is not None:
+                self.signed_body = None
                 try:
-                    verify_content_md5(expected, b"".join(self.body_parts or ()))
+                    signed.verify()
                 except AuthError as e:
                     self._fail(e)
                     return
-                self.body_md5 = None
-                self.body_parts = None
-                self._dispatch()
-        elif phase == ANSWERED:
+                self._dispatch(self.loop.time())
+        elif phase is ANSWERED:
             self._next_request()
 
     # --- request flow ---------------------------------------------------------------------------
+    def _authorize(self, method: bytes) -> bool:
+        """The slow auth path (signed requests, refusals); False when the request was answered."""
+        route = self.route
+        assert route is not None and route.creds is not None
+        try:
+            expected_md5 = authorize(
+                route.creds,
+                route.service,
+                self.authorization,
+                method=method,
+                content_md5=self.content_md5,
+                content_type=self.content_type,
+                date=self.date,
+                path=self.url.partition(b"?")[0],
+                now=time.time(),
+                max_skew_s=self.ctx.max_date_skew_s,
+            )
+        except AuthError as e:
+            self._fail(e)
+            return False
+        if expected_md5 is not None:
+            self.signed_body = SignedBody(expected_md5)
+        return True
+
     def _send(self, data: bytes) -> None:
-        conn = self.conn
-        if conn is not None and self.pending is None:
-            conn.transport.write(data)  # type: ignore[union-attr]
-            replay = self.replay
-            if replay is not None:
-                self.replay_size += len(data)
-                if self.replay_size > REPLAY_LIMIT_BYTES:
-                    self.replay = None
-                else:
-                    replay.append(data)
-        elif self.pending is not None:
-            self.pending.append(data)
-
-    def _dispatch(self) -> None:
-        rs = self.route
-        assert rs is not None and rs.balancer is not None
-        self._dispatch_to(rs, rs.balancer.pick(rs.upstreams, self.loop.time(), self.tried or ()))
-
-    def _dispatch_to(self, rs: RouteState, i: int) -> None:
-        """Send to ``rs.upstreams[i]``, or hold the request when the balancer found none (-1)."""
-        if i < 0:
-            self._hold(GatewayError(503, "no_ready_replica", f"service '{rs.service}' has no ready replica"))
+        """Request bytes after the head: to the replica, or kept until a connection is there."""
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.append(data)
             return
-        self._use(rs.upstreams[i])
+        conn = self.upstream_conn
+        if conn is None:
+            return  # the replica's answer ended or failed; the rest of the body has nowhere to go
+        conn.transport.write(data)  # type: ignore[union-attr]
+        sent = self.sent_bytes = self.sent_bytes + len(data)
+        resendable = self.resendable
+        if resendable is not None:
+            if sent > REPLAY_LIMIT_BYTES:
+                self.resendable = None
+            else:
+                resendable.append(data)
+
+    def _dispatch(self, now: float) -> None:
+        """Send the waiting request to the replica the balancer picks, or hold it when none is."""
+        route = self.route
+        assert route is not None and route.balancer is not None
+        attempts = self.attempts
+        upstreams = route.upstreams
+        i = route.balancer.pick(upstreams, now, attempts.tried if attempts is not None else ())
+        if i >= 0:
+            self._send_to(upstreams[i])
+        else:
+            self._hold(
+                GatewayError(503, "no_ready_replica", f"service '{route.service}' has no ready replica")
+            )
+
+    def _send_to(
+        self, upstream: UpstreamState, new_conn: UpstreamConnection | None = None, fresh: bool = False
+    ) -> None:
+        """Write the waiting request to ``upstream``: over ``new_conn`` when `_connect` just opened
+        it for this request, else over the replica's most recently used idle connection (the
+        common case: one write, no task), else over a connection opened now (``fresh`` forces it).
+        """
+        conn = new_conn
+        if conn is None:
+            self.upstream = upstream
+            upstream.outstanding += 1
+            idle = upstream.idle
+            if idle and not fresh:
+                conn = idle.pop()  # most recent: warm, least likely timed out by the replica
+                if conn.closed:
+                    conn = upstream.pop_idle()
+            if conn is None:
+                self.loop.create_task(self._connect(upstream, self.request_seq))
+                return
+        conn.client = self
+        conn.reused = new_conn is None
+        conn.got_bytes = False
+        if self.is_head:
+            conn.expect_head_response()
+        self.upstream_conn = conn
+        transport = conn.transport
+        assert transport is not None
+        if self.flow.client_full:
+            self.flow.attach(transport)
+        waiting = self.waiting
+        assert waiting is not None
+        self.waiting = None
+        if len(waiting) == 1:  # the head is the whole request so far: one write, no size sum
+            data = waiting[0]
+            transport.write(data)
+            self.sent_bytes = len(data)
+            self.resendable = waiting
+            return
+        transport.writelines(waiting)
+        size = sum(map(len, waiting))
+        self.sent_bytes = size
+        self.resendable = waiting if size <= REPLAY_LIMIT_BYTES else None
+
+    async def _connect(self, upstream: UpstreamState, request_seq: int) -> None:
+        try:
+            conn = await upstream.connect(self.loop)
+        except OSError as e:
+            upstream.cooldown_until = self.loop.time() + self.ctx.cooldown_s
+            if request_seq == self.request_seq and self.upstream is upstream and self.phase is PROXYING:
+                self._release_upstream()
+                reason = f"connect to replica {upstream.name} failed: {e.strerror or e}"
+                self._resend(upstream, reason, stale=False, connect_failed=True)
+            return
+        if request_seq != self.request_seq or self.upstream is not upstream or self.phase is not PROXYING:
+            upstream.release(conn)  # the request went away meanwhile
+            return
+        self._send_to(upstream, conn)
+
+    def _resend(self, failed: UpstreamState, reason: str, *, stale: bool, connect_failed: bool) -> None:
+        """Send the waiting request again after ``failed`` failed it (see retry.py for when)."""
+        route = self.route
+        assert route is not None and route.balancer is not None
+        attempts = self.attempts
+        if attempts is None:
+            attempts = self.attempts = Attempts()
+        attempts.tried.append(failed)
+        i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
+        step = next_attempt(
+            found_other=i >= 0, stale=stale, fresh_used=attempts.fresh_used, connect_failed=connect_failed
+        )
+        if step is NextAttempt.OTHER:
+            self._send_to(route.upstreams[i])
+        elif step is NextAttempt.FRESH_SAME:
+            attempts.fresh_used = True
+            self._send_to(failed, fresh=True)
+        elif step is NextAttempt.HOLD:
+            message = f"service '{route.service}' has no reachable replica: {reason}"
+            self._hold(GatewayError(503, "no_ready_replica", message))
+        else:
+            self._fail(unanswered(reason, route.service))
 
     def _hold(self, err: GatewayError) -> None:
         """No replica to send to now: wait for the routing table to offer one, up to hold_s."""
         now = self.loop.time()
-        if self.hold_until is None:
-            self.hold_until = now + self.ctx.hold_s
-        if now >= self.hold_until:
+        attempts = self.attempts
+        if attempts is None:
+            attempts = self.attempts = Attempts()
+        if attempts.hold_until is None:
+            attempts.hold_until = now + self.ctx.hold_s
+        if now >= attempts.hold_until:
             self._fail(err)
             return
-        self.loop.call_later(HOLD_POLL_S, self._resume, self.gen)
+        self.loop.call_later(HOLD_POLL_S, self._resume, self.request_seq)
 
-    def _resume(self, gen: int) -> None:
-        if gen != self.gen or self.phase != PROXYING or self.route is None:
+    def _resume(self, request_seq: int) -> None:
+        """A held request looks at the (maybe swapped) routing table again."""
+        if request_seq != self.request_seq or self.phase is not PROXYING or self.route is None:
             return
-        rs = self.ctx.routes.get(self.route.service)
-        if rs is None or rs.balancer is None:
-            self._fail(GatewayError(404, "service_not_found", f"service '{self.route.service}' not found"))
+        service = self.route.service
+        route = self.ctx.routes.get(service)
+        if route is None or route.balancer is None:
+            self._fail(GatewayError(404, "service_not_found", f"service '{service}' not found"))
             return
-        self.route = rs
-        self.tried = None
-        self.force_new = False
-        self._dispatch()
+        self.route = route
+        assert self.attempts is not None  # made by _hold
+        self.attempts.tried.clear()  # a new table: every replica deserves a try again
+        self._dispatch(self.loop.time())
 
-    def _use(self, up: UpstreamState) -> None:
-        self.up = up
-        up.outstanding += 1
-        idle = up.idle
-        if idle and not self.force_new:
-            conn: UpstreamConnection | None = idle.pop()  # most recent: warm, least likely timed out
-            if conn is not None and conn.closed:
-                conn = up.pop_idle()
-            if conn is not None:
-                self._attach(conn, reused=True)
-                return
-        self.loop.create_task(self._connect(up, self.gen))
-
-    async def _connect(self, up: UpstreamState, gen: int) -> None:
-        try:
-            conn = await up.connect(self.loop)
-        except OSError as e:
-            up.cooldown_until = self.loop.time() + self.ctx.cooldown_s
-            if gen == self.gen and self.up is up and self.phase == PROXYING:
-                self._release_up()
-                reason = f"connect to replica {up.name} failed: {e.strerror or e}"
-                self._retry(up, reason, stale=False, connect_failed=True)
-            return
-        if gen != self.gen or self.up is not up or self.phase != PROXYING:
-            up.release(conn)  # the request went away meanwhile
-            return
-        self._attach(conn, reused=False)
-
-    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
-        conn.client = self
-        conn.reused = reused
-        conn.got_bytes = False
-        if self.is_head:
-            conn.expect_head_response()
-        self.conn = conn
-        transport = conn.transport
-        assert transport is not None
-        if self.write_paused:
-            transport.pause_reading()
-        pending = self.pending
-        self.pending = None
-        assert pending is not None
-        if len(pending) == 1:
-            data = pending[0]
-            transport.write(data)
-            self.replay_size = len(data)
-            self.replay = pending
-            return
-        transport.writelines(pending)
-        size = 0
-        for p in pending:
-            size += len(p)
-        self.replay_size = size
-        self.replay = pending if size <= REPLAY_LIMIT_BYTES else None
-
-    def _retry(self, failed: UpstreamState, reason: str, *, stale: bool, connect_failed: bool) -> None:
-        rs = self.route
-        assert rs is not None and rs.balancer is not None
-        tried = self.tried
-        if tried is None:
-            tried = self.tried = []
-        tried.append(failed)
-        self.force_new = False
-        i = rs.balancer.pick(rs.upstreams, self.loop.time(), tried)
-        if i < 0 and stale and not self.fresh_retry:
-            # Every replica tried; a stale pooled connection says little: retry on a new connection.
-            self.fresh_retry = True
-            self.force_new = True
-            self._use(failed)
-            return
-        if i < 0:
-            if not connect_failed:
-                self._fail(GatewayError(502, "upstream_failed", f"{reason} before answering"))
-            else:
-                self._hold(
-                    GatewayError(
-                        503, "no_ready_replica", f"service '{rs.service}' has no reachable replica: {reason}"
-                    )
-                )
-            return
-        self._use(rs.upstreams[i])
-
-    def _on_timeout(self, gen: int) -> None:
+    def _on_timeout(self, request_seq: int) -> None:
         self.timer = None
-        if gen != self.gen or self.phase != PROXYING:
+        if request_seq != self.request_seq or self.phase is not PROXYING:
             return
-        rs = self.route
-        assert rs is not None
-        err = GatewayError(
-            408, "timeout", f"service '{rs.service}' did not answer within {rs.timeout_s:g} s (timeout_s)"
-        )
-        conn = self.conn
+        route = self.route
+        assert route is not None
+        conn = self.upstream_conn
         if conn is not None and conn.got_bytes:
-            self._drop_upstream(abort=True)
+            # The answer's head already went out: a 408 cannot follow it. Cut the connection.
+            self._drop_upstream()
             self._record(408)
             self._close()
-        else:
-            self._fail(err)
+            return
+        message = f"service '{route.service}' did not answer within {route.timeout_s:g} s (timeout_s)"
+        self._fail(GatewayError(408, "timeout", message))
 
     # --- answers from the gateway itself --------------------------------------------------------
-    def _too_large(self, rs: RouteState) -> GatewayError:
-        return GatewayError(
-            413,
-            "body_too_large",
-            f"request body exceeds {rs.max_body_bytes} bytes, the limit of service '{rs.service}'",
-        )
-
     def _local(self, method: bytes) -> None:
+        """A request outside /api/predict: /metrics, /healthz or 404."""
         path = self.url.partition(b"?")[0]
-        close = not self.keep_alive
-        if method == b"GET" and path == b"/metrics":
-            body = self.ctx.metrics.render()
-            self._local_answer(plain_response(200, body, b"text/plain; version=0.0.4", close=close))
-        elif method == b"GET" and path == b"/healthz":
-            self._local_answer(plain_response(200, b'{"status":"ok"}', b"application/json", close=close))
-        else:
-            shown = path.decode("latin-1")
-            self._local_error(
-                GatewayError(404, "not_found", f"no route for {shown!r}: use /api/predict/<service>[/path]")
-            )
+        try:
+            response = local_answer(method, path, self.ctx.metrics, close=not self.keep_alive)
+        except GatewayError as e:
+            self._local_error(e)
+            return
+        self._local_answer(response)
 
     def _local_error(self, err: GatewayError) -> None:
         if err.status in (400, 501):
-            self.keep_alive = False
+            self.keep_alive = False  # the rest of the stream cannot be trusted
         self.ctx.metrics.unrouted(err.status)
         self._local_answer(error_response(err, close=not self.keep_alive))
 
     def _local_answer(self, response: bytes) -> None:
-        if self.phase == CLOSED:
+        if self.phase is CLOSED:
             return
         self.transport.write(response)
         self._answered()
 
     def _fail(self, err: GatewayError, *, close: bool = False) -> None:
         """Answer a routed request with a gateway error (nothing of a replica's answer was sent)."""
-        self._drop_upstream(abort=True)
+        self._drop_upstream()
         if close:
             self.keep_alive = False
         self._record(err.status)
-        if self.phase != CLOSED:
+        if self.phase is not CLOSED:
             self.transport.write(error_response(err, close=not self.keep_alive))
             self._answered()
 
     def _record(self, status: int) -> None:
-        svcm = self.svcm
-        if svcm is not None:
-            self.svcm = None
-            svcm.finish(status, self.loop.time() - self.t0)
+        """Count the request's outcome, once."""
+        service_metrics = self.service_metrics
+        if service_metrics is not None:
+            self.service_metrics = None
+            service_metrics.finish(status, self.loop.time() - self.started)
 
     def _answered(self) -> None:
         """The response is complete: next request, discard the rest of this one, or close."""
         self._clear_timer()
         if not self.keep_alive:
             self._close()
-        elif self.req_done:
+        elif self.request_done:
             self._next_request()
         else:
             self.phase = ANSWERED
 
-    def _next_request(self) -> None:
-        self.gen += 1
-        self._reset()
-        self.phase = IDLE
-        if self.paused_by_stash:
-            self.paused_by_stash = False
-            stash, self.stash = self.stash, []
-            self.loop.call_soon(self._feed_stash, stash, self.gen)
-
-    def _feed_stash(self, stash: list[bytes], gen: int) -> None:
-        if gen != self.gen or self.phase == CLOSED:
+    def _feed_early(self, request_seq: int) -> None:
+        if request_seq != self.request_seq or self.phase is CLOSED:
             return
-        if not self.paused_by_upstream:
-            self.transport.resume_reading()
-        for data in stash:
+        early = self.flow.take_early()
+        self.flow.resume_client()
+        for data in early or ():
             self.data_received(data)
 
-    def _release_up(self) -> None:
-        up = self.up
-        if up is not None:
-            self.up = None
-            up.outstanding -= 1
+    def _release_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.outstanding -= 1
 
-    def _drop_upstream(self, *, abort: bool) -> None:
-        conn = self.conn
+    def _drop_upstream(self) -> None:
+        """Abandon the replica connection (aborted: its answer, if any, is no longer wanted)."""
+        conn = self.upstream_conn
         if conn is not None:
-            self.conn = None
+            self.upstream_conn = None
             conn.client = None
-            if abort:
-                conn.abort()
-        self._release_up()
+            conn.abort()
+        self._release_upstream()
 
     def _clear_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _abort(self, status: int) -> None:
-        self._drop_upstream(abort=True)
-        self._record(status)
-        self._close()
-
     def _close(self) -> None:
-        self.gen += 1
+        self.request_seq += 1
         self._clear_timer()
         self.phase = CLOSED
         self.transport.close()

@@ -1,4 +1,4 @@
-"""Resolve a request path to (service, upstream path).
+"""Owns the request-path grammar: a request target resolved to (service, upstream path).
 
 ``/api/predict/<service>[/sub/path][?query]`` → ``("<service>", b"/<sub/path>[?query]")``; the
 upstream path is ``/`` when there is no sub path. Kept apart from the proxy because service groups

@@ -1,4 +1,5 @@
-"""Per-service state derived from a `RoutingTable`, rebuilt on every table swap.
+"""Owns the per-service state the proxy reads on every request (`RouteState`), derived from a
+`RoutingTable` and rebuilt on every table swap.
 
 Swapping keeps what must survive a swap: a replica's `UpstreamState` (pooled connections, load,
 cool-down) and a service's balancer (round-robin position). Requests in flight keep the objects
@@ -18,6 +19,8 @@ from openeas.gateway.table import Route, RoutingTable
 
 @dataclass(slots=True)
 class RouteState:
+    """One service as the proxy sees it: plain attributes, one lookup each on the hot path."""
+
     service: str
     route: Route
     creds: Credentials | None  # None: the service needs no token
@@ -25,8 +28,10 @@ class RouteState:
     balancer: Balancer | None  # None when the route names an unknown balancer (see balancer_error)
     balancer_error: str | None
     metrics: ServiceMetrics
-    max_body_bytes: int
-    timeout_s: float | None
+    max_body_bytes: int  # bytes; a larger request body gets 413
+    timeout_s: float | None  # seconds until 408; None = no limit
+    # Resend a request whose replica closed the connection before answering (see retry.py).
+    resend_unanswered: bool = True
 
 
 UpstreamKey = tuple[str, str, int]
@@ -70,6 +75,7 @@ def build_routes(
             metrics=metrics.service(service),
             max_body_bytes=route.max_body_bytes,
             timeout_s=route.timeout_s,
+            resend_unanswered=route.resend_unanswered,
         )
     for key in [k for k in upstreams if k not in live]:
         upstreams.pop(key).retire()

@@ -1,0 +1,42 @@
+"""Owns the request-head vocabulary of the proxy: which client headers the gateway reads
+(`HEADER_KINDS`), which it drops because they concern one hop only (``Connection`` and its
+kin: the gateway speaks for itself on each side), and the framing bytes of what it writes to a
+replica. Every other header is forwarded unchanged, in the client's order and spelling.
+"""
+
+from __future__ import annotations
+
+# What the proxy does with a header, by lowercase name (absent: forward it unchanged).
+AUTHORIZATION = 0  # read (credentials), never forwarded
+HOP_BY_HOP = 1  # dropped
+TRANSFER_ENCODING = 2  # dropped; a chunked body is forwarded chunked (CHUNKED_END_OF_HEAD)
+CONTENT_LENGTH = 3  # read and forwarded
+CONTENT_TYPE = 4  # read (signed requests) and forwarded
+CONTENT_MD5 = 5  # read (signed requests) and forwarded
+DATE = 6  # read (signed requests) and forwarded
+
+HEADER_KINDS: dict[bytes, int] = {
+    b"authorization": AUTHORIZATION,
+    b"connection": HOP_BY_HOP,
+    b"keep-alive": HOP_BY_HOP,
+    b"proxy-connection": HOP_BY_HOP,
+    b"te": HOP_BY_HOP,
+    b"trailer": HOP_BY_HOP,
+    b"upgrade": HOP_BY_HOP,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"content-length": CONTENT_LENGTH,
+    b"content-type": CONTENT_TYPE,
+    b"content-md5": CONTENT_MD5,
+    b"date": DATE,
+}
+
+# The per-header lookup, bound once. Callers import this, not the dict: CPython 3.11 compiles
+# `IMPORTED_NAME.get(...)` as an attribute load that builds a bound method on every call (it
+# guesses an imported name is a module), ~1k instructions per proxied request here.
+header_kind = HEADER_KINDS.get
+
+HEAD_METHOD = b"HEAD"  # its answer ends with its headers, whatever they say
+CHUNKED_END_OF_HEAD = b"Transfer-Encoding: chunked\r\n\r\n"  # last header line + blank line
+END_OF_HEAD = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+

@@ -1,0 +1,585 @@
+"""The gateway's client-side protocol without sockets.
+
+`ClientConnection` runs on a loop the test drives (`FakeLoop`: time moves only when a test says
+so, callbacks run when it asks), talks to a client transport that records what was written
+(`FakeTransport`), and reaches replicas the test plays (`Replica`: its `connect` hands out
+`UpstreamConnection`s over fake transports, and the test feeds their response bytes). Everything
+under test is the real code: parser, routing, pool, retry decisions, metrics.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import struct
+from collections import deque
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+
+from openeas.gateway.context import ProxyContext
+from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.proxy import IDLE, ClientConnection
+from openeas.gateway.routes import UpstreamKey, build_routes
+from openeas.gateway.table import Route, RoutingTable, Upstream
+
+# --- fakes around the protocol ------------------------------------------------------------------
+
+
+class FakeHandle:
+    def __init__(self, when: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: FakeHandle) -> bool:
+        return self.when < other.when
+
+
+class FakeLoop:
+    """The four loop methods the proxy uses, on a clock that only the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ready: deque[FakeHandle] = deque()
+        self.timers: list[tuple[float, int, FakeHandle]] = []
+        self._seq = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> FakeHandle:
+        handle = FakeHandle(self.now, callback, args)
+        self.ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeHandle:
+        handle = FakeHandle(self.now + delay, callback, args)
+        self._seq += 1
+        heapq.heappush(self.timers, (handle.when, self._seq, handle))
+        return handle
+
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.call_soon(self._finish, coro)
+
+    @staticmethod
+    def _finish(coro: Coroutine[Any, Any, None]) -> None:
+        # The fake replicas never wait: one step runs a task to its end.
+        with pytest.raises(StopIteration):
+            coro.send(None)
+
+    def run_ready(self) -> None:
+        while self.ready:
+            handle = self.ready.popleft()
+            if not handle.cancelled:
+                handle.callback(*handle.args)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, running every timer that falls due, in order, at its own time."""
+        end = self.now + seconds
+        self.run_ready()
+        while self.timers and self.timers[0][0] <= end:
+            when, _, handle = heapq.heappop(self.timers)
+            self.now = when
+            if not handle.cancelled:
+                handle.callback(*handle.args)
+            self.run_ready()
+        self.now = end
+
+
+class FakeSocket:
+    """Just enough of a TCP socket for `pool.tcp_bytes_acked`: a Linux tcp_info with bytes_acked."""
+
+    def __init__(self, acked: int) -> None:
+        self.acked = acked
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        info = bytearray(size)
+        struct.pack_into("=Q", info, 120, self.acked)
+        return bytes(info)
+
+
+class FakeTransport:
+    """Records writes, pauses and closes; a close reaches the protocol on the next loop turn."""
+
+    def __init__(self, loop: FakeLoop, protocol: Any, *, tcp: bool = False) -> None:
+        self.loop = loop
+        self.protocol = protocol
+        self.data = bytearray()
+        self.reading = True
+        self.closed = False
+        self.aborted = False
+        self.tcp = tcp  # offers a socket whose peer acknowledged ``acked`` bytes (SYN included)
+        self.acked = 1
+        self.acking = True  # the peer's kernel acknowledges what we write
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.data += data
+        if self.acking:
+            self.acked += len(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.write(part)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket" and self.tcp:  # still open in connection_lost, as with asyncio and uvloop
+            return FakeSocket(self.acked)
+        return default
+
+    def take(self) -> bytes:
+        data = bytes(self.data)
+        self.data.clear()
+        return data
+
+
+class Replica(UpstreamState):
+    """A replica the test plays: refuses connections, or hands out connections it can answer on."""
+
+    def __init__(self, loop: FakeLoop, upstream: Upstream) -> None:
+        super().__init__(upstream)
+        self.loop = loop
+        self.refuse = False
+        self.tcp = False  # its connections can say what the replica's kernel acknowledged
+        self.acks = True  # its kernel acknowledges the bytes written to it
+        self.conns: list[UpstreamConnection] = []
+
+    async def connect(self, loop: Any) -> UpstreamConnection:
+        if self.refuse:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return self.open()
+
+    def open(self) -> UpstreamConnection:
+        conn = UpstreamConnection(self)
+        fake = FakeTransport(self.loop, conn, tcp=self.tcp)
+        fake.acking = self.acks
+        conn.connection_made(fake)  # type: ignore[arg-type]
+        self.conns.append(conn)
+        return conn
+
+    def received(self, i: int = -1) -> bytes:
+        """What connection ``i`` carried to the replica so far."""
+        return bytes(transport(self.conns[i]).data)
+
+    def answer(self, data: bytes, i: int = -1) -> None:
+        self.conns[i].data_received(data)
+        self.loop.run_ready()
+
+    def close(self, i: int = -1) -> None:
+        """The replica closes connection ``i`` (EOF, then the connection is gone)."""
+        conn = self.conns[i]
+        transport(conn).closed = True
+        conn.eof_received()
+        conn.connection_lost(None)
+        self.loop.run_ready()
+
+
+def transport(conn: UpstreamConnection) -> FakeTransport:
+    t = conn.transport
+    assert isinstance(t, FakeTransport)
+    return t
+
+
+class Client:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.conn = ClientConnection(gw.ctx, gw.loop)  # type: ignore[arg-type]
+        self.transport = FakeTransport(gw.loop, self.conn)
+        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+        self.gw.loop.run_ready()
+
+    def received(self) -> bytes:
+        return self.transport.take()
+
+
+class Gateway:
+    """The shared context of real client connections, with replicas played by the test."""
+
+    def __init__(self, *routes: Route, hold_s: float = 2.0) -> None:
+        self.loop = FakeLoop()
+        self.metrics = GatewayMetrics()
+        self.ctx = ProxyContext(self.metrics, hold_s=hold_s)
+        self.states: dict[UpstreamKey, UpstreamState] = {}
+        self.replicas: dict[str, Replica] = {}
+        self.set_routes(*routes)
+
+    def set_routes(self, *routes: Route) -> None:
+        for r in routes:
+            for u in r.upstreams:
+                key = (u.replica_id, u.host, u.port)
+                if key not in self.states:
+                    self.states[key] = self.replicas[u.replica_id] = Replica(self.loop, u)
+        table = RoutingTable(version=1, routes={r.service: r for r in routes})
+        self.ctx.routes = build_routes(table, self.ctx.routes, self.states, self.metrics)
+
+    def client(self) -> Client:
+        return Client(self)
+
+    def codes(self, service: str = "svc") -> dict[int, int]:
+        return dict(self.metrics.services[service].by_code)
+
+    def in_flight(self, service: str = "svc") -> int:
+        return self.metrics.services[service].in_flight
+
+
+def route(*replicas: str, service: str = "svc", **kw: Any) -> Route:
+    ups = tuple(Upstream(replica_id=r, host="10.0.0.1", port=8000 + i) for i, r in enumerate(replicas))
+    kw.setdefault("balancer", "round-robin")  # deterministic: the first pick is the first replica
+    return Route(service=service, token=None, upstreams=ups, **kw)
+
+
+def error(status: int, code: str, message: str, *, close: bool = False) -> bytes:
+    """The exact bytes of a gateway error answer."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" % (status, HTTPStatus(status).phrase.encode())
+        + b"Content-Length: %d\r\n" % len(body)
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+        + body
+    )
+
+
+GET = b"GET /api/predict/svc/v1/x?q=1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+GET_UPSTREAM = b"GET /v1/x?q=1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+POST_HEAD = b"POST /api/predict/svc/run HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n"
+POST_HEAD_UPSTREAM = b"POST /run HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+# --- replica failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resend_unanswered", [True, False], ids=["resend-on", "resend-off"])
+def test_connect_failure_goes_to_another_replica(resend_unanswered: bool) -> None:
+    gw = Gateway(route("a", "b", resend_unanswered=resend_unanswered))
+    a, b = gw.replicas["a"], gw.replicas["b"]
+    a.refuse = True
+    client = gw.client()
+    client.send(GET)
+    assert a.conns == [] and a.cooldown_until == 1.5  # nothing was sent to a; avoided for cooldown_s
+    assert b.received() == GET_UPSTREAM
+    b.answer(OK)
+    assert client.received() == OK
+    assert gw.codes() == {200: 1} and gw.in_flight() == 0
+    assert (a.outstanding, b.outstanding, len(b.idle)) == (0, 0, 1)
+
+
+NOT_RESENT = (
+    "replica a (10.0.0.1:8000) closed the connection before answering; not resent to another "
+    "replica: service 'svc' does not resend unanswered requests (resend_unanswered)"
+)
+
+
+@pytest.mark.parametrize(
+    ("resend_unanswered", "pooled", "tcp", "replica_read", "body_parts", "resent"),
+    [
+        pytest.param(True, False, False, True, 2, True, id="resend-on-whole-request"),
+        pytest.param(True, False, False, True, 1, True, id="resend-on-partial-body"),
+        pytest.param(True, True, True, False, 2, True, id="resend-on-stale-pooled"),
+        pytest.param(False, False, True, True, 2, False, id="resend-off-whole-request-502"),
+        pytest.param(False, False, True, True, 1, False, id="resend-off-partial-body-502"),
+        pytest.param(False, False, False, True, 2, False, id="resend-off-ack-unknown-502"),
+        pytest.param(False, True, True, True, 2, False, id="resend-off-pooled-read-502"),
+        pytest.param(False, True, True, False, 2, True, id="resend-off-stale-pooled-never-acked"),
+        pytest.param(False, False, True, False, 2, True, id="resend-off-fresh-never-acked"),
+    ],
+)
+def test_replica_closes_before_answering(
+    resend_unanswered: bool, pooled: bool, tcp: bool, replica_read: bool, body_parts: int, resent: bool
+) -> None:
+    gw = Gateway(route("a", "b", resend_unanswered=resend_unanswered))
+    a, b = gw.replicas["a"], gw.replicas["b"]
+    a.tcp = tcp
+    # replica_read=False: the replica's socket is gone (closed while idle, or never accepted):
+    # its kernel acknowledges nothing of this request.
+    a.acks = replica_read
+    if pooled:  # a keep-alive connection that carried 50 bytes of earlier, answered requests
+        conn = a.open()
+        conn.earlier_request_bytes = 50
+        transport(conn).acked = 1 + 50
+        a.idle.append(conn)
+    client = gw.client()
+    client.send(POST_HEAD)
+    client.send(b"01234")
+    if body_parts == 2:
+        client.send(b"56789")
+    sent = POST_HEAD_UPSTREAM + b"01234" + (b"56789" if body_parts == 2 else b"")
+    assert a.received() == sent
+    assert len(a.conns) == 1 and a.conns[0].reused is pooled
+    a.close()
+    if resent:
+        assert b.received() == sent  # all of it so far, to the other replica
+        if body_parts == 1:
+            client.send(b"56789")  # the rest follows to where the request went
+        assert b.received() == POST_HEAD_UPSTREAM + b"0123456789"
+        b.answer(OK)
+        assert client.received() == OK
+        assert gw.codes() == {200: 1}
+    else:
+        assert b.conns == []
+        assert client.received() == error(502, "upstream_failed", NOT_RESENT)
+        assert gw.codes() == {502: 1}
+        if body_parts == 1:
+            client.send(b"56789")  # the rest of the body is read and dropped
+            assert client.received() == b""
+        assert client.conn.phase is IDLE  # ready for the next request
+    assert (a.outstanding, b.outstanding, gw.in_flight()) == (0, 0, 0)
+
+
+def test_last_replica_closing_unanswered_gets_one_fresh_connection_then_502() -> None:
+    # A pooled connection that fails says little about the replica: one more try on a new one.
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    a.idle.append(a.open())
+    client = gw.client()
+    client.send(GET)
+    a.close(0)
+    assert [a.received(0), a.received(1)] == [GET_UPSTREAM, GET_UPSTREAM]
+    assert a.conns[1].reused is False
+    a.close(1)
+    message = "replica a (10.0.0.1:8000) closed the connection before answering"
+    assert client.received() == error(502, "upstream_failed", message)
+    assert len(a.conns) == 2 and gw.codes() == {502: 1}
+
+
+def test_replica_closes_mid_response() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET)
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    a.answer(partial)
+    a.close()
+    assert client.received() == partial  # nothing appended: the client sees a short body
+    assert client.transport.closed
+    assert gw.codes() == {502: 1} and gw.in_flight() == 0 and a.outstanding == 0
+
+
+def test_client_disconnects_mid_stream() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET)
+    a.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    client.conn.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    gw.loop.run_ready()
+    assert transport(a.conns[0]).aborted  # the rest of the answer is not wanted
+    assert a.idle == [] and a.outstanding == 0
+    assert gw.codes() == {499: 1} and gw.in_flight() == 0
+    assert gw.ctx.connections == set()
+
+
+# --- no replica: hold, then serve or 503 --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recovery", ["table-gains-a-replica", "refusing-replica-accepts-again"], ids=lambda r: r
+)
+def test_held_request_is_served_when_a_replica_becomes_reachable(recovery: str) -> None:
+    gw = Gateway(route() if recovery == "table-gains-a-replica" else route("a"))
+    if recovery == "refusing-replica-accepts-again":
+        gw.replicas["a"].refuse = True
+    client = gw.client()
+    client.send(GET)
+    gw.loop.advance(1.0)
+    assert client.received() == b""  # held, not answered
+    if recovery == "table-gains-a-replica":
+        gw.set_routes(route("a"))
+    else:
+        gw.replicas["a"].refuse = False
+    gw.loop.advance(0.05)
+    a = gw.replicas["a"]
+    assert a.received() == GET_UPSTREAM
+    a.answer(OK)
+    assert client.received() == OK
+    assert gw.codes() == {200: 1}
+
+
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        pytest.param((), "service 'svc' has no ready replica", id="no-replica"),
+        pytest.param(
+            ("a",),
+            "service 'svc' has no reachable replica: connect to replica a (10.0.0.1:8000) failed: "
+            "Connection refused",
+            id="every-replica-refuses",
+        ),
+    ],
+)
+def test_held_request_gets_503_when_the_hold_expires(replicas: tuple[str, ...], message: str) -> None:
+    gw = Gateway(route(*replicas), hold_s=2.0)
+    for r in gw.replicas.values():
+        r.refuse = True
+    client = gw.client()
+    client.send(GET)
+    gw.loop.advance(1.9)
+    assert client.received() == b""
+    gw.loop.advance(0.2)
+    assert client.received() == error(503, "no_ready_replica", message)
+    assert gw.codes() == {503: 1} and gw.in_flight() == 0
+    gw.loop.advance(10)
+    assert client.received() == b"" and gw.loop.timers == []  # the hold stopped polling
+
+
+# --- timeouts -----------------------------------------------------------------------------------
+
+
+def test_timeout_before_any_response_byte_is_a_408_and_the_connection_stays() -> None:
+    gw = Gateway(route("a", timeout_s=1.0))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET)
+    gw.loop.advance(0.99)
+    assert client.received() == b""
+    gw.loop.advance(0.02)
+    message = "service 'svc' did not answer within 1 s (timeout_s)"
+    assert client.received() == error(408, "timeout", message)
+    assert transport(a.conns[0]).aborted and a.idle == []
+    client.send(GET)  # the client connection is still good
+    assert len(a.conns) == 2 and a.received() == GET_UPSTREAM
+    a.answer(OK)
+    assert client.received() == OK
+    assert gw.codes() == {408: 1, 200: 1}
+
+
+def test_timeout_after_the_response_head_cuts_the_connection() -> None:
+    gw = Gateway(route("a", timeout_s=1.0))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    a.answer(head)
+    gw.loop.advance(1.0)
+    assert client.received() == head  # no 408 after a 200 head: the connection is cut instead
+    assert client.transport.closed and transport(a.conns[0]).aborted
+    assert gw.codes() == {408: 1} and gw.in_flight() == 0
+
+
+# --- request bodies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n", id="413"),
+        pytest.param(OK, id="200"),
+    ],
+)
+def test_early_answer_while_the_body_streams(answer: bytes) -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(POST_HEAD + b"0123")
+    a.answer(answer)
+    assert client.received() == answer
+    assert transport(a.conns[0]).closed and a.idle == []  # mid-request: not reusable
+    client.send(b"456789")  # the rest of the body: read and dropped
+    assert a.received(0) == POST_HEAD_UPSTREAM + b"0123"
+    client.send(GET)  # keep-alive works for the next request
+    assert len(a.conns) == 2 and a.received(1) == GET_UPSTREAM
+    a.answer(OK)
+    assert client.received() == OK
+    status = int(answer.split(b" ")[1])
+    assert gw.codes() == ({status: 1, 200: 1} if status != 200 else {200: 2})
+
+
+def test_chunked_body_over_the_limit_is_a_413_and_a_close() -> None:
+    gw = Gateway(route("a", max_body_bytes=10))
+    a = gw.replicas["a"]
+    client = gw.client()
+    head = b"POST /api/predict/svc HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    client.send(head + b"6\r\nabcdef\r\n")
+    assert a.received() == b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n"
+    client.send(b"6\r\nghijkl\r\n")
+    message = "request body exceeds 10 bytes, the limit of service 'svc'"
+    assert client.received() == error(413, "body_too_large", message, close=True)
+    assert client.transport.closed and transport(a.conns[0]).aborted
+    assert gw.codes() == {413: 1} and a.outstanding == 0
+
+
+# --- pipelining ---------------------------------------------------------------------------------
+
+
+def test_pipelined_in_one_read_answers_the_first_and_closes() -> None:
+    # The documented promise: a second request in the same read is not served; the connection
+    # closes after the first answer and the client sends it again.
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET + GET)
+    assert a.received() == GET_UPSTREAM  # only the first
+    a.answer(OK)
+    assert client.received() == OK
+    assert client.transport.closed
+    assert gw.codes() == {200: 1} and a.received() == GET_UPSTREAM
+
+
+def test_request_sent_before_the_answer_is_served_after_it() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(GET)
+    client.send(GET.replace(b"q=1", b"q=2"))
+    assert not client.transport.reading  # kept, and reading paused, until the first is answered
+    assert a.received() == GET_UPSTREAM
+    a.answer(OK)
+    assert client.transport.reading
+    assert len(a.conns) == 1 and a.received() == GET_UPSTREAM + GET_UPSTREAM.replace(b"q=1", b"q=2")
+    a.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok2")
+    assert client.received() == OK + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok2"
+    assert not client.transport.closed and gw.codes() == {200: 2}
+
+
+# --- flow control -------------------------------------------------------------------------------
+
+
+def test_backpressure_both_ways() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(POST_HEAD)
+    conn = a.conns[0]
+    conn.pause_writing()  # the replica's socket buffer is full: stop reading the client
+    assert not client.transport.reading
+    conn.resume_writing()
+    assert client.transport.reading
+    client.conn.pause_writing()  # the client's buffer is full: stop reading the replica
+    assert not transport(conn).reading
+    client.send(b"0123456789")
+    a.answer(OK)
+    assert transport(conn).reading and a.idle == [conn]  # pooled, and not left paused
+    client.send(GET)
+    assert not transport(conn).reading  # the next request on it inherits the client's pause
+    client.conn.resume_writing()
+    assert transport(conn).reading

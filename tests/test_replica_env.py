@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from openeas.controller.reconciler import kill_orphans
 from openeas.errors import MountError
 from openeas.runtime.launch import pick_port, replica_port_range
+from openeas.runtime.process import kill_orphans
 from openeas.storage.oss import resolve_url
 from tests.harness import read_proc, wait_for
 

@@ -2,7 +2,7 @@
 
 The gateway is the hot path, so it runs in a process of its own (pinnable to a core, unaffected
 by control-plane work) and reads the routing table from the store. Once both answer,
-`DIR/server.json` (mode 0600) tells the CLI and scripts where they are (DESIGN.md §4).
+`DIR/server.json` (mode 0600) tells the CLI and scripts where they are (docs/cli.md).
 """
 
 from __future__ import annotations

@@ -20,10 +20,6 @@ from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import orphans
-
-# Kept importable from here for a caller from before the orphan scan moved into the runtime
-# (tests/test_replica_env.py); new code asks its Runtime (see Reconciler.kill_orphans).
-from openeas.runtime.process import kill_orphans as kill_orphans
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import Store

@@ -14,13 +14,7 @@ from tests.harness import Server, new_server, replica_processes
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = new_server(tmp_path / "data").start()
     yield srv
-    srv.stop()
-    # Whatever a test left behind, no replica process may outlive it.
-    for pid in replica_processes(srv.data_dir):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _stop_and_reap(srv)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,12 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for a module whose tests each deploy services of their own names."""
     srv = new_server(tmp_path_factory.mktemp("shared") / "data").start()
     yield srv
+    _stop_and_reap(srv)
+
+
+def _stop_and_reap(srv: Server) -> None:
     srv.stop()
+    # Whatever a test left behind, no replica process may outlive it.
     for pid in replica_processes(srv.data_dir):
         try:
             os.kill(pid, signal.SIGKILL)

@@ -39,4 +39,3 @@ HEAD_METHOD = b"HEAD"  # its answer ends with its headers, whatever they say
 CHUNKED_END_OF_HEAD = b"Transfer-Encoding: chunked\r\n\r\n"  # last header line + blank line
 END_OF_HEAD = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-

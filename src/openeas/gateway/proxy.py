@@ -78,7 +78,7 @@ class ClientConnection(asyncio.Protocol):
     """One client's keep-alive connection; serves its requests one at a time."""
 
     # Slots, not an instance dict: attribute reads and writes are most of the per-request Python
-    # work here, and slots made a proxied request ~8% fewer instructions (bench/RESULTS.md).
+    # work here; slots save ~7% of the instructions of a proxied request (bench/RESULTS.md).
     __slots__ = (
         "attempts",
         "authorization",
@@ -479,9 +479,7 @@ class ClientConnection(asyncio.Protocol):
         """Send the waiting request again after ``failed`` failed it (see retry.py for when)."""
         route = self.route
         assert route is not None and route.balancer is not None
-        attempts = self.attempts
-        if attempts is None:
-            attempts = self.attempts = Attempts()
+        attempts = self._attempts()
         attempts.tried.append(failed)
         i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
         step = next_attempt(
@@ -498,12 +496,15 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._fail(unanswered(reason, route.service))
 
+    def _attempts(self) -> Attempts:
+        if self.attempts is None:
+            self.attempts = Attempts()  # the first failure or hold of this request
+        return self.attempts
+
     def _hold(self, err: GatewayError) -> None:
         """No replica to send to now: wait for the routing table to offer one, up to hold_s."""
         now = self.loop.time()
-        attempts = self.attempts
-        if attempts is None:
-            attempts = self.attempts = Attempts()
+        attempts = self._attempts()
         if attempts.hold_until is None:
             attempts.hold_until = now + self.ctx.hold_s
         if now >= attempts.hold_until:

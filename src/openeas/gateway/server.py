@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
+from openeas.gateway.context import DEFAULT_COOLDOWN_S, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
-from openeas.gateway.proxy import DEFAULT_COOLDOWN_S, ClientConnection, ProxyContext
+from openeas.gateway.proxy import PROXYING, ClientConnection
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.table import RoutingSource, RoutingTable
 
@@ -124,7 +125,7 @@ class Gateway:
             self._server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while loop.time() < deadline and any(c.phase == 1 for c in self.ctx.connections):
+        while loop.time() < deadline and any(c.phase is PROXYING for c in self.ctx.connections):
             await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.transport.close()

@@ -83,6 +83,7 @@ def test_official_eas_client_signed_request(quickstart: Server):
     # EAS names the sub path as part of the service; the client signs `/api/predict/<that>`.
     client = PredictClient(host, "quickstart/v1/chat/completions")
     client.set_token(info["token"])
+    client.set_timeout(60_000)  # ms; the SDK's 5 s default is less than a loaded 2-core CI needs
     client.init()
     body = json.dumps({"model": MODEL, "messages": QUESTION, "max_tokens": 32, **GREEDY})
     resp = json.loads(client.predict(StringRequest(body)).response_data)
@@ -102,5 +103,5 @@ def test_describe_shows_cold_start_and_llama_metrics(quickstart: Server):
     assert cold["start_s"] is not None and cold["total_s"] >= cold["start_s"]
     import requests
 
-    metrics = requests.get(f"http://127.0.0.1:{rep['port']}/metrics", timeout=5).text
+    metrics = requests.get(f"http://127.0.0.1:{rep['port']}/metrics", timeout=30).text
     assert "llamacpp:prompt_tokens_total" in metrics

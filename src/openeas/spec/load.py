@@ -12,6 +12,40 @@ from pydantic import ValidationError
 from openeas.errors import SpecError
 from openeas.spec.models import ServiceSpec
 
+MAX_SPEC_DEPTH = 64
+"""Deepest nesting of objects/arrays a spec may have (a real EAS spec has about 5 levels)."""
+MAX_SPEC_VALUES = 100_000
+"""Most values (objects, arrays, scalars) in one spec; also stops YAML alias bombs."""
+TOO_DEEP = f"spec: nested deeper than {MAX_SPEC_DEPTH} levels"
+
+
+def check_shape(data: Any) -> None:
+    """Refuse specs nested deeper than ``MAX_SPEC_DEPTH`` or with more than ``MAX_SPEC_VALUES``
+    values, without recursing (a self-referencing YAML alias counts as too deep)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_SPEC_VALUES:
+            raise SpecError([f"spec: more than {MAX_SPEC_VALUES} values"])
+        if isinstance(value, dict | list):
+            if depth > MAX_SPEC_DEPTH:
+                raise SpecError([TOO_DEEP])
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` that answers a too-deep document with a ``SpecError``, not a RecursionError;
+    ``ValueError`` when it is not JSON."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise SpecError([TOO_DEEP]) from None
+    check_shape(data)
+    return data
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -45,6 +79,7 @@ def format_errors(exc: ValidationError) -> list[str]:
 def parse_spec(data: Any) -> ServiceSpec:
     if not isinstance(data, dict):
         raise SpecError(["spec: must be a JSON/YAML object"])
+    check_shape(data)
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as exc:
@@ -54,12 +89,15 @@ def parse_spec(data: Any) -> ServiceSpec:
 def parse_text(text: str) -> dict[str, Any]:
     """JSON first (the EAS format), then YAML with the same structure."""
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError([f"spec: neither valid JSON nor YAML ({exc})"]) from None
+        except RecursionError:
+            raise SpecError([TOO_DEEP]) from None
+        check_shape(data)
     if not isinstance(data, dict):
         raise SpecError(["spec: must be a JSON/YAML object"])
     return data

@@ -23,7 +23,16 @@ from pydantic import (
     model_validator,
 )
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Whole-string patterns are used with ``fullmatch``: ``$`` would also match before a final "\n".
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# POSIX portable environment variable names.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Linux refuses to exec with any single argument or environment string ("NAME=value" and its
+# terminating NUL) longer than MAX_ARG_STRLEN, 128 KiB: such a replica could never start.
+MAX_ARG_STRLEN_BYTES = 128 * 1024
+# All of one container's environment together (the kernel's overall limit is larger but shared
+# with the command line; 1 MiB leaves room and is far above any real configuration).
+MAX_ENV_TOTAL_BYTES = 1024 * 1024
 
 # A number of seconds, cores, ...: an int stays an int (30, not 30.0), so a spec round-trips as written.
 Number = int | float
@@ -77,7 +86,7 @@ class Metadata(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 "must start with a lowercase letter and contain only lowercase letters, digits "
                 "and '_' (at most 63 characters)"
@@ -109,6 +118,33 @@ class HealthCheck(_Model):
 class EnvVar(_Model):
     name: str
     value: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not ENV_NAME_RE.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a valid environment variable name: letters, digits and '_', "
+                "not starting with a digit (no '=', NUL or spaces)"
+            )
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _env_value(cls, v: str) -> str:
+        if "\0" in v:
+            raise ValueError("must not contain a NUL character (a process environment cannot hold one)")
+        return v
+
+    @model_validator(mode="after")
+    def _env_size(self) -> EnvVar:
+        size = len(self.name.encode()) + 1 + len(self.value.encode()) + 1  # NAME=value\0
+        if size > MAX_ARG_STRLEN_BYTES:
+            raise ValueError(
+                f"the environment string {self.name}=... is {size} bytes; Linux allows at most "
+                f"{MAX_ARG_STRLEN_BYTES} bytes (128 KiB) per NAME=value, so the replica could never start"
+            )
+        return self
 
 
 class Container(_Model):
@@ -156,6 +192,21 @@ class Container(_Model):
     def _runnable(self) -> Container:
         if not (self.command or self.script):
             raise ValueError("one of 'command' or 'script' is required")
+        for what, text in (("command", self.command), ("script", self.script)):
+            if text is None:
+                continue
+            if "\0" in text:
+                raise ValueError(f"{what}: must not contain a NUL character")
+            if len(text.encode()) + 1 > MAX_ARG_STRLEN_BYTES:
+                raise ValueError(
+                    f"{what}: is {len(text.encode())} bytes; Linux allows at most "
+                    f"{MAX_ARG_STRLEN_BYTES} bytes (128 KiB) per argument, so it could never start"
+                )
+        total = sum(len(e.name.encode()) + len(e.value.encode()) + 2 for e in self.env)
+        if total > MAX_ENV_TOTAL_BYTES:
+            raise ValueError(
+                f"env: {total} bytes in all; at most {MAX_ENV_TOTAL_BYTES} bytes (1 MiB) together"
+            )
         return self
 
     def env_dict(self) -> dict[str, str]:
@@ -182,6 +233,8 @@ class StorageMount(_Model):
             raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in v):
+            raise ValueError("must not contain control characters (newline, NUL, ...)")
         return v
 
     @model_validator(mode="after")
@@ -230,8 +283,16 @@ class ServiceSpec(_Model):
         default=None, description="JSON/JSONL file of warmup requests, sent before a replica is Ready"
     )
     token: str | None = Field(default=None, min_length=8)
+
     autoscaler: Autoscaler | None = None
     runtime: Literal["process"] = Field(default="process", description="OpenEAS: which runtime runs replicas")
+
+    @field_validator("warm_up_data_path")
+    @classmethod
+    def _warmup_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
+            raise ValueError("must be a non-empty path without control characters (newline, NUL, ...)")
+        return v
 
     @model_validator(mode="after")
     def _mounts(self) -> ServiceSpec:

@@ -79,8 +79,12 @@ def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
     source = os.fspath(path)
     # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
     fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_regular(os.fstat(fd), source)
+    except BaseException:
+        os.close(fd)
+        raise
     with open(fd, "rb") as f:
-        _check_regular(os.fstat(f.fileno()), source)
         lines: list[bytes] = []
         total = 0
         lineno = 0

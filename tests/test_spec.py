@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from openeas.errors import SpecError
-from openeas.spec import parse_spec, parse_text
+from openeas.spec import load_spec_file, parse_spec, parse_text
 from openeas.store import Store
 
 # A service JSON in the shape of the PAI-EAS docs (custom image + OSS mount + command).
@@ -475,3 +476,30 @@ def test_yaml_alias_bomb_is_refused() -> None:
     with pytest.raises(SpecError) as e:
         parse_text("\n".join(lines))
     assert e.value.errors == ["spec: more than 100000 values"]
+
+
+def _spec_fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "spec.fifo")
+    return tmp / "spec.fifo"
+
+
+def _spec_huge(tmp: Path) -> Path:
+    path = tmp / "huge.json"
+    with open(path, "wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda _t: Path("/dev/zero"), "spec: /dev/zero is not a regular file", id="dev-zero"),
+        pytest.param(_spec_fifo, "spec.fifo is not a regular file", id="fifo"),
+        pytest.param(lambda t: t, "is not a regular file", id="directory"),
+        pytest.param(_spec_huge, "huge.json is larger than 16777216 bytes (16 MiB)", id="over-16MiB"),
+    ],
+)
+def test_spec_file_that_is_not_a_small_regular_file(tmp_path: Path, make: Any, message: str) -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec_file(make(tmp_path))
+    assert message in e.value.errors[0]

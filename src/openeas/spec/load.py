@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -103,5 +105,23 @@ def parse_text(text: str) -> dict[str, Any]:
     return data
 
 
+MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
+"""Largest spec file read (16 MiB, as the API's largest spec body)."""
+
+
 def load_spec_file(path: str | Path) -> ServiceSpec:
-    return parse_spec(parse_text(Path(path).read_text()))
+    """A spec from a file: ``SpecError`` when it is not a regular file (``/dev/zero``, a FIFO) or
+    larger than ``MAX_SPEC_FILE_BYTES``; ``OSError`` when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not wait for a writer
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpecError([f"spec: {os.fspath(path)} is not a regular file"])
+    with open(fd, "rb") as f:
+        data = f.read(MAX_SPEC_FILE_BYTES + 1)
+    if len(data) > MAX_SPEC_FILE_BYTES:
+        raise SpecError([f"spec: {os.fspath(path)} is larger than {MAX_SPEC_FILE_BYTES} bytes (16 MiB)"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"spec: {os.fspath(path)} is not UTF-8 text ({exc})"]) from None
+    return parse_spec(parse_text(text))

@@ -223,10 +223,22 @@ def test_openapi_documents_400_and_the_spec_body(api: Api) -> None:
         assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ServiceSpec"}
     spec = schemas["ServiceSpec"]
     assert set(spec["required"]) == {"metadata", "containers"}
-    assert schemas["Metadata"]["properties"]["name"]["type"] == "string"
+    assert schemas["Metadata"]["properties"]["name"]["pattern"] == "^[a-z][a-z0-9_]{0,62}$"
+    assert schemas["EnvVar"]["properties"]["name"]["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*$"
+    assert {"required": ["command"]}.items() <= schemas["Container"]["anyOf"][0].items()
+    # JSON Schema keywords only (pydantic writes `gt`/`ge` on `int | float` unions)
+    assert not {'"gt":', '"ge":', '"lt":', '"le":'} & {
+        w for w in json.dumps(schemas).split() if w.endswith(":")
+    }
     # every reference resolves inside the document
     for ref in set(_refs(doc)):
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
+
+
+def test_405_lists_every_method_of_the_path(api: Api) -> None:
+    r = api.call("PATCH", "/api/v1/services/existing")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.headers["Allow"] == "DELETE, GET, PUT"
 
 
 # -- who may read /metrics ------------------------------------------------------------------------

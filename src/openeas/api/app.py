@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
@@ -165,7 +166,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         return _error(400, "invalid_request", "; ".join(lines), lines)
 
     @app.exception_handler(HTTPException)
-    async def _http_errors(_req: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_errors(req: Request, exc: HTTPException) -> JSONResponse:
         # FastAPI's own errors (a body it could not parse, an unknown route) in our error format.
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail)
@@ -173,7 +174,18 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             message = (
                 f"body: could not be parsed as JSON (not JSON, or nested deeper than {MAX_SPEC_DEPTH} levels)"
             )
-        return _error(exc.status_code, code, message, [message] if exc.status_code == 400 else None)
+        response = _error(exc.status_code, code, message, [message] if exc.status_code == 400 else None)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the one route that matched
+            methods = {
+                m
+                for r in app.routes
+                if isinstance(r, Route) and r.methods and r.path_regex.match(req.url.path)
+                for m in r.methods
+                if m != "HEAD"
+            }
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
@@ -378,10 +390,20 @@ def _document(schema: dict[str, Any]) -> None:
         container["env"] = {
             "anyOf": [
                 {k: v for k, v in listed.items() if k not in ("title", "description")},
-                {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"type": "string", "pattern": "^[^\\u0000]*$"},
+                            {"type": ["number", "boolean", "null"]},
+                        ]
+                    },
+                },
             ],
             "title": listed.get("title", "Env"),
         }
+    _json_schema_bounds(components)
     error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
     for path, ops in schema.get("paths", {}).items():
         for op in ops.values():
@@ -401,6 +423,24 @@ def _document(schema: dict[str, Any]) -> None:
     components.setdefault(
         "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     )
+
+
+_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def _json_schema_bounds(node: Any) -> None:
+    """Pydantic writes a bound on a union (`int | float`) as `gt`/`ge`: JSON Schema's names."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if "anyOf" in n:
+                for short, long in _BOUNDS.items():
+                    if short in n:
+                        n[long] = n.pop(short)
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
 
 
 def _check_local_warmup(spec: ServiceSpec) -> None:

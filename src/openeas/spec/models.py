@@ -73,7 +73,7 @@ class EasSection(_Model):
 
 
 class Metadata(_Model):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"})  # JSON Schema: `$` = end
     instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
     cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
@@ -116,8 +116,8 @@ class HealthCheck(_Model):
 
 
 class EnvVar(_Model):
-    name: str
-    value: str = ""
+    name: str = Field(json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})
+    value: str = Field(default="", json_schema_extra={"pattern": "^[^\\u0000]*$"})
 
     @field_validator("name")
     @classmethod
@@ -148,6 +148,15 @@ class EnvVar(_Model):
 
 
 class Container(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}}
+                for k in ("command", "script")
+            ]
+        }
+    )
+
     image: str | None = Field(
         default=None, description="recorded; the process runtime runs `command` on the host"
     )
@@ -219,7 +228,7 @@ class OssSource(_Model):
 
 
 class StorageMount(_Model):
-    mount_path: str
+    mount_path: str = Field(json_schema_extra={"pattern": "^/[^\\u0000-\\u001f\\u007f]*$"})
     oss: OssSource | None = None
     nfs: dict[str, Any] | None = None
     empty_dir: dict[str, Any] | None = None

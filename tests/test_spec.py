@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from openeas.errors import SpecError
-from openeas.spec import load_spec_file, parse_spec, parse_text
+from openeas.spec import load_spec_file, parse_spec, parse_stored_spec, parse_text
 from openeas.store import Store
 
 # A service JSON in the shape of the PAI-EAS docs (custom image + OSS mount + command).
@@ -503,3 +503,23 @@ def test_spec_file_that_is_not_a_small_regular_file(tmp_path: Path, make: Any, m
     with pytest.raises(SpecError) as e:
         load_spec_file(make(tmp_path))
     assert message in e.value.errors[0]
+
+
+STORED_BY_AN_OLDER_RELEASE = [
+    pytest.param(_with("metadata.name", "a\n"), id="name-trailing-newline"),
+    pytest.param(_with("containers.0.env", [{"name": "A=B", "value": "x\x00"}]), id="env-eq-and-nul"),
+    pytest.param(_with("containers.0.env", {"BIG": "x" * (200 * 1024)}), id="env-200KiB"),
+    pytest.param(_with("storage.0.mount_path", "/mnt/data\n"), id="mount-newline"),
+]
+
+
+@pytest.mark.parametrize("data", STORED_BY_AN_OLDER_RELEASE)
+def test_a_version_stored_before_the_limits_still_loads(tmp_path: Path, data: dict[str, Any]) -> None:
+    # refused as a new spec ...
+    with pytest.raises(SpecError):
+        parse_spec(data)
+    # ... but a data directory holding it must not stop every reconcile pass or `describe`
+    spec = parse_stored_spec(data)
+    store = Store(tmp_path)
+    store.create_service(spec)
+    assert store.version_spec(spec.name, 1).to_dict() == {k: v for k, v in data.items() if k != "token"}

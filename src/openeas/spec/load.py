@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from openeas.errors import SpecError
-from openeas.spec.models import ServiceSpec
+from openeas.spec.models import STORED, ServiceSpec
 
 MAX_SPEC_DEPTH = 64
 """Deepest nesting of objects/arrays a spec may have (a real EAS spec has about 5 levels)."""
@@ -84,6 +84,16 @@ def parse_spec(data: Any) -> ServiceSpec:
     check_shape(data)
     try:
         return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc)) from None
+
+
+def parse_stored_spec(data: Any) -> ServiceSpec:
+    """A spec read back from the store: it was valid when stored, so the limits added since for
+    new specs (names, environment, nesting) do not apply; a version stored by an older release
+    still loads instead of stopping every reconcile pass."""
+    try:
+        return ServiceSpec.model_validate(data, context={STORED: True})
     except ValidationError as exc:
         raise SpecError(format_errors(exc)) from None
 

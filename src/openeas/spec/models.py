@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -33,6 +34,16 @@ MAX_ARG_STRLEN_BYTES = 128 * 1024
 # All of one container's environment together (the kernel's overall limit is larger but shared
 # with the command line; 1 MiB leaves room and is far above any real configuration).
 MAX_ENV_TOTAL_BYTES = 1024 * 1024
+
+STORED = "stored"
+"""Validation context key: the spec was accepted before and is read back from the store. The
+checks added later for new specs (whole-name match, environment and command limits, control
+characters) are skipped then, so a version stored by an older release still loads."""
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(STORED))
+
 
 # A number of seconds, cores, ...: an int stays an int (30, not 30.0), so a spec round-trips as written.
 Number = int | float
@@ -85,8 +96,8 @@ class Metadata(_Model):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.fullmatch(v):
+    def _name(cls, v: str, info: ValidationInfo) -> str:
+        if not NAME_RE.fullmatch(v) and not _stored(info):
             raise ValueError(
                 "must start with a lowercase letter and contain only lowercase letters, digits "
                 "and '_' (at most 63 characters)"
@@ -121,8 +132,8 @@ class EnvVar(_Model):
 
     @field_validator("name")
     @classmethod
-    def _env_name(cls, v: str) -> str:
-        if not ENV_NAME_RE.fullmatch(v):
+    def _env_name(cls, v: str, info: ValidationInfo) -> str:
+        if not ENV_NAME_RE.fullmatch(v) and not _stored(info):
             raise ValueError(
                 f"{v!r} is not a valid environment variable name: letters, digits and '_', "
                 "not starting with a digit (no '=', NUL or spaces)"
@@ -131,13 +142,15 @@ class EnvVar(_Model):
 
     @field_validator("value")
     @classmethod
-    def _env_value(cls, v: str) -> str:
-        if "\0" in v:
+    def _env_value(cls, v: str, info: ValidationInfo) -> str:
+        if "\0" in v and not _stored(info):
             raise ValueError("must not contain a NUL character (a process environment cannot hold one)")
         return v
 
     @model_validator(mode="after")
-    def _env_size(self) -> EnvVar:
+    def _env_size(self, info: ValidationInfo) -> EnvVar:
+        if _stored(info):
+            return self
         size = len(self.name.encode()) + 1 + len(self.value.encode()) + 1  # NAME=value\0
         if size > MAX_ARG_STRLEN_BYTES:
             raise ValueError(
@@ -198,9 +211,11 @@ class Container(_Model):
         return v
 
     @model_validator(mode="after")
-    def _runnable(self) -> Container:
+    def _runnable(self, info: ValidationInfo) -> Container:
         if not (self.command or self.script):
             raise ValueError("one of 'command' or 'script' is required")
+        if _stored(info):
+            return self
         for what, text in (("command", self.command), ("script", self.script)):
             if text is None:
                 continue
@@ -235,14 +250,14 @@ class StorageMount(_Model):
 
     @field_validator("mount_path")
     @classmethod
-    def _abs(cls, v: str) -> str:
+    def _abs(cls, v: str, info: ValidationInfo) -> str:
         if not v.startswith("/"):
             raise ValueError("must be an absolute path")
         if not v.strip("/"):
             raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in v):
+        if any(ord(c) < 0x20 or c == "\x7f" for c in v) and not _stored(info):
             raise ValueError("must not contain control characters (newline, NUL, ...)")
         return v
 
@@ -298,8 +313,8 @@ class ServiceSpec(_Model):
 
     @field_validator("warm_up_data_path")
     @classmethod
-    def _warmup_path(cls, v: str | None) -> str | None:
-        if v is not None and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
+    def _warmup_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _stored(info) and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
             raise ValueError("must be a non-empty path without control characters (newline, NUL, ...)")
         return v
 

@@ -118,10 +118,14 @@ def test_path_escaping_mount_is_rejected(server: Server, tmp_path: Path):
     assert any(e["reason"] == "MountFailed" and e["type"] == "Warning" for e in events)
 
 
+def _admin(srv: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {srv.info['admin_token']}"}  # /metrics names services: admin only
+
+
 def control_metrics(srv: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """The control plane's /metrics as {(name, labels): value}."""
     out = {}
-    for line in requests.get(f"{srv.api_url}/metrics", timeout=5).text.splitlines():
+    for line in requests.get(f"{srv.api_url}/metrics", headers=_admin(srv), timeout=5).text.splitlines():
         if not line or line.startswith("#"):
             continue
         head, value = line.rsplit(" ", 1)
@@ -263,7 +267,7 @@ def test_warmup_runs_before_ready_and_cli_reports(server: Server, tmp_path: Path
     assert f"listening on http://127.0.0.1:{rep['port']}" in logs[0]["text"]
 
     # Control-plane metrics: replicas by phase and the cold start just observed.
-    metrics = requests.get(f"{server.api_url}/metrics", timeout=5).text
+    metrics = requests.get(f"{server.api_url}/metrics", headers=_admin(server), timeout=5).text
     assert 'openeas_replicas{phase="Ready",service="warm"} 1.0' in metrics
     assert 'openeas_replica_cold_start_seconds_count{phase="warm",service="warm"} 1.0' in metrics
     # Gateway metrics after one call.

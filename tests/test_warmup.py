@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openeas.controller.warmup import WarmupRequest, load_warmup, parse_warmup, run_warmup
+from openeas.controller.warmup import (
+    MAX_WARMUP_FILE_BYTES,
+    MAX_WARMUP_LINE_BYTES,
+    WarmupRequest,
+    check_warmup_file,
+    load_warmup,
+    parse_warmup,
+    run_warmup,
+)
 from openeas.testserver import Knobs, running
 
 JSON = {"Content-Type": "application/json"}
@@ -259,3 +268,79 @@ async def test_deadline_skips_the_rest() -> None:
         )
     assert (report.sent, report.failed, report.skipped) == (2, 0, 8)
     assert not report.ok
+
+
+# -- hardening: what load_warmup refuses before it reads (issue 6, section 4) ---------------------
+
+
+def _fifo(tmp_path: Path) -> str:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _sparse(tmp_path: Path) -> str:
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.truncate(MAX_WARMUP_FILE_BYTES + 1)  # no disk used
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda _p: "/dev/zero", "/dev/zero: is a device; the warmup data must be a regular file",
+                     id="dev-zero"),
+        pytest.param(_fifo, "fifo: is a FIFO; the warmup data must be a regular file", id="fifo"),
+        pytest.param(lambda p: str(p), ": is a directory; the warmup data must be a regular file", id="directory"),
+        pytest.param(_sparse, f"huge.jsonl: {MAX_WARMUP_FILE_BYTES + 1} bytes; at most {MAX_WARMUP_FILE_BYTES} "
+                     "bytes (16 MiB)", id="over-16MiB"),
+    ],
+)  # fmt: skip
+def test_load_warmup_refuses_what_is_not_a_small_regular_file(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_warmup(path)  # returns at once: nothing is read (a FIFO without writer does not block)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_warmup_file(path)
+
+
+def test_load_warmup_refuses_a_line_over_1MiB(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(b'{"path": "/ok"}\n' + b"x" * (MAX_WARMUP_LINE_BYTES + 1) + b"\n")
+    with pytest.raises(
+        ValueError, match=re.escape(f"w.jsonl:2: line longer than {MAX_WARMUP_LINE_BYTES} bytes")
+    ):
+        load_warmup(path)
+
+
+def test_load_warmup_refuses_a_file_that_grows_past_16MiB_while_read(tmp_path: Path) -> None:
+    # /proc files report size 0 but can be long: the running total is what bounds the read.
+    path = tmp_path / "w.jsonl"
+    line = b'{"path": "/' + b"a" * 1000 + b'"}\n'
+    path.write_bytes(line * (MAX_WARMUP_FILE_BYTES // len(line) + 1))
+    with pytest.raises(ValueError, match="bytes \\(16 MiB\\)"):
+        load_warmup(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"body": ' + "[" * 100_000 + "]" * 100_000 + "}\n", id="jsonl-100k-deep"),
+        pytest.param("[" + '{"body": ' + "[" * 100_000 + "]" * 100_000 + "}]", id="array-100k-deep"),
+    ],
+)
+def test_deep_warmup_json_is_a_value_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="nested too deep"):
+        load_warmup(path)
+
+
+def test_load_warmup_accepts_a_file_at_the_limits(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    line = '{"path": "/x", "body": "' + "a" * (MAX_WARMUP_LINE_BYTES - 40) + '"}\n'
+    path.write_text(line)
+    assert load_warmup(path)[0].path == "/x"

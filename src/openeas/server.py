@@ -153,6 +153,7 @@ async def _serve(
     deploy: Sequence[Path],
     oss_root: Path | None,
     keep_replicas: bool,
+    public_metrics: bool = False,
 ) -> None:
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
@@ -175,7 +176,8 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
-        config = uvicorn.Config(create_app(cp), log_level="warning", access_log=False, lifespan="off")
+        app = create_app(cp, public_metrics=public_metrics)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         api = _ApiServer(config)
         api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
         while not api.started:
@@ -233,6 +235,7 @@ def run_server(
     deploy: Sequence[Path] = (),
     oss_root: Path | None = None,
     keep_replicas: bool = False,
+    public_metrics: bool = False,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -254,6 +257,7 @@ def run_server(
                 deploy=list(deploy),
                 oss_root=(oss_root or data_dir / "oss").resolve(),
                 keep_replicas=keep_replicas,
+                public_metrics=public_metrics,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

@@ -2,10 +2,16 @@
 
 It only writes desired state into the store and wakes the reconciler; it never starts or stops a
 process itself. Every error is `{"error": {"code", "message", "errors"?}}` with a precise message.
+Invalid input is 400 (never FastAPI's 422), and the OpenAPI document says so: create and update
+take the ServiceSpec JSON Schema as their request body.
+
+`/metrics` needs the admin token like every `/api/v1` route (it names every service), unless the
+server runs with `--public-metrics` (for a Prometheus that scrapes without credentials).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
+from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
-from openeas.spec import parse_spec
+from openeas.spec import ServiceSpec, parse_spec
+from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
@@ -26,6 +36,20 @@ from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 
 def _iso(t: float | None) -> str | None:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat() if t is not None else None
+
+
+MAX_SPEC_BODY_BYTES = 16 * 1024 * 1024
+"""Largest spec body the API reads (16 MiB; a container's env may hold 1 MiB, a command 128 KiB)."""
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="e.g. invalid_spec, invalid_request, unauthorized, not_found, conflict")
+    message: str
+    errors: list[str] | None = Field(default=None, description="one `field.path: reason` line per problem")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 class ScaleBody(BaseModel):
@@ -120,7 +144,8 @@ def _error(status: int, code: str, message: str, errors: list[str] | None = None
     return JSONResponse({"error": body}, status_code=status)
 
 
-def create_app(cp: ControlPlane) -> FastAPI:
+def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
+    """The API; ``public_metrics`` lets anyone who reaches the port read ``/metrics``."""
     app = FastAPI(
         title="OpenEAS control plane",
         version="0.1.0",
@@ -140,6 +165,34 @@ def create_app(cp: ControlPlane) -> FastAPI:
             lines.append(f"{where}: {str(err.get('msg', 'invalid')).lower()}")
         return _error(400, "invalid_request", "; ".join(lines), lines)
 
+    @app.exception_handler(HTTPException)
+    async def _http_errors(req: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own errors (a body it could not parse, an unknown route) in our error format.
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:
+            message = (
+                f"body: could not be parsed as JSON (not JSON, or nested deeper than {MAX_SPEC_DEPTH} levels)"
+            )
+        response = _error(exc.status_code, code, message, [message] if exc.status_code == 400 else None)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the one route that matched
+            methods = {
+                m
+                for r in app.routes
+                if isinstance(r, Route) and r.methods and r.path_regex.match(req.url.path)
+                for m in r.methods
+                if m != "HEAD"
+            }
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
+        # A body nested too deep for the JSON parser (FastAPI parses non-spec bodies itself).
+        msg = f"body: nested deeper than {MAX_SPEC_DEPTH} levels"
+        return _error(400, "invalid_request", msg, [msg])
+
     def admin(request: Request) -> None:
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else header
@@ -151,12 +204,27 @@ def create_app(cp: ControlPlane) -> FastAPI:
     auth = [Depends(admin)]
 
     async def _spec_body(request: Request) -> Any:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_SPEC_BODY_BYTES:
+                raise SpecError([f"spec: request body larger than {MAX_SPEC_BODY_BYTES} bytes (16 MiB)"])
         try:
-            return await request.json()
+            return parse_json(bytes(body))  # depth-checked: a SpecError, never a RecursionError
         except ValueError:
             raise SpecError(["spec: request body is not valid JSON"]) from None
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    async def _valid_spec(request: Request) -> ServiceSpec:
+        spec = parse_spec(await _spec_body(request))
+        await asyncio.to_thread(_check_local_warmup, spec)
+        return spec
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        dependencies=[] if public_metrics else auth,
+        responses={} if public_metrics else _responses(401),
+    )
     def metrics() -> PlainTextResponse:
         """Prometheus text format: replicas by phase, desired replicas, restarts, cold starts."""
         return PlainTextResponse(cp.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -165,16 +233,27 @@ def create_app(cp: ControlPlane) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/api/v1/services", status_code=201, dependencies=auth)
+    @app.post(
+        "/api/v1/services",
+        status_code=201,
+        dependencies=auth,
+        openapi_extra=SPEC_BODY,
+        responses=_responses(400, 401, 409),
+    )
     async def create_service(request: Request) -> dict[str, Any]:
-        spec = parse_spec(await _spec_body(request))
+        spec = await _valid_spec(request)
         cp.store.create_service(spec)
         cp.wake()
         return cp.detail(spec.name)
 
-    @app.put("/api/v1/services/{name}", dependencies=auth)
+    @app.put(
+        "/api/v1/services/{name}",
+        dependencies=auth,
+        openapi_extra=SPEC_BODY,
+        responses=_responses(400, 401, 404, 409),
+    )
     async def update_service(name: str, request: Request) -> dict[str, Any]:
-        spec = parse_spec(await _spec_body(request))
+        spec = await _valid_spec(request)
         if spec.name != name:
             raise SpecError(
                 [f"metadata.name: '{spec.name}' does not match the service in the URL ('{name}')"]
@@ -263,7 +342,121 @@ def create_app(cp: ControlPlane) -> FastAPI:
         cp.store.get_service(name)
         return {"endpoint": cp.endpoint(name), "token": cp.store.token(name)}
 
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document(base_openapi())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a PAI-EAS service JSON (unknown fields are kept)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ServiceSpec"}}},
+    }
+}
+
+_STATUS_TEXT = {
+    400: "invalid input: `{error: {code, message, errors}}`, one `field.path: reason` line per problem",
+    401: "missing or wrong admin token",
+    404: "no such service (or version, or replica)",
+    409: "the service exists already, or is being deleted",
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody, "description": _STATUS_TEXT[c]} for c in codes}
+
+
+def _document(schema: dict[str, Any]) -> None:
+    """Make the generated OpenAPI true: validation errors are 400 (FastAPI documents 422), every
+    /api/v1 route may answer 401, a route with a service name 404; the ServiceSpec schema (and its
+    parts) go into components for create and update."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    spec_schema = ServiceSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in spec_schema.pop("$defs", {}).items():
+        components[name] = sub
+    components["ServiceSpec"] = spec_schema
+    container = components.get("Container", {}).get("properties", {})
+    if "env" in container:  # EAS writes a list of {name, value}; a plain mapping is accepted too
+        listed = container["env"]
+        container["env"] = {
+            "anyOf": [
+                {k: v for k, v in listed.items() if k not in ("title", "description")},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"type": "string", "pattern": "^[^\\u0000]*$"},
+                            {"type": ["number", "boolean", "null"]},
+                        ]
+                    },
+                },
+            ],
+            "title": listed.get("title", "Env"),
+        }
+    _json_schema_bounds(components)
+    error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for path, ops in schema.get("paths", {}).items():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            had_422 = responses.pop("422", None) is not None
+            wanted = []
+            if had_422:
+                wanted.append(400)
+            if path.startswith("/api/"):
+                wanted.append(401)
+            if "{name}" in path:
+                wanted.append(404)
+            for code in wanted:
+                responses.setdefault(str(code), {"description": _STATUS_TEXT[code], **error_ref})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components.setdefault(
+        "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+
+
+_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def _json_schema_bounds(node: Any) -> None:
+    """Pydantic writes a bound on a union (`int | float`) as `gt`/`ge`: JSON Schema's names."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if "anyOf" in n:
+                for short, long in _BOUNDS.items():
+                    if short in n:
+                        n[long] = n.pop(short)
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+
+
+def _check_local_warmup(spec: ServiceSpec) -> None:
+    """A warmup file on this machine is checked now (a clear 400); one in object storage
+    (``oss://``, ``s3://``...) is checked when a replica starts."""
+    path = spec.warm_up_data_path
+    if not path:
+        return
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    elif "://" in path:
+        return
+    try:
+        check_warmup_file(path)
+    except ValueError as exc:
+        raise SpecError([f"warm_up_data_path: {exc}"]) from None
 
 
 class _Unauthorized(OpenEASError):

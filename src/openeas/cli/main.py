@@ -157,6 +157,13 @@ def server(
             help="On exit leave replica processes running, to be adopted by the next start (upgrades).",
         ),
     ] = False,
+    public_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--public-metrics",
+            help="Serve the API's /metrics without the admin token (it names every service).",
+        ),
+    ] = False,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -172,6 +179,7 @@ def server(
         deploy=list(deploy or []),
         oss_root=oss_root,
         keep_replicas=keep_replicas,
+        public_metrics=public_metrics,
     )
 
 

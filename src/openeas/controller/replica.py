@@ -278,7 +278,8 @@ class ReplicaSupervisor:
         if not spec.warm_up_data_path or row.port is None:
             return
         try:
-            requests = load_warmup(_resolve_local(spec.warm_up_data_path, self.cfg.oss_root))
+            local = _resolve_local(spec.warm_up_data_path, self.cfg.oss_root)
+            requests = await asyncio.to_thread(load_warmup, local)  # off the loop: a slow disk
         except MountError as exc:
             raise _Failure("WarmupFailed", exc.message) from None
         except (OSError, ValueError) as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from openeas.controller.probe import base_url
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_COUNT = 100_000  # a typo'd count must not keep a replica warming for hours
 MAX_ERRORS_KEPT = 10
+MAX_WARMUP_FILE_BYTES = 16 * 1024 * 1024
+"""Largest warmup file read (16 MiB): warmup is a few representative requests, not a data set."""
+MAX_WARMUP_LINE_BYTES = 1024 * 1024
+"""Longest line of a warmup file (1 MiB): one request of JSON Lines."""
 _KEYS = frozenset({"method", "path", "body", "headers", "count"})
 
 
@@ -65,10 +70,66 @@ class WarmupReport:
 
 
 def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
-    """Read and parse a warmup file; ``OSError`` if unreadable, ``ValueError`` if malformed."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return parse_warmup(text, source=os.fspath(path))
+    """Read and parse a warmup file; ``OSError`` if unreadable, ``ValueError`` if malformed, not a
+    regular file, or larger than ``MAX_WARMUP_FILE_BYTES`` (or a line than ``MAX_WARMUP_LINE_BYTES``).
+
+    The file is read line by line and never more than the cap, so ``/dev/zero`` or a FIFO cannot
+    fill memory or block; it blocks the calling thread, so async callers run it in a thread.
+    """
+    source = os.fspath(path)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_regular(os.fstat(fd), source)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as f:
+        lines: list[bytes] = []
+        total = 0
+        lineno = 0
+        while True:
+            line = f.readline(MAX_WARMUP_LINE_BYTES + 1)
+            if not line:
+                break
+            lineno += 1
+            if len(line) > MAX_WARMUP_LINE_BYTES:
+                raise ValueError(f"{source}:{lineno}: line longer than {MAX_WARMUP_LINE_BYTES} bytes (1 MiB)")
+            total += len(line)
+            if total > MAX_WARMUP_FILE_BYTES:
+                raise ValueError(f"{source}: larger than {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
+            lines.append(line)
+    try:
+        text = b"".join(lines).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: not UTF-8 text ({e})") from None
+    return parse_warmup(text, source=source)
+
+
+def check_warmup_file(path: str | os.PathLike[str]) -> None:
+    """What ``load_warmup`` would refuse before reading: a missing path, one that is not a
+    regular file (a device, FIFO, directory) or one larger than ``MAX_WARMUP_FILE_BYTES``.
+    Raises ``ValueError`` with the reason (``OSError``s included, as text)."""
+    source = os.fspath(path)
+    try:
+        st = os.stat(source)
+    except OSError as e:
+        raise ValueError(f"{source}: {e.strerror or e}") from None
+    _check_regular(st, source)
+
+
+def _check_regular(st: os.stat_result, source: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a directory" if stat.S_ISDIR(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "not a regular file"
+        )  # fmt: skip
+        raise ValueError(f"{source}: is {kind}; the warmup data must be a regular file")
+    if st.st_size > MAX_WARMUP_FILE_BYTES:
+        raise ValueError(f"{source}: {st.st_size} bytes; at most {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
 
 
 def parse_warmup(text: str, source: str = "<warmup>") -> list[WarmupRequest]:
@@ -82,6 +143,8 @@ def parse_warmup(text: str, source: str = "<warmup>") -> list[WarmupRequest]:
                 continue
             try:
                 items.append((lineno, json.loads(line)))
+            except RecursionError:
+                raise ValueError(f"{source}:{lineno}: JSON nested too deep") from None
             except ValueError as e:
                 raise ValueError(
                     f"{source}:{lineno}: not valid JSON ({e}); each line must be one JSON object "
@@ -112,6 +175,8 @@ def _split_json_array(text: str, source: str) -> list[tuple[int, Any]]:
                 obj, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{source}:{e.lineno}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{source}:{line_of(i)}: JSON nested too deep") from None
             items.append((line_of(i), obj))
             i = skip_ws(end)
             if i < len(text) and text[i] == ",":
@@ -157,7 +222,10 @@ def _request(obj: Any, where: str, lineno: int) -> WarmupRequest:
     elif isinstance(raw_body, str):
         body = raw_body.encode()
     elif isinstance(raw_body, dict | list):
-        body = json.dumps(raw_body).encode()
+        try:
+            body = json.dumps(raw_body).encode()
+        except RecursionError:
+            raise ValueError(f"{where}: 'body' nested too deep") from None
         if not any(k.lower() == "content-type" for k in headers):
             headers = {**headers, "Content-Type": "application/json"}
     else:

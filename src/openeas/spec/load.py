@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,41 @@ import yaml
 from pydantic import ValidationError
 
 from openeas.errors import SpecError
-from openeas.spec.models import ServiceSpec
+from openeas.spec.models import STORED, ServiceSpec
+
+MAX_SPEC_DEPTH = 64
+"""Deepest nesting of objects/arrays a spec may have (a real EAS spec has about 5 levels)."""
+MAX_SPEC_VALUES = 100_000
+"""Most values (objects, arrays, scalars) in one spec; also stops YAML alias bombs."""
+TOO_DEEP = f"spec: nested deeper than {MAX_SPEC_DEPTH} levels"
+
+
+def check_shape(data: Any) -> None:
+    """Refuse specs nested deeper than ``MAX_SPEC_DEPTH`` or with more than ``MAX_SPEC_VALUES``
+    values, without recursing (a self-referencing YAML alias counts as too deep)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_SPEC_VALUES:
+            raise SpecError([f"spec: more than {MAX_SPEC_VALUES} values"])
+        if isinstance(value, dict | list):
+            if depth > MAX_SPEC_DEPTH:
+                raise SpecError([TOO_DEEP])
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` that answers a too-deep document with a ``SpecError``, not a RecursionError;
+    ``ValueError`` when it is not JSON."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise SpecError([TOO_DEEP]) from None
+    check_shape(data)
+    return data
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -45,8 +81,19 @@ def format_errors(exc: ValidationError) -> list[str]:
 def parse_spec(data: Any) -> ServiceSpec:
     if not isinstance(data, dict):
         raise SpecError(["spec: must be a JSON/YAML object"])
+    check_shape(data)
     try:
         return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc)) from None
+
+
+def parse_stored_spec(data: Any) -> ServiceSpec:
+    """A spec read back from the store: it was valid when stored, so the limits added since for
+    new specs (names, environment, nesting) do not apply; a version stored by an older release
+    still loads instead of stopping every reconcile pass."""
+    try:
+        return ServiceSpec.model_validate(data, context={STORED: True})
     except ValidationError as exc:
         raise SpecError(format_errors(exc)) from None
 
@@ -54,16 +101,37 @@ def parse_spec(data: Any) -> ServiceSpec:
 def parse_text(text: str) -> dict[str, Any]:
     """JSON first (the EAS format), then YAML with the same structure."""
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError([f"spec: neither valid JSON nor YAML ({exc})"]) from None
+        except RecursionError:
+            raise SpecError([TOO_DEEP]) from None
+        check_shape(data)
     if not isinstance(data, dict):
         raise SpecError(["spec: must be a JSON/YAML object"])
     return data
 
 
+MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
+"""Largest spec file read (16 MiB, as the API's largest spec body)."""
+
+
 def load_spec_file(path: str | Path) -> ServiceSpec:
-    return parse_spec(parse_text(Path(path).read_text()))
+    """A spec from a file: ``SpecError`` when it is not a regular file (``/dev/zero``, a FIFO) or
+    larger than ``MAX_SPEC_FILE_BYTES``; ``OSError`` when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not wait for a writer
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpecError([f"spec: {os.fspath(path)} is not a regular file"])
+    with open(fd, "rb") as f:
+        data = f.read(MAX_SPEC_FILE_BYTES + 1)
+    if len(data) > MAX_SPEC_FILE_BYTES:
+        raise SpecError([f"spec: {os.fspath(path)} is larger than {MAX_SPEC_FILE_BYTES} bytes (16 MiB)"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"spec: {os.fspath(path)} is not UTF-8 text ({exc})"]) from None
+    return parse_spec(parse_text(text))

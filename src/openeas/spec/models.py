@@ -18,12 +18,32 @@ from pydantic import (
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Whole-string patterns are used with ``fullmatch``: ``$`` would also match before a final "\n".
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# POSIX portable environment variable names.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Linux refuses to exec with any single argument or environment string ("NAME=value" and its
+# terminating NUL) longer than MAX_ARG_STRLEN, 128 KiB: such a replica could never start.
+MAX_ARG_STRLEN_BYTES = 128 * 1024
+# All of one container's environment together (the kernel's overall limit is larger but shared
+# with the command line; 1 MiB leaves room and is far above any real configuration).
+MAX_ENV_TOTAL_BYTES = 1024 * 1024
+
+STORED = "stored"
+"""Validation context key: the spec was accepted before and is read back from the store. The
+checks added later for new specs (whole-name match, environment and command limits, control
+characters) are skipped then, so a version stored by an older release still loads."""
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(STORED))
+
 
 # A number of seconds, cores, ...: an int stays an int (30, not 30.0), so a spec round-trips as written.
 Number = int | float
@@ -64,7 +84,7 @@ class EasSection(_Model):
 
 
 class Metadata(_Model):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"})  # JSON Schema: `$` = end
     instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
     cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
@@ -76,8 +96,8 @@ class Metadata(_Model):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+    def _name(cls, v: str, info: ValidationInfo) -> str:
+        if not NAME_RE.fullmatch(v) and not _stored(info):
             raise ValueError(
                 "must start with a lowercase letter and contain only lowercase letters, digits "
                 "and '_' (at most 63 characters)"
@@ -107,11 +127,49 @@ class HealthCheck(_Model):
 
 
 class EnvVar(_Model):
-    name: str
-    value: str = ""
+    name: str = Field(json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})
+    value: str = Field(default="", json_schema_extra={"pattern": "^[^\\u0000]*$"})
+
+    @field_validator("name")
+    @classmethod
+    def _env_name(cls, v: str, info: ValidationInfo) -> str:
+        if not ENV_NAME_RE.fullmatch(v) and not _stored(info):
+            raise ValueError(
+                f"{v!r} is not a valid environment variable name: letters, digits and '_', "
+                "not starting with a digit (no '=', NUL or spaces)"
+            )
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _env_value(cls, v: str, info: ValidationInfo) -> str:
+        if "\0" in v and not _stored(info):
+            raise ValueError("must not contain a NUL character (a process environment cannot hold one)")
+        return v
+
+    @model_validator(mode="after")
+    def _env_size(self, info: ValidationInfo) -> EnvVar:
+        if _stored(info):
+            return self
+        size = len(self.name.encode()) + 1 + len(self.value.encode()) + 1  # NAME=value\0
+        if size > MAX_ARG_STRLEN_BYTES:
+            raise ValueError(
+                f"the environment string {self.name}=... is {size} bytes; Linux allows at most "
+                f"{MAX_ARG_STRLEN_BYTES} bytes (128 KiB) per NAME=value, so the replica could never start"
+            )
+        return self
 
 
 class Container(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [k], "properties": {k: {"type": "string", "minLength": 1}}}
+                for k in ("command", "script")
+            ]
+        }
+    )
+
     image: str | None = Field(
         default=None, description="recorded; the process runtime runs `command` on the host"
     )
@@ -153,9 +211,26 @@ class Container(_Model):
         return v
 
     @model_validator(mode="after")
-    def _runnable(self) -> Container:
+    def _runnable(self, info: ValidationInfo) -> Container:
         if not (self.command or self.script):
             raise ValueError("one of 'command' or 'script' is required")
+        if _stored(info):
+            return self
+        for what, text in (("command", self.command), ("script", self.script)):
+            if text is None:
+                continue
+            if "\0" in text:
+                raise ValueError(f"{what}: must not contain a NUL character")
+            if len(text.encode()) + 1 > MAX_ARG_STRLEN_BYTES:
+                raise ValueError(
+                    f"{what}: is {len(text.encode())} bytes; Linux allows at most "
+                    f"{MAX_ARG_STRLEN_BYTES} bytes (128 KiB) per argument, so it could never start"
+                )
+        total = sum(len(e.name.encode()) + len(e.value.encode()) + 2 for e in self.env)
+        if total > MAX_ENV_TOTAL_BYTES:
+            raise ValueError(
+                f"env: {total} bytes in all; at most {MAX_ENV_TOTAL_BYTES} bytes (1 MiB) together"
+            )
         return self
 
     def env_dict(self) -> dict[str, str]:
@@ -168,20 +243,22 @@ class OssSource(_Model):
 
 
 class StorageMount(_Model):
-    mount_path: str
+    mount_path: str = Field(json_schema_extra={"pattern": "^/[^\\u0000-\\u001f\\u007f]*$"})
     oss: OssSource | None = None
     nfs: dict[str, Any] | None = None
     empty_dir: dict[str, Any] | None = None
 
     @field_validator("mount_path")
     @classmethod
-    def _abs(cls, v: str) -> str:
+    def _abs(cls, v: str, info: ValidationInfo) -> str:
         if not v.startswith("/"):
             raise ValueError("must be an absolute path")
         if not v.strip("/"):
             raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in v) and not _stored(info):
+            raise ValueError("must not contain control characters (newline, NUL, ...)")
         return v
 
     @model_validator(mode="after")
@@ -230,8 +307,16 @@ class ServiceSpec(_Model):
         default=None, description="JSON/JSONL file of warmup requests, sent before a replica is Ready"
     )
     token: str | None = Field(default=None, min_length=8)
+
     autoscaler: Autoscaler | None = None
     runtime: Literal["process"] = Field(default="process", description="OpenEAS: which runtime runs replicas")
+
+    @field_validator("warm_up_data_path")
+    @classmethod
+    def _warmup_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _stored(info) and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
+            raise ValueError("must be a non-empty path without control characters (newline, NUL, ...)")
+        return v
 
     @model_validator(mode="after")
     def _mounts(self) -> ServiceSpec:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
 from openeas.gateway.table import RouteSettings
-from openeas.spec import ServiceSpec, parse_spec
+from openeas.spec import ServiceSpec, parse_spec, parse_stored_spec
 from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
@@ -280,7 +280,8 @@ class Store:
             row = s.get(VersionRow, (name, version))
             if row is None:
                 raise NotFound(f"service '{name}' has no version {version}")
-            return parse_spec(row.spec)
+            # it may have been stored by an older release: today's limits on new specs do not apply
+            return parse_stored_spec(row.spec)
 
     def versions(self, name: str) -> list[VersionRow]:
         with self.session() as s:

@@ -126,6 +126,16 @@ def test_rewrite_mounts(text: str, expected: str) -> None:
     assert rewrite_mounts(text, MOUNTS) == expected
 
 
+@pytest.mark.parametrize(
+    "local",
+    ["/home/me/My Data/objects/abc", "/data/objects/abc\n", "/data/a;rm -rf x", "/data/$(id)"],
+    ids=["space", "trailing-newline", "semicolon", "substitution"],
+)
+def test_rewrite_mounts_rejects_shell_unsafe_local_dirs(local: str) -> None:
+    with pytest.raises(MountError, match="not safe in a shell command"):
+        rewrite_mounts("ls /mnt/data", {"/mnt/data": local})
+
+
 def test_rewrite_mounts_rejects_shell_unsafe_local_dir_only_in_shell_text() -> None:
     mounts = {"/mnt/data": "/home/me/My Data/objects/abc"}
     with pytest.raises(MountError, match="not safe in a shell command"):

@@ -117,7 +117,7 @@ def rewrite_port_env(name: str, value: str, container_port: int, port: int) -> s
 
 # --- mounts ------------------------------------------------------------------------------
 
-_SHELL_SAFE_RE = re.compile(r"^[\w@%+=:,./-]+$")
+_SHELL_SAFE_RE = re.compile(r"[\w@%+=:,./-]+")
 
 
 def _mount_re(mounts: Mapping[str, str]) -> tuple[re.Pattern[str], dict[str, str]] | None:
@@ -148,7 +148,7 @@ def rewrite_mounts(text: str, mounts: Mapping[str, str], *, shell: bool = True) 
 
     def sub(m: re.Match[str]) -> str:
         local = table[m.group("m")]
-        if shell and not _SHELL_SAFE_RE.match(local):
+        if shell and not _SHELL_SAFE_RE.fullmatch(local):
             raise MountError(
                 f"mount {m.group('m')!r}: local directory {local!r} has characters that are not "
                 "safe in a shell command (use a data directory of letters, digits and _@%+=:,./-)"

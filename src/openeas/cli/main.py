@@ -188,15 +188,18 @@ def server(
 
 def _read_spec(file: str) -> dict[str, Any]:
     from openeas.spec import parse_spec, parse_text
+    from openeas.spec.load import MAX_SPEC_FILE_BYTES, read_spec_file
 
-    if file == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(file).read_text()
-        except OSError as exc:
-            _fail(f"cannot read {file}: {exc.strerror or exc}", code=2)
     try:
+        if file == "-":
+            text = sys.stdin.read(MAX_SPEC_FILE_BYTES + 1)
+            if len(text) > MAX_SPEC_FILE_BYTES:
+                raise SpecError([f"spec: stdin is larger than {MAX_SPEC_FILE_BYTES} bytes (16 MiB)"])
+        else:
+            try:
+                text = read_spec_file(file)
+            except OSError as exc:
+                _fail(f"cannot read {file}: {exc.strerror or exc}", code=2)
         data = parse_text(text)
         parse_spec(data)  # validate here: errors name the field before anything reaches the server
     except SpecError as exc:

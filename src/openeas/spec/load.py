@@ -119,9 +119,9 @@ MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
 """Largest spec file read (16 MiB, as the API's largest spec body)."""
 
 
-def load_spec_file(path: str | Path) -> ServiceSpec:
-    """A spec from a file: ``SpecError`` when it is not a regular file (``/dev/zero``, a FIFO) or
-    larger than ``MAX_SPEC_FILE_BYTES``; ``OSError`` when it cannot be opened."""
+def read_spec_file(path: str | Path) -> str:
+    """A spec file's text: ``SpecError`` when it is not a regular file (``/dev/zero``, a FIFO),
+    larger than ``MAX_SPEC_FILE_BYTES`` or not UTF-8; ``OSError`` when it cannot be opened."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not wait for a writer
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -131,7 +131,11 @@ def load_spec_file(path: str | Path) -> ServiceSpec:
     if len(data) > MAX_SPEC_FILE_BYTES:
         raise SpecError([f"spec: {os.fspath(path)} is larger than {MAX_SPEC_FILE_BYTES} bytes (16 MiB)"])
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError([f"spec: {os.fspath(path)} is not UTF-8 text ({exc})"]) from None
-    return parse_spec(parse_text(text))
+
+
+def load_spec_file(path: str | Path) -> ServiceSpec:
+    """A validated spec from a file (see :func:`read_spec_file` for what is refused)."""
+    return parse_spec(parse_text(read_spec_file(path)))

@@ -88,7 +88,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        client.transport.write(data)
+        try:
+            client.transport.write(data)
+        except RuntimeError:
+            # uvloop: the client's transport closed (its connection_lost is on its way, and drops
+            # this connection). The answer has nowhere to go; nothing to log.
+            self.client = None
+            self.abort()
+            return
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as e:

@@ -23,18 +23,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from enum import IntEnum
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from openeas.gateway.auth import AuthError, SignedBody, authorize
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
+from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response
 from openeas.gateway.flow import FlowControl
+from openeas.gateway.guard import (
+    ANSWERED,
+    BODY,
+    CLOSED,
+    HEAD,
+    IDLE,
+    KEEPALIVE,
+    PROXYING,
+    UPGRADE_REFUSED,
+    WAIT,
+    Pipelined,
+    expire,
+    headers_too_large,
+    parse_failed,
+    refuse,
+    too_many_connections,
+    uri_too_long,
+)
+from openeas.gateway.guard import Phase as Phase  # re-exported for server.py and tests
 from openeas.gateway.head import (
     AUTHORIZATION,
     CHUNKED_END_OF_HEAD,
+    CONNECTION,
     CONTENT_LENGTH,
     CONTENT_MD5,
     CONTENT_TYPE,
@@ -44,6 +64,7 @@ from openeas.gateway.head import (
     LAST_CHUNK,
     TRANSFER_ENCODING,
     header_kind,
+    without_named,
 )
 from openeas.gateway.local import local_answer
 from openeas.gateway.metrics import ServiceMetrics
@@ -53,25 +74,6 @@ from openeas.gateway.routes import RouteState
 
 REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
 HOLD_POLL_S = 0.05  # seconds between two looks at the routing table by a held request
-
-
-class Phase(IntEnum):
-    IDLE = 0  # waiting for (or parsing the head of) a request
-    PROXYING = 1  # the request goes to a replica; its response streams back
-    ANSWERED = 2  # the response is complete; the rest of the request body is read and discarded
-    CLOSED = 3
-
-
-# Module-level names: importable (server.py waits for PROXYING connections), and read as fast
-# globals on the hot path, where phases are compared by identity.
-IDLE = Phase.IDLE
-PROXYING = Phase.PROXYING
-ANSWERED = Phase.ANSWERED
-CLOSED = Phase.CLOSED
-
-
-class _Pipelined(Exception):
-    """A second request arrived in the same read as the first one."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -84,12 +86,18 @@ class ClientConnection(asyncio.Protocol):
         "authorization",
         "chunked",
         "chunked_bytes",
+        "connection",
         "content_length",
         "content_md5",
         "content_type",
         "ctx",
         "date",
+        "deadline",
+        "deadline_kind",
         "flow",
+        "head_bytes",
+        "header_budget",
+        "header_room",
         "headers",
         "is_head",
         "keep_alive",
@@ -136,6 +144,7 @@ class ClientConnection(asyncio.Protocol):
         self.content_type: bytes | None = None
         self.content_md5: bytes | None = None
         self.date: bytes | None = None
+        self.connection: bytes | None = None  # the Connection header's value
         self.chunked = False
         self.content_length = 0  # bytes, from the header (chunked bodies: chunked_bytes)
         self.is_head = False
@@ -154,32 +163,64 @@ class ClientConnection(asyncio.Protocol):
         self.attempts: Attempts | None = None  # made on the first failure or hold
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
         self.started = 0.0  # loop time (s) the head was complete
+        # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
+        ctx = self.ctx
+        self.head_bytes = 0
+        self.header_room = ctx.max_headers
+        self.header_budget = ctx.max_header_bytes
+        # The connection's one deadline (loop time) and what it ends; `ProxyContext` sweeps
+        # connections past it. Moving it is an attribute store: no timer per request or read.
+        self.deadline_kind = KEEPALIVE
+        self.deadline = self.loop.time() + ctx.keepalive_timeout_s
+
+    # Rare paths, kept in guard.py: limits, deadlines, unparsable requests.
+    _refuse = refuse
+    _parse_failed = parse_failed
+    expire = expire
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.flow.client = transport  # type: ignore[assignment]
-        self.ctx.connections.add(self)
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections:
+            self._refuse(too_many_connections(ctx.max_connections))
+            return
+        ctx.connections.add(self)
+        ctx.metrics.connections += 1
+        self.deadline_kind = HEAD  # a new connection must send its head within head_timeout_s
+        self.deadline = self.loop.time() + ctx.head_timeout_s
+        ctx.watch(self.loop)
 
     def data_received(self, data: bytes) -> None:
-        if self.request_done and self.phase is not IDLE:
+        phase = self.phase
+        if phase is IDLE:
+            if self.deadline_kind is KEEPALIVE:  # the first bytes of the next request
+                self.deadline_kind = HEAD
+                self.deadline = self.loop.time() + self.ctx.head_timeout_s
+            self.head_bytes += len(data)
+        elif phase is CLOSED:
+            return
+        elif self.deadline_kind is BODY:
+            self.deadline = self.loop.time() + self.ctx.body_timeout_s
+        if self.request_done and phase is not IDLE:
             self.flow.keep_early(data)  # the next request, before this one was answered
             return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
-            self._local_error(GatewayError(501, "upgrade_not_supported", "protocol upgrades are unsupported"))
+            if self.phase is not CLOSED:  # else refused in on_headers_complete already
+                self._refuse(GatewayError(*UPGRADE_REFUSED))
         except HttpParserError as e:
-            if isinstance(e.__context__, _Pipelined):
-                return  # the connection closes after the current answer; see on_url
-            if self.phase is IDLE:
-                self._local_error(GatewayError(400, "bad_request", f"malformed HTTP request: {e}"))
-            else:
-                self._drop_upstream()
-                self._record(400)
-                self._close()
+            self._parse_failed(e)
+            return
+        if self.phase is IDLE and self.head_bytes > self.ctx.max_head_bytes:
+            self._refuse(headers_too_large(self))  # one header line longer than all may be
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.connections.discard(self)
+        connections = self.ctx.connections
+        if self in connections:
+            connections.remove(self)
+            self.ctx.metrics.connections -= 1
         if self.phase is PROXYING:
             self._drop_upstream()
             self._record(499)  # client closed before the response completed (nginx's code)
@@ -263,10 +304,16 @@ class ClientConnection(asyncio.Protocol):
         if self.phase is not IDLE:
             # A pipelined request in the same read: close after this response; the client resends.
             self.keep_alive = False
-            raise _Pipelined
-        self.url += url
+            raise Pipelined
+        url = self.url = self.url + url
+        if len(url) > self.ctx.max_url_bytes:
+            raise uri_too_long(self.ctx.max_url_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        room = self.header_room = self.header_room - 1
+        budget = self.header_budget = self.header_budget - len(name) - len(value)
+        if room < 0 or budget < 0:
+            raise headers_too_large(self)
         kind = header_kind(name.lower())
         if kind is None:
             self.headers += (name, b": ", value, b"\r\n")
@@ -274,6 +321,8 @@ class ClientConnection(asyncio.Protocol):
             self.authorization = value
         elif kind == TRANSFER_ENCODING:
             self.chunked = True
+        elif kind == CONNECTION:
+            self.connection = value if self.connection is None else self.connection + b"," + value
         elif kind != HOP_BY_HOP:
             if kind == CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp accepted it: digits only
@@ -291,6 +340,13 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = parser.should_keep_alive()
         method = parser.get_method()
         ctx = self.ctx
+        self.deadline_kind = BODY  # until on_message_complete: the body must keep coming
+        self.deadline = now + ctx.body_timeout_s
+        if parser.should_upgrade():  # CONNECT, or Connection: Upgrade: refused before any routing
+            self._refuse(GatewayError(*UPGRADE_REFUSED))
+            return
+        if self.connection is not None:
+            self.headers = without_named(self.headers, self.connection)
         url = self.url
         target = ctx.targets.get(url) or ctx.resolve(url)
         if target is None:
@@ -344,6 +400,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.request_done = True
+        self.deadline_kind = WAIT
+        self.deadline = NEVER
         phase = self.phase
         if phase is PROXYING:
             if self.chunked:
@@ -478,7 +536,10 @@ class ClientConnection(asyncio.Protocol):
     def _resend(self, failed: UpstreamState, reason: str, *, stale: bool, connect_failed: bool) -> None:
         """Send the waiting request again after ``failed`` failed it (see retry.py for when)."""
         route = self.route
-        assert route is not None and route.balancer is not None
+        assert route is not None
+        # The current table: during a rolling update, the new version's replicas are there.
+        route = self.route = self.ctx.routes.get(route.service) or route
+        assert route.balancer is not None
         attempts = self._attempts()
         attempts.tried.append(failed)
         i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
@@ -554,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
         self._local_answer(response)
 
     def _local_error(self, err: GatewayError) -> None:
-        if err.status in (400, 501):
+        if err.status in (400, 408, 414, 431, 501):
             self.keep_alive = False  # the rest of the stream cannot be trusted
         self.ctx.metrics.unrouted(err.status)
         self._local_answer(error_response(err, close=not self.keep_alive))

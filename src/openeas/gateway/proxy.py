@@ -7,7 +7,7 @@ PROXYING (a replica serves the request) → ANSWERED (the answer is complete, th
 request body is read and dropped) → IDLE for the next request, or CLOSED. Helpers elsewhere own
 the rest: what all connections share (context.py), flow control (flow.py), what to do when a
 replica fails a request (retry.py), header handling (head.py), the gateway's own endpoints
-(local.py), the replica side (pool.py).
+(local.py), the replica side (pool.py), limits, deadlines and refusals (guard.py).
 
 Pipelining: a request that arrives in a later read while the previous one is served is kept and
 served after it (`FlowControl.keep_early`). A second request in the *same* read as the first is

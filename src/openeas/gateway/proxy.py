@@ -31,6 +31,7 @@ from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # 
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response
+from openeas.gateway.failover import attempts_of, connect, hold, on_timeout, resend, resume
 from openeas.gateway.flow import FlowControl
 from openeas.gateway.guard import (
     ANSWERED,
@@ -69,11 +70,10 @@ from openeas.gateway.head import (
 from openeas.gateway.local import local_answer
 from openeas.gateway.metrics import ServiceMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
+from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
 from openeas.gateway.routes import RouteState
 
 REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
-HOLD_POLL_S = 0.05  # seconds between two looks at the routing table by a held request
 
 
 class ClientConnection(asyncio.Protocol):
@@ -173,7 +173,13 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = KEEPALIVE
         self.deadline = self.loop.time() + ctx.keepalive_timeout_s
 
-    # Rare paths, kept in guard.py: limits, deadlines, unparsable requests.
+    # Rare paths: limits, deadlines, unparsable requests (guard.py); replica failures (failover.py).
+    _connect = connect
+    _resend = resend
+    _attempts = attempts_of
+    _hold = hold
+    _resume = resume
+    _on_timeout = on_timeout
     _refuse = refuse
     _parse_failed = parse_failed
     expire = expire
@@ -517,91 +523,6 @@ class ClientConnection(asyncio.Protocol):
         size = sum(map(len, waiting))
         self.sent_bytes = size
         self.resendable = waiting if size <= REPLAY_LIMIT_BYTES else None
-
-    async def _connect(self, upstream: UpstreamState, request_seq: int) -> None:
-        try:
-            conn = await upstream.connect(self.loop)
-        except OSError as e:
-            upstream.cooldown_until = self.loop.time() + self.ctx.cooldown_s
-            if request_seq == self.request_seq and self.upstream is upstream and self.phase is PROXYING:
-                self._release_upstream()
-                reason = f"connect to replica {upstream.name} failed: {e.strerror or e}"
-                self._resend(upstream, reason, stale=False, connect_failed=True)
-            return
-        if request_seq != self.request_seq or self.upstream is not upstream or self.phase is not PROXYING:
-            upstream.release(conn)  # the request went away meanwhile
-            return
-        self._send_to(upstream, conn)
-
-    def _resend(self, failed: UpstreamState, reason: str, *, stale: bool, connect_failed: bool) -> None:
-        """Send the waiting request again after ``failed`` failed it (see retry.py for when)."""
-        route = self.route
-        assert route is not None
-        # The current table: during a rolling update, the new version's replicas are there.
-        route = self.route = self.ctx.routes.get(route.service) or route
-        assert route.balancer is not None
-        attempts = self._attempts()
-        attempts.tried.append(failed)
-        i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
-        step = next_attempt(
-            found_other=i >= 0, stale=stale, fresh_used=attempts.fresh_used, connect_failed=connect_failed
-        )
-        if step is NextAttempt.OTHER:
-            self._send_to(route.upstreams[i])
-        elif step is NextAttempt.FRESH_SAME:
-            attempts.fresh_used = True
-            self._send_to(failed, fresh=True)
-        elif step is NextAttempt.HOLD:
-            message = f"service '{route.service}' has no reachable replica: {reason}"
-            self._hold(GatewayError(503, "no_ready_replica", message))
-        else:
-            self._fail(unanswered(reason, route.service))
-
-    def _attempts(self) -> Attempts:
-        if self.attempts is None:
-            self.attempts = Attempts()  # the first failure or hold of this request
-        return self.attempts
-
-    def _hold(self, err: GatewayError) -> None:
-        """No replica to send to now: wait for the routing table to offer one, up to hold_s."""
-        now = self.loop.time()
-        attempts = self._attempts()
-        if attempts.hold_until is None:
-            attempts.hold_until = now + self.ctx.hold_s
-        if now >= attempts.hold_until:
-            self._fail(err)
-            return
-        self.loop.call_later(HOLD_POLL_S, self._resume, self.request_seq)
-
-    def _resume(self, request_seq: int) -> None:
-        """A held request looks at the (maybe swapped) routing table again."""
-        if request_seq != self.request_seq or self.phase is not PROXYING or self.route is None:
-            return
-        service = self.route.service
-        route = self.ctx.routes.get(service)
-        if route is None or route.balancer is None:
-            self._fail(GatewayError(404, "service_not_found", f"service '{service}' not found"))
-            return
-        self.route = route
-        assert self.attempts is not None  # made by _hold
-        self.attempts.tried.clear()  # a new table: every replica deserves a try again
-        self._dispatch(self.loop.time())
-
-    def _on_timeout(self, request_seq: int) -> None:
-        self.timer = None
-        if request_seq != self.request_seq or self.phase is not PROXYING:
-            return
-        route = self.route
-        assert route is not None
-        conn = self.upstream_conn
-        if conn is not None and conn.got_bytes:
-            # The answer's head already went out: a 408 cannot follow it. Cut the connection.
-            self._drop_upstream()
-            self._record(408)
-            self._close()
-            return
-        message = f"service '{route.service}' did not answer within {route.timeout_s:g} s (timeout_s)"
-        self._fail(GatewayError(408, "timeout", message))
 
     # --- answers from the gateway itself --------------------------------------------------------
     def _local(self, method: bytes) -> None:

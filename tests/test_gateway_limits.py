@@ -144,3 +144,12 @@ def test_metrics_show_the_limits(env: Env) -> None:
     for name, value in LIMITS.items():
         assert f'openeas_gateway_limit{{name="{name}"}} {value:g}' in text
     assert "openeas_gateway_connections " in text
+
+
+def test_pipelined_requests_in_one_write_are_all_answered(env: Env) -> None:
+    get = b"GET /api/predict/echo/n%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    with env.sock() as s:
+        s.sendall(b"".join(get % i for i in range(5)) + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answers = read_all(s)
+    assert answers.count(b"HTTP/1.1 200 ") == 6
+    assert [answers.find(b"/n%d" % i) for i in range(5)] == sorted(answers.find(b"/n%d" % i) for i in range(5))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from httptools import HttpParserError
+from httptools import HttpParserError, HttpRequestParser
 
 from openeas.gateway.context import NEVER
 from openeas.gateway.errors import GatewayError
@@ -44,7 +44,61 @@ WAIT = "wait"  # the request is complete and waits for its answer (the route's t
 
 
 class Pipelined(Exception):
-    """A second request arrived in the same read as the first one."""
+    """A second request arrived in the same read as the first one (raised in on_url)."""
+
+
+class _Ends:
+    """Parser callbacks that only count complete requests."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = 0
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def requests_end(data: bytes, requests: int) -> int | None:
+    """Where the first ``requests`` requests of ``data`` (which starts with a request) end, found
+    by parsing prefixes with a fresh parser (httptools tells no offsets); None if they do not."""
+
+    def complete(size: int) -> bool:
+        ends = _Ends()
+        try:
+            HttpRequestParser(ends).feed_data(data[:size])
+        except HttpParserError:
+            return True  # cannot tell: treated as past the end, and checked below
+        return ends.complete >= requests
+
+    low, high = 1, len(data)  # the smallest size that completes them, by bisection
+    while low < high:
+        middle = (low + high) // 2
+        if complete(middle):
+            high = middle
+        else:
+            low = middle + 1
+    ends = _Ends()
+    try:
+        HttpRequestParser(ends).feed_data(data[:low])
+    except HttpParserError:
+        return None
+    return low if ends.complete == requests else None
+
+
+def pipelined(conn: ClientConnection, data: bytes, requests: int) -> None:
+    """A read held the end of the request being served and the start of the next one: the parser
+    stopped there. The rest of the read is kept, and parsed once this request is answered (as a
+    request sent in a later read is). ``requests``: how many requests this read completed, the
+    first starting at its first byte; 0 when the read started inside a request (its start is
+    unknown here): then the connection closes after this answer and the client sends the rest
+    again (HTTP/1.1 lets a server close instead of answering pipelined requests)."""
+    end = requests_end(data, requests) if requests else None
+    if end is None:
+        conn.keep_alive = False
+        return
+    conn.parser = HttpRequestParser(conn)  # the old one stopped in the next request's head
+    conn.flow.keep_early(data[end:])
 
 
 UPGRADE_REFUSED = (501, "upgrade_not_supported", "protocol upgrades (WebSocket, CONNECT) are unsupported")
@@ -76,10 +130,8 @@ def headers_too_large(conn: ClientConnection) -> GatewayError:
 
 
 def parse_failed(conn: ClientConnection, e: HttpParserError) -> None:
-    """The parser stopped on ``e``: a limit a callback raised, a pipelined request, or bad bytes."""
+    """The parser stopped on ``e``: a limit a callback raised, or bytes that are not HTTP."""
     cause = e.__context__
-    if isinstance(cause, Pipelined):
-        return  # the connection closes after the current answer; see on_url
     phase = conn.phase
     if isinstance(cause, GatewayError):  # a limit, raised by a parser callback
         if phase is IDLE:

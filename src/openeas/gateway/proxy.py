@@ -9,10 +9,11 @@ the rest: what all connections share (context.py), flow control (flow.py), what 
 replica fails a request (retry.py), header handling (head.py), the gateway's own endpoints
 (local.py), the replica side (pool.py), limits, deadlines and refusals (guard.py).
 
-Pipelining: a request that arrives in a later read while the previous one is served is kept and
-served after it (`FlowControl.keep_early`). A second request in the *same* read as the first is
-not: the connection closes after the first answer and the client sends the second again (HTTP/1.1
-lets a server close instead of answering pipelined requests; clients that pipeline must retry).
+Pipelining: requests sent before the previous one was answered are kept (`FlowControl.keep_early`,
+reading paused) and served in order after it, whether they came in a later read or in the same
+read as the end of the previous one (the parser stops there; `guard.pipelined` finds where the
+next request starts). Only when that read began inside a request is its start unknown: the
+connection then closes after the answer and the client sends the rest again (HTTP/1.1 allows it).
 
 Hot-path rules (see bench/RESULTS.md for what each bought): no framework objects, no per-request
 task or logging; the request head is rebuilt once from the parsed headers, bodies and responses are
@@ -47,6 +48,7 @@ from openeas.gateway.guard import (
     expire,
     headers_too_large,
     parse_failed,
+    pipelined,
     refuse,
     too_many_connections,
     uri_too_long,
@@ -181,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
     _resume = resume
     _on_timeout = on_timeout
     _refuse = refuse
+    _pipelined = pipelined
     _parse_failed = parse_failed
     expire = expire
 
@@ -199,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
+        request_seq = self.request_seq
+        head_before = self.head_bytes  # 0 when idle: this read starts a request
         if phase is IDLE:
             if self.deadline_kind is KEEPALIVE:  # the first bytes of the next request
                 self.deadline_kind = HEAD
@@ -217,7 +222,11 @@ class ClientConnection(asyncio.Protocol):
             if self.phase is not CLOSED:  # else refused in on_headers_complete already
                 self._refuse(GatewayError(*UPGRADE_REFUSED))
         except HttpParserError as e:
-            self._parse_failed(e)
+            if isinstance(e.__context__, Pipelined):  # counted: the requests this read completed
+                at_start = phase is IDLE and head_before == 0
+                self._pipelined(data, self.request_seq - request_seq + 1 if at_start else 0)
+            else:
+                self._parse_failed(e)
             return
         if self.phase is IDLE and self.head_bytes > self.ctx.max_head_bytes:
             self._refuse(headers_too_large(self))  # one header line longer than all may be
@@ -309,7 +318,6 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         if self.phase is not IDLE:
             # A pipelined request in the same read: close after this response; the client resends.
-            self.keep_alive = False
             raise Pipelined
         url = self.url = self.url + url
         if len(url) > self.ctx.max_url_bytes:

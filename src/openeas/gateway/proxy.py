@@ -613,5 +613,6 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.request_seq += 1
         self._clear_timer()
+        self.deadline = NEVER  # the sweep leaves it alone until connection_lost removes it
         self.phase = CLOSED
         self.transport.close()

@@ -3,12 +3,15 @@ small limits), an aiohttp replica, raw socket clients that send what no well-beh
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from openeas.gateway import Gateway
 from openeas.gateway.context import ProxyContext
@@ -37,16 +40,39 @@ class Env:
         return s
 
 
+async def start_websocket_replica() -> tuple[web.AppRunner, int]:
+    """A replica whose /ws echoes WebSocket text messages, upper-cased."""
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str(msg.data.upper())
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None and site._server.sockets
+    return runner, int(site._server.sockets[0].getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     lt = LoopThread()
     runner, port = lt.run(start_upstream("a"))
-    gw = Gateway(MemorySource(table(route("echo", [port]))), poll_interval_s=0.05)
+    ws_runner, ws_port = lt.run(start_websocket_replica())
+    routes = table(route("echo", [port]), route("ws", [ws_port], timeout_s=0.5))
+    gw = Gateway(MemorySource(routes), poll_interval_s=0.05)
     gw.ctx = ProxyContext(gw.metrics, **LIMITS)  # type: ignore[arg-type]  # short deadlines for tests
     lt.run(gw.start("127.0.0.1", 0))
     yield Env(lt, gw)
     lt.run(gw.stop(grace_s=1))
     lt.run(runner.cleanup())
+    lt.run(ws_runner.cleanup())
     lt.stop()
 
 
@@ -153,3 +179,20 @@ def test_pipelined_requests_in_one_write_are_all_answered(env: Env) -> None:
         answers = read_all(s)
     assert answers.count(b"HTTP/1.1 200 ") == 6
     assert [answers.find(b"/n%d" % i) for i in range(5)] == sorted(answers.find(b"/n%d" % i) for i in range(5))
+
+
+def test_websocket_through_the_gateway(env: Env) -> None:
+    async def talk() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{env.gw.port}/api/predict/ws/ws"
+            async with session.ws_connect(url) as sock:
+                got = []
+                for word in ("hello", "world"):
+                    await sock.send_str(word)
+                    got.append((await sock.receive()).data)
+                    await asyncio.sleep(0.4)  # past the route's timeout (0.5 s) and the head deadline
+                return got
+
+    assert asyncio.run(talk()) == ["HELLO", "WORLD"]
+    assert env.gw.metrics.services["ws"].by_code == {101: 1}
+    wait_for(lambda: env.gw.metrics.services["ws"].in_flight == 0, 5, what="the tunnel counted once")

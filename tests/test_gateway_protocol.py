@@ -799,15 +799,24 @@ def test_connection_cap_answers_503_and_frees_its_place() -> None:
 
 # --- upgrades, bad bodies, hop-by-hop headers -----------------------------------------------------
 
-UPGRADE_REFUSED = "protocol upgrades (WebSocket, CONNECT) are unsupported"
+UPGRADE_REFUSED = "protocol upgrades other than a WebSocket GET are unsupported"
+WS_HEAD = (
+    b"GET /api/predict/svc/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+WS_HEAD_UPSTREAM = (
+    b"GET /ws HTTP/1.1\r\nHost: gw\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+)
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n"
 
 
 @pytest.mark.parametrize(
     "request_bytes",
     [
         pytest.param(
-            b"GET /api/predict/svc/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            id="websocket",
+            b"GET /api/predict/svc HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            id="h2c",
         ),
         pytest.param(
             b"POST /api/predict/svc HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello",
@@ -874,3 +883,48 @@ def test_replica_answering_a_departed_client_is_dropped_quietly() -> None:
     assert transport(a.conns[0]).aborted
     client.conn.connection_lost(None)
     assert gw.in_flight() == 0 and a.outstanding == 0 and gw.codes() == {499: 1}
+
+
+# --- WebSocket tunnel ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("early_frame", [b"", b"\x81\x02hi"], ids=["frames-after-101", "frame-before-101"])
+def test_websocket_is_tunnelled_after_the_replicas_101(early_frame: bytes) -> None:
+    gw = Gateway(route("a", timeout_s=1.0))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(WS_HEAD + early_frame)
+    assert a.received() == WS_HEAD_UPSTREAM  # the handshake, its own Connection/Upgrade pair
+    a.answer(SWITCHING + b"\x81\x05hello")
+    assert client.received() == SWITCHING + b"\x81\x05hello"
+    assert a.received() == WS_HEAD_UPSTREAM + early_frame  # held until the 101, then sent
+    client.send(b"\x81\x03abc" + b"GET / HTTP/1.1\r\n\r\n")  # not HTTP any more: bytes as they are
+    assert a.received().endswith(b"\x81\x03abc" + b"GET / HTTP/1.1\r\n\r\n")
+    gw.loop.advance(100)  # no route timeout, no keep-alive or head deadline in a tunnel
+    a.answer(b"\x81\x03xyz")
+    assert client.received() == b"\x81\x03xyz" and not client.transport.closed
+    assert gw.codes() == {101: 1} and gw.in_flight() == 0 and a.outstanding == 0
+    a.close()  # the replica ends it: so does the gateway
+    assert client.transport.closed and a.idle == [] and gw.metrics.timeouts == {}
+
+
+def test_websocket_client_leaving_closes_the_replica_side() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(WS_HEAD)
+    a.answer(SWITCHING)
+    client.transport.close()
+    gw.loop.run_ready()
+    assert transport(a.conns[0]).closed and a.idle == [] and gw.ctx.connections == set()
+
+
+def test_websocket_refused_by_the_replica_closes_after_its_answer() -> None:
+    gw = Gateway(route("a"))
+    a = gw.replicas["a"]
+    client = gw.client()
+    client.send(WS_HEAD)
+    refusal = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+    a.answer(refusal)
+    assert client.received() == refusal and client.transport.closed
+    assert gw.codes() == {400: 1} and gw.in_flight() == 0

@@ -27,6 +27,7 @@ class Phase(IntEnum):
     PROXYING = 1  # the request goes to a replica; its response streams back
     ANSWERED = 2  # the response is complete; the rest of the request body is read and discarded
     CLOSED = 3
+    TUNNEL = 4  # a WebSocket: the replica answered 101, bytes go both ways unparsed
 
 
 # Module-level names: read as fast globals on the hot path, where phases are compared by identity.
@@ -34,6 +35,7 @@ IDLE = Phase.IDLE
 PROXYING = Phase.PROXYING
 ANSWERED = Phase.ANSWERED
 CLOSED = Phase.CLOSED
+TUNNEL = Phase.TUNNEL
 
 # What the connection's deadline (`ClientConnection.deadline`) ends; also the label of
 # openeas_gateway_timeouts_total. Compared by identity.
@@ -101,7 +103,11 @@ def pipelined(conn: ClientConnection, data: bytes, requests: int) -> None:
     conn.flow.keep_early(data[end:])
 
 
-UPGRADE_REFUSED = (501, "upgrade_not_supported", "protocol upgrades (WebSocket, CONNECT) are unsupported")
+UPGRADE_REFUSED = (
+    501,
+    "upgrade_not_supported",
+    "protocol upgrades other than a WebSocket GET are unsupported",
+)
 
 
 def refuse(conn: ClientConnection, err: GatewayError) -> None:

@@ -16,6 +16,7 @@ CONTENT_TYPE = 4  # read (signed requests) and forwarded
 CONTENT_MD5 = 5  # read (signed requests) and forwarded
 DATE = 6  # read (signed requests) and forwarded
 CONNECTION = 7  # read (the headers it names are dropped too), never forwarded
+UPGRADE = 8  # read; a WebSocket handshake gets its own Connection/Upgrade pair (`upgrade_end`)
 
 HEADER_KINDS: dict[bytes, int] = {
     b"authorization": AUTHORIZATION,
@@ -24,7 +25,7 @@ HEADER_KINDS: dict[bytes, int] = {
     b"proxy-connection": HOP_BY_HOP,
     b"te": HOP_BY_HOP,
     b"trailer": HOP_BY_HOP,
-    b"upgrade": HOP_BY_HOP,
+    b"upgrade": UPGRADE,
     b"transfer-encoding": TRANSFER_ENCODING,
     b"content-length": CONTENT_LENGTH,
     b"content-type": CONTENT_TYPE,
@@ -41,6 +42,12 @@ HEAD_METHOD = b"HEAD"  # its answer ends with its headers, whatever they say
 CHUNKED_END_OF_HEAD = b"Transfer-Encoding: chunked\r\n\r\n"  # last header line + blank line
 END_OF_HEAD = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+WEBSOCKET = b"websocket"
+
+
+def upgrade_end(protocol: bytes) -> bytes:
+    """The last header lines of a protocol-upgrade request to a replica (a WebSocket handshake)."""
+    return b"Connection: Upgrade\r\nUpgrade: " + protocol + b"\r\n\r\n"
 
 # Connection options that name no header (RFC 9110 7.6.1): nothing more to drop for them.
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade", b""))

@@ -42,6 +42,7 @@ from openeas.gateway.guard import (
     IDLE,
     KEEPALIVE,
     PROXYING,
+    TUNNEL,
     UPGRADE_REFUSED,
     WAIT,
     Pipelined,
@@ -66,7 +67,10 @@ from openeas.gateway.head import (
     HOP_BY_HOP,
     LAST_CHUNK,
     TRANSFER_ENCODING,
+    UPGRADE,
+    WEBSOCKET,
     header_kind,
+    upgrade_end,
     without_named,
 )
 from openeas.gateway.local import local_answer
@@ -116,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         "started",
         "timer",
         "transport",
+        "upgrade",
         "upstream",
         "upstream_conn",
         "url",
@@ -147,6 +152,7 @@ class ClientConnection(asyncio.Protocol):
         self.content_md5: bytes | None = None
         self.date: bytes | None = None
         self.connection: bytes | None = None  # the Connection header's value
+        self.upgrade: bytes | None = None  # the Upgrade header's value
         self.chunked = False
         self.content_length = 0  # bytes, from the header (chunked bodies: chunked_bytes)
         self.is_head = False
@@ -211,6 +217,9 @@ class ClientConnection(asyncio.Protocol):
             self.head_bytes += len(data)
         elif phase is CLOSED:
             return
+        elif phase is TUNNEL:
+            self.upstream_conn.transport.write(data)  # type: ignore[union-attr]
+            return
         elif self.deadline_kind is BODY:
             self.deadline = self.loop.time() + self.ctx.body_timeout_s
         if self.request_done and phase is not IDLE:
@@ -218,9 +227,12 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            if self.phase is not CLOSED:  # else refused in on_headers_complete already
-                self._refuse(GatewayError(*UPGRADE_REFUSED))
+        except HttpParserUpgrade as e:
+            # A WebSocket handshake (others were refused in on_headers_complete): bytes after it
+            # follow the head; the parser is done with this connection.
+            tail = data[e.args[0] :]
+            if tail and self.phase is PROXYING:
+                self.flow.keep_early(tail)
         except HttpParserError as e:
             if isinstance(e.__context__, Pipelined):  # counted: the requests this read completed
                 at_start = phase is IDLE and head_before == 0
@@ -239,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
         if self.phase is PROXYING:
             self._drop_upstream()
             self._record(499)  # client closed before the response completed (nginx's code)
+        elif self.phase is TUNNEL:
+            self._drop_upstream()
         self._clear_timer()
         self.phase = CLOSED
 
@@ -286,9 +300,29 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._answered()
 
+    def upstream_upgraded(self, conn: UpstreamConnection) -> None:
+        """The replica answered 101 (its head already went to the client): tunnel from now on."""
+        if conn is not self.upstream_conn:
+            return
+        self._release_upstream()  # a tunnel is not an outstanding request
+        self._record(101)
+        self._clear_timer()  # the route's timeout is for answers, not for a WebSocket's life
+        self.phase = TUNNEL
+        self.deadline = NEVER
+        early = self.flow.take_early()  # frames the client sent before the 101
+        if early:
+            conn.transport.writelines(early)  # type: ignore[union-attr]
+        self.flow.resume_client()
+
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
-        """The replica's connection closed before its answer ended."""
-        if conn is not self.upstream_conn or self.phase is not PROXYING:
+        """The replica's connection closed before its answer ended (or ended its tunnel)."""
+        if conn is not self.upstream_conn:
+            return
+        if self.phase is TUNNEL:
+            self.upstream_conn = None
+            self._close()
+            return
+        if self.phase is not PROXYING:
             return
         self.upstream_conn = None
         failed = self.upstream
@@ -337,6 +371,8 @@ class ClientConnection(asyncio.Protocol):
             self.chunked = True
         elif kind == CONNECTION:
             self.connection = value if self.connection is None else self.connection + b"," + value
+        elif kind == UPGRADE:
+            self.upgrade = value
         elif kind != HOP_BY_HOP:
             if kind == CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp accepted it: digits only
@@ -356,9 +392,14 @@ class ClientConnection(asyncio.Protocol):
         ctx = self.ctx
         self.deadline_kind = BODY  # until on_message_complete: the body must keep coming
         self.deadline = now + ctx.body_timeout_s
-        if parser.should_upgrade():  # CONNECT, or Connection: Upgrade: refused before any routing
-            self._refuse(GatewayError(*UPGRADE_REFUSED))
-            return
+        tunnel = parser.should_upgrade()  # CONNECT, or Connection: Upgrade
+        if tunnel:
+            if method != b"GET" or self.upgrade is None or self.upgrade.lower() != WEBSOCKET:
+                self._refuse(GatewayError(*UPGRADE_REFUSED))  # before any routing: nothing sent
+                return
+            # A WebSocket handshake. Whatever the replica answers, the client's stream is no
+            # longer HTTP: a tunnel after a 101, else the connection closes after the answer.
+            self.keep_alive = False
         if self.connection is not None:
             self.headers = without_named(self.headers, self.connection)
         url = self.url
@@ -386,7 +427,10 @@ class ClientConnection(asyncio.Protocol):
             return
         headers = self.headers
         headers[0] = method + b" " + upstream_path + b" HTTP/1.1\r\n"  # the request line
-        headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
+        if tunnel:
+            headers.append(upgrade_end(self.upgrade))  # type: ignore[arg-type]
+        else:
+            headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
         self.waiting = [b"".join(headers)]
         if route.timeout_s is not None:
             self.timer = self.loop.call_later(route.timeout_s, self._on_timeout, self.request_seq)

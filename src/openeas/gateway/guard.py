@@ -1,7 +1,9 @@
 """Owns what guards the gateway against its clients, for `openeas.gateway.proxy.ClientConnection`:
 the phases a client connection goes through (`Phase`), its one deadline and what it ends (head,
 idle keep-alive, body gap), the answers to heads over a limit (414, 431), to protocol upgrades
-(501), to a full gateway (503) and to a request that does not parse (400).
+(501), to a full gateway (503) and to a request that does not parse (400); the slow path of
+authorization (signed requests, refusals), the gateway's own answers (/metrics, /healthz, 404),
+and the start of a WebSocket tunnel once a replica answered 101.
 
 The functions here become methods of `ClientConnection` (assigned in its class body): they are
 the connection's rare paths, kept out of the module that holds its hot path. The limits
@@ -10,15 +12,19 @@ themselves are settings of `openeas.gateway.context.ProxyContext`.
 
 from __future__ import annotations
 
+import time
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpRequestParser
 
+from openeas.gateway.auth import AuthError, SignedBody, authorize
 from openeas.gateway.context import NEVER
-from openeas.gateway.errors import GatewayError
+from openeas.gateway.errors import GatewayError, error_response
+from openeas.gateway.local import local_answer
 
 if TYPE_CHECKING:
+    from openeas.gateway.pool import UpstreamConnection
     from openeas.gateway.proxy import ClientConnection
 
 
@@ -171,3 +177,63 @@ def expire(conn: ClientConnection) -> None:
         conn._drop_upstream()
         conn._record(408)
         conn._close()
+
+
+# --- answers of the gateway itself, authorization, the WebSocket tunnel's start --------------
+
+
+def answer_locally(client: ClientConnection, method: bytes) -> None:
+    """A request outside /api/predict: /metrics, /healthz or 404."""
+    path = client.url.partition(b"?")[0]
+    try:
+        response = local_answer(method, path, client.ctx.metrics, close=not client.keep_alive)
+    except GatewayError as e:
+        client._local_error(e)
+        return
+    client._local_answer(response)
+
+def local_error(client: ClientConnection, err: GatewayError) -> None:
+    if err.status in (400, 408, 414, 431, 501):
+        client.keep_alive = False  # the rest of the stream cannot be trusted
+    client.ctx.metrics.unrouted(err.status)
+    client._local_answer(error_response(err, close=not client.keep_alive))
+
+
+def authorize_request(client: ClientConnection, method: bytes) -> bool:
+    """The slow auth path (signed requests, refusals); False when the request was answered."""
+    route = client.route
+    assert route is not None and route.creds is not None
+    try:
+        expected_md5 = authorize(
+            route.creds,
+            route.service,
+            client.authorization,
+            method=method,
+            content_md5=client.content_md5,
+            content_type=client.content_type,
+            date=client.date,
+            path=client.url.partition(b"?")[0],
+            now=time.time(),
+            max_skew_s=client.ctx.max_date_skew_s,
+        )
+    except AuthError as e:
+        client._fail(e)
+        return False
+    if expected_md5 is not None:
+        client.signed_body = SignedBody(expected_md5)
+    return True
+
+
+def upstream_upgraded(client: ClientConnection, conn: UpstreamConnection) -> None:
+    """The replica answered 101 (its head already went to the client): tunnel from now on."""
+    if conn is not client.upstream_conn:
+        return
+    client._release_upstream()  # a tunnel is not an outstanding request
+    client._record(101)
+    client._clear_timer()  # the route's timeout is for answers, not for a WebSocket's life
+    client.phase = TUNNEL
+    client.deadline = NEVER
+    early = client.flow.take_early()  # frames the client sent before the 101
+    if early:
+        conn.transport.writelines(early)  # type: ignore[union-attr]
+    client.flow.resume_client()

@@ -4,10 +4,13 @@ upstream connection and the answer back.
 
 A client connection goes through named phases (`Phase`): IDLE (reading a request head) →
 PROXYING (a replica serves the request) → ANSWERED (the answer is complete, the rest of the
-request body is read and dropped) → IDLE for the next request, or CLOSED. Helpers elsewhere own
-the rest: what all connections share (context.py), flow control (flow.py), what to do when a
-replica fails a request (retry.py), header handling (head.py), the gateway's own endpoints
-(local.py), the replica side (pool.py), limits, deadlines and refusals (guard.py).
+request body is read and dropped) → IDLE for the next request, or CLOSED; a WebSocket handshake
+(GET with ``Upgrade: websocket``) goes from PROXYING to TUNNEL once the replica answers 101: bytes
+then go both ways unparsed until either side closes. Helpers elsewhere own the rest: what all
+connections share (context.py), flow control (flow.py), what to do when a replica fails a request
+(retry.py decides, failover.py acts), header handling (head.py), the gateway's own endpoints
+(local.py), the replica side (pool.py), limits, deadlines, refusals and other rare paths
+(guard.py).
 
 Pipelining: requests sent before the previous one was answered are kept (`FlowControl.keep_early`,
 reading paused) and served in order after it, whether they came in a later read or in the same
@@ -23,11 +26,10 @@ forwarded as bytes as they arrive; a task is created only to open a new upstream
 from __future__ import annotations
 
 import asyncio
-import time
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from openeas.gateway.auth import AuthError, SignedBody, authorize
+from openeas.gateway.auth import AuthError, SignedBody
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
@@ -46,12 +48,16 @@ from openeas.gateway.guard import (
     UPGRADE_REFUSED,
     WAIT,
     Pipelined,
+    answer_locally,
+    authorize_request,
     expire,
     headers_too_large,
+    local_error,
     parse_failed,
     pipelined,
     refuse,
     too_many_connections,
+    upstream_upgraded,
     uri_too_long,
 )
 from openeas.gateway.guard import Phase as Phase  # re-exported for server.py and tests
@@ -73,7 +79,6 @@ from openeas.gateway.head import (
     upgrade_end,
     without_named,
 )
-from openeas.gateway.local import local_answer
 from openeas.gateway.metrics import ServiceMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
@@ -189,6 +194,10 @@ class ClientConnection(asyncio.Protocol):
     _resume = resume
     _on_timeout = on_timeout
     _refuse = refuse
+    _authorize = authorize_request
+    _local = answer_locally
+    _local_error = local_error
+    upstream_upgraded = upstream_upgraded
     _pipelined = pipelined
     _parse_failed = parse_failed
     expire = expire
@@ -299,20 +308,6 @@ class ClientConnection(asyncio.Protocol):
             self._next_request()  # the common case, without _answered's checks
         else:
             self._answered()
-
-    def upstream_upgraded(self, conn: UpstreamConnection) -> None:
-        """The replica answered 101 (its head already went to the client): tunnel from now on."""
-        if conn is not self.upstream_conn:
-            return
-        self._release_upstream()  # a tunnel is not an outstanding request
-        self._record(101)
-        self._clear_timer()  # the route's timeout is for answers, not for a WebSocket's life
-        self.phase = TUNNEL
-        self.deadline = NEVER
-        early = self.flow.take_early()  # frames the client sent before the 101
-        if early:
-            conn.transport.writelines(early)  # type: ignore[union-attr]
-        self.flow.resume_client()
 
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
         """The replica's connection closed before its answer ended (or ended its tunnel)."""
@@ -477,30 +472,6 @@ class ClientConnection(asyncio.Protocol):
             self._next_request()
 
     # --- request flow ---------------------------------------------------------------------------
-    def _authorize(self, method: bytes) -> bool:
-        """The slow auth path (signed requests, refusals); False when the request was answered."""
-        route = self.route
-        assert route is not None and route.creds is not None
-        try:
-            expected_md5 = authorize(
-                route.creds,
-                route.service,
-                self.authorization,
-                method=method,
-                content_md5=self.content_md5,
-                content_type=self.content_type,
-                date=self.date,
-                path=self.url.partition(b"?")[0],
-                now=time.time(),
-                max_skew_s=self.ctx.max_date_skew_s,
-            )
-        except AuthError as e:
-            self._fail(e)
-            return False
-        if expected_md5 is not None:
-            self.signed_body = SignedBody(expected_md5)
-        return True
-
     def _send(self, data: bytes) -> None:
         """Request bytes after the head: to the replica, or kept until a connection is there."""
         waiting = self.waiting
@@ -577,22 +548,6 @@ class ClientConnection(asyncio.Protocol):
         self.resendable = waiting if size <= REPLAY_LIMIT_BYTES else None
 
     # --- answers from the gateway itself --------------------------------------------------------
-    def _local(self, method: bytes) -> None:
-        """A request outside /api/predict: /metrics, /healthz or 404."""
-        path = self.url.partition(b"?")[0]
-        try:
-            response = local_answer(method, path, self.ctx.metrics, close=not self.keep_alive)
-        except GatewayError as e:
-            self._local_error(e)
-            return
-        self._local_answer(response)
-
-    def _local_error(self, err: GatewayError) -> None:
-        if err.status in (400, 408, 414, 431, 501):
-            self.keep_alive = False  # the rest of the stream cannot be trusted
-        self.ctx.metrics.unrouted(err.status)
-        self._local_answer(error_response(err, close=not self.keep_alive))
-
     def _local_answer(self, response: bytes) -> None:
         if self.phase is CLOSED:
             return

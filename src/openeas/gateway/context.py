@@ -118,12 +118,23 @@ class ProxyContext:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         late = [c for c in self.connections if c.deadline <= now]
-        for conn in late:
-            conn.expire()
+        if late:
+            self._expire(late, now, loop)
         if self.connections:
             loop.call_later(self.sweep_s, self._sweep, loop)
         else:
             self._sweeping = False  # started again by the next connection
 
 
+    def _expire(self, late: list[ClientConnection], now: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire ``late`` connections, EXPIRE_BATCH per loop turn: thousands of slow clients that
+        time out together must not stall the others' requests for one long callback."""
+        for conn in late[:EXPIRE_BATCH]:
+            if conn.deadline <= now:  # not moved or closed meanwhile
+                conn.expire()
+        if len(late) > EXPIRE_BATCH:
+            loop.call_soon(self._expire, late[EXPIRE_BATCH:], now, loop)
+
+
+EXPIRE_BATCH = 64  # connections expired per loop turn
 NEVER = math.inf  # a deadline that never comes (a request waiting for its replica's answer)

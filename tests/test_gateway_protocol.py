@@ -928,3 +928,15 @@ def test_websocket_refused_by_the_replica_closes_after_its_answer() -> None:
     a.answer(refusal)
     assert client.received() == refusal and client.transport.closed
     assert gw.codes() == {400: 1} and gw.in_flight() == 0
+
+
+def test_connections_timing_out_together_expire_in_batches() -> None:
+    # 150 silent connections reach their head deadline at once: the sweep closes 64 per loop turn,
+    # so requests of other clients run between the batches.
+    gw = Gateway(route("a"), **DEADLINES)
+    clients = [gw.client() for _ in range(150)]
+    gw.loop.now = 1.5  # past every head deadline; the sweep has not run yet
+    gw.ctx._sweep(gw.loop)  # type: ignore[arg-type]
+    assert sum(c.transport.closed for c in clients) == 64  # the first batch; the rest is queued
+    gw.loop.run_ready()
+    assert sum(c.transport.closed for c in clients) == 150 and gw.metrics.timeouts == {"head": 150}

@@ -1,10 +1,14 @@
 """Owns what every client connection of one gateway shares (`ProxyContext`): the current routes
-(swapped whole on each routing-table change), the metrics, the proxy's settings, the open client
-connections and the cache of resolved request targets.
+(swapped whole on each routing-table change), the metrics, the proxy's settings and limits (head
+sizes, timeouts, the connection cap), the open client connections, the sweep that closes the
+ones past their deadline, and the bounded cache of resolved request targets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import resource
 from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
@@ -18,6 +22,25 @@ if TYPE_CHECKING:
 DEFAULT_COOLDOWN_S = 1.5  # seconds a replica whose connect failed is avoided
 DEFAULT_HOLD_S = 2.0  # seconds a request with no reachable replica waits for one before a 503
 RESOLVED_MAX = 4096  # request targets remembered by `ProxyContext.resolve`
+RESOLVED_URL_MAX_BYTES = 512  # longer request targets are resolved every time, never remembered
+
+# Limits on what a client may send before its request is routed (nginx's defaults where it has one).
+DEFAULT_MAX_URL_BYTES = 8 * 1024  # request target; longer: 414 (large_client_header_buffers)
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024  # all header names and values together; more: 431
+DEFAULT_MAX_HEADERS = 100  # header lines; more: 431
+DEFAULT_HEAD_TIMEOUT_S = 30.0  # a request head must be complete this long after it starts (408)
+DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed after this (nginx)
+DEFAULT_BODY_TIMEOUT_S = 60.0  # longest gap between two reads of a request body (408)
+MAX_CONNECTIONS_CEILING = 10_000
+FD_HEADROOM = 64  # descriptors kept for listeners, logs, the routing source
+
+
+def default_max_connections() -> int:
+    """Client connections accepted at once: each may hold a replica connection too (2 descriptors)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CEILING
+    return max(16, min(MAX_CONNECTIONS_CEILING, (soft - FD_HEADROOM) // 2))
 
 
 class ProxyContext:
@@ -28,6 +51,13 @@ class ProxyContext:
         max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         hold_s: float = DEFAULT_HOLD_S,
+        max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+        keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        max_connections: int | None = None,
     ) -> None:
         self.routes: dict[str, RouteState] = {}  # swapped whole by the gateway, never mutated
         self.metrics = metrics
@@ -36,16 +66,75 @@ class ProxyContext:
         # Seconds a request waits for a replica when none is reachable (one just turning Ready,
         # or restarting after a crash) before it gets a 503: requests are held, not dropped.
         self.hold_s = hold_s
+        self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        # Bytes of one request head the parser may buffer before the head is refused (431): a
+        # single header line is buffered whole by httptools before it reaches the proxy.
+        self.max_head_bytes = max_url_bytes + max_header_bytes + 4 * max_headers + 64
+        self.head_timeout_s = head_timeout_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = default_max_connections() if max_connections is None else max_connections
+        # How often the sweep looks for connections past their deadline: deadlines are kept
+        # within this many seconds, and no timer is made per request or per read.
+        self.sweep_s = max(0.01, min(1.0, min(head_timeout_s, keepalive_timeout_s, body_timeout_s) / 10))
+        self._sweeping = False
         self.connections: set[ClientConnection] = set()
         # Request target → (service, upstream path), or None outside /api/predict. Clients repeat
         # the same few URLs, so most requests skip the split.
         self.targets: dict[bytes, tuple[str, bytes] | None] = {}
+        metrics.limits = self.limits()
+
+    def limits(self) -> dict[str, float]:
+        """The settings shown on /metrics as gauges (openeas_gateway_limit{name=...})."""
+        return {
+            "max_url_bytes": self.max_url_bytes,
+            "max_header_bytes": self.max_header_bytes,
+            "max_headers": self.max_headers,
+            "max_connections": self.max_connections,
+            "head_timeout_s": self.head_timeout_s,
+            "keepalive_timeout_s": self.keepalive_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+        }
 
     def resolve(self, url: bytes) -> tuple[str, bytes] | None:
-        """Split ``url`` and remember it (the hot path reads ``targets`` first)."""
+        """Split ``url`` and remember it if short (the hot path reads ``targets`` first)."""
         target = split_predict_path(url)
-        targets = self.targets
-        if len(targets) >= RESOLVED_MAX:
-            targets.clear()  # random URLs must not grow it without bound
-        targets[url] = target
+        if len(url) <= RESOLVED_URL_MAX_BYTES:
+            targets = self.targets
+            if len(targets) >= RESOLVED_MAX:
+                targets.clear()  # random URLs must not grow it without bound
+            targets[url] = target
         return target
+
+    # --- deadlines ------------------------------------------------------------------------------
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure the sweep runs (called when a connection opens)."""
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(self.sweep_s, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        late = [c for c in self.connections if c.deadline <= now]
+        if late:
+            self._expire(late, now, loop)
+        if self.connections:
+            loop.call_later(self.sweep_s, self._sweep, loop)
+        else:
+            self._sweeping = False  # started again by the next connection
+
+
+    def _expire(self, late: list[ClientConnection], now: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire ``late`` connections, EXPIRE_BATCH per loop turn: thousands of slow clients that
+        time out together must not stall the others' requests for one long callback."""
+        for conn in late[:EXPIRE_BATCH]:
+            if conn.deadline <= now:  # not moved or closed meanwhile
+                conn.expire()
+        if len(late) > EXPIRE_BATCH:
+            loop.call_soon(self._expire, late[EXPIRE_BATCH:], now, loop)
+
+
+EXPIRE_BATCH = 64  # connections expired per loop turn
+NEVER = math.inf  # a deadline that never comes (a request waiting for its replica's answer)

@@ -73,6 +73,17 @@ class GatewayMetrics:
         # Requests that matched no service (unknown service, paths outside /api/predict): by status.
         # Not labelled by the requested name, so random names cannot blow up cardinality.
         self.unrouted_by_code: dict[int, int] = {}
+        # Guarding the gateway itself (see ProxyContext): its limits, and what they refused or closed.
+        self.limits: dict[str, float] = {}
+        self.rejected: dict[str, int] = {}  # requests/connections refused, by reason
+        self.timeouts: dict[str, int] = {}  # connections closed by a deadline, by kind
+        self.connections = 0  # open client connections
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def timed_out(self, kind: str) -> None:
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
     def service(self, name: str) -> ServiceMetrics:
         m = self.services.get(name)
@@ -132,8 +143,31 @@ class GatewayMetrics:
                 lines.append(f'{_HIST}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
             lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
             lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
+        lines += _guard_lines(self)
         lines.append("")
         return "\n".join(lines).encode()
+
+
+def _guard_lines(m: GatewayMetrics) -> list[str]:
+    lines = [
+        "# HELP openeas_gateway_connections Open client connections.",
+        "# TYPE openeas_gateway_connections gauge",
+        f"openeas_gateway_connections {m.connections}",
+        "# HELP openeas_gateway_limit The gateway's limits on clients (bytes, counts, seconds).",
+        "# TYPE openeas_gateway_limit gauge",
+    ]
+    lines += [f'openeas_gateway_limit{{name="{k}"}} {v:g}' for k, v in sorted(m.limits.items())]
+    lines += [
+        "# HELP openeas_gateway_rejected_total Requests or connections refused by a limit, by reason.",
+        "# TYPE openeas_gateway_rejected_total counter",
+    ]
+    lines += [f'openeas_gateway_rejected_total{{reason="{k}"}} {v}' for k, v in sorted(m.rejected.items())]
+    lines += [
+        "# HELP openeas_gateway_timeouts_total Client connections closed by a deadline, by kind.",
+        "# TYPE openeas_gateway_timeouts_total counter",
+    ]
+    lines += [f'openeas_gateway_timeouts_total{{kind="{k}"}} {v}' for k, v in sorted(m.timeouts.items())]
+    return lines
 
 
 def _label(value: str) -> str:

@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Protocol
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from openeas.gateway.table import Upstream
 
@@ -36,6 +36,7 @@ class Downstream(Protocol):
 
     def upstream_complete(self, conn: UpstreamConnection) -> None: ...
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None: ...
+    def upstream_upgraded(self, conn: UpstreamConnection) -> None: ...
     def upstream_pause(self) -> None: ...
     def upstream_resume(self) -> None: ...
 
@@ -62,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         "state",
         "status",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, state: UpstreamState) -> None:
@@ -77,6 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.earlier_request_bytes = 0
         self.status = 0
         self.keep_alive = True
+        self.tunnel = False  # the replica answered 101: its bytes go to the client unparsed
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,7 +91,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        client.transport.write(data)
+        try:
+            client.transport.write(data)
+        except RuntimeError:
+            # uvloop: the client's transport closed (its connection_lost is on its way, and drops
+            # this connection). The answer has nowhere to go; nothing to log.
+            self.client = None
+            self.abort()
+            return
+        if self.tunnel:
+            return
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as e:
@@ -96,7 +108,11 @@ class UpstreamConnection(asyncio.Protocol):
                 raise
             self.parser = HttpResponseParser(self)
             client.upstream_complete(self)
+        except HttpParserUpgrade:
+            pass  # the 101's head ended; what followed it went to the client already
         except HttpParserError as e:
+            if self.tunnel:  # a 101 without "Connection: upgrade": httptools says so this way
+                return
             self.abort()
             self._lost(f"invalid HTTP response from replica {self.state.name}: {e}")
 
@@ -140,8 +156,13 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self.parser
         status = parser.get_status_code()
-        if status < 200 and status != 101:  # interim response (100 Continue): the real one follows
-            return
+        if status < 200:
+            if status == 101:  # switching protocols (a WebSocket): a tunnel from now on
+                self.status = status
+                self.tunnel = True
+                if self.client is not None:
+                    self.client.upstream_upgraded(self)
+            return  # else an interim response (100 Continue): the real one follows
         self.status = status
         self.keep_alive = parser.should_keep_alive()
         client = self.client

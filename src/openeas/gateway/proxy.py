@@ -4,15 +4,19 @@ upstream connection and the answer back.
 
 A client connection goes through named phases (`Phase`): IDLE (reading a request head) →
 PROXYING (a replica serves the request) → ANSWERED (the answer is complete, the rest of the
-request body is read and dropped) → IDLE for the next request, or CLOSED. Helpers elsewhere own
-the rest: what all connections share (context.py), flow control (flow.py), what to do when a
-replica fails a request (retry.py), header handling (head.py), the gateway's own endpoints
-(local.py), the replica side (pool.py).
+request body is read and dropped) → IDLE for the next request, or CLOSED; a WebSocket handshake
+(GET with ``Upgrade: websocket``) goes from PROXYING to TUNNEL once the replica answers 101: bytes
+then go both ways unparsed until either side closes. Helpers elsewhere own the rest: what all
+connections share (context.py), flow control (flow.py), what to do when a replica fails a request
+(retry.py decides, failover.py acts), header handling (head.py), the gateway's own endpoints
+(local.py), the replica side (pool.py), limits, deadlines, refusals and other rare paths
+(guard.py).
 
-Pipelining: a request that arrives in a later read while the previous one is served is kept and
-served after it (`FlowControl.keep_early`). A second request in the *same* read as the first is
-not: the connection closes after the first answer and the client sends the second again (HTTP/1.1
-lets a server close instead of answering pipelined requests; clients that pipeline must retry).
+Pipelining: requests sent before the previous one was answered are kept (`FlowControl.keep_early`,
+reading paused) and served in order after it, whether they came in a later read or in the same
+read as the end of the previous one (the parser stops there; `guard.pipelined` finds where the
+next request starts). Only when that read began inside a request is its start unknown: the
+connection then closes after the answer and the client sends the rest again (HTTP/1.1 allows it).
 
 Hot-path rules (see bench/RESULTS.md for what each bought): no framework objects, no per-request
 task or logging; the request head is rebuilt once from the parsed headers, bodies and responses are
@@ -22,19 +26,45 @@ forwarded as bytes as they arrive; a task is created only to open a new upstream
 from __future__ import annotations
 
 import asyncio
-import time
-from enum import IntEnum
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from openeas.gateway.auth import AuthError, SignedBody, authorize
+from openeas.gateway.auth import AuthError, SignedBody
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
+from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response
+from openeas.gateway.failover import attempts_of, connect, hold, on_timeout, resend, resume
 from openeas.gateway.flow import FlowControl
+from openeas.gateway.guard import (
+    ANSWERED,
+    BODY,
+    CLOSED,
+    HEAD,
+    IDLE,
+    KEEPALIVE,
+    PROXYING,
+    TUNNEL,
+    UPGRADE_REFUSED,
+    WAIT,
+    Pipelined,
+    answer_locally,
+    authorize_request,
+    expire,
+    headers_too_large,
+    local_error,
+    parse_failed,
+    pipelined,
+    refuse,
+    too_many_connections,
+    upstream_upgraded,
+    uri_too_long,
+)
+from openeas.gateway.guard import Phase as Phase  # re-exported for server.py and tests
 from openeas.gateway.head import (
     AUTHORIZATION,
     CHUNKED_END_OF_HEAD,
+    CONNECTION,
     CONTENT_LENGTH,
     CONTENT_MD5,
     CONTENT_TYPE,
@@ -43,35 +73,18 @@ from openeas.gateway.head import (
     HOP_BY_HOP,
     LAST_CHUNK,
     TRANSFER_ENCODING,
+    UPGRADE,
+    WEBSOCKET,
     header_kind,
+    upgrade_end,
+    without_named,
 )
-from openeas.gateway.local import local_answer
 from openeas.gateway.metrics import ServiceMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
+from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
 from openeas.gateway.routes import RouteState
 
 REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
-HOLD_POLL_S = 0.05  # seconds between two looks at the routing table by a held request
-
-
-class Phase(IntEnum):
-    IDLE = 0  # waiting for (or parsing the head of) a request
-    PROXYING = 1  # the request goes to a replica; its response streams back
-    ANSWERED = 2  # the response is complete; the rest of the request body is read and discarded
-    CLOSED = 3
-
-
-# Module-level names: importable (server.py waits for PROXYING connections), and read as fast
-# globals on the hot path, where phases are compared by identity.
-IDLE = Phase.IDLE
-PROXYING = Phase.PROXYING
-ANSWERED = Phase.ANSWERED
-CLOSED = Phase.CLOSED
-
-
-class _Pipelined(Exception):
-    """A second request arrived in the same read as the first one."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -84,12 +97,18 @@ class ClientConnection(asyncio.Protocol):
         "authorization",
         "chunked",
         "chunked_bytes",
+        "connection",
         "content_length",
         "content_md5",
         "content_type",
         "ctx",
         "date",
+        "deadline",
+        "deadline_kind",
         "flow",
+        "head_bytes",
+        "header_budget",
+        "header_room",
         "headers",
         "is_head",
         "keep_alive",
@@ -106,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         "started",
         "timer",
         "transport",
+        "upgrade",
         "upstream",
         "upstream_conn",
         "url",
@@ -136,6 +156,8 @@ class ClientConnection(asyncio.Protocol):
         self.content_type: bytes | None = None
         self.content_md5: bytes | None = None
         self.date: bytes | None = None
+        self.connection: bytes | None = None  # the Connection header's value
+        self.upgrade: bytes | None = None  # the Upgrade header's value
         self.chunked = False
         self.content_length = 0  # bytes, from the header (chunked bodies: chunked_bytes)
         self.is_head = False
@@ -154,35 +176,92 @@ class ClientConnection(asyncio.Protocol):
         self.attempts: Attempts | None = None  # made on the first failure or hold
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
         self.started = 0.0  # loop time (s) the head was complete
+        # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
+        ctx = self.ctx
+        self.head_bytes = 0
+        self.header_room = ctx.max_headers
+        self.header_budget = ctx.max_header_bytes
+        # The connection's one deadline (loop time) and what it ends; `ProxyContext` sweeps
+        # connections past it. Moving it is an attribute store: no timer per request or read.
+        self.deadline_kind = KEEPALIVE
+        self.deadline = self.loop.time() + ctx.keepalive_timeout_s
+
+    # Rare paths: limits, deadlines, unparsable requests (guard.py); replica failures (failover.py).
+    _connect = connect
+    _resend = resend
+    _attempts = attempts_of
+    _hold = hold
+    _resume = resume
+    _on_timeout = on_timeout
+    _refuse = refuse
+    _authorize = authorize_request
+    _local = answer_locally
+    _local_error = local_error
+    upstream_upgraded = upstream_upgraded
+    _pipelined = pipelined
+    _parse_failed = parse_failed
+    expire = expire
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.flow.client = transport  # type: ignore[assignment]
-        self.ctx.connections.add(self)
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections:
+            self._refuse(too_many_connections(ctx.max_connections))
+            return
+        ctx.connections.add(self)
+        ctx.metrics.connections += 1
+        self.deadline_kind = HEAD  # a new connection must send its head within head_timeout_s
+        self.deadline = self.loop.time() + ctx.head_timeout_s
+        ctx.watch(self.loop)
 
     def data_received(self, data: bytes) -> None:
-        if self.request_done and self.phase is not IDLE:
+        phase = self.phase
+        request_seq = self.request_seq
+        head_before = self.head_bytes  # 0 when idle: this read starts a request
+        if phase is IDLE:
+            if self.deadline_kind is KEEPALIVE:  # the first bytes of the next request
+                self.deadline_kind = HEAD
+                self.deadline = self.loop.time() + self.ctx.head_timeout_s
+            self.head_bytes += len(data)
+        elif phase is CLOSED:
+            return
+        elif phase is TUNNEL:
+            self.upstream_conn.transport.write(data)  # type: ignore[union-attr]
+            return
+        elif self.deadline_kind is BODY:
+            self.deadline = self.loop.time() + self.ctx.body_timeout_s
+        if self.request_done and phase is not IDLE:
             self.flow.keep_early(data)  # the next request, before this one was answered
             return
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._local_error(GatewayError(501, "upgrade_not_supported", "protocol upgrades are unsupported"))
+        except HttpParserUpgrade as e:
+            # A WebSocket handshake (others were refused in on_headers_complete): bytes after it
+            # follow the head; the parser is done with this connection.
+            tail = data[e.args[0] :]
+            if tail and self.phase is PROXYING:
+                self.flow.keep_early(tail)
         except HttpParserError as e:
-            if isinstance(e.__context__, _Pipelined):
-                return  # the connection closes after the current answer; see on_url
-            if self.phase is IDLE:
-                self._local_error(GatewayError(400, "bad_request", f"malformed HTTP request: {e}"))
+            if isinstance(e.__context__, Pipelined):  # counted: the requests this read completed
+                at_start = phase is IDLE and head_before == 0
+                self._pipelined(data, self.request_seq - request_seq + 1 if at_start else 0)
             else:
-                self._drop_upstream()
-                self._record(400)
-                self._close()
+                self._parse_failed(e)
+            return
+        if self.phase is IDLE and self.head_bytes > self.ctx.max_head_bytes:
+            self._refuse(headers_too_large(self))  # one header line longer than all may be
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.connections.discard(self)
+        connections = self.ctx.connections
+        if self in connections:
+            connections.remove(self)
+            self.ctx.metrics.connections -= 1
         if self.phase is PROXYING:
             self._drop_upstream()
             self._record(499)  # client closed before the response completed (nginx's code)
+        elif self.phase is TUNNEL:
+            self._drop_upstream()
         self._clear_timer()
         self.phase = CLOSED
 
@@ -231,8 +310,14 @@ class ClientConnection(asyncio.Protocol):
             self._answered()
 
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
-        """The replica's connection closed before its answer ended."""
-        if conn is not self.upstream_conn or self.phase is not PROXYING:
+        """The replica's connection closed before its answer ended (or ended its tunnel)."""
+        if conn is not self.upstream_conn:
+            return
+        if self.phase is TUNNEL:
+            self.upstream_conn = None
+            self._close()
+            return
+        if self.phase is not PROXYING:
             return
         self.upstream_conn = None
         failed = self.upstream
@@ -262,11 +347,16 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         if self.phase is not IDLE:
             # A pipelined request in the same read: close after this response; the client resends.
-            self.keep_alive = False
-            raise _Pipelined
-        self.url += url
+            raise Pipelined
+        url = self.url = self.url + url
+        if len(url) > self.ctx.max_url_bytes:
+            raise uri_too_long(self.ctx.max_url_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        room = self.header_room = self.header_room - 1
+        budget = self.header_budget = self.header_budget - len(name) - len(value)
+        if room < 0 or budget < 0:
+            raise headers_too_large(self)
         kind = header_kind(name.lower())
         if kind is None:
             self.headers += (name, b": ", value, b"\r\n")
@@ -274,6 +364,10 @@ class ClientConnection(asyncio.Protocol):
             self.authorization = value
         elif kind == TRANSFER_ENCODING:
             self.chunked = True
+        elif kind == CONNECTION:
+            self.connection = value if self.connection is None else self.connection + b"," + value
+        elif kind == UPGRADE:
+            self.upgrade = value
         elif kind != HOP_BY_HOP:
             if kind == CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp accepted it: digits only
@@ -291,6 +385,18 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = parser.should_keep_alive()
         method = parser.get_method()
         ctx = self.ctx
+        self.deadline_kind = BODY  # until on_message_complete: the body must keep coming
+        self.deadline = now + ctx.body_timeout_s
+        tunnel = parser.should_upgrade()  # CONNECT, or Connection: Upgrade
+        if tunnel:
+            if method != b"GET" or self.upgrade is None or self.upgrade.lower() != WEBSOCKET:
+                self._refuse(GatewayError(*UPGRADE_REFUSED))  # before any routing: nothing sent
+                return
+            # A WebSocket handshake. Whatever the replica answers, the client's stream is no
+            # longer HTTP: a tunnel after a 101, else the connection closes after the answer.
+            self.keep_alive = False
+        if self.connection is not None:
+            self.headers = without_named(self.headers, self.connection)
         url = self.url
         target = ctx.targets.get(url) or ctx.resolve(url)
         if target is None:
@@ -316,7 +422,10 @@ class ClientConnection(asyncio.Protocol):
             return
         headers = self.headers
         headers[0] = method + b" " + upstream_path + b" HTTP/1.1\r\n"  # the request line
-        headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
+        if tunnel:
+            headers.append(upgrade_end(self.upgrade))  # type: ignore[arg-type]
+        else:
+            headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
         self.waiting = [b"".join(headers)]
         if route.timeout_s is not None:
             self.timer = self.loop.call_later(route.timeout_s, self._on_timeout, self.request_seq)
@@ -344,6 +453,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.request_done = True
+        self.deadline_kind = WAIT
+        self.deadline = NEVER
         phase = self.phase
         if phase is PROXYING:
             if self.chunked:
@@ -361,30 +472,6 @@ class ClientConnection(asyncio.Protocol):
             self._next_request()
 
     # --- request flow ---------------------------------------------------------------------------
-    def _authorize(self, method: bytes) -> bool:
-        """The slow auth path (signed requests, refusals); False when the request was answered."""
-        route = self.route
-        assert route is not None and route.creds is not None
-        try:
-            expected_md5 = authorize(
-                route.creds,
-                route.service,
-                self.authorization,
-                method=method,
-                content_md5=self.content_md5,
-                content_type=self.content_type,
-                date=self.date,
-                path=self.url.partition(b"?")[0],
-                now=time.time(),
-                max_skew_s=self.ctx.max_date_skew_s,
-            )
-        except AuthError as e:
-            self._fail(e)
-            return False
-        if expected_md5 is not None:
-            self.signed_body = SignedBody(expected_md5)
-        return True
-
     def _send(self, data: bytes) -> None:
         """Request bytes after the head: to the replica, or kept until a connection is there."""
         waiting = self.waiting
@@ -460,105 +547,7 @@ class ClientConnection(asyncio.Protocol):
         self.sent_bytes = size
         self.resendable = waiting if size <= REPLAY_LIMIT_BYTES else None
 
-    async def _connect(self, upstream: UpstreamState, request_seq: int) -> None:
-        try:
-            conn = await upstream.connect(self.loop)
-        except OSError as e:
-            upstream.cooldown_until = self.loop.time() + self.ctx.cooldown_s
-            if request_seq == self.request_seq and self.upstream is upstream and self.phase is PROXYING:
-                self._release_upstream()
-                reason = f"connect to replica {upstream.name} failed: {e.strerror or e}"
-                self._resend(upstream, reason, stale=False, connect_failed=True)
-            return
-        if request_seq != self.request_seq or self.upstream is not upstream or self.phase is not PROXYING:
-            upstream.release(conn)  # the request went away meanwhile
-            return
-        self._send_to(upstream, conn)
-
-    def _resend(self, failed: UpstreamState, reason: str, *, stale: bool, connect_failed: bool) -> None:
-        """Send the waiting request again after ``failed`` failed it (see retry.py for when)."""
-        route = self.route
-        assert route is not None and route.balancer is not None
-        attempts = self._attempts()
-        attempts.tried.append(failed)
-        i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
-        step = next_attempt(
-            found_other=i >= 0, stale=stale, fresh_used=attempts.fresh_used, connect_failed=connect_failed
-        )
-        if step is NextAttempt.OTHER:
-            self._send_to(route.upstreams[i])
-        elif step is NextAttempt.FRESH_SAME:
-            attempts.fresh_used = True
-            self._send_to(failed, fresh=True)
-        elif step is NextAttempt.HOLD:
-            message = f"service '{route.service}' has no reachable replica: {reason}"
-            self._hold(GatewayError(503, "no_ready_replica", message))
-        else:
-            self._fail(unanswered(reason, route.service))
-
-    def _attempts(self) -> Attempts:
-        if self.attempts is None:
-            self.attempts = Attempts()  # the first failure or hold of this request
-        return self.attempts
-
-    def _hold(self, err: GatewayError) -> None:
-        """No replica to send to now: wait for the routing table to offer one, up to hold_s."""
-        now = self.loop.time()
-        attempts = self._attempts()
-        if attempts.hold_until is None:
-            attempts.hold_until = now + self.ctx.hold_s
-        if now >= attempts.hold_until:
-            self._fail(err)
-            return
-        self.loop.call_later(HOLD_POLL_S, self._resume, self.request_seq)
-
-    def _resume(self, request_seq: int) -> None:
-        """A held request looks at the (maybe swapped) routing table again."""
-        if request_seq != self.request_seq or self.phase is not PROXYING or self.route is None:
-            return
-        service = self.route.service
-        route = self.ctx.routes.get(service)
-        if route is None or route.balancer is None:
-            self._fail(GatewayError(404, "service_not_found", f"service '{service}' not found"))
-            return
-        self.route = route
-        assert self.attempts is not None  # made by _hold
-        self.attempts.tried.clear()  # a new table: every replica deserves a try again
-        self._dispatch(self.loop.time())
-
-    def _on_timeout(self, request_seq: int) -> None:
-        self.timer = None
-        if request_seq != self.request_seq or self.phase is not PROXYING:
-            return
-        route = self.route
-        assert route is not None
-        conn = self.upstream_conn
-        if conn is not None and conn.got_bytes:
-            # The answer's head already went out: a 408 cannot follow it. Cut the connection.
-            self._drop_upstream()
-            self._record(408)
-            self._close()
-            return
-        message = f"service '{route.service}' did not answer within {route.timeout_s:g} s (timeout_s)"
-        self._fail(GatewayError(408, "timeout", message))
-
     # --- answers from the gateway itself --------------------------------------------------------
-    def _local(self, method: bytes) -> None:
-        """A request outside /api/predict: /metrics, /healthz or 404."""
-        path = self.url.partition(b"?")[0]
-        try:
-            response = local_answer(method, path, self.ctx.metrics, close=not self.keep_alive)
-        except GatewayError as e:
-            self._local_error(e)
-            return
-        self._local_answer(response)
-
-    def _local_error(self, err: GatewayError) -> None:
-        if err.status in (400, 501):
-            self.keep_alive = False  # the rest of the stream cannot be trusted
-        self.ctx.metrics.unrouted(err.status)
-        self._local_answer(error_response(err, close=not self.keep_alive))
-
     def _local_answer(self, response: bytes) -> None:
         if self.phase is CLOSED:
             return
@@ -623,5 +612,6 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.request_seq += 1
         self._clear_timer()
+        self.deadline = NEVER  # the sweep leaves it alone until connection_lost removes it
         self.phase = CLOSED
         self.transport.close()

@@ -28,7 +28,7 @@ import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
 from openeas.controller.reconciler import Reconciler
-from openeas.controller.replica import SupervisorConfig
+from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.runtime import get_runtime
@@ -168,7 +168,12 @@ async def _serve(
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
         _deploy_files(store, deploy)
         metrics = ControlMetrics(store)
-        cfg = SupervisorConfig(data_dir=data_dir, oss_root=oss_root, on_ready=metrics.observe_cold_start)
+        cfg = SupervisorConfig(
+            data_dir=data_dir,
+            oss_root=oss_root,
+            on_ready=metrics.observe_cold_start,
+            gateway_view=gateway_view(host, gateway_port),
+        )
         reconciler = Reconciler(store, get_runtime("process"), cfg)
         cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics)
         stop = asyncio.Event()
@@ -208,6 +213,40 @@ async def _serve(
             gateway.wait(5)
         except subprocess.TimeoutExpired:
             gateway.kill()
+
+
+def gateway_view(host: str, port: int, timeout_s: float = 1.0) -> GatewayViewFn:
+    """What a drain asks: the gateway's per-replica gauges from its /metrics (None: unreachable)."""
+
+    async def view(replica_id: str) -> GatewayView | None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: openeas\r\nConnection: close\r\n\r\n")
+                    raw = await reader.read()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return None
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        return parse_replica_view(body.decode("utf-8", "replace"), replica_id)
+
+    return view
+
+
+def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
+    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
+    label = '{replica="' + replica_id.replace("\\", "\\\\").replace('"', '\\"') + '"} '
+    routed, in_flight = False, 0
+    for line in metrics_text.splitlines():
+        if line.startswith("openeas_gateway_replica_in_flight" + label):
+            in_flight = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("openeas_gateway_replica_routed" + label):
+            routed = line.rsplit(" ", 1)[1] != "0"
+    return GatewayView(routed=routed, in_flight=in_flight)
 
 
 class _ApiServer(uvicorn.Server):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
@@ -73,6 +74,9 @@ class GatewayMetrics:
         # Requests that matched no service (unknown service, paths outside /api/predict): by status.
         # Not labelled by the requested name, so random names cannot blow up cardinality.
         self.unrouted_by_code: dict[int, int] = {}
+        # (replica id, routed now, requests in flight) for every replica the gateway routes to or
+        # still has requests on; set by the gateway, read only when scraped (drains wait on it).
+        self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
 
     def service(self, name: str) -> ServiceMetrics:
         m = self.services.get(name)
@@ -132,8 +136,25 @@ class GatewayMetrics:
                 lines.append(f'{_HIST}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
             lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
             lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
+        if self.replicas is not None:
+            lines += _replica_lines(self.replicas())
         lines.append("")
         return "\n".join(lines).encode()
+
+
+def _replica_lines(replicas: Iterable[tuple[str, bool, int]]) -> list[str]:
+    rows = sorted(replicas)
+    lines = [
+        "# HELP openeas_gateway_replica_in_flight Requests sent to a replica and not yet answered.",
+        "# TYPE openeas_gateway_replica_in_flight gauge",
+    ]
+    lines += [f'openeas_gateway_replica_in_flight{{replica="{_label(r)}"}} {n}' for r, _, n in rows]
+    lines += [
+        "# HELP openeas_gateway_replica_routed 1 while the routing table sends new requests to a replica.",
+        "# TYPE openeas_gateway_replica_routed gauge",
+    ]
+    lines += [f'openeas_gateway_replica_routed{{replica="{_label(r)}"}} {int(up)}' for r, up, _ in rows]
+    return lines
 
 
 def _label(value: str) -> str:

@@ -50,6 +50,10 @@ class Gateway:
         self.ctx = ProxyContext(self.metrics, max_date_skew_s=max_date_skew_s, cooldown_s=cooldown_s)
         self.table: RoutingTable | None = None
         self.upstreams: dict[UpstreamKey, UpstreamState] = {}
+        # Replicas that left the table with requests still in flight on them: their requests finish
+        # (retiring closes idle connections only), and /metrics counts them until they have.
+        self.leaving: set[UpstreamState] = set()
+        self.metrics.replicas = self.replica_loads
         self._server: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._listener: NotifyListener | None = None
@@ -63,10 +67,24 @@ class Gateway:
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
+        before = list(self.upstreams.values())
         self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        routed = set(self.upstreams.values())
+        self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table
         if self.on_apply is not None:
             self.on_apply(table)
+
+    def replica_loads(self) -> list[tuple[str, bool, int]]:
+        """(replica id, routed, requests in flight) per replica: routed ones, and those that left
+        the table but still have requests in flight."""
+        self.leaving = {st for st in self.leaving if st.outstanding > 0}
+        loads: dict[str, tuple[bool, int]] = {}
+        for routed, states in ((True, self.upstreams.values()), (False, self.leaving)):
+            for st in states:
+                was_routed, n = loads.get(st.upstream.replica_id, (False, 0))
+                loads[st.upstream.replica_id] = (was_routed or routed, n + st.outstanding)
+        return [(rid, routed, n) for rid, (routed, n) in loads.items()]
 
     def refresh_soon(self) -> None:
         """Read the source at once (on the routing thread), not at the next poll. Loop thread only."""

@@ -192,6 +192,32 @@ def wait_for(predicate: Any, timeout_s: float = 30, poll_s: float = 0.1, what: s
         time.sleep(poll_s)
 
 
+def recorded_gateway_pid(data_dir: Path) -> int | None:
+    """The pid of the gateway recorded in DATA/run/gateway.json, if that process still runs."""
+    try:
+        rec = json.loads((data_dir / "run" / "gateway.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(rec["pid"])
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    ticks = int(stat[stat.rfind(b")") + 2 :].split()[19])  # field 22: start time
+    return pid if alive(pid) and ticks == rec["start_ticks"] else None
+
+
+def kill_gateway(data_dir: Path) -> None:
+    """SIGKILL the recorded gateway of `data_dir` if it still runs (cleanup after a test)."""
+    pid = recorded_gateway_pid(data_dir)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not alive(pid), 10, what=f"gateway {pid} gone")
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes of process group `pgid` (a replica and whatever it started), by /proc."""
     return sorted(p.pid for p in all_procs() if p.pgrp == pgid)

@@ -112,8 +112,11 @@ class Gateway:
                     self.table.version if self.table else None,
                 )
 
-    async def start(self, host: str, port: int) -> int:
-        """Load the first table, listen, and return the bound port (useful with port 0)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Load the first table, listen, and return the bound port (useful with port 0).
+
+        ``reuse_port`` (SO_REUSEPORT): a successor gateway can listen on the same port while this
+        one still serves, so a gateway is replaced without refusing a connection."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         if self.notify_socket is not None:
@@ -124,7 +127,12 @@ class Gateway:
         await self.poll_once()
         ctx = self.ctx
         self._server = await loop.create_server(
-            lambda: ClientConnection(ctx), host, port, backlog=1024, reuse_address=True
+            lambda: ClientConnection(ctx),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._refresher = loop.create_task(self._refresh_forever(self._wake))
@@ -162,10 +170,11 @@ async def serve(
     notify_socket: Path | None = None,
     stop: asyncio.Event | None = None,
     grace_s: float = 10.0,
+    reuse_port: bool = False,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
     gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket)
-    await gw.start(host, port)
+    await gw.start(host, port, reuse_port=reuse_port)
     if ready_cb is not None:
         ready_cb(gw.port)
     try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +23,7 @@ from openeas.gateway.context import DEFAULT_COOLDOWN_S, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
-from openeas.gateway.proxy import PROXYING, ClientConnection
+from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.table import RoutingSource, RoutingTable
 
@@ -139,7 +141,21 @@ class Gateway:
         return self.port
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close."""
+        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close.
+
+        Keep-alive clients are moved off without a failed request: each connection is closed as
+        soon as it is between two requests with no byte of a next one received, so a client sees
+        the close before it reuses the connection and opens a new one (to a successor gateway on
+        the same port, see `start`'s ``reuse_port``). The routing table stays fresh meanwhile."""
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.ctx.connections and loop.time() < deadline:
+            for conn in list(self.ctx.connections):
+                if _between_requests(conn):
+                    conn.transport.close()
+            await asyncio.sleep(DRAIN_CHECK_S)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -147,17 +163,32 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        if self._server is not None:
-            self._server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
-        while loop.time() < deadline and any(c.phase is PROXYING for c in self.ctx.connections):
-            await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.transport.close()
         for st in self.upstreams.values():
             st.retire()
         self._executor.shutdown(wait=False)
+
+
+# While a gateway stops, how often connections are checked for being between two requests, seconds.
+DRAIN_CHECK_S = 0.005
+
+
+def _between_requests(conn: ClientConnection) -> bool:
+    """No request on this connection: not one being served, and no byte of a next one (parsed or
+    still in the socket's receive buffer). Closing it now fails nothing."""
+    if conn.phase is not IDLE or conn.url or conn.flow.early is not None or conn.transport.is_closing():
+        return False
+    sock = conn.transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            return not dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": the client closed
+    except BlockingIOError:
+        return True  # nothing received
+    except OSError:
+        return True
 
 
 async def serve(

@@ -53,7 +53,7 @@ class Load:
                     )
                     outcome = None if r.status_code == 200 else f"{rid}: HTTP {r.status_code} {r.text[:200]}"
                 except requests.RequestException as exc:
-                    outcome = f"{rid}: {type(exc).__name__}: {exc}"
+                    outcome = f"{rid}: {type(exc).__name__}: {exc} at {time.time():.3f}"
                 with self._lock:
                     if outcome is None:
                         self.ok += 1

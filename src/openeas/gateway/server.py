@@ -143,18 +143,33 @@ class Gateway:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace_s``), then close.
 
-        Keep-alive clients are moved off without a failed request: each connection is closed as
-        soon as it is between two requests with no byte of a next one received, so a client sees
-        the close before it reuses the connection and opens a new one (to a successor gateway on
-        the same port, see `start`'s ``reuse_port``). The routing table stays fresh meanwhile."""
-        if self._server is not None:
-            self._server.close()
+        Keep-alive clients are moved off without a failed request (they open their next
+        connection to a successor gateway on the same port, see `start`'s ``reuse_port``): a
+        connection serving a request closes right after its answer (the client reads the close
+        with the answer, before it could reuse the connection); one idle for ``IDLE_CLOSE_S``
+        (a client that is not sending, not one between two requests of a busy loop) with no byte
+        of a next request received is closed. The routing table stays fresh meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
+        if self._server is not None:
+            self._server.close()
+            # The listening socket goes away on a later loop iteration. No client is sent off
+            # before that: its next connection could land in this socket's accept queue (the
+            # port is shared) and be reset when it closes.
+            await asyncio.sleep(LISTENER_CLOSE_S)
+        idle_since: dict[tuple[ClientConnection, int], float] = {}
         while self.ctx.connections and loop.time() < deadline:
+            now = loop.time()
+            seen = {}
             for conn in list(self.ctx.connections):
-                if _between_requests(conn):
-                    conn.transport.close()
+                if conn.phase is not IDLE:
+                    conn.keep_alive = False  # the proxy closes it once this request is answered
+                elif _between_requests(conn):
+                    key = (conn, conn.request_seq)
+                    since = seen[key] = idle_since.get(key, now)
+                    if now - since >= IDLE_CLOSE_S:
+                        conn.transport.close()
+            idle_since = seen
             await asyncio.sleep(DRAIN_CHECK_S)
         if self._listener is not None:
             self._listener.close()
@@ -172,6 +187,10 @@ class Gateway:
 
 # While a gateway stops, how often connections are checked for being between two requests, seconds.
 DRAIN_CHECK_S = 0.005
+# While a gateway stops, a keep-alive connection idle this long is closed, seconds.
+IDLE_CLOSE_S = 1.0
+# Time given to the listening socket to close before connections are sent off, seconds.
+LISTENER_CLOSE_S = 0.05
 
 
 def _between_requests(conn: ClientConnection) -> bool:

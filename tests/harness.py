@@ -25,6 +25,7 @@ class Server:
     info: dict[str, Any] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)  # only for the server process
     extra_args: list[str] = field(default_factory=list)  # more `openeas server` options
+    own_session: bool = False  # a process group of its own, as a shell gives it (Ctrl-C = killpg)
 
     @property
     def api_url(self) -> str:
@@ -60,6 +61,7 @@ class Server:
             env={**self.env(), **self.extra_env},  # as users run it: the data dir in the environment
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout_s
         info_path = self.data_dir / "server.json"

@@ -52,6 +52,9 @@ RESTARTS = [
     # how the first server ends, what the record says when the next one starts, same gateway after
     pytest.param("kill9", None, True, id="kill9-then-adopted"),
     pytest.param("keep-replicas-stop", None, True, id="graceful-keep-replicas-then-adopted"),
+    pytest.param(
+        "keep-replicas-ctrl-c-to-the-group", None, True, id="ctrl-c-group-keep-replicas-then-adopted"
+    ),
     pytest.param("kill9", "other-code", False, id="kill9-then-other-code-replaced"),
 ]
 
@@ -61,8 +64,9 @@ def test_server_restart_under_load_fails_no_request(
     tmp_path: Path, end: str, record_edit: str | None, same_gateway: bool
 ) -> None:
     srv = new_server(tmp_path / "data")
-    if end == "keep-replicas-stop":
+    if end.startswith("keep-replicas"):
         srv.extra_args.append("--keep-replicas")
+    srv.own_session = True
     srv.start()
     load: Load | None = None
     try:
@@ -71,8 +75,12 @@ def test_server_restart_under_load_fails_no_request(
         assert gw is not None
         if end == "kill9":
             srv.kill9()
-        else:
+        elif end == "keep-replicas-stop":
             assert srv.stop(signal.SIGTERM) == 0
+        else:  # Ctrl-C in the shell that runs the server: SIGINT to its whole process group
+            assert srv.proc is not None
+            os.killpg(srv.proc.pid, signal.SIGINT)
+            assert srv.proc.wait(30) == 0
         # No control plane: the gateway keeps serving the last table.
         load.wait_more(40)
         assert alive(gw) and not load.failures, load.failures[:5]

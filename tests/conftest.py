@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Server, new_server, replica_processes
+from tests.harness import Server, kill_gateway, new_server, replica_processes
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _stop_and_reap(srv: Server) -> None:
     srv.stop()
+    kill_gateway(srv.data_dir)  # a gateway outlives a killed server: not the test, though
     # Whatever a test left behind, no replica process may outlive it.
     for pid in replica_processes(srv.data_dir):
         try:

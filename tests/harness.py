@@ -25,6 +25,7 @@ class Server:
     info: dict[str, Any] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)  # only for the server process
     extra_args: list[str] = field(default_factory=list)  # more `openeas server` options
+    own_session: bool = False  # a process group of its own, as a shell gives it (Ctrl-C = killpg)
 
     @property
     def api_url(self) -> str:
@@ -60,6 +61,7 @@ class Server:
             env={**self.env(), **self.extra_env},  # as users run it: the data dir in the environment
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout_s
         info_path = self.data_dir / "server.json"
@@ -190,6 +192,32 @@ def wait_for(predicate: Any, timeout_s: float = 30, poll_s: float = 0.1, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(poll_s)
+
+
+def recorded_gateway_pid(data_dir: Path) -> int | None:
+    """The pid of the gateway recorded in DATA/run/gateway.json, if that process still runs."""
+    try:
+        rec = json.loads((data_dir / "run" / "gateway.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(rec["pid"])
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    ticks = int(stat[stat.rfind(b")") + 2 :].split()[19])  # field 22: start time
+    return pid if alive(pid) and ticks == rec["start_ticks"] else None
+
+
+def kill_gateway(data_dir: Path) -> None:
+    """SIGKILL the recorded gateway of `data_dir` if it still runs (cleanup after a test)."""
+    pid = recorded_gateway_pid(data_dir)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not alive(pid), 10, what=f"gateway {pid} gone")
 
 
 def group_members(pgid: int) -> list[int]:

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from openeas.controller.replica import STABLE_AFTER_S, ReplicaSupervisor
+from openeas.controller.replica import (
+    DRAIN_POLL_S,
+    STABLE_AFTER_S,
+    GatewayView,
+    GatewayViewFn,
+    ReplicaSupervisor,
+)
 from openeas.controller.rollout import restart_backoff_s
 from openeas.runtime.fake import Behaviour
 from openeas.states import ReplicaPhase
@@ -213,3 +219,63 @@ async def test_warmup_goes_through_the_injected_sender(tmp_path: Path) -> None:
     warmed = [e for e in world.store.events("svc") if e.reason == "Warmed"]
     assert [e.message for e in warmed] == ["warmup sent 3 requests, 0 failed"]
     await request_stop(world, sup, task)
+
+
+def gateway(routed_for: float = 0.0, busy_for: float = 0.0, reachable: bool = True, error: bool = False):  # type: ignore[no-untyped-def]
+    """A fake gateway as the supervisor asks it: it keeps routing to the replica for `routed_for`
+    seconds after the drain began, and has 3 requests in flight on it for `busy_for` seconds."""
+
+    def make(world: World, rid: str) -> tuple[GatewayViewFn, list[float]]:
+        began: list[float] = []
+
+        async def view(asked: str) -> GatewayView | None:
+            assert asked == rid
+            now = world.clock.now()
+            if not began:
+                began.append(now)
+            if error:
+                raise ConnectionResetError("gateway hung up")
+            if not reachable:
+                return None
+            t = now - began[0]
+            return GatewayView(routed=t < routed_for, in_flight=3 if t < busy_for else 0)
+
+        return view, began
+
+    return make
+
+
+DRAINS = [
+    # the gateway, grace period (s), SIGTERM this long after the stop request (s), drain timeout event
+    pytest.param(gateway(), 30.0, 0.0, False, id="nothing-in-flight-sigterm-at-once"),
+    pytest.param(gateway(routed_for=0.35), 30.0, 0.35, False, id="waits-until-the-gateway-stops-routing"),
+    pytest.param(gateway(routed_for=0.2, busy_for=2.5), 30.0, 2.5, False, id="in-flight-drains-before-sigterm"),
+    pytest.param(gateway(busy_for=3600.0), 5.0, 5.0, True, id="in-flight-beyond-the-grace-period"),
+    pytest.param(gateway(busy_for=3600.0), 0.0, 0.0, True, id="in-flight-no-grace-period"),
+    pytest.param(gateway(reachable=False), 30.0, DRAIN_S, False, id="gateway-unreachable-fixed-drain"),
+    pytest.param(gateway(error=True), 30.0, DRAIN_S, False, id="gateway-error-fixed-drain"),
+]
+
+
+@pytest.mark.parametrize(("make_gateway", "grace_s", "term_after", "timeout"), DRAINS)
+async def test_drain_waits_for_the_gateways_in_flight_requests_then_sigterm(
+    tmp_path: Path, make_gateway: Any, grace_s: float, term_after: float, timeout: bool
+) -> None:
+    world = World.make(tmp_path, Behaviour(term_exit_s=0.5))
+    rid = new_replica(world, grace_s=grace_s)
+    world.cfg.gateway_view, began = make_gateway(world, rid)
+    sup, task = world.supervise(rid)
+    later = world.clock.now() + 3.0
+    await world.clock.run_until(lambda: phase_of(world, rid) == P.READY and world.clock.now() >= later)
+    asked = world.clock.now()
+    await request_stop(world, sup, task)
+
+    proc = world.runtime.started[0]
+    phases = world.store.phases(rid)
+    assert [c.phase for c in phases][-3:] == [P.READY, P.DRAINING, P.STOPPED]
+    assert phases[-2].t == asked and began == [asked]  # Draining first, then the gateway is asked
+    assert proc.signals[0][1] == TERM  # (then SIGKILL only with no grace period left to exit in)
+    # SIGTERM once the gateway is done with the replica: not before, and within one poll after.
+    assert term_after - 1e-6 <= proc.signals[0][0] - asked <= term_after + DRAIN_POLL_S + 1e-6
+    assert ("DrainTimeout" in world.reasons()) is timeout
+    assert world.store.get_replica(rid) is None

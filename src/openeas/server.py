@@ -1,7 +1,12 @@
-"""`openeas server`: control-plane API + reconciler in this process, the gateway in a child.
+"""`openeas server`: control-plane API + reconciler in this process, the gateway in another.
 
 The gateway is the hot path, so it runs in a process of its own (pinnable to a core, unaffected
-by control-plane work) and reads the routing table from the store. Once both answer,
+by control-plane work) and reads the routing table from the store. It does not depend on the
+server being alive: it runs in a session of its own, keeps serving the last routing table when
+the server dies (kill -9 included), and is recorded in `DIR/run/gateway.json` (pid, start ticks,
+address, code fingerprint). The next server adopts it when it is the same code and arguments and
+answers, or replaces it (the successor listens on the same port first); a gateway that dies is
+restarted. A graceful stop stops it too, unless `--keep-replicas`. Once both answer,
 `DIR/server.json` (mode 0600) tells the CLI and scripts where they are (docs/cli.md).
 """
 
@@ -9,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -28,9 +32,10 @@ import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
 from openeas.controller.reconciler import Reconciler
-from openeas.controller.replica import SupervisorConfig
+from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.procfs import read_stat, start_ticks
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -69,16 +74,6 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None 
     raise ServerError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-def _die_with_parent() -> None:
-    """In the gateway child: the kernel kills it when the server dies, even by kill -9, so a
-    restarted server finds its port free. The gateway holds no state worth a graceful exit."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-PR_SET_PDEATHSIG = 1
-
-
 def _bind(host: str, port: int, what: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,31 +100,209 @@ def _wait_port_free(host: str, port: int, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def start_gateway(data_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
-    _wait_port_free(host, port, 10.0, "gateway")
+# The gateway's seconds to finish requests in flight after SIGTERM (its --grace).
+GATEWAY_GRACE_S = 10.0
+# How often the server checks that its gateway still runs, seconds.
+GATEWAY_WATCH_S = 0.5
+
+
+class GatewayProcess:
+    """The gateway: a child of this server, or adopted from an earlier one (pid + start ticks).
+
+    It runs in a session of its own and outlives the server (kill -9 included): the data plane
+    keeps serving the last routing table in the store while no control plane runs.
+    """
+
+    def __init__(self, pid: int, ticks: int | None, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.start_ticks = ticks
+        self.proc = proc  # None: adopted, not our child (watched by pid + start ticks)
+
+    @property
+    def adopted(self) -> bool:
+        return self.proc is None
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None  # reaps it
+        st = read_stat(self.pid)
+        return st is not None and st[2] == self.start_ticks and st[0] not in ("Z", "X")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def wait(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, grace_s: float = GATEWAY_GRACE_S) -> None:
+        """SIGTERM: it stops accepting and finishes its requests in flight; SIGKILL after grace."""
+        self.signal(signal.SIGTERM)
+        if not self.wait(grace_s + 2.0):
+            self.signal(signal.SIGKILL)
+            self.wait(5.0)
+
+
+def gateway_record_path(data_dir: Path) -> Path:
+    """Where the running gateway is recorded (pid, start ticks, address, code fingerprint)."""
+    return data_dir / "run" / "gateway.json"
+
+
+def recorded_gateway(data_dir: Path) -> tuple[GatewayProcess, dict[str, object]] | None:
+    """The gateway an earlier server recorded, if that very process (pid + start ticks) still runs."""
+    try:
+        rec = json.loads(gateway_record_path(data_dir).read_text())
+        gw = GatewayProcess(int(rec["pid"]), int(rec["start_ticks"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (gw, rec) if gw.alive() else None
+
+
+def _gateway_argv(data_dir: Path, host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "openeas.gateway",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--reuse-port",
+        "--grace",
+        str(GATEWAY_GRACE_S),
+    ]
+
+
+def _gateway_fingerprint(argv: list[str]) -> str:
+    """Same fingerprint = same gateway code and arguments: a running gateway can be adopted."""
+    h = hashlib.sha256(json.dumps(argv).encode())
+    pkg = Path(__file__).parent
+    for f in sorted([*(pkg / "gateway").glob("*.py"), pkg / "procfs.py"]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _spawn_gateway(data_dir: Path, host: str, port: int, timeout_s: float = 30.0) -> GatewayProcess:
+    """Start a gateway and wait until it listens (its ready file: another gateway may answer on
+    the same port meanwhile)."""
     (data_dir / "logs").mkdir(exist_ok=True)
+    (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
+    ready = data_dir / "run" / f"gateway.ready.{os.getpid()}.{time.monotonic_ns()}"
     logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openeas.gateway",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--parent-pid",
-            str(os.getpid()),
-        ],
+        [*_gateway_argv(data_dir, host, port), "--ready-file", str(ready)],
         stdout=logf,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        # Its own session: neither the server's death nor a Ctrl-C to its process group stops it.
+        start_new_session=True,
     )
     logf.close()
-    return proc
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise ServerError(f"the gateway exited with code {proc.returncode} (see logs/gateway.log)")
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise ServerError(f"the gateway did not listen on {host}:{port} within {timeout_s:.0f}s")
+            time.sleep(0.02)
+    finally:
+        ready.unlink(missing_ok=True)
+    return GatewayProcess(proc.pid, start_ticks(proc.pid), proc)
+
+
+def _record(data_dir: Path, gw: GatewayProcess, host: str, port: int, fingerprint: str) -> None:
+    rec = {
+        "pid": gw.pid,
+        "start_ticks": gw.start_ticks,
+        "host": host,
+        "port": port,
+        "fingerprint": fingerprint,
+    }
+    write_private(gateway_record_path(data_dir), json.dumps(rec, indent=2).encode())
+
+
+def start_gateway(data_dir: Path, host: str, port: int) -> GatewayProcess:
+    """The gateway for this server: the running one of an earlier server on ``data_dir`` when it
+    is compatible (same code and arguments) and answers, else a new one.
+
+    An incompatible running gateway on the same address is replaced without a refused
+    connection: the new one listens on the same port (SO_REUSEPORT) first, then the old one gets
+    SIGTERM (it stops accepting and finishes its requests in flight)."""
+    fingerprint = _gateway_fingerprint(_gateway_argv(data_dir, host, port))
+    found = recorded_gateway(data_dir)
+    if found is not None:
+        old, rec = found
+        if rec.get("fingerprint") == fingerprint and _answers(f"http://{host}:{port}/healthz"):
+            log.info("adopted the running gateway (pid %d)", old.pid)
+            return old
+        if (rec.get("host"), rec.get("port")) == (host, port):
+            try:
+                new = _spawn_gateway(data_dir, host, port)
+            except ServerError as exc:  # e.g. the old one does not share its port
+                log.warning("could not start a gateway next to the running one (%s); replacing it", exc)
+            else:
+                _record(data_dir, new, host, port, fingerprint)
+                log.info("replacing the running gateway (pid %d) by pid %d", old.pid, new.pid)
+                old.stop()
+                return new
+        log.info("stopping the running gateway (pid %d): other code or address", old.pid)
+        old.stop()
+    _wait_port_free(host, port, 10.0, "gateway")
+    new = _spawn_gateway(data_dir, host, port)
+    _record(data_dir, new, host, port, fingerprint)
+    return new
+
+
+class GatewayKeeper:
+    """Keeps a gateway running for this server: restarts one that died (the server goes on)."""
+
+    def __init__(self, data_dir: Path, host: str, port: int) -> None:
+        self.data_dir, self.host, self.port = data_dir, host, port
+        self.gw: GatewayProcess | None = None
+
+    def start(self) -> GatewayProcess:
+        self.gw = start_gateway(self.data_dir, self.host, self.port)
+        return self.gw
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(GATEWAY_WATCH_S)
+            gw = self.gw
+            if gw is None or gw.alive():
+                continue
+            code = gw.proc.returncode if gw.proc is not None else None
+            log.error("the gateway (pid %d) exited (code %s); starting a new one", gw.pid, code)
+            try:
+                self.gw = await asyncio.to_thread(self.start)
+            except ServerError as exc:
+                log.error("could not restart the gateway: %s; trying again", exc)
+                await asyncio.sleep(2.0)
+
+    def stop(self) -> None:
+        if self.gw is not None:
+            self.gw.stop()
+            self.gw = None
+        gateway_record_path(self.data_dir).unlink(missing_ok=True)
 
 
 def _deploy_files(store: Store, files: Sequence[Path]) -> None:
@@ -163,13 +336,19 @@ async def _serve(
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
     api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts
-    gateway = start_gateway(data_dir, host, gateway_port)
+    keeper = GatewayKeeper(data_dir, host, gateway_port)
     reconciler: Reconciler | None = None
     try:
-        await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway)
+        gateway = await asyncio.to_thread(keeper.start)
+        await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway.proc)
         _deploy_files(store, deploy)
         metrics = ControlMetrics(store)
-        cfg = SupervisorConfig(data_dir=data_dir, oss_root=oss_root, on_ready=metrics.observe_cold_start)
+        cfg = SupervisorConfig(
+            data_dir=data_dir,
+            oss_root=oss_root,
+            on_ready=metrics.observe_cold_start,
+            gateway_view=gateway_view(host, gateway_port),
+        )
         reconciler = Reconciler(store, get_runtime("process"), cfg)
         cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics)
         stop = asyncio.Event()
@@ -193,7 +372,7 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, asyncio.create_task(_watch(gateway))},
+            {done_task, api_task, rec_task, asyncio.create_task(keeper.watch())},
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
@@ -205,11 +384,42 @@ async def _serve(
         if reconciler is not None:
             await reconciler.shutdown(stop_replicas=not keep_replicas)
         api_sock.close()
-        gateway.terminate()
+        if not keep_replicas:
+            keeper.stop()  # after the replicas: their drains ask the gateway about requests in flight
+
+
+def gateway_view(host: str, port: int, timeout_s: float = 1.0) -> GatewayViewFn:
+    """What a drain asks: the gateway's per-replica gauges from its /metrics (None: unreachable)."""
+
+    async def view(replica_id: str) -> GatewayView | None:
         try:
-            gateway.wait(5)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: openeas\r\nConnection: close\r\n\r\n")
+                    raw = await reader.read()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return None
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        return parse_replica_view(body.decode("utf-8", "replace"), replica_id)
+
+    return view
+
+
+def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
+    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
+    label = '{replica="' + replica_id.replace("\\", "\\\\").replace('"', '\\"') + '"} '
+    routed, in_flight = False, 0
+    for line in metrics_text.splitlines():
+        if line.startswith("openeas_gateway_replica_in_flight" + label):
+            in_flight = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("openeas_gateway_replica_routed" + label):
+            routed = line.rsplit(" ", 1)[1] != "0"
+    return GatewayView(routed=routed, in_flight=in_flight)
 
 
 class _ApiServer(uvicorn.Server):
@@ -218,12 +428,6 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-async def _watch(proc: subprocess.Popen[bytes]) -> None:
-    while proc.poll() is None:
-        await asyncio.sleep(0.5)
-    log.error("gateway exited with code %s; stopping the server", proc.returncode)
 
 
 def run_server(

@@ -7,7 +7,10 @@ exception is server exit: the reconciler cancels the supervisors first, then (wh
 replicas with the server) resets their rows to Pending itself.
 
 A stop request (`stop_requested`, set by the reconciler with `stopping`) interrupts any wait;
-a Ready replica then drains (Draining for `drain_s`, out of the routing table) before
+a Ready replica then drains: Draining takes it out of the routing table at once (the routing
+push), and the supervisor asks the gateway (`SupervisorConfig.gateway_view`) until the gateway no
+longer routes to it and has no request in flight on it, for at most
+`eas.termination_grace_period` (a fixed `drain_s` when the gateway cannot be asked); only then
 SIGTERM → `eas.termination_grace_period` → SIGKILL. A process an earlier control plane recorded
 is adopted through `Runtime.adopt`: alive and Ready, it keeps serving without a new start; alive
 but not Ready, it is probed (and warmed) again; gone, the replica restarts (`restart_count` + 1).
@@ -23,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Unpack
+from typing import NamedTuple, Unpack
 
 from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port
 from openeas.controller.rollout import restart_backoff_s
@@ -56,13 +59,30 @@ ALIVE_CHECK_S = 0.1
 STARTUP_PROBE_PERIOD_S = 0.25
 # One warmup request may take this long (a first LLM request can be slow), seconds.
 WARMUP_REQUEST_TIMEOUT_S = 120.0
+# How often a draining replica's in-flight requests are asked of the gateway, seconds.
+DRAIN_POLL_S = 0.1
+
+
+class GatewayView(NamedTuple):
+    """One replica as the gateway sees it now."""
+
+    routed: bool  # new requests may still be sent to it (the gateway has not applied Draining yet)
+    in_flight: int  # requests sent to it and not yet answered (streams included)
+
+
+# Asks the gateway about one replica id; None when the gateway cannot be reached.
+GatewayViewFn = Callable[[str], Awaitable[GatewayView | None]]
 
 
 @dataclass
 class SupervisorConfig:
     data_dir: Path
     oss_root: Path | None
-    drain_s: float = 1.0  # time between leaving the routing table and SIGTERM (>= 2 gateway polls)
+    # Time between leaving the routing table and SIGTERM when the gateway cannot be asked
+    # (`gateway_view` is None or fails), seconds.
+    drain_s: float = 1.0
+    # What the gateway knows about a replica (routed? requests in flight?): a drain waits on it.
+    gateway_view: GatewayViewFn | None = None
     base_env: Mapping[str, str] | None = None
     # Called with (service, cold-start breakdown) when a replica becomes Ready (metrics).
     on_ready: Callable[[str, Mapping[str, float | None]], None] | None = None
@@ -357,12 +377,44 @@ class ReplicaSupervisor:
         if self.ref is not None and self.runtime.group_alive(self.ref):
             if row.phase == ReplicaPhase.READY:
                 self._set(phase=ReplicaPhase.DRAINING)
-                await self.clock.sleep(self.cfg.drain_s)  # a stop is under way: nothing interrupts it
+                await self._drain(row)  # a stop is under way: nothing interrupts it
             how = await stop_process(self.runtime, self.ref, self.grace_s, clock=self.clock)
             self._event(row, "Stopped", f"process {self.ref.pid} {how}")
         self._drop_process()
         self.store.update_replica(self.rid, phase=ReplicaPhase.STOPPED)
         self.store.delete_replica(self.rid)
+
+    async def _drain(self, row: ReplicaRow) -> None:
+        """Draining (out of the routing table): wait until the gateway has stopped routing to this
+        replica and has no request in flight on it, at most the termination grace period. When the
+        gateway cannot be asked, a fixed `drain_s` instead."""
+        ask = self.cfg.gateway_view
+        if ask is None:
+            await self.clock.sleep(self.cfg.drain_s)
+            return
+        deadline = self.clock.now() + self.grace_s
+        while True:
+            try:
+                view = await ask(self.rid)
+            except Exception:  # a broken probe of the gateway must not leave the replica running
+                log.exception("replica %s: asking the gateway about in-flight requests failed", self.rid)
+                view = None
+            if view is None:
+                await self.clock.sleep(self.cfg.drain_s)
+                return
+            if not view.routed and view.in_flight == 0:
+                return
+            left = deadline - self.clock.now()
+            if left <= 0:
+                self._event(
+                    row,
+                    "DrainTimeout",
+                    f"{view.in_flight} requests still in flight after the termination grace period "
+                    f"({self.grace_s:.0f}s); stopping anyway",
+                    warning=True,
+                )
+                return
+            await self.clock.sleep(min(DRAIN_POLL_S, left))
 
 
 def _probe_port(spec: ServiceSpec, replica_port: int) -> int:

@@ -1,5 +1,9 @@
 """``python -m openeas.gateway --port P (--routing-file F | --data-dir D) [--parent-pid PID]``
 
+`openeas server` starts it with ``--data-dir``, ``--reuse-port`` and ``--ready-file``, in a
+session of its own and without ``--parent-pid``: the data plane outlives the control plane (it
+keeps serving the routing table in the store) and the next server adopts or replaces it.
+
 The gateway process imports neither SQLAlchemy nor pydantic (tests/test_routing_push.py checks):
 it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`) and /proc with
 :mod:`openeas.procfs`, so it starts fast and stays small.
@@ -41,6 +45,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to finish requests on SIGTERM")
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT, so a successor gateway can take over the port without a gap",
+    )
+    p.add_argument("--ready-file", type=Path, help="written (with this pid) once the gateway listens")
     return p.parse_args(argv)
 
 
@@ -73,6 +83,8 @@ async def _main(args: argparse.Namespace) -> None:
         gc.freeze()
         gc.set_threshold(20_000, 50, 50)
         print(f"openeas gateway listening on http://{args.host}:{port}", flush=True)
+        if args.ready_file is not None:
+            args.ready_file.write_text(f"{os.getpid()}\n")
 
     poll_s = args.poll_interval
     if poll_s is None:
@@ -86,6 +98,7 @@ async def _main(args: argparse.Namespace) -> None:
         notify_socket=socket_path(args.data_dir) if args.data_dir is not None else None,
         stop=stop,
         grace_s=args.grace,
+        reuse_port=args.reuse_port,
     )
     if watcher is not None:
         watcher.cancel()

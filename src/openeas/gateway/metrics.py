@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
@@ -84,6 +85,9 @@ class GatewayMetrics:
 
     def timed_out(self, kind: str) -> None:
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+        # (replica id, routed now, requests in flight) for every replica the gateway routes to or
+        # still has requests on; set by the gateway, read only when scraped (drains wait on it).
+        self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
 
     def service(self, name: str) -> ServiceMetrics:
         m = self.services.get(name)
@@ -144,6 +148,8 @@ class GatewayMetrics:
             lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
             lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
         lines += _guard_lines(self)
+        if self.replicas is not None:
+            lines += _replica_lines(self.replicas())
         lines.append("")
         return "\n".join(lines).encode()
 
@@ -167,6 +173,21 @@ def _guard_lines(m: GatewayMetrics) -> list[str]:
         "# TYPE openeas_gateway_timeouts_total counter",
     ]
     lines += [f'openeas_gateway_timeouts_total{{kind="{k}"}} {v}' for k, v in sorted(m.timeouts.items())]
+    return lines
+
+
+def _replica_lines(replicas: Iterable[tuple[str, bool, int]]) -> list[str]:
+    rows = sorted(replicas)
+    lines = [
+        "# HELP openeas_gateway_replica_in_flight Requests sent to a replica and not yet answered.",
+        "# TYPE openeas_gateway_replica_in_flight gauge",
+    ]
+    lines += [f'openeas_gateway_replica_in_flight{{replica="{_label(r)}"}} {n}' for r, _, n in rows]
+    lines += [
+        "# HELP openeas_gateway_replica_routed 1 while the routing table sends new requests to a replica.",
+        "# TYPE openeas_gateway_replica_routed gauge",
+    ]
+    lines += [f'openeas_gateway_replica_routed{{replica="{_label(r)}"}} {int(up)}' for r, up, _ in rows]
     return lines
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +23,7 @@ from openeas.gateway.context import DEFAULT_COOLDOWN_S, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
-from openeas.gateway.proxy import PROXYING, ClientConnection
+from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.table import RoutingSource, RoutingTable
 
@@ -50,6 +52,10 @@ class Gateway:
         self.ctx = ProxyContext(self.metrics, max_date_skew_s=max_date_skew_s, cooldown_s=cooldown_s)
         self.table: RoutingTable | None = None
         self.upstreams: dict[UpstreamKey, UpstreamState] = {}
+        # Replicas that left the table with requests still in flight on them: their requests finish
+        # (retiring closes idle connections only), and /metrics counts them until they have.
+        self.leaving: set[UpstreamState] = set()
+        self.metrics.replicas = self.replica_loads
         self._server: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._listener: NotifyListener | None = None
@@ -63,10 +69,24 @@ class Gateway:
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
+        before = list(self.upstreams.values())
         self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        routed = set(self.upstreams.values())
+        self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table
         if self.on_apply is not None:
             self.on_apply(table)
+
+    def replica_loads(self) -> list[tuple[str, bool, int]]:
+        """(replica id, routed, requests in flight) per replica: routed ones, and those that left
+        the table but still have requests in flight."""
+        self.leaving = {st for st in self.leaving if st.outstanding > 0}
+        loads: dict[str, tuple[bool, int]] = {}
+        for routed, states in ((True, self.upstreams.values()), (False, self.leaving)):
+            for st in states:
+                was_routed, n = loads.get(st.upstream.replica_id, (False, 0))
+                loads[st.upstream.replica_id] = (was_routed or routed, n + st.outstanding)
+        return [(rid, routed, n) for rid, (routed, n) in loads.items()]
 
     def refresh_soon(self) -> None:
         """Read the source at once (on the routing thread), not at the next poll. Loop thread only."""
@@ -94,8 +114,11 @@ class Gateway:
                     self.table.version if self.table else None,
                 )
 
-    async def start(self, host: str, port: int) -> int:
-        """Load the first table, listen, and return the bound port (useful with port 0)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Load the first table, listen, and return the bound port (useful with port 0).
+
+        ``reuse_port`` (SO_REUSEPORT): a successor gateway can listen on the same port while this
+        one still serves, so a gateway is replaced without refusing a connection."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         if self.notify_socket is not None:
@@ -106,14 +129,48 @@ class Gateway:
         await self.poll_once()
         ctx = self.ctx
         self._server = await loop.create_server(
-            lambda: ClientConnection(ctx), host, port, backlog=1024, reuse_address=True
+            lambda: ClientConnection(ctx),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._refresher = loop.create_task(self._refresh_forever(self._wake))
         return self.port
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close."""
+        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close.
+
+        Keep-alive clients are moved off without a failed request (they open their next
+        connection to a successor gateway on the same port, see `start`'s ``reuse_port``): a
+        connection serving a request closes right after its answer (the client reads the close
+        with the answer, before it could reuse the connection); one idle for ``IDLE_CLOSE_S``
+        (a client that is not sending, not one between two requests of a busy loop) with no byte
+        of a next request received is closed. The routing table stays fresh meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        if self._server is not None:
+            self._server.close()
+            # The listening socket goes away on a later loop iteration. No client is sent off
+            # before that: its next connection could land in this socket's accept queue (the
+            # port is shared) and be reset when it closes.
+            await asyncio.sleep(LISTENER_CLOSE_S)
+        idle_since: dict[tuple[ClientConnection, int], float] = {}
+        while self.ctx.connections and loop.time() < deadline:
+            now = loop.time()
+            seen = {}
+            for conn in list(self.ctx.connections):
+                if conn.phase is not IDLE:
+                    conn.keep_alive = False  # the proxy closes it once this request is answered
+                elif _between_requests(conn):
+                    key = (conn, conn.request_seq)
+                    since = seen[key] = idle_since.get(key, now)
+                    if now - since >= IDLE_CLOSE_S:
+                        conn.transport.close()
+            idle_since = seen
+            await asyncio.sleep(DRAIN_CHECK_S)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -121,17 +178,36 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        if self._server is not None:
-            self._server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
-        while loop.time() < deadline and any(c.phase is PROXYING for c in self.ctx.connections):
-            await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.transport.close()
         for st in self.upstreams.values():
             st.retire()
         self._executor.shutdown(wait=False)
+
+
+# While a gateway stops, how often connections are checked for being between two requests, seconds.
+DRAIN_CHECK_S = 0.005
+# While a gateway stops, a keep-alive connection idle this long is closed, seconds.
+IDLE_CLOSE_S = 1.0
+# Time given to the listening socket to close before connections are sent off, seconds.
+LISTENER_CLOSE_S = 0.05
+
+
+def _between_requests(conn: ClientConnection) -> bool:
+    """No request on this connection: not one being served, and no byte of a next one (parsed or
+    still in the socket's receive buffer). Closing it now fails nothing."""
+    if conn.phase is not IDLE or conn.url or conn.flow.early is not None or conn.transport.is_closing():
+        return False
+    sock = conn.transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            return not dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": the client closed
+    except BlockingIOError:
+        return True  # nothing received
+    except OSError:
+        return True
 
 
 async def serve(
@@ -144,10 +220,11 @@ async def serve(
     notify_socket: Path | None = None,
     stop: asyncio.Event | None = None,
     grace_s: float = 10.0,
+    reuse_port: bool = False,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
     gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket)
-    await gw.start(host, port)
+    await gw.start(host, port, reuse_port=reuse_port)
     if ready_cb is not None:
         ready_cb(gw.port)
     try:

@@ -162,3 +162,28 @@ def test_entry_point_sigterm_is_graceful(tmp_path: Path) -> None:
         if gw.poll() is None:
             gw.kill()
             gw.wait()
+
+
+def test_entry_point_limit_flags_reach_the_gateway(tmp_path: Path) -> None:
+    gport = free_port()
+    routing = tmp_path / "routing.json"
+    routing.write_text(json.dumps(table().to_dict()))
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "openeas.gateway", "--port", str(gport), "--routing-file", str(routing),
+         "--max-url-bytes", "300", "--max-headers", "7", "--head-timeout", "2.5", "--max-connections", "50"],
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_http(gport, "/healthz")
+        conn = http.client.HTTPConnection("127.0.0.1", gport, timeout=10)
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        for name, value in (("max_url_bytes", "300"), ("max_headers", "7"), ("head_timeout_s", "2.5"),
+                            ("max_connections", "50")):  # fmt: skip
+            assert f'openeas_gateway_limit{{name="{name}"}} {value}\n' in metrics
+        conn = http.client.HTTPConnection("127.0.0.1", gport, timeout=10)
+        conn.request("GET", "/api/predict/x/" + "a" * 400)
+        assert conn.getresponse().status == 414  # over the flag's 300 bytes, under the default 8 KiB
+    finally:
+        gw.terminate()
+        gw.wait(10)

@@ -20,6 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
+from openeas.gateway.context import ClientLimits
 from openeas.gateway.notify import socket_path
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
 from openeas.gateway.source import StoreRoutingSource
@@ -51,7 +52,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="listen with SO_REUSEPORT, so a successor gateway can take over the port without a gap",
     )
     p.add_argument("--ready-file", type=Path, help="written (with this pid) once the gateway listens")
+    lim = p.add_argument_group("client limits (README: Gateway limits)")
+    d = ClientLimits()
+    for flag, kind, default, what in (
+        ("--max-url-bytes", int, d.max_url_bytes, "longer request targets get 414"),
+        ("--max-header-bytes", int, d.max_header_bytes, "more header bytes get 431"),
+        ("--max-headers", int, d.max_headers, "more header lines get 431"),
+        ("--head-timeout", float, d.head_timeout_s, "seconds for a request head (408)"),
+        ("--keepalive-timeout", float, d.keepalive_timeout_s, "seconds an idle connection is kept"),
+        ("--body-timeout", float, d.body_timeout_s, "longest gap in seconds between reads of a body"),
+        ("--max-connections", int, d.max_connections, "client connections at once (default: from ulimit -n)"),
+    ):
+        lim.add_argument(flag, type=kind, default=default, help=what)
     return p.parse_args(argv)
+
+
+def _limits(args: argparse.Namespace) -> ClientLimits:
+    return ClientLimits(
+        max_url_bytes=args.max_url_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        head_timeout_s=args.head_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+    )
 
 
 def _source(args: argparse.Namespace) -> RoutingSource:
@@ -99,6 +124,7 @@ async def _main(args: argparse.Namespace) -> None:
         stop=stop,
         grace_s=args.grace,
         reuse_port=args.reuse_port,
+        limits=_limits(args),
     )
     if watcher is not None:
         watcher.cancel()

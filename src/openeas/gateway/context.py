@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import resource
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
@@ -33,6 +34,20 @@ DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed af
 DEFAULT_BODY_TIMEOUT_S = 60.0  # longest gap between two reads of a request body (408)
 MAX_CONNECTIONS_CEILING = 10_000
 FD_HEADROOM = 64  # descriptors kept for listeners, logs, the routing source
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """The limits a gateway puts on its clients (``ProxyContext`` keyword arguments of the same
+    names); ``python -m openeas.gateway`` has a flag for each."""
+
+    max_url_bytes: int = DEFAULT_MAX_URL_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int | None = None  # None: default_max_connections()
 
 
 def default_max_connections() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
-from openeas.gateway.context import DEFAULT_COOLDOWN_S, ProxyContext
+from openeas.gateway.context import DEFAULT_COOLDOWN_S, ClientLimits, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
@@ -43,13 +44,19 @@ class Gateway:
         max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         metrics: GatewayMetrics | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.source = source
         self.poll_interval_s = poll_interval_s  # seconds between two reads when nothing is notified
         self.notify_socket = notify_socket  # bound while running: a datagram there = read now
         self.on_apply = on_apply  # called on the loop after each table swap (tests, benchmarks)
         self.metrics = metrics or GatewayMetrics()
-        self.ctx = ProxyContext(self.metrics, max_date_skew_s=max_date_skew_s, cooldown_s=cooldown_s)
+        self.ctx = ProxyContext(
+            self.metrics,
+            max_date_skew_s=max_date_skew_s,
+            cooldown_s=cooldown_s,
+            **dataclasses.asdict(limits or ClientLimits()),
+        )
         self.table: RoutingTable | None = None
         self.upstreams: dict[UpstreamKey, UpstreamState] = {}
         # Replicas that left the table with requests still in flight on them: their requests finish
@@ -221,9 +228,10 @@ async def serve(
     stop: asyncio.Event | None = None,
     grace_s: float = 10.0,
     reuse_port: bool = False,
+    limits: ClientLimits | None = None,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
-    gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket)
+    gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket, limits=limits)
     await gw.start(host, port, reuse_port=reuse_port)
     if ready_cb is not None:
         ready_cb(gw.port)

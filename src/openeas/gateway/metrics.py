@@ -79,15 +79,15 @@ class GatewayMetrics:
         self.rejected: dict[str, int] = {}  # requests/connections refused, by reason
         self.timeouts: dict[str, int] = {}  # connections closed by a deadline, by kind
         self.connections = 0  # open client connections
+        # (replica id, routed now, requests in flight) for every replica the gateway routes to or
+        # still has requests on; set by the gateway, read only when scraped (drains wait on it).
+        self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def timed_out(self, kind: str) -> None:
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
-        # (replica id, routed now, requests in flight) for every replica the gateway routes to or
-        # still has requests on; set by the gateway, read only when scraped (drains wait on it).
-        self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
 
     def service(self, name: str) -> ServiceMetrics:
         m = self.services.get(name)

@@ -9,7 +9,7 @@
    flight on the replicas that stop (a tiny counting replica, tests/fixtures/counting_replica.py,
    appends one line per execution): failed requests and re-runs (executions beyond one).
 
-Prints a Markdown table (the figures in docs/reliability-lifecycle.md come from it).
+Prints a Markdown table (the figures in docs/RELIABILITY.md come from it).
 """
 
 from __future__ import annotations

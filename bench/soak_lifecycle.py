@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the rig lives in tests/ (shared with the lifecycle e2e tests)
 
 from tests.harness import Server, kill_gateway, new_server, recorded_gateway_pid, service_spec, wait_for  # noqa: E402
-from tests.lifecycle_load import Load  # noqa: E402
+from tests.lifecycle_load import Load, counting_spec  # noqa: E402
 
-REPLICA = ROOT / "tests" / "fixtures" / "counting_replica.py"
 BIG = 2 * 1024 * 1024
 N_BIG = 12
 DELAY_S = 3.0
@@ -95,16 +94,7 @@ def kill9_under_load(tmp: Path, src: Path | None, phase_s: float) -> dict[str, A
 
 
 def _counting_spec(name: str, count_file: Path, version: str) -> dict[str, Any]:
-    spec = service_spec(name, replicas=2, token=f"{name}-token-0123456789")
-    spec["metadata"]["eas"]["termination_grace_period"] = 10
-    ctr = spec["containers"][0]
-    ctr["command"] = f"{sys.executable} {REPLICA}"
-    ctr["env"] = [
-        {"name": "COUNT_FILE", "value": str(count_file)},
-        {"name": "DELAY_S", "value": str(DELAY_S)},
-        {"name": "SPEC_VERSION", "value": version},
-    ]
-    return spec
+    return counting_spec(name, count_file, delay_s=DELAY_S, version=version)
 
 
 def _executions(count_file: Path) -> list[str]:

@@ -1,16 +1,38 @@
-"""Steady client load through the gateway, counting every outcome (for the lifecycle e2e tests
-and bench/soak_lifecycle.py). Standard library + requests; each thread keeps one keep-alive
-session, as a real client does."""
+"""Steady client load through the gateway, counting every outcome, and the counting replica's
+spec (for the lifecycle e2e tests and bench/soak_lifecycle.py). Standard library + requests;
+each thread keeps one keep-alive session, as a real client does."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import requests
+
+from tests.harness import service_spec
+
+COUNTING_REPLICA = Path(__file__).parent / "fixtures" / "counting_replica.py"
+
+
+def counting_spec(name: str, count_file: Path, *, delay_s: float, version: str = "1") -> dict[str, Any]:
+    """Two replicas of the counting replica: each execution of a request appends one line to
+    ``count_file`` and takes ``delay_s`` seconds; ``version`` makes an update a new spec."""
+    spec = service_spec(name, replicas=2, token=f"{name}-token-0123456789")
+    spec["metadata"]["eas"]["termination_grace_period"] = 10
+    container = spec["containers"][0]
+    container["command"] = f"{sys.executable} {COUNTING_REPLICA}"
+    container["env"] = [
+        {"name": "COUNT_FILE", "value": str(count_file)},
+        {"name": "DELAY_S", "value": str(delay_s)},
+        {"name": "SPEC_VERSION", "value": version},
+    ]
+    return spec
 
 
 @dataclass

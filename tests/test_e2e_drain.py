@@ -9,7 +9,6 @@ gateway.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,24 +17,15 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, service_spec, wait_for
+from tests.harness import Server, wait_for
+from tests.lifecycle_load import counting_spec
 
-REPLICA = Path(__file__).parent / "fixtures" / "counting_replica.py"
 DELAY_S = 3.0
 N = 12  # requests in flight when the replicas stop
 
 
 def _spec(name: str, count_file: Path, version: str = "1") -> dict[str, Any]:
-    spec = service_spec(name, replicas=2, token=f"{name}-token-0123456789")
-    spec["metadata"]["eas"]["termination_grace_period"] = 10
-    c = spec["containers"][0]
-    c["command"] = f"{sys.executable} {REPLICA}"
-    c["env"] = [
-        {"name": "COUNT_FILE", "value": str(count_file)},
-        {"name": "DELAY_S", "value": str(DELAY_S)},
-        {"name": "SPEC_VERSION", "value": version},
-    ]
-    return spec
+    return counting_spec(name, count_file, delay_s=DELAY_S, version=version)
 
 
 def _executions(count_file: Path) -> list[tuple[int, str]]:

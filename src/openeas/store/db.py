@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
 from openeas.gateway.table import RouteSettings
-from openeas.spec import ServiceSpec, parse_spec, parse_stored_spec
+from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
@@ -55,7 +55,7 @@ def _v2_route_settings(conn: Connection) -> None:
     rows = conn.execute(text("SELECT service, version, spec FROM versions WHERE route IS NULL")).all()
     for service, version, spec in rows:
         try:
-            record = route_settings(parse_spec(json.loads(spec) if isinstance(spec, str) else spec))
+            record = route_settings(parse_stored_spec(json.loads(spec) if isinstance(spec, str) else spec))
         except Exception as exc:  # a spec today's models reject must not stop the server's start
             log.warning("%s version %s: unreadable spec (%s); default route settings", service, version, exc)
             record = RouteSettings()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from openeas.errors import MountError
+from openeas.runtime.base import kill_orphans
 from openeas.runtime.launch import pick_port, replica_port_range
-from openeas.runtime.process import kill_orphans
+from openeas.runtime.process import ProcessRuntime
 from openeas.storage.oss import resolve_url
 from tests.harness import read_proc, wait_for
 
@@ -86,7 +87,7 @@ def test_kill_orphans_keeps_recorded_and_kills_the_rest(tmp_path: Path):
     wait_for(lambda: all(_replica_id(p.pid) == rid for p, rid in procs.items()), 10, what="children exec'd")
     try:
         known = {"svc-kept": kept.pid, "svc-unrecorded": None}
-        killed = kill_orphans(tmp_path, known)
+        killed = kill_orphans(ProcessRuntime(), tmp_path, known)
         assert sorted(killed) == sorted([unknown.pid, unrecorded.pid, twin.pid])
         for p in (unknown, unrecorded, twin):  # really killed, not just reported
             assert p.wait(10) == -signal.SIGKILL

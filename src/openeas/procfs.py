@@ -48,6 +48,13 @@ def pid_alive(pid: int | None) -> bool | None:
     return True
 
 
+def same_process(pid: int, ticks: int | None) -> bool:
+    """Whether ``pid`` still is the process that started at ``ticks`` and has not exited
+    (a zombie or dead entry counts as exited; another start time means a recycled pid)."""
+    st = read_stat(pid)
+    return st is not None and st[2] == ticks and st[0] not in ("Z", "X")
+
+
 def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat (clock ticks after boot when the process started)."""
     st = read_stat(pid)

@@ -34,8 +34,9 @@ from openeas.api.app import ControlPlane, create_app
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
+from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
-from openeas.procfs import read_stat, start_ticks
+from openeas.procfs import same_process, start_ticks
 from openeas.runtime import get_runtime
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -125,8 +126,7 @@ class GatewayProcess:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None  # reaps it
-        st = read_stat(self.pid)
-        return st is not None and st[2] == self.start_ticks and st[0] not in ("Z", "X")
+        return same_process(self.pid, self.start_ticks)
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -412,7 +412,7 @@ def gateway_view(host: str, port: int, timeout_s: float = 1.0) -> GatewayViewFn:
 
 def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
     """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
-    label = '{replica="' + replica_id.replace("\\", "\\\\").replace('"', '\\"') + '"} '
+    label = '{replica="' + label_value(replica_id) + '"} '
     routed, in_flight = False, 0
     for line in metrics_text.splitlines():
         if line.startswith("openeas_gateway_replica_in_flight" + label):

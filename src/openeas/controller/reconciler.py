@@ -19,7 +19,7 @@ from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.base import orphans
+from openeas.runtime.base import kill_orphans
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import Store
@@ -58,9 +58,7 @@ class Reconciler:
 
     def kill_orphans(self) -> list[int]:
         """Kill the replica processes of this data dir that no replica row accounts for; their pids."""
-        found = self.runtime.replica_processes(self.cfg.data_dir)
-        strays = orphans(found, {r.id: r.pid for r in self.store.replicas()})
-        killed = [p.pid for p in strays if self.runtime.kill(p)]
+        killed = kill_orphans(self.runtime, self.cfg.data_dir, {r.id: r.pid for r in self.store.replicas()})
         if killed:
             log.warning("killed %d orphan replica processes: %s", len(killed), killed)
         return killed

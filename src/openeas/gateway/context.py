@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
@@ -103,15 +103,7 @@ class ProxyContext:
 
     def limits(self) -> dict[str, float]:
         """The settings shown on /metrics as gauges (openeas_gateway_limit{name=...})."""
-        return {
-            "max_url_bytes": self.max_url_bytes,
-            "max_header_bytes": self.max_header_bytes,
-            "max_headers": self.max_headers,
-            "max_connections": self.max_connections,
-            "head_timeout_s": self.head_timeout_s,
-            "keepalive_timeout_s": self.keepalive_timeout_s,
-            "body_timeout_s": self.body_timeout_s,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(ClientLimits)}
 
     def resolve(self, url: bytes) -> tuple[str, bytes] | None:
         """Split ``url`` and remember it if short (the hot path reads ``targets`` first)."""

@@ -119,7 +119,7 @@ class GatewayMetrics:
         ]
         items = sorted(self.services.items())
         for name, m in items:
-            svc = _label(name)
+            svc = label_value(name)
             for code, n in sorted(m.by_code.items()):
                 lines.append(f'openeas_gateway_requests_total{{service="{svc}",code="{code}"}} {n}')
         lines += [
@@ -133,13 +133,13 @@ class GatewayMetrics:
             "# TYPE openeas_gateway_in_flight_requests gauge",
         ]
         for name, m in items:
-            lines.append(f'openeas_gateway_in_flight_requests{{service="{_label(name)}"}} {m.in_flight}')
+            lines.append(f'openeas_gateway_in_flight_requests{{service="{label_value(name)}"}} {m.in_flight}')
         lines += [
             "# HELP openeas_gateway_request_duration_seconds Time from request head to response end.",
             "# TYPE openeas_gateway_request_duration_seconds histogram",
         ]
         for name, m in items:
-            svc = _label(name)
+            svc = label_value(name)
             cumulative = 0
             for le, n in zip(LATENCY_BUCKETS_S, m.buckets, strict=True):
                 cumulative += n
@@ -182,14 +182,15 @@ def _replica_lines(replicas: Iterable[tuple[str, bool, int]]) -> list[str]:
         "# HELP openeas_gateway_replica_in_flight Requests sent to a replica and not yet answered.",
         "# TYPE openeas_gateway_replica_in_flight gauge",
     ]
-    lines += [f'openeas_gateway_replica_in_flight{{replica="{_label(r)}"}} {n}' for r, _, n in rows]
+    lines += [f'openeas_gateway_replica_in_flight{{replica="{label_value(r)}"}} {n}' for r, _, n in rows]
     lines += [
         "# HELP openeas_gateway_replica_routed 1 while the routing table sends new requests to a replica.",
         "# TYPE openeas_gateway_replica_routed gauge",
     ]
-    lines += [f'openeas_gateway_replica_routed{{replica="{_label(r)}"}} {int(up)}' for r, up, _ in rows]
+    lines += [f'openeas_gateway_replica_routed{{replica="{label_value(r)}"}} {int(up)}' for r, up, _ in rows]
     return lines
 
 
-def _label(value: str) -> str:
+def label_value(value: str) -> str:
+    """A Prometheus label value, escaped (backslash, quote, newline)."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

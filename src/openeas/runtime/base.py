@@ -50,6 +50,12 @@ class ReplicaProcess(NamedTuple):
     pgid: int  # its process group: the pid a replica row records, since replicas lead their group
 
 
+def kill_orphans(runtime: Runtime, data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
+    """Scan ``data_dir``'s replica processes with ``runtime``, SIGKILL the :func:`orphans` among
+    them (``known``: replica id → recorded pid), and return the pids killed."""
+    return [p.pid for p in orphans(runtime.replica_processes(data_dir), known) if runtime.kill(p)]
+
+
 def orphans(found: Iterable[ReplicaProcess], known: Mapping[str, int | None]) -> list[ReplicaProcess]:
     """The scanned processes that no replica row accounts for (pure).
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 # The /proc helpers live in openeas.procfs (standard library only, so the gateway can use them);
 # they stay importable from here for existing callers.
-from openeas.procfs import group_members, pid_alive, read_stat, start_ticks
-from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess, orphans
+from openeas.procfs import PROC, group_members, pid_alive, read_stat, same_process, start_ticks
+from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess
 
 __all__ = ["ProcessRuntime", "group_members", "pid_alive", "read_stat", "start_ticks"]
 
@@ -76,8 +75,7 @@ class ProcessRuntime:
         child = self._child(ref)
         if child is not None:
             return child.poll() is None
-        st = read_stat(ref.pid)
-        return st is not None and st[2] == ref.start_ticks and st[0] != "Z"
+        return same_process(ref.pid, ref.start_ticks)
 
     def group_alive(self, ref: ProcessRef) -> bool:
         """True while the leader or any other process of the replica's group still runs.
@@ -145,7 +143,7 @@ class ProcessRuntime:
 def _environ(pid: int) -> dict[str, str]:
     """The two variables of /proc/<pid>/environ that mark a replica process (empty if unreadable)."""
     try:
-        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+        raw = (PROC / str(pid) / "environ").read_bytes()
     except OSError:
         return {}
     out = {}
@@ -163,7 +161,7 @@ def replica_processes(data_dir: Path) -> list[ReplicaProcess]:
     """
     out = []
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
+    for entry in PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
@@ -175,10 +173,3 @@ def replica_processes(data_dir: Path) -> list[ReplicaProcess]:
         if st is not None and st[0] != "Z":
             out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=st[1]))
     return out
-
-
-def kill_orphans(data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
-    """SIGKILL the replica processes of ``data_dir`` that ``known`` does not account for
-    (:func:`openeas.runtime.base.orphans`); returns their pids."""
-    runtime = ProcessRuntime()
-    return [p.pid for p in orphans(replica_processes(data_dir), known) if runtime.kill(p)]

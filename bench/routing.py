@@ -78,46 +78,21 @@ def footprint(src: Path | None, runs: int) -> None:
 
         Store(data).create_service(spec("svc"))
         env = _child_env(src)
-        where = subprocess.run(
-            [sys.executable, "-c", "import openeas; print(openeas.__file__)"],
-            env=env,
-            cwd=d,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        imports = [
-            float(
-                subprocess.run(
-                    [sys.executable, "-c", IMPORT, d],
-                    env=env,
-                    cwd=d,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-            )
-            for _ in range(runs)
-        ]
+        def python(code: str) -> str:
+            """What ``python -c code DATA_DIR`` prints, run in the tree under test."""
+            return subprocess.run(
+                [sys.executable, "-c", code, d], env=env, cwd=d, capture_output=True, text=True, check=True
+            ).stdout.strip()
+
+        where = python("import openeas; print(openeas.__file__)")
+        imports = [float(python(IMPORT)) for _ in range(runs)]
         bare = [_wall([sys.executable, "-c", "pass"], env, d) for _ in range(runs)]
         rss, ready_s = [], []
         for _ in range(runs):
             r, s = _start_and_rss(data, env)
             rss.append(r)
             ready_s.append(s)
-        mods = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                IMPORT.replace("print(time.perf_counter() - t)", "print(len(sys.modules))"),
-                d,
-            ],
-            env=env,
-            cwd=d,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        mods = python(IMPORT.replace("print(time.perf_counter() - t)", "print(len(sys.modules))"))
     print(f"tree: {where}")
     ms = statistics.median(imports) * 1000
     print(

@@ -2,7 +2,7 @@
 # Sets up everything OpenEAS needs on a fresh Debian machine that has only Python:
 # a virtualenv with the project and its PyPI dependencies, llama.cpp's server (built from
 # source once, then kept), the SmolLM2-135M-Instruct model and, where we are root, the Debian
-# packages the benchmarks use. Idempotent: a second run takes seconds.
+# packages of the container runtime and the benchmarks. Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -57,17 +57,21 @@ if [ "${OPENEAS_SKIP_LLAMA:-0}" != 1 ]; then
   ln -sf "$bin" .venv/bin/llama-server
 fi
 
-# Debian packages used by benchmarks (wrk, nginx). Tests do not need them.
+# Debian packages: podman, runc and debootstrap for the container runtime (its tests build a
+# small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks.
 missing=()
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >/dev/null \
-      || log "warning: could not install ${missing[*]} (only the benchmarks need them)"
+      || log "warning: could not install ${missing[*]} (the container runtime and the benchmarks need them)"
   else
-    log "note: ${missing[*]} missing; the benchmarks need them (apt-get install ${missing[*]})"
+    log "note: ${missing[*]} missing; the container runtime and the benchmarks need them (apt-get install ${missing[*]})"
   fi
 fi
 log "ready: . .venv/bin/activate"

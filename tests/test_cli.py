@@ -91,7 +91,10 @@ def test_no_server_found(tmp_path: Path) -> None:
         pytest.param("- just\n- a list\n", ["  spec: must be a JSON/YAML object"], id="not-an-object"),
         pytest.param(
             json.dumps({"metadata": {"name": "demo"}, "containers": [{"command": "x"}], "runtime": "ray"}),
-            ["  runtime: input should be 'process'"],
+            [
+                "  runtime: 'ray': EAS's runtime block is an object ({\"enable_crash_block\": ...}); as a "
+                "string it is the older spelling of metadata.replica_runtime: 'auto', 'process' or 'container'"
+            ],
             id="unknown-runtime",
         ),
     ],
@@ -123,7 +126,9 @@ def test_unreachable_server(tmp_path: Path) -> None:
     data.mkdir()
     with refusing_port() as s:  # nothing answers on it while the test runs
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-        (data / "server.json").write_text(json.dumps({"api_url": url, "admin_token": "x", "gateway_url": url}))
+        (data / "server.json").write_text(
+            json.dumps({"api_url": url, "admin_token": "x", "gateway_url": url})
+        )
         r = run("ls", data_dir=data)
     assert r.exit_code == 1
     assert r.stderr.startswith(f"error: cannot reach OpenEAS server at {url} (from {data}/server.json)")
@@ -162,7 +167,9 @@ def test_server_discovery_paths(shared_server: Server, tmp_path: Path, how: str)
     assert json.loads(r.stdout)["services"] == shared_server.client.list()
 
 
-def test_deploy_creates_then_updates_and_the_spec_is_kept_as_written(shared_server: Server, tmp_path: Path) -> None:
+def test_deploy_creates_then_updates_and_the_spec_is_kept_as_written(
+    shared_server: Server, tmp_path: Path
+) -> None:
     data = shared_server.data_dir
     text = VALID_YAML.replace("name: demo", "name: cli_deploy").replace("instance: 1", "instance: 0")
     text += "labels:\n  team: nlp\n  owner: null\n"  # unknown fields, a null too
@@ -195,7 +202,11 @@ def test_deploy_json_prints_only_the_final_detail(shared_server: Server, tmp_pat
     assert r.exit_code == 0, r.output
     (line,) = r.stdout.splitlines()
     detail = json.loads(line)
-    assert (detail["name"], detail["ready_replicas"], detail["replicas"][0]["phase"]) == ("cli_json", 1, "Ready")
+    assert (detail["name"], detail["ready_replicas"], detail["replicas"][0]["phase"]) == (
+        "cli_json",
+        1,
+        "Ready",
+    )
 
 
 def test_deploy_from_stdin(shared_server: Server) -> None:
@@ -206,7 +217,10 @@ def test_deploy_from_stdin(shared_server: Server) -> None:
         env=CLEAN_ENV,
     )
     assert (r.exit_code, r.stdout) == (0, "created service cli_stdin: version 1\n"), r.output
-    assert shared_server.client.describe("cli_stdin")["spec"]["containers"][0]["command"] == "python -m http.server 8000"
+    assert (
+        shared_server.client.describe("cli_stdin")["spec"]["containers"][0]["command"]
+        == "python -m http.server 8000"
+    )
 
 
 @pytest.fixture
@@ -264,7 +278,10 @@ def test_call_info(shared_server: Server, tmp_path: Path) -> None:
     assert run("deploy", "-f", f, "--no-wait", data_dir=data).exit_code == 0
     endpoint = f"{shared_server.gateway_url}/api/predict/cli_call"
     r = run("call-info", "cli_call", "--json", data_dir=data)
-    assert (r.exit_code, r.stdout) == (0, json.dumps({"endpoint": endpoint, "token": "cli-call-token-0123"}) + "\n")
+    assert (r.exit_code, r.stdout) == (
+        0,
+        json.dumps({"endpoint": endpoint, "token": "cli-call-token-0123"}) + "\n",
+    )
     r = run("call-info", "cli_call", data_dir=data)
     assert r.exit_code == 0
     assert f"endpoint: {endpoint}\n" in r.stdout
@@ -294,7 +311,7 @@ def test_ls_describe_logs_and_events_of_running_replicas(shared_server: Server, 
     expected = []
     for rep in detail["replicas"]:
         cs = rep["cold_start"]
-        expected.append([rep["id"], "1", "Ready", str(rep["port"]), str(rep["pid"]), "0",
+        expected.append([rep["id"], "1", "Ready", str(rep["port"]), str(rep["pid"]), "0", "-",
                          *(f"{cs[k]:.1f}" for k in ("fetch_s", "start_s", "warm_s", "total_s"))])  # fmt: skip
     assert rows == expected
     assert json.loads(run("describe", "cli_show", "--json", data_dir=data).stdout)["spec"] == written
@@ -315,7 +332,9 @@ def test_ls_describe_logs_and_events_of_running_replicas(shared_server: Server, 
     assert len(ev.stdout.splitlines()) == 6
     assert re.search(r"Ready\s+cli_show-\S+\s+replica ready after", ev.stdout)
     events = json.loads(run("events", "cli_show", "--json", data_dir=data).stdout)["events"]
-    assert [e["reason"] for e in events] == [e["reason"] for e in shared_server.client.events("cli_show", limit=50)]
+    assert [e["reason"] for e in events] == [
+        e["reason"] for e in shared_server.client.events("cli_show", limit=50)
+    ]
 
 
 def test_scale_stop_start_rollback_versions_delete(shared_server: Server, tmp_path: Path) -> None:

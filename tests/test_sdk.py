@@ -166,10 +166,18 @@ def test_apply_creates_then_updates(client: Client) -> None:
     [
         pytest.param(
             {"port": 70000, "instance": 5000},
-            ["metadata.instance: input should be less than or equal to 1000", "containers[0].port: must be 1..65535"],
+            [
+                "metadata.instance: input should be less than or equal to 1000",
+                "containers[0].port: must be 1..65535",
+            ],
             id="two-fields",
         ),
-        pytest.param({"runtime": "ray"}, ["runtime: input should be 'process'"], id="unknown-runtime"),
+        pytest.param(
+            {"runtime": "ray"},
+            ["runtime: 'ray': EAS's runtime block is an object ({\"enable_crash_block\": ...}); as a string "
+             "it is the older spelling of metadata.replica_runtime: 'auto', 'process' or 'container'"],
+            id="unknown-runtime",
+        ),
     ],
 )
 def test_invalid_spec_becomes_an_api_error_with_field_lines(
@@ -260,7 +268,9 @@ def test_operations_change_the_desired_state(client: Client) -> None:
 def test_wait_ready_polls_until_the_replica_is_ready(client: Client) -> None:
     client.deploy(spec("sdk_wait", instance=1))
     seen: list[str] = []
-    detail = client.wait_ready("sdk_wait", timeout_s=60, poll_s=0.05, on_progress=lambda d: seen.append(d["status"]))
+    detail = client.wait_ready(
+        "sdk_wait", timeout_s=60, poll_s=0.05, on_progress=lambda d: seen.append(d["status"])
+    )
     assert detail["ready_replicas"] == 1 and detail["replicas"][0]["phase"] == "Ready"
     assert seen[0] == "Pending" and seen[-1] == "Running"  # it did poll while the replica started
     logs = client.logs("sdk_wait", tail=5)

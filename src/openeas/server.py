@@ -37,7 +37,7 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
-from openeas.runtime import get_runtime
+from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
 from openeas.store import Store
@@ -327,6 +327,7 @@ async def _serve(
     oss_root: Path | None,
     keep_replicas: bool,
     public_metrics: bool = False,
+    registry_auth: Path | None = None,
 ) -> None:
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
@@ -349,8 +350,10 @@ async def _serve(
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
         )
-        reconciler = Reconciler(store, get_runtime("process"), cfg)
-        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics)
+        runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
+        log.info("%s", runtimes.summary())
+        reconciler = Reconciler(store, runtimes, cfg)
+        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics, runtimes=runtimes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -440,6 +443,7 @@ def run_server(
     oss_root: Path | None = None,
     keep_replicas: bool = False,
     public_metrics: bool = False,
+    registry_auth: Path | None = None,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -462,6 +466,7 @@ def run_server(
                 oss_root=(oss_root or data_dir / "oss").resolve(),
                 keep_replicas=keep_replicas,
                 public_metrics=public_metrics,
+                registry_auth=registry_auth,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

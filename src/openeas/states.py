@@ -18,6 +18,7 @@ class ReplicaPhase(StrEnum):
     """Where one replica is in its life. Each phase change is timestamped on the replica."""
 
     PENDING = "Pending"  # waiting to start (first start, or a restart after its backoff)
+    PULLING = "Pulling"  # the container runtime pulls the image (skipped when it is on the node)
     FETCHING = "Fetching"  # mounts are prepared (object storage → node cache)
     STARTING = "Starting"  # the process runs; readiness probes have not passed yet
     WARMING = "Warming"  # probes passed; warmup requests run before it takes traffic
@@ -37,7 +38,8 @@ P = ReplicaPhase
 #  - a replica adopted after a control-plane restart while not Ready is probed again (→ Starting).
 _LIVE = frozenset(p for p in P if p is not P.STOPPED)
 TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
-    P.PENDING: frozenset({P.FETCHING, P.STARTING, P.FAILED, P.STOPPED}),
+    P.PENDING: frozenset({P.PULLING, P.FETCHING, P.STARTING, P.FAILED, P.STOPPED}),
+    P.PULLING: frozenset({P.FETCHING, P.FAILED, P.PENDING, P.STOPPED}),
     P.FETCHING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.STARTING: frozenset({P.WARMING, P.FAILED, P.PENDING, P.STOPPED}),
     P.WARMING: frozenset({P.READY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
+from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
@@ -69,8 +70,11 @@ class ControlPlane:
         gateway_url: str,
         wake: Callable[[], None] = lambda: None,
         metrics: ControlMetrics | None = None,
+        runtimes: Runtimes | None = None,
     ) -> None:
         self.store = store
+        # What runs replicas here (for the runtime choice that describe and dry-run show).
+        self.runtimes = runtimes
         self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
@@ -107,10 +111,42 @@ class ControlPlane:
         svc = self.store.get_service(name)
         reps = self.store.replicas(name)
         out = self.summary(svc, reps)
-        out["spec"] = self.store.version_spec(name, svc.current_version).to_dict()
+        spec = self.store.version_spec(name, svc.current_version)
+        out["spec"] = spec.public_dict()
+        out["runtime"] = self.runtime_choice(spec)
         out["replicas"] = [replica_view(r) for r in reps]
         out["versions"] = self.versions(name)
         return out
+
+    def runtime_choice(self, spec: ServiceSpec) -> dict[str, Any]:
+        """Which runtime runs the spec's replicas on this server, and why."""
+        if self.runtimes is None:
+            return {
+                "name": "process",
+                "reason": "this control plane runs replicas as processes",
+                "warnings": [],
+            }
+        choice = self.runtimes.choose(spec)
+        return {"name": choice.name, "reason": choice.reason, "warnings": list(choice.warnings)}
+
+    def dry_run(self, spec: ServiceSpec) -> dict[str, Any]:
+        """What deploying ``spec`` would do, without doing it."""
+        try:
+            svc = self.store.get_service(spec.name)
+        except NotFound:
+            svc = None
+        if svc is not None and svc.state == ServiceState.DELETING:
+            raise Conflict(f"service '{spec.name}' is being deleted")
+        return {
+            "name": spec.name,
+            "valid": True,
+            "action": "create" if svc is None else "update",
+            "version": 1 if svc is None else max(v.version for v in self.store.versions(spec.name)) + 1,
+            "replicas": spec.metadata.instance if svc is None else svc.desired_replicas,
+            "runtime": self.runtime_choice(spec),
+            "endpoint": self.endpoint(spec.name),
+            "spec": spec.public_dict(),
+        }
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         cur = self.store.get_service(name).current_version
@@ -132,7 +168,9 @@ def replica_view(r: ReplicaRow) -> dict[str, Any]:
         "restart_count": r.restart_count,
         "stopping": bool(r.stopping),
         "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
-        "cold_start": {k: cold.get(k) for k in COLD_START_SPANS} | {"fetch": cold.get("fetch")},
+        "runtime": r.runtime,
+        "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
+        | {"fetch": cold.get("fetch"), "pull": cold.get("pull")},
         "message": r.message,
     }
 
@@ -245,6 +283,17 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         cp.store.create_service(spec)
         cp.wake()
         return cp.detail(spec.name)
+
+    @app.post(
+        "/api/v1/dry-run",
+        dependencies=auth,
+        openapi_extra=SPEC_BODY,
+        responses=_responses(400, 401, 409),
+    )
+    async def dry_run(request: Request) -> dict[str, Any]:
+        """Validate a spec and say what deploying it would do (create or update, the runtime and
+        why), changing nothing."""
+        return cp.dry_run(await _valid_spec(request))
 
     @app.put(
         "/api/v1/services/{name}",

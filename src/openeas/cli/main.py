@@ -164,6 +164,15 @@ def server(
             help="Serve the API's /metrics without the admin token (it names every service).",
         ),
     ] = False,
+    registry_auth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Registry credentials (a containers auth.json / docker config.json) for image pulls "
+            "of specs without dockerAuth.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -178,6 +187,7 @@ def server(
         gateway_port=gateway_port,
         deploy=list(deploy or []),
         oss_root=oss_root,
+        registry_auth=registry_auth.resolve() if registry_auth else None,
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
     )
@@ -217,10 +227,23 @@ def deploy(
     timeout: WaitTimeoutOpt = 600,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Validate and show what would happen (runtime and why); change nothing."
+        ),
+    ] = False,
 ) -> None:
     """Create a service from a spec, or roll out a new version if it exists."""
     spec = _read_spec(file)
     client = _client(data_dir)
+    if dry_run:
+        plan = client.dry_run(spec)
+        if json_out:
+            render.print_json(plan)
+        else:
+            render.out.print(render.dry_run_text(plan), highlight=False, soft_wrap=True)
+        return
     detail, created = client.apply(spec)
     name = str(detail.get("name") or spec["metadata"]["name"])
     if not json_out:

@@ -32,6 +32,7 @@ PHASE_STYLE: dict[str, str] = {
     ReplicaPhase.WARMING: "cyan",
     ReplicaPhase.STARTING: "cyan",
     ReplicaPhase.FETCHING: "cyan",
+    ReplicaPhase.PULLING: "cyan",
     ReplicaPhase.PENDING: "yellow",
     ReplicaPhase.DRAINING: "yellow",
     ReplicaPhase.STOPPED: "dim",
@@ -117,6 +118,7 @@ def summary_grid(d: dict[str, Any]) -> Table:
             f" / {d.get('total_replicas', 0)} total",
         ),
         ("Endpoint", d.get("endpoint", "")),
+        ("Runtime", _runtime_text(d.get("runtime"))),
         ("Created", f"{clock(d.get('created_at'))} ({age(d.get('created_at'))} ago)"),
         ("Updated", f"{clock(d.get('updated_at'))} ({age(d.get('updated_at'))} ago)"),
     ]
@@ -125,6 +127,24 @@ def summary_grid(d: dict[str, Any]) -> Table:
     for key, value in rows:
         grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
     return grid
+
+
+def _runtime_text(rt: Any) -> str:
+    if not isinstance(rt, dict):
+        return "-"
+    text = f"{rt.get('name') or 'cannot run'}: {rt.get('reason', '')}"
+    return text + "".join(f"\nwarning: {w}" for w in rt.get("warnings") or [])
+
+
+def dry_run_text(plan: dict[str, Any]) -> str:
+    """``deploy --dry-run``: what would happen, in a few lines."""
+    lines = [
+        f"spec is valid: would {plan.get('action')} service {plan.get('name')} "
+        f"(version {plan.get('version')}, {plan.get('replicas')} replicas)",
+        f"runtime: {_runtime_text(plan.get('runtime'))}",
+        f"endpoint: {plan.get('endpoint')}",
+    ]
+    return "\n".join(lines)
 
 
 def replicas_table(replicas: list[dict[str, Any]]) -> Table:
@@ -136,6 +156,7 @@ def replicas_table(replicas: list[dict[str, Any]]) -> Table:
         "PORT",
         "PID",
         "RESTARTS",
+        "PULL s",
         "FETCH s",
         "START s",
         "WARM s",
@@ -152,6 +173,7 @@ def replicas_table(replicas: list[dict[str, Any]]) -> Table:
             str(r.get("port") or "-"),
             str(r.get("pid") or "-"),
             str(r.get("restart_count", 0)),
+            seconds(cs.get("pull_s")),
             seconds(cs.get("fetch_s")),
             seconds(cs.get("start_s")),
             seconds(cs.get("warm_s")),
@@ -209,5 +231,10 @@ def cold_start_line(d: dict[str, Any]) -> str | None:
     if not starts:
         return None
     c = max(starts, key=lambda c: c["total_s"])
-    parts = " · ".join(f"{k} {seconds(c.get(k + '_s'))}" for k in ("fetch", "start", "warm"))
+    kinds = (
+        ("pull", "fetch", "start", "warm")
+        if isinstance(c.get("pull_s"), int | float)
+        else ("fetch", "start", "warm")
+    )
+    parts = " · ".join(f"{k} {seconds(c.get(k + '_s'))}" for k in kinds)
     return f"cold start {c['total_s']:.1f}s ({parts})"

@@ -20,6 +20,7 @@ from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import kill_orphans
+from openeas.runtime.select import Runtimes
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import Store
@@ -29,10 +30,10 @@ log = logging.getLogger("openeas.reconciler")
 
 class Reconciler:
     def __init__(
-        self, store: Store, runtime: Runtime, cfg: SupervisorConfig, *, tick_s: float = 0.25
+        self, store: Store, runtime: Runtime | Runtimes, cfg: SupervisorConfig, *, tick_s: float = 0.25
     ) -> None:
         self.store = store
-        self.runtime = runtime
+        self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
         self.cfg = cfg
         self.cache = NodeCache(cfg.data_dir / "cache")
         self.tick_s = tick_s  # seconds between passes when nothing wakes the reconciler
@@ -58,7 +59,8 @@ class Reconciler:
 
     def kill_orphans(self) -> list[int]:
         """Kill the replica processes of this data dir that no replica row accounts for; their pids."""
-        killed = kill_orphans(self.runtime, self.cfg.data_dir, {r.id: r.pid for r in self.store.replicas()})
+        known = {r.id: r.pid for r in self.store.replicas()}
+        killed = [pid for rt in self.runtimes.all() for pid in kill_orphans(rt, self.cfg.data_dir, known)]
         if killed:
             log.warning("killed %d orphan replica processes: %s", len(killed), killed)
         return killed
@@ -113,7 +115,7 @@ class Reconciler:
                 self.supervisors.pop(rid, None)
 
     def _supervise(self, rid: str, *, stopping: bool) -> None:
-        sup = ReplicaSupervisor(rid, self.store, self.runtime, self.cache, self.cfg)
+        sup = ReplicaSupervisor(rid, self.store, self.runtimes, self.cache, self.cfg)
         if stopping:
             sup.stop_requested.set()
         self.supervisors[rid] = sup
@@ -136,12 +138,10 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if stop_replicas:
-            refs = [(s.ref, s.grace_s) for s in self.supervisors.values() if s.ref is not None]
-            await asyncio.gather(
-                *(stop_process(self.runtime, ref, grace, clock=self.clock) for ref, grace in refs)
-            )
-            for ref, _ in refs:
-                self.runtime.forget(ref)
+            refs = [(s.runtime, s.ref, s.grace_s) for s in self.supervisors.values() if s.ref is not None]
+            await asyncio.gather(*(stop_process(rt, ref, grace, clock=self.clock) for rt, ref, grace in refs))
+            for rt, ref, _ in refs:
+                rt.forget(ref)
             for r in self.store.replicas():
                 if r.phase == ReplicaPhase.STOPPED:  # cancelled between Stopped and its deletion
                     self.store.delete_replica(r.id)
@@ -154,4 +154,3 @@ class Reconciler:
                     start_ticks=None,
                     message="stopped with the server",
                 )
-

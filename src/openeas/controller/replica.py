@@ -37,9 +37,13 @@ from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
 from openeas.errors import MountError
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
+from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
 from openeas.runtime.clock import Clock, LoopClock
+from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.launch import build_launch, pick_port
+from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
+from openeas.spec.models import docker_credentials
 from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.oss import resolve_url
@@ -59,6 +63,8 @@ ALIVE_CHECK_S = 0.1
 STARTUP_PROBE_PERIOD_S = 0.25
 # One warmup request may take this long (a first LLM request can be slow), seconds.
 WARMUP_REQUEST_TIMEOUT_S = 120.0
+# How often an image pull's progress is written to the replica's message, seconds.
+PULL_PROGRESS_EVERY_S = 1.0
 # How often a draining replica's in-flight requests are asked of the gateway, seconds.
 DRAIN_POLL_S = 0.1
 
@@ -109,13 +115,15 @@ class ReplicaSupervisor:
         self,
         rid: str,
         store: Store,
-        runtime: Runtime,
+        runtime: Runtime | Runtimes,
         cache: NodeCache,
         cfg: SupervisorConfig,
     ) -> None:
         self.rid = rid
         self.store = store
-        self.runtime = runtime
+        self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
+        # The runtime of this replica's current process: set at adoption or start.
+        self.runtime: Runtime = self.runtimes.process
         self.cache = cache
         self.cfg = cfg
         self.clock = cfg.clock  # durations and waits only; the store stamps phases in wall time
@@ -207,7 +215,15 @@ class ReplicaSupervisor:
                 # replica starts afresh.
                 self._set(phase=ReplicaPhase.PENDING, phase_times={}, cold_start={})
             return None
-        ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks)
+        ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks, extra={"replica": self.rid})
+        try:
+            self.runtime = self.runtimes.get(row.runtime)
+        except LookupError as exc:
+            self._event(row, "Lost", f"cannot adopt replica process {row.pid}: {exc}", warning=True)
+            self._set(
+                pid=None, start_ticks=None, phase=ReplicaPhase.PENDING, phase_times={}, message=str(exc)
+            )
+            return None
         if self.runtime.adopt(ref):
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
             if row.phase != ReplicaPhase.READY:
@@ -228,6 +244,14 @@ class ReplicaSupervisor:
         return None
 
     async def _start(self, row: ReplicaRow, spec: ServiceSpec) -> None:
+        choice = self.runtimes.choose(spec)
+        if choice.name is None:
+            raise _Failure("NoRuntime", choice.reason)
+        self.runtime = self.runtimes.get(choice.name)
+        if row.runtime != choice.name:
+            row = self._set(runtime=choice.name)
+        if isinstance(self.runtime, ImageRuntime):
+            await self._pull(self.runtime, spec)
         self._set(phase=ReplicaPhase.FETCHING, message=None)
         workdir = Path(row.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -239,27 +263,84 @@ class ReplicaSupervisor:
                 plan = prepare_mounts(resolved, self.cache, workdir=workdir)
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
-        self._set(phase=ReplicaPhase.STARTING, cold_start={"fetch": plan.summary()})
+        pulled = self._row().cold_start or {}
+        self._set(phase=ReplicaPhase.STARTING, cold_start={**pulled, "fetch": plan.summary()})
         base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
         try:
             # No await from here to the port being stored: two replicas never pick the same port.
             port = pick_port({r.port for r in self.store.replicas() if r.port is not None})
-            launch = build_launch(
-                spec,
-                replica_id=self.rid,
-                port=port,
-                mounts=plan.paths,
-                workdir=str(workdir),
-                log_path=row.log_path,
-                base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
-            )
-            # Set last, so a spec's env cannot hide the replica from the orphan scan.
-            launch = replace(launch, env={**launch.env, **self._identity(row)})
+            if choice.name == "container":
+                launch = self._container_launch(row, spec, port, plan.paths)
+            else:
+                launch = build_launch(
+                    spec,
+                    replica_id=self.rid,
+                    port=port,
+                    mounts=plan.paths,
+                    workdir=str(workdir),
+                    log_path=row.log_path,
+                    base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
+                )
+                # Set last, so a spec's env cannot hide the replica from the orphan scan.
+                launch = replace(launch, env={**launch.env, **self._identity(row)})
             self.ref = self.runtime.start(launch)
         except (MountError, OSError, ValueError) as exc:
-            raise _Failure("StartFailed", f"cannot start the replica process: {exc}") from None
+            kind = "container" if choice.name == "container" else "process"
+            raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
-        self._event(row, "Started", f"process {self.ref.pid} listening on port {port}")
+        if launch.container is not None:
+            what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
+        else:
+            what = f"process {self.ref.pid} listening on port {port}"
+        self._event(row, "Started", what)
+
+    def _container_launch(
+        self, row: ReplicaRow, spec: ServiceSpec, port: int, mounts: Mapping[str, str]
+    ) -> LaunchSpec:
+        container = build_container_launch(
+            spec,
+            replica_id=self.rid,
+            data_dir=str(self.cfg.data_dir),
+            host_port=port,
+            mounts=mounts,
+            workdir=row.workdir,
+        )
+        return LaunchSpec(
+            replica_id=self.rid,
+            argv=container.argv,
+            env=container.env,
+            cwd=row.workdir,
+            log_path=row.log_path,
+            port=port,
+            container=container,
+        )
+
+    async def _pull(self, runtime: ImageRuntime, spec: ServiceSpec) -> None:
+        """Pulling: the image onto this node, unless it is here already (then no phase at all)."""
+        image = spec.main.image
+        assert image is not None  # the container runtime is only chosen with an image
+        if await asyncio.to_thread(runtime.has_image, image):
+            self._set(cold_start={"pull": {"image": image, "cached": True}})
+            return
+        self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
+        last = [0.0]
+
+        def progress(line: str) -> None:
+            now = self.clock.now()
+            if now - last[0] >= PULL_PROGRESS_EVERY_S:  # a row write per line would flood the store
+                last[0] = now
+                self.store.update_replica(self.rid, message=f"pulling {image}: {line[:200]}")
+
+        auth = docker_credentials(spec.dockerAuth) if spec.dockerAuth else None
+        try:
+            result = await runtime.pull(image, docker_auth=auth, progress=progress)
+        except PullError as exc:
+            raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
+        self._set(
+            cold_start={
+                "pull": {"image": image, "cached": not result.pulled, "seconds": round(result.seconds, 3)}
+            }
+        )
 
     def _identity(self, row: ReplicaRow) -> dict[str, str]:
         return {

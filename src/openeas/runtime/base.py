@@ -10,10 +10,13 @@ accounts for; the runtime only finds and kills them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from openeas.runtime.container_args import ContainerLaunch
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class LaunchSpec:
     env: dict[str, str]
     cwd: str
     log_path: str  # stdout and stderr of the replica go here (appended)
-    port: int  # the port this replica listens on (after rewriting)
+    port: int  # the port this replica listens on (after rewriting); a container's published host port
+    container: ContainerLaunch | None = None  # set for the container runtime (argv/env/cwd then unused)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ReplicaProcess(NamedTuple):
     pid: int
     replica_id: str  # its OPENEAS_REPLICA_ID
     pgid: int  # its process group: the pid a replica row records, since replicas lead their group
+    handle: str = ""  # the runtime's own id for it (a container id), when the pid is not enough
 
 
 def kill_orphans(runtime: Runtime, data_dir: Path, known: Mapping[str, int | None]) -> list[int]:
@@ -111,4 +116,33 @@ class Runtime(Protocol):
 
     def kill(self, proc: ReplicaProcess) -> bool:
         """SIGKILL one scanned process (not its group); False when it was already gone."""
+        ...
+
+
+class PullError(Exception):
+    """The image could not be pulled; the message is the engine's reason."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    pulled: bool  # False: the image was already on this node
+    seconds: float
+
+
+@runtime_checkable
+class ImageRuntime(Protocol):
+    """A runtime that runs images: the supervisor pulls the image (phase Pulling) before a start."""
+
+    def has_image(self, image: str) -> bool:
+        """True when the image is on this node already (no pull, no Pulling phase)."""
+        ...
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        docker_auth: tuple[str, str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PullResult:
+        """Pull ``image`` onto this node; PullError with the engine's reason."""
         ...

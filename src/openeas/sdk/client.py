@@ -208,6 +208,11 @@ class Client:
         name = str((spec.get("metadata") or {}).get("name", ""))
         return self.update(name, spec), False
 
+    def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``spec`` and say what deploying it would do (create/update, runtime and why)."""
+        result: dict[str, Any] = self.request("POST", f"{API}/dry-run", json_body=spec)
+        return result
+
     def list(self) -> list[dict[str, Any]]:
         body = self.request("GET", f"{API}/services")
         return list(body.get("services", []))

@@ -9,6 +9,7 @@ the docstring.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, Literal
 
@@ -24,8 +25,24 @@ from pydantic import (
     model_validator,
 )
 
+
+def docker_credentials(auth: str) -> tuple[str, str] | None:
+    """(user, password) from EAS's ``dockerAuth`` (base64 of "user:password"); None if malformed."""
+    try:
+        text = base64.b64decode(auth.strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    return (user, password) if sep and user else None
+
+
 # Whole-string patterns are used with ``fullmatch``: ``$`` would also match before a final "\n".
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# An image reference as engines take it: [host[:port]/]path[:tag][@sha256:hex].
+IMAGE_RE = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 # POSIX portable environment variable names.
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Linux refuses to exec with any single argument or environment string ("NAME=value" and its
@@ -83,6 +100,9 @@ class EasSection(_Model):
     )
 
 
+RuntimeName = Literal["auto", "process", "container"]
+
+
 class Metadata(_Model):
     name: str = Field(json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"})  # JSON Schema: `$` = end
     instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
@@ -93,6 +113,14 @@ class Metadata(_Model):
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     eas: EasSection = Field(default_factory=EasSection)
+    replica_runtime: RuntimeName = Field(
+        default="auto",
+        description=(
+            "OpenEAS: what runs the replicas: 'process' (the command on this host), 'container' "
+            "(the image, through podman or docker) or 'auto' (a container when `image` is set and "
+            "an engine is present, else a process)"
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -171,7 +199,8 @@ class Container(_Model):
     )
 
     image: str | None = Field(
-        default=None, description="recorded; the process runtime runs `command` on the host"
+        default=None,
+        description="the image the container runtime runs (the process runtime runs `command` on the host)",
     )
     command: str | None = None
     script: str | None = Field(default=None, description="a bash script run instead of `command`")
@@ -194,6 +223,16 @@ class Container(_Model):
         if self._env_as_mapping and isinstance(out, dict) and isinstance(out.get("env"), list):
             out["env"] = {e["name"]: e["value"] for e in out["env"]}
         return out
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _stored(info) and not IMAGE_RE.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not an image reference: expected [registry/]name[:tag][@digest], "
+                "e.g. localhost/my-server:1.0 (lowercase name, no spaces)"
+            )
+        return v
 
     @field_validator("port", mode="before")
     @classmethod
@@ -242,11 +281,65 @@ class OssSource(_Model):
     readOnly: bool = True
 
 
+# A size as EAS writes it: a number of GB (20), or a quantity with a unit ("512Mi", "2Gi", "1G").
+_QUANTITY_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<u>[KMGT]i?|[kmgt]i?)?[bB]?")
+_UNIT_BYTES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def quantity_bytes(value: Number | str, *, default_unit: int) -> int:
+    """``value`` in bytes: a bare number counts in ``default_unit`` bytes; "512Mi" = 512 * 2^20,
+    "1G" = 10^9. ValueError with the accepted forms otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, not a boolean")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return int(value * default_unit)
+    m = _QUANTITY_RE.fullmatch(value.strip())
+    if not m or float(m.group("n")) <= 0:
+        raise ValueError(f"{value!r} is not a size: write a number of GB (20) or a quantity (512Mi, 2Gi)")
+    unit = (m.group("u") or "").lower()
+    if not unit:
+        return int(float(m.group("n")) * default_unit)
+    base = 1024 ** (" kmgt".index(unit[0])) if unit.endswith("i") else _UNIT_BYTES[unit[0]]
+    return int(float(m.group("n")) * base)
+
+
+class EmptyDir(_Model):
+    """A scratch directory per replica; ``medium: memory`` makes it a tmpfs (container runtime)."""
+
+    medium: str | None = Field(default=None, description="'memory' for a tmpfs; empty/absent for disk")
+    size_limit: Number | str | None = Field(
+        default=None, description="largest size: a number of GB (EAS) or a quantity such as 512Mi"
+    )
+
+    @field_validator("medium")
+    @classmethod
+    def _medium(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() not in ("", "memory"):
+            raise ValueError(f"{v!r} is not a medium: use 'memory' (a tmpfs) or leave it out (disk)")
+        return v
+
+    @field_validator("size_limit")
+    @classmethod
+    def _size(cls, v: Number | str | None) -> Number | str | None:
+        if v is not None:
+            quantity_bytes(v, default_unit=2**30)
+        return v
+
+    @property
+    def in_memory(self) -> bool:
+        return (self.medium or "").lower() == "memory"
+
+    def size_bytes(self) -> int | None:
+        return None if self.size_limit is None else quantity_bytes(self.size_limit, default_unit=2**30)
+
+
 class StorageMount(_Model):
     mount_path: str = Field(json_schema_extra={"pattern": "^/[^\\u0000-\\u001f\\u007f]*$"})
     oss: OssSource | None = None
     nfs: dict[str, Any] | None = None
-    empty_dir: dict[str, Any] | None = None
+    empty_dir: EmptyDir | None = None
 
     @field_validator("mount_path")
     @classmethod
@@ -308,8 +401,64 @@ class ServiceSpec(_Model):
     )
     token: str | None = Field(default=None, min_length=8)
 
+    dockerAuth: str | None = Field(
+        default=None,
+        description=(
+            "EAS: base64 of 'user:password' for pulling `image` from a private registry; used for "
+            "that pull only, never logged or returned by the API"
+        ),
+    )
+
     autoscaler: Autoscaler | None = None
-    runtime: Literal["process"] = Field(default="process", description="OpenEAS: which runtime runs replicas")
+    # EAS's own `runtime` block ({"enable_crash_block": ...}) is kept as written. A plain string
+    # is the selector of earlier OpenEAS releases, now `metadata.replica_runtime`.
+    runtime: dict[str, Any] | RuntimeName | None = Field(
+        default=None,
+        description="EAS's runtime block (kept); a string is the older spelling of metadata.replica_runtime",
+    )
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime_form(cls, v: Any) -> Any:
+        if v is None or isinstance(v, dict) or v in ("auto", "process", "container"):
+            return v
+        raise ValueError(
+            f'{v!r}: EAS\'s runtime block is an object ({{"enable_crash_block": ...}}); as a string it is '
+            "the older spelling of metadata.replica_runtime: 'auto', 'process' or 'container'"
+        )
+
+    @field_validator("dockerAuth")
+    @classmethod
+    def _docker_auth(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _stored(info) and docker_credentials(v) is None:
+            raise ValueError("must be the base64 encoding of 'user:password' (the value is not shown)")
+        return v
+
+    @model_validator(mode="after")
+    def _runtime_spellings(self) -> ServiceSpec:
+        legacy = self.runtime if isinstance(self.runtime, str) else None
+        chosen = self.metadata.replica_runtime
+        if legacy is not None and chosen != "auto" and legacy != chosen:
+            raise ValueError(
+                f"runtime ({legacy!r}) and metadata.replica_runtime ({chosen!r}) disagree: "
+                "write only metadata.replica_runtime"
+            )
+        return self
+
+    @property
+    def replica_runtime(self) -> RuntimeName:
+        """The runtime the spec asks for: metadata.replica_runtime, else the older top-level string."""
+        chosen = self.metadata.replica_runtime
+        if chosen == "auto" and isinstance(self.runtime, str):
+            return self.runtime
+        return chosen
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with secrets masked: what the API shows."""
+        out = self.to_dict()
+        if "dockerAuth" in out:
+            out["dockerAuth"] = "***"
+        return out
 
     @field_validator("warm_up_data_path")
     @classmethod

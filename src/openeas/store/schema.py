@@ -79,6 +79,7 @@ class ReplicaFields(TypedDict, total=False):
     pid: int | None
     start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart
     port: int | None  # the host port the replica listens on
+    runtime: str  # which runtime started it: "process" or "container" (openeas.runtime.select)
     restart_count: int
     phase_times: dict[str, float]  # phase → epoch seconds it was entered
     cold_start: dict[str, Any]  # span name → seconds, plus the mount fetch summary

@@ -12,6 +12,7 @@ from openeas.states import ReplicaPhase as P
 
 # Span name → (phase it starts in, phase it ends in).
 COLD_START_SPANS: Mapping[str, tuple[P, P]] = {
+    "pull_s": (P.PULLING, P.FETCHING),
     "fetch_s": (P.FETCHING, P.STARTING),
     "start_s": (P.STARTING, P.WARMING),
     "warm_s": (P.WARMING, P.READY),

@@ -99,7 +99,9 @@ class ServerState:
         return f"{prefix}-{self.next_id}"
 
 
-STATE_KEY = web.AppKey("testserver_state", ServerState)
+# aiohttp ≥ 3.9 types application keys; 3.8 (Debian bookworm's, which the container tests' image
+# runs this server on) takes a plain string.
+STATE_KEY: Any = web.AppKey("testserver_state", ServerState) if hasattr(web, "AppKey") else "testserver_state"
 
 
 def _tokens(n: int) -> list[str]:

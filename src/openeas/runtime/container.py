@@ -1,0 +1,283 @@
+"""The container runtime: each replica is a container of the spec's image, run by podman or docker.
+
+It implements the same :class:`~openeas.runtime.base.Runtime` protocol as the process runtime,
+so the supervisor treats both alike (start, probe, drain, SIGTERM → grace → SIGKILL, restart
+with backoff, adoption after a control-plane restart). How:
+
+- **Start** runs ``<engine> run --detach`` (arguments: :mod:`openeas.runtime.container_args`)
+  with the replica's log file as its stdout and stderr: podman passes them to the container
+  (``--log-driver passthrough``), so the server's output lands in the replica's log, and so does
+  the engine's own error when the container cannot be created (an unknown image, a mount path
+  the image cannot take): the start fails with that message. Then ``inspect`` gives the host pid
+  of the container's main process.
+- **Watching and signals** go to that host pid, checked together with its start time like any
+  process (a recycled pid is never signalled): cheap enough for the supervisor's 0.1 s liveness
+  check, no engine call. When the main process ends, the kernel ends the whole container.
+- **Exit code** comes from ``inspect`` (the container is kept until :meth:`forget` removes it).
+- **Adoption and the orphan scan** go by label (``io.openeas.data-dir`` = this data dir,
+  ``io.openeas.replica`` = the replica id), never by name: a container started by hand, or by
+  another data dir's server, is never touched.
+- **Images** are pulled before the start (the supervisor's Pulling phase) and then cached by
+  the engine on this node: the next replica and the next version with the same image skip the
+  pull. ``dockerAuth`` (or the server's registry credential file) is written to a private auth
+  file for that one pull and deleted after it; it never reaches an argument list or a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from openeas.procfs import same_process, start_ticks
+from openeas.runtime.base import LaunchSpec, ProcessRef, PullError, PullResult, ReplicaProcess
+from openeas.runtime.container_args import (
+    LABEL_DATA_DIR,
+    LABEL_REPLICA,
+    container_name,
+    run_args,
+)
+from openeas.runtime.engine import Engine
+
+# Engine calls other than a pull are quick (tens of ms); this bounds a hung engine, seconds.
+ENGINE_CALL_TIMEOUT_S = 60.0
+# How much of the log the engine wrote during a failed start becomes the error message, bytes.
+ERROR_TAIL_BYTES = 2000
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host an image reference names, or None for a short name ("vllm/vllm-openai")."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+class ContainerRuntime:
+    """Runs each replica as a container; see the module docstring."""
+
+    name = "container"
+
+    def __init__(self, engine: Engine, data_dir: Path, *, registry_auth: Path | None = None) -> None:
+        self.engine = engine
+        self.data_dir = Path(data_dir)
+        self.registry_auth = registry_auth  # the server's credential file (containers-auth JSON)
+        self._pulls: dict[str, asyncio.Lock] = {}
+        self._removing: list[subprocess.Popen[bytes]] = []
+
+    # ---- engine calls ---------------------------------------------------------------------------
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {**os.environ, **self.engine.env}
+        if extra:
+            env.update(extra)
+        return env
+
+    def _call(self, *args: str, timeout_s: float = ENGINE_CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.engine.binary, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+        )
+
+    @staticmethod
+    def _name(ref: ProcessRef) -> str:
+        name = ref.extra.get("container")
+        if name:
+            return name
+        rid = ref.extra.get("replica")
+        if not rid:
+            raise ValueError("a container ref needs extra['container'] or extra['replica']")
+        return container_name(rid)
+
+    # ---- the Runtime protocol -------------------------------------------------------------------
+    def start(self, launch: LaunchSpec) -> ProcessRef:
+        c = launch.container
+        if c is None:
+            raise ValueError("the container runtime needs a container launch (containers[0].image)")
+        self._reap()
+        self._call("rm", "--force", c.name)  # a container left from an earlier attempt of this replica
+        log = Path(launch.log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            offset = os.lseek(fd, 0, os.SEEK_END)
+            res = subprocess.run(
+                [self.engine.binary, *run_args(c, engine=self.engine.name)],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                env=self._env(c.env),
+                timeout=ENGINE_CALL_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            self._call("rm", "--force", c.name)
+            raise OSError(
+                f"{self.engine.name} run did not return within {ENGINE_CALL_TIMEOUT_S:.0f}s"
+            ) from None
+        finally:
+            os.close(fd)
+        if res.returncode != 0:
+            self._call("rm", "--force", c.name)
+            raise OSError(f"{self.engine.name} could not start the container: {_tail(log, offset)}")
+        return self._ref(c.name)
+
+    def _ref(self, name: str) -> ProcessRef:
+        pid = self._pid(name)
+        ticks = start_ticks(pid) if pid else None
+        return ProcessRef(pid=pid, start_ticks=ticks or 0, extra={"container": name})
+
+    def _pid(self, name: str) -> int:
+        res = self._call("inspect", "--format", "{{.State.Pid}}", name)
+        try:
+            return int(res.stdout.strip()) if res.returncode == 0 else 0
+        except ValueError:
+            return 0
+
+    def adopt(self, ref: ProcessRef) -> bool:
+        return self.alive(ref)
+
+    def alive(self, ref: ProcessRef) -> bool:
+        return ref.pid > 1 and same_process(ref.pid, ref.start_ticks)
+
+    def group_alive(self, ref: ProcessRef) -> bool:
+        # The container's main process is the init of its pid namespace: when it ends, the kernel
+        # ends every other process in the container.
+        return self.alive(ref)
+
+    def exit_code(self, ref: ProcessRef) -> int | None:
+        res = self._call("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self._name(ref))
+        status, _, code = res.stdout.strip().partition(" ")
+        if res.returncode != 0 or status in ("running", "created", "") or not code.lstrip("-").isdigit():
+            return None
+        return int(code)
+
+    def signal(self, ref: ProcessRef, sig: int) -> None:
+        if not self.alive(ref):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ref.pid, sig)
+
+    def forget(self, ref: ProcessRef) -> None:
+        """Remove the container (in the background: a removal must not hold up the supervisor)."""
+        self._reap()
+        self._removing.append(
+            subprocess.Popen(
+                [self.engine.binary, "rm", "--force", self._name(ref)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=self._env(),
+            )
+        )
+
+    def _reap(self) -> None:
+        self._removing = [p for p in self._removing if p.poll() is None]
+
+    def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
+        """Every container labelled with ``data_dir`` (running or not; a stopped one has pid 0)."""
+        ids = self._call(
+            "ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={LABEL_DATA_DIR}={data_dir}"
+        )
+        found = ids.stdout.split()
+        if ids.returncode != 0 or not found:
+            return []
+        fmt = '{{.Id}} {{.State.Pid}} {{index .Config.Labels "' + LABEL_REPLICA + '"}}'
+        res = self._call("inspect", "--format", fmt, *found)
+        out = []
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1].isdigit():
+                cid, pid, rid = parts[0], int(parts[1]), parts[2]
+                out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=pid, handle=cid))
+        return out
+
+    def kill(self, proc: ReplicaProcess) -> bool:
+        """Remove the scanned container (by its id) with its processes."""
+        if not proc.handle:
+            return False
+        return self._call("rm", "--force", proc.handle).returncode == 0
+
+    # ---- images ---------------------------------------------------------------------------------
+    def has_image(self, image: str) -> bool:
+        return self._call("image", "inspect", "--format", "{{.Id}}", image).returncode == 0
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        docker_auth: tuple[str, str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> PullResult:
+        """Pull ``image`` unless this node has it; one pull per image at a time (the second
+        replica waits for the first and then finds the image). PullError with the engine's reason."""
+        loop = asyncio.get_running_loop()
+        lock = self._pulls.setdefault(image, asyncio.Lock())
+        async with lock:
+            t0 = loop.time()
+            if await asyncio.to_thread(self.has_image, image):
+                return PullResult(False, loop.time() - t0)
+            with self._auth_file(image, docker_auth) as authfile:
+                args = ["pull", *(["--authfile", str(authfile)] if authfile else []), image]
+                proc = await asyncio.create_subprocess_exec(
+                    self.engine.binary,
+                    *args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                )
+                last = ""
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    line = raw.decode(errors="replace").strip()
+                    if line:
+                        last = line
+                        if progress is not None:
+                            progress(line)
+                code = await proc.wait()
+            if code != 0:
+                raise PullError(last or f"{self.engine.name} pull exited with {code}")
+            return PullResult(True, loop.time() - t0)
+
+    @contextlib.contextmanager
+    def _auth_file(self, image: str, docker_auth: tuple[str, str] | None) -> Iterator[Path | None]:
+        """A private auth file for one pull: the spec's dockerAuth, else the server's file, else none."""
+        if docker_auth is None:
+            yield self.registry_auth
+            return
+        registry = registry_of(image)
+        if registry is None:
+            raise PullError(
+                f"dockerAuth needs an image that names its registry host (host/name:tag), not {image!r}"
+            )
+        token = base64.b64encode(f"{docker_auth[0]}:{docker_auth[1]}".encode()).decode()
+        path = self.data_dir / "run" / f"pull-{secrets.token_hex(8)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"auths": {registry: {"auth": token}}}, f)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _tail(log: Path, offset: int) -> str:
+    """What the engine wrote to the log from ``offset`` on, the last lines only."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read()[-ERROR_TAIL_BYTES:].decode(errors="replace")
+    except OSError:
+        return "no output"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[-3:]) if lines else "no output"

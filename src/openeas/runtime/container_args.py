@@ -1,0 +1,161 @@
+"""From a spec to the engine's `run` command for one replica: faithful to the spec, no rewriting.
+
+What the spec says is what the container gets (unlike the process runtime, nothing in the
+command is rewritten):
+
+- **Port.** The container keeps its own port (``containers[].port``, 8000 stays 8000 inside);
+  each replica is published on its own free host port on 127.0.0.1 (``-p 127.0.0.1:H:8000``).
+- **Mounts** are bind mounts at ``mount_path`` exactly: ``oss`` is the node-cache entry,
+  read-only unless ``readOnly: false``, which gives an overlay (writes stay in the container and
+  never reach the shared cache); ``nfs`` is the export's local directory, writable; ``empty_dir``
+  is a per-replica directory, or a tmpfs of ``size_limit`` with ``medium: memory``.
+- **Command.** ``command`` runs as ``/bin/sh -c "exec <command>"`` inside the image (``exec`` only
+  for a simple command, so the server is the container's main process and gets its signals),
+  ``script`` as ``/bin/sh -c "<script>"``; the image's entrypoint is replaced by the shell.
+- **Env** is the spec's env (values go through the engine CLI's own environment, ``-e NAME``,
+  so they never appear in a process list), plus ``PORT`` = the container port unless the spec sets it.
+- **Resources:** ``metadata.cpu`` → ``--cpus``, ``metadata.memory`` (MB) → ``--memory``,
+  ``metadata.gpu`` → ``--device nvidia.com/gpu=all`` (CDI; the host's GPU driver must have
+  generated its CDI spec).
+- **Identity:** the container is named ``openeas-<replica id>`` and labelled with the replica id,
+  the service and the data dir: adoption and the orphan scan go by label, never by name.
+
+The weights stay in the mount and the server in the image: the two layers are kept apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from openeas.runtime.launch import is_simple_command
+from openeas.spec.models import ServiceSpec
+
+LABEL_REPLICA = "io.openeas.replica"
+LABEL_SERVICE = "io.openeas.service"
+LABEL_DATA_DIR = "io.openeas.data-dir"
+NAME_PREFIX = "openeas-"
+CONTAINER_SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str  # a directory on the host
+    target: str  # mount_path, exactly as the spec writes it
+    mode: str  # "ro", "rw", or "O" (an overlay: writable in the container, the source untouched)
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    target: str
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ContainerLaunch:
+    """Everything the container runtime needs beyond a process launch (see the module docstring)."""
+
+    name: str
+    image: str
+    container_port: int
+    host_ip: str
+    host_port: int
+    argv: list[str]  # the shell and its arguments, run inside the image
+    env: dict[str, str]
+    labels: dict[str, str]
+    volumes: list[Volume] = field(default_factory=list)
+    tmpfs: list[Tmpfs] = field(default_factory=list)
+    cpus: float | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+
+
+def container_name(replica_id: str) -> str:
+    return NAME_PREFIX + replica_id
+
+
+def container_argv(command: str | None, script: str | None) -> list[str]:
+    if command:
+        text = command.strip()
+        return [CONTAINER_SHELL, "-c", "exec " + text if is_simple_command(text) else text]
+    if script:
+        return [CONTAINER_SHELL, "-c", script]
+    raise ValueError("one of 'command' or 'script' is required")
+
+
+def build_container_launch(
+    spec: ServiceSpec,
+    *,
+    replica_id: str,
+    data_dir: str,
+    host_port: int,
+    mounts: Mapping[str, str],
+    workdir: str,
+    host_ip: str = "127.0.0.1",
+) -> ContainerLaunch:
+    """The container of one replica of ``spec``. ``mounts``: mount_path (without a trailing '/')
+    → host directory, from :func:`openeas.storage.prepare_mounts`; ``workdir``: the replica's
+    directory on the host."""
+    c = spec.main
+    if not c.image:
+        raise ValueError("containers[0].image: required by the container runtime")
+    volumes: list[Volume] = []
+    tmpfs: list[Tmpfs] = []
+    for m in spec.storage:
+        target = m.mount_path.rstrip("/")  # "/mnt/data/" and "/mnt/data" are the same directory
+        if m.empty_dir is not None and m.empty_dir.in_memory:
+            tmpfs.append(Tmpfs(target, m.empty_dir.size_bytes()))
+            continue
+        source = mounts[target]
+        # oss: shared node-cache content, read-only or an overlay; nfs/empty_dir: writable.
+        mode = "rw" if m.oss is None else "ro" if m.oss.readOnly else "O"
+        volumes.append(Volume(source, target, mode))
+    env = c.env_dict()
+    env.setdefault("PORT", str(c.port))
+    md = spec.metadata
+    return ContainerLaunch(
+        name=container_name(replica_id),
+        image=c.image,
+        container_port=c.port,
+        host_ip=host_ip,
+        host_port=host_port,
+        argv=container_argv(c.command, c.script),
+        env=env,
+        labels={LABEL_REPLICA: replica_id, LABEL_SERVICE: spec.name, LABEL_DATA_DIR: data_dir},
+        volumes=volumes,
+        tmpfs=tmpfs,
+        cpus=float(md.cpu) if md.cpu else None,
+        memory_mb=md.memory,
+        gpus=md.gpu or None,
+    )
+
+
+def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = True) -> list[str]:
+    """The arguments after the engine binary: ``run --detach ... IMAGE ARGV`` (pure).
+
+    ``engine``: podman hands the container the CLI's stdout/stderr (``passthrough``: its output
+    goes straight into the replica's log); docker keeps its own log (``docker logs``).
+    ``limits``: pass cpu/memory limits (False where the host's cgroups cannot apply them). The
+    image is never pulled here (``--pull never``): the runtime pulls it first, in Pulling.
+    """
+    args = ["run", "--detach", "--pull", "never", "--name", launch.name]
+    if engine == "podman":
+        args += ["--log-driver", "passthrough"]
+    for k, v in sorted(launch.labels.items()):
+        args += ["--label", f"{k}={v}"]
+    args += ["--publish", f"{launch.host_ip}:{launch.host_port}:{launch.container_port}"]
+    for vol in launch.volumes:
+        args += ["--volume", f"{vol.source}:{vol.target}:{vol.mode}"]
+    for t in launch.tmpfs:
+        size = f",size={t.size_bytes}" if t.size_bytes else ""
+        args += ["--tmpfs", f"{t.target}:rw{size}"]
+    for name in sorted(launch.env):
+        args += ["--env", name]  # the value comes from the CLI's environment (not the process list)
+    if limits and launch.cpus:
+        args += ["--cpus", f"{launch.cpus:g}"]
+    if limits and launch.memory_mb:
+        args += ["--memory", f"{launch.memory_mb}m"]
+    if launch.gpus:
+        args += ["--device", "nvidia.com/gpu=all"]
+    args += ["--entrypoint", launch.argv[0], launch.image, *launch.argv[1:]]
+    return args

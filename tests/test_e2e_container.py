@@ -1,0 +1,300 @@
+"""End to end: the container runtime with real podman containers of a locally built image.
+
+The image (``localhost/openeas-test-python:bookworm``: Debian's python3 and python3-aiohttp) is
+built once per machine from Debian's packages by ``scripts/test_image.py``; no image registry is
+reachable here. The replicas run OpenEAS's own test server from the mounted bucket, exactly as
+the EAS spec says: port 8000 inside every container, the bucket at /mnt/data, read-only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from openai import OpenAI
+
+import openeas
+from openeas.runtime.container_args import LABEL_DATA_DIR, LABEL_REPLICA
+from openeas.runtime.engine import engine_env
+from tests.harness import Server, new_server, reasons, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = os.environ.get("OPENEAS_REQUIRE_CONTAINERS") == "1"
+
+
+def _podman() -> tuple[str, dict[str, str]] | None:
+    binary = shutil.which("podman")
+    if binary is None or os.geteuid() != 0:
+        return None
+    return binary, {**os.environ, **engine_env("podman", Path("/tmp/openeas-test-image"))}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    found = _podman()
+    if found is None:
+        if REQUIRED:
+            pytest.fail("OPENEAS_REQUIRE_CONTAINERS=1 but podman is missing or we are not root")
+        pytest.skip("podman (rootful) is not available: scripts/setup.sh installs it as root")
+    spec = importlib.util.spec_from_file_location("test_image", ROOT / "scripts" / "test_image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.ensure_image("podman"))
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    found = _podman()
+    assert found is not None
+    binary, env = found
+    return subprocess.run([binary, *args], capture_output=True, text=True, env=env, check=check, timeout=60)
+
+
+def containers(data_dir: Path, *, all_states: bool = True) -> list[dict[str, Any]]:
+    """The containers labelled with this data dir: id, pid, replica, state, labels, mounts, ports."""
+    ids = podman("ps", *(["--all"] if all_states else []), "--quiet", "--no-trunc",
+                 "--filter", f"label={LABEL_DATA_DIR}={data_dir}").stdout.split()  # fmt: skip
+    if not ids:
+        return []
+    out = []
+    for cid in ids:
+        res = podman("inspect", cid, check=False)  # it may have been removed since `ps`
+        if res.returncode != 0:
+            continue
+        (c,) = json.loads(res.stdout)
+        out.append(
+            {
+                "id": c["Id"],
+                "pid": c["State"]["Pid"],
+                "state": c["State"]["Status"],
+                "replica": c["Config"]["Labels"].get(LABEL_REPLICA),
+                "mounts": c["Mounts"],
+                "ports": c["NetworkSettings"]["Ports"],
+                "cmd": c["Config"]["Cmd"],
+            }
+        )
+    return out
+
+
+@pytest.fixture
+def server(tmp_path: Path, image: str) -> Iterator[Server]:
+    srv = new_server(tmp_path / "data").start()
+    yield srv
+    srv.stop()
+    for c in containers(srv.data_dir):  # whatever a test left behind
+        podman("rm", "--force", c["id"], check=False)
+
+
+def bucket_with_testserver(tmp_path: Path) -> Path:
+    """A bucket holding the test server's code (it runs on the image's python3) and weights."""
+    bucket = tmp_path / "bucket"
+    pkg = bucket / "code" / "openeas"
+    shutil.copytree(Path(openeas.__file__).parent / "testserver", pkg / "testserver",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copy(Path(openeas.__file__), pkg / "__init__.py")
+    (bucket / "weights.bin").write_bytes(b"\0" * 4096)
+    return bucket
+
+
+def eas_spec(name: str, bucket: Path, image: str, *, replicas: int = 2, **extra: Any) -> dict[str, Any]:
+    """The skeleton's EAS JSON (fixed port 8000, /mnt/data mount), with an image."""
+    command = (
+        # Proves the mount is read-only inside, then serves on the container's own port 8000.
+        "touch /mnt/data/probe 2>/dev/null && echo MOUNT-WRITABLE || echo MOUNT-READONLY; "
+        "test -f /mnt/data/weights.bin && cd /mnt/data/code && "
+        "exec python3 -m openeas.testserver --host 0.0.0.0 --port 8000"
+    )
+    spec: dict[str, Any] = {
+        "metadata": {"name": name, "instance": replicas, "eas": {"termination_grace_period": 5}},
+        "containers": [{"image": image, "command": command, "port": 8000}],
+        "storage": [{"mount_path": "/mnt/data/", "oss": {"path": bucket.as_uri() + "/"}}],
+    }
+    spec.update(extra)
+    return spec
+
+
+def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Path, image: str):
+    c = server.client
+    spec = eas_spec("boxed", bucket_with_testserver(tmp_path), image)
+    plan = c.dry_run(spec)
+    assert plan["action"] == "create" and plan["runtime"]["name"] == "container", plan
+    assert "podman" in plan["runtime"]["reason"]
+    c.deploy(spec)
+    detail = c.wait_ready("boxed", 2, timeout_s=90)
+    assert detail["runtime"]["name"] == "container"
+    assert {r["runtime"] for r in detail["replicas"]} == {"container"}
+    found = {x["replica"]: x for x in containers(server.data_dir)}
+    assert set(found) == {r["id"] for r in detail["replicas"]}
+    for r in detail["replicas"]:
+        box = found[r["id"]]
+        assert box["pid"] == r["pid"] and box["state"] == "running"
+        # Port 8000 inside, published on the replica's own host port on 127.0.0.1; no rewriting.
+        assert box["ports"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(r["port"])}]}
+        assert "--port 8000" in " ".join(box["cmd"])
+        (mount,) = [m for m in box["mounts"] if m["Destination"].rstrip("/") == "/mnt/data"]
+        assert mount["RW"] is False
+        log = json.dumps(server.client.logs("boxed", replica=r["id"], tail=50))
+        assert "MOUNT-READONLY" in log and "MOUNT-WRITABLE" not in log
+    # The OpenAI SDK through the gateway, streaming included.
+    info = c.call_info("boxed")
+    client = OpenAI(base_url=info["endpoint"] + "/v1", api_key=info["token"])
+    out = client.completions.create(model="m", prompt="hi", max_tokens=3)
+    assert out.choices[0].text.split() == ["tok0", "tok1", "tok2"]
+    chunks = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text.split() == ["tok0", "tok1", "tok2", "tok3"]
+    # delete leaves no container behind
+    c.delete("boxed")
+    wait_for(lambda: not containers(server.data_dir), 60, what="every container removed")
+
+
+def test_kill9_in_container_restarts_and_server_crash_adopts(server: Server, tmp_path: Path, image: str):
+    c = server.client
+    c.deploy(eas_spec("sturdy", bucket_with_testserver(tmp_path), image))
+    detail = c.wait_ready("sturdy", 2, timeout_s=90)
+    token = c.call_info("sturdy")["token"]
+    url = f"{server.gateway_url}/api/predict/sturdy/v1/completions"
+    results: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(
+                    url, json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": token}, timeout=10
+                )
+                results.append(r.status_code)
+            except requests.RequestException as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    victim = detail["replicas"][0]
+    try:
+        wait_for(lambda: len(results) >= 50, 30, what="load flowing")
+        os.kill(victim["pid"], signal.SIGKILL)  # the server process inside the container
+
+        def restarted() -> dict | None:
+            rep = next(r for r in c.describe("sturdy")["replicas"] if r["id"] == victim["id"])
+            return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
+
+        back = wait_for(restarted, 60, what="the killed replica Ready again")
+        served = len(results)
+        wait_for(lambda: len(results) >= served + 50, 30, what="load served after the restart")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not errors, errors[:3]
+    assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
+    assert back["pid"] != victim["pid"]
+
+    # A container started by hand, with labels of another data dir, is never touched.
+    foreign = podman("run", "--detach", "--label", f"{LABEL_DATA_DIR}=/elsewhere", "--label",
+                     f"{LABEL_REPLICA}=sturdy-00000000", image, "sleep", "300").stdout.strip()  # fmt: skip
+    try:
+        before = {x["id"]: x["pid"] for x in containers(server.data_dir, all_states=False)}
+        assert len(before) == 2
+        server.kill9()
+        server.start()
+        after = c.wait_ready("sturdy", 2, timeout_s=60)
+        # The same containers, adopted: same ids, same main processes, no restart.
+        assert {x["id"]: x["pid"] for x in containers(server.data_dir, all_states=False)} == before
+        assert {r["pid"] for r in after["replicas"]} == set(before.values())
+        assert "Adopted" in reasons(server, "sturdy")
+        assert (
+            c.predict("sturdy", {"prompt": "x", "max_tokens": 1}, path="/v1/completions").status_code == 200
+        )
+        state = podman("inspect", "--format", "{{.State.Status}}", foreign).stdout.strip()
+        assert state == "running"
+    finally:
+        podman("rm", "--force", foreign, check=False)
+
+
+def test_orphan_container_of_this_data_dir_is_removed_at_start(server: Server, tmp_path: Path, image: str):
+    """A container labelled with this data dir that no replica row accounts for (a control
+    plane died between its start and the row write) is removed when the server starts."""
+    orphan = podman("run", "--detach", "--label", f"{LABEL_DATA_DIR}={server.data_dir}", "--label",
+                    f"{LABEL_REPLICA}=gone-12345678", image, "sleep", "300").stdout.strip()  # fmt: skip
+    server.stop()
+    server.start()
+    wait_for(
+        lambda: podman("container", "exists", orphan, check=False).returncode != 0, 30, what="orphan removed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "expect"),
+    [
+        ("missing-image", {"image": "localhost/openeas-no-such-image:1"}, "cannot pull image localhost/openeas-no-such-image:1"),
+        ("mount-inside-proc", {"mount_path": "/proc/weights"}, "cannot start the replica container"),
+    ],
+)  # fmt: skip
+def test_bad_container_input_fails_clearly_without_a_tight_loop(
+    server: Server, tmp_path: Path, image: str, case: str, change: dict[str, str], expect: str
+):
+    bucket = bucket_with_testserver(tmp_path)
+    spec = eas_spec(f"bad_{case.replace('-', '_')}", bucket, change.get("image", image), replicas=1)
+    if "mount_path" in change:
+        spec["storage"][0]["mount_path"] = change["mount_path"]
+    name = spec["metadata"]["name"]
+    server.client.deploy(spec)
+
+    def failed() -> dict | None:
+        reps = server.client.describe(name)["replicas"]
+        return reps[0] if reps and reps[0]["phase"] == "Failed" and reps[0]["message"] else None
+
+    rep = wait_for(failed, 60, what="the replica Failed with a message")
+    assert expect in rep["message"], rep["message"]
+    if case == "mount-inside-proc":
+        assert "/proc" in rep["message"]  # the engine's own reason is passed on
+    # Backoff, not a tight loop: a few attempts in several seconds.
+    import time
+
+    time.sleep(4)
+    restarts = server.client.describe(name)["replicas"][0]["restart_count"]
+    assert restarts <= 3, restarts
+    server.client.delete(name)
+    wait_for(lambda: not containers(server.data_dir), 30, what="nothing left behind")
+
+
+def test_no_engine_is_a_clear_error(tmp_path: Path, image: str):
+    srv = new_server(tmp_path / "data")
+    srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
+    srv.start()
+    try:
+        spec = eas_spec("needs_engine", tmp_path, image, replicas=1)
+        spec["metadata"]["replica_runtime"] = "container"
+        plan = srv.client.dry_run(spec)
+        assert (
+            plan["runtime"]["name"] is None and "container engines are disabled" in plan["runtime"]["reason"]
+        )
+        auto = srv.client.dry_run(eas_spec("auto_falls_back", tmp_path, image, replicas=1))
+        assert auto["runtime"]["name"] == "process" and "runs on the host" in auto["runtime"]["reason"]
+        srv.client.deploy(spec)
+
+        def failed() -> dict | None:
+            reps = srv.client.describe("needs_engine")["replicas"]
+            return reps[0] if reps and reps[0]["phase"] == "Failed" else None
+
+        rep = wait_for(failed, 30, what="Failed for want of an engine")
+        assert "metadata.replica_runtime is 'container'" in rep["message"]
+    finally:
+        srv.stop()

@@ -1,0 +1,385 @@
+"""The container runtime's pure parts, table-driven: the engine's `run` arguments, the runtime
+choice, engine detection (with a fake `which` and a fake `run`), the spec's new fields; and the
+Pulling phase under the supervisor, on the fake clock with a fake image runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openeas.errors import SpecError
+from openeas.runtime.base import PullError, PullResult
+from openeas.runtime.container import registry_of
+from openeas.runtime.container_args import build_container_launch, container_argv, run_args
+from openeas.runtime.engine import detect_engine
+from openeas.runtime.fake import FakeRuntime
+from openeas.runtime.select import Runtimes, choose_runtime
+from openeas.spec import parse_spec
+from openeas.spec.models import quantity_bytes
+from openeas.states import ReplicaPhase
+from tests.fakes import World
+
+P = ReplicaPhase
+IMAGE = "localhost/server:1"
+
+
+def eas(**extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "metadata": {"name": "svc", "instance": 1},
+        "containers": [{"image": IMAGE, "command": "serve --port 8000", "port": 8000}],
+    }
+    for key, value in extra.items():
+        doc[key] = value
+    return doc
+
+
+# ---- run arguments ---------------------------------------------------------------------------
+
+
+def launch_args(
+    doc: dict[str, Any], mounts: dict[str, str] | None = None, engine: str = "podman"
+) -> list[str]:
+    launch = build_container_launch(
+        parse_spec(doc), replica_id="svc-1", data_dir="/d", host_port=21000, mounts=mounts or {}, workdir="/w"
+    )
+    return run_args(launch, engine=engine)
+
+
+def pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_run_args_keep_the_spec_as_written():
+    args = launch_args(eas(metadata={"name": "svc", "cpu": 2, "memory": 2048, "gpu": 1}))
+    assert args[:6] == ["run", "--detach", "--pull", "never", "--name", "openeas-svc-1"]
+    assert pairs(args, "--publish") == ["127.0.0.1:21000:8000"]  # port 8000 stays 8000 inside
+    assert pairs(args, "--label") == [
+        "io.openeas.data-dir=/d",
+        "io.openeas.replica=svc-1",
+        "io.openeas.service=svc",
+    ]
+    assert pairs(args, "--cpus") == ["2"] and pairs(args, "--memory") == ["2048m"]
+    assert pairs(args, "--device") == ["nvidia.com/gpu=all"]
+    # The image's entrypoint is the shell; the command is not rewritten (no port, no mount paths).
+    assert args[-5:] == ["--entrypoint", "/bin/sh", IMAGE, "-c", "exec serve --port 8000"]
+    assert pairs(args, "--log-driver") == ["passthrough"]
+    assert pairs(launch_args(eas(), engine="docker"), "--log-driver") == []  # docker keeps its own log
+
+
+MOUNTS = [
+    pytest.param({"mount_path": "/mnt/data/", "oss": {"path": "oss://b/m/"}}, ["/cache/x:/mnt/data:ro"], [],
+                 id="oss-read-only"),
+    pytest.param({"mount_path": "/mnt/data", "oss": {"path": "oss://b/m/", "readOnly": False}},
+                 ["/cache/x:/mnt/data:O"], [], id="oss-writable-is-an-overlay-the-cache-stays-clean"),
+    pytest.param({"mount_path": "/mnt/data", "nfs": {"server": "h", "path": "/exports/m"}},
+                 ["/cache/x:/mnt/data:rw"], [], id="nfs"),
+    pytest.param({"mount_path": "/mnt/data", "empty_dir": {}}, ["/cache/x:/mnt/data:rw"], [], id="empty-dir-on-disk"),
+    pytest.param({"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 2}}, [],
+                 [f"/dev/shm:rw,size={2 * 2**30}"], id="memory-tmpfs-size-in-gb"),
+    pytest.param({"mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "512Mi"}}, [],
+                 [f"/scratch:rw,size={512 * 2**20}"], id="memory-tmpfs-quantity"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mount", "volumes", "tmpfs"), MOUNTS)
+def test_mounts_bind_at_mount_path_exactly(mount: dict[str, Any], volumes: list[str], tmpfs: list[str]):
+    args = launch_args(eas(storage=[mount]), {mount["mount_path"].rstrip("/"): "/cache/x"})
+    assert pairs(args, "--volume") == volumes
+    assert pairs(args, "--tmpfs") == tmpfs
+
+
+def test_env_values_never_reach_the_argument_list():
+    doc = eas()
+    doc["containers"][0]["env"] = [{"name": "API_KEY", "value": "s3cret"}, {"name": "PORT", "value": "9000"}]
+    launch = build_container_launch(
+        parse_spec(doc), replica_id="svc-1", data_dir="/d", host_port=1, mounts={}, workdir="/w"
+    )
+    args = run_args(launch)
+    assert pairs(args, "--env") == ["API_KEY", "PORT"] and "s3cret" not in " ".join(args)
+    assert launch.env == {"API_KEY": "s3cret", "PORT": "9000"}  # the spec's PORT wins over the default
+
+
+@pytest.mark.parametrize(
+    ("command", "script", "argv"),
+    [
+        (
+            "vllm serve /mnt/data/m --port 8000",
+            None,
+            ["/bin/sh", "-c", "exec vllm serve /mnt/data/m --port 8000"],
+        ),
+        ("cd /app && python serve.py", None, ["/bin/sh", "-c", "cd /app && python serve.py"]),
+        (None, "set -e\npython serve.py", ["/bin/sh", "-c", "set -e\npython serve.py"]),
+    ],
+    ids=["simple-command-execs", "shell-command", "script"],
+)
+def test_container_argv(command: str | None, script: str | None, argv: list[str]):
+    assert container_argv(command, script) == argv
+
+
+# ---- which runtime ---------------------------------------------------------------------------
+
+CHOICES = [
+    ("auto", IMAGE, "podman 4.3.1", None, "container", "image set and podman 4.3.1 present"),
+    ("auto", None, "podman 4.3.1", None, "process", "no image in the spec"),
+    ("auto", IMAGE, None, "no container engine: podman is not installed", "process",
+     "image set, but no container engine: podman is not installed: the command runs on the host"),
+    ("process", IMAGE, "podman 4.3.1", None, "process", "metadata.replica_runtime is 'process'"),
+    ("container", IMAGE, "podman 4.3.1", None, "container", "metadata.replica_runtime is 'container' (podman 4.3.1)"),
+    ("container", IMAGE, None, "no container engine: docker is installed but its daemon does not answer", None,
+     "metadata.replica_runtime is 'container' but no container engine: docker is installed but its daemon"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("requested", "image", "engine", "problem", "name", "reason"), CHOICES,
+                         ids=["auto-image-engine", "auto-no-image", "auto-no-engine", "process", "container",
+                              "container-no-engine"])  # fmt: skip
+def test_choose_runtime(requested, image, engine, problem, name, reason):
+    choice = choose_runtime(requested, image, engine, problem)
+    assert choice.name == name
+    assert reason in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("command", "warned"),
+    [
+        ("python -m server --host 127.0.0.1 --port 8000", True),
+        ("uvicorn app:app --host=localhost --port 8000", True),
+        ("gunicorn -b 127.0.0.1:8000 app", True),
+        ("python -m server --host 0.0.0.0 --port 8000", False),
+        ("vllm serve /mnt/data/m", False),
+    ],
+    ids=["host-flag", "host-equals", "bind-address", "all-interfaces", "default-bind"],
+)
+def test_a_loopback_only_server_in_a_container_is_warned_about(command: str, warned: bool):
+    choice = choose_runtime("auto", IMAGE, "podman 4.3.1", None, [command])
+    assert bool(choice.warnings) is warned
+
+
+# ---- engine detection ------------------------------------------------------------------------
+
+
+def fake_run(results: dict[str, tuple[int, str, str]]):
+    def run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        code, out, err = results[Path(argv[0]).name]
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
+
+
+PODMAN_INFO = '{"version": {"Version": "4.3.1"}, "host": {"cgroupVersion": "v1"}}'
+DETECT = [
+    ({"podman", "docker"}, {"podman": (0, PODMAN_INFO, "")}, {}, "podman 4.3.1", None),
+    ({"docker"}, {"docker": (1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock.")}, {},
+     None, "podman is not installed; docker is installed but its daemon does not answer (Cannot connect"),
+    (set(), {}, {}, None, "no container engine: podman is not installed; docker is not installed; install podman"),
+    ({"podman"}, {"podman": (125, "", "Error: runc: cgroups in hybrid mode")}, {}, None, "`podman info` failed: Error: runc"),
+    ({"podman"}, {"podman": (0, PODMAN_INFO, "")}, {"OPENEAS_CONTAINER_ENGINE": "none"}, None, "disabled"),
+    ({"podman", "docker"}, {"docker": (0, '{"ServerVersion": "27.1"}', "")}, {"OPENEAS_CONTAINER_ENGINE": "docker"},
+     "docker 27.1", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("installed", "results", "environ", "engine", "problem"), DETECT,
+                         ids=["podman", "docker-without-daemon", "none-installed", "podman-broken", "disabled",
+                              "docker-forced"])  # fmt: skip
+def test_detect_engine(tmp_path: Path, installed, results, environ, engine, problem):
+    status = detect_engine(
+        tmp_path,
+        which=lambda name: f"/usr/bin/{name}" if name in installed else None,
+        run=fake_run(results),
+        environ=environ,
+    )
+    assert (status.engine.describe() if status.engine else None) == engine
+    if problem is None:
+        assert status.problem is None
+    else:
+        assert problem in (status.problem or "")
+
+
+def test_podman_gets_a_containers_conf_of_our_own(tmp_path: Path):
+    status = detect_engine(
+        tmp_path, which=lambda n: f"/usr/bin/{n}", run=fake_run({"podman": (0, PODMAN_INFO, "")}), environ={}
+    )
+    assert status.engine is not None
+    conf = Path(status.engine.env["CONTAINERS_CONF"])
+    assert conf.parent == tmp_path / "run"
+    assert "default_ulimits = []" in conf.read_text()
+
+
+# ---- the spec ----------------------------------------------------------------------------------
+
+AUTH = base64.b64encode(b"robot:pa55").decode()
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        (eas(containers=[{"image": "Bad Image", "command": "x"}]), "is not an image reference"),
+        (eas(dockerAuth="not-base64!"), "dockerAuth: must be the base64 encoding of 'user:password'"),
+        (eas(runtime="ray"), "as a string it is the older spelling of metadata.replica_runtime"),
+        (eas(runtime="process", metadata={"name": "svc", "replica_runtime": "container"}), "disagree"),
+        (eas(storage=[{"mount_path": "/s", "empty_dir": {"medium": "ssd"}}]), "is not a medium"),
+        (eas(storage=[{"mount_path": "/s", "empty_dir": {"medium": "memory", "size_limit": "lots"}}]),
+         "is not a size"),
+    ],
+    ids=["image", "docker-auth", "runtime-string", "runtime-conflict", "medium", "size"],
+)  # fmt: skip
+def test_bad_container_fields_are_named(doc: dict[str, Any], error: str):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(doc)
+    assert any(error in line for line in exc.value.errors), exc.value.errors
+
+
+def test_eas_runtime_block_is_kept_and_secrets_are_masked():
+    spec = parse_spec(eas(runtime={"enable_crash_block": False}, dockerAuth=AUTH))
+    assert spec.replica_runtime == "auto"
+    assert spec.to_dict()["runtime"] == {"enable_crash_block": False}
+    assert spec.public_dict()["dockerAuth"] == "***" and spec.to_dict()["dockerAuth"] == AUTH
+    assert parse_spec(eas(runtime="container")).replica_runtime == "container"  # the older spelling
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (20, 20 * 2**30),
+        (0.5, 2**29),
+        ("512Mi", 512 * 2**20),
+        ("2Gi", 2 * 2**30),
+        ("1G", 10**9),
+        ("3", 3 * 2**30),
+    ],
+    ids=["gb-int", "gb-float", "mebibytes", "gibibytes", "gigabytes", "bare-string-is-gb"],
+)
+def test_quantity_bytes(value: Any, expected: int):
+    assert quantity_bytes(value, default_unit=2**30) == expected
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [("localhost/x:1", "localhost"), ("registry.example:5000/team/x", "registry.example:5000"),
+     ("vllm/vllm-openai:latest", None), ("python:3.11", None)],
+    ids=["localhost", "host-port", "short-name", "library"],
+)  # fmt: skip
+def test_registry_of(image: str, registry: str | None):
+    assert registry_of(image) == registry
+
+
+# ---- the Pulling phase under the supervisor ---------------------------------------------------
+
+
+class FakeImageRuntime(FakeRuntime):
+    """The fake runtime that also "pulls" images: each pull takes `pull_s` on the fake clock."""
+
+    name = "container"
+
+    def __init__(self, base: FakeRuntime, *, pull_s: float = 3.0, error: str | None = None) -> None:
+        super().__init__(base.clock, base.behaviour, table=base.table)
+        self.images: set[str] = set()
+        self.pull_s = pull_s
+        self.error = error
+        self.pulls: list[str] = []
+
+    def has_image(self, image: str) -> bool:
+        return image in self.images
+
+    async def pull(self, image: str, *, docker_auth: Any = None, progress: Any = None) -> PullResult:
+        self.pulls.append(image)
+        await self.clock.sleep(self.pull_s)
+        if self.error:
+            raise PullError(self.error)
+        self.images.add(image)
+        return PullResult(True, self.pull_s)
+
+
+def image_world(tmp_path: Path, **kw: Any) -> tuple[World, FakeImageRuntime, Runtimes]:
+    world = World.make(tmp_path)
+    boxes = FakeImageRuntime(world.runtime, **kw)
+    return world, boxes, Runtimes(world.runtime, boxes, engine="fake 1.0")
+
+
+def add(world: World, n: int = 1) -> list[str]:
+    doc = eas()
+    doc["metadata"]["instance"] = n
+    doc["containers"][0]["health_check"] = {"period_seconds": 1}
+    world.store.create_service(parse_spec(doc))
+    return [
+        world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id for _ in range(n)
+    ]
+
+
+async def until_ready(world: World, rids: list[str]) -> None:
+    def ready() -> bool:
+        rows = {r.id: r for r in world.store.replicas("svc")}
+        return all(rows[rid].phase == P.READY for rid in rids)
+
+    await world.clock.run_until(ready, limit_s=120)
+
+
+async def test_pull_once_then_the_image_is_cached(tmp_path: Path):
+    world, boxes, runtimes = image_world(tmp_path, pull_s=3.0)
+    first, second = add(world, 2)
+    tasks = []
+    for rid in (first, second):
+        sup = world.supervise(rid, runtimes)  # type: ignore[arg-type]
+        tasks.append(sup[1])
+    await until_ready(world, [first, second])
+    assert set(boxes.pulls) == {IMAGE}
+    rows = {r.id: r for r in world.store.replicas("svc")}
+    pulled = [r for r in rows.values() if P.PULLING in (r.phase_times or {})]
+    assert pulled, "one replica went through Pulling"
+    for r in pulled:
+        assert r.cold_start["pull"] == {
+            "image": IMAGE,
+            "cached": False,
+            "seconds": 3.0,
+        }  # the fake pull's 3 s
+        assert isinstance(r.cold_start["pull_s"], float)  # the Pulling span (stamped in wall time)
+        assert r.runtime == "container"
+    # The next replica finds the image on the node: no Pulling phase, the pull recorded as cached.
+    (third,) = [world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id]
+    _, task = world.supervise(third, runtimes)  # type: ignore[arg-type]
+    tasks.append(task)
+    await until_ready(world, [third])
+    row = world.store.get_replica(third)
+    assert row is not None and P.PULLING not in row.phase_times
+    assert row.cold_start["pull"] == {"image": IMAGE, "cached": True}
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_failed_pull_is_a_clear_failure_with_backoff(tmp_path: Path):
+    world, boxes, runtimes = image_world(tmp_path, pull_s=1.0, error="manifest unknown")
+    (rid,) = add(world)
+    _, task = world.supervise(rid, runtimes)  # type: ignore[arg-type]
+
+    def restarting() -> bool:
+        return "Restarting" in world.reasons()
+
+    await world.clock.run_until(restarting, limit_s=60)
+    failed = [c for c in world.store.phases(rid) if c.phase == P.FAILED]
+    assert failed and failed[0].message == f"cannot pull image {IMAGE}: manifest unknown"
+    assert "PullFailed" in world.reasons()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_container_requested_without_an_engine_fails_clearly(tmp_path: Path):
+    world = World.make(tmp_path)
+    runtimes = Runtimes(world.runtime, engine_problem="no container engine: podman is not installed")
+    doc = eas(metadata={"name": "svc", "instance": 1, "replica_runtime": "container"})
+    world.store.create_service(parse_spec(doc))
+    rid = world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id
+    _, task = world.supervise(rid, runtimes)  # type: ignore[arg-type]
+    await world.clock.run_until(lambda: "NoRuntime" in world.reasons(), limit_s=60)
+    failed = [c for c in world.store.phases(rid) if c.phase == P.FAILED]
+    assert "metadata.replica_runtime is 'container' but no container engine: podman is not installed" in (
+        failed[0].message or ""
+    )
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

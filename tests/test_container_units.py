@@ -365,6 +365,7 @@ async def test_a_failed_pull_is_a_clear_failure_with_backoff(tmp_path: Path):
     failed = [c for c in world.store.phases(rid) if c.phase == P.FAILED]
     assert failed and failed[0].message == f"cannot pull image {IMAGE}: manifest unknown"
     assert "PullFailed" in world.reasons()
+    assert boxes.pulls == [IMAGE]  # one attempt, then the backoff (no tight loop)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

@@ -60,7 +60,7 @@ STABLE_AFTER_S = 60.0
 # How often a starting or Ready replica's process is checked for life (a cheap runtime call), seconds.
 ALIVE_CHECK_S = 0.1
 # Probe period while a replica starts (the spec's period applies once it is Ready), seconds.
-STARTUP_PROBE_PERIOD_S = 0.25
+STARTUP_PROBE_PERIOD_S = 0.1
 # One warmup request may take this long (a first LLM request can be slow), seconds.
 WARMUP_REQUEST_TIMEOUT_S = 120.0
 # How often an image pull's progress is written to the replica's message, seconds.

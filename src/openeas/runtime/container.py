@@ -40,6 +40,7 @@ from openeas.runtime.base import LaunchSpec, ProcessRef, PullError, PullResult, 
 from openeas.runtime.container_args import (
     LABEL_DATA_DIR,
     LABEL_REPLICA,
+    ContainerLaunch,
     container_name,
     run_args,
 )
@@ -70,6 +71,7 @@ class ContainerRuntime:
         self.registry_auth = registry_auth  # the server's credential file (containers-auth JSON)
         self._pulls: dict[str, asyncio.Lock] = {}
         self._removing: list[subprocess.Popen[bytes]] = []
+        self._images: set[str] = set()  # images known to be on this node
 
     # ---- engine calls ---------------------------------------------------------------------------
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -104,9 +106,23 @@ class ContainerRuntime:
         if c is None:
             raise ValueError("the container runtime needs a container launch (containers[0].image)")
         self._reap()
-        self._call("rm", "--force", c.name)  # a container left from an earlier attempt of this replica
+        if c.pidfile:
+            Path(c.pidfile).unlink(missing_ok=True)
         log = Path(launch.log_path)
         log.parent.mkdir(parents=True, exist_ok=True)
+        error = self._run(c, log)
+        if error is not None and "already in use" in error:
+            # A container left from an earlier attempt of this replica (its removal was lost).
+            self._call("rm", "--force", c.name)
+            error = self._run(c, log)
+        if error is not None:
+            self._call("rm", "--force", c.name)
+            self._images.discard(c.image)  # removed behind our back? the next start checks again
+            raise OSError(f"{self.engine.name} could not start the container: {error}")
+        return self._ref(c.name, c.pidfile)
+
+    def _run(self, c: ContainerLaunch, log: Path) -> str | None:
+        """``<engine> run`` with the replica log as its output; None, or the engine's error."""
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
@@ -119,19 +135,13 @@ class ContainerRuntime:
                 timeout=ENGINE_CALL_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
-            self._call("rm", "--force", c.name)
-            raise OSError(
-                f"{self.engine.name} run did not return within {ENGINE_CALL_TIMEOUT_S:.0f}s"
-            ) from None
+            return f"{self.engine.name} run did not return within {ENGINE_CALL_TIMEOUT_S:.0f}s"
         finally:
             os.close(fd)
-        if res.returncode != 0:
-            self._call("rm", "--force", c.name)
-            raise OSError(f"{self.engine.name} could not start the container: {_tail(log, offset)}")
-        return self._ref(c.name)
+        return None if res.returncode == 0 else _tail(log, offset)
 
-    def _ref(self, name: str) -> ProcessRef:
-        pid = self._pid(name)
+    def _ref(self, name: str, pidfile: str | None = None) -> ProcessRef:
+        pid = _read_pid(pidfile) or self._pid(name)
         ticks = start_ticks(pid) if pid else None
         return ProcessRef(pid=pid, start_ticks=ticks or 0, extra={"container": name})
 
@@ -208,7 +218,14 @@ class ContainerRuntime:
 
     # ---- images ---------------------------------------------------------------------------------
     def has_image(self, image: str) -> bool:
-        return self._call("image", "inspect", "--format", "{{.Id}}", image).returncode == 0
+        """Whether the engine has ``image``; a yes is remembered (an engine call costs tens of ms
+        of every cold start), and forgotten when a start then fails for want of the image."""
+        if image in self._images:
+            return True
+        found = self._call("image", "inspect", "--format", "{{.Id}}", image).returncode == 0
+        if found:
+            self._images.add(image)
+        return found
 
     async def pull(
         self,
@@ -269,6 +286,13 @@ class ContainerRuntime:
             yield path
         finally:
             path.unlink(missing_ok=True)
+
+
+def _read_pid(pidfile: str | None) -> int:
+    try:
+        return int(Path(pidfile).read_text().strip()) if pidfile else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def _tail(log: Path, offset: int) -> str:

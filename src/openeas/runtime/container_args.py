@@ -68,6 +68,7 @@ class ContainerLaunch:
     cpus: float | None = None
     memory_mb: int | None = None
     gpus: int | None = None
+    pidfile: str | None = None  # podman writes the main process's host pid here (no inspect call)
 
 
 def container_name(replica_id: str) -> str:
@@ -127,6 +128,7 @@ def build_container_launch(
         cpus=float(md.cpu) if md.cpu else None,
         memory_mb=md.memory,
         gpus=md.gpu or None,
+        pidfile=f"{workdir}/container.pid",
     )
 
 
@@ -141,6 +143,8 @@ def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = 
     args = ["run", "--detach", "--pull", "never", "--name", launch.name]
     if engine == "podman":
         args += ["--log-driver", "passthrough"]
+        if launch.pidfile:
+            args += ["--pidfile", launch.pidfile]
     for k, v in sorted(launch.labels.items()):
         args += ["--label", f"{k}={v}"]
     args += ["--publish", f"{launch.host_ip}:{launch.host_port}:{launch.container_port}"]

@@ -32,7 +32,7 @@ def socket_path(data_dir: Path) -> Path:
     return Path(data_dir) / "run" / SOCKET_NAME
 
 
-class _Address:
+class UnixAddress:
     """A Unix socket address for ``path``, short enough for sun_path whatever the data dir.
 
     A long path is reached as ``/proc/self/fd/<dir fd>/<name>`` (the kernel resolves it like the
@@ -62,7 +62,7 @@ class RoutingNotifier:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._addr = _Address(self.path)
+        self._addr = UnixAddress(self.path)
         self._sock = socket.socket(socket.AF_UNIX, _DGRAM)
 
     def __call__(self, version: int) -> None:
@@ -89,13 +89,13 @@ class NotifyListener:
         self.path = Path(path)
         self.on_notify = on_notify
         self._sock: socket.socket | None = None
-        self._addr: _Address | None = None
+        self._addr: UnixAddress | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inode: tuple[int, int] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind (replacing a socket file a killed gateway left behind) and watch for datagrams."""
-        self._addr = _Address(self.path)
+        self._addr = UnixAddress(self.path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._addr.addr)
         sock = socket.socket(socket.AF_UNIX, _DGRAM)

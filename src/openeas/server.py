@@ -185,7 +185,8 @@ def _gateway_fingerprint(argv: list[str]) -> str:
     """Same fingerprint = same gateway code and arguments: a running gateway can be adopted."""
     h = hashlib.sha256(json.dumps(argv).encode())
     pkg = Path(__file__).parent
-    for f in sorted([*(pkg / "gateway").glob("*.py"), pkg / "procfs.py"]):
+    shared = [pkg / "procfs.py", pkg / "unixdgram.py", pkg / "telemetry" / "gateway_stats.py"]
+    for f in sorted([*(pkg / "gateway").glob("*.py"), *shared]):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

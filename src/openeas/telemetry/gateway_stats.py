@@ -32,19 +32,16 @@ and must not import pydantic or SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import os
-import socket
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from openeas.gateway.notify import UnixAddress
+from openeas.unixdgram import BoundSocket
 
 log = logging.getLogger("openeas.telemetry.gateway_stats")
 
@@ -60,7 +57,6 @@ DEFAULT_HORIZON_S = 900.0  # seconds of samples kept: the longest window anyone 
 MAX_DATAGRAM_BYTES = 32 * 1024  # bytes; more services than fit go in several datagrams
 _RECV_BYTES = 64 * 1024
 _WIRE_VERSION = 1
-_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -371,19 +367,8 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
 
     Datagrams are stamped with ``stats.clock()`` when read; malformed ones are ignored (counted
     in the log at debug level). A socket file left by a killed control plane is replaced."""
-    path = socket_path(data_dir)
-    addr = UnixAddress(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(addr.addr)
-    sock = socket.socket(socket.AF_UNIX, _DGRAM)
-    try:
-        sock.bind(addr.addr)
-        os.chmod(addr.addr, 0o600)
-        st = os.stat(addr.addr)
-    except OSError:
-        sock.close()
-        addr.close()
-        raise
+    bound = BoundSocket(socket_path(data_dir))
+    sock = bound.sock
     loop = asyncio.get_running_loop()
 
     def readable() -> None:
@@ -405,9 +390,4 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
         await stop.wait()
     finally:
         loop.remove_reader(sock.fileno())
-        sock.close()
-        with contextlib.suppress(OSError):  # only if still ours (a later server may have bound it)
-            again = os.stat(addr.addr)
-            if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
-                os.unlink(addr.addr)
-        addr.close()
+        bound.close()

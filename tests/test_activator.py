@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from openeas.gateway.activator import HOLD_POLL_S
+from openeas.gateway.activator import HOLD_POLL_S, gateway_stopping
 from openeas.gateway.metrics import HoldStats
 from openeas.gateway.proxy import IDLE
 from openeas.gateway.stats import samples
@@ -267,3 +267,13 @@ def test_hold_metrics_are_on_the_metrics_page() -> None:
         'openeas_gateway_hold_wait_seconds_count{service="svc"} 1',
     ]:
         assert line in text.splitlines(), line
+
+
+def test_a_stopping_gateway_answers_its_held_requests_with_retry_after() -> None:
+    gw = Gateway(route(hold_timeout_s=60.0))
+    (client,) = held_clients(gw, 1)
+    gw.ctx.holds["svc"].fail_all(gateway_stopping("svc"))  # what Gateway.stop does after its grace
+    message = "service 'svc' has no ready replica and this gateway is stopping; retry"
+    expected = error(503, "gateway_stopping", message, close=True)
+    assert client.received() == expected.replace(b"\r\n\r\n", b"\r\nRetry-After: 1\r\n\r\n", 1)
+    assert outcomes(gw) == {"ended": 1}

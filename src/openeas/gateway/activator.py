@@ -19,7 +19,8 @@ replica refused the connection) goes through `hold`:
 
 Every held request ends in exactly one of: released (sent to a replica), timed out (503),
 abandoned (the client closed), ended (answered otherwise while held: service stopped or
-deleted, the route's request timeout 408, a body over its limit 413). `HoldStats` counts them.
+deleted, the route's request timeout 408, a body over its limit 413, the gateway stopping: 503
+with ``Retry-After``, its successor on the same port takes the retry). `HoldStats` counts them.
 
 `hold` and `resume` become methods of `openeas.gateway.proxy.ClientConnection` (assigned in its
 class body): rare paths, kept out of the module that holds the hot path.
@@ -119,6 +120,13 @@ class HoldQueue:
         self.wake(ctx)
         if self.entries:
             self._timer = self.loop.call_later(HOLD_POLL_S, self._tick, ctx)
+
+    def fail_all(self, err: GatewayError) -> None:
+        """Answer every held request with ``err`` (the gateway stops: none will be released here)."""
+        for client in list(self.entries):
+            if self.remove(client, ENDED) is not None:
+                _detach(client)
+                client._fail(err, close=True)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -220,6 +228,11 @@ def hold_queue_full(service: str, limit: int) -> GatewayError:
         f"one (max_queue_size); retry after {RETRY_AFTER_S} s"
     )
     return GatewayError(429, "hold_queue_full", message, retry_after_s=RETRY_AFTER_S)
+
+
+def gateway_stopping(service: str) -> GatewayError:
+    message = f"service '{service}' has no ready replica and this gateway is stopping; retry"
+    return GatewayError(503, "gateway_stopping", message, retry_after_s=RETRY_AFTER_S)
 
 
 def hold_timed_out(reason: GatewayError, timeout_s: float) -> GatewayError:

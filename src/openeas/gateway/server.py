@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from openeas.gateway.activator import gateway_stopping
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
 from openeas.gateway.context import DEFAULT_COOLDOWN_S, ClientLimits, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
@@ -188,6 +189,10 @@ class Gateway:
                         conn.transport.close()
             idle_since = seen
             await asyncio.sleep(DRAIN_CHECK_S)
+        # Requests still held get a 503 + Retry-After (the successor on the same port serves the
+        # retry) rather than a cut connection.
+        for service, queue in self.ctx.holds.items():
+            queue.fail_all(gateway_stopping(service))
         if self._listener is not None:
             self._listener.close()
             self._listener = None

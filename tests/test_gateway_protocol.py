@@ -235,10 +235,10 @@ class Client:
 class Gateway:
     """The shared context of real client connections, with replicas played by the test."""
 
-    def __init__(self, *routes: Route, hold_s: float = 2.0, **limits: Any) -> None:
+    def __init__(self, *routes: Route, **limits: Any) -> None:
         self.loop = FakeLoop()
         self.metrics = GatewayMetrics()
-        self.ctx = ProxyContext(self.metrics, hold_s=hold_s, **limits)
+        self.ctx = ProxyContext(self.metrics, **limits)
         self.states: dict[UpstreamKey, UpstreamState] = {}
         self.replicas: dict[str, Replica] = {}
         self.set_routes(*routes)
@@ -251,6 +251,7 @@ class Gateway:
                     self.states[key] = self.replicas[u.replica_id] = Replica(self.loop, u)
         table = RoutingTable(version=1, routes={r.service: r for r in routes})
         self.ctx.routes = build_routes(table, self.ctx.routes, self.states, self.metrics)
+        self.ctx.wake_held()  # as `openeas.gateway.Gateway.apply` does
 
     def client(self) -> Client:
         return Client(self)
@@ -265,6 +266,7 @@ class Gateway:
 def route(*replicas: str, service: str = "svc", **kw: Any) -> Route:
     ups = tuple(Upstream(replica_id=r, host="10.0.0.1", port=8000 + i) for i, r in enumerate(replicas))
     kw.setdefault("balancer", "round-robin")  # deterministic: the first pick is the first replica
+    kw.setdefault("hold_timeout_s", 2.0)
     return Route(service=service, token=None, upstreams=ups, **kw)
 
 
@@ -439,17 +441,21 @@ def test_held_request_is_served_when_a_replica_becomes_reachable(recovery: str) 
 @pytest.mark.parametrize(
     ("replicas", "message"),
     [
-        pytest.param((), "service 'svc' has no ready replica", id="no-replica"),
+        pytest.param(
+            (),
+            "service 'svc' has no ready replica; none became ready within 2 s (hold_timeout_ms)",
+            id="no-replica",
+        ),
         pytest.param(
             ("a",),
             "service 'svc' has no reachable replica: connect to replica a (10.0.0.1:8000) failed: "
-            "Connection refused",
+            "Connection refused; none became ready within 2 s (hold_timeout_ms)",
             id="every-replica-refuses",
         ),
     ],
 )
 def test_held_request_gets_503_when_the_hold_expires(replicas: tuple[str, ...], message: str) -> None:
-    gw = Gateway(route(*replicas), hold_s=2.0)
+    gw = Gateway(route(*replicas, hold_timeout_s=2.0))
     for r in gw.replicas.values():
         r.refuse = True
     client = gw.client()

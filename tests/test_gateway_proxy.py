@@ -28,8 +28,9 @@ from tests.conftest_gateway import (
 from tests.harness import wait_for
 
 TOKEN = "tok-123"
-# How long this module's gateway holds a request that finds no reachable replica (2 s by default):
-# the 503 cases below check that they were held that long, without waiting out the default.
+# How long this module's routes hold a request that finds no reachable replica (hold_timeout_s,
+# 120 s by default): the 503 cases below check that they were held that long, without waiting out
+# the default.
 HOLD_S = 0.3
 
 
@@ -65,12 +66,12 @@ class Env:
         return table(
             route("echo", [a, b]),
             route("auth", [a], token=TOKEN),
-            route("empty", []),
+            route("empty", [], hold_timeout_s=HOLD_S),
             route("limited", [a], max_body_bytes=1000),
             route("slow", [a], timeout_s=0.3),
             route("badlb", [a], balancer="fastest"),
-            route("dead", [dead]),
-            route("halfdead", [dead, a]),
+            route("dead", [dead], hold_timeout_s=HOLD_S),
+            route("halfdead", [dead, a], hold_timeout_s=HOLD_S),
             route("rr", [a, b], balancer="round-robin"),
             route("onlya", [a]),
             version=version,
@@ -84,7 +85,6 @@ def env() -> Iterator[Env]:
     rb, b = lt.run(start_upstream("B"))
     source = MemorySource(table())
     gw = lt.run(start_gateway(source))
-    gw.ctx.hold_s = HOLD_S
     dead = refusing_port()  # held for the module: the "dead" replica's port refuses connections
     e = Env(lt, gw, source, a, b, dead.getsockname()[1])
     source.set(e.standard_table())
@@ -281,7 +281,7 @@ def test_errors(
     got_status, got_headers, got_body = env.request(method, path, body=body, headers=headers)
     took = time.monotonic() - t0
     assert got_status == status, got_body
-    if code == "no_ready_replica":  # held for a replica to appear (hold_s), then the 503
+    if code == "no_ready_replica":  # held for a replica to appear (hold_timeout_s), then the 503
         assert HOLD_S <= took < HOLD_S + 1.5, took
     assert got_headers["Content-Type"] == "application/json"
     got_code, got_message = _err(got_body)

@@ -157,8 +157,9 @@ LIGHT = "import sys; {code}; print(json.dumps(sorted({{m.split('.')[0] for m in 
         "import json, openeas.gateway.__main__",
         "import json; from openeas.gateway.__main__ import _parse, _source; _source(_parse(['--data-dir', sys.argv[1]])).poll()",
         "import json, openeas.procfs, openeas.tokens, openeas.states, openeas.gateway.notify",
+        "import json, openeas.telemetry.gateway_stats, openeas.gateway.stats, openeas.gateway.activator",
     ],
-    ids=["entry-point", "store-source-reading", "light-modules"],
+    ids=["entry-point", "store-source-reading", "light-modules", "stats-and-activator"],
 )
 def test_gateway_process_imports_neither_sqlalchemy_nor_pydantic(tmp_path: Path, code: str) -> None:
     Store(tmp_path).create_service(spec("svc"))
@@ -184,12 +185,14 @@ def test_gateway_process_imports_neither_sqlalchemy_nor_pydantic(tmp_path: Path,
         ({"keepalive": 2500}, RouteSettings(timeout_s=2.5)),
         ({"max_body_bytes": 1000}, RouteSettings(max_body_bytes=1000)),
         ({"resend_unanswered": False}, RouteSettings(resend_unanswered=False)),
+        ({"max_queue_size": 7}, RouteSettings(max_held=7)),
+        ({"hold_timeout_ms": 1500}, RouteSettings(hold_timeout_s=1.5)),
         (
-            {"keepalive": 60000, "max_body_bytes": 10, "resend_unanswered": True},
-            RouteSettings(timeout_s=60.0, max_body_bytes=10),
+            {"keepalive": 60000, "max_body_bytes": 10, "resend_unanswered": True, "max_queue_size": 3},
+            RouteSettings(timeout_s=60.0, max_body_bytes=10, max_held=3),
         ),
     ],
-    ids=["defaults", "keepalive-ms-to-s", "max-body", "no-resend", "all"],
+    ids=["defaults", "keepalive-ms-to-s", "max-body", "no-resend", "hold-queue", "hold-timeout-ms-to-s", "all"],
 )
 def test_route_settings_come_from_the_typed_spec(tmp_path: Path, rpc: dict, expected: RouteSettings) -> None:
     data = spec("svc").to_dict()
@@ -224,6 +227,15 @@ def test_a_v1_database_gets_a_route_record_per_version_from_its_spec(tmp_path: P
     assert (v1.timeout_s, v1.max_body_bytes, v1.resend_unanswered) == (30.0, 2048, True)
 
 
+@pytest.mark.parametrize(("state", "stopped"), [("Running", False), ("Stopped", True)], ids=["running", "stopped"])
+def test_the_route_says_whether_its_service_is_stopped(tmp_path: Path, state: str, stopped: bool) -> None:
+    store = Store(tmp_path)
+    store.create_service(spec("svc"))
+    store.update_service("svc", state=state)
+    table = StoreRoutingSource(tmp_path).poll()
+    assert table is not None and table.routes["svc"].stopped is stopped
+
+
 def test_gateway_and_store_agree_on_the_database_file(tmp_path: Path) -> None:
     assert db_path(tmp_path) == tmp_path / gateway_source.DB_FILE
 
@@ -239,6 +251,9 @@ def test_gateway_and_store_agree_on_the_database_file(tmp_path: Path) -> None:
             timeout_s=1.5,
             max_body_bytes=7,
             resend_unanswered=False,
+            max_held=5,
+            hold_timeout_s=0.5,
+            stopped=True,
         ),
     ],
     ids=["defaults", "every-field"],

@@ -43,6 +43,7 @@ from openeas.states import ServiceState
 from openeas.store import Store
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
+from openeas.telemetry.gateway_stats import GatewayStats, receive
 
 log = logging.getLogger("openeas.server")
 
@@ -185,7 +186,8 @@ def _gateway_fingerprint(argv: list[str]) -> str:
     """Same fingerprint = same gateway code and arguments: a running gateway can be adopted."""
     h = hashlib.sha256(json.dumps(argv).encode())
     pkg = Path(__file__).parent
-    for f in sorted([*(pkg / "gateway").glob("*.py"), pkg / "procfs.py"]):
+    shared = [pkg / "procfs.py", pkg / "unixdgram.py", pkg / "telemetry" / "gateway_stats.py"]
+    for f in sorted([*(pkg / "gateway").glob("*.py"), *shared]):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -367,6 +369,10 @@ async def _serve(
                 raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
             await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
+        # The gateways' per-service counters (arrivals, in flight, held), in time windows: what the
+        # autoscaler reads (`gateway_stats.on_demand` wakes it when a request is held).
+        gateway_stats = GatewayStats(time.monotonic)
+        stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(
             data_dir / "server.json",
@@ -375,13 +381,13 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, asyncio.create_task(keeper.watch())},
+            {done_task, api_task, rec_task, stats_task, asyncio.create_task(keeper.watch())},
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, return_exceptions=True)
+        await asyncio.gather(api_task, rec_task, stats_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

@@ -26,6 +26,7 @@ from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
 from openeas.gateway.source import StoreRoutingSource
 from openeas.gateway.table import FileRoutingSource, RoutingSource
 from openeas.procfs import pid_alive
+from openeas.telemetry import gateway_stats
 
 # A routing file cannot notify: it is polled (cheaply, one stat) more often than the store.
 FILE_POLL_INTERVAL_S = 0.2
@@ -52,6 +53,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="listen with SO_REUSEPORT, so a successor gateway can take over the port without a gap",
     )
     p.add_argument("--ready-file", type=Path, help="written (with this pid) once the gateway listens")
+    stats = p.add_mutually_exclusive_group()
+    stats.add_argument(
+        "--stats-socket",
+        type=Path,
+        help="Unix socket to send per-service counters to (default with --data-dir: DATA/run/control.sock)",
+    )
+    stats.add_argument("--no-stats", action="store_true", help="send no per-service counters")
     lim = p.add_argument_group("client limits (README: Gateway limits)")
     d = ClientLimits()
     for flag, kind, default, what in (
@@ -77,6 +85,14 @@ def _limits(args: argparse.Namespace) -> ClientLimits:
         body_timeout_s=args.body_timeout,
         max_connections=args.max_connections,
     )
+
+
+def _stats_socket(args: argparse.Namespace) -> Path | None:
+    if args.no_stats:
+        return None
+    if args.stats_socket is not None:
+        return Path(args.stats_socket)
+    return gateway_stats.socket_path(args.data_dir) if args.data_dir is not None else None
 
 
 def _source(args: argparse.Namespace) -> RoutingSource:
@@ -121,6 +137,7 @@ async def _main(args: argparse.Namespace) -> None:
         ready_cb=ready,
         poll_interval_s=poll_s,
         notify_socket=socket_path(args.data_dir) if args.data_dir is not None else None,
+        stats_socket=_stats_socket(args),
         stop=stop,
         grace_s=args.grace,
         reuse_port=args.reuse_port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,10 @@ from openeas.gateway.resolve import split_predict_path
 from openeas.gateway.routes import RouteState
 
 if TYPE_CHECKING:
+    from openeas.gateway.activator import HoldQueue
     from openeas.gateway.proxy import ClientConnection
 
 DEFAULT_COOLDOWN_S = 1.5  # seconds a replica whose connect failed is avoided
-DEFAULT_HOLD_S = 2.0  # seconds a request with no reachable replica waits for one before a 503
 RESOLVED_MAX = 4096  # request targets remembered by `ProxyContext.resolve`
 RESOLVED_URL_MAX_BYTES = 512  # longer request targets are resolved every time, never remembered
 
@@ -65,7 +66,6 @@ class ProxyContext:
         *,
         max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
-        hold_s: float = DEFAULT_HOLD_S,
         max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
@@ -78,9 +78,10 @@ class ProxyContext:
         self.metrics = metrics
         self.max_date_skew_s = max_date_skew_s  # seconds between a signed request's Date and now
         self.cooldown_s = cooldown_s
-        # Seconds a request waits for a replica when none is reachable (one just turning Ready,
-        # or restarting after a crash) before it gets a 503: requests are held, not dropped.
-        self.hold_s = hold_s
+        # Requests waiting for a routable replica, one queue per service that ever held one
+        # (activator.py); the route's max_held and hold_timeout_s bound them.
+        self.holds: dict[str, HoldQueue] = {}
+        self.on_hold: Callable[[str], object] | None = None  # called with the service when one is held
         self.max_url_bytes = max_url_bytes
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
@@ -100,6 +101,12 @@ class ProxyContext:
         # the same few URLs, so most requests skip the split.
         self.targets: dict[bytes, tuple[str, bytes] | None] = {}
         metrics.limits = self.limits()
+
+    def wake_held(self) -> None:
+        """The routes changed: send the held requests that now have a replica (the push path)."""
+        for queue in self.holds.values():
+            if queue.entries:
+                queue.wake(self)
 
     def limits(self) -> dict[str, float]:
         """The settings shown on /metrics as gauges (openeas_gateway_limit{name=...})."""

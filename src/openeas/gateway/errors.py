@@ -13,19 +13,22 @@ from http import HTTPStatus
 class GatewayError(Exception):
     """An error answered by the gateway (not by a replica)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # seconds, sent as Retry-After (429, 503) when set
 
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-def plain_response(status: int, body: bytes, content_type: bytes, *, close: bool) -> bytes:
-    """A complete HTTP/1.1 response (head + body) as one bytes object."""
+def plain_response(
+    status: int, body: bytes, content_type: bytes, *, close: bool, extra: bytes = b""
+) -> bytes:
+    """A complete HTTP/1.1 response (head + body) as one bytes object; ``extra``: more header lines."""
     try:
         reason = HTTPStatus(status).phrase.encode()
     except ValueError:
@@ -36,6 +39,7 @@ def plain_response(status: int, body: bytes, content_type: bytes, *, close: bool
             b"Content-Type: %s\r\n" % content_type,
             b"Content-Length: %d\r\n" % len(body),
             b"Connection: close\r\n" if close else b"",
+            extra,
             b"\r\n",
             body,
         )
@@ -43,7 +47,10 @@ def plain_response(status: int, body: bytes, content_type: bytes, *, close: bool
 
 
 def error_response(err: GatewayError, *, close: bool) -> bytes:
-    return plain_response(err.status, error_body(err.code, err.message), b"application/json", close=close)
+    extra = b"Retry-After: %d\r\n" % err.retry_after_s if err.retry_after_s is not None else b""
+    return plain_response(
+        err.status, error_body(err.code, err.message), b"application/json", close=close, extra=extra
+    )
 
 
 def body_too_large(limit_bytes: int, service: str) -> GatewayError:

@@ -1,6 +1,6 @@
 """Owns what a client connection does when its replica fails it or takes too long: connect to a
-replica (`connect`), resend the request elsewhere (`resend`; when: retry.py's pure decisions),
-hold it while no replica is reachable (`hold`, `resume`), and the route's timeout (`on_timeout`).
+replica (`connect`), resend the request elsewhere (`resend`; when: retry.py's pure decisions; with
+no replica left, activator.py holds it), and the route's timeout (`on_timeout`).
 
 These functions become methods of `openeas.gateway.proxy.ClientConnection` (assigned in its class
 body): failure paths, kept out of the module that holds the hot path. A request being resent picks
@@ -19,9 +19,6 @@ from openeas.gateway.retry import Attempts, NextAttempt, next_attempt, unanswere
 
 if TYPE_CHECKING:
     from openeas.gateway.proxy import ClientConnection
-
-HOLD_POLL_S = 0.05  # seconds between two looks at the routing table by a held request
-
 
 async def connect(client: ClientConnection, upstream: UpstreamState, request_seq: int) -> None:
     try:
@@ -70,33 +67,6 @@ def attempts_of(client: ClientConnection) -> Attempts:
     if client.attempts is None:
         client.attempts = Attempts()  # the first failure or hold of this request
     return client.attempts
-
-
-def hold(client: ClientConnection, err: GatewayError) -> None:
-    """No replica to send to now: wait for the routing table to offer one, up to hold_s."""
-    now = client.loop.time()
-    attempts = client._attempts()
-    if attempts.hold_until is None:
-        attempts.hold_until = now + client.ctx.hold_s
-    if now >= attempts.hold_until:
-        client._fail(err)
-        return
-    client.loop.call_later(HOLD_POLL_S, client._resume, client.request_seq)
-
-
-def resume(client: ClientConnection, request_seq: int) -> None:
-    """A held request looks at the (maybe swapped) routing table again."""
-    if request_seq != client.request_seq or client.phase is not PROXYING or client.route is None:
-        return
-    service = client.route.service
-    route = client.ctx.routes.get(service)
-    if route is None or route.balancer is None:
-        client._fail(GatewayError(404, "service_not_found", f"service '{service}' not found"))
-        return
-    client.route = route
-    assert client.attempts is not None  # made by _hold
-    client.attempts.tried.clear()  # a new table: every replica deserves a try again
-    client._dispatch(client.loop.time())
 
 
 def on_timeout(client: ClientConnection, request_seq: int) -> None:

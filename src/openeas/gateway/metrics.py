@@ -35,15 +35,71 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 _HIST = "openeas_gateway_request_duration_seconds"
 
+# Upper bounds (seconds) of the hold-wait histogram: from a replica already starting (ms) to a
+# cold start of a large model (minutes); the last one is +Inf.
+HOLD_WAIT_BUCKETS_S: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    math.inf,
+)
+
+
+class HoldStats:
+    """One service's held requests (gateway/activator.py): made on its first hold."""
+
+    __slots__ = (
+        "abandoned",
+        "ended",
+        "held",
+        "held_total",
+        "overflow",
+        "timed_out",
+        "wait_buckets",
+        "wait_sum_s",
+    )
+
+    def __init__(self) -> None:
+        self.held = 0  # waiting now
+        self.held_total = 0  # ever held; = held + released + timed_out + abandoned + ended
+        self.timed_out = 0  # answered 503 after hold_timeout_s
+        self.abandoned = 0  # the client closed while held
+        self.ended = 0  # answered otherwise while held (stopped, deleted, 408, 413)
+        self.overflow = 0  # refused with 429: the queue was full (never held)
+        self.wait_buckets = [0] * len(HOLD_WAIT_BUCKETS_S)  # released requests, non-cumulative
+        self.wait_sum_s = 0.0
+
+    @property
+    def released_total(self) -> int:
+        return sum(self.wait_buckets)
+
+    def released(self, seconds: float) -> None:
+        """A held request was written to a replica ``seconds`` after it was held."""
+        self.wait_buckets[bisect_left(HOLD_WAIT_BUCKETS_S, seconds)] += 1
+        self.wait_sum_s += seconds
+
 
 class ServiceMetrics:
     """Counters for one service. Mutated only from the gateway's event loop."""
 
-    __slots__ = ("buckets", "by_code", "in_flight", "latency_count", "latency_sum_s")
+    __slots__ = ("buckets", "by_code", "hold", "in_flight", "latency_count", "latency_sum_s")
 
     def __init__(self) -> None:
         self.by_code: dict[int, int] = {}
-        self.in_flight = 0
+        self.in_flight = 0  # requests between their head and their outcome, held ones included
+        self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
         self.latency_sum_s = 0.0
         self.latency_count = 0
@@ -147,11 +203,59 @@ class GatewayMetrics:
                 lines.append(f'{_HIST}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
             lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
             lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
+        lines += _hold_lines([(label_value(name), m.hold) for name, m in items if m.hold is not None])
         lines += _guard_lines(self)
         if self.replicas is not None:
             lines += _replica_lines(self.replicas())
         lines.append("")
         return "\n".join(lines).encode()
+
+
+_HOLD_COUNTERS = (
+    (
+        "held_requests_total",
+        "Requests held for a routable replica (scale from zero, replicas restarting).",
+        "held_total",
+    ),
+    (
+        "held_requests_released_total",
+        "Held requests sent to a replica once one was routable.",
+        "released_total",
+    ),
+    ("held_requests_timed_out_total", "Held requests answered 503 after the hold timeout.", "timed_out"),
+    ("held_requests_abandoned_total", "Held requests whose client closed the connection.", "abandoned"),
+    (
+        "held_requests_ended_total",
+        "Held requests answered otherwise (service stopped or deleted, 408, 413).",
+        "ended",
+    ),
+    ("hold_overflow_total", "Requests refused with 429: the service's hold queue was full.", "overflow"),
+)
+_WAIT = "openeas_gateway_hold_wait_seconds"
+
+
+def _hold_lines(holds: list[tuple[str, HoldStats]]) -> list[str]:
+    lines = [
+        "# HELP openeas_gateway_held_requests Requests waiting for a routable replica now, by service.",
+        "# TYPE openeas_gateway_held_requests gauge",
+    ]
+    lines += [f'openeas_gateway_held_requests{{service="{svc}"}} {h.held}' for svc, h in holds]
+    for name, help_text, attr in _HOLD_COUNTERS:
+        lines += [f"# HELP openeas_gateway_{name} {help_text}", f"# TYPE openeas_gateway_{name} counter"]
+        lines += [f'openeas_gateway_{name}{{service="{svc}"}} {getattr(h, attr)}' for svc, h in holds]
+    lines += [
+        f"# HELP {_WAIT} Time from a request being held to its being sent to a replica.",
+        f"# TYPE {_WAIT} histogram",
+    ]
+    for svc, h in holds:
+        cumulative = 0
+        for le, n in zip(HOLD_WAIT_BUCKETS_S, h.wait_buckets, strict=True):
+            cumulative += n
+            le_s = "+Inf" if le == math.inf else repr(le)
+            lines.append(f'{_WAIT}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
+        lines.append(f'{_WAIT}_sum{{service="{svc}"}} {h.wait_sum_s}')
+        lines.append(f'{_WAIT}_count{{service="{svc}"}} {cumulative}')
+    return lines
 
 
 def _guard_lines(m: GatewayMetrics) -> list[str]:

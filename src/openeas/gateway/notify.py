@@ -14,44 +14,18 @@ Standard library only (the gateway process imports it; so does the control plane
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from openeas.unixdgram import DGRAM, BoundSocket, UnixAddress
+
 SOCKET_NAME = "gateway.sock"
-# sun_path is 108 bytes on Linux, NUL included; longer paths are reached through a directory fd.
-_MAX_SUN_PATH = 107
-# Neither side ever blocks on the socket; neither leaks it into child processes.
-_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 def socket_path(data_dir: Path) -> Path:
     """Where the gateway of the server on ``data_dir`` listens for notifications."""
     return Path(data_dir) / "run" / SOCKET_NAME
-
-
-class _Address:
-    """A Unix socket address for ``path``, short enough for sun_path whatever the data dir.
-
-    A long path is reached as ``/proc/self/fd/<dir fd>/<name>`` (the kernel resolves it like the
-    directory itself), so deep data dirs (test temp dirs, home directories) still get pushes.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._dir_fd: int | None = None
-        if len(os.fsencode(path)) <= _MAX_SUN_PATH:
-            self.addr = str(path)
-        else:
-            self._dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.addr = f"/proc/self/fd/{self._dir_fd}/{path.name}"
-
-    def close(self) -> None:
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
 
 
 class RoutingNotifier:
@@ -62,8 +36,8 @@ class RoutingNotifier:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._addr = _Address(self.path)
-        self._sock = socket.socket(socket.AF_UNIX, _DGRAM)
+        self._addr = UnixAddress(self.path)
+        self._sock = socket.socket(socket.AF_UNIX, DGRAM)
 
     def __call__(self, version: int) -> None:
         try:
@@ -88,33 +62,19 @@ class NotifyListener:
     def __init__(self, path: Path, on_notify: Callable[[], object]) -> None:
         self.path = Path(path)
         self.on_notify = on_notify
-        self._sock: socket.socket | None = None
-        self._addr: _Address | None = None
+        self._bound: BoundSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inode: tuple[int, int] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind (replacing a socket file a killed gateway left behind) and watch for datagrams."""
-        self._addr = _Address(self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._addr.addr)
-        sock = socket.socket(socket.AF_UNIX, _DGRAM)
-        try:
-            sock.bind(self._addr.addr)
-            os.chmod(self._addr.addr, 0o600)
-            st = os.stat(self._addr.addr)
-        except OSError:
-            sock.close()
-            raise
-        self._inode = (st.st_dev, st.st_ino)
-        self._sock = sock
+        self._bound = BoundSocket(self.path)
         self._loop = loop
-        loop.add_reader(sock.fileno(), self._readable)
+        loop.add_reader(self._bound.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+        if self._bound is None:
             return
+        sock = self._bound.sock
         while True:  # drain: a burst of changes is one re-read
             try:
                 sock.recv(64)
@@ -123,17 +83,11 @@ class NotifyListener:
         self.on_notify()
 
     def close(self) -> None:
-        if self._sock is None:
+        if self._bound is None:
             return
         if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
-        self._sock = None
-        assert self._addr is not None
-        # Remove the socket file only if it is still ours: a gateway started after this one
+            self._loop.remove_reader(self._bound.sock.fileno())
+        # Removes the socket file only if it is still ours: a gateway started after this one
         # (a restarted server) may have bound the path already.
-        with contextlib.suppress(OSError):
-            st = os.stat(self._addr.addr)
-            if (st.st_dev, st.st_ino) == self._inode:
-                os.unlink(self._addr.addr)
-        self._addr.close()
+        self._bound.close()
+        self._bound = None

@@ -29,12 +29,13 @@ import asyncio
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from openeas.gateway.activator import ABANDONED, ENDED, RELEASED, hold, resume, unhold
 from openeas.gateway.auth import AuthError, SignedBody
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response
-from openeas.gateway.failover import attempts_of, connect, hold, on_timeout, resend, resume
+from openeas.gateway.failover import attempts_of, connect, on_timeout, resend
 from openeas.gateway.flow import FlowControl
 from openeas.gateway.guard import (
     ANSWERED,
@@ -192,6 +193,7 @@ class ClientConnection(asyncio.Protocol):
     _attempts = attempts_of
     _hold = hold
     _resume = resume
+    _unhold = unhold
     _on_timeout = on_timeout
     _refuse = refuse
     _authorize = authorize_request
@@ -258,6 +260,8 @@ class ClientConnection(asyncio.Protocol):
             connections.remove(self)
             self.ctx.metrics.connections -= 1
         if self.phase is PROXYING:
+            if self.attempts is not None:
+                self._unhold(ABANDONED)  # if it was held: the client gave up waiting
             self._drop_upstream()
             self._record(499)  # client closed before the response completed (nginx's code)
         elif self.phase is TUNNEL:
@@ -529,6 +533,8 @@ class ClientConnection(asyncio.Protocol):
         if self.is_head:
             conn.expect_head_response()
         self.upstream_conn = conn
+        if self.attempts is not None:  # rare: a failed try or a hold came first
+            self._unhold(RELEASED)  # if it was held: released, now that a replica takes it
         transport = conn.transport
         assert transport is not None
         if self.flow.client_full:
@@ -596,7 +602,10 @@ class ClientConnection(asyncio.Protocol):
             upstream.outstanding -= 1
 
     def _drop_upstream(self) -> None:
-        """Abandon the replica connection (aborted: its answer, if any, is no longer wanted)."""
+        """Abandon the replica connection (aborted: its answer, if any, is no longer wanted), or
+        the request's place in a hold queue (answered while held)."""
+        if self.attempts is not None:
+            self._unhold(ENDED)
         conn = self.upstream_conn
         if conn is not None:
             self.upstream_conn = None

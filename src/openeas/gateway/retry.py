@@ -5,7 +5,8 @@ on the answers.
 When may a request be sent again?
 
 - **The connect failed**: nothing was sent. The request goes to another replica, whatever the
-  service says, and is held (up to the context's hold_s) when no replica is reachable.
+  service says, and is held (activator.py, up to the route's hold_timeout_s) when no replica
+  is reachable.
 - **The connection closed after (part of) the request was written and before any byte of the
   answer.** The replica may have read it and acted on it. `Route.resend_unanswered` (a per-service
   choice, on `RouteState` so the hot path reads one attribute) decides:
@@ -36,9 +37,13 @@ the request counts as delivered.
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from openeas.gateway.errors import GatewayError
 from openeas.gateway.pool import UpstreamState
+
+if TYPE_CHECKING:
+    from openeas.gateway.activator import HoldQueue
 
 
 class AfterLoss(Enum):
@@ -104,9 +109,10 @@ def next_attempt(*, found_other: bool, stale: bool, fresh_used: bool, connect_fa
 class Attempts:
     """One request's failed tries. Made on the first failure or hold; most requests never need one."""
 
-    __slots__ = ("fresh_used", "hold_until", "tried")
+    __slots__ = ("fresh_used", "held", "hold_since", "tried")
 
     def __init__(self) -> None:
         self.tried: list[UpstreamState] = []  # replicas that failed this request: skipped by the balancer
         self.fresh_used = False  # the one new-connection retry on the same replica is spent
-        self.hold_until: float | None = None  # loop time (s) after which a held request gets 503
+        self.hold_since: float | None = None  # loop time (s) first held: its hold deadline counts from it
+        self.held: HoldQueue | None = None  # the queue it waits in now (activator.py)

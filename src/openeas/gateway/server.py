@@ -4,7 +4,9 @@
 source is read on a dedicated thread so a slow store query never stalls proxying. A read happens
 at once when the control plane notifies a change (``notify_socket``, see
 :mod:`openeas.gateway.notify`), and every ``poll_interval_s`` as a safety net for a lost
-notification or a source that cannot notify (a routing file).
+notification or a source that cannot notify (a routing file). Each swap also sends the requests
+held for a replica (activator.py) that now have one. With ``stats_socket``, per-service counters go
+to the control plane several times a second (stats.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from openeas.gateway.activator import gateway_stopping
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
 from openeas.gateway.context import DEFAULT_COOLDOWN_S, ClientLimits, ProxyContext
 from openeas.gateway.metrics import GatewayMetrics
@@ -26,6 +29,7 @@ from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
+from openeas.gateway.stats import StatsSender
 from openeas.gateway.table import RoutingSource, RoutingTable
 
 log = logging.getLogger("openeas.gateway")
@@ -40,6 +44,7 @@ class Gateway:
         *,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         notify_socket: Path | None = None,
+        stats_socket: Path | None = None,
         on_apply: Callable[[RoutingTable], object] | None = None,
         max_date_skew_s: float = DEFAULT_MAX_DATE_SKEW_S,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
@@ -51,6 +56,8 @@ class Gateway:
         self.notify_socket = notify_socket  # bound while running: a datagram there = read now
         self.on_apply = on_apply  # called on the loop after each table swap (tests, benchmarks)
         self.metrics = metrics or GatewayMetrics()
+        # Where per-service counters are sent (the control plane's socket); None: not sent.
+        self.stats = StatsSender(stats_socket, self.metrics) if stats_socket is not None else None
         self.ctx = ProxyContext(
             self.metrics,
             max_date_skew_s=max_date_skew_s,
@@ -81,6 +88,7 @@ class Gateway:
         routed = set(self.upstreams.values())
         self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table
+        self.ctx.wake_held()  # held requests whose service now has a replica go at once
         if self.on_apply is not None:
             self.on_apply(table)
 
@@ -135,6 +143,9 @@ class Gateway:
             self._listener.start(loop)
         await self.poll_once()
         ctx = self.ctx
+        if self.stats is not None:
+            self.stats.start(loop)
+            ctx.on_hold = self.stats.send_soon
         self._server = await loop.create_server(
             lambda: ClientConnection(ctx),
             host,
@@ -178,6 +189,10 @@ class Gateway:
                         conn.transport.close()
             idle_since = seen
             await asyncio.sleep(DRAIN_CHECK_S)
+        # Requests still held get a 503 + Retry-After (the successor on the same port serves the
+        # retry) rather than a cut connection.
+        for service, queue in self.ctx.holds.items():
+            queue.fail_all(gateway_stopping(service))
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -189,6 +204,10 @@ class Gateway:
             conn.transport.close()
         for st in self.upstreams.values():
             st.retire()
+        for queue in self.ctx.holds.values():
+            queue.close()
+        if self.stats is not None:
+            self.stats.close()
         self._executor.shutdown(wait=False)
 
 
@@ -225,13 +244,20 @@ async def serve(
     ready_cb: Callable[[int], object] | None = None,
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     notify_socket: Path | None = None,
+    stats_socket: Path | None = None,
     stop: asyncio.Event | None = None,
     grace_s: float = 10.0,
     reuse_port: bool = False,
     limits: ClientLimits | None = None,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
-    gw = Gateway(source, poll_interval_s=poll_interval_s, notify_socket=notify_socket, limits=limits)
+    gw = Gateway(
+        source,
+        poll_interval_s=poll_interval_s,
+        notify_socket=notify_socket,
+        stats_socket=stats_socket,
+        limits=limits,
+    )
     await gw.start(host, port, reuse_port=reuse_port)
     if ready_cb is not None:
         ready_cb(gw.port)

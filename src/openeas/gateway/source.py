@@ -95,7 +95,8 @@ class StoreRoutingSource:
             settings = RouteSettings.from_dict(json.loads(route_json) if route_json else None)
             token = self._token(token_enc)
             used[token_enc] = token
-            routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings)
+            stopped = state == ServiceState.STOPPED
+            routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
         self._tokens = used  # forget the tokens no service has any more
         return RoutingTable(version=version, routes=routes)
 

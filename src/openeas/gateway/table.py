@@ -16,6 +16,17 @@ from typing import Any, Protocol
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
 DEFAULT_BALANCER = "least-request"
+# Requests one gateway holds for one service while it has no routable replica (scale from zero, a
+# replica restarting); more get 429. Sized for what a service idle enough to be at zero receives
+# during a cold start (10 s at 10 requests/s); a bigger burst is better told to back off
+# (Retry-After) than left piling up connections and bodies in the gateway
+# (docs/scale-from-zero.md). EAS's metadata.rpc.max_queue_size sets it.
+DEFAULT_MAX_HELD = 100
+# Seconds a held request waits for a routable replica before a 503: longer than the slowest cold
+# start OpenEAS is tested with (vLLM on a CPU, 30-70 s), shorter than common client timeouts (the
+# OpenAI SDK's 600 s), so the client gets the gateway's clear 503 rather than its own timeout.
+# OpenEAS's metadata.rpc.hold_timeout_ms sets it.
+DEFAULT_HOLD_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,11 @@ class RouteSettings:
     # Resend a request to another replica when one closed the connection after the request was
     # sent and before any byte of answer (metadata.rpc.resend_unanswered).
     resend_unanswered: bool = True
+    # Scale from zero (gateway/activator.py): requests held while the service has no routable
+    # replica, at most (metadata.rpc.max_queue_size; more get 429), and for how long (seconds,
+    # metadata.rpc.hold_timeout_ms / 1000; then 503).
+    max_held: int = DEFAULT_MAX_HELD
+    hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
 
     @staticmethod
     def from_dict(data: Mapping[str, Any] | None) -> RouteSettings:
@@ -53,6 +69,8 @@ class RouteSettings:
             max_body_bytes=int(d.get("max_body_bytes") or DEFAULT_MAX_BODY_BYTES),
             balancer=str(d.get("balancer") or DEFAULT_BALANCER),
             resend_unanswered=bool(d.get("resend_unanswered", True)),
+            max_held=int(d.get("max_held") or DEFAULT_MAX_HELD),
+            hold_timeout_s=float(d.get("hold_timeout_s") or DEFAULT_HOLD_TIMEOUT_S),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +79,8 @@ class RouteSettings:
             "max_body_bytes": self.max_body_bytes,
             "balancer": self.balancer,
             "resend_unanswered": self.resend_unanswered,
+            "max_held": self.max_held,
+            "hold_timeout_s": self.hold_timeout_s,
         }
 
 
@@ -73,10 +93,19 @@ class Route:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # 413 above this
     balancer: str = DEFAULT_BALANCER  # name in the balancer registry
     resend_unanswered: bool = True  # see RouteSettings.resend_unanswered
+    max_held: int = DEFAULT_MAX_HELD  # see RouteSettings.max_held
+    hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S  # see RouteSettings.hold_timeout_s
+    # Stopped by its operator: a request gets a 503 at once instead of being held for a replica.
+    stopped: bool = False
 
     @staticmethod
     def of(
-        service: str, token: str | None, upstreams: tuple[Upstream, ...], settings: RouteSettings
+        service: str,
+        token: str | None,
+        upstreams: tuple[Upstream, ...],
+        settings: RouteSettings,
+        *,
+        stopped: bool = False,
     ) -> Route:
         """A route from its service's settings record."""
         return Route(
@@ -87,6 +116,9 @@ class Route:
             max_body_bytes=settings.max_body_bytes,
             balancer=settings.balancer,
             resend_unanswered=settings.resend_unanswered,
+            max_held=settings.max_held,
+            hold_timeout_s=settings.hold_timeout_s,
+            stopped=stopped,
         )
 
     @property
@@ -96,6 +128,8 @@ class Route:
             max_body_bytes=self.max_body_bytes,
             balancer=self.balancer,
             resend_unanswered=self.resend_unanswered,
+            max_held=self.max_held,
+            hold_timeout_s=self.hold_timeout_s,
         )
 
 
@@ -113,6 +147,7 @@ class RoutingTable:
                 r.get("token"),
                 tuple(Upstream(**u) for u in r.get("upstreams", [])),
                 RouteSettings.from_dict(r),
+                stopped=bool(r.get("stopped", False)),
             )
         return RoutingTable(version=int(data.get("version", 0)), routes=routes)
 
@@ -123,6 +158,7 @@ class RoutingTable:
                 name: {
                     "token": r.token,
                     "upstreams": [u.__dict__ for u in r.upstreams],
+                    "stopped": r.stopped,
                     **r.settings.to_dict(),
                 }
                 for name, r in self.routes.items()

@@ -74,7 +74,23 @@ class RpcConfig(_Model):
     keepalive: int | None = Field(
         default=None, ge=1, description="request timeout in milliseconds (EAS unit); 408 when exceeded"
     )
-    max_queue_size: int | None = Field(default=None, ge=1)
+    max_queue_size: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "requests each gateway holds for the service while it has no routable replica "
+            "(scaling from zero, a replica restarting); more get 429 with Retry-After; default 100"
+        ),
+    )
+    hold_timeout_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=3_600_000,
+        description=(
+            "OpenEAS: milliseconds a held request waits for a routable replica before a 503; "
+            "default 120000 (covers the slowest cold start tested, vLLM on a CPU)"
+        ),
+    )
     rate_limit: int | None = Field(default=None, ge=1, description="requests per second per service")
     max_body_bytes: int | None = Field(
         default=None, ge=1, description="OpenEAS: largest request body in bytes (413 above); default 64 MiB"

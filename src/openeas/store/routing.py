@@ -8,7 +8,13 @@ the store keeps it with the version (``versions.route``). The gateway reads only
 from __future__ import annotations
 
 from openeas.gateway.source import StoreRoutingSource
-from openeas.gateway.table import DEFAULT_BALANCER, DEFAULT_MAX_BODY_BYTES, RouteSettings
+from openeas.gateway.table import (
+    DEFAULT_BALANCER,
+    DEFAULT_HOLD_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HELD,
+    RouteSettings,
+)
 from openeas.spec.models import ServiceSpec
 
 # The reader moved to the gateway package; still importable from here for existing callers.
@@ -23,4 +29,7 @@ def route_settings(spec: ServiceSpec) -> RouteSettings:
         max_body_bytes=rpc.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
         balancer=DEFAULT_BALANCER,  # the spec has no balancer field yet
         resend_unanswered=rpc.resend_unanswered,
+        # EAS's "requests waiting for a replica" bound: the gateway's hold queue per service.
+        max_held=rpc.max_queue_size or DEFAULT_MAX_HELD,
+        hold_timeout_s=rpc.hold_timeout_ms / 1000.0 if rpc.hold_timeout_ms else DEFAULT_HOLD_TIMEOUT_S,
     )

@@ -1,0 +1,404 @@
+"""The control plane's view of the gateways' counters (`openeas.telemetry.gateway_stats`).
+
+Time windows are tested with a fake clock: each case feeds datagrams (gateway, time, counters)
+and reads a window; the arithmetic of every expectation is in a comment. The receiver is tested
+once over a real Unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from openeas.telemetry.gateway_stats import (
+    MAX_DATAGRAM_BYTES,
+    GatewayStats,
+    ServiceSample,
+    decode,
+    encode,
+    receive,
+    socket_path,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# A datagram: (gateway id, receive time s, uptime s or None, {service: (arrivals, in_flight, held)}).
+Datagram = tuple[str, float, float | None, dict[str, tuple[int, int, int]]]
+
+
+def fed(datagrams: list[Datagram], **kw: float) -> GatewayStats:
+    stats = GatewayStats(FakeClock(), **kw)
+    for gid, t, up, services in datagrams:
+        samples = {name: ServiceSample(*values) for name, values in services.items()}
+        stats.observe(gid, samples, t, uptime_s=up)
+    return stats
+
+
+def steady(
+    gid: str,
+    start: float,
+    end: float,
+    per_tick: int,
+    *,
+    first: int = 0,
+    up: float | None = 0.0,
+    in_flight: int = 0,
+    held: int = 0,
+) -> list[Datagram]:
+    """A gateway sending every 0.2 s from ``start`` to ``end``, ``per_tick`` arrivals per datagram."""
+    out: list[Datagram] = []
+    n = round((end - start) / 0.2)
+    for k in range(n + 1):
+        uptime = None if up is None else up + k * 0.2
+        out.append((gid, start + k * 0.2, uptime, {"svc": (first + k * per_tick, in_flight, held)}))
+    return out
+
+
+# ---- arrival rate ------------------------------------------------------------------------------
+
+RATE_CASES = [
+    pytest.param(
+        steady("g1", 0.0, 10.0, 2),
+        5.0,
+        10.0,
+        10.0,
+        # 2 arrivals per 0.2 s = 10/s, the same in any window
+        id="steady-10-per-s",
+    ),
+    pytest.param([], 60.0, 10.0, None, id="no-data-is-none"),
+    pytest.param(
+        [("g1", 5.0, 3600.0, {"svc": (1000, 0, 0)})],
+        60.0,
+        5.0,
+        None,
+        # an old gateway's first datagram is only a baseline: no interval covered yet
+        id="baseline-only-is-none",
+    ),
+    pytest.param(
+        [("g1", 0.0, 3600.0, {"svc": (1000, 0, 0)}), ("g1", 1.0, 3601.0, {"svc": (1010, 0, 0)})],
+        60.0,
+        1.0,
+        10.0,
+        # 1000 counted before this control plane saw the gateway: only (1010 - 1000) / 1 s
+        id="old-gateway-counted-from-first-datagram",
+    ),
+    pytest.param(
+        [("g1", 0.5, 0.5, {"svc": (5, 0, 0)}), ("g1", 1.0, 1.0, {"svc": (5, 0, 0)})],
+        60.0,
+        1.0,
+        5.0,
+        # a gateway 0.5 s old: its counters were 0 at t=0; 5 arrivals over (0, 1] = 5/s
+        id="fresh-gateway-counted-from-its-start",
+    ),
+    pytest.param(
+        [
+            ("g1", 0.0, None, {"svc": (100, 0, 0)}),
+            ("g1", 1.0, None, {"svc": (110, 0, 0)}),
+            ("g1", 2.0, None, {"svc": (4, 0, 0)}),
+            ("g1", 3.0, None, {"svc": (10, 0, 0)}),
+        ],
+        60.0,
+        3.0,
+        20 / 3,
+        # +10, then a reset (110 → 4 counts 4, never -106), then +6: 20 arrivals over 3 s
+        id="counter-reset-is-not-negative",
+    ),
+    pytest.param(
+        steady("g1", 0.0, 10.0, 2) + steady("g2", 0.0, 10.0, 1),
+        5.0,
+        10.0,
+        15.0,
+        # two gateways: 10/s + 5/s
+        id="two-gateways-add-up",
+    ),
+    pytest.param(
+        steady("old", 0.0, 5.0, 2) + steady("new", 5.2, 10.0, 2, up=0.0),
+        10.0,
+        10.0,
+        49 / 10 * 2,
+        # the gateway restarts under a new id: old counts 25 ticks x 2 = 50 in (0, 5], new 24 x 2 = 48
+        # in (5.2, 10] (zero at its start): 98 arrivals over the 10 s window covered
+        id="restarted-gateway-keeps-the-window",
+    ),
+    pytest.param(
+        [
+            ("g1", 0.0, 0.0, {"svc": (0, 0, 0)}),
+            ("g1", 1.0, 1.0, {"svc": (10, 0, 0)}),
+            ("g1", 2.5, 2.5, {"svc": (10, 0, 0)}),
+        ],
+        2.0,
+        3.0,
+        0.0,
+        # no datagram in (1, 2.5) means unchanged, not missing: 0 arrivals in (1, 3] while alive
+        id="silence-while-alive-is-unchanged",
+    ),
+    pytest.param(
+        steady("g1", 0.0, 2.0, 2),
+        5.0,
+        10.0,
+        None,
+        # its last datagram at t=2 is 8 s old (> stale_s 3 s): nothing covers (5, 10]
+        id="gone-gateway-is-no-data",
+    ),
+    pytest.param(
+        steady("g1", 0.0, 6.0, 2),
+        5.0,
+        10.0,
+        10.0,
+        # gone since t=6: the window is what it covered, (5, 6]: 5 ticks x 2 = 10 arrivals in 1 s
+        id="gone-gateway-counts-while-it-lived",
+    ),
+]
+
+
+@pytest.mark.parametrize(("datagrams", "window_s", "now", "expected"), RATE_CASES)
+def test_arrival_rate(datagrams: list[Datagram], window_s: float, now: float, expected: float | None) -> None:
+    rate = fed(datagrams).arrival_rate("svc", window_s, now)
+    if expected is None:
+        assert rate is None
+    else:
+        assert rate == pytest.approx(expected)
+
+
+def test_arrival_rate_of_an_unknown_service_is_none_not_zero() -> None:
+    stats = fed(steady("g1", 0.0, 1.0, 2))
+    assert stats.arrival_rate("other", 60.0, 1.0) is None
+    assert stats.mean_in_flight("other", 60.0, 1.0) is None
+
+
+def test_a_service_routed_later_is_counted_from_zero() -> None:
+    # g1 reported only "svc" for 2 s; "new" appears at t=2.2 with 3 arrivals: its counter was 0 at
+    # g1's previous datagram (t=2.0), so all 3 count: 3 / (2.2 - 2.0) s = 15/s.
+    stats = fed(
+        [*steady("g1", 0.0, 2.0, 1, up=None), ("g1", 2.2, None, {"svc": (10, 0, 0), "new": (3, 0, 0)})]
+    )
+    assert stats.arrival_rate("new", 60.0, 2.2) == pytest.approx(15.0)
+
+
+# ---- mean in flight ----------------------------------------------------------------------------
+
+IN_FLIGHT_CASES = [
+    pytest.param(
+        [
+            ("g1", 0.0, 0.0, {"svc": (0, 2, 0)}),
+            ("g1", 5.0, 5.0, {"svc": (0, 4, 0)}),
+            ("g1", 10.0, 10.0, {"svc": (0, 4, 0)}),
+        ],
+        10.0,
+        10.0,
+        3.0,
+        # 2 for 5 s then 4 for 5 s: (10 + 20) / 10
+        id="time-weighted",
+    ),
+    pytest.param(
+        [
+            ("g1", 0.0, 0.0, {"svc": (0, 2, 0)}),
+            ("g1", 5.0, 5.0, {"svc": (0, 4, 0)}),
+            ("g1", 10.0, 10.0, {"svc": (0, 4, 0)}),
+        ],
+        4.0,
+        10.0,
+        4.0,
+        # the window (6, 10] sees only the 4
+        id="short-window",
+    ),
+    pytest.param(
+        steady("a", 0.0, 10.0, 0, in_flight=1) + steady("b", 0.0, 10.0, 0, in_flight=2),
+        10.0,
+        10.0,
+        3.0,
+        # gateways add up: 1 + 2
+        id="two-gateways-add-up",
+    ),
+    pytest.param(
+        steady("a", 0.0, 10.0, 0, in_flight=1) + steady("dead", 0.0, 4.0, 0, in_flight=6),
+        10.0,
+        10.0,
+        3.4,
+        # "dead" last sent at t=4 (gone at 10: 6 s > stale 3 s): (1 x 10 + 6 x 4) / 10 = 3.4
+        id="gone-gateway-counts-until-its-last-datagram",
+    ),
+    pytest.param(
+        [("g1", 0.0, 0.0, {"svc": (0, 0, 0)})],
+        10.0,
+        0.0,
+        None,
+        # one instant: no interval to average over
+        id="no-interval-is-none",
+    ),
+]
+
+
+@pytest.mark.parametrize(("datagrams", "window_s", "now", "expected"), IN_FLIGHT_CASES)
+def test_mean_in_flight(
+    datagrams: list[Datagram], window_s: float, now: float, expected: float | None
+) -> None:
+    mean = fed(datagrams).mean_in_flight("svc", window_s, now)
+    if expected is None:
+        assert mean is None
+    else:
+        assert mean == pytest.approx(expected)
+
+
+# ---- held, current, last seen, staleness ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("datagrams", "now", "held"),
+    [
+        pytest.param([], 1.0, 0, id="never-reported"),
+        pytest.param([("g1", 0.0, 0.0, {"svc": (3, 0, 3)})], 1.0, 3, id="one-gateway"),
+        pytest.param(
+            [("g1", 0.0, 0.0, {"svc": (3, 0, 3)}), ("g1", 0.5, 0.5, {"svc": (3, 1, 0)})],
+            1.0,
+            0,
+            id="released",
+        ),
+        pytest.param(
+            [("g1", 0.0, 0.0, {"svc": (3, 0, 3)}), ("g2", 0.1, 0.1, {"svc": (2, 0, 2)})],
+            1.0,
+            5,
+            id="gateways-add-up",
+        ),
+        pytest.param(
+            [("g1", 0.0, 0.0, {"svc": (3, 0, 3)}), ("g2", 4.0, 4.0, {"svc": (2, 0, 2)})],
+            4.0,
+            2,
+            # g1 last sent at t=0, 4 s ago (> stale 3 s): its 3 held requests are gone with it
+            id="gone-gateway-holds-nothing",
+        ),
+    ],
+)
+def test_held(datagrams: list[Datagram], now: float, held: int) -> None:
+    assert fed(datagrams).held("svc", now) == held
+
+
+def test_current_and_last_seen() -> None:
+    stats = fed([("g1", 0.0, 0.0, {"svc": (3, 1, 2)}), ("g2", 0.5, 0.0, {"svc": (4, 1, 0)})])
+    assert stats.current("svc", 1.0) == ServiceSample(arrivals=7, in_flight=2, held=2)
+    assert stats.last_seen("svc") == 0.5
+    assert stats.last_seen("other") is None
+    assert stats.current("svc", 10.0) is None  # both gone
+    assert stats.services() == ["svc"]
+
+
+def test_on_demand_is_called_when_a_datagram_says_requests_are_held() -> None:
+    calls: list[str] = []
+    stats = GatewayStats(FakeClock(), on_demand=calls.append)
+    stats.observe("g1", {"a": ServiceSample(1, 0, 0), "b": ServiceSample(1, 0, 1)}, 0.0)
+    stats.observe("g1", {"a": ServiceSample(2, 0, 0), "b": ServiceSample(1, 0, 1)}, 0.2)
+    stats.observe("g1", {"a": ServiceSample(2, 0, 0), "b": ServiceSample(1, 1, 0)}, 0.4)
+    assert calls == ["b", "b"]  # each datagram with b held; none once released
+
+
+def test_a_failing_on_demand_does_not_lose_the_sample() -> None:
+    def boom(service: str) -> None:
+        raise RuntimeError("autoscaler bug")
+
+    stats = GatewayStats(FakeClock(), on_demand=boom)
+    stats.observe("g1", {"svc": ServiceSample(1, 0, 1)}, 0.0)
+    assert stats.held("svc", 0.0) == 1
+
+
+def test_samples_older_than_the_horizon_are_forgotten() -> None:
+    # 100 s of changing counters, horizon 10 s: after trimming, the rate over 10 s is intact and
+    # no more than ~10 s of samples (50 at 0.2 s, plus the one in force at the cut) are kept.
+    stats = fed(steady("g1", 0.0, 100.0, 1), horizon_s=10.0)
+    assert stats.arrival_rate("svc", 10.0, 100.0) == pytest.approx(5.0)  # 1 per 0.2 s
+    series = stats._gateways["g1"].series["svc"]
+    assert len(series.samples) <= 57
+
+
+def test_unchanged_samples_are_not_stored() -> None:
+    stats = fed(steady("g1", 0.0, 100.0, 0, in_flight=2))
+    # 501 datagrams with the same counters (the first one at the gateway's start): one sample
+    assert len(stats._gateways["g1"].series["svc"].samples) == 1
+    assert stats.mean_in_flight("svc", 50.0, 100.0) == pytest.approx(2.0)
+
+
+# ---- wire format -------------------------------------------------------------------------------
+
+
+def test_encode_decode_round_trip() -> None:
+    samples = {"a": ServiceSample(10, 2, 0), "b_1": ServiceSample(0, 0, 7)}
+    (datagram,) = encode("gw-1", 12.5, samples)
+    assert decode(datagram) == ("gw-1", 12.5, samples)
+
+
+def test_many_services_are_split_across_datagrams() -> None:
+    samples = {f"service_{i:05d}": ServiceSample(i, i % 3, i % 5) for i in range(3000)}
+    datagrams = encode("gw", 1.0, samples)
+    assert len(datagrams) > 1
+    assert all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
+    merged: dict[str, ServiceSample] = {}
+    for d in datagrams:
+        merged.update(decode(d)[2])
+    assert merged == samples
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[]",
+        json.dumps({"v": 2, "g": "x", "up": 1, "s": {}}).encode(),
+        json.dumps({"v": 1, "g": "x", "up": 1, "s": {"a": [1, 2]}}).encode(),
+        b"\xff\xfe",
+    ],
+    ids=["not-json", "not-an-object", "other-version", "short-sample", "not-utf8"],
+)
+def test_decode_refuses_what_is_not_a_datagram(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(data)
+
+
+# ---- the receiver, over a real socket ------------------------------------------------------------
+
+
+def test_receive_feeds_the_stats_and_ignores_garbage(tmp_path: Path) -> None:
+    import socket
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # longer than sun_path: reached through a dir fd
+    clock = FakeClock(7.0)
+    stats = GatewayStats(clock)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(receive(deep, stats, stop))
+        path = socket_path(deep)
+        for _ in range(100):
+            if path.exists():
+                break
+            await asyncio.sleep(0.01)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            import os
+
+            fd = os.open(path.parent, os.O_PATH)
+            try:
+                addr = f"/proc/self/fd/{fd}/{path.name}"
+                s.sendto(b"garbage", addr)
+                for d in encode("gw", 0.1, {"svc": ServiceSample(4, 1, 2)}):
+                    s.sendto(d, addr)
+            finally:
+                os.close(fd)
+        for _ in range(100):
+            if stats.last_seen("svc") is not None:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        assert not path.exists()  # removed on the way out
+
+    asyncio.run(scenario())
+    assert stats.current("svc", 7.0) == ServiceSample(4, 1, 2)
+    assert stats.last_seen("svc") == 7.0  # stamped with the stats' clock

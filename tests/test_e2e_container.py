@@ -147,6 +147,11 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
         assert mount["RW"] is False
         log = json.dumps(server.client.logs("boxed", replica=r["id"], tail=50))
         assert "MOUNT-READONLY" in log and "MOUNT-WRITABLE" not in log
+    metrics = requests.get(
+        f"{server.api_url}/metrics", headers={"Authorization": f"Bearer {server.info['admin_token']}"}, timeout=10
+    ).text
+    assert 'openeas_replicas_by_runtime{runtime="container",service="boxed"} 2.0' in metrics
+    assert "openeas_container_engine_available{engine=\"podman " in metrics
     # The OpenAI SDK through the gateway, streaming included.
     info = c.call_info("boxed")
     client = OpenAI(base_url=info["endpoint"] + "/v1", api_key=info["token"])

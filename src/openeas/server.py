@@ -354,6 +354,7 @@ async def _serve(
         )
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
+        metrics.set_container_engine(runtimes.engine)
         reconciler = Reconciler(store, runtimes, cfg)
         cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics, runtimes=runtimes)
         stop = asyncio.Event()

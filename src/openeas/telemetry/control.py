@@ -23,12 +23,16 @@ COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600
 class _StoreCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
+        # The container engine found at server start ("podman 4.3.1"), "" when none: set by the server.
+        self.container_engine: str | None = None
 
     def collect(self) -> Iterator[Metric]:
         by_phase: Counter[tuple[str, str]] = Counter()
+        by_runtime: Counter[tuple[str, str]] = Counter()
         restarts: Counter[str] = Counter()
         for r in self.store.replicas():
             by_phase[(r.service, r.phase)] += 1
+            by_runtime[(r.service, r.runtime)] += 1
             restarts[r.service] += r.restart_count
         services = {s.name: s for s in self.store.list_services()}
         replicas = GaugeMetricFamily(
@@ -49,19 +53,39 @@ class _StoreCollector(Collector):
             restart.add_metric([name], restarts.get(name, 0))
         yield desired
         yield restart
+        runtime = GaugeMetricFamily(
+            "openeas_replicas_by_runtime", "Replicas by service and runtime (process, container)",
+            labels=["service", "runtime"],
+        )  # fmt: skip
+        for (name, kind), n in sorted(by_runtime.items()):
+            runtime.add_metric([name, kind], n)
+        yield runtime
+        if self.container_engine is not None:
+            engine = GaugeMetricFamily(
+                "openeas_container_engine_available",
+                "1 when a container engine works on this node (label: which), else 0",
+                labels=["engine"],
+            )
+            engine.add_metric([self.container_engine], 1 if self.container_engine else 0)
+            yield engine
 
 
 class ControlMetrics:
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StoreCollector(store))
+        self._store_collector = _StoreCollector(store)
+        self.registry.register(self._store_collector)
         self.cold_start = Histogram(
             "openeas_replica_cold_start_seconds",
-            "Seconds spent in each cold-start phase of a replica start (fetch, start, warm, total)",
+            "Seconds spent in each cold-start phase of a replica start (pull, fetch, start, warm, total)",
             ["service", "phase"],
             buckets=COLD_START_BUCKETS,
             registry=self.registry,
         )
+
+    def set_container_engine(self, engine: str | None) -> None:
+        """The engine the container runtime uses ("podman 4.3.1"), None when there is none."""
+        self._store_collector.container_engine = engine or ""
 
     def observe_cold_start(self, service: str, breakdown: Mapping[str, float | None]) -> None:
         """`breakdown`: span name (`fetch_s`, `start_s`, …) → seconds, None when not measured."""

@@ -131,6 +131,11 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
     plan = c.dry_run(spec)
     assert plan["action"] == "create" and plan["runtime"]["name"] == "container", plan
     assert "podman" in plan["runtime"]["reason"]
+    launch = plan["launch"]
+    assert launch["port"] == 8000 and "port 8000 inside" in launch["how"]
+    assert launch["mounts"] == [{"mount_path": "/mnt/data/", "source": spec["storage"][0]["oss"]["path"]
+                                 + " (node cache)", "mode": "ro"}]  # fmt: skip
+    assert plan["accepted_unused"] == [] and plan["warnings"] == []
     c.deploy(spec)
     detail = c.wait_ready("boxed", 2, timeout_s=90)
     assert detail["runtime"]["name"] == "container"
@@ -291,7 +296,9 @@ def test_no_engine_is_a_clear_error(tmp_path: Path, image: str):
         assert (
             plan["runtime"]["name"] is None and "container engines are disabled" in plan["runtime"]["reason"]
         )
-        auto = srv.client.dry_run(eas_spec("auto_falls_back", tmp_path, image, replicas=1))
+        auto = srv.client.dry_run(eas_spec("auto_falls_back", tmp_path, image, replicas=1, features={"x": 1}))
+        assert auto["accepted_unused"] == ["features"]
+        assert "port 8000 and mount paths rewritten" in auto["launch"]["how"]
         assert auto["runtime"]["name"] == "process" and "runs on the host" in auto["runtime"]["reason"]
         srv.client.deploy(spec)
 

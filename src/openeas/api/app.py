@@ -137,13 +137,17 @@ class ControlPlane:
             svc = None
         if svc is not None and svc.state == ServiceState.DELETING:
             raise Conflict(f"service '{spec.name}' is being deleted")
+        runtime = self.runtime_choice(spec)
         return {
             "name": spec.name,
             "valid": True,
             "action": "create" if svc is None else "update",
             "version": 1 if svc is None else max(v.version for v in self.store.versions(spec.name)) + 1,
             "replicas": spec.metadata.instance if svc is None else svc.desired_replicas,
-            "runtime": self.runtime_choice(spec),
+            "runtime": runtime,
+            "launch": launch_plan(spec, runtime["name"]),
+            "accepted_unused": spec.unused_fields(),
+            "warnings": list(runtime["warnings"]) + spec_warnings(spec),
             "endpoint": self.endpoint(spec.name),
             "spec": spec.public_dict(),
         }
@@ -154,6 +158,46 @@ class ControlPlane:
             {"version": v.version, "created_at": _iso(v.created_at), "current": v.version == cur}
             for v in self.store.versions(name)
         ]
+
+
+def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
+    """How the main container would be run by ``runtime``: command, port, env names, mounts."""
+    c = spec.main
+    mounts = []
+    for m in spec.storage:
+        if m.oss is not None:
+            source, mode = f"{m.oss.path} (node cache)", "ro" if m.oss.readOnly else "overlay"
+        elif m.nfs is not None:
+            source, mode = f"nfs {m.nfs.get('server', '')}:{m.nfs.get('path', '')}", "rw"
+        else:
+            tmpfs = m.empty_dir is not None and m.empty_dir.in_memory
+            source, mode = ("tmpfs" if tmpfs else "empty folder per replica"), "rw"
+        mounts.append({"mount_path": m.mount_path, "source": source, "mode": mode})
+    if runtime == "container":
+        how = f"in {c.image}: /bin/sh -c, port {c.port} inside, published on a free 127.0.0.1 port"
+    else:
+        how = f"on the host: port {c.port} and mount paths rewritten to the replica's port and folders"
+    return {
+        "container": 0,
+        "image": c.image,
+        "command": c.command,
+        "script": c.script,
+        "port": c.port,
+        "how": how,
+        "env": sorted(c.env_dict()),
+        "mounts": mounts,
+    }
+
+
+def spec_warnings(spec: ServiceSpec) -> list[str]:
+    """What deploys but may not do what the user expects."""
+    out = []
+    if len(spec.containers) > 1:
+        out.append(
+            f"containers[1:]: only containers[0] runs as the replica's server; the other "
+            f"{len(spec.containers) - 1} container(s) are kept in the spec but not started"
+        )
+    return out
 
 
 def replica_view(r: ReplicaRow) -> dict[str, Any]:

@@ -257,6 +257,36 @@ def deploy(
         render.out.print(f"endpoint: {detail.get('endpoint', '')}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+@cli_errors
+def validate(
+    file: Annotated[
+        str, typer.Option("-f", "--file", help="Service spec (EAS JSON or YAML); '-' reads stdin.")
+    ],
+    json_out: JsonOut = False,
+) -> None:
+    """Check a spec without a server: errors (exit 2), what is accepted but not used, warnings.
+
+    `deploy --dry-run` asks the server and also says which runtime would run it, and why."""
+    from openeas.api.app import spec_warnings
+    from openeas.spec import parse_spec
+
+    spec = parse_spec(_read_spec(file))
+    unused, warnings = spec.unused_fields(), spec_warnings(spec)
+    if json_out:
+        render.print_json(
+            {"name": spec.name, "valid": True, "accepted_unused": unused, "warnings": warnings,
+             "spec": spec.public_dict()}
+        )  # fmt: skip
+        return
+    render.out.print(f"spec is valid: service {spec.name}", highlight=False)
+    if unused:
+        line = f"accepted, not used by this runtime: {', '.join(unused)}"
+        render.out.print(line, highlight=False, soft_wrap=True)
+    for w in warnings:
+        render.out.print(f"warning: {w}", highlight=False, soft_wrap=True)
+
+
 @app.command("ls")
 @cli_errors
 def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:

@@ -142,8 +142,19 @@ def dry_run_text(plan: dict[str, Any]) -> str:
         f"spec is valid: would {plan.get('action')} service {plan.get('name')} "
         f"(version {plan.get('version')}, {plan.get('replicas')} replicas)",
         f"runtime: {_runtime_text(plan.get('runtime'))}",
-        f"endpoint: {plan.get('endpoint')}",
     ]
+    launch = plan.get("launch") or {}
+    if launch:
+        lines.append(f"launch: {launch.get('command') or launch.get('script')!r} {launch.get('how', '')}")
+        for m in launch.get("mounts") or []:
+            lines.append(f"  mount {m['mount_path']} <- {m['source']} ({m['mode']})")
+        if launch.get("env"):
+            lines.append(f"  env: {', '.join(launch['env'])}")
+    unused = plan.get("accepted_unused") or []
+    if unused:
+        lines.append(f"accepted, not used by this runtime: {', '.join(unused)}")
+    lines += [f"warning: {w}" for w in plan.get("warnings") or []]
+    lines.append(f"endpoint: {plan.get('endpoint')}")
     return "\n".join(lines)
 
 

@@ -205,7 +205,8 @@ class Client:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        name = str((spec.get("metadata") or {}).get("name", ""))
+        # EAS specs name the service in metadata.name or at the top level.
+        name = str((spec.get("metadata") or {}).get("name") or spec.get("name") or "")
         return self.update(name, spec), False
 
     def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,18 @@ from pydantic import (
     model_validator,
 )
 
+from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
+
+
+def processor_unavailable(processor: str) -> str:
+    """The one message for an EAS built-in processor (pmml, tensorflow_cpu_*, easyrec, triton…)."""
+    return (
+        f"processor {processor!r} is not available: OpenEAS runs model servers, not EAS's built-in "
+        "processors; deploy a container that serves the model instead, for example "
+        '{"containers": [{"image": "<a server image>", "command": "<its serve command> --port 8000", '
+        '"port": 8000}], "storage": [{"mount_path": "/mnt/data", "oss": {"path": "<model_path>"}}]}'
+    )
+
 
 def docker_credentials(auth: str) -> tuple[str, str] | None:
     """(user, password) from EAS's ``dockerAuth`` (base64 of "user:password"); None if malformed."""
@@ -91,7 +103,9 @@ class RpcConfig(_Model):
             "default 120000 (covers the slowest cold start tested, vLLM on a CPU)"
         ),
     )
-    rate_limit: int | None = Field(default=None, ge=1, description="requests per second per service")
+    rate_limit: int | None = Field(
+        default=None, ge=0, description="requests per second per service; 0 (EAS's default) = no limit"
+    )
     max_body_bytes: int | None = Field(
         default=None, ge=1, description="OpenEAS: largest request body in bytes (413 above); default 64 MiB"
     )
@@ -408,6 +422,8 @@ class Autoscaler(_Model):
 
 
 class ServiceSpec(_Model):
+    _layout: Layout = PrivateAttr(default_factory=list)  # how the user spelled it (openeas.spec.eas)
+
     metadata: Metadata
     containers: list[Container] = Field(min_length=1)
     storage: list[StorageMount] = Field(default_factory=list)
@@ -450,6 +466,29 @@ class ServiceSpec(_Model):
             raise ValueError("must be the base64 encoding of 'user:password' (the value is not shown)")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _eas_spellings(cls, data: Any, handler: Any) -> Any:
+        """EAS's spellings (top-level name, dotted keys, null lists) → one shape; remembered."""
+        if not isinstance(data, dict):
+            return handler(data)
+        if data.get("processor") and not data.get("containers"):
+            raise ValueError(processor_unavailable(str(data["processor"])))
+        try:
+            doc, layout = normalize(data)
+        except SpellingConflict as exc:
+            raise ValueError(str(exc)) from None
+        spec = handler(doc)
+        spec._layout = layout
+        return spec
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out = handler(self)
+        if self._layout and isinstance(out, dict):
+            out = restore(out, self._layout)
+        return out
+
     @model_validator(mode="after")
     def _runtime_spellings(self) -> ServiceSpec:
         legacy = self.runtime if isinstance(self.runtime, str) else None
@@ -468,6 +507,14 @@ class ServiceSpec(_Model):
         if chosen == "auto" and isinstance(self.runtime, str):
             return self.runtime
         return chosen
+
+    def unused_fields(self) -> list[str]:
+        """Paths of the fields this spec sets that OpenEAS accepts and keeps but does not act on
+        (cloud-only settings such as ``cloud.networking``, ``metadata.qos``, ``features``), in the
+        user's spelling where it differs only by a dotted key."""
+        out: list[str] = []
+        _extras(self, "", out)
+        return sorted(out)
 
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` with secrets masked: what the API shows."""
@@ -505,3 +552,16 @@ class ServiceSpec(_Model):
         """The spec as the user wrote it: every field they set (unknown ones, nested ones and
         nulls included), no defaults added; known fields carry their validated values."""
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _extras(value: Any, path: str, out: list[str]) -> None:
+    """Collect the paths of fields no model declares (pydantic's extras), recursively."""
+    if isinstance(value, BaseModel):
+        for key in value.__pydantic_extra__ or {}:
+            out.append(f"{path}.{key}" if path else key)
+        for name in type(value).model_fields:
+            if name in value.model_fields_set:
+                _extras(getattr(value, name), f"{path}.{name}" if path else name, out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _extras(item, f"{path}[{i}]", out)

@@ -7,6 +7,7 @@ precise message; responses from replicas are forwarded untouched.
 from __future__ import annotations
 
 import json
+import math
 from http import HTTPStatus
 
 
@@ -50,6 +51,17 @@ def error_response(err: GatewayError, *, close: bool) -> bytes:
     extra = b"Retry-After: %d\r\n" % err.retry_after_s if err.retry_after_s is not None else b""
     return plain_response(
         err.status, error_body(err.code, err.message), b"application/json", close=close, extra=extra
+    )
+
+
+def rate_limited(service: str, rate: float, wait_s: float) -> GatewayError:
+    """429: the service's metadata.rpc.rate_limit was reached (the request reached no replica)."""
+    return GatewayError(
+        429,
+        "rate_limited",
+        f"service '{service}' accepts at most {rate:g} requests per second "
+        "(metadata.rpc.rate_limit); retry later",
+        retry_after_s=max(1, math.ceil(wait_s)),
     )
 
 

@@ -34,7 +34,7 @@ from openeas.gateway.auth import AuthError, SignedBody
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
-from openeas.gateway.errors import GatewayError, body_too_large, error_response
+from openeas.gateway.errors import GatewayError, body_too_large, error_response, rate_limited
 from openeas.gateway.failover import attempts_of, connect, on_timeout, resend
 from openeas.gateway.flow import FlowControl
 from openeas.gateway.guard import (
@@ -421,6 +421,12 @@ class ClientConnection(asyncio.Protocol):
         if route.balancer is None:
             self._fail(GatewayError(500, "invalid_balancer", route.balancer_error or "invalid balancer"))
             return
+        limiter = route.limiter
+        if limiter is not None:
+            wait = limiter.take(now)
+            if wait:
+                self._fail(rate_limited(route.service, limiter.rate, wait))
+                return
         if self.content_length > route.max_body_bytes:
             self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
             return

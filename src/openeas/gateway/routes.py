@@ -14,6 +14,7 @@ from openeas.gateway.auth import Credentials
 from openeas.gateway.balancers import Balancer, UnknownBalancerError, create_balancer
 from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
 from openeas.gateway.pool import UpstreamState
+from openeas.gateway.ratelimit import TokenBucket
 from openeas.gateway.table import Route, RoutingTable
 
 
@@ -32,6 +33,7 @@ class RouteState:
     timeout_s: float | None  # seconds until 408; None = no limit
     # Resend a request whose replica closed the connection before answering (see retry.py).
     resend_unanswered: bool = True
+    limiter: TokenBucket | None = None  # metadata.rpc.rate_limit; None = no limit
 
 
 UpstreamKey = tuple[str, str, int]
@@ -65,6 +67,11 @@ def build_routes(
                 balancer = create_balancer(route.balancer)
             except UnknownBalancerError as e:
                 error = f"service '{service}' is misconfigured: {e}"
+        # The bucket survives a table swap while the limit stays the same (a swap must not refill it).
+        limiter = None
+        if route.rate_limit > 0:
+            keep = old is not None and old.limiter is not None and old.route.rate_limit == route.rate_limit
+            limiter = old.limiter if keep and old is not None else TokenBucket(route.rate_limit)
         routes[service] = RouteState(
             service=service,
             route=route,
@@ -76,6 +83,7 @@ def build_routes(
             max_body_bytes=route.max_body_bytes,
             timeout_s=route.timeout_s,
             resend_unanswered=route.resend_unanswered,
+            limiter=limiter,
         )
     for key in [k for k in upstreams if k not in live]:
         upstreams.pop(key).retire()

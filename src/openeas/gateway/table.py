@@ -59,6 +59,8 @@ class RouteSettings:
     # metadata.rpc.hold_timeout_ms / 1000; then 503).
     max_held: int = DEFAULT_MAX_HELD
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
+    # Requests per second the service accepts (metadata.rpc.rate_limit); 0 = no limit; 429 above.
+    rate_limit: float = 0.0
 
     @staticmethod
     def from_dict(data: Mapping[str, Any] | None) -> RouteSettings:
@@ -71,6 +73,7 @@ class RouteSettings:
             resend_unanswered=bool(d.get("resend_unanswered", True)),
             max_held=int(d.get("max_held") or DEFAULT_MAX_HELD),
             hold_timeout_s=float(d.get("hold_timeout_s") or DEFAULT_HOLD_TIMEOUT_S),
+            rate_limit=float(d.get("rate_limit") or 0.0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class RouteSettings:
             "resend_unanswered": self.resend_unanswered,
             "max_held": self.max_held,
             "hold_timeout_s": self.hold_timeout_s,
+            "rate_limit": self.rate_limit,
         }
 
 
@@ -95,6 +99,7 @@ class Route:
     resend_unanswered: bool = True  # see RouteSettings.resend_unanswered
     max_held: int = DEFAULT_MAX_HELD  # see RouteSettings.max_held
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S  # see RouteSettings.hold_timeout_s
+    rate_limit: float = 0.0  # see RouteSettings.rate_limit
     # Stopped by its operator: a request gets a 503 at once instead of being held for a replica.
     stopped: bool = False
 
@@ -118,6 +123,7 @@ class Route:
             resend_unanswered=settings.resend_unanswered,
             max_held=settings.max_held,
             hold_timeout_s=settings.hold_timeout_s,
+            rate_limit=settings.rate_limit,
             stopped=stopped,
         )
 
@@ -130,6 +136,7 @@ class Route:
             resend_unanswered=self.resend_unanswered,
             max_held=self.max_held,
             hold_timeout_s=self.hold_timeout_s,
+            rate_limit=self.rate_limit,
         )
 
 

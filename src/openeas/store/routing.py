@@ -32,4 +32,5 @@ def route_settings(spec: ServiceSpec) -> RouteSettings:
         # EAS's "requests waiting for a replica" bound: the gateway's hold queue per service.
         max_held=rpc.max_queue_size or DEFAULT_MAX_HELD,
         hold_timeout_s=rpc.hold_timeout_ms / 1000.0 if rpc.hold_timeout_ms else DEFAULT_HOLD_TIMEOUT_S,
+        rate_limit=float(rpc.rate_limit or 0),  # EAS: 0 = no limit
     )

@@ -183,7 +183,7 @@ def test_unhealthy_replica_is_restarted(shared_server: Server):
     spec["containers"][0]["health_check"] = {"http_get": {"path": "/"}, "period_seconds": 0.2, "failure_threshold": 2}
     c.deploy(spec)
     unhealthy = wait_for(lambda: event(srv, "flaky", "Unhealthy"), 30, what="an Unhealthy event")
-    assert unhealthy["message"] == "readiness failed 2 times: HTTP 500 from /"
+    assert unhealthy["message"] == "health_check failed 2 times: HTTP 500 from /"
     assert reasons(srv, "flaky").index("Ready") < reasons(srv, "flaky").index("Unhealthy")
     wait_for(lambda: len(_started_pids(srv, "flaky")) >= 2, 30, what="a second start")
     first, second = _started_pids(srv, "flaky")[:2]

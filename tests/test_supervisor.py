@@ -55,7 +55,7 @@ FAILURES = [
                  "not ready after 10s", [1, 2, 4, 8], id="slow-to-get-ready-times-out"),
     pytest.param(Behaviour(start_error="exec: serve: not found"), {}, "StartFailed",
                  "cannot start the replica process: exec: serve: not found", [1, 2, 4, 8], id="cannot-start"),
-    pytest.param(Behaviour(unhealthy_after_s=5.0), {}, "Unhealthy", "readiness failed 3 times",
+    pytest.param(Behaviour(unhealthy_after_s=5.0), {}, "Unhealthy", "health_check failed 3 times",
                  [1, 2, 4, 8], id="unhealthy-while-ready"),
     pytest.param(Behaviour(exit_after_s=STABLE_AFTER_S + 1), {}, "Crashed", "exited (code 1)", [1, 1, 1],
                  id="crash-after-a-stable-run-resets-the-backoff"),
@@ -120,7 +120,7 @@ async def test_ready_replica_is_unhealthy_after_failure_threshold_failed_probes(
     # One probe per period: the first failing one within a period of the hang, then one a period.
     assert 0 <= failures[0] - (proc.started_at + 10.0) <= 1.0
     assert failed_at == pytest.approx(failures[0] + (threshold - 1) * 1.0)
-    assert f"readiness failed {threshold} times" in (phases[-1].message or "")
+    assert f"health_check failed {threshold} times" in (phases[-1].message or "")
     await request_stop(world, sup, task)
     assert [s for _, s in proc.signals] == [TERM]  # stopped before the restart, not after
 

@@ -23,6 +23,7 @@ class ReplicaPhase(StrEnum):
     STARTING = "Starting"  # the process runs; readiness probes have not passed yet
     WARMING = "Warming"  # probes passed; warmup requests run before it takes traffic
     READY = "Ready"  # in the routing table
+    UNREADY = "Unready"  # its readiness_check fails: out of the routing table, not restarted
     DRAINING = "Draining"  # left the routing table; in-flight requests finish before SIGTERM
     FAILED = "Failed"  # crashed, unhealthy, timed out or failed to start: waits out its backoff
     STOPPED = "Stopped"  # its process is gone; the row is deleted right after
@@ -43,7 +44,8 @@ TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
     P.FETCHING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.STARTING: frozenset({P.WARMING, P.FAILED, P.PENDING, P.STOPPED}),
     P.WARMING: frozenset({P.READY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),
-    P.READY: frozenset({P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.READY: frozenset({P.UNREADY, P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.UNREADY: frozenset({P.READY, P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
     P.DRAINING: frozenset({P.STOPPED, P.FAILED, P.PENDING, P.STARTING}),
     P.FAILED: frozenset({P.PENDING, P.STARTING, P.STOPPED}),
     P.STOPPED: frozenset(),
@@ -133,7 +135,8 @@ def service_status(
     if ready >= desired_replicas(state, desired):
         return ServiceStatus.RUNNING
     failing = any(
-        r.phase == ReplicaPhase.FAILED or (r.restart_count > 0 and r.phase != ReplicaPhase.READY)
+        r.phase in (ReplicaPhase.FAILED, ReplicaPhase.UNREADY)
+        or (r.restart_count > 0 and r.phase != ReplicaPhase.READY)
         for r in live
     )
     if failing:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.controller.checks import exec_checks
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.runtime.select import Runtimes
@@ -192,6 +193,8 @@ def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
 def spec_warnings(spec: ServiceSpec) -> list[str]:
     """What deploys but may not do what the user expects."""
     out = []
+    for name in exec_checks(spec.main):
+        out.append(f"containers[0].{name}: exec probes are not run yet; a TCP connect stands in")
     if len(spec.containers) > 1:
         out.append(
             f"containers[1:]: only containers[0] runs as the replica's server; the other "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, Unpack
 
+from openeas.controller.checks import checks_of
 from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port
 from openeas.controller.rollout import restart_backoff_s
 from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
@@ -43,7 +44,7 @@ from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.launch import build_launch, pick_port
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
-from openeas.spec.models import docker_credentials
+from openeas.spec.models import HealthCheck, docker_credentials
 from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.oss import resolve_url
@@ -350,10 +351,12 @@ class ReplicaSupervisor:
         }
 
     async def _wait_ready(self, spec: ServiceSpec) -> None:
-        """Probe until the replica answers; _Failure if its process exits or it does not get
-        ready within the startup timeout."""
-        check = spec.main.health_check
+        """Probe (the startup role of :func:`checks_of`) until the replica answers; _Failure if its
+        process exits or it does not get ready within the startup timeout."""
+        checks = checks_of(spec.main)
+        check = checks.startup
         tracker = ProbeTracker.for_check(check, started_at=self.clock.now())
+        tracker.startup_timeout_s = checks.startup_timeout_s
         # While starting, probe often: every fraction of a second shaved here is cold start.
         tracker.period_s = min(tracker.period_s, STARTUP_PROBE_PERIOD_S)
         row = self._row()
@@ -366,7 +369,7 @@ class ReplicaSupervisor:
                 )
             now = self.clock.now()
             if row.port is not None and tracker.due(now):
-                result = await self.cfg.probe(row.host, _probe_port(spec, row.port), check)
+                result = await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
                 if tracker.startup_expired(self.clock.now()):
@@ -402,12 +405,19 @@ class ReplicaSupervisor:
         self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")
 
     async def _watch(self, spec: ServiceSpec) -> None:
-        """Return when the process dies; raise when readiness fails past the threshold."""
-        check = spec.main.health_check
+        """Return when the process dies; raise when liveness fails past its threshold. A failing
+        readiness check moves the replica to Unready (out of routing) and back, no restart."""
+        checks = checks_of(spec.main)
         now = self.clock.now()
-        tracker = ProbeTracker.for_check(check, started_at=now)
-        tracker.record(True, now)  # it just became Ready: the next probe is one period away
         ready_since = now
+        probes: list[tuple[str, HealthCheck | None, ProbeTracker]] = []
+        roles = [("liveness", checks.liveness)] if checks.live_probe else []
+        if checks.readiness is not None:
+            roles.append(("readiness", checks.readiness))
+        for role, check in roles:
+            tracker = ProbeTracker.for_check(check, started_at=now)
+            tracker.record(True, now)  # it just became Ready: the next probe is one period away
+            probes.append((role, check, tracker))
         while True:
             assert self.ref is not None
             if not self.runtime.alive(self.ref):
@@ -416,17 +426,34 @@ class ReplicaSupervisor:
                 if self.clock.now() - ready_since > STABLE_AFTER_S:
                     self.streak = 0
                 return
-            now = self.clock.now()
-            if tracker.due(now):
+            for role, check, tracker in probes:
+                now = self.clock.now()
+                if not tracker.due(now):
+                    continue
                 row = self._row()
-                if row.port is not None:
-                    result = await self.cfg.probe(row.host, _probe_port(spec, row.port), check)
-                    if tracker.record(result.ok, now) is Transition.BECAME_UNREADY:
-                        raise _Failure(
-                            "Unhealthy",
-                            f"readiness failed {tracker.consecutive_failures} times: {result.detail}",
-                        )
+                if row.port is None:
+                    continue
+                result = await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
+                change = tracker.record(result.ok, now)
+                if role == "liveness" and change is Transition.BECAME_UNREADY:
+                    field = "liveness_check" if spec.main.liveness_check is not None else "health_check"
+                    raise _Failure(
+                        "Unhealthy",
+                        f"{field} failed {tracker.consecutive_failures} times: {result.detail}",
+                    )
+                if role == "readiness" and change is not None:
+                    self._readiness_changed(change, tracker, result.detail)
             await self._sleep(ALIVE_CHECK_S)
+
+    def _readiness_changed(self, change: Transition, tracker: ProbeTracker, detail: str) -> None:
+        if change is Transition.BECAME_UNREADY:
+            n = tracker.consecutive_failures
+            msg = f"readiness_check failed {n} times: {detail}; out of routing until it passes"
+            row = self._set(phase=ReplicaPhase.UNREADY, message=msg)
+            self._event(row, "NotReady", msg, warning=True)
+        else:
+            row = self._set(phase=ReplicaPhase.READY, message=None)
+            self._event(row, "ReadyAgain", f"readiness_check passes again: {detail}; back in routing")
 
     async def _restart_after_failure(self) -> None:
         """The replica is Failed: stop what is left of it, wait out the backoff, back to Pending."""
@@ -456,7 +483,7 @@ class ReplicaSupervisor:
         if row is None:
             return
         if self.ref is not None and self.runtime.group_alive(self.ref):
-            if row.phase == ReplicaPhase.READY:
+            if row.phase in (ReplicaPhase.READY, ReplicaPhase.UNREADY):
                 self._set(phase=ReplicaPhase.DRAINING)
                 await self._drain(row)  # a stop is under way: nothing interrupts it
             how = await stop_process(self.runtime, self.ref, self.grace_s, clock=self.clock)
@@ -498,9 +525,9 @@ class ReplicaSupervisor:
             await self.clock.sleep(min(DRAIN_POLL_S, left))
 
 
-def _probe_port(spec: ServiceSpec, replica_port: int) -> int:
-    """The health check's port follows the replica's rewritten port unless it names another one."""
-    return probe_port(spec.main.health_check, container_port=spec.main.port, replica_port=replica_port)
+def _probe_port(spec: ServiceSpec, check: HealthCheck | None, replica_port: int) -> int:
+    """The check's port follows the replica's rewritten port unless it names another one."""
+    return probe_port(check, container_port=spec.main.port, replica_port=replica_port)
 
 
 def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:

@@ -236,7 +236,16 @@ class Container(_Model):
     script: str | None = Field(default=None, description="a bash script run instead of `command`")
     port: int = Field(default=8000, ge=1, le=65535, description="the port the server listens on in the spec")
     env: list[EnvVar] = Field(default_factory=list)
-    health_check: HealthCheck | None = None
+    health_check: HealthCheck | None = Field(
+        default=None, description="gates Ready at start; while Ready, failing it restarts the replica"
+    )
+    # EAS's container-level checks (Kubernetes semantics): startup gates Ready at start (for at
+    # most initial_delay + failure_threshold x period seconds unless startup_timeout_seconds is
+    # set), liveness failing restarts the replica, readiness failing takes it out of routing
+    # without a restart (back in when it passes again).
+    startup_check: HealthCheck | None = None
+    liveness_check: HealthCheck | None = None
+    readiness_check: HealthCheck | None = None
     _env_as_mapping: bool = PrivateAttr(default=False)  # `env` was written as a mapping
 
     @model_validator(mode="wrap")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 import threading
@@ -165,11 +166,15 @@ class _Handlers:
         return web.Response(body=_OK_BODY, content_type=_JSON)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
+        if self.knobs.unhealthy_file and os.path.exists(self.knobs.unhealthy_file):
+            return _json({"status": "unhealthy"}, status=500)
         return _json({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         s = self.state
         body = {"warmup_requests": s.warmup_seen, "warmup_required": self.knobs.warmup_required}
+        if self.knobs.unready_file and os.path.exists(self.knobs.unready_file):
+            return _json({"status": "not ready", **body}, status=503)
         if s.ready:
             return _json({"status": "ready", **body})
         return _json({"status": "warming", **body}, status=503)

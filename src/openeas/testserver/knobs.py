@@ -41,6 +41,10 @@ class Knobs:
     """If set, the process exits this many seconds after it starts serving (a replica crash)."""
     exit_code: int = 0
     """Exit status used by ``exit_after_s`` (non-zero simulates a crash)."""
+    unready_file: str = ""
+    """While this file exists, ``/ready`` answers 503 (a switch for readiness tests); "" = none."""
+    unhealthy_file: str = ""
+    """While this file exists, ``/health`` answers 500 (a switch for liveness tests); "" = none."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -80,6 +84,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_tokens_default": int,
     "exit_after_s": _optional_float,
     "exit_code": int,
+    "unready_file": str,
+    "unhealthy_file": str,
 }
 
 

@@ -1,0 +1,65 @@
+"""Which probe does what for one replica: EAS's health-check shapes, mapped to three roles.
+
+A container may carry the older ``health_check`` and the container-level ``startup_check``,
+``liveness_check`` and ``readiness_check`` (Kubernetes semantics). :func:`checks_of` (pure)
+gives each role its check:
+
+- **startup** gates Ready at start: ``startup_check``, else ``readiness_check``, else
+  ``health_check``, else a TCP connect. A ``startup_check`` gives up after
+  ``initial_delay_seconds + failure_threshold x period_seconds`` (unless
+  ``startup_timeout_seconds`` is written), as Kubernetes does; the others after
+  ``startup_timeout_seconds`` (600 s).
+- **liveness** runs while the replica serves; ``failure_threshold`` failures in a row restart it:
+  ``liveness_check``, else ``health_check`` when no container-level check is written (what
+  ``health_check`` has always meant here), else none.
+- **readiness** runs while the replica serves; ``failure_threshold`` failures in a row take it out
+  of routing (phase Unready) without a restart, one success puts it back: ``readiness_check``.
+
+An ``exec`` check (a command run inside the replica) is not run yet: a TCP connect to the
+replica's port stands in for it, and ``deploy --dry-run`` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openeas.spec.models import Container, HealthCheck
+
+
+@dataclass(frozen=True)
+class Checks:
+    startup: HealthCheck | None  # None: a TCP connect with the defaults
+    startup_timeout_s: float
+    liveness: HealthCheck | None  # None with `live_probe`: a TCP connect with the defaults
+    readiness: HealthCheck | None  # None: not probed for readiness
+    live_probe: bool = True  # whether liveness is probed at all
+
+
+def checks_of(c: Container) -> Checks:
+    container_level = c.startup_check or c.liveness_check or c.readiness_check
+    startup = c.startup_check or c.readiness_check or c.health_check
+    default_timeout = HealthCheck().startup_timeout_seconds
+    timeout = startup.startup_timeout_seconds if startup is not None else default_timeout
+    if c.startup_check is not None and "startup_timeout_seconds" not in c.startup_check.model_fields_set:
+        s = c.startup_check
+        timeout = s.initial_delay_seconds + s.failure_threshold * s.period_seconds
+    return Checks(
+        startup=startup,
+        startup_timeout_s=float(timeout),
+        liveness=c.liveness_check or (None if container_level else c.health_check),
+        readiness=c.readiness_check,
+        # Without container-level checks, health_check (or a TCP connect) has always restarted
+        # a replica that stops answering; with them, only a liveness_check does.
+        live_probe=c.liveness_check is not None or not container_level,
+    )
+
+
+def exec_checks(c: Container) -> list[str]:
+    """The names of the container's checks written as ``exec`` (not run yet; see the docstring)."""
+    named = {
+        "health_check": c.health_check,
+        "startup_check": c.startup_check,
+        "liveness_check": c.liveness_check,
+        "readiness_check": c.readiness_check,
+    }
+    return [name for name, chk in named.items() if chk is not None and "exec" in (chk.model_extra or {})]

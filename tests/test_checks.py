@@ -1,0 +1,138 @@
+"""EAS's health-check shapes (issue 12): which check plays which role (pure, table-driven), the
+supervisor on the fake clock (readiness → Unready and back without a restart; liveness →
+restart), and the same with real test-server replicas switched by a file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from openeas.controller.checks import checks_of, exec_checks
+from openeas.runtime.fake import Behaviour
+from openeas.server import parse_replica_view
+from openeas.spec import parse_spec
+from openeas.states import ReplicaPhase
+from tests.fakes import World
+from tests.harness import Server, service_spec, wait_for
+
+P = ReplicaPhase
+H = {"http_get": {"path": "/health"}}
+R = {"http_get": {"path": "/ready"}}
+S = {"http_get": {"path": "/startup"}, "period_seconds": 2, "failure_threshold": 30, "initial_delay_seconds": 5}
+
+
+def container(**checks: Any) -> Any:
+    doc = {"name": "svc", "containers": [{"command": "serve --port 8000", "port": 8000, **checks}]}
+    return parse_spec(doc).main
+
+
+def path(check: Any) -> str | None:
+    return None if check is None else check.http_get.path
+
+
+ROLES = [
+    # fields written → (startup path, startup timeout s, liveness probed?, liveness path, readiness path)
+    pytest.param({}, (None, 600.0, True, None, None), id="nothing-tcp-liveness"),
+    pytest.param({"health_check": H}, ("/health", 600.0, True, "/health", None), id="health-check-restarts"),
+    pytest.param({"readiness_check": R}, ("/ready", 600.0, False, None, "/ready"), id="readiness-only"),
+    pytest.param({"liveness_check": H, "readiness_check": R}, ("/ready", 600.0, True, "/health", "/ready"),
+                 id="liveness-and-readiness"),
+    # A startup check gives up after initial delay + threshold x period = 5 + 30 x 2 = 65 s.
+    pytest.param({"startup_check": S, "liveness_check": H}, ("/startup", 65.0, True, "/health", None),
+                 id="startup-check-kubernetes-timeout"),
+    pytest.param({"health_check": H, "readiness_check": R}, ("/ready", 600.0, False, None, "/ready"),
+                 id="container-level-checks-take-over"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "expected"), ROLES)
+def test_which_check_plays_which_role(fields: dict[str, Any], expected: tuple[Any, ...]):
+    c = checks_of(container(**fields))
+    assert (path(c.startup), c.startup_timeout_s, c.live_probe, path(c.liveness), path(c.readiness)) == expected
+
+
+def test_exec_checks_are_named():
+    c = container(liveness_check={"exec": {"command": ["cat", "/tmp/ok"]}}, readiness_check=R)
+    assert exec_checks(c) == ["liveness_check"]
+
+
+def checked_world(tmp_path: Path, **checks: Any) -> tuple[World, str]:
+    world = World.make(tmp_path, Behaviour())
+    doc = {
+        "name": "svc",
+        "metadata": {"eas": {"termination_grace_period": 5}},
+        "containers": [{"command": "serve --port 8000", "port": 8000, **checks}],
+    }
+    world.store.create_service(parse_spec(doc))
+    return world, world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id
+
+
+async def test_failing_readiness_leaves_routing_and_returns_without_a_restart(tmp_path: Path):
+    world, rid = checked_world(tmp_path, readiness_check={**R, "period_seconds": 1, "failure_threshold": 2})
+    _, task = world.supervise(rid)
+    await world.clock.run_until(lambda: world.replica().phase == P.READY)
+    proc = world.runtime.started[0]
+    proc.healthy = False
+    await world.clock.run_until(lambda: world.replica().phase == P.UNREADY, limit_s=30)
+    row = world.replica()
+    assert row.message and row.message.startswith("readiness_check failed 2 times")
+    proc.healthy = True
+    await world.clock.run_until(lambda: world.replica().phase == P.READY, limit_s=30)
+    assert world.replica().restart_count == 0 and world.runtime.started == [proc]
+    assert [r for r in world.reasons() if r in ("NotReady", "ReadyAgain")] == ["NotReady", "ReadyAgain"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_failing_liveness_restarts(tmp_path: Path):
+    world, rid = checked_world(tmp_path, liveness_check={**H, "period_seconds": 1, "failure_threshold": 2})
+    _, task = world.supervise(rid)
+    await world.clock.run_until(lambda: world.replica().phase == P.READY)
+    world.runtime.started[0].healthy = False
+    await world.clock.run_until(lambda: world.replica().restart_count == 1, limit_s=60)
+    failed = [c for c in world.store.phases(rid) if c.phase == P.FAILED]
+    assert failed[0].message and failed[0].message.startswith("liveness_check failed 2 times")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.slow
+def test_real_replica_readiness_and_liveness(server: Server, tmp_path: Path):
+    unready, unhealthy = tmp_path / "unready", tmp_path / "unhealthy"
+    spec = service_spec("probed", args=f"--unready-file {unready} --unhealthy-file {unhealthy}")
+    c0 = spec["containers"][0]
+    del c0["health_check"]
+    c0["readiness_check"] = {"http_get": {"path": "/ready"}, "period_seconds": 0.2, "failure_threshold": 2}
+    c0["liveness_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 2}
+    c = server.client
+    c.deploy(spec)
+    first = c.wait_ready("probed", 1, timeout_s=60)["replicas"][0]
+
+    def phase() -> str:
+        return c.describe("probed")["replicas"][0]["phase"]
+
+    unready.touch()
+    wait_for(lambda: phase() == "Unready", 15, what="Unready")
+    token = c.call_info("probed")["token"]
+    url = f"{server.gateway_url}/api/predict/probed/echo"
+
+    def routed() -> bool:
+        text = requests.get(f"{server.gateway_url}/metrics", timeout=5).text
+        return parse_replica_view(text, first["id"]).routed
+
+    wait_for(lambda: not routed(), 5, what="out of the gateway's routing")
+    unready.unlink()
+    wait_for(lambda: phase() == "Ready", 15, what="Ready again")
+    rep = c.describe("probed")["replicas"][0]
+    assert rep["restart_count"] == 0 and rep["pid"] == first["pid"]  # no restart
+    wait_for(routed, 5, what="back in the gateway's routing")
+    assert requests.post(url, data=b"{}", headers={"Authorization": token}, timeout=10).status_code == 200
+    unhealthy.touch()
+    wait_for(lambda: c.describe("probed")["replicas"][0]["restart_count"] >= 1, 30, what="restarted")
+    unhealthy.unlink()
+    back = c.wait_ready("probed", 1, timeout_s=60)["replicas"][0]
+    assert back["pid"] != first["pid"]

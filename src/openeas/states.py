@@ -20,6 +20,7 @@ class ReplicaPhase(StrEnum):
     PENDING = "Pending"  # waiting to start (first start, or a restart after its backoff)
     PULLING = "Pulling"  # the container runtime pulls the image (skipped when it is on the node)
     FETCHING = "Fetching"  # mounts are prepared (object storage → node cache)
+    PREPARING = "Preparing"  # prepare.pythonRequirements are installed (once per node)
     STARTING = "Starting"  # the process runs; readiness probes have not passed yet
     WARMING = "Warming"  # probes passed; warmup requests run before it takes traffic
     READY = "Ready"  # in the routing table
@@ -41,7 +42,8 @@ _LIVE = frozenset(p for p in P if p is not P.STOPPED)
 TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
     P.PENDING: frozenset({P.PULLING, P.FETCHING, P.STARTING, P.FAILED, P.STOPPED}),
     P.PULLING: frozenset({P.FETCHING, P.FAILED, P.PENDING, P.STOPPED}),
-    P.FETCHING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.FETCHING: frozenset({P.PREPARING, P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
+    P.PREPARING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.STARTING: frozenset({P.WARMING, P.FAILED, P.PENDING, P.STOPPED}),
     P.WARMING: frozenset({P.READY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),
     P.READY: frozenset({P.UNREADY, P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),

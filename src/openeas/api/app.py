@@ -217,7 +217,7 @@ def replica_view(r: ReplicaRow) -> dict[str, Any]:
         "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
         "runtime": r.runtime,
         "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
-        | {"fetch": cold.get("fetch"), "pull": cold.get("pull")},
+        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")},
         "message": r.message,
     }
 

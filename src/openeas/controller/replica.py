@@ -29,7 +29,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple, Unpack
+from typing import Any, NamedTuple, Unpack
 
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port
@@ -41,13 +41,14 @@ from openeas.runtime import stop as stop_process
 from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
 from openeas.runtime.clock import Clock, LoopClock
 from openeas.runtime.container_args import build_container_launch
-from openeas.runtime.launch import build_launch, pick_port
+from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
 from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.oss import resolve_url
+from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow, Store
 from openeas.store.schema import ReplicaFields
 from openeas.telemetry.coldstart import breakdown
@@ -264,8 +265,9 @@ class ReplicaSupervisor:
                 plan = prepare_mounts(resolved, self.cache, workdir=workdir)
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
-        pulled = self._row().cold_start or {}
-        self._set(phase=ReplicaPhase.STARTING, cold_start={**pulled, "fetch": plan.summary()})
+        cold = {**(self._row().cold_start or {}), "fetch": plan.summary()}
+        pythonpath = await self._prepare(row, spec, choice.name, plan.paths, cold)
+        self._set(phase=ReplicaPhase.STARTING, cold_start=cold)
         base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
         try:
             # No await from here to the port being stored: two replicas never pick the same port.
@@ -282,8 +284,11 @@ class ReplicaSupervisor:
                     log_path=row.log_path,
                     base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
                 )
-                # Set last, so a spec's env cannot hide the replica from the orphan scan.
-                launch = replace(launch, env={**launch.env, **self._identity(row)})
+                env = {**launch.env, **self._identity(row)}  # last: the spec cannot hide the replica
+                if pythonpath:  # prepare.pythonRequirements, installed once per node, come first
+                    paths = (pythonpath, env.get("PYTHONPATH"))
+                    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+                launch = replace(launch, env=env)
             self.ref = self.runtime.start(launch)
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
@@ -294,6 +299,42 @@ class ReplicaSupervisor:
         else:
             what = f"process {self.ref.pid} listening on port {port}"
         self._event(row, "Started", what)
+
+    async def _prepare(
+        self,
+        row: ReplicaRow,
+        spec: ServiceSpec,
+        runtime: str,
+        mounts: Mapping[str, str],
+        cold: dict[str, Any],
+    ) -> str | None:
+        """Preparing: ``prepare.pythonRequirements`` into the node cache (once per node); the
+        folder for PYTHONPATH, or None. ``cold`` gets the phase's summary."""
+        prep = spec.main.prepare
+        if prep is None or not (prep.pythonRequirements or prep.pythonRequirementsPath):
+            return None
+        if runtime == "container":
+            msg = "prepare.pythonRequirements is not applied in containers yet: install them in the image"
+            self._event(row, "PrepareSkipped", msg, warning=True)
+            return None
+        self._set(phase=ReplicaPhase.PREPARING, cold_start=cold)
+        try:
+            lines = list(prep.pythonRequirements or [])
+            if prep.pythonRequirementsPath:
+                local = rewrite_mounts(prep.pythonRequirementsPath, mounts, shell=False)
+                text = await asyncio.to_thread(Path(local).read_text)
+                lines += text.splitlines()
+            done = await asyncio.to_thread(ensure_requirements, self.cfg.data_dir / "cache", lines)
+        except PrepareError as exc:
+            raise _Failure("PrepareFailed", str(exc)) from None
+        except OSError as exc:
+            raise _Failure("PrepareFailed", f"prepare.pythonRequirementsPath: {exc}") from None
+        cold["prepare"] = {
+            "requirements": done.requirements,
+            "cache_hit": done.hit,
+            "seconds": round(done.seconds, 3),
+        }
+        return done.path
 
     def _container_launch(
         self, row: ReplicaRow, spec: ServiceSpec, port: int, mounts: Mapping[str, str]

@@ -218,6 +218,17 @@ class EnvVar(_Model):
         return self
 
 
+class Prepare(_Model):
+    """EAS's ``prepare``: what runs before the command (see openeas.storage.pyreqs)."""
+
+    pythonRequirements: list[str] | None = Field(
+        default=None, description="pip requirement strings installed before the command (once per node)"
+    )
+    pythonRequirementsPath: str | None = Field(
+        default=None, description="a requirements file (a mount path such as /mnt/data/requirements.txt)"
+    )
+
+
 class Container(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -243,6 +254,7 @@ class Container(_Model):
     # most initial_delay + failure_threshold x period seconds unless startup_timeout_seconds is
     # set), liveness failing restarts the replica, readiness failing takes it out of routing
     # without a restart (back in when it passes again).
+    prepare: Prepare | None = None
     startup_check: HealthCheck | None = None
     liveness_check: HealthCheck | None = None
     readiness_check: HealthCheck | None = None

@@ -242,10 +242,8 @@ def cold_start_line(d: dict[str, Any]) -> str | None:
     if not starts:
         return None
     c = max(starts, key=lambda c: c["total_s"])
-    kinds = (
-        ("pull", "fetch", "start", "warm")
-        if isinstance(c.get("pull_s"), int | float)
-        else ("fetch", "start", "warm")
-    )
+    # pull and prepare only when the start had them (an image pulled, requirements installed)
+    kinds = [k for k in ("pull", "fetch", "prepare", "start", "warm")
+             if k in ("fetch", "start", "warm") or isinstance(c.get(k + "_s"), int | float)]  # fmt: skip
     parts = " · ".join(f"{k} {seconds(c.get(k + '_s'))}" for k in kinds)
     return f"cold start {c['total_s']:.1f}s ({parts})"

@@ -106,7 +106,7 @@ BAD = [
     (
         "mount without source",
         _with("storage.0.oss", KeyError),
-        "storage[0]: exactly one of 'oss', 'nfs' or 'empty_dir'",
+        "storage[0]: exactly one of 'oss', 'nfs', 'empty_dir', 'git' or 'cache'",
     ),
     ("autoscaler bounds", _with("autoscaler.min", 9), "autoscaler: min (9) must not exceed max (4)"),
     (

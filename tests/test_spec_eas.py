@@ -83,9 +83,9 @@ def test_fields_for_the_cloud_are_listed_as_accepted_not_used():
         "cloud": {"computing": {"instance_type": "ecs.gn6i"}, "networking": {"vpc_id": "vpc-1"}},
         "containers": [{**C[0], "prepare": {"pythonRequirements": ["numpy"]}}],
     }
+    # containers[0].prepare is used (pythonRequirements), so it is not listed.
     assert parse_spec(doc).unused_fields() == [
-        "cloud.networking", "containers[0].prepare", "features", "generate_token", "metadata.qos",
-        "metadata.resource",
+        "cloud.networking", "features", "generate_token", "metadata.qos", "metadata.resource",
     ]  # fmt: skip
 
 

@@ -108,8 +108,12 @@ def build_container_launch(
             tmpfs.append(Tmpfs(target, m.empty_dir.size_bytes()))
             continue
         source = mounts[target]
-        # oss: shared node-cache content, read-only or an overlay; nfs/empty_dir: writable.
-        mode = "rw" if m.oss is None else "ro" if m.oss.readOnly else "O"
+        # oss: shared node-cache content, read-only or an overlay; git and cache: read-only;
+        # nfs/empty_dir: writable.
+        if m.oss is not None:
+            mode = "ro" if m.oss.readOnly else "O"
+        else:
+            mode = "ro" if (m.git is not None or m.cache is not None) else "rw"
         volumes.append(Volume(source, target, mode))
     env = c.env_dict()
     env.setdefault("PORT", str(c.port))

@@ -332,6 +332,24 @@ class OssSource(_Model):
     readOnly: bool = True
 
 
+class GitSource(_Model):
+    """A Git repository cloned once per node into the cache, mounted read-only."""
+
+    repo: str = Field(min_length=1, description="clone URL (https://, ssh, file:// or a local path)")
+    branch: str | None = Field(default=None, description="branch or tag (default: the remote's HEAD)")
+    commit: str | None = Field(default=None, description="a commit to check out (pins the content)")
+
+
+class CacheSource(_Model):
+    """EAS's model-loading cache: ``path`` (another storage entry's mount_path) seen read-only at
+    this mount_path. Here every mount is already node-local, so it is the same folder, read-only."""
+
+    path: str = Field(description="the mount_path of the storage entry to cache")
+    capacity: Number | str | None = Field(
+        default=None, description="memory for the cache (EAS); not needed here"
+    )
+
+
 # A size as EAS writes it: a number of GB (20), or a quantity with a unit ("512Mi", "2Gi", "1G").
 _QUANTITY_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<u>[KMGT]i?|[kmgt]i?)?[bB]?")
 _UNIT_BYTES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -386,11 +404,17 @@ class EmptyDir(_Model):
         return None if self.size_limit is None else quantity_bytes(self.size_limit, default_unit=2**30)
 
 
+# EAS mount kinds OpenEAS cannot serve (yet), with what they are.
+UNSERVED_MOUNTS = {"image": "another image's files", "dataset": "a PAI dataset"}
+
+
 class StorageMount(_Model):
     mount_path: str = Field(json_schema_extra={"pattern": "^/[^\\u0000-\\u001f\\u007f]*$"})
     oss: OssSource | None = None
     nfs: dict[str, Any] | None = None
     empty_dir: EmptyDir | None = None
+    git: GitSource | None = None
+    cache: CacheSource | None = None
 
     @field_validator("mount_path")
     @classmethod
@@ -407,9 +431,16 @@ class StorageMount(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> StorageMount:
-        sources = [s for s in (self.oss, self.nfs, self.empty_dir) if s is not None]
+        extra = self.model_extra or {}
+        for kind, what in UNSERVED_MOUNTS.items():
+            if kind in extra:
+                raise ValueError(
+                    f"'{kind}' mounts ({what}) cannot be served by this runtime; copy the files to "
+                    "object storage (or a folder) and mount them with 'oss' instead"
+                )
+        sources = [s for s in (self.oss, self.nfs, self.empty_dir, self.git, self.cache) if s is not None]
         if len(sources) != 1:
-            raise ValueError("exactly one of 'oss', 'nfs' or 'empty_dir' is required")
+            raise ValueError("exactly one of 'oss', 'nfs', 'empty_dir', 'git' or 'cache' is required")
         return self
 
 

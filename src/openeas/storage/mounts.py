@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from openeas.errors import MountError
 from openeas.spec.models import ServiceSpec, StorageMount
 from openeas.storage.cache import NodeCache
+from openeas.storage.gitrepo import clone_once
 
-MountKind = Literal["oss", "nfs", "empty_dir"]
+MountKind = Literal["oss", "nfs", "empty_dir", "git", "cache"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
         return MountFetch(
             mount_path, "oss", str(got.path), got.hit, got.bytes_copied, got.seconds, key=got.key
         )
+    if m.git is not None:
+        path, hit, seconds = clone_once(
+            cache.root, m.git.repo, m.git.branch, m.git.commit, where=f"{where}.git"
+        )
+        return MountFetch(mount_path, "git", str(path), hit, 0, seconds)
+    if m.cache is not None:  # resolved by prepare_mounts once every other mount is there
+        return MountFetch(mount_path, "cache", "", True, 0, 0.0)
     if m.empty_dir is not None:
         local = workdir.absolute() / "mounts" / str(i)
         shutil.rmtree(local, ignore_errors=True)
@@ -118,4 +126,13 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
 def prepare_mounts(spec: ServiceSpec, cache: NodeCache, *, workdir: Path) -> MountPlan:
     """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``."""
     fetches = [_prepare_one(i, m, cache, workdir) for i, m in enumerate(spec.storage)]
+    local = {f.mount_path: f.local_dir for f in fetches if f.kind != "cache"}
+    for i, m in enumerate(spec.storage):
+        if m.cache is not None:
+            source = m.cache.path.rstrip("/")
+            if source not in local:
+                raise MountError(
+                    f"storage[{i}].cache.path: no other storage entry is mounted at {m.cache.path!r}"
+                )
+            fetches[i] = replace(fetches[i], local_dir=local[source])
     return MountPlan(paths={f.mount_path: f.local_dir for f in fetches}, fetches=fetches)

@@ -163,7 +163,11 @@ def test_deploy_at_start_then_left_as_it_is(tmp_path: Path):
         ),
         pytest.param(
             json.dumps({**service_spec("ray_svc"), "runtime": "ray"}),
-            ["error: invalid spec {file}", "  runtime: input should be 'process'"],
+            [
+                "error: invalid spec {file}",
+                "  runtime: 'ray': EAS's runtime block is an object ({{\"enable_crash_block\": ...}}); as a "
+                "string it is the older spelling of metadata.replica_runtime: 'auto', 'process' or 'container'",
+            ],
             id="unknown-runtime",
         ),
         pytest.param(None, ["error: cannot read {file}: No such file or directory"], id="missing-file"),

@@ -31,6 +31,9 @@ from pathlib import Path
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.autoscaler.loop import Autoscaler, replica_load
+from openeas.autoscaler.process import NvmlSampler, ProcessSampler
+from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
@@ -349,8 +352,18 @@ async def _serve(
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
         )
-        reconciler = Reconciler(store, get_runtime("process"), cfg)
-        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics)
+        # The autoscaler reads the gateway's counters from its /metrics (GatewayScrape) until the
+        # pushed gateway stats are wired in: then `autoscaler.set_traffic(stats)`.
+        gw_scrape = GatewayScrape(gateway_url)
+        reconciler = Reconciler(store, get_runtime("process"), cfg, replica_load=replica_load(gw_scrape))
+        autoscaler = Autoscaler(
+            store,
+            gateway=gw_scrape,
+            sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler()],
+            wake_reconciler=reconciler.wake,
+        )
+        metrics.add_collector(autoscaler.collector())
+        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics, autoscaler=autoscaler)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -364,6 +377,7 @@ async def _serve(
                 raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
             await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
+        scaler_task = asyncio.create_task(autoscaler.run(stop))
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(
             data_dir / "server.json",
@@ -378,7 +392,7 @@ async def _serve(
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, return_exceptions=True)
+        await asyncio.gather(api_task, rec_task, scaler_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.spec import ServiceSpec, parse_spec
@@ -69,8 +70,10 @@ class ControlPlane:
         gateway_url: str,
         wake: Callable[[], None] = lambda: None,
         metrics: ControlMetrics | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.store = store
+        self.autoscaler = autoscaler
         self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
@@ -107,10 +110,20 @@ class ControlPlane:
         svc = self.store.get_service(name)
         reps = self.store.replicas(name)
         out = self.summary(svc, reps)
-        out["spec"] = self.store.version_spec(name, svc.current_version).to_dict()
+        spec = self.store.version_spec(name, svc.current_version)
+        out["spec"] = spec.to_dict()
+        out["autoscaling"] = self.autoscaling(name, spec.autoscaling_policy())
         out["replicas"] = [replica_view(r) for r in reps]
         out["versions"] = self.versions(name)
         return out
+
+    def autoscaling(self, name: str, policy: Any) -> dict[str, Any] | None:
+        """The autoscaler's view (metric vs target, last decision and its reason), or the bare
+        policy before its first decision; None without a policy."""
+        if policy is None:
+            return None
+        live = self.autoscaler.status(name) if self.autoscaler is not None else None
+        return live or {"policy": policy_view(policy), "decision": None, "metrics": []}
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         cur = self.store.get_service(name).current_version
@@ -293,6 +306,17 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     @app.post("/api/v1/services/{name}/start", dependencies=auth)
     def start(name: str) -> dict[str, Any]:
         return cp.change(name, "Started", "service started", state=ServiceState.RUNNING)
+
+    @app.get("/api/v1/services/{name}/autoscaling", dependencies=auth)
+    def autoscaling(name: str) -> dict[str, Any]:
+        """The autoscaler: policy, each metric vs its target, desired vs Ready, the last
+        decision's reason (also when it changed nothing), the cron rule in force and the next."""
+        svc = cp.store.get_service(name)
+        policy = cp.store.version_spec(name, svc.current_version).autoscaling_policy()
+        view = cp.autoscaling(name, policy)
+        if view is None:
+            raise NotFound(f"service '{name}' has no autoscaling policy (spec: autoscaler or autoscaling)")
+        return {"name": name, "desired_replicas": desired_replicas(svc.state, svc.desired_replicas), **view}
 
     @app.get("/api/v1/services/{name}/versions", dependencies=auth)
     def versions(name: str) -> dict[str, Any]:

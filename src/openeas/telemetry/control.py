@@ -63,6 +63,10 @@ class ControlMetrics:
             registry=self.registry,
         )
 
+    def add_collector(self, collector: Collector) -> None:
+        """More gauges read at scrape time (the autoscaler's metric vs target, bounds...)."""
+        self.registry.register(collector)
+
     def observe_cold_start(self, service: str, breakdown: Mapping[str, float | None]) -> None:
         """`breakdown`: span name (`fetch_s`, `start_s`, …) → seconds, None when not measured."""
         for key, value in breakdown.items():

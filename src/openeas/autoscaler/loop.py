@@ -9,8 +9,10 @@ service's desired replicas with an ``Autoscaled`` event carrying the metric valu
 the reconciler does the rest (it never starts or stops a process itself). Every decision, the ones
 that change nothing included, is kept for ``describe`` and ``/metrics``.
 
-State is in memory: after a control-plane restart the windows start empty, and "no data" moves
-nothing until they fill. Time comes from the injected clock (windows) and ``wall`` (cron rules).
+State is in memory: after a control-plane restart the windows start empty ("no data" moves
+nothing until they fill) and the current count stands in for the stabilization history, so a
+restart or a new deploy never scales down before a whole down window. Time comes from the
+injected clock (windows) and ``wall`` (cron rules).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -203,6 +205,11 @@ class Autoscaler:
     def _decide(self, view: ServiceView, current: int, now: float, wall: float) -> None:
         rec = self.records[view.name]
         p = view.policy
+        if rec.decision is None and not rec.state.recommendations:
+            # A policy seen for the first time (a deploy, or a restarted control plane) has no
+            # history: the current count stands in for it, so nothing scales down before a
+            # whole down window of evidence.
+            rec.state = replace(rec.state, recommendations=((now, current),))
         obs: dict[str, Observation] = {}
         for m in p.metrics:
             src = self.sources.get(m.kind)

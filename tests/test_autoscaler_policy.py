@@ -183,6 +183,13 @@ def test_panic_skips_the_up_window_and_is_bounded_by_the_rate_limit() -> None:
     assert "panic" in run.decisions[-1].reason and "rate limit" in run.decisions[-1].reason
 
 
+def test_in_a_panic_the_short_window_sets_the_count() -> None:
+    # a step from 0 to 8 in flight: the 10 s window's mean is still 1.6 (rec ceil(1.6/2) = 1), the
+    # 2 s panic window already reads 8 ≥ 2 x (1 Ready x 2) → panic, rec ceil(8/2) = 4
+    run = Run(pol(CONC, scale_up_window_s=60.0))
+    assert run.step(0.0, 1.6, panic=8.0) == 4 and run.decisions[-1].panic
+
+
 def test_without_panic_the_up_window_holds() -> None:
     run = Run(pol(CONC, scale_up_window_s=60.0, max_replicas=50), current=2)
     run.step(0.0, 4.0)  # rec 2

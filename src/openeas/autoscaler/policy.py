@@ -15,7 +15,8 @@ The steps, in order (each a guardrail of :mod:`openeas.autoscaler.guardrails`):
 4. per metric ⌈total / target⌉, or the current count within the tolerance; the highest wins;
 5. no request for the idle grace (and min 0): 0 replicas; before that at least 1;
 6. stabilization (up: lowest of the up window, down: highest of the down window), skipped
-   upward in a panic (short-window load ≥ threshold x what the Ready replicas can take);
+   upward in a panic (short-window load ≥ threshold x what the Ready replicas can take), when
+   the short window's recommendation counts too (Knative's panic mode);
 7. scale-up rate limit; 8. bounds.
 """
 
@@ -104,7 +105,11 @@ def _reading(m: MetricTarget, obs: Observation | None, ctx: DecisionContext) -> 
     if total is None:
         return MetricReading(m.key, m.target, None, None, None)
     rec = g.recommend(total, m.target, ctx.current, p.tolerance)
-    panic = g.panicking(obs.panic_total if obs else None, ctx.ready, m.target, p.panic_threshold)
+    panic_total = obs.panic_total if obs else None
+    panic = g.panicking(panic_total, ctx.ready, m.target, p.panic_threshold)
+    if panic and panic_total is not None:
+        # Knative: in a panic the short window's load sets the count (the long window lags a burst).
+        rec = max(rec, g.recommend(panic_total, m.target, ctx.current, p.tolerance))
     return MetricReading(m.key, m.target, total, total / max(ctx.ready, 1), rec, panic)
 
 

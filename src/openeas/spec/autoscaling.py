@@ -80,7 +80,8 @@ class Defaults:
     stabilization windows above already smooth the decisions; long enough to span a few 2 s
     requests so concurrency is not read as 0 between them."""
     PANIC_WINDOW_S = 2.0
-    """Knative's panic idea with a short window: a burst is seen within 2 s."""
+    """Knative's panic idea with a short window: a burst is seen within 2 s. 0 means the latest
+    reading (the fastest reaction, e.g. with a 0 s up window)."""
     PANIC_THRESHOLD = 2.0
     """Knative's 200%: load at least twice what the Ready replicas can take skips the up window."""
     SCALE_TO_ZERO_GRACE_S = 600.0
@@ -538,7 +539,7 @@ def normalise(
             scale_down_window_s=_float(a.scale_down_stabilization_window, Defaults.SCALE_DOWN_WINDOW_S),
             tolerance=_float(a.tolerance, Defaults.TOLERANCE),
             metric_window_s=max(0.05, _float(a.metric_window, Defaults.METRIC_WINDOW_S)),
-            panic_window_s=max(0.05, _float(a.panic_window, Defaults.PANIC_WINDOW_S)),
+            panic_window_s=_float(a.panic_window, Defaults.PANIC_WINDOW_S),  # 0: the latest reading
             panic_threshold=_float(a.panic_threshold, Defaults.PANIC_THRESHOLD),
             scale_to_zero_grace_s=_float(a.scale_to_zero_grace, Defaults.SCALE_TO_ZERO_GRACE_S),
             activation_replicas=a.activation_replicas or Defaults.ACTIVATION_REPLICAS,

@@ -262,3 +262,72 @@ async def test_replica_scraper_reads_the_test_servers_in_flight_gauge() -> None:
         await s.close()
     assert s.total(view, metric, 10.0, 0.0) == 3.0
     assert s.total(ServiceView("svc", policy, ()), metric, 10.0, 0.0) == 0.0  # no Ready replica: no load
+
+
+class FakeNvml:
+    """The few NVML calls NvmlSampler makes: one device, one process using 2 GiB."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
+        return f"gpu{i}"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[Any]:
+        @dataclass
+        class Proc:
+            pid: int
+            usedGpuMemory: int | None
+
+        return [Proc(self.pid, 2 * 1024**3), Proc(1, None)]
+
+
+def _view(kind: str, pid: int, **extra: Any) -> tuple[ServiceView, MetricTarget]:
+    from openeas.autoscaler.metrics import ReplicaTarget
+    from openeas.spec.autoscaling import AutoscalingPolicy
+
+    metric = MetricTarget(kind=kind, target=1)
+    policy = AutoscalingPolicy(source="autoscaling", metrics=(metric,), min_replicas=1, max_replicas=2)
+    return ServiceView("svc", policy, (ReplicaTarget("r1", "127.0.0.1", 1, pid),), **extra), metric
+
+
+async def test_nvml_sampler_sums_the_replicas_process_tree() -> None:
+    import os
+
+    from openeas.autoscaler.process import NvmlSampler
+
+    view, metric = _view("gpu_memory", os.getpid())
+    s = NvmlSampler(nvml=FakeNvml(os.getpid()))
+    await s.collect([view], 0.0)
+    assert s.total(view, metric, 10.0, 0.0) == 2048.0  # 2 GiB in MiB, one Ready replica
+
+
+async def test_without_nvml_gpu_memory_is_no_data() -> None:
+    import os
+
+    from openeas.autoscaler.process import NvmlSampler
+
+    view, metric = _view("gpu_memory", os.getpid())
+    s = NvmlSampler()
+    s.nvml = None  # as on a machine without a driver
+    await s.collect([view], 0.0)
+    assert s.total(view, metric, 10.0, 0.0) is None
+
+
+async def test_process_sampler_reads_cpu_and_memory_of_a_process_tree() -> None:
+    import os
+
+    from openeas.autoscaler.process import ProcessSampler
+
+    view, cpu = _view("cpu", os.getpid(), cores=2.0)
+    s = ProcessSampler()
+    await s.collect([view], 0.0)
+    sum(i * i for i in range(300_000))  # burn a little CPU between the two reads
+    await s.collect([view], 1.0)
+    used = s.total(view, cpu, 10.0, 1.0)
+    assert used is not None and used >= 0.0  # % of 2 cores over the 1 s between the reads
+    mem = s.total(view, MetricTarget(kind="memory", target=1), 10.0, 1.0)
+    assert mem is not None and mem > 10.0  # this Python process holds more than 10 MiB

@@ -13,8 +13,9 @@ window, the latest reading for bursts (panic window 0), concurrency target 1, ma
 3. **first request at 0 replicas**: a service scaled to zero (grace 1 s) gets one request; its
    answer time minus the 1 s handler.
 
-Ray Serve 2.60 figures are the issue's recorded anchors (measured "tuned" on the same kind of
-machine), not re-measured here: Ray is not a dependency of this project. Prints a Markdown table.
+The Ray Serve 2.60 column holds the issue's recorded anchors (tuned, the same kind of machine);
+``bench/autoscaler_ray.py`` measures Ray side by side from a separate environment (Ray is not a
+dependency of this project). Prints a Markdown table.
 """
 
 from __future__ import annotations

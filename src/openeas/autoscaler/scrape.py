@@ -174,11 +174,8 @@ class ReplicaScraper:
         jobs = []
         for svc in services:
             names = {m.custom_metric for m in svc.policy.metrics if m.kind == "custom" and m.custom_metric}
-            jobs += (
-                [self._read(r.id, f"http://{r.host}:{r.port}/metrics", names, now) for r in svc.replicas]
-                if names
-                else []
-            )
+            for r in svc.replicas if names else ():
+                jobs.append(self._read(r.id, f"http://{r.host}:{r.port}/metrics", names, now))
         await asyncio.gather(*jobs)
         live = {r.id for svc in services for r in svc.replicas}
         for key in [k for k in self.gauges if k[0] not in live]:

@@ -217,3 +217,16 @@ def test_nonsense_is_refused_naming_the_field(blocks: dict[str, Any], message: s
     with pytest.raises(SpecError) as err:
         parse_spec(spec_with(**blocks))
     assert any(line.startswith(message) for line in err.value.errors), err.value.errors
+
+
+def test_a_stored_version_with_a_metric_this_release_does_not_know_still_loads() -> None:
+    from openeas.spec import parse_stored_spec
+    from openeas.spec.models import STORED
+
+    assert STORED == "stored"  # the context key spec/autoscaling.py reads
+    data = spec_with(autoscaler={"min": 1, "max": 3, "scaleStrategies": [
+        {"metricName": "rt[avg]", "threshold": 100}, {"metricName": "qps", "threshold": 5}]})
+    with pytest.raises(SpecError):
+        parse_spec(data)  # a new spec: refused, the field named
+    p = parse_stored_spec(data).autoscaling_policy()
+    assert p is not None and [m.key for m in p.metrics] == ["qps"]  # the unknown one is left out

@@ -151,9 +151,10 @@ class Autoscaler:
             return rec.policy
         try:
             spec = self.store.version_spec(name, version)
-        except OpenEASError:
+            policy = spec.autoscaling_policy()
+        except Exception as exc:  # one unreadable spec must not stop the others' decisions
+            log.warning("autoscaler: %s version %s: no policy (%s)", name, version, exc)
             return None
-        policy = spec.autoscaling_policy()
         if policy is None:
             self.records.pop(name, None)
             return None
@@ -188,7 +189,10 @@ class Autoscaler:
         await self._collect(views, now)
         current = {s.name: s.desired_replicas for s in services}
         for view in views:
-            self._decide(view, current[view.name], now, wall)
+            try:
+                self._decide(view, current[view.name], now, wall)
+            except Exception:
+                log.exception("autoscaler: deciding for %s failed", view.name)
 
     async def _collect(self, views: Sequence[ServiceView], now: float) -> None:
         gw = self.gateway

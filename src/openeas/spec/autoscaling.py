@@ -27,7 +27,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Number = int | float
 
@@ -159,6 +167,13 @@ def metric_kind(name: str) -> tuple[str, str | None]:
     )
 
 
+def _stored(info: ValidationInfo) -> bool:
+    """Read back from the store (context key ``openeas.spec.models.STORED``): a version stored by
+    a release that did not check metric names still loads; its unknown metrics are left out of
+    the policy (see :func:`normalise`)."""
+    return bool(info.context and info.context.get("stored"))
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -173,8 +188,9 @@ class ScaleStrategy(_Model):
 
     @field_validator("metricName")
     @classmethod
-    def _known(cls, v: str) -> str:
-        metric_kind(v)
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        if not _stored(info):
+            metric_kind(v)
         return v
 
 
@@ -210,9 +226,10 @@ class Autoscaler(_Model):
 
     @field_validator("strategies")
     @classmethod
-    def _strategies(cls, v: dict[str, Number] | None) -> dict[str, Number] | None:
+    def _strategies(cls, v: dict[str, Number] | None, info: ValidationInfo) -> dict[str, Number] | None:
         for name, threshold in (v or {}).items():
-            metric_kind(name)
+            if not _stored(info):
+                metric_kind(name)
             if not threshold > 0:
                 raise ValueError(f"{name}: threshold must be greater than 0")
         return v
@@ -455,6 +472,14 @@ def _float(v: Number | None, default: float) -> float:
     return default if v is None else float(v)
 
 
+def _known_name(name: str) -> bool:
+    try:
+        metric_kind(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _target(name: str, threshold: Number, custom: CustomMetric | None = None) -> MetricTarget:
     kind, custom_name = metric_kind(name)
     if custom is not None:
@@ -493,8 +518,10 @@ def normalise(
     """The one policy of a spec (None: the count is what `instance` or `openeas scale` says)."""
     if autoscaler is not None:
         b = autoscaler.behavior
-        metrics = [_target(s.metricName, s.threshold) for s in autoscaler.scaleStrategies]
-        metrics += [_target(k, v) for k, v in (autoscaler.strategies or {}).items()]
+        written = [(s.metricName, s.threshold) for s in autoscaler.scaleStrategies]
+        written += list((autoscaler.strategies or {}).items())
+        # a stored version may name a metric this release does not know: it is left out
+        metrics = [_target(n, t) for n, t in written if _known_name(n)]
         on_zero = b.onZero or OnZero()
         return AutoscalingPolicy(
             source="autoscaler",

@@ -363,3 +363,26 @@ def test_scale_stop_start_rollback_versions_delete(shared_server: Server, tmp_pa
     with pytest.raises(ApiError) as gone:
         c.describe("cli_ops")
     assert gone.value.status == 404
+
+
+def test_autoscale_shows_metric_vs_target_and_the_reason_even_without_a_change(shared_server: Server) -> None:
+    dd = shared_server.data_dir
+    policy = {"metric": "concurrent_requests", "target": 4, "min_replicas": 1, "max_replicas": 3}
+    shared_server.client.deploy(spec("cli_scaled", instance=1, autoscaling=policy))
+    shared_server.client.wait_ready("cli_scaled", 1, timeout_s=60)
+    # no load: the decision changes nothing, and says why
+    out = run("autoscale", "cli_scaled", data_dir=dd)
+    assert out.exit_code == 0, out.output
+    assert "Metric concurrent_requests" in out.output and "target 4 per replica" in out.output
+    assert "1 desired / 1 ready" in out.output and "stay at 1" in out.output
+    j = json.loads(run("autoscale", "cli_scaled", "--json", data_dir=dd).output)
+    assert j["decision"]["desired_replicas"] == 1 and j["metrics"][0]["metric"] == "concurrent_requests"
+    described = run("describe", "cli_scaled", data_dir=dd).output
+    assert "Last decision" in described and "Bounds" in described
+    missing = run("autoscale", "cli_plain_missing", data_dir=dd)
+    assert missing.exit_code == 1 and "not found" in missing.output
+    shared_server.client.deploy(spec("cli_plain"))
+    plain = run("autoscale", "cli_plain", data_dir=dd)
+    assert plain.exit_code == 1 and "has no autoscaling policy" in plain.output
+    shared_server.client.delete("cli_scaled")
+    shared_server.client.delete("cli_plain")

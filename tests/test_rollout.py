@@ -1,4 +1,4 @@
-"""plan_rollout: table-driven. Replicas are written as 'id:version:phase[:stopping]'."""
+"""plan_rollout: table-driven. Replicas are written as 'id:version:phase[:stopping|:N in flight]'."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def reps(*specs: str) -> list[ReplicaView]:
                 id=parts[0],
                 version=int(parts[1]),
                 phase=parts[2],
-                stopping=len(parts) > 3,
+                stopping=len(parts) > 3 and not parts[3].isdigit(),
                 created_at=float(i),
+                in_flight=int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0,
             )
         )
     return out
@@ -30,6 +31,9 @@ CASES = [
     ("scale up", ["a:1:Ready"], 1, 3, 1, 0, 2, ()),
     # scale down drops the not-ready replica first, then the newest Ready one
     ("scale down prefers unready", ["a:1:Ready", "b:1:Starting", "c:1:Ready"], 1, 1, 1, 0, 0, ("b", "c")),
+    # then the fewest requests in flight (the gateway's count), newest first among equals
+    ("scale down fewest in flight", ["a:1:Ready:0", "b:1:Ready:5", "c:1:Ready:2"], 1, 1, 1, 0, 0, ("a", "c")),
+    ("scale down unready before idle", ["a:1:Ready:0", "b:1:Warming:0", "c:1:Ready:3"], 1, 1, 1, 0, 0, ("b", "a")),
     ("scale to zero newest first", ["a:1:Ready", "b:1:Ready"], 1, 0, 1, 0, 0, ("b", "a")),
     ("stopping ones do not count", ["a:1:Ready:stop"], 1, 1, 1, 0, 1, ()),
     # update, surge 1: 2 old Ready + room for 1 new; no old may go before a new one is Ready

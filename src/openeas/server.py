@@ -31,12 +31,16 @@ from pathlib import Path
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.autoscaler.loop import Autoscaler, replica_load
+from openeas.autoscaler.process import NvmlSampler, ProcessSampler
+from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
+from openeas.runtime.clock import LOOP_CLOCK
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -355,8 +359,30 @@ async def _serve(
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
         metrics.set_container_engine(runtimes.engine)
-        reconciler = Reconciler(store, runtimes, cfg)
-        cp = ControlPlane(store, gateway_url, wake=reconciler.wake, metrics=metrics, runtimes=runtimes)
+        # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
+        # least busy replica first).
+        gw_scrape = GatewayScrape(gateway_url)
+        reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape))
+        # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
+        # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
+        gateway_stats = GatewayStats(LOOP_CLOCK.now)
+        autoscaler = Autoscaler(
+            store,
+            traffic=gateway_stats,
+            gateway=gw_scrape,
+            sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler()],
+            wake_reconciler=reconciler.wake,
+        )
+        gateway_stats.on_demand = autoscaler.wake
+        metrics.add_collector(autoscaler.collector())
+        cp = ControlPlane(
+            store,
+            gateway_url,
+            wake=reconciler.wake,
+            metrics=metrics,
+            runtimes=runtimes,
+            autoscaler=autoscaler,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -370,10 +396,8 @@ async def _serve(
                 raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
             await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
-        # The gateways' per-service counters (arrivals, in flight, held), in time windows: what the
-        # autoscaler reads (`gateway_stats.on_demand` wakes it when a request is held).
-        gateway_stats = GatewayStats(time.monotonic)
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
+        scaler_task = asyncio.create_task(autoscaler.run(stop))
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(
             data_dir / "server.json",
@@ -388,7 +412,7 @@ async def _serve(
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, stats_task, return_exceptions=True)
+        await asyncio.gather(api_task, rec_task, stats_task, scaler_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

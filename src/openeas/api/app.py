@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.checks import exec_checks
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
@@ -72,10 +73,12 @@ class ControlPlane:
         wake: Callable[[], None] = lambda: None,
         metrics: ControlMetrics | None = None,
         runtimes: Runtimes | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.store = store
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
+        self.autoscaler = autoscaler
         self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
@@ -115,6 +118,7 @@ class ControlPlane:
         spec = self.store.version_spec(name, svc.current_version)
         out["spec"] = spec.public_dict()
         out["runtime"] = self.runtime_choice(spec)
+        out["autoscaling"] = self.autoscaling(name, spec.autoscaling_policy())
         out["replicas"] = [replica_view(r) for r in reps]
         out["versions"] = self.versions(name)
         return out
@@ -152,6 +156,14 @@ class ControlPlane:
             "endpoint": self.endpoint(spec.name),
             "spec": spec.public_dict(),
         }
+
+    def autoscaling(self, name: str, policy: Any) -> dict[str, Any] | None:
+        """The autoscaler's view (metric vs target, last decision and its reason), or the bare
+        policy before its first decision; None without a policy."""
+        if policy is None:
+            return None
+        live = self.autoscaler.status(name) if self.autoscaler is not None else None
+        return live or {"policy": policy_view(policy), "decision": None, "metrics": []}
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         cur = self.store.get_service(name).current_version
@@ -393,6 +405,17 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     @app.post("/api/v1/services/{name}/start", dependencies=auth)
     def start(name: str) -> dict[str, Any]:
         return cp.change(name, "Started", "service started", state=ServiceState.RUNNING)
+
+    @app.get("/api/v1/services/{name}/autoscaling", dependencies=auth)
+    def autoscaling(name: str) -> dict[str, Any]:
+        """The autoscaler: policy, each metric vs its target, desired vs Ready, the last
+        decision's reason (also when it changed nothing), the cron rule in force and the next."""
+        svc = cp.store.get_service(name)
+        policy = cp.store.version_spec(name, svc.current_version).autoscaling_policy()
+        view = cp.autoscaling(name, policy)
+        if view is None:
+            raise NotFound(f"service '{name}' has no autoscaling policy (spec: autoscaler or autoscaling)")
+        return {"name": name, "desired_replicas": desired_replicas(svc.state, svc.desired_replicas), **view}
 
     @app.get("/api/v1/services/{name}/versions", dependencies=auth)
     def versions(name: str) -> dict[str, Any]:

@@ -313,12 +313,31 @@ def describe(
         render.print_json(d)
         return
     render.out.print(render.summary_grid(d))
+    if d.get("autoscaling"):
+        render.out.print()
+        render.out.print(render.autoscaling_grid(d["autoscaling"], d.get("desired_replicas")))
     replicas = d.get("replicas") or []
     render.out.print()
     if replicas:
         render.out.print(render.replicas_table(replicas))
     else:
         render.out.print("no replicas")
+
+
+@app.command()
+@cli_errors
+def autoscale(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show the autoscaler for a service: each metric vs its target, desired vs Ready replicas,
+    bounds and cron rule in force, and the last decision's reason (also when it did nothing)."""
+    a = _client(data_dir).autoscaling(name)
+    if json_out:
+        render.print_json(a)
+    else:
+        render.out.print(render.autoscaling_grid(a, a.get("desired_replicas")))
 
 
 def _changed(

@@ -247,3 +247,57 @@ def cold_start_line(d: dict[str, Any]) -> str | None:
              if k in ("fetch", "start", "warm") or isinstance(c.get(k + "_s"), int | float)]  # fmt: skip
     parts = " · ".join(f"{k} {seconds(c.get(k + '_s'))}" for k in kinds)
     return f"cold start {c['total_s']:.1f}s ({parts})"
+
+
+def autoscaling_grid(a: dict[str, Any], desired: Any = None) -> Table:
+    """The autoscaler at a glance: each metric vs its target, desired vs Ready, bounds and rule,
+    the last decision's reason (also when it changed nothing) and the last change."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    p = a.get("policy") or {}
+    d = a.get("decision") or {}
+    b = a.get("bounds") or {}
+    rows: list[tuple[str, str]] = []
+    for m in a.get("metrics") or []:
+        value = "no data" if m.get("value") is None else f"{m['value']:.2f}"
+        rec = m.get("recommendation")
+        rows.append(
+            (
+                f"Metric {m.get('metric')}",
+                f"{value} / target {m.get('target'):g} per replica"
+                + (f" → {rec} replicas" if rec is not None else "")
+                + f"  ({m.get('unit', '')})",
+            )
+        )
+    if not a.get("metrics"):
+        for m in p.get("metrics") or []:
+            rows.append(
+                (f"Metric {m.get('key')}", f"target {m.get('target'):g} per replica (no decision yet)")
+            )
+    want = d.get("desired_replicas", desired)
+    rows.append(
+        ("Replicas", f"{want if want is not None else '-'} desired / {a.get('ready_replicas', 0)} ready")
+    )
+    lo, hi = b.get("min_replicas", p.get("min_replicas")), b.get("max_replicas", p.get("max_replicas"))
+    bounds = f"{lo}..{hi}"
+    if b.get("rule"):
+        bounds += f" (rule {b['rule']} since {clock(b.get('rule_since'))})"
+    if b.get("prescale"):
+        bounds += f"; pre-scaling for {b['prescale']} at {clock(b.get('prescale_at'))}"
+    rows.append(("Bounds", bounds))
+    windows = f"up {p.get('scale_up_window_s', 0):g}s · down {p.get('scale_down_window_s', 0):g}s"
+    windows += f" · metric window {p.get('metric_window_s', 0):g}s · tolerance {p.get('tolerance', 0):g}"
+    rows.append(("Windows", windows))
+    nxt = a.get("next_rule")
+    if nxt:
+        rows.append(("Next rule", f"{nxt.get('name')} at {clock(nxt.get('at'))}"))
+    if d:
+        flag = "" if d.get("valid", True) else " [no data]"
+        rows.append(("Last decision", f"{clock(d.get('time'))}{flag}: {d.get('reason', '')}"))
+    last = a.get("last_change")
+    if last:
+        rows.append(("Last change", f"{clock(last.get('time'))}: {last.get('message', '')}"))
+    for key, value in rows:
+        grid.add_row(key, Text(value))
+    return grid

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
@@ -30,7 +31,13 @@ log = logging.getLogger("openeas.reconciler")
 
 class Reconciler:
     def __init__(
-        self, store: Store, runtime: Runtime | Runtimes, cfg: SupervisorConfig, *, tick_s: float = 0.25
+        self,
+        store: Store,
+        runtime: Runtime | Runtimes,
+        cfg: SupervisorConfig,
+        *,
+        tick_s: float = 0.25,
+        replica_load: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.store = store
         self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
@@ -38,6 +45,8 @@ class Reconciler:
         self.cache = NodeCache(cfg.data_dir / "cache")
         self.tick_s = tick_s  # seconds between passes when nothing wakes the reconciler
         self.clock = cfg.clock
+        # Requests in flight per replica id (the gateway's view): which replica a scale-in stops.
+        self.replica_load = replica_load or (lambda: {})
         self.supervisors: dict[str, ReplicaSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -68,6 +77,7 @@ class Reconciler:
     def reconcile_once(self) -> None:
         services = {s.name: s for s in self.store.list_services()}
         replicas = self.store.replicas()
+        load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
             by_service.setdefault(r.service, []).append(
@@ -77,6 +87,7 @@ class Reconciler:
                     phase=r.phase,
                     stopping=bool(r.stopping),
                     created_at=r.created_at,
+                    in_flight=load.get(r.id, 0),
                 )
             )
         for name, svc in services.items():

@@ -6,7 +6,9 @@ returns the next step only. Replicas already `stopping` do not count. During a r
 (replicas of an older version remain) it keeps the replicas at most `max_surge` above desired,
 and stops an old Ready replica only while the Ready replicas stay at least desired minus
 `max_unavailable` (EAS's `metadata.rolling_strategy`); old replicas that are not Ready are
-stopped at once. A plain scale-down stops current-version replicas that serve nothing first.
+stopped at once. A plain scale-down (the autoscaler's or `openeas scale`) stops replicas that
+are not Ready first, then those with the fewest requests in flight at the gateway (then the
+newest); each one drains before it stops (see controller/replica.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class ReplicaView:
     phase: str
     stopping: bool
     created_at: float  # seconds since the epoch
+    in_flight: int = 0  # requests the gateway has in flight on it (last read)
 
     @property
     def ready(self) -> bool:
@@ -50,8 +53,8 @@ def plan_rollout(
     stop: list[str] = []
 
     if len(cur) > desired:
-        # Scale down: drop replicas that serve nothing first, then the newest.
-        by_value = sorted(cur, key=lambda r: (r.ready, -r.created_at))
+        # Scale down: not-Ready replicas first, then the fewest requests in flight, then the newest.
+        by_value = sorted(cur, key=lambda r: (r.ready, r.in_flight, -r.created_at))
         extra = by_value[: len(cur) - desired]
         stop += [r.id for r in extra]
         cur = [r for r in cur if r not in extra]

@@ -228,6 +228,11 @@ class Client:
         )
         return result
 
+    def autoscaling(self, name: str) -> dict[str, Any]:
+        """The autoscaler's view: policy, metric vs target, desired vs Ready, last decision."""
+        result: dict[str, Any] = self.request("GET", f"{self._svc(name)}/autoscaling")
+        return result
+
     def stop(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"{self._svc(name)}/stop")
         return result

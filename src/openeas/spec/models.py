@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
 
 
@@ -453,26 +454,6 @@ class Cloud(_Model):
     computing: Computing = Field(default_factory=Computing)
 
 
-class ScaleStrategy(_Model):
-    metricName: str
-    threshold: Number = Field(gt=0)
-
-
-class Autoscaler(_Model):
-    """Stored now; acted on by the autoscaler."""
-
-    min: int = Field(default=1, ge=0)
-    max: int = Field(default=1, ge=1)
-    scaleStrategies: list[ScaleStrategy] = Field(default_factory=list)
-    behavior: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Autoscaler:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
-
-
 class ServiceSpec(_Model):
     _layout: Layout = PrivateAttr(default_factory=list)  # how the user spelled it (openeas.spec.eas)
 
@@ -494,6 +475,9 @@ class ServiceSpec(_Model):
     )
 
     autoscaler: Autoscaler | None = None
+    # OpenEAS: the field guide's autoscaling block, and EAS's cron-scaler body (spec/autoscaling.py)
+    autoscaling: Autoscaling | None = None
+    cronScaler: CronScaler | None = None
     # EAS's own `runtime` block ({"enable_crash_block": ...}) is kept as written. A plain string
     # is the selector of earlier OpenEAS releases, now `metadata.replica_runtime`.
     runtime: dict[str, Any] | RuntimeName | None = Field(
@@ -581,6 +565,16 @@ class ServiceSpec(_Model):
         if v is not None and not _stored(info) and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
             raise ValueError("must be a non-empty path without control characters (newline, NUL, ...)")
         return v
+
+    @model_validator(mode="after")
+    def _one_autoscaling_block(self) -> ServiceSpec:
+        if self.autoscaler is not None and self.autoscaling is not None:
+            raise ValueError("autoscaling: give either 'autoscaler' (EAS) or 'autoscaling', not both")
+        return self
+
+    def autoscaling_policy(self) -> AutoscalingPolicy | None:
+        """The autoscaling policy of this spec, whichever block wrote it (None: no autoscaling)."""
+        return normalise(self.autoscaler, self.autoscaling, self.cronScaler, self.metadata.instance)
 
     @model_validator(mode="after")
     def _mounts(self) -> ServiceSpec:

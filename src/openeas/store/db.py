@@ -201,7 +201,7 @@ class Store:
                 name=spec.name,
                 state=ServiceState.RUNNING.value,
                 current_version=1,
-                desired_replicas=spec.metadata.instance,
+                desired_replicas=_initial_replicas(spec),
                 token_enc=self.cipher.encrypt(spec.token or new_token()),
                 created_at=now,
                 updated_at=now,
@@ -238,8 +238,11 @@ class Store:
                 or 0
             )
             row.current_version = last + 1
-            if scale:
+            policy = spec.autoscaling_policy()
+            if scale and policy is None:
                 row.desired_replicas = spec.metadata.instance
+            elif scale and policy is not None:  # autoscaled: an update keeps the count, within the new bounds
+                row.desired_replicas = policy.clamp(row.desired_replicas)
             if spec.token:
                 row.token_enc = self.cipher.encrypt(spec.token)
             row.updated_at = now
@@ -419,6 +422,12 @@ class Store:
                 )
             )
         return rows[::-1]
+
+
+def _initial_replicas(spec: ServiceSpec) -> int:
+    """`metadata.instance`, within the autoscaling bounds when the spec has a policy."""
+    policy = spec.autoscaling_policy()
+    return policy.clamp(spec.metadata.instance) if policy is not None else spec.metadata.instance
 
 
 def _stored(spec: ServiceSpec) -> dict[str, Any]:

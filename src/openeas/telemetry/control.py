@@ -87,6 +87,10 @@ class ControlMetrics:
         """The engine the container runtime uses ("podman 4.3.1"), None when there is none."""
         self._store_collector.container_engine = engine or ""
 
+    def add_collector(self, collector: Collector) -> None:
+        """More gauges read at scrape time (the autoscaler's metric vs target, bounds...)."""
+        self.registry.register(collector)
+
     def observe_cold_start(self, service: str, breakdown: Mapping[str, float | None]) -> None:
         """`breakdown`: span name (`fetch_s`, `start_s`, …) → seconds, None when not measured."""
         for key, value in breakdown.items():

@@ -1,0 +1,212 @@
+"""Collectors that read Prometheus text over HTTP: the gateway's per-service and per-replica
+counters (:class:`GatewayScrape`), and a named metric on every Ready replica's ``/metrics``
+(:class:`ReplicaScraper`: ``vllm:num_requests_running``, ``llamacpp:requests_processing``, the
+test server's ``testserver_requests_in_flight``...).
+
+:class:`GatewayScrape` implements :class:`~openeas.autoscaler.metrics.TrafficStats` from the
+gateway's ``/metrics``: arrivals are answered requests plus those in flight. It cannot see
+requests held for a replica apart from the others in flight (``held`` is 0); the pushed gateway
+stats can. It also gives each replica's in-flight requests, which the reconciler uses to choose
+which replica a scale-in stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+
+from openeas.autoscaler.metrics import ServiceView, aggregate
+from openeas.autoscaler.windows import Counter, Gauge
+from openeas.spec.autoscaling import MetricTarget
+
+log = logging.getLogger("openeas.autoscaler")
+
+# Without a successful read for this long, the gateway's counters are "no data", seconds.
+GATEWAY_STALE_S = 5.0
+# A replica's metric not read for this long is left out of the service's total, seconds.
+REPLICA_STALE_S = 10.0
+
+
+def parse_samples(text: str, wanted: set[str]) -> dict[str, list[tuple[str, float]]]:
+    """Prometheus text → {metric name: [(labels text, value)]} for the names in ``wanted``."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace != -1 and (space == -1 or brace < space):
+            name = line[:brace]
+            close = line.rfind("}")
+            labels, rest = line[brace + 1 : close], line[close + 1 :].split()
+        else:
+            name, labels, rest = line[:space], "", line[space + 1 :].split()
+        if name not in wanted or not rest:
+            continue
+        try:
+            out.setdefault(name, []).append((labels, float(rest[0])))
+        except ValueError:
+            continue
+    return out
+
+
+def _label(labels: str, key: str) -> str | None:
+    prefix = f'{key}="'
+    i = labels.find(prefix)
+    if i == -1:
+        return None
+    j = labels.find('"', i + len(prefix))
+    return labels[i + len(prefix) : j] if j != -1 else None
+
+
+async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            if r.status != 200:
+                return None
+            return await r.text()
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+
+
+_GATEWAY_NAMES = {
+    "openeas_gateway_requests_total",
+    "openeas_gateway_in_flight_requests",
+    "openeas_gateway_replica_in_flight",
+}
+
+
+class GatewayScrape:
+    """The gateway's counters, read from its ``/metrics`` (``poll``) into time windows."""
+
+    def __init__(self, url: str, *, timeout_s: float = 1.0, horizon_s: float = 900.0) -> None:
+        self.url = url.rstrip("/") + "/metrics"
+        self.timeout_s = timeout_s
+        self.horizon_s = horizon_s
+        self.arrivals: dict[str, Counter] = {}
+        self.in_flight: dict[str, Gauge] = {}
+        self.replicas: dict[str, int] = {}  # replica id → requests in flight now
+        self.last_ok: float | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def poll(self, services: Sequence[str], now: float) -> bool:
+        """Read the gateway once; services it does not name had no request (zero)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        text = await fetch_text(self._session, self.url, self.timeout_s)
+        if text is None:
+            return False
+        self.observe_text(text, services, now)
+        return True
+
+    def observe_text(self, text: str, services: Sequence[str], now: float) -> None:
+        samples = parse_samples(text, _GATEWAY_NAMES)
+        answered: dict[str, float] = {}
+        for labels, v in samples.get("openeas_gateway_requests_total", []):
+            svc = _label(labels, "service")
+            if svc is not None:
+                answered[svc] = answered.get(svc, 0.0) + v
+        flying: dict[str, float] = {}
+        for labels, v in samples.get("openeas_gateway_in_flight_requests", []):
+            svc = _label(labels, "service")
+            if svc is not None:
+                flying[svc] = v
+        self.replicas = {
+            rid: int(v)
+            for labels, v in samples.get("openeas_gateway_replica_in_flight", [])
+            if (rid := _label(labels, "replica")) is not None
+        }
+        for svc in {*services, *answered, *flying}:
+            f = flying.get(svc, 0.0)
+            self.arrivals.setdefault(svc, Counter(self.horizon_s)).add(now, answered.get(svc, 0.0) + f)
+            self.in_flight.setdefault(svc, Gauge(self.horizon_s)).add(now, f)
+        self.last_ok = now
+
+    def replica_in_flight(self) -> Mapping[str, int]:
+        return self.replicas
+
+    def _fresh(self, now: float) -> bool:
+        return self.last_ok is not None and now - self.last_ok <= GATEWAY_STALE_S
+
+    # -- TrafficStats -------------------------------------------------------------------------
+    def arrival_rate(self, service: str, window_s: float, now: float) -> float | None:
+        c = self.arrivals.get(service)
+        if c is None or not self._fresh(now):
+            return None
+        return c.rate(window_s, now)
+
+    def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
+        g = self.in_flight.get(service)
+        if g is None or not self._fresh(now):
+            return None
+        return g.mean(window_s, now)
+
+    def held(self, service: str, now: float) -> int:
+        return 0
+
+    def last_seen(self, service: str) -> float | None:
+        return self.last_ok if service in self.in_flight else None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class ReplicaScraper:
+    """Custom metrics: each Ready replica's ``/metrics``, one gauge per (replica, metric); a
+    metric with several label sets (e.g. per model) is summed per replica."""
+
+    kinds: tuple[str, ...] = ("custom",)
+
+    def __init__(self, *, timeout_s: float = 1.0, horizon_s: float = 900.0) -> None:
+        self.timeout_s = timeout_s
+        self.horizon_s = horizon_s
+        self.gauges: dict[tuple[str, str], Gauge] = {}  # (replica id, metric name)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def collect(self, services: Sequence[ServiceView], now: float) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        jobs = []
+        for svc in services:
+            names = {m.custom_metric for m in svc.policy.metrics if m.kind == "custom" and m.custom_metric}
+            for r in svc.replicas if names else ():
+                jobs.append(self._read(r.id, f"http://{r.host}:{r.port}/metrics", names, now))
+        await asyncio.gather(*jobs)
+        live = {r.id for svc in services for r in svc.replicas}
+        for key in [k for k in self.gauges if k[0] not in live]:
+            del self.gauges[key]
+
+    async def _read(self, rid: str, url: str, names: set[str], now: float) -> None:
+        assert self._session is not None
+        text = await fetch_text(self._session, url, self.timeout_s)
+        if text is None:
+            return
+        found = parse_samples(text, names)
+        for name in names:
+            if name in found:
+                value = sum(v for _, v in found[name])
+                self.gauges.setdefault((rid, name), Gauge(self.horizon_s)).add(now, value)
+
+    def total(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> float | None:
+        if not service.replicas:
+            return 0.0  # no Ready replica carries any load
+        per: dict[str, float] = {}
+        for r in service.replicas:
+            g = self.gauges.get((r.id, metric.custom_metric or ""))
+            last = g.last() if g is not None else None
+            if g is None or last is None or now - last[0] > REPLICA_STALE_S:
+                continue
+            mean = g.mean(window_s, now)
+            if mean is not None:
+                per[r.id] = mean
+        return aggregate(per, len(service.replicas), metric.aggregate)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

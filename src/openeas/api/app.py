@@ -169,6 +169,10 @@ def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
             source, mode = f"{m.oss.path} (node cache)", "ro" if m.oss.readOnly else "overlay"
         elif m.nfs is not None:
             source, mode = f"nfs {m.nfs.get('server', '')}:{m.nfs.get('path', '')}", "rw"
+        elif m.cache is not None:
+            source, mode = f"cache of {m.cache.get('path')} (the same directory)", "ro"
+        elif m.git is not None:
+            source, mode = f"git {m.git.get('repo', '')} (not cloned by OpenEAS yet)", "ro"
         else:
             tmpfs = m.empty_dir is not None and m.empty_dir.in_memory
             source, mode = ("tmpfs" if tmpfs else "empty folder per replica"), "rw"

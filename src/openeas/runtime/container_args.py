@@ -109,7 +109,7 @@ def build_container_launch(
             continue
         source = mounts[target]
         # oss: shared node-cache content, read-only or an overlay; nfs/empty_dir: writable.
-        mode = "rw" if m.oss is None else "ro" if m.oss.readOnly else "O"
+        mode = "ro" if m.cache is not None else "rw" if m.oss is None else "ro" if m.oss.readOnly else "O"
         volumes.append(Volume(source, target, mode))
     env = c.env_dict()
     env.setdefault("PORT", str(c.port))

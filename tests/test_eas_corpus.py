@@ -5,16 +5,24 @@ processor spec gets its one precise message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from typer.testing import CliRunner
 
 from openeas.cli.main import app
 from openeas.errors import SpecError
+from openeas.sdk import ApiError
 from openeas.spec import parse_spec
+from tests.harness import Server, kill_gateway, new_server, replica_processes
 
 CORPUS_DIR = Path(__file__).parent / "eas_corpus"
 FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -110,3 +118,150 @@ def test_processor_that_cannot_run_gets_one_precise_message(path: Path):
     r = CliRunner().invoke(app, ["validate", "-f", str(path)])
     assert r.exit_code == 2
     assert REFUSED[path.stem] in r.output
+
+
+# --- deploying the corpus ------------------------------------------------------------------
+# Every container spec deploys on a real server unchanged but for its containers' commands: the
+# images cannot run here, so each `command` (or `script`) becomes the built-in test server on the
+# container's own port. The server has no container engine (OPENEAS_CONTAINER_ENGINE=none), so
+# `replica_runtime: auto` runs the commands on this host. The Python processors run as written,
+# with a processor written the EAS way placed at their processor_path.
+
+TUTORIAL_PROCESSOR = """\
+# -*- coding: utf-8 -*-
+import allspark
+
+
+class MyProcessor(allspark.BaseProcessor):
+    def initialize(self):
+        self.model = lambda x, y: float(len(x) + len(y))
+
+    def pre_proccess(self, data):
+        x, y = data.split(b' ')
+        return x, y
+
+    def process(self, data):
+        x, y = self.pre_proccess(data)
+        return self.model(x, y), 0
+
+
+if __name__ == '__main__':
+    runner = MyProcessor(worker_threads=10)
+    runner.run()
+"""
+SDK_PROCESSOR = """\
+import os
+import allspark
+
+
+class CustomPythonProcessor(allspark.BaseProcessor):
+    def __init__(self, *args, **kwargs):
+        super(CustomPythonProcessor, self).__init__(*args, **kwargs)
+        self.model = None
+
+    def initialize(self):
+        self.model = sorted(os.listdir(self.get_model_path()))
+
+    def process(self, data):
+        return ",".join(self.model).encode() + b"|" + data, 200
+
+
+if __name__ == "__main__":
+    CustomPythonProcessor(worker_processes=2, endpoint="0.0.0.0:8000").run()
+"""
+PROCESSOR_CODE = {
+    "p09_python_tutorial": ("oss://example-bucket/processors/tutorial/", {"app.py": TUTORIAL_PROCESSOR}),
+    "p10_python_sdk_zip": ("oss://example-bucket/processors/model.ak.zip", {"main.py": SDK_PROCESSOR}),
+}
+# What one request through the gateway gets: (method, sub path, body) → (status, body start).
+PROCESSOR_CALL = {
+    "p09_python_tutorial": (b"abc de", 200, b"5.0"),
+    "p10_python_sdk_zip": (b"hello", 200, b"model.xml|hello"),
+}
+
+
+def with_test_server(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with each container's command (or script) replaced by the test server on its port."""
+    out = json.loads(json.dumps(spec))
+    for c in out.get("containers") or []:
+        key = "script" if "script" in c else "command"
+        c[key] = f"python -m openeas.testserver --host 127.0.0.1 --port {c.get('port', 8000)}"
+    return out
+
+
+def stock_object_storage(oss_root: Path, spec: dict[str, Any], stem: str) -> None:
+    """Put something at every oss:// path the spec reads (the server's oss root stands in for OSS)."""
+    urls = [m["oss"]["path"] for m in spec.get("storage") or [] if "oss" in m]
+    urls += [spec[k] for k in ("model_path",) if str(spec.get(k, "")).startswith("oss://")]
+    for url in urls:
+        local = oss_root / url[len("oss://") :]
+        if Path(url).suffix and not url.endswith("/"):  # a file: model.xml, warmup.bin...
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text("model")
+        else:
+            local.mkdir(parents=True, exist_ok=True)
+            (local / "README").write_text("corpus test data")
+            (local / "requirements.txt").write_text("# nothing to install\n")
+    if stem in PROCESSOR_CODE:
+        url, files = PROCESSOR_CODE[stem]
+        local = oss_root / url[len("oss://") :]
+        if url.endswith(".zip"):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(local, "w") as z:
+                for name, text in files.items():
+                    z.writestr(name, text)
+        else:
+            for name, text in files.items():
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                (local / name).write_text(text)
+
+
+@pytest.fixture(scope="module")
+def engine_less_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = new_server(tmp_path_factory.mktemp("corpus") / "data")
+    srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
+    srv.start()
+    yield srv
+    srv.stop()
+    kill_gateway(srv.data_dir)
+    for pid in replica_processes(srv.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.stem)
+def test_spec_deploys_and_serves_through_the_gateway(engine_less_server: Server, path: Path):
+    srv = engine_less_server
+    written = load(path)
+    spec = with_test_server(written)
+    stock_object_storage(srv.data_dir / "oss", written, path.stem)
+    name = parse_spec(spec).name
+    c = srv.client
+    c.deploy(spec)
+    replicas = parse_spec(spec).metadata.instance
+    detail = c.wait_ready(name, replicas, timeout_s=120)
+    assert [r["runtime"] for r in detail["replicas"]] == ["process"] * replicas
+    info = c.call_info(name)
+    auth = {"Authorization": info["token"]}
+    if path.stem in PROCESSOR_CALL:
+        body, status, start = PROCESSOR_CALL[path.stem]
+        r = requests.post(info["endpoint"], data=body, headers=auth, timeout=30)
+        assert (r.status_code, r.content[: len(start)]) == (status, start), r.text
+    else:
+        r = requests.get(info["endpoint"] + "/health", headers=auth, timeout=30)
+        assert r.status_code == 200, r.text  # the test server answered through the gateway
+    shown = {k: v for k, v in spec.items() if k != "token"}  # the token is kept apart
+    if "dockerAuth" in shown:
+        shown["dockerAuth"] = "***"  # never returned
+    assert c.describe(name)["spec"] == shown  # as deployed, in the user's spelling
+    c.delete(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [f for f in FILES if f not in RUNS], ids=lambda p: p.stem)
+def test_processor_that_cannot_run_is_refused_by_the_server_with_its_message(engine_less_server: Server, path: Path):
+    with pytest.raises(ApiError) as exc:
+        engine_less_server.client.deploy(load(path))
+    assert exc.value.status == 400
+    assert REFUSED[path.stem] in str(exc.value)

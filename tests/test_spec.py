@@ -423,10 +423,10 @@ def test_env_within_limits_accepted(env: Any) -> None:
             id="nl-mount",
         ),
         pytest.param(
-            "warm_up_data_path", "/w.jsonl\n", "warm_up_data_path: must be a non-empty path", id="nl-warmup"
+            "warm_up_data_path", "/w.jsonl\n", "warm_up_data_path: must be a path without control", id="nl-warmup"
         ),
         pytest.param(
-            "warm_up_data_path", "/w\x00", "warm_up_data_path: must be a non-empty path", id="nul-warmup"
+            "warm_up_data_path", "/w\x00", "warm_up_data_path: must be a path without control", id="nul-warmup"
         ),
     ],
 )

@@ -105,3 +105,100 @@ def test_validate_command_works_without_a_server(tmp_path: Path):
     r = CliRunner().invoke(app, ["validate", "-f", str(bad)])
     assert r.exit_code == 2
     assert "name ('a') and metadata.name ('b') disagree" in r.output
+
+
+# Parsing fixes found with the corpus (tests/eas_corpus): real specs refused for reasons that were
+# not the user's fault, and refusals that did not say why.
+S = "/mnt/src"
+ACCEPTED_SPELLINGS = [
+    pytest.param({"warm_up_data_path": ""}, lambda s: not s.warm_up_data_path, id="empty-warmup-is-none"),
+    pytest.param({"storage": [{"mount_path": S, "oss": {"path": "oss://b/m/"}},
+                              {"mount_path": "/mnt/fast", "cache": {"capacity": "20G", "path": S}}]},
+                 lambda s: s.storage[1].cache.path == S and s.storage[1].cache.capacity == "20G",
+                 id="cache-storage"),
+    pytest.param({"storage": [{"mount_path": "/code", "git": {"repo": "https://git.example.com/a.git",
+                                                             "branch": "master"}}]},
+                 lambda s: s.storage[0].git is not None, id="git-storage"),
+    pytest.param({"storage": [{"mount_path": "/m", "oss": {"path": "oss://b/m/"},
+                               "properties": {"resource_type": "code"}}]},
+                 lambda s: s.unused_fields() == ["storage[0].properties"], id="storage-properties-kept"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "check"), ACCEPTED_SPELLINGS)
+def test_real_spellings_found_in_the_corpus_parse_and_round_trip(extra: dict[str, Any], check: Any):
+    doc = {"name": "corpus", "containers": C, **extra}
+    spec = parse_spec(doc)
+    assert check(spec)
+    assert spec.to_dict() == doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ({"name": "p", "processor_type": "cpp", "processor_path": "./e.tar.gz", "processor_entry": "libecho.so"},
+         "spec: processor_type 'cpp' is not available: OpenEAS runs custom processors written in Python"),
+        ({"name": "p", "processor_type": "java", "processor_mainclass": "com.example.P"},
+         "spec: processor_type 'java' is not available"),
+        ({"name": "p", "processor_type": "go"}, "spec: processor_type: 'go' is not a processor type"),
+        ({"name": "p", "processor_type": "python", "processor_entry": "app.py"},
+         "spec: processor_path: required for processor_type 'python'"),
+        ({"name": "p", "processor_type": "python", "processor_path": "/srv/proc"},
+         "spec: processor_entry: required for processor_type 'python'"),
+        ({"name": "s", "containers": C, "storage": [{"mount_path": "/d", "image": {"image": "r/x:1", "path": "/p"}}]},
+         "storage[0]: image: an `image` mount copies files out of another image"),
+        ({"name": "s", "containers": C, "storage": [{"mount_path": "/d", "dataset": {"id": "d-1", "version": "v1"}}]},
+         "storage[0]: dataset: a PAI `dataset` is an asset of the cloud workspace: mount the OSS path"),
+        ({"name": "s", "containers": C, "storage": [{"mount_path": "/d", "code": {"id": "code-1"}}]},
+         "storage[0]: code: a PAI `code` set"),
+        ({"name": "s", "containers": C, "storage": [{"mount_path": "/d", "oss": {"path": "oss://b/"}, "git": {"repo": "r"}}]},
+         "storage[0]: exactly one of 'oss', 'nfs', 'empty_dir', 'git' or 'cache' is required (found oss, git)"),
+        ({"name": "s", "containers": C, "storage": [{"mount_path": "/d", "cache": {"capacity": "2G"}}]},
+         "storage[0].cache.path: is required"),
+    ],
+    ids=["cpp", "java", "unknown-type", "python-no-path", "python-no-entry", "image-mount", "dataset-mount",
+         "code-mount", "two-sources-in-one-entry", "cache-without-path"],
+)  # fmt: skip
+def test_what_cannot_run_says_why_and_what_to_write(doc: dict[str, Any], error: str):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(doc)
+    assert any(line.startswith(error) for line in exc.value.errors), exc.value.errors
+
+
+PROCESSORS = [
+    # (processor fields, the command the synthesized container runs, its mounts)
+    pytest.param({"processor_path": "oss://b/proc/", "processor_entry": "./app.py"},
+                 "python -m openeas.processor --path /eas/workspace/processor --entry ./app.py --port 8000",
+                 {"/eas/workspace/processor": "oss://b/proc/"}, id="directory"),
+    pytest.param({"processor_path": "oss://b/p/app.tar.gz", "processor_entry": "app.py", "model_path": "oss://b/m/"},
+                 "python -m openeas.processor --path /eas/workspace/processor/app.tar.gz --entry app.py "
+                 "--model-path /eas/workspace/model --port 8000",
+                 {"/eas/workspace/processor": "oss://b/p/app.tar.gz", "/eas/workspace/model": "oss://b/m/"},
+                 id="archive-and-model"),
+    pytest.param({"processor_path": "/srv/my proc.zip", "processor_entry": "my app.py"},
+                 "python -m openeas.processor --path '/eas/workspace/processor/my proc.zip' --entry 'my app.py' "
+                 "--port 8000", {"/eas/workspace/processor": "/srv/my proc.zip"}, id="quoted-for-the-shell"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "command", "mounts"), PROCESSORS)
+def test_python_processor_becomes_a_container_and_is_given_back_as_written(
+    fields: dict[str, Any], command: str, mounts: dict[str, str]
+):
+    doc = {"name": "proc", "processor_type": "python", "storage": None, "model_config": {"k": 1}, **fields}
+    spec = parse_spec(doc)
+    assert spec.python_processor
+    assert spec.main.command == command
+    assert spec.main.env_dict() == {"OPENEAS_MODEL_CONFIG": '{"k":1}'}
+    assert {m.mount_path: m.oss.path for m in spec.storage if m.oss} == mounts
+    assert spec.to_dict() == doc  # no containers, storage still null: as written
+    assert "processor_path" not in spec.unused_fields()
+
+
+def test_python_processor_keeps_the_users_own_storage_first():
+    own = {"mount_path": "/data", "oss": {"path": "oss://b/d/"}}
+    doc = {"name": "proc", "processor_type": "python", "processor_path": "oss://b/p/", "processor_entry": "a.py",
+           "storage": [own]}  # fmt: skip
+    spec = parse_spec(doc)
+    assert [m.mount_path for m in spec.storage] == ["/data", "/eas/workspace/processor"]
+    assert spec.to_dict() == doc

@@ -268,9 +268,17 @@ def test_prepare_mounts_all_kinds(tmp_path: Path, cache: NodeCache) -> None:
             [{"mount_path": "/b", "nfs": {"server": "nas"}}],
             r"^storage\[0\]\.nfs\.path: an absolute local path is required",
         ),
+        (
+            [{"mount_path": "/code", "git": {"repo": "/nope/repo.git"}}],
+            r"^storage\[0\]\.git: git clone failed: fatal: .*/nope/repo.git",
+        ),
+        (
+            [{"mount_path": "/a", "empty_dir": {}}, {"mount_path": "/fast", "cache": {"path": "/elsewhere"}}],
+            r"^storage\[1\]\.cache\.path: '/elsewhere' is not inside another storage entry's mount_path",
+        ),
     ],
     # mount_path "/" never gets here: the spec rejects it (tests/test_spec.py "mount over root").
-    ids=["oss-missing", "nfs-missing", "nfs-without-path"],
+    ids=["oss-missing", "nfs-missing", "nfs-without-path", "git-clone-fails", "cache-of-nothing"],
 )
 def test_prepare_mounts_errors(
     tmp_path: Path, cache: NodeCache, storage: list[dict[str, object]], message: str
@@ -282,3 +290,19 @@ def test_prepare_mounts_errors(
 def test_nfs_server_with_export_path(tmp_path: Path, cache: NodeCache) -> None:
     spec = spec_with([{"mount_path": "/shared", "nfs": {"server": f"nas:{tmp_path}"}}])
     assert prepare_mounts(spec, cache, workdir=tmp_path / "w").paths == {"/shared": str(tmp_path)}
+
+
+def test_cache_mount_is_the_directory_it_caches(tmp_path: Path, cache: NodeCache) -> None:
+    # EAS's memory cache (storage[].cache) of another mount, listed before it: the cache's
+    # mount_path is served by the cached mount's own node-cache directory (or a folder inside it).
+    src = make_source(tmp_path)
+    spec = spec_with(
+        [
+            {"mount_path": "/models/sd", "cache": {"capacity": "20G", "path": "/data-oss/sd/"}},
+            {"mount_path": "/data-oss/", "oss": {"path": src.as_uri()}},
+        ]
+    )
+    plan = prepare_mounts(spec, cache, workdir=tmp_path / "w")
+    oss_dir = plan.paths["/data-oss"]
+    assert plan.paths["/models/sd"] == oss_dir + "/sd"
+    assert [f.kind for f in plan.fetches] == ["cache", "oss"]  # in the spec's order

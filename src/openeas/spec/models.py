@@ -27,6 +27,12 @@ from pydantic import (
 
 from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
+from openeas.spec.processor import (
+    PYTHON_PROCESSOR_FIELDS,
+    is_python_processor,
+    processor_problem,
+    synthesize_python_processor,
+)
 
 
 def processor_unavailable(processor: str) -> str:
@@ -405,8 +411,22 @@ class EmptyDir(_Model):
         return None if self.size_limit is None else quantity_bytes(self.size_limit, default_unit=2**30)
 
 
-# EAS mount kinds OpenEAS cannot serve (yet), with what they are.
-UNSERVED_MOUNTS = {"image": "another image's files", "dataset": "a PAI dataset"}
+# Storage kinds OpenEAS cannot serve, each with what to write instead (EAS: "Mount storage").
+UNSERVABLE_STORAGE = {
+    "image": (
+        "an `image` mount copies files out of another image, which OpenEAS does not do: put the "
+        "files in object storage and mount them with `oss`, or build them into the container's own image"
+    ),
+    "dataset": (
+        "a PAI `dataset` is an asset of the cloud workspace: mount the OSS path it registers with "
+        "`oss` instead"
+    ),
+    "code": (
+        "a PAI `code` set is an asset of the cloud workspace: put a checkout of its repository in "
+        "object storage and mount it with `oss`"
+    ),
+}
+STORAGE_KINDS = ("oss", "nfs", "empty_dir", "git", "cache")
 
 
 class StorageMount(_Model):
@@ -432,16 +452,16 @@ class StorageMount(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> StorageMount:
-        extra = self.model_extra or {}
-        for kind, what in UNSERVED_MOUNTS.items():
-            if kind in extra:
-                raise ValueError(
-                    f"'{kind}' mounts ({what}) cannot be served by this runtime; copy the files to "
-                    "object storage (or a folder) and mount them with 'oss' instead"
-                )
-        sources = [s for s in (self.oss, self.nfs, self.empty_dir, self.git, self.cache) if s is not None]
+        extra = self.__pydantic_extra__ or {}
+        for kind, why in UNSERVABLE_STORAGE.items():
+            if extra.get(kind) is not None:
+                raise ValueError(f"{kind}: {why}")
+        sources = [k for k in STORAGE_KINDS if getattr(self, k) is not None]
         if len(sources) != 1:
-            raise ValueError("exactly one of 'oss', 'nfs', 'empty_dir', 'git' or 'cache' is required")
+            raise ValueError(
+                "exactly one of 'oss', 'nfs', 'empty_dir', 'git' or 'cache' is required"
+                + (f" (found {', '.join(sources)})" if sources else "")
+            )
         return self
 
 
@@ -456,6 +476,9 @@ class Cloud(_Model):
 
 class ServiceSpec(_Model):
     _layout: Layout = PrivateAttr(default_factory=list)  # how the user spelled it (openeas.spec.eas)
+    # False: containers as written. Else a Python processor's synthesized container and mounts
+    # (openeas.spec.processor): how many storage entries the user wrote (None: no storage key).
+    _processor_storage: int | Literal[False] | None = PrivateAttr(default=False)
 
     metadata: Metadata
     containers: list[Container] = Field(min_length=1)
@@ -510,20 +533,38 @@ class ServiceSpec(_Model):
             return handler(data)
         if data.get("processor") and not data.get("containers"):
             raise ValueError(processor_unavailable(str(data["processor"])))
+        if not data.get("containers") and (problem := processor_problem(data)):
+            raise ValueError(problem)
         try:
             doc, layout = normalize(data)
         except SpellingConflict as exc:
             raise ValueError(str(exc)) from None
+        synthesized: int | Literal[False] | None = False
+        if is_python_processor(doc):  # openeas.spec.processor: its container, its mounts
+            synthesized = synthesize_python_processor(doc)
         spec = handler(doc)
         spec._layout = layout
+        spec._processor_storage = synthesized
         return spec
 
     @model_serializer(mode="wrap")
     def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
         out = handler(self)
+        if self._processor_storage is not False and isinstance(out, dict):
+            # A Python processor's container and mounts were added for it: not written by the user.
+            out.pop("containers", None)
+            if self._processor_storage is None:
+                out.pop("storage", None)
+            elif isinstance(out.get("storage"), list):
+                out["storage"] = out["storage"][: self._processor_storage]
         if self._layout and isinstance(out, dict):
             out = restore(out, self._layout)
         return out
+
+    @property
+    def python_processor(self) -> bool:
+        """The spec deploys a custom Python processor (its container was synthesized)."""
+        return self._processor_storage is not False
 
     @model_validator(mode="after")
     def _runtime_spellings(self) -> ServiceSpec:
@@ -550,6 +591,8 @@ class ServiceSpec(_Model):
         user's spelling where it differs only by a dotted key."""
         out: list[str] = []
         _extras(self, "", out)
+        if self.python_processor:
+            out = [p for p in out if p not in PYTHON_PROCESSOR_FIELDS]
         return sorted(out)
 
     def public_dict(self) -> dict[str, Any]:
@@ -562,8 +605,9 @@ class ServiceSpec(_Model):
     @field_validator("warm_up_data_path")
     @classmethod
     def _warmup_path(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and not _stored(info) and (not v or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
-            raise ValueError("must be a non-empty path without control characters (newline, NUL, ...)")
+        # "" is how EAS's own examples write "no warmup file" (the JSON deployment appendix).
+        if v and not _stored(info) and any(ord(c) < 0x20 or c == "\x7f" for c in v):
+            raise ValueError("must be a path without control characters (newline, NUL, ...)")
         return v
 
     @model_validator(mode="after")

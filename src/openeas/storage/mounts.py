@@ -8,6 +8,10 @@
 - ``nfs``: OpenEAS does not mount NFS itself. The export is expected to be mounted on the node
   already, at ``nfs.path`` (EAS: ``{"server": "host", "path": "/export"}``; a ``server`` of the
   form ``host:/export`` without ``path`` gives ``/export``), and that local directory must exist.
+- ``cache``: EAS's read-only memory cache of another mount (``cache.path`` names that mount's
+  ``mount_path``, or a folder inside it). The node cache already keeps that content local, so the
+  cache's ``mount_path`` is served by the same directory.
+- ``git``: not cloned by OpenEAS yet; a spec with one is refused at start with what to do instead.
 
 The command, script and env of the replica are then rewritten from ``mount_path`` to these
 directories by :func:`openeas.runtime.launch.build_launch`.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,13 +111,17 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
             cache.root, m.git.repo, m.git.branch, m.git.commit, where=f"{where}.git"
         )
         return MountFetch(mount_path, "git", str(path), hit, 0, seconds)
-    if m.cache is not None:  # resolved by prepare_mounts once every other mount is there
-        return MountFetch(mount_path, "cache", "", True, 0, 0.0)
     if m.empty_dir is not None:
         local = workdir.absolute() / "mounts" / str(i)
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
         return MountFetch(mount_path, "empty_dir", str(local), True, 0, 0.0)
+    if m.git is not None:
+        raise MountError(
+            f"{where}.git: Git mounts are not cloned by OpenEAS yet: put a checkout of "
+            f"{m.git.get('repo', 'the repository')!r} in object storage (or a local folder) "
+            "and mount it with oss"
+        )
     assert m.nfs is not None  # the spec model guarantees exactly one source
     local_nfs = nfs_local_path(m.nfs, where)
     if not os.path.isdir(local_nfs):
@@ -123,16 +131,28 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
     return MountFetch(mount_path, "nfs", local_nfs, True, 0, 0.0)
 
 
+def _cached(i: int, m: StorageMount, ready: list[MountFetch]) -> MountFetch:
+    """A ``cache`` entry: the directory of the mount whose ``mount_path`` holds ``cache.path``."""
+    assert m.cache is not None
+    wanted = m.cache.path.rstrip("/")
+    for f in ready:
+        if wanted == f.mount_path or wanted.startswith(f.mount_path + "/"):
+            local = f.local_dir + wanted[len(f.mount_path) :]
+            return MountFetch(m.mount_path.rstrip("/"), "cache", local, True, 0, 0.0)
+    raise MountError(
+        f"storage[{i}].cache.path: {wanted!r} is not inside another storage entry's mount_path; "
+        "OpenEAS serves a cache of a mounted directory (oss, nfs) of the same spec"
+    )
+
+
 def prepare_mounts(spec: ServiceSpec, cache: NodeCache, *, workdir: Path) -> MountPlan:
     """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``."""
-    fetches = [_prepare_one(i, m, cache, workdir) for i, m in enumerate(spec.storage)]
-    local = {f.mount_path: f.local_dir for f in fetches if f.kind != "cache"}
+    done: dict[int, MountFetch] = {}
+    for i, m in enumerate(spec.storage):
+        if m.cache is None:
+            done[i] = _prepare_one(i, m, cache, workdir)
     for i, m in enumerate(spec.storage):
         if m.cache is not None:
-            source = m.cache.path.rstrip("/")
-            if source not in local:
-                raise MountError(
-                    f"storage[{i}].cache.path: no other storage entry is mounted at {m.cache.path!r}"
-                )
-            fetches[i] = replace(fetches[i], local_dir=local[source])
+            done[i] = _cached(i, m, list(done.values()))
+    fetches = [done[i] for i in sorted(done)]
     return MountPlan(paths={f.mount_path: f.local_dir for f in fetches}, fetches=fetches)

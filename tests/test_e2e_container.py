@@ -310,3 +310,41 @@ def test_no_engine_is_a_clear_error(tmp_path: Path, image: str):
         assert "metadata.replica_runtime is 'container'" in rep["message"]
     finally:
         srv.stop()
+
+
+def test_several_containers_share_one_replica(server: Server, tmp_path: Path, image: str):
+    """The other containers join the main one's network namespace: the main server reaches the
+    second at 127.0.0.1:8001, as written; only the main port is published; delete removes both."""
+    spec = eas_spec("duo", bucket_with_testserver(tmp_path), image, replicas=1)
+    wait = (
+        "python3 -c 'import time, urllib.request as u\n"
+        "for _ in range(200):\n"
+        "    try:\n"
+        "        u.urlopen(\"http://127.0.0.1:8001/health\", timeout=1); break\n"
+        "    except OSError: time.sleep(0.05)\n"
+        "else: raise SystemExit(\"no sidecar\")'"
+    )
+    main = spec["containers"][0]
+    main["command"] = f"{wait} && " + main["command"]
+    spec["containers"].append(
+        {"command": "cd /mnt/data/code && exec python3 -m openeas.testserver --host 127.0.0.1 --port 8001",
+         "port": 8001}
+    )  # fmt: skip
+    c = server.client
+    c.deploy(spec)
+    rep = c.wait_ready("duo", 1, timeout_s=90)["replicas"][0]
+    boxes = {x["replica"]: x for x in containers(server.data_dir, all_states=False)}
+    names = sorted(
+        podman("inspect", "--format", "{{.Name}}", x["id"]).stdout.strip() for x in containers(server.data_dir)
+    )
+    assert names == [f"openeas-{rep['id']}", f"openeas-{rep['id']}-1"]
+    assert boxes[rep["id"]]["state"] == "running"
+    assert c.predict("duo", {"prompt": "x", "max_tokens": 1}, path="/v1/completions").status_code == 200
+    # A crash of the server adopts the replica: the other container is not taken for an orphan.
+    before = {x["id"] for x in containers(server.data_dir, all_states=False)}
+    server.kill9()
+    server.start()
+    c.wait_ready("duo", 1, timeout_s=60)
+    assert {x["id"] for x in containers(server.data_dir, all_states=False)} == before
+    c.delete("duo")
+    wait_for(lambda: not containers(server.data_dir), 60, what="both containers removed")

@@ -97,8 +97,8 @@ def test_validate_command_works_without_a_server(tmp_path: Path):
     assert r.stdout.splitlines() == [
         "spec is valid: service chat",
         "accepted, not used by this runtime: metadata.qos",
-        "warning: containers[1:]: only containers[0] runs as the replica's server; the other 1 container(s) are "
-        "kept in the spec but not started",
+        "warning: containers[1].port: 8000 is also containers[0]'s; the containers of a replica share its "
+        "network, so only one of them can listen on it",
     ]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "a", "metadata": {"name": "b"}, "containers": C}))

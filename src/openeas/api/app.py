@@ -211,11 +211,15 @@ def spec_warnings(spec: ServiceSpec) -> list[str]:
     out = []
     for name in exec_checks(spec.main):
         out.append(f"containers[0].{name}: exec probes are not run yet; a TCP connect stands in")
-    if len(spec.containers) > 1:
-        out.append(
-            f"containers[1:]: only containers[0] runs as the replica's server; the other "
-            f"{len(spec.containers) - 1} container(s) are kept in the spec but not started"
-        )
+    seen = {spec.main.port: 0}
+    for i, c in enumerate(spec.containers[1:], start=1):
+        if "port" in c.model_fields_set:
+            if c.port in seen:
+                out.append(
+                    f"containers[{i}].port: {c.port} is also containers[{seen[c.port]}]'s; the containers "
+                    "of a replica share its network, so only one of them can listen on it"
+                )
+            seen.setdefault(c.port, i)
     return out
 
 

@@ -283,6 +283,7 @@ class ReplicaSupervisor:
                     workdir=str(workdir),
                     log_path=row.log_path,
                     base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
+                    sidecar_ports=self._sidecar_ports(spec, port),
                 )
                 env = {**launch.env, **self._identity(row)}  # last: the spec cannot hide the replica
                 if pythonpath:  # prepare.pythonRequirements, installed once per node, come first
@@ -299,6 +300,16 @@ class ReplicaSupervisor:
         else:
             what = f"process {self.ref.pid} listening on port {port}"
         self._event(row, "Started", what)
+
+    def _sidecar_ports(self, spec: ServiceSpec, port: int) -> dict[int, int]:
+        """A free host port for each port the other containers name (process runtime)."""
+        used = {r.port for r in self.store.replicas() if r.port is not None} | {port}
+        out: dict[int, int] = {}
+        for side in spec.containers[1:]:
+            if "port" in side.model_fields_set and side.port != spec.main.port and side.port not in out:
+                out[side.port] = pick_port(used)
+                used.add(out[side.port])
+        return out
 
     async def _prepare(
         self,
@@ -358,31 +369,38 @@ class ReplicaSupervisor:
         )
 
     async def _pull(self, runtime: ImageRuntime, spec: ServiceSpec) -> None:
-        """Pulling: the image onto this node, unless it is here already (then no phase at all)."""
-        image = spec.main.image
-        assert image is not None  # the container runtime is only chosen with an image
-        if await asyncio.to_thread(runtime.has_image, image):
-            self._set(cold_start={"pull": {"image": image, "cached": True}})
+        """Pulling: every image of the spec onto this node, unless it is here already (no phase
+        at all when all are). ``cold_start.pull`` describes the main container's image."""
+        main = spec.main.image
+        assert main is not None  # the container runtime is only chosen with an image
+        images = list(dict.fromkeys(c.image for c in spec.containers if c.image))
+        missing = [i for i in images if not await asyncio.to_thread(runtime.has_image, i)]
+        if not missing:
+            self._set(cold_start={"pull": {"image": main, "cached": True}})
             return
-        self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
-        last = [0.0]
-
-        def progress(line: str) -> None:
-            now = self.clock.now()
-            if now - last[0] >= PULL_PROGRESS_EVERY_S:  # a row write per line would flood the store
-                last[0] = now
-                self.store.update_replica(self.rid, message=f"pulling {image}: {line[:200]}")
-
         auth = docker_credentials(spec.dockerAuth) if spec.dockerAuth else None
-        try:
-            result = await runtime.pull(image, docker_auth=auth, progress=progress)
-        except PullError as exc:
-            raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
-        self._set(
-            cold_start={
-                "pull": {"image": image, "cached": not result.pulled, "seconds": round(result.seconds, 3)}
-            }
-        )
+        pulled: dict[str, float] = {}
+        for image in missing:
+            self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
+            last = [0.0]
+
+            def progress(line: str, image: str = image, last: list[float] = last) -> None:
+                now = self.clock.now()
+                if now - last[0] >= PULL_PROGRESS_EVERY_S:  # a row write per line would flood the store
+                    last[0] = now
+                    self.store.update_replica(self.rid, message=f"pulling {image}: {line[:200]}")
+
+            try:
+                result = await runtime.pull(image, docker_auth=auth, progress=progress)
+            except PullError as exc:
+                raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
+            pulled[image] = round(result.seconds, 3) if result.pulled else 0.0
+        summary: dict[str, Any] = {"image": main, "cached": main not in pulled}
+        if main in pulled:
+            summary["seconds"] = pulled[main]
+        if len(images) > 1:
+            summary["images"] = {i: {"cached": i not in pulled} for i in images}
+        self._set(cold_start={"pull": summary})
 
     def _identity(self, row: ReplicaRow) -> dict[str, str]:
         return {

@@ -40,9 +40,11 @@ from openeas.runtime.base import LaunchSpec, ProcessRef, PullError, PullResult, 
 from openeas.runtime.container_args import (
     LABEL_DATA_DIR,
     LABEL_REPLICA,
+    LABEL_SIDECAR,
     ContainerLaunch,
     container_name,
     run_args,
+    sidecar_run_args,
 )
 from openeas.runtime.engine import Engine
 
@@ -113,25 +115,36 @@ class ContainerRuntime:
         error = self._run(c, log)
         if error is not None and "already in use" in error:
             # A container left from an earlier attempt of this replica (its removal was lost).
-            self._call("rm", "--force", c.name)
+            self._remove(c.name)
             error = self._run(c, log)
+        for side in c.sidecars:
+            if error is not None:
+                break
+            error = self._run(c, log, sidecar_run_args(c, side, engine=self.engine.name), side.env)
         if error is not None:
-            self._call("rm", "--force", c.name)
+            self._remove(c.name)
             self._images.discard(c.image)  # removed behind our back? the next start checks again
             raise OSError(f"{self.engine.name} could not start the container: {error}")
         return self._ref(c.name, c.pidfile)
 
-    def _run(self, c: ContainerLaunch, log: Path) -> str | None:
-        """``<engine> run`` with the replica log as its output; None, or the engine's error."""
+    def _remove(self, name: str) -> None:
+        """Remove a replica's container and the others in its network namespace, at once."""
+        self._call("rm", "--force", "--depend", "--time", "0", name)
+
+    def _run(
+        self, c: ContainerLaunch, log: Path, args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> str | None:
+        """``<engine> run`` (the main container, or ``args``) with the replica log as its output;
+        None, or the engine's error."""
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
             res = subprocess.run(
-                [self.engine.binary, *run_args(c, engine=self.engine.name)],
+                [self.engine.binary, *(args if args is not None else run_args(c, engine=self.engine.name))],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
-                env=self._env(c.env),
+                env=self._env(env if env is not None else c.env),
                 timeout=ENGINE_CALL_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
@@ -181,7 +194,7 @@ class ContainerRuntime:
         self._reap()
         self._removing.append(
             subprocess.Popen(
-                [self.engine.binary, "rm", "--force", self._name(ref)],
+                [self.engine.binary, "rm", "--force", "--depend", "--time", "0", self._name(ref)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -200,21 +213,24 @@ class ContainerRuntime:
         found = ids.stdout.split()
         if ids.returncode != 0 or not found:
             return []
-        fmt = '{{.Id}} {{.State.Pid}} {{index .Config.Labels "' + LABEL_REPLICA + '"}}'
-        res = self._call("inspect", "--format", fmt, *found)
+        labels = "".join('|{{index .Config.Labels "' + k + '"}}' for k in (LABEL_REPLICA, LABEL_SIDECAR))
+        res = self._call("inspect", "--format", "{{.Id}}|{{.State.Pid}}" + labels, *found)
         out = []
         for line in res.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1].isdigit():
-                cid, pid, rid = parts[0], int(parts[1]), parts[2]
-                out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=pid, handle=cid))
+            parts = line.strip().split("|")
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            cid, pid, rid, sidecar = parts[0], int(parts[1]), parts[2], parts[3]
+            if sidecar not in ("", "<no value>"):
+                continue  # a replica's other containers go with its main one (removed with --depend)
+            out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=pid, handle=cid))
         return out
 
     def kill(self, proc: ReplicaProcess) -> bool:
         """Remove the scanned container (by its id) with its processes."""
         if not proc.handle:
             return False
-        return self._call("rm", "--force", proc.handle).returncode == 0
+        return self._call("rm", "--force", "--depend", "--time", "0", proc.handle).returncode == 0
 
     # ---- images ---------------------------------------------------------------------------------
     def has_image(self, image: str) -> bool:

@@ -19,6 +19,10 @@ command is rewritten):
   generated its CDI spec).
 - **Identity:** the container is named ``openeas-<replica id>`` and labelled with the replica id,
   the service and the data dir: adoption and the orphan scan go by label, never by name.
+- **Several containers** run as one replica, as in an EAS instance: the others
+  (``openeas-<replica id>-<n>``) join the main container's network namespace, so they reach each
+  other on localhost at the ports the spec names; only the main container's port is published
+  (it receives the service's traffic); every container gets the spec's mounts.
 
 The weights stay in the mount and the server in the image: the two layers are kept apart.
 """
@@ -34,6 +38,7 @@ from openeas.spec.models import ServiceSpec
 LABEL_REPLICA = "io.openeas.replica"
 LABEL_SERVICE = "io.openeas.service"
 LABEL_DATA_DIR = "io.openeas.data-dir"
+LABEL_SIDECAR = "io.openeas.sidecar"  # on the other containers of a replica: their index
 NAME_PREFIX = "openeas-"
 CONTAINER_SHELL = "/bin/sh"
 
@@ -69,6 +74,17 @@ class ContainerLaunch:
     memory_mb: int | None = None
     gpus: int | None = None
     pidfile: str | None = None  # podman writes the main process's host pid here (no inspect call)
+    # The spec's other containers, in the main container's network namespace (as in an EAS
+    # instance, they reach each other on localhost at the ports the spec names).
+    sidecars: list[Sidecar] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    name: str
+    image: str  # the container's own image, else the main one's
+    argv: list[str]
+    env: dict[str, str]
 
 
 def container_name(replica_id: str) -> str:
@@ -117,6 +133,19 @@ def build_container_launch(
         volumes.append(Volume(source, target, mode))
     env = c.env_dict()
     env.setdefault("PORT", str(c.port))
+    sidecars = []
+    for i, side in enumerate(spec.containers[1:], start=1):
+        side_env = side.env_dict()
+        if "port" in side.model_fields_set:
+            side_env.setdefault("PORT", str(side.port))
+        sidecars.append(
+            Sidecar(
+                name=f"{container_name(replica_id)}-{i}",
+                image=side.image or c.image,
+                argv=container_argv(side.command, side.script),
+                env=side_env,
+            )
+        )
     md = spec.metadata
     return ContainerLaunch(
         name=container_name(replica_id),
@@ -133,6 +162,7 @@ def build_container_launch(
         memory_mb=md.memory,
         gpus=md.gpu or None,
         pidfile=f"{workdir}/container.pid",
+        sidecars=sidecars,
     )
 
 
@@ -166,4 +196,25 @@ def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = 
     if launch.gpus:
         args += ["--device", "nvidia.com/gpu=all"]
     args += ["--entrypoint", launch.argv[0], launch.image, *launch.argv[1:]]
+    return args
+
+
+def sidecar_run_args(launch: ContainerLaunch, side: Sidecar, *, engine: str = "podman") -> list[str]:
+    """``run`` arguments of one other container: same labels and mounts as the main one, in its
+    network namespace (``--network container:<main>``: localhost is shared, nothing published)."""
+    args = ["run", "--detach", "--pull", "never", "--name", side.name]
+    if engine == "podman":
+        args += ["--log-driver", "passthrough"]
+    for k, v in sorted(launch.labels.items()):
+        args += ["--label", f"{k}={v}"]
+    args += ["--label", f"{LABEL_SIDECAR}={side.name.rsplit('-', 1)[1]}"]
+    args += ["--network", f"container:{launch.name}"]
+    for vol in launch.volumes:
+        args += ["--volume", f"{vol.source}:{vol.target}:{vol.mode}"]
+    for t in launch.tmpfs:
+        size = f",size={t.size_bytes}" if t.size_bytes else ""
+        args += ["--tmpfs", f"{t.target}:rw{size}"]
+    for name in sorted(side.env):
+        args += ["--env", name]
+    args += ["--entrypoint", side.argv[0], side.image, *side.argv[1:]]
     return args

@@ -233,33 +233,65 @@ def build_launch(
     log_path: str,
     base_env: Mapping[str, str],
     bin_dir: str | None = None,
+    sidecar_ports: Mapping[int, int] | None = None,
 ) -> LaunchSpec:
-    """The LaunchSpec of one replica of ``spec``'s main container.
+    """The LaunchSpec of one replica of ``spec``: its main container, and the others (sidecars).
 
-    ``port``: this replica's host port. ``mounts``: mount_path → local directory backing it
-    (from :func:`openeas.storage.prepare_mounts`). ``workdir``: the replica's cwd.
-    ``base_env``: the environment to start from (usually ``os.environ``). ``bin_dir``: put
-    first on PATH; default the directory of the running Python interpreter.
+    ``port``: this replica's host port (the main container's). ``mounts``: mount_path → local
+    directory backing it (from :func:`openeas.storage.prepare_mounts`). ``workdir``: the
+    replica's cwd. ``base_env``: the environment to start from (usually ``os.environ``).
+    ``bin_dir``: put first on PATH; default the directory of the running Python interpreter.
+    ``sidecar_ports``: a host port for each other container's port (container port → host port).
+
+    Several containers run as one replica, as EAS runs them side by side in one instance: each
+    other container's command starts in the background, with its own env, in the replica's
+    process group (stopped with it), then the main container's command runs in the foreground.
+    Every container port is rewritten in every command and env (the main container's to
+    ``port``, the others' to ``sidecar_ports``), so ``--backend 127.0.0.1:8001`` in one container
+    still reaches the container listening on 8001.
     """
     c = spec.main
+    ports = {c.port: port, **{k: v for k, v in (sidecar_ports or {}).items() if k != c.port}}
 
     def rewrite(text: str) -> str:
-        return rewrite_mounts(rewrite_port(text, c.port, port), mounts)
+        for container_port, host_port in ports.items():
+            text = rewrite_port(text, container_port, host_port)
+        return rewrite_mounts(text, mounts)
+
+    def rewrite_env(env: Mapping[str, str]) -> dict[str, str]:
+        out = {}
+        for name, value in env.items():
+            for container_port, host_port in ports.items():
+                value = rewrite_port_env(name, value, container_port, host_port)
+            out[name] = rewrite_mounts(value, mounts, shell=False)
+        return out
 
     command = rewrite(c.command) if c.command else None
     script = None if command else rewrite(c.script or "")
-    spec_env = {
-        name: rewrite_mounts(rewrite_port_env(name, value, c.port, port), mounts, shell=False)
-        for name, value in c.env_dict().items()
-    }
+    argv = build_argv(command, script)
+    sidecars = []
+    for side in spec.containers[1:]:
+        side_port = ports.get(side.port) if "port" in side.model_fields_set else None
+        text = rewrite(side.command or side.script or "")
+        sidecars.append(_background(text, rewrite_env(side.env_dict()), side_port))
+    if sidecars:
+        argv = [argv[0], "-c", "\n".join([*sidecars, argv[2]])]
     return LaunchSpec(
         replica_id=replica_id,
-        argv=build_argv(command, script),
-        env=build_env(base_env, spec_env, port=port, bin_dir=bin_dir),
+        argv=argv,
+        env=build_env(base_env, rewrite_env(c.env_dict()), port=port, bin_dir=bin_dir),
         cwd=workdir,
         log_path=log_path,
         port=port,
     )
+
+
+def _background(text: str, env: Mapping[str, str], port: int | None) -> str:
+    """A sidecar's shell line: in a subshell with its own env (and PORT), in the background."""
+    full = {**env, **({"PORT": str(port)} if port is not None else {})}
+    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in full.items())
+    body = f"exec {text}" if is_simple_command(text) else text
+    return f"( {exports}{body}\n) &"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

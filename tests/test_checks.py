@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from openeas.controller.checks import checks_of, exec_checks
+from openeas.controller.checks import checks_of
+from openeas.controller.probe import run_exec_probe
 from openeas.runtime.fake import Behaviour
 from openeas.server import parse_replica_view
 from openeas.spec import parse_spec
@@ -55,9 +56,26 @@ def test_which_check_plays_which_role(fields: dict[str, Any], expected: tuple[An
     assert (path(c.startup), c.startup_timeout_s, c.live_probe, path(c.liveness), path(c.readiness)) == expected
 
 
-def test_exec_checks_are_named():
-    c = container(liveness_check={"exec": {"command": ["cat", "/tmp/ok"]}}, readiness_check=R)
-    assert exec_checks(c) == ["liveness_check"]
+EXEC = [
+    pytest.param(["true"], 5.0, True, "exec 'true' exited 0", id="passes"),
+    pytest.param(["sh", "-c", "echo nope >&2; exit 3"], 5.0, False, "exited 3: nope", id="fails-with-stderr"),
+    pytest.param(["sleep", "5"], 0.2, False, "did not finish within 0.2s", id="times-out"),
+    pytest.param(["/nonexistent/probe"], 5.0, False, "No such file or directory", id="missing-command"),
+]
+
+
+@pytest.mark.parametrize(("argv", "timeout_s", "ok", "detail"), EXEC)
+async def test_exec_probe(argv: list[str], timeout_s: float, ok: bool, detail: str):
+    result = await run_exec_probe(argv, cwd=None, env=None, timeout_s=timeout_s)
+    assert result.ok is ok and detail in result.detail, result.detail
+
+
+def test_exec_check_forms():
+    c = container(liveness_check={"exec": {"command": ["cat", "/tmp/ok"]}}, readiness_check={"exec": {"command": "test -f x"}})
+    assert c.liveness_check.exec_.argv() == ["cat", "/tmp/ok"]
+    assert c.readiness_check.exec_.argv() == ["/bin/sh", "-c", "test -f x"]
+    assert parse_spec({"name": "s", "containers": [{"command": "x", "liveness_check": {"exec": {"command": ["c"]}}}]}
+                      ).to_dict()["containers"][0]["liveness_check"] == {"exec": {"command": ["c"]}}  # fmt: skip
 
 
 def checked_world(tmp_path: Path, **checks: Any) -> tuple[World, str]:
@@ -106,7 +124,9 @@ def test_real_replica_readiness_and_liveness(server: Server, tmp_path: Path):
     spec = service_spec("probed", args=f"--unready-file {unready} --unhealthy-file {unhealthy}")
     c0 = spec["containers"][0]
     del c0["health_check"]
-    c0["readiness_check"] = {"http_get": {"path": "/ready"}, "period_seconds": 0.2, "failure_threshold": 2}
+    # readiness by a command run in the replica's folder; liveness over HTTP
+    c0["readiness_check"] = {"exec": {"command": ["test", "!", "-e", str(unready)]}, "period_seconds": 0.2,
+                             "failure_threshold": 2}  # fmt: skip
     c0["liveness_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 2}
     c = server.client
     c.deploy(spec)

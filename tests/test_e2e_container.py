@@ -326,6 +326,8 @@ def test_several_containers_share_one_replica(server: Server, tmp_path: Path, im
     )
     main = spec["containers"][0]
     main["command"] = f"{wait} && " + main["command"]
+    # readiness by a command run inside the main container (`podman exec`)
+    main["readiness_check"] = {"exec": {"command": ["test", "-f", "/mnt/data/weights.bin"]}, "period_seconds": 1}
     spec["containers"].append(
         {"command": "cd /mnt/data/code && exec python3 -m openeas.testserver --host 127.0.0.1 --port 8001",
          "port": 8001}

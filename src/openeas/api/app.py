@@ -26,7 +26,6 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.autoscaler.loop import Autoscaler, policy_view
-from openeas.controller.checks import exec_checks
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.runtime.select import Runtimes
@@ -209,8 +208,6 @@ def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
 def spec_warnings(spec: ServiceSpec) -> list[str]:
     """What deploys but may not do what the user expects."""
     out = []
-    for name in exec_checks(spec.main):
-        out.append(f"containers[0].{name}: exec probes are not run yet; a TCP connect stands in")
     seen = {spec.main.port: 0}
     for i, c in enumerate(spec.containers[1:], start=1):
         if "port" in c.model_fields_set:

@@ -15,8 +15,8 @@ gives each role its check:
 - **readiness** runs while the replica serves; ``failure_threshold`` failures in a row take it out
   of routing (phase Unready) without a restart, one success puts it back: ``readiness_check``.
 
-An ``exec`` check (a command run inside the replica) is not run yet: a TCP connect to the
-replica's port stands in for it, and ``deploy --dry-run`` says so.
+An ``exec`` check runs its command inside the replica (``<engine> exec`` in its container; for a
+process, in the replica's folder with its environment); exit status 0 passes.
 """
 
 from __future__ import annotations
@@ -52,14 +52,3 @@ def checks_of(c: Container) -> Checks:
         # a replica that stops answering; with them, only a liveness_check does.
         live_probe=c.liveness_check is not None or not container_level,
     )
-
-
-def exec_checks(c: Container) -> list[str]:
-    """The names of the container's checks written as ``exec`` (not run yet; see the docstring)."""
-    named = {
-        "health_check": c.health_check,
-        "startup_check": c.startup_check,
-        "liveness_check": c.liveness_check,
-        "readiness_check": c.readiness_check,
-    }
-    return [name for name, chk in named.items() if chk is not None and "exec" in (chk.model_extra or {})]

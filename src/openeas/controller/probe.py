@@ -131,6 +131,35 @@ def _connect_error(e: OSError, host: str, port: int) -> str:
     return f"cannot connect to {host}:{port}: {e.strerror or e}"
 
 
+async def run_exec_probe(
+    argv: list[str], *, cwd: str | None, env: dict[str, str] | None, timeout_s: float
+) -> ProbeResult:
+    """Run an ``exec`` check's command; exit status 0 passes. Never raises for the command's trouble."""
+    shown = " ".join(argv[-3:]) if len(argv) > 3 else " ".join(argv)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as e:
+        return ProbeResult(False, f"exec {shown!r}: {e.strerror or e}")
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ProbeResult(False, f"exec {shown!r} did not finish within {timeout_s:g}s")
+    if proc.returncode == 0:
+        return ProbeResult(True, f"exec {shown!r} exited 0")
+    tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
+    return ProbeResult(False, f"exec {shown!r} exited {proc.returncode}" + (f": {tail[0]}" if tail else ""))
+
+
 class Transition(enum.Enum):
     """What one recorded result changed."""
 

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any, NamedTuple, Unpack
 
 from openeas.controller.checks import checks_of
-from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port
+from openeas.controller.probe import (
+    Probe,
+    ProbeResult,
+    ProbeTracker,
+    Transition,
+    probe_once,
+    probe_port,
+    run_exec_probe,
+)
 from openeas.controller.rollout import restart_backoff_s
 from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
 from openeas.errors import MountError
@@ -133,6 +141,7 @@ class ReplicaSupervisor:
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
+        self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -290,6 +299,7 @@ class ReplicaSupervisor:
                     paths = (pythonpath, env.get("PYTHONPATH"))
                     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
                 launch = replace(launch, env=env)
+                self._env = env
             self.ref = self.runtime.start(launch)
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
@@ -428,7 +438,7 @@ class ReplicaSupervisor:
                 )
             now = self.clock.now()
             if row.port is not None and tracker.due(now):
-                result = await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
+                result = await self._probe(spec, row, check)
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
                 if tracker.startup_expired(self.clock.now()):
@@ -492,7 +502,7 @@ class ReplicaSupervisor:
                 row = self._row()
                 if row.port is None:
                     continue
-                result = await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
+                result = await self._probe(spec, row, check)
                 change = tracker.record(result.ok, now)
                 if role == "liveness" and change is Transition.BECAME_UNREADY:
                     field = "liveness_check" if spec.main.liveness_check is not None else "health_check"
@@ -503,6 +513,19 @@ class ReplicaSupervisor:
                 if role == "readiness" and change is not None:
                     self._readiness_changed(change, tracker, result.detail)
             await self._sleep(ALIVE_CHECK_S)
+
+    async def _probe(self, spec: ServiceSpec, row: ReplicaRow, check: HealthCheck | None) -> ProbeResult:
+        """One probe of ``check``: an ``exec`` command inside the replica, else over the network."""
+        assert row.port is not None
+        if check is None or check.exec_ is None:
+            return await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
+        argv = check.exec_.argv()
+        exec_argv = getattr(self.runtime, "exec_argv", None)
+        if exec_argv is not None and self.ref is not None:  # in the container
+            cmd, cwd, env = exec_argv(self.ref, argv), None, None
+        else:  # a process: in its folder, with its environment
+            cmd, cwd, env = argv, row.workdir, self._env or None
+        return await run_exec_probe(cmd, cwd=cwd, env=env, timeout_s=float(check.timeout_seconds))
 
     def _readiness_changed(self, change: Transition, tracker: ProbeTracker, detail: str) -> None:
         if change is Transition.BECAME_UNREADY:

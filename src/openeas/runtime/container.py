@@ -232,6 +232,10 @@ class ContainerRuntime:
             return False
         return self._call("rm", "--force", "--depend", "--time", "0", proc.handle).returncode == 0
 
+    def exec_argv(self, ref: ProcessRef, argv: list[str]) -> list[str]:
+        """The engine command that runs ``argv`` inside the replica's main container."""
+        return [self.engine.binary, "exec", self._name(ref), *argv]
+
     # ---- images ---------------------------------------------------------------------------------
     def has_image(self, image: str) -> bool:
         """Whether the engine has ``image``; a yes is remembered (an engine call costs tens of ms

@@ -175,11 +175,29 @@ class HttpGet(_Model):
     port: int | None = Field(default=None, ge=1, le=65535, description="defaults to the container port")
 
 
+class ExecAction(_Model):
+    """A command run inside the replica (in its container, or in its folder for a process);
+    exit status 0 passes. A list is run as is, a string by /bin/sh -c."""
+
+    command: list[str] | str = Field(description="the command: a list of arguments, or a shell string")
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, v: list[str] | str) -> list[str] | str:
+        if not v or (isinstance(v, list) and not v[0]):
+            raise ValueError("must name a command")
+        return v
+
+    def argv(self) -> list[str]:
+        return list(self.command) if isinstance(self.command, list) else ["/bin/sh", "-c", self.command]
+
+
 class HealthCheck(_Model):
-    """Readiness probe. Without ``http_get`` the probe is a TCP connect to the replica's port."""
+    """A probe: ``http_get``, ``exec``, else a TCP connect to the replica's port."""
 
     http_get: HttpGet | None = None
     tcp_socket: dict[str, Any] | None = None
+    exec_: ExecAction | None = Field(default=None, alias="exec")
     initial_delay_seconds: Number = Field(default=0.0, ge=0)
     period_seconds: Number = Field(default=1.0, gt=0)
     timeout_seconds: Number = Field(default=2.0, gt=0)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from openeas.runtime import free_port
 from openeas.sdk import Client
@@ -233,3 +238,37 @@ def event(srv: Server, name: str, reason: str) -> dict[str, Any] | None:
     """The latest event `reason` of service `name`, if any."""
     found = [e for e in srv.client.events(name, limit=10_000) if e["reason"] == reason]
     return found[-1] if found else None
+
+
+@dataclass
+class Load:
+    """Answers of a steady load (status codes) and the client errors seen (no answer at all)."""
+
+    results: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def steady_load(url: str, token: str, *, threads: int = 4) -> Iterator[Load]:
+    """``threads`` clients POSTing a one-token completion to ``url`` back to back until the block
+    ends (then they are joined): what a kill -9 test checks for lost requests."""
+    load, stop = Load(), threading.Event()
+
+    def client() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(url, json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": token}, timeout=10)
+                load.results.append(r.status_code)
+            except requests.RequestException as exc:
+                load.errors.append(repr(exc))
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(15)

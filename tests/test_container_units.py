@@ -15,7 +15,7 @@ import pytest
 from openeas.errors import SpecError
 from openeas.runtime.base import PullError, PullResult
 from openeas.runtime.container import registry_of
-from openeas.runtime.container_args import build_container_launch, container_argv, run_args
+from openeas.runtime.container_args import build_container_launch, container_argv, run_args, sidecar_run_args
 from openeas.runtime.engine import detect_engine
 from openeas.runtime.fake import FakeRuntime
 from openeas.runtime.select import Runtimes, choose_runtime
@@ -384,3 +384,20 @@ async def test_container_requested_without_an_engine_fails_clearly(tmp_path: Pat
     )
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def test_other_containers_join_the_main_ones_network():
+    doc = eas(storage=[{"mount_path": "/mnt/data", "oss": {"path": "oss://b/m/"}}])
+    doc["containers"].append({"command": "proxy --to 127.0.0.1:8000", "port": 8080, "env": {"K": "v"}})
+    doc["containers"].append({"image": "localhost/logger:2", "command": "ship"})
+    launch = build_container_launch(
+        parse_spec(doc), replica_id="svc-1", data_dir="/d", host_port=21000, mounts={"/mnt/data": "/c"}, workdir="/w"
+    )
+    first, second = (sidecar_run_args(launch, side) for side in launch.sidecars)
+    assert pairs(first, "--name") == ["openeas-svc-1-1"] and pairs(second, "--name") == ["openeas-svc-1-2"]
+    assert pairs(first, "--network") == ["container:openeas-svc-1"] and pairs(first, "--publish") == []
+    assert "io.openeas.sidecar=1" in pairs(first, "--label") and "io.openeas.replica=svc-1" in pairs(first, "--label")
+    assert pairs(first, "--volume") == ["/c:/mnt/data:ro"]  # every container gets the spec's mounts
+    assert pairs(first, "--env") == ["K", "PORT"] and launch.sidecars[0].env == {"K": "v", "PORT": "8080"}
+    assert first[-5:] == ["--entrypoint", "/bin/sh", IMAGE, "-c", "exec proxy --to 127.0.0.1:8000"]  # the main image
+    assert second[-5:] == ["--entrypoint", "/bin/sh", "localhost/logger:2", "-c", "exec ship"]

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from openai import OpenAI
 import openeas
 from openeas.runtime.container_args import LABEL_DATA_DIR, LABEL_REPLICA
 from openeas.runtime.engine import engine_env
-from tests.harness import Server, new_server, reasons, wait_for
+from tests.harness import Server, new_server, reasons, steady_load, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -178,27 +177,9 @@ def test_kill9_in_container_restarts_and_server_crash_adopts(server: Server, tmp
     detail = c.wait_ready("sturdy", 2, timeout_s=90)
     token = c.call_info("sturdy")["token"]
     url = f"{server.gateway_url}/api/predict/sturdy/v1/completions"
-    results: list[int] = []
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        s = requests.Session()
-        while not stop.is_set():
-            try:
-                r = s.post(
-                    url, json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": token}, timeout=10
-                )
-                results.append(r.status_code)
-            except requests.RequestException as exc:
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
     victim = detail["replicas"][0]
-    try:
-        wait_for(lambda: len(results) >= 50, 30, what="load flowing")
+    with steady_load(url, token) as load:
+        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing")
         os.kill(victim["pid"], signal.SIGKILL)  # the server process inside the container
 
         def restarted() -> dict | None:
@@ -206,13 +187,10 @@ def test_kill9_in_container_restarts_and_server_crash_adopts(server: Server, tmp
             return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
 
         back = wait_for(restarted, 60, what="the killed replica Ready again")
-        served = len(results)
-        wait_for(lambda: len(results) >= served + 50, 30, what="load served after the restart")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
-    assert not errors, errors[:3]
+        served = len(load.results)
+        wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
+    assert not load.errors, load.errors[:3]
+    results = load.results
     assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
     assert back["pid"] != victim["pid"]
 

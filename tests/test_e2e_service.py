@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from openeas.sdk import ApiError
-from tests.harness import Server, new_server, replica_processes, service_spec, wait_for
+from tests.harness import Server, new_server, replica_processes, service_spec, steady_load, wait_for
 
 
 def _ready_replicas(srv: Server, name: str) -> list[dict]:
@@ -156,27 +155,9 @@ def test_kill9_replica_under_load_loses_nothing_and_the_gauges_follow(server: Se
     assert gauges(server, "steady") == {"Ready": 2, "desired_replicas": 2, "replica_restarts": 0}
     token = c.call_info("steady")["token"]
     url = f"{server.gateway_url}/api/predict/steady/v1/completions"
-    results: list[int] = []
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        s = requests.Session()
-        while not stop.is_set():
-            try:
-                r = s.post(
-                    url, json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": token}, timeout=10
-                )
-                results.append(r.status_code)
-            except requests.RequestException as exc:
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
     victim = detail["replicas"][0]
-    try:
-        wait_for(lambda: len(results) >= 50, 30, what="load flowing through both replicas")
+    with steady_load(url, token) as load:
+        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing through both replicas")
         os.kill(victim["pid"], signal.SIGKILL)
 
         def restarted() -> dict | None:
@@ -184,13 +165,10 @@ def test_kill9_replica_under_load_loses_nothing_and_the_gauges_follow(server: Se
             return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
 
         back = wait_for(restarted, 60, what="the killed replica Ready again")
-        served = len(results)
-        wait_for(lambda: len(results) >= served + 50, 30, what="load served after the restart")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
-    assert not errors, errors[:3]
+        served = len(load.results)
+        wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
+    assert not load.errors, load.errors[:3]
+    results = load.results
     assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
     assert back["pid"] != victim["pid"]
     assert gauges(server, "steady") == {"Ready": 2, "desired_replicas": 2, "replica_restarts": 1}

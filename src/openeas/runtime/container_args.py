@@ -174,47 +174,46 @@ def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = 
     ``limits``: pass cpu/memory limits (False where the host's cgroups cannot apply them). The
     image is never pulled here (``--pull never``): the runtime pulls it first, in Pulling.
     """
-    args = ["run", "--detach", "--pull", "never", "--name", launch.name]
-    if engine == "podman":
-        args += ["--log-driver", "passthrough"]
-        if launch.pidfile:
-            args += ["--pidfile", launch.pidfile]
-    for k, v in sorted(launch.labels.items()):
-        args += ["--label", f"{k}={v}"]
-    args += ["--publish", f"{launch.host_ip}:{launch.host_port}:{launch.container_port}"]
-    for vol in launch.volumes:
-        args += ["--volume", f"{vol.source}:{vol.target}:{vol.mode}"]
-    for t in launch.tmpfs:
-        size = f",size={t.size_bytes}" if t.size_bytes else ""
-        args += ["--tmpfs", f"{t.target}:rw{size}"]
-    for name in sorted(launch.env):
-        args += ["--env", name]  # the value comes from the CLI's environment (not the process list)
+    extra = ["--pidfile", launch.pidfile] if engine == "podman" and launch.pidfile else []
+    extra += ["--publish", f"{launch.host_ip}:{launch.host_port}:{launch.container_port}"]
     if limits and launch.cpus:
-        args += ["--cpus", f"{launch.cpus:g}"]
+        extra += ["--cpus", f"{launch.cpus:g}"]
     if limits and launch.memory_mb:
-        args += ["--memory", f"{launch.memory_mb}m"]
+        extra += ["--memory", f"{launch.memory_mb}m"]
     if launch.gpus:
-        args += ["--device", "nvidia.com/gpu=all"]
-    args += ["--entrypoint", launch.argv[0], launch.image, *launch.argv[1:]]
-    return args
+        extra += ["--device", "nvidia.com/gpu=all"]
+    return _run(launch, launch.name, launch.image, launch.argv, launch.env, extra, engine)
 
 
 def sidecar_run_args(launch: ContainerLaunch, side: Sidecar, *, engine: str = "podman") -> list[str]:
     """``run`` arguments of one other container: same labels and mounts as the main one, in its
     network namespace (``--network container:<main>``: localhost is shared, nothing published)."""
-    args = ["run", "--detach", "--pull", "never", "--name", side.name]
+    index = side.name.rsplit("-", 1)[1]
+    extra = ["--label", f"{LABEL_SIDECAR}={index}", "--network", f"container:{launch.name}"]
+    return _run(launch, side.name, side.image, side.argv, side.env, extra, engine)
+
+
+def _run(
+    launch: ContainerLaunch,
+    name: str,
+    image: str,
+    argv: list[str],
+    env: dict[str, str],
+    extra: list[str],
+    engine: str,
+) -> list[str]:
+    """What every container of a replica gets: its name, the log, labels, mounts, env names."""
+    args = ["run", "--detach", "--pull", "never", "--name", name]
     if engine == "podman":
         args += ["--log-driver", "passthrough"]
     for k, v in sorted(launch.labels.items()):
         args += ["--label", f"{k}={v}"]
-    args += ["--label", f"{LABEL_SIDECAR}={side.name.rsplit('-', 1)[1]}"]
-    args += ["--network", f"container:{launch.name}"]
+    args += extra
     for vol in launch.volumes:
         args += ["--volume", f"{vol.source}:{vol.target}:{vol.mode}"]
     for t in launch.tmpfs:
         size = f",size={t.size_bytes}" if t.size_bytes else ""
         args += ["--tmpfs", f"{t.target}:rw{size}"]
-    for name in sorted(side.env):
-        args += ["--env", name]
-    args += ["--entrypoint", side.argv[0], side.image, *side.argv[1:]]
-    return args
+    for var in sorted(env):
+        args += ["--env", var]  # the value comes from the CLI's environment (not the process list)
+    return [*args, "--entrypoint", argv[0], image, *argv[1:]]

@@ -41,6 +41,9 @@ class Knobs:
     """If set, the process exits this many seconds after it starts serving (a replica crash)."""
     exit_code: int = 0
     """Exit status used by ``exit_after_s`` (non-zero simulates a crash)."""
+    max_concurrency: int = 0
+    """Work requests served at once; more wait their turn in arrival order (0 = no limit). With
+    ``latency_ms`` it gives a known capacity: ``max_concurrency / latency`` requests per second."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -60,6 +63,8 @@ class Knobs:
             raise bad("model_name", "must not be empty")
         if self.exit_after_s is not None and (not math.isfinite(self.exit_after_s) or self.exit_after_s < 0):
             raise bad("exit_after_s", f"must be a finite number >= 0, got {self.exit_after_s!r}")
+        if self.max_concurrency < 0:
+            raise bad("max_concurrency", f"must be >= 0, got {self.max_concurrency!r}")
         if not 0 <= self.exit_code <= 255:
             raise bad("exit_code", f"must be within 0..255, got {self.exit_code!r}")
 
@@ -80,6 +85,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_tokens_default": int,
     "exit_after_s": _optional_float,
     "exit_code": int,
+    "max_concurrency": int,
 }
 
 

@@ -373,6 +373,7 @@ async def _serve(
         # The gateways' per-service counters (arrivals, in flight, held), in time windows: what the
         # autoscaler reads (`gateway_stats.on_demand` wakes it when a request is held).
         gateway_stats = GatewayStats(time.monotonic)
+        cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(

@@ -370,3 +370,17 @@ def load_bodies(plan: StressPlan) -> list[bytes]:
 def validate(plan: StressPlan) -> list[bytes]:
     """Every check that needs no server: the bodies load. Returns them."""
     return load_bodies(plan)
+
+
+def build_plan(target: str, task: Any = None, options: dict[str, Any] | None = None) -> StressPlan:
+    """The plan for ``target`` from an EAS benchmark task (may be None) and options in
+    StressPlan's own names (they win over the task). A task naming another service is an error."""
+    fields = from_eas(task) if task is not None else {}
+    named = fields.pop("target", None)
+    if named is not None and named != target:
+        raise PlanError([f"service.serviceName: the task names '{named}', the test targets '{target}'"])
+    fields.update({k: v for k, v in (options or {}).items() if v is not None})
+    fields["target"] = target
+    p = make_plan(fields)
+    load_bodies(p)  # a missing or malformed data file is an error now, before any load
+    return p

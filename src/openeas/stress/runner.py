@@ -86,6 +86,7 @@ async def run_steps(
     on_step: Callable[[StepResult], None] | None = None,
     min_replicas: int = 1,
     replicas_fallback: float = 1.0,
+    report_id: str | None = None,
 ) -> dict[str, Any]:
     """Run the plan to its end (knee, last step, duration or request cap, stop request) and
     return the report (a JSON-ready dict)."""
@@ -103,7 +104,8 @@ async def run_steps(
             end_reason = "knee reached" if steps and steps[-1].knee else "ramp complete"
             break
         elapsed = clock.now() - t0
-        if elapsed + plan.step_s > plan.duration_s + 1e-6:
+        # (a step ends a few ms after its planned length: that slack is not a reason to stop)
+        if elapsed + plan.step_s > plan.duration_s + min(0.5, 0.1 * plan.step_s):
             end_reason = f"duration: base.duration ({plan.duration_s:g} s) reached"
             break
         if plan.load == Load.RATE:
@@ -134,7 +136,7 @@ async def run_steps(
     stream = any(s.ttft is not None for s in final)
     return {
         "version": REPORT_VERSION,
-        "id": new_id(),
+        "id": report_id or new_id(),
         "target": plan.target,
         "status": "interrupted" if gen.stopped else "completed",
         "end_reason": end_reason,
@@ -195,6 +197,7 @@ async def run_against(
     on_generator: Callable[[Generator], None] | None = None,
     min_replicas: int = 1,
     replicas_fallback: float = 1.0,
+    report_id: str | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` against ``/api/predict/<target>`` on the gateway. ``on_generator`` receives the
     generator before the first step (call its ``stop()`` to interrupt)."""
@@ -225,6 +228,7 @@ async def run_against(
             on_step=on_step,
             min_replicas=min_replicas,
             replicas_fallback=replicas_fallback,
+            report_id=report_id,
         )
     finally:
         await transport.close()

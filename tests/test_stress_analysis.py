@@ -72,7 +72,8 @@ BASE = step(10, p99=50)
         # 2 req/s for 5 s, 1 answer missing: 50% short but one request is no knee
         (step(2, 1.8), [BASE], {}, None),
         (step(100, send_rate=80), [BASE], {}, "generator: sent only 80.0 of 100.0 req/s due"),
-        (step(100, p99=151), [BASE], {}, "latency: p99 151.0 ms is above 3 x the low-load p99 (50.0 ms)"),
+        (step(100, p99=151), [BASE, step(80, p99=160)], {}, "latency: p99 151.0 ms is above 3 x the low-load p99 (50.0 ms) in 2 steps"),
+        (step(100, p99=151), [BASE, step(80, p99=60)], {}, None),  # one slow step: noise, not a knee
         (step(100, p99=149), [BASE], {}, None),
         (step(100, p99=120), [BASE], {"max_rt_ms": 100}, "latency: p99 120.0 ms is above maxRT (100 ms)"),
         (step(100, errors=20), [BASE], {}, "errors: 4.0% of requests failed, above faultTolerate (1.0%)"),
@@ -83,7 +84,8 @@ BASE = step(10, p99=50)
         (step(8, 90.0, load="concurrency"), [step(4, 48.0, load="concurrency")], {}, None),
     ],
     ids=[
-        "served", "small-shortfall", "shortfall", "too-few-missing", "generator-limit", "p99-multiple", "p99-under-multiple",
+        "served", "small-shortfall", "shortfall", "too-few-missing", "generator-limit", "p99-multiple", "p99-once",
+        "p99-under-multiple",
         "max-rt", "errors", "errors-continue", "errors-tolerated", "closed-loop-flat", "closed-loop-growing",
     ],
 )  # fmt: skip

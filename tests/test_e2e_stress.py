@@ -151,3 +151,24 @@ def test_api_runs_a_bounded_test_in_the_server(srv: Server) -> None:
     page = requests.get(f"{api}/api/v1/stress/{rid}/html", headers=headers)
     # latency, throughput, replicas and in flight over time
     assert page.status_code == 200 and page.text.count("<svg") == 4 and "cap2" in page.text
+
+
+def test_ctrl_c_stops_and_keeps_a_partial_report(srv: Server) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openeas.cli", "stress", "cap2", "--mode", "manual", "--qps", "50",
+         "--step", "2", "--duration", "60", "--json"],
+        env=srv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(5)  # into the second or third step
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 10  # stops at once, waits at most 5 s for answers in flight
+    report = json.loads(out)
+    assert report["status"] == "interrupted" and report["end_reason"] == "interrupted"
+    assert 1 <= len(report["steps"]) < 30 and report["requests"] > 0
+    stored = stress_json(srv, "show", report["id"])
+    assert stored["status"] == "interrupted" and stored["steps"] == report["steps"]

@@ -206,3 +206,16 @@ def test_scan_that_never_saturates_says_so() -> None:
     report = fake_run(1, mode="scan", min_qps=10, max_qps=50, qps_growth_delta=20)
     assert report["end_reason"] == "ramp complete" and not report["saturation"]["found"]
     assert [s["offered"] for s in report["steps"]] == [10, 30, 50]
+
+
+def test_a_stopped_run_still_reports() -> None:
+    clock = VirtualClock()
+    svc = SimulatedService(clock, servers=8, service_s=0.05)
+    gen = Generator(svc, clock, 1)
+    clock.call_at(clock.now() + 5.0, gen.stop)  # during the third 2-s step
+    p = plan(step_s=2.0, duration_s=120.0)
+    report = asyncio.run(run_steps(p, gen, StaticObserver(ready=1), clock))
+    assert report["status"] == "interrupted" and report["end_reason"] == "interrupted"
+    assert [s["offered"] for s in report["steps"]] == [10, 12.5, 15.625]
+    assert report["steps"][-1]["duration_s"] == pytest.approx(1.0, abs=0.06)  # cut short at 5 s
+    assert report["saturation"] is not None and not report["saturation"]["found"]

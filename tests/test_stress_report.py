@@ -46,6 +46,14 @@ def test_store_keeps_lists_and_replaces(tmp_path: Path, report: dict[str, Any]) 
         reports.save(store, {"target": "x"})
 
 
+def test_a_test_cut_by_a_server_restart_is_interrupted(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    reports.save(store, {"id": "r-1", "target": "s", "status": "running", "steps": []})
+    reports.save(store, {"id": "r-2", "target": "s", "status": "completed", "steps": []})
+    assert reports.mark_abandoned(store) == 1
+    assert {r["id"]: r["status"] for r in reports.listing(store)} == {"r-1": "interrupted", "r-2": "completed"}
+
+
 def test_summary_names_the_saturation(report: dict[str, Any]) -> None:
     s = reports.summary(report)
     assert s["saturation_found"] and s["qps_per_replica"] == pytest.approx(160, rel=0.1)

@@ -83,22 +83,36 @@ def save(store: Store, report: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def mark_abandoned(store: Store) -> int:
+    """Reports still ``running`` when a server starts were cut by its previous life: ``interrupted``.
+    Returns how many."""
+    with store.engine.begin() as conn:
+        result = conn.execute(
+            text("UPDATE stress_reports SET status = 'interrupted' WHERE status = 'running'")
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def listing(store: Store, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Summaries, newest first."""
     where = "WHERE target = :target " if target else ""
     with store.engine.connect() as conn:
         rows = conn.execute(
-            text(f"SELECT summary FROM stress_reports {where}ORDER BY created_at DESC LIMIT :limit"),
+            text(f"SELECT summary, status FROM stress_reports {where}ORDER BY created_at DESC LIMIT :limit"),
             {"target": target, "limit": limit},
         ).all()
-    return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+    # the status column wins: mark_abandoned changes it alone
+    return [{**(json.loads(r[0]) if isinstance(r[0], str) else r[0]), "status": r[1]} for r in rows]
 
 
 def get(store: Store, rid: str) -> dict[str, Any]:
     with store.engine.connect() as conn:
-        row = conn.execute(text("SELECT report FROM stress_reports WHERE id = :id"), {"id": rid}).first()
+        row = conn.execute(
+            text("SELECT report, status FROM stress_reports WHERE id = :id"), {"id": rid}
+        ).first()
     if row is None:
         raise NotFound(f"no stress report '{rid}'")
     value = row[0]
     out: dict[str, Any] = json.loads(value) if isinstance(value, str) else value
+    out["status"] = row[1]
     return out

@@ -62,6 +62,9 @@ from openeas.testserver import Knobs, ServerThread, iter_sse_data, parse_args, r
             id="process-knobs",
         ),
         pytest.param(["--host", "0.0.0.0"], {}, {"host": "0.0.0.0"}, id="host"),
+        pytest.param(
+            [], {"TESTSERVER_MAX_CONCURRENCY": "8"}, {"knobs": Knobs(max_concurrency=8)}, id="max-concurrency"
+        ),
     ],
 )
 def test_parse_args(argv: list[str], env: dict[str, str], expected: dict[str, Any]) -> None:
@@ -86,6 +89,7 @@ def test_parse_args(argv: list[str], env: dict[str, str], expected: dict[str, An
         pytest.param([], {"PORT": "http"}, "PORT", id="port-env-not-int"),
         pytest.param(["--port", "70000"], {}, "--port", id="port-out-of-range"),
         pytest.param(["--model-name", ""], {}, "--model-name", id="empty-model-name"),
+        pytest.param(["--max-concurrency", "-1"], {}, "--max-concurrency", id="negative-concurrency"),
     ],
 )
 def test_parse_args_rejects(argv: list[str], env: dict[str, str], message: str) -> None:
@@ -332,6 +336,19 @@ async def test_in_flight_gauge_counts_concurrent_work_requests() -> None:
         _, after = await _text(srv.url + "/metrics")
     assert _metrics(text)[("testserver_requests_in_flight", ())] == 3
     assert _metrics(after)[("testserver_requests_in_flight", ())] == 0
+
+
+async def test_max_concurrency_queues_work_beyond_the_limit() -> None:
+    # 2 at once, 200 ms each: 6 requests sent together finish in 3 waves, at ~0.2, 0.4, 0.6 s
+    async with running(Knobs(latency_ms=200, max_concurrency=2)) as srv:
+        t0 = time.monotonic()
+
+        async def one() -> float:
+            await _call(srv.url, "POST", "/echo", {})
+            return time.monotonic() - t0
+
+        done = sorted(await asyncio.gather(*(one() for _ in range(6))))
+    assert done[1] < 0.35 and 0.38 < done[3] < 0.55 and done[5] >= 0.58
 
 
 async def _codes(knobs: Knobs, n: int) -> list[int]:

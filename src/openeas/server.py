@@ -396,6 +396,7 @@ async def _serve(
                 raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
             await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
+        cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}

@@ -34,6 +34,7 @@ from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
+from openeas.telemetry.gateway_stats import GatewayStats
 
 
 def _iso(t: float | None) -> str | None:
@@ -82,6 +83,9 @@ class ControlPlane:
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
         self.admin_token = store.admin_token()
+        # The gateways' per-service counters (set by the server once it receives them): what the
+        # stress test's load view reads. None: no gateway data here.
+        self.gateway_stats: GatewayStats | None = None
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -465,6 +469,10 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     def call_info(name: str) -> dict[str, Any]:
         cp.store.get_service(name)
         return {"endpoint": cp.endpoint(name), "token": cp.store.token(name)}
+
+    from openeas.stress.api import register as register_stress
+
+    register_stress(app, cp, auth)
 
     base_openapi = app.openapi
 

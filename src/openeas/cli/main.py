@@ -524,3 +524,10 @@ def call_info(
     typer.echo("")
     typer.echo("# any HTTP server:")
     typer.echo(f"curl -H 'Authorization: {token}' {endpoint}")
+
+
+# -- stress -------------------------------------------------------------------------------------
+
+from openeas.cli.stress import stress_app  # noqa: E402  (it uses this module's helpers)
+
+app.add_typer(stress_app, name="stress")

@@ -65,8 +65,25 @@ def _v2_route_settings(conn: Connection) -> None:
         )
 
 
+def _v3_stress_reports(conn: Connection) -> None:
+    """``stress_reports``: one row per stress test (``openeas.stress.store`` reads and writes it;
+    ``summary`` is what ``openeas stress ls`` lists, ``report`` the whole JSON report)."""
+    conn.execute(
+        text(
+            "CREATE TABLE IF NOT EXISTS stress_reports ("
+            " id VARCHAR(64) PRIMARY KEY,"
+            " target VARCHAR(255) NOT NULL,"
+            " created_at FLOAT NOT NULL,"
+            " status VARCHAR(32) NOT NULL,"
+            " summary JSON NOT NULL,"
+            " report JSON)"
+        )
+    )
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_stress_reports_target ON stress_reports (target)"))
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings, _v3_stress_reports]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
 _ROUTING_BUMPED = "openeas.routing_bumped"

@@ -12,10 +12,11 @@ Endpoints:
 - anything else: 404 JSON (405 JSON for a known path with the wrong method).
 
 "Work" requests (the two inference endpoints, ``/`` and ``/echo``) get ``latency_ms``, may fail
-with ``failure_rate``, and count in the in-flight gauge; probes and scrapes do none of that, so a
-scraped in-flight value is the true concurrency. "Inference" requests, which count toward
-warmup, are the two ``/v1`` endpoints plus non-GET requests to ``/`` and ``/echo`` (the EAS
-predict shape, and the warmup file's default ``POST /``).
+with ``failure_rate``, wait their turn beyond ``max_concurrency`` (a known capacity of
+``max_concurrency / latency`` req/s), and count in the in-flight gauge (waiting ones included);
+probes and scrapes do none of that, so a scraped in-flight value is the true concurrency.
+"Inference" requests, which count toward warmup, are the two ``/v1`` endpoints plus non-GET
+requests to ``/`` and ``/echo`` (the EAS predict shape, and the warmup file's default ``POST /``).
 
 Nothing is logged per request: this server is the upstream in the gateway benchmark.
 """
@@ -119,6 +120,9 @@ class _Handlers:
         self.state = state
         self.knobs = state.knobs
         self.latency_s = state.knobs.latency_ms / 1000.0
+        # One limit shared by every work endpoint: the server's capacity, whatever the path.
+        n = state.knobs.max_concurrency
+        self.limit: asyncio.Semaphore | None = asyncio.Semaphore(n) if n else None
 
     # -- wrappers -------------------------------------------------------------------------------
 
@@ -126,12 +130,18 @@ class _Handlers:
         state = self.state
         requests = state.requests
 
+        limit = self.limit if work else None
+
         async def wrapped(request: web.Request) -> web.StreamResponse:
             code = 500
             if work:
                 state.in_flight += 1
             try:
-                resp = await handler(request)
+                if limit is not None:
+                    async with limit:  # FIFO: requests past the limit wait in arrival order
+                        resp = await handler(request)
+                else:
+                    resp = await handler(request)
                 code = resp.status
                 return resp
             except (ConnectionResetError, asyncio.CancelledError):

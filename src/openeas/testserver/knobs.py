@@ -45,6 +45,9 @@ class Knobs:
     """While this file exists, ``/ready`` answers 503 (a switch for readiness tests); "" = none."""
     unhealthy_file: str = ""
     """While this file exists, ``/health`` answers 500 (a switch for liveness tests); "" = none."""
+    max_concurrency: int = 0
+    """Work requests served at once; more wait their turn in arrival order (0 = no limit). With
+    ``latency_ms`` it gives a known capacity: ``max_concurrency / latency`` requests per second."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -64,6 +67,8 @@ class Knobs:
             raise bad("model_name", "must not be empty")
         if self.exit_after_s is not None and (not math.isfinite(self.exit_after_s) or self.exit_after_s < 0):
             raise bad("exit_after_s", f"must be a finite number >= 0, got {self.exit_after_s!r}")
+        if self.max_concurrency < 0:
+            raise bad("max_concurrency", f"must be >= 0, got {self.max_concurrency!r}")
         if not 0 <= self.exit_code <= 255:
             raise bad("exit_code", f"must be within 0..255, got {self.exit_code!r}")
 
@@ -86,6 +91,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "exit_code": int,
     "unready_file": str,
     "unhealthy_file": str,
+    "max_concurrency": int,
 }
 
 

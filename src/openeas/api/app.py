@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
+from openeas.api.rollouts import add_rollout_routes
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.runtime.select import Runtimes
@@ -80,6 +81,8 @@ class ControlPlane:
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
         self.admin_token = store.admin_token()
+        # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
+        self.rollout_controller: Any = None
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -242,6 +245,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
 
     auth = [Depends(admin)]
     groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
+    add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()

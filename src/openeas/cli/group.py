@@ -340,3 +340,113 @@ def events(
             render.out.print(render.events_table(evs))
 
     run()
+
+
+# -- staged rollout -----------------------------------------------------------------------------------
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"5m"``, ``"1h"``, ``"1.5h"`` → seconds; ValueError otherwise."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:]) if t else None
+    number = t[:-1] if unit is not None else t
+    seconds = float(number) * (unit or 1.0)
+    if not seconds >= 0:
+        raise ValueError(text)
+    return seconds
+
+
+def rollout_text(d: dict[str, Any]) -> str:
+    plan, state = d["plan"], d["state"]
+    line = (
+        f"rollout of {d['group']} to {plan['candidate']} (from {plan['baseline']}): {state['status']}, "
+        f"step {d['step']} at {d['percent']}%"
+    )
+    last = d.get("last_look")
+    reason = last["reason"] if last and state["status"] == "Running" else state.get("reason")
+    return line + (f"\n  {reason}" if reason else "")
+
+
+def rollout(
+    group: Annotated[str, typer.Argument(help="Group name.")],
+    to: Annotated[str | None, typer.Option("--to", help="The candidate member (starts a rollout).")] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--from", help="The baseline member (default: the other one with most weight)."),
+    ] = None,
+    steps: Annotated[
+        str, typer.Option("--steps", help="Percent to the candidate at each step.")
+    ] = "5,25,50,100",
+    hold: Annotated[
+        str, typer.Option("--hold", help="How long each step is held and checked: 90s, 10m, 1h.")
+    ] = "1h",
+    max_p99_ms: Annotated[
+        float | None,
+        typer.Option("--max-p99-ms", help="Roll back when the candidate's p99 over a step exceeds it."),
+    ] = None,
+    min_success: Annotated[
+        float | None,
+        typer.Option(
+            "--min-success", help="Roll back when the candidate's success over a step falls under it (%)."
+        ),
+    ] = None,
+    min_requests: Annotated[
+        int | None,
+        typer.Option("--min-requests", min=1, help="Candidate answers a step needs to be judged (20)."),
+    ] = None,
+    pause: Annotated[bool, typer.Option("--pause", help="Pause the running rollout.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume a paused rollout (the step's hold starts again).")
+    ] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="End it and restore the routes of before it.")
+    ] = False,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Staged rollout: shift a group's traffic to --to step by step, holding each step while the
+    candidate's success and p99 are checked; roll back automatically on a breach. Without --to
+    (or a command), show the group's rollout."""
+
+    @_errors
+    def run() -> None:
+        client = _client(data_dir)
+        commands = [w for w, on in (("pause", pause), ("resume", resume), ("abort", abort)) if on]
+        if len(commands) > 1 or (commands and to):
+            typer.echo("error: give one of --to, --pause, --resume, --abort", err=True)
+            raise typer.Exit(2)
+        if commands:
+            d = client.rollout_command(group, commands[0])
+        elif to is not None:
+            try:
+                step_list = [int(s) for s in steps.split(",") if s.strip()]
+            except ValueError:
+                typer.echo(
+                    f"error: --steps: expected percentages such as 5,25,50,100, got {steps!r}", err=True
+                )
+                raise typer.Exit(2) from None
+            try:
+                hold_s = parse_duration(hold)
+            except ValueError:
+                typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
+                raise typer.Exit(2) from None
+            d = client.rollout_start(
+                group,
+                to,
+                steps=step_list,
+                hold_s=hold_s,
+                baseline=baseline,
+                max_p99_ms=max_p99_ms,
+                min_success=min_success,
+                min_requests=min_requests,
+            )
+        else:
+            d = client.rollout(group)
+        if json_out:
+            render.print_json(d)
+        else:
+            render.out.print(rollout_text(d), highlight=False)
+
+    run()

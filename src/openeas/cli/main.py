@@ -18,7 +18,7 @@ import typer
 
 from openeas import __version__
 from openeas.cli import render
-from openeas.cli.group import group_app
+from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
 from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR, ServerNotFound, discover
@@ -32,6 +32,7 @@ app = typer.Typer(
 )
 
 app.add_typer(group_app)
+app.command("rollout")(rollout)
 
 P = ParamSpec("P")
 R = TypeVar("R")

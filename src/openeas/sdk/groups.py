@@ -77,3 +77,41 @@ class GroupsClient:
 
     def group_events(self: _Requester, name: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self.request("GET", f"{_grp(name)}/events", params={"limit": limit}).get("events", []))
+
+    # -- staged rollouts ---------------------------------------------------------------------------
+
+    def rollout_start(
+        self: _Requester,
+        name: str,
+        to: str,
+        *,
+        steps: builtins.list[int] | None = None,
+        hold_s: float | None = None,
+        baseline: str | None = None,
+        max_p99_ms: float | None = None,
+        min_success: float | None = None,
+        min_requests: int | None = None,
+    ) -> dict[str, Any]:
+        """Start a staged rollout of group ``name`` to member ``to``."""
+        body: dict[str, Any] = {"to": to}
+        for key, value in (
+            ("steps", steps),
+            ("hold_s", hold_s),
+            ("from", baseline),
+            ("max_p99_ms", max_p99_ms),
+            ("min_success", min_success),
+            ("min_requests", min_requests),
+        ):
+            if value is not None:
+                body[key] = value
+        result: dict[str, Any] = self.request("POST", f"{_grp(name)}/rollout", json_body=body)
+        return result
+
+    def rollout(self: _Requester, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"{_grp(name)}/rollout")
+        return result
+
+    def rollout_command(self: _Requester, name: str, what: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` (abort restores the routes of before the rollout)."""
+        result: dict[str, Any] = self.request("POST", f"{_grp(name)}/rollout/{what}")
+        return result

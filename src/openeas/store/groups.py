@@ -265,14 +265,22 @@ class GroupStore:
             self.store._bump_routing(s)
             return self._view(s, row)
 
-    def set_routes(self, name: str, routes: list[dict[str, Any]], *, reason: str, message: str) -> Group:
+    def set_routes(
+        self,
+        name: str,
+        routes: list[dict[str, Any]],
+        *,
+        reason: str,
+        message: str,
+        event_type: str = "Normal",
+    ) -> Group:
         now = time.time()
         with self.store.session() as s:
             row = self._row(s, name)
             new = _validated(self._view(s, row).spec(), routes)
             self._check_services(s, new)
             self._write_routes(s, row, new.routes, now)
-            self.store._event(s, name, reason, message)
+            self.store._event(s, name, reason, message, type=event_type)
             self.store._bump_routing(s)
             return self._view(s, row)
 

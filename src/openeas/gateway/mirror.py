@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpResponseParser
 
-from openeas.gateway.group_metrics import MemberMetrics
+from openeas.gateway.group_metrics import MemberMetrics, TrafficMetrics
 
 if TYPE_CHECKING:
     from openeas.gateway.pool import UpstreamConnection, UpstreamState
@@ -105,27 +105,34 @@ class Capture(asyncio.Transport):
         return bytes(self.data) if self.whole else None
 
 
+class _Body:
+    """Parser callbacks that keep a response's body."""
+
+    __slots__ = ("done", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.done = False
+
+    def on_body(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
 def response_body(raw: bytes | None) -> tuple[int, bytes | None]:
     """(status, body) of a captured HTTP/1.1 response; body None when it is not whole."""
     if raw is None:
         return 0, None
-    parts: list[bytes] = []
-    done = [False]
-
-    class _Callbacks:
-        def on_body(self, data: bytes) -> None:
-            parts.append(data)
-
-        def on_message_complete(self) -> None:
-            done[0] = True
-
-    parser = HttpResponseParser(_Callbacks())
+    body = _Body()
+    parser = HttpResponseParser(body)
     try:
         parser.feed_data(raw)
         status = parser.get_status_code()
     except HttpParserError:
         return 0, None
-    return status, (b"".join(parts) if done[0] else None)
+    return status, (b"".join(body.parts) if body.done else None)
 
 
 class Pair:
@@ -335,9 +342,28 @@ class MirrorCopy:
         self.pair.mirror_done(status, self.sink.captured(), seconds)
 
 
+class LiveOnly:
+    """A group request with no copy (``ClientConnection.split``): only its member's live metrics
+    to count. One per member, shared by its requests: nothing is allocated per request."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: TrafficMetrics) -> None:
+        self.live = live
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def complete(self, client: ClientConnection) -> None:
+        pass
+
+    def done(self, client: ClientConnection, status: int, seconds: float) -> None:
+        self.live.finish(status, seconds)
+
+
 class Split:
-    """A group request's state on its client connection (``ClientConnection.split``): the member
-    it was routed to and the copies being made of it."""
+    """A group request being mirrored (``ClientConnection.split``): the member it was routed to
+    and the copies being made of it."""
 
     __slots__ = ("copies", "member", "pairs", "tee")
 

@@ -81,7 +81,7 @@ from openeas.gateway.head import (
     without_named,
 )
 from openeas.gateway.metrics import ServiceMetrics
-from openeas.gateway.mirror import Split
+from openeas.gateway.mirror import LiveOnly, Split
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
 from openeas.gateway.routes import RouteState
@@ -179,7 +179,7 @@ class ClientConnection(asyncio.Protocol):
         self.signed_body: SignedBody | None = None  # signed request: body kept until its md5 checks out
         self.attempts: Attempts | None = None  # made on the first failure or hold
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
-        self.split: Split | None = None  # a service group's request: its member and mirrored copies
+        self.split: Split | LiveOnly | None = None  # a service group's request: member, mirrored copies
         self.started = 0.0  # loop time (s) the head was complete
         # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
         ctx = self.ctx

@@ -26,13 +26,14 @@ from openeas.gateway.errors import GatewayError, error_response, plain_response
 from openeas.gateway.group_metrics import MemberMetrics, group_json
 from openeas.gateway.group_table import GroupDef, MemberMatch
 from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.mirror import MirrorCopy, Split, mirror_room
+from openeas.gateway.mirror import LiveOnly, MirrorCopy, Split, mirror_room
 
 if TYPE_CHECKING:
     from openeas.gateway.proxy import ClientConnection
     from openeas.gateway.routes import RouteState
 
 _USER_AGENT = b"user-agent"
+_random = random.random  # bound once: read as a fast global on the group path
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class MemberState:
     mirror_percent: int  # percent of the group's requests copied to it
     rule: MatchRule | None
     metrics: MemberMetrics
+    plain: LiveOnly  # the split state of its requests that are not mirrored (shared)
 
 
 @dataclass(slots=True)
@@ -151,13 +153,15 @@ def build_groups(
                 weight = 0 if m.mirror_weight else len(route.upstreams)
             else:
                 weight = m.weight
+            member_metrics = metrics.group_member(name, m.service)
             state = MemberState(
                 service=m.service,
                 route=dataclasses.replace(route, creds=None),
                 weight=weight,
                 mirror_percent=m.mirror_weight,
                 rule=MatchRule.compile(m.match, g.region_header) if m.match is not None else None,
-                metrics=metrics.group_member(name, m.service),
+                metrics=member_metrics,
+                plain=LiveOnly(member_metrics.live),
             )
             members[m.service] = state
             if state.rule is not None:
@@ -203,27 +207,40 @@ def route_group(client: ClientConnection, name: str) -> RouteState | None:
         own = ctx.routes[member_name].creds  # the member's own token opens its member endpoint too
         if not _authorized(client, group, own, name):
             return None
-        client.split = Split(chosen.metrics)
+        client.split = chosen.plain
         return chosen.route
-    if not _authorized(client, group, None, name):
+    creds = group.creds
+    if (
+        creds is not None
+        and not creds.fast_match(client.authorization)
+        and not _authorized(client, group, None, name)
+    ):
         return None
     headers = request_headers(client.headers) if group.ruled else None
-    chosen = choose(group, headers, random.random())
+    chosen = choose(group, headers, _random())
     if chosen is None:
         message = f"group '{group_name}' has no member with weight > 0, and no match rule matched"
         client._local_error(GatewayError(503, "no_weighted_member", message))
         return None
-    split = client.split = Split(chosen.metrics)
+    client.split = chosen.plain
     if group.mirrors and client.upgrade is None:
-        for m in group.mirrors:
-            if m is not chosen and random.random() * 100 < m.mirror_percent:
-                if not m.route.upstreams:
-                    m.metrics.drop("no_replica")
-                elif not mirror_room(m.metrics):
-                    m.metrics.drop("in_flight_limit")
-                else:
-                    split.add(MirrorCopy(m.service, m.route, m.metrics, chosen.service, client.loop), client)
+        _mirror(client, group, chosen)
     return chosen.route
+
+
+def _mirror(client: ClientConnection, group: GroupState, chosen: MemberState) -> None:
+    """Draw the copies of this request (each mirror member: its mirror_percent of the requests)."""
+    split: Split | None = None
+    for m in group.mirrors:
+        if m is not chosen and _random() * 100 < m.mirror_percent:
+            if not m.route.upstreams:
+                m.metrics.drop("no_replica")
+            elif not mirror_room(m.metrics):
+                m.metrics.drop("in_flight_limit")
+            else:
+                if split is None:
+                    split = client.split = Split(chosen.metrics)
+                split.add(MirrorCopy(m.service, m.route, m.metrics, chosen.service, client.loop), client)
 
 
 def _authorized(client: ClientConnection, group: GroupState, own: Credentials | None, name: str) -> bool:

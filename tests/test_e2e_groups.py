@@ -185,6 +185,7 @@ def test_a_weight_change_under_load_is_in_effect_within_100ms_and_fails_nothing(
     lag_switch = lag_after(load.results, switched, rolling_back, "green")
     lag_back = lag_after(load.results, rolled_back, float("inf"), "blue")
     assert lag_switch < 0.1 and lag_back < 0.1, (lag_switch, lag_back)
+    print(f"in effect {1000 * lag_switch:.1f} ms after the change returned, {1000 * lag_back:.1f} ms after the rollback")
     reasons = [e["reason"] for e in c.group_events("swap")]
     assert reasons[-2:] == ["WeightsChanged", "RolledBack"]
 

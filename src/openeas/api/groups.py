@@ -156,8 +156,9 @@ class GroupsApi:
         for svc, m in members.items():
             c = m.get("compare") or {}
             pairs = int(c.get("pairs", 0))
-            if not pairs and not (g.member(svc) and g.member(svc).mirror_weight):  # type: ignore[union-attr]
-                continue
+            member = g.member(svc)
+            if not pairs and (member is None or not member.mirror_weight):
+                continue  # not a mirror target, and never was on this gateway
             status_differ, body_differ = int(c.get("status_differ", 0)), int(c.get("body_differ", 0))
             out[svc] = {
                 "pairs": pairs,

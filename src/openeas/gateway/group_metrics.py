@@ -299,10 +299,6 @@ def _histogram(labels: str, t: TrafficMetrics) -> list[str]:
     return out
 
 
-def members_of(groups: Mapping[tuple[str, str], MemberMetrics], group: str) -> dict[str, MemberMetrics]:
-    return {s: m for (g, s), m in groups.items() if g == group}
-
-
 def bucket_delta(new: Iterable[int], old: Iterable[int] | None) -> list[int]:
     """Per-bucket increase between two cumulative-since-start snapshots (a reset counts from 0)."""
     new_l = list(new)

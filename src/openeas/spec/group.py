@@ -207,6 +207,3 @@ def parse_group(data: Any) -> GroupSpec:
     except ValidationError as exc:
         raise SpecError(format_errors(exc)) from None
 
-
-def parse_stored_group(data: dict[str, Any], token: str | None = None) -> GroupSpec:
-    return GroupSpec.model_validate({**data, "token": token})

@@ -4,6 +4,7 @@ describe with per-member traffic, compare of mirrored pairs). ``openeas deploy -
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -353,7 +354,7 @@ def parse_duration(text: str) -> float:
     unit = _UNITS.get(t[-1:]) if t else None
     number = t[:-1] if unit is not None else t
     seconds = float(number) * (unit or 1.0)
-    if not seconds >= 0:
+    if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(text)
     return seconds
 
@@ -410,28 +411,27 @@ def rollout(
     candidate's success and p99 are checked; roll back automatically on a breach. Without --to
     (or a command), show the group's rollout."""
 
+    commands = [w for w, on in (("pause", pause), ("resume", resume), ("abort", abort)) if on]
+    if len(commands) > 1 or (commands and to):
+        typer.echo("error: give one of --to, --pause, --resume, --abort", err=True)
+        raise typer.Exit(2)
+    try:
+        step_list = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        typer.echo(f"error: --steps: expected percentages such as 5,25,50,100, got {steps!r}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        hold_s = parse_duration(hold)
+    except ValueError:
+        typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
+        raise typer.Exit(2) from None
+
     @_errors
     def run() -> None:
         client = _client(data_dir)
-        commands = [w for w, on in (("pause", pause), ("resume", resume), ("abort", abort)) if on]
-        if len(commands) > 1 or (commands and to):
-            typer.echo("error: give one of --to, --pause, --resume, --abort", err=True)
-            raise typer.Exit(2)
         if commands:
             d = client.rollout_command(group, commands[0])
         elif to is not None:
-            try:
-                step_list = [int(s) for s in steps.split(",") if s.strip()]
-            except ValueError:
-                typer.echo(
-                    f"error: --steps: expected percentages such as 5,25,50,100, got {steps!r}", err=True
-                )
-                raise typer.Exit(2) from None
-            try:
-                hold_s = parse_duration(hold)
-            except ValueError:
-                typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
-                raise typer.Exit(2) from None
             d = client.rollout_start(
                 group,
                 to,

@@ -298,6 +298,7 @@ def compare(
                 render.out.print(
                     f"\n[{svc}] differs from {s['primary']}: status {s['status']} vs {s['mirror_status']}",
                     highlight=False,
+                    markup=False,
                 )
                 render.out.print(f"  {s['primary']}: {s['body'][:300]}", highlight=False, markup=False)
                 render.out.print(f"  {svc}: {s['mirror_body'][:300]}", highlight=False, markup=False)

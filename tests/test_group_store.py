@@ -140,3 +140,11 @@ def test_a_v2_database_is_migrated_to_groups(tmp_path: Path) -> None:
     with closing(sqlite3.connect(db_path(tmp_path))) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(len(MIGRATIONS))
     GroupStore(store).create(parse_group({"name": "shop", "routes": [{"service": "blue", "weight": 1}]}))
+
+
+def test_a_purged_service_leaves_its_groups(gs: GroupStore) -> None:
+    gs.create(group())  # type: ignore[arg-type]
+    gs.store.purge_service("green")
+    assert [m.service for m in gs.get("shop").members] == ["blue"]
+    gs.store.create_service(spec("green"))  # type: ignore[arg-type]
+    assert [m.service for m in gs.get("shop").members] == ["blue"]  # a new "green" joins nothing by itself

@@ -196,10 +196,10 @@ VOLATILE_KEYS = frozenset(("id", "created", "system_fingerprint", "request_id"))
 
 def bodies_agree(a: bytes | None, b: bytes | None) -> bool:
     """Whether two answer bodies say the same: equal bytes, or equal JSON objects once the keys
-    that always differ (`VOLATILE_KEYS`) are left out. A body not captured whole (None) agrees
-    with nothing but another None."""
+    that always differ (`VOLATILE_KEYS`) are left out. A body not captured whole (None: longer
+    than the capture limit, or cut) agrees with nothing: it cannot be shown to."""
     if a is None or b is None:
-        return a is b
+        return False
     if a == b:
         return True
     try:

@@ -24,7 +24,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.gateway.table import RouteSettings
 from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
-from openeas.store.group_schema import GROUP_TABLES, GroupRow
+from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
     REPLICA_FIELDS,
@@ -317,8 +317,10 @@ class Store:
             return row
 
     def purge_service(self, name: str) -> None:
-        """Remove a deleted service's rows once no replica is left. Events are kept."""
+        """Remove a deleted service's rows once no replica is left (its group memberships too:
+        a new service of the same name joins no group by itself). Events are kept."""
         with self.session() as s:
+            s.execute(delete(GroupMemberRow).where(GroupMemberRow.service == name))
             s.execute(delete(VersionRow).where(VersionRow.service == name))
             s.execute(delete(ServiceRow).where(ServiceRow.name == name))
             self._bump_routing(s)

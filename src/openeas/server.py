@@ -36,6 +36,7 @@ from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
@@ -45,9 +46,11 @@ from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
 from openeas.store import Store
+from openeas.store.groups import GroupStore
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats, receive
+from openeas.telemetry.group_stats import GatewayGroupStats
 
 log = logging.getLogger("openeas.server")
 
@@ -396,6 +399,10 @@ async def _serve(
                 raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
             await asyncio.sleep(0.02)
         rec_task = asyncio.create_task(reconciler.run(stop))
+        # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
+        rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
+        cp.rollout_controller = rollouts
+        rollout_task = asyncio.create_task(rollouts.run(stop))
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
@@ -407,13 +414,14 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, stats_task, asyncio.create_task(keeper.watch())},
+            {done_task, api_task, rec_task, stats_task, rollout_task, asyncio.create_task(keeper.watch())},
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, stats_task, scaler_task, return_exceptions=True)
+        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task)
+        await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

@@ -25,6 +25,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
+from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
@@ -86,6 +88,8 @@ class ControlPlane:
         # The gateways' per-service counters (set by the server once it receives them): what the
         # stress test's load view reads. None: no gateway data here.
         self.gateway_stats: GatewayStats | None = None
+        # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
+        self.rollout_controller: Any = None
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -308,6 +312,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             raise _Unauthorized("wrong admin token")
 
     auth = [Depends(admin)]
+    groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
+    add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()
@@ -348,7 +354,9 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     )
     async def create_service(request: Request) -> dict[str, Any]:
         spec = await _valid_spec(request)
+        check_spec_group(groups, cp.store, spec)
         cp.store.create_service(spec)
+        join_spec_group(groups, spec)
         cp.wake()
         return cp.detail(spec.name)
 
@@ -375,7 +383,9 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             raise SpecError(
                 [f"metadata.name: '{spec.name}' does not match the service in the URL ('{name}')"]
             )
+        check_spec_group(groups, cp.store, spec)
         cp.store.add_version(spec)
+        join_spec_group(groups, spec)
         cp.wake()
         return cp.detail(name)
 
@@ -387,8 +397,10 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     def describe(name: str) -> dict[str, Any]:
         return cp.detail(name)
 
-    @app.delete("/api/v1/services/{name}", dependencies=auth)
-    def delete_service(name: str) -> dict[str, Any]:
+    @app.delete("/api/v1/services/{name}", dependencies=auth, responses=_responses(409))
+    def delete_service(name: str, force: bool = Query(False, description=FORCE_HELP)) -> dict[str, Any]:
+        cp.store.get_service(name)
+        check_traffic(groups, name, force, "delete")
         cp.store.update_service(
             name, state=ServiceState.DELETING, event=("Deleting", "delete requested; stopping replicas")
         )
@@ -401,8 +413,10 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             name, "Scaled", f"desired replicas set to {body.replicas}", desired_replicas=body.replicas
         )
 
-    @app.post("/api/v1/services/{name}/stop", dependencies=auth)
-    def stop(name: str) -> dict[str, Any]:
+    @app.post("/api/v1/services/{name}/stop", dependencies=auth, responses=_responses(409))
+    def stop(name: str, force: bool = Query(False, description=FORCE_HELP)) -> dict[str, Any]:
+        cp.store.get_service(name)
+        check_traffic(groups, name, force, "stop")
         return cp.change(
             name, "Stopped", "service stopped; replicas are being stopped", state=ServiceState.STOPPED
         )
@@ -485,6 +499,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     return app
 
 
+FORCE_HELP = "go ahead although the service carries, or recently carried, a group's traffic"
+
 _HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 SPEC_BODY: dict[str, Any] = {
@@ -499,7 +515,8 @@ _STATUS_TEXT = {
     400: "invalid input: `{error: {code, message, errors}}`, one `field.path: reason` line per problem",
     401: "missing or wrong admin token",
     404: "no such service (or version, or replica)",
-    409: "the service exists already, or is being deleted",
+    409: "the service exists already, is being deleted, or carries (or recently carried) a group's "
+    "traffic (the 48-hour rule: add force=true)",
 }
 
 

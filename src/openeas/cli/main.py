@@ -18,6 +18,7 @@ import typer
 
 from openeas import __version__
 from openeas.cli import render
+from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
 from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR, ServerNotFound, discover
@@ -29,6 +30,9 @@ app = typer.Typer(
     # Locals would print the admin token into a traceback.
     pretty_exceptions_show_locals=False,
 )
+
+app.add_typer(group_app)
+app.command("rollout")(rollout)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -178,7 +182,8 @@ def server(
     from openeas.server import run_server
 
     for f in deploy or []:
-        _read_spec(str(f))  # a bad --deploy spec is invalid input (exit 2) before anything starts
+        # a bad --deploy spec is invalid input (exit 2) before anything starts
+        _read_spec(str(f), groups_ok=False)
     resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     run_server(
         data_dir=resolved,
@@ -196,8 +201,10 @@ def server(
 # -- services -----------------------------------------------------------------------------------
 
 
-def _read_spec(file: str) -> dict[str, Any]:
+def _read_spec(file: str, groups_ok: bool = True) -> dict[str, Any]:
+    """A service spec, or (``groups_ok``) a group's (``kind: ServiceGroup``), validated here."""
     from openeas.spec import parse_spec, parse_text
+    from openeas.spec.group import is_group_document, parse_group
     from openeas.spec.load import MAX_SPEC_FILE_BYTES, read_spec_file
 
     try:
@@ -211,6 +218,9 @@ def _read_spec(file: str) -> dict[str, Any]:
             except OSError as exc:
                 _fail(f"cannot read {file}: {exc.strerror or exc}", code=2)
         data = parse_text(text)
+        if groups_ok and is_group_document(data):
+            parse_group(data)
+            return data
         parse_spec(data)  # validate here: errors name the field before anything reaches the server
     except SpecError as exc:
         _fail(f"invalid spec {'on stdin' if file == '-' else file}", exc.errors, code=2)
@@ -237,6 +247,9 @@ def deploy(
     """Create a service from a spec, or roll out a new version if it exists."""
     spec = _read_spec(file)
     client = _client(data_dir)
+    if spec.get("kind") == "ServiceGroup":
+        _deploy_group(client, spec, json_out, dry_run)
+        return
     if dry_run:
         plan = client.dry_run(spec)
         if json_out:
@@ -285,6 +298,25 @@ def validate(
         render.out.print(line, highlight=False, soft_wrap=True)
     for w in warnings:
         render.out.print(f"warning: {w}", highlight=False, soft_wrap=True)
+
+
+def _deploy_group(client: Client, spec: dict[str, Any], json_out: bool, dry_run: bool) -> None:
+    """Apply a group spec whole (create, or replace settings and routes)."""
+    if dry_run:
+        plan = {"name": spec["name"], "kind": "ServiceGroup", "valid": True, "spec": spec}
+        if json_out:
+            render.print_json(plan)
+        else:
+            render.out.print(f"group {spec['name']}: valid", highlight=False)
+        return
+    detail, created = client.group_apply(spec)
+    if json_out:
+        render.print_json(detail)
+        return
+    shares = ", ".join(f"{m['service']} {m['share_percent']:g}%" for m in detail.get("members") or [])
+    what = "created" if created else "updated"
+    render.out.print(f"{what} group {detail['name']}: {shares or 'no members'}", highlight=False)
+    render.out.print(f"endpoint: {detail.get('endpoint', '')}", highlight=False, soft_wrap=True)
 
 
 @app.command("ls")
@@ -358,6 +390,14 @@ def _changed(
 
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until the replicas are Ready.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Go ahead although the service carries, or left less than keep_old_hours (48 h) ago, "
+        "a group's traffic.",
+    ),
+]
 
 
 @app.command()
@@ -380,12 +420,13 @@ def scale(
 @cli_errors
 def stop(
     name: Annotated[str, typer.Argument(help="Service name.")],
+    force: ForceOpt = False,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """Stop all replicas of a service (it keeps its spec, versions and endpoint)."""
     client = _client(data_dir)
-    d = client.stop(name)
+    d = client.stop(name, force=force)
     _changed(d, f"stopping {name}", json_out, client, False, None, 0)
 
 
@@ -412,12 +453,13 @@ def delete(
         bool, typer.Option("--wait", help="Wait until its replicas are stopped and it is gone.")
     ] = False,
     timeout: WaitTimeoutOpt = 600,
+    force: ForceOpt = False,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """Delete a service; its replicas are stopped in the background (--wait waits for that)."""
     client = _client(data_dir)
-    body = client.delete(name)
+    body = client.delete(name, force=force)
     if wait:
         with _spinner(f"deleting {name}", enabled=not json_out) as update:
             client.wait_deleted(
@@ -505,12 +547,18 @@ def events(
 @app.command("call-info")
 @cli_errors
 def call_info(
-    name: Annotated[str, typer.Argument(help="Service name.")],
+    name: Annotated[str, typer.Argument(help="Service or group name.")],
     json_out: Annotated[bool, typer.Option("--json", help='Print {"endpoint": ..., "token": ...}.')] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Show the endpoint and token to call a service with (and an OpenAI SDK snippet)."""
-    info = _client(data_dir).call_info(name)
+    """Show the endpoint and token to call a service or a service group with (and an OpenAI SDK snippet)."""
+    client = _client(data_dir)
+    try:
+        info = client.call_info(name)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        info = client.group_call_info(name)  # a group's endpoint and token
     if json_out:
         render.print_json({"endpoint": info["endpoint"], "token": info["token"]})
         return

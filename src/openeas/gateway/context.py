@@ -21,6 +21,7 @@ from openeas.gateway.routes import RouteState
 if TYPE_CHECKING:
     from openeas.gateway.activator import HoldQueue
     from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.split import GroupState
 
 DEFAULT_COOLDOWN_S = 1.5  # seconds a replica whose connect failed is avoided
 RESOLVED_MAX = 4096  # request targets remembered by `ProxyContext.resolve`
@@ -75,6 +76,7 @@ class ProxyContext:
         max_connections: int | None = None,
     ) -> None:
         self.routes: dict[str, RouteState] = {}  # swapped whole by the gateway, never mutated
+        self.groups: dict[str, GroupState] = {}  # service groups (split.py), swapped with the routes
         self.metrics = metrics
         self.max_date_skew_s = max_date_skew_s  # seconds between a signed request's Date and now
         self.cooldown_s = cooldown_s

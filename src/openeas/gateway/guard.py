@@ -22,6 +22,7 @@ from openeas.gateway.auth import AuthError, SignedBody, authorize
 from openeas.gateway.context import NEVER
 from openeas.gateway.errors import GatewayError, error_response
 from openeas.gateway.local import local_answer
+from openeas.gateway.split import GROUP_STATS_PREFIX, group_stats_answer
 
 if TYPE_CHECKING:
     from openeas.gateway.pool import UpstreamConnection
@@ -185,6 +186,9 @@ def expire(conn: ClientConnection) -> None:
 def answer_locally(client: ClientConnection, method: bytes) -> None:
     """A request outside /api/predict: /metrics, /healthz or 404."""
     path = client.url.partition(b"?")[0]
+    if path.startswith(GROUP_STATS_PREFIX):
+        client._local_answer(group_stats_answer(client, method, path))
+        return
     try:
         response = local_answer(method, path, client.ctx.metrics, close=not client.keep_alive)
     except GatewayError as e:

@@ -12,6 +12,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from openeas.gateway.group_metrics import MemberMetrics, group_lines
+
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.001,
@@ -138,6 +140,14 @@ class GatewayMetrics:
         # (replica id, routed now, requests in flight) for every replica the gateway routes to or
         # still has requests on; set by the gateway, read only when scraped (drains wait on it).
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
+        # (group, member service) → live and mirrored traffic of service groups (group_metrics.py).
+        self.groups: dict[tuple[str, str], MemberMetrics] = {}
+
+    def group_member(self, group: str, service: str) -> MemberMetrics:
+        m = self.groups.get((group, service))
+        if m is None:
+            m = self.groups[(group, service)] = MemberMetrics()
+        return m
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -207,6 +217,8 @@ class GatewayMetrics:
         lines += _guard_lines(self)
         if self.replicas is not None:
             lines += _replica_lines(self.replicas())
+        if self.groups:
+            lines += group_lines(self.groups, label_value)
         lines.append("")
         return "\n".join(lines).encode()
 

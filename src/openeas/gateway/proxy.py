@@ -81,9 +81,11 @@ from openeas.gateway.head import (
     without_named,
 )
 from openeas.gateway.metrics import ServiceMetrics
+from openeas.gateway.mirror import LiveOnly, Split
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
 from openeas.gateway.routes import RouteState
+from openeas.gateway.split import route_group
 
 REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
 
@@ -123,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         "sent_bytes",
         "service_metrics",
         "signed_body",
+        "split",
         "started",
         "timer",
         "transport",
@@ -176,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
         self.signed_body: SignedBody | None = None  # signed request: body kept until its md5 checks out
         self.attempts: Attempts | None = None  # made on the first failure or hold
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
+        self.split: Split | LiveOnly | None = None  # a service group's request: member, mirrored copies
         self.started = 0.0  # loop time (s) the head was complete
         # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
         ctx = self.ctx
@@ -195,6 +199,7 @@ class ClientConnection(asyncio.Protocol):
     _resume = resume
     _unhold = unhold
     _on_timeout = on_timeout
+    _route_group = route_group
     _refuse = refuse
     _authorize = authorize_request
     _local = answer_locally
@@ -409,8 +414,9 @@ class ClientConnection(asyncio.Protocol):
         service, upstream_path = target
         route = ctx.routes.get(service)
         if route is None:
-            self._local_error(GatewayError(404, "service_not_found", f"service '{service}' not found"))
-            return
+            route = self._route_group(service)  # a service group, or a 404 (split.py)
+            if route is None:
+                return
         self.route = route
         service_metrics = self.service_metrics = route.metrics
         service_metrics.in_flight += 1
@@ -446,6 +452,8 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self.phase is not PROXYING:
             return  # answered already: discard
+        if self.split is not None:
+            self.split.feed(data)  # a copy for the group's mirrors, if any
         if self.signed_body is not None:
             self.signed_body.parts.append(data)
         if self.chunked:
@@ -478,6 +486,8 @@ class ClientConnection(asyncio.Protocol):
                     self._fail(e)
                     return
                 self._dispatch(self.loop.time())
+            if self.split is not None and self.phase is PROXYING:
+                self.split.complete(self)  # mirrored copies go now
         elif phase is ANSWERED:
             self._next_request()
 
@@ -581,7 +591,10 @@ class ClientConnection(asyncio.Protocol):
         service_metrics = self.service_metrics
         if service_metrics is not None:
             self.service_metrics = None
-            service_metrics.finish(status, self.loop.time() - self.started)
+            seconds = self.loop.time() - self.started
+            service_metrics.finish(status, seconds)
+            if self.split is not None:
+                self.split.done(self, status, seconds)
 
     def _answered(self) -> None:
         """The response is complete: next request, discard the rest of this one, or close."""

@@ -29,6 +29,7 @@ from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
+from openeas.gateway.split import build_groups
 from openeas.gateway.stats import StatsSender
 from openeas.gateway.table import RoutingSource, RoutingTable
 
@@ -85,6 +86,7 @@ class Gateway:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
         before = list(self.upstreams.values())
         self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        self.ctx.groups = build_groups(table.groups, self.ctx.routes, self.metrics)
         routed = set(self.upstreams.values())
         self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table

@@ -16,6 +16,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from openeas.gateway.group_table import load_groups
 from openeas.gateway.table import Route, RouteSettings, RoutingTable, Upstream
 from openeas.states import ROUTABLE_SQL, ServiceState
 from openeas.tokens import TokenCipher
@@ -97,8 +98,9 @@ class StoreRoutingSource:
             used[token_enc] = token
             stopped = state == ServiceState.STOPPED
             routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
-        self._tokens = used  # forget the tokens no service has any more
-        return RoutingTable(version=version, routes=routes)
+        groups = load_groups(db, lambda blob: used.setdefault(blob, self._token(blob)))
+        self._tokens = used  # forget the tokens no service or group has any more
+        return RoutingTable(version=version, routes=routes, groups=groups)
 
     def close(self) -> None:
         if self._conn is not None:

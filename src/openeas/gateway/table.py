@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from openeas.gateway.group_table import GroupDef
+
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
 DEFAULT_BALANCER = "least-request"
 # Requests one gateway holds for one service while it has no routable replica (scale from zero, a
@@ -144,6 +146,7 @@ class Route:
 class RoutingTable:
     version: int
     routes: Mapping[str, Route] = field(default_factory=dict)
+    groups: Mapping[str, GroupDef] = field(default_factory=dict)  # service groups (group_table.py)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> RoutingTable:
@@ -156,7 +159,8 @@ class RoutingTable:
                 RouteSettings.from_dict(r),
                 stopped=bool(r.get("stopped", False)),
             )
-        return RoutingTable(version=int(data.get("version", 0)), routes=routes)
+        groups = {name: GroupDef.from_dict(name, g) for name, g in data.get("groups", {}).items()}
+        return RoutingTable(version=int(data.get("version", 0)), routes=routes, groups=groups)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +174,7 @@ class RoutingTable:
                 }
                 for name, r in self.routes.items()
             },
+            "groups": {name: g.to_dict() for name, g in self.groups.items()},
         }
 
 

@@ -14,6 +14,7 @@ import requests
 
 from openeas.procfs import pid_alive
 from openeas.sdk.discovery import ServerInfo, discover
+from openeas.sdk.groups import GroupsClient
 
 API = "/api/v1"
 
@@ -99,7 +100,7 @@ def last_message(detail: dict[str, Any]) -> str | None:
     return msgs[-1] if msgs else None
 
 
-class Client:
+class Client(GroupsClient):
     """Control-plane client. Admin calls use ``Authorization: Bearer <admin_token>``.
 
     >>> c = Client.from_env()                       # doctest: +SKIP
@@ -233,17 +234,21 @@ class Client:
         result: dict[str, Any] = self.request("GET", f"{self._svc(name)}/autoscaling")
         return result
 
-    def stop(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"{self._svc(name)}/stop")
+    def stop(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Stop; ``force`` overrides the 48-hour rule (a service in, or recently in, a group's traffic)."""
+        params = {"force": "true"} if force else None
+        result: dict[str, Any] = self.request("POST", f"{self._svc(name)}/stop", params=params)
         return result
 
     def start(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"{self._svc(name)}/start")
         return result
 
-    def delete(self, name: str) -> dict[str, Any]:
+    def delete(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Delete; ``force`` overrides the 48-hour rule (a service in, or recently in, a group's traffic)."""
         self._call_info.pop(name, None)
-        result: dict[str, Any] = self.request("DELETE", self._svc(name))
+        params = {"force": "true"} if force else None
+        result: dict[str, Any] = self.request("DELETE", self._svc(name), params=params)
         return result
 
     def versions(self, name: str) -> builtins.list[dict[str, Any]]:

@@ -159,6 +159,24 @@ class Metadata(_Model):
         ),
     )
 
+    group: str | None = Field(
+        default=None,
+        description=(
+            "EAS: the service group the service joins at deploy (created with it as its only "
+            "member when absent; else it joins with weight 0)"
+        ),
+        json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"},
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not NAME_RE.fullmatch(v) and not _stored(info):
+            raise ValueError(
+                "a group name starts with a lowercase letter and has only lowercase letters, digits and '_'"
+            )
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str, info: ValidationInfo) -> str:

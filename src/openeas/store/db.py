@@ -24,6 +24,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.gateway.table import RouteSettings
 from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
+from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
     REPLICA_FIELDS,
@@ -82,8 +83,14 @@ def _v3_stress_reports(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_stress_reports_target ON stress_reports (target)"))
 
 
+def _v4_groups(conn: Connection) -> None:
+    """Service groups, their members and staged rollouts (store/group_schema.py): new tables only
+    (a new database has them already: v1 creates every table as it is now)."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in GROUP_TABLES])
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings, _v3_stress_reports]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings, _v3_stress_reports, _v4_groups]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
 _ROUTING_BUMPED = "openeas.routing_bumped"
@@ -214,6 +221,10 @@ class Store:
             if existing is not None:
                 what = "is being deleted" if existing.state == ServiceState.DELETING else "already exists"
                 raise Conflict(f"service '{spec.name}' {what}")
+            if s.get(GroupRow, spec.name) is not None:
+                raise Conflict(
+                    f"'{spec.name}' is the name of a service group; services and groups share one namespace"
+                )
             row = ServiceRow(
                 name=spec.name,
                 state=ServiceState.RUNNING.value,
@@ -326,8 +337,10 @@ class Store:
             return row
 
     def purge_service(self, name: str) -> None:
-        """Remove a deleted service's rows once no replica is left. Events are kept."""
+        """Remove a deleted service's rows once no replica is left (its group memberships too:
+        a new service of the same name joins no group by itself). Events are kept."""
         with self.session() as s:
+            s.execute(delete(GroupMemberRow).where(GroupMemberRow.service == name))
             s.execute(delete(VersionRow).where(VersionRow.service == name))
             s.execute(delete(ServiceRow).where(ServiceRow.name == name))
             self._bump_routing(s)

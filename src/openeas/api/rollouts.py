@@ -1,0 +1,158 @@
+"""The control-plane API of staged rollouts: ``/api/v1/groups/{name}/rollout[/pause|resume|abort]``.
+
+Starting one writes its plan and state to the store; the rollout controller (controller/
+rollout_loop.py, in the server) drives it from there, so it survives a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from openeas.controller.rollout_staged import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
+from openeas.errors import Conflict, SpecError
+from openeas.store.groups import GroupStore
+from openeas.store.rollouts import RolloutStore
+
+DEFAULT_STEPS = (5, 25, 50, 100)
+DEFAULT_HOLD_S = 3600.0
+
+
+class RolloutBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    to: str = Field(description="the candidate member")
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        description="the baseline member (default: the other member with most weight)",
+    )
+    steps: list[int] = Field(default=list(DEFAULT_STEPS), description="percent to the candidate at each step")
+    hold_s: float = Field(default=DEFAULT_HOLD_S, ge=0, description="seconds each step is held and checked")
+    max_p99_ms: float | None = Field(
+        default=None, gt=0, description="the candidate's p99 limit over a step, ms"
+    )
+    min_success: float | None = Field(
+        default=None, ge=0, le=100, description="the candidate's lowest success ratio over a step, percent"
+    )
+    min_requests: int = Field(
+        default=DEFAULT_MIN_REQUESTS, ge=1, description="candidate answers a step needs before it is judged"
+    )
+
+
+def rollout_view(plan: RolloutPlan, state: RolloutState, controller: Any) -> dict[str, Any]:
+    st = state.to_dict()
+    for internal in ("baseline_codes", "baseline_buckets", "rebase"):
+        st.pop(internal, None)
+    out: dict[str, Any] = {
+        "group": plan.group,
+        "plan": {k: v for k, v in plan.to_dict().items() if k != "restore"},
+        "state": st,
+        "percent": plan.steps[state.step] if state.step >= 0 else 0,
+        "step": f"{state.step + 1}/{len(plan.steps)}" if state.step >= 0 else f"0/{len(plan.steps)}",
+    }
+    last = controller.last.get(plan.group) if controller is not None else None
+    if last is not None:
+        decision, obs = last
+        out["last_look"] = {
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "observation": None if obs is None else obs.__dict__,
+        }
+    return out
+
+
+def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
+    groups = GroupStore(cp.store)
+    rollouts = RolloutStore(cp.store)
+
+    def controller() -> Any:
+        return getattr(cp, "rollout_controller", None)
+
+    def wake() -> None:
+        c = controller()
+        if c is not None:
+            c.wake()
+
+    @app.post("/api/v1/groups/{name}/rollout", status_code=201, dependencies=auth, tags=["groups"])
+    def start_rollout(name: str, body: RolloutBody) -> dict[str, Any]:
+        """Drive the weights from the baseline to ``to`` through ``steps``, holding each
+        ``hold_s`` seconds and rolling back on an SLO breach."""
+        g = groups.get(name)
+        errors = validate_steps(body.steps)
+        if g.traffic_mode != "customized":
+            errors.append(
+                f"group '{name}' routes by ready replicas (traffic_mode auto): a rollout sets weights"
+            )
+        if g.member(body.to) is None:
+            errors.append(f"to: '{body.to}' is not a member of group '{name}'")
+        baseline = body.from_
+        if baseline is None:
+            others = sorted(
+                (m for m in g.members if m.service != body.to and m.weight > 0), key=lambda m: -m.weight
+            )
+            if not others:
+                errors.append(f"from: group '{name}' has no other member with weight > 0 to roll out from")
+            else:
+                baseline = others[0].service
+        elif g.member(baseline) is None:
+            errors.append(f"from: '{baseline}' is not a member of group '{name}'")
+        elif baseline == body.to:
+            errors.append("from: the baseline and the candidate are the same member")
+        if errors:
+            raise SpecError(errors)
+        assert baseline is not None
+        restore = tuple(
+            {"service": m.service, "weight": m.weight, "mirror_weight": m.mirror_weight}
+            | ({"match": m.match} if m.match else {})
+            for m in g.members
+        )
+        plan = RolloutPlan(
+            group=name,
+            candidate=body.to,
+            baseline=baseline,
+            steps=tuple(body.steps),
+            hold_s=body.hold_s,
+            max_p99_ms=body.max_p99_ms,
+            min_success=body.min_success,
+            min_requests=body.min_requests,
+            restore=restore,
+        )
+        plan, state = rollouts.create(plan)
+        wake()
+        return rollout_view(plan, state, controller())
+
+    @app.get("/api/v1/groups/{name}/rollout", dependencies=auth, tags=["groups"])
+    def get_rollout(name: str) -> dict[str, Any]:
+        plan, state = rollouts.get(name)
+        return rollout_view(plan, state, controller())
+
+    def command(name: str, what: str) -> dict[str, Any]:
+        plan, state = rollouts.command(name, what)
+        if what == "abort":
+            from openeas.controller.rollout_loop import restore_routes
+
+            restore_routes(
+                groups, plan, "RolloutAborted", f"rollout to {plan.candidate} aborted: routes restored"
+            )
+        wake()
+        return rollout_view(plan, state, controller())
+
+    @app.post("/api/v1/groups/{name}/rollout/pause", dependencies=auth, tags=["groups"])
+    def pause(name: str) -> dict[str, Any]:
+        """Keep the weights where they are and stop judging."""
+        return command(name, "pause")
+
+    @app.post("/api/v1/groups/{name}/rollout/resume", dependencies=auth, tags=["groups"])
+    def resume(name: str) -> dict[str, Any]:
+        """Go on from the current step (its hold starts again)."""
+        return command(name, "resume")
+
+    @app.post("/api/v1/groups/{name}/rollout/abort", dependencies=auth, tags=["groups"])
+    def abort(name: str) -> dict[str, Any]:
+        """End the rollout and restore the routes the group had when it started."""
+        return command(name, "abort")
+
+
+__all__ = ["Conflict", "add_rollout_routes"]

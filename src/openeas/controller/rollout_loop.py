@@ -1,0 +1,165 @@
+"""The staged rollout's loop: every `TICK_S` (or at once when woken), for each running rollout,
+read the candidate's live counters from the gateway, ask the pure `decide` what to do, and do it:
+set a step's weights, roll back to the routes the group had when the rollout started, or finish.
+
+Level-triggered, like the reconciler: the state in the store (step, when it started, the
+counters at its start) is the truth, and every look makes the group's weights agree with it
+(a step written just before a crash gets its weights at the next look). The state survives a
+restart of the control plane, and so do the counters it compares with: the gateway keeps them
+(and outlives the server). Writes use the store's compare-and-set, so an operator's pause,
+resume or abort is never overwritten by a look that started before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from openeas.controller.rollout_staged import (
+    Action,
+    Decision,
+    Observation,
+    RolloutPlan,
+    RolloutState,
+    Status,
+    decide,
+    step_weights,
+)
+from openeas.errors import OpenEASError
+from openeas.store.db import Store
+from openeas.store.groups import GroupStore
+from openeas.store.rollouts import RolloutStore
+from openeas.telemetry.group_stats import GroupStatsSource, member_live, window
+
+log = logging.getLogger("openeas.rollout")
+
+TICK_S = 0.25  # seconds between two looks at the running rollouts
+
+
+def restore_routes(groups: GroupStore, plan: RolloutPlan, reason: str, message: str) -> None:
+    """Give the group back the routes it had when the rollout started; when they no longer apply
+    (a member was deleted since), all the traffic to the baseline."""
+    try:
+        groups.set_routes(
+            plan.group, list(plan.restore), reason=reason, message=message, event_type="Warning"
+        )
+    except OpenEASError:
+        groups.change(
+            plan.group,
+            weights={plan.candidate: 0, plan.baseline: 1000},
+            reason=reason,
+            message=message,
+            event_type="Warning",
+        )
+
+
+class RolloutController:
+    def __init__(
+        self,
+        store: Store,
+        source: GroupStatsSource,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_s: float = TICK_S,
+    ) -> None:
+        self.rollouts = RolloutStore(store)
+        self.groups = GroupStore(store)
+        self.source = source
+        self.clock = clock  # epoch seconds (step start times are stored as such)
+        self.tick_s = tick_s
+        # The latest decision and observation of each group's rollout (shown by the API).
+        self.last: dict[str, tuple[Decision, Observation | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        """Look now (after an operator's command). Any thread."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            loop.call_soon_threadsafe(wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = wake = asyncio.Event()
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await self.tick()
+            except Exception:  # one bad look must not end the rollouts
+                log.exception("staged rollout look failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.tick_s)
+
+    async def tick(self) -> None:
+        for plan, state in await asyncio.to_thread(self.rollouts.active):
+            if state.status != Status.RUNNING:
+                continue
+            raw = await asyncio.to_thread(self.source.fetch, plan.group)
+            await asyncio.to_thread(self.look, plan, state, raw)
+
+    def look(self, plan: RolloutPlan, state: RolloutState, raw: dict[str, Any] | None) -> Decision:
+        """One look at one running rollout with the gateway's counters ``raw`` (None: unread)."""
+        now = self.clock()
+        live = member_live(raw, plan.candidate)
+        if state.step >= 0:
+            if not self._ensure_weights(plan, state):
+                return self.last[plan.group][0]
+            if state.rebase and live is not None:
+                new = state.but(baseline_codes=live[0], baseline_buckets=live[1], rebase=False)
+                if not self.rollouts.save(plan.group, new, expect=state):
+                    return Decision(Action.NONE, "changed meanwhile", state.step)
+                state = new
+        obs = None
+        if live is not None and state.step >= 0 and not state.rebase:
+            obs = window(live[0], live[1], state.baseline_codes, state.baseline_buckets)
+        d = decide(plan, state, obs, now)
+        self.last[plan.group] = (d, obs)
+        if d.action == Action.START_STEP:
+            new = state.but(
+                step=d.step,
+                step_started_at=now,
+                reason=d.reason,
+                baseline_codes=live[0] if live is not None else {},
+                baseline_buckets=live[1] if live is not None else None,
+                rebase=live is None,
+            )
+            if self.rollouts.save(plan.group, new, expect=state):
+                self._ensure_weights(plan, new, reason=d.reason)
+        elif d.action == Action.ROLL_BACK:
+            new = state.but(status=Status.ROLLED_BACK, reason=d.reason, finished_at=now)
+            event = ("RolloutFailed", f"rollout to {plan.candidate} rolled back: {d.reason}", "Warning")
+            if self.rollouts.save(plan.group, new, expect=state, event=event):
+                restore_routes(self.groups, plan, "RolloutRolledBack", f"routes restored: {d.reason}")
+        elif d.action == Action.SUCCEED:
+            new = state.but(status=Status.SUCCEEDED, reason=d.reason, finished_at=now)
+            event = ("RolloutSucceeded", f"rollout to {plan.candidate} done: {d.reason}", "Normal")
+            self.rollouts.save(plan.group, new, expect=state, event=event)
+        return d
+
+    def _ensure_weights(self, plan: RolloutPlan, state: RolloutState, reason: str | None = None) -> bool:
+        """Make the group's weights those of the state's step; False when the rollout had to end
+        (its candidate or baseline left the group)."""
+        group = self.groups.get(plan.group)
+        cand, base = group.member(plan.candidate), group.member(plan.baseline)
+        if cand is None or base is None:
+            gone = plan.candidate if cand is None else plan.baseline
+            why = f"{gone} is no longer a member of group '{plan.group}'"
+            new = state.but(status=Status.ABORTED, reason=why, finished_at=self.clock())
+            self.rollouts.save(plan.group, new, expect=state, event=("RolloutAborted", why, "Warning"))
+            self.last[plan.group] = (Decision(Action.NONE, why, state.step), None)
+            return False
+        want = step_weights(plan.steps[state.step])
+        if (cand.weight, base.weight) != want or cand.mirror_weight:
+            self.groups.change(
+                plan.group,
+                weights={plan.candidate: want[0], plan.baseline: want[1]},
+                mirror_weights={plan.candidate: 0} if cand.mirror_weight else None,
+                reason="RolloutStep",
+                message=reason
+                or f"step {state.step + 1}/{len(plan.steps)}: {plan.steps[state.step]}% to {plan.candidate}",
+            )
+        return True

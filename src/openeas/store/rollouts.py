@@ -1,0 +1,130 @@
+"""Staged rollouts in the store: the plan and the state of each group's rollout, so a rollout
+survives a restart of the control plane. The controller (controller/rollout_loop.py) writes the
+state with a compare-and-set (`save`), so an operator's pause, resume or abort between its read
+and its write is never overwritten."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from openeas.controller.rollout_staged import ACTIVE, RolloutPlan, RolloutState, Status
+from openeas.errors import Conflict, NotFound
+from openeas.store.db import Store
+from openeas.store.group_schema import GroupRow, RolloutRow
+
+
+class RolloutStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, plan: RolloutPlan, now: float | None = None) -> tuple[RolloutPlan, RolloutState]:
+        now = time.time() if now is None else now
+        state = RolloutState(reason="starting")
+        with self.store.session() as s:
+            if s.get(GroupRow, plan.group) is None:
+                raise NotFound(f"group '{plan.group}' not found")
+            row = s.get(RolloutRow, plan.group)
+            if row is not None:
+                if RolloutState.from_dict(row.state).status in ACTIVE:
+                    raise Conflict(
+                        f"group '{plan.group}' has a rollout in progress (to {row.plan['candidate']}); "
+                        "abort it first (openeas rollout <group> --abort)"
+                    )
+                s.delete(row)
+                s.flush()
+            s.add(
+                RolloutRow(
+                    group=plan.group,
+                    plan=plan.to_dict(),
+                    state=state.to_dict(),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            steps = ",".join(map(str, plan.steps))
+            self.store._event(
+                s,
+                plan.group,
+                "RolloutStarted",
+                f"rollout to {plan.candidate} from {plan.baseline}: steps {steps}%, hold {plan.hold_s:g} s",
+            )
+        return plan, state
+
+    def get(self, group: str) -> tuple[RolloutPlan, RolloutState]:
+        with self.store.session() as s:
+            row = s.get(RolloutRow, group)
+            if row is None:
+                raise NotFound(f"group '{group}' has no rollout")
+            return RolloutPlan.from_dict(row.plan), RolloutState.from_dict(row.state)
+
+    def active(self) -> list[tuple[RolloutPlan, RolloutState]]:
+        with self.store.session() as s:
+            rows = list(s.scalars(select(RolloutRow)))
+        out = []
+        for row in rows:
+            state = RolloutState.from_dict(row.state)
+            if state.status in ACTIVE:
+                out.append((RolloutPlan.from_dict(row.plan), state))
+        return out
+
+    def save(
+        self,
+        group: str,
+        state: RolloutState,
+        *,
+        expect: RolloutState,
+        event: tuple[str, str, str] | None = None,
+    ) -> bool:
+        """Write ``state`` if the stored one is still ``expect``; ``event`` = (reason, message,
+        type) in the same transaction. False when someone changed it meanwhile."""
+        with self.store.session() as s:
+            row = s.get(RolloutRow, group)
+            if row is None or row.state != expect.to_dict():
+                return False
+            row.state = state.to_dict()
+            row.updated_at = time.time()
+            if event is not None:
+                reason, message, type_ = event
+                self.store._event(s, group, reason, message, type=type_)
+            return True
+
+    def command(self, group: str, what: str, now: float | None = None) -> tuple[RolloutPlan, RolloutState]:
+        """An operator's ``pause``, ``resume`` or ``abort`` (abort restores the routes the group had
+        when the rollout started: done by the caller with the plan returned)."""
+        now = time.time() if now is None else now
+        plan, state = self.get(group)
+        if state.status not in ACTIVE:
+            raise Conflict(f"the rollout of group '{group}' is {state.status.value}; nothing to {what}")
+        if what == "pause":
+            if state.status == Status.PAUSED:
+                raise Conflict(f"the rollout of group '{group}' is paused already")
+            new = state.but(status=Status.PAUSED, reason="paused by the operator")
+            event = (
+                "RolloutPaused",
+                f"rollout to {plan.candidate} paused at {self._at(plan, state)}",
+                "Normal",
+            )
+        elif what == "resume":
+            if state.status == Status.RUNNING:
+                raise Conflict(f"the rollout of group '{group}' is running already")
+            started = now if state.step >= 0 else None
+            new = state.but(status=Status.RUNNING, reason="resumed", step_started_at=started, rebase=True)
+            event = (
+                "RolloutResumed",
+                f"rollout to {plan.candidate} resumed: {self._at(plan, state)} held again",
+                "Normal",
+            )
+        else:
+            new = state.but(status=Status.ABORTED, reason="aborted by the operator", finished_at=now)
+            event = ("RolloutAborted", f"rollout to {plan.candidate} aborted; routes restored", "Warning")
+        if not self.save(group, new, expect=state, event=event):
+            raise Conflict(f"the rollout of group '{group}' changed meanwhile; try again")
+        return plan, new
+
+    @staticmethod
+    def _at(plan: RolloutPlan, state: RolloutState) -> str:
+        if state.step < 0:
+            return "its start"
+        return f"step {state.step + 1}/{len(plan.steps)} ({plan.steps[state.step]}%)"

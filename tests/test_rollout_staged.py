@@ -1,0 +1,251 @@
+"""The staged rollout: the pure decision (table), the window arithmetic, and the controller's
+looks on a real SQLite store with a hand-written fake of the gateway's counters and a fake clock
+(steps, breach and rollback, pause/resume/abort, a restart of the controller)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openeas.controller.rollout_loop import RolloutController, restore_routes
+from openeas.controller.rollout_staged import (
+    Action,
+    Observation,
+    RolloutPlan,
+    RolloutState,
+    Status,
+    decide,
+    step_weights,
+    validate_steps,
+)
+from openeas.gateway.group_metrics import GROUP_LATENCY_BUCKETS_S
+from openeas.spec import parse_spec
+from openeas.spec.group import parse_group
+from openeas.store import Store
+from openeas.store.groups import GroupStore
+from openeas.store.rollouts import RolloutStore
+from openeas.telemetry.group_stats import window
+
+T0 = 1_800_000_000.0
+PLAN = RolloutPlan(
+    group="g", candidate="new", baseline="old", steps=(5, 50, 100), hold_s=60, max_p99_ms=200, min_success=99.0,
+    min_requests=20,
+)  # fmt: skip
+
+
+def at(step: int, started: float = T0, status: Status = Status.RUNNING) -> RolloutState:
+    return RolloutState(status=status, step=step, step_started_at=started, rebase=False)
+
+
+def obs(requests: int, success: float | None = 1.0, p99_ms: float | None = 50.0) -> Observation:
+    return Observation(requests=requests, success=success, p99_ms=p99_ms)
+
+
+@pytest.mark.parametrize(
+    ("state", "observation", "now", "action", "step", "reason"),
+    [
+        (RolloutState(), None, T0, Action.START_STEP, 0, "step 1/3: 5% to new"),
+        (at(0), obs(100), T0 + 30, Action.HOLD, 0, "held 30/60 s, 100 requests"),
+        (at(0), obs(100), T0 + 60, Action.START_STEP, 1, "next 50%"),  # held 60 s healthy: next step
+        (at(2), obs(100), T0 + 61, Action.SUCCEED, 2, "step 3/3 (100% to new) held 61 s healthy"),
+        # 97 of 100 answered below 500: 97% < 99% — at once, 10 s into a 60 s hold.
+        (at(1), obs(100, success=0.97), T0 + 10, Action.ROLL_BACK, 1, "success 97.00% < 99% over 100 requests"),
+        (at(1), obs(100, p99_ms=350.0), T0 + 10, Action.ROLL_BACK, 1, "p99 350.0 ms > 200 ms"),
+        # 19 answers, all failed: fewer than min_requests (20), not judged yet.
+        (at(1), obs(19, success=0.0), T0 + 10, Action.HOLD, 1, "held 10/60 s, 19 requests"),
+        (at(1), obs(5), T0 + 90, Action.HOLD, 1, "hold over but 5 of 20 requests (min_requests) seen"),
+        (at(1), None, T0 + 90, Action.HOLD, 1, "0 of 20 requests"),  # no data is not healthy
+        (at(1, status=Status.PAUSED), obs(100, success=0.0), T0 + 90, Action.NONE, 1, "rollout is Paused"),
+        (at(2, status=Status.SUCCEEDED), None, T0, Action.NONE, 2, "rollout is Succeeded"),
+    ],
+    ids=["start", "holding", "next-step", "succeed", "success-breach", "p99-breach", "too-few-to-judge", "waiting-for-data", "no-data", "paused", "done"],
+)
+def test_decide(state: RolloutState, observation: Observation | None, now: float, action: Action, step: int, reason: str) -> None:
+    d = decide(PLAN, state, observation, now)
+    assert (d.action, d.step) == (action, step)
+    assert reason in d.reason, d.reason
+
+
+@pytest.mark.parametrize(
+    ("steps", "error"),
+    [([5, 25, 50, 100], None), ([], "at least one step"), ([0, 50], "steps[0]: must be a percentage 1..100, got 0"), ([50, 25], "steps: must increase, got 50,25"), ([50, 50], "must increase")],
+    ids=["ok", "empty", "zero", "down", "flat"],
+)
+def test_validate_steps(steps: list[int], error: str | None) -> None:
+    errors = validate_steps(steps)
+    assert (error is None and not errors) or any(error in e for e in errors if error), errors
+
+
+def test_step_weights() -> None:
+    assert step_weights(5) == (50, 950)
+    assert step_weights(100) == (1000, 0)
+
+
+def _buckets(n: int, at_s: float) -> list[int]:
+    out = [0] * len(GROUP_LATENCY_BUCKETS_S)
+    out[next(i for i, b in enumerate(GROUP_LATENCY_BUCKETS_S) if at_s <= b)] = n
+    return out
+
+
+def test_window_counts_what_was_added_since_the_step_started() -> None:
+    since_codes, since_b = {"200": 1000, "500": 10}, _buckets(1010, 0.01)
+    now_codes, now_b = {"200": 1090, "500": 20}, [a + b for a, b in zip(_buckets(1010, 0.01), _buckets(100, 0.5), strict=True)]
+    o = window(now_codes, now_b, since_codes, since_b)
+    # 100 answers in the window: 90 ok, 10 failed; all of them in (0.3, 0.5] s.
+    assert o.requests == 100 and o.success == pytest.approx(0.9)
+    assert o.p99_ms is not None and 300 < o.p99_ms <= 500
+    reset = window({"200": 5}, _buckets(5, 0.01), since_codes, since_b)  # the gateway restarted
+    assert reset.requests == 5 and reset.success == 1.0
+
+
+# --- the controller's looks, on a real store with a fake gateway ------------------------------------------
+
+
+class FakeGateway:
+    """Cumulative live counters of the candidate, as the gateway's GET /groups/<g> gives them."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.buckets = [0] * len(GROUP_LATENCY_BUCKETS_S)
+        self.up = True
+
+    def serve(self, ok: int, failed: int = 0, seconds: float = 0.01) -> None:
+        self.codes["200"] = self.codes.get("200", 0) + ok
+        if failed:
+            self.codes["500"] = self.codes.get("500", 0) + failed
+        self.buckets = [a + b for a, b in zip(self.buckets, _buckets(ok + failed, seconds), strict=True)]
+
+    def fetch(self, group: str) -> dict[str, Any] | None:
+        if not self.up:
+            return None
+        return {"members": {"new": {"live": {"by_code": dict(self.codes), "buckets": list(self.buckets)}}}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> tuple[Store, FakeGateway, Clock]:
+    store = Store(tmp_path)
+    for name in ("old", "new"):
+        store.create_service(parse_spec({"metadata": {"name": name}, "containers": [{"command": "x"}]}))
+    GroupStore(store).create(parse_group({"name": "g", "routes": [{"service": "old", "weight": 1000}, {"service": "new", "mirror_weight": 5}]}))
+    return store, FakeGateway(), Clock()
+
+
+def start(store: Store) -> None:
+    groups = GroupStore(store)
+    restore = tuple({"service": m.service, "weight": m.weight, "mirror_weight": m.mirror_weight} for m in groups.get("g").members)
+    RolloutStore(store).create(RolloutPlan(**{**PLAN.to_dict(), "steps": PLAN.steps, "restore": restore}))
+
+
+def look(store: Store, gw: FakeGateway, clock: Clock, controller: RolloutController | None = None) -> Action:
+    c = controller or RolloutController(store, gw, clock=clock)
+    active = RolloutStore(store).active()
+    if not active or active[0][1].status != Status.RUNNING:
+        return Action.NONE
+    plan, state = active[0]
+    return c.look(plan, state, gw.fetch("g")).action
+
+
+def weights(store: Store) -> dict[str, tuple[int, int]]:
+    return {m.service: (m.weight, m.mirror_weight) for m in GroupStore(store).get("g").members}
+
+
+def test_a_healthy_candidate_goes_through_every_step_to_100(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    start(store)
+    assert look(store, gw, clock) == Action.START_STEP
+    assert weights(store) == {"old": (950, 0), "new": (50, 0)}  # 5%, and its mirror weight ended
+    for pct in (50, 100):
+        gw.serve(100)
+        clock.now += 30
+        assert look(store, gw, clock) == Action.HOLD
+        clock.now += 31
+        # A new controller each time: the state is in the store (a restart loses nothing).
+        assert look(store, gw, clock) == Action.START_STEP
+        assert weights(store)["new"] == (pct * 10, 0)
+    gw.serve(100)
+    clock.now += 61
+    assert look(store, gw, clock) == Action.SUCCEED
+    assert RolloutStore(store).get("g")[1].status == Status.SUCCEEDED
+    assert weights(store) == {"old": (0, 0), "new": (1000, 0)}
+    reasons = [e.reason for e in store.events("g")]
+    assert reasons.count("RolloutStep") == 3 and reasons[-1] == "RolloutSucceeded"
+
+
+def test_a_breach_rolls_back_to_the_routes_of_before(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    start(store)
+    look(store, gw, clock)
+    gw.serve(100)
+    clock.now += 61
+    look(store, gw, clock)  # step 2: 50%
+    gw.serve(80, failed=20)  # 80% success < 99%
+    clock.now += 5
+    assert look(store, gw, clock) == Action.ROLL_BACK
+    _, state = RolloutStore(store).get("g")
+    assert state.status == Status.ROLLED_BACK and "success 80.00% < 99%" in state.reason
+    assert weights(store) == {"old": (1000, 0), "new": (0, 5)}  # as before the rollout, mirror included
+    failed = [e for e in store.events("g") if e.reason == "RolloutFailed"]
+    assert failed and failed[0].type == "Warning"
+
+
+def test_failures_before_the_step_do_not_count_against_it(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    gw.serve(0, failed=500)  # the candidate failed a lot before (say, as a mirror target)
+    start(store)
+    look(store, gw, clock)
+    gw.serve(100)
+    clock.now += 61
+    assert look(store, gw, clock) == Action.START_STEP  # only the 100 answers of the step were judged
+
+
+def test_pause_resume_and_abort(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    rollouts = RolloutStore(store)
+    start(store)
+    look(store, gw, clock)
+    rollouts.command("g", "pause", now=clock.now)
+    gw.serve(0, failed=100)
+    clock.now += 100
+    assert look(store, gw, clock) == Action.NONE  # paused: nothing judged, the weights stay
+    assert weights(store)["new"] == (50, 0)
+    rollouts.command("g", "resume", now=clock.now)  # the step's hold starts again, with a new window
+    gw.serve(100)
+    clock.now += 30
+    assert look(store, gw, clock) == Action.HOLD
+    assert RolloutStore(store).get("g")[1].step_started_at == T0 + 100
+    plan, _ = rollouts.command("g", "abort", now=clock.now)
+    restore_routes(GroupStore(store), plan, "RolloutAborted", "aborted")
+    assert weights(store) == {"old": (1000, 0), "new": (0, 5)}
+    assert rollouts.active() == []
+
+
+def test_an_unreachable_gateway_holds_the_step(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    start(store)
+    look(store, gw, clock)
+    gw.up = False
+    clock.now += 600
+    assert look(store, gw, clock) == Action.HOLD  # no data: neither next step nor rollback
+    assert weights(store)["new"] == (50, 0)
+
+
+def test_an_operator_command_between_read_and_write_wins(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, gw, clock = rig
+    start(store)
+    look(store, gw, clock)
+    plan, state = RolloutStore(store).active()[0]  # the controller read this...
+    RolloutStore(store).command("g", "pause")  # ...then the operator paused...
+    gw.serve(100)
+    clock.now += 61
+    RolloutController(store, gw, clock=clock).look(plan, state, gw.fetch("g"))  # ...its write is refused
+    assert RolloutStore(store).get("g")[1].status == Status.PAUSED

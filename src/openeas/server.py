@@ -37,6 +37,7 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
+from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -179,6 +180,7 @@ def _gateway_argv(data_dir: Path, host: str, port: int) -> list[str]:
         "--reuse-port",
         "--grace",
         str(GATEWAY_GRACE_S),
+        *queue_args(),
     ]
 
 
@@ -187,7 +189,7 @@ def _gateway_fingerprint(argv: list[str]) -> str:
     h = hashlib.sha256(json.dumps(argv).encode())
     pkg = Path(__file__).parent
     shared = [pkg / "procfs.py", pkg / "unixdgram.py", pkg / "telemetry" / "gateway_stats.py"]
-    for f in sorted([*(pkg / "gateway").glob("*.py"), *shared]):
+    for f in sorted([*(pkg / "gateway").glob("*.py"), *(pkg / "queue").glob("*.py"), *shared]):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -374,6 +376,10 @@ async def _serve(
         # autoscaler reads (`gateway_stats.on_demand` wakes it when a request is held).
         gateway_stats = GatewayStats(time.monotonic)
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
+        # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
+        queue_task = asyncio.create_task(
+            wake_from_zero(store, open_backlog_source(data_dir), stop, on_wake=lambda _: reconciler.wake())
+        )
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(
             data_dir / "server.json",
@@ -382,13 +388,13 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, stats_task, asyncio.create_task(keeper.watch())},
+            {done_task, api_task, rec_task, stats_task, queue_task, asyncio.create_task(keeper.watch())},
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, stats_task, return_exceptions=True)
+        await asyncio.gather(api_task, rec_task, stats_task, queue_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

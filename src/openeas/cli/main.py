@@ -173,10 +173,19 @@ def server(
             dir_okay=False,
         ),
     ] = None,
+    queue_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Async services' queue: redis://HOST:PORT/DB for several gateways (default: SQLite in "
+            "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
+    if queue_url:
+        os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     for f in deploy or []:
         _read_spec(str(f))  # a bad --deploy spec is invalid input (exit 2) before anything starts
     resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)

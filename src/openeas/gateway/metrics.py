@@ -138,6 +138,8 @@ class GatewayMetrics:
         # (replica id, routed now, requests in flight) for every replica the gateway routes to or
         # still has requests on; set by the gateway, read only when scraped (drains wait on it).
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
+        # The async queues' lines (gateway/queues.py), rendered after the gateway's own.
+        self.queue_lines: Callable[[], list[str]] | None = None
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -207,6 +209,8 @@ class GatewayMetrics:
         lines += _guard_lines(self)
         if self.replicas is not None:
             lines += _replica_lines(self.replicas())
+        if self.queue_lines is not None:
+            lines += self.queue_lines()
         lines.append("")
         return "\n".join(lines).encode()
 

@@ -119,6 +119,62 @@ class RpcConfig(_Model):
     )
 
 
+class QueueSide(_Model):
+    """One of an async service's two queues (EAS: ``queue.source`` for requests, ``queue.sink``
+    for results)."""
+
+    max_length: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "source: requests queued + in flight per service, 429 with Retry-After above; "
+            "default 10000"
+        ),
+    )
+    max_payload_size_kb: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024 * 1024,
+        description=(
+            "KiB: source: largest request body (413 above); sink: largest stored answer; "
+            "default 8192"
+        ),
+    )
+
+
+class QueueConfig(_Model):
+    """EAS's ``queue`` block of an async service (``metadata.type: Async``); docs/async.md.
+
+    EAS's resources of its queue sub-service (``cpu``, ``memory``, ``resource``, ``min_replica``)
+    are accepted and kept: the embedded queue runs inside the gateway and needs none."""
+
+    max_delivery: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="attempts before a request goes to the dead-letter list; default 5",
+    )
+    window: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="OpenEAS: requests in flight per replica; default metadata.rpc.worker_threads, else 5",
+    )
+    attempt_timeout_ms: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "OpenEAS: milliseconds one replica call may take; default metadata.rpc.keepalive, "
+            "else 600000"
+        ),
+    )
+    result_ttl_s: int | None = Field(
+        default=None, ge=1, description="OpenEAS: seconds a stored result is kept; default 86400"
+    )
+    source: QueueSide = Field(default_factory=QueueSide)
+    sink: QueueSide = Field(default_factory=QueueSide)
+
+
 class RollingStrategy(_Model):
     max_surge: int = Field(default=1, ge=0, description="replicas above desired during an update")
     max_unavailable: int = Field(default=0, ge=0, description="replicas below desired during an update")
@@ -139,7 +195,10 @@ class Metadata(_Model):
     cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
     gpu: int | None = Field(default=None, ge=0, description="GPUs per replica")
-    type: str | None = Field(default=None, description="'Async' for async inference (own issue)")
+    type: str | None = Field(
+        default=None,
+        description="'Async': requests go through a durable queue, results by request id (docs/async.md)",
+    )
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     eas: EasSection = Field(default_factory=EasSection)
@@ -494,6 +553,7 @@ class ServiceSpec(_Model):
     )
 
     autoscaler: Autoscaler | None = None
+    queue: QueueConfig | None = Field(default=None, description="EAS: the queue of an async service")
     # EAS's own `runtime` block ({"enable_crash_block": ...}) is kept as written. A plain string
     # is the selector of earlier OpenEAS releases, now `metadata.replica_runtime`.
     runtime: dict[str, Any] | RuntimeName | None = Field(
@@ -594,6 +654,11 @@ class ServiceSpec(_Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def is_async(self) -> bool:
+        """An async service (EAS ``metadata.type: Async``): a queue in front of its replicas."""
+        return (self.metadata.type or "").lower() == "async"
 
     @property
     def main(self) -> Container:

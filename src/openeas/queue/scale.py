@@ -66,8 +66,9 @@ def open_backlog_source(data_dir: Path, url: str | None = None) -> BacklogSource
         from openeas.queue.redis_streams import RedisBacklog
 
         return RedisBacklog(url)
-    rest = url.partition("://")[2]
-    return SqliteBacklog(Path(rest) if rest.startswith("/") else Path(data_dir) / rest)
+    from openeas.queue.sqlite import url_path
+
+    return SqliteBacklog(url_path(url, data_dir))
 
 
 def backlog(data_dir: Path, service: str) -> Backlog:

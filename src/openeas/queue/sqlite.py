@@ -458,8 +458,12 @@ def backlogs(path: Path, services: list[str]) -> dict[str, Backlog]:
         conn.close()
 
 
-def from_url(url: str, data_dir: Path) -> SqliteQueue:
-    """``sqlite:///abs/path.db`` (or ``sqlite://relative.db``, relative to the data dir)."""
+def url_path(url: str, data_dir: Path) -> Path:
+    """The file of ``sqlite:////abs/path.db`` or ``sqlite:///abs/path.db`` (absolute), or of
+    ``sqlite://relative.db`` (relative to the data dir)."""
     rest = url.partition("://")[2]
-    path = Path(rest) if rest.startswith("/") else Path(data_dir) / rest
-    return SqliteQueue(path)
+    return Path("/" + rest.lstrip("/")) if rest.startswith("/") else Path(data_dir) / rest
+
+
+def from_url(url: str, data_dir: Path) -> SqliteQueue:
+    return SqliteQueue(url_path(url, data_dir))

@@ -85,6 +85,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "sinkIndex": r.sink_index,  # the order results were stored in (a watch's _index_)
         "requestId": r.request_id,
         "status": r.status,
+        "attempts": r.attempts,  # deliveries it took (2+: redelivered after a failure)
         "tags": result_tags(r),
         "message": "" if r.status < 400 else f"status {r.status}",
     }

@@ -15,7 +15,7 @@ import pytest
 
 from openeas.runtime import free_port
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "redis"]
 
 
 def backend_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.harness import Server, kill_gateway, new_server, replica_processes, wait_for
-from tests.queue_fixtures import BACKENDS, backend_url
+from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
 from tests.test_e2e_async import RID, async_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("kind", BACKENDS)]

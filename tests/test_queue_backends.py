@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from openeas.queue import Message, QueueBackend, Result, State, open_backend
-from tests.queue_fixtures import BACKENDS, backend_url
+from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.parametrize("kind", BACKENDS)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.batch import BatchRunner
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.errors import Conflict, OpenEASError, SpecError
@@ -377,6 +378,9 @@ async def _serve(
         gateway_stats = GatewayStats(time.monotonic)
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
+        batch = BatchRunner(store, gateway_url)
+        cp.batch_wake = batch.wake
+        batch_task = asyncio.create_task(batch.run(stop))
         queue_task = asyncio.create_task(
             wake_from_zero(store, open_backlog_source(data_dir), stop, on_wake=lambda _: reconciler.wake())
         )
@@ -388,13 +392,21 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, stats_task, queue_task, asyncio.create_task(keeper.watch())},
+            {
+                done_task,
+                api_task,
+                rec_task,
+                stats_task,
+                queue_task,
+                batch_task,
+                asyncio.create_task(keeper.watch()),
+            },
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        await asyncio.gather(api_task, rec_task, stats_task, queue_task, return_exceptions=True)
+        await asyncio.gather(api_task, rec_task, stats_task, queue_task, batch_task, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         if reconciler is not None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.api.batch import add_batch_routes
 from openeas.controller.checks import exec_checks
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
@@ -74,6 +75,7 @@ class ControlPlane:
         runtimes: Runtimes | None = None,
     ) -> None:
         self.store = store
+        self.batch_wake: Callable[[], None] = lambda: None  # the batch runner's wake (server.py sets it)
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
         self.metrics = metrics or ControlMetrics(store)
@@ -436,6 +438,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             if not reps:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
+
+    add_batch_routes(app, cp.store, auth, lambda: cp.batch_wake())
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

@@ -514,3 +514,9 @@ def call_info(
     typer.echo("")
     typer.echo("# any HTTP server:")
     typer.echo(f"curl -H 'Authorization: {token}' {endpoint}")
+
+
+# The `batch` verbs (cli/batch.py): imported last, they use the helpers above.
+from openeas.cli.batch import batch_app  # noqa: E402
+
+app.add_typer(batch_app, name="batch")

@@ -53,13 +53,28 @@ RID = "X-Eas-Queueservice-Request-Id"
 def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-         "--appendfsync", "always", "--dir", str(folder)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(folder),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+    while (
+        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG"
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError("redis-server did not start")
         time.sleep(0.05)
@@ -94,8 +109,23 @@ def wrk_post(url: str, token: str, duration: float, conns: int = 64) -> tuple[fl
         script = f.name
     try:
         out = subprocess.run(
-            ["taskset", "-c", "0", WRK, "-t2", f"-c{conns}", f"-d{duration:g}s", "--latency", "-s", script, url],
-            capture_output=True, text=True, timeout=duration + 60, check=True,
+            [
+                "taskset",
+                "-c",
+                "0",
+                WRK,
+                "-t2",
+                f"-c{conns}",
+                f"-d{duration:g}s",
+                "--latency",
+                "-s",
+                script,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=True,
         ).stdout
     finally:
         os.unlink(script)
@@ -158,7 +188,10 @@ def celery_rate(python: str, redis_port: int, duration: float) -> float | None:
         return None
     out = subprocess.run(
         [python, "-c", textwrap.dedent(CELERY), f"redis://127.0.0.1:{redis_port}/1", str(duration)],
-        capture_output=True, text=True, timeout=duration + 120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+        check=True,
     ).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -177,7 +210,9 @@ def round_trips(tmp: Path, count: int) -> tuple[float, float, float, float]:
         body = json.dumps({"prompt": "hello"})
 
         def call(method: str, path: str, token: str, data: str | None = None) -> http.client.HTTPResponse:
-            conn.request(method, path, body=data, headers={"Authorization": token, "Content-Type": "application/json"})
+            conn.request(
+                method, path, body=data, headers={"Authorization": token, "Content-Type": "application/json"}
+            )
             r = conn.getresponse()
             r.read()
             return r
@@ -205,7 +240,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of each enqueue run")
     ap.add_argument("--count", type=int, default=300, help="sequential round trips measured")
-    ap.add_argument("--celery-python", default="/work/celery-venv/bin/python", help="a Python with celery[redis]")
+    ap.add_argument(
+        "--celery-python", default="/work/celery-venv/bin/python", help="a Python with celery[redis]"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="openeas-bench-queue-") as d:
         tmp = Path(d)
@@ -219,11 +256,15 @@ def main() -> None:
             redis.wait(10)
         rt = round_trips(tmp / "rt", args.count)
     print(f"\n{'durable enqueue':<44} {'req/s':>9} {'vs Celery':>10} {'p50 ms':>8} {'non-2xx':>8}")
-    for name, (rps, bad, p50) in (("gateway -> SQLite queue (synchronous=FULL)", sqlite),
-                                   ("gateway -> Redis queue (appendfsync always)", red)):
+    for name, (rps, bad, p50) in (
+        ("gateway -> SQLite queue (synchronous=FULL)", sqlite),
+        ("gateway -> Redis queue (appendfsync always)", red),
+    ):
         ratio = f"{rps / celery:.2f}x" if celery else "n/a"
         print(f"{name:<44} {rps:>9.0f} {ratio:>10} {p50:>8.2f} {bad:>8}")
-    print(f"{'Celery apply_async -> same Redis (8 threads)':<44} {celery or float('nan'):>9.0f} {'1.00x':>10}")
+    print(
+        f"{'Celery apply_async -> same Redis (8 threads)':<44} {celery or float('nan'):>9.0f} {'1.00x':>10}"
+    )
     print(f"\n{'round trip (sequential, ms)':<44} {'p50':>9} {'p99':>10}")
     print(f"{'sync call through the gateway':<44} {rt[0]:>9.2f} {rt[1]:>10.2f}")
     print(f"{'async: POST + sink long-poll':<44} {rt[2]:>9.2f} {rt[3]:>10.2f}")

@@ -4,7 +4,10 @@ server-sent events, bad input, and the official EAS SDK's ``QueueClient`` unchan
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +18,8 @@ import requests
 from eas_prediction import QueueClient
 from eas_prediction.queue_client import DataFrameListCodec
 
-from tests.harness import Server, service_spec
+from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec
+from tests.queue_fixtures import BACKENDS, redis_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +34,25 @@ def async_spec(name: str, *, args: str = "", replicas: int = 1, queue: dict[str,
     return spec
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def qsrv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per queue backend for the module: the same protocol suite runs on both."""
+    srv = new_server(tmp_path_factory.mktemp(request.param) / "data")
+    if request.param == "redis":
+        port = request.getfixturevalue("redis_server")
+        srv.extra_env["OPENEAS_QUEUE_URL"] = f"redis://127.0.0.1:{port}/0?prefix=e2e{os.getpid()}"
+    srv.start()
+    yield srv
+    srv.stop()
+    kill_gateway(srv.data_dir)
+    for pid in replica_processes(srv.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
-def svc(shared_server: Server) -> Iterator[tuple[Server, str, str]]:
+def svc(qsrv: Server) -> Iterator[tuple[Server, str, str]]:
+    shared_server = qsrv
     c = shared_server.client
     c.deploy(async_spec("aq", args="--latency-ms 300", queue={"source": {"max_payload_size_kb": 64}}))
     c.wait_ready("aq", 1, timeout_s=60)
@@ -66,9 +87,10 @@ def test_enqueue_then_204_then_the_result_in_three_forms(svc: tuple[Server, str,
     assert requests.get(url, params={"requestId": rid}, headers=h, timeout=10).json()["status"] == "done"
 
 
-def test_priority_requests_overtake_and_attributes_count(shared_server: Server) -> None:
+def test_priority_requests_overtake_and_attributes_count(qsrv: Server) -> None:
     """A stopped service keeps accepting; started again, its one replica (window 1) takes the
     priority request first, then the others in arrival order."""
+    shared_server = qsrv
     c = shared_server.client
     c.deploy(async_spec("aprio", queue={"window": 1}))
     c.wait_ready("aprio", 1, timeout_s=60)

@@ -123,3 +123,25 @@ def test_cancel_and_resume_from_the_cli(server: Server, tmp_path: Path) -> None:
     got = [json.loads(x)["custom_id"] for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert got == ids
     assert os.path.getsize(tmp_path / "o.errors.jsonl") == 0
+
+
+def test_a_job_with_a_spec_gets_replicas_of_its_own_then_removes_them(server: Server, tmp_path: Path) -> None:
+    c = server.client
+    ids = write_input(tmp_path / "in.jsonl", 200)
+    submitted = c.request(
+        "POST", "/api/v1/batch",
+        json_body={"spec": service_spec("tmpb"), "instance_type": "ecs.g7.xlarge-spot",
+                   "input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "o.jsonl")},
+    )
+    name = submitted["service"]
+    assert name.startswith("tmpb_") and submitted["temporary_service"] is True
+    spec = c.describe(name)["spec"]  # created with the job, on the instance type asked for
+    assert spec["cloud"]["computing"]["instance_type"] == "ecs.g7.xlarge-spot"
+    done = wait_for(lambda: (j := job(server, submitted["id"]))["state"] != "Running" and j, 120, what="job end")
+    assert (done["state"], done["ok_lines"]) == ("Succeeded", 200)
+    assert [json.loads(x)["custom_id"] for x in (tmp_path / "o.jsonl").read_text().splitlines()] == ids
+    wait_for(lambda: name not in [s["name"] for s in c.list()], 60, what=f"{name} deleted")
+    bad = c.request  # both a service and a spec: refused, naming the fields
+    with pytest.raises(Exception) as e:
+        bad("POST", "/api/v1/batch", json_body={"service": "x", "spec": service_spec("y"), "input": "a", "output": "b"})
+    assert "service, spec: give exactly one" in str(e.value)

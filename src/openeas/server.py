@@ -378,7 +378,7 @@ async def _serve(
         gateway_stats = GatewayStats(time.monotonic)
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
-        batch = BatchRunner(store, gateway_url)
+        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake)
         cp.batch_wake = batch.wake
         batch_task = asyncio.create_task(batch.run(stop))
         queue_task = asyncio.create_task(

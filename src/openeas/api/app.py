@@ -439,7 +439,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
 
-    add_batch_routes(app, cp.store, auth, lambda: cp.batch_wake())
+    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()))
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ checked as they are served (an invalid line goes to the errors file, the job goe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from openeas.batch.lines import shard_bounds
-from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict
+from openeas.batch.service import ensure_service, remove_service, temporary_spec
+from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
 from openeas.store import Store
 
@@ -25,7 +27,14 @@ DEFAULT_CONCURRENCY = 16  # requests of one job in flight at once
 
 
 class SubmitBody(BaseModel):
-    service: str = Field(description="the service that serves the lines")
+    service: str | None = Field(default=None, description="the existing service that serves the lines")
+    spec: dict[str, Any] | None = Field(
+        default=None,
+        description="instead of service: a service spec whose replicas serve this job only (deleted after)",
+    )
+    instance_type: str | None = Field(
+        default=None, description="with spec: the instance type of its replicas (e.g. a preemptible one)"
+    )
     input: str = Field(description="JSONL file: a path or an fsspec URL (file://, s3://, ...)")
     output: str = Field(description="where the output JSONL goes (path or fsspec URL)")
     errors: str | None = Field(
@@ -70,17 +79,32 @@ def _check(body: SubmitBody) -> tuple[list[tuple[int, int, int, int]], int]:
     return shard_bounds(data, body.shard_lines), total
 
 
-def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], None]) -> None:
+def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], object]) -> None:
     jobs = BatchStore(store)
 
     @app.post("/api/v1/batch", status_code=201, dependencies=auth)
     async def submit(body: SubmitBody) -> dict[str, Any]:
         """Start a batch job; it runs in the server until every line has an output or an error line."""
-        await asyncio.to_thread(store.get_service, body.service)  # 404 names the service
+        job_id = new_job_id()
+        spec_json = None
+        if (body.service is None) == (body.spec is None):
+            raise SpecError(["service, spec: give exactly one (an existing service, or a spec for the job)"])
+        if body.spec is not None:
+            spec = temporary_spec(body.spec, job_id, body.instance_type)
+            spec_json, service = json.dumps(spec.to_dict()), spec.name
+        else:
+            if body.instance_type is not None:
+                raise SpecError(["instance_type: only with spec (an existing service keeps its own)"])
+            service = str(body.service)
+            await asyncio.to_thread(store.get_service, service)  # 404 names the service
         bounds, total = await asyncio.to_thread(_check, body)
+        if spec_json is not None:
+            await asyncio.to_thread(ensure_service, store, spec_json)
         row = await asyncio.to_thread(
             jobs.create,
-            service=body.service,
+            job_id=job_id,
+            spec=spec_json,
+            service=service,
             input_url=body.input,
             output_url=body.output,
             errors_url=body.errors or errors_url(body.output),
@@ -103,7 +127,11 @@ def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable
     @app.post("/api/v1/batch/{job_id}/cancel", dependencies=auth)
     def cancel(job_id: str) -> dict[str, Any]:
         """Stop after the shard being served; the shards done stay done (resume goes on from there)."""
-        return job_dict(jobs.set_state(job_id, CANCELLED, "cancelled", expect=(RUNNING,)))
+        row = jobs.set_state(job_id, CANCELLED, "cancelled", expect=(RUNNING,))
+        if row.spec is not None:
+            remove_service(store, row.service, "cancelled")
+            wake()
+        return job_dict(row)
 
     @app.post("/api/v1/batch/{job_id}/resume", dependencies=auth)
     def resume(job_id: str) -> dict[str, Any]:

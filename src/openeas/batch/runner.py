@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
 
 from openeas.batch.lines import BatchRequest, LineError, error_line, output_line, parse_line
+from openeas.batch.service import ensure_service, remove_service
 from openeas.batch.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 from openeas.errors import NotFound
 from openeas.store import Store
@@ -60,8 +62,11 @@ def _read(url: str, start: int | None = None, end: int | None = None) -> bytes:
 
 
 class BatchRunner:
-    def __init__(self, store: Store, gateway_url: str) -> None:
+    def __init__(
+        self, store: Store, gateway_url: str, on_change: Callable[[], object] = lambda: None
+    ) -> None:
         self.jobs = BatchStore(store)
+        self.on_change = on_change  # desired state changed (a job's own service): wake the reconciler
         self.store = store
         self.gateway_url = gateway_url.rstrip("/")
         self._wake = asyncio.Event()
@@ -97,6 +102,9 @@ class BatchRunner:
     async def _run_job(self, job_id: str) -> None:
         try:
             job = await asyncio.to_thread(self.jobs.get, job_id)
+            if job.spec is not None:  # the job's own service: there, or made again (a resume)
+                await asyncio.to_thread(ensure_service, self.store, job.spec)
+                self.on_change()
             try:
                 token = await asyncio.to_thread(self.store.token, job.service)
             except NotFound:
@@ -120,7 +128,10 @@ class BatchRunner:
         except Exception as e:
             log.exception("batch job %s failed", job_id)
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.jobs.set_state, job_id, FAILED, f"{type(e).__name__}: {e}")
+                row = await asyncio.to_thread(self.jobs.set_state, job_id, FAILED, f"{type(e).__name__}: {e}")
+                if row.spec is not None:
+                    await asyncio.to_thread(remove_service, self.store, row.service, "failed")
+                    self.on_change()
 
     async def _finish(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.jobs.get, job_id)
@@ -135,6 +146,9 @@ class BatchRunner:
         await asyncio.to_thread(_write, job.errors_url, b"".join(errs))
         message = f"{job.ok_lines} lines answered, {job.failed_lines} in the errors file"
         await asyncio.to_thread(self.jobs.set_state, job_id, SUCCEEDED, message, expect=(RUNNING,))
+        if job.spec is not None:
+            await asyncio.to_thread(remove_service, self.store, job.service, "succeeded")
+            self.on_change()
         fs, path = fsspec.core.url_to_fs(f"{job.output_url}.parts")
         with contextlib.suppress(Exception):
             await asyncio.to_thread(fs.rm, path, recursive=True)

@@ -42,6 +42,9 @@ class BatchJobRow(Base):
     shards_total: Mapped[int] = mapped_column(Integer, default=0)
     shards_done: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A job submitted with a spec owns its service: the spec (JSON) it is created from (again on
+    # resume), deleted when the job ends. None: the job uses an existing service.
+    spec: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -62,6 +65,10 @@ class BatchShardRow(Base):
 def create_tables(conn: Connection) -> None:
     """The store migration that adds the batch tables."""
     Base.metadata.create_all(conn, tables=[BatchJobRow.__table__, BatchShardRow.__table__])  # type: ignore[list-item]
+
+
+def new_job_id() -> str:
+    return f"batch_{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ def job_dict(row: BatchJobRow) -> dict[str, Any]:
         "shard_lines": row.shard_lines,
         "concurrency": row.concurrency,
         "message": row.message,
+        "temporary_service": row.spec is not None,
         "created_at": row.created_at,
         "finished_at": row.finished_at,
     }
@@ -111,8 +119,10 @@ class BatchStore:
         concurrency: int,
         bounds: list[tuple[int, int, int, int]],
         total_lines: int,
+        spec: str | None = None,
+        job_id: str | None = None,
     ) -> BatchJobRow:
-        job_id = f"batch_{uuid.uuid4().hex[:16]}"
+        job_id = job_id or new_job_id()
         with self.store.session() as s:
             row = BatchJobRow(
                 id=job_id,
@@ -128,6 +138,7 @@ class BatchStore:
                 failed_lines=0,
                 shards_total=len(bounds),
                 shards_done=0,
+                spec=spec,
                 created_at=time.time(),
             )
             s.add(row)

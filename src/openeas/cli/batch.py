@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from openeas.cli import render
-from openeas.cli.main import DataDir, JsonOut, _client, cli_errors
+from openeas.cli.main import DataDir, JsonOut, _client, _read_spec, cli_errors
 from openeas.sdk.client import Client
 
 batch_app: typer.Typer = typer.Typer(
@@ -70,11 +70,24 @@ def _end(job: dict[str, Any], json_out: bool) -> None:
 @batch_app.command("submit")
 @cli_errors
 def submit(
-    service: Annotated[str, typer.Option("--service", help="The service that serves the lines.")],
     input_url: Annotated[str, typer.Option("--input", help="JSONL input: a path or an fsspec URL.")],
     output_url: Annotated[str, typer.Option("--output", help="JSONL output: a path or an fsspec URL.")],
     errors_url: Annotated[
         str | None, typer.Option("--errors", help="Errors JSONL (default <output stem>.errors.jsonl).")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", help="The existing service that serves the lines.")
+    ] = None,
+    spec_file: Annotated[
+        str | None,
+        typer.Option(
+            "--spec",
+            help="Instead of --service: a spec file whose replicas serve this job only (removed after).",
+        ),
+    ] = None,
+    instance_type: Annotated[
+        str | None,
+        typer.Option(help="With --spec: the instance type of its replicas (e.g. a preemptible one)."),
     ] = None,
     shard_lines: Annotated[int, typer.Option(help="Lines per checkpoint.")] = 500,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 16,
@@ -90,6 +103,8 @@ def submit(
 
     body = {
         "service": service,
+        "spec": _read_spec(spec_file) if spec_file else None,
+        "instance_type": instance_type,
         "input": local(input_url),
         "output": local(output_url),
         "errors": local(errors_url) if errors_url else None,

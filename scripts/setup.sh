@@ -58,13 +58,15 @@ if [ "${OPENEAS_SKIP_LLAMA:-0}" != 1 ]; then
 fi
 
 # Debian packages: podman, runc and debootstrap for the container runtime (its tests build a
-# small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks.
+# small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks;
+# redis-server for the async queue's Redis backend (its tests start one on 127.0.0.1).
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"

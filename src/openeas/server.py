@@ -31,9 +31,11 @@ from pathlib import Path
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
+from openeas.batch import BatchRunner
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.controller.rollout_loop import RolloutController
@@ -41,6 +43,7 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
+from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.clock import LOOP_CLOCK
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
@@ -186,6 +189,7 @@ def _gateway_argv(data_dir: Path, host: str, port: int) -> list[str]:
         "--reuse-port",
         "--grace",
         str(GATEWAY_GRACE_S),
+        *queue_args(),
     ]
 
 
@@ -194,7 +198,7 @@ def _gateway_fingerprint(argv: list[str]) -> str:
     h = hashlib.sha256(json.dumps(argv).encode())
     pkg = Path(__file__).parent
     shared = [pkg / "procfs.py", pkg / "unixdgram.py", pkg / "telemetry" / "gateway_stats.py"]
-    for f in sorted([*(pkg / "gateway").glob("*.py"), *shared]):
+    for f in sorted([*(pkg / "gateway").glob("*.py"), *(pkg / "queue").glob("*.py"), *shared]):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -369,11 +373,12 @@ async def _serve(
         # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
         # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
         gateway_stats = GatewayStats(LOOP_CLOCK.now)
+        backlogs = open_backlog_source(data_dir)  # async services' queues: the `backlog` metric
         autoscaler = Autoscaler(
             store,
             traffic=gateway_stats,
             gateway=gw_scrape,
-            sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler()],
+            sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
             wake_reconciler=reconciler.wake,
         )
         gateway_stats.on_demand = autoscaler.wake
@@ -406,6 +411,13 @@ async def _serve(
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
+        # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
+        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake)
+        cp.batch_wake = batch.wake
+        batch_task = asyncio.create_task(batch.run(stop))
+        queue_task = asyncio.create_task(
+            wake_from_zero(store, backlogs, stop, on_wake=lambda _: reconciler.wake())
+        )
         server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         write_private(
             data_dir / "server.json",
@@ -414,13 +426,22 @@ async def _serve(
         print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
         done_task = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            {done_task, api_task, rec_task, stats_task, rollout_task, asyncio.create_task(keeper.watch())},
+            {
+                done_task,
+                api_task,
+                rec_task,
+                stats_task,
+                rollout_task,
+                queue_task,
+                batch_task,
+                asyncio.create_task(keeper.watch()),
+            },
             return_when=asyncio.FIRST_COMPLETED,
         )
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task)
+        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task)
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)

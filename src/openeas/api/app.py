@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.api.batch import add_batch_routes
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
 from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
@@ -78,6 +79,7 @@ class ControlPlane:
         autoscaler: Autoscaler | None = None,
     ) -> None:
         self.store = store
+        self.batch_wake: Callable[[], None] = lambda: None  # the batch runner's wake (server.py sets it)
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
         self.autoscaler = autoscaler
@@ -478,6 +480,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
             if not reps:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
+
+    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()))
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

@@ -177,10 +177,19 @@ def server(
             dir_okay=False,
         ),
     ] = None,
+    queue_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Async services' queue: redis://HOST:PORT/DB for several gateways (default: SQLite in "
+            "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
+    if queue_url:
+        os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     for f in deploy or []:
         # a bad --deploy spec is invalid input (exit 2) before anything starts
         _read_spec(str(f), groups_ok=False)
@@ -579,3 +588,8 @@ def call_info(
 from openeas.cli.stress import stress_app  # noqa: E402  (it uses this module's helpers)
 
 app.add_typer(stress_app, name="stress")
+
+# The `batch` verbs (cli/batch.py): imported last, they use the helpers above.
+from openeas.cli.batch import batch_app  # noqa: E402
+
+app.add_typer(batch_app, name="batch")

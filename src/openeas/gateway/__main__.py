@@ -53,6 +53,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="listen with SO_REUSEPORT, so a successor gateway can take over the port without a gap",
     )
     p.add_argument("--ready-file", type=Path, help="written (with this pid) once the gateway listens")
+    p.add_argument(
+        "--queue-url",
+        help="async services' queue: sqlite:///PATH or redis://HOST:PORT/DB (default with --data-dir: "
+        "sqlite under it)",
+    )
     stats = p.add_mutually_exclusive_group()
     stats.add_argument(
         "--stats-socket",
@@ -142,6 +147,8 @@ async def _main(args: argparse.Namespace) -> None:
         grace_s=args.grace,
         reuse_port=args.reuse_port,
         limits=_limits(args),
+        queue_url=args.queue_url,
+        data_dir=args.data_dir,
     )
     if watcher is not None:
         watcher.cancel()

@@ -21,6 +21,7 @@ from openeas.gateway.routes import RouteState
 if TYPE_CHECKING:
     from openeas.gateway.activator import HoldQueue
     from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.queues import AsyncQueues
     from openeas.gateway.split import GroupState
 
 DEFAULT_COOLDOWN_S = 1.5  # seconds a replica whose connect failed is avoided
@@ -84,6 +85,8 @@ class ProxyContext:
         # (activator.py); the route's max_held and hold_timeout_s bound them.
         self.holds: dict[str, HoldQueue] = {}
         self.on_hold: Callable[[str], object] | None = None  # called with the service when one is held
+        # Async services' queues (gateway/queues.py); made when the first async service is routed.
+        self.queues: AsyncQueues | None = None
         self.max_url_bytes = max_url_bytes
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers

@@ -142,6 +142,8 @@ class GatewayMetrics:
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
         # (group, member service) → live and mirrored traffic of service groups (group_metrics.py).
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
+        # The async queues' lines (gateway/queues.py), rendered after the gateway's own.
+        self.queue_lines: Callable[[], list[str]] | None = None
 
     def group_member(self, group: str, service: str) -> MemberMetrics:
         m = self.groups.get((group, service))
@@ -219,6 +221,8 @@ class GatewayMetrics:
             lines += _replica_lines(self.replicas())
         if self.groups:
             lines += group_lines(self.groups, label_value)
+        if self.queue_lines is not None:
+            lines += self.queue_lines()
         lines.append("")
         return "\n".join(lines).encode()
 

@@ -30,6 +30,7 @@ import asyncio
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from openeas.gateway.activator import ABANDONED, ENDED, RELEASED, hold, resume, unhold
+from openeas.gateway.asyncq import Pending, queue_body_done, queue_request
 from openeas.gateway.auth import AuthError, SignedBody
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
@@ -118,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
         "loop",
         "parser",
         "phase",
+        "queued",
         "request_done",
         "request_seq",
         "resendable",
@@ -167,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.is_head = False
         self.keep_alive = True
         self.request_done = False  # the whole request (body included) was read
+        self.queued: Pending | None = None  # an async request waiting for its body
         # Serving it.
         self.route: RouteState | None = None
         self.service_metrics: ServiceMetrics | None = None  # None once the outcome is recorded
@@ -196,6 +199,8 @@ class ClientConnection(asyncio.Protocol):
     _resend = resend
     _attempts = attempts_of
     _hold = hold
+    _queue_request = queue_request  # async services (asyncq.py)
+    _queue_body_done = queue_body_done
     _resume = resume
     _unhold = unhold
     _on_timeout = on_timeout
@@ -436,6 +441,9 @@ class ClientConnection(asyncio.Protocol):
         if self.content_length > route.max_body_bytes:
             self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
             return
+        if route.queue is not None:  # an async service: its queue answers (asyncq.py)
+            self._queue_request(method, upstream_path)
+            return
         headers = self.headers
         headers[0] = method + b" " + upstream_path + b" HTTP/1.1\r\n"  # the request line
         if tunnel:
@@ -475,6 +483,9 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = NEVER
         phase = self.phase
         if phase is PROXYING:
+            if self.queued is not None:
+                self._queue_body_done()
+                return
             if self.chunked:
                 self._send(LAST_CHUNK)
             signed = self.signed_body

@@ -16,6 +16,7 @@ from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.ratelimit import TokenBucket
 from openeas.gateway.table import Route, RoutingTable
+from openeas.queue.model import QueueSettings
 
 
 @dataclass(slots=True)
@@ -34,6 +35,7 @@ class RouteState:
     # Resend a request whose replica closed the connection before answering (see retry.py).
     resend_unanswered: bool = True
     limiter: TokenBucket | None = None  # metadata.rpc.rate_limit; None = no limit
+    queue: QueueSettings | None = None  # an async service (gateway/asyncq.py); None: proxied
 
 
 UpstreamKey = tuple[str, str, int]
@@ -84,6 +86,7 @@ def build_routes(
             timeout_s=route.timeout_s,
             resend_unanswered=route.resend_unanswered,
             limiter=limiter,
+            queue=route.queue,
         )
     for key in [k for k in upstreams if k not in live]:
         upstreams.pop(key).retire()

@@ -28,6 +28,7 @@ from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.proxy import IDLE, ClientConnection
+from openeas.gateway.queues import AsyncQueues
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.split import build_groups
 from openeas.gateway.stats import StatsSender
@@ -51,8 +52,14 @@ class Gateway:
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         metrics: GatewayMetrics | None = None,
         limits: ClientLimits | None = None,
+        queue_url: str | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.source = source
+        # Async services' queue backend (openeas.queue.open_backend): opened when the first async
+        # service is routed; None with no data dir either: async services get 503.
+        self.queue_url = queue_url
+        self.data_dir = data_dir
         self.poll_interval_s = poll_interval_s  # seconds between two reads when nothing is notified
         self.notify_socket = notify_socket  # bound while running: a datagram there = read now
         self.on_apply = on_apply  # called on the loop after each table swap (tests, benchmarks)
@@ -90,9 +97,30 @@ class Gateway:
         routed = set(self.upstreams.values())
         self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table
+        self._queues_changed()
         self.ctx.wake_held()  # held requests whose service now has a replica go at once
         if self.on_apply is not None:
             self.on_apply(table)
+
+    def _queues_changed(self) -> None:
+        """Tell the async queues (opened with the first async service) what is routed now."""
+        ctx = self.ctx
+        if ctx.queues is None:
+            if not any(r.queue is not None for r in ctx.routes.values()):
+                return
+            if self.queue_url is None and self.data_dir is None:
+                log.warning("async services are routed but this gateway has no queue (no --data-dir)")
+                return
+            from openeas.queue import open_backend
+
+            try:
+                backend = open_backend(self.queue_url, self.data_dir or Path("."))
+            except Exception:
+                log.exception("could not open the queue backend %s", self.queue_url)
+                return
+            ctx.queues = AsyncQueues(backend)
+            self.metrics.queue_lines = ctx.queues.metrics_lines
+        ctx.queues.routes_changed(ctx.routes)
 
     def replica_loads(self) -> list[tuple[str, bool, int]]:
         """(replica id, routed, requests in flight) per replica: routed ones, and those that left
@@ -195,6 +223,9 @@ class Gateway:
         # retry) rather than a cut connection.
         for service, queue in self.ctx.holds.items():
             queue.fail_all(gateway_stopping(service))
+        if self.ctx.queues is not None:
+            # Calls in flight finish within what is left of the grace; the rest go back to the queue.
+            await self.ctx.queues.close(max(0.0, deadline - loop.time()))
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -251,6 +282,8 @@ async def serve(
     grace_s: float = 10.0,
     reuse_port: bool = False,
     limits: ClientLimits | None = None,
+    queue_url: str | None = None,
+    data_dir: Path | None = None,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
     gw = Gateway(
@@ -259,6 +292,8 @@ async def serve(
         notify_socket=notify_socket,
         stats_socket=stats_socket,
         limits=limits,
+        queue_url=queue_url,
+        data_dir=data_dir,
     )
     await gw.start(host, port, reuse_port=reuse_port)
     if ready_cb is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from openeas.gateway.group_table import GroupDef
+from openeas.queue.model import QueueSettings
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
 DEFAULT_BALANCER = "least-request"
@@ -63,11 +64,15 @@ class RouteSettings:
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
     # Requests per second the service accepts (metadata.rpc.rate_limit); 0 = no limit; 429 above.
     rate_limit: float = 0.0
+    # An async service's queue (metadata.type Async, the spec's `queue` block; docs/async.md);
+    # None: a real-time service, proxied.
+    queue: QueueSettings | None = None
 
     @staticmethod
     def from_dict(data: Mapping[str, Any] | None) -> RouteSettings:
         d = data or {}
         timeout = d.get("timeout_s")
+        queue = d.get("queue")
         return RouteSettings(
             timeout_s=float(timeout) if timeout is not None else None,
             max_body_bytes=int(d.get("max_body_bytes") or DEFAULT_MAX_BODY_BYTES),
@@ -76,6 +81,7 @@ class RouteSettings:
             max_held=int(d.get("max_held") or DEFAULT_MAX_HELD),
             hold_timeout_s=float(d.get("hold_timeout_s") or DEFAULT_HOLD_TIMEOUT_S),
             rate_limit=float(d.get("rate_limit") or 0.0),
+            queue=QueueSettings.from_dict(queue) if isinstance(queue, Mapping) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +93,7 @@ class RouteSettings:
             "max_held": self.max_held,
             "hold_timeout_s": self.hold_timeout_s,
             "rate_limit": self.rate_limit,
+            "queue": self.queue.to_dict() if self.queue is not None else None,
         }
 
 
@@ -102,6 +109,7 @@ class Route:
     max_held: int = DEFAULT_MAX_HELD  # see RouteSettings.max_held
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S  # see RouteSettings.hold_timeout_s
     rate_limit: float = 0.0  # see RouteSettings.rate_limit
+    queue: QueueSettings | None = None  # see RouteSettings.queue
     # Stopped by its operator: a request gets a 503 at once instead of being held for a replica.
     stopped: bool = False
 
@@ -126,6 +134,7 @@ class Route:
             max_held=settings.max_held,
             hold_timeout_s=settings.hold_timeout_s,
             rate_limit=settings.rate_limit,
+            queue=settings.queue,
             stopped=stopped,
         )
 
@@ -139,6 +148,7 @@ class Route:
             max_held=self.max_held,
             hold_timeout_s=self.hold_timeout_s,
             rate_limit=self.rate_limit,
+            queue=self.queue,
         )
 
 

@@ -33,6 +33,7 @@ from openeas.spec.processor import (
     processor_problem,
     synthesize_python_processor,
 )
+from openeas.spec.queue import QueueConfig
 
 
 def processor_unavailable(processor: str) -> str:
@@ -146,7 +147,10 @@ class Metadata(_Model):
     cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
     gpu: int | None = Field(default=None, ge=0, description="GPUs per replica")
-    type: str | None = Field(default=None, description="'Async' for async inference (own issue)")
+    type: str | None = Field(
+        default=None,
+        description="'Async': requests go through a durable queue, results by request id (docs/async.md)",
+    )
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     eas: EasSection = Field(default_factory=EasSection)
@@ -537,6 +541,7 @@ class ServiceSpec(_Model):
     # OpenEAS: the field guide's autoscaling block, and EAS's cron-scaler body (spec/autoscaling.py)
     autoscaling: Autoscaling | None = None
     cronScaler: CronScaler | None = None
+    queue: QueueConfig | None = Field(default=None, description="EAS: the queue of an async service")
     # EAS's own `runtime` block ({"enable_crash_block": ...}) is kept as written. A plain string
     # is the selector of earlier OpenEAS releases, now `metadata.replica_runtime`.
     runtime: dict[str, Any] | RuntimeName | None = Field(
@@ -668,6 +673,11 @@ class ServiceSpec(_Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def is_async(self) -> bool:
+        """An async service (EAS ``metadata.type: Async``): a queue in front of its replicas."""
+        return (self.metadata.type or "").lower() == "async"
 
     @property
     def main(self) -> Container:

@@ -89,8 +89,21 @@ def _v4_groups(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in GROUP_TABLES])
 
 
+def _v5_batch_jobs(conn: Connection) -> None:
+    """``batch_jobs`` and ``batch_shards``: batch jobs and their checkpointed shards."""
+    from openeas.batch.store import create_tables
+
+    create_tables(conn)
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2_route_settings, _v3_stress_reports, _v4_groups]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1,
+    _v2_route_settings,
+    _v3_stress_reports,
+    _v4_groups,
+    _v5_batch_jobs,
+]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
 _ROUTING_BUMPED = "openeas.routing_bumped"

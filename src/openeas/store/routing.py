@@ -15,6 +15,16 @@ from openeas.gateway.table import (
     DEFAULT_MAX_HELD,
     RouteSettings,
 )
+from openeas.queue.model import (
+    DEFAULT_ATTEMPT_TIMEOUT_S,
+    DEFAULT_MAX_DELIVERY,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_RESULT_TTL_S,
+    DEFAULT_WINDOW,
+    QueueSettings,
+)
 from openeas.spec.models import ServiceSpec
 
 # The reader moved to the gateway package; still importable from here for existing callers.
@@ -33,4 +43,26 @@ def route_settings(spec: ServiceSpec) -> RouteSettings:
         max_held=rpc.max_queue_size or DEFAULT_MAX_HELD,
         hold_timeout_s=rpc.hold_timeout_ms / 1000.0 if rpc.hold_timeout_ms else DEFAULT_HOLD_TIMEOUT_S,
         rate_limit=float(rpc.rate_limit or 0),  # EAS: 0 = no limit
+        queue=queue_settings(spec) if spec.is_async else None,
+    )
+
+
+def queue_settings(spec: ServiceSpec) -> QueueSettings:
+    """An async service's queue from its spec's ``queue`` block (defaults: docs/async.md)."""
+    q = spec.queue
+    rpc = spec.metadata.rpc
+    workers = (rpc.model_extra or {}).get("worker_threads")
+    window = (q.window if q else None) or (int(workers) if isinstance(workers, int) and workers > 0 else None)
+    timeout_ms = (q.attempt_timeout_ms if q else None) or rpc.keepalive
+    kib = 1024
+    return QueueSettings(
+        max_delivery=(q.max_delivery if q else None) or DEFAULT_MAX_DELIVERY,
+        window=window or DEFAULT_WINDOW,
+        max_length=(q.source.max_length if q else None) or DEFAULT_MAX_LENGTH,
+        max_payload_bytes=(q.source.max_payload_size_kb * kib if q and q.source.max_payload_size_kb else None)
+        or DEFAULT_MAX_PAYLOAD_BYTES,
+        max_result_bytes=(q.sink.max_payload_size_kb * kib if q and q.sink.max_payload_size_kb else None)
+        or DEFAULT_MAX_RESULT_BYTES,
+        result_ttl_s=float((q.result_ttl_s if q else None) or DEFAULT_RESULT_TTL_S),
+        attempt_timeout_s=timeout_ms / 1000.0 if timeout_ms else DEFAULT_ATTEMPT_TIMEOUT_S,
     )

@@ -1,0 +1,141 @@
+"""The batch-job routes of the control-plane API: submit, list, describe, cancel, resume.
+
+Submitting checks what can be checked at once (the service exists, the input can be read and has
+lines, the output's folder can be made) and answers 400 naming the field; the lines themselves are
+checked as they are served (an invalid line goes to the errors file, the job goes on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from openeas.batch.lines import shard_bounds
+from openeas.batch.service import ensure_service, remove_service, temporary_spec
+from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
+from openeas.errors import SpecError
+from openeas.store import Store
+
+DEFAULT_SHARD_LINES = 500  # lines per checkpoint: a kill repeats at most this many requests
+DEFAULT_CONCURRENCY = 16  # requests of one job in flight at once
+
+
+class SubmitBody(BaseModel):
+    service: str | None = Field(default=None, description="the existing service that serves the lines")
+    spec: dict[str, Any] | None = Field(
+        default=None,
+        description="instead of service: a service spec whose replicas serve this job only (deleted after)",
+    )
+    instance_type: str | None = Field(
+        default=None, description="with spec: the instance type of its replicas (e.g. a preemptible one)"
+    )
+    input: str = Field(description="JSONL file: a path or an fsspec URL (file://, s3://, ...)")
+    output: str = Field(description="where the output JSONL goes (path or fsspec URL)")
+    errors: str | None = Field(
+        default=None, description="the errors JSONL; default: <output stem>.errors.jsonl"
+    )
+    shard_lines: int = Field(
+        default=DEFAULT_SHARD_LINES, ge=1, le=100_000, description="lines per checkpoint"
+    )
+    concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY, ge=1, le=1024, description="requests in flight at once"
+    )
+
+
+def errors_url(output: str) -> str:
+    stem = output[: -len(".jsonl")] if output.endswith(".jsonl") else output
+    return stem + ".errors.jsonl"
+
+
+def _check(body: SubmitBody) -> tuple[list[tuple[int, int, int, int]], int]:
+    try:
+        fs, path = fsspec.core.url_to_fs(body.input)
+        if not fs.exists(path) or fs.isdir(path):
+            raise SpecError([f"input: {body.input} not found"])
+        data: bytes = fs.cat_file(path)
+    except SpecError:
+        raise
+    except Exception as e:
+        raise SpecError([f"input: {body.input} cannot be read ({type(e).__name__}: {e})"]) from None
+    total = sum(1 for line in data.splitlines() if line.strip())
+    if total == 0:
+        raise SpecError([f"input: {body.input} has no lines"])
+    for field, url in (("output", body.output), ("errors", body.errors or errors_url(body.output))):
+        if url == body.input:
+            raise SpecError([f"{field}: must not be the input file"])
+        try:
+            ofs, opath = fsspec.core.url_to_fs(url)
+            parent = opath.rsplit("/", 1)[0]
+            if parent:
+                ofs.makedirs(parent, exist_ok=True)
+        except Exception as e:
+            raise SpecError([f"{field}: {url} cannot be written ({type(e).__name__}: {e})"]) from None
+    return shard_bounds(data, body.shard_lines), total
+
+
+def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], object]) -> None:
+    jobs = BatchStore(store)
+
+    @app.post("/api/v1/batch", status_code=201, dependencies=auth)
+    async def submit(body: SubmitBody) -> dict[str, Any]:
+        """Start a batch job; it runs in the server until every line has an output or an error line."""
+        job_id = new_job_id()
+        spec_json = None
+        if (body.service is None) == (body.spec is None):
+            raise SpecError(["service, spec: give exactly one (an existing service, or a spec for the job)"])
+        if body.spec is not None:
+            spec = temporary_spec(body.spec, job_id, body.instance_type)
+            spec_json, service = json.dumps(spec.to_dict()), spec.name
+        else:
+            if body.instance_type is not None:
+                raise SpecError(["instance_type: only with spec (an existing service keeps its own)"])
+            service = str(body.service)
+            await asyncio.to_thread(store.get_service, service)  # 404 names the service
+        bounds, total = await asyncio.to_thread(_check, body)
+        if spec_json is not None:
+            await asyncio.to_thread(ensure_service, store, spec_json)
+        row = await asyncio.to_thread(
+            jobs.create,
+            job_id=job_id,
+            spec=spec_json,
+            service=service,
+            input_url=body.input,
+            output_url=body.output,
+            errors_url=body.errors or errors_url(body.output),
+            shard_lines=body.shard_lines,
+            concurrency=body.concurrency,
+            bounds=bounds,
+            total_lines=total,
+        )
+        wake()
+        return job_dict(row)
+
+    @app.get("/api/v1/batch", dependencies=auth)
+    def list_jobs() -> list[dict[str, Any]]:
+        return [job_dict(r) for r in jobs.all()]
+
+    @app.get("/api/v1/batch/{job_id}", dependencies=auth)
+    def describe(job_id: str) -> dict[str, Any]:
+        return job_dict(jobs.get(job_id))
+
+    @app.post("/api/v1/batch/{job_id}/cancel", dependencies=auth)
+    def cancel(job_id: str) -> dict[str, Any]:
+        """Stop after the shard being served; the shards done stay done (resume goes on from there)."""
+        row = jobs.set_state(job_id, CANCELLED, "cancelled", expect=(RUNNING,))
+        if row.spec is not None:
+            remove_service(store, row.service, "cancelled")
+            wake()
+        return job_dict(row)
+
+    @app.post("/api/v1/batch/{job_id}/resume", dependencies=auth)
+    def resume(job_id: str) -> dict[str, Any]:
+        """Go on with a cancelled or failed job from its last checkpoint."""
+        row = jobs.set_state(job_id, RUNNING, None, expect=(CANCELLED, FAILED))
+        wake()
+        return job_dict(row)

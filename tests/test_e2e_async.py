@@ -1,0 +1,190 @@
+"""End to end: EAS's async protocol through a real server, its gateway process and test-server
+replicas: enqueue, results by request id (raw, JSON and protobuf forms, long-poll), attributes,
+server-sent events, bad input, and the official EAS SDK's ``QueueClient`` unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from eas_prediction import QueueClient
+from eas_prediction.queue_client import DataFrameListCodec
+
+from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec
+from tests.queue_fixtures import BACKENDS, redis_server  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow
+
+RID = "X-Eas-Queueservice-Request-Id"
+
+
+def async_spec(name: str, *, args: str = "", replicas: int = 1, queue: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = service_spec(name, replicas=replicas, args=args)
+    spec["metadata"]["type"] = "Async"
+    if queue is not None:
+        spec["queue"] = queue
+    return spec
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def qsrv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per queue backend for the module: the same protocol suite runs on both."""
+    srv = new_server(tmp_path_factory.mktemp(request.param) / "data")
+    if request.param == "redis":
+        port = request.getfixturevalue("redis_server")
+        srv.extra_env["OPENEAS_QUEUE_URL"] = f"redis://127.0.0.1:{port}/0?prefix=e2e{os.getpid()}"
+    srv.start()
+    yield srv
+    srv.stop()
+    kill_gateway(srv.data_dir)
+    for pid in replica_processes(srv.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def svc(qsrv: Server) -> Iterator[tuple[Server, str, str]]:
+    shared_server = qsrv
+    c = shared_server.client
+    c.deploy(async_spec("aq", args="--latency-ms 300", queue={"source": {"max_payload_size_kb": 64}}))
+    c.wait_ready("aq", 1, timeout_s=60)
+    token = c.call_info("aq")["token"]
+    yield shared_server, f"{shared_server.gateway_url}/api/predict/aq", token
+
+
+def test_enqueue_then_204_then_the_result_in_three_forms(svc: tuple[Server, str, str]) -> None:
+    _, url, token = svc
+    h = {"Authorization": token}
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+    r = requests.post(f"{url}/v1/chat/completions?user=u7", json=body, headers=h, timeout=10)
+    assert r.status_code == 200 and r.text.isdigit()  # the body is the queue index
+    rid = r.headers[RID]
+    pending = requests.get(f"{url}/sink", params={"requestId": rid}, headers=h, timeout=10)
+    assert pending.status_code == 204 and pending.content == b""  # the replica takes 300 ms
+    status = requests.get(url, params={"requestId": rid}, headers=h, timeout=10).json()
+    assert status["status"] in ("queued", "in_flight")
+    raw = requests.get(f"{url}/sink", params={"requestId": rid, "_timeout_": "5s"}, headers=h, timeout=10)
+    assert raw.status_code == 200 and raw.headers[RID] == rid
+    assert raw.headers["Content-Type"].startswith("application/json")
+    assert raw.json()["choices"][0]["message"]["content"] == "tok0 tok1"
+    as_json = requests.get(f"{url}/sink", params={"requestId": rid, "_raw_": "false"}, headers=h, timeout=10)
+    (item,) = as_json.json()
+    assert item["requestId"] == rid and item["status"] == 200 and item["tags"]["user"] == "u7"
+    assert json.loads(item["data"]) == raw.json()
+    proto = requests.get(
+        f"{url}/sink", params={"requestId": rid}, headers={**h, "Accept": "application/vnd.google.protobuf"}, timeout=10
+    )
+    (frame,) = DataFrameListCodec.decode(proto.content).get_list()
+    assert frame.tags["requestId"] == rid and frame.tags["status"] == "200" and json.loads(frame.data) == raw.json()
+    assert requests.get(url, params={"requestId": rid}, headers=h, timeout=10).json()["status"] == "done"
+
+
+def test_priority_requests_overtake_and_attributes_count(qsrv: Server) -> None:
+    """A stopped service keeps accepting; started again, its one replica (window 1) takes the
+    priority request first, then the others in arrival order."""
+    shared_server = qsrv
+    c = shared_server.client
+    c.deploy(async_spec("aprio", queue={"window": 1}))
+    c.wait_ready("aprio", 1, timeout_s=60)
+    c.stop("aprio")
+    url = f"{shared_server.gateway_url}/api/predict/aprio"
+    h = {"Authorization": c.call_info("aprio")["token"]}
+    normal = [requests.post(url, data=b"n", headers=h, timeout=10).headers[RID] for _ in range(4)]
+    first = requests.post(url, params={"_priority_": "1"}, data=b"p", headers=h, timeout=10).headers[RID]
+    attrs = requests.get(url, params={"_attrs_": "true"}, headers=h, timeout=10).json()
+    assert attrs["stream.queued"] == "5" and attrs["meta.maxLength"] == "10000"
+    assert float(attrs["stream.oldestAgeSeconds"]) > 0
+    c.start("aprio")
+    done = {}
+    for rid in [first, *normal]:
+        r = requests.get(f"{url}/sink", params={"requestId": rid, "_timeout_": "30s", "_raw_": "false"},
+                         headers=h, timeout=40)
+        assert isinstance(r.json(), list), (r.status_code, r.text)
+        done[rid] = r.json()[0]["sinkIndex"]  # the order the results were stored in
+    assert sorted(done, key=lambda rid: done[rid]) == [first, *normal]
+
+
+def test_bad_input_gets_precise_errors(svc: tuple[Server, str, str]) -> None:
+    _, url, token = svc
+    h = {"Authorization": token}
+    bad = requests.post(url, data=b'{"a": 1,', headers={**h, "Content-Type": "application/json"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    assert "line 1 column 9" in bad.json()["error"]["message"]
+    unknown = requests.get(f"{url}/sink", params={"requestId": "nope"}, headers=h, timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request_id"
+    big = requests.post(url, data=b"x" * (64 * 1024 + 1), headers=h, timeout=10)  # 64 KiB limit
+    assert big.status_code == 413
+    prio = requests.post(url, params={"_priority_": "7"}, data=b"{}", headers=h, timeout=10)
+    assert prio.status_code == 400 and "_priority_" in prio.json()["error"]["message"]
+    timeout = requests.get(f"{url}/sink", params={"requestId": "x", "_timeout_": "soon"}, headers=h, timeout=10)
+    assert timeout.status_code == 400 and "_timeout_" in timeout.json()["error"]["message"]
+    get = requests.get(url, headers=h, timeout=10)
+    assert get.status_code == 400 and "POST" in get.json()["error"]["message"]
+    assert requests.post(url, data=b"{}", timeout=10).status_code == 401  # the token is still checked
+
+
+def test_sse_watch_pushes_a_result(svc: tuple[Server, str, str]) -> None:
+    _, url, token = svc
+    h = {"Authorization": token}
+    rid = requests.post(url, data=b"watched", headers=h, timeout=10).headers[RID]
+    with requests.get(f"{url}/sink", params={"_watch_": "true", "requestId": rid}, headers=h, stream=True,
+                      timeout=20) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        lines = [line for line in r.iter_lines() if line.startswith(b"data: ")]
+    (event,) = lines
+    assert json.loads(event[6:])["requestId"] == rid
+
+
+def test_the_eas_sdk_queue_client_works_unchanged(svc: tuple[Server, str, str]) -> None:
+    srv, _, token = svc
+    endpoint = srv.gateway_url.removeprefix("http://")
+    inq = QueueClient(endpoint, "aq")
+    inq.set_token(token)
+    inq.init()
+    sink = QueueClient(endpoint, "aq/sink")
+    sink.set_token(token)
+    sink.init()
+    index, rid = inq.put(json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
+    assert int(index) > 0
+    got = []
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        got = sink.get(request_id=rid)  # long-polls 5 s; [] (a 204) while not ready
+    (df,) = got
+    assert df.tags["requestId"] == rid and df.tags["status"] == "200"
+    assert json.loads(df.data) == {"ok": True}  # the test server's answer at /
+    # The SDK reads with _auto_delete_=true: the result is gone now, and a second read says so.
+    again = requests.get(f"{srv.gateway_url}/api/predict/aq/sink", params={"requestId": rid},
+                         headers={"Authorization": token}, timeout=10)
+    assert again.status_code == 410 and again.json()["error"]["code"] == "result_deleted"
+    attrs = inq.attributes()
+    assert "stream.length" in attrs and attrs["consumers.stats.total"] == "1"
+
+    watcher = sink.watch(0, 5, auto_commit=True)
+    seen: list[str] = []
+    sent: list[str] = []
+    all_sent = threading.Event()
+
+    def watch() -> None:
+        # The SDK's run() reconnects forever: this loop must end by itself once all were seen.
+        for x in watcher.run():
+            seen.append(x.tags["requestId"])
+            if all_sent.is_set() and set(sent) <= set(seen):
+                return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    sent += [inq.put(b"[{}]")[1] for _ in range(5)]
+    all_sent.set()
+    inq.put(b"[{}]")  # one more result, so the loop looks again after the flag is set
+    t.join(20)
+    watcher.close()
+    assert not t.is_alive() and set(sent) <= set(seen)

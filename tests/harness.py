@@ -272,3 +272,28 @@ def steady_load(url: str, token: str, *, threads: int = 4) -> Iterator[Load]:
         stop.set()
         for t in workers:
             t.join(15)
+
+
+def kill9_replica_under_load(srv: Server, service: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """kill -9 the first replica of ``service`` (its pid: a process, or a container's main process)
+    while 4 clients load the service through the gateway; wait until it is Ready again after one
+    restart and 50 more requests were served. Asserts no request failed; (victim, back) rows."""
+    c = srv.client
+    victim = c.describe(service)["replicas"][0]
+    url = f"{srv.gateway_url}/api/predict/{service}/v1/completions"
+    with steady_load(url, c.call_info(service)["token"]) as load:
+        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing")
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def restarted() -> dict[str, Any] | None:
+            rep = next(r for r in c.describe(service)["replicas"] if r["id"] == victim["id"])
+            return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
+
+        back = wait_for(restarted, 60, what="the killed replica Ready again")
+        served = len(load.results)
+        wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
+    assert not load.errors, load.errors[:3]
+    results = load.results
+    assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
+    assert back["pid"] != victim["pid"]
+    return victim, back

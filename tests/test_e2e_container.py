@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from openai import OpenAI
 import openeas
 from openeas.runtime.container_args import LABEL_DATA_DIR, LABEL_REPLICA
 from openeas.runtime.engine import engine_env
-from tests.harness import Server, new_server, reasons, steady_load, wait_for
+from tests.harness import Server, kill9_replica_under_load, new_server, reasons, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -174,25 +173,8 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
 def test_kill9_in_container_restarts_and_server_crash_adopts(server: Server, tmp_path: Path, image: str):
     c = server.client
     c.deploy(eas_spec("sturdy", bucket_with_testserver(tmp_path), image))
-    detail = c.wait_ready("sturdy", 2, timeout_s=90)
-    token = c.call_info("sturdy")["token"]
-    url = f"{server.gateway_url}/api/predict/sturdy/v1/completions"
-    victim = detail["replicas"][0]
-    with steady_load(url, token) as load:
-        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing")
-        os.kill(victim["pid"], signal.SIGKILL)  # the server process inside the container
-
-        def restarted() -> dict | None:
-            rep = next(r for r in c.describe("sturdy")["replicas"] if r["id"] == victim["id"])
-            return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
-
-        back = wait_for(restarted, 60, what="the killed replica Ready again")
-        served = len(load.results)
-        wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
-    assert not load.errors, load.errors[:3]
-    results = load.results
-    assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
-    assert back["pid"] != victim["pid"]
+    c.wait_ready("sturdy", 2, timeout_s=90)
+    kill9_replica_under_load(server, "sturdy")  # 0 failed requests, restart_count 1
 
     # A container started by hand, with labels of another data dir, is never touched.
     foreign = podman("run", "--detach", "--label", f"{LABEL_DATA_DIR}=/elsewhere", "--label",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,14 @@ import pytest
 import requests
 
 from openeas.sdk import ApiError
-from tests.harness import Server, new_server, replica_processes, service_spec, steady_load, wait_for
+from tests.harness import (
+    Server,
+    kill9_replica_under_load,
+    new_server,
+    replica_processes,
+    service_spec,
+    wait_for,
+)
 
 
 def _ready_replicas(srv: Server, name: str) -> list[dict]:
@@ -151,26 +157,9 @@ def gauges(srv: Server, service: str) -> dict[str, float]:
 def test_kill9_replica_under_load_loses_nothing_and_the_gauges_follow(server: Server):
     c = server.client
     c.deploy(service_spec("steady", replicas=2))
-    detail = c.wait_ready("steady", 2, timeout_s=60)
+    c.wait_ready("steady", 2, timeout_s=60)
     assert gauges(server, "steady") == {"Ready": 2, "desired_replicas": 2, "replica_restarts": 0}
-    token = c.call_info("steady")["token"]
-    url = f"{server.gateway_url}/api/predict/steady/v1/completions"
-    victim = detail["replicas"][0]
-    with steady_load(url, token) as load:
-        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing through both replicas")
-        os.kill(victim["pid"], signal.SIGKILL)
-
-        def restarted() -> dict | None:
-            rep = next(r for r in c.describe("steady")["replicas"] if r["id"] == victim["id"])
-            return rep if rep["phase"] == "Ready" and rep["restart_count"] == 1 else None
-
-        back = wait_for(restarted, 60, what="the killed replica Ready again")
-        served = len(load.results)
-        wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
-    assert not load.errors, load.errors[:3]
-    results = load.results
-    assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
-    assert back["pid"] != victim["pid"]
+    kill9_replica_under_load(server, "steady")  # 0 failed requests, restart_count 1
     assert gauges(server, "steady") == {"Ready": 2, "desired_replicas": 2, "replica_restarts": 1}
     c.scale("steady", 3)
     assert gauges(server, "steady")["desired_replicas"] == 3  # desired state, at once

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from openeas.gateway.histogram import histogram_lines
+
 # Upper bounds (seconds) of the group latency histogram, finer than the per-service one: a p99 SLO
 # is checked against it (about 1.5x apart from 1 ms to 60 s; the last one is +Inf).
 GROUP_LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -288,15 +290,7 @@ def group_lines(groups: Mapping[tuple[str, str], MemberMetrics], label: Any) -> 
 
 
 def _histogram(labels: str, t: TrafficMetrics) -> list[str]:
-    out = []
-    cumulative = 0
-    for le, n in zip(GROUP_LATENCY_BUCKETS_S, t.buckets, strict=True):
-        cumulative += n
-        le_s = "+Inf" if le == math.inf else repr(le)
-        out.append(f'{_HIST}_bucket{{{labels},le="{le_s}"}} {cumulative}')
-    out.append(f"{_HIST}_sum{{{labels}}} {t.sum_s}")
-    out.append(f"{_HIST}_count{{{labels}}} {t.count}")
-    return out
+    return histogram_lines(_HIST, labels, GROUP_LATENCY_BUCKETS_S, t.buckets, t.sum_s, t.count)
 
 
 def bucket_delta(new: Iterable[int], old: Iterable[int] | None) -> list[int]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from openeas.gateway.group_metrics import MemberMetrics, group_lines
+from openeas.gateway.histogram import histogram_lines
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -207,14 +208,9 @@ class GatewayMetrics:
             "# TYPE openeas_gateway_request_duration_seconds histogram",
         ]
         for name, m in items:
-            svc = label_value(name)
-            cumulative = 0
-            for le, n in zip(LATENCY_BUCKETS_S, m.buckets, strict=True):
-                cumulative += n
-                le_s = "+Inf" if le == math.inf else repr(le)
-                lines.append(f'{_HIST}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
-            lines.append(f'{_HIST}_sum{{service="{svc}"}} {m.latency_sum_s}')
-            lines.append(f'{_HIST}_count{{service="{svc}"}} {m.latency_count}')
+            labels = f'service="{label_value(name)}"'
+            sum_s, count = m.latency_sum_s, m.latency_count
+            lines += histogram_lines(_HIST, labels, LATENCY_BUCKETS_S, m.buckets, sum_s, count)
         lines += _hold_lines([(label_value(name), m.hold) for name, m in items if m.hold is not None])
         lines += _guard_lines(self)
         if self.replicas is not None:
@@ -264,13 +260,9 @@ def _hold_lines(holds: list[tuple[str, HoldStats]]) -> list[str]:
         f"# TYPE {_WAIT} histogram",
     ]
     for svc, h in holds:
-        cumulative = 0
-        for le, n in zip(HOLD_WAIT_BUCKETS_S, h.wait_buckets, strict=True):
-            cumulative += n
-            le_s = "+Inf" if le == math.inf else repr(le)
-            lines.append(f'{_WAIT}_bucket{{service="{svc}",le="{le_s}"}} {cumulative}')
-        lines.append(f'{_WAIT}_sum{{service="{svc}"}} {h.wait_sum_s}')
-        lines.append(f'{_WAIT}_count{{service="{svc}"}} {cumulative}')
+        total = sum(h.wait_buckets)
+        labels = f'service="{svc}"'
+        lines += histogram_lines(_WAIT, labels, HOLD_WAIT_BUCKETS_S, h.wait_buckets, h.wait_sum_s, total)
     return lines
 
 

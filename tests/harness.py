@@ -297,3 +297,13 @@ def kill9_replica_under_load(srv: Server, service: str) -> tuple[dict[str, Any],
     assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
     assert back["pid"] != victim["pid"]
     return victim, back
+
+
+def stop_and_reap(srv: Server) -> None:
+    """Stop ``srv``, its gateway (a gateway outlives a killed server: not the test, though) and
+    whatever replica process a test left behind."""
+    srv.stop()
+    kill_gateway(srv.data_dir)
+    for pid in replica_processes(srv.data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

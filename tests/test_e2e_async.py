@@ -4,10 +4,8 @@ server-sent events, bad input, and the official EAS SDK's ``QueueClient`` unchan
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import requests
 from eas_prediction import QueueClient
 from eas_prediction.queue_client import DataFrameListCodec
 
-from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec
+from tests.harness import Server, new_server, service_spec, stop_and_reap
 from tests.queue_fixtures import BACKENDS, redis_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -43,11 +41,7 @@ def qsrv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         srv.extra_env["OPENEAS_QUEUE_URL"] = f"redis://127.0.0.1:{port}/0?prefix=e2e{os.getpid()}"
     srv.start()
     yield srv
-    srv.stop()
-    kill_gateway(srv.data_dir)
-    for pid in replica_processes(srv.data_dir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    stop_and_reap(srv)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, kill_gateway, new_server, replica_processes, wait_for
+from tests.harness import Server, kill_gateway, new_server, replica_processes, stop_and_reap, wait_for
 from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
 from tests.test_e2e_async import RID, async_spec
 
@@ -37,13 +37,7 @@ def qserver(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         srv.extra_env["OPENEAS_QUEUE_URL"] = backend_url(kind, tmp_path, request)
     srv.start()
     yield srv
-    srv.stop()
-    kill_gateway(srv.data_dir)
-    for pid in replica_processes(srv.data_dir):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_and_reap(srv)
 
 
 class Api:

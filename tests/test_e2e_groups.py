@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from openeas.sdk.client import ApiError
-from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec
+from tests.harness import Server, new_server, service_spec, stop_and_reap
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             c.wait_ready(name, 1, timeout_s=90)
         yield server
     finally:
-        server.stop()
-        kill_gateway(server.data_dir)
-        for pid in replica_processes(server.data_dir):
-            try:
-                import os
-                import signal
-
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_and_reap(server)
 
 
 def member(r: requests.Response) -> str:

@@ -7,8 +7,6 @@ chunked body is mirrored whole without holding the primary; `group compare` repo
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +14,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec, wait_for
+from tests.harness import (
+    Server,
+    new_server,
+    service_spec,
+    stop_and_reap,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +44,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             c.wait_ready(name, 1, timeout_s=90)
         yield server
     finally:
-        server.stop()
-        kill_gateway(server.data_dir)
-        for pid in replica_processes(server.data_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_and_reap(server)
 
 
 def chat(s: requests.Session, info: dict[str, str], **body: Any) -> requests.Response:

@@ -6,8 +6,6 @@ requests are the candidate's own 500s during its share."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec, wait_for
+from tests.harness import (
+    Server,
+    new_server,
+    service_spec,
+    stop_and_reap,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +35,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         yield server
     finally:
-        server.stop()
-        kill_gateway(server.data_dir)
-        for pid in replica_processes(server.data_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_and_reap(server)
 
 
 class ChatLoad:

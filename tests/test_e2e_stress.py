@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, new_server, service_spec
+from tests.harness import Server, new_server, service_spec, stop_and_reap
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,6 @@ FAST = ["--step", "2", "--min-qps", "40", "--duration", "90"]
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from tests.conftest import _stop_and_reap
 
     s = new_server(tmp_path_factory.mktemp("stress") / "data").start()
     for name, n in (("cap1", 1), ("cap2", 2)):
@@ -34,7 +33,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name, n in (("cap1", 1), ("cap2", 2)):
         s.client.wait_ready(name, n, timeout_s=60)
     yield s
-    _stop_and_reap(s)
+    stop_and_reap(s)
 
 
 def cli(srv: Server, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

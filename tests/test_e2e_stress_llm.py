@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Server, new_server
+from tests.harness import Server, new_server, stop_and_reap
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -24,7 +24,6 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from tests.conftest import _stop_and_reap
 
     data = tmp_path_factory.mktemp("qs-stress") / "data"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "model.py"), str(data / "oss")], check=True)
@@ -32,7 +31,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.client.deploy(json.loads((ROOT / "examples" / "quickstart" / "service.json").read_text()))
     srv.client.wait_ready("quickstart", 1, timeout_s=180)
     yield srv
-    _stop_and_reap(srv)
+    stop_and_reap(srv)
 
 
 def test_streamed_chat_gives_ttft_tpot_and_tokens_per_second(quickstart: Server, tmp_path: Path) -> None:

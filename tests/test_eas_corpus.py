@@ -5,10 +5,7 @@ processor spec gets its one precise message."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from openeas.cli.main import app
 from openeas.errors import SpecError
 from openeas.sdk import ApiError
 from openeas.spec import parse_spec
-from tests.harness import Server, kill_gateway, new_server, replica_processes, wait_for
+from tests.harness import Server, new_server, stop_and_reap, wait_for
 
 CORPUS_DIR = Path(__file__).parent / "eas_corpus"
 FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -233,11 +230,7 @@ def engine_less_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
     srv.start()
     yield srv
-    srv.stop()
-    kill_gateway(srv.data_dir)
-    for pid in replica_processes(srv.data_dir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    stop_and_reap(srv)
 
 
 @pytest.mark.slow

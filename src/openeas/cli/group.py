@@ -4,9 +4,11 @@ describe with per-member traffic, compare of mirrored pairs). ``openeas deploy -
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.table import Table
@@ -26,16 +28,26 @@ DataDir = Annotated[
 ]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def _client(data_dir: Path | None) -> Any:
     from openeas.cli.main import _client as client
 
     return client(data_dir)
 
 
-def _errors(fn: Any) -> Any:
-    from openeas.cli.main import cli_errors
+def _errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """``openeas.cli.main.cli_errors``, looked up at call time (cli.main imports this module)."""
 
-    return cli_errors(fn)
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from openeas.cli.main import cli_errors
+
+        return cli_errors(fn)(*args, **kwargs)
+
+    return wrapper
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, int]:
@@ -104,30 +116,28 @@ def members_table(d: dict[str, Any]) -> Table:
 
 
 @group_app.command("ls")
+@_errors
 def list_groups(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
     """List groups."""
 
-    @_errors
-    def run() -> None:
-        groups = _client(data_dir).groups()
-        if json_out:
-            render.print_json({"groups": groups})
-            return
-        if not groups:
-            render.out.print("no groups")
-            return
-        t = Table()
-        for col in ("name", "mode", "members", "endpoint"):
-            t.add_column(col)
-        for g in groups:
-            members = ", ".join(f"{m['service']}={m['weight']}" for m in g.get("members") or [])
-            t.add_row(g["name"], g["traffic_mode"], members, g["endpoint"])
-        render.out.print(t)
-
-    run()
+    groups = _client(data_dir).groups()
+    if json_out:
+        render.print_json({"groups": groups})
+        return
+    if not groups:
+        render.out.print("no groups")
+        return
+    t = Table()
+    for col in ("name", "mode", "members", "endpoint"):
+        t.add_column(col)
+    for g in groups:
+        members = ", ".join(f"{m['service']}={m['weight']}" for m in g.get("members") or [])
+        t.add_row(g["name"], g["traffic_mode"], members, g["endpoint"])
+    render.out.print(t)
 
 
 @group_app.command()
+@_errors
 def describe(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -135,24 +145,21 @@ def describe(
 ) -> None:
     """Members with weights, shares, time at weight 0, and live/mirrored requests, success, p50/p99."""
 
-    @_errors
-    def run() -> None:
-        d = _client(data_dir).group(name)
-        if json_out:
-            render.print_json(d)
-            return
-        render.out.print(members_table(d))
-        if d.get("stats") is None:
-            render.out.print("(the gateway did not answer: no traffic figures)")
-        keep = d.get("keep_old_hours")
-        render.out.print(
-            f"a member that left the traffic needs --force to be deleted or stopped for {keep:g} h"
-        )
-
-    run()
+    d = _client(data_dir).group(name)
+    if json_out:
+        render.print_json(d)
+        return
+    render.out.print(members_table(d))
+    if d.get("stats") is None:
+        render.out.print("(the gateway did not answer: no traffic figures)")
+    keep = d.get("keep_old_hours")
+    render.out.print(
+        f"a member that left the traffic needs --force to be deleted or stopped for {keep:g} h"
+    )
 
 
 @group_app.command("set-weight")
+@_errors
 def set_weight(
     name: Annotated[str, typer.Argument(help="Group name.")],
     weights: Annotated[list[str] | None, typer.Argument(help="SERVICE=WEIGHT (0..1000) ...")] = None,
@@ -165,17 +172,13 @@ def set_weight(
 ) -> None:
     """Change weights (in effect at the gateway when the command returns; recorded as an event)."""
 
-    @_errors
-    def run() -> None:
-        w = parse_pairs(weights or [], "weights")
-        m = parse_pairs(mirror or [], "--mirror")
-        d = _client(data_dir).group_weights(name, w, m)
-        if json_out:
-            render.print_json(d)
-        else:
-            render.out.print(f"{name}: " + _shares(d), highlight=False)
-
-    run()
+    w = parse_pairs(weights or [], "weights")
+    m = parse_pairs(mirror or [], "--mirror")
+    d = _client(data_dir).group_weights(name, w, m)
+    if json_out:
+        render.print_json(d)
+    else:
+        render.out.print(f"{name}: " + _shares(d), highlight=False)
 
 
 def _shares(d: dict[str, Any]) -> str:
@@ -189,6 +192,7 @@ def _shares(d: dict[str, Any]) -> str:
 
 
 @group_app.command()
+@_errors
 def rollback(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -196,18 +200,15 @@ def rollback(
 ) -> None:
     """Restore the weights as they were before the last change (one command)."""
 
-    @_errors
-    def run() -> None:
-        d = _client(data_dir).group_rollback(name)
-        if json_out:
-            render.print_json(d)
-        else:
-            render.out.print(f"{name} rolled back: " + _shares(d), highlight=False)
-
-    run()
+    d = _client(data_dir).group_rollback(name)
+    if json_out:
+        render.print_json(d)
+    else:
+        render.out.print(f"{name} rolled back: " + _shares(d), highlight=False)
 
 
 @group_app.command()
+@_errors
 def join(
     name: Annotated[str, typer.Argument(help="Group name.")],
     service: Annotated[str, typer.Argument(help="Service to add.")],
@@ -219,15 +220,12 @@ def join(
 ) -> None:
     """Add a service to a group (weight 0 unless given)."""
 
-    @_errors
-    def run() -> None:
-        d = _client(data_dir).group_join(name, service, weight)
-        render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
-
-    run()
+    d = _client(data_dir).group_join(name, service, weight)
+    render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
 
 
 @group_app.command()
+@_errors
 def leave(
     name: Annotated[str, typer.Argument(help="Group name.")],
     service: Annotated[str, typer.Argument(help="Member to remove.")],
@@ -236,15 +234,12 @@ def leave(
 ) -> None:
     """Remove a member from a group."""
 
-    @_errors
-    def run() -> None:
-        d = _client(data_dir).group_leave(name, service)
-        render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
-
-    run()
+    d = _client(data_dir).group_leave(name, service)
+    render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
 
 
 @group_app.command()
+@_errors
 def compare(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -252,61 +247,58 @@ def compare(
 ) -> None:
     """Mirrored pairs: the candidate's answers against the member that served each request."""
 
-    @_errors
-    def run() -> None:
-        d = _client(data_dir).group_compare(name)
-        if json_out:
-            render.print_json(d)
-            return
-        cands = d.get("candidates") or {}
-        if not cands:
-            render.out.print(f"group {name} has no mirrored pairs (give a member a mirror weight)")
-            return
-        t = Table(title=f"group {name}: candidates vs baseline on mirrored pairs", title_justify="left")
-        for col in (
-            "candidate",
-            "pairs",
-            "same status",
-            "same body",
-            "latency Δ ms",
-            "m.p50 ms",
-            "m.p99 ms",
-            "dropped",
-        ):
-            t.add_column(col, justify="right" if col != "candidate" else "left")
-        for svc, c in cands.items():
-            mirror = c.get("mirror") or {}
-            t.add_row(
-                svc,
-                str(c["pairs"]),
-                _pct(c.get("status_agreement")),
-                _pct(c.get("body_agreement")),
-                _ms(c.get("latency_delta_ms_mean")),
-                _ms(mirror.get("p50_ms")),
-                _ms(mirror.get("p99_ms")),
-                str(sum((c.get("mirror_dropped") or {}).values())),
-            )
-        render.out.print(t)
-        for svc, b in (d.get("baseline_live") or {}).items():
+    d = _client(data_dir).group_compare(name)
+    if json_out:
+        render.print_json(d)
+        return
+    cands = d.get("candidates") or {}
+    if not cands:
+        render.out.print(f"group {name} has no mirrored pairs (give a member a mirror weight)")
+        return
+    t = Table(title=f"group {name}: candidates vs baseline on mirrored pairs", title_justify="left")
+    for col in (
+        "candidate",
+        "pairs",
+        "same status",
+        "same body",
+        "latency Δ ms",
+        "m.p50 ms",
+        "m.p99 ms",
+        "dropped",
+    ):
+        t.add_column(col, justify="right" if col != "candidate" else "left")
+    for svc, c in cands.items():
+        mirror = c.get("mirror") or {}
+        t.add_row(
+            svc,
+            str(c["pairs"]),
+            _pct(c.get("status_agreement")),
+            _pct(c.get("body_agreement")),
+            _ms(c.get("latency_delta_ms_mean")),
+            _ms(mirror.get("p50_ms")),
+            _ms(mirror.get("p99_ms")),
+            str(sum((c.get("mirror_dropped") or {}).values())),
+        )
+    render.out.print(t)
+    for svc, b in (d.get("baseline_live") or {}).items():
+        render.out.print(
+            f"baseline {svc}: {b['requests']} live requests, success {_pct(b['success'])}, "
+            f"p50 {_ms(b['p50_ms'])} ms, p99 {_ms(b['p99_ms'])} ms",
+            highlight=False,
+        )
+    for svc, c in cands.items():
+        for s in (c.get("samples") or [])[:3]:
             render.out.print(
-                f"baseline {svc}: {b['requests']} live requests, success {_pct(b['success'])}, "
-                f"p50 {_ms(b['p50_ms'])} ms, p99 {_ms(b['p99_ms'])} ms",
+                f"\n[{svc}] differs from {s['primary']}: status {s['status']} vs {s['mirror_status']}",
                 highlight=False,
+                markup=False,
             )
-        for svc, c in cands.items():
-            for s in (c.get("samples") or [])[:3]:
-                render.out.print(
-                    f"\n[{svc}] differs from {s['primary']}: status {s['status']} vs {s['mirror_status']}",
-                    highlight=False,
-                    markup=False,
-                )
-                render.out.print(f"  {s['primary']}: {s['body'][:300]}", highlight=False, markup=False)
-                render.out.print(f"  {svc}: {s['mirror_body'][:300]}", highlight=False, markup=False)
-
-    run()
+            render.out.print(f"  {s['primary']}: {s['body'][:300]}", highlight=False, markup=False)
+            render.out.print(f"  {svc}: {s['mirror_body'][:300]}", highlight=False, markup=False)
 
 
 @group_app.command()
+@_errors
 def delete(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -314,15 +306,12 @@ def delete(
 ) -> None:
     """Delete a group (its members stay; their own endpoints keep working)."""
 
-    @_errors
-    def run() -> None:
-        body = _client(data_dir).group_delete(name)
-        render.print_json(body) if json_out else render.out.print(f"deleted group {name}")
-
-    run()
+    body = _client(data_dir).group_delete(name)
+    render.print_json(body) if json_out else render.out.print(f"deleted group {name}")
 
 
 @group_app.command()
+@_errors
 def events(
     name: Annotated[str, typer.Argument(help="Group name.")],
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
@@ -331,17 +320,13 @@ def events(
 ) -> None:
     """A group's events: weight changes, members, rollouts."""
 
-    @_errors
-    def run() -> None:
-        evs = _client(data_dir).group_events(name, limit=limit)
-        if json_out:
-            render.print_json({"events": evs})
-        elif not evs:
-            render.out.print("no events")
-        else:
-            render.out.print(render.events_table(evs))
-
-    run()
+    evs = _client(data_dir).group_events(name, limit=limit)
+    if json_out:
+        render.print_json({"events": evs})
+    elif not evs:
+        render.out.print("no events")
+    else:
+        render.out.print(render.events_table(evs))
 
 
 # -- staged rollout -----------------------------------------------------------------------------------
@@ -371,6 +356,7 @@ def rollout_text(d: dict[str, Any]) -> str:
     return line + (f"\n  {reason}" if reason else "")
 
 
+@_errors
 def rollout(
     group: Annotated[str, typer.Argument(help="Group name.")],
     to: Annotated[str | None, typer.Option("--to", help="The candidate member (starts a rollout).")] = None,
@@ -427,27 +413,23 @@ def rollout(
         typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
         raise typer.Exit(2) from None
 
-    @_errors
-    def run() -> None:
-        client = _client(data_dir)
-        if commands:
-            d = client.rollout_command(group, commands[0])
-        elif to is not None:
-            d = client.rollout_start(
-                group,
-                to,
-                steps=step_list,
-                hold_s=hold_s,
-                baseline=baseline,
-                max_p99_ms=max_p99_ms,
-                min_success=min_success,
-                min_requests=min_requests,
-            )
-        else:
-            d = client.rollout(group)
-        if json_out:
-            render.print_json(d)
-        else:
-            render.out.print(rollout_text(d), highlight=False)
-
-    run()
+    client = _client(data_dir)
+    if commands:
+        d = client.rollout_command(group, commands[0])
+    elif to is not None:
+        d = client.rollout_start(
+            group,
+            to,
+            steps=step_list,
+            hold_s=hold_s,
+            baseline=baseline,
+            max_p99_ms=max_p99_ms,
+            min_success=min_success,
+            min_requests=min_requests,
+        )
+    else:
+        d = client.rollout(group)
+    if json_out:
+        render.print_json(d)
+    else:
+        render.out.print(rollout_text(d), highlight=False)

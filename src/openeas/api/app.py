@@ -306,8 +306,11 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         return _error(400, "invalid_request", msg, [msg])
 
     def admin(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else header
+        # `Bearer` with nothing after it is a missing token: HTTP clients trim the trailing
+        # space of `Bearer ` (newer requests/urllib3 do), so the scheme may arrive alone.
+        header = request.headers.get("authorization", "").strip()
+        scheme, _, rest = header.partition(" ")
+        token = rest.strip() if scheme.lower() == "bearer" else header
         if not token:
             raise _Unauthorized("missing admin token: send 'Authorization: Bearer <admin_token>'")
         if not same(token, cp.admin_token):

@@ -185,3 +185,12 @@ def test_frame_reader_unmasks_split_frames_and_refuses_unmasked_ones() -> None:
     assert got == [(PING, b"ping"), (CLOSE, b"\x03\xe8"), (BINARY, b"y" * 300)]
     with pytest.raises(FrameError):
         list(FrameReader().feed(frame(PING, b"unmasked")))
+
+
+def test_watch_bounds_are_the_documented_ones() -> None:
+    """docs/async.md: a watch ends after an hour, 60 s without a ping, or 8 MiB unread; a get by
+    index answers at most 100 entries."""
+    from openeas.gateway import queueops, watch
+
+    assert (watch.WATCH_MAX_S, watch.WATCH_IDLE_S, watch.WATCH_MAX_BUFFER_BYTES) == (3600.0, 60.0, 8 * 1024 * 1024)
+    assert queueops.MAX_LENGTH == 100

@@ -14,7 +14,7 @@ Input queue, ``/api/predict/<svc>[/path]``:
 
 Sink, ``/api/predict/<svc>/sink``:
 
-- ``GET ?requestId=<id>`` (or ``?_index_=<queue index>``): ``204`` while not ready, else the result
+- ``GET ?requestId=<id>``: ``204`` while not ready, else the result
   as the replica answered it (status, body, Content-Type); ``_raw_=false``: EAS's JSON list;
   ``Accept: application/vnd.google.protobuf``: a ``DataFrameList`` (the EAS SDK's ``get``, the
   replica's status in the tags); ``_timeout_=5s`` waits up to that long for it (at most 60 s);
@@ -23,6 +23,11 @@ Sink, ``/api/predict/<svc>/sink``:
 - ``GET ?_watch_=true``: results pushed as they are stored: a WebSocket (the EAS SDK's
   ``watch()``) or server-sent events; ``requestId=<id>``: that one only.
 - ``PUT``/``DELETE ?_indexes_=1,2``: delete those results (EAS commit / delete).
+
+Both queues, in `openeas.gateway.queueops`: ``GET ?_index_=N`` (get by index, long-poll),
+``DELETE ?_trunc_=true&_index_=N`` (truncate), ``DELETE``/``PUT ?_indexes_=`` or ``?requestId=``,
+``GET ?_search_=true``, ``POST`` on the sink (put); ``GET ?_watch_=true`` with ``_window_``,
+``_index_only_``, ``_auto_commit_`` on either (`openeas.gateway.watch.Watch`).
 
 These functions become methods of `openeas.gateway.proxy.ClientConnection` (assigned in its class
 body); the proxy calls `queue_request` from ``on_headers_complete`` for an async route and

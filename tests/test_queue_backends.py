@@ -152,6 +152,56 @@ async def test_attributes_count_what_the_queue_holds(q: QueueBackend) -> None:
     assert a.last_index >= 4
 
 
+def sink_put(body: bytes, rid: str, service: str = "svc") -> Result:
+    now = time.time()
+    return Result(service, rid, 0, 200, [("content-type", "text/plain")], body, 0, now, now)
+
+
+async def test_the_sink_is_a_queue_of_its_own(q: QueueBackend) -> None:
+    """Results put straight into the sink and results of requests share one sink order; get by
+    sink index, truncate below an index, and the counts EAS's attributes read."""
+    await q.enqueue(msg(rid="req"))
+    (m,) = await q.claim("svc", "c1", 1, 30, time.time())
+    await q.complete(m, result_of(m))
+    first = (await q.lookup("svc", "req"))[1]
+    assert first is not None
+    puts = [await q.put_result(sink_put(b"p%d" % i, f"put{i}")) for i in range(3)]
+    assert puts == sorted(puts) and puts[0] > first.sink_index
+    assert await q.put_result(sink_put(b"again", "put0")) == 0  # a request id has one result
+    state, got = await q.lookup_sink("svc", puts[1])
+    assert state is State.DONE and got is not None and (got.request_id, got.body, got.index) == ("put1", b"p1", 0)
+    assert await q.lookup_sink("svc", puts[2] + 1000) == (None, None)
+    assert await q.sink_stats("svc") == (4, puts[2])
+    # truncate(puts[2]) deletes every unread result below it: the request's and two puts
+    assert await q.truncate_results("svc", puts[2]) == 3
+    assert [r.request_id for r in await q.results_after("svc", 0, 10)] == ["put2"]
+    assert await q.lookup_sink("svc", puts[0]) == (State.READ, None)
+    assert await q.sink_stats("svc") == (1, puts[2])
+    assert (await q.attributes("svc", 10, time.time())).results == 1
+    await q.mark_read("svc", ["put2"])
+    assert await q.sink_stats("svc") == (0, puts[2])
+
+
+async def test_the_input_queue_read_deleted_and_truncated_by_index(q: QueueBackend) -> None:
+    indexes = [await q.enqueue(msg(rid=f"m{i}", body=b"%d" % i)) for i in range(6)]
+    await q.claim("svc", "c1", 1, 30, time.time())  # m0 in flight: still in the queue
+    listed = await q.messages_from("svc", indexes[0], 3)
+    assert [(m.request_id, m.body, m.index) for m in listed] == [
+        ("m0", b"0", indexes[0]), ("m1", b"1", indexes[1]), ("m2", b"2", indexes[2])
+    ]
+    assert [m.request_id for m in await q.messages_from("svc", indexes[4], 10)] == ["m4", "m5"]
+    found = await q.find_message("svc", "m3")
+    assert found is not None and found.index == indexes[3]
+    assert await q.delete_messages("svc", [indexes[3], indexes[3] + 1000]) == 1
+    assert await q.find_message("svc", "m3") is None and await q.lookup("svc", "m3") == (None, None)
+    assert await q.truncate_messages("svc", indexes[2]) == 2  # m0 (in flight) and m1
+    assert [m.request_id for m in await q.messages_from("svc", 0, 10)] == ["m2", "m4", "m5"]
+    a = await q.attributes("svc", 10, time.time())
+    assert (a.queued, a.in_flight) == (3, 0)
+    claimed = await q.claim("svc", "c2", 10, 30, time.time())
+    assert [m.request_id for m in claimed] == ["m2", "m4", "m5"]  # what was removed is never delivered
+
+
 async def test_an_acknowledged_enqueue_survives_kill_9(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A process enqueues and prints each index once acknowledged; it is killed -9 mid-stream.
     Every acknowledged request is in the queue afterwards."""

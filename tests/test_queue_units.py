@@ -17,7 +17,7 @@ from openeas.gateway.table import RouteSettings
 from openeas.gateway.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader, accept_key, frame
 from openeas.queue import wire
 from openeas.queue.dispatcher import Outcome, assign, attempt_outcome
-from openeas.queue.model import Backlog, QueueSettings, Result
+from openeas.queue.model import Backlog, Message, QueueSettings, Result
 from openeas.queue.scale import AsyncService, services_to_wake
 from openeas.spec import parse_spec
 from openeas.store.routing import route_settings
@@ -131,9 +131,10 @@ def _result(**kw: object) -> Result:
 
 
 def test_protobuf_frames_decode_with_the_eas_sdk() -> None:
-    one, two = _result(), _result(request_id="r-2", index=300, status=500, body=bytes(range(256)) * 3)
-    decoded = DataFrameListCodec.decode(wire.dataframe_list([one, two])).get_list()
-    assert [d.index for d in decoded] == [7, 300]  # 300 needs a two-byte varint
+    one, two = _result(), _result(request_id="r-2", sink_index=300, status=500, body=bytes(range(256)) * 3)
+    frames = [wire.result_frame(one), wire.result_frame(two)]
+    decoded = DataFrameListCodec.decode(wire.dataframe_list(frames)).get_list()
+    assert [d.index for d in decoded] == [3, 300]  # the sink index; 300 needs a two-byte varint
     assert decoded[0].data == b'{"a":1}' and decoded[1].data == bytes(range(256)) * 3
     assert dict(decoded[0].tags) == {
         "user": "u1", "requestId": "r-1", "status": "200", "ts@source": "1500", "ts@sink": "2250"
@@ -141,6 +142,14 @@ def test_protobuf_frames_decode_with_the_eas_sdk() -> None:
     assert decoded[1].tags["status"] == "500" and decoded[1].message == "status 500"
     assert DataFrameCodec.decode(wire.result_frame(one)).tags["requestId"] == "r-1"
     assert DataFrameListCodec.decode(b"").get_list() == []  # a 204's empty body: no result yet
+    assert DataFrameCodec.decode(wire.result_frame(one, index_only=True)).data == b""  # _index_only_
+
+
+def test_a_queued_request_as_a_frame_carries_its_queue_index_and_body() -> None:
+    m = Message("s", "r-9", "POST", "/", [], b"[1]", 0, 4.0, index=12, tags={"user": "u1"})
+    (d,) = DataFrameListCodec.decode(wire.dataframe_list([wire.message_frame(m)])).get_list()
+    assert (d.index, d.data, dict(d.tags)) == (12, b"[1]", {"user": "u1", "requestId": "r-9", "ts@source": "4000"})
+    assert wire.message_json(m) == {"index": 12, "requestId": "r-9", "tags": dict(d.tags), "data": "[1]"}
 
 
 def test_json_form_keeps_binary_bodies() -> None:
@@ -176,3 +185,12 @@ def test_frame_reader_unmasks_split_frames_and_refuses_unmasked_ones() -> None:
     assert got == [(PING, b"ping"), (CLOSE, b"\x03\xe8"), (BINARY, b"y" * 300)]
     with pytest.raises(FrameError):
         list(FrameReader().feed(frame(PING, b"unmasked")))
+
+
+def test_watch_bounds_are_the_documented_ones() -> None:
+    """docs/async.md: a watch ends after an hour, 60 s without a ping, or 8 MiB unread; a get by
+    index answers at most 100 entries."""
+    from openeas.gateway import queueops, watch
+
+    assert (watch.WATCH_MAX_S, watch.WATCH_IDLE_S, watch.WATCH_MAX_BUFFER_BYTES) == (3600.0, 60.0, 8 * 1024 * 1024)
+    assert queueops.MAX_LENGTH == 100

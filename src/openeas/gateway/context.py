@@ -102,6 +102,7 @@ class ProxyContext:
         self.sweep_s = max(0.01, min(1.0, min(head_timeout_s, keepalive_timeout_s, body_timeout_s) / 10))
         self._sweeping = False
         self.connections: set[ClientConnection] = set()
+        self.watches = 0  # async watches (SSE, WebSocket) handed over: they count against max_connections
         # Request target → (service, upstream path), or None outside /api/predict. Clients repeat
         # the same few URLs, so most requests skip the split.
         self.targets: dict[bytes, tuple[str, bytes] | None] = {}

@@ -218,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.flow.client = transport  # type: ignore[assignment]
         ctx = self.ctx
-        if len(ctx.connections) >= ctx.max_connections:
+        if len(ctx.connections) + ctx.watches >= ctx.max_connections:
             self._refuse(too_many_connections(ctx.max_connections))
             return
         ctx.connections.add(self)

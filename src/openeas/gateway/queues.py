@@ -113,6 +113,10 @@ class AsyncQueues:
         for listener in list(self.listeners.get(result.service, ())):
             listener.offer(result)
 
+    def watchers_of(self, service: str) -> int:
+        """Watches of ``service`` open on this gateway (long-polls not counted)."""
+        return sum(1 for w in self.listeners.get(service, ()) if getattr(w, "is_watch", False))
+
     def listen(self, service: str, listener: ResultListener) -> None:
         self.listeners.setdefault(service, set()).add(listener)
 

@@ -82,7 +82,7 @@ def build_routes(
             balancer=balancer,
             balancer_error=error,
             metrics=metrics.service(service),
-            max_body_bytes=route.max_body_bytes,
+            max_body_bytes=_max_body(route),
             timeout_s=route.timeout_s,
             resend_unanswered=route.resend_unanswered,
             limiter=limiter,
@@ -91,3 +91,11 @@ def build_routes(
     for key in [k for k in upstreams if k not in live]:
         upstreams.pop(key).retire()
     return routes
+
+
+def _max_body(route: Route) -> int:
+    """The body limit enforced while reading: an async service's queue limits (the input's and
+    the sink's payload sizes) refuse a larger body at the limit, not after buffering it."""
+    if route.queue is None:
+        return route.max_body_bytes
+    return min(route.max_body_bytes, max(route.queue.max_payload_bytes, route.queue.max_result_bytes))

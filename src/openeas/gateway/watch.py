@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from openeas.gateway.wsframe import BINARY, CLOSE, PING, PONG, FrameError, FrameReader, frame
 from openeas.queue import wire
-from openeas.queue.model import Result
+from openeas.queue.model import Message, Result, State
 
 if TYPE_CHECKING:
     from openeas.gateway.queues import AsyncQueues
@@ -26,6 +26,10 @@ log = logging.getLogger("openeas.gateway.queue")
 SSE = "sse"
 WEBSOCKET = "ws"
 WATCH_BATCH = 100  # results read from the backend per look
+WATCH_MAX_S = 3600.0  # a watch ends after this long (the EAS SDK's watcher reconnects by itself)
+WATCH_IDLE_S = 60.0  # a WebSocket watch whose client sent nothing (not even a ping) this long ends
+SSE_KEEPALIVE_S = 15.0  # an idle SSE watch sends a comment line this often
+WATCH_MAX_BUFFER_BYTES = 8 * 1024 * 1024  # a client this far behind in reading is cut off
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"Connection: close\r\n\r\n"
@@ -82,11 +86,20 @@ class LongPoll:
 
 
 class Watch(asyncio.Protocol):
-    """A connection handed over to push results: SSE or WebSocket frames, until the client goes.
+    """A connection handed over to push entries: SSE or WebSocket frames, until the client goes.
 
-    ``after``: results with a sink index above it are sent (0: every stored, unread result, then
-    each new one); ``request_id``: only that request's result, then the watch ends;
-    ``auto_commit``: a result sent is deleted from the sink (EAS ``_auto_commit_``)."""
+    ``sink``: results (index = sink index), else the input queue's requests (index = queue
+    index); ``start``: the first index sent (0 or 1: from the oldest unread); ``request_id``:
+    only that request's result, then the watch ends; ``auto_commit``: an entry sent is deleted
+    (EAS ``_auto_commit_``); else at most ``window`` entries are sent and not yet committed
+    (deleted, truncated or read) at a time (EAS ``_window_``; 0: no bound); ``index_only``:
+    frames without data (EAS ``_index_only_``).
+
+    Bounded (the gateway's connection cap counts it while ``on_close`` is pending): it ends after
+    WATCH_MAX_S, a WebSocket client silent (no ping, the EAS SDK pings every 2 s) for
+    WATCH_IDLE_S, or a client that reads less than WATCH_MAX_BUFFER_BYTES behind."""
+
+    is_watch = True
 
     def __init__(
         self,
@@ -95,27 +108,40 @@ class Watch(asyncio.Protocol):
         transport: asyncio.Transport,
         *,
         mode: str,
-        after: int = 0,
+        sink: bool = True,
+        start: int = 0,
         request_id: str | None = None,
         auto_commit: bool = False,
+        window: int = 0,
+        index_only: bool = False,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.queues = queues
         self.service = service
         self.transport = transport
         self.mode = mode
-        self.after = after
+        self.sink = sink
+        self.after = max(start - 1, 0)  # the highest index seen
         self.request_id = request_id
         self.auto_commit = auto_commit
+        self.window = max(window, 0)
+        self.index_only = index_only
+        self.on_close = on_close
+        self.outstanding: set[int] = set()  # indexes sent, not committed yet (window accounting)
         self.closed = False
         self.reader = FrameReader()
         self._looking = False
         self._again = False
+        loop = asyncio.get_running_loop()
+        self.heard = self.wrote = loop.time()
+        self.ends = loop.time() + WATCH_MAX_S
         transport.set_protocol(self)
         queues.listen(service, self)
         self.poll()
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.heard = asyncio.get_running_loop().time()
         if self.mode != WEBSOCKET:
             return  # an SSE client has nothing to say
         try:
@@ -131,8 +157,7 @@ class Watch(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.queues.unlisten(self.service, self)
+        self._closed()
 
     # --- ResultListener -------------------------------------------------------------------------------
     def offer(self, result: Result) -> None:
@@ -141,49 +166,105 @@ class Watch(asyncio.Protocol):
     def poll(self) -> None:
         if self.closed:
             return
+        if self._expired():
+            self.close()
+            return
         if self._looking:
             self._again = True
             return
         self._looking = True
         asyncio.get_running_loop().create_task(self._look())
 
+    def _expired(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now >= self.ends or self.transport.get_write_buffer_size() > WATCH_MAX_BUFFER_BYTES:
+            return True
+        if self.mode == WEBSOCKET:
+            return now - self.heard > WATCH_IDLE_S
+        if now - self.wrote > SSE_KEEPALIVE_S:  # a comment line: a client gone is noticed
+            self.transport.write(b": keepalive\n\n")
+            self.wrote = now
+        return False
+
+    async def _room(self) -> int:
+        """How many entries may be sent now (the window less those sent and not committed)."""
+        if self.auto_commit or self.window == 0:
+            return WATCH_BATCH
+        backend = self.queues.backend
+        for index in sorted(self.outstanding):
+            if self.sink:
+                state, _ = await backend.lookup_sink(self.service, index)
+                gone = state is not State.DONE
+            else:
+                state, _ = await backend.lookup_index(self.service, index)
+                gone = state not in (State.QUEUED, State.IN_FLIGHT)
+            if gone:
+                self.outstanding.discard(index)
+        return min(WATCH_BATCH, self.window - len(self.outstanding))
+
     async def _look(self) -> None:
         try:
             while not self.closed:
                 self._again = False
-                results = await self.queues.backend.results_after(self.service, self.after, WATCH_BATCH)
-                for r in results:
-                    self.after = max(self.after, r.sink_index)
-                    if self.request_id is not None and r.request_id != self.request_id:
+                room = await self._room()
+                if room <= 0:
+                    return  # looked at again at the next poll: a commit or truncate frees the window
+                backend = self.queues.backend
+                if self.sink:
+                    entries: list[Result | Message] = list(
+                        await backend.results_after(self.service, self.after, room)
+                    )
+                else:
+                    entries = list(await backend.messages_from(self.service, self.after + 1, room))
+                for e in entries:
+                    index = e.sink_index if isinstance(e, Result) else e.index
+                    self.after = max(self.after, index)
+                    if self.request_id is not None and e.request_id != self.request_id:
                         continue
-                    self._send(r)
+                    self._send(e, index)
                     if self.request_id is not None:
                         self.close()
                         return
-                if len(results) < WATCH_BATCH and not self._again:
+                if len(entries) < room and not self._again:
                     return
         except Exception as e:
             log.warning("watch of %s: %s", self.service, e)
         finally:
             self._looking = False
 
-    def _send(self, r: Result) -> None:
+    def _send(self, e: Result | Message, index: int) -> None:
         if self.closed:
             return
-        if self.mode == WEBSOCKET:
-            self.transport.write(frame(BINARY, wire.result_frame(r)))
+        if isinstance(e, Result):
+            data = wire.result_frame(e, index_only=self.index_only) if self.mode == WEBSOCKET else b""
+            sse = b"" if self.mode == WEBSOCKET else wire.sse_event(e, index_only=self.index_only)
         else:
-            self.transport.write(wire.sse_event(r))
-        self.queues.counters_of(self.service).results_served += 1
+            data = wire.message_frame(e, index_only=self.index_only) if self.mode == WEBSOCKET else b""
+            sse = b"" if self.mode == WEBSOCKET else wire.sse_message(e, index_only=self.index_only)
+        self.transport.write(frame(BINARY, data) if self.mode == WEBSOCKET else sse)
+        self.wrote = asyncio.get_running_loop().time()
+        if isinstance(e, Result):
+            self.queues.counters_of(self.service).results_served += 1
         if self.auto_commit:
-            asyncio.get_running_loop().create_task(self._commit(r))
+            asyncio.get_running_loop().create_task(self._commit(e))
+        else:
+            self.outstanding.add(index)
 
-    async def _commit(self, r: Result) -> None:
+    async def _commit(self, e: Result | Message) -> None:
         with contextlib.suppress(Exception):
-            await self.queues.backend.mark_read(self.service, [r.request_id])
+            if isinstance(e, Result):
+                await self.queues.backend.mark_read(self.service, [e.request_id])
+            else:
+                await self.queues.backend.delete_messages(self.service, [e.index])
 
-    def close(self) -> None:
+    def _closed(self) -> None:
         if not self.closed:
             self.closed = True
             self.queues.unlisten(self.service, self)
+            if self.on_close is not None:
+                self.on_close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._closed()
             self.transport.close()

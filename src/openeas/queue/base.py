@@ -81,6 +81,41 @@ class QueueBackend(Protocol):
         """Stored results of ``service`` with a sink index above ``sink_index``, oldest first."""
         ...
 
+    async def put_result(self, result: Result) -> int:
+        """Store a result written straight into the sink (EAS's ``put`` on the sink queue): a new
+        sink index (also set on ``result.sink_index``); 0 when its request id already has one."""
+        ...
+
+    async def lookup_sink(self, service: str, sink_index: int) -> tuple[State | None, Result | None]:
+        """As `lookup`, by sink index."""
+        ...
+
+    async def truncate_results(self, service: str, below: int) -> int:
+        """Delete the unread results with a sink index below ``below`` (EAS ``truncate``); how many."""
+        ...
+
+    async def sink_stats(self, service: str) -> tuple[int, int]:
+        """(unread results, the highest sink index given so far: 0 none) of ``service``'s sink."""
+        ...
+
+    async def messages_from(self, service: str, index: int, limit: int) -> list[Message]:
+        """Up to ``limit`` requests of ``service`` still queued or in flight, queue index ≥
+        ``index``, in index order (EAS ``get`` by index on the input queue)."""
+        ...
+
+    async def find_message(self, service: str, request_id: str) -> Message | None:
+        """The request ``request_id`` while it is queued or in flight; None otherwise."""
+        ...
+
+    async def delete_messages(self, service: str, indexes: list[int]) -> int:
+        """Remove these requests from the input queue, whatever their state (queued, in flight,
+        dead): a delivery in flight then stores nothing. How many were there."""
+        ...
+
+    async def truncate_messages(self, service: str, below: int) -> int:
+        """Remove every request with a queue index below ``below`` (EAS ``truncate``); how many."""
+        ...
+
     async def attributes(self, service: str, max_length: int, now: float) -> Attributes: ...
 
     async def backlog(self, service: str) -> Backlog: ...

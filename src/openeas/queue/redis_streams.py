@@ -10,6 +10,7 @@ Keys, under ``<prefix>:<service>`` (``prefix`` from the URL's ``?prefix=``, defa
 | ``:ids`` / ``:byidx`` | hash | request id → index, index → request id |
 | ``:res:<request id>`` | hash with a TTL | the stored result (``PEXPIRE`` = the result TTL) |
 | ``:sink`` | stream | request ids in the order their results were stored (entry id = sink index) |
+| ``:live`` | sorted set | request ids of unread results, scored by sink index (truncate, counts) |
 | ``:dead`` | sorted set | indexes of dead requests |
 | ``:seq``, ``:sinkseq`` | counters | queue index, sink index |
 
@@ -30,149 +31,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from openeas.queue.base import QueueError
 from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, Result, State
+from openeas.queue.redis_lua import SCRIPTS
 
 DEFAULT_PREFIX = "openeas:q"
 GROUP = "dispatch"
 SINK_MAXLEN = 1_000_000  # sink entries kept (approximately); results themselves expire by TTL
-
-_ENSURE = """
-for _, s in ipairs({':in:1', ':in:0'}) do
-  local ok = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1]..s, 'dispatch', '0', 'MKSTREAM')
-end
-return 1
-"""
-
-_ENQUEUE = """
-local p = KEYS[1]
-if redis.call('HEXISTS', p..':ids', ARGV[1]) == 1 then return -1 end
-local i = redis.call('INCR', p..':seq')
-redis.call('HSET', p..':msg:'..i, 'rid', ARGV[1], 'method', ARGV[2], 'path', ARGV[3], 'headers', ARGV[4],
-  'body', ARGV[5], 'tags', ARGV[6], 'prio', ARGV[7], 'enq', ARGV[8], 'attempts', 0, 'state', 0)
-redis.call('HSET', p..':ids', ARGV[1], i)
-redis.call('HSET', p..':byidx', i, ARGV[1])
-redis.call('XADD', p..':in:'..ARGV[7], '*', 'i', i)
-return i
-"""
-
-_CLAIM = """
-local p, consumer, n, lease_until = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {}
-for _, prio in ipairs({'1', '0'}) do
-  local want = n - #out
-  if want <= 0 then break end
-  local stream = p..':in:'..prio
-  local r = redis.call('XREADGROUP', 'GROUP', 'dispatch', consumer, 'COUNT', want, 'STREAMS', stream, '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do
-      local eid, i = e[1], e[2][2]
-      local mk = p..':msg:'..i
-      if redis.call('HGET', mk, 'state') ~= '0' then
-        redis.call('XACK', stream, 'dispatch', eid)
-        redis.call('XDEL', stream, eid)
-      else
-        local att = redis.call('HINCRBY', mk, 'attempts', 1)
-        redis.call('HSET', mk, 'state', 1, 'consumer', consumer, 'lease', consumer..'/'..att, 'eid', eid,
-          'until', lease_until)
-        local f = redis.call('HMGET', mk, 'rid', 'method', 'path', 'headers', 'body', 'tags', 'prio', 'enq')
-        table.insert(out, {i, att, consumer..'/'..att, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]})
-      end
-    end
-  end
-end
-return out
-"""
-
-# Back to the queue (ARGV[3] = 0), dead (1) or released uncounted (2); checks the lease first.
-_REQUEUE = """
-local p, i, lease, mode, err = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local mk = p..':msg:'..i
-local f = redis.call('HMGET', mk, 'state', 'lease', 'eid', 'prio', 'attempts')
-if not f[1] then return 2 end
-if f[1] ~= '1' or (lease ~= '' and f[2] ~= lease) then return tonumber(f[1]) end
-local stream = p..':in:'..f[4]
-redis.call('XACK', stream, 'dispatch', f[3])
-redis.call('XDEL', stream, f[3])
-if mode == '1' then
-  redis.call('HSET', mk, 'state', 3, 'lease', '', 'consumer', '', 'last_error', err)
-  redis.call('ZADD', p..':dead', i, i)
-  return 3
-end
-if mode == '2' then redis.call('HINCRBY', mk, 'attempts', -1) end
-if err ~= '' then redis.call('HSET', mk, 'last_error', err) end
-redis.call('HSET', mk, 'state', 0, 'lease', '', 'consumer', '')
-redis.call('XADD', stream, '*', 'i', i)
-return 0
-"""
-
-_RECLAIM = """
-local p, now, maxd, err = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local n = 0
-for _, prio in ipairs({'1', '0'}) do
-  local stream = p..':in:'..prio
-  for _, e in ipairs(redis.call('XPENDING', stream, 'dispatch', '-', '+', 1000)) do
-    local eid = e[1]
-    local ent = redis.call('XRANGE', stream, eid, eid)
-    if #ent == 0 then
-      redis.call('XACK', stream, 'dispatch', eid)
-    else
-      local i = ent[1][2][2]
-      local mk = p..':msg:'..i
-      local f = redis.call('HMGET', mk, 'state', 'until', 'attempts', 'eid')
-      if f[1] ~= '1' or f[4] ~= eid then
-        redis.call('XACK', stream, 'dispatch', eid)
-        redis.call('XDEL', stream, eid)
-      elseif tonumber(f[2]) < now then
-        redis.call('XACK', stream, 'dispatch', eid)
-        redis.call('XDEL', stream, eid)
-        if tonumber(f[3]) >= maxd then
-          redis.call('HSET', mk, 'state', 3, 'lease', '', 'consumer', '', 'last_error', err)
-          redis.call('ZADD', p..':dead', i, i)
-        else
-          redis.call('HSET', mk, 'state', 0, 'lease', '', 'consumer', '', 'last_error', err)
-          redis.call('XADD', stream, '*', 'i', i)
-        end
-        n = n + 1
-      end
-    end
-  end
-end
-return n
-"""
-
-_COMPLETE = """
-local p, i, rid = KEYS[1], ARGV[1], ARGV[2]
-local mk = p..':msg:'..i
-local f = redis.call('HMGET', mk, 'state', 'eid', 'prio')
-if not f[1] or (f[1] ~= '0' and f[1] ~= '1') then return 0 end
-local rk = p..':res:'..rid
-if redis.call('EXISTS', rk) == 1 then return 0 end
-local sink = redis.call('INCR', p..':sinkseq')
-redis.call('HSET', rk, 'sink', sink, 'idx', i, 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5],
-  'tags', ARGV[6], 'attempts', ARGV[7], 'enq', ARGV[8], 'fin', ARGV[9], 'read', 0)
-redis.call('PEXPIRE', rk, ARGV[10])
-redis.call('XADD', p..':sink', 'MAXLEN', '~', ARGV[11], sink..'-0', 'rid', rid)
-if f[2] then
-  local stream = p..':in:'..f[3]
-  redis.call('XACK', stream, 'dispatch', f[2])
-  redis.call('XDEL', stream, f[2])
-end
-redis.call('DEL', mk)
-return sink
-"""
-
-_REDRIVE = """
-local p = KEYS[1]
-local n = 0
-for _, i in ipairs(ARGV) do
-  local mk = p..':msg:'..i
-  if redis.call('ZREM', p..':dead', i) == 1 and redis.call('HGET', mk, 'state') == '3' then
-    redis.call('HSET', mk, 'state', 0, 'attempts', 0)
-    redis.call('XADD', p..':in:'..redis.call('HGET', mk, 'prio'), '*', 'i', i)
-    n = n + 1
-  end
-end
-return n
-"""
+SCAN_CHUNK = 200  # queue indexes read (or deleted) per round trip
 
 _EXPIRED = "lease expired: the dispatcher holding the request stopped or its replica call outlived the lease"
 
@@ -200,18 +64,7 @@ class RedisQueue:
         client_url, self.prefix = parse_url(url)
         self.url = url
         self.r = aioredis.Redis.from_url(client_url)
-        self._scripts = {
-            name: self.r.register_script(src)
-            for name, src in (
-                ("ensure", _ENSURE),
-                ("enqueue", _ENQUEUE),
-                ("claim", _CLAIM),
-                ("requeue", _REQUEUE),
-                ("reclaim", _RECLAIM),
-                ("complete", _COMPLETE),
-                ("redrive", _REDRIVE),
-            )
-        }
+        self._scripts = {name: self.r.register_script(src) for name, src in SCRIPTS.items()}
         self._ready: set[str] = set()
 
     def _p(self, service: str) -> str:
@@ -357,13 +210,111 @@ class RedisQueue:
 
     async def mark_read(self, service: str, request_ids: list[str]) -> int:
         n = 0
+        p = self._p(service)
         for rid in request_ids:
-            key = f"{self._p(service)}:res:{rid}"
+            key = f"{p}:res:{rid}"
+            await self._call(self.r.zrem, f"{p}:live", rid)
             if await self._call(self.r.hget, key, "read") == b"0":
                 await self._call(self.r.hset, key, "read", 1)
                 await self._call(self.r.hdel, key, "body")
                 n += 1
         return n
+
+    async def put_result(self, result: Result) -> int:
+        sink = await self._run(
+            "complete",
+            result.service,
+            0,
+            result.request_id,
+            result.status,
+            json.dumps(result.headers),
+            result.body,
+            json.dumps(result.tags),
+            result.attempts,
+            repr(result.enqueued_at),
+            repr(result.finished_at),
+            max(1, int(result.ttl_s * 1000)),
+            SINK_MAXLEN,
+        )
+        result.sink_index = max(int(sink), 0)
+        return result.sink_index
+
+    async def lookup_sink(self, service: str, sink_index: int) -> tuple[State | None, Result | None]:
+        if sink_index <= 0:
+            return None, None
+        entry = f"{sink_index}-0"
+        found = await self._call(self.r.xrange, f"{self._p(service)}:sink", entry, entry, 1)
+        if not found:
+            return None, None
+        return await self._result(service, _s(found[0][1][b"rid"]))
+
+    async def truncate_results(self, service: str, below: int) -> int:
+        live = f"{self._p(service)}:live"
+        rids = await self._call(self.r.zrangebyscore, live, "-inf", f"({below}")
+        return await self.mark_read(service, [_s(r) for r in rids])
+
+    async def sink_stats(self, service: str) -> tuple[int, int]:
+        p = self._p(service)
+        unread = await self._call(self.r.zcard, f"{p}:live")
+        last = await self._call(self.r.get, f"{p}:sinkseq")
+        return int(unread), int(last or 0)
+
+    async def _messages(self, service: str, indexes: list[int]) -> list[Message]:
+        """The requests at these indexes that are queued or in flight, in the order given."""
+        pipe = self.r.pipeline(transaction=False)
+        p = self._p(service)
+        for i in indexes:
+            pipe.hmget(f"{p}:msg:{i}", "state", "rid", "method", "path", "headers", "body", "tags", "prio",
+                       "enq", "attempts")
+        out = []
+        for i, f in zip(indexes, await self._call(pipe.execute), strict=True):
+            if f[0] in (b"0", b"1"):
+                out.append(
+                    Message(
+                        service=service,
+                        request_id=_s(f[1]),
+                        method=_s(f[2]),
+                        path=_s(f[3]),
+                        headers=[(str(k), str(v)) for k, v in json.loads(f[4])],
+                        body=f[5] or b"",
+                        priority=int(f[7]),
+                        enqueued_at=float(f[8]),
+                        index=i,
+                        attempts=int(f[9] or 0),
+                        tags=json.loads(f[6]) if f[6] else {},
+                    )
+                )
+        return out
+
+    async def messages_from(self, service: str, index: int, limit: int) -> list[Message]:
+        last = int(await self._call(self.r.get, f"{self._p(service)}:seq") or 0)
+        out: list[Message] = []
+        i = max(index, 1)
+        while i <= last and len(out) < limit:
+            chunk = list(range(i, min(i + SCAN_CHUNK, last + 1)))
+            out += await self._messages(service, chunk)
+            i += SCAN_CHUNK
+        return out[:limit]
+
+    async def find_message(self, service: str, request_id: str) -> Message | None:
+        index = await self._call(self.r.hget, f"{self._p(service)}:ids", request_id)
+        if index is None:
+            return None
+        found = await self._messages(service, [int(index)])
+        return found[0] if found else None
+
+    async def delete_messages(self, service: str, indexes: list[int]) -> int:
+        n = 0
+        for start in range(0, len(indexes), SCAN_CHUNK):
+            n += int(await self._run("delete", service, *indexes[start : start + SCAN_CHUNK]))
+        return n
+
+    async def truncate_messages(self, service: str, below: int) -> int:
+        below_ids = []
+        async for index, _rid in self.r.hscan_iter(f"{self._p(service)}:byidx", count=500):
+            if int(index) < below:
+                below_ids.append(int(index))
+        return await self.delete_messages(service, sorted(below_ids))
 
     async def results_after(self, service: str, sink_index: int, limit: int) -> list[Result]:
         out: list[Result] = []
@@ -398,7 +349,7 @@ class RedisQueue:
         p = self._p(service)
         queued, in_flight = await self._counts(service)
         dead = await self._call(self.r.zcard, f"{p}:dead")
-        results = await self._call(self.r.xlen, f"{p}:sink")
+        results = await self._call(self.r.zcard, f"{p}:live")
         last = await self._call(self.r.get, f"{p}:seq")
         oldest = None
         for prio in ("1", "0"):
@@ -447,6 +398,11 @@ class RedisQueue:
                     await self.r.hdel(key, rid)
                     await self.r.hdel(f"{p}:byidx", i)
                     n += 1
+        async for key in self.r.scan_iter(match=f"{self.prefix}:*:live", count=100):
+            p = _s(key)[: -len(":live")]
+            async for rid, _score in self.r.zscan_iter(key, count=500):
+                if not await self.r.exists(f"{p}:res:{_s(rid)}"):
+                    await self.r.zrem(key, rid)
         return n
 
     async def close(self) -> None:

@@ -349,6 +349,86 @@ class SqliteQueue:
 
         return await self._submit(op)
 
+    async def put_result(self, result: Result) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO results(request_id, service, idx, status, headers, body, tags, "
+                "attempts, enqueued_at, finished_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    result.request_id,
+                    result.service,
+                    result.index,
+                    result.status,
+                    json.dumps(result.headers),
+                    result.body,
+                    json.dumps(result.tags) if result.tags else None,
+                    result.attempts,
+                    result.enqueued_at,
+                    result.finished_at,
+                    result.finished_at + result.ttl_s,
+                ),
+            )
+            return int(cur.lastrowid or 0) if cur.rowcount == 1 else 0
+
+        result.sink_index = await self._submit(op)
+        return result.sink_index
+
+    async def lookup_sink(self, service: str, sink_index: int) -> tuple[State | None, Result | None]:
+        return await self._submit(lambda c: _lookup(c, service, "sink_index", sink_index))
+
+    async def truncate_results(self, service: str, below: int) -> int:
+        return await self._submit(
+            lambda c: int(
+                c.execute(
+                    "UPDATE results SET read=1, body=NULL WHERE service=? AND sink_index<? AND read=0",
+                    (service, below),
+                ).rowcount
+            )
+        )
+
+    async def sink_stats(self, service: str) -> tuple[int, int]:
+        def op(c: sqlite3.Connection) -> tuple[int, int]:
+            unread, last = c.execute(
+                "SELECT sum(read=0), max(sink_index) FROM results WHERE service=?", (service,)
+            ).fetchone()
+            return int(unread or 0), int(last or 0)
+
+        return await self._submit(op)
+
+    async def messages_from(self, service: str, index: int, limit: int) -> list[Message]:
+        def op(c: sqlite3.Connection) -> list[Message]:
+            rows = c.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE service=? AND id>=? AND state IN (0, 1) "
+                "ORDER BY id LIMIT ?",
+                (service, index, limit),
+            ).fetchall()
+            return [_message(r) for r in rows]
+
+        return await self._submit(op)
+
+    async def find_message(self, service: str, request_id: str) -> Message | None:
+        def op(c: sqlite3.Connection) -> Message | None:
+            row = c.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE service=? AND request_id=? AND state IN (0, 1)",
+                (service, request_id),
+            ).fetchone()
+            return None if row is None else _message(row)
+
+        return await self._submit(op)
+
+    async def delete_messages(self, service: str, indexes: list[int]) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            return sum(
+                int(c.execute("DELETE FROM messages WHERE service=? AND id=?", (service, i)).rowcount)
+                for i in indexes
+            )
+
+        return await self._submit(op)
+
+    async def truncate_messages(self, service: str, below: int) -> int:
+        sql = "DELETE FROM messages WHERE service=? AND id<?"
+        return await self._submit(lambda c: int(c.execute(sql, (service, below)).rowcount))
+
     async def attributes(self, service: str, max_length: int, now: float) -> Attributes:
         return await self._submit(lambda c: read_attributes(c, service, max_length, now))
 
@@ -407,6 +487,8 @@ def _lookup(
         if row[-1]:
             return State.READ, None
         return State.DONE, _result(row)
+    if column == "sink_index":
+        return None, None
     mcol = "request_id" if column == "request_id" else "id"
     srow = c.execute(f"SELECT state FROM messages WHERE service=? AND {mcol}=?", (service, key)).fetchone()
     return (State(srow[0]), None) if srow is not None else (None, None)

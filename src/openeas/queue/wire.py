@@ -20,7 +20,7 @@ import base64
 import json
 from typing import Any
 
-from openeas.queue.model import Result
+from openeas.queue.model import Message, Result
 
 PROTOBUF = "application/vnd.google.protobuf"
 
@@ -69,20 +69,35 @@ def dataframe(index: int, tags: dict[str, str], data: bytes, message: str = "") 
     return bytes(out)
 
 
-def result_frame(r: Result) -> bytes:
-    """A result as one ``DataFrameProto`` (a watch sends these one by one); index = its queue index."""
-    return dataframe(r.index, result_tags(r), r.body, "" if r.status < 400 else f"status {r.status}")
+def result_frame(r: Result, *, index_only: bool = False) -> bytes:
+    """A result as one ``DataFrameProto`` (a watch sends these one by one); index = its sink index
+    (what ``commit``, ``delete`` and ``get(index=…)`` on the sink take); ``index_only``: no data."""
+    data = b"" if index_only else r.body
+    return dataframe(r.sink_index, result_tags(r), data, "" if r.status < 400 else f"status {r.status}")
 
 
-def dataframe_list(results: list[Result]) -> bytes:
-    """Results as a ``DataFrameListProto`` (the EAS SDK's ``get``)."""
-    return b"".join(_field(1, result_frame(r)) for r in results)
+def message_tags(m: Message) -> dict[str, str]:
+    tags = dict(m.tags)
+    tags.update({"requestId": m.request_id, "ts@source": str(int(m.enqueued_at * 1000))})
+    return tags
+
+
+def message_frame(m: Message, *, index_only: bool = False) -> bytes:
+    """A queued request as one ``DataFrameProto`` (the input queue read by index); index = its
+    queue index."""
+    return dataframe(m.index, message_tags(m), b"" if index_only else m.body)
+
+
+def dataframe_list(frames: list[bytes]) -> bytes:
+    """Frames (`result_frame`, `message_frame`) as a ``DataFrameListProto`` (the EAS SDK's ``get``)."""
+    return b"".join(_field(1, f) for f in frames)
 
 
 def result_json(r: Result) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "index": r.index,
+        "index": r.sink_index,  # on the sink every index is a sink index
         "sinkIndex": r.sink_index,  # the order results were stored in (a watch's _index_)
+        "sourceIndex": r.index,  # the request's queue index (0: put straight into the sink)
         "requestId": r.request_id,
         "status": r.status,
         "attempts": r.attempts,  # deliveries it took (2+: redelivered after a failure)
@@ -101,5 +116,27 @@ def results_json(results: list[Result]) -> bytes:
     return json.dumps([result_json(r) for r in results]).encode()
 
 
-def sse_event(r: Result) -> bytes:
-    return b"event: result\nid: %d\ndata: %s\n\n" % (r.sink_index, json.dumps(result_json(r)).encode())
+def message_json(m: Message) -> dict[str, Any]:
+    obj: dict[str, Any] = {"index": m.index, "requestId": m.request_id, "tags": message_tags(m)}
+    try:
+        obj["data"] = m.body.decode("utf-8")
+    except UnicodeDecodeError:
+        obj["data"] = base64.b64encode(m.body).decode()
+        obj["encoding"] = "base64"
+    return obj
+
+
+def sse_event(r: Result, *, index_only: bool = False) -> bytes:
+    obj = result_json(r)
+    if index_only:
+        obj.pop("data", None)
+        obj.pop("encoding", None)
+    return b"event: result\nid: %d\ndata: %s\n\n" % (r.sink_index, json.dumps(obj).encode())
+
+
+def sse_message(m: Message, *, index_only: bool = False) -> bytes:
+    obj = message_json(m)
+    if index_only:
+        obj.pop("data", None)
+        obj.pop("encoding", None)
+    return b"event: request\nid: %d\ndata: %s\n\n" % (m.index, json.dumps(obj).encode())

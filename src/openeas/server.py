@@ -297,6 +297,12 @@ class GatewayKeeper:
         self.gw = start_gateway(self.data_dir, self.host, self.port)
         return self.gw
 
+    def name(self) -> str:
+        """The gateway, as an answer that it did not acknowledge names it."""
+        gw = self.gw
+        pid = f"pid {gw.pid}" if gw is not None and gw.alive() else "not running"
+        return f"the gateway on {self.host}:{self.port} ({pid}, {self.data_dir / 'run' / 'gateway.sock'})"
+
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(GATEWAY_WATCH_S)
@@ -345,12 +351,12 @@ async def _serve(
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
-    notifier = RoutingNotifier(socket_path(data_dir))
+    keeper = GatewayKeeper(data_dir, host, gateway_port)
+    notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
     api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts
-    keeper = GatewayKeeper(data_dir, host, gateway_port)
     reconciler: Reconciler | None = None
     try:
         gateway = await asyncio.to_thread(keeper.start)
@@ -407,6 +413,8 @@ async def _serve(
         # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
         rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
         cp.rollout_controller = rollouts
+        # Calls that promise a routing change is in effect wait for the gateway's acknowledgement.
+        cp.await_routing = notifier.wait_applied
         rollout_task = asyncio.create_task(rollouts.run(stop))
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
@@ -448,6 +456,7 @@ async def _serve(
         if reconciler is not None:
             await reconciler.shutdown(stop_replicas=not keep_replicas)
         api_sock.close()
+        notifier.close()
         if not keep_replicas:
             keeper.stop()  # after the replicas: their drains ask the gateway about requests in flight
 

@@ -4,7 +4,9 @@
   last checkpoint, and the output has exactly 10,000 lines whose custom ids are the input's, each
   once;
 - bad input: an invalid line goes to the errors file with its line number and the job goes on;
-  a missing input file is refused at submit, naming the field; cancel and resume from the CLI.
+  a missing input file is refused at submit, naming the field; cancel (the shard being served
+  finishes, no further shard starts: the replica answered exactly the lines done) and resume
+  from the CLI.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.harness import Server, service_spec, wait_for
 
@@ -102,6 +104,19 @@ def test_bad_lines_are_reported_per_line_and_the_job_goes_on(server: Server, tmp
     assert unknown.returncode != 0 and "service 'ghost' not found" in unknown.stderr
 
 
+def replica_work(srv: Server, service: str) -> tuple[int, int]:
+    """(chat requests answered, work requests in flight) at the service's replica, from its /metrics."""
+    rep = srv.client.describe(service)["replicas"][0]
+    text = requests.get(f"http://{rep['host']}:{rep['port']}/metrics", timeout=5).text
+    answered = in_flight = 0
+    for line in text.splitlines():
+        if line.startswith("testserver_requests_total") and CHAT in line:
+            answered += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("testserver_requests_in_flight "):
+            in_flight = int(float(line.rsplit(" ", 1)[1]))
+    return answered, in_flight
+
+
 def test_cancel_and_resume_from_the_cli(server: Server, tmp_path: Path) -> None:
     c = server.client
     c.deploy(service_spec("slowb", args="--latency-ms 20"))
@@ -113,10 +128,25 @@ def test_cancel_and_resume_from_the_cli(server: Server, tmp_path: Path) -> None:
     wait_for(lambda: job(server, job_id)["done_lines"] >= 50, 60, poll_s=0.05, what="first shard")
     cancelled = cli(server, "batch", "cancel", job_id, "--json")
     assert json.loads(cancelled.stdout)["state"] == "Cancelled"
-    time.sleep(1.5)  # the shard being served finishes; no more start
-    stopped_at = job(server, job_id)["done_lines"]
-    assert stopped_at < 400
+    done_at_cancel = json.loads(cancelled.stdout)["shards"]["done"]
+    # Shards run one at a time: at most the one being served at the cancel finishes. Wait until it
+    # has (its lines counted, nothing in flight at the replica, every answer accounted for)...
+    def settled() -> dict | None:
+        j = job(server, job_id)
+        answered, in_flight = replica_work(server, "slowb")
+        return j if in_flight == 0 and answered == j["done_lines"] and j["done_lines"] % 50 == 0 else None
+
+    stopped = wait_for(settled, 60, poll_s=0.05, what="the shard being served at the cancel to finish")
+    # ...then no further shard started: at most one more shard done, and the replica answered
+    # exactly the lines of the shards done (a started shard would have sent it requests).
+    assert stopped["shards"]["done"] <= done_at_cancel + 1, (done_at_cancel, stopped)
+    assert stopped["done_lines"] == 50 * stopped["shards"]["done"] < 400
+    parts = sorted(p.name for p in (tmp_path / "o.jsonl.parts").glob("*.out.jsonl"))
+    assert len(parts) == stopped["shards"]["done"], parts
     assert job_id in cli(server, "batch", "ls").stdout
+    # A CLI run later (hundreds of ms: a next shard would have sent requests by now), still the same.
+    assert replica_work(server, "slowb") == (stopped["done_lines"], 0)
+    assert job(server, job_id)["shards"]["done"] == stopped["shards"]["done"]
     resumed = cli(server, "batch", "resume", job_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["state"] == "Succeeded"

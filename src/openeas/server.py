@@ -40,6 +40,7 @@ from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
+from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
@@ -175,7 +176,7 @@ def recorded_gateway(data_dir: Path) -> tuple[GatewayProcess, dict[str, object]]
     return (gw, rec) if gw.alive() else None
 
 
-def _gateway_argv(data_dir: Path, host: str, port: int) -> list[str]:
+def _gateway_argv(data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -190,6 +191,7 @@ def _gateway_argv(data_dir: Path, host: str, port: int) -> list[str]:
         "--grace",
         str(GATEWAY_GRACE_S),
         *queue_args(),
+        *extra,
     ]
 
 
@@ -212,7 +214,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _spawn_gateway(data_dir: Path, host: str, port: int, timeout_s: float = 30.0) -> GatewayProcess:
+def _spawn_gateway(
+    data_dir: Path, host: str, port: int, extra: Sequence[str] = (), timeout_s: float = 30.0
+) -> GatewayProcess:
     """Start a gateway and wait until it listens (its ready file: another gateway may answer on
     the same port meanwhile)."""
     (data_dir / "logs").mkdir(exist_ok=True)
@@ -220,7 +224,7 @@ def _spawn_gateway(data_dir: Path, host: str, port: int, timeout_s: float = 30.0
     ready = data_dir / "run" / f"gateway.ready.{os.getpid()}.{time.monotonic_ns()}"
     logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [*_gateway_argv(data_dir, host, port), "--ready-file", str(ready)],
+        [*_gateway_argv(data_dir, host, port, extra), "--ready-file", str(ready)],
         stdout=logf,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -254,14 +258,14 @@ def _record(data_dir: Path, gw: GatewayProcess, host: str, port: int, fingerprin
     write_private(gateway_record_path(data_dir), json.dumps(rec, indent=2).encode())
 
 
-def start_gateway(data_dir: Path, host: str, port: int) -> GatewayProcess:
+def start_gateway(data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> GatewayProcess:
     """The gateway for this server: the running one of an earlier server on ``data_dir`` when it
     is compatible (same code and arguments) and answers, else a new one.
 
     An incompatible running gateway on the same address is replaced without a refused
     connection: the new one listens on the same port (SO_REUSEPORT) first, then the old one gets
     SIGTERM (it stops accepting and finishes its requests in flight)."""
-    fingerprint = _gateway_fingerprint(_gateway_argv(data_dir, host, port))
+    fingerprint = _gateway_fingerprint(_gateway_argv(data_dir, host, port, extra))
     found = recorded_gateway(data_dir)
     if found is not None:
         old, rec = found
@@ -270,7 +274,7 @@ def start_gateway(data_dir: Path, host: str, port: int) -> GatewayProcess:
             return old
         if (rec.get("host"), rec.get("port")) == (host, port):
             try:
-                new = _spawn_gateway(data_dir, host, port)
+                new = _spawn_gateway(data_dir, host, port, extra)
             except ServerError as exc:  # e.g. the old one does not share its port
                 log.warning("could not start a gateway next to the running one (%s); replacing it", exc)
             else:
@@ -281,7 +285,7 @@ def start_gateway(data_dir: Path, host: str, port: int) -> GatewayProcess:
         log.info("stopping the running gateway (pid %d): other code or address", old.pid)
         old.stop()
     _wait_port_free(host, port, 10.0, "gateway")
-    new = _spawn_gateway(data_dir, host, port)
+    new = _spawn_gateway(data_dir, host, port, extra)
     _record(data_dir, new, host, port, fingerprint)
     return new
 
@@ -289,13 +293,20 @@ def start_gateway(data_dir: Path, host: str, port: int) -> GatewayProcess:
 class GatewayKeeper:
     """Keeps a gateway running for this server: restarts one that died (the server goes on)."""
 
-    def __init__(self, data_dir: Path, host: str, port: int) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> None:
         self.data_dir, self.host, self.port = data_dir, host, port
+        self.extra = list(extra)  # more gateway flags (its client limits)
         self.gw: GatewayProcess | None = None
 
     def start(self) -> GatewayProcess:
-        self.gw = start_gateway(self.data_dir, self.host, self.port)
+        self.gw = start_gateway(self.data_dir, self.host, self.port, self.extra)
         return self.gw
+
+    def name(self) -> str:
+        """The gateway, as an answer that it did not acknowledge names it."""
+        gw = self.gw
+        pid = f"pid {gw.pid}" if gw is not None and gw.alive() else "not running"
+        return f"the gateway on {self.host}:{self.port} ({pid}, {self.data_dir / 'run' / 'gateway.sock'})"
 
     async def watch(self) -> None:
         while True:
@@ -341,16 +352,17 @@ async def _serve(
     keep_replicas: bool,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    gateway_args: Sequence[str] = (),
 ) -> None:
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
-    notifier = RoutingNotifier(socket_path(data_dir))
+    keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
+    notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_url = f"http://{host}:{port}"
     api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts
-    keeper = GatewayKeeper(data_dir, host, gateway_port)
     reconciler: Reconciler | None = None
     try:
         gateway = await asyncio.to_thread(keeper.start)
@@ -407,6 +419,8 @@ async def _serve(
         # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
         rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
         cp.rollout_controller = rollouts
+        # Calls that promise a routing change is in effect wait for the gateway's acknowledgement.
+        cp.await_routing = notifier.wait_applied
         rollout_task = asyncio.create_task(rollouts.run(stop))
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
@@ -448,6 +462,7 @@ async def _serve(
         if reconciler is not None:
             await reconciler.shutdown(stop_replicas=not keep_replicas)
         api_sock.close()
+        notifier.close()
         if not keep_replicas:
             keeper.stop()  # after the replicas: their drains ask the gateway about requests in flight
 
@@ -505,11 +520,18 @@ def run_server(
     keep_replicas: bool = False,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    gateway_limits: Sequence[str] = (),
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
+    except SpecError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock: int | None = None
@@ -528,6 +550,7 @@ def run_server(
                 keep_replicas=keep_replicas,
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
+                gateway_args=gateway_args,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

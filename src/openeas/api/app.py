@@ -92,6 +92,18 @@ class ControlPlane:
         self.gateway_stats: GatewayStats | None = None
         # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
         self.rollout_controller: Any = None
+        # Waits until the gateway acknowledges a routing version (the server's
+        # `openeas.gateway.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
+        self.await_routing: Callable[[int], Any] | None = None
+
+    def routing_in_effect(self) -> dict[str, Any] | None:
+        """After a routing change: wait (bounded) until the gateway has applied the store's current
+        routing version; what it answered (``acknowledged``, ``waited_ms``, a ``warning`` naming
+        the gateway that did not answer in time). None without a gateway to wait for."""
+        if self.await_routing is None:
+            return None
+        outcome = self.await_routing(self.store.routing_version())
+        return dict(outcome.to_dict())
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""

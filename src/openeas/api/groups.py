@@ -1,14 +1,16 @@
 """The control-plane API of service groups: ``/api/v1/groups[...]``.
 
 Writes go to the store (`openeas.store.groups.GroupStore`), which pushes every routing change to
-the gateway before the call returns. Reads of traffic (``describe``'s per-member numbers,
-``compare``) ask the gateway (``GET /groups/<group>`` with the group's token): it keeps them.
-Services and groups share one namespace. The 48-hour rule for ``delete``/``stop`` of a service is
-`check_traffic`.
+the gateway; a write returns once the gateway acknowledged the routing version (``routing`` in the
+answer, bounded by ``openeas.gateway.ack.ROUTING_ACK_TIMEOUT_S``). Reads of traffic (``describe``'s
+per-member numbers, ``compare``) ask the gateway (``GET /groups/<group>`` with the group's token):
+it keeps them. Services and groups share one namespace. The 48-hour rule for ``delete``/``stop`` of
+a service is `check_traffic`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -78,6 +80,11 @@ class GroupsApi:
 
     def endpoint(self, name: str) -> str:
         return f"{self.cp.gateway_url}/api/predict/{name}"
+
+    def in_effect(self) -> dict[str, Any]:
+        """``{"routing": ...}`` once the gateway applied the change (bounded wait), or ``{}``."""
+        routing = self.cp.routing_in_effect()
+        return {"routing": routing} if routing is not None else {}
 
     def gateway_stats(self, name: str) -> dict[str, Any] | None:
         """The gateway's counters of the group (None when it cannot be asked)."""
@@ -253,7 +260,7 @@ def add_group_routes(app: FastAPI, cp: Any, auth: list[Any]) -> GroupsApi:
         """Create a group from ``{name, traffic_mode, routes: [{service, weight, mirror_weight, match}]}``."""
         spec = parse_group(await _group_body(request))
         gs.create(spec)
-        return api.detail(spec.name, stats=False)
+        return api.detail(spec.name, stats=False) | await asyncio.to_thread(api.in_effect)
 
     @app.put("/api/v1/groups/{name}", dependencies=auth, tags=["groups"])
     async def apply_group(name: str, request: Request) -> dict[str, Any]:
@@ -262,7 +269,7 @@ def add_group_routes(app: FastAPI, cp: Any, auth: list[Any]) -> GroupsApi:
         if spec.name != name:
             raise SpecError([f"name: '{spec.name}' does not match the group in the URL ('{name}')"])
         _, created = gs.apply(spec)
-        return api.detail(name, stats=False) | {"created": created}
+        return api.detail(name, stats=False) | {"created": created} | await asyncio.to_thread(api.in_effect)
 
     @app.get("/api/v1/groups", dependencies=auth, tags=["groups"])
     def list_groups() -> dict[str, Any]:
@@ -277,30 +284,31 @@ def add_group_routes(app: FastAPI, cp: Any, auth: list[Any]) -> GroupsApi:
     @app.delete("/api/v1/groups/{name}", dependencies=auth, tags=["groups"])
     def delete_group(name: str) -> dict[str, Any]:
         gs.delete(name)
-        return {"deleted": name}
+        return {"deleted": name} | api.in_effect()
 
     @app.post("/api/v1/groups/{name}/weights", dependencies=auth, tags=["groups"])
     def set_weights(name: str, body: WeightsBody) -> dict[str, Any]:
         """Change some members' weights (or mirror weights); in effect at the gateway when this
-        returns (the routing push), recorded as an event."""
+        returns (the gateway acknowledged the routing version; ``routing`` says so, or names the
+        gateway that did not answer in time), recorded as an event."""
         check_weights(body)
         g = gs.change(name, weights=body.weights or None, mirror_weights=body.mirror_weights or None)
-        return api.view(g, stats=False)
+        return api.view(g, stats=False) | api.in_effect()
 
     @app.post("/api/v1/groups/{name}/rollback", dependencies=auth, tags=["groups"])
     def rollback_group(name: str) -> dict[str, Any]:
-        """Restore the routes as they were before the last change."""
-        return api.view(gs.rollback(name), stats=False)
+        """Restore the routes as they were before the last change (in effect when this returns)."""
+        return api.view(gs.rollback(name), stats=False) | api.in_effect()
 
     @app.post("/api/v1/groups/{name}/members", status_code=201, dependencies=auth, tags=["groups"])
     def join(name: str, body: MemberBody) -> dict[str, Any]:
         if not 0 <= body.weight <= MAX_WEIGHT:
             raise SpecError([f"weight: must be 0..{MAX_WEIGHT}, got {body.weight}"])
-        return api.view(gs.join(name, body.service, body.weight), stats=False)
+        return api.view(gs.join(name, body.service, body.weight), stats=False) | api.in_effect()
 
     @app.delete("/api/v1/groups/{name}/members/{service}", dependencies=auth, tags=["groups"])
     def leave(name: str, service: str) -> dict[str, Any]:
-        return api.view(gs.leave(name, service), stats=False)
+        return api.view(gs.leave(name, service), stats=False) | api.in_effect()
 
     @app.get("/api/v1/groups/{name}/call-info", dependencies=auth, tags=["groups"])
     def group_call_info(name: str) -> dict[str, Any]:

@@ -175,10 +175,18 @@ def set_weight(
     w = parse_pairs(weights or [], "weights")
     m = parse_pairs(mirror or [], "--mirror")
     d = _client(data_dir).group_weights(name, w, m)
+    _routing_warning(d)
     if json_out:
         render.print_json(d)
     else:
         render.out.print(f"{name}: " + _shares(d), highlight=False)
+
+
+def _routing_warning(d: dict[str, Any]) -> None:
+    """On stderr, when the gateway did not acknowledge the change before the call returned."""
+    warning = (d.get("routing") or {}).get("warning")
+    if warning:
+        render.err.print(f"warning: {warning}", highlight=False)
 
 
 def _shares(d: dict[str, Any]) -> str:
@@ -201,6 +209,7 @@ def rollback(
     """Restore the weights as they were before the last change (one command)."""
 
     d = _client(data_dir).group_rollback(name)
+    _routing_warning(d)
     if json_out:
         render.print_json(d)
     else:
@@ -221,6 +230,7 @@ def join(
     """Add a service to a group (weight 0 unless given)."""
 
     d = _client(data_dir).group_join(name, service, weight)
+    _routing_warning(d)
     render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
 
 
@@ -235,6 +245,7 @@ def leave(
     """Remove a member from a group."""
 
     d = _client(data_dir).group_leave(name, service)
+    _routing_warning(d)
     render.print_json(d) if json_out else render.out.print(f"{name}: " + _shares(d), highlight=False)
 
 

@@ -184,6 +184,10 @@ def server(
             "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
         ),
     ] = None,
+    gateway_limit: Annotated[
+        list[str] | None,
+        typer.Option("--gateway-limit", help="NAME=VALUE: a gateway client limit (repeatable; docs/cli.md)."),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -204,6 +208,7 @@ def server(
         registry_auth=registry_auth.resolve() if registry_auth else None,
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
+        gateway_limits=list(gateway_limit or []),
     )
 
 

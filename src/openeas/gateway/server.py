@@ -1,12 +1,13 @@
 """The gateway process: listening socket, routing-table refreshes, graceful stop.
 
 `Gateway` is the embeddable object (start/stop); `serve()` runs one until cancelled. The routing
-source is read on a dedicated thread so a slow store query never stalls proxying. A read happens
-at once when the control plane notifies a change (``notify_socket``, see
-:mod:`openeas.gateway.notify`), and every ``poll_interval_s`` as a safety net for a lost
-notification or a source that cannot notify (a routing file). Each swap also sends the requests
-held for a replica (activator.py) that now have one. With ``stats_socket``, per-service counters go
-to the control plane several times a second (stats.py).
+source is read on a dedicated thread so a slow store query never stalls proxying. A read happens at
+once when the control plane notifies a change (``notify_socket``, see
+:mod:`openeas.gateway.notify`; the gateway acknowledges the version it applied), and every
+``poll_interval_s`` as a safety net for a lost notification or a source that cannot notify (a
+routing file). Each swap also sends the requests held for a replica (activator.py) that now have
+one. With ``stats_socket``, per-service counters go to the control plane several times a second
+(stats.py).
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ class Gateway:
         table = await loop.run_in_executor(self._executor, self.source.poll)
         if table is not None:
             self.apply(table)
+        if self._listener is not None and self.table is not None:
+            # Applied (or unchanged since the last read): answer the notifications it covers.
+            self._listener.applied(self.table.version)
 
     async def _refresh_forever(self, wake: asyncio.Event) -> None:
         while True:

@@ -269,8 +269,9 @@ class GatewayStats:
 
     def arrival_rate(self, service: str, window_s: float, now: float) -> float | None:
         """Requests per second received for ``service`` over the last ``window_s`` seconds, all
-        gateways together; None when no sample covers any of that window."""
-        span = self._span(service, window_s, now)
+        gateways together; None when no sample covers any of that window. A window of 0 is the
+        latest reading: the rate over the last report interval (``SEND_INTERVAL_S``)."""
+        span = self._span(service, window_s if window_s > 0 else SEND_INTERVAL_S, now)
         if span is None:
             return None
         start, end = span
@@ -281,7 +282,11 @@ class GatewayStats:
 
     def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
         """Mean number of requests being proxied to a replica of ``service`` over the last
-        ``window_s`` seconds (time-weighted, all gateways together); None when no data."""
+        ``window_s`` seconds (time-weighted, all gateways together); None when no data. A window
+        of 0 is the latest reading of every live gateway."""
+        if window_s <= 0:
+            latest = self.current(service, now)
+            return float(latest.in_flight) if latest is not None else None
         span = self._span(service, window_s, now)
         if span is None:
             return None

@@ -280,7 +280,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         for err in exc.errors():
             loc = [p for p in err["loc"] if p != "body"]
             where = ".".join(str(p) for p in loc) or "body"
-            lines.append(f"{where}: {str(err.get('msg', 'invalid')).lower()}")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # our validators' own words
+            lines.append(f"{where}: {msg.lower()}")
         return _error(400, "invalid_request", "; ".join(lines), lines)
 
     @app.exception_handler(HTTPException)

@@ -228,6 +228,8 @@ def stock_object_storage(oss_root: Path, spec: dict[str, Any], stem: str) -> Non
 def engine_less_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = new_server(tmp_path_factory.mktemp("corpus") / "data")
     srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
+    # The corpus asks for a cloud node's resources (up to 16 cores, 60000 MB a replica): this one offers them.
+    srv.extra_args = ["--node-cpu", "64", "--node-memory", "262144"]
     srv.start()
     yield srv
     stop_and_reap(srv)

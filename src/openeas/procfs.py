@@ -6,10 +6,12 @@ Standard library only: the gateway process (which must stay light) watches its p
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 PROC = Path("/proc")
+log = logging.getLogger("openeas.procfs")
 
 
 def read_stat(pid: int) -> tuple[str, int, int] | None:
@@ -75,3 +77,24 @@ def group_members(pgid: int) -> list[int]:
         if st is not None and st[1] == pgid and st[0] != "Z":
             members.append(int(name))
     return members
+
+
+# Who the OOM killer takes first (runtime/limits.py says why): the control plane last, replicas first.
+CONTROL_PLANE_OOM_SCORE_ADJ = -900
+"""The server's and the gateway's ``oom_score_adj`` (-1000 would exempt them entirely)."""
+REPLICA_OOM_SCORE_ADJ = 800
+"""Every process replica's ``oom_score_adj`` (1000 is "always first"; 800 leaves room above)."""
+
+
+def set_oom_score_adj(value: int, pid: int | str = "self") -> int | None:
+    """Write ``value`` to /proc/PID/oom_score_adj; the value in force after (None: unreadable).
+    A value the kernel refuses (lowering without the privilege) leaves the old one, logged."""
+    path = PROC / str(pid) / "oom_score_adj"
+    try:
+        path.write_text(str(value))
+    except OSError as exc:
+        log.info("oom_score_adj %d not applied to %s: %s", value, pid, exc)
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -36,6 +36,7 @@ from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
+from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.controller.rollout_loop import RolloutController
@@ -43,7 +44,7 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
-from openeas.procfs import same_process, start_ticks
+from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, same_process, set_oom_score_adj, start_ticks
 from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.clock import LOOP_CLOCK
 from openeas.runtime.select import build_runtimes
@@ -353,7 +354,10 @@ async def _serve(
     public_metrics: bool = False,
     registry_auth: Path | None = None,
     gateway_args: Sequence[str] = (),
+    node: Resources | None = None,
 ) -> None:
+    # A node out of memory loses replicas, never the control plane that can scale them back.
+    set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
@@ -381,7 +385,9 @@ async def _serve(
         # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
         # least busy replica first).
         gw_scrape = GatewayScrape(gateway_url)
-        reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape))
+        capacity = node or node_capacity()
+        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+        reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape), capacity=capacity)
         # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
         # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
         gateway_stats = GatewayStats(LOOP_CLOCK.now)
@@ -521,6 +527,8 @@ def run_server(
     public_metrics: bool = False,
     registry_auth: Path | None = None,
     gateway_limits: Sequence[str] = (),
+    node_cpu: float | None = None,
+    node_memory_mb: float | None = None,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -551,6 +559,7 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
+                node=node_capacity(node_cpu, node_memory_mb),
             )
         )
     except SpecError as exc:  # a bad --deploy spec

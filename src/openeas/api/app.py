@@ -34,6 +34,8 @@ from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
+from openeas.spec.models import MAX_REPLICAS
+from openeas.spec.numbers import CheckedNumbers
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
@@ -58,12 +60,16 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class ScaleBody(BaseModel):
-    replicas: int = Field(ge=0, le=1000, description="desired replica count")
+class ScaleBody(CheckedNumbers):
+    replicas: int = Field(ge=0, le=MAX_REPLICAS, description=f"desired replica count, 0..{MAX_REPLICAS}")
 
 
-class RollbackBody(BaseModel):
-    version: int = Field(ge=1)
+MAX_VERSION = 2**63 - 1
+"""Largest version number a request may name (SQLite's INTEGER; any larger one is no version)."""
+
+
+class RollbackBody(CheckedNumbers):
+    version: int = Field(ge=1, le=MAX_VERSION, description="the version to make current again")
 
 
 class ControlPlane:
@@ -286,7 +292,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         for err in exc.errors():
             loc = [p for p in err["loc"] if p != "body"]
             where = ".".join(str(p) for p in loc) or "body"
-            lines.append(f"{where}: {str(err.get('msg', 'invalid')).lower()}")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # our validators' own words
+            lines.append(f"{where}: {msg.lower()}")
         return _error(400, "invalid_request", "; ".join(lines), lines)
 
     @app.exception_handler(HTTPException)

@@ -18,13 +18,14 @@ import urllib.request
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.gateway.group_metrics import traffic_summary
 from openeas.spec import ServiceSpec
 from openeas.spec.group import MAX_MIRROR_PERCENT, MAX_WEIGHT, parse_group
 from openeas.spec.load import parse_json
+from openeas.spec.numbers import CheckedNumbers
 from openeas.states import ReplicaPhase
 from openeas.store.groups import Group, GroupStore
 
@@ -42,14 +43,14 @@ class InTraffic(OpenEASError):
     code = "in_group_traffic"
 
 
-class WeightsBody(BaseModel):
+class WeightsBody(CheckedNumbers):
     weights: dict[str, int] = Field(default_factory=dict, description="member → weight 0..1000")
     mirror_weights: dict[str, int] = Field(
         default_factory=dict, description="member → percent 0..100 of requests copied to it"
     )
 
 
-class MemberBody(BaseModel):
+class MemberBody(CheckedNumbers):
     service: str
     weight: int = Field(default=0, description="0..1000; a new member gets no traffic unless given some")
 

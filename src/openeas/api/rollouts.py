@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from openeas.controller.rollout_staged import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
 from openeas.errors import Conflict, SpecError
+from openeas.spec.numbers import CheckedNumbers
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore
 
@@ -19,7 +20,7 @@ DEFAULT_STEPS = (5, 25, 50, 100)
 DEFAULT_HOLD_S = 3600.0
 
 
-class RolloutBody(BaseModel):
+class RolloutBody(CheckedNumbers):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     to: str = Field(description="the candidate member")

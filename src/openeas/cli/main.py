@@ -177,6 +177,14 @@ def server(
             dir_okay=False,
         ),
     ] = None,
+    node_cpu: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Cores replicas may request in all (default: this node's cores)."),
+    ] = None,
+    node_memory: Annotated[
+        int | None,
+        typer.Option(min=1, help="MB replicas may request in all (default: this node's memory)."),
+    ] = None,
     queue_url: Annotated[
         str | None,
         typer.Option(
@@ -209,6 +217,8 @@ def server(
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
         gateway_limits=list(gateway_limit or []),
+        node_cpu=node_cpu,
+        node_memory_mb=node_memory,
     )
 
 

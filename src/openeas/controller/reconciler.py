@@ -16,15 +16,26 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
+from openeas.controller.capacity import (
+    DEFAULT_CPU,
+    DEFAULT_MEMORY_MB,
+    Admission,
+    Claim,
+    Resources,
+    admit,
+    node_capacity,
+    request_of,
+)
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
+from openeas.errors import NotFound
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import kill_orphans
 from openeas.runtime.select import Runtimes
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
-from openeas.store import Store
+from openeas.store import ReplicaRow, Store
 
 log = logging.getLogger("openeas.reconciler")
 
@@ -38,6 +49,7 @@ class Reconciler:
         *,
         tick_s: float = 0.25,
         replica_load: Callable[[], Mapping[str, int]] | None = None,
+        capacity: Resources | None = None,
     ) -> None:
         self.store = store
         self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
@@ -50,6 +62,10 @@ class Reconciler:
         self.supervisors: dict[str, ReplicaSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        # Cores and memory replicas may request in all (controller/capacity.py): the node's own by default.
+        self.capacity = capacity or node_capacity()
+        self.admitted: set[str] = set()  # replica ids holding their share of the node
+        self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
 
     def wake(self) -> None:
         """Ask for a pass now (the API calls this after writing desired state)."""
@@ -117,18 +133,58 @@ class Reconciler:
             if r.service not in services:
                 self._request_stop(r.id)
         # Every replica row gets exactly one supervisor (new rows and rows adopted after a restart).
-        for r in self.store.replicas():
+        rows = self.store.replicas()
+        for r in rows:
             if r.id not in self.tasks:
                 self._supervise(r.id, stopping=bool(r.stopping))
+        # In the same pass (no await in between): a new supervisor's gate is closed before it runs.
+        self._apply_admission(rows)
         for rid, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[rid]
                 self.supervisors.pop(rid, None)
 
+    def admission(self, rows: list[ReplicaRow]) -> Admission:
+        """Admit the replicas (oldest first) on this node's capacity; see controller/capacity.py.
+        A replica holds its share once admitted, and when it has a process or left Pending (one
+        adopted after a restart); a stopping one that holds nothing asks for nothing."""
+        requests: dict[tuple[str, int], Resources] = {}
+        claims = []
+        for r in sorted(rows, key=lambda r: (r.created_at, r.id)):
+            holds = r.id in self.admitted or r.pid is not None or r.phase != ReplicaPhase.PENDING
+            if r.stopping and not holds:
+                continue
+            key = (r.service, r.version)
+            if key not in requests:
+                try:
+                    requests[key] = request_of(self.store.version_spec(r.service, r.version))
+                except NotFound:  # its service was purged under it: it only stops now
+                    requests[key] = Resources(cpu=DEFAULT_CPU, memory_mb=DEFAULT_MEMORY_MB)
+            claims.append(Claim(id=r.id, request=requests[key], holds=holds))
+        return admit(claims, self.capacity)
+
+    def _apply_admission(self, rows: list[ReplicaRow]) -> None:
+        decision = self.admission(rows)
+        self.admitted = set(decision.admitted)
+        for rid, sup in self.supervisors.items():
+            if rid in decision.admitted:
+                sup.gate.set(None)
+            elif rid in decision.pending:
+                sup.gate.set(decision.pending[rid])
+        waiting: dict[str, list[str]] = {}
+        for r in rows:
+            if r.id in decision.pending:
+                waiting.setdefault(r.service, []).append(decision.pending[r.id])
+        for service, reasons in waiting.items():
+            said = f"{len(reasons)} replicas wait for capacity: {reasons[0]}"
+            if self._pending_said.get(service) != said:
+                self.store.record_event(service, "InsufficientCapacity", said, type="Warning")
+        self._pending_said = {s: f"{len(r)} replicas wait for capacity: {r[0]}" for s, r in waiting.items()}
+
     def _supervise(self, rid: str, *, stopping: bool) -> None:
         sup = ReplicaSupervisor(rid, self.store, self.runtimes, self.cache, self.cfg)
         if stopping:
-            sup.stop_requested.set()
+            sup.request_stop()
         self.supervisors[rid] = sup
         self.tasks[rid] = asyncio.get_running_loop().create_task(sup.run(), name=f"replica-{rid}")
 
@@ -138,7 +194,7 @@ class Reconciler:
             self.store.update_replica(rid, stopping=True)
         sup = self.supervisors.get(rid)
         if sup is not None:
-            sup.stop_requested.set()
+            sup.request_stop()
 
     async def shutdown(self, *, stop_replicas: bool) -> None:
         """Server exit: cancel the supervisors. Replicas keep their rows (desired state is

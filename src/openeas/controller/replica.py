@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Unpack
 
+from openeas.controller.capacity import AdmissionGate
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import (
     Probe,
@@ -50,6 +51,7 @@ from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
 from openeas.runtime.clock import Clock, LoopClock
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
+from openeas.runtime.limits import MEMORY_LIMIT_HOW
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
@@ -138,6 +140,7 @@ class ReplicaSupervisor:
         self.cfg = cfg
         self.clock = cfg.clock  # durations and waits only; the store stamps phases in wall time
         self.stop_requested = asyncio.Event()
+        self.gate = AdmissionGate()  # the node's capacity: the reconciler opens it (controller/capacity.py)
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
@@ -197,6 +200,8 @@ class ReplicaSupervisor:
             try:
                 if not serving:
                     if self.ref is None:
+                        if not await self.gate.wait(self.clock, self.stop_requested, self._pending):
+                            raise _Stop()
                         await self._start(self._row(), spec)
                     await self._wait_ready(spec)
                     await self._warm(spec)
@@ -213,6 +218,14 @@ class ReplicaSupervisor:
                 self._fail("SupervisorError", f"internal error: {type(exc).__name__}: {exc}")
             serving = False
             await self._restart_after_failure()
+
+    def _pending(self, reason: str) -> None:
+        """Waiting for the node's capacity: the reason is the replica's message (describe, API)."""
+        self._set(message=reason)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        self.gate.wake()
 
     def _fail(self, reason: str, message: str) -> None:
         """Enter Failed with `message` (and a Warning event `reason`); the restart follows."""
@@ -309,6 +322,8 @@ class ReplicaSupervisor:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:
             what = f"process {self.ref.pid} listening on port {port}"
+            if launch.memory_limit_mb is not None:
+                what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
         self._event(row, "Started", what)
 
     def _sidecar_ports(self, spec: ServiceSpec, port: int) -> dict[int, int]:

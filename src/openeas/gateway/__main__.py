@@ -25,7 +25,7 @@ from openeas.gateway.notify import socket_path
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
 from openeas.gateway.source import StoreRoutingSource
 from openeas.gateway.table import FileRoutingSource, RoutingSource
-from openeas.procfs import pid_alive
+from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, pid_alive, set_oom_score_adj
 from openeas.telemetry import gateway_stats
 
 # A routing file cannot notify: it is polled (cheaply, one stat) more often than the store.
@@ -157,6 +157,7 @@ async def _main(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)  # the OOM killer takes replicas, not the gateway
     try:
         import uvloop
     except ImportError:

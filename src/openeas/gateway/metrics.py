@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from openeas.gateway.group_metrics import MemberMetrics, group_lines
@@ -163,6 +163,17 @@ class GatewayMetrics:
         if m is None:
             m = self.services[name] = ServiceMetrics()
         return m
+
+    def retain(self, services: Collection[str], groups: Collection[str]) -> None:
+        """Forget the series of services and groups that left the routing table (deleted), so
+        ``/metrics`` does not keep them forever; a service with requests still in flight or held
+        is kept until a later table (its counters would be lost mid-request otherwise)."""
+        for name in [n for n in self.services if n not in services]:
+            m = self.services[name]
+            if m.in_flight <= 0 and (m.hold is None or m.hold.held <= 0):
+                del self.services[name]
+        for key in [k for k in self.groups if k[0] not in groups]:
+            del self.groups[key]
 
     def unrouted(self, status: int) -> None:
         self.unrouted_by_code[status] = self.unrouted_by_code.get(status, 0) + 1

@@ -95,6 +95,7 @@ class Gateway:
         before = list(self.upstreams.values())
         self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
         self.ctx.groups = build_groups(table.groups, self.ctx.routes, self.metrics)
+        self.metrics.retain(table.routes.keys(), table.groups.keys())  # deleted ones leave /metrics
         routed = set(self.upstreams.values())
         self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
         self.table = table

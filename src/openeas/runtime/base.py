@@ -30,6 +30,7 @@ class LaunchSpec:
     log_path: str  # stdout and stderr of the replica go here (appended)
     port: int  # the port this replica listens on (after rewriting); a container's published host port
     container: ContainerLaunch | None = None  # set for the container runtime (argv/env/cwd then unused)
+    memory_limit_mb: int | None = None  # the spec's metadata.memory: the process's limit (runtime/limits.py)
 
 
 @dataclass(frozen=True)

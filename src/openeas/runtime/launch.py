@@ -283,6 +283,7 @@ def build_launch(
         cwd=workdir,
         log_path=log_path,
         port=port,
+        memory_limit_mb=spec.metadata.memory,
     )
 
 

@@ -13,6 +13,7 @@ cannot hide it), which tells replica processes of one data dir apart from everyt
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 # they stay importable from here for existing callers.
 from openeas.procfs import PROC, group_members, pid_alive, read_stat, same_process, start_ticks
 from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess
+from openeas.runtime.limits import replica_preexec
 
 __all__ = ["ProcessRuntime", "group_members", "pid_alive", "read_stat", "start_ticks"]
 
@@ -50,6 +52,8 @@ class ProcessRuntime:
                 cwd=launch.cwd,
                 start_new_session=True,
                 close_fds=True,
+                # The OOM killer's first choice, and the spec's memory as its limit (runtime/limits.py).
+                preexec_fn=functools.partial(replica_preexec, launch.memory_limit_mb),
             )
         finally:
             os.close(fd)

@@ -37,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from openeas.spec.numbers import CheckedNumbers
+
 Number = int | float
 
 MetricKind = Literal["qps", "concurrent_requests", "cpu", "memory", "gpu_memory", "backlog", "custom"]
@@ -174,7 +176,7 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
-class _Model(BaseModel):
+class _Model(CheckedNumbers):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openeas.errors import SpecError
 from openeas.spec.load import check_shape, format_errors
 from openeas.spec.models import NAME_RE
+from openeas.spec.numbers import CheckedNumbers
 
 GROUP_KIND = "ServiceGroup"
 MAX_WEIGHT = 1000  # weights are 0..1000 (EAS)
@@ -36,7 +37,7 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 TrafficMode = Literal["customized", "auto"]
 
 
-class _Model(BaseModel):
+class _Model(CheckedNumbers):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 

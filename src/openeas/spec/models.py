@@ -27,6 +27,7 @@ from pydantic import (
 
 from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
+from openeas.spec.numbers import CheckedNumbers
 from openeas.spec.processor import (
     PYTHON_PROCESSOR_FIELDS,
     is_python_processor,
@@ -86,7 +87,7 @@ def _stored(info: ValidationInfo) -> bool:
 Number = int | float
 
 
-class _Model(BaseModel):
+class _Model(CheckedNumbers):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
@@ -140,10 +141,14 @@ class EasSection(_Model):
 
 RuntimeName = Literal["auto", "process", "container"]
 
+MAX_REPLICAS = 1000
+"""Most replicas a service may ask for (metadata.instance, a scale): a sanity cap above which a
+request is a 400 naming it. How many of them run is the node's capacity (controller/capacity.py)."""
+
 
 class Metadata(_Model):
     name: str = Field(json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"})  # JSON Schema: `$` = end
-    instance: int = Field(default=1, ge=0, le=1000, description="initial replica count")
+    instance: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="initial replica count")
     cpu: Number | None = Field(default=None, gt=0, description="cores per replica")
     memory: int | None = Field(default=None, gt=0, description="MB per replica")
     gpu: int | None = Field(default=None, ge=0, description="GPUs per replica")

@@ -6,10 +6,12 @@ Units are in the names (KiB, ms, s); a field left out takes the default docs/asy
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from openeas.spec.numbers import CheckedNumbers
 
 
-class _Model(BaseModel):
+class _Model(CheckedNumbers):
     model_config = ConfigDict(extra="allow", populate_by_name=True)  # as every spec model
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # shared helpers live in bench/ and tests/
 
-from bench.gateway import NGINX, WRK, Result, median, nginx_conf, wait_http, wrk  # noqa: E402
+from bench import anchors  # noqa: E402
+from bench.gateway import NGINX, Result, median, nginx_conf, wait_http, wrk  # noqa: E402
 from tests.conftest_gateway import free_port  # noqa: E402
 from tests.routing_harness import TOKEN, percentile, spec  # noqa: E402
 
@@ -309,8 +310,10 @@ def main() -> None:
             f"{per_sample * 5 * 100:.3f}% of a core at 5 per second: expected throughput ratio "
             f"{1 - per_sample * 5:.4f}"
         )
-        if args.skip_throughput or not (Path(WRK).exists() and Path(NGINX).exists()):
+        if args.skip_throughput:
             return
+        anchors.tool("nginx", "/usr/sbin/nginx")
+        anchors.tool("wrk", "/usr/bin/wrk")
         with tempfile.TemporaryDirectory(prefix="openeas-bench-") as d:
             results, seen = stats_throughput(args.runs, args.duration, procs, Path(d))
         med = {mode: median(rs) for mode, rs in results.items()}

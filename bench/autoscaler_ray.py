@@ -1,7 +1,7 @@
 """The same three autoscaler times as bench/autoscaler.py, measured on Ray Serve (the side-by-side
-anchor). Ray is not a dependency of OpenEAS: run this with a separate environment that has it,
-``python -m venv /tmp/ray-venv && /tmp/ray-venv/bin/pip install "ray[serve]==2.60.*"``, then
-``/tmp/ray-venv/bin/python bench/autoscaler_ray.py [--runs 5]`` (127.0.0.1 only; stops by itself).
+anchor). Ray is not a dependency of OpenEAS: ``bench/anchors.sh`` installs it in ``.bench/ray``, and
+``bench/autoscaler.py`` runs this file with that interpreter in the same run (``--json``); alone:
+``.bench/ray/bin/python bench/autoscaler_ray.py [--runs 5]`` (127.0.0.1 only; stops by itself).
 
 The replica is a 1 s async handler (an instant answer for the prober), tuned as in the issue:
 target 1 ongoing request, max 2, 0 s upscale delay, 0.1 s metrics interval, 0.2 s look-back.
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import glob
+import json
 import statistics
 import threading
 import time
@@ -134,6 +135,7 @@ def from_zero(runs: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print the raw times as one JSON line")
     args = ap.parse_args()
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
@@ -141,6 +143,9 @@ def main() -> None:
         zero = from_zero(args.runs)
     finally:
         serve.shutdown()
+    if args.json:
+        print(json.dumps({"decision": decisions, "second": answering, "zero": zero}))
+        return
 
     def fmt(v: list[float]) -> str:
         return f"{statistics.median(v):.3f} (max {max(v):.3f}, n={len(v)})" if v else "-"

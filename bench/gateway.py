@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.anchors, however this file was reached
+from bench import anchors  # noqa: E402
+
 TOKEN = "bench-token-0123456789abcdef"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -282,6 +285,8 @@ def main() -> None:
         help="seconds per run of the unloaded-latency pass (1 connection, no queueing); 0 skips it",
     )
     args = ap.parse_args()
+    anchors.tool("nginx", "/usr/sbin/nginx")  # the anchor: every table row is compared with it
+    anchors.tool("wrk", "/usr/bin/wrk")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
     rows = []

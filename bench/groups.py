@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # shared helpers live in bench/
 
+from bench import anchors  # noqa: E402
 from bench.gateway import Bench, Result, bench_dir, free_port, median, wait_http, wrk  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="runs per setup; the table shows medians")
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
+    anchors.tool("wrk", "/usr/bin/wrk")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the gateway on core 1")
     with bench_dir() as tmp:

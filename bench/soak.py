@@ -1,4 +1,5 @@
-"""Every soak in one command: ``python bench/soak.py`` (127.0.0.1 only; stops by itself, ~2-3 min).
+"""Every soak in one command: ``python bench/soak.py [--quick]`` (127.0.0.1 only; stops by itself,
+~2-3 min; ``--quick``: the smallest form of each, under a minute, for tests/test_bench_smoke.py).
 
 Runs ``bench/soak_lifecycle.py`` (kill -9 of the server under load, rolling update and scale-in
 with long requests in flight) and then ``bench/soak_gateway.py`` (3,000 slow clients beside normal
@@ -14,13 +15,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOAKS = ("soak_lifecycle.py", "soak_gateway.py")
+# The smallest form of each soak: it starts, runs every part once and gives a verdict.
+QUICK = {
+    "soak_lifecycle.py": ["--phase-s", "1"],
+    "soak_gateway.py": [
+        *("--slow", "40", "--clients", "2", "--seconds", "1", "--trickle-s", "0.2", "--oversized", "200"),
+        *("--head-timeout-s", "1", "--keepalive-timeout-s", "2", "--body-timeout-s", "1"),
+    ],
+}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
     failed = []
     for name in SOAKS:
         print(f"== {name}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / name)], check=False).returncode != 0:
+        extra = QUICK[name] if quick else []
+        if subprocess.run([sys.executable, str(HERE / name), *extra], check=False).returncode != 0:
             failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
@@ -28,4 +39,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

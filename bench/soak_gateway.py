@@ -237,7 +237,7 @@ async def part_b(port: int, pid: int, args: argparse.Namespace) -> dict[str, flo
     return out
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slow", type=int, default=3000, help="slow connections in part (a)")
     ap.add_argument("--clients", type=int, default=8, help="normal keep-alive clients")
@@ -278,7 +278,8 @@ def main() -> None:
     ok_a = a["slow_closed_by_gateway"] == args.slow and a["loaded_p99_ms"] <= 2 * a["baseline_p99_ms"]
     ok_b = b["rss_growth_mb"] <= 20
     print(f"(a) slow clients: {'PASS' if ok_a else 'FAIL'}   (b) RSS: {'PASS' if ok_b else 'FAIL'}")
+    return 0 if ok_a and ok_b else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -77,7 +77,8 @@ def kill9_under_load(tmp: Path, src: Path | None, phase_s: float) -> dict[str, A
             "scenario": "kill -9 of the server under load, then restart",
             "sent": load.summary()["sent"],
             "failed": len(load.failures),
-            "re-run": "n/a",
+            "re-run": "-",
+            "adopted": gw_before is not None and gw_before == gw_after,
             "detail": (
                 f"{in_flight} in flight at the kill; {failed_down} failed while the server was down; "
                 f"gateway pid {gw_before} -> {gw_after} "
@@ -152,7 +153,13 @@ def change_with_big_requests(tmp: Path, src: Path | None, change: str) -> dict[s
         kill_gateway(srv.data_dir)
 
 
-def main() -> None:
+def passed(row: dict[str, Any]) -> bool:
+    """A scenario passes when no request failed, none ran twice ("-": not measured) and, after a
+    kill -9, the next server adopted the running gateway (docs/RELIABILITY.md's promises)."""
+    return row["failed"] == 0 and row["re-run"] in (0, "-") and row.get("adopted", True)
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, help="run the server from this src/ directory (another revision)")
     ap.add_argument(
@@ -170,12 +177,15 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\ncommand: python bench/soak_lifecycle.py{' --src ' + str(args.src) if args.src else ''}\n")
-    print("| scenario | sent | failed | re-run | detail |")
-    print("|---|---:|---:|---:|---|")
+    print("| scenario | sent | failed | re-run | verdict | detail |")
+    print("|---|---:|---:|---:|---|---|")
     for r in rows:
-        print(f"| {r['scenario']} | {r['sent']} | {r['failed']} | {r['re-run']} | {r['detail']} |")
+        verdict = "PASS" if passed(r) else "FAIL"
+        cells = [r["scenario"], r["sent"], r["failed"], r["re-run"], verdict, r["detail"]]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    return 0 if all(passed(r) for r in rows) else 1
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    main()
+    raise SystemExit(main())

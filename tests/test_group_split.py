@@ -94,6 +94,10 @@ def _rule(**kw: Any) -> MatchRule:
         ({"user_agent": r"^acme-app/2\."}, {b"user-agent": b"acme-app/2.1 (ios)"}, True),
         ({"user_agent": r"^acme-app/2\."}, {b"user-agent": b"acme-app/1.9"}, False),
         ({"user_agent": "bot"}, {}, False),  # no User-Agent: no match
+        ({"user_agent": "^(a+)+$"}, {b"user-agent": b"a" * 1024}, True),  # RE2: linear, no backtracking
+        ({"user_agent": "^(a+)+$"}, {b"user-agent": b"a" * 1000 + b"b"}, False),
+        ({"user_agent": "a"}, {b"user-agent": b"a" * 1025}, False),  # over MAX_MATCHED_CHARS: never matches
+        ({"user_agent": "(?=a)"}, {b"user-agent": b"a"}, False),  # stored before RE2: the rule cannot match
         ({"region": ["eu-west", "eu-north"]}, {b"x-region": b"eu-north"}, True),
         ({"region": ["eu-west"]}, {b"x-region": b"us-east"}, False),
         ({"region": ["eu-west"], "region_header": "CF-Region"}, {b"cf-region": b"eu-west"}, True),
@@ -108,6 +112,10 @@ def _rule(**kw: Any) -> MatchRule:
         "ua-regex",
         "ua-other-version",
         "ua-absent",
+        "ua-nested-quantifier-1024",
+        "ua-nested-quantifier-no-match",
+        "ua-over-the-bound",
+        "ua-pattern-re2-refuses",
         "region-listed",
         "region-other",
         "region-configured-header",
@@ -196,12 +204,16 @@ def _group(**kw: Any) -> dict[str, Any]:
         (_group(routes=[{"service": "shop"}]), "routes[0].service: a group cannot be its own member"),
         (_group(name="Shop"), "name: must start with a lowercase letter"),
         (_group(traffic_mode="random"), "traffic_mode: input should be 'customized' or 'auto'"),
-        (_group(routes=[{"service": "a", "match": {"user_agent": "("}}]), "routes[0].match.user_agent: not a regular expression"),
+        (_group(routes=[{"service": "a", "match": {"user_agent": "("}}]), "routes[0].match.user_agent: not a pattern RE2 can match (no backreferences, no lookaround): missing ): ("),
+        (_group(routes=[{"service": "a", "match": {"user_agent": r"(a)\1"}}]), "routes[0].match.user_agent: not a pattern RE2 can match (no backreferences, no lookaround): invalid escape sequence: \\1"),
+        (_group(routes=[{"service": "a", "match": {"user_agent": "(?=a)b"}}]), "routes[0].match.user_agent: not a pattern RE2 can match (no backreferences, no lookaround): invalid perl operator: (?="),
+        (_group(routes=[{"service": "a", "match": {"user_agent": "a" * 513}}]), "routes[0].match.user_agent: longer than 512 characters"),
         (_group(routes=[{"service": "a", "match": {}}]), "routes[0].match: give at least one of headers, user_agent, region"),
         (_group(routes=[{"service": "a", "match": {"headers": {"bad name": "x"}}}]), "routes[0].match.headers: 'bad name' is not a header name"),
         (_group(routes=[{"service": "a", "wieght": 5}]), "routes[0].wieght: extra inputs are not permitted"),
     ],
-    ids=["weight-high", "weight-negative", "mirror-over-100", "mirror-to-itself", "twice", "itself", "name", "mode", "regex", "empty-match", "header-name", "typo"],
+    ids=["weight-high", "weight-negative", "mirror-over-100", "mirror-to-itself", "twice", "itself", "name", "mode", "regex",
+         "regex-backreference", "regex-lookahead", "regex-too-long", "empty-match", "header-name", "typo"],
 )
 def test_bad_group_specs_are_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as e:

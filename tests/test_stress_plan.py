@@ -4,12 +4,22 @@ input is a clear error naming the field before any load is sent."""
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from openeas.stress.plan import Arrival, Load, Mode, PlanError, from_eas, load_bodies, make_plan
+from openeas.stress.plan import (
+    MAX_DATA_BYTES,
+    Arrival,
+    Load,
+    Mode,
+    PlanError,
+    from_eas,
+    load_bodies,
+    make_plan,
+)
 
 
 def plan(**values: Any):
@@ -88,13 +98,22 @@ def test_bad_eas_task(task: dict[str, Any], expected: str) -> None:
         ({"path": "v1/chat"}, "http.path: must start with '/'"),
         ({"headers": {"Host": "x"}}, "http.headers.Host: set by the generator"),
         ({"headers": {"X-A": "b\r\nEvil: 1"}}, "http.headers.X-A: not a valid header"),
+        ({"headers": {"X-A": "b\x00c"}}, "http.headers.X-A: not a valid header"),
+        ({"path": "/v1/x HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /"}, "http.path: character ' ' at position 5 is not allowed"),
+        ({"path": "/v1/x\r\nX-Evil: 1"}, "http.path: character '\\r' at position 5 is not allowed"),
+        ({"path": "/v1/x\nX"}, "http.path: character '\\n' at position 5 is not allowed"),
+        ({"path": "/v1/\x00"}, "http.path: character '\\x00' at position 4 is not allowed"),
+        ({"path": "/v1/\t"}, "http.path: character '\\t' at position 4 is not allowed"),
+        ({"path": "/v1/\x7f"}, "http.path: character '\\x7f' at position 4 is not allowed"),
+        ({"path": "/v1/é"}, "http.path: character 'é' at position 4 is not allowed (control characters, spaces and non-ASCII"),
         ({"data_path": "a", "data_content": "b"}, "data: give data.path or data.content, not both"),
         ({"min_concurrency": 8, "max_concurrency": 2}, "min_concurrency: 8 is above max_concurrency (2)"),
     ],
     ids=[
         "min-above-max", "zero-rate", "step-longer-than-duration", "scan-too-long", "scan-over-request-cap",
         "auto-no-room", "duration-over-cap", "unknown-mode", "fault-over-1", "relative-path", "reserved-header",
-        "header-injection", "two-data-sources", "concurrency-min-above-max",
+        "header-injection", "header-nul", "path-space-smuggling", "path-crlf", "path-lf", "path-nul", "path-tab",
+        "path-del", "path-non-ascii", "two-data-sources", "concurrency-min-above-max",
     ],
 )  # fmt: skip
 def test_impossible_settings(values: dict[str, Any], expected: str) -> None:
@@ -125,9 +144,36 @@ def test_bad_data_file(tmp_path: Path, content: str | bytes | None, expected: st
     assert any(expected in e for e in err.value.errors), err.value.errors
 
 
-def test_data_file_that_is_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(PlanError, match="is a directory"):
-        load_bodies(plan(data_path=str(tmp_path)))
+def _fifo(tmp: Path) -> str:
+    os.mkfifo(tmp / "data.fifo")
+    return str(tmp / "data.fifo")
+
+
+def _over_the_cap(tmp: Path) -> str:
+    path = tmp / "big.jsonl"
+    with path.open("wb") as f:  # 64 MiB of lines and one more byte: refused at the cap, while reading
+        line = b'{"a": 1}' + b" " * 1015 + b"\n"  # 1 KiB
+        f.write(line * (MAX_DATA_BYTES // len(line)) + b"\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make_path", "expected"),
+    [
+        pytest.param(lambda t: str(t), "data.path: {d} is a directory, not a regular file", id="directory"),
+        pytest.param(lambda t: "/dev/zero", "data.path: /dev/zero is a device, not a regular file", id="dev-zero"),
+        pytest.param(_fifo, "data.path: {d}/data.fifo is a FIFO, not a regular file", id="fifo"),
+        pytest.param(_over_the_cap, "data.path: {d}/big.jsonl is larger than 64 MiB", id="over-64MiB"),
+    ],
+)  # fmt: skip
+def test_data_file_that_is_not_a_bounded_regular_file(tmp_path: Path, make_path: Any, expected: str) -> None:
+    with pytest.raises(PlanError) as err:
+        load_bodies(plan(data_path=make_path(tmp_path)))
+    assert err.value.errors == [expected.format(d=tmp_path)]
+
+
+def test_the_data_cap_is_64MiB() -> None:
+    assert MAX_DATA_BYTES == 64 * 1024 * 1024  # docs/stress.md, docs/RELIABILITY.md
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The batch-job routes of the control-plane API: submit, list, describe, cancel, resume.
 
-Submitting checks what can be checked at once (the service exists, the input can be read and has
-lines, the output's folder can be made) and answers 400 naming the field; the lines themselves are
+Submitting checks what can be checked at once (the service exists, the input is a regular file
+within the cap and has lines, the output and errors files are neither the input nor each other,
+exist only with ``overwrite``, their folder can be made; batch/files.py) and answers 400 naming
+each field; the lines themselves are
 checked as they are served (an invalid line goes to the errors file, the job goes on).
 """
 
@@ -12,15 +14,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import fsspec
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from openeas.batch.lines import shard_bounds
+from openeas.batch.files import make_parent, output_problems, scan_input
 from openeas.batch.service import ensure_service, remove_service, temporary_spec
 from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
 from openeas.store import Store
+from openeas.userfile import UserFileError
 
 DEFAULT_SHARD_LINES = 500  # lines per checkpoint: a kill repeats at most this many requests
 DEFAULT_CONCURRENCY = 16  # requests of one job in flight at once
@@ -46,6 +48,9 @@ class SubmitBody(BaseModel):
     concurrency: int = Field(
         default=DEFAULT_CONCURRENCY, ge=1, le=1024, description="requests in flight at once"
     )
+    overwrite: bool = Field(
+        default=False, description="replace an existing output or errors file (else submitting is a 400)"
+    )
 
 
 def errors_url(output: str) -> str:
@@ -54,29 +59,27 @@ def errors_url(output: str) -> str:
 
 
 def _check(body: SubmitBody) -> tuple[list[tuple[int, int, int, int]], int]:
+    """The input's shards and request count; every problem with the files at once (400)."""
+    problems: list[str] = []
+    bounds: list[tuple[int, int, int, int]] = []
+    total = 0
     try:
-        fs, path = fsspec.core.url_to_fs(body.input)
-        if not fs.exists(path) or fs.isdir(path):
-            raise SpecError([f"input: {body.input} not found"])
-        data: bytes = fs.cat_file(path)
-    except SpecError:
-        raise
-    except Exception as e:
-        raise SpecError([f"input: {body.input} cannot be read ({type(e).__name__}: {e})"]) from None
-    total = sum(1 for line in data.splitlines() if line.strip())
-    if total == 0:
-        raise SpecError([f"input: {body.input} has no lines"])
-    for field, url in (("output", body.output), ("errors", body.errors or errors_url(body.output))):
-        if url == body.input:
-            raise SpecError([f"{field}: must not be the input file"])
+        bounds, total = scan_input(body.input, body.shard_lines)
+        if total == 0:
+            problems.append(f"input: {body.input} has no lines")
+    except UserFileError as e:
+        problems.append(str(e))
+    errors = body.errors or errors_url(body.output)
+    problems += output_problems(body.input, body.output, errors, body.overwrite)
+    if not problems:
         try:
-            ofs, opath = fsspec.core.url_to_fs(url)
-            parent = opath.rsplit("/", 1)[0]
-            if parent:
-                ofs.makedirs(parent, exist_ok=True)
-        except Exception as e:
-            raise SpecError([f"{field}: {url} cannot be written ({type(e).__name__}: {e})"]) from None
-    return shard_bounds(data, body.shard_lines), total
+            make_parent(body.output, "output")
+            make_parent(errors, "errors")
+        except UserFileError as e:
+            problems.append(str(e))
+    if problems:
+        raise SpecError(problems)
+    return bounds, total
 
 
 def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], object]) -> None:

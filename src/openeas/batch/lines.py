@@ -9,8 +9,10 @@ null}``; a line that could not be served goes to the errors file as ``{"id", "cu
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,20 +94,29 @@ def error_line(
     return json.dumps(doc).encode() + b"\n"
 
 
-def shard_bounds(data: bytes, shard_lines: int) -> list[tuple[int, int, int, int]]:
-    """Split ``data`` (a JSONL file) into shards of ``shard_lines`` lines:
-    [(first line number, last line number + 1, start byte, end byte)]."""
+def cut_shards(lines: Iterable[bytes], shard_lines: int) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Shards of ``shard_lines`` lines — [(first line number, last line number + 1, start byte,
+    end byte)] — and the number of non-blank lines (the requests), in one pass over ``lines``
+    (each with its newline, in order: a file read line by line)."""
     bounds = []
-    pos = 0
-    line = 1
-    n = len(data)
-    while pos < n:
-        start_pos, start_line = pos, line
-        for _ in range(shard_lines):
-            nl = data.find(b"\n", pos)
-            pos = n if nl == -1 else nl + 1
-            line += 1
-            if pos >= n:
-                break
+    pos, line, requests, in_shard = 0, 1, 0, 0
+    start_pos, start_line = 0, 1
+    for raw in lines:
+        if in_shard == 0:
+            start_pos, start_line = pos, line
+        pos += len(raw)
+        line += 1
+        in_shard += 1
+        if raw.strip():
+            requests += 1
+        if in_shard == shard_lines:
+            bounds.append((start_line, line, start_pos, pos))
+            in_shard = 0
+    if in_shard:
         bounds.append((start_line, line, start_pos, pos))
-    return bounds
+    return bounds, requests
+
+
+def shard_bounds(data: bytes, shard_lines: int) -> list[tuple[int, int, int, int]]:
+    """Split ``data`` (a JSONL file) into shards of ``shard_lines`` lines (``cut_shards``)."""
+    return cut_shards(io.BytesIO(data), shard_lines)[0]

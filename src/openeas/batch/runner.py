@@ -1,12 +1,12 @@
 """The batch runner (in the server process): serves the running jobs' shards through the gateway,
 checkpoints each finished shard, and writes the output and errors files when all are done.
 
-A shard is served whole, then its two parts (``<output>.parts/<shard>.out.jsonl`` and
-``.err.jsonl``) are written under a temporary name and renamed, and only then is the shard marked
-done in the store. A kill at any point leaves each shard either done (its parts complete) or not
-done (served again from the start after the restart: its requests may reach the replicas twice,
-its lines are written once). The final files are the parts concatenated in shard order, so the
-output has one line per input line, each once.
+A shard is served whole, then its two parts (``<output>.<job id>.parts/<shard>.out.jsonl`` and
+``.err.jsonl``: the job's own folder) are written under a temporary name and renamed, and only
+then is the shard marked done in the store. A kill at any point leaves each shard either done (its
+parts complete) or not done (served again from the start after the restart: its requests may
+reach the replicas twice, its lines are written once). The final files are the parts
+concatenated in shard order, so the output has one line per input line, each once.
 
 Lines are sent to ``/api/predict/<service><url>`` with the service's token, ``concurrency`` at a
 time; a refused or failed request (no answer, 429, 5xx) is tried again up to ``ATTEMPTS`` times;
@@ -22,8 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import fsspec
-
+from openeas.batch.files import concat_whole, part_paths, read_shard, remove_parts, write_whole
 from openeas.batch.lines import BatchRequest, LineError, error_line, output_line, parse_line
 from openeas.batch.service import ensure_service, remove_service
 from openeas.batch.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
@@ -37,28 +36,6 @@ RETRY_BACKOFF_S = 0.5  # seconds before the second try, doubled for each further
 REQUEST_TIMEOUT_S = 600.0  # one request, hold and queue included
 LOOK_EVERY_S = 1.0  # seconds between two looks for running jobs when nothing woke the runner
 REQUEST_ID = "X-Eas-Queueservice-Request-Id"
-
-
-def part_paths(output_url: str, shard: int) -> tuple[str, str]:
-    base = f"{output_url}.parts/{shard:06d}"
-    return f"{base}.out.jsonl", f"{base}.err.jsonl"
-
-
-def _write(url: str, data: bytes) -> None:
-    """Write ``url`` whole or not at all (a temporary name, then a rename)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = path + ".tmp"
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
-
-
-def _read(url: str, start: int | None = None, end: int | None = None) -> bytes:
-    fs, path = fsspec.core.url_to_fs(url)
-    data: bytes = fs.cat_file(path, start=start, end=end)
-    return data
 
 
 class BatchRunner:
@@ -116,11 +93,11 @@ class BatchRunner:
                 current = await asyncio.to_thread(self.jobs.get, job_id)
                 if current.state != RUNNING:
                     return  # cancelled meanwhile: the shards done stay done
-                raw = await asyncio.to_thread(_read, job.input_url, shard.start_byte, shard.end_byte)
+                raw = await asyncio.to_thread(read_shard, job.input_url, shard.start_byte, shard.end_byte)
                 out, err, ok, failed = await self._serve_shard(job, token, shard, raw)
-                out_url, err_url = part_paths(job.output_url, shard.shard)
-                await asyncio.to_thread(_write, out_url, out)
-                await asyncio.to_thread(_write, err_url, err)
+                out_url, err_url = part_paths(job.output_url, job_id, shard.shard)
+                await asyncio.to_thread(write_whole, out_url, out, job_id)
+                await asyncio.to_thread(write_whole, err_url, err, job_id)
                 await asyncio.to_thread(self.jobs.shard_done, shard, ok, failed)
             await self._finish(job_id)
         except asyncio.CancelledError:
@@ -137,21 +114,16 @@ class BatchRunner:
         job = await asyncio.to_thread(self.jobs.get, job_id)
         if job.state != RUNNING or job.shards_done < job.shards_total:
             return
-        outs, errs = [], []
-        for i in range(job.shards_total):
-            out_url, err_url = part_paths(job.output_url, i)
-            outs.append(await asyncio.to_thread(_read, out_url))
-            errs.append(await asyncio.to_thread(_read, err_url))
-        await asyncio.to_thread(_write, job.output_url, b"".join(outs))
-        await asyncio.to_thread(_write, job.errors_url, b"".join(errs))
+        parts = [part_paths(job.output_url, job_id, i) for i in range(job.shards_total)]
+        await asyncio.to_thread(concat_whole, [out for out, _ in parts], job.output_url, job_id)
+        await asyncio.to_thread(concat_whole, [err for _, err in parts], job.errors_url, job_id)
         message = f"{job.ok_lines} lines answered, {job.failed_lines} in the errors file"
         await asyncio.to_thread(self.jobs.set_state, job_id, SUCCEEDED, message, expect=(RUNNING,))
         if job.spec is not None:
             await asyncio.to_thread(remove_service, self.store, job.service, "succeeded")
             self.on_change()
-        fs, path = fsspec.core.url_to_fs(f"{job.output_url}.parts")
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(fs.rm, path, recursive=True)
+            await asyncio.to_thread(remove_parts, job.output_url, job_id)
 
     async def _serve_shard(
         self, job: BatchJobRow, token: str, shard: Shard, raw: bytes

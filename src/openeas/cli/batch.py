@@ -91,6 +91,9 @@ def submit(
     ] = None,
     shard_lines: Annotated[int, typer.Option(help="Lines per checkpoint.")] = 500,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 16,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output or errors file (else refused).")
+    ] = False,
     wait: WaitOpt = True,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
@@ -110,6 +113,7 @@ def submit(
         "errors": local(errors_url) if errors_url else None,
         "shard_lines": shard_lines,
         "concurrency": concurrency,
+        "overwrite": overwrite,
     }
     job = client.request("POST", "/api/v1/batch", json_body=body)
     if not json_out:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 import time
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from openeas.gateway.group_metrics import MemberMetrics, group_json
 from openeas.gateway.group_table import GroupDef, MemberMatch
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.linear_regex import LinearPattern
 
 if TYPE_CHECKING:
     from openeas.gateway.proxy import ClientConnection
@@ -41,7 +41,7 @@ class MatchRule:
     """A member's match rule, compiled once per table swap."""
 
     headers: tuple[tuple[bytes, bytes], ...]  # (lowercase name, exact value)
-    user_agent: re.Pattern[str] | None
+    user_agent: LinearPattern | None  # RE2: linear time; a User-Agent over 1024 chars never matches
     region: frozenset[bytes]
     region_header: bytes  # lowercase
 
@@ -49,7 +49,7 @@ class MatchRule:
     def compile(match: MemberMatch, region_header: str) -> MatchRule:
         return MatchRule(
             headers=tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in match.headers),
-            user_agent=re.compile(match.user_agent) if match.user_agent is not None else None,
+            user_agent=_user_agent(match.user_agent),
             region=frozenset(r.encode("latin-1") for r in match.region),
             region_header=region_header.lower().encode("latin-1"),
         )
@@ -61,13 +61,25 @@ class MatchRule:
                 return False
         if self.user_agent is not None:
             ua = headers.get(_USER_AGENT)
-            if ua is None or self.user_agent.search(ua.decode("latin-1")) is None:
+            if ua is None or not self.user_agent.search(ua.decode("latin-1")):
                 return False
         if self.region:
             region = headers.get(self.region_header)
             if region is None or region.strip() not in self.region:
                 return False
         return True
+
+
+def _user_agent(pattern: str | None) -> LinearPattern | None:
+    if pattern is None:
+        return None
+    try:
+        return LinearPattern(pattern)
+    except ValueError:  # stored before RE2 was the engine: the rule cannot match (no crash)
+        return LinearPattern(_NEVER)
+
+
+_NEVER = r"[^\x00-\x{10FFFF}]"  # matches no text
 
 
 def request_headers(flat: Sequence[bytes]) -> dict[bytes, bytes]:

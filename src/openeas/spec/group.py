@@ -8,7 +8,8 @@ and mirroring (the playbook of a model swap: canary, blue-green, shadow traffic)
 - ``mirror_weight``: 0..100, the percentage of the group's requests of which a copy goes to the
   member (its answer is discarded);
 - ``match``: requests that match go to the member whatever the weights (headers by exact value,
-  ``user_agent`` by regular expression, ``region`` by the value of ``region_header``);
+  ``user_agent`` by an RE2 regular expression, in linear time, over at most 1024 characters,
+  ``region`` by the value of ``region_header``);
 - ``keep_old_hours``: how long a service that left the group's traffic is protected from a
   ``delete``/``stop`` without ``--force`` (the fastest recovery is a weight back on it).
 """
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openeas.errors import SpecError
+from openeas.linear_regex import compile_problem
 from openeas.spec.load import check_shape, format_errors
 from openeas.spec.models import NAME_RE
 from openeas.spec.numbers import CheckedNumbers
@@ -48,7 +50,8 @@ class MatchRule(_Model):
         default_factory=dict, description="header name (any case) → exact value the request must carry"
     )
     user_agent: str | None = Field(
-        default=None, description="regular expression searched in the User-Agent header"
+        default=None,
+        description="RE2 expression searched in the User-Agent header (one over 1024 characters: no match)",
     )
     region: list[str] | None = Field(
         default=None, description="values of the group's region header (X-Region by default) that match"
@@ -69,10 +72,9 @@ class MatchRule(_Model):
             return v
         if len(v) > MAX_PATTERN_CHARS:
             raise ValueError(f"longer than {MAX_PATTERN_CHARS} characters")
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
+        problem = compile_problem(v)  # matched by RE2, in linear time (openeas/linear_regex.py)
+        if problem is not None:
+            raise ValueError(f"not a pattern RE2 can match (no backreferences, no lookaround): {problem}")
         return v
 
     @field_validator("region", mode="before")

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openeas.errors import OpenEASError
+from openeas.userfile import UserFileError, read_regular
 
 MAX_DURATION_S = 3600.0
 """No stress test runs longer than an hour, whatever the plan says."""
@@ -37,6 +38,7 @@ MAX_QPS_CAP = 100_000.0
 """Offered rates above this are refused (one generator core does far less)."""
 MAX_CONCURRENCY_CAP = 10_000
 MAX_DATA_BYTES = 64 * 1024 * 1024
+"""data.path: a larger file is refused while it is read (only regular files are read)."""
 MAX_BODIES = 100_000
 
 
@@ -69,6 +71,24 @@ class Arrival(StrEnum):
 class FaultAction(StrEnum):
     STOP = "stop"  # end the ramp at the first step past faultTolerate
     CONTINUE = "continue"  # note it and go on to the end of the ramp
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a request target's path (it is written into the request line as
+    is), or None: only visible ASCII (0x21..0x7e); a space, CR, LF, any other control character
+    or a non-ASCII one must be percent-encoded."""
+    for i, c in enumerate(path):
+        if not "\x21" <= c <= "\x7e":
+            return (
+                f"character {c!r} at position {i} is not allowed (control characters, spaces and "
+                "non-ASCII characters must be percent-encoded)"
+            )
+    return None
+
+
+def _has_control(value: str) -> bool:
+    """A header value with a control character other than a tab (CR and LF split the head)."""
+    return any((c < " " and c != "\t") or c == "\x7f" for c in value)
 
 
 class StressPlan(BaseModel):
@@ -154,8 +174,11 @@ class StressPlan(BaseModel):
             errs.append("--body: give a body template or a data file, not both")
         if self.path and not self.path.startswith("/"):
             errs.append(f"http.path: must start with '/', got {self.path!r}")
+        bad = path_problem(self.path)
+        if bad:
+            errs.append(f"http.path: {bad}")
         for name in self.headers:
-            if not name or any(c in name for c in ":\r\n ") or any(c in self.headers[name] for c in "\r\n"):
+            if not name or any(c in name for c in ":\r\n ") or _has_control(self.headers[name]):
                 errs.append(f"http.headers.{name}: not a valid header")
             elif name.lower() in ("host", "content-length", "connection", "transfer-encoding"):
                 errs.append(f"http.headers.{name}: set by the generator, not by the plan")
@@ -334,15 +357,12 @@ def load_bodies(plan: StressPlan) -> list[bytes]:
     if key in _BODY_CACHE:
         return _BODY_CACHE[key]
     if plan.data_path:
-        p = Path(plan.data_path).expanduser()
-        try:
-            if p.stat().st_size > MAX_DATA_BYTES:
-                raise PlanError([f"data.path: {p} is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB"])
-            text = p.read_text()
-        except FileNotFoundError:
-            raise PlanError([f"data.path: no such file: {p}"]) from None
-        except IsADirectoryError:
-            raise PlanError([f"data.path: {p} is a directory, not a file"]) from None
+        p = str(Path(plan.data_path).expanduser())
+        try:  # streaming and capped: /dev/zero, a FIFO or a directory is refused, not read
+            raw = read_regular(p, "data.path", MAX_DATA_BYTES)
+            text = raw.decode()
+        except UserFileError as exc:
+            raise PlanError([str(exc)]) from None
         except UnicodeDecodeError:
             raise PlanError([f"data.path: {p} is not text (one JSON request per line expected)"]) from None
         except OSError as exc:

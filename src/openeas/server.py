@@ -37,7 +37,7 @@ from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.controller.reconciler import Reconciler
-from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.metrics import label_value
@@ -45,6 +45,7 @@ from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import same_process, start_ticks
 from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.clock import LOOP_CLOCK
+from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -341,7 +342,15 @@ async def _serve(
     keep_replicas: bool,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    replica_user: str | None = REPLICA_USER,
 ) -> None:
+    # Who process replicas run as; sets the data dir's modes to match (before the store opens).
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    users = await asyncio.to_thread(resolve_replica_users, data_dir, replica_user, env)
+    if users.problem is None:
+        log.info("process replicas run as users of their own (group %s)", users.name)
+    else:
+        log.warning("%s", users.warning())
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
@@ -362,9 +371,11 @@ async def _serve(
             oss_root=oss_root,
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
+            replica_users=users,
         )
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
+        runtimes.process_warning = users.warning()
         metrics.set_container_engine(runtimes.engine)
         # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
         # least busy replica first).
@@ -505,6 +516,7 @@ def run_server(
     keep_replicas: bool = False,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    replica_user: str | None = REPLICA_USER,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -528,6 +540,7 @@ def run_server(
                 keep_replicas=keep_replicas,
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
+                replica_user=replica_user,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

@@ -184,6 +184,13 @@ def server(
             "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
         ),
     ] = None,
+    replica_user: Annotated[
+        str,
+        typer.Option(
+            help="When root: the account whose group process replicas get, each service running as a "
+            "uid of its own (created if missing); 'none': replicas run as the server's user.",
+        ),
+    ] = "openeas-replica",
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -204,6 +211,7 @@ def server(
         registry_auth=registry_auth.resolve() if registry_auth else None,
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
+        replica_user=replica_user,
     )
 
 

@@ -30,6 +30,8 @@ class LaunchSpec:
     log_path: str  # stdout and stderr of the replica go here (appended)
     port: int  # the port this replica listens on (after rewriting); a container's published host port
     container: ContainerLaunch | None = None  # set for the container runtime (argv/env/cwd then unused)
+    # (uid, gid) the process runtime switches to (no supplementary groups); None: the server's own
+    user: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

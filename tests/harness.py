@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -98,6 +100,18 @@ class Server:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "OPENEAS_DATA_DIR": str(self.data_dir)}
+
+
+@contextlib.contextmanager
+def reachable_tmp() -> Iterator[Path]:
+    """A temporary folder other users can traverse, for a data dir whose replicas run as users of
+    their own (pytest's tmp folders are 0700 root's: replicas there run as the server's user)."""
+    d = Path(tempfile.mkdtemp(prefix="openeas-test-", dir="/tmp"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def new_server(data_dir: Path) -> Server:

@@ -243,3 +243,19 @@ def test_a_replica_reads_no_secret_and_no_other_services_cache(reachable: Path):
         assert "OPENEAS_DATA_DIR" not in report["env"] and report["env"]["OPENEAS_NODE"] == node_tag(data)
     finally:
         srv.stop()
+
+
+def test_a_container_gets_its_mounts_and_nothing_of_the_data_dir():
+    from openeas.runtime.container_args import build_container_launch, run_args
+    from openeas.spec import parse_spec
+
+    spec = service_spec("c", storage=[{"mount_path": "/mnt/data", "oss": {"path": "oss://b/m/"}}])
+    spec["containers"][0]["image"] = "example.invalid/img:1"
+    launch = build_container_launch(
+        parse_spec(spec), replica_id="c-1", data_dir="/d", host_port=21000,
+        mounts={"/mnt/data": "/d/cache/objects/k"}, workdir="/d/replicas/c-1",
+    )  # fmt: skip
+    args = run_args(launch)
+    volumes = [args[i + 1] for i, a in enumerate(args) if a == "--volume"]
+    assert volumes == ["/d/cache/objects/k:/mnt/data:ro"]  # the cache entry alone, read-only
+    assert not any(k.startswith("OPENEAS_") for k in launch.env)

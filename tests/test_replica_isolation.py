@@ -259,3 +259,21 @@ def test_a_container_gets_its_mounts_and_nothing_of_the_data_dir():
     volumes = [args[i + 1] for i, a in enumerate(args) if a == "--volume"]
     assert volumes == ["/d/cache/objects/k:/mnt/data:ro"]  # the cache entry alone, read-only
     assert not any(k.startswith("OPENEAS_") for k in launch.env)
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "folder_mode,reachable",
+    [pytest.param(0o711, True, id="traversable"), pytest.param(0o700, False, id="a-0700-folder-above")],
+)
+def test_start_check_needs_the_replica_folder_reachable_by_path(tmp_path: Path, folder_mode: int, reachable: bool):
+    from openeas.runtime.identity import check_reach
+
+    with reachable_tmp() as tmp:
+        above = tmp / "above"
+        (above / "replicas").mkdir(parents=True)
+        above.chmod(folder_mode)
+        problem = check_reach(NOBODY, above / "replicas", dict(os.environ))
+    assert (problem is None) == reachable, problem
+    if not reachable:
+        assert problem is not None and "reach" in problem and "Permission denied" in problem

@@ -152,8 +152,10 @@ def ensure_account(name: str, run: Run = subprocess.run) -> pwd.struct_passwd | 
 def check_reach(
     user: ReplicaUser, cwd: Path, env: Mapping[str, str], run: Run = subprocess.run
 ) -> str | None:
-    """None when ``user`` can run this interpreter and import openeas from ``cwd``; else why not."""
-    cmd = [sys.executable, "-c", "import openeas"]
+    """None when ``user`` can run this interpreter, import openeas and reach ``cwd`` by its path;
+    else why not. (The child enters ``cwd`` before it switches users, so reaching it is checked by
+    path: every folder above it must be traversable by ``user``.)"""
+    cmd = [sys.executable, "-c", "import os, sys, openeas; os.stat(sys.argv[1])", str(Path(cwd).absolute())]
     try:
         res = run(cmd, user=user.uid, group=user.gid, extra_groups=[], cwd=cwd, env=dict(env),
                   capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)  # fmt: skip
@@ -161,7 +163,7 @@ def check_reach(
         return f"uid {user.uid} cannot run {sys.executable} in {cwd}: {exc}"
     if res.returncode != 0:
         last = res.stderr.strip().splitlines()[-1:] or [f"exit code {res.returncode}"]
-        return f"uid {user.uid} cannot run {sys.executable} -c 'import openeas': {last[0]}"
+        return f"uid {user.uid} cannot run {sys.executable}, import openeas and reach {cwd}: {last[0]}"
     return None
 
 

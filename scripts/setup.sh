@@ -81,4 +81,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "note: ${missing[*]} missing; the container runtime and the benchmarks need them (apt-get install ${missing[*]})"
   fi
 fi
+# Process replicas run as users of their own when the server is root (docs/RELIABILITY.md,
+# "Security"): the node's replica account, and traverse-only (o+x, never o+r) on every folder
+# above the interpreter and the checkout, so those users can run `python -m openeas...` and
+# llama-server from the virtualenv. `openeas server` checks this at start and says so if not.
+if [ "$(id -u)" = 0 ]; then
+  getent passwd openeas-replica >/dev/null || useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin openeas-replica \
+    || log "warning: could not create the user openeas-replica (replicas would run as root)"
+  for target in "$(readlink -f .venv/bin/python)" "$PWD/src/openeas"; do
+    d=$(dirname "$target")
+    while [ "$d" != / ]; do chmod o+x "$d"; d=$(dirname "$d"); done
+  done
+fi
 log "ready: . .venv/bin/activate"

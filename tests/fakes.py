@@ -18,6 +18,7 @@ from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.runtime.base import LaunchSpec
 from openeas.runtime.fake import Behaviour, FakeClock, FakeProcess, FakeRuntime
+from openeas.runtime.identity import node_tag
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache
@@ -191,7 +192,7 @@ class World:
 
     def launch(self, rid: str, port: int, data_dir: Path | None = None) -> LaunchSpec:
         """What the supervisor would start for `rid`: the identity env the orphan scan reads."""
-        env = {"OPENEAS_REPLICA_ID": rid, "OPENEAS_DATA_DIR": str(data_dir or self.cfg.data_dir)}
+        env = {"OPENEAS_REPLICA_ID": rid, "OPENEAS_NODE": node_tag(data_dir or self.cfg.data_dir)}
         return LaunchSpec(replica_id=rid, argv=["serve"], env=env, cwd="/", log_path="/dev/null", port=port)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from typing import Any
 import requests
 
 from openeas.runtime import free_port
+from openeas.runtime.identity import node_tag
 from openeas.sdk import Client
 
 
@@ -99,6 +102,18 @@ class Server:
         return {**os.environ, "OPENEAS_DATA_DIR": str(self.data_dir)}
 
 
+@contextlib.contextmanager
+def reachable_tmp() -> Iterator[Path]:
+    """A temporary folder other users can traverse, for a data dir whose replicas run as users of
+    their own (pytest's tmp folders are 0700 root's: replicas there run as the server's user)."""
+    d = Path(tempfile.mkdtemp(prefix="openeas-test-", dir="/tmp"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def new_server(data_dir: Path) -> Server:
     return Server(data_dir=data_dir, port=free_port(), gateway_port=free_port())
 
@@ -154,13 +169,13 @@ def all_procs() -> list[Proc]:
 def replica_processes(data_dir: Path) -> list[int]:
     """Pids of live replica processes of `data_dir`, found by the test's own /proc scan (not the
     product's): a process is one when its environment names this data dir and a replica id
-    (what every replica is started with), or when it runs inside the data dir's replica work
+    (what every replica is started with: a hash of the path, never the path), or when it runs inside the data dir's replica work
     folders (what a replica that rewrote its own environment still cannot hide)."""
-    data = str(data_dir)
+    node = node_tag(data_dir)
     workdirs = str(data_dir / "replicas") + "/"
     pids = []
     for p in all_procs():
-        by_env = "OPENEAS_REPLICA_ID" in p.env and p.env.get("OPENEAS_DATA_DIR") == data
+        by_env = "OPENEAS_REPLICA_ID" in p.env and p.env.get("OPENEAS_NODE") == node
         by_cwd = p.cwd is not None and (p.cwd + "/").startswith(workdirs)
         if by_env or by_cwd:
             pids.append(p.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from tests.harness import (
     Server,
     kill9_replica_under_load,
     new_server,
+    reachable_tmp,
     replica_processes,
     service_spec,
     wait_for,
@@ -253,17 +255,39 @@ def test_api_port_in_use_is_a_clear_error_and_nothing_starts(tmp_path: Path):
         assert not (srv.data_dir / "server.json").exists()
 
 
-def test_replicas_never_see_the_admin_token(tmp_path: Path):
-    srv = new_server(tmp_path / "data")
-    srv.extra_env = {"OPENEAS_ADMIN_TOKEN": "admin-secret-must-not-leak"}
+def test_replicas_never_see_the_admin_token():
+    """The server's real token: not in the replica's environment, nor in any file its user can read
+    (a grep run as that user over the data dir, its folder and its cache)."""
+    with reachable_tmp() as tmp:
+        _replicas_never_see_the_admin_token(tmp)
+
+
+def _replicas_never_see_the_admin_token(tmp: Path) -> None:
+    srv = new_server(tmp / "data")
+    srv.extra_env = {"OPENEAS_ADMIN_TOKEN": "admin-secret-must-not-leak"}  # the CLI's env too
     srv.start()
     try:
         c = srv.client
+        token = srv.info["admin_token"]
         c.deploy(service_spec("private"))
-        rep = c.wait_ready("private", 1, timeout_s=60)["replicas"][0]
+        detail = c.wait_ready("private", 1, timeout_s=60)
+        rep = detail["replicas"][0]
         environ = Path(f"/proc/{rep['pid']}/environ").read_bytes()
-        assert b"admin-secret-must-not-leak" not in environ
+        for secret in (token, "admin-secret-must-not-leak", f"OPENEAS_DATA_DIR={srv.data_dir}"):
+            assert secret.encode() not in environ, secret
         assert f"OPENEAS_REPLICA_ID={rep['id']}".encode() in environ
+        if os.geteuid() == 0:  # replicas run as a uid of their own: search as that uid
+            assert detail["runtime"]["warnings"] == []
+            st = Path(f"/proc/{rep['pid']}").stat()
+            assert st.st_uid != 0
+            grep = subprocess.run(
+                ["grep", "-rlsF", "--", token, str(srv.data_dir)],
+                user=st.st_uid, group=st.st_gid, extra_groups=[], capture_output=True, text=True,
+            )  # fmt: skip
+            # 1: no match; 2: no match, and some files were denied to it (as they should be)
+            assert grep.returncode in (1, 2) and grep.stdout == "", grep.stdout
+            as_root = subprocess.run(["grep", "-rlsF", "--", token, str(srv.data_dir)], capture_output=True, text=True)
+            assert str(srv.data_dir / "server.json") in as_root.stdout  # the search would have found it
         # bad query parameters get a precise 400
         r = requests.get(
             f"{srv.api_url}/api/v1/services/private/logs?tail=0",

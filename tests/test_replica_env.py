@@ -14,6 +14,7 @@ import pytest
 
 from openeas.errors import MountError
 from openeas.runtime.base import kill_orphans
+from openeas.runtime.identity import node_tag
 from openeas.runtime.launch import pick_port, replica_port_range
 from openeas.runtime.process import ProcessRuntime
 from openeas.storage.oss import resolve_url
@@ -65,7 +66,7 @@ def test_pick_port_range_env_is_validated(monkeypatch: pytest.MonkeyPatch):
 
 
 def _fake_replica(data_dir: Path, rid: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OPENEAS_DATA_DIR": str(data_dir), "OPENEAS_REPLICA_ID": rid}
+    env = {**os.environ, "OPENEAS_NODE": node_tag(data_dir), "OPENEAS_REPLICA_ID": rid}
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env,
                             start_new_session=True)
 

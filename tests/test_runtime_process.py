@@ -21,6 +21,7 @@ from openeas.runtime import (
     stop,
 )
 from openeas.runtime.base import ReplicaProcess
+from openeas.runtime.identity import node_tag
 from openeas.runtime.process import read_stat, start_ticks
 
 
@@ -239,9 +240,9 @@ def test_forget_drops_only_the_matching_child(tmp_path: Path):
 
 
 def test_scan_finds_replicas_of_this_data_dir_and_kill_checks_the_group(tmp_path: Path, rt: ProcessRuntime) -> None:
-    env = {"OPENEAS_REPLICA_ID": "svc-1", "OPENEAS_DATA_DIR": str(tmp_path)}
+    env = {"OPENEAS_REPLICA_ID": "svc-1", "OPENEAS_NODE": node_tag(tmp_path)}
     ref = rt.start(launch(tmp_path, ["sleep", "30"], **env))
-    elsewhere = rt.start(launch(tmp_path, ["sleep", "30"], name="r2", **{**env, "OPENEAS_DATA_DIR": "/x"}))
+    elsewhere = rt.start(launch(tmp_path, ["sleep", "30"], name="r2", **{**env, "OPENEAS_NODE": node_tag(Path("/x"))}))
     try:
         wait_for(lambda: bool(rt.replica_processes(tmp_path)))  # once exec'd, its env is readable
         found = rt.replica_processes(tmp_path)

@@ -38,7 +38,7 @@ from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
-from openeas.controller.replica import GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
@@ -47,6 +47,7 @@ from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, same_process, set_oom_score_adj, start_ticks
 from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.clock import LOOP_CLOCK
+from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
@@ -355,9 +356,17 @@ async def _serve(
     registry_auth: Path | None = None,
     gateway_args: Sequence[str] = (),
     node: Resources | None = None,
+    replica_user: str | None = REPLICA_USER,
 ) -> None:
     # A node out of memory loses replicas, never the control plane that can scale them back.
     set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)
+    # Who process replicas run as; sets the data dir's modes to match (before the store opens).
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    users = await asyncio.to_thread(resolve_replica_users, data_dir, replica_user, env)
+    if users.problem is None:
+        log.info("process replicas run as users of their own (group %s)", users.name)
+    else:
+        log.warning("%s", users.warning())
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
@@ -378,9 +387,11 @@ async def _serve(
             oss_root=oss_root,
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
+            replica_users=users,
         )
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
+        runtimes.process_warning = users.warning()
         metrics.set_container_engine(runtimes.engine)
         # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
         # least busy replica first).
@@ -529,6 +540,7 @@ def run_server(
     gateway_limits: Sequence[str] = (),
     node_cpu: float | None = None,
     node_memory_mb: float | None = None,
+    replica_user: str | None = REPLICA_USER,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -560,6 +572,7 @@ def run_server(
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
                 node=node_capacity(node_cpu, node_memory_mb),
+                replica_user=replica_user,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

@@ -196,6 +196,13 @@ def server(
         list[str] | None,
         typer.Option("--gateway-limit", help="NAME=VALUE: a gateway client limit (repeatable; docs/cli.md)."),
     ] = None,
+    replica_user: Annotated[
+        str,
+        typer.Option(
+            help="When root: the account whose group process replicas get, each service running as a "
+            "uid of its own (created if missing); 'none': replicas run as the server's user.",
+        ),
+    ] = "openeas-replica",
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -219,6 +226,7 @@ def server(
         gateway_limits=list(gateway_limit or []),
         node_cpu=node_cpu,
         node_memory_mb=node_memory,
+        replica_user=replica_user,
     )
 
 

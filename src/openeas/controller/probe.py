@@ -14,10 +14,11 @@ import enum
 import errno
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
+from openeas.runtime.identity import ReplicaUser
 from openeas.spec.models import HealthCheck
 
 # What a replica without a health_check gets: a TCP connect probe with the spec's defaults.
@@ -132,13 +133,23 @@ def _connect_error(e: OSError, host: str, port: int) -> str:
 
 
 async def run_exec_probe(
-    argv: list[str], *, cwd: str | None, env: dict[str, str] | None, timeout_s: float
+    argv: list[str],
+    *,
+    cwd: str | None,
+    env: dict[str, str] | None,
+    timeout_s: float,
+    user: ReplicaUser | None = None,
 ) -> ProbeResult:
-    """Run an ``exec`` check's command; exit status 0 passes. Never raises for the command's trouble."""
+    """Run an ``exec`` check's command (as the replica's ``user`` when set); exit status 0 passes.
+    Never raises for the command's trouble."""
     shown = " ".join(argv[-3:]) if len(argv) > 3 else " ".join(argv)
+    who: dict[str, Any] = {}
+    if user is not None:
+        who = {"user": user.uid, "group": user.gid, "extra_groups": []}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            **who,
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

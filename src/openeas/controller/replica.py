@@ -50,6 +50,7 @@ from openeas.runtime import stop as stop_process
 from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
 from openeas.runtime.clock import Clock, LoopClock
 from openeas.runtime.container_args import build_container_launch
+from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
 from openeas.runtime.limits import MEMORY_LIMIT_HOW
 from openeas.runtime.select import Runtimes
@@ -65,8 +66,10 @@ from openeas.telemetry.coldstart import breakdown
 
 log = logging.getLogger("openeas.replica")
 
-# The server's own secrets and addresses never reach a replica's environment.
-PRIVATE_ENV = frozenset({"OPENEAS_ADMIN_TOKEN", "OPENEAS_SERVER", "OPENEAS_GATEWAY_URL"})
+# The server's own secrets, paths and addresses never reach a replica's environment.
+PRIVATE_ENV = frozenset(
+    {"OPENEAS_ADMIN_TOKEN", "OPENEAS_SERVER", "OPENEAS_GATEWAY_URL", "OPENEAS_DATA_DIR", "OPENEAS_QUEUE_URL"}
+)
 # A replica that stayed Ready this long has its crash backoff reset.
 STABLE_AFTER_S = 60.0
 # How often a starting or Ready replica's process is checked for life (a cheap runtime call), seconds.
@@ -108,6 +111,8 @@ class SupervisorConfig:
     clock: Clock = field(default_factory=LoopClock)
     probe: Probe = probe_once
     warmup: WarmupSender = run_warmup
+    # Who process replicas run as (openeas.runtime.identity); None: the server's own user.
+    replica_users: ReplicaUsers | None = None
 
 
 class _Stop(Exception):
@@ -145,6 +150,7 @@ class ReplicaSupervisor:
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
         self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
+        self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -279,14 +285,21 @@ class ReplicaSupervisor:
         self._set(phase=ReplicaPhase.FETCHING, message=None)
         workdir = Path(row.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        users = self.cfg.replica_users
+        self.user = users.for_service(row.service) if users and choice.name == "process" else None
+        cache = self.cache if self.user is None else self.cache.for_owner(self.user)
         try:
             resolved = _resolve_storage(spec, self.cfg.oss_root)
             if resolved.storage:  # copies from object storage can take minutes: off the loop
-                plan = await asyncio.to_thread(prepare_mounts, resolved, self.cache, workdir=workdir)
+                plan = await asyncio.to_thread(prepare_mounts, resolved, cache, workdir=workdir)
             else:  # nothing to fetch: no thread hop
-                plan = prepare_mounts(resolved, self.cache, workdir=workdir)
+                plan = prepare_mounts(resolved, cache, workdir=workdir)
+            if self.user is not None:  # its own folder (and empty_dir mounts), no one else's
+                hand_over(workdir, self.user)
         except MountError as exc:
             raise _Failure("MountFailed", exc.message) from None
+        except OSError as exc:
+            raise _Failure("MountFailed", f"cannot prepare the replica's folder: {exc}") from None
         cold = {**(self._row().cold_start or {}), "fetch": plan.summary()}
         pythonpath = await self._prepare(row, spec, choice.name, plan.paths, cold)
         self._set(phase=ReplicaPhase.STARTING, cold_start=cold)
@@ -308,10 +321,13 @@ class ReplicaSupervisor:
                     sidecar_ports=self._sidecar_ports(spec, port),
                 )
                 env = {**launch.env, **self._identity(row)}  # last: the spec cannot hide the replica
+                if self.user is not None:
+                    env["HOME"] = str(workdir)  # the server's HOME is not the replica's to read
                 if pythonpath:  # prepare.pythonRequirements, installed once per node, come first
                     paths = (pythonpath, env.get("PYTHONPATH"))
                     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-                launch = replace(launch, env=env)
+                who = None if self.user is None else (self.user.uid, self.user.gid)
+                launch = replace(launch, env=env, user=who)
                 self._env = env
             self.ref = self.runtime.start(launch)
         except (MountError, OSError, ValueError) as exc:
@@ -431,7 +447,7 @@ class ReplicaSupervisor:
         return {
             "OPENEAS_REPLICA_ID": self.rid,
             "OPENEAS_SERVICE": row.service,
-            "OPENEAS_DATA_DIR": str(self.cfg.data_dir),
+            "OPENEAS_NODE": node_tag(self.cfg.data_dir),  # the orphan scan's mark, not the path
         }
 
     async def _wait_ready(self, spec: ServiceSpec) -> None:
@@ -538,9 +554,13 @@ class ReplicaSupervisor:
         exec_argv = getattr(self.runtime, "exec_argv", None)
         if exec_argv is not None and self.ref is not None:  # in the container
             cmd, cwd, env = exec_argv(self.ref, argv), None, None
-        else:  # a process: in its folder, with its environment
+            user = None
+        else:  # a process: in its folder, with its environment, as its user
             cmd, cwd, env = argv, row.workdir, self._env or None
-        return await run_exec_probe(cmd, cwd=cwd, env=env, timeout_s=float(check.timeout_seconds))
+            users = self.cfg.replica_users
+            user = users.for_service(row.service) if users is not None else None
+        timeout_s = float(check.timeout_seconds)
+        return await run_exec_probe(cmd, cwd=cwd, env=env, timeout_s=timeout_s, user=user)
 
     def _readiness_changed(self, change: Transition, tracker: ProbeTracker, detail: str) -> None:
         if change is Transition.BECAME_UNREADY:

@@ -31,6 +31,8 @@ class LaunchSpec:
     port: int  # the port this replica listens on (after rewriting); a container's published host port
     container: ContainerLaunch | None = None  # set for the container runtime (argv/env/cwd then unused)
     memory_limit_mb: int | None = None  # the spec's metadata.memory: the process's limit (runtime/limits.py)
+    # (uid, gid) the process runtime switches to (no supplementary groups); None: the server's own
+    user: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

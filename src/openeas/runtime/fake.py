@@ -32,6 +32,7 @@ from openeas.controller.probe import ProbeResult
 from openeas.controller.warmup import WarmupReport, WarmupRequest
 from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess
 from openeas.runtime.clock import Clock
+from openeas.runtime.identity import node_tag
 from openeas.spec.models import HealthCheck
 
 # ---- time ------------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class FakeRuntime:
         return [
             ReplicaProcess(pid=p.pid, replica_id=p.launch.env["OPENEAS_REPLICA_ID"], pgid=p.pgid)
             for p in self.live()
-            if "OPENEAS_REPLICA_ID" in p.launch.env and p.launch.env.get("OPENEAS_DATA_DIR") == str(data_dir)
+            if "OPENEAS_REPLICA_ID" in p.launch.env and p.launch.env.get("OPENEAS_NODE") == node_tag(data_dir)
         ]
 
     def kill(self, proc: ReplicaProcess) -> bool:

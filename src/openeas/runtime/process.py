@@ -7,8 +7,13 @@ with the kernel's start time of the process (field 22 of ``/proc/<pid>/stat``), 
 control plane adopts exactly the processes it started and never signals a recycled pid.
 
 The orphan scan reads each process's environment from /proc: a replica carries
-``OPENEAS_REPLICA_ID`` and ``OPENEAS_DATA_DIR`` (set last by the supervisor, so a spec's env
-cannot hide it), which tells replica processes of one data dir apart from everything else.
+``OPENEAS_REPLICA_ID`` and ``OPENEAS_NODE`` (a hash of the data dir's path, never the path: set
+last by the supervisor, so a spec's env cannot hide it), which tells replica processes of one
+data dir apart from everything else.
+
+With ``LaunchSpec.user`` the replica runs as that uid and gid with no supplementary groups and
+umask 077 (:mod:`openeas.runtime.identity`). Its log is opened by the server, never through a
+symlink (the replica owns the folder the log is in).
 """
 
 from __future__ import annotations
@@ -18,11 +23,22 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 # The /proc helpers live in openeas.procfs (standard library only, so the gateway can use them);
 # they stay importable from here for existing callers.
-from openeas.procfs import PROC, group_members, pid_alive, read_stat, same_process, start_ticks
+from openeas.procfs import (
+    PROC,
+    REPLICA_OOM_SCORE_ADJ,
+    group_members,
+    pid_alive,
+    read_stat,
+    same_process,
+    set_oom_score_adj,
+    start_ticks,
+)
 from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess
+from openeas.runtime.identity import node_tag
 from openeas.runtime.limits import replica_preexec
 
 __all__ = ["ProcessRuntime", "group_members", "pid_alive", "read_stat", "start_ticks"]
@@ -41,7 +57,10 @@ class ProcessRuntime:
     def start(self, launch: LaunchSpec) -> ProcessRef:
         log = Path(launch.log_path)
         log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        who: dict[str, Any] = {}
+        if launch.user is not None:
+            who = {"user": launch.user[0], "group": launch.user[1], "extra_groups": [], "umask": 0o077}
         try:
             proc = subprocess.Popen(
                 launch.argv,
@@ -54,9 +73,14 @@ class ProcessRuntime:
                 close_fds=True,
                 # The OOM killer's first choice, and the spec's memory as its limit (runtime/limits.py).
                 preexec_fn=functools.partial(replica_preexec, launch.memory_limit_mb),
+                **who,
             )
         finally:
             os.close(fd)
+        if launch.user is not None:
+            # A child that switched user is no longer dumpable, so its own write to
+            # /proc/self/oom_score_adj (in replica_preexec) is refused: the parent sets it.
+            set_oom_score_adj(REPLICA_OOM_SCORE_ADJ, proc.pid)
         ticks = start_ticks(proc.pid)
         if ticks is None:  # pragma: no cover - /proc always has a not yet reaped child
             raise RuntimeError(f"cannot read /proc/{proc.pid}/stat of the replica just started")
@@ -153,7 +177,7 @@ def _environ(pid: int) -> dict[str, str]:
     out = {}
     for item in raw.split(b"\0"):
         k, sep, v = item.partition(b"=")
-        if sep and k in (b"OPENEAS_DATA_DIR", b"OPENEAS_REPLICA_ID"):
+        if sep and k in (b"OPENEAS_NODE", b"OPENEAS_REPLICA_ID"):
             out[k.decode()] = v.decode(errors="replace")
     return out
 
@@ -165,13 +189,14 @@ def replica_processes(data_dir: Path) -> list[ReplicaProcess]:
     """
     out = []
     me = os.getpid()
+    tag = node_tag(data_dir)
     for entry in PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
         env = _environ(pid)
         rid = env.get("OPENEAS_REPLICA_ID")
-        if rid is None or env.get("OPENEAS_DATA_DIR") != str(data_dir):
+        if rid is None or env.get("OPENEAS_NODE") != tag:
             continue
         st = read_stat(pid)
         if st is not None and st[0] != "Z":

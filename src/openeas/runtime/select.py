@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from openeas.runtime.base import Runtime
@@ -89,6 +89,8 @@ class Runtimes:
         self.engine = engine  # "podman 4.3.1" when ``container`` is set
         self.engine_problem = engine_problem or ("no container engine" if container is None else None)
         self.warnings = warnings  # about the engine (e.g. limits the host cannot apply)
+        # About process replicas (they run as the server's user: openeas.runtime.identity).
+        self.process_warning: str | None = None
 
     def summary(self) -> str:
         """One line for the server's start and `/healthz`: which engine, or why none."""
@@ -99,13 +101,16 @@ class Runtimes:
 
     def choose(self, spec: ServiceSpec) -> RuntimeChoice:
         c = spec.main
-        return choose_runtime(
+        choice = choose_runtime(
             spec.replica_runtime,
             c.image,
             self.engine if self.container is not None else None,
             self.engine_problem,
             [t for t in (c.command, c.script) if t],
         )
+        if choice.name == "process" and self.process_warning:
+            return replace(choice, warnings=(*choice.warnings, self.process_warning))
+        return choice
 
     def get(self, name: str) -> Runtime:
         """The runtime a replica row names; rows of older releases (and fakes) mean ``process``."""

@@ -13,7 +13,14 @@ the key, so two different folders never share an entry by accident.
 
 A copy is made in a temporary directory next to the final one and renamed into place, under an
 exclusive ``flock`` on ``<root>/locks/<key>.lock``: a reader never sees half a copy and two
-concurrent materializations of one key copy once. Files in the cache are made read-only.
+concurrent materializations of one key copy once.
+
+Modes: the cache keeps the source's restrictions, never loosens them. Every file and folder of a
+local source keeps its mode without the write bits (a 0600 file in a 0700 folder becomes 0400 in
+0500); a source that lists no modes (object storage) gives 0444 files in 0555 folders. With an
+``owner`` (replicas running as users of their own, :mod:`openeas.runtime.identity`) the cache is
+that user's: its root is ``<root>/u<uid>`` and every entry is handed to the user, owner-only,
+before it is renamed into place, so no other replica's user can read it.
 
 Security: a listed path that would land outside the cache entry (absolute, with ``..``, or a
 symlink of a local source that points outside the source) is refused with a MountError naming it.
@@ -31,9 +38,10 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +51,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from openeas.errors import MountError
+from openeas.runtime.identity import ReplicaUser, hand_over
 
 # Keys under which filesystems report a content checksum in ``info`` (s3fs, gcsfs, ossfs, adlfs…).
 CHECKSUM_KEYS = ("ETag", "etag", "md5", "md5Hash", "content_md5", "ContentMD5", "crc32c", "checksum")
@@ -69,6 +78,7 @@ class _Entry:
     size: int
     stamp: str  # checksum (c:…) or modification time (t:…)
     link: str | None = None  # a relative symlink target (a local folder linking inside itself)
+    mode: int | None = None  # the local source file's permission bits (None: not known)
 
 
 def _stamp(info: dict[str, Any]) -> tuple[str, bool]:
@@ -124,16 +134,21 @@ def _local_entry(src: str, rel: str, real_root: str, is_dir: bool, where: str) -
     if not os.path.isfile(real):
         raise MountError(f"{where}: path {rel!r} is not a regular file")
     st = os.stat(real)
-    return _Entry(rel, src, st.st_size, f"t:{st.st_mtime_ns}")
+    return _Entry(rel, src, st.st_size, f"t:{st.st_mtime_ns}", mode=stat.S_IMODE(st.st_mode))
 
 
 class NodeCache:
     """A content-addressed cache of object storage under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, owner: ReplicaUser | None = None) -> None:
         self.root = Path(root).absolute()
         self.objects = self.root / "objects"
         self.locks = self.root / "locks"
+        self.owner = owner  # every entry is handed to this user, owner-only (None: kept as copied)
+
+    def for_owner(self, owner: ReplicaUser) -> NodeCache:
+        """The cache of one replica user: ``<root>/u<uid>``, its entries that user's alone."""
+        return NodeCache(self.root / f"u{owner.uid}", owner=owner)
 
     # -- listing --------------------------------------------------------------------------
 
@@ -197,6 +212,7 @@ class NodeCache:
 
     @staticmethod
     def _copy(fs: fsspec.AbstractFileSystem, entries: list[_Entry], dest: Path, where: str) -> int:
+        """Copy ``entries`` into ``dest``; files take their source's mode less the write bits."""
         copied = 0
         real_dest = os.path.realpath(dest)
         for e in entries:
@@ -213,7 +229,7 @@ class NodeCache:
                     while chunk := src.read(CHUNK):
                         out.write(chunk)
                         copied += len(chunk)
-                os.chmod(target, 0o444)
+                os.chmod(target, (0o444 if e.mode is None else e.mode) & 0o555)
             except OSError as exc:
                 raise MountError(f"{where}: cannot copy {e.rel!r}: {exc}") from exc
         return copied
@@ -240,7 +256,9 @@ class NodeCache:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.objects))
             try:
                 copied = self._copy(fs, entries, tmp, where)
-                os.chmod(tmp, 0o755)
+                _restrict_dirs(tmp, entries, fs if isinstance(fs, LocalFileSystem) else None, url)
+                if self.owner is not None:
+                    hand_over(tmp, self.owner)
                 os.rename(tmp, final)
             except BaseException:
                 _rmtree(tmp)
@@ -253,6 +271,36 @@ class NodeCache:
             _rmtree(self.objects / key)
 
 
+def _restrict_dirs(
+    dest: Path, entries: list[_Entry], local: LocalFileSystem | None, url: str
+) -> None:
+    """Each folder of the entry takes its source folder's mode less the write bits (0555 when the
+    source lists no modes); the entry's own folder takes the source folder's."""
+    src_root = None
+    if local is not None:
+        first = next((e for e in entries), None)
+        if first is not None:
+            src_root = first.src[: len(first.src) - len(first.rel)].rstrip("/") or "/"
+    rels = {posixpath.dirname(e.rel) for e in entries}
+    folders = {""} | {"/".join(r.split("/")[: i + 1]) for r in rels if r for i in range(r.count("/") + 1)}
+    for rel in sorted(folders, key=len, reverse=True):  # the deepest first: parents stay writable
+        mode = 0o555
+        if src_root is not None:
+            with contextlib.suppress(OSError):
+                mode = stat.S_IMODE(os.stat(os.path.join(src_root, rel) if rel else src_root).st_mode)
+                mode &= 0o555
+        os.chmod(dest / rel if rel else dest, mode | 0o500)
+
+
 def _rmtree(path: Path) -> None:
-    # Files are read-only but their directories are not, so a plain rmtree removes them.
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a cache entry: its folders are read-only, so each is made writable on the way."""
+
+    def retry(func: Callable[..., Any], p: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=retry)

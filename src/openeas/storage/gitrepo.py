@@ -7,24 +7,37 @@ is used until the cache entry is removed (write a commit for reproducible deploy
 atomic (made in a temporary folder, renamed when git succeeded) and serialized by a lock per key.
 Credentials are not handled here: a private repository needs them in the URL's credential
 helper setup of the node. Errors are :class:`MountError` with git's last line.
+
+Modes: a clone of a local repository keeps its restrictions (a 0700 repository gives a clone with
+no group or other bits anywhere); with an ``owner`` (replicas running as users of their own) the
+clone lives in that user's cache and is handed to it, owner-only, before it is renamed into place.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 from openeas.errors import MountError
+from openeas.runtime.identity import ReplicaUser, hand_over
 
 CLONE_TIMEOUT_S = 600.0
 
 
 def clone_once(
-    cache_root: Path, repo: str, branch: str | None, commit: str | None, *, where: str
+    cache_root: Path,
+    repo: str,
+    branch: str | None,
+    commit: str | None,
+    *,
+    where: str,
+    owner: ReplicaUser | None = None,
 ) -> tuple[Path, bool, float]:
     """(folder, cache hit, seconds) of ``repo`` at ``branch``/``commit`` on this node."""
     t0 = time.monotonic()
@@ -63,5 +76,24 @@ def clone_once(
                 shutil.rmtree(tmp, ignore_errors=True)
                 lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
                 raise MountError(f"{where}: git {what} failed: {lines[-1] if lines else res.returncode}")
+        _keep_restrictions(tmp, repo)
+        if owner is not None:
+            hand_over(tmp, owner)
         tmp.rename(final)
     return final, False, time.monotonic() - t0
+
+
+def _keep_restrictions(clone: Path, repo: str) -> None:
+    """Take away from every file of ``clone`` the group/other bits the local ``repo`` lacks."""
+    local = repo[len("file://") :] if repo.startswith("file://") else repo
+    try:
+        src = os.stat(local)
+    except OSError:  # a remote repository: nothing to keep
+        return
+    keep = 0o700 | stat.S_IMODE(src.st_mode) & 0o077
+    for root, dirs, files in os.walk(clone):
+        for name in [*dirs, *files]:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & keep)
+    os.chmod(clone, stat.S_IMODE(os.stat(clone).st_mode) & keep)

@@ -108,7 +108,7 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
         )
     if m.git is not None:
         path, hit, seconds = clone_once(
-            cache.root, m.git.repo, m.git.branch, m.git.commit, where=f"{where}.git"
+            cache.root, m.git.repo, m.git.branch, m.git.commit, where=f"{where}.git", owner=cache.owner
         )
         return MountFetch(mount_path, "git", str(path), hit, 0, seconds)
     if m.empty_dir is not None:

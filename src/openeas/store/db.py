@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -160,6 +161,8 @@ class Store:
     def __init__(self, data_dir: Path, *, url: str | None = None) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        if url is None:  # private from the start: SQLite gives -wal and -shm the main file's mode
+            os.close(os.open(db_path(data_dir), os.O_RDWR | os.O_CREAT, 0o600))
         self.engine = make_engine(url or f"sqlite:///{db_path(data_dir)}")
         migrate(self.engine)
         self.cipher = TokenCipher(data_dir / "secret.key")

@@ -23,6 +23,7 @@ from tests.harness import Server, new_server, stop_and_reap, wait_for
 
 CORPUS_DIR = Path(__file__).parent / "eas_corpus"
 FILES = sorted(CORPUS_DIR.glob("*.json"))
+CORPUS_NAS = "example-nas.example-region.nas.example.com"
 RUNS = [f for f in FILES if f.name.startswith("c") or f.name in ("p09_python_tutorial.json", "p10_python_sdk_zip.json")]
 
 
@@ -228,6 +229,9 @@ def stock_object_storage(oss_root: Path, spec: dict[str, Any], stem: str) -> Non
 def engine_less_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = new_server(tmp_path_factory.mktemp("corpus") / "data")
     srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
+    # the corpus's NAS export ({"server": ..., "path": "/"}), mounted on this node as the operator would
+    nas = tmp_path_factory.mktemp("nas")
+    srv.extra_args = ["--nfs-export", f"{CORPUS_NAS}:/={nas}"]
     srv.start()
     yield srv
     stop_and_reap(srv)

@@ -48,6 +48,7 @@ from openeas.runtime.clock import LOOP_CLOCK
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
+from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
 from openeas.store.secrets import write_private
@@ -318,9 +319,11 @@ class GatewayKeeper:
         gateway_record_path(self.data_dir).unlink(missing_ok=True)
 
 
-def _deploy_files(store: Store, files: Sequence[Path]) -> None:
+def _deploy_files(store: Store, files: Sequence[Path], host_paths: HostPaths) -> None:
     for f in files:
         spec = load_spec_file(f)
+        if errors := check_spec(spec, host_paths):
+            raise SpecError([f"{f}: {e}" for e in errors])
         try:
             store.create_service(spec)
             log.info("deployed %s from %s", spec.name, f)
@@ -341,7 +344,9 @@ async def _serve(
     keep_replicas: bool,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    host_paths: HostPaths | None = None,
 ) -> None:
+    host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     store = Store(data_dir)
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
@@ -355,11 +360,12 @@ async def _serve(
     try:
         gateway = await asyncio.to_thread(keeper.start)
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway.proc)
-        _deploy_files(store, deploy)
+        _deploy_files(store, deploy, host_paths)
         metrics = ControlMetrics(store)
         cfg = SupervisorConfig(
             data_dir=data_dir,
             oss_root=oss_root,
+            host_paths=host_paths,
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
         )
@@ -391,6 +397,7 @@ async def _serve(
             runtimes=runtimes,
             autoscaler=autoscaler,
         )
+        cp.host_paths = host_paths
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -505,7 +512,11 @@ def run_server(
     keep_replicas: bool = False,
     public_metrics: bool = False,
     registry_auth: Path | None = None,
+    allow_host_paths: Sequence[Path] = (),
+    nfs_exports: Sequence[str] = (),
 ) -> None:
+    """``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
+    ``nfs_exports``: ``SERVER:/EXPORT=DIR``, where NFS exports are mounted on this node."""
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -517,6 +528,11 @@ def run_server(
     # before the server is up (once up, SIGTERM and Ctrl-C are a graceful stop: 0).
     try:
         lock = _lock(data_dir)
+        bucket = (oss_root or data_dir / "oss").resolve()
+        try:
+            host_paths = HostPaths.build([bucket, *allow_host_paths], nfs_exports)
+        except ValueError as exc:
+            raise SpecError([str(exc)]) from None
         asyncio.run(
             _serve(
                 data_dir=data_dir,
@@ -524,10 +540,11 @@ def run_server(
                 port=port,
                 gateway_port=gateway_port,
                 deploy=list(deploy),
-                oss_root=(oss_root or data_dir / "oss").resolve(),
+                oss_root=bucket,
                 keep_replicas=keep_replicas,
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
+                host_paths=host_paths,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

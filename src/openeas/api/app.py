@@ -35,6 +35,7 @@ from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
+from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -92,6 +93,13 @@ class ControlPlane:
         self.gateway_stats: GatewayStats | None = None
         # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
         self.rollout_controller: Any = None
+        # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
+        self.host_paths = HostPaths()
+
+    def check_host_paths(self, spec: ServiceSpec) -> None:
+        """400 naming every spec field that would read the host outside the allowed folders."""
+        if errors := check_spec(spec, self.host_paths):
+            raise SpecError(errors)
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -333,6 +341,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
 
     async def _valid_spec(request: Request) -> ServiceSpec:
         spec = parse_spec(await _spec_body(request))
+        cp.check_host_paths(spec)  # before anything on the host is read (the warmup file)
         await asyncio.to_thread(_check_local_warmup, spec)
         return spec
 
@@ -484,7 +493,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
 
-    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()))
+    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()), cp.check_host_paths)
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from openeas.batch.lines import shard_bounds
 from openeas.batch.service import ensure_service, remove_service, temporary_spec
 from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
+from openeas.spec import ServiceSpec
 from openeas.store import Store
 
 DEFAULT_SHARD_LINES = 500  # lines per checkpoint: a kill repeats at most this many requests
@@ -79,7 +80,14 @@ def _check(body: SubmitBody) -> tuple[list[tuple[int, int, int, int]], int]:
     return shard_bounds(data, body.shard_lines), total
 
 
-def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], object]) -> None:
+def add_batch_routes(
+    app: FastAPI,
+    store: Store,
+    auth: list[Any],
+    wake: Callable[[], object],
+    check_spec: Callable[[ServiceSpec], None] = lambda _spec: None,
+) -> None:
+    """``check_spec``: the server's host-path rule for a job's spec (a SpecError refuses it)."""
     jobs = BatchStore(store)
 
     @app.post("/api/v1/batch", status_code=201, dependencies=auth)
@@ -91,6 +99,7 @@ def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable
             raise SpecError(["service, spec: give exactly one (an existing service, or a spec for the job)"])
         if body.spec is not None:
             spec = temporary_spec(body.spec, job_id, body.instance_type)
+            check_spec(spec)
             spec_json, service = json.dumps(spec.to_dict()), spec.name
         else:
             if body.instance_type is not None:

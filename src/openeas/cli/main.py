@@ -184,6 +184,22 @@ def server(
             "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
         ),
     ] = None,
+    allow_host_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-host-path",
+            help="A host folder specs may read (file:// and local paths, nfs.path, git repositories, "
+            "warmup files); repeatable. None by default, besides the local bucket (--oss-root).",
+        ),
+    ] = None,
+    nfs_export: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nfs-export",
+            help="SERVER:/EXPORT=DIR: the NFS export a spec's nfs {server, path} names is mounted on this "
+            "node at DIR (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -204,6 +220,8 @@ def server(
         registry_auth=registry_auth.resolve() if registry_auth else None,
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
+        allow_host_paths=[p.resolve() for p in allow_host_path or []],
+        nfs_exports=list(nfs_export or []),
     )
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 
 from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
+from openeas.spec.paths import mount_path_problem
 from openeas.spec.processor import (
     PYTHON_PROCESSOR_FIELDS,
     is_python_processor,
@@ -386,6 +387,15 @@ class GitSource(_Model):
     branch: str | None = Field(default=None, description="branch or tag (default: the remote's HEAD)")
     commit: str | None = Field(default=None, description="a commit to check out (pins the content)")
 
+    @field_validator("branch", "commit")
+    @classmethod
+    def _not_an_option(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # The value reaches git's command line: it must not read as an option or hold a space.
+        bad = v is not None and (not v or v.startswith("-") or any(c.isspace() for c in v))
+        if bad and not _stored(info):
+            raise ValueError(f"{v!r} is not a branch, tag or commit: no leading '-', no spaces")
+        return v
+
 
 class CacheSource(_Model):
     """EAS's model-loading cache: ``path`` (another storage entry's mount_path) seen read-only at
@@ -486,8 +496,12 @@ class StorageMount(_Model):
             raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in v) and not _stored(info):
+        if _stored(info):
+            return v
+        if any(ord(c) < 0x20 or c == "\x7f" for c in v):
             raise ValueError("must not contain control characters (newline, NUL, ...)")
+        if problem := mount_path_problem(v):
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

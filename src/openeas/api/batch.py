@@ -22,6 +22,7 @@ from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict
 from openeas.errors import SpecError
 from openeas.spec import ServiceSpec
 from openeas.store import Store
+from openeas.store.spec_secrets import seal
 
 DEFAULT_SHARD_LINES = 500  # lines per checkpoint: a kill repeats at most this many requests
 DEFAULT_CONCURRENCY = 16  # requests of one job in flight at once
@@ -100,7 +101,7 @@ def add_batch_routes(
         if body.spec is not None:
             spec = temporary_spec(body.spec, job_id, body.instance_type)
             check_spec(spec)
-            spec_json, service = json.dumps(spec.to_dict()), spec.name
+            spec_json, service = json.dumps(seal(spec.to_dict(), store.cipher)), spec.name
         else:
             if body.instance_type is not None:
                 raise SpecError(["instance_type: only with spec (an existing service keeps its own)"])

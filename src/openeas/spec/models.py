@@ -35,6 +35,7 @@ from openeas.spec.processor import (
     synthesize_python_processor,
 )
 from openeas.spec.queue import QueueConfig
+from openeas.spec.secrets import masked
 
 
 def processor_unavailable(processor: str) -> str:
@@ -651,11 +652,8 @@ class ServiceSpec(_Model):
         return sorted(out)
 
     def public_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with secrets masked: what the API shows."""
-        out = self.to_dict()
-        if "dockerAuth" in out:
-            out["dockerAuth"] = "***"
-        return out
+        """:meth:`to_dict` with secrets (env values, dockerAuth) masked as ``***``: what the API shows."""
+        return masked(self.to_dict())
 
     @field_validator("warm_up_data_path")
     @classmethod

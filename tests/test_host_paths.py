@@ -223,3 +223,10 @@ def test_a_git_commit_never_reaches_git_as_an_option(tmp_path: Path) -> None:
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], **run).stdout.decode().strip()  # type: ignore[call-overload]
     path, hit, _ = clone_once(tmp_path / "cache", str(repo), None, head, where="storage[0].git")
     assert not hit and os.path.isdir(path / ".git")
+
+
+def test_no_host_folder_is_allowed_by_default() -> None:
+    none = HostPaths()
+    assert not none.allows("/") and none.nfs_exports == {}
+    with pytest.raises(MountError, match=r"^w: '/srv/m' is outside the host folders allowed to specs"):
+        none.local("/srv/m", "w")

@@ -269,12 +269,12 @@ def test_spec_deploys_and_serves_through_the_gateway(engine_less_server: Server,
     shown = json.loads(json.dumps({k: v for k, v in spec.items() if k != "token"}))  # the token is kept apart
     if "dockerAuth" in shown:
         shown["dockerAuth"] = "***"  # never returned
-    for c in shown.get("containers") or []:  # nor env values (issue 18 §3)
-        env = c.get("env")
+    for box in shown.get("containers") or []:  # nor env values (issue 18 §3)
+        env = box.get("env")
         if isinstance(env, dict):
-            c["env"] = dict.fromkeys(env, "***")
+            box["env"] = dict.fromkeys(env, "***")
         elif isinstance(env, list):
-            c["env"] = [{**e, "value": "***"} if "value" in e else e for e in env]
+            box["env"] = [{**e, "value": "***"} if "value" in e else e for e in env]
     assert c.describe(name)["spec"] == shown  # as deployed, in the user's spelling
     c.delete(name, force=True)  # it may carry a group's traffic (metadata.group): the 48-hour rule
 

@@ -34,6 +34,8 @@ class Server:
     extra_env: dict[str, str] = field(default_factory=dict)  # only for the server process
     extra_args: list[str] = field(default_factory=list)  # more `openeas server` options
     own_session: bool = False  # a process group of its own, as a shell gives it (Ctrl-C = killpg)
+    # --allow-host-path folders; None: this test run's temporary root (specs naming tmp files deploy)
+    host_paths: list[Path] | None = None
 
     @property
     def api_url(self) -> str:
@@ -63,6 +65,7 @@ class Server:
                 str(self.port),
                 "--gateway-port",
                 str(self.gateway_port),
+                *[a for p in self._host_paths() for a in ("--allow-host-path", str(p))],
                 *self.extra_args,
             ],
             stdout=log,
@@ -97,6 +100,12 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         return None if self.proc is None else self.proc.returncode
+
+    def _host_paths(self) -> list[Path]:
+        if self.host_paths is not None:
+            return self.host_paths
+        found = [p for p in self.data_dir.resolve().parents if p.parent.name.startswith("pytest-of-")]
+        return found[:1] or [self.data_dir.parent]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "OPENEAS_DATA_DIR": str(self.data_dir)}

@@ -24,6 +24,7 @@ import requests
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.storage.hostpaths import HostPaths
 from openeas.store import Store
 from tests.harness import service_spec
 
@@ -34,6 +35,7 @@ class Api:
     def __init__(self, data_dir: Path, *, public_metrics: bool = False) -> None:
         store = Store(data_dir)
         self.cp = ControlPlane(store, "http://127.0.0.1:9")
+        self.cp.host_paths = HostPaths.build(["/"])  # the warmup file's own checks are tested here
         self.token = self.cp.admin_token
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ from tests.harness import Server, new_server, stop_and_reap, wait_for
 
 CORPUS_DIR = Path(__file__).parent / "eas_corpus"
 FILES = sorted(CORPUS_DIR.glob("*.json"))
+CORPUS_NAS = "example-nas.example-region.nas.example.com"
 RUNS = [f for f in FILES if f.name.startswith("c") or f.name in ("p09_python_tutorial.json", "p10_python_sdk_zip.json")]
 
 
@@ -228,8 +229,10 @@ def stock_object_storage(oss_root: Path, spec: dict[str, Any], stem: str) -> Non
 def engine_less_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = new_server(tmp_path_factory.mktemp("corpus") / "data")
     srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": "none"}
-    # The corpus asks for a cloud node's resources (up to 16 cores, 60000 MB a replica): this one offers them.
-    srv.extra_args = ["--node-cpu", "64", "--node-memory", "262144"]
+    # The corpus asks for a cloud node's resources (up to 16 cores, 60000 MB a replica): this one offers
+    # them; and the corpus's NAS export ({"server": ..., "path": "/"}), mounted on this node as the operator would.
+    nas = tmp_path_factory.mktemp("nas")
+    srv.extra_args = ["--node-cpu", "64", "--node-memory", "262144", "--nfs-export", f"{CORPUS_NAS}:/={nas}"]
     srv.start()
     yield srv
     stop_and_reap(srv)
@@ -264,9 +267,15 @@ def test_spec_deploys_and_serves_through_the_gateway(engine_less_server: Server,
     else:
         r = requests.get(info["endpoint"] + "/health", headers=auth, timeout=30)
         assert r.status_code == 200, r.text  # the test server answered through the gateway
-    shown = {k: v for k, v in spec.items() if k != "token"}  # the token is kept apart
+    shown = json.loads(json.dumps({k: v for k, v in spec.items() if k != "token"}))  # the token is kept apart
     if "dockerAuth" in shown:
         shown["dockerAuth"] = "***"  # never returned
+    for box in shown.get("containers") or []:  # nor env values (issue 18 §3)
+        env = box.get("env")
+        if isinstance(env, dict):
+            box["env"] = dict.fromkeys(env, "***")
+        elif isinstance(env, list):
+            box["env"] = [{**e, "value": "***"} if "value" in e else e for e in env]
     assert c.describe(name)["spec"] == shown  # as deployed, in the user's spelling
     c.delete(name, force=True)  # it may carry a group's traffic (metadata.group): the 48-hour rule
 

@@ -51,6 +51,7 @@ from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
 from openeas.states import ServiceState
+from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
 from openeas.store.secrets import write_private
@@ -331,9 +332,11 @@ class GatewayKeeper:
         gateway_record_path(self.data_dir).unlink(missing_ok=True)
 
 
-def _deploy_files(store: Store, files: Sequence[Path]) -> None:
+def _deploy_files(store: Store, files: Sequence[Path], host_paths: HostPaths) -> None:
     for f in files:
         spec = load_spec_file(f)
+        if errors := check_spec(spec, host_paths):
+            raise SpecError([f"{f}: {e}" for e in errors])
         try:
             store.create_service(spec)
             log.info("deployed %s from %s", spec.name, f)
@@ -357,7 +360,9 @@ async def _serve(
     gateway_args: Sequence[str] = (),
     node: Resources | None = None,
     replica_user: str | None = REPLICA_USER,
+    host_paths: HostPaths | None = None,
 ) -> None:
+    host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
     set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)
     # Who process replicas run as; sets the data dir's modes to match (before the store opens).
@@ -380,11 +385,12 @@ async def _serve(
     try:
         gateway = await asyncio.to_thread(keeper.start)
         await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway.proc)
-        _deploy_files(store, deploy)
+        _deploy_files(store, deploy, host_paths)
         metrics = ControlMetrics(store)
         cfg = SupervisorConfig(
             data_dir=data_dir,
             oss_root=oss_root,
+            host_paths=host_paths,
             on_ready=metrics.observe_cold_start,
             gateway_view=gateway_view(host, gateway_port),
             replica_users=users,
@@ -420,6 +426,7 @@ async def _serve(
             runtimes=runtimes,
             autoscaler=autoscaler,
         )
+        cp.host_paths = host_paths
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -541,7 +548,11 @@ def run_server(
     node_cpu: float | None = None,
     node_memory_mb: float | None = None,
     replica_user: str | None = REPLICA_USER,
+    allow_host_paths: Sequence[Path] = (),
+    nfs_exports: Sequence[str] = (),
 ) -> None:
+    """``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
+    ``nfs_exports``: ``SERVER:/EXPORT=DIR``, where NFS exports are mounted on this node."""
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -559,6 +570,11 @@ def run_server(
     # before the server is up (once up, SIGTERM and Ctrl-C are a graceful stop: 0).
     try:
         lock = _lock(data_dir)
+        bucket = (oss_root or data_dir / "oss").resolve()
+        try:
+            host_paths = HostPaths.build([bucket, *allow_host_paths], nfs_exports)
+        except ValueError as exc:
+            raise SpecError([str(exc)]) from None
         asyncio.run(
             _serve(
                 data_dir=data_dir,
@@ -566,13 +582,14 @@ def run_server(
                 port=port,
                 gateway_port=gateway_port,
                 deploy=list(deploy),
-                oss_root=(oss_root or data_dir / "oss").resolve(),
+                oss_root=bucket,
                 keep_replicas=keep_replicas,
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
                 node=node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
+                host_paths=host_paths,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

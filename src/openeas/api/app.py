@@ -37,6 +37,7 @@ from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.spec.models import MAX_REPLICAS
 from openeas.spec.numbers import CheckedNumbers
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
+from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -101,6 +102,8 @@ class ControlPlane:
         # Waits until the gateway acknowledges a routing version (the server's
         # `openeas.gateway.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
         self.await_routing: Callable[[int], Any] | None = None
+        # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
+        self.host_paths = HostPaths()
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current
@@ -110,6 +113,11 @@ class ControlPlane:
             return None
         outcome = self.await_routing(self.store.routing_version())
         return dict(outcome.to_dict())
+
+    def check_host_paths(self, spec: ServiceSpec) -> None:
+        """400 naming every spec field that would read the host outside the allowed folders."""
+        if errors := check_spec(spec, self.host_paths):
+            raise SpecError(errors)
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -352,6 +360,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
 
     async def _valid_spec(request: Request) -> ServiceSpec:
         spec = parse_spec(await _spec_body(request))
+        cp.check_host_paths(spec)  # before anything on the host is read (the warmup file)
         await asyncio.to_thread(_check_local_warmup, spec)
         return spec
 
@@ -503,7 +512,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
 
-    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()))
+    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()), cp.check_host_paths)
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

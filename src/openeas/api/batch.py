@@ -21,7 +21,9 @@ from openeas.batch.files import make_parent, output_problems, scan_input
 from openeas.batch.service import ensure_service, remove_service, temporary_spec
 from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
+from openeas.spec import ServiceSpec
 from openeas.store import Store
+from openeas.store.spec_secrets import seal
 from openeas.userfile import UserFileError
 
 DEFAULT_SHARD_LINES = 500  # lines per checkpoint: a kill repeats at most this many requests
@@ -82,7 +84,14 @@ def _check(body: SubmitBody) -> tuple[list[tuple[int, int, int, int]], int]:
     return bounds, total
 
 
-def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable[[], object]) -> None:
+def add_batch_routes(
+    app: FastAPI,
+    store: Store,
+    auth: list[Any],
+    wake: Callable[[], object],
+    check_spec: Callable[[ServiceSpec], None] = lambda _spec: None,
+) -> None:
+    """``check_spec``: the server's host-path rule for a job's spec (a SpecError refuses it)."""
     jobs = BatchStore(store)
 
     @app.post("/api/v1/batch", status_code=201, dependencies=auth)
@@ -94,7 +103,8 @@ def add_batch_routes(app: FastAPI, store: Store, auth: list[Any], wake: Callable
             raise SpecError(["service, spec: give exactly one (an existing service, or a spec for the job)"])
         if body.spec is not None:
             spec = temporary_spec(body.spec, job_id, body.instance_type)
-            spec_json, service = json.dumps(spec.to_dict()), spec.name
+            check_spec(spec)
+            spec_json, service = json.dumps(seal(spec.to_dict(), store.cipher)), spec.name
         else:
             if body.instance_type is not None:
                 raise SpecError(["instance_type: only with spec (an existing service keeps its own)"])

@@ -14,6 +14,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.states import ServiceState
 from openeas.store import Store
+from openeas.store.spec_secrets import unseal
 
 log = logging.getLogger("openeas.batch")
 
@@ -38,7 +39,7 @@ def temporary_spec(doc: dict[str, Any], job_id: str, instance_type: str | None) 
 
 def ensure_service(store: Store, spec_json: str) -> str:
     """Create the job's service when it is not there (first run, or a resume after its deletion)."""
-    spec = parse_spec(json.loads(spec_json))
+    spec = parse_spec(unseal(json.loads(spec_json), store.cipher))  # sealed by the API (batch)
     try:
         row = store.get_service(spec.name)
     except NotFound:

@@ -203,6 +203,22 @@ def server(
             "uid of its own (created if missing); 'none': replicas run as the server's user.",
         ),
     ] = "openeas-replica",
+    allow_host_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-host-path",
+            help="A host folder specs may read (file:// and local paths, nfs.path, git repositories, "
+            "warmup files); repeatable. None by default, besides the local bucket (--oss-root).",
+        ),
+    ] = None,
+    nfs_export: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nfs-export",
+            help="SERVER:/EXPORT=DIR: the NFS export a spec's nfs {server, path} names is mounted on this "
+            "node at DIR (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -227,6 +243,8 @@ def server(
         node_cpu=node_cpu,
         node_memory_mb=node_memory,
         replica_user=replica_user,
+        allow_host_paths=[p.resolve() for p in allow_host_path or []],
+        nfs_exports=list(nfs_export or []),
     )
 
 

@@ -58,6 +58,7 @@ from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
 from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
+from openeas.storage.hostpaths import HostPaths
 from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow, Store
@@ -99,6 +100,9 @@ GatewayViewFn = Callable[[str], Awaitable[GatewayView | None]]
 class SupervisorConfig:
     data_dir: Path
     oss_root: Path | None
+    # The host folders a spec may name (the server's --allow-host-path, its local bucket): checked
+    # again at each start, so a version stored before the rule cannot read the host. None: unchecked.
+    host_paths: HostPaths | None = None
     # Time between leaving the routing table and SIGTERM when the gateway cannot be asked
     # (`gateway_view` is None or fails), seconds.
     drain_s: float = 1.0
@@ -291,9 +295,11 @@ class ReplicaSupervisor:
         try:
             resolved = _resolve_storage(spec, self.cfg.oss_root)
             if resolved.storage:  # copies from object storage can take minutes: off the loop
-                plan = await asyncio.to_thread(prepare_mounts, resolved, cache, workdir=workdir)
+                plan = await asyncio.to_thread(
+                    prepare_mounts, resolved, cache, workdir=workdir, host_paths=self.cfg.host_paths
+                )
             else:  # nothing to fetch: no thread hop
-                plan = prepare_mounts(resolved, cache, workdir=workdir)
+                plan = prepare_mounts(resolved, cache, workdir=workdir, host_paths=self.cfg.host_paths)
             if self.user is not None:  # its own folder (and empty_dir mounts), no one else's
                 hand_over(workdir, self.user)
         except MountError as exc:
@@ -483,6 +489,8 @@ class ReplicaSupervisor:
             return
         try:
             local = _resolve_local(spec.warm_up_data_path, self.cfg.oss_root)
+            if self.cfg.host_paths is not None:
+                self.cfg.host_paths.local(local, "warm_up_data_path")
             requests = await asyncio.to_thread(load_warmup, local)  # off the loop: a slow disk
         except MountError as exc:
             raise _Failure("WarmupFailed", exc.message) from None

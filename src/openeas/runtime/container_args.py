@@ -7,7 +7,9 @@ command is rewritten):
   each replica is published on its own free host port on 127.0.0.1 (``-p 127.0.0.1:H:8000``).
 - **Mounts** are bind mounts at ``mount_path`` exactly: ``oss`` is the node-cache entry,
   read-only unless ``readOnly: false``, which gives an overlay (writes stay in the container and
-  never reach the shared cache); ``nfs`` is the export's local directory, writable; ``empty_dir``
+  never reach the shared cache); ``nfs`` is the folder the export is mounted on (an operator's
+  ``--nfs-export`` or an allowed host folder: storage/hostpaths.py), read-only with
+  ``readOnly: true``; ``empty_dir``
   is a per-replica directory, or a tmpfs of ``size_limit`` with ``medium: memory``.
 - **Command.** ``command`` runs as ``/bin/sh -c "exec <command>"`` inside the image (``exec`` only
   for a simple command, so the server is the container's main process and gets its signals),
@@ -125,11 +127,16 @@ def build_container_launch(
             continue
         source = mounts[target]
         # oss: shared node-cache content, read-only or an overlay; git and cache: read-only;
-        # nfs/empty_dir: writable.
+        # nfs: as its readOnly says (EAS: writable unless readOnly: true); empty_dir: writable.
         if m.oss is not None:
             mode = "ro" if m.oss.readOnly else "O"
+        elif m.nfs is not None:
+            mode = "ro" if m.nfs.get("readOnly") is True else "rw"
         else:
             mode = "ro" if (m.git is not None or m.cache is not None) else "rw"
+        for what, path in (("source", source), ("mount_path", target)):
+            if ":" in path or "," in path:  # a stored spec from before the rule, or a host folder
+                raise ValueError(f"storage: the {what} {path!r} holds ':' or ',' (engine volume syntax)")
         volumes.append(Volume(source, target, mode))
     env = c.env_dict()
     env.setdefault("PORT", str(c.port))

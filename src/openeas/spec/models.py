@@ -28,6 +28,7 @@ from pydantic import (
 from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
 from openeas.spec.numbers import CheckedNumbers
+from openeas.spec.paths import mount_path_problem
 from openeas.spec.processor import (
     PYTHON_PROCESSOR_FIELDS,
     is_python_processor,
@@ -35,6 +36,7 @@ from openeas.spec.processor import (
     synthesize_python_processor,
 )
 from openeas.spec.queue import QueueConfig
+from openeas.spec.secrets import masked
 
 
 def processor_unavailable(processor: str) -> str:
@@ -391,6 +393,15 @@ class GitSource(_Model):
     branch: str | None = Field(default=None, description="branch or tag (default: the remote's HEAD)")
     commit: str | None = Field(default=None, description="a commit to check out (pins the content)")
 
+    @field_validator("branch", "commit")
+    @classmethod
+    def _not_an_option(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # The value reaches git's command line: it must not read as an option or hold a space.
+        bad = v is not None and (not v or v.startswith("-") or any(c.isspace() for c in v))
+        if bad and not _stored(info):
+            raise ValueError(f"{v!r} is not a branch, tag or commit: no leading '-', no spaces")
+        return v
+
 
 class CacheSource(_Model):
     """EAS's model-loading cache: ``path`` (another storage entry's mount_path) seen read-only at
@@ -491,8 +502,12 @@ class StorageMount(_Model):
             raise ValueError("must not be '/' (mount below it, e.g. /mnt/data)")
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in v) and not _stored(info):
+        if _stored(info):
+            return v
+        if any(ord(c) < 0x20 or c == "\x7f" for c in v):
             raise ValueError("must not contain control characters (newline, NUL, ...)")
+        if problem := mount_path_problem(v):
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -642,11 +657,8 @@ class ServiceSpec(_Model):
         return sorted(out)
 
     def public_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with secrets masked: what the API shows."""
-        out = self.to_dict()
-        if "dockerAuth" in out:
-            out["dockerAuth"] = "***"
-        return out
+        """:meth:`to_dict` with secrets (env values, dockerAuth) masked as ``***``: what the API shows."""
+        return masked(self.to_dict())
 
     @field_validator("warm_up_data_path")
     @classmethod

@@ -28,6 +28,7 @@ from openeas.errors import MountError
 from openeas.runtime.identity import ReplicaUser, hand_over
 
 CLONE_TIMEOUT_S = 600.0
+GIT_PROTOCOLS = "https:http:ssh:git:file"  # GIT_ALLOW_PROTOCOL: no ext:: (runs a command)
 
 
 def clone_once(
@@ -53,13 +54,17 @@ def clone_once(
             return final, True, time.monotonic() - t0
         tmp = root / f"{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        steps = [["git", "clone", "--quiet", *(["--branch", branch] if branch else []),
+        steps = [["git", "clone", "--quiet", *([f"--branch={branch}"] if branch else []),
                   *([] if commit else ["--depth", "1"]), "--", repo, str(tmp)]]  # fmt: skip
         if commit:
-            steps.append(["git", "-C", str(tmp), "checkout", "--quiet", "--detach", commit])
-        env = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"}  # never wait for a password
+            # --end-of-options: the commit is never read as an option ("--pathspec-from-file=...").
+            # `switch`, not `checkout`: checkout takes what follows "--" as paths.
+            steps.append(["git", "-C", str(tmp), "switch", "--quiet", "--detach", "--end-of-options", commit])
+        # Never wait for a password; only network transports and local repositories (the host-path
+        # rule decides which local ones): never ext:: (a command) or another helper.
+        env = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin", "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS}
         for cmd in steps:
-            what = "checkout" if "checkout" in cmd else "clone"
+            what = "checkout" if "switch" in cmd else "clone"
             try:
                 res = subprocess.run(
                     cmd,

@@ -5,9 +5,14 @@
   the mount is the cache entry, shared read-only by every replica on the node.
 - ``empty_dir``: a fresh, empty directory under the replica's work directory
   (``<workdir>/mounts/<index>``), emptied again when the replica is prepared again.
-- ``nfs``: OpenEAS does not mount NFS itself. The export is expected to be mounted on the node
-  already, at ``nfs.path`` (EAS: ``{"server": "host", "path": "/export"}``; a ``server`` of the
-  form ``host:/export`` without ``path`` gives ``/export``), and that local directory must exist.
+- ``nfs``: OpenEAS does not mount NFS itself. The export is mounted on the node by the operator,
+  who tells the server where (``--nfs-export SERVER:/EXPORT=DIR``); without such a mapping
+  ``nfs.path`` is read as a local folder, allowed only inside ``--allow-host-path`` folders
+  (:mod:`openeas.storage.hostpaths`). A ``server`` of the form ``host:/export`` without ``path``
+  gives ``/export``. The local folder must exist.
+
+With a :class:`~openeas.storage.hostpaths.HostPaths` (the server always passes its own), every
+host path a spec names is checked again here, so a version stored before the rule is refused too.
 - ``cache``: EAS's read-only memory cache of another mount (``cache.path`` names that mount's
   ``mount_path``, or a folder inside it). The node cache already keeps that content local, so the
   cache's ``mount_path`` is served by the same directory.
@@ -29,6 +34,7 @@ from openeas.errors import MountError
 from openeas.spec.models import ServiceSpec, StorageMount
 from openeas.storage.cache import NodeCache
 from openeas.storage.gitrepo import clone_once
+from openeas.storage.hostpaths import HostPaths
 
 MountKind = Literal["oss", "nfs", "empty_dir", "git", "cache"]
 
@@ -96,11 +102,17 @@ def nfs_local_path(nfs: dict[str, object], where: str) -> str:
     return str(path)
 
 
-def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> MountFetch:
+def _prepare_one(
+    i: int, m: StorageMount, cache: NodeCache, workdir: Path, host_paths: HostPaths | None
+) -> MountFetch:
     where = f"storage[{i}]"
     mount_path = m.mount_path.rstrip("/")
     if not mount_path:
         raise MountError(f"{where}.mount_path: cannot mount over '/'")
+    if host_paths is not None and m.oss is not None:
+        host_paths.local(m.oss.path, f"{where}.oss.path")
+    if host_paths is not None and m.git is not None:
+        host_paths.local(m.git.repo, f"{where}.git.repo", git=True)
     if m.oss is not None:
         got = cache.materialize(m.oss.path, where=f"{where}.oss.path")
         return MountFetch(
@@ -123,7 +135,7 @@ def _prepare_one(i: int, m: StorageMount, cache: NodeCache, workdir: Path) -> Mo
             "and mount it with oss"
         )
     assert m.nfs is not None  # the spec model guarantees exactly one source
-    local_nfs = nfs_local_path(m.nfs, where)
+    local_nfs = host_paths.nfs_dir(m.nfs, f"{where}.nfs") if host_paths else nfs_local_path(m.nfs, where)
     if not os.path.isdir(local_nfs):
         raise MountError(
             f"{where}.nfs.path: {local_nfs!r} does not exist on this node (mount the export first)"
@@ -145,12 +157,15 @@ def _cached(i: int, m: StorageMount, ready: list[MountFetch]) -> MountFetch:
     )
 
 
-def prepare_mounts(spec: ServiceSpec, cache: NodeCache, *, workdir: Path) -> MountPlan:
-    """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``."""
+def prepare_mounts(
+    spec: ServiceSpec, cache: NodeCache, *, workdir: Path, host_paths: HostPaths | None = None
+) -> MountPlan:
+    """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``;
+    ``host_paths``: the host folders it may read (None: unchecked, for tests of the mounts alone)."""
     done: dict[int, MountFetch] = {}
     for i, m in enumerate(spec.storage):
         if m.cache is None:
-            done[i] = _prepare_one(i, m, cache, workdir)
+            done[i] = _prepare_one(i, m, cache, workdir, host_paths)
     for i, m in enumerate(spec.storage):
         if m.cache is not None:
             done[i] = _cached(i, m, list(done.values()))

@@ -38,6 +38,7 @@ from openeas.store.schema import (
     VersionRow,
 )
 from openeas.store.secrets import TokenCipher, new_token
+from openeas.store.spec_secrets import seal, seal_plain, unseal
 
 log = logging.getLogger("openeas.store")
 
@@ -97,6 +98,31 @@ def _v5_batch_jobs(conn: Connection) -> None:
     create_tables(conn)
 
 
+# Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
+_CIPHER = "openeas.cipher"
+
+
+def _v6_sealed_secrets(conn: Connection) -> None:
+    """Env values and dockerAuth of stored specs (versions, batch jobs) sealed with the token key
+    (store/spec_secrets.py); the columns stay as they are."""
+    cipher: TokenCipher = conn.info[_CIPHER]
+    rows = conn.execute(text("SELECT service, version, spec FROM versions")).all()
+    for service, version, spec in rows:
+        doc = json.loads(spec) if isinstance(spec, str) else spec
+        if isinstance(doc, dict) and (sealed := seal_plain(doc, cipher)) != doc:
+            conn.execute(
+                text("UPDATE versions SET spec = :spec WHERE service = :service AND version = :version"),
+                {"spec": json.dumps(sealed), "service": service, "version": version},
+            )
+    for job_id, spec in conn.execute(text("SELECT id, spec FROM batch_jobs WHERE spec IS NOT NULL")).all():
+        doc = json.loads(spec)
+        if isinstance(doc, dict) and (sealed := seal_plain(doc, cipher)) != doc:
+            conn.execute(
+                text("UPDATE batch_jobs SET spec = :spec WHERE id = :id"),
+                {"spec": json.dumps(sealed), "id": job_id},
+            )
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -104,6 +130,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v3_stress_reports,
     _v4_groups,
     _v5_batch_jobs,
+    _v6_sealed_secrets,
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
@@ -123,6 +150,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")
+            # What is deleted or replaced (a secret stored in clear by an older release) is
+            # overwritten with zeros, not left in free pages.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -136,8 +166,10 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> int:
+def migrate(engine: Engine, cipher: TokenCipher) -> int:
+    """Apply the migrations not applied yet; ``cipher``: the store's key (secrets sealed by v6)."""
     with engine.begin() as conn:
+        conn.info[_CIPHER] = cipher
         conn.execute(text("CREATE TABLE IF NOT EXISTS meta (key VARCHAR(64) PRIMARY KEY, value TEXT)"))
         row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
         current = int(row[0]) if row else 0
@@ -150,6 +182,13 @@ def migrate(engine: Engine) -> int:
                 ),
                 {"v": str(i)},
             )
+        conn.info.pop(_CIPHER, None)
+    if current < len(MIGRATIONS) and engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # no transaction: old pages (secrets in clear) leave the WAL too
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
     return len(MIGRATIONS)
 
 
@@ -164,8 +203,8 @@ class Store:
         if url is None:  # private from the start: SQLite gives -wal and -shm the main file's mode
             os.close(os.open(db_path(data_dir), os.O_RDWR | os.O_CREAT, 0o600))
         self.engine = make_engine(url or f"sqlite:///{db_path(data_dir)}")
-        migrate(self.engine)
         self.cipher = TokenCipher(data_dir / "secret.key")
+        migrate(self.engine, self.cipher)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._routing_listeners: list[Callable[[int], object]] = []
 
@@ -256,7 +295,7 @@ class Store:
                 VersionRow(
                     service=spec.name,
                     version=1,
-                    spec=_stored(spec),
+                    spec=_stored(spec, self.cipher),
                     route=route_settings(spec).to_dict(),
                     created_at=now,
                 )
@@ -294,7 +333,7 @@ class Store:
                 VersionRow(
                     service=spec.name,
                     version=last + 1,
-                    spec=_stored(spec),
+                    spec=_stored(spec, self.cipher),
                     route=route_settings(spec).to_dict(),
                     created_at=now,
                 )
@@ -328,7 +367,7 @@ class Store:
             if row is None:
                 raise NotFound(f"service '{name}' has no version {version}")
             # it may have been stored by an older release: today's limits on new specs do not apply
-            return parse_stored_spec(row.spec)
+            return parse_stored_spec(unseal(row.spec, self.cipher))
 
     def versions(self, name: str) -> list[VersionRow]:
         with self.session() as s:
@@ -476,8 +515,9 @@ def _initial_replicas(spec: ServiceSpec) -> int:
     return policy.clamp(spec.metadata.instance) if policy is not None else spec.metadata.instance
 
 
-def _stored(spec: ServiceSpec) -> dict[str, Any]:
-    """The spec as stored in a version: the token is kept encrypted on the service, not here."""
+def _stored(spec: ServiceSpec, cipher: TokenCipher) -> dict[str, Any]:
+    """The spec as stored in a version: the token is kept encrypted on the service, not here;
+    env values and dockerAuth are sealed (store/spec_secrets.py)."""
     data = spec.to_dict()
     data.pop("token", None)
-    return data
+    return seal(data, cipher)

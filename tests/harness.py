@@ -331,3 +331,12 @@ def stop_and_reap(srv: Server) -> None:
     for pid in replica_processes(srv.data_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def replica_in_flight(port: int) -> float:
+    """The test server's work requests in flight now (its /metrics), reached at its own port."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("testserver_requests_in_flight"):
+            return float(line.split()[-1])
+    return 0.0

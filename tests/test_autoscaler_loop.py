@@ -317,17 +317,46 @@ async def test_without_nvml_gpu_memory_is_no_data() -> None:
     assert s.total(view, metric, 10.0, 0.0) is None
 
 
-async def test_process_sampler_reads_cpu_and_memory_of_a_process_tree() -> None:
+BURNER = Path(__file__).parent / "fixtures" / "cpu_burner.py"
+
+
+@pytest.mark.parametrize(
+    ("args", "cores", "low", "high"),
+    [
+        # Half of one core, of a 1-core replica: 50 %; the band is generous (the machine is shared).
+        pytest.param(["0.5"], 1.0, 25.0, 75.0, id="half-a-core-of-1"),
+        # The same half core of a 2-core replica: 0.5 / 2 = 25 %.
+        pytest.param(["0.5"], 2.0, 12.5, 37.5, id="half-a-core-of-2"),
+        # The leader idles and its child burns: the process tree is measured whole.
+        pytest.param(["0.5", "--child"], 1.0, 25.0, 75.0, id="burning-child"),
+    ],
+)
+async def test_process_sampler_reads_the_cpu_a_replica_burns(
+    args: list[str], cores: float, low: float, high: float
+) -> None:
+    import asyncio
     import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
     from openeas.autoscaler.process import ProcessSampler
 
-    view, cpu = _view("cpu", os.getpid(), cores=2.0)
-    s = ProcessSampler()
-    await s.collect([view], 0.0)
-    sum(i * i for i in range(300_000))  # burn a little CPU between the two reads
-    await s.collect([view], 1.0)
-    used = s.total(view, cpu, 10.0, 1.0)
-    assert used is not None and used >= 0.0  # % of 2 cores over the 1 s between the reads
-    mem = s.total(view, MetricTarget(kind="memory", target=1), 10.0, 1.0)
-    assert mem is not None and mem > 10.0  # this Python process holds more than 10 MiB
+    cmd = [sys.executable, str(BURNER), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        view, cpu = _view("cpu", proc.pid, cores=cores)
+        s = ProcessSampler()
+        await s.collect([view], time.monotonic())
+        await asyncio.sleep(2.0)  # the window the share is measured over
+        now = time.monotonic()
+        await s.collect([view], now)
+        used = s.total(view, cpu, 10.0, now)
+        assert used is not None and low <= used <= high, used
+        mem = s.total(view, MetricTarget(kind="memory", target=1), 10.0, now)
+        assert mem is not None and mem > 5.0  # a Python process holds more than 5 MiB
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child too
+        proc.wait()

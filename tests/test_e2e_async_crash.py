@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, kill_gateway, new_server, replica_processes, stop_and_reap, wait_for
+from tests.harness import (
+    Server,
+    kill_gateway,
+    new_server,
+    replica_in_flight,
+    replica_processes,
+    stop_and_reap,
+    wait_for,
+)
 from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
 from tests.test_e2e_async import RID, async_spec
 
@@ -134,8 +141,11 @@ def test_kill_9_of_a_replica_mid_request_redelivers_it(qserver: Server) -> None:
     api = Api(qserver, "victim")
     rid = api.put()
     wait_for(lambda: api.get(requestId=rid)["status"] == "in_flight", 10, what="in flight")
-    time.sleep(0.3)  # the replica has it
+    (rep,) = c.describe("victim")["replicas"]
+    # The replica has it (its own count, read at its port), and holds it for 3 s.
+    wait_for(lambda: replica_in_flight(rep["port"]) == 1, 10, what="the replica serving the request")
     (pid,) = replica_processes(qserver.data_dir)
+    assert pid == rep["pid"]
     os.kill(pid, signal.SIGKILL)
     r = api.result(rid, "30s")
     assert r.status_code == 200 and r.json() == {"ok": True}

@@ -163,12 +163,19 @@ def test_scale_in_under_streaming_load_loses_nothing(shared_server: Server) -> N
             60,
             what="scale in to 1 replica",
         )
-        time.sleep(6)  # the streams started on the survivor finish too
+        # The streams running at the scale-in finish too (one more answer per client, 5 s each)
+        done = streams.ok
+        wait_for(lambda: streams.ok >= done + streams.clients, 30, what="the streams in flight at the scale-in")
+        wait_for(
+            lambda: sum(e["reason"] == "Stopped" for e in c.events(name, limit=10_000)) >= 2,
+            30,
+            what="the two scaled-in replicas stopped",
+        )
     finally:
         streams.stop()
     downs = [e for e in autoscaled_events(srv, name) if "scale down" in e["message"]]
     assert downs, autoscaled_events(srv, name)
-    stopped = [e for e in srv.client.events(name, limit=10_000) if e["reason"] == "Stopped"]
+    stopped = [e for e in c.events(name, limit=10_000) if e["reason"] == "Stopped"]
     assert len(stopped) == 2
     assert streams.failures == [], streams.failures
     assert streams.ok >= 4

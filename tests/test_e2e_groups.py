@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from openeas.sdk.client import ApiError
-from tests.harness import Server, new_server, service_spec, stop_and_reap
+from tests.harness import Server, new_server, service_spec, stop_and_reap, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,11 @@ class Load:
                 with self._lock:
                     self.results.append(row)
 
+    def answered_since(self, t: float) -> int:
+        """Answers to requests sent at or after ``t`` (monotonic seconds)."""
+        with self._lock:
+            return sum(1 for r in self.results if r[0] >= t)
+
     def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
@@ -160,14 +165,14 @@ def test_a_weight_change_under_load_is_in_effect_when_the_call_returns_and_fails
     c.group_create({"name": "swap", "routes": [{"service": "blue", "weight": 1000}, {"service": "green"}]})
     info = c.group_call_info("swap")
     with Load(info) as load:
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(0.0) >= 50, 30, poll_s=0.01, what="50 answers before the change")
         answer = c.group_weights("swap", {"blue": 0, "green": 1000})
         switched = time.monotonic()
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(switched) >= 50, 30, poll_s=0.01, what="50 answers after the change")
         rolling_back = time.monotonic()  # requests sent from here on may go either way...
         back = c.group_rollback("swap")  # one command back to blue
         rolled_back = time.monotonic()  # ...and from here on to blue only
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(rolled_back) >= 50, 30, poll_s=0.01, what="50 answers after the rollback")
     assert not load.errors, load.errors[:3]
     assert {r[2] for r in load.results} == {200}  # 0 failed requests
     # The gateway acknowledged the routing version before each call returned...

@@ -19,7 +19,16 @@ import pytest
 import requests
 
 from openeas.testserver import Knobs, ServerThread
-from tests.harness import Server, alive, event, group_members, reasons, service_spec, wait_for
+from tests.harness import (
+    Server,
+    alive,
+    event,
+    group_members,
+    reasons,
+    replica_in_flight,
+    service_spec,
+    wait_for,
+)
 
 
 def _replica(srv: Server, name: str) -> dict[str, Any] | None:
@@ -240,14 +249,6 @@ def _seconds_between(a: str, b: str) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
-def _testserver_in_flight(port: int) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith("testserver_requests_in_flight"):
-            return float(line.split()[-1])
-    return 0.0
-
-
 @pytest.mark.parametrize(
     ("resend", "status"),
     [
@@ -281,7 +282,7 @@ def test_request_dropped_unanswered_is_resent_per_service(shared_server: Server,
     t.start()
     # The replica that has the request (it read it: it is inside its handler) is killed.
     working = wait_for(
-        lambda: next((r for r in replicas if _testserver_in_flight(r["port"]) == 1), None), 10,
+        lambda: next((r for r in replicas if replica_in_flight(r["port"]) == 1), None), 10,
         what="a replica working on the request",
     )
     os.kill(working["pid"], signal.SIGKILL)

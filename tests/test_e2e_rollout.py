@@ -65,6 +65,11 @@ class ChatLoad:
                     self.results.append(row)
                 time.sleep(0.002)
 
+    def answered_since(self, t: float) -> int:
+        """Answers to requests sent at or after ``t`` (monotonic seconds)."""
+        with self._lock:
+            return sum(1 for r in self.results if r[0] >= t)
+
     def __enter__(self) -> ChatLoad:
         for t in self._threads:
             t.start()
@@ -102,7 +107,7 @@ def test_a_healthy_candidate_reaches_100_percent_across_a_control_plane_restart(
     c.group_create({"name": "roll", "routes": [{"service": "base", "weight": 1000}, {"service": "cand"}]})
     info = c.group_call_info("roll")
     with ChatLoad(info) as load:
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(0.0) >= 20, 30, poll_s=0.01, what="load flowing")
         r = cli(srv, "rollout", "roll", "--to", "cand", "--steps", "10,50,100", "--hold", "2s",
                 "--min-success", "99", "--max-p99-ms", "1000", "--min-requests", "10")  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -112,7 +117,7 @@ def test_a_healthy_candidate_reaches_100_percent_across_a_control_plane_restart(
         srv.start()  # ...and the next one carries on from the store
         wait_for(lambda: rollout_state(srv, "roll").get("state", {}).get("status") == "Succeeded", 60, what="success")
         done = time.monotonic()
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(done) >= 30, 30, poll_s=0.01, what="30 answers after the success")
     assert not load.errors, load.errors[:3]
     assert {s for _, s, _ in load.results} == {200}  # not one failed request
     assert {m for t, _, m in load.results if t > done} == {"cand"}  # all the traffic on the candidate
@@ -129,14 +134,14 @@ def test_a_candidate_whose_errors_rise_mid_rollout_is_rolled_back_automatically(
     c.group_create({"name": "risky", "routes": [{"service": "stable", "weight": 1000}, {"service": "flaky"}]})
     info = c.group_call_info("risky")
     with ChatLoad(info) as load:
-        time.sleep(0.5)
+        wait_for(lambda: load.answered_since(0.0) >= 20, 30, poll_s=0.01, what="load flowing")
         c.rollout_start("risky", "flaky", steps=[20, 50, 100], hold_s=4, min_success=99, min_requests=10)
         wait_for(lambda: rollout_state(srv, "risky").get("percent") == 20, 10, what="step 1 (20%)")
         # The candidate's error rate is raised: a new version that fails half its requests.
         c.update("flaky", service_spec("flaky", args="--model-name flaky --failure-rate 0.5 --seed 7"))
         wait_for(lambda: rollout_state(srv, "risky").get("state", {}).get("status") == "RolledBack", 60, what="rollback")
         rolled_back = time.monotonic()
-        time.sleep(1.0)
+        wait_for(lambda: load.answered_since(rolled_back) >= 60, 30, poll_s=0.01, what="60 answers after the rollback")
     state = c.rollout("risky")["state"]
     assert "success" in state["reason"] and "< 99%" in state["reason"], state
     assert [(m["service"], m["weight"]) for m in c.group("risky", stats=False)["members"]] == [("stable", 1000), ("flaky", 0)]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import Server, new_server, service_spec, stop_and_reap
+from tests.harness import Server, new_server, service_spec, stop_and_reap, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -152,15 +152,24 @@ def test_api_runs_a_bounded_test_in_the_server(srv: Server) -> None:
     assert page.status_code == 200 and page.text.count("<svg") == 4 and "cap2" in page.text
 
 
+def answered(srv: Server, service: str) -> float:
+    """Requests the gateway answered for ``service`` (any status), from its /metrics."""
+    text = requests.get(f"{srv.gateway_url}/metrics", timeout=5).text
+    prefix = f'openeas_gateway_requests_total{{service="{service}",'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def test_ctrl_c_stops_and_keeps_a_partial_report(srv: Server) -> None:
     import signal
 
+    before = answered(srv, "cap2")
     proc = subprocess.Popen(
         [sys.executable, "-m", "openeas.cli", "stress", "cap2", "--mode", "manual", "--qps", "50",
          "--step", "2", "--duration", "60", "--json"],
         env=srv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(5)  # into the second or third step
+    # Into the second step: more than the first step's 2 s x 50 requests/s answered.
+    wait_for(lambda: answered(srv, "cap2") - before > 120, 30, poll_s=0.2, what="the second step")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

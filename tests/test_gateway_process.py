@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest_gateway import LoopThread, MemorySource, free_port, route, start_gateway, table
+from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICA = (
@@ -64,13 +65,13 @@ def test_sigkill_of_one_replica_under_load_fails_no_request(
     lt = LoopThread()
     # The table keeps listing the killed replica: the control plane has not noticed yet.
     gw = lt.run(start_gateway(MemorySource(table(route("svc", [p for _, p in replicas])))))
-    stop = time.monotonic() + 2.5
+    stop = threading.Event()
     ok = [0]
     failures: list[str] = []
 
     def client() -> None:
         c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
-        while time.monotonic() < stop:
+        while not stop.is_set():
             try:
                 c.request("POST", "/api/predict/svc/x", body=b"payload")
                 r = c.getresponse()
@@ -88,10 +89,15 @@ def test_sigkill_of_one_replica_under_load_fails_no_request(
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.8)
-    replicas[0][0].kill()  # SIGKILL
-    for t in threads:
-        t.join()
+    try:
+        wait_for(lambda: ok[0] >= 50, 15, poll_s=0.01, what="the first 50 answers")
+        replicas[0][0].kill()  # SIGKILL
+        before = ok[0]
+        wait_for(lambda: ok[0] >= before + 100, 15, poll_s=0.01, what="100 answers after the kill")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     lt.run(gw.stop(grace_s=1))
     lt.stop()
     assert ok[0] > 100

@@ -62,10 +62,10 @@ async def test_claim_takes_priority_first_then_arrival_order(q: QueueBackend) ->
 
 async def test_a_result_is_stored_once_whatever_was_redelivered(q: QueueBackend) -> None:
     await q.enqueue(msg(rid="x", body=b"1"))
-    (first,) = await q.claim("svc", "c1", 1, 0.05, time.time())
-    await asyncio.sleep(0.1)
-    assert await q.reclaim("svc", 5, time.time()) == 1  # c1's lease expired: back in the queue
-    (second,) = await q.claim("svc", "c2", 1, 30, time.time())
+    t = time.time()  # leases are judged by the `now` passed in: no waiting for one to run out
+    (first,) = await q.claim("svc", "c1", 1, 0.05, t)
+    assert await q.reclaim("svc", 5, t + 0.1) == 1  # c1's lease expired: back in the queue
+    (second,) = await q.claim("svc", "c2", 1, 30, t + 0.1)
     assert second.request_id == "x" and second.attempts == 2
     assert await q.complete(first, result_of(first)) is True  # the slow first copy answered after all
     assert await q.complete(second, result_of(second)) is False  # the second answer is not stored
@@ -96,32 +96,34 @@ async def test_failed_attempts_end_in_the_dead_letter_list_and_redrive(q: QueueB
 
 async def test_expired_leases_past_max_delivery_die(q: QueueBackend) -> None:
     await q.enqueue(msg(rid="hang"))
+    t = time.time()
     for _ in range(2):
-        await q.claim("svc", "c1", 1, 0.01, time.time())
-        await asyncio.sleep(0.05)
-        await q.reclaim("svc", 2, time.time())
+        await q.claim("svc", "c1", 1, 0.01, t)
+        t += 0.05  # past the lease
+        await q.reclaim("svc", 2, t)
     (dead,) = await q.dead_letters("svc", 10)
     assert dead.attempts == 2 and "lease expired" in dead.last_error
 
 
 async def test_a_late_failure_of_a_taken_back_lease_changes_nothing(q: QueueBackend) -> None:
     await q.enqueue(msg(rid="x"))
-    (old,) = await q.claim("svc", "c1", 1, 0.01, time.time())
-    await asyncio.sleep(0.05)
-    await q.reclaim("svc", 5, time.time())
-    (new,) = await q.claim("svc", "c2", 1, 30, time.time())
-    assert await q.fail(old, "late", 1, time.time()) is State.IN_FLIGHT  # the new delivery decides
+    t = time.time()
+    (old,) = await q.claim("svc", "c1", 1, 0.01, t)
+    await q.reclaim("svc", 5, t + 0.05)  # past the lease
+    (new,) = await q.claim("svc", "c2", 1, 30, t + 0.05)
+    assert await q.fail(old, "late", 1, t + 0.05) is State.IN_FLIGHT  # the new delivery decides
     assert await q.dead_letters("svc", 10) == []
     assert await q.complete(new, result_of(new))
 
 
 async def test_renewed_leases_do_not_expire_and_release_does_not_count(q: QueueBackend) -> None:
     await q.enqueue(msg(rid="long"))
-    (m,) = await q.claim("svc", "c1", 1, 0.2, time.time())
-    for _ in range(3):
-        await asyncio.sleep(0.1)
-        await q.renew("c1", [m], 0.2, time.time())
-        assert await q.reclaim("svc", 5, time.time()) == 0
+    t = time.time()
+    (m,) = await q.claim("svc", "c1", 1, 0.2, t)
+    for _ in range(3):  # 0.3 s in all: past the first lease, never past a renewed one
+        t += 0.1
+        await q.renew("c1", [m], 0.2, t)
+        assert await q.reclaim("svc", 5, t) == 0
     await q.release([m])
     (back,) = await q.claim("svc", "c2", 1, 30, time.time())
     assert back.attempts == 1  # the released delivery was not counted
@@ -134,7 +136,7 @@ async def test_read_results_are_deleted_and_old_ones_expire(q: QueueBackend) -> 
         await q.complete(m, result_of(m, ttl_s=0.05 if m.request_id == "old" else 60))
     assert await q.mark_read("svc", ["read"]) == 1
     assert await q.lookup("svc", "read") == (State.READ, None)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # real time: Redis expires results by itself (PEXPIRE)
     assert await q.expire(time.time()) >= 1
     assert await q.lookup("svc", "old") == (None, None)
     assert [r.request_id for r in await q.results_after("svc", 0, 10)] == ["keep"]

@@ -109,10 +109,13 @@ async def test_always_failing_requests_go_dead_after_max_delivery(q: QueueBacken
     caller = FakeCaller({"a": "fail"})
     d = Dispatcher(q, "c1", caller=caller, cooldown_s=0.05)
     d.update({"svc": (QueueSettings(max_delivery=3), [A])})
-    await until(lambda: len(caller.calls) == 3)
-    await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not (dead_letters := await q.dead_letters("svc", 10)):
+        assert time.monotonic() < deadline, "no dead letter"
+        await asyncio.sleep(0.01)
+    # Dead: it can be claimed no more, so the count of attempts is final.
     assert len(caller.calls) == 3  # max_delivery attempts, then no more
-    (dead,) = await q.dead_letters("svc", 10)
+    (dead,) = dead_letters
     assert dead.request_id == rid and dead.attempts == 3 and "answered 500: boom" in dead.last_error
     caller.behaviour["a"] = "ok"  # the replica is fixed
     assert await q.redrive("svc", [rid]) == 1

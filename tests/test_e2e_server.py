@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from openeas.runtime.identity import node_tag
 from tests.harness import Server, alive, new_server, replica_processes, service_spec, wait_for
 
 CLI = [sys.executable, "-m", "openeas.cli"]
@@ -50,7 +51,12 @@ def test_server_kill9_adopts_its_replicas_and_kills_orphans(tmp_path: Path):
         workdir.mkdir(parents=True)
         ghost = subprocess.Popen(
             [sys.executable, "-m", "openeas.testserver", "--host", "127.0.0.1", "--port", "0"],
-            env={**srv.env(), "OPENEAS_REPLICA_ID": "durable-ghost", "OPENEAS_SERVICE": "durable"},
+            env={
+                **srv.env(),
+                "OPENEAS_REPLICA_ID": "durable-ghost",
+                "OPENEAS_SERVICE": "durable",
+                "OPENEAS_NODE": node_tag(srv.data_dir),
+            },
             cwd=workdir,
             start_new_session=True,
             stdout=subprocess.DEVNULL,

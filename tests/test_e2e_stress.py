@@ -101,7 +101,7 @@ def _served(srv: Server, name: str) -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nosuch"], "unknown service 'nosuch'"),
+        (["nosuch"], "unknown service or group 'nosuch'"),
         (["cap2", "--data", "/nonexistent/reqs.jsonl"], "data.path: no such file"),
         (["cap2", "--min-qps", "100", "--max-qps", "10"], "optional.minQPS: 100 is above optional.maxQPS (10)"),
         (["cap2", "--mode", "scan", "--max-qps", "5000", "--qps-delta", "1", "--duration", "30"], "more than base.duration"),

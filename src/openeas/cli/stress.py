@@ -5,6 +5,10 @@ service through this OpenEAS's gateway, shows each step as it ends, and prints t
 point and the recommended autoscaler settings; the report is kept in the server's store
 (``openeas stress ls``, ``openeas stress show ID``). ``--apply`` writes the recommendation into
 the service's spec as a new version. Ctrl-C stops the test and keeps a partial report (exit 130).
+
+TARGET may name a service group (services and groups share one namespace): the test loads the
+group's endpoint with its token, through its weights and match rules, and the report breaks the
+answers down by member (the gateway's ``X-OpenEAS-Member`` header).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from openeas.sdk.client import ApiError, Client
 from openeas.stress.analysis import StepResult
 from openeas.stress.apply import apply_recommendation
 from openeas.stress.generator import Generator
+from openeas.stress.members import GroupInfo
 from openeas.stress.observe import ApiObserver
 from openeas.stress.plan import PlanError, StressPlan, build_plan
-from openeas.stress.report import steps_table, summary_lines, to_html
+from openeas.stress.report import members_table, steps_table, summary_lines, to_html
 from openeas.stress.runner import run_against
 
 
@@ -46,7 +51,8 @@ class _RunByDefault(TyperGroup):
 stress_app = typer.Typer(
     cls=_RunByDefault,
     no_args_is_help=True,
-    help="Stress-test a service: find its saturation point and the autoscaler target (docs/stress.md).",
+    help="Stress-test a service or a group's endpoint: find the saturation point and the autoscaler "
+    "target (docs/stress.md).",
 )
 
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")]
@@ -64,17 +70,28 @@ def _fail(message: str, lines: list[str] | None = None, code: int = 1) -> None:
     main_fail(message, lines, code)
 
 
-def _resolve(client: Client, target: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The service's detail and call info; an unknown name is invalid input (exit 2)."""
+def _resolve(client: Client, target: str) -> tuple[dict[str, Any], dict[str, str], GroupInfo | None]:
+    """The service's (or group's) detail and call info, and the group; an unknown name is invalid
+    input (exit 2)."""
     try:
         detail = client.describe(target)
     except ApiError as exc:
-        if exc.status == 404:
-            _fail(f"unknown service '{target}': nothing was sent (openeas ls lists the services)", code=2)
-        raise
+        if exc.status != 404:
+            raise
+        try:
+            group = client.group(target, stats=False)
+        except ApiError as gexc:
+            if gexc.status == 404:
+                _fail(
+                    f"unknown service or group '{target}': nothing was sent "
+                    "(openeas ls lists the services, openeas group ls the groups)",
+                    code=2,
+                )
+            raise
+        return group, client.group_call_info(target), GroupInfo.from_detail(group)
     if detail.get("status") == "Stopped":
         _fail(f"service '{target}' is stopped: start it first (openeas start {target})", code=2)
-    return detail, client.call_info(target)
+    return detail, client.call_info(target), None
 
 
 def _progress_line(s: StepResult) -> str:
@@ -88,7 +105,13 @@ def _progress_line(s: StepResult) -> str:
 
 
 def _run(
-    plan: StressPlan, client: Client, endpoint: str, token: str, detail: dict[str, Any], quiet: bool
+    plan: StressPlan,
+    client: Client,
+    endpoint: str,
+    token: str,
+    detail: dict[str, Any],
+    quiet: bool,
+    group: GroupInfo | None = None,
 ) -> dict[str, Any]:
     gateway_url = endpoint.split("/api/predict/", 1)[0]
     observer_client = Client(client.api_url, client.admin_token, timeout_s=5)
@@ -96,6 +119,8 @@ def _run(
     observer = ApiObserver(lambda: observer_client.request("GET", path)).start()
     min_replicas = int((detail.get("spec") or {}).get("autoscaling", {}).get("min_replicas") or 1)
     ready = float(detail.get("ready_replicas") or 1)
+    if group is not None:  # the group's replicas: its members'
+        ready = float(sum(m.get("ready_replicas") or 0 for m in detail.get("members") or []) or 1)
     holder: dict[str, Generator] = {}
 
     def on_generator(gen: Generator) -> None:
@@ -138,6 +163,7 @@ def _run(
                 on_generator=on_generator,
                 min_replicas=min_replicas,
                 replicas_fallback=ready,
+                group=group,
             )
         )
     finally:
@@ -151,7 +177,9 @@ def _run(
 
 @stress_app.command("run")
 def run_cmd(
-    target: Annotated[str, typer.Argument(help="The service to load (through this OpenEAS's gateway).")],
+    target: Annotated[
+        str, typer.Argument(help="The service or group to load (through this OpenEAS's gateway).")
+    ],
     mode: Annotated[str | None, typer.Option("--mode", help="auto (ramp to the knee), scan, manual.")] = None,
     task: Annotated[
         Path | None, typer.Option("--task", help="An EAS benchmark task JSON (options below win over it).")
@@ -222,9 +250,15 @@ def run_cmd(
             _fail("invalid stress plan: nothing was sent", exc.errors, code=2)
             return
         client = _client()
-        detail, info = _resolve(client, target)
+        detail, info, group = _resolve(client, target)
+        if apply and group is not None:
+            _fail(
+                f"--apply: '{target}' is a group, which has no autoscaling of its own: nothing was "
+                "sent (stress-test a member to apply its recommendation to it)",
+                code=2,
+            )
         try:
-            report = _run(plan, client, info["endpoint"], info["token"], detail, quiet=json_out)
+            report = _run(plan, client, info["endpoint"], info["token"], detail, json_out, group)
         except PlanError as exc:
             _fail("cannot run the stress test: nothing was sent", exc.errors, code=2)
             return
@@ -260,6 +294,8 @@ def run_cmd(
 
 def _print_report(report: dict[str, Any]) -> None:
     render.out.print(steps_table(report))
+    if report.get("members"):
+        render.out.print(members_table(report))
     for line in summary_lines(report):
         render.out.print(line, highlight=False, soft_wrap=True)
     render.out.print(

@@ -20,6 +20,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from openeas.gateway.table import Upstream
 
+MAX_STATUS_LINE = 8192  # bytes held at most while waiting for an answer's status line to end
 MAX_IDLE_PER_UPSTREAM = 512  # idle keep-alive connections kept per replica; more are closed
 
 # Linux `struct tcp_info`: `tcpi_bytes_acked` (u64, since Linux 4.1) is at byte offset 120. It
@@ -57,6 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "earlier_request_bytes",
         "got_bytes",
+        "head_part",
+        "inject",
         "keep_alive",
         "parser",
         "reused",
@@ -80,6 +83,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.keep_alive = True
         self.tunnel = False  # the replica answered 101: its bytes go to the client unparsed
+        # A header line to add after the status line of the current answer (a group's request:
+        # X-OpenEAS-Member), None once added; head_part: the answer's bytes held while its status
+        # line is incomplete (a status line split across reads: rare).
+        self.inject: bytes | None = None
+        self.head_part = b""
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +99,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if self.inject is not None:
+            data = self._with_injected(data)
+            if not data:
+                return
         try:
             client.transport.write(data)
         except RuntimeError:
@@ -115,6 +127,22 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.abort()
             self._lost(f"invalid HTTP response from replica {self.state.name}: {e}")
+
+    def _with_injected(self, data: bytes) -> bytes:
+        """``data`` with the ``inject`` line after the answer's status line; b"" while that line
+        is not complete yet (kept in ``head_part``). Past MAX_STATUS_LINE bytes without one, the
+        bytes go as they are (the parser will judge them)."""
+        head = self.head_part + data if self.head_part else data
+        end = head.find(b"\r\n")
+        if end < 0 and len(head) <= MAX_STATUS_LINE:
+            self.head_part = head
+            return b""
+        self.head_part = b""
+        inject, self.inject = self.inject, None
+        if end < 0 or inject is None:
+            return head
+        end += 2
+        return head[:end] + inject + head[end:]
 
     def expect_head_response(self) -> None:
         """The next response answers a HEAD request: it ends with its headers, whatever they say."""

@@ -117,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
         "is_head",
         "keep_alive",
         "loop",
+        "member_header",
         "parser",
         "phase",
         "queued",
@@ -183,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
         self.attempts: Attempts | None = None  # made on the first failure or hold
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
         self.split: Split | LiveOnly | None = None  # a service group's request: member, mirrored copies
+        self.member_header: bytes | None = None  # a group's request: X-OpenEAS-Member for its answer
         self.started = 0.0  # loop time (s) the head was complete
         # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
         ctx = self.ctx
@@ -557,6 +559,7 @@ class ClientConnection(asyncio.Protocol):
         conn.client = self
         conn.reused = new_conn is None
         conn.got_bytes = False
+        conn.inject = self.member_header
         if self.is_head:
             conn.expect_head_response()
         self.upstream_conn = conn

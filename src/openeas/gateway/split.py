@@ -119,6 +119,7 @@ class MemberState:
     rule: MatchRule | None
     metrics: MemberMetrics
     plain: LiveOnly  # the split state of its requests that are not mirrored (shared)
+    header: bytes  # the header line naming it on the answers it serves (`member_header`)
 
 
 @dataclass(slots=True)
@@ -149,6 +150,17 @@ def choose(group: GroupState, headers: Mapping[bytes, bytes] | None, r: float) -
     return group.weighted[i] if i >= 0 else None
 
 
+MEMBER_HEADER = "X-OpenEAS-Member"
+"""Added by the gateway to the answer of every request to a group's endpoint that a member's
+replica answered: the member's service name (``openeas stress <group>`` attributes each answer
+by it). An answer the gateway gives itself (401, 404, 503...) has none."""
+
+
+def member_header(service: str) -> bytes:
+    """The header line (CRLF included) naming ``service`` as the member that answered."""
+    return f"{MEMBER_HEADER}: {service}\r\n".encode("latin-1")
+
+
 def build_groups(
     groups: Mapping[str, GroupDef], routes: Mapping[str, RouteState], metrics: GatewayMetrics
 ) -> dict[str, GroupState]:
@@ -174,6 +186,7 @@ def build_groups(
                 rule=MatchRule.compile(m.match, g.region_header) if m.match is not None else None,
                 metrics=member_metrics,
                 plain=LiveOnly(member_metrics.live),
+                header=member_header(m.service),
             )
             members[m.service] = state
             if state.rule is not None:
@@ -220,6 +233,7 @@ def route_group(client: ClientConnection, name: str) -> RouteState | None:
         if not _authorized(client, group, own, name):
             return None
         client.split = chosen.plain
+        client.member_header = chosen.header
         return chosen.route
     creds = group.creds
     if (
@@ -235,6 +249,7 @@ def route_group(client: ClientConnection, name: str) -> RouteState | None:
         client._local_error(GatewayError(503, "no_weighted_member", message))
         return None
     client.split = chosen.plain
+    client.member_header = chosen.header
     if group.mirrors and client.upgrade is None:
         _mirror(client, group, chosen)
     return chosen.route

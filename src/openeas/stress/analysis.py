@@ -61,6 +61,7 @@ class StepResult:
     tpot: dict[str, Any] | None = None  # time per output token after the first (ms)
     tokens_per_s: float | None = None  # output tokens completed per second in the window
     knee: str | None = None  # why this step is past the knee; None when it was served well
+    members: list[dict[str, Any]] | None = None  # a group's test: members.breakdown of the step
 
     @property
     def p99_ms(self) -> float | None:

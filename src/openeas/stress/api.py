@@ -1,9 +1,11 @@
 """The stress test in the control-plane API.
 
 - ``GET  /api/v1/services/{name}/load``: ready and desired replicas, requests in flight and
-  held at the gateways, arrival rate (what a stress test observes; any client may poll it);
+  held at the gateways, arrival rate (what a stress test observes; any client may poll it); for a
+  group's name (services and groups share one namespace), its members' summed;
 - ``POST /api/v1/services/{name}/stress``: start a test in the server (body: an EAS benchmark
-  task and/or ``{"options": {...}}``); 202 with its id; one test at a time (409 otherwise);
+  task and/or ``{"options": {...}}``); 202 with its id; one test at a time (409 otherwise). A
+  group's name tests the group's endpoint with its token, each answer attributed to its member;
 - ``GET  /api/v1/stress`` (``?target=``): stored reports, newest first;
 - ``GET  /api/v1/stress/{id}``: a report (``status: running`` while it runs);
   ``GET /api/v1/stress/{id}/html``: the same as a self-contained HTML page;
@@ -26,10 +28,12 @@ from fastapi import FastAPI, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
-from openeas.errors import Conflict, OpenEASError
+from openeas.errors import Conflict, NotFound, OpenEASError
 from openeas.states import ReplicaPhase, desired_replicas
+from openeas.store.groups import GroupStore
 from openeas.stress import store as reports
 from openeas.stress.generator import Generator
+from openeas.stress.members import GroupInfo
 from openeas.stress.observe import ApiObserver
 from openeas.stress.plan import PlanError, StressPlan, build_plan
 from openeas.stress.report import to_html
@@ -41,8 +45,39 @@ if TYPE_CHECKING:
 LOAD_WINDOW_S = 2.0  # arrival rate over the last 2 s
 
 
+def is_group(cp: ControlPlane, name: str) -> bool:
+    """``name`` is a group's, not a service's (a name is one or the other); NotFound when neither."""
+    try:
+        cp.store.get_service(name)
+        return False
+    except NotFound:
+        if GroupStore(cp.store).exists(name):
+            return True
+        raise NotFound(f"no service or group '{name}'") from None
+
+
 def load_view(cp: ControlPlane, name: str) -> dict[str, Any]:
-    """What the control plane knows of ``name``'s load now. None = no data (no gateway reported)."""
+    """What the control plane knows of ``name``'s load now (a group: its members' summed).
+    None = no data (no gateway reported)."""
+    if is_group(cp, name):
+        return _group_load(cp, name)
+    return _service_load(cp, name)
+
+
+def _group_load(cp: ControlPlane, name: str) -> dict[str, Any]:
+    views = [_service_load(cp, m.service) for m in GroupStore(cp.store).get(name).members]
+
+    def total(key: str) -> Any:
+        values = [v[key] for v in views if v[key] is not None]
+        return sum(values) if values else None  # "no data" stays None, not 0
+
+    out = {"name": name, "kind": "group"}
+    for key in ("ready_replicas", "desired_replicas", "in_flight", "held", "arrival_rate"):
+        out[key] = total(key)
+    return out
+
+
+def _service_load(cp: ControlPlane, name: str) -> dict[str, Any]:
     svc = cp.store.get_service(name)
     reps = [r for r in cp.store.replicas(name) if not r.stopping]
     stats = getattr(cp, "gateway_stats", None)
@@ -88,6 +123,19 @@ class StressRuns:
                 self._gen.stop()
             return True
 
+    def _target(self, name: str) -> tuple[GroupInfo | None, str, int]:
+        """(the group, or None for a service; the token to call it with; its min_replicas)."""
+        cp = self.cp
+        if is_group(cp, name):
+            from openeas.api.groups import GroupsApi
+
+            info = GroupInfo.from_detail(GroupsApi(cp).detail(name, stats=False))
+            return info, GroupStore(cp.store).token(name), 1
+        spec = cp.store.version_spec(name, cp.store.get_service(name).current_version)
+        auto = (spec.model_extra or {}).get("autoscaling")
+        min_replicas = int(auto.get("min_replicas") or 1) if isinstance(auto, dict) else 1
+        return None, cp.store.token(name), min_replicas
+
     def _set_gen(self, gen: Generator) -> None:
         with self._lock:
             self._gen = gen
@@ -96,18 +144,17 @@ class StressRuns:
         cp = self.cp
         observer = ApiObserver(lambda: load_view(cp, plan.target)).start()
         try:
-            spec = cp.store.version_spec(plan.target, cp.store.get_service(plan.target).current_version)
-            auto = (spec.model_extra or {}).get("autoscaling")
-            min_replicas = int(auto.get("min_replicas") or 1) if isinstance(auto, dict) else 1
+            group, token, min_replicas = self._target(plan.target)
             report = asyncio.run(
                 run_against(
                     plan,
                     gateway_url=cp.gateway_url,
-                    token=cp.store.token(plan.target),
+                    token=token,
                     observer=observer,
                     on_generator=self._set_gen,
                     report_id=rid,
                     min_replicas=min_replicas,
+                    group=group,
                 )
             )
         except Exception as exc:  # kept in the report: the API's caller polls for it
@@ -130,18 +177,20 @@ def register(app: FastAPI, cp: ControlPlane, auth: list[Depends]) -> None:
 
     @app.get("/api/v1/services/{name}/load", dependencies=auth, tags=["stress"])
     def load(name: str) -> dict[str, Any]:
-        """Ready/desired replicas, in flight (held included) and arrival rate (req/s) now."""
+        """Ready/desired replicas, in flight (held included) and arrival rate (req/s) now (a
+        group: its members' summed)."""
         return load_view(cp, name)
 
     @app.post("/api/v1/services/{name}/stress", status_code=202, dependencies=auth, tags=["stress"])
     async def start(name: str, request: Request) -> dict[str, Any]:
-        """Start a stress test of ``name`` in the server. Body: an EAS benchmark task (``base``,
-        ``data``, ``http``, ``optional``) and/or ``options`` in the plan's own field names."""
+        """Start a stress test of ``name`` (a service, or a group's endpoint) in the server. Body:
+        an EAS benchmark task (``base``, ``data``, ``http``, ``optional``) and/or ``options`` in
+        the plan's own field names."""
         body = await _json_object(request)
         options = body.pop("options", None)
         if options is not None and not isinstance(options, dict):
             raise PlanError(["options: must be an object"])
-        cp.store.get_service(name)  # an unknown service is a 404 before anything else
+        is_group(cp, name)  # an unknown service (or group) is a 404 before anything else
         plan = await asyncio.to_thread(build_plan, name, body, options)
         return runs.start(plan)
 

@@ -32,6 +32,7 @@ _CONTENT = re.compile(rb'"(?:content|text)"\s*:\s*"(?!")')
 _USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 SWEEP_S = 0.1
 MAX_CONNECTING = 8
+MEMBER_HEADER = b"x-openeas-member"  # the gateway's name of the group member that answered
 """New connections opened at once. A burst of due requests first waits for the connections that
 are about to free up (a fast service returns them within microseconds); only a backlog that
 lasts grows the pool, 8 connections at a time, instead of one connection per queued request."""
@@ -56,8 +57,8 @@ def build_requests(
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "buf", "first_token", "fresh", "intended", "last_token", "on_done", "parser", "pool", "sent", "sse",
-        "status", "tokens", "transport", "usage_tokens",
+        "buf", "first_token", "fresh", "intended", "last_token", "member", "on_done", "parser", "pool",
+        "sent", "sse", "status", "tokens", "transport", "usage_tokens",
     )  # fmt: skip
 
     def __init__(self, pool: HttpTransport) -> None:
@@ -75,6 +76,7 @@ class _Conn(asyncio.Protocol):
         self.last_token: float | None = None
         self.tokens = 0
         self.usage_tokens: int | None = None
+        self.member: str | None = None  # a group's test: X-OpenEAS-Member of the answer (_MemberConn)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class _Conn(asyncio.Protocol):
         on_done(
             Outcome(
                 self.intended, self.sent, time.monotonic(), self.status, None,
-                self.first_token, self.last_token, tokens,
+                self.first_token, self.last_token, tokens, self.member,
             )
         )  # fmt: skip
         pool = self.pool
@@ -155,6 +157,7 @@ class _Conn(asyncio.Protocol):
         self.on_done = on_done
         self.intended = intended
         self.status = 0
+        self.member = None
         if self.sse:
             self.sse = False
             self.buf = b""
@@ -173,11 +176,22 @@ class _Conn(asyncio.Protocol):
             return
         self.on_done = None
         self.pool._busy.discard(self)
-        on_done(Outcome(self.intended, self.sent, time.monotonic(), self.status, error))
+        on_done(Outcome(self.intended, self.sent, time.monotonic(), self.status, error, member=self.member))
 
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class _MemberConn(_Conn):
+    """A connection of a group's test: also reads the member that answered from its header (a
+    callback per header line: only a group's test pays for it)."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == MEMBER_HEADER:
+            self.member = value.decode("latin-1")
 
 
 class HttpTransport:
@@ -191,6 +205,7 @@ class HttpTransport:
         *,
         max_connections: int = 2000,
         timeout_s: float = 30.0,
+        by_member: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -208,6 +223,7 @@ class HttpTransport:
         self._loop = asyncio.get_running_loop()
         self._sweeper = self._loop.create_task(self._sweep())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._conn_class = _MemberConn if by_member else _Conn  # by_member: read X-OpenEAS-Member
 
     # -- Transport protocol -------------------------------------------------------------------------
 
@@ -264,7 +280,7 @@ class HttpTransport:
 
     async def _open_one(self) -> None:
         try:
-            await self._loop.create_connection(lambda: _Conn(self), self.host, self.port)
+            await self._loop.create_connection(lambda: self._conn_class(self), self.host, self.port)
         except OSError:
             self._connecting -= 1
             self.connect_errors += 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from openeas.stress.histo import Histo
+from openeas.stress.members import MemberTally, tally
 from openeas.stress.plan import Arrival
 
 # While behind schedule the generator sends without sleeping; it still yields to the loop after
@@ -41,6 +42,7 @@ class Outcome:
     first_token: float | None = None  # streamed answers: the first SSE event with content
     last_token: float | None = None
     tokens: int = 0  # streamed answers: output tokens (SSE content events, or the usage chunk)
+    member: str | None = None  # a group's test: the member that answered (X-OpenEAS-Member)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +119,7 @@ class StepRecord:
     tokens: int = 0
     by_status: Counter[str] = field(default_factory=Counter)  # "200", "503", "timeout", "connect"...
     pending: dict[float, int] = field(default_factory=dict)  # due time → requests not answered yet
+    members: dict[str, MemberTally] | None = None  # a group's test: answers by member; else None
 
     def on_send(self, intended: float) -> None:
         self.sent += 1
@@ -133,6 +136,8 @@ class StepRecord:
             p[o.intended] = n - 1
         key = o.error if o.error is not None else str(o.status)
         self.by_status[key] += 1
+        if self.members is not None and o.member is not None:
+            tally(self.members, o.member, key, o.ok, o.done - o.intended)
         if not o.ok:
             return
         self.ok += 1
@@ -176,7 +181,14 @@ class Generator:
     """Runs steps against a transport. ``budget`` caps the requests of the whole run."""
 
     def __init__(
-        self, transport: Transport, clock: Clock, n_bodies: int, *, seed: int = 0, budget: int = 1_000_000
+        self,
+        transport: Transport,
+        clock: Clock,
+        n_bodies: int,
+        *,
+        seed: int = 0,
+        budget: int = 1_000_000,
+        by_member: bool = False,
     ) -> None:
         self.transport = transport
         self.clock = clock
@@ -186,10 +198,14 @@ class Generator:
         self.capped = False  # the budget ran out
         self.stopped = False  # ``stop()`` was called (Ctrl-C, an API cancel)
         self.totals = Totals()
+        self.by_member = by_member  # a group's test: each step tallies its answers by member
         self._next = 0
 
     def stop(self) -> None:
         self.stopped = True
+
+    def _record(self) -> StepRecord:
+        return StepRecord(self.totals, members={} if self.by_member else None)
 
     def _body(self) -> int:
         i = self._next
@@ -214,7 +230,7 @@ class Generator:
     async def rate_step(self, rate: float, duration_s: float, arrival: Arrival) -> StepWindow:
         """Offer ``rate`` req/s for ``duration_s`` (open loop)."""
         clock, tr = self.clock, self.transport
-        rec = StepRecord(self.totals)
+        rec = self._record()
         start = clock.now()
         end = start + duration_s
         sent0, ok0, tok0 = tr.sent_total, self.totals.ok_done, self.totals.tokens_done
@@ -244,7 +260,7 @@ class Generator:
         """Keep ``concurrency`` requests in flight for ``duration_s`` (closed loop: each answer
         sends the next; latency counts from the actual send)."""
         clock, tr = self.clock, self.transport
-        rec = StepRecord(self.totals)
+        rec = self._record()
         start = clock.now()
         end = start + duration_s
         sent0, ok0, tok0 = tr.sent_total, self.totals.ok_done, self.totals.tokens_done

@@ -3,7 +3,8 @@ self-contained HTML page with inline SVG charts (no script, no CDN: it opens off
 mailed as one file).
 
 Charts: latency (p50, p99) against the offered load, throughput against the offered load (with
-the "served everything" diagonal), and ready replicas and requests in flight over time.
+the "served everything" diagonal), and ready replicas and requests in flight over time. A group's
+test adds the breakdown by member (requests, errors, latency, share against the weight's share).
 """
 
 from __future__ import annotations
@@ -71,11 +72,43 @@ def steps_table(report: dict[str, Any]) -> Table:
     return t
 
 
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def members_table(report: dict[str, Any]) -> Table:
+    """A group's test: one row per member (the whole run), then the unattributed requests."""
+    group = report.get("group") or {}
+    t = Table(title=f"by member of group {group.get('name', report.get('target'))}", title_justify="left")
+    cols = ("member", "requests", "ok", "errors", "ok/s", "p50 ms", "p90 ms", "p99 ms", "share", "weight's")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "member" else "right")
+    for r in report.get("members") or []:
+        t.add_row(
+            str(r["member"]), str(r["requests"]), str(r["ok"]), str(r["errors"]), _num(r.get("throughput")),
+            _num(r.get("p50")), _num(r.get("p90")), _num(r.get("p99")), _pct(r.get("share")),
+            _pct(r.get("expected_share")),
+        )  # fmt: skip
+    return t
+
+
+def _group_lines(report: dict[str, Any]) -> list[str]:
+    group = report.get("group")
+    if not group:
+        return []
+    return [
+        f"group {group.get('name')}: the figures below are its endpoint's as a whole, per replica "
+        "across its members (each member's own share, errors and latency: the table by member)",
+        *(group.get("notes") or []),
+    ]
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Saturation and recommendation in a few sentences."""
     lines = [
         f"{report.get('status')}: {report.get('end_reason')} · {report.get('requests')} requests, "
-        f"{report.get('errors')} errors in {report.get('duration_s')} s"
+        f"{report.get('errors')} errors in {report.get('duration_s')} s",
+        *_group_lines(report),
     ]
     sat = report.get("saturation")
     if sat:
@@ -88,8 +121,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"knee: {sat.get('reason')}")
     rec = report.get("recommendation")
     if rec:
+        whose = " (each member alike: a group has no autoscaling of its own)" if report.get("group") else ""
         lines.append(
-            f"recommendation: autoscaling metric {rec['metric']}, "
+            f"recommendation{whose}: autoscaling metric {rec['metric']}, "
             f"target {_num(rec['target'], 2)} per replica, "
             f"min_replicas {rec['min_replicas']}, max_replicas {rec['max_replicas']} "
             f"(peak {_num(rec['expected_peak_qps'])} req/s, {rec['peak_source']})"
@@ -258,9 +292,28 @@ def to_html(report: dict[str, Any]) -> str:
                 y_label="ms",
             )
         )
+    if report.get("members"):
+        parts.append("<h2>By member</h2>" + _members_html(report["members"]))
     parts.append("<h2>Steps</h2>" + _steps_html(steps, bool(report.get("stream"))))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _members_html(rows: Sequence[dict[str, Any]]) -> str:
+    e = html.escape
+    cols = ["member", "requests", "ok", "errors", "by status", "ok/s", "p50", "p90", "p99", "share",
+            "weight's"]  # fmt: skip
+    out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
+    for r in rows:
+        cells = [
+            str(r["member"]), r["requests"], r["ok"], r["errors"],
+            ", ".join(f"{k}: {v}" for k, v in (r.get("by_status") or {}).items()), r.get("throughput"),
+            r.get("p50"), r.get("p90"), r.get("p99"), _pct(r.get("share")), _pct(r.get("expected_share")),
+        ]  # fmt: skip
+        tds = "".join(f"<td>{e(c if isinstance(c, str) else _num(c))}</td>" for c in cells)
+        out.append(f"<tr>{tds}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
 
 
 def _steps_html(steps: Sequence[dict[str, Any]], stream: bool) -> str:
@@ -269,6 +322,9 @@ def _steps_html(steps: Sequence[dict[str, Any]], stream: bool) -> str:
             "replicas", "in flight"]  # fmt: skip
     if stream:
         cols += ["TTFT p50", "TTFT p99", "TPOT p50", "tok/s"]
+    by_member = any(s.get("members") for s in steps)
+    if by_member:
+        cols.append("by member")
     cols.append("knee")
     rows = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for s in steps:
@@ -281,6 +337,8 @@ def _steps_html(steps: Sequence[dict[str, Any]], stream: bool) -> str:
         if stream:
             ttft, tpot = s.get("ttft") or {}, s.get("tpot") or {}
             cells += [ttft.get("p50"), ttft.get("p99"), tpot.get("p50"), s.get("tokens_per_s")]
+        if by_member:
+            cells.append(", ".join(f"{m['member']}: {m['requests']}" for m in s.get("members") or []))
         cells.append(s.get("knee") or "")
         cls = " class='knee'" if s.get("knee") else ""
         tds = "".join(f"<td>{e(c if isinstance(c, str) else _num(c))}</td>" for c in cells)

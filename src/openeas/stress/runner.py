@@ -25,6 +25,7 @@ from openeas.stress.analysis import (
     saturation,
 )
 from openeas.stress.generator import Clock, Generator, MonotonicClock, StepWindow
+from openeas.stress.members import GroupInfo, breakdown, merge_tallies, share_notes
 from openeas.stress.observe import Observer, Sample, window_mean
 from openeas.stress.plan import Load, PlanError, StressPlan, load_bodies
 
@@ -41,6 +42,7 @@ def measure(
     now: float,
     *,
     final: bool,
+    expected: dict[str, float] | None = None,
 ) -> StepResult:
     """A step's figures. Before the drain (``final=False``) unanswered requests count in the
     latency with their age so far, a lower bound; after it, they are errors (``unanswered``)."""
@@ -70,6 +72,7 @@ def measure(
         ttft=rec.ttft.summary() if streamed else None,
         tpot=rec.tpot.summary() if rec.tpot.count else None,
         tokens_per_s=round(w.tokens_done / w.duration_s, 3) if streamed else None,
+        members=None if rec.members is None else breakdown(rec.members, rec.sent, expected, w.duration_s),
     )
 
 
@@ -87,6 +90,7 @@ async def run_steps(
     min_replicas: int = 1,
     replicas_fallback: float = 1.0,
     report_id: str | None = None,
+    group: GroupInfo | None = None,
 ) -> dict[str, Any]:
     """Run the plan to its end (knee, last step, duration or request cap, stop request) and
     return the report (a JSON-ready dict)."""
@@ -127,14 +131,16 @@ async def run_steps(
     await gen.drain(INTERRUPT_DRAIN_S if gen.stopped else plan.timeout_s)
     samples = observer.samples()
     # The final figures: every answer is in now; the knee stays as decided during the run.
+    expected = group.expected if group is not None else None
+    now = clock.now()
     final = [
-        replace(measure(s.index, w, plan, t0, samples, clock.now(), final=True), knee=s.knee)
+        replace(measure(s.index, w, plan, t0, samples, now, final=True, expected=expected), knee=s.knee)
         for s, w in zip(steps, windows, strict=True)
     ]
     sat = saturation(final, replicas_fallback)
     rec = recommend(sat, expected_peak_qps=plan.expected_peak_qps, min_replicas=min_replicas) if sat else None
     stream = any(s.ttft is not None for s in final)
-    return {
+    report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "id": report_id or new_id(),
         "target": plan.target,
@@ -154,6 +160,16 @@ async def run_steps(
         "timeline": [x.to_dict(t0) for x in samples if x.t >= t0 - 1.0],
         "plan": plan.model_dump(mode="json", exclude={"data_content", "body", "headers"}),
     }
+    if group is not None:
+        report.update(group_part(group, windows, clock.now() - t0))
+    return report
+
+
+def group_part(group: GroupInfo, windows: Sequence[StepWindow], duration_s: float) -> dict[str, Any]:
+    """A group's test: the group as tested and the whole run's breakdown by member."""
+    tallies = merge_tallies(w.record.members or {} for w in windows)
+    rows = breakdown(tallies, sum(w.record.sent for w in windows), group.expected, duration_s or None)
+    return {"group": {**group.to_dict(), "notes": share_notes(rows, group)}, "members": rows}
 
 
 def new_id() -> str:
@@ -198,9 +214,11 @@ async def run_against(
     min_replicas: int = 1,
     replicas_fallback: float = 1.0,
     report_id: str | None = None,
+    group: GroupInfo | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` against ``/api/predict/<target>`` on the gateway. ``on_generator`` receives the
-    generator before the first step (call its ``stop()`` to interrupt)."""
+    generator before the first step (call its ``stop()`` to interrupt). ``group``: the target is
+    that group's endpoint (``token`` is the group's); each answer is attributed to its member."""
     from openeas.stress.client import HttpTransport, build_requests
 
     host, port = loopback_target(gateway_url)
@@ -213,9 +231,12 @@ async def run_against(
         build_requests(plan.method, host, port, path, headers, bodies),
         max_connections=plan.max_connections,
         timeout_s=plan.timeout_s,
+        by_member=group is not None,
     )
     clock = MonotonicClock()
-    gen = Generator(transport, clock, len(bodies), seed=plan.seed, budget=plan.max_requests)
+    gen = Generator(
+        transport, clock, len(bodies), seed=plan.seed, budget=plan.max_requests, by_member=group is not None
+    )
     if on_generator is not None:
         on_generator(gen)
     try:
@@ -229,6 +250,7 @@ async def run_against(
             min_replicas=min_replicas,
             replicas_fallback=replicas_fallback,
             report_id=report_id,
+            group=group,
         )
     finally:
         await transport.close()

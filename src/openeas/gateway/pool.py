@@ -28,6 +28,10 @@ MAX_IDLE_PER_UPSTREAM = 512  # idle keep-alive connections kept per replica; mor
 _TCP_INFO_LEN = 136
 _BYTES_ACKED_OFFSET = 120
 _SYN_BYTES = 1
+# Linux only: acknowledge at once. A replica that writes its head and its body in two sends
+# without TCP_NODELAY (Python's http.server, Flask's development server) holds the body until
+# the head is acknowledged (Nagle), and a long-lived connection delays that ACK by up to 40 ms.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class Downstream(Protocol):
@@ -63,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "parser",
         "reused",
+        "sock",
         "state",
         "status",
         "transport",
@@ -72,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, state: UpstreamState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None  # set to acknowledge at once (TCP_QUICKACK)
         self.parser = HttpResponseParser(self)
         self.client: Downstream | None = None
         self.closed = False
@@ -92,6 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if _TCP_QUICKACK is not None:
+            self.sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -115,6 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.client is client and self.sock is not None:
+                self._quickack()  # the answer goes on: its next segment must not wait on our ACK
         except HttpParserCallbackError as e:
             if not isinstance(e.__context__, _HeadDone):
                 raise
@@ -127,6 +137,13 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.abort()
             self._lost(f"invalid HTTP response from replica {self.state.name}: {e}")
+
+    def _quickack(self) -> None:
+        """Acknowledge what was read now (Linux resets the flag after each ACK it sends)."""
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[union-attr, arg-type]
+        except (OSError, AttributeError):  # closed meanwhile, or not a TCP socket
+            self.sock = None
 
     def _with_injected(self, data: bytes) -> bytes:
         """``data`` with the ``inject`` line after the answer's status line; b"" while that line

@@ -38,6 +38,20 @@ from openeas.gateway.table import RoutingSource, RoutingTable
 log = logging.getLogger("openeas.gateway")
 
 DEFAULT_POLL_INTERVAL_S = 1.0  # the safety net under notifications; seconds
+# Connections the kernel completes before the gateway accepts them. asyncio's default (100) is
+# too few for a burst of 1,000 connecting clients: SYNs past it are dropped and retried after 1 s,
+# 3 s (p99s of seconds); nginx listens with 511. Linux caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
+
+
+def listen_backlog(wanted: int = LISTEN_BACKLOG, somaxconn_file: Path = SOMAXCONN_FILE) -> int:
+    """``wanted``, capped by the kernel's limit where it can be read."""
+    try:
+        cap = int(somaxconn_file.read_text())
+    except (OSError, ValueError):
+        return wanted
+    return min(wanted, cap) if cap > 0 else wanted
 
 
 class Gateway:
@@ -185,7 +199,7 @@ class Gateway:
             lambda: ClientConnection(ctx),
             host,
             port,
-            backlog=1024,
+            backlog=listen_backlog(),
             reuse_address=True,
             reuse_port=reuse_port or None,
         )

@@ -36,6 +36,23 @@ TOKEN = "bench-token-0123456789abcdef"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A hand-written model server: Python's http.server, keep-alive, a 50 ms handler, the head and the
+# body in two sends without TCP_NODELAY (Nagle holds the body until the head is acknowledged).
+NAGLE_UPSTREAM = (
+    "import sys, time\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "class H(BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def do_GET(self):\n"
+    "        time.sleep(0.05)\n"
+    "        body = b'{\"ok\": true}'\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
+    "        self.end_headers(); self.wfile.write(body)\n"
+    "    def log_message(self, *a): pass\n"
+    "ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+NAGLE_RATE = 40.0  # requests per second, spread over NAGLE_CLIENTS keep-alive connections
+NAGLE_CLIENTS = 4
 AIOHTTP_UPSTREAM = (
     "import sys; from aiohttp import web\n"
     "async def ok(r): return web.json_response({'ok': True, 'model': 'bench'})\n"
@@ -141,6 +158,12 @@ class Bench:
             label = "aiohttp.web JSON"
         wait_http(port, "/")
         return label, port, "/"
+
+    def nagle_upstream(self) -> tuple[str, int, str]:
+        port = free_port()
+        self.spawn([sys.executable, "-c", NAGLE_UPSTREAM, str(port)])
+        wait_http(port, "/")
+        return "http.server, 50 ms, head and body in two sends", port, "/"
 
     def static_upstream(self) -> tuple[str, int, str]:
         port = free_port()
@@ -266,6 +289,90 @@ def median(results: list[Result]) -> Result:
     )
 
 
+def paced(port: int, path: str, headers: dict[str, str], duration: float) -> Result:
+    """``NAGLE_RATE`` req/s on ``NAGLE_CLIENTS`` keep-alive connections, each at its own pace
+    (a request every NAGLE_CLIENTS / NAGLE_RATE s, or at once when it fell behind); latencies."""
+    import threading
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    interval = NAGLE_CLIENTS / NAGLE_RATE
+    end = time.monotonic() + duration
+
+    def run(offset: float) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        due = time.monotonic() + offset
+        while due < end:
+            time.sleep(max(0.0, due - time.monotonic()))
+            t0 = time.perf_counter()
+            try:
+                c.request("GET", path, headers=headers)
+                # The client acknowledges at once: the hop under test is the proxy's, not ours.
+                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                r = c.getresponse()
+                r.read()
+                ok = r.status == 200
+            except OSError:
+                ok = False
+                c.close()
+            took = time.perf_counter() - t0
+            with lock:
+                if ok:
+                    latencies.append(took * 1000)
+                else:
+                    errors[0] += 1
+            due += interval
+        c.close()
+
+    threads = [
+        threading.Thread(target=run, args=(i * interval / NAGLE_CLIENTS,)) for i in range(NAGLE_CLIENTS)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    n = len(latencies)
+    if not n:
+        return Result(0.0, 0.0, 0.0, None, errors[0])
+    return Result(n / duration, latencies[n // 2], latencies[min(n - 1, int(n * 0.99))], None, errors[0])
+
+
+def nagle_pass(b: Bench, duration: float, runs: int) -> dict[str, Result]:
+    """p50 of a replica that needs the proxy's ACK between its head and its body: direct, nginx
+    (keep-alive upstream), the gateway."""
+    label, up_port, path = b.nagle_upstream()
+    nginx_port, _ = b.nginx_proxy(up_port, "nagle")
+    gw_port, _ = b.gateway(up_port, "nagle")
+    setups = {
+        "direct": (up_port, path, {}),
+        "nginx": (nginx_port, path, {}),
+        "openeas gateway": (gw_port, f"/api/predict/bench{path}", {"Authorization": f"Bearer {TOKEN}"}),
+    }
+    res: dict[str, list[Result]] = {k: [] for k in setups}
+    for i in range(runs):
+        for name, (port, p, headers) in setups.items():
+            r = paced(port, p, headers, duration)
+            res[name].append(r)
+            print(
+                f"[nagle {i + 1}/{runs}] {name:16} p50 {r.p50_ms:.1f} ms"
+                f"  p99 {r.p99_ms:.1f} ms  errors {r.errors}",
+                flush=True,
+            )
+    print(
+        f"\n{label}: {NAGLE_RATE:g} req/s on {NAGLE_CLIENTS} keep-alive connections,"
+        f" {duration:g} s, median of {runs}\n"
+    )
+    print("| setup | p50 ms | p99 ms | added p50 vs direct |")
+    print("|---|---|---|---|")
+    med = {k: median(v) for k, v in res.items()}
+    for name, r in med.items():
+        added = f"{r.p50_ms - med['direct'].p50_ms:+.1f} ms" if name != "direct" else ""
+        print(f"| {name} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {added} |")
+    return med
+
+
 @contextlib.contextmanager
 def bench_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="openeas-bench-") as d:
@@ -277,7 +384,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     ap.add_argument("--runs", type=int, default=3, help="runs per setup; the table shows medians")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--only", choices=["aiohttp", "static"], help="one upstream only")
+    ap.add_argument("--only", choices=["aiohttp", "static", "nagle"], help="one upstream only")
+    ap.add_argument(
+        "--nagle-duration",
+        type=float,
+        default=5.0,
+        help="seconds per run of the paced pass on a replica that sends head and body apart; 0 skips it",
+    )
     ap.add_argument(
         "--latency-duration",
         type=float,
@@ -289,6 +402,14 @@ def main() -> None:
     anchors.tool("wrk", "/usr/bin/wrk")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
+    if args.only == "nagle":
+        with bench_dir() as tmp:
+            b = Bench(tmp)
+            try:
+                nagle_pass(b, args.nagle_duration or 5.0, args.runs)
+            finally:
+                b.close()
+        return
     rows = []
     lat_rows: list[tuple[str, dict[str, Result]]] = []
     with bench_dir() as tmp:

@@ -15,17 +15,19 @@ import json
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from http import HTTPStatus
 from typing import Any
 
 import pytest
 
 from openeas.gateway.context import ProxyContext
+from openeas.gateway.group_table import GroupDef
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.proxy import ClientConnection
 from openeas.gateway.routes import UpstreamKey, build_routes
+from openeas.gateway.split import build_groups
 from openeas.gateway.table import Route, RoutingTable, Upstream
 
 # --- fakes around the protocol ------------------------------------------------------------------
@@ -244,7 +246,8 @@ class Client:
 class Gateway:
     """The shared context of real client connections, with replicas played by the test."""
 
-    def __init__(self, *routes: Route, **limits: Any) -> None:
+    def __init__(self, *routes: Route, groups: Mapping[str, GroupDef] | None = None, **limits: Any) -> None:
+        self.groups = dict(groups or {})  # service groups (split.py, mirror.py) over the routes
         self.loop = FakeLoop()
         self.metrics = GatewayMetrics()
         self.ctx = ProxyContext(self.metrics, **limits)
@@ -260,6 +263,7 @@ class Gateway:
                     self.states[key] = self.replicas[u.replica_id] = Replica(self.loop, u)
         table = RoutingTable(version=1, routes={r.service: r for r in routes})
         self.ctx.routes = build_routes(table, self.ctx.routes, self.states, self.metrics)
+        self.ctx.groups = build_groups(self.groups, self.ctx.routes, self.metrics)
         self.ctx.wake_held()  # as `openeas.gateway.Gateway.apply` does
 
     def client(self) -> Client:

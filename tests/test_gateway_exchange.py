@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from openeas.gateway import pool
+from openeas.gateway.group_table import GroupDef, GroupMember
 from openeas.gateway.server import LISTEN_BACKLOG, listen_backlog
 from tests.fakeloop import GET, OK, Gateway, route, transport
 
@@ -95,3 +96,53 @@ def test_a_socket_that_refuses_quickack_is_not_asked_again() -> None:
     replica.answer(b"ok")
     assert client.received() == OK
     assert pool._TCP_QUICKACK == socket.TCP_QUICKACK
+
+
+# --- a group's request: the member answers, a candidate gets a copy ----------------------------
+
+GROUP_GET = b"GET /api/predict/g/v1/x HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+def mirrored_gateway(mirror_percent: int) -> Gateway:
+    group = GroupDef(
+        name="g",
+        token=None,
+        members=(GroupMember("live", weight=100), GroupMember("cand", mirror_weight=mirror_percent)),
+    )
+    return Gateway(route("a", service="live"), route("b", service="cand"), groups={"g": group})
+
+
+@pytest.mark.parametrize(
+    ("mirror_percent", "copies"),
+    [pytest.param(100, 1, id="every-request-copied"), pytest.param(0, 0, id="no-mirror")],
+)
+def test_group_request_goes_to_its_member_and_a_copy_to_the_candidate(mirror_percent: int, copies: int) -> None:
+    gw = mirrored_gateway(mirror_percent)
+    live, cand = gw.replicas["a"], gw.replicas["b"]
+    client = gw.client()
+    client.send(GROUP_GET)
+    gw.loop.run_ready()
+    assert live.received() == b"GET /v1/x HTTP/1.1\r\nHost: gw\r\n\r\n"
+    assert len(cand.conns) == copies
+    if copies:
+        assert cand.received().startswith(b"GET /v1/x HTTP/1.1\r\n")
+        assert b"X-OpenEAS-Mirror: 1\r\n" in cand.received()
+        cand.answer(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom")
+    assert client.received() == b""  # the copy's answer never reaches the client
+    live.answer(OK)
+    answer = client.received()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\nX-OpenEAS-Member: live\r\n") and answer.endswith(b"ok")
+    assert gw.codes("live") == {200: 1}
+    assert gw.in_flight("cand") == 0  # the copy is not the candidate's live traffic
+
+
+def test_a_candidate_that_refuses_the_copy_fails_nothing_of_the_primary() -> None:
+    gw = mirrored_gateway(100)
+    live, cand = gw.replicas["a"], gw.replicas["b"]
+    cand.refuse = True
+    client = gw.client()
+    client.send(GROUP_GET)
+    gw.loop.run_ready()
+    live.answer(OK)
+    assert client.received().endswith(b"\r\n\r\nok")
+    assert cand.conns == [] and gw.codes("live") == {200: 1}

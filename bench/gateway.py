@@ -389,7 +389,7 @@ def main() -> None:
         "--nagle-duration",
         type=float,
         default=5.0,
-        help="seconds per run of the paced pass on a replica that sends head and body apart; 0 skips it",
+        help="seconds per run of --only nagle (a replica that sends its head and body apart, paced)",
     )
     ap.add_argument(
         "--latency-duration",
@@ -406,7 +406,7 @@ def main() -> None:
         with bench_dir() as tmp:
             b = Bench(tmp)
             try:
-                nagle_pass(b, args.nagle_duration or 5.0, args.runs)
+                nagle_pass(b, args.nagle_duration, args.runs)
             finally:
                 b.close()
         return

@@ -450,7 +450,8 @@ async def _serve(
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
-        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake)
+        files_rule = cp.request_file_problems
+        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=files_rule)
         cp.batch_wake = batch.wake
         batch_task = asyncio.create_task(batch.run(stop))
         queue_task = asyncio.create_task(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.spec.models import MAX_REPLICAS
 from openeas.spec.numbers import CheckedNumbers
 from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
-from openeas.storage.hostpaths import HostPaths, check_spec
+from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -118,6 +118,10 @@ class ControlPlane:
         """400 naming every spec field that would read the host outside the allowed folders."""
         if errors := check_spec(spec, self.host_paths):
             raise SpecError(errors)
+
+    def request_file_problems(self, files: Mapping[str, str | None]) -> list[str]:
+        """Every file a request names (``{field: url}``) outside the allowed folders, one line each."""
+        return check_request_files(self.host_paths, files)
 
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
@@ -512,7 +516,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
 
-    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()), cp.check_host_paths)
+    wake_batch = lambda: (cp.batch_wake(), cp.wake())  # noqa: E731
+    add_batch_routes(app, cp.store, auth, wake_batch, cp.check_host_paths, cp.request_file_problems)
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

@@ -208,7 +208,8 @@ def server(
         typer.Option(
             "--allow-host-path",
             help="A host folder specs may read (file:// and local paths, nfs.path, git repositories, "
-            "warmup files); repeatable. None by default, besides the local bucket (--oss-root).",
+            "warmup files), and batch jobs and stress tests may name (input, output, errors, data.path); "
+            "repeatable. None by default, besides the local bucket (--oss-root).",
         ),
     ] = None,
     nfs_export: Annotated[

@@ -29,6 +29,7 @@ ENGINES = ("podman", "docker")
 INSTALL_HINT = "install podman (Debian: apt-get install podman runc) or start docker's daemon"
 # `podman info` / `docker info` may take a while on a cold engine; a server start waits this long, seconds.
 INFO_TIMEOUT_S = 20.0
+LIMITS_UNAPPLIED = "cgroups v1 without root: metadata.cpu/memory cannot be applied as container limits"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Engine:
     version: str
     env: Mapping[str, str] = field(default_factory=dict)  # added to the CLI's environment
     warnings: tuple[str, ...] = ()  # e.g. resource limits the host's cgroups cannot apply
+    limits: bool = True  # False: the host cannot apply cpu/memory limits (they are not passed)
 
     def describe(self) -> str:
         return f"{self.name} {self.version}".strip()
@@ -104,8 +106,14 @@ def _try(name: str, binary: str, data_dir: Path, run: Run, environ: Mapping[str,
         info = json.loads(res.stdout)
     except ValueError:
         info = {}
+    warnings = _warnings(name, info)
     return Engine(
-        name=name, binary=binary, version=_version(name, info), env=env, warnings=_warnings(name, info)
+        name=name,
+        binary=binary,
+        version=_version(name, info),
+        env=env,
+        warnings=warnings,
+        limits=LIMITS_UNAPPLIED not in warnings,
     )
 
 
@@ -119,7 +127,7 @@ def _version(name: str, info: Mapping[str, object]) -> str:
 def _warnings(name: str, info: Mapping[str, object]) -> tuple[str, ...]:
     host = info.get("host") if name == "podman" else None
     if isinstance(host, dict) and host.get("cgroupVersion") == "v1" and os.geteuid() != 0:
-        return ("cgroups v1 without root: metadata.cpu/memory cannot be applied as container limits",)
+        return (LIMITS_UNAPPLIED,)
     return ()
 
 

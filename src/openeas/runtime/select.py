@@ -8,6 +8,7 @@ runtime; supervisors get a replica's runtime from it by the name its row records
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from openeas.runtime.base import Runtime
 from openeas.runtime.container import ContainerRuntime
-from openeas.runtime.engine import detect_engine
+from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine
 from openeas.runtime.process import ProcessRuntime
 from openeas.spec.models import ServiceSpec
 
@@ -99,13 +100,19 @@ class Runtimes:
 
     def choose(self, spec: ServiceSpec) -> RuntimeChoice:
         c = spec.main
-        return choose_runtime(
+        choice = choose_runtime(
             spec.replica_runtime,
             c.image,
             self.engine if self.container is not None else None,
             self.engine_problem,
             [t for t in (c.command, c.script) if t],
         )
+        md = spec.metadata
+        if choice.name == "container" and (md.cpu or md.memory) and LIMITS_UNAPPLIED in self.warnings:
+            # Said where the user looks (describe, --dry-run), not only in the server's log.
+            note = f"metadata.cpu/memory are not enforced on this node: {LIMITS_UNAPPLIED}"
+            return dataclasses.replace(choice, warnings=(*choice.warnings, note))
+        return choice
 
     def get(self, name: str) -> Runtime:
         """The runtime a replica row names; rows of older releases (and fakes) mean ``process``."""

@@ -87,7 +87,7 @@ def _try(name: str, binary: str, data_dir: Path, run: Run, environ: Mapping[str,
     env = engine_env(name, data_dir, environ)
     try:
         res = run(
-            [binary, "info", "--format", "json"],
+            [binary, "info", "--format", "{{json .}}"],  # docker 20.10 reads "json" as a template
             capture_output=True,
             text=True,
             timeout=INFO_TIMEOUT_S,

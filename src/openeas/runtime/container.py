@@ -135,7 +135,8 @@ class ContainerRuntime:
         for side in c.sidecars:
             if error is not None:
                 break
-            error = self._run(c, log, sidecar_run_args(c, side, engine=self.engine.name), side.env)
+            args = sidecar_run_args(c, side, engine=self.engine.name, init=self.engine.init)
+            error = self._run(c, log, args, side.env)
             names.append(side.name)
         if error is not None:
             self._remove(c.name)
@@ -218,7 +219,7 @@ class ContainerRuntime:
         return None if res.returncode == 0 else _tail(log, offset)
 
     def _run_args(self, c: ContainerLaunch) -> list[str]:
-        return run_args(c, engine=self.engine.name, limits=self.engine.limits)
+        return run_args(c, engine=self.engine.name, limits=self.engine.limits, init=self.engine.init)
 
     def gpu_count(self) -> int:
         """This node's GPUs (counted once)."""

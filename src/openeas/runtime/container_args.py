@@ -177,7 +177,9 @@ def build_container_launch(
     )
 
 
-def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = True) -> list[str]:
+def run_args(
+    launch: ContainerLaunch, *, engine: str = "podman", limits: bool = True, init: bool = True
+) -> list[str]:
     """The arguments after the engine binary: ``run --detach ... IMAGE ARGV`` (pure).
 
     ``engine``: podman hands the container the CLI's stdout/stderr (``passthrough``: its output
@@ -193,7 +195,7 @@ def run_args(launch: ContainerLaunch, *, engine: str = "podman", limits: bool = 
     if limits and launch.memory_mb:
         extra += ["--memory", f"{launch.memory_mb}m"]
     extra += gpu_args(launch.gpu_ids, engine)
-    return _run(launch, launch.name, launch.image, launch.argv, launch.env, extra, engine)
+    return _run(launch, launch.name, launch.image, launch.argv, launch.env, extra, engine, init)
 
 
 def gpu_args(ids: tuple[int, ...], engine: str) -> list[str]:
@@ -216,12 +218,14 @@ def volume_args(vol: Volume, engine: str) -> list[str]:
     return ["--volume", f"{vol.source}:{vol.target}:{vol.mode}"]
 
 
-def sidecar_run_args(launch: ContainerLaunch, side: Sidecar, *, engine: str = "podman") -> list[str]:
+def sidecar_run_args(
+    launch: ContainerLaunch, side: Sidecar, *, engine: str = "podman", init: bool = True
+) -> list[str]:
     """``run`` arguments of one other container: same labels and mounts as the main one, in its
     network namespace (``--network container:<main>``: localhost is shared, nothing published)."""
     index = side.name.rsplit("-", 1)[1]
     extra = ["--label", f"{LABEL_SIDECAR}={index}", "--network", f"container:{launch.name}"]
-    return _run(launch, side.name, side.image, side.argv, side.env, extra, engine)
+    return _run(launch, side.name, side.image, side.argv, side.env, extra, engine, init)
 
 
 def _run(
@@ -232,10 +236,11 @@ def _run(
     env: dict[str, str],
     extra: list[str],
     engine: str,
+    init: bool = True,
 ) -> list[str]:
     """What every container of a replica gets: its name, the log, labels, mounts, env names."""
     # --init: an init as PID 1 forwards SIGTERM to the server (module docstring).
-    args = ["run", "--detach", "--init", "--pull", "never", "--name", name]
+    args = ["run", "--detach", *(["--init"] if init else []), "--pull", "never", "--name", name]
     if engine == "podman":
         args += ["--log-driver", "passthrough"]
     for k, v in sorted(launch.labels.items()):

@@ -128,7 +128,10 @@ def build_container_launch(
         raise ValueError("containers[0].image: required by the container runtime")
     volumes: list[Volume] = []
     tmpfs: list[Tmpfs] = []
-    for m in spec.storage:
+    shadowed = spec.shadowed_mounts()  # a later entry at the same mount_path is mounted instead
+    for i, m in enumerate(spec.storage):
+        if i in shadowed:
+            continue
         target = m.mount_path.rstrip("/")  # "/mnt/data/" and "/mnt/data" are the same directory
         if m.empty_dir is not None and m.empty_dir.in_memory:
             tmpfs.append(Tmpfs(target, m.empty_dir.size_bytes()))

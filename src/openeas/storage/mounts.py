@@ -148,11 +148,12 @@ def _cached(i: int, m: StorageMount, ready: list[MountFetch]) -> MountFetch:
 def prepare_mounts(spec: ServiceSpec, cache: NodeCache, *, workdir: Path) -> MountPlan:
     """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``."""
     done: dict[int, MountFetch] = {}
+    shadowed = spec.shadowed_mounts()  # a later entry at the same mount_path wins
     for i, m in enumerate(spec.storage):
-        if m.cache is None:
+        if m.cache is None and i not in shadowed:
             done[i] = _prepare_one(i, m, cache, workdir)
     for i, m in enumerate(spec.storage):
-        if m.cache is not None:
+        if m.cache is not None and i not in shadowed:
             done[i] = _cached(i, m, list(done.values()))
     fetches = [done[i] for i in sorted(done)]
     return MountPlan(paths={f.mount_path: f.local_dir for f in fetches}, fetches=fetches)

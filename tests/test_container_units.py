@@ -23,7 +23,7 @@ from openeas.runtime.container_args import (
     run_args,
     sidecar_run_args,
 )
-from openeas.runtime.engine import detect_engine, podman_init
+from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine, podman_init
 from openeas.runtime.fake import FakeRuntime
 from openeas.runtime.gpus import GpuError, assign_gpus, node_gpus, parse_held
 from openeas.runtime.pulls import PullOnce
@@ -552,3 +552,21 @@ def test_without_an_init_binary_containers_run_without_init():
         parse_spec(eas()), replica_id="svc-1", data_dir="/d", host_port=1, mounts={}, workdir="/w"
     )
     assert "--init" not in run_args(launch, init=False) and "--init" in run_args(launch)
+
+
+@pytest.mark.parametrize(
+    ("warnings", "metadata", "warned"),
+    [
+        pytest.param((LIMITS_UNAPPLIED,), {"cpu": 2}, True, id="cpu-not-enforced-is-said"),
+        pytest.param((LIMITS_UNAPPLIED,), {"memory": 1024}, True, id="memory-not-enforced-is-said"),
+        pytest.param((LIMITS_UNAPPLIED,), {}, False, id="no-limits-asked-nothing-to-say"),
+        pytest.param((), {"cpu": 2}, False, id="limits-apply"),
+    ],
+)
+def test_describe_says_when_limits_cannot_apply(warnings: tuple[str, ...], metadata: dict[str, Any], warned: bool):
+    fake = FakeRuntime.__new__(FakeRuntime)
+    runtimes = Runtimes(fake, fake, engine="podman 4.3.1", warnings=warnings)
+    choice = runtimes.choose(parse_spec(eas(metadata={"name": "svc", **metadata})))
+    assert choice.name == "container"
+    said = [w for w in choice.warnings if "metadata.cpu/memory are not enforced on this node" in w]
+    assert bool(said) is warned

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from openeas.api.batch import add_batch_routes
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
+from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
@@ -189,12 +190,18 @@ class ControlPlane:
             "version": 1 if svc is None else max(v.version for v in self.store.versions(spec.name)) + 1,
             "replicas": spec.metadata.instance if svc is None else svc.desired_replicas,
             "runtime": runtime,
-            "launch": launch_plan(spec, runtime["name"]),
+            "launch": launch_plan(spec, runtime["name"], self.engine_name()),
             "accepted_unused": spec.unused_fields(),
             "warnings": list(runtime["warnings"]) + spec_warnings(spec),
             "endpoint": self.endpoint(spec.name),
             "spec": spec.public_dict(),
+            "normalized_spec": normalized_spec(spec),
         }
+
+    def engine_name(self) -> str | None:
+        """"podman" or "docker" when this server has a container engine."""
+        engine = self.runtimes.engine if self.runtimes is not None else None
+        return engine.split()[0] if engine else None
 
     def autoscaling(self, name: str, policy: Any) -> dict[str, Any] | None:
         """The autoscaler's view (metric vs target, last decision and its reason), or the bare
@@ -212,42 +219,9 @@ class ControlPlane:
         ]
 
 
-def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
-    """How the main container would be run by ``runtime``: command, port, env names, mounts."""
-    c = spec.main
-    mounts = []
-    for m in spec.storage:
-        if m.oss is not None:
-            source, mode = f"{m.oss.path} (node cache)", "ro" if m.oss.readOnly else "overlay"
-        elif m.nfs is not None:
-            source, mode = f"nfs {m.nfs.get('server', '')}:{m.nfs.get('path', '')}", "rw"
-        elif m.git is not None:
-            source, mode = f"git {m.git.repo} {m.git.commit or m.git.branch or 'HEAD'} (node cache)", "ro"
-        elif m.cache is not None:
-            source, mode = f"cache of {m.cache.path}", "ro"
-        else:
-            tmpfs = m.empty_dir is not None and m.empty_dir.in_memory
-            source, mode = ("tmpfs" if tmpfs else "empty folder per replica"), "rw"
-        mounts.append({"mount_path": m.mount_path, "source": source, "mode": mode})
-    if runtime == "container":
-        how = f"in {c.image}: /bin/sh -c, port {c.port} inside, published on a free 127.0.0.1 port"
-    else:
-        how = f"on the host: port {c.port} and mount paths rewritten to the replica's port and folders"
-    return {
-        "container": 0,
-        "image": c.image,
-        "command": c.command,
-        "script": c.script,
-        "port": c.port,
-        "how": how,
-        "env": sorted(c.env_dict()),
-        "mounts": mounts,
-    }
-
-
 def spec_warnings(spec: ServiceSpec) -> list[str]:
     """What deploys but may not do what the user expects."""
-    out = []
+    out = mount_warnings(spec)
     seen = {spec.main.port: 0}
     for i, c in enumerate(spec.containers[1:], start=1):
         if "port" in c.model_fields_set:

@@ -427,6 +427,7 @@ class ReplicaSupervisor:
             return
         auth = docker_credentials(spec.dockerAuth) if spec.dockerAuth else None
         pulled: dict[str, float] = {}
+        waited: set[str] = set()  # images another replica pulled while this one waited
         for image in missing:
             self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
             last = [0.0]
@@ -441,10 +442,14 @@ class ReplicaSupervisor:
                 result = await runtime.pull(image, docker_auth=auth, progress=progress)
             except PullError as exc:
                 raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
-            pulled[image] = round(result.seconds, 3) if result.pulled else 0.0
+            pulled[image] = round(result.seconds, 3)
+            if not result.pulled:
+                waited.add(image)
         summary: dict[str, Any] = {"image": main, "cached": main not in pulled}
         if main in pulled:
             summary["seconds"] = pulled[main]
+        if main in waited:
+            summary["waited_for"] = "another replica's pull"
         if len(images) > 1:
             summary["images"] = {i: {"cached": i not in pulled} for i in images}
         self._set(cold_start={"pull": summary})

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.base import PullError, PullResult
 from openeas.runtime.container import registry_of
 from openeas.runtime.container_args import build_container_launch, container_argv, run_args, sidecar_run_args
@@ -21,7 +22,6 @@ from openeas.runtime.fake import FakeRuntime
 from openeas.runtime.select import Runtimes, choose_runtime
 from openeas.spec import parse_spec
 from openeas.spec.models import quantity_bytes
-from openeas.states import ReplicaPhase
 from tests.fakes import World
 
 P = ReplicaPhase

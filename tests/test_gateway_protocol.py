@@ -24,7 +24,7 @@ from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.routes import UpstreamKey, build_routes
-from openeas.gateway.table import Route, RoutingTable, Upstream
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 
 # --- fakes around the protocol ------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from openeas.states import (
+from openeas.kernel.states import (
     ROUTABLE_SQL,
     TRANSITIONS,
     IllegalTransition,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.base import PullError, PullResult
 from openeas.runtime.container import pull_args, registry_of, remove_args
 from openeas.runtime.container_args import (
@@ -30,7 +31,6 @@ from openeas.runtime.pulls import PullOnce
 from openeas.runtime.select import Runtimes, choose_runtime
 from openeas.spec import parse_spec
 from openeas.spec.models import quantity_bytes
-from openeas.states import ReplicaPhase
 from tests.fakes import World
 
 P = ReplicaPhase

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from openeas.batch.store import BatchStore
 from openeas.errors import MountError
 from openeas.runtime.container_args import build_container_launch
 from openeas.sdk import ApiError
@@ -23,6 +22,7 @@ from openeas.spec import parse_spec
 from openeas.storage.gitrepo import clone_once
 from openeas.storage.hostpaths import HostPaths
 from openeas.store import Store
+from openeas.store.batch_jobs import BatchStore
 from tests.harness import Server, event, new_server, service_spec, stop_and_reap, wait_for
 
 NAS = "abc123.cn-hangzhou.nas.aliyuncs.com"

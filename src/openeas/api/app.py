@@ -32,12 +32,12 @@ from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
+from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.spec.models import MAX_REPLICAS
 from openeas.spec.numbers import CheckedNumbers
-from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics

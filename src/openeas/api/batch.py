@@ -20,10 +20,10 @@ from pydantic import BaseModel, Field
 
 from openeas.batch.files import make_parent, output_problems, scan_input
 from openeas.batch.service import ensure_service, remove_service, temporary_spec
-from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
 from openeas.spec import ServiceSpec
 from openeas.store import Store
+from openeas.store.batch_jobs import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.store.spec_secrets import seal
 from openeas.userfile import UserFileError
 

@@ -25,9 +25,9 @@ from typing import Any
 from openeas.batch.files import concat_whole, part_paths, read_shard, remove_parts, write_whole
 from openeas.batch.lines import BatchRequest, LineError, error_line, output_line, parse_line
 from openeas.batch.service import ensure_service, remove_service
-from openeas.batch.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 from openeas.errors import NotFound
 from openeas.store import Store
+from openeas.store.batch_jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 
 log = logging.getLogger("openeas.batch")
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from openeas.states import ReplicaPhase, ServiceStatus
+from openeas.kernel.states import ReplicaPhase, ServiceStatus
 
 
 def _width(stream: object) -> int | None:

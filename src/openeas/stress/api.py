@@ -31,9 +31,9 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from openeas.errors import Conflict, NotFound, OpenEASError
-from openeas.states import ReplicaPhase, desired_replicas
+from openeas.kernel.states import ReplicaPhase, desired_replicas
+from openeas.store import stress_reports as reports
 from openeas.store.groups import GroupStore
-from openeas.stress import store as reports
 from openeas.stress.generator import Generator
 from openeas.stress.members import GroupInfo
 from openeas.stress.observe import ApiObserver

@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "runtime",
         "storage queue telemetry",
         "gateway",
-        "controller autoscaler batch stress",
+        "controller autoscaler batch stress cost",
         "api",
         "server",
         "cli processor testserver",

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.api.batch import add_batch_routes
+from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.api.rollouts import add_rollout_routes
@@ -324,6 +325,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     auth = [Depends(admin)]
     groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
+    add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()
@@ -380,7 +382,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     async def dry_run(request: Request) -> dict[str, Any]:
         """Validate a spec and say what deploying it would do (create or update, the runtime and
         why), changing nothing."""
-        return cp.dry_run(await _valid_spec(request))
+        spec = await _valid_spec(request)
+        return {**cp.dry_run(spec), "cost": cost_of(spec)}  # the monthly estimate (api/cost.py)
 
     @app.put(
         "/api/v1/services/{name}",

@@ -156,6 +156,12 @@ def dry_run_text(plan: dict[str, Any]) -> str:
         lines.append(f"accepted, not used by this runtime: {', '.join(unused)}")
     lines += [f"warning: {w}" for w in plan.get("warnings") or []]
     lines.append(f"endpoint: {plan.get('endpoint')}")
+    cost = plan.get("cost") or {}
+    if cost.get("monthly_total") is not None:  # api/cost.py: the baseline estimate
+        total, cur = cost["monthly_total"], cost.get("currency", "")
+        lines.append(f"monthly estimate: {total:,.2f} {cur} ({cost['lines'][0]['arithmetic']})")
+    elif cost:
+        lines.append(f"monthly estimate: none ({cost.get('error') or cost.get('pricing', {}).get('how')})")
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
         ("openeas.cli.group", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.stress", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.batch", "openeas.cli.main"),  # removed by compose
+        ("openeas.cli.cost", "openeas.cli.main"),  # removed by compose
     }
 )
 

@@ -11,6 +11,7 @@ import struct
 import pytest
 from eas_prediction.queue_client import DataFrameCodec, DataFrameListCodec
 
+from openeas.autoscaler.activation import AsyncService, services_to_wake
 from openeas.gateway.asyncq import parse_timeout
 from openeas.gateway.errors import GatewayError
 from openeas.gateway.table import RouteSettings
@@ -18,7 +19,6 @@ from openeas.gateway.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader
 from openeas.queue import wire
 from openeas.queue.dispatcher import Outcome, assign, attempt_outcome
 from openeas.queue.model import Backlog, Message, QueueSettings, Result
-from openeas.queue.scale import AsyncService, services_to_wake
 from openeas.spec import parse_spec
 from openeas.store.routing import route_settings
 from tests.harness import service_spec

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from openeas.api.batch import add_batch_routes
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
 from openeas.api.rollouts import add_rollout_routes
+from openeas.api.stress import register as register_stress
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
@@ -84,9 +85,15 @@ class ControlPlane:
         metrics: ControlMetrics | None = None,
         runtimes: Runtimes | None = None,
         autoscaler: Autoscaler | None = None,
+        *,
+        gateway_stats: GatewayStats | None = None,
+        rollout_controller: Any = None,
+        await_routing: Callable[[int], Any] | None = None,
+        batch_wake: Callable[[], None] = lambda: None,
+        host_paths: HostPaths | None = None,
     ) -> None:
         self.store = store
-        self.batch_wake: Callable[[], None] = lambda: None  # the batch runner's wake (server.py sets it)
+        self.batch_wake = batch_wake  # the batch runner's wake
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
         self.autoscaler = autoscaler
@@ -94,16 +101,16 @@ class ControlPlane:
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
         self.admin_token = store.admin_token()
-        # The gateways' per-service counters (set by the server once it receives them): what the
-        # stress test's load view reads. None: no gateway data here.
-        self.gateway_stats: GatewayStats | None = None
-        # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
-        self.rollout_controller: Any = None
+        # The gateways' per-service counters: what the stress test's load view reads. None: no
+        # gateway data here.
+        self.gateway_stats = gateway_stats
+        # Drives staged rollouts (controller/rollout_loop.py); None in tests.
+        self.rollout_controller = rollout_controller
         # Waits until the gateway acknowledges a routing version (the server's
         # `openeas.gateway.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
-        self.await_routing: Callable[[int], Any] | None = None
+        self.await_routing = await_routing
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
-        self.host_paths = HostPaths()
+        self.host_paths = host_paths or HostPaths()
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current
@@ -519,9 +526,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         cp.store.get_service(name)
         return {"endpoint": cp.endpoint(name), "token": cp.store.token(name)}
 
-    from openeas.stress.api import register as register_stress
-
-    register_stress(app, cp, auth)
+    register_stress(app, cp, auth)  # /api/v1/stress, /api/v1/services/{name}/load (api/stress.py)
 
     base_openapi = app.openapi
 

@@ -16,7 +16,7 @@ the gateway's own endpoints (local.py), limits and authorization (guard.py).
 
 Pipelining: requests sent before the previous one was answered are kept (`FlowControl.keep_early`,
 reading paused) and served in order after it, whether they came in a later read or in the same
-read as the end of the previous one (the parser stops there; `guard.pipelined` finds where the
+read as the end of the previous one (the parser stops there; `guard.pipelined_end` finds where the
 next request starts). Only when that read began inside a request is its start unknown: the
 connection then closes after the answer and the client sends the rest again (HTTP/1.1 allows it).
 

@@ -68,6 +68,8 @@ fi
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
+# podman's --init (an init as the container's PID 1 forwards SIGTERM to the server)
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null || missing+=(catatonit)
 [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)

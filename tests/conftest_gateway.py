@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import uvloop
 from aiohttp import web
 
-from openeas.gateway import Gateway, Route, RoutingTable, Upstream
+from openeas.gateway import Gateway
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 
 T = TypeVar("T")
 

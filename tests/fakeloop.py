@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 
 from openeas.gateway.context import ProxyContext
-from openeas.gateway.group_table import GroupDef
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.proxy import ClientConnection
 from openeas.gateway.routes import UpstreamKey, build_routes
 from openeas.gateway.split import build_groups
-from openeas.gateway.table import Route, RoutingTable, Upstream
+from openeas.kernel.groups import GroupDef
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 
 # --- fakes around the protocol ------------------------------------------------------------------
 

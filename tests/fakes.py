@@ -2,7 +2,8 @@
 tmp_path) to the fake clock and fake runtime, a store that records every replica change on the
 fake clock, and spec builders.
 
-The fakes themselves (FakeClock, FakeRuntime) live in the package, in openeas.runtime.fake, so
+The fakes themselves live in the package (FakeClock in openeas.kernel.clock, FakeRuntime in
+openeas.runtime.fake), so
 that future work outside the tests can use them too; only test plumbing is here.
 """
 
@@ -16,11 +17,12 @@ from typing import Any, TypeVar, Unpack
 
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
+from openeas.kernel.clock import FakeClock
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.base import LaunchSpec
-from openeas.runtime.fake import Behaviour, FakeClock, FakeProcess, FakeRuntime
+from openeas.runtime.fake import Behaviour, FakeProcess, FakeRuntime
 from openeas.runtime.identity import node_tag
 from openeas.spec import ServiceSpec, parse_spec
-from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache
 from openeas.store import ReplicaRow, Store
 from openeas.store.schema import ReplicaFields

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from openeas.gateway import Gateway, RoutingTable
+from openeas.gateway import Gateway
 from openeas.gateway.notify import RoutingNotifier, socket_path
 from openeas.gateway.source import StoreRoutingSource
+from openeas.kernel.routing import RoutingTable
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.store import Store
 from tests.conftest_gateway import LoopThread

@@ -291,6 +291,7 @@ MISSING = "missing admin token: send 'Authorization: Bearer <admin_token>'"
         pytest.param("bearer    ", 401, MISSING, id="bearer-lowercase-spaces"),
         pytest.param("Bearer wrong", 401, "wrong admin token", id="bearer-wrong"),
         pytest.param("wrong", 401, "wrong admin token", id="bare-wrong"),
+        pytest.param("Bearer {service_token}", 401, "wrong admin token", id="a-service-token"),
         pytest.param("Bearer {token}", 200, None, id="bearer-token"),
         pytest.param("bearer   {token}  ", 200, None, id="bearer-token-spaces"),
         pytest.param("{token}", 200, None, id="bare-token"),
@@ -298,7 +299,8 @@ MISSING = "missing admin token: send 'Authorization: Bearer <admin_token>'"
 )
 def test_admin_header_forms(api: Api, header: str | None, status: int, message: str | None) -> None:
     conn = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=TIMEOUT_S)
-    headers = {} if header is None else {"Authorization": header.format(token=api.token)}
+    service_token = api.cp.store.token("existing")  # a client's token is not the operator's
+    headers = {} if header is None else {"Authorization": header.format(token=api.token, service_token=service_token)}
     conn.request("GET", "/api/v1/services", headers=headers)
     r = conn.getresponse()
     body = json.loads(r.read())

@@ -13,10 +13,10 @@ import requests
 
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import run_exec_probe
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.fake import Behaviour
 from openeas.server import parse_replica_view
 from openeas.spec import parse_spec
-from openeas.states import ReplicaPhase
 from tests.fakes import World
 from tests.harness import Server, service_spec, wait_for
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,23 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.base import PullError, PullResult
-from openeas.runtime.container import registry_of
-from openeas.runtime.container_args import build_container_launch, container_argv, run_args, sidecar_run_args
-from openeas.runtime.engine import detect_engine
+from openeas.runtime.container import pull_args, registry_of, remove_args
+from openeas.runtime.container_args import (
+    build_container_launch,
+    container_argv,
+    gpu_args,
+    run_args,
+    sidecar_run_args,
+)
+from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine, podman_init
 from openeas.runtime.fake import FakeRuntime
+from openeas.runtime.gpus import GpuError, assign_gpus, node_gpus, parse_held
+from openeas.runtime.pulls import PullOnce
 from openeas.runtime.select import Runtimes, choose_runtime
 from openeas.spec import parse_spec
 from openeas.spec.models import quantity_bytes
-from openeas.states import ReplicaPhase
 from tests.fakes import World
 
 P = ReplicaPhase
@@ -56,7 +65,8 @@ def pairs(args: list[str], flag: str) -> list[str]:
 
 def test_run_args_keep_the_spec_as_written():
     args = launch_args(eas(metadata={"name": "svc", "cpu": 2, "memory": 2048, "gpu": 1}))
-    assert args[:6] == ["run", "--detach", "--pull", "never", "--name", "openeas-svc-1"]
+    # --init: an init is PID 1 and forwards SIGTERM (a server as PID 1 would ignore it)
+    assert args[:7] == ["run", "--detach", "--init", "--pull", "never", "--name", "openeas-svc-1"]
     assert pairs(args, "--publish") == ["127.0.0.1:21000:8000"]  # port 8000 stays 8000 inside
     assert pairs(args, "--label") == [
         "io.openeas.data-dir=/d",
@@ -64,7 +74,7 @@ def test_run_args_keep_the_spec_as_written():
         "io.openeas.service=svc",
     ]
     assert pairs(args, "--cpus") == ["2"] and pairs(args, "--memory") == ["2048m"]
-    assert pairs(args, "--device") == ["nvidia.com/gpu=all"]
+    assert pairs(args, "--device") == []  # which GPUs is decided at start (openeas.runtime.gpus)
     # The image's entrypoint is the shell; the command is not rewritten (no port, no mount paths).
     assert args[-5:] == ["--entrypoint", "/bin/sh", IMAGE, "-c", "exec serve --port 8000"]
     assert pairs(args, "--log-driver") == ["passthrough"]
@@ -91,6 +101,99 @@ def test_mounts_bind_at_mount_path_exactly(mount: dict[str, Any], volumes: list[
     args = launch_args(eas(storage=[mount]), {mount["mount_path"].rstrip("/"): "/cache/x"})
     assert pairs(args, "--volume") == volumes
     assert pairs(args, "--tmpfs") == tmpfs
+
+
+@pytest.mark.parametrize(
+    ("read_only", "volumes", "mounts"),
+    [
+        pytest.param(True, ["/cache/x:/mnt/data:ro"], [], id="read-only-is-a-bind-as-with-podman"),
+        pytest.param(False, [], ['type=volume,dst=/mnt/data,volume-opt=type=overlay,volume-opt=device=overlay,'
+                                 '"volume-opt=o=lowerdir=/cache/x,upperdir=/w/overlay/0/upper,workdir=/w/overlay/0/work"'],
+                     id="writable-is-an-overlay-volume-docker-has-no-O-bind"),
+    ],
+)  # fmt: skip
+def test_docker_mounts(read_only: bool, volumes: list[str], mounts: list[str]):
+    mount = {"mount_path": "/mnt/data", "oss": {"path": "oss://b/m/", "readOnly": read_only}}
+    args = launch_args(eas(storage=[mount]), {"/mnt/data": "/cache/x"}, engine="docker")
+    assert pairs(args, "--volume") == volumes and pairs(args, "--mount") == mounts
+    assert ":O" not in " ".join(args)
+
+
+@pytest.mark.parametrize(
+    ("ids", "engine", "args"),
+    [
+        pytest.param((), "podman", [], id="none"),
+        pytest.param((0, 1), "podman", ["--device", "nvidia.com/gpu=0", "--device", "nvidia.com/gpu=1"],
+                     id="podman-one-cdi-device-each"),
+        pytest.param((2,), "docker", ["--gpus", "device=2"], id="docker-exactly-those"),
+    ],
+)  # fmt: skip
+def test_gpu_args_name_exactly_the_gpus(ids: tuple[int, ...], engine: str, args: list[str]):
+    assert gpu_args(ids, engine) == args
+    assert "all" not in " ".join(args)
+
+
+@pytest.mark.parametrize(
+    ("want", "total", "held", "expected"),
+    [
+        pytest.param(2, 4, [], (0, 1), id="lowest-free"),
+        pytest.param(2, 4, [0, 2], (1, 3), id="skips-held"),
+        pytest.param(0, 0, [], (), id="none-wanted"),
+        pytest.param(2, 0, [], "metadata.gpu: 2 GPU(s) requested but this node has no GPU", id="no-gpu"),
+        pytest.param(2, 2, [1], "metadata.gpu: 2 GPU(s) requested but this node has 2, 1 free", id="too-few-free"),
+    ],
+)  # fmt: skip
+def test_assign_gpus(want: int, total: int, held: list[int], expected: tuple[int, ...] | str):
+    if isinstance(expected, str):
+        with pytest.raises(GpuError, match=re.escape(expected)):
+            assign_gpus(want, total, held)
+    else:
+        assert assign_gpus(want, total, held) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "held"),
+    [(["0,1", "", "<no value>", "3"], [0, 1, 3]), ([], [])],
+    ids=["labels-of-running-replicas", "none"],
+)
+def test_parse_held(labels: list[str], held: list[int]):
+    assert parse_held(labels) == held
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({"OPENEAS_GPUS": "3"}, 3), ({"OPENEAS_GPUS": "x", "PATH": "/nonexistent"}, 0)],
+    ids=["override", "no-nvidia-smi-is-none"],
+)
+def test_node_gpus(environ: dict[str, str], expected: int, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PATH", environ.get("PATH", "/nonexistent"))
+    assert node_gpus(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("engine", "sidecars", "args"),
+    [
+        pytest.param("podman", [], ["rm", "--force", "--depend", "--time", "0", "openeas-r"], id="podman-depend"),
+        pytest.param("docker", ["s1"], ["rm", "--force", "--volumes", "s1", "openeas-r"],
+                     id="docker-no-depend-the-others-named-first"),
+    ],
+)  # fmt: skip
+def test_remove_args(engine: str, sidecars: list[str], args: list[str]):
+    assert remove_args(engine, "openeas-r", sidecars) == args
+
+
+@pytest.mark.parametrize(
+    ("engine", "authfile", "args"),
+    [
+        pytest.param("podman", None, ["pull", "img"], id="no-auth"),
+        pytest.param("podman", Path("/r/p/config.json"), ["pull", "--authfile", "/r/p/config.json", "img"],
+                     id="podman-authfile"),
+        pytest.param("docker", Path("/r/p/config.json"), ["--config", "/r/p", "pull", "img"],
+                     id="docker-has-no-authfile-its-config-folder"),
+    ],
+)  # fmt: skip
+def test_pull_args(engine: str, authfile: Path | None, args: list[str]):
+    assert pull_args(engine, "img", authfile) == args
 
 
 def test_env_values_never_reach_the_argument_list():
@@ -282,18 +385,30 @@ class FakeImageRuntime(FakeRuntime):
         self.images: set[str] = set()
         self.pull_s = pull_s
         self.error = error
-        self.pulls: list[str] = []
+        self.pulls: list[str] = []  # every "engine" pull, in order
+        self.running = 0  # engine pulls under way now
+        self.most_at_once = 0
+        self.guard = PullOnce()  # the container runtime's own guard (openeas.runtime.pulls)
 
     def has_image(self, image: str) -> bool:
         return image in self.images
 
     async def pull(self, image: str, *, docker_auth: Any = None, progress: Any = None) -> PullResult:
-        self.pulls.append(image)
-        await self.clock.sleep(self.pull_s)
-        if self.error:
-            raise PullError(self.error)
-        self.images.add(image)
-        return PullResult(True, self.pull_s)
+        async def engine_pull() -> None:
+            self.pulls.append(image)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            try:
+                await self.clock.sleep(self.pull_s)
+            finally:
+                self.running -= 1
+            if self.error:
+                raise PullError(self.error)
+            self.images.add(image)
+
+        t0 = self.clock.now()
+        result = await self.guard.pull(image, self.has_image, engine_pull)
+        return PullResult(result.pulled, self.clock.now() - t0)  # seconds on the fake clock
 
 
 def image_world(tmp_path: Path, **kw: Any) -> tuple[World, FakeImageRuntime, Runtimes]:
@@ -328,16 +443,20 @@ async def test_pull_once_then_the_image_is_cached(tmp_path: Path):
         sup = world.supervise(rid, runtimes)  # type: ignore[arg-type]
         tasks.append(sup[1])
     await until_ready(world, [first, second])
-    assert set(boxes.pulls) == {IMAGE}
+    # Both replicas found the image missing; the engine pulled it once (a double pull fails here).
+    assert boxes.pulls == [IMAGE] and boxes.most_at_once == 1
     rows = {r.id: r for r in world.store.replicas("svc")}
     pulled = [r for r in rows.values() if P.PULLING in (r.phase_times or {})]
     assert pulled, "one replica went through Pulling"
+    pulls = sorted((r.cold_start["pull"] for r in pulled), key=lambda p: "waited_for" in p)
+    # One replica pulled (the fake pull's 3 s); the other waited those 3 s for that pull.
+    assert pulls[0] == {"image": IMAGE, "cached": False, "seconds": 3.0}
+    if len(pulls) == 2:
+        waited = pulls[1]
+        # It waited out that pull, whichever supervisor step it entered at (fake-clock steps).
+        assert 2.5 <= waited.pop("seconds") <= 4.0
+        assert waited == {"image": IMAGE, "cached": False, "waited_for": "another replica's pull"}
     for r in pulled:
-        assert r.cold_start["pull"] == {
-            "image": IMAGE,
-            "cached": False,
-            "seconds": 3.0,
-        }  # the fake pull's 3 s
         assert isinstance(r.cold_start["pull_s"], float)  # the Pulling span (stamped in wall time)
         assert r.runtime == "container"
     # The next replica finds the image on the node: no Pulling phase, the pull recorded as cached.
@@ -391,13 +510,63 @@ def test_other_containers_join_the_main_ones_network():
     doc["containers"].append({"command": "proxy --to 127.0.0.1:8000", "port": 8080, "env": {"K": "v"}})
     doc["containers"].append({"image": "localhost/logger:2", "command": "ship"})
     launch = build_container_launch(
-        parse_spec(doc), replica_id="svc-1", data_dir="/d", host_port=21000, mounts={"/mnt/data": "/c"}, workdir="/w"
+        parse_spec(doc),
+        replica_id="svc-1",
+        data_dir="/d",
+        host_port=21000,
+        mounts={"/mnt/data": "/c"},
+        workdir="/w",
     )
     first, second = (sidecar_run_args(launch, side) for side in launch.sidecars)
     assert pairs(first, "--name") == ["openeas-svc-1-1"] and pairs(second, "--name") == ["openeas-svc-1-2"]
     assert pairs(first, "--network") == ["container:openeas-svc-1"] and pairs(first, "--publish") == []
-    assert "io.openeas.sidecar=1" in pairs(first, "--label") and "io.openeas.replica=svc-1" in pairs(first, "--label")
+    assert "io.openeas.sidecar=1" in pairs(first, "--label") and "io.openeas.replica=svc-1" in pairs(
+        first, "--label"
+    )
     assert pairs(first, "--volume") == ["/c:/mnt/data:ro"]  # every container gets the spec's mounts
     assert pairs(first, "--env") == ["K", "PORT"] and launch.sidecars[0].env == {"K": "v", "PORT": "8080"}
-    assert first[-5:] == ["--entrypoint", "/bin/sh", IMAGE, "-c", "exec proxy --to 127.0.0.1:8000"]  # the main image
+    assert first[-5:] == [
+        "--entrypoint",
+        "/bin/sh",
+        IMAGE,
+        "-c",
+        "exec proxy --to 127.0.0.1:8000",
+    ]  # the main image
     assert second[-5:] == ["--entrypoint", "/bin/sh", "localhost/logger:2", "-c", "exec ship"]
+
+
+@pytest.mark.parametrize(
+    ("present", "on_path", "init"),
+    [
+        pytest.param({"/usr/libexec/podman/catatonit"}, {}, "/usr/libexec/podman/catatonit", id="podmans-own"),
+        pytest.param(set(), {"tini": "/usr/bin/tini"}, "/usr/bin/tini", id="one-on-the-path"),
+        pytest.param(set(), {}, None, id="none-then-no---init"),
+    ],
+)
+def test_podman_init(present: set[str], on_path: dict[str, str], init: str | None):
+    assert podman_init(on_path.get, present.__contains__) == init
+
+
+def test_without_an_init_binary_containers_run_without_init():
+    launch = build_container_launch(
+        parse_spec(eas()), replica_id="svc-1", data_dir="/d", host_port=1, mounts={}, workdir="/w"
+    )
+    assert "--init" not in run_args(launch, init=False) and "--init" in run_args(launch)
+
+
+@pytest.mark.parametrize(
+    ("warnings", "metadata", "warned"),
+    [
+        pytest.param((LIMITS_UNAPPLIED,), {"cpu": 2}, True, id="cpu-not-enforced-is-said"),
+        pytest.param((LIMITS_UNAPPLIED,), {"memory": 1024}, True, id="memory-not-enforced-is-said"),
+        pytest.param((LIMITS_UNAPPLIED,), {}, False, id="no-limits-asked-nothing-to-say"),
+        pytest.param((), {"cpu": 2}, False, id="limits-apply"),
+    ],
+)
+def test_describe_says_when_limits_cannot_apply(warnings: tuple[str, ...], metadata: dict[str, Any], warned: bool):
+    fake = FakeRuntime.__new__(FakeRuntime)
+    runtimes = Runtimes(fake, fake, engine="podman 4.3.1", warnings=warnings)
+    choice = runtimes.choose(parse_spec(eas(metadata={"name": "svc", **metadata})))
+    assert choice.name == "container"
+    said = [w for w in choice.warnings if "metadata.cpu/memory are not enforced on this node" in w]
+    assert bool(said) is warned

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from openeas.autoscaler import DecisionContext, Observation, PolicyState, Traffic, decide
-from openeas.gateway.table import Route, RouteSettings, Upstream
+from openeas.kernel.routing import Route, RouteSettings, Upstream
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
 from tests.fakeloop import GET, OK, Gateway, error
 

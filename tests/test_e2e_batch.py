@@ -141,7 +141,7 @@ def test_cancel_and_resume_from_the_cli(server: Server, tmp_path: Path) -> None:
     # exactly the lines of the shards done (a started shard would have sent it requests).
     assert stopped["shards"]["done"] <= done_at_cancel + 1, (done_at_cancel, stopped)
     assert stopped["done_lines"] == 50 * stopped["shards"]["done"] < 400
-    parts = sorted(p.name for p in (tmp_path / "o.jsonl.parts").glob("*.out.jsonl"))
+    parts = sorted(p.name for p in (tmp_path / f"o.jsonl.{job_id}.parts").glob("*.out.jsonl"))
     assert len(parts) == stopped["shards"]["done"], parts
     assert job_id in cli(server, "batch", "ls").stdout
     # A CLI run later (hundreds of ms: a next shard would have sent requests by now), still the same.

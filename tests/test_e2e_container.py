@@ -1,4 +1,7 @@
-"""End to end: the container runtime with real podman containers of a locally built image.
+"""End to end: the container runtime with real containers of a locally built image, the whole
+suite once with podman and once with docker (each skipped, with the reason, where that engine
+does not answer here; ``OPENEAS_REQUIRE_CONTAINERS=1`` makes a missing podman a failure, and
+``OPENEAS_REQUIRE_CONTAINERS_ENGINES=podman,docker`` a missing docker too).
 
 The image (``localhost/openeas-test-python:bookworm``: Debian's python3 and python3-aiohttp) is
 built once per machine from Debian's packages by ``scripts/test_image.py``; no image registry is
@@ -13,7 +16,9 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +37,69 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("OPENEAS_REQUIRE_CONTAINERS") == "1"
 
 
-def _podman() -> tuple[str, dict[str, str]] | None:
-    binary = shutil.which("podman")
+@dataclass(frozen=True)
+class EngineCLI:
+    """The engine a test module runs against, driven through its own command line."""
+
+    name: str  # "podman" or "docker"
+    binary: str
+    env: dict[str, str]
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.binary, *args], capture_output=True, text=True, env=self.env, check=check, timeout=60
+        )
+
+    def exists(self, container: str) -> bool:
+        return self("inspect", "--format", "{{.Id}}", container, check=False).returncode == 0
+
+
+def _engine(name: str) -> EngineCLI | str:
+    """The engine, or why it cannot run the tests here."""
+    binary = shutil.which(name)
     if binary is None or os.geteuid() != 0:
-        return None
-    return binary, {**os.environ, **engine_env("podman", Path("/tmp/openeas-test-image"))}
+        return f"{name} (rootful) is not available: scripts/setup.sh installs podman as root"
+    env = {**os.environ, **engine_env(name, Path("/tmp/openeas-test-image"))}
+    if subprocess.run([binary, "info"], capture_output=True, env=env, timeout=60).returncode != 0:
+        return f"{name} is installed but does not answer `info` (docker: its daemon is not running)"
+    return EngineCLI(name, binary, env)
+
+
+@pytest.fixture(scope="module", params=["podman", "docker"])
+def engine(request: pytest.FixtureRequest) -> EngineCLI:
+    found = _engine(request.param)
+    if isinstance(found, str):
+        if REQUIRED and request.param in os.environ.get("OPENEAS_REQUIRE_CONTAINERS_ENGINES", "podman"):
+            pytest.fail(f"OPENEAS_REQUIRE_CONTAINERS=1 but {found}")
+        pytest.skip(found)
+    return found
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    found = _podman()
-    if found is None:
-        if REQUIRED:
-            pytest.fail("OPENEAS_REQUIRE_CONTAINERS=1 but podman is missing or we are not root")
-        pytest.skip("podman (rootful) is not available: scripts/setup.sh installs it as root")
+def image(engine: EngineCLI) -> str:
     spec = importlib.util.spec_from_file_location("test_image", ROOT / "scripts" / "test_image.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module.ensure_image("podman"))
+    return str(module.ensure_image(engine.name))
 
 
-def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    found = _podman()
-    assert found is not None
-    binary, env = found
-    return subprocess.run([binary, *args], capture_output=True, text=True, env=env, check=check, timeout=60)
-
-
-def containers(data_dir: Path, *, all_states: bool = True) -> list[dict[str, Any]]:
+def containers(engine: EngineCLI, data_dir: Path, *, all_states: bool = True) -> list[dict[str, Any]]:
     """The containers labelled with this data dir: id, pid, replica, state, labels, mounts, ports."""
-    ids = podman("ps", *(["--all"] if all_states else []), "--quiet", "--no-trunc",
+    ids = engine("ps", *(["--all"] if all_states else []), "--quiet", "--no-trunc",
                  "--filter", f"label={LABEL_DATA_DIR}={data_dir}").stdout.split()  # fmt: skip
     if not ids:
         return []
     out = []
     for cid in ids:
-        res = podman("inspect", cid, check=False)  # it may have been removed since `ps`
+        res = engine("inspect", cid, check=False)  # it may have been removed since `ps`
         if res.returncode != 0:
             continue
         (c,) = json.loads(res.stdout)
         out.append(
             {
                 "id": c["Id"],
+                "name": c["Name"].lstrip("/"),  # docker writes "/name"
                 "pid": c["State"]["Pid"],
                 "state": c["State"]["Status"],
                 "replica": c["Config"]["Labels"].get(LABEL_REPLICA),
@@ -87,12 +112,14 @@ def containers(data_dir: Path, *, all_states: bool = True) -> list[dict[str, Any
 
 
 @pytest.fixture
-def server(tmp_path: Path, image: str) -> Iterator[Server]:
-    srv = new_server(tmp_path / "data").start()
+def server(tmp_path: Path, engine: EngineCLI, image: str) -> Iterator[Server]:
+    srv = new_server(tmp_path / "data")
+    srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": engine.name}
+    srv.start()
     yield srv
     srv.stop()
-    for c in containers(srv.data_dir):  # whatever a test left behind
-        podman("rm", "--force", c["id"], check=False)
+    for c in containers(engine, srv.data_dir):  # whatever a test left behind
+        engine("rm", "--force", c["id"], check=False)
 
 
 def bucket_with_testserver(tmp_path: Path) -> Path:
@@ -123,12 +150,14 @@ def eas_spec(name: str, bucket: Path, image: str, *, replicas: int = 2, **extra:
     return spec
 
 
-def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Path, image: str):
+def test_eas_spec_with_an_image_runs_in_containers(
+    server: Server, tmp_path: Path, engine: EngineCLI, image: str
+):
     c = server.client
     spec = eas_spec("boxed", bucket_with_testserver(tmp_path), image)
     plan = c.dry_run(spec)
     assert plan["action"] == "create" and plan["runtime"]["name"] == "container", plan
-    assert "podman" in plan["runtime"]["reason"]
+    assert engine.name in plan["runtime"]["reason"]
     launch = plan["launch"]
     assert launch["port"] == 8000 and "port 8000 inside" in launch["how"]
     assert launch["mounts"] == [{"mount_path": "/mnt/data/", "source": spec["storage"][0]["oss"]["path"]
@@ -138,7 +167,7 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
     detail = c.wait_ready("boxed", 2, timeout_s=90)
     assert detail["runtime"]["name"] == "container"
     assert {r["runtime"] for r in detail["replicas"]} == {"container"}
-    found = {x["replica"]: x for x in containers(server.data_dir)}
+    found = {x["replica"]: x for x in containers(engine, server.data_dir)}
     assert set(found) == {r["id"] for r in detail["replicas"]}
     for r in detail["replicas"]:
         box = found[r["id"]]
@@ -151,10 +180,12 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
         log = json.dumps(server.client.logs("boxed", replica=r["id"], tail=50))
         assert "MOUNT-READONLY" in log and "MOUNT-WRITABLE" not in log
     metrics = requests.get(
-        f"{server.api_url}/metrics", headers={"Authorization": f"Bearer {server.info['admin_token']}"}, timeout=10
+        f"{server.api_url}/metrics",
+        headers={"Authorization": f"Bearer {server.info['admin_token']}"},
+        timeout=10,
     ).text
     assert 'openeas_replicas_by_runtime{runtime="container",service="boxed"} 2.0' in metrics
-    assert "openeas_container_engine_available{engine=\"podman " in metrics
+    assert f'openeas_container_engine_available{{engine="{engine.name} ' in metrics
     # The OpenAI SDK through the gateway, streaming included.
     info = c.call_info("boxed")
     client = OpenAI(base_url=info["endpoint"] + "/v1", api_key=info["token"])
@@ -167,47 +198,49 @@ def test_eas_spec_with_an_image_runs_in_containers(server: Server, tmp_path: Pat
     assert text.split() == ["tok0", "tok1", "tok2", "tok3"]
     # delete leaves no container behind
     c.delete("boxed")
-    wait_for(lambda: not containers(server.data_dir), 60, what="every container removed")
+    wait_for(lambda: not containers(engine, server.data_dir), 60, what="every container removed")
 
 
-def test_kill9_in_container_restarts_and_server_crash_adopts(server: Server, tmp_path: Path, image: str):
+def test_kill9_in_container_restarts_and_server_crash_adopts(
+    server: Server, tmp_path: Path, engine: EngineCLI, image: str
+):
     c = server.client
     c.deploy(eas_spec("sturdy", bucket_with_testserver(tmp_path), image))
     c.wait_ready("sturdy", 2, timeout_s=90)
     kill9_replica_under_load(server, "sturdy")  # 0 failed requests, restart_count 1
 
     # A container started by hand, with labels of another data dir, is never touched.
-    foreign = podman("run", "--detach", "--label", f"{LABEL_DATA_DIR}=/elsewhere", "--label",
+    foreign = engine("run", "--detach", "--label", f"{LABEL_DATA_DIR}=/elsewhere", "--label",
                      f"{LABEL_REPLICA}=sturdy-00000000", image, "sleep", "300").stdout.strip()  # fmt: skip
     try:
-        before = {x["id"]: x["pid"] for x in containers(server.data_dir, all_states=False)}
+        before = {x["id"]: x["pid"] for x in containers(engine, server.data_dir, all_states=False)}
         assert len(before) == 2
         server.kill9()
         server.start()
         after = c.wait_ready("sturdy", 2, timeout_s=60)
         # The same containers, adopted: same ids, same main processes, no restart.
-        assert {x["id"]: x["pid"] for x in containers(server.data_dir, all_states=False)} == before
+        assert {x["id"]: x["pid"] for x in containers(engine, server.data_dir, all_states=False)} == before
         assert {r["pid"] for r in after["replicas"]} == set(before.values())
         assert "Adopted" in reasons(server, "sturdy")
         assert (
             c.predict("sturdy", {"prompt": "x", "max_tokens": 1}, path="/v1/completions").status_code == 200
         )
-        state = podman("inspect", "--format", "{{.State.Status}}", foreign).stdout.strip()
+        state = engine("inspect", "--format", "{{.State.Status}}", foreign).stdout.strip()
         assert state == "running"
     finally:
-        podman("rm", "--force", foreign, check=False)
+        engine("rm", "--force", foreign, check=False)
 
 
-def test_orphan_container_of_this_data_dir_is_removed_at_start(server: Server, tmp_path: Path, image: str):
+def test_orphan_container_of_this_data_dir_is_removed_at_start(
+    server: Server, tmp_path: Path, engine: EngineCLI, image: str
+):
     """A container labelled with this data dir that no replica row accounts for (a control
     plane died between its start and the row write) is removed when the server starts."""
-    orphan = podman("run", "--detach", "--label", f"{LABEL_DATA_DIR}={server.data_dir}", "--label",
+    orphan = engine("run", "--detach", "--label", f"{LABEL_DATA_DIR}={server.data_dir}", "--label",
                     f"{LABEL_REPLICA}=gone-12345678", image, "sleep", "300").stdout.strip()  # fmt: skip
     server.stop()
     server.start()
-    wait_for(
-        lambda: podman("container", "exists", orphan, check=False).returncode != 0, 30, what="orphan removed"
-    )
+    wait_for(lambda: not engine.exists(orphan), 30, what="orphan removed")
 
 
 @pytest.mark.parametrize(
@@ -218,7 +251,13 @@ def test_orphan_container_of_this_data_dir_is_removed_at_start(server: Server, t
     ],
 )  # fmt: skip
 def test_bad_container_input_fails_clearly_without_a_tight_loop(
-    server: Server, tmp_path: Path, image: str, case: str, change: dict[str, str], expect: str
+    server: Server,
+    tmp_path: Path,
+    engine: EngineCLI,
+    image: str,
+    case: str,
+    change: dict[str, str],
+    expect: str,
 ):
     bucket = bucket_with_testserver(tmp_path)
     spec = eas_spec(f"bad_{case.replace('-', '_')}", bucket, change.get("image", image), replicas=1)
@@ -236,13 +275,12 @@ def test_bad_container_input_fails_clearly_without_a_tight_loop(
     if case == "mount-inside-proc":
         assert "/proc" in rep["message"]  # the engine's own reason is passed on
     # Backoff, not a tight loop: a few attempts in several seconds.
-    import time
 
     time.sleep(4)
     restarts = server.client.describe(name)["replicas"][0]["restart_count"]
     assert restarts <= 3, restarts
     server.client.delete(name)
-    wait_for(lambda: not containers(server.data_dir), 30, what="nothing left behind")
+    wait_for(lambda: not containers(engine, server.data_dir), 30, what="nothing left behind")
 
 
 def test_no_engine_is_a_clear_error(tmp_path: Path, image: str):
@@ -272,7 +310,7 @@ def test_no_engine_is_a_clear_error(tmp_path: Path, image: str):
         srv.stop()
 
 
-def test_several_containers_share_one_replica(server: Server, tmp_path: Path, image: str):
+def test_several_containers_share_one_replica(server: Server, tmp_path: Path, engine: EngineCLI, image: str):
     """The other containers join the main one's network namespace: the main server reaches the
     second at 127.0.0.1:8001, as written; only the main port is published; delete removes both."""
     spec = eas_spec("duo", bucket_with_testserver(tmp_path), image, replicas=1)
@@ -280,14 +318,16 @@ def test_several_containers_share_one_replica(server: Server, tmp_path: Path, im
         "python3 -c 'import time, urllib.request as u\n"
         "for _ in range(200):\n"
         "    try:\n"
-        "        u.urlopen(\"http://127.0.0.1:8001/health\", timeout=1); break\n"
+        '        u.urlopen("http://127.0.0.1:8001/health", timeout=1); break\n'
         "    except OSError: time.sleep(0.05)\n"
-        "else: raise SystemExit(\"no sidecar\")'"
+        'else: raise SystemExit("no sidecar")\''
     )
     main = spec["containers"][0]
     main["command"] = f"{wait} && " + main["command"]
-    # readiness by a command run inside the main container (`podman exec`)
-    main["readiness_check"] = {"exec": {"command": ["test", "-f", "/mnt/data/weights.bin"]}, "period_seconds": 1}
+    # Readiness by a command run inside the main container (`podman exec` / `docker exec`): the
+    # main server answers. (Docker's port proxy accepts before the server listens, then resets.)
+    health = "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=1)"
+    main["readiness_check"] = {"exec": {"command": ["python3", "-c", health]}, "period_seconds": 1}
     spec["containers"].append(
         {"command": "cd /mnt/data/code && exec python3 -m openeas.testserver --host 127.0.0.1 --port 8001",
          "port": 8001}
@@ -295,18 +335,44 @@ def test_several_containers_share_one_replica(server: Server, tmp_path: Path, im
     c = server.client
     c.deploy(spec)
     rep = c.wait_ready("duo", 1, timeout_s=90)["replicas"][0]
-    boxes = {x["replica"]: x for x in containers(server.data_dir, all_states=False)}
-    names = sorted(
-        podman("inspect", "--format", "{{.Name}}", x["id"]).stdout.strip() for x in containers(server.data_dir)
-    )
+    boxes = {x["replica"]: x for x in containers(engine, server.data_dir, all_states=False)}
+    names = sorted(x["name"] for x in containers(engine, server.data_dir))
     assert names == [f"openeas-{rep['id']}", f"openeas-{rep['id']}-1"]
     assert boxes[rep["id"]]["state"] == "running"
     assert c.predict("duo", {"prompt": "x", "max_tokens": 1}, path="/v1/completions").status_code == 200
     # A crash of the server adopts the replica: the other container is not taken for an orphan.
-    before = {x["id"] for x in containers(server.data_dir, all_states=False)}
+    before = {x["id"] for x in containers(engine, server.data_dir, all_states=False)}
     server.kill9()
     server.start()
     c.wait_ready("duo", 1, timeout_s=60)
-    assert {x["id"] for x in containers(server.data_dir, all_states=False)} == before
+    assert {x["id"] for x in containers(engine, server.data_dir, all_states=False)} == before
     c.delete("duo")
-    wait_for(lambda: not containers(server.data_dir), 60, what="both containers removed")
+    wait_for(lambda: not containers(engine, server.data_dir), 60, what="both containers removed")
+
+
+GRACE_S = 20
+
+
+def test_an_idle_container_replica_stops_promptly_on_sigterm(
+    server: Server, tmp_path: Path, engine: EngineCLI, image: str
+):
+    """A server that installs no SIGTERM handler (python's http.server) ends on SIGTERM as a
+    process replica does: the init that runs as PID 1 (--init) forwards the signal. Without it
+    the server is PID 1 of the container, the kernel drops the SIGTERM, and the stop waits out
+    the whole grace period (20 s here) before SIGKILL. Bound: half the grace period, generous
+    for a loaded machine (a process replica stops in well under a second)."""
+    bucket = tmp_path / "site"
+    bucket.mkdir()
+    spec = eas_spec("idle", bucket, image, replicas=1)
+    spec["metadata"]["eas"]["termination_grace_period"] = GRACE_S
+    spec["containers"][0]["command"] = "python3 -m http.server 8000 --directory /mnt/data"
+    c = server.client
+    c.deploy(spec)
+    c.wait_ready("idle", 1, timeout_s=90)
+    t0 = time.monotonic()
+    c.delete("idle")
+    wait_for(lambda: not containers(engine, server.data_dir), GRACE_S + 30, what="the container removed")
+    took = time.monotonic() - t0
+    assert took < GRACE_S / 2, (
+        f"{engine.name}: the stop took {took:.1f}s (grace {GRACE_S}s): SIGTERM was lost"
+    )

@@ -1,11 +1,13 @@
 """End to end: a custom Python processor written the EAS way, deployed from a processor spec
 (`processor_type: python`, no containers) on a real server, answers through the gateway with
-plain HTTP and with the official EAS SDK (eas_prediction.PredictClient)."""
+plain HTTP, through the OpenAI SDK's raw client and with the official EAS SDK
+(eas_prediction.PredictClient)."""
 
 from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 import requests
 
@@ -35,13 +37,21 @@ def test_python_processor_spec_answers_through_the_gateway(server: Server):
     assert detail["spec"] == spec  # describe shows the spec as written, not the synthesized container
     info = c.call_info("eas_processor")
 
-    # Plain HTTP, the way any client (or the OpenAI SDK's raw HTTP client) sends a body.
+    # Plain HTTP, the way any client sends a body.
     r = requests.post(info["endpoint"], data=json.dumps({"x": 4}), headers={"Authorization": info["token"]},
                       timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json() == {"y": 12, "tag": "from-spec", "cwd_writable": True}
-    r = requests.post(info["endpoint"], data=b'{"x": -2}', headers={"Authorization": info["token"]}, timeout=30)
-    assert (r.status_code, r.json()) == (400, {"error": "negative"})  # the processor's own status
+
+    # The OpenAI SDK's raw client (`client.post` on any path, the body back as text: the
+    # processor's answer is bytes, not typed JSON), with its `Authorization: Bearer <token>`:
+    # what an OpenAI-SDK user reaches a non-OpenAI endpoint with.
+    sdk = openai.OpenAI(base_url=info["endpoint"], api_key=info["token"], max_retries=0, timeout=30)
+    answer = json.loads(sdk.post("", body={"x": 4}, cast_to=str))
+    assert answer == {"y": 12, "tag": "from-spec", "cwd_writable": True}
+    with pytest.raises(openai.BadRequestError) as refused:  # the processor's own status
+        sdk.post("", body={"x": -2}, cast_to=str)
+    assert (refused.value.status_code, refused.value.response.json()) == (400, {"error": "negative"})
 
     # The official EAS SDK: signed request to /api/predict/<service>.
     from eas_prediction import PredictClient, StringRequest

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from openeas.gateway import Gateway, Route, RoutingTable, Upstream
+from openeas.gateway import Gateway
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 from tests.conftest_gateway import LoopThread, MemorySource, release, start_gateway, start_upstream
 from tests.harness import wait_for
 

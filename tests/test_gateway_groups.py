@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from openeas.gateway import Gateway, RoutingTable
-from openeas.gateway.group_table import GroupDef, GroupMember
+from openeas.gateway import Gateway
+from openeas.kernel.groups import GroupDef, GroupMember
+from openeas.kernel.routing import RoutingTable
 from tests.conftest_gateway import LoopThread, MemorySource, route, start_gateway, start_upstream
 from tests.harness import wait_for
 

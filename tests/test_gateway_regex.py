@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from openeas.gateway import Gateway, RoutingTable
-from openeas.gateway.group_table import GroupDef, GroupMember, MemberMatch
+from openeas.gateway import Gateway
+from openeas.kernel.groups import GroupDef, GroupMember, MemberMatch
+from openeas.kernel.routing import RoutingTable
 from openeas.linear_regex import MAX_MATCHED_CHARS
 from tests.conftest_gateway import LoopThread, MemorySource, route, start_gateway, start_upstream
 

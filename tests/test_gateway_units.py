@@ -29,7 +29,7 @@ from openeas.gateway.local import local_answer
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.retry import AfterLoss, NextAttempt, after_loss, next_attempt
 from openeas.gateway.routes import build_routes
-from openeas.gateway.table import Route, RoutingTable, Upstream
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 
 NOW = 1_800_000_000.0
 TOKEN = "s3cret-token"

@@ -10,21 +10,15 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
-from openeas.gateway.group_metrics import (
-    GROUP_LATENCY_BUCKETS_S,
-    CompareStats,
-    bodies_agree,
-    bucket_delta,
-    quantile,
-    success_ratio,
-)
-from openeas.gateway.group_table import GroupDef, GroupMember, MemberMatch
+from openeas.gateway.group_metrics import CompareStats, bodies_agree
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.mirror import response_body
 from openeas.gateway.routes import build_routes
 from openeas.gateway.split import MatchRule, build_groups, choose, cumulative, pick, request_headers
-from openeas.gateway.table import Route, RoutingTable, Upstream
+from openeas.kernel.groups import GroupDef, GroupMember, MemberMatch
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 from openeas.spec.group import parse_group
+from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S, bucket_delta, quantile, success_ratio
 
 # Chi-square critical value for 1 degree of freedom at p = 0.001: a correct 90/10 pick fails the
 # test once in a thousand seeds; the seed below is fixed, so the test is deterministic.

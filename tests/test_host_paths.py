@@ -22,6 +22,7 @@ from openeas.spec import parse_spec
 from openeas.storage.gitrepo import clone_once
 from openeas.storage.hostpaths import HostPaths
 from openeas.store import Store
+from openeas.store.batch_jobs import BatchStore
 from tests.harness import Server, event, new_server, service_spec, stop_and_reap, wait_for
 
 NAS = "abc123.cn-hangzhou.nas.aliyuncs.com"
@@ -230,3 +231,134 @@ def test_no_host_folder_is_allowed_by_default() -> None:
     assert not none.allows("/") and none.nfs_exports == {}
     with pytest.raises(MountError, match=r"^w: '/srv/m' is outside the host folders allowed to specs"):
         none.local("/srv/m", "w")
+
+
+# --- files a request names outside any spec: a batch job's files, a stress test's data ---------------
+
+OUT = (
+    "outside the host folders allowed to batch jobs and stress tests: start the server with --allow-host-path"
+)
+REL = "is a relative path; it would resolve against the server's working directory: pass an absolute path"
+
+
+def _batch(**files: str) -> dict[str, Any]:
+    """A batch job of the world's service; ``{a}`` in a file is the allowed folder."""
+    return {"service": "reqsvc", "input": "{a}/in.jsonl", "output": "{a}/out/o.jsonl", **files}
+
+
+def _filled(body: dict[str, Any], allowed: Path) -> dict[str, Any]:
+    return {k: v.format(a=allowed) if isinstance(v, str) else v for k, v in body.items()}
+
+
+@pytest.fixture(scope="module")
+def reqsvc(world: tuple[Server, Path, Path]) -> tuple[Server, Path]:
+    srv, allowed, _ = world
+    srv.client.deploy(_spec("reqsvc"))
+    (allowed / "in.jsonl").write_text('{"custom_id": "a", "method": "POST", "url": "/x", "body": {}}\n')
+    (allowed / "bad.jsonl").write_text("not json\n")
+    return srv, allowed
+
+
+BATCH_REFUSED = [
+    pytest.param(_batch(input="/etc/passwd"), [f"input: '/etc/passwd' is {OUT} /etc to allow it"], id="input-etc"),
+    pytest.param(_batch(input="in.jsonl"), [f"input: 'in.jsonl' {REL}"], id="input-relative"),
+    pytest.param(_batch(input="./{a}/in.jsonl"), ["input: './"], id="input-dot-relative"),
+    pytest.param(_batch(input="~/in.jsonl"), [f"input: '~/in.jsonl' {REL}"], id="input-home-relative"),
+    pytest.param(_batch(input="file:///proc/self/environ"),
+                 [f"input: 'file:///proc/self/environ' is {OUT} /proc/self"], id="input-file-url-proc"),
+    pytest.param(_batch(input="file://{a}/../../../etc/shadow"), ["input: 'file://"], id="input-file-url-dotdot"),
+    pytest.param(_batch(input="{a}/to-etc/passwd"), ["input: '"], id="input-symlink-out"),
+    pytest.param(_batch(input="simplecache::file:///etc/passwd"),
+                 ["input: chained URLs ('::') are not accepted"], id="input-chained-url"),
+    pytest.param(_batch(input="zip://x::file:///etc/a.zip"), ["input: chained URLs"], id="input-zip-chain"),
+    pytest.param(_batch(input="tar:///etc/a.tar"), ["input: the protocol 'tar' is not accepted"], id="input-tar"),
+    pytest.param(_batch(output="/tmp/o.jsonl"), [f"output: '/tmp/o.jsonl' is {OUT} /tmp to allow it"],
+                 id="output-tmp"),
+    pytest.param(_batch(output="o.jsonl"), [f"output: 'o.jsonl' {REL}"], id="output-relative"),
+    pytest.param(_batch(errors="/root/e.jsonl"), [f"errors: '/root/e.jsonl' is {OUT} /root to allow it"],
+                 id="errors-root"),
+    pytest.param({"input": "/etc/passwd", "output": "o.jsonl", "errors": "file:///var/e.jsonl"},
+                 [f"input: '/etc/passwd' is {OUT} /etc", f"output: 'o.jsonl' {REL}",
+                  f"errors: 'file:///var/e.jsonl' is {OUT} /var",
+                  "service, spec: give exactly one"], id="all-errors-at-once"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "errors"), BATCH_REFUSED)
+def test_a_batch_job_naming_the_host_is_a_400_that_names_the_field(
+    reqsvc: tuple[Server, Path], body: dict[str, Any], errors: list[str]
+) -> None:
+    srv, allowed = reqsvc
+    with pytest.raises(ApiError) as exc:
+        srv.client.request("POST", "/api/v1/batch", json_body=_filled(body, allowed))
+    assert exc.value.status == 400, exc.value
+    got = exc.value.errors or []
+    assert len(got) == len(errors), got
+    for line, want in zip(got, errors, strict=True):
+        assert line.startswith(want.format(a=allowed)), (line, want)
+    assert not (allowed / "out").exists()  # refused before anything was made
+
+
+def test_a_batch_job_inside_the_allowed_folder_is_taken(reqsvc: tuple[Server, Path]) -> None:
+    srv, allowed = reqsvc
+    job = srv.client.request(
+        "POST", "/api/v1/batch", json_body=_filled(_batch(input="file://{a}/in.jsonl"), allowed)
+    )
+    assert job["state"] == "Running" and job["total_lines"] == 1
+    srv.client.request("POST", f"/api/v1/batch/{job['id']}/cancel")
+
+
+def test_a_batch_job_stored_before_the_rule_fails_and_cannot_be_resumed(reqsvc: tuple[Server, Path]) -> None:
+    # Written straight into the store (as an older release accepted it): the runner refuses to read it.
+    srv, _ = reqsvc
+    row = BatchStore(Store(srv.data_dir)).create(
+        service="reqsvc", input_url="/etc/passwd", output_url="/tmp/stolen.jsonl",
+        errors_url="/tmp/stolen.errors.jsonl", shard_lines=10, concurrency=1, bounds=[(1, 2, 0, 10)],
+        total_lines=1,
+    )  # fmt: skip
+    done = wait_for(lambda: (j := srv.client.request("GET", f"/api/v1/batch/{row.id}"))["state"] != "Running" and j,
+                    30, what="the stored job refused")  # fmt: skip
+    assert done["state"] == "Failed"
+    assert done["message"].startswith(f"input: '/etc/passwd' is {OUT} /etc to allow it")
+    assert "output: '/tmp/stolen.jsonl'" in done["message"] and not os.path.exists("/tmp/stolen.jsonl")
+    with pytest.raises(ApiError) as exc:
+        srv.client.request("POST", f"/api/v1/batch/{row.id}/resume")
+    assert exc.value.status == 400 and len(exc.value.errors or []) == 3, exc.value
+
+
+STRESS_REFUSED = [
+    pytest.param({"data": {"path": "/etc/passwd"}}, f"data.path: '/etc/passwd' is {OUT} /etc to allow it",
+                 id="data-path-etc"),
+    pytest.param({"data": {"path": "/dev/zero"}}, f"data.path: '/dev/zero' is {OUT} /dev to allow it",
+                 id="data-path-device"),
+    pytest.param({"data": {"path": "reqs.jsonl"}}, f"data.path: 'reqs.jsonl' {REL}", id="data-path-relative"),
+    pytest.param({"data": {"path": "~/reqs.jsonl"}}, f"data.path: '~/reqs.jsonl' {REL}", id="data-path-home"),
+    pytest.param({"data": {"path": "{a}/to-etc/passwd"}}, "data.path: '{a}/to-etc/passwd' is " + OUT,
+                 id="data-path-symlink-out"),
+    pytest.param({"options": {"data_path": "/etc/passwd"}}, f"data.path: '/etc/passwd' is {OUT} /etc",
+                 id="options-data-path"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "error"), STRESS_REFUSED)
+def test_a_stress_test_naming_the_host_is_a_400_that_names_the_field(
+    reqsvc: tuple[Server, Path], task: dict[str, Any], error: str
+) -> None:
+    srv, allowed = reqsvc
+    if "data" in task:
+        task = {"data": {"path": task["data"]["path"].format(a=allowed)}}
+    with pytest.raises(ApiError) as exc:
+        srv.client.request("POST", "/api/v1/services/reqsvc/stress", json_body=task)
+    assert exc.value.status == 400, exc.value
+    assert exc.value.errors == [exc.value.errors[0]] and exc.value.errors[0].startswith(
+        error.format(a=allowed)
+    )
+
+
+def test_a_stress_data_file_inside_the_allowed_folder_is_read(reqsvc: tuple[Server, Path]) -> None:
+    srv, allowed = reqsvc  # read, then refused for what it holds: the path itself passed
+    with pytest.raises(ApiError) as exc:
+        srv.client.request(
+            "POST", "/api/v1/services/reqsvc/stress", json_body={"data": {"path": f"{allowed}/bad.jsonl"}}
+        )
+    assert exc.value.errors and exc.value.errors[0].startswith("data.path: line 1 is not one JSON request")

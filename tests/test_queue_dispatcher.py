@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from openeas.queue import Message, QueueSettings, Result, State, open_backend
+from openeas.kernel.queue import QueueSettings
+from openeas.queue import Message, Result, State, open_backend
 from openeas.queue.base import QueueBackend
 from openeas.queue.dispatcher import Answer, CallFailed, Dispatcher, Target
 

@@ -13,13 +13,15 @@ from eas_prediction.queue_client import DataFrameCodec, DataFrameListCodec
 
 from openeas.gateway.asyncq import parse_timeout
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.table import RouteSettings
 from openeas.gateway.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader, accept_key, frame
+from openeas.kernel.queue import QueueSettings
+from openeas.kernel.routing import RouteSettings
 from openeas.queue import wire
 from openeas.queue.dispatcher import Outcome, assign, attempt_outcome
-from openeas.queue.model import Backlog, Message, QueueSettings, Result
-from openeas.queue.scale import AsyncService, services_to_wake
+from openeas.queue.model import Backlog, Message, Result
+from openeas.queue.scale import services_to_wake
 from openeas.spec import parse_spec
+from openeas.store.async_services import AsyncService
 from openeas.store.routing import route_settings
 from tests.harness import service_spec
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from openeas.queue.model import QueueSettings
+from openeas.kernel.queue import QueueSettings
 from tests.conftest_gateway import free_port, route, table
 from tests.test_gateway_process import wait_http
 

@@ -75,6 +75,26 @@ def test_openai_sdk_chat_and_stream(quickstart: Server):
     assert_words("".join(pieces))
 
 
+def test_examples_quickstart_call_py_runs_as_written(quickstart: Server):
+    """README's step 2 itself: ``python examples/quickstart/call.py``, unchanged, against the
+    deployed quickstart (it finds the service with ``openeas call-info``)."""
+    env = quickstart.env()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # `openeas`
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart" / "call.py")],
+        env=env, capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    # chat: <answer, maybe several lines>\nusage: N prompt + M completion tokens\nstream: <answer>
+    found = re.fullmatch(
+        r"chat: (?P<chat>.+)\nusage: \d+ prompt \+ \d+ completion tokens\nstream: (?P<stream>.+)\n",
+        out.stdout, re.DOTALL,
+    )  # fmt: skip
+    assert found, out.stdout
+    assert_words(found["chat"])
+    assert_words(found["stream"])
+
+
 def test_official_eas_client_signed_request(quickstart: Server):
     from eas_prediction import PredictClient, StringRequest
 

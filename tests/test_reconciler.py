@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from openeas.controller.reconciler import Reconciler
+from openeas.kernel.states import ReplicaPhase, ServiceState
 from openeas.runtime.base import ReplicaProcess, orphans
 from openeas.runtime.fake import Behaviour, FakeProcess
 from openeas.spec import ServiceSpec
-from openeas.states import ReplicaPhase, ServiceState
 from tests.fakes import World, spec
 
 P = ReplicaPhase

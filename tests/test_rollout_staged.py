@@ -10,23 +10,15 @@ from typing import Any
 import pytest
 
 from openeas.controller.rollout_loop import RolloutController, restore_routes
-from openeas.controller.rollout_staged import (
-    Action,
-    Observation,
-    RolloutPlan,
-    RolloutState,
-    Status,
-    decide,
-    step_weights,
-    validate_steps,
-)
-from openeas.gateway.group_metrics import GROUP_LATENCY_BUCKETS_S
+from openeas.controller.rollout_staged import decide, step_weights, validate_steps
+from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import Store
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore
 from openeas.telemetry.group_stats import window
+from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S
 
 T0 = 1_800_000_000.0
 PLAN = RolloutPlan(

@@ -24,7 +24,7 @@ import pytest
 
 from openeas.gateway import source as gateway_source
 from openeas.gateway.source import StoreRoutingSource
-from openeas.gateway.table import Route, RouteSettings, RoutingTable, Upstream
+from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
 from openeas.spec import parse_spec
 from openeas.store import Store, db_path
 from openeas.store.routing import route_settings
@@ -156,7 +156,7 @@ LIGHT = "import sys; {code}; print(json.dumps(sorted({{m.split('.')[0] for m in 
     [
         "import json, openeas.gateway.__main__",
         "import json; from openeas.gateway.__main__ import _parse, _source; _source(_parse(['--data-dir', sys.argv[1]])).poll()",
-        "import json, openeas.procfs, openeas.tokens, openeas.states, openeas.gateway.notify",
+        "import json, openeas.procfs, openeas.tokens, openeas.kernel.states, openeas.gateway.notify",
         "import json, openeas.telemetry.gateway_stats, openeas.gateway.stats, openeas.gateway.activator",
     ],
     ids=["entry-point", "store-source-reading", "light-modules", "stats-and-activator"],

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from openeas.states import (
+from openeas.kernel.states import (
     ROUTABLE_SQL,
     TRANSITIONS,
+    BatchState,
     IllegalTransition,
     ReplicaPhase,
     ServiceStatus,
+    check_batch_transition,
     check_transition,
     desired_replicas,
     routable,
@@ -131,3 +133,27 @@ class R:
 )
 def test_service_status(state: str, desired: int, replicas: list[R], expected: ServiceStatus) -> None:
     assert service_status(state, 1, desired, replicas) is expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "legal"),
+    [
+        pytest.param("Running", "Succeeded", True, id="running-succeeds"),
+        pytest.param("Running", "Failed", True, id="running-fails"),
+        pytest.param("Running", "Cancelled", True, id="running-cancelled"),
+        pytest.param("Failed", "Running", True, id="failed-resumes"),
+        pytest.param("Cancelled", "Running", True, id="cancelled-resumes"),
+        pytest.param("Cancelled", "Failed", True, id="cancelled-then-its-last-shard-fails"),
+        pytest.param("Running", "Running", True, id="same-state-new-message"),
+        pytest.param("Succeeded", "Running", False, id="succeeded-is-done"),
+        pytest.param("Succeeded", "Failed", False, id="succeeded-cannot-fail"),
+        pytest.param("Failed", "Succeeded", False, id="failed-cannot-succeed-without-running"),
+        pytest.param("Running", "Paused", False, id="unknown-state"),
+    ],
+)
+def test_batch_job_transitions(old: str, new: str, legal: bool) -> None:
+    if legal:
+        assert check_batch_transition(old, new) == BatchState(new)
+    else:
+        with pytest.raises(IllegalTransition, match="batch job state"):
+            check_batch_transition(old, new)

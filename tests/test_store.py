@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from openeas.batch.store import BatchStore
 from openeas.errors import Conflict, NotFound
+from openeas.gateway.source import StoreRoutingSource
 from openeas.spec import parse_spec
 from openeas.store import MIGRATIONS, Store, db_path
+from openeas.store import stress_reports as stress_store
+from openeas.store.batch_jobs import BatchStore
 from openeas.store.groups import GroupStore
-from openeas.store.routing import StoreRoutingSource
 from openeas.store.spec_secrets import unseal
-from openeas.stress import store as stress_store
 
 
 def spec(name: str = "svc", **meta: object) -> object:
@@ -239,7 +239,7 @@ def test_routing_source_publishes_only_ready_replicas(tmp_path: Path):
     b = store.add_replica("svc", 1, workdir_root=tmp_path)
     store.update_replica(a.id, phase="Starting", port=1111)
     assert source.poll() is None  # not Ready: routing unchanged
-    for phase in ("Warming", "Ready"):  # the legal way to Ready (openeas.states.TRANSITIONS)
+    for phase in ("Warming", "Ready"):  # the legal way to Ready (openeas.kernel.states.TRANSITIONS)
         store.update_replica(a.id, phase=phase)
     for phase in ("Fetching", "Starting", "Warming"):
         store.update_replica(b.id, phase=phase)

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from openeas.errors import NotFound
 from openeas.store import Store
-from openeas.stress import store as reports
+from openeas.store import stress_reports as reports
 from openeas.stress.apply import with_autoscaling
 from openeas.stress.fake import SimulatedService, VirtualClock
 from openeas.stress.generator import Generator

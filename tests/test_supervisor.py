@@ -19,8 +19,8 @@ from openeas.controller.replica import (
     ReplicaSupervisor,
 )
 from openeas.controller.rollout import restart_backoff_s
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime.fake import Behaviour
-from openeas.states import ReplicaPhase
 from tests.fakes import DRAIN_S, World, spec
 
 P = ReplicaPhase

@@ -19,12 +19,12 @@ import pytest
 from openeas.controller.warmup import (
     MAX_WARMUP_FILE_BYTES,
     MAX_WARMUP_LINE_BYTES,
-    WarmupRequest,
     check_warmup_file,
     load_warmup,
     parse_warmup,
     run_warmup,
 )
+from openeas.kernel.checks import WarmupRequest
 from openeas.testserver import Knobs, running
 
 JSON = {"Content-Type": "application/json"}

@@ -44,13 +44,13 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.kernel.clock import LOOP_CLOCK
+from openeas.kernel.states import ServiceState
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, same_process, set_oom_score_adj, start_ticks
 from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
-from openeas.runtime.clock import LOOP_CLOCK
 from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
-from openeas.states import ServiceState
 from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
@@ -450,7 +450,8 @@ async def _serve(
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
-        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake)
+        files_rule = cp.request_file_problems
+        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=files_rule)
         cp.batch_wake = batch.wake
         batch_task = asyncio.create_task(batch.run(stop))
         queue_task = asyncio.create_task(

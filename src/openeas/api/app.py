@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,20 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.api.batch import add_batch_routes
+from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
+from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.controller.warmup import check_warmup_file
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
+from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.spec.models import MAX_REPLICAS
 from openeas.spec.numbers import CheckedNumbers
-from openeas.states import ReplicaPhase, ServiceState, desired_replicas, service_status
-from openeas.storage.hostpaths import HostPaths, check_spec
+from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store, same
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -119,6 +121,10 @@ class ControlPlane:
         if errors := check_spec(spec, self.host_paths):
             raise SpecError(errors)
 
+    def request_file_problems(self, files: Mapping[str, str | None]) -> list[str]:
+        """Every file a request names (``{field: url}``) outside the allowed folders, one line each."""
+        return check_request_files(self.host_paths, files)
+
     def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
         """Write desired state (and its event) for a live service, wake the reconciler."""
         _not_deleting(self.store, name)
@@ -185,12 +191,18 @@ class ControlPlane:
             "version": 1 if svc is None else max(v.version for v in self.store.versions(spec.name)) + 1,
             "replicas": spec.metadata.instance if svc is None else svc.desired_replicas,
             "runtime": runtime,
-            "launch": launch_plan(spec, runtime["name"]),
+            "launch": launch_plan(spec, runtime["name"], self.engine_name()),
             "accepted_unused": spec.unused_fields(),
             "warnings": list(runtime["warnings"]) + spec_warnings(spec),
             "endpoint": self.endpoint(spec.name),
             "spec": spec.public_dict(),
+            "normalized_spec": normalized_spec(spec),
         }
+
+    def engine_name(self) -> str | None:
+        """"podman" or "docker" when this server has a container engine."""
+        engine = self.runtimes.engine if self.runtimes is not None else None
+        return engine.split()[0] if engine else None
 
     def autoscaling(self, name: str, policy: Any) -> dict[str, Any] | None:
         """The autoscaler's view (metric vs target, last decision and its reason), or the bare
@@ -208,42 +220,9 @@ class ControlPlane:
         ]
 
 
-def launch_plan(spec: ServiceSpec, runtime: str | None) -> dict[str, Any]:
-    """How the main container would be run by ``runtime``: command, port, env names, mounts."""
-    c = spec.main
-    mounts = []
-    for m in spec.storage:
-        if m.oss is not None:
-            source, mode = f"{m.oss.path} (node cache)", "ro" if m.oss.readOnly else "overlay"
-        elif m.nfs is not None:
-            source, mode = f"nfs {m.nfs.get('server', '')}:{m.nfs.get('path', '')}", "rw"
-        elif m.git is not None:
-            source, mode = f"git {m.git.repo} {m.git.commit or m.git.branch or 'HEAD'} (node cache)", "ro"
-        elif m.cache is not None:
-            source, mode = f"cache of {m.cache.path}", "ro"
-        else:
-            tmpfs = m.empty_dir is not None and m.empty_dir.in_memory
-            source, mode = ("tmpfs" if tmpfs else "empty folder per replica"), "rw"
-        mounts.append({"mount_path": m.mount_path, "source": source, "mode": mode})
-    if runtime == "container":
-        how = f"in {c.image}: /bin/sh -c, port {c.port} inside, published on a free 127.0.0.1 port"
-    else:
-        how = f"on the host: port {c.port} and mount paths rewritten to the replica's port and folders"
-    return {
-        "container": 0,
-        "image": c.image,
-        "command": c.command,
-        "script": c.script,
-        "port": c.port,
-        "how": how,
-        "env": sorted(c.env_dict()),
-        "mounts": mounts,
-    }
-
-
 def spec_warnings(spec: ServiceSpec) -> list[str]:
     """What deploys but may not do what the user expects."""
-    out = []
+    out = mount_warnings(spec)
     seen = {spec.main.port: 0}
     for i, c in enumerate(spec.containers[1:], start=1):
         if "port" in c.model_fields_set:
@@ -346,6 +325,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     auth = [Depends(admin)]
     groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
+    add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()
@@ -402,7 +382,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     async def dry_run(request: Request) -> dict[str, Any]:
         """Validate a spec and say what deploying it would do (create or update, the runtime and
         why), changing nothing."""
-        return cp.dry_run(await _valid_spec(request))
+        spec = await _valid_spec(request)
+        return {**cp.dry_run(spec), "cost": cost_of(spec)}  # the monthly estimate (api/cost.py)
 
     @app.put(
         "/api/v1/services/{name}",
@@ -512,7 +493,8 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
                 raise NotFound(f"service '{name}' has no replica '{replica}'")
         return {"logs": [{"replica": r.id, "text": _tail(Path(r.log_path), tail)} for r in reps]}
 
-    add_batch_routes(app, cp.store, auth, lambda: (cp.batch_wake(), cp.wake()), cp.check_host_paths)
+    wake_batch = lambda: (cp.batch_wake(), cp.wake())  # noqa: E731
+    add_batch_routes(app, cp.store, auth, wake_batch, cp.check_host_paths, cp.request_file_problems)
 
     @app.get("/api/v1/services/{name}/call-info", dependencies=auth)
     def call_info(name: str) -> dict[str, Any]:

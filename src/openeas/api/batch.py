@@ -1,17 +1,18 @@
 """The batch-job routes of the control-plane API: submit, list, describe, cancel, resume.
 
-Submitting checks what can be checked at once (the service exists, the input is a regular file
-within the cap and has lines, the output and errors files are neither the input nor each other,
-exist only with ``overwrite``, their folder can be made; batch/files.py) and answers 400 naming
-each field; the lines themselves are
-checked as they are served (an invalid line goes to the errors file, the job goes on).
-"""
+Submitting checks what can be checked at once (the files are absolute paths inside the host
+folders the server was allowed, ``--allow-host-path``, or object storage URLs: the rule of
+storage/hostpaths.py; the service exists, the input is a regular file within the cap and has
+lines, the output and errors files are neither the input nor each other, exist only with
+``overwrite``, their folder can be made; batch/files.py) and answers 400 naming each field; the
+lines themselves are checked as they are served (an invalid line goes to the errors file, the
+job goes on)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,10 +20,10 @@ from pydantic import BaseModel, Field
 
 from openeas.batch.files import make_parent, output_problems, scan_input
 from openeas.batch.service import ensure_service, remove_service, temporary_spec
-from openeas.batch.store import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.errors import SpecError
 from openeas.spec import ServiceSpec
 from openeas.store import Store
+from openeas.store.batch_jobs import CANCELLED, FAILED, RUNNING, BatchStore, job_dict, new_job_id
 from openeas.store.spec_secrets import seal
 from openeas.userfile import UserFileError
 
@@ -90,8 +91,10 @@ def add_batch_routes(
     auth: list[Any],
     wake: Callable[[], object],
     check_spec: Callable[[ServiceSpec], None] = lambda _spec: None,
+    check_files: Callable[[Mapping[str, str | None]], list[str]] = lambda _files: [],
 ) -> None:
-    """``check_spec``: the server's host-path rule for a job's spec (a SpecError refuses it)."""
+    """``check_spec``: the server's host-path rule for a job's spec; ``check_files``: the same
+    rule for the job's files, ``{field: url}`` → every problem (a SpecError refuses either)."""
     jobs = BatchStore(store)
 
     @app.post("/api/v1/batch", status_code=201, dependencies=auth)
@@ -99,8 +102,11 @@ def add_batch_routes(
         """Start a batch job; it runs in the server until every line has an output or an error line."""
         job_id = new_job_id()
         spec_json = None
+        problems = check_files({"input": body.input, "output": body.output, "errors": body.errors})
         if (body.service is None) == (body.spec is None):
-            raise SpecError(["service, spec: give exactly one (an existing service, or a spec for the job)"])
+            problems.append("service, spec: give exactly one (an existing service, or a spec for the job)")
+        if problems:
+            raise SpecError(problems)
         if body.spec is not None:
             spec = temporary_spec(body.spec, job_id, body.instance_type)
             check_spec(spec)
@@ -148,7 +154,12 @@ def add_batch_routes(
 
     @app.post("/api/v1/batch/{job_id}/resume", dependencies=auth)
     def resume(job_id: str) -> dict[str, Any]:
-        """Go on with a cancelled or failed job from its last checkpoint."""
+        """Go on with a cancelled or failed job from its last checkpoint (its files checked again:
+        a job stored before the host-path rule, or by a server allowed more, is refused here)."""
+        row = jobs.get(job_id)
+        files = {"input": row.input_url, "output": row.output_url, "errors": row.errors_url}
+        if problems := check_files(files):
+            raise SpecError(problems)
         row = jobs.set_state(job_id, RUNNING, None, expect=(CANCELLED, FAILED))
         wake()
         return job_dict(row)

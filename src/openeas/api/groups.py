@@ -22,11 +22,11 @@ from pydantic import Field
 
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
 from openeas.gateway.group_metrics import traffic_summary
+from openeas.kernel.states import ReplicaPhase
 from openeas.spec import ServiceSpec
 from openeas.spec.group import MAX_MIRROR_PERCENT, MAX_WEIGHT, parse_group
 from openeas.spec.load import parse_json
 from openeas.spec.numbers import CheckedNumbers
-from openeas.states import ReplicaPhase
 from openeas.store.groups import Group, GroupStore
 
 GATEWAY_TIMEOUT_S = 2.0  # seconds to wait for the gateway's group counters

@@ -10,8 +10,9 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ConfigDict, Field
 
-from openeas.controller.rollout_staged import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
+from openeas.controller.rollout_staged import validate_steps
 from openeas.errors import Conflict, SpecError
+from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState
 from openeas.spec.numbers import CheckedNumbers
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore

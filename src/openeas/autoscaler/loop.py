@@ -42,9 +42,9 @@ from openeas.autoscaler.metrics import (
 from openeas.autoscaler.policy import Decision, DecisionContext, Observation, PolicyState, Traffic, decide
 from openeas.autoscaler.scrape import GatewayScrape
 from openeas.errors import OpenEASError
-from openeas.runtime.clock import LOOP_CLOCK, Clock
+from openeas.kernel.clock import LOOP_CLOCK, Clock
+from openeas.kernel.states import ReplicaPhase, ServiceState
 from openeas.spec.autoscaling import METRIC_UNITS, AutoscalingPolicy, Defaults
-from openeas.states import ReplicaPhase, ServiceState
 from openeas.store import Store
 
 log = logging.getLogger("openeas.autoscaler")

@@ -19,15 +19,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from openeas.batch.files import concat_whole, part_paths, read_shard, remove_parts, write_whole
 from openeas.batch.lines import BatchRequest, LineError, error_line, output_line, parse_line
 from openeas.batch.service import ensure_service, remove_service
-from openeas.batch.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 from openeas.errors import NotFound
 from openeas.store import Store
+from openeas.store.batch_jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 
 log = logging.getLogger("openeas.batch")
 
@@ -40,9 +40,16 @@ REQUEST_ID = "X-Eas-Queueservice-Request-Id"
 
 class BatchRunner:
     def __init__(
-        self, store: Store, gateway_url: str, on_change: Callable[[], object] = lambda: None
+        self,
+        store: Store,
+        gateway_url: str,
+        on_change: Callable[[], object] = lambda: None,
+        check_files: Callable[[Mapping[str, str | None]], list[str]] = lambda _files: [],
     ) -> None:
         self.jobs = BatchStore(store)
+        # The server's host-path rule for a job's files, {field: url} -> problems: a job stored
+        # before the rule (or by a server allowed more folders) fails instead of reading them.
+        self.check_files = check_files
         self.on_change = on_change  # desired state changed (a job's own service): wake the reconciler
         self.store = store
         self.gateway_url = gateway_url.rstrip("/")
@@ -79,6 +86,13 @@ class BatchRunner:
     async def _run_job(self, job_id: str) -> None:
         try:
             job = await asyncio.to_thread(self.jobs.get, job_id)
+            files = {"input": job.input_url, "output": job.output_url, "errors": job.errors_url}
+            if problems := self.check_files(files):
+                await asyncio.to_thread(self.jobs.set_state, job_id, FAILED, "; ".join(problems))
+                if job.spec is not None:
+                    await asyncio.to_thread(remove_service, self.store, job.service, "failed")
+                    self.on_change()
+                return
             if job.spec is not None:  # the job's own service: there, or made again (a resume)
                 await asyncio.to_thread(ensure_service, self.store, job.spec)
                 self.on_change()

@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 from openeas.errors import Conflict, NotFound
+from openeas.kernel.states import ServiceState
 from openeas.spec import ServiceSpec, parse_spec
-from openeas.states import ServiceState
 from openeas.store import Store
 from openeas.store.spec_secrets import unseal
 

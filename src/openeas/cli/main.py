@@ -18,6 +18,7 @@ import typer
 
 from openeas import __version__
 from openeas.cli import render
+from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
@@ -208,7 +209,8 @@ def server(
         typer.Option(
             "--allow-host-path",
             help="A host folder specs may read (file:// and local paths, nfs.path, git repositories, "
-            "warmup files); repeatable. None by default, besides the local bucket (--oss-root).",
+            "warmup files), and batch jobs and stress tests may name (input, output, errors, data.path); "
+            "repeatable. None by default, besides the local bucket (--oss-root).",
         ),
     ] = None,
     nfs_export: Annotated[
@@ -219,10 +221,21 @@ def server(
             "node at DIR (repeatable).",
         ),
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instance catalog (YAML: types, prices, currency) costs are priced by (docs/cost.md; "
+            "default: the shipped one). Also OPENEAS_CATALOG.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
+    if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
+        os.environ["OPENEAS_CATALOG"] = str(catalog.resolve())
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     for f in deploy or []:
@@ -293,8 +306,15 @@ def deploy(
             "--dry-run", help="Validate and show what would happen (runtime and why); change nothing."
         ),
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Apply without asking after the monthly estimate (asked only on a terminal)."
+        ),
+    ] = False,
 ) -> None:
-    """Create a service from a spec, or roll out a new version if it exists."""
+    """Create a service from a spec, or roll out a new version if it exists; shows the monthly
+    estimate first (docs/cost.md)."""
     spec = _read_spec(file)
     client = _client(data_dir)
     if spec.get("kind") == "ServiceGroup":
@@ -307,6 +327,8 @@ def deploy(
         else:
             render.out.print(render.dry_run_text(plan), highlight=False, soft_wrap=True)
         return
+    if not json_out and not confirm_estimate(client, spec, yes):
+        _fail("not deployed", code=1)
     detail, created = client.apply(spec)
     name = str(detail.get("name") or spec["metadata"]["name"])
     if not json_out:
@@ -634,3 +656,4 @@ app.add_typer(stress_app, name="stress")
 from openeas.cli.batch import batch_app  # noqa: E402
 
 app.add_typer(batch_app, name="batch")
+app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)

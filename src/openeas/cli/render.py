@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from openeas.states import ReplicaPhase, ServiceStatus
+from openeas.kernel.states import ReplicaPhase, ServiceStatus
 
 
 def _width(stream: object) -> int | None:
@@ -145,17 +146,35 @@ def dry_run_text(plan: dict[str, Any]) -> str:
     ]
     launch = plan.get("launch") or {}
     if launch:
-        lines.append(f"launch: {launch.get('command') or launch.get('script')!r} {launch.get('how', '')}")
+        lines.append(f"launch: {launch.get('how', '')}")
         for m in launch.get("mounts") or []:
             lines.append(f"  mount {m['mount_path']} <- {m['source']} ({m['mode']})")
-        if launch.get("env"):
-            lines.append(f"  env: {', '.join(launch['env'])}")
+        for c in launch.get("containers") or []:
+            lines += _container_plan_lines(c)
     unused = plan.get("accepted_unused") or []
     if unused:
         lines.append(f"accepted, not used by this runtime: {', '.join(unused)}")
     lines += [f"warning: {w}" for w in plan.get("warnings") or []]
     lines.append(f"endpoint: {plan.get('endpoint')}")
+    cost = plan.get("cost") or {}
+    if cost.get("monthly_total") is not None:  # api/cost.py: the baseline estimate
+        total, cur = cost["monthly_total"], cost.get("currency", "")
+        lines.append(f"monthly estimate: {total:,.2f} {cur} ({cost['lines'][0]['arithmetic']})")
+    elif cost:
+        lines.append(f"monthly estimate: none ({cost.get('error') or cost.get('pricing', {}).get('how')})")
     return "\n".join(lines)
+
+
+def _container_plan_lines(c: dict[str, Any]) -> list[str]:
+    """One container of the dry-run's launch plan: what runs, the engine command, the env."""
+    image = f" ({c['image']})" if c.get("image") else ""
+    out = [f"  containers[{c['container']}]{image}, port {c['port']}:"]
+    out.append(f"    runs: {shlex.join(c['runs'])}")
+    if c.get("engine_command"):
+        out.append(f"    engine: {shlex.join(c['engine_command'])}")
+    for name, value in (c.get("env") or {}).items():
+        out.append(f"    env {name}={value}")
+    return out
 
 
 def replicas_table(replicas: list[dict[str, Any]]) -> Table:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from openeas.runtime.clock import Clock
+from openeas.kernel.clock import Clock
 from openeas.spec import ServiceSpec
 
 DEFAULT_CPU = 0.05

@@ -18,19 +18,13 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from openeas.kernel.checks import ProbeResult
 from openeas.runtime.identity import ReplicaUser
 from openeas.spec.models import HealthCheck
 
 # What a replica without a health_check gets: a TCP connect probe with the spec's defaults.
 DEFAULT_CHECK = HealthCheck()
 USER_AGENT = "openeas-probe/1"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    detail: str
-    """Human-readable, for events and phase messages: "HTTP 503 from /health", "connection refused …"."""
 
 
 class Probe(Protocol):

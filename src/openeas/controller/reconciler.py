@@ -29,11 +29,11 @@ from openeas.controller.capacity import (
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.errors import NotFound
+from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import kill_orphans
 from openeas.runtime.select import Runtimes
-from openeas.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.storage import NodeCache
 from openeas.store import ReplicaRow, Store
 

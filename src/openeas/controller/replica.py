@@ -18,7 +18,7 @@ Every failure (crash, exit or timeout during start, unhealthy, failed warmup) en
 waits out the backoff (`restart_backoff_s` of the failure streak) there, then restarts from
 Pending. Processes are reached only through the `Runtime`; all waiting goes through
 `SupervisorConfig.clock`, and probes and warmup through `SupervisorConfig.probe`/`.warmup`, so
-tests run all of it on fakes. Phases and their legal changes: `openeas.states`.
+tests run all of it on fakes. Phases and their legal changes: `openeas.kernel.states`.
 """
 
 from __future__ import annotations
@@ -33,22 +33,16 @@ from typing import Any, NamedTuple, Unpack
 
 from openeas.controller.capacity import AdmissionGate
 from openeas.controller.checks import checks_of
-from openeas.controller.probe import (
-    Probe,
-    ProbeResult,
-    ProbeTracker,
-    Transition,
-    probe_once,
-    probe_port,
-    run_exec_probe,
-)
+from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port, run_exec_probe
 from openeas.controller.rollout import restart_backoff_s
 from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
 from openeas.errors import MountError
+from openeas.kernel.checks import ProbeResult
+from openeas.kernel.clock import Clock, LoopClock
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
-from openeas.runtime.clock import Clock, LoopClock
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -56,7 +50,6 @@ from openeas.runtime.limits import MEMORY_LIMIT_HOW
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
-from openeas.states import ReplicaPhase
 from openeas.storage import NodeCache, prepare_mounts
 from openeas.storage.hostpaths import HostPaths
 from openeas.storage.oss import resolve_url
@@ -427,6 +420,7 @@ class ReplicaSupervisor:
             return
         auth = docker_credentials(spec.dockerAuth) if spec.dockerAuth else None
         pulled: dict[str, float] = {}
+        waited: set[str] = set()  # images another replica pulled while this one waited
         for image in missing:
             self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
             last = [0.0]
@@ -441,10 +435,14 @@ class ReplicaSupervisor:
                 result = await runtime.pull(image, docker_auth=auth, progress=progress)
             except PullError as exc:
                 raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
-            pulled[image] = round(result.seconds, 3) if result.pulled else 0.0
+            pulled[image] = round(result.seconds, 3)
+            if not result.pulled:
+                waited.add(image)
         summary: dict[str, Any] = {"image": main, "cached": main not in pulled}
         if main in pulled:
             summary["seconds"] = pulled[main]
+        if main in waited:
+            summary["waited_for"] = "another replica's pull"
         if len(images) > 1:
             summary["images"] = {i: {"cached": i not in pulled} for i in images}
         self._set(cold_start={"pull": summary})

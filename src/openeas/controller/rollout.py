@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from openeas.states import ReplicaPhase
+from openeas.kernel.states import ReplicaPhase
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from openeas.controller.rollout_staged import (
-    Action,
-    Decision,
-    Observation,
-    RolloutPlan,
-    RolloutState,
-    Status,
-    decide,
-    step_weights,
-)
+from openeas.controller.rollout_staged import decide, step_weights
 from openeas.errors import OpenEASError
+from openeas.kernel.rollout import Action, Decision, Observation, RolloutPlan, RolloutState, Status
 from openeas.store.db import Store
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore

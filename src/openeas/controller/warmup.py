@@ -19,13 +19,13 @@ import json
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import aiohttp
 
 from openeas.controller.probe import base_url
+from openeas.kernel.checks import WarmupReport, WarmupRequest
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_COUNT = 100_000  # a typo'd count must not keep a replica warming for hours
@@ -35,35 +35,6 @@ MAX_WARMUP_FILE_BYTES = 16 * 1024 * 1024
 MAX_WARMUP_LINE_BYTES = 1024 * 1024
 """Longest line of a warmup file (1 MiB): one request of JSON Lines."""
 _KEYS = frozenset({"method", "path", "body", "headers", "count"})
-
-
-@dataclass(frozen=True)
-class WarmupRequest:
-    method: str = "POST"
-    path: str = "/"
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    count: int = 1
-    """How many times the request is sent (sequentially)."""
-    line: int = 0
-    """Line in the warmup file where this request starts (0 when built in code)."""
-
-
-@dataclass(frozen=True)
-class WarmupReport:
-    sent: int
-    """Requests sent, answered or not."""
-    failed: int
-    """Of ``sent``: non-2xx answers, timeouts and connection errors."""
-    duration_s: float
-    skipped: int = 0
-    """Requests not sent because ``deadline_s`` passed."""
-    errors: tuple[str, ...] = ()
-    """The first few failures, e.g. "line 2: POST /v1/completions: HTTP 500"."""
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.skipped == 0
 
 
 # -- loading (pure but for the file read) -----------------------------------------------------------

@@ -12,13 +12,7 @@ from openeas.gateway.errors import GatewayError
 from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics, ServiceSnapshot
 from openeas.gateway.resolve import split_predict_path
 from openeas.gateway.server import Gateway, serve
-from openeas.gateway.table import (
-    FileRoutingSource,
-    Route,
-    RoutingSource,
-    RoutingTable,
-    Upstream,
-)
+from openeas.gateway.table import FileRoutingSource, RoutingSource
 
 __all__ = [
     "AuthError",
@@ -28,13 +22,10 @@ __all__ = [
     "Gateway",
     "GatewayError",
     "GatewayMetrics",
-    "Route",
     "RoutingSource",
-    "RoutingTable",
     "ServiceMetrics",
     "ServiceSnapshot",
     "UnknownBalancerError",
-    "Upstream",
     "authorize",
     "balancer_names",
     "create_balancer",

@@ -14,19 +14,12 @@ import json
 import math
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from openeas.gateway.histogram import histogram_lines
-
-# Upper bounds (seconds) of the group latency histogram, finer than the per-service one: a p99 SLO
-# is checked against it (about 1.5x apart from 1 ms to 60 s; the last one is +Inf).
-GROUP_LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
-    math.inf,
-)  # fmt: skip
+from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S, quantile, success_ratio
 
 COMPARE_SAMPLES = 10  # differing pairs kept per member (the newest)
 COMPARE_BODY_CHARS = 2048  # characters of each body kept in a sample
@@ -144,38 +137,6 @@ def group_json(group: str, members: Mapping[str, MemberMetrics]) -> bytes:
     ).encode()
 
 
-# --- reading them back (control plane) --------------------------------------------------------------
-
-
-def quantile(buckets: Sequence[int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) in seconds of a non-cumulative histogram over
-    GROUP_LATENCY_BUCKETS_S, linear within a bucket (the +Inf bucket reads as its lower bound);
-    None when it is empty."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    lower = 0.0
-    for upper, n in zip(GROUP_LATENCY_BUCKETS_S, buckets, strict=True):
-        if n and seen + n >= rank:
-            if upper == math.inf:
-                return lower
-            return lower + (upper - lower) * max(0.0, rank - seen) / n
-        seen += n
-        lower = upper if upper != math.inf else lower
-    return lower
-
-
-def success_ratio(by_code: Mapping[str, int] | Mapping[int, int]) -> float | None:
-    """Answers below 500 over all answers (a 4xx is the client's doing); None when there were none."""
-    total = sum(by_code.values())
-    if total == 0:
-        return None
-    ok = sum(n for code, n in by_code.items() if int(code) < 500)
-    return ok / total
-
-
 def traffic_summary(t: Mapping[str, Any]) -> dict[str, Any]:
     """requests, success ratio, p50/p99 (ms) of one `TrafficMetrics.to_dict()`."""
     buckets = list(t.get("buckets") or [])
@@ -291,14 +252,3 @@ def group_lines(groups: Mapping[tuple[str, str], MemberMetrics], label: Any) -> 
 
 def _histogram(labels: str, t: TrafficMetrics) -> list[str]:
     return histogram_lines(_HIST, labels, GROUP_LATENCY_BUCKETS_S, t.buckets, t.sum_s, t.count)
-
-
-def bucket_delta(new: Iterable[int], old: Iterable[int] | None) -> list[int]:
-    """Per-bucket increase between two cumulative-since-start snapshots (a reset counts from 0)."""
-    new_l = list(new)
-    if old is None:
-        return new_l
-    old_l = list(old)
-    if len(old_l) != len(new_l) or any(n < o for n, o in zip(new_l, old_l, strict=True)):
-        return new_l
-    return [n - o for n, o in zip(new_l, old_l, strict=True)]

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from openeas.gateway.table import Upstream
+from openeas.kernel.routing import Upstream
 
 MAX_STATUS_LINE = 8192  # bytes held at most while waiting for an answer's status line to end
 MAX_IDLE_PER_UPSTREAM = 512  # idle keep-alive connections kept per replica; more are closed

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from openeas.gateway.metrics import label_value
+from openeas.kernel.queue import QueueSettings
 from openeas.queue.base import QueueBackend
 from openeas.queue.dispatcher import Dispatcher, Target
-from openeas.queue.model import Attributes, QueueSettings, Result
+from openeas.queue.model import Attributes, Result
 
 if TYPE_CHECKING:
     from openeas.gateway.routes import RouteState

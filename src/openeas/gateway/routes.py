@@ -15,8 +15,8 @@ from openeas.gateway.balancers import Balancer, UnknownBalancerError, create_bal
 from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.ratelimit import TokenBucket
-from openeas.gateway.table import Route, RoutingTable
-from openeas.queue.model import QueueSettings
+from openeas.kernel.queue import QueueSettings
+from openeas.kernel.routing import Route, RoutingTable
 
 
 @dataclass(slots=True)

@@ -33,7 +33,8 @@ from openeas.gateway.queues import AsyncQueues
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.split import build_groups
 from openeas.gateway.stats import StatsSender
-from openeas.gateway.table import RoutingSource, RoutingTable
+from openeas.gateway.table import RoutingSource
+from openeas.kernel.routing import RoutingTable
 
 log = logging.getLogger("openeas.gateway")
 

@@ -1,12 +1,12 @@
 """The gateway's routing source over the store: the `RoutingTable` read with plain sqlite3.
 
 It reads only what the control plane publishes for routing: the routable replicas (the SQL twin
-of ``openeas.states.routable``), each service's encrypted token and the route-settings record
+of ``openeas.kernel.states.routable``), each service's encrypted token and the route-settings record
 stored with its current version (``versions.route``, computed by the control plane from the typed
 spec; this module never looks into a spec). It rebuilds the table only when the store's
 ``routing_version`` moved, so a poll is one indexed read.
 
-Standard library, ``cryptography`` (tokens) and ``openeas.states`` only: the gateway process
+Standard library, ``cryptography`` (tokens) and ``openeas.kernel.states`` only: the gateway process
 never imports SQLAlchemy or pydantic.
 """
 
@@ -17,8 +17,8 @@ import sqlite3
 from pathlib import Path
 
 from openeas.gateway.group_table import load_groups
-from openeas.gateway.table import Route, RouteSettings, RoutingTable, Upstream
-from openeas.states import ROUTABLE_SQL, ServiceState
+from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
+from openeas.kernel.states import ROUTABLE_SQL, ServiceState
 from openeas.tokens import TokenCipher
 
 # The store's database file in the data dir: the same file as ``openeas.store.db.db_path``

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 from openeas.gateway.auth import AuthError, Credentials, authorize
 from openeas.gateway.errors import GatewayError, error_response, plain_response
 from openeas.gateway.group_metrics import MemberMetrics, group_json
-from openeas.gateway.group_table import GroupDef, MemberMatch
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.kernel.groups import GroupDef, MemberMatch
 from openeas.linear_regex import LinearPattern
 
 if TYPE_CHECKING:

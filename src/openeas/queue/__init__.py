@@ -11,15 +11,7 @@ from openeas.queue.base import (
     open_backend,
     register_backend,
 )
-from openeas.queue.model import (
-    Attributes,
-    Backlog,
-    DeadLetter,
-    Message,
-    QueueSettings,
-    Result,
-    State,
-)
+from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, Result, State
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -29,7 +21,6 @@ __all__ = [
     "Message",
     "QueueBackend",
     "QueueError",
-    "QueueSettings",
     "Result",
     "State",
     "backend_names",

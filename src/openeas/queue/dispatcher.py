@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from openeas.kernel.queue import QueueSettings
 from openeas.queue.base import DEFAULT_LEASE_S, RENEW_EVERY_S, QueueBackend
-from openeas.queue.model import Message, QueueSettings, Result, State
+from openeas.queue.model import Message, Result, State
 
 log = logging.getLogger("openeas.queue")
 

@@ -1,6 +1,6 @@
 """The async queue's values: a queued request (`Message`), its stored answer (`Result`), a dead
-letter, the per-service settings (`QueueSettings`) and what a queue holds (`Backlog`,
-`Attributes`).
+letter and what a queue holds (`Backlog`, `Attributes`). The per-service settings
+(`QueueSettings`) are the kernel's (:mod:`openeas.kernel.queue`).
 
 Plain dataclasses, standard library only: the gateway process (which imports neither SQLAlchemy
 nor pydantic) enqueues and dispatches with them, and the control plane reads backlogs with them.
@@ -9,19 +9,10 @@ Times are float seconds since the epoch; sizes are bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
-# Defaults of the spec's `queue` block (docs/async.md says why each is what it is).
-DEFAULT_MAX_DELIVERY = 5  # attempts before a request goes to the dead-letter list (EAS max_delivery)
-DEFAULT_WINDOW = 5  # requests in flight per replica (EAS: the subscription window, worker_threads)
-DEFAULT_MAX_LENGTH = 10_000  # requests queued + in flight per service; more get 429
-DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024  # largest request body accepted into the queue
-DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024  # largest replica answer stored as a result
-DEFAULT_RESULT_TTL_S = 86_400.0  # a stored result is kept one day, then expires
-DEFAULT_ATTEMPT_TIMEOUT_S = 600.0  # one call to a replica; longer counts as a failed attempt
+from openeas.kernel.queue import DEFAULT_RESULT_TTL_S
 
 
 class State(IntEnum):
@@ -32,43 +23,6 @@ class State(IntEnum):
     DONE = 2  # its result is stored
     DEAD = 3  # failed max_delivery attempts: in the dead-letter list with its last error
     READ = 4  # done, and its result was read with _auto_delete_=true (deleted)
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """One async service's queue, as the gateway reads it from the route-settings record."""
-
-    max_delivery: int = DEFAULT_MAX_DELIVERY
-    window: int = DEFAULT_WINDOW
-    max_length: int = DEFAULT_MAX_LENGTH
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    result_ttl_s: float = DEFAULT_RESULT_TTL_S
-    attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S
-
-    @staticmethod
-    def from_dict(data: Mapping[str, Any] | None) -> QueueSettings:
-        d = data or {}
-        return QueueSettings(
-            max_delivery=int(d.get("max_delivery") or DEFAULT_MAX_DELIVERY),
-            window=int(d.get("window") or DEFAULT_WINDOW),
-            max_length=int(d.get("max_length") or DEFAULT_MAX_LENGTH),
-            max_payload_bytes=int(d.get("max_payload_bytes") or DEFAULT_MAX_PAYLOAD_BYTES),
-            max_result_bytes=int(d.get("max_result_bytes") or DEFAULT_MAX_RESULT_BYTES),
-            result_ttl_s=float(d.get("result_ttl_s") or DEFAULT_RESULT_TTL_S),
-            attempt_timeout_s=float(d.get("attempt_timeout_s") or DEFAULT_ATTEMPT_TIMEOUT_S),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "max_delivery": self.max_delivery,
-            "window": self.window,
-            "max_length": self.max_length,
-            "max_payload_bytes": self.max_payload_bytes,
-            "max_result_bytes": self.max_result_bytes,
-            "result_ttl_s": self.result_ttl_s,
-            "attempt_timeout_s": self.attempt_timeout_s,
-        }
 
 
 @dataclass

@@ -13,16 +13,15 @@ autoscaler's ``backlog`` metric) and the start from zero.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from openeas.queue.base import default_url
 from openeas.queue.model import Backlog
+from openeas.store.async_services import AsyncService, async_services
 
 if TYPE_CHECKING:
     from openeas.store import Store
@@ -76,15 +75,6 @@ def backlog(data_dir: Path, service: str) -> Backlog:
     return open_backlog_source(data_dir).backlogs([service])[service]
 
 
-@dataclass(frozen=True)
-class AsyncService:
-    """What the wake-up decision needs of an async service."""
-
-    name: str
-    running: bool  # desired state Running (not Stopped, not Deleting)
-    desired_replicas: int
-
-
 def services_to_wake(services: list[AsyncService], backlogs: Mapping[str, Backlog]) -> list[str]:
     """Async services to scale from 0 to 1: running, 0 desired replicas, something queued or in
     flight. No backlog known (None) is not a backlog."""
@@ -94,25 +84,6 @@ def services_to_wake(services: list[AsyncService], backlogs: Mapping[str, Backlo
         if s.running and s.desired_replicas == 0 and b is not None and b.total > 0:
             out.append(s.name)
     return out
-
-
-def async_services(store: Store) -> list[AsyncService]:
-    """The async services in the store (their current version's route record has a queue)."""
-    from sqlalchemy import text
-
-    rows = []
-    with store.engine.connect() as conn:
-        result = conn.execute(
-            text(
-                "SELECT s.name, s.state, s.desired_replicas, v.route FROM services s "
-                "JOIN versions v ON v.service = s.name AND v.version = s.current_version"
-            )
-        ).all()
-    for name, state, desired, route in result:
-        record = json.loads(route) if isinstance(route, str) else (route or {})
-        if record.get("queue"):
-            rows.append(AsyncService(name, state == "Running", int(desired)))
-    return rows
 
 
 async def wake_from_zero(

@@ -1,6 +1,7 @@
 """Everything that touches replica processes: the ``Runtime`` protocol (start, watch, signal,
-adopt, orphan scan), the process runtime, ``stop`` (SIGTERM → grace → SIGKILL on a ``Clock``)
-and ``launch``, which turns a spec into what a runtime starts (ports and mounts rewritten).
+adopt, orphan scan), the process runtime, ``stop`` (SIGTERM → grace → SIGKILL on an
+``openeas.kernel.clock.Clock``) and ``launch``, which turns a spec into what a runtime starts
+(ports and mounts rewritten).
 
 ``RUNTIMES`` holds the runtimes a spec may select by name (``ServiceSpec.runtime``). The fake
 runtime for tests (``openeas.runtime.fake``) is deliberately not among them.
@@ -11,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess, Runtime, orphans
-from openeas.runtime.clock import LOOP_CLOCK, Clock, LoopClock
 from openeas.runtime.launch import build_launch, free_port, pick_port, rewrite_mounts, rewrite_port
 from openeas.runtime.process import ProcessRuntime
 from openeas.runtime.stop import StopResult, stop
@@ -33,11 +33,8 @@ def get_runtime(name: str) -> Runtime:
 
 
 __all__ = [
-    "LOOP_CLOCK",
     "RUNTIMES",
-    "Clock",
     "LaunchSpec",
-    "LoopClock",
     "ProcessRef",
     "ProcessRuntime",
     "ReplicaProcess",

@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,19 +41,25 @@ from openeas.procfs import same_process, start_ticks
 from openeas.runtime.base import LaunchSpec, ProcessRef, PullError, PullResult, ReplicaProcess
 from openeas.runtime.container_args import (
     LABEL_DATA_DIR,
+    LABEL_GPUS,
     LABEL_REPLICA,
     LABEL_SIDECAR,
+    NAME_PREFIX,
     ContainerLaunch,
     container_name,
     run_args,
     sidecar_run_args,
 )
 from openeas.runtime.engine import Engine
+from openeas.runtime.gpus import GpuError, assign_gpus, node_gpus, parse_held
+from openeas.runtime.pulls import PullOnce
 
 # Engine calls other than a pull are quick (tens of ms); this bounds a hung engine, seconds.
 ENGINE_CALL_TIMEOUT_S = 60.0
 # How much of the log the engine wrote during a failed start becomes the error message, bytes.
 ERROR_TAIL_BYTES = 2000
+# The name docker reads credentials from (in the folder its --config names); podman reads any file.
+AUTH_FILE_NAME = "config.json"
 
 
 def registry_of(image: str) -> str | None:
@@ -71,9 +79,10 @@ class ContainerRuntime:
         self.engine = engine
         self.data_dir = Path(data_dir)
         self.registry_auth = registry_auth  # the server's credential file (containers-auth JSON)
-        self._pulls: dict[str, asyncio.Lock] = {}
-        self._removing: list[subprocess.Popen[bytes]] = []
+        self._pulls = PullOnce()
+        self._children: list[subprocess.Popen[bytes]] = []
         self._images: set[str] = set()  # images known to be on this node
+        self._gpu_count: int | None = None
 
     # ---- engine calls ---------------------------------------------------------------------------
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -110,6 +119,11 @@ class ContainerRuntime:
         self._reap()
         if c.pidfile:
             Path(c.pidfile).unlink(missing_ok=True)
+        for vol in c.volumes:
+            if vol.overlay_dir:  # docker's overlay volume needs its layers' folders
+                for sub in ("upper", "work"):
+                    Path(vol.overlay_dir, sub).mkdir(parents=True, exist_ok=True)
+        c = self._with_gpus(c)
         log = Path(launch.log_path)
         log.parent.mkdir(parents=True, exist_ok=True)
         error = self._run(c, log)
@@ -117,19 +131,70 @@ class ContainerRuntime:
             # A container left from an earlier attempt of this replica (its removal was lost).
             self._remove(c.name)
             error = self._run(c, log)
+        names = [c.name]
         for side in c.sidecars:
             if error is not None:
                 break
-            error = self._run(c, log, sidecar_run_args(c, side, engine=self.engine.name), side.env)
+            args = sidecar_run_args(c, side, engine=self.engine.name, init=self.engine.init)
+            error = self._run(c, log, args, side.env)
+            names.append(side.name)
         if error is not None:
             self._remove(c.name)
             self._images.discard(c.image)  # removed behind our back? the next start checks again
             raise OSError(f"{self.engine.name} could not start the container: {error}")
+        if self.engine.name == "docker":
+            for name in names:
+                self._follow_log(name, log)
         return self._ref(c.name, c.pidfile)
+
+    def _with_gpus(self, c: ContainerLaunch) -> ContainerLaunch:
+        """``c`` with the GPUs it gets (exactly ``metadata.gpu``, free ones; GpuError names why not),
+        recorded in a label so that the next start, even after a restart, sees them held."""
+        if not c.gpus:
+            return c
+        res = self._call(
+            "ps", "--no-trunc", "--filter", f"label={LABEL_DATA_DIR}={self.data_dir}",
+            "--format", '{{index .Labels "' + LABEL_SIDECAR + '"}}|{{index .Labels "' + LABEL_GPUS + '"}}',
+        )  # fmt: skip
+        rows = [line.partition("|") for line in res.stdout.split()] if res.returncode == 0 else []
+        held = parse_held(gpus for side, _, gpus in rows if side in ("", "<no value>"))
+        try:
+            ids = assign_gpus(c.gpus, self.gpu_count(), held)
+        except GpuError as exc:
+            raise OSError(str(exc)) from None
+        labels = {**c.labels, LABEL_GPUS: ",".join(map(str, ids))}
+        return dataclasses.replace(c, gpu_ids=ids, labels=labels)
+
+    def _follow_log(self, name: str, log: Path) -> None:
+        """Docker keeps a container's output in its own log: follow it into the replica's log
+        (the follower ends when the container does; its own session, so it outlives a crash of
+        the control plane like the container)."""
+        with open(log, "ab") as out:
+            self._children.append(
+                subprocess.Popen(
+                    [self.engine.binary, "logs", "--follow", name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=self._env(),
+                    start_new_session=True,
+                )
+            )
 
     def _remove(self, name: str) -> None:
         """Remove a replica's container and the others in its network namespace, at once."""
-        self._call("rm", "--force", "--depend", "--time", "0", name)
+        self._call(*remove_args(self.engine.name, name, self._sidecars_of(name)))
+
+    def _sidecars_of(self, name: str) -> list[str]:
+        """Docker has no ``rm --depend``: the replica's other containers, by their label."""
+        if self.engine.name != "docker":
+            return []
+        rid = name[len(NAME_PREFIX) :] if name.startswith(NAME_PREFIX) else name
+        res = self._call(
+            "ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={LABEL_DATA_DIR}={self.data_dir}",
+            "--filter", f"label={LABEL_REPLICA}={rid}", "--filter", f"label={LABEL_SIDECAR}",
+        )  # fmt: skip
+        return res.stdout.split() if res.returncode == 0 else []
 
     def _run(
         self, c: ContainerLaunch, log: Path, args: list[str] | None = None, env: dict[str, str] | None = None
@@ -140,7 +205,7 @@ class ContainerRuntime:
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
             res = subprocess.run(
-                [self.engine.binary, *(args if args is not None else run_args(c, engine=self.engine.name))],
+                [self.engine.binary, *(args if args is not None else self._run_args(c))],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
@@ -152,6 +217,15 @@ class ContainerRuntime:
         finally:
             os.close(fd)
         return None if res.returncode == 0 else _tail(log, offset)
+
+    def _run_args(self, c: ContainerLaunch) -> list[str]:
+        return run_args(c, engine=self.engine.name, limits=self.engine.limits, init=self.engine.init)
+
+    def gpu_count(self) -> int:
+        """This node's GPUs (counted once)."""
+        if self._gpu_count is None:
+            self._gpu_count = node_gpus()
+        return self._gpu_count
 
     def _ref(self, name: str, pidfile: str | None = None) -> ProcessRef:
         pid = _read_pid(pidfile) or self._pid(name)
@@ -192,9 +266,10 @@ class ContainerRuntime:
     def forget(self, ref: ProcessRef) -> None:
         """Remove the container (in the background: a removal must not hold up the supervisor)."""
         self._reap()
-        self._removing.append(
+        name = self._name(ref)
+        self._children.append(
             subprocess.Popen(
-                [self.engine.binary, "rm", "--force", "--depend", "--time", "0", self._name(ref)],
+                [self.engine.binary, *remove_args(self.engine.name, name, self._sidecars_of(name))],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -203,7 +278,7 @@ class ContainerRuntime:
         )
 
     def _reap(self) -> None:
-        self._removing = [p for p in self._removing if p.poll() is None]
+        self._children = [p for p in self._children if p.poll() is None]
 
     def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
         """Every container labelled with ``data_dir`` (running or not; a stopped one has pid 0)."""
@@ -230,7 +305,8 @@ class ContainerRuntime:
         """Remove the scanned container (by its id) with its processes."""
         if not proc.handle:
             return False
-        return self._call("rm", "--force", "--depend", "--time", "0", proc.handle).returncode == 0
+        sidecars = self._sidecars_of(NAME_PREFIX + proc.replica_id)
+        return self._call(*remove_args(self.engine.name, proc.handle, sidecars)).returncode == 0
 
     def exec_argv(self, ref: ProcessRef, argv: list[str]) -> list[str]:
         """The engine command that runs ``argv`` inside the replica's main container."""
@@ -256,56 +332,82 @@ class ContainerRuntime:
     ) -> PullResult:
         """Pull ``image`` unless this node has it; one pull per image at a time (the second
         replica waits for the first and then finds the image). PullError with the engine's reason."""
-        loop = asyncio.get_running_loop()
-        lock = self._pulls.setdefault(image, asyncio.Lock())
-        async with lock:
-            t0 = loop.time()
-            if await asyncio.to_thread(self.has_image, image):
-                return PullResult(False, loop.time() - t0)
+
+        async def do_pull() -> None:
             with self._auth_file(image, docker_auth) as authfile:
-                args = ["pull", *(["--authfile", str(authfile)] if authfile else []), image]
-                proc = await asyncio.create_subprocess_exec(
-                    self.engine.binary,
-                    *args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    env=self._env(),
-                )
-                last = ""
-                assert proc.stdout is not None
-                async for raw in proc.stdout:
-                    line = raw.decode(errors="replace").strip()
-                    if line:
-                        last = line
-                        if progress is not None:
-                            progress(line)
-                code = await proc.wait()
+                code, last = await self._pull(pull_args(self.engine.name, image, authfile), progress)
             if code != 0:
                 raise PullError(last or f"{self.engine.name} pull exited with {code}")
-            return PullResult(True, loop.time() - t0)
+
+        return await self._pulls.pull(image, self.has_image, do_pull)
+
+    async def _pull(self, args: list[str], progress: Callable[[str], None] | None) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            self.engine.binary,
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+        )
+        last = ""
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                last = line
+                if progress is not None:
+                    progress(line)
+        return await proc.wait(), last
 
     @contextlib.contextmanager
     def _auth_file(self, image: str, docker_auth: tuple[str, str] | None) -> Iterator[Path | None]:
-        """A private auth file for one pull: the spec's dockerAuth, else the server's file, else none."""
+        """A private auth file for one pull: the spec's dockerAuth, else the server's file, else
+        none. It lives in a private folder (0700, the file 0600) named ``config.json`` (docker
+        reads only that name), deleted with the folder after the pull."""
         if docker_auth is None:
-            yield self.registry_auth
-            return
-        registry = registry_of(image)
-        if registry is None:
-            raise PullError(
-                f"dockerAuth needs an image that names its registry host (host/name:tag), not {image!r}"
-            )
-        token = base64.b64encode(f"{docker_auth[0]}:{docker_auth[1]}".encode()).decode()
-        path = self.data_dir / "run" / f"pull-{secrets.token_hex(8)}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            if self.registry_auth is None or self.engine.name != "docker":
+                yield self.registry_auth  # podman reads the server's file where it is
+                return
+            content = Path(self.registry_auth).read_text()
+        else:
+            registry = registry_of(image)
+            if registry is None:
+                raise PullError(
+                    f"dockerAuth needs an image that names its registry host (host/name:tag), not {image!r}"
+                )
+            token = base64.b64encode(f"{docker_auth[0]}:{docker_auth[1]}".encode()).decode()
+            content = json.dumps({"auths": {registry: {"auth": token}}})
+        folder = self.data_dir / "run" / f"pull-{secrets.token_hex(8)}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700)
         try:
+            path = folder / AUTH_FILE_NAME
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump({"auths": {registry: {"auth": token}}}, f)
+                f.write(content)
             yield path
         finally:
-            path.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def pull_args(engine: str, image: str, authfile: Path | None) -> list[str]:
+    """The engine's pull command with an auth file (pure): podman ``pull --authfile F``; docker
+    has no such option, it reads ``config.json`` from the folder its global ``--config`` names."""
+    if authfile is None:
+        return ["pull", image]
+    if engine == "docker":
+        return ["--config", str(authfile.parent), "pull", image]
+    return ["pull", "--authfile", str(authfile), image]
+
+
+def remove_args(engine: str, name: str, sidecars: list[str]) -> list[str]:
+    """The engine's command that removes a replica's containers at once, without a grace period
+    (pure): podman removes the ones in the main one's namespace with it (``--depend``); docker
+    has no such option and is given them first, with their anonymous (overlay) volumes."""
+    if engine == "docker":
+        return ["rm", "--force", "--volumes", *sidecars, name]
+    return ["rm", "--force", "--depend", "--time", "0", name]
 
 
 def _read_pid(pidfile: str | None) -> int:

@@ -29,6 +29,7 @@ ENGINES = ("podman", "docker")
 INSTALL_HINT = "install podman (Debian: apt-get install podman runc) or start docker's daemon"
 # `podman info` / `docker info` may take a while on a cold engine; a server start waits this long, seconds.
 INFO_TIMEOUT_S = 20.0
+LIMITS_UNAPPLIED = "cgroups v1 without root: metadata.cpu/memory cannot be applied as container limits"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Engine:
     version: str
     env: Mapping[str, str] = field(default_factory=dict)  # added to the CLI's environment
     warnings: tuple[str, ...] = ()  # e.g. resource limits the host's cgroups cannot apply
+    limits: bool = True  # False: the host cannot apply cpu/memory limits (they are not passed)
+    init: bool = True  # False: no init binary for --init (containers run without one)
 
     def describe(self) -> str:
         return f"{self.name} {self.version}".strip()
@@ -54,9 +57,28 @@ class EngineStatus:
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
+PODMAN_INIT = "/usr/libexec/podman/catatonit"  # where podman looks for its --init binary
+NO_INIT = (
+    "no init binary for --init (apt-get install catatonit): a server that is the container's PID 1 "
+    "ignores SIGTERM, so stopping a replica waits out its grace period"
+)
+
+
+def podman_init(
+    which: Callable[[str], str | None] = shutil.which, exists: Callable[[str], bool] = os.path.exists
+) -> str | None:
+    """The init podman's ``--init`` runs: its own catatonit, else one on the PATH, else None."""
+    if exists(PODMAN_INIT):
+        return PODMAN_INIT
+    return next((found for name in ("catatonit", "tini") if (found := which(name))), None)
+
+
 def containers_conf(data_dir: Path, which: Callable[[str], str | None] = shutil.which) -> Path:
     """Write OpenEAS's containers.conf for podman (module docstring) and return its path."""
     lines = ["[containers]", "default_ulimits = []"]
+    init = podman_init(which)
+    if init and init != PODMAN_INIT:
+        lines.append(f'init_path = "{init}"')
     if which("runc"):
         lines += ["[engine]", 'runtime = "runc"']
     path = Path(data_dir) / "run" / "containers.conf"
@@ -85,7 +107,7 @@ def _try(name: str, binary: str, data_dir: Path, run: Run, environ: Mapping[str,
     env = engine_env(name, data_dir, environ)
     try:
         res = run(
-            [binary, "info", "--format", "json"],
+            [binary, "info", "--format", "{{json .}}"],  # docker 20.10 reads "json" as a template
             capture_output=True,
             text=True,
             timeout=INFO_TIMEOUT_S,
@@ -104,8 +126,18 @@ def _try(name: str, binary: str, data_dir: Path, run: Run, environ: Mapping[str,
         info = json.loads(res.stdout)
     except ValueError:
         info = {}
+    warnings = _warnings(name, info)
+    init = name == "docker" or podman_init() is not None  # docker ships its own (docker-init)
+    if not init:
+        warnings += (NO_INIT,)
     return Engine(
-        name=name, binary=binary, version=_version(name, info), env=env, warnings=_warnings(name, info)
+        name=name,
+        binary=binary,
+        version=_version(name, info),
+        env=env,
+        warnings=warnings,
+        limits=LIMITS_UNAPPLIED not in warnings,
+        init=init,
     )
 
 
@@ -119,7 +151,7 @@ def _version(name: str, info: Mapping[str, object]) -> str:
 def _warnings(name: str, info: Mapping[str, object]) -> tuple[str, ...]:
     host = info.get("host") if name == "podman" else None
     if isinstance(host, dict) and host.get("cgroupVersion") == "v1" and os.geteuid() != 0:
-        return ("cgroups v1 without root: metadata.cpu/memory cannot be applied as container limits",)
+        return (LIMITS_UNAPPLIED,)
     return ()
 
 

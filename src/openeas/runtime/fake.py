@@ -6,9 +6,8 @@ takes a while to stop, fails to start at all, stops answering its probes), and a
 crash it or make it unhealthy at any moment. Its :meth:`FakeRuntime.probe` and
 :meth:`FakeRuntime.warmup` answer for the replicas the way a real server would, so a
 supervisor's readiness comes from the fake process's health, without sockets.
-:class:`FakeClock` is virtual time: sleeps end only when the clock is stepped, and it steps only
-once every task on the loop has settled, so concurrent supervisors and the reconciler share one
-timeline and minutes of replica life take milliseconds.
+Time is :class:`openeas.kernel.clock.FakeClock`'s: concurrent supervisors and the reconciler
+share one virtual timeline and minutes of replica life take milliseconds.
 
 It lives in the package, not under tests/, so that tests and future work (simulations of the
 reconciler, capability checks without a model server) share one fake. It is deliberately not in
@@ -18,134 +17,16 @@ replicas are fakes would route traffic to nothing.
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import signal
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from openeas.controller.probe import ProbeResult
-from openeas.controller.warmup import WarmupReport, WarmupRequest
+from openeas.kernel.checks import ProbeResult, WarmupReport, WarmupRequest
+from openeas.kernel.clock import Clock
 from openeas.runtime.base import LaunchSpec, ProcessRef, ReplicaProcess
-from openeas.runtime.clock import Clock
 from openeas.runtime.identity import node_tag
 from openeas.spec.models import HealthCheck
-
-# ---- time ------------------------------------------------------------------------------------
-
-
-@dataclass(order=True)
-class _Sleeper:
-    deadline: float
-    seq: int
-    fut: asyncio.Future[None] = field(compare=False)
-
-
-class FakeClock:
-    """Virtual seconds. ``sleep`` waits until :meth:`step` or :meth:`run_until` moves time to
-    its deadline (or its ``until`` event is set); ``now`` never moves by itself."""
-
-    # The loop counts as settled after this many passes in a row in which no task touched the
-    # clock and no task started or ended: a woken task reaches its next wait within a pass or two.
-    SETTLED_PASSES = 5
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._t = start
-        self._sleepers: list[_Sleeper] = []
-        self._seq = itertools.count()
-        self._activity = 0  # counts calls: how `settle` tells a busy loop from an idle one
-
-    def now(self) -> float:
-        self._activity += 1
-        return self._t
-
-    async def sleep(self, seconds: float, until: asyncio.Event | None = None) -> bool:
-        self._activity += 1
-        if until is not None and until.is_set():
-            return True
-        loop = asyncio.get_running_loop()
-        me = _Sleeper(self._t + max(0.0, seconds), next(self._seq), loop.create_future())
-        heapq.heappush(self._sleepers, me)
-        waiter = None if until is None else loop.create_task(until.wait())
-        try:
-            if waiter is None:
-                await me.fut
-            else:
-                either: set[asyncio.Future[Any]] = {me.fut, waiter}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            me.fut.cancel()  # a woken or abandoned sleeper is dropped when the heap reaches it
-            if waiter is not None:
-                waiter.cancel()
-        return until is not None and until.is_set()  # a stop request that came in time wins
-
-    async def settle(self, max_passes: int = 100_000) -> None:
-        """Yield to the loop until every task waits (on this clock, an event, or is done)."""
-        quiet, tasks = 0, -1
-        for _ in range(max_passes):
-            mark = self._activity
-            await asyncio.sleep(0)
-            if mark != self._activity:
-                quiet = 0
-                continue
-            quiet += 1
-            if quiet == 1:  # counting tasks costs more than a pass: only at both ends of a quiet run
-                tasks = len(asyncio.all_tasks())
-            elif quiet >= self.SETTLED_PASSES:
-                if len(asyncio.all_tasks()) == tasks:
-                    return
-                quiet = 0
-        raise RuntimeError("the event loop never settled: a task keeps running without waiting")
-
-    def _next_deadline(self) -> float | None:
-        while self._sleepers and self._sleepers[0].fut.done():
-            heapq.heappop(self._sleepers)
-        return self._sleepers[0].deadline if self._sleepers else None
-
-    def _advance(self, deadline: float) -> None:
-        self._t = max(self._t, deadline)
-        while self._sleepers and self._sleepers[0].deadline <= self._t:
-            s = heapq.heappop(self._sleepers)
-            if not s.fut.done():
-                s.fut.set_result(None)
-
-    async def run_until(
-        self,
-        done: Callable[[], bool],
-        *,
-        limit_s: float = 3600.0,
-        each: Callable[[], object] | None = None,
-        stuck_after_s: float = 2.0,
-    ) -> None:
-        """Step time, earliest deadline first, until ``done()``; ``each()`` runs after every step.
-
-        TimeoutError after ``limit_s`` virtual seconds; AssertionError when nothing waits on the
-        clock for ``stuck_after_s`` real seconds while ``done()`` stays false (a stuck task).
-        """
-        end = self._t + limit_s
-        idle_since: float | None = None
-        while True:
-            await self.settle()
-            if each is not None:
-                each()
-            if done():
-                return
-            deadline = self._next_deadline()
-            if deadline is None:  # something waits on the real world (a thread): give it a moment
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > stuck_after_s:
-                    raise AssertionError("nothing waits on the clock and the condition is not met")
-                await asyncio.sleep(0.001)
-                continue
-            idle_since = None
-            if deadline > end:
-                raise TimeoutError(f"condition not met within {limit_s:g} s of virtual time")
-            self._advance(deadline)
-
 
 # ---- processes -------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from openeas.runtime.base import Runtime
 from openeas.runtime.container import ContainerRuntime
-from openeas.runtime.engine import detect_engine
+from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine
 from openeas.runtime.process import ProcessRuntime
 from openeas.spec.models import ServiceSpec
 
@@ -110,6 +110,11 @@ class Runtimes:
         )
         if choice.name == "process" and self.process_warning:
             return replace(choice, warnings=(*choice.warnings, self.process_warning))
+        md = spec.metadata
+        if choice.name == "container" and (md.cpu or md.memory) and LIMITS_UNAPPLIED in self.warnings:
+            # Said where the user looks (describe, --dry-run), not only in the server's log.
+            note = f"metadata.cpu/memory are not enforced on this node: {LIMITS_UNAPPLIED}"
+            return replace(choice, warnings=(*choice.warnings, note))
         return choice
 
     def get(self, name: str) -> Runtime:

@@ -4,7 +4,7 @@ Draining traffic away from the replica before this is the supervisor's job; this
 ends the processes, through any :class:`~openeas.runtime.base.Runtime`. It waits until the
 replica's whole process group is gone (``Runtime.group_alive``), so a server still shutting
 down under an exited shell is not cut short. All waiting goes through a
-:class:`~openeas.runtime.clock.Clock`, so tests run it on a fake one.
+:class:`~openeas.kernel.clock.Clock`, so tests run it on a fake one.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 from typing import Literal
 
+from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.runtime.base import ProcessRef, Runtime
-from openeas.runtime.clock import LOOP_CLOCK, Clock
 
 StopResult = Literal["terminated", "killed"]
 

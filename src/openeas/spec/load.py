@@ -12,7 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from openeas.errors import SpecError
-from openeas.spec.models import STORED, ServiceSpec
+from openeas.spec.models import STORED, ServiceSpec, processor_unavailable
+from openeas.spec.processor import processor_problem
 
 MAX_SPEC_DEPTH = 64
 """Deepest nesting of objects/arrays a spec may have (a real EAS spec has about 5 levels)."""
@@ -78,14 +79,50 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def builtin_processor_note(processor: str) -> str:
+    """What a spec with ``containers`` *and* an EAS built-in ``processor`` hears (EAS's full JSON
+    reference writes both): the processor is not run, the containers are."""
+    return (
+        f"processor: {processor!r} is an EAS built-in processor, which OpenEAS does not run; this "
+        "spec's containers run instead (the processor fields are kept, not used)"
+    )
+
+
+def _processor_lines(data: dict[str, Any]) -> tuple[list[str], bool]:
+    """What the spec's processor fields say: (lines, whether they alone make it undeployable)."""
+    processor = data.get("processor")
+    if not data.get("containers"):
+        if processor:
+            return [f"spec: {processor_unavailable(str(processor))}"], True
+        problem = processor_problem(data)
+        return ([f"spec: {problem}"], True) if problem else ([], False)
+    return ([builtin_processor_note(str(processor))] if processor else []), False
+
+
+def _other_errors(data: dict[str, Any]) -> list[str]:
+    """The errors of a processor spec's other fields: validated with a stand-in container (the
+    processor's own error is reported instead of anything about containers)."""
+    rest = {k: v for k, v in data.items() if k not in ("processor", "processor_type")}
+    rest["containers"] = [{"command": "true", "port": 8000}]
+    try:
+        ServiceSpec.model_validate(rest)
+    except ValidationError as exc:
+        return [e for e in format_errors(exc) if not e.startswith("containers")]
+    return []
+
+
 def parse_spec(data: Any) -> ServiceSpec:
+    """A validated spec; ``SpecError`` with every problem at once (a processor that cannot run
+    here and the other fields' errors together)."""
     if not isinstance(data, dict):
         raise SpecError(["spec: must be a JSON/YAML object"])
     check_shape(data)
+    lines, fatal = _processor_lines(data)
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_errors(exc)) from None
+        errors = [*lines, *_other_errors(data)] if fatal else [*format_errors(exc), *lines]
+        raise SpecError(list(dict.fromkeys(errors))) from None
 
 
 def parse_stored_spec(data: Any) -> ServiceSpec:

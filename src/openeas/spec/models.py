@@ -680,12 +680,28 @@ class ServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _mounts(self) -> ServiceSpec:
+        # The same mount_path twice is allowed (the last entry wins: shadowed_mounts); one mount
+        # inside another is not.
         paths = [m.mount_path.rstrip("/") or "/" for m in self.storage]
         for i, p in enumerate(paths):
             for j, q in enumerate(paths):
-                if i != j and (p == q or p.startswith(q + "/")):
-                    raise ValueError(f"storage[{i}].mount_path overlaps storage[{j}].mount_path")
+                if i != j and p != q and p.startswith(q.rstrip("/") + "/"):
+                    raise ValueError(f"storage[{i}].mount_path is inside storage[{j}].mount_path")
         return self
+
+    def shadowed_mounts(self) -> dict[int, int]:
+        """Storage entries that share a mount_path with a later one: index → the index mounted
+        there instead. As in a container, where a later mount at a path covers an earlier one,
+        the last entry written for a path is the one mounted (EAS's SD WebUI example writes an
+        oss and an nfs entry at one path); the others are not fetched or mounted."""
+        last: dict[str, int] = {}
+        for i, m in enumerate(self.storage):
+            last[m.mount_path.rstrip("/") or "/"] = i
+        return {
+            i: last[m.mount_path.rstrip("/") or "/"]
+            for i, m in enumerate(self.storage)
+            if last[m.mount_path.rstrip("/") or "/"] != i
+        }
 
     @property
     def name(self) -> str:

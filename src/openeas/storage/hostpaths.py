@@ -20,6 +20,10 @@ NFS: OpenEAS does not mount NFS itself. EAS's form ``{"server": "<id>.nas.aliyun
 ``DIR``). Without such a mapping, ``nfs.path`` is read as a folder of this host, and must lie
 inside an allowed folder like any other host path.
 
+Files a request names outside any spec obey the same rule (:func:`check_request_files`): a
+batch job's ``input``, ``output`` and ``errors``, a stress test's ``data.path`` (the server reads
+and writes them as itself); a relative one is refused there too.
+
 :func:`check_spec` gives every problem at once, one ``field: reason`` line each (a 400 at deploy);
 :meth:`HostPaths.local` and :meth:`HostPaths.nfs_dir` repeat the decision when a replica starts
 (a spec stored before the rule existed is refused then, with the same message).
@@ -46,6 +50,9 @@ REMOTE_PROTOCOLS = frozenset(
 GIT_REMOTE_PROTOCOLS = frozenset({"https", "http", "ssh", "git"})
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCP_LIKE_RE = re.compile(r"(?:[\w.-]+@)?[\w.-]+:(?!//)")  # git's user@host:path form
+RELATIVE_HINT = "write an oss:// URL, or an absolute path inside an allowed host folder"
+REQUEST_RELATIVE_HINT = "pass an absolute path (inside an allowed host folder) or an object-storage URL"
+REQUESTS = "batch jobs and stress tests"
 HOW = "start the server with --allow-host-path {folder} to allow it (no host folder is allowed by default)"
 
 
@@ -73,12 +80,14 @@ class HostPaths:
         real = os.path.realpath(path)
         return any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.roots)
 
-    def local(self, url: str, where: str, *, git: bool = False) -> str | None:
+    def local(self, url: str, where: str, *, git: bool = False, to: str = "specs") -> str | None:
         """The host path ``url`` names (None: object storage or the network); MountError when it
-        is refused (relative, chained, an unknown protocol, or outside the allowed folders)."""
-        path = host_path(url, where, git=git)
+        is refused (relative, chained, an unknown protocol, or outside the allowed folders).
+        ``to``: who names it, in the message (specs; batch jobs and stress tests)."""
+        relative = RELATIVE_HINT if to == "specs" else REQUEST_RELATIVE_HINT
+        path = host_path(url, where, git=git, relative=relative)
         if path is not None and not self.allows(path):
-            raise MountError(f"{where}: {url!r} is outside the host folders allowed to specs: {_how(path)}")
+            raise MountError(f"{where}: {url!r} is outside the host folders allowed to {to}: {_how(path)}")
         return path
 
     def nfs_dir(self, nfs: Mapping[str, Any], where: str) -> str:
@@ -111,7 +120,7 @@ def _how(path: str) -> str:
     return HOW.format(folder=folder)
 
 
-def host_path(url: str, where: str, *, git: bool = False) -> str | None:
+def host_path(url: str, where: str, *, git: bool = False, relative: str = RELATIVE_HINT) -> str | None:
     """The absolute host path ``url`` names, None when it names object storage or the network;
     MountError for a relative path, a chained URL or a protocol that is not accepted."""
     text = url.strip()
@@ -124,7 +133,7 @@ def host_path(url: str, where: str, *, git: bool = False) -> str | None:
         if not text.startswith("/"):
             raise MountError(
                 f"{where}: {url!r} is a relative path; it would resolve against the server's working "
-                "directory: write an oss:// URL, or an absolute path inside an allowed host folder"
+                f"directory: {relative}"
             )
         return posixpath.normpath(text)
     scheme = m.group(1).lower()
@@ -183,4 +192,22 @@ def check_spec(spec: Any, policy: HostPaths) -> list[str]:
         req = c.prepare.pythonRequirementsPath if c.prepare is not None else None
         if req and not (req.startswith("/") and _inside_mount(posixpath.normpath(req), spec)):
             check(req, f"containers[{n}].prepare.pythonRequirementsPath")
+    return errors
+
+
+def check_request_files(policy: HostPaths, files: Mapping[str, str | None]) -> list[str]:
+    """Every problem of the host files a request names outside any spec (a batch job's ``input``,
+    ``output`` and ``errors``; a stress test's ``data.path``), ``{field: url}`` (None: not given):
+    the same rule as a spec's, one ``field: reason`` line each. The server reads and writes these
+    files as itself, so they obey the folders the operator allowed too; a relative path is refused
+    (it would resolve against the server's working directory; ``openeas batch`` makes its paths
+    absolute)."""
+    errors: list[str] = []
+    for where, url in files.items():
+        if url is None:
+            continue
+        try:
+            policy.local(url, where, to=REQUESTS)
+        except MountError as exc:
+            errors.append(exc.message)
     return errors

@@ -163,11 +163,12 @@ def prepare_mounts(
     """Materialize every ``storage[]`` entry of ``spec`` for one replica working in ``workdir``;
     ``host_paths``: the host folders it may read (None: unchecked, for tests of the mounts alone)."""
     done: dict[int, MountFetch] = {}
+    shadowed = spec.shadowed_mounts()  # a later entry at the same mount_path wins
     for i, m in enumerate(spec.storage):
-        if m.cache is None:
+        if m.cache is None and i not in shadowed:
             done[i] = _prepare_one(i, m, cache, workdir, host_paths)
     for i, m in enumerate(spec.storage):
-        if m.cache is not None:
+        if m.cache is not None and i not in shadowed:
             done[i] = _cached(i, m, list(done.values()))
     fetches = [done[i] for i in sorted(done)]
     return MountPlan(paths={f.mount_path: f.local_dir for f in fetches}, fetches=fetches)

@@ -22,9 +22,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
-from openeas.gateway.table import RouteSettings
+from openeas.kernel.routing import RouteSettings
+from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
-from openeas.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
@@ -69,8 +69,8 @@ def _v2_route_settings(conn: Connection) -> None:
 
 
 def _v3_stress_reports(conn: Connection) -> None:
-    """``stress_reports``: one row per stress test (``openeas.stress.store`` reads and writes it;
-    ``summary`` is what ``openeas stress ls`` lists, ``report`` the whole JSON report)."""
+    """``stress_reports``: one row per stress test (``openeas.store.stress_reports`` reads and
+    writes it; ``summary`` is what ``openeas stress ls`` lists, ``report`` the whole JSON report)."""
     conn.execute(
         text(
             "CREATE TABLE IF NOT EXISTS stress_reports ("
@@ -93,7 +93,7 @@ def _v4_groups(conn: Connection) -> None:
 
 def _v5_batch_jobs(conn: Connection) -> None:
     """``batch_jobs`` and ``batch_shards``: batch jobs and their checkpointed shards."""
-    from openeas.batch.store import create_tables
+    from openeas.store.batch_jobs import create_tables
 
     create_tables(conn)
 
@@ -439,7 +439,7 @@ class Store:
         """Update fields of a replica; None when the row is gone.
 
         Only the names of :class:`ReplicaFields` are accepted (a typo raises TypeError). A
-        `phase` change must be allowed by :data:`openeas.states.TRANSITIONS` (else
+        `phase` change must be allowed by :data:`openeas.kernel.states.TRANSITIONS` (else
         IllegalTransition) and is timestamped in `phase_times`; a change of whether the
         replica is routable (or of its address while routable) bumps the routing version.
         """

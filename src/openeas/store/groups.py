@@ -21,8 +21,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from openeas.errors import Conflict, NotFound, SpecError
+from openeas.kernel.states import ServiceState
 from openeas.spec.group import MAX_WEIGHT, GroupRoute, GroupSpec, parse_group
-from openeas.states import ServiceState
 from openeas.store.db import Store
 from openeas.store.group_schema import GroupMemberRow, GroupRow, RolloutRow
 from openeas.store.schema import ServiceRow

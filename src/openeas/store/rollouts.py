@@ -9,8 +9,8 @@ import time
 
 from sqlalchemy import select
 
-from openeas.controller.rollout_staged import ACTIVE, RolloutPlan, RolloutState, Status
 from openeas.errors import Conflict, NotFound
+from openeas.kernel.rollout import ACTIVE, RolloutPlan, RolloutState, Status
 from openeas.store.db import Store
 from openeas.store.group_schema import GroupRow, RolloutRow
 

@@ -7,15 +7,7 @@ the store keeps it with the version (``versions.route``). The gateway reads only
 
 from __future__ import annotations
 
-from openeas.gateway.source import StoreRoutingSource
-from openeas.gateway.table import (
-    DEFAULT_BALANCER,
-    DEFAULT_HOLD_TIMEOUT_S,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_HELD,
-    RouteSettings,
-)
-from openeas.queue.model import (
+from openeas.kernel.queue import (
     DEFAULT_ATTEMPT_TIMEOUT_S,
     DEFAULT_MAX_DELIVERY,
     DEFAULT_MAX_LENGTH,
@@ -25,10 +17,14 @@ from openeas.queue.model import (
     DEFAULT_WINDOW,
     QueueSettings,
 )
+from openeas.kernel.routing import (
+    DEFAULT_BALANCER,
+    DEFAULT_HOLD_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HELD,
+    RouteSettings,
+)
 from openeas.spec.models import ServiceSpec
-
-# The reader moved to the gateway package; still importable from here for existing callers.
-__all__ = ["StoreRoutingSource", "route_settings"]
 
 
 def route_settings(spec: ServiceSpec) -> RouteSettings:

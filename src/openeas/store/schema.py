@@ -57,7 +57,7 @@ class ReplicaRow(Base):
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     start_ticks: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # An openeas.states.ReplicaPhase; its legal changes are openeas.states.TRANSITIONS.
+    # An openeas.kernel.states.ReplicaPhase; its legal changes are openeas.kernel.states.TRANSITIONS.
     phase: Mapped[str] = mapped_column(String(16), default="Pending")
     # Set when the reconciler wants this replica gone (scale-down, old version, delete).
     stopping: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
@@ -74,7 +74,7 @@ class ReplicaRow(Base):
 class ReplicaFields(TypedDict, total=False):
     """The replica fields a controller may change (``Store.update_replica(rid, **fields)``)."""
 
-    phase: str  # an openeas.states.ReplicaPhase
+    phase: str  # an openeas.kernel.states.ReplicaPhase
     stopping: bool
     pid: int | None
     start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart

@@ -13,7 +13,8 @@
 - ``POST /api/v1/stress/reports``: keep a report made elsewhere (the CLI runs tests itself).
 
 A plan is validated, its data file read and its target looked up before anything is sent: a
-bad one is a 400 naming the field.
+bad one is a 400 naming the field. ``data.path`` is a file the server reads as itself: an
+absolute path inside a host folder the server was allowed (``--allow-host-path``), like a spec's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -29,9 +31,9 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from openeas.errors import Conflict, NotFound, OpenEASError
-from openeas.states import ReplicaPhase, desired_replicas
+from openeas.kernel.states import ReplicaPhase, desired_replicas
+from openeas.store import stress_reports as reports
 from openeas.store.groups import GroupStore
-from openeas.stress import store as reports
 from openeas.stress.generator import Generator
 from openeas.stress.members import GroupInfo
 from openeas.stress.observe import ApiObserver
@@ -191,7 +193,7 @@ def register(app: FastAPI, cp: ControlPlane, auth: list[Depends]) -> None:
         if options is not None and not isinstance(options, dict):
             raise PlanError(["options: must be an object"])
         is_group(cp, name)  # an unknown service (or group) is a 404 before anything else
-        plan = await asyncio.to_thread(build_plan, name, body, options)
+        plan = await asyncio.to_thread(build_plan, name, body, options, _data_path_rule(cp))
         return runs.start(plan)
 
     @app.get("/api/v1/stress", dependencies=auth, tags=["stress"])
@@ -224,6 +226,11 @@ def register(app: FastAPI, cp: ControlPlane, auth: list[Depends]) -> None:
         if not runs.stop(rid):
             raise Conflict(f"stress test {rid} is not running")
         return {"id": rid, "stopping": True}
+
+
+def _data_path_rule(cp: ControlPlane) -> Callable[[str], list[str]]:
+    """``data.path`` obeys the server's host folders (the server reads it as itself)."""
+    return lambda path: cp.request_file_problems({"data.path": path})
 
 
 class _BadBody(OpenEASError):

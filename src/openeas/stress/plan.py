@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -392,9 +393,16 @@ def validate(plan: StressPlan) -> list[bytes]:
     return load_bodies(plan)
 
 
-def build_plan(target: str, task: Any = None, options: dict[str, Any] | None = None) -> StressPlan:
+def build_plan(
+    target: str,
+    task: Any = None,
+    options: dict[str, Any] | None = None,
+    check_data_path: Callable[[str], list[str]] | None = None,
+) -> StressPlan:
     """The plan for ``target`` from an EAS benchmark task (may be None) and options in
-    StressPlan's own names (they win over the task). A task naming another service is an error."""
+    StressPlan's own names (they win over the task). A task naming another service is an error.
+    ``check_data_path``: the problems of ``data.path`` before it is read (the server's host-path
+    rule; the CLI reads its own files and passes none)."""
     fields = from_eas(task) if task is not None else {}
     named = fields.pop("target", None)
     if named is not None and named != target:
@@ -402,5 +410,7 @@ def build_plan(target: str, task: Any = None, options: dict[str, Any] | None = N
     fields.update({k: v for k, v in (options or {}).items() if v is not None})
     fields["target"] = target
     p = make_plan(fields)
+    if p.data_path and check_data_path is not None and (problems := check_data_path(p.data_path)):
+        raise PlanError(problems)
     load_bodies(p)  # a missing or malformed data file is an error now, before any load
     return p

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from openeas.states import ReplicaPhase as P
+from openeas.kernel.states import ReplicaPhase as P
 
 # Span name → (phase it starts in, phases that may end it: the first one stamped).
 COLD_START_SPANS: Mapping[str, tuple[P, tuple[P, ...]]] = {

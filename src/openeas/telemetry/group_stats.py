@@ -12,8 +12,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from openeas.controller.rollout_staged import Observation
-from openeas.gateway.group_metrics import bucket_delta, quantile, success_ratio
+from openeas.kernel.rollout import Observation
+from openeas.telemetry.latency import bucket_delta, quantile, success_ratio
 
 FETCH_TIMEOUT_S = 2.0  # seconds to wait for the gateway
 

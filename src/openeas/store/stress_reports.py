@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import text
 
 from openeas.errors import NotFound
-from openeas.store import Store
+from openeas.store.db import Store
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
 KEEP_PER_TARGET = 200  # older reports of a target are dropped when a new one is saved

@@ -144,3 +144,38 @@ def service_status(
     if failing:
         return ServiceStatus.DEGRADED if ready else ServiceStatus.FAILED
     return ServiceStatus.PENDING
+
+
+class BatchState(StrEnum):
+    """Where a batch job is (docs/batch.md). Running: shards are being served (also right after
+    submit and after a restart)."""
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"  # every line has an output or an error line; the files are written
+    FAILED = "Failed"  # the job could not go on (service deleted, output not writable); resumable
+    CANCELLED = "Cancelled"  # by its owner; resumable
+
+
+B = BatchState
+BATCH_FINAL = frozenset({B.SUCCEEDED, B.FAILED, B.CANCELLED})
+# Allowed batch job state changes: from → to (the store checks each write). A failed or cancelled
+# job resumes (→ Running); a cancelled one can still fail (its runner's last shard errs as the
+# owner cancels); a succeeded job is done. Writing the state a job already has is allowed
+# (a new message).
+BATCH_TRANSITIONS: Mapping[BatchState, frozenset[BatchState]] = {
+    B.RUNNING: frozenset({B.SUCCEEDED, B.FAILED, B.CANCELLED}),
+    B.FAILED: frozenset({B.RUNNING}),
+    B.CANCELLED: frozenset({B.RUNNING, B.FAILED}),
+    B.SUCCEEDED: frozenset(),
+}
+
+
+def check_batch_transition(old: str, new: str) -> BatchState:
+    """``new`` as a BatchState; raises IllegalTransition when ``old → new`` is not allowed."""
+    try:
+        to, frm = BatchState(new), BatchState(old)
+    except ValueError as exc:
+        raise IllegalTransition(f"unknown batch job state: {exc}") from None
+    if to is not frm and to not in BATCH_TRANSITIONS[frm]:
+        raise IllegalTransition(f"batch job state {frm} → {to} is not allowed")
+    return to

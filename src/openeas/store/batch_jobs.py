@@ -1,7 +1,8 @@
-"""Batch jobs in the store: a job row (desired state: Running, Cancelled; outcome and counts) and
-one row per shard, marked done in the same transaction that counts its lines, after the shard's
-output part was written whole. A restarted server re-reads them and goes on with the shards not
-done, so a job killed at any point loses and repeats no line of its output.
+"""Batch jobs in the store (``openeas.batch`` runs them): a job row (desired state: Running,
+Cancelled; outcome and counts) and one row per shard, marked done in the same transaction that
+counts its lines, after the shard's output part was written whole. A restarted server re-reads
+them and goes on with the shards not done, so a job killed at any point loses and repeats no
+line of its output.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from sqlalchemy import Connection, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from openeas.errors import Conflict, NotFound
-from openeas.store import Store
+from openeas.kernel.states import BATCH_FINAL, BatchState, check_batch_transition
+from openeas.store.db import Store
 from openeas.store.schema import Base
 
-# Job states. Running: shards are being served (also right after submit and after a restart).
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"  # every line has an output or an error line; the files are written
-FAILED = "Failed"  # the job could not go on (service deleted, output not writable); resumable
-CANCELLED = "Cancelled"  # by its owner; resumable
-FINAL = (SUCCEEDED, FAILED, CANCELLED)
+# Job states and their legal changes: openeas.kernel.states.BatchState, BATCH_TRANSITIONS.
+RUNNING = BatchState.RUNNING
+SUCCEEDED = BatchState.SUCCEEDED
+FAILED = BatchState.FAILED
+CANCELLED = BatchState.CANCELLED
 
 
 class BatchJobRow(Base):
@@ -206,7 +207,8 @@ class BatchStore:
                 raise NotFound(f"batch job '{job_id}' not found")
             if expect and row.state not in expect:
                 raise Conflict(f"batch job '{job_id}' is {row.state}; this needs one of: {', '.join(expect)}")
-            row.state = state
+            to = check_batch_transition(row.state, state)
+            row.state = to.value
             row.message = message
-            row.finished_at = time.time() if state in FINAL else None
+            row.finished_at = time.time() if to in BATCH_FINAL else None
             return row

@@ -14,7 +14,8 @@ import pytest
 
 from openeas.gateway.guard import IDLE
 from openeas.gateway.queues import AsyncQueues
-from openeas.queue.model import QueueSettings, Result, State
+from openeas.kernel.queue import QueueSettings
+from openeas.queue.model import Result, State
 from openeas.queue.sqlite import SqliteQueue
 from tests.fakeloop import Client, Gateway, error, route
 

@@ -36,6 +36,7 @@ from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
+from openeas.console import add_console
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -432,6 +433,7 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
         app = create_app(cp, public_metrics=public_metrics)
+        console = add_console(app, cp)  # the web console under /console (openeas.console)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         api = _ApiServer(config)
         api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
@@ -449,6 +451,7 @@ async def _serve(
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
+        console_task = asyncio.create_task(console.run(stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
         files_rule = cp.request_file_problems
         batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=files_rule)
@@ -480,7 +483,8 @@ async def _serve(
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task)
+        tasks = [api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task]
+        tasks.append(console_task)
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)

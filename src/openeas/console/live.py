@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from openeas.api.app import ControlPlane
+from openeas.api.control import ControlPlane
 from openeas.autoscaler.scrape import fetch_text
 from openeas.console.rates import Scrape, Window, parse, window
 from openeas.store.groups import GroupStore

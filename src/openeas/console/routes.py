@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from openeas.api.app import ControlPlane
+from openeas.api.control import ControlPlane
 from openeas.console import pages
 from openeas.console.apicall import call
 from openeas.console.html import SECURITY_HEADERS, layout

@@ -29,6 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "gateway",
         "controller autoscaler batch stress cost",
         "api gateway_keeper",
+        "console",
         "server",
         "cli processor testserver",
     )

@@ -41,6 +41,7 @@ from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
+from openeas.console import add_console
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -302,13 +303,16 @@ def _compose(
         await reconciler.shutdown(stop_replicas=not keep_replicas)
 
     data_dir = store.data_dir
+    app = create_app(cp, public_metrics=public_metrics)
+    console = add_console(app, cp)  # the web console under /console (openeas.console)
     return [
         Loop("reconciler", reconciler.run, on_stop=shutdown),
         Loop("rollouts", rollouts.run),
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
         Loop("batch runner", batch.run),
-        ApiComponent(create_app(cp, public_metrics=public_metrics), api_sock),
+        Loop("console", console.run),
+        ApiComponent(app, api_sock),
     ]
 
 

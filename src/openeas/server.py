@@ -51,6 +51,7 @@ from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
 from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
 from openeas.runtime.select import build_runtimes
 from openeas.spec import load_spec_file
+from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
@@ -418,6 +419,7 @@ async def _serve(
         )
         gateway_stats.on_demand = autoscaler.wake
         metrics.add_collector(autoscaler.collector())
+        metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
         cp = ControlPlane(
             store,
             gateway_url,
@@ -427,6 +429,7 @@ async def _serve(
             autoscaler=autoscaler,
         )
         cp.host_paths = host_paths
+        cp.node_cache = reconciler.cache
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.api.batch import add_batch_routes
+from openeas.api.cache import add_cache_routes
 from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
@@ -106,6 +107,8 @@ class ControlPlane:
         self.await_routing: Callable[[int], Any] | None = None
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
         self.host_paths = HostPaths()
+        # The node cache (`/api/v1/cache`): the reconciler's, set by the server; None in tests.
+        self.node_cache: Any = None
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current
@@ -326,6 +329,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
+    add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()

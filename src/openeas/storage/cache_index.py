@@ -17,17 +17,56 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openeas.errors import SpecError
+from openeas.kernel.states import ReplicaPhase
+from openeas.store import ReplicaRow
+
 # A node's cache when the server is not told otherwise (`openeas server --cache-limit`), bytes.
 DEFAULT_LIMIT_BYTES = 20 * 1024**3
 # An entry used less than this many seconds ago is never evicted (its replica may be starting).
 EVICTION_GRACE_S = 60.0
 META_SUFFIX = ".json"
+# `openeas server --cache-limit` hands its value to the server's process here.
+ENV_LIMIT = "OPENEAS_CACHE_LIMIT"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_limit(text: str | None, where: str = "--cache-limit") -> int | None:
+    """Bytes from ``20GiB``, ``500MB``, ``1073741824``; ``none`` is unbounded; None/"" the default."""
+    if text is None or not text.strip():
+        return DEFAULT_LIMIT_BYTES
+    t = text.strip().lower()
+    if t == "none":
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
+    if m is None or m.group(2) not in _UNITS or float(m.group(1)) <= 0:
+        raise SpecError([f"{where}: {text!r} is not a size (write 20GiB, 500MB, a byte count, or none)"])
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def limit_from_env() -> int | None:
+    """The limit the server was started with (``--cache-limit``), else the default."""
+    return parse_limit(os.environ.get(ENV_LIMIT), "--cache-limit")
+
+
+def keys_in_use(rows: Iterable[ReplicaRow]) -> set[str]:
+    """The cache keys that replicas still alive use (from their cold-start fetch record)."""
+    keys: set[str] = set()
+    for r in rows:
+        if r.phase == ReplicaPhase.STOPPED:
+            continue
+        for m in ((r.cold_start or {}).get("fetch") or {}).get("mounts") or []:
+            if isinstance(m, dict) and m.get("key"):
+                keys.add(str(m["key"]))
+    return keys
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,17 @@ from typing import Any
 import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
+from typer.testing import CliRunner
 
+from openeas.cli.cache import size
+from openeas.cli.main import app
 from openeas.errors import MountError
 from openeas.storage import NodeCache
 from openeas.storage.cache_index import (
     DEFAULT_LIMIT_BYTES,
     EVICTION_GRACE_S,
     EntryInfo,
+    parse_limit,
     plan_eviction,
     plan_prune,
 )
@@ -256,3 +260,32 @@ def test_prefetch_counts_apart(tmp_path: Path) -> None:
     assert cache.materialize(str(src)).hit
     s = cache.stats
     assert (s.prefetches, s.misses, s.hits, s.hit_ratio) == (1, 0, 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        pytest.param(None, 20 * GIB, id="default"),
+        pytest.param("20GiB", 20 * GIB, id="gib"),
+        pytest.param("500MB", 500 * 10**6, id="mb"),
+        pytest.param("1048576", 1048576, id="bytes"),
+        pytest.param("none", None, id="unbounded"),
+    ],
+)
+def test_parse_limit(text: str | None, limit: int | None) -> None:
+    assert parse_limit(text) == limit
+
+
+def test_server_refuses_a_bad_cache_limit(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["server", "--data-dir", str(tmp_path), "--cache-limit", "lots"])
+    assert r.exit_code == 2
+    assert "--cache-limit: 'lots' is not a size (write 20GiB, 500MB, a byte count, or none)" in r.output
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [pytest.param(0, "0 B", id="zero"), pytest.param(1536, "1.5 KiB", id="kib"),
+     pytest.param(250 * 1024**2, "250.0 MiB", id="mib"), pytest.param(None, "unbounded", id="none")],
+)  # fmt: skip
+def test_cli_sizes(n: int | None, text: str) -> None:
+    assert size(n) == text

@@ -59,6 +59,7 @@ from openeas.queue.scale import open_backlog_source
 from openeas.runtime.identity import REPLICA_USER, ReplicaUsers, resolve_replica_users
 from openeas.runtime.select import Runtimes, build_runtimes
 from openeas.spec import load_spec_file
+from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
@@ -275,6 +276,7 @@ def _compose(
     )
     gateway_stats.on_demand = autoscaler.wake
     metrics.add_collector(autoscaler.collector())
+    metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
@@ -298,6 +300,7 @@ def _compose(
         batch_wake=batch.wake,
         host_paths=host_paths,
     )
+    cp.node_cache = reconciler.cache
 
     async def shutdown() -> None:
         await reconciler.shutdown(stop_replicas=not keep_replicas)

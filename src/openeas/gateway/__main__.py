@@ -23,7 +23,7 @@ from pathlib import Path
 from openeas.gateway.context import ClientLimits
 from openeas.gateway.notify import socket_path
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.source import routing_source
 from openeas.gateway.table import FileRoutingSource, RoutingSource
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, pid_alive, set_oom_score_adj
 from openeas.telemetry import gateway_stats
@@ -39,6 +39,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--routing-file", type=Path, help="JSON routing table (reloaded when it changes)")
     src.add_argument("--data-dir", type=Path, help="OpenEAS data directory (routing from the store)")
+    p.add_argument(
+        "--store",
+        help="the store's URL when it is not SQLite in --data-dir: postgresql://USER@HOST:PORT/DB "
+        "(changes are pushed by LISTEN/NOTIFY; --data-dir still holds secret.key)",
+    )
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -77,7 +82,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--max-connections", int, d.max_connections, "client connections at once (default: from ulimit -n)"),
     ):
         lim.add_argument(flag, type=kind, default=default, help=what)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.store is not None and args.data_dir is None:
+        p.error("--store: needs --data-dir (the folder that holds the store's secret.key)")
+    return args
 
 
 def _limits(args: argparse.Namespace) -> ClientLimits:
@@ -103,7 +111,8 @@ def _stats_socket(args: argparse.Namespace) -> Path | None:
 def _source(args: argparse.Namespace) -> RoutingSource:
     if args.routing_file is not None:
         return FileRoutingSource(args.routing_file)
-    return StoreRoutingSource(args.data_dir)  # written by the control plane, which notifies changes
+    # written by the control plane, which notifies changes
+    return routing_source(args.data_dir, args.store)
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

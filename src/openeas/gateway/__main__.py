@@ -5,7 +5,8 @@ session of its own and without ``--parent-pid``: the data plane outlives the con
 keeps serving the routing table in the store) and the next server adopts or replaces it.
 
 The gateway process imports neither SQLAlchemy nor pydantic (tests/test_routing_push.py checks):
-it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`) and /proc with
+it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`), or with psycopg for
+``--store postgresql://…`` (:mod:`openeas.gateway.pg_source`), and /proc with
 :mod:`openeas.procfs`, so it starts fast and stays small.
 """
 

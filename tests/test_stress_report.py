@@ -30,8 +30,8 @@ def report() -> dict[str, Any]:
     return asyncio.run(run_steps(plan, Generator(svc, clock, 1), StaticObserver(ready=1), clock))
 
 
-def test_store_keeps_lists_and_replaces(tmp_path: Path, report: dict[str, Any]) -> None:
-    store = Store(tmp_path)
+def test_store_keeps_lists_and_replaces(tmp_path: Path, store_url: str | None, report: dict[str, Any]) -> None:
+    store = Store(tmp_path, url=store_url)
     older = {**report, "id": "a-1", "started_at": 1.0}
     reports.save(store, older)
     reports.save(store, {**report, "id": "b-2", "started_at": 2.0, "target": "other"})
@@ -46,8 +46,8 @@ def test_store_keeps_lists_and_replaces(tmp_path: Path, report: dict[str, Any]) 
         reports.save(store, {"target": "x"})
 
 
-def test_a_test_cut_by_a_server_restart_is_interrupted(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+def test_a_test_cut_by_a_server_restart_is_interrupted(tmp_path: Path, store_url: str | None) -> None:
+    store = Store(tmp_path, url=store_url)
     reports.save(store, {"id": "r-1", "target": "s", "status": "running", "steps": []})
     reports.save(store, {"id": "r-2", "target": "s", "status": "completed", "steps": []})
     assert reports.mark_abandoned(store) == 1

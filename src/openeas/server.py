@@ -176,6 +176,7 @@ async def _serve(
     node: Resources | None = None,
     replica_user: str | None = REPLICA_USER,
     host_paths: HostPaths | None = None,
+    store_url: str | None = None,
 ) -> None:
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
@@ -187,7 +188,9 @@ async def _serve(
         log.info("process replicas run as users of their own (group %s)", users.name)
     else:
         log.warning("%s", users.warning())
-    store = Store(data_dir)
+    store = Store(data_dir, url=store_url)  # None: SQLite in the data dir
+    if store_url is not None:  # the gateway reads the same store (and LISTENs on it)
+        gateway_args = [*gateway_args, "--store", store_url]
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
@@ -378,8 +381,10 @@ def run_server(
     replica_user: str | None = REPLICA_USER,
     allow_host_paths: Sequence[Path] = (),
     nfs_exports: Sequence[str] = (),
+    store_url: str | None = None,
 ) -> None:
-    """``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
+    """``store_url``: None for SQLite in the data dir, or ``postgresql://…``;
+    ``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
     ``nfs_exports``: ``SERVER:/EXPORT=DIR``, where NFS exports are mounted on this node."""
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -418,6 +423,7 @@ def run_server(
                 node=node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
+                store_url=store_url,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

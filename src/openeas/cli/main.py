@@ -240,6 +240,15 @@ def server(
             "no replica uses are evicted above it (docs/cold-start.md). Default 20GiB.",
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="The store: postgresql://USER@HOST:PORT/DB (default: SQLite in DIR/openeas.db). "
+            "DIR still holds secret.key. Also OPENEAS_STORE.",
+            envvar="OPENEAS_STORE",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -257,6 +266,10 @@ def server(
     for f in deploy or []:
         # a bad --deploy spec is invalid input (exit 2) before anything starts
         _read_spec(str(f), groups_ok=False)
+    if store and not store.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise typer.BadParameter(
+            f"expected postgresql://USER@HOST:PORT/DB, got {store!r}", param_hint="--store"
+        )
     resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     run_server(
         data_dir=resolved,
@@ -274,6 +287,7 @@ def server(
         replica_user=replica_user,
         allow_host_paths=[p.resolve() for p in allow_host_path or []],
         nfs_exports=list(nfs_export or []),
+        store_url=store or None,
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 from openeas.controller.rollout_loop import RolloutController, restore_routes
 from openeas.controller.rollout_staged import decide, step_weights, validate_steps
 from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
+from openeas.kernel.states import IllegalTransition
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import Store
@@ -241,3 +242,13 @@ def test_an_operator_command_between_read_and_write_wins(rig: tuple[Store, FakeG
     clock.now += 61
     RolloutController(store, gw, clock=clock).look(plan, state, gw.fetch("g"))  # ...its write is refused
     assert RolloutStore(store).get("g")[1].status == Status.PAUSED
+
+
+def test_the_store_refuses_a_status_change_outside_the_table(rig: tuple[Store, FakeGateway, Clock]) -> None:
+    store, _, _ = rig
+    start(store)
+    rollouts = RolloutStore(store)
+    _, state = rollouts.command("g", "abort")
+    with pytest.raises(IllegalTransition, match="rollout status Aborted → Running"):
+        rollouts.save("g", state.but(status=Status.RUNNING), expect=state)
+    assert rollouts.get("g")[1].status == Status.ABORTED

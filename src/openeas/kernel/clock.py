@@ -190,6 +190,11 @@ class FakeClock:
                 raise TimeoutError(f"condition not met within {limit_s:g} s of virtual time")
             self._advance(deadline)
 
+    def jump(self, seconds: float) -> None:
+        """Move time ``seconds`` on at once, outside the loop (a test of decisions that sleep
+        nowhere); sleepers due are woken, in one go, at the loop's next pass."""
+        self._advance(self._t + max(0.0, seconds))
+
     async def advance(self, seconds: float) -> None:
         """Let ``seconds`` of virtual time pass, waking every sleeper due meanwhile in time order."""
         end = self._t + max(0.0, seconds)

@@ -49,10 +49,10 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-# Packages whose modules still import each other in a cycle (lazy registry and migration imports,
-# TYPE_CHECKING imports of the connection): known, not yet removed; a cycle across packages, or
+# Packages whose modules still import each other in a cycle (TYPE_CHECKING imports of the
+# connection): known, not yet removed; a cycle across packages, or
 # inside any other package, fails. gateway: restructured by issue 21 §3.
-CYCLIC_PACKAGES: frozenset[str] = frozenset({"gateway", "store", "runtime", "queue"})
+CYCLIC_PACKAGES: frozenset[str] = frozenset({"gateway"})
 
 
 @dataclass(frozen=True)

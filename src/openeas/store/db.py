@@ -94,7 +94,7 @@ def _v4_groups(conn: Connection) -> None:
 
 def _v5_batch_jobs(conn: Connection) -> None:
     """``batch_jobs`` and ``batch_shards``: batch jobs and their checkpointed shards."""
-    from openeas.store.batch_jobs import create_tables
+    from openeas.store.batch_schema import create_tables
 
     create_tables(conn)
 

@@ -256,6 +256,8 @@ def test_a_real_replica_is_metered_in_the_api_the_cli_and_metrics(tmp_path: Path
         ).text
         assert 'openeas_cost_replica_seconds{instance_type="a10",service="metered"}' in metrics
         assert 'openeas_cost_spend{currency="RMB",service="metered"}' in metrics
+        assert "openeas_idle_replicas" in metrics  # the idle-spend watch runs in the server
+        assert [s["idle"] for s in srv.client.list()] == [None]  # 1 replica for its load: not idle
     finally:
         stop_and_reap(srv)
 

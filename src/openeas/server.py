@@ -31,6 +31,8 @@ from pathlib import Path
 import uvicorn
 
 from openeas.api.app import ControlPlane, create_app
+from openeas.api.cost import server_catalog
+from openeas.api.idle import IdleWatch
 from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
@@ -449,6 +451,10 @@ async def _serve(
         cp.gateway_stats = gateway_stats
         stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
         scaler_task = asyncio.create_task(autoscaler.run(stop))
+        # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
+        cp.idle_watch = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
+        metrics.add_collector(cp.idle_watch)
+        idle_task = asyncio.create_task(cp.idle_watch.run(stop))
         # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
         files_rule = cp.request_file_problems
         batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=files_rule)
@@ -480,7 +486,7 @@ async def _serve(
         stop.set()
         (data_dir / "server.json").unlink(missing_ok=True)
         api.should_exit = True
-        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task)
+        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task, idle_task)
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)

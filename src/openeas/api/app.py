@@ -28,6 +28,7 @@ from starlette.routing import Route
 from openeas.api.batch import add_batch_routes
 from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
+from openeas.api.idle import IdleWatch
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.api.rollouts import add_rollout_routes
 from openeas.autoscaler.loop import Autoscaler, policy_view
@@ -92,6 +93,7 @@ class ControlPlane:
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
         self.autoscaler = autoscaler
+        self.idle_watch: IdleWatch | None = None  # the idle-spend alarm (api/idle.py), set by the server
         self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
@@ -150,6 +152,7 @@ class ControlPlane:
             "endpoint": self.endpoint(svc.name),
             "created_at": _iso(svc.created_at),
             "updated_at": _iso(svc.updated_at),
+            "idle": self.idle_watch.view(svc.name) if self.idle_watch is not None else None,
         }
 
     def detail(self, name: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import pytest
 import requests
 import uvicorn
 
-from openeas.api.app import ControlPlane, create_app
+from openeas.api.app import create_app
+from openeas.api.control import ControlPlane
 from openeas.storage.hostpaths import HostPaths
 from openeas.store import Store
 from tests.harness import service_spec

@@ -20,7 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
         "kernel",
-        "openeas errors tokens procfs unixdgram linear_regex userfile",
+        "openeas errors tokens procfs unixdgram linear_regex userfile lifecycle",
         "sdk",
         "spec",
         "store",
@@ -28,7 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "storage queue telemetry",
         "gateway",
         "controller autoscaler batch stress cost",
-        "api",
+        "api gateway_keeper",
         "server",
         "cli processor testserver",
     )
@@ -40,8 +40,6 @@ FORBIDDEN: frozenset[tuple[str, str]] = frozenset({("gateway", "store"), ("gatew
 # Module edges that break the contract and are known: removed by compose (issue 21 §7).
 KNOWN: frozenset[tuple[str, str]] = frozenset(
     {
-        ("openeas.stress.api", "openeas.api.app"),  # removed by compose
-        ("openeas.stress.api", "openeas.api.groups"),  # removed by compose
         ("openeas.cli.group", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.stress", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.batch", "openeas.cli.main"),  # removed by compose

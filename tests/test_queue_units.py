@@ -11,6 +11,7 @@ import struct
 import pytest
 from eas_prediction.queue_client import DataFrameCodec, DataFrameListCodec
 
+from openeas.autoscaler.activation import AsyncService, services_to_wake
 from openeas.gateway.asyncq import parse_timeout
 from openeas.gateway.errors import GatewayError
 from openeas.gateway.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader, accept_key, frame
@@ -19,9 +20,7 @@ from openeas.kernel.routing import RouteSettings
 from openeas.queue import wire
 from openeas.queue.dispatcher import Outcome, assign, attempt_outcome
 from openeas.queue.model import Backlog, Message, Result
-from openeas.queue.scale import services_to_wake
 from openeas.spec import parse_spec
-from openeas.store.async_services import AsyncService
 from openeas.store.routing import route_settings
 from tests.harness import service_spec
 

@@ -1,5 +1,10 @@
 """`openeas server`: control-plane API + reconciler in this process, the gateway in another.
 
+This module is the composition root: it builds the components (gateway keeper, reconciler,
+rollouts, gateway counters, autoscaler, batch runner, API), each wired at construction, and runs
+them (openeas.lifecycle: started in order, stopped in reverse). The gateway keeper (spawn, adopt,
+fingerprint) is openeas.gateway_keeper.
+
 The gateway is the hot path, so it runs in a process of its own (pinnable to a core, unaffected
 by control-plane work) and reads the routing table from the store. It does not depend on the
 server being alive: it runs in a session of its own, keeps serving the last routing table when
@@ -15,24 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
+import functools
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from openeas.api.app import ControlPlane, create_app
+from openeas.api.app import create_app
+from openeas.api.control import ControlPlane
 from openeas.api.cost import server_catalog
 from openeas.api.idle import IdleWatch
+from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
@@ -46,14 +51,16 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.metrics import label_value
 from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState
-from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, same_process, set_oom_score_adj, start_ticks
-from openeas.queue.scale import open_backlog_source, queue_args, wake_from_zero
-from openeas.runtime.identity import REPLICA_USER, resolve_replica_users
-from openeas.runtime.select import build_runtimes
+from openeas.lifecycle import Component, Loop, run_components
+from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, set_oom_score_adj
+from openeas.queue.scale import open_backlog_source
+from openeas.runtime.identity import REPLICA_USER, ReplicaUsers, resolve_replica_users
+from openeas.runtime.select import Runtimes, build_runtimes
 from openeas.spec import load_spec_file
-from openeas.storage.hostpaths import HostPaths, check_spec
+from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
 from openeas.store.secrets import write_private
@@ -64,10 +71,6 @@ from openeas.telemetry.group_stats import GatewayGroupStats
 log = logging.getLogger("openeas.server")
 
 
-class ServerError(Exception):
-    pass
-
-
 def _lock(data_dir: Path) -> int:
     fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -75,263 +78,6 @@ def _lock(data_dir: Path) -> int:
     except BlockingIOError:
         raise ServerError(f"another OpenEAS server is running on {data_dir}") from None
     return fd
-
-
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"process for {url} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise ServerError(f"{url} did not answer within {timeout_s:.0f}s")
-
-
-def _bind(host: str, port: int, what: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ServerError(f"{what} port {host}:{port} is not available ({exc.strerror})") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _wait_port_free(host: str, port: int, timeout_s: float, what: str) -> None:
-    """Wait for `port` to be bindable (a gateway of a killed server may still be going away)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _bind(host, port, what).close()
-            return
-        except ServerError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
-# The gateway's seconds to finish requests in flight after SIGTERM (its --grace).
-GATEWAY_GRACE_S = 10.0
-# How often the server checks that its gateway still runs, seconds.
-GATEWAY_WATCH_S = 0.5
-
-
-class GatewayProcess:
-    """The gateway: a child of this server, or adopted from an earlier one (pid + start ticks).
-
-    It runs in a session of its own and outlives the server (kill -9 included): the data plane
-    keeps serving the last routing table in the store while no control plane runs.
-    """
-
-    def __init__(self, pid: int, ticks: int | None, proc: subprocess.Popen[bytes] | None = None) -> None:
-        self.pid = pid
-        self.start_ticks = ticks
-        self.proc = proc  # None: adopted, not our child (watched by pid + start ticks)
-
-    @property
-    def adopted(self) -> bool:
-        return self.proc is None
-
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None  # reaps it
-        return same_process(self.pid, self.start_ticks)
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def wait(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def stop(self, grace_s: float = GATEWAY_GRACE_S) -> None:
-        """SIGTERM: it stops accepting and finishes its requests in flight; SIGKILL after grace."""
-        self.signal(signal.SIGTERM)
-        if not self.wait(grace_s + 2.0):
-            self.signal(signal.SIGKILL)
-            self.wait(5.0)
-
-
-def gateway_record_path(data_dir: Path) -> Path:
-    """Where the running gateway is recorded (pid, start ticks, address, code fingerprint)."""
-    return data_dir / "run" / "gateway.json"
-
-
-def recorded_gateway(data_dir: Path) -> tuple[GatewayProcess, dict[str, object]] | None:
-    """The gateway an earlier server recorded, if that very process (pid + start ticks) still runs."""
-    try:
-        rec = json.loads(gateway_record_path(data_dir).read_text())
-        gw = GatewayProcess(int(rec["pid"]), int(rec["start_ticks"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (gw, rec) if gw.alive() else None
-
-
-def _gateway_argv(data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "openeas.gateway",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--reuse-port",
-        "--grace",
-        str(GATEWAY_GRACE_S),
-        *queue_args(),
-        *extra,
-    ]
-
-
-def _gateway_fingerprint(argv: list[str]) -> str:
-    """Same fingerprint = same gateway code and arguments: a running gateway can be adopted."""
-    h = hashlib.sha256(json.dumps(argv).encode())
-    pkg = Path(__file__).parent
-    shared = [pkg / "procfs.py", pkg / "unixdgram.py", pkg / "telemetry" / "gateway_stats.py"]
-    for f in sorted([*(pkg / "gateway").glob("*.py"), *(pkg / "queue").glob("*.py"), *shared]):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def _spawn_gateway(
-    data_dir: Path, host: str, port: int, extra: Sequence[str] = (), timeout_s: float = 30.0
-) -> GatewayProcess:
-    """Start a gateway and wait until it listens (its ready file: another gateway may answer on
-    the same port meanwhile)."""
-    (data_dir / "logs").mkdir(exist_ok=True)
-    (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
-    ready = data_dir / "run" / f"gateway.ready.{os.getpid()}.{time.monotonic_ns()}"
-    logf = open(data_dir / "logs" / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [*_gateway_argv(data_dir, host, port, extra), "--ready-file", str(ready)],
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        # Its own session: neither the server's death nor a Ctrl-C to its process group stops it.
-        start_new_session=True,
-    )
-    logf.close()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise ServerError(f"the gateway exited with code {proc.returncode} (see logs/gateway.log)")
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise ServerError(f"the gateway did not listen on {host}:{port} within {timeout_s:.0f}s")
-            time.sleep(0.02)
-    finally:
-        ready.unlink(missing_ok=True)
-    return GatewayProcess(proc.pid, start_ticks(proc.pid), proc)
-
-
-def _record(data_dir: Path, gw: GatewayProcess, host: str, port: int, fingerprint: str) -> None:
-    rec = {
-        "pid": gw.pid,
-        "start_ticks": gw.start_ticks,
-        "host": host,
-        "port": port,
-        "fingerprint": fingerprint,
-    }
-    write_private(gateway_record_path(data_dir), json.dumps(rec, indent=2).encode())
-
-
-def start_gateway(data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> GatewayProcess:
-    """The gateway for this server: the running one of an earlier server on ``data_dir`` when it
-    is compatible (same code and arguments) and answers, else a new one.
-
-    An incompatible running gateway on the same address is replaced without a refused
-    connection: the new one listens on the same port (SO_REUSEPORT) first, then the old one gets
-    SIGTERM (it stops accepting and finishes its requests in flight)."""
-    fingerprint = _gateway_fingerprint(_gateway_argv(data_dir, host, port, extra))
-    found = recorded_gateway(data_dir)
-    if found is not None:
-        old, rec = found
-        if rec.get("fingerprint") == fingerprint and _answers(f"http://{host}:{port}/healthz"):
-            log.info("adopted the running gateway (pid %d)", old.pid)
-            return old
-        if (rec.get("host"), rec.get("port")) == (host, port):
-            try:
-                new = _spawn_gateway(data_dir, host, port, extra)
-            except ServerError as exc:  # e.g. the old one does not share its port
-                log.warning("could not start a gateway next to the running one (%s); replacing it", exc)
-            else:
-                _record(data_dir, new, host, port, fingerprint)
-                log.info("replacing the running gateway (pid %d) by pid %d", old.pid, new.pid)
-                old.stop()
-                return new
-        log.info("stopping the running gateway (pid %d): other code or address", old.pid)
-        old.stop()
-    _wait_port_free(host, port, 10.0, "gateway")
-    new = _spawn_gateway(data_dir, host, port, extra)
-    _record(data_dir, new, host, port, fingerprint)
-    return new
-
-
-class GatewayKeeper:
-    """Keeps a gateway running for this server: restarts one that died (the server goes on)."""
-
-    def __init__(self, data_dir: Path, host: str, port: int, extra: Sequence[str] = ()) -> None:
-        self.data_dir, self.host, self.port = data_dir, host, port
-        self.extra = list(extra)  # more gateway flags (its client limits)
-        self.gw: GatewayProcess | None = None
-
-    def start(self) -> GatewayProcess:
-        self.gw = start_gateway(self.data_dir, self.host, self.port, self.extra)
-        return self.gw
-
-    def name(self) -> str:
-        """The gateway, as an answer that it did not acknowledge names it."""
-        gw = self.gw
-        pid = f"pid {gw.pid}" if gw is not None and gw.alive() else "not running"
-        return f"the gateway on {self.host}:{self.port} ({pid}, {self.data_dir / 'run' / 'gateway.sock'})"
-
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(GATEWAY_WATCH_S)
-            gw = self.gw
-            if gw is None or gw.alive():
-                continue
-            code = gw.proc.returncode if gw.proc is not None else None
-            log.error("the gateway (pid %d) exited (code %s); starting a new one", gw.pid, code)
-            try:
-                self.gw = await asyncio.to_thread(self.start)
-            except ServerError as exc:
-                log.error("could not restart the gateway: %s; trying again", exc)
-                await asyncio.sleep(2.0)
-
-    def stop(self) -> None:
-        if self.gw is not None:
-            self.gw.stop()
-            self.gw = None
-        gateway_record_path(self.data_dir).unlink(missing_ok=True)
 
 
 def _deploy_files(store: Store, files: Sequence[Path], host_paths: HostPaths) -> None:
@@ -346,6 +92,73 @@ def _deploy_files(store: Store, files: Sequence[Path], host_paths: HostPaths) ->
             if store.get_service(spec.name).state == ServiceState.DELETING:
                 raise
             log.info("service %s already exists; left as it is", spec.name)
+
+
+class GatewayComponent:
+    """The gateway process: started (or adopted) first, watched, stopped last unless kept."""
+
+    name = "gateway keeper"
+
+    def __init__(self, keeper: GatewayKeeper, url: str, keep: bool) -> None:
+        self.keeper, self.url, self.keep = keeper, url, keep
+
+    async def open(self) -> None:
+        """Spawn or adopt the gateway and wait until it answers."""
+        gateway = await asyncio.to_thread(self.keeper.start)
+        await asyncio.to_thread(wait_http, f"{self.url}/healthz", 30.0, gateway.proc)
+
+    async def start(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        if self.keeper.gw is None:
+            await self.open()
+        return asyncio.create_task(self.keeper.watch(), name=self.name)
+
+    async def stop(self) -> None:
+        if not self.keep:  # after the replicas: their drains ask the gateway about requests in flight
+            await asyncio.to_thread(self.keeper.stop)
+
+
+class ApiComponent:
+    """The control-plane API (uvicorn) on a socket bound before anything started."""
+
+    name = "API server"
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.server, self.sock = _ApiServer(config), sock
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name=self.name)
+        while not self.server.started:
+            if self.task.done():
+                raise ServerError(f"the API server stopped while starting: {self.task.exception()!r}")
+            await asyncio.sleep(0.02)
+        return self.task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class ServerInfo:
+    """`DIR/server.json` (mode 0600) once everything answers; removed first on the way down."""
+
+    name = "server.json"
+
+    def __init__(self, data_dir: Path, info: dict[str, Any]) -> None:
+        self.data_dir, self.path, self.info = data_dir, data_dir / "server.json", info
+
+    async def start(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        write_private(self.path, json.dumps(self.info, indent=2).encode())
+        print(
+            f"OpenEAS server ready: api {self.info['api_url']}  gateway {self.info['gateway_url']}",
+            flush=True,
+        )
+        return None
+
+    async def stop(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 async def _serve(
@@ -381,121 +194,129 @@ async def _serve(
     notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
-    api_url = f"http://{host}:{port}"
-    api_sock = _bind(host, port, "API")  # first: a taken port fails before anything starts
-    reconciler: Reconciler | None = None
+    api_sock = bind_listener(host, port, "API")  # first: a taken port fails before anything starts
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
+    gateway = GatewayComponent(keeper, gateway_url, keep=keep_replicas)
     try:
-        gateway = await asyncio.to_thread(keeper.start)
-        await asyncio.to_thread(_wait_http, f"{gateway_url}/healthz", 30.0, gateway.proc)
+        await gateway.open()  # before the deploy files: a spec's first replicas are routed
         _deploy_files(store, deploy, host_paths)
-        metrics = ControlMetrics(store)
-        cfg = SupervisorConfig(
-            data_dir=data_dir,
-            oss_root=oss_root,
-            host_paths=host_paths,
-            on_ready=metrics.observe_cold_start,
-            gateway_view=gateway_view(host, gateway_port),
-            replica_users=users,
-        )
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
         runtimes.process_warning = users.warning()
-        metrics.set_container_engine(runtimes.engine)
-        # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
-        # least busy replica first).
-        gw_scrape = GatewayScrape(gateway_url)
-        capacity = node or node_capacity()
-        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
-        reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape), capacity=capacity)
-        # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
-        # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
-        gateway_stats = GatewayStats(LOOP_CLOCK.now)
-        backlogs = open_backlog_source(data_dir)  # async services' queues: the `backlog` metric
-        autoscaler = Autoscaler(
+        components = _compose(
             store,
-            traffic=gateway_stats,
-            gateway=gw_scrape,
-            sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
-            wake_reconciler=reconciler.wake,
-        )
-        gateway_stats.on_demand = autoscaler.wake
-        metrics.add_collector(autoscaler.collector())
-        cp = ControlPlane(
-            store,
+            runtimes,
+            users,
+            host_paths,
+            oss_root,
             gateway_url,
-            wake=reconciler.wake,
-            metrics=metrics,
-            runtimes=runtimes,
-            autoscaler=autoscaler,
+            notifier,
+            node,
+            public_metrics,
+            api_sock,
+            keep_replicas,
         )
-        cp.host_paths = host_paths
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
-        app = create_app(cp, public_metrics=public_metrics)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        api = _ApiServer(config)
-        api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
-        while not api.started:
-            if api_task.done():
-                raise ServerError(f"the API server stopped while starting: {api_task.exception()!r}")
-            await asyncio.sleep(0.02)
-        rec_task = asyncio.create_task(reconciler.run(stop))
-        # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
-        rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
-        cp.rollout_controller = rollouts
-        # Calls that promise a routing change is in effect wait for the gateway's acknowledgement.
-        cp.await_routing = notifier.wait_applied
-        rollout_task = asyncio.create_task(rollouts.run(stop))
-        cp.gateway_stats = gateway_stats
-        stats_task = asyncio.create_task(receive(data_dir, gateway_stats, stop))
-        scaler_task = asyncio.create_task(autoscaler.run(stop))
-        # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
-        cp.idle_watch = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
-        metrics.add_collector(cp.idle_watch)
-        idle_task = asyncio.create_task(cp.idle_watch.run(stop))
-        # Async services: a backlog at 0 replicas starts one (openeas.queue.scale).
-        files_rule = cp.request_file_problems
-        batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=files_rule)
-        cp.batch_wake = batch.wake
-        batch_task = asyncio.create_task(batch.run(stop))
-        queue_task = asyncio.create_task(
-            wake_from_zero(store, backlogs, stop, on_wake=lambda _: reconciler.wake())
-        )
-        server_info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
-        write_private(
-            data_dir / "server.json",
-            json.dumps({**server_info, "admin_token": cp.admin_token}, indent=2).encode(),
-        )
-        print(f"OpenEAS server ready: api {api_url}  gateway {gateway_url}  data {data_dir}", flush=True)
-        done_task = asyncio.create_task(stop.wait())
-        await asyncio.wait(
-            {
-                done_task,
-                api_task,
-                rec_task,
-                stats_task,
-                rollout_task,
-                queue_task,
-                batch_task,
-                asyncio.create_task(keeper.watch()),
-            },
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        stop.set()
-        (data_dir / "server.json").unlink(missing_ok=True)
-        api.should_exit = True
-        tasks = (api_task, rec_task, stats_task, scaler_task, rollout_task, queue_task, batch_task, idle_task)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        info = {"gateway_url": gateway_url, "api_url": f"http://{host}:{port}", "pid": os.getpid()}
+        server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
+        await run_components([gateway, *components, server_info], stop)
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
-        if reconciler is not None:
-            await reconciler.shutdown(stop_replicas=not keep_replicas)
         api_sock.close()
         notifier.close()
         if not keep_replicas:
-            keeper.stop()  # after the replicas: their drains ask the gateway about requests in flight
+            keeper.stop()  # idempotent: also when a component failed to start
+
+
+def _compose(
+    store: Store,
+    runtimes: Runtimes,
+    users: ReplicaUsers,
+    host_paths: HostPaths,
+    oss_root: Path | None,
+    gateway_url: str,
+    notifier: RoutingNotifier,
+    node: Resources | None,
+    public_metrics: bool,
+    api_sock: socket.socket,
+    keep_replicas: bool,
+) -> list[Component]:
+    """The server's components, wired at construction, in start order (they stop in reverse)."""
+    host, _, port = gateway_url.removeprefix("http://").rpartition(":")
+    metrics = ControlMetrics(store)
+    metrics.set_container_engine(runtimes.engine)
+    cfg = SupervisorConfig(
+        data_dir=store.data_dir,
+        oss_root=oss_root,
+        host_paths=host_paths,
+        on_ready=metrics.observe_cold_start,
+        gateway_view=gateway_view(host, int(port)),
+        replica_users=users,
+    )
+    # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
+    # least busy replica first).
+    gw_scrape = GatewayScrape(gateway_url)
+    capacity = node or node_capacity()
+    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape), capacity=capacity)
+    # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
+    # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
+    gateway_stats = GatewayStats(LOOP_CLOCK.now)
+    backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
+    autoscaler = Autoscaler(
+        store,
+        traffic=gateway_stats,
+        gateway=gw_scrape,
+        sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
+        # Async services: a backlog at 0 replicas starts one (autoscaler/activation.py).
+        activation=QueueActivation(store, backlogs),
+        wake_reconciler=reconciler.wake,
+    )
+    gateway_stats.on_demand = autoscaler.wake
+    metrics.add_collector(autoscaler.collector())
+    # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
+    idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
+    metrics.add_collector(idle)
+    # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
+    rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
+    # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
+    batch = BatchRunner(
+        store,
+        gateway_url,
+        on_change=reconciler.wake,
+        check_files=functools.partial(check_request_files, host_paths),
+    )
+    cp = ControlPlane(
+        store,
+        gateway_url,
+        wake=reconciler.wake,
+        metrics=metrics,
+        runtimes=runtimes,
+        autoscaler=autoscaler,
+        gateway_stats=gateway_stats,
+        rollout_controller=rollouts,
+        # Calls that promise a routing change is in effect wait for the gateway's acknowledgement.
+        await_routing=notifier.wait_applied,
+        batch_wake=batch.wake,
+        host_paths=host_paths,
+        idle_watch=idle,
+    )
+
+    async def shutdown() -> None:
+        await reconciler.shutdown(stop_replicas=not keep_replicas)
+
+    data_dir = store.data_dir
+    return [
+        Loop("reconciler", reconciler.run, on_stop=shutdown),
+        Loop("rollouts", rollouts.run),
+        Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
+        Loop("autoscaler", autoscaler.run),
+        Loop("idle-spend watch", idle.run),
+        Loop("batch runner", batch.run),
+        ApiComponent(create_app(cp, public_metrics=public_metrics), api_sock),
+    ]
 
 
 def gateway_view(host: str, port: int, timeout_s: float = 1.0) -> GatewayViewFn:

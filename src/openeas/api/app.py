@@ -12,8 +12,6 @@ server runs with `--public-metrics` (for a Prometheus that scrapes without crede
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +24,19 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from openeas.api.batch import add_batch_routes
+from openeas.api.control import ControlPlane, iso_time, not_deleting
 from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
-from openeas.api.idle import IdleWatch
-from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.api.rollouts import add_rollout_routes
-from openeas.autoscaler.loop import Autoscaler, policy_view
+from openeas.api.stress import register as register_stress
 from openeas.controller.warmup import check_warmup_file
-from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
-from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
-from openeas.runtime.select import Runtimes
+from openeas.errors import NotFound, OpenEASError, SpecError
+from openeas.kernel.states import ServiceState, desired_replicas
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.load import MAX_SPEC_DEPTH, parse_json
 from openeas.spec.models import MAX_REPLICAS
 from openeas.spec.numbers import CheckedNumbers
-from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
-from openeas.store import ReplicaRow, ServiceRow, Store, same
-from openeas.telemetry import COLD_START_SPANS, ControlMetrics
-from openeas.telemetry.gateway_stats import GatewayStats
-
-
-def _iso(t: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat() if t is not None else None
-
+from openeas.store import same
 
 MAX_SPEC_BODY_BYTES = 16 * 1024 * 1024
 """Largest spec body the API reads (16 MiB; a container's env may hold 1 MiB, a command 128 KiB)."""
@@ -74,187 +62,6 @@ MAX_VERSION = 2**63 - 1
 
 class RollbackBody(CheckedNumbers):
     version: int = Field(ge=1, le=MAX_VERSION, description="the version to make current again")
-
-
-class ControlPlane:
-    """What the API needs from the running server."""
-
-    def __init__(
-        self,
-        store: Store,
-        gateway_url: str,
-        wake: Callable[[], None] = lambda: None,
-        metrics: ControlMetrics | None = None,
-        runtimes: Runtimes | None = None,
-        autoscaler: Autoscaler | None = None,
-    ) -> None:
-        self.store = store
-        self.batch_wake: Callable[[], None] = lambda: None  # the batch runner's wake (server.py sets it)
-        # What runs replicas here (for the runtime choice that describe and dry-run show).
-        self.runtimes = runtimes
-        self.autoscaler = autoscaler
-        self.idle_watch: IdleWatch | None = None  # the idle-spend alarm (api/idle.py), set by the server
-        self.metrics = metrics or ControlMetrics(store)
-        self.gateway_url = gateway_url.rstrip("/")
-        self.wake = wake
-        self.admin_token = store.admin_token()
-        # The gateways' per-service counters (set by the server once it receives them): what the
-        # stress test's load view reads. None: no gateway data here.
-        self.gateway_stats: GatewayStats | None = None
-        # Drives staged rollouts (controller/rollout_loop.py); set by the server, None in tests.
-        self.rollout_controller: Any = None
-        # Waits until the gateway acknowledges a routing version (the server's
-        # `openeas.gateway.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
-        self.await_routing: Callable[[int], Any] | None = None
-        # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
-        self.host_paths = HostPaths()
-
-    def routing_in_effect(self) -> dict[str, Any] | None:
-        """After a routing change: wait (bounded) until the gateway has applied the store's current
-        routing version; what it answered (``acknowledged``, ``waited_ms``, a ``warning`` naming
-        the gateway that did not answer in time). None without a gateway to wait for."""
-        if self.await_routing is None:
-            return None
-        outcome = self.await_routing(self.store.routing_version())
-        return dict(outcome.to_dict())
-
-    def check_host_paths(self, spec: ServiceSpec) -> None:
-        """400 naming every spec field that would read the host outside the allowed folders."""
-        if errors := check_spec(spec, self.host_paths):
-            raise SpecError(errors)
-
-    def request_file_problems(self, files: Mapping[str, str | None]) -> list[str]:
-        """Every file a request names (``{field: url}``) outside the allowed folders, one line each."""
-        return check_request_files(self.host_paths, files)
-
-    def change(self, name: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
-        """Write desired state (and its event) for a live service, wake the reconciler."""
-        _not_deleting(self.store, name)
-        self.store.update_service(name, event=(reason, message), **fields)
-        self.wake()
-        return self.detail(name)
-
-    def endpoint(self, name: str) -> str:
-        return f"{self.gateway_url}/api/predict/{name}"
-
-    # ---- views ----------------------------------------------------------------------------------
-    def summary(self, svc: ServiceRow, replicas: list[ReplicaRow] | None = None) -> dict[str, Any]:
-        reps = self.store.replicas(svc.name) if replicas is None else replicas
-        live = [r for r in reps if not r.stopping]
-        status = service_status(svc.state, svc.current_version, svc.desired_replicas, reps)
-        return {
-            "name": svc.name,
-            "status": status.value,
-            "version": svc.current_version,
-            "desired_replicas": desired_replicas(svc.state, svc.desired_replicas),
-            "ready_replicas": sum(r.phase == ReplicaPhase.READY for r in live),
-            "total_replicas": len(live),
-            "endpoint": self.endpoint(svc.name),
-            "created_at": _iso(svc.created_at),
-            "updated_at": _iso(svc.updated_at),
-            "idle": self.idle_watch.view(svc.name) if self.idle_watch is not None else None,
-        }
-
-    def detail(self, name: str) -> dict[str, Any]:
-        svc = self.store.get_service(name)
-        reps = self.store.replicas(name)
-        out = self.summary(svc, reps)
-        spec = self.store.version_spec(name, svc.current_version)
-        out["spec"] = spec.public_dict()
-        out["runtime"] = self.runtime_choice(spec)
-        out["autoscaling"] = self.autoscaling(name, spec.autoscaling_policy())
-        out["replicas"] = [replica_view(r) for r in reps]
-        out["versions"] = self.versions(name)
-        return out
-
-    def runtime_choice(self, spec: ServiceSpec) -> dict[str, Any]:
-        """Which runtime runs the spec's replicas on this server, and why."""
-        if self.runtimes is None:
-            return {
-                "name": "process",
-                "reason": "this control plane runs replicas as processes",
-                "warnings": [],
-            }
-        choice = self.runtimes.choose(spec)
-        return {"name": choice.name, "reason": choice.reason, "warnings": list(choice.warnings)}
-
-    def dry_run(self, spec: ServiceSpec) -> dict[str, Any]:
-        """What deploying ``spec`` would do, without doing it."""
-        try:
-            svc = self.store.get_service(spec.name)
-        except NotFound:
-            svc = None
-        if svc is not None and svc.state == ServiceState.DELETING:
-            raise Conflict(f"service '{spec.name}' is being deleted")
-        runtime = self.runtime_choice(spec)
-        return {
-            "name": spec.name,
-            "valid": True,
-            "action": "create" if svc is None else "update",
-            "version": 1 if svc is None else max(v.version for v in self.store.versions(spec.name)) + 1,
-            "replicas": spec.metadata.instance if svc is None else svc.desired_replicas,
-            "runtime": runtime,
-            "launch": launch_plan(spec, runtime["name"], self.engine_name()),
-            "accepted_unused": spec.unused_fields(),
-            "warnings": list(runtime["warnings"]) + spec_warnings(spec),
-            "endpoint": self.endpoint(spec.name),
-            "spec": spec.public_dict(),
-            "normalized_spec": normalized_spec(spec),
-        }
-
-    def engine_name(self) -> str | None:
-        """"podman" or "docker" when this server has a container engine."""
-        engine = self.runtimes.engine if self.runtimes is not None else None
-        return engine.split()[0] if engine else None
-
-    def autoscaling(self, name: str, policy: Any) -> dict[str, Any] | None:
-        """The autoscaler's view (metric vs target, last decision and its reason), or the bare
-        policy before its first decision; None without a policy."""
-        if policy is None:
-            return None
-        live = self.autoscaler.status(name) if self.autoscaler is not None else None
-        return live or {"policy": policy_view(policy), "decision": None, "metrics": []}
-
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        cur = self.store.get_service(name).current_version
-        return [
-            {"version": v.version, "created_at": _iso(v.created_at), "current": v.version == cur}
-            for v in self.store.versions(name)
-        ]
-
-
-def spec_warnings(spec: ServiceSpec) -> list[str]:
-    """What deploys but may not do what the user expects."""
-    out = mount_warnings(spec)
-    seen = {spec.main.port: 0}
-    for i, c in enumerate(spec.containers[1:], start=1):
-        if "port" in c.model_fields_set:
-            if c.port in seen:
-                out.append(
-                    f"containers[{i}].port: {c.port} is also containers[{seen[c.port]}]'s; the containers "
-                    "of a replica share its network, so only one of them can listen on it"
-                )
-            seen.setdefault(c.port, i)
-    return out
-
-
-def replica_view(r: ReplicaRow) -> dict[str, Any]:
-    cold = r.cold_start or {}
-    return {
-        "id": r.id,
-        "version": r.version,
-        "phase": r.phase,
-        "host": r.host,
-        "port": r.port,
-        "pid": r.pid,
-        "restart_count": r.restart_count,
-        "stopping": bool(r.stopping),
-        "phase_times": {k: _iso(v) for k, v in (r.phase_times or {}).items()},
-        "runtime": r.runtime,
-        "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
-        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")},
-        "message": r.message,
-    }
 
 
 def _error(status: int, code: str, message: str, errors: list[str] | None = None) -> JSONResponse:
@@ -459,7 +266,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
 
     @app.post("/api/v1/services/{name}/rollback", dependencies=auth)
     def rollback(name: str, body: RollbackBody) -> dict[str, Any]:
-        _not_deleting(cp.store, name)
+        not_deleting(cp.store, name)
         cp.store.rollback(name, body.version)
         cp.wake()
         return cp.detail(name)
@@ -472,7 +279,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         return {
             "events": [
                 {
-                    "time": _iso(e.time),
+                    "time": iso_time(e.time),
                     "type": e.type,
                     "reason": e.reason,
                     "message": e.message,
@@ -504,9 +311,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
         cp.store.get_service(name)
         return {"endpoint": cp.endpoint(name), "token": cp.store.token(name)}
 
-    from openeas.stress.api import register as register_stress
-
-    register_stress(app, cp, auth)
+    register_stress(app, cp, auth)  # /api/v1/stress, /api/v1/services/{name}/load (api/stress.py)
 
     base_openapi = app.openapi
 
@@ -631,11 +436,6 @@ def _check_local_warmup(spec: ServiceSpec) -> None:
 class _Unauthorized(OpenEASError):
     status = 401
     code = "unauthorized"
-
-
-def _not_deleting(store: Store, name: str) -> None:
-    if store.get_service(name).state == ServiceState.DELETING:
-        raise Conflict(f"service '{name}' is being deleted")
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -76,7 +76,7 @@ class GroupsApi:
     """What the group routes need from the control plane."""
 
     def __init__(self, cp: Any) -> None:
-        self.cp = cp  # openeas.api.app.ControlPlane
+        self.cp = cp  # openeas.api.control.ControlPlane
         self.groups = GroupStore(cp.store)
 
     def endpoint(self, name: str) -> str:

@@ -70,7 +70,7 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
     rollouts = RolloutStore(cp.store)
 
     def controller() -> Any:
-        return getattr(cp, "rollout_controller", None)
+        return cp.rollout_controller
 
     def wake() -> None:
         c = controller()

@@ -7,7 +7,9 @@ store, reads the gateway's counters, every ``scrape_s`` lets the collectors read
 each service with a policy. A decision that changes the count is written into the store as the
 service's desired replicas with an ``Autoscaled`` event carrying the metric values and the reason;
 the reconciler does the rest (it never starts or stops a process itself). Every decision, the ones
-that change nothing included, is kept for ``describe`` and ``/metrics``.
+that change nothing included, is kept for ``describe`` and ``/metrics``. It is the one automatic
+writer of desired replicas: an async service at zero with a queued request is started here too
+(``ScaleFromZero``, autoscaler/activation.py), with or without a policy.
 
 State is in memory: after a control-plane restart the windows start empty ("no data" moves
 nothing until they fill) and the current count stands in for the stabilization history, so a
@@ -29,6 +31,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.cron import next_firing
 from openeas.autoscaler.metrics import (
     ColdStarts,
@@ -85,6 +88,7 @@ class Autoscaler:
         traffic: TrafficStats | None = None,
         gateway: GatewayScrape | None = None,
         sources: Sequence[MetricSource] = (),
+        activation: QueueActivation | None = None,
         wake_reconciler: Callable[[], None] = lambda: None,
         clock: Clock = LOOP_CLOCK,
         wall: Callable[[], float] = time.time,
@@ -93,6 +97,8 @@ class Autoscaler:
         self.store = store
         self.gateway = gateway
         self.extra_sources = list(sources)
+        # Async services at zero with a queued request: started like a held request starts one.
+        self.activation = activation
         self.wake_reconciler = wake_reconciler
         self.clock = clock
         self.wall = wall
@@ -186,8 +192,12 @@ class Autoscaler:
             views.append(ServiceView(svc.name, policy, ready, self.records[svc.name].cores))
         for name in set(self.records) - {v.name for v in views}:
             del self.records[name]  # stopped, deleted, or no policy any more
-        await self._collect(views, now)
         current = {s.name: s.desired_replicas for s in services}
+        if self.activation is not None:
+            for name, backlog in (await self.activation.due(services, now)).items():
+                if self._activate(name, backlog):
+                    current[name] = 1
+        await self._collect(views, now)
         for view in views:
             try:
                 self._decide(view, current[view.name], now, wall)
@@ -257,6 +267,21 @@ class Autoscaler:
         # would lag it.
         latest = t.mean_in_flight(name, 0.0, now) or 0.0
         return Traffic(arrival_rate=rate, in_flight=max(flying, latest), held=t.held(name, now))
+
+    def _activate(self, name: str, backlog: Any) -> bool:
+        """An async service at zero with a backlog: desired replicas 0 → 1 (``ScaleFromZero``)."""
+        message = (
+            f"{backlog.queued} queued and {backlog.in_flight} in-flight async requests; "
+            "desired replicas 0 → 1"
+        )
+        try:
+            self.store.update_service(name, desired_replicas=1, event=("ScaleFromZero", message))
+        except OpenEASError as exc:  # deleted meanwhile
+            log.info("autoscaler: %s: %s", name, exc)
+            return False
+        log.info("async service %s has a backlog at 0 replicas: scaled to 1", name)
+        self.wake_reconciler()
+        return True
 
     def _write(self, name: str, d: Decision, wall: float) -> None:
         direction = "up" if d.desired > d.current else "down"

@@ -353,7 +353,7 @@ def validate(
     """Check a spec without a server: errors (exit 2), what is accepted but not used, warnings.
 
     `deploy --dry-run` asks the server and also says which runtime would run it, and why."""
-    from openeas.api.app import spec_warnings
+    from openeas.api.control import spec_warnings
     from openeas.spec import parse_spec
 
     spec = parse_spec(_read_spec(file))

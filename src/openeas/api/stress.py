@@ -42,7 +42,7 @@ from openeas.stress.report import to_html
 from openeas.stress.runner import new_id, run_against
 
 if TYPE_CHECKING:
-    from openeas.api.app import ControlPlane
+    from openeas.api.control import ControlPlane
 
 LOAD_WINDOW_S = 2.0  # arrival rate over the last 2 s
 

@@ -252,7 +252,9 @@ def test_a_real_replica_is_metered_in_the_api_the_cli_and_metrics(tmp_path: Path
         bad = CliRunner().invoke(app, ["cost", "report", "--by", "week"], env=env)
         assert bad.exit_code == 2 and "--by: 'week' is not one of service, day, month" in bad.output
         metrics = requests.get(
-            f"{srv.api_url}/metrics", headers={"Authorization": f"Bearer {srv.client.admin_token}"}, timeout=10
+            f"{srv.api_url}/metrics",
+            headers={"Authorization": f"Bearer {srv.client.admin_token}"},
+            timeout=10,
         ).text
         assert 'openeas_cost_replica_seconds{instance_type="a10",service="metered"}' in metrics
         assert 'openeas_cost_spend{currency="RMB",service="metered"}' in metrics

@@ -29,6 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "gateway",
         "controller autoscaler batch stress cost",
         "api gateway_keeper",
+        "console",
         "server",
         "cli processor testserver",
     )
@@ -44,6 +45,7 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
         ("openeas.cli.stress", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.batch", "openeas.cli.main"),  # removed by compose
         ("openeas.cli.cost", "openeas.cli.main"),  # removed by compose
+        ("openeas.cli.cache", "openeas.cli.main"),  # the same helpers (_client, cli_errors): compose
     }
 )
 

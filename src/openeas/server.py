@@ -43,6 +43,7 @@ from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
+from openeas.console import add_console
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -60,6 +61,7 @@ from openeas.queue.scale import open_backlog_source
 from openeas.runtime.identity import REPLICA_USER, ReplicaUsers, resolve_replica_users
 from openeas.runtime.select import Runtimes, build_runtimes
 from openeas.spec import load_spec_file
+from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
@@ -279,6 +281,7 @@ def _compose(
     # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
     idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
     metrics.add_collector(idle)
+    metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
@@ -303,11 +306,14 @@ def _compose(
         host_paths=host_paths,
         idle_watch=idle,
     )
+    cp.node_cache = reconciler.cache
 
     async def shutdown() -> None:
         await reconciler.shutdown(stop_replicas=not keep_replicas)
 
     data_dir = store.data_dir
+    app = create_app(cp, public_metrics=public_metrics)
+    console = add_console(app, cp)  # the web console under /console (openeas.console)
     return [
         Loop("reconciler", reconciler.run, on_stop=shutdown),
         Loop("rollouts", rollouts.run),
@@ -315,7 +321,8 @@ def _compose(
         Loop("autoscaler", autoscaler.run),
         Loop("idle-spend watch", idle.run),
         Loop("batch runner", batch.run),
-        ApiComponent(create_app(cp, public_metrics=public_metrics), api_sock),
+        Loop("console", console.run),
+        ApiComponent(app, api_sock),
     ]
 
 

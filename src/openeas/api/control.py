@@ -66,6 +66,8 @@ class ControlPlane:
         self.await_routing = await_routing
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
         self.host_paths = host_paths or HostPaths()
+        # The node cache (`/api/v1/cache`): the reconciler's, set by the server; None in tests.
+        self.node_cache: Any = None
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current

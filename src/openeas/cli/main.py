@@ -18,11 +18,14 @@ import typer
 
 from openeas import __version__
 from openeas.cli import render
+from openeas.cli.cache import cache_app
 from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
 from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR, ServerNotFound, discover
+from openeas.storage.cache_index import ENV_LIMIT as ENV_CACHE_LIMIT
+from openeas.storage.cache_index import parse_limit
 
 app = typer.Typer(
     name="openeas",
@@ -230,12 +233,25 @@ def server(
             dir_okay=False,
         ),
     ] = None,
+    cache_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="The node cache's bound (20GiB, 500MB, bytes, or none): least recently used entries "
+            "no replica uses are evicted above it (docs/cold-start.md). Default 20GiB.",
+        ),
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
     if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
         os.environ["OPENEAS_CATALOG"] = str(catalog.resolve())
+    if cache_limit is not None:  # the reconciler's node cache reads it (storage/cache_index.py)
+        try:
+            parse_limit(cache_limit)
+        except SpecError as exc:  # a bad size is invalid input (exit 2) before anything starts
+            _fail("cannot start the server", exc.errors, code=2)
+        os.environ[ENV_CACHE_LIMIT] = cache_limit
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     for f in deploy or []:
@@ -660,3 +676,5 @@ from openeas.cli.batch import batch_app  # noqa: E402
 
 app.add_typer(batch_app, name="batch")
 app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)
+
+app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)

@@ -113,6 +113,7 @@ TABLES = {
     "group_members": '"group", service',
     "batch_jobs": "id",  # v5
     "batch_shards": "job_id, shard",
+    "replica_usage": "replica",  # v7
 }
 
 

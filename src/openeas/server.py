@@ -35,6 +35,8 @@ import uvicorn
 
 from openeas.api.app import create_app
 from openeas.api.control import ControlPlane
+from openeas.api.cost import server_catalog
+from openeas.api.idle import IdleWatch
 from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.loop import Autoscaler, replica_load
@@ -279,6 +281,9 @@ def _compose(
     )
     gateway_stats.on_demand = autoscaler.wake
     metrics.add_collector(autoscaler.collector())
+    # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
+    idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
+    metrics.add_collector(idle)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
@@ -302,6 +307,7 @@ def _compose(
         await_routing=notifier.wait_applied,
         batch_wake=batch.wake,
         host_paths=host_paths,
+        idle_watch=idle,
     )
     cp.node_cache = reconciler.cache
 
@@ -316,6 +322,7 @@ def _compose(
         Loop("rollouts", rollouts.run),
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
+        Loop("idle-spend watch", idle.run),
         Loop("batch runner", batch.run),
         Loop("console", console.run),
         ApiComponent(app, api_sock),

@@ -432,6 +432,9 @@ def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
         render.out.print("no services")
     else:
         render.out.print(render.services_table(services))
+        for s in services:  # the idle-spend alarm, one line each (docs/cost.md)
+            if s.get("idle"):
+                render.out.print(f"idle spend: {s['name']}: {s['idle']['message']}", highlight=False)
 
 
 @app.command()

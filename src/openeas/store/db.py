@@ -26,6 +26,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
@@ -132,6 +133,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_groups,
     _v5_batch_jobs,
     _v6_sealed_secrets,
+    _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
@@ -462,6 +464,8 @@ class Store:
         )
         with self.session() as s:
             s.add(row)
+            spec = s.get(VersionRow, (service, version))
+            _usage.opened(s, row, spec.spec if spec is not None else {})
             self._event(
                 s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid
             )
@@ -503,6 +507,7 @@ class Store:
                 setattr(row, k, int(bool(v)) if k == "stopping" else v)
             if new_phase != old_phase:
                 row.phase_times = {**(row.phase_times or {}), new_phase.value: now}
+                _usage.on_phase(s, row, old_phase, new_phase, now)
             is_routable = routable(row.phase, row.stopping, row.port)
             if was_routable != is_routable or (is_routable and old_address != (row.host, row.port)):
                 self._bump_routing(s)
@@ -516,6 +521,12 @@ class Store:
                 if routable(row.phase, row.stopping, row.port):
                     self._bump_routing(s)
                 s.delete(row)
+            _usage.closed(s, rid, time.time())
+
+    def usage(self, *, service: str | None = None, since: float | None = None) -> list[_usage.UsageRow]:
+        """The meter's record: each replica's billed life (store/usage.py)."""
+        with self.session() as s:
+            return _usage.usage_rows(s, service=service, since=since)
 
     # ---- events ---------------------------------------------------------------------------------
     def _event(

@@ -217,6 +217,13 @@ def chat(system: str, *turns: str, user: str | None = None) -> bytes:
     [
         pytest.param(chat("S1", "hi"), chat("S1", "hi", "more"), True, id="later-turns-keep-the-key"),
         pytest.param(chat("S1", "hi"), chat("S2", "hi"), False, id="other-system-prompt"),
+        pytest.param(chat("S1", "hi"), chat("S1", "bye"), True, id="other-user-turn-same-system"),
+        pytest.param(
+            b'{"messages":[{"role":"user","content":"U"},{"role":"assistant","content":"A"}]}',
+            b'{"messages":[{"role":"user","content":"U"}]}',
+            True,
+            id="no-system-first-message",
+        ),
         pytest.param(
             b'{"model":"m","prompt":"P","max_tokens":1}',
             b'{"prompt":"P","max_tokens":9}',
@@ -248,3 +255,20 @@ def test_prefix_key_of_a_cut_body_is_its_leading_bytes() -> None:
 )
 def test_session_key(header: bytes | None, body: bytes, expected: bytes | None) -> None:
     assert session_key(header, body, True) == expected
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        pytest.param({}, "least-request", id="default"),
+        pytest.param({"balancer": "prefix-affinity"}, "prefix-affinity", id="named"),
+    ],
+)
+def test_spec_balancer_reaches_the_route(metadata: dict[str, str], expected: str) -> None:
+    from openeas.spec.models import ServiceSpec
+    from openeas.store.routing import route_settings
+
+    spec = ServiceSpec.model_validate(
+        {"metadata": {"name": "svc", **metadata}, "containers": [{"image": "i", "command": "c", "port": 8000}]}
+    )
+    assert route_settings(spec).balancer == expected

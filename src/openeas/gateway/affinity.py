@@ -10,8 +10,8 @@ the Nth replica moves about 1/N of the keys). Why bounded load (Mirrokni, Thorup
 on the ring, the same one every time, so the spill is itself cache-friendly.
 
 The body is read only for services whose balancer asks for a key, and only its first
-`PREFIX_BODY_BYTES`: a chat body that fits is parsed as JSON (system prompt and first messages,
-or a completion's prompt); a longer one is keyed by its leading bytes.
+`PREFIX_BODY_BYTES`: a chat body that fits is parsed as JSON (its leading system messages, else
+its first message; a completion's prompt); a longer one is keyed by its leading bytes.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ PREFIX_BODY_BYTES = 16 * 1024
 # Characters of the prompt that make the key: enough to tell 1,000-token system prompts apart by
 # more than a shared preamble, few enough that a conversation's later turns keep its key.
 PREFIX_KEY_CHARS = 4096
-# Messages of a chat that make the key: the system prompt and the first user turn.
-PREFIX_KEY_MESSAGES = 2
 # Points per replica on the ring: with 100 the largest share of 2-20 replicas stays within ~10%
 # of the mean (the spread shrinks as 1/sqrt(points)).
 RING_POINTS = 100
@@ -103,9 +101,17 @@ def prefix_key(body: bytes, complete: bool) -> bytes | None:
 def _prompt_text(doc: dict[str, Any]) -> str | None:
     messages = doc.get("messages")
     if isinstance(messages, list) and messages:
+        # The leading system messages (what requests share: the instructions, a RAG document),
+        # else the first message (a conversation's opening, shared by its later turns).
+        lead = [m for m in messages[:8] if isinstance(m, dict)]
+        system = []
+        for m in lead:
+            if m.get("role") not in ("system", "developer"):
+                break
+            system.append(m)
         parts = []
-        for m in messages[:PREFIX_KEY_MESSAGES]:
-            content = m.get("content") if isinstance(m, dict) else None
+        for m in system or lead[:1]:
+            content = m.get("content")
             parts.append(content if isinstance(content, str) else json.dumps(content, sort_keys=True))
         return "\n".join(parts)
     prompt = doc.get("prompt")
@@ -128,3 +134,14 @@ def session_key(header: bytes | None, body: bytes, complete: bool) -> bytes | No
         return None
     user = doc.get("user") if isinstance(doc, dict) else None
     return user.encode() if isinstance(user, str) and user else None
+
+
+REPLICA_HEADER = "X-OpenEAS-Replica"
+
+
+def explain_line(replica_id: str, reason: str) -> bytes:
+    """The answer's header line (CRLF included) naming the replica and why the balancer chose it,
+    for a request that sent `X-OpenEAS-Explain: 1`."""
+    line = f'{REPLICA_HEADER}: {replica_id}; reason="{reason}"\r\n'
+    return line.encode("latin-1", "replace")
+

@@ -38,6 +38,7 @@ SESSION = "session"
 class Balancer(Protocol):
     wants_key: ClassVar[str]  # NO_KEY, PREFIX or SESSION
     reason: str  # why the last pick chose what it chose
+    outcome: str  # the same as a short fixed label (the /metrics counters)
 
     def pick(
         self,
@@ -93,6 +94,7 @@ class LeastRequest:
 
     wants_key: ClassVar[str] = NO_KEY
     reason = "fewest outstanding requests"
+    outcome = "least"
 
     def pick(
         self,
@@ -130,6 +132,7 @@ class RoundRobin:
 
     wants_key: ClassVar[str] = NO_KEY
     reason = "next in turn"
+    outcome = "turn"
 
     def __init__(self) -> None:
         self._next = 0
@@ -156,6 +159,7 @@ class PowerOfTwo:
 
     wants_key: ClassVar[str] = NO_KEY
     reason = "fewer outstanding of two at random"
+    outcome = "two-choices"
 
     def pick(
         self,
@@ -178,7 +182,7 @@ class _Affinity:
     label: ClassVar[str] = "prefix"
 
     def __init__(self) -> None:
-        self.reason = ""
+        self.reason = self.outcome = ""
         self._ring = Ring(())
 
     def pick(
@@ -190,6 +194,7 @@ class _Affinity:
     ) -> int:
         if key is None:
             self.reason = f"no {self.label} key: fewest outstanding requests"
+            self.outcome = "no-key"
             return least_outstanding(upstreams, now, exclude)
         ring = self._ring
         if len(ring.names) != len(upstreams) or any(
@@ -205,6 +210,7 @@ class _Affinity:
             if first < 0:
                 first = i
             if upstreams[i].outstanding < bound:
+                self.outcome = "owner" if hop == 0 else "spill"
                 self.reason = (
                     f"{self.label} affinity: ring owner"
                     if hop == 0
@@ -212,6 +218,7 @@ class _Affinity:
                 )
                 return i
         self.reason = f"{self.label} affinity: every replica at its load bound, first eligible on the ring"
+        self.outcome = "all-bound"
         return first
 
 
@@ -240,7 +247,7 @@ class _LeastSignal:
     signal: ClassVar[str] = "waiting"
 
     def __init__(self) -> None:
-        self.reason = ""
+        self.reason = self.outcome = ""
 
     def pick(
         self,

@@ -425,6 +425,8 @@ class ClientConnection(asyncio.Protocol):
         self.route = route
         service_metrics = self.service_metrics = route.metrics
         service_metrics.in_flight += 1
+        if service_metrics.in_flight >= service_metrics.push_at and ctx.on_jump is not None:
+            ctx.on_jump(route.service)  # the control plane hears of the jump at once (gateway/stats.py)
         self.phase = PROXYING
         creds = route.creds
         if creds is not None and not creds.fast_match(self.authorization) and not self._authorize(method):

@@ -246,9 +246,9 @@ class Bench:
         wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
         return port, [p.pid]
 
-    def server_gateway(self, kind: str) -> tuple[int, list[int], str]:
-        """(gateway port, gateway pids, token) of a real `openeas server` serving the upstream of
-        ``kind`` as service ``bench``; the gateway pinned to core 1."""
+    def server_gateway(self, kind: str) -> tuple[int, list[int], str, int]:
+        """(gateway port, gateway pids, token, replica port) of a real `openeas server` serving
+        the upstream of ``kind`` as service ``bench``; the gateway pinned to core 1."""
         srv = new_server(self.tmp / f"server-{kind}" / "data")
         self.servers.append(srv)
         srv.start()
@@ -264,7 +264,8 @@ class Bench:
             subprocess.run(["taskset", "-a", "-p", "-c", "1", str(p)], capture_output=True, check=True)
         port = int(srv.gateway_url.rsplit(":", 1)[1])
         wait_http(port, "/api/predict/bench/", {"Authorization": f"Bearer {token}"})
-        return port, pids, token
+        replica_port = int(c.describe("bench")["replicas"][0]["port"])
+        return port, pids, token, replica_port
 
 
 @dataclass
@@ -337,6 +338,7 @@ def bench_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+REPLICA_ROW = "direct (server's replica)"
 SERVER_ROW = "gateway (openeas server)"
 FILE_ROW = "gateway (routing file)"
 
@@ -381,7 +383,10 @@ def main() -> None:
                     "nginx": (f"http://127.0.0.1:{nginx_port}{path}", [], nginx_pids),
                 }
                 if args.mode in ("both", "server"):
-                    srv_port, srv_pids, srv_token = b.server_gateway(tag)
+                    srv_port, srv_pids, srv_token, replica_port = b.server_gateway(tag)
+                    # The server's replica runs the same program as the direct upstream, but is
+                    # another process: its own direct row tells the two apart.
+                    setups[REPLICA_ROW] = (f"http://127.0.0.1:{replica_port}{path}", [], [])
                     setups[SERVER_ROW] = (
                         f"http://127.0.0.1:{srv_port}/api/predict/bench{path}",
                         [f"Authorization: Bearer {srv_token}"],
@@ -430,20 +435,22 @@ def main() -> None:
     print()
     print(
         "| upstream | setup | req/s | p50 ms | p99 ms | CPU s/10k req "
-        "| vs nginx: req/s | CPU | added p50 vs direct |"
+        "| vs nginx: req/s | CPU | added p50 vs direct (server mode: vs its replica) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, med in rows:
         ng, direct = med["nginx"], med["direct"]
         for name, r in med.items():
-            ratio = f"{r.rps / ng.rps:.2f}x" if name != "direct" else ""
+            upstream = name.startswith("direct")
+            ratio = f"{r.rps / ng.rps:.2f}x" if not upstream else ""
             cpu = f"{r.cpu_per_10k:.3f}" if r.cpu_per_10k is not None else ""
             cpu_ratio = (
                 f"{r.cpu_per_10k / ng.cpu_per_10k:.2f}x"
                 if r.cpu_per_10k is not None and ng.cpu_per_10k
                 else ""
             )
-            added = f"{r.p50_ms - direct.p50_ms:+.2f} ms" if name != "direct" else ""
+            base = med.get(REPLICA_ROW, direct) if name == SERVER_ROW else direct
+            added = f"{r.p50_ms - base.p50_ms:+.2f} ms" if not upstream else ""
             errs = f" ({r.errors} errors)" if r.errors else ""
             print(
                 f"| {label} | {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
@@ -459,7 +466,8 @@ def main() -> None:
         for label, med in lat_rows:
             direct = med["direct"]
             for name, r in med.items():
-                added = f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} us" if name != "direct" else ""
+                base = med.get(REPLICA_ROW, direct) if name == SERVER_ROW else direct
+                added = f"{(r.p50_ms - base.p50_ms) * 1000:+.0f} us" if not name.startswith("direct") else ""
                 print(f"| {label} | {name} | {r.p50_ms * 1000:.0f} | {r.p99_ms * 1000:.0f} | {added} |")
 
 

@@ -36,6 +36,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
+    "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {

@@ -10,5 +10,6 @@ echo "[test] mypy"; mypy
 # want of one of them fails (tests/conftest.py), and the run ends with every skip and its reason.
 export OPENEAS_REQUIRE_REDIS=1
 export OPENEAS_REQUIRE_POSTGRES=1
+export OPENEAS_REQUIRE_RAY=1
 if [ "$(id -u)" = 0 ]; then export OPENEAS_REQUIRE_CONTAINERS=1; fi
 echo "[test] pytest"; python -m pytest -q -ra "$@"

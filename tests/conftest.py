@@ -32,6 +32,7 @@ REQUIRED = {
     "OPENEAS_REQUIRE_REDIS": "redis",
     "OPENEAS_REQUIRE_POSTGRES": "postgresql",
     "OPENEAS_REQUIRE_CONTAINERS": "podman",
+    "OPENEAS_REQUIRE_RAY": "ray",
 }
 
 

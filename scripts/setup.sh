@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OPENEAS_EXTRAS:-dev}
+EXTRAS=${OPENEAS_EXTRAS:-dev,ray}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

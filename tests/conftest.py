@@ -35,6 +35,7 @@ REQUIRED = {
     "OPENEAS_REQUIRE_CONTAINERS": "podman",
     "OPENEAS_REQUIRE_WRK": "wrk",
     "OPENEAS_REQUIRE_NGINX": "nginx",
+    "OPENEAS_REQUIRE_RAY": "ray",
 }
 
 

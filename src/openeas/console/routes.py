@@ -216,7 +216,9 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
     def live_service(request: Request, name: str) -> Response:
         async def frag() -> dict[str, str]:
             got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
-            return pages.replicas_fragment(got.body) if got.ok else {"status": "gone"}
+            if not got.ok:
+                return {"status": "gone"}
+            return {**pages.replicas_fragment(got.body), "charts": pages.charts_html(live.history_of(name))}
 
         return stream(request, frag)
 

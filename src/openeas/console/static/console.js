@@ -5,6 +5,7 @@ const targets = {
   groups: "#groups tbody",
   replicas: "#replicas tbody",
   status: "#status",
+  charts: "section.charts",
 };
 
 function sizeBars(root) {

@@ -65,7 +65,8 @@ def service_row(r: Mapping[str, Any]) -> str:
 
 def group_row(g: Mapping[str, Any]) -> str:
     members = ", ".join(f"{m['service']} ({m['weight']})" for m in g["members"]) or "no members"
-    return f'<tr id="grp-{esc(g["name"])}"><td>{esc(g["name"])}</td><td>{esc(members)}</td></tr>'
+    link = f'<a href="/console/groups/{esc(g["name"])}">{esc(g["name"])}</a>'
+    return f'<tr id="grp-{esc(g["name"])}"><td>{link}</td><td>{esc(members)}</td></tr>'
 
 
 def services_fragment(snap: Mapping[str, Any]) -> dict[str, str]:

@@ -692,3 +692,7 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)
 
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
+
+from openeas.cli.coldstart import coldstart  # noqa: E402  (`coldstart`, cli/coldstart.py)
+
+app.command("coldstart")(coldstart)

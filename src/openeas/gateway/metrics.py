@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from openeas.gateway.group_metrics import MemberMetrics, group_lines
 from openeas.gateway.histogram import histogram_lines
+from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -97,11 +98,14 @@ class HoldStats:
 class ServiceMetrics:
     """Counters for one service. Mutated only from the gateway's event loop."""
 
-    __slots__ = ("buckets", "by_code", "hold", "in_flight", "latency_count", "latency_sum_s")
+    __slots__ = ("buckets", "by_code", "hold", "in_flight", "latency_count", "latency_sum_s", "push_at")
 
     def __init__(self) -> None:
         self.by_code: dict[int, int] = {}
         self.in_flight = 0  # requests between their head and their outcome, held ones included
+        # The in-flight count (held included) at which the gateway sends its counters at once (a
+        # jump, see gateway/stats.py); raised by every datagram sent.
+        self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
         self.latency_sum_s = 0.0

@@ -335,7 +335,9 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.phase = PROXYING
         ex = self.ex
-        ex.start(route, now)
+        service_metrics = ex.start(route, now)
+        if service_metrics.in_flight >= service_metrics.push_at and ctx.on_jump is not None:
+            ctx.on_jump(route.service)  # the control plane hears of the jump at once (gateway/stats.py)
         creds = route.creds
         auth = self.authorization
         if creds is not None and not creds.fast_match(auth) and not self._authorize(route, method):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from openeas.api.coldstart import DEFAULT_WINDOW, prescale_view
+from openeas.api.coldstart import DEFAULT_WINDOW, RECENT_SHOWN, prescale_view
 from openeas.cli.coldstart import prescale_line
 from openeas.cli.main import app
 from openeas.controller.checks import checks_of
@@ -64,6 +64,7 @@ def test_start_record_keeps_spans_and_where_image_and_mounts_came_from():
 def test_documented_defaults():
     assert DEFAULT_WINDOW == 20  # docs/cold-start.md: `openeas coldstart` covers the last 20 starts
     assert KEEP_PER_SERVICE == 100  # ... and the store keeps the last 100 of each service
+    assert RECENT_SHOWN == 5  # ... listing the last 5 one by one
     assert checks_of(parse_spec(service_spec("d")).main).startup_timeout_s == 600.0  # the default deadline
 
 

@@ -3,10 +3,8 @@ starts, the last few starts, and the lead the cron pre-scaling uses (docs/cold-s
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 
 from openeas.cli import render
@@ -65,25 +63,3 @@ def show(view: dict[str, Any]) -> None:
         render.out.print(recent_table(view))
     render.out.print(prescale_line(view["prescale"]), highlight=False, soft_wrap=True)
 
-
-def coldstart(
-    name: Annotated[str, typer.Argument(help="Service name.")],
-    window: Annotated[int, typer.Option("--window", "-n", help="How many recent starts (1-100).")] = 20,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the API answer as one line of JSON.")
-    ] = False,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir", help="Data directory of the server (reads DIR/server.json).", file_okay=False
-        ),
-    ] = None,
-) -> None:
-    """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
-    from openeas.cli.main import _client, cli_errors  # it imports this module
-
-    def run() -> None:
-        answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
-        render.print_json(answer) if json_out else show(answer)
-
-    cli_errors(run)()

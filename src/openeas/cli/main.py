@@ -19,6 +19,7 @@ import typer
 from openeas import __version__
 from openeas.cli import render
 from openeas.cli.cache import cache_app
+from openeas.cli.coldstart import show as coldstart_show
 from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
@@ -707,3 +708,16 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)
 
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
+
+
+@app.command()
+@cli_errors
+def coldstart(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    window: Annotated[int, typer.Option("--window", "-n", help="How many recent starts (1-100).")] = 20,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
+    answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
+    render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py

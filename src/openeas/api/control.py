@@ -225,7 +225,9 @@ def replica_view(r: ReplicaRow, startup_deadline_s: float | None = None, now: fl
         "phase_times": {k: iso_time(v) for k, v in (r.phase_times or {}).items()},
         "runtime": r.runtime,
         "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
-        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")},
+        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")}
+        | ({"promotion_s": cold["promotion_s"]} if "promotion_s" in cold else {}),  # a standby's
+        "standby": bool(r.standby),
         "message": r.message,
         "startup": progress,  # Starting: seconds into the startup deadline (describe's line)
     }

@@ -38,6 +38,7 @@ from openeas.spec.processor import (
 )
 from openeas.spec.queue import QueueConfig
 from openeas.spec.secrets import masked
+from openeas.spec.standby import Standby
 
 
 def processor_unavailable(processor: str) -> str:
@@ -162,6 +163,9 @@ class Metadata(_Model):
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     eas: EasSection = Field(default_factory=EasSection)
+    standby: Standby = Field(
+        default_factory=Standby, description="OpenEAS: warmed replicas out of routing (docs/cold-start.md)"
+    )
     replica_runtime: RuntimeName = Field(
         default="auto",
         description=(

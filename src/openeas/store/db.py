@@ -101,6 +101,13 @@ def _v5_batch_jobs(conn: Connection) -> None:
     create_tables(conn)
 
 
+def _v9_standby(conn: Connection) -> None:
+    """``replicas.standby``: the replica is kept warmed out of routing (metadata.standby). A new
+    database has it already (v1 creates the tables as they are now)."""
+    if "standby" not in {c["name"] for c in inspect(conn).get_columns("replicas")}:
+        conn.execute(text("ALTER TABLE replicas ADD COLUMN standby INTEGER NOT NULL DEFAULT 0"))
+
+
 # Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
 _CIPHER = "openeas.cipher"
 
@@ -136,6 +143,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v6_sealed_secrets,
     _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
     _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
+    _v9_standby,  # v9: replicas.standby
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
@@ -448,7 +456,10 @@ class Store:
             self._bump_routing(s)
 
     # ---- replicas -------------------------------------------------------------------------------
-    def add_replica(self, service: str, version: int, *, workdir_root: Path) -> ReplicaRow:
+    def add_replica(
+        self, service: str, version: int, *, workdir_root: Path, standby: bool = False
+    ) -> ReplicaRow:
+        """A new Pending replica; ``standby``: it is kept warmed out of routing once started."""
         now = time.time()
         rid = f"{service}-{uuid.uuid4().hex[:8]}"
         workdir = workdir_root / rid
@@ -456,6 +467,7 @@ class Store:
             id=rid,
             service=service,
             version=version,
+            standby=int(standby),
             phase=ReplicaPhase.PENDING.value,
             phase_times={ReplicaPhase.PENDING.value: now},
             cold_start={},
@@ -468,9 +480,9 @@ class Store:
             s.add(row)
             spec = s.get(VersionRow, (service, version))
             _usage.opened(s, row, spec.spec if spec is not None else {})
-            self._event(
-                s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid
-            )
+            what = "standby replica" if standby else "replica"
+            msg = f"{what} {rid} created for version {version}"
+            self._event(s, service, "ReplicaCreated", msg, replica=rid)
         return row
 
     def replicas(self, service: str | None = None) -> list[ReplicaRow]:
@@ -506,7 +518,7 @@ class Store:
             new_phase = check_transition(old_phase, fields.get("phase", old_phase))
             for k, v in fields.items():
                 # `stopping` is an integer column (0 or 1): PostgreSQL takes no bool there
-                setattr(row, k, int(bool(v)) if k == "stopping" else v)
+                setattr(row, k, int(bool(v)) if k in ("stopping", "standby") else v)
             if new_phase != old_phase:
                 row.phase_times = {**(row.phase_times or {}), new_phase.value: now}
                 _usage.on_phase(s, row, old_phase, new_phase, now)

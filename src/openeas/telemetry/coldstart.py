@@ -18,8 +18,9 @@ COLD_START_SPANS: Mapping[str, tuple[P, tuple[P, ...]]] = {
     "fetch_s": (P.FETCHING, (P.PREPARING, P.STARTING)),
     "prepare_s": (P.PREPARING, (P.STARTING,)),
     "start_s": (P.STARTING, (P.WARMING,)),
-    "warm_s": (P.WARMING, (P.READY,)),
-    "total_s": (P.PENDING, (P.READY,)),
+    # A standby's cold start ends when it is parked, warmed (its promotion is timed apart).
+    "warm_s": (P.WARMING, (P.STANDBY, P.READY)),
+    "total_s": (P.PENDING, (P.STANDBY, P.READY)),
 }
 
 

@@ -53,7 +53,8 @@ def parse_samples(text: str, wanted: set[str]) -> dict[str, list[tuple[str, floa
     return out
 
 
-def _label(labels: str, key: str) -> str | None:
+def label_value(labels: str, key: str) -> str | None:
+    """The value of label ``key`` in a sample's ``{...}`` text, None when absent."""
     prefix = f'{key}="'
     i = labels.find(prefix)
     if i == -1:
@@ -106,18 +107,18 @@ class GatewayScrape:
         samples = parse_samples(text, _GATEWAY_NAMES)
         answered: dict[str, float] = {}
         for labels, v in samples.get("openeas_gateway_requests_total", []):
-            svc = _label(labels, "service")
+            svc = label_value(labels, "service")
             if svc is not None:
                 answered[svc] = answered.get(svc, 0.0) + v
         flying: dict[str, float] = {}
         for labels, v in samples.get("openeas_gateway_in_flight_requests", []):
-            svc = _label(labels, "service")
+            svc = label_value(labels, "service")
             if svc is not None:
                 flying[svc] = v
         self.replicas = {
             rid: int(v)
             for labels, v in samples.get("openeas_gateway_replica_in_flight", [])
-            if (rid := _label(labels, "replica")) is not None
+            if (rid := label_value(labels, "replica")) is not None
         }
         for svc in {*services, *answered, *flying}:
             f = flying.get(svc, 0.0)

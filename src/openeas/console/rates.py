@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from openeas.autoscaler.scrape import parse_samples
+from openeas.autoscaler.scrape import label_value, parse_samples
 
 _REQS = "openeas_gateway_requests_total"
 _BUCKET = "openeas_gateway_request_duration_seconds_bucket"
@@ -32,25 +32,16 @@ class Window:
     p99_ms: float | None
 
 
-def _label(labels: str, key: str) -> str | None:
-    prefix = f'{key}="'
-    i = labels.find(prefix)
-    if i == -1:
-        return None
-    j = labels.find('"', i + len(prefix))
-    return labels[i + len(prefix) : j] if j != -1 else None
-
-
 def parse(text: str, now: float) -> Scrape:
     """A gateway's Prometheus text as a Scrape taken at ``now``."""
     samples = parse_samples(text, {_REQS, _BUCKET})
     out = Scrape(now)
     for labels, value in samples.get(_REQS, []):
-        svc, code = _label(labels, "service"), _label(labels, "code")
+        svc, code = label_value(labels, "service"), label_value(labels, "code")
         if svc is not None and code is not None:
             out.codes.setdefault(svc, {})[code] = value
     for labels, value in samples.get(_BUCKET, []):
-        svc, le = _label(labels, "service"), _label(labels, "le")
+        svc, le = label_value(labels, "service"), label_value(labels, "le")
         if svc is not None and le is not None:
             out.buckets.setdefault(svc, {})[math.inf if le == "+Inf" else float(le)] = value
     return out

@@ -53,14 +53,17 @@ def parse_samples(text: str, wanted: set[str]) -> dict[str, list[tuple[str, floa
     return out
 
 
-def label_value(labels: str, key: str) -> str | None:
-    """The value of label ``key`` in a sample's ``{...}`` text, None when absent."""
+def label(labels: str, key: str) -> str | None:
+    """The value of label ``key`` in a sample's ``{...}`` text; None when it has none."""
     prefix = f'{key}="'
     i = labels.find(prefix)
     if i == -1:
         return None
     j = labels.find('"', i + len(prefix))
     return labels[i + len(prefix) : j] if j != -1 else None
+
+
+_label = label
 
 
 async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:
@@ -107,18 +110,18 @@ class GatewayScrape:
         samples = parse_samples(text, _GATEWAY_NAMES)
         answered: dict[str, float] = {}
         for labels, v in samples.get("openeas_gateway_requests_total", []):
-            svc = label_value(labels, "service")
+            svc = _label(labels, "service")
             if svc is not None:
                 answered[svc] = answered.get(svc, 0.0) + v
         flying: dict[str, float] = {}
         for labels, v in samples.get("openeas_gateway_in_flight_requests", []):
-            svc = label_value(labels, "service")
+            svc = _label(labels, "service")
             if svc is not None:
                 flying[svc] = v
         self.replicas = {
             rid: int(v)
             for labels, v in samples.get("openeas_gateway_replica_in_flight", [])
-            if (rid := label_value(labels, "replica")) is not None
+            if (rid := _label(labels, "replica")) is not None
         }
         for svc in {*services, *answered, *flying}:
             f = flying.get(svc, 0.0)

@@ -42,7 +42,7 @@ from openeas.kernel.clock import Clock, LoopClock
 from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
+from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError, Unschedulable
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -57,7 +57,7 @@ from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow, Store
 from openeas.store.schema import ReplicaFields
-from openeas.telemetry.coldstart import breakdown
+from openeas.telemetry.coldstart import breakdown, start_record
 
 log = logging.getLogger("openeas.replica")
 
@@ -127,6 +127,13 @@ class _Failure(Exception):
         self.reason = reason
 
 
+class _Unschedulable(Exception):
+    """No node can hold the replica now: it stays Pending and asks again later (no backoff streak)."""
+
+
+UNSCHEDULABLE_RETRY_S = 5.0  # seconds between two placement attempts of a replica no node can hold
+
+
 class ReplicaSupervisor:
     def __init__(
         self,
@@ -151,6 +158,7 @@ class ReplicaSupervisor:
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
         self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
         self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
+        self._unschedulable_said = False  # the Unschedulable event is written once, not every retry
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -217,6 +225,12 @@ class ReplicaSupervisor:
                     await self._watch(spec)
             except _Failure as exc:
                 self._fail(exc.reason, str(exc))
+            except _Unschedulable as exc:
+                if not self._unschedulable_said:
+                    self._event(self._row(), "Unschedulable", str(exc), warning=True)
+                    self._unschedulable_said = True
+                await self._sleep(UNSCHEDULABLE_RETRY_S)
+                continue
             except (_Stop, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a bug: back off like a crash instead of churning replicas
@@ -331,7 +345,14 @@ class ReplicaSupervisor:
                 who = None if self.user is None else (self.user.uid, self.user.gid)
                 launch = replace(launch, env=env, user=who)
                 self._env = env
-            self.ref = self.runtime.start(launch)
+            if self.runtime.name == "ray":  # placement takes seconds: off the loop, the port kept by the row
+                self._set(port=port)
+                self.ref = await asyncio.to_thread(self.runtime.start, launch)
+            else:
+                self.ref = self.runtime.start(launch)
+        except Unschedulable as exc:  # fits on no node: stays Pending, says which resource is short
+            self._set(phase=ReplicaPhase.PENDING, message=str(exc))
+            raise _Unschedulable(str(exc)) from None
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
@@ -340,6 +361,8 @@ class ReplicaSupervisor:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:
             what = f"process {self.ref.pid} listening on port {port}"
+            if self.ref.extra.get("node"):
+                what += f" on Ray node {self.ref.extra['node'][:12]}"
             if launch.memory_limit_mb is not None:
                 what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
         self._event(row, "Started", what)
@@ -480,7 +503,11 @@ class ReplicaSupervisor:
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
                 if tracker.startup_expired(self.clock.now()):
-                    msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
+                    msg = (
+                        f"not ready within the startup deadline of {tracker.startup_timeout_s:g} s "
+                        f"({checks.startup_timeout_from}; raise it if the model needs longer): "
+                        + result.detail
+                    )
                     raise _Failure("StartupTimeout", msg)
             await self._sleep(ALIVE_CHECK_S)
 
@@ -508,7 +535,9 @@ class ReplicaSupervisor:
     def _mark_ready(self) -> None:
         row = self._set(phase=ReplicaPhase.READY, message=None)
         spans = breakdown(row.phase_times)
-        self._set(cold_start={**(row.cold_start or {}), **spans})
+        cold = {**(row.cold_start or {}), **spans}
+        self._set(cold_start=cold)
+        self.store.record_cold_start(row.service, row.version, row.id, start_record(cold))
         if self.cfg.on_ready is not None:
             self.cfg.on_ready(row.service, spans)
         self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from openeas.kernel.routing import BALANCER_NAMES
 from openeas.spec.base import NAME_RE, Number, SpecModel, is_stored
 
 
@@ -95,6 +96,21 @@ class Metadata(SpecModel):
         ),
         json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"},
     )
+
+    balancer: str | None = Field(
+        default=None,
+        description=(
+            "OpenEAS: how the gateway picks a replica for each request, by name (docs/balancers.md); "
+            "default least-request"
+        ),
+    )
+
+    @field_validator("balancer")
+    @classmethod
+    def _balancer(cls, v: str | None) -> str | None:
+        if v is not None and v not in BALANCER_NAMES:
+            raise ValueError(f"unknown balancer {v!r}; known: {', '.join(sorted(BALANCER_NAMES))}")
+        return v
 
     @field_validator("group")
     @classmethod

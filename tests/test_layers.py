@@ -30,7 +30,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "controller autoscaler batch stress cost",
         "api gateway_keeper",
         "console",
-        "server",
+        "server localcluster balancer",
         "cli processor testserver",
     )
 )

@@ -19,6 +19,7 @@ import typer
 from openeas import __version__
 from openeas.cli import render
 from openeas.cli.cache import cache_app
+from openeas.cli.cluster import cluster_app, cluster_env
 from openeas.cli.coldstart import show as coldstart_show
 from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.group import group_app, rollout
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 
 app.add_typer(group_app)
+app.add_typer(cluster_app, name="cluster")
 app.command("rollout")(rollout)
 
 P = ParamSpec("P")
@@ -134,12 +136,18 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
+    cluster: Annotated[
+        Path | None,
+        typer.Option("--cluster", help="Talk to the local cluster of this folder ('openeas cluster up')."),
+    ] = None,
 ) -> None:
     """OpenEAS: deploy, route, autoscale and observe model servers.
 
     Server: --data-dir, else OPENEAS_SERVER (+ OPENEAS_ADMIN_TOKEN), else OPENEAS_DATA_DIR, else ./.data.
     """
     _state.data_dir = data_dir
+    if cluster is not None:  # the same as OPENEAS_SERVER + OPENEAS_ADMIN_TOKEN
+        os.environ.update(cluster_env(cluster))
 
 
 # -- server -------------------------------------------------------------------------------------

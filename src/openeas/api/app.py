@@ -26,6 +26,7 @@ from starlette.routing import Route
 from openeas.api.archive import add_archive_routes
 from openeas.api.batch import add_batch_routes
 from openeas.api.cache import add_cache_routes
+from openeas.api.coldstart import add_coldstart_routes
 from openeas.api.control import ControlPlane, iso_time, not_deleting
 from openeas.api.cost import add_cost_routes, cost_of
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
@@ -139,6 +140,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
+    add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)
     add_archive_routes(app, cp, auth)  # /api/v1/archive (api/archive.py)
 
     async def _spec_body(request: Request) -> Any:

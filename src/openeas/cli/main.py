@@ -19,6 +19,7 @@ import typer
 from openeas import __version__
 from openeas.cli import render
 from openeas.cli.cache import cache_app
+from openeas.cli.coldstart import show as coldstart_show
 from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
@@ -249,6 +250,17 @@ def server(
             envvar="OPENEAS_STORE",
         ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="Where replicas run: 'embedded' (processes or containers on this machine) or 'ray' "
+            "(actors placed by the Ray cluster at --ray-address; needs openeas[ray]; docs/cluster.md).",
+        ),
+    ] = "embedded",
+    ray_address: Annotated[
+        str,
+        typer.Option(help="The Ray cluster of --runtime ray: 'auto' (this machine's) or HOST:PORT."),
+    ] = "auto",
     archive_after_days: Annotated[
         float,
         typer.Option(
@@ -278,6 +290,10 @@ def server(
         os.environ["OPENEAS_ARCHIVE_AFTER_S"] = f"{archive_after_s:g}"
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
+    if runtime not in ("embedded", "ray"):
+        raise typer.BadParameter(f"expected 'embedded' or 'ray', got {runtime!r}", param_hint="--runtime")
+    if runtime == "ray":  # build_runtimes (runtime/select.py) reads it from there
+        os.environ["OPENEAS_RAY_ADDRESS"] = ray_address
     for f in deploy or []:
         # a bad --deploy spec is invalid input (exit 2) before anything starts
         _read_spec(str(f), groups_ok=False)
@@ -708,6 +724,18 @@ app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)
 
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
 
+
+@app.command()
+@cli_errors
+def coldstart(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    window: Annotated[int, typer.Option("--window", "-n", help="How many recent starts (1-100).")] = 20,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
+    answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
+    render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py
 # The 180-day rule's archive (cli/archive.py).
 from openeas.cli.archive import archive_commands  # noqa: E402
 

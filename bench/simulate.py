@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from openeas.cost.simulate import generate, shape_rates, simulate
+from openeas.autoscaler.simulate import generate, shape_rates, simulate
 from openeas.spec import parse_spec
 
 SPEC = {

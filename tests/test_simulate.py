@@ -1,4 +1,4 @@
-"""The simulator (openeas.cost.simulate): traces replayed through the real decide()."""
+"""The simulator (openeas.autoscaler.simulate): traces replayed through the real decide()."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from openeas.cost.simulate import (
+from openeas.autoscaler.simulate import (
     DECIDE_EVERY_S,
     Trace,
     generate,

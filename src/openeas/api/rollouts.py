@@ -10,9 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ConfigDict, Field
 
-from openeas.controller.rollout_staged import validate_steps
 from openeas.errors import Conflict, SpecError
-from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState
+from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
 from openeas.spec.numbers import CheckedNumbers
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore
@@ -45,7 +44,7 @@ class RolloutBody(CheckedNumbers):
 
 def rollout_view(plan: RolloutPlan, state: RolloutState, controller: Any) -> dict[str, Any]:
     st = state.to_dict()
-    for internal in ("baseline_codes", "baseline_buckets", "rebase"):
+    for internal in ("baseline_codes", "baseline_buckets", "rebase", "restore_pending"):
         st.pop(internal, None)
     out: dict[str, Any] = {
         "group": plan.group,
@@ -131,13 +130,7 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
         return rollout_view(plan, state, controller())
 
     def command(name: str, what: str) -> dict[str, Any]:
-        plan, state = rollouts.command(name, what)
-        if what == "abort":
-            from openeas.controller.rollout_loop import restore_routes
-
-            restore_routes(
-                groups, plan, "RolloutAborted", f"rollout to {plan.candidate} aborted: routes restored"
-            )
+        plan, state = rollouts.command(name, what)  # an abort: the controller restores the routes
         wake()
         return rollout_view(plan, state, controller())
 

@@ -12,8 +12,8 @@ import pytest
 
 from openeas.controller.rollout_loop import RolloutController
 from openeas.controller.rollout_staged import decide, step_weights, validate_steps
-from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
 from openeas.errors import Conflict
+from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import Store
@@ -237,7 +237,7 @@ def test_a_rollback_written_before_a_crash_is_restored_by_the_next_controller(
     store, gw, clock = rig
     start(store)
     look(store, gw, clock)
-    plan, state = RolloutStore(store).active()[0]
+    _, state = RolloutStore(store).active()[0]
     # The rolled-back state was written, then the control plane died before restoring the routes.
     crashed = state.but(status=Status.ROLLED_BACK, reason="p99 breach", finished_at=clock.now, restore_pending=True)
     assert RolloutStore(store).save("g", crashed, expect=state)

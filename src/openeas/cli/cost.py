@@ -19,6 +19,8 @@ import typer
 import yaml
 
 from openeas.cli import render
+from openeas.cli.common import fail as _fail
+from openeas.cli.common import read_spec
 from openeas.cost import estimate, load_catalog, parse_traffic, render_text
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client
@@ -59,9 +61,7 @@ def estimate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the estimate as one line of JSON.")] = False,
 ) -> None:
     """The monthly estimate of a spec: each line with its arithmetic, the total, the traps."""
-    from openeas.cli.main import _fail, _read_spec
-
-    data = _read_spec(file, groups_ok=False)
+    data = read_spec(file, groups_ok=False)
     errors: list[str] = []
     cat = prof = None
     try:

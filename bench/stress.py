@@ -51,13 +51,14 @@ class Hit(FastHttpUser):
 GENERATE = """
 import json, sys, uvloop
 from openeas.stress.client import HttpTransport, build_requests
-from openeas.stress.generator import Generator, MonotonicClock
+from openeas.kernel.clock import LOOP_CLOCK
+from openeas.stress.generator import Generator
 from openeas.stress.plan import Arrival
 
 async def main(port, rate, duration):
     tr = HttpTransport("127.0.0.1", port, build_requests("POST", "127.0.0.1", port, "/", {}, [b"{}"]),
                        timeout_s=10)
-    gen = Generator(tr, MonotonicClock(), 1, budget=10_000_000)
+    gen = Generator(tr, LOOP_CLOCK, 1, budget=10_000_000)
     await tr.warm(16)
     w = await gen.rate_step(rate, duration, Arrival.CONSTANT)
     await gen.drain(5)

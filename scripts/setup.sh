@@ -64,7 +64,8 @@ fi
 
 # Debian packages: podman, runc and debootstrap for the container runtime (its tests build a
 # small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks;
-# redis-server for the async queue's Redis backend (its tests start one on 127.0.0.1).
+# redis-server for the async queue's Redis backend (its tests start one on 127.0.0.1); postgresql
+# for the store's PostgreSQL backend.
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
@@ -74,6 +75,9 @@ command -v runc >/dev/null || missing+=(runc)
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# PostgreSQL for the store's PostgreSQL backend: its tests start a server of their own on
+# 127.0.0.1 (tests/pg_fixtures.py; Debian keeps initdb and postgres under /usr/lib/postgresql).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"

@@ -6,8 +6,9 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "[test] ruff"; ruff check src tests bench scripts
 echo "[test] mypy"; mypy
-# Setup installs redis-server, and podman where we are root: here a test that skips for want of
-# one of them fails (tests/conftest.py), and the run ends with every skip and its reason.
+# Setup installs redis-server, PostgreSQL, and podman where we are root: here a test that skips for
+# want of one of them fails (tests/conftest.py), and the run ends with every skip and its reason.
 export OPENEAS_REQUIRE_REDIS=1
+export OPENEAS_REQUIRE_POSTGRES=1
 if [ "$(id -u)" = 0 ]; then export OPENEAS_REQUIRE_CONTAINERS=1; fi
 echo "[test] pytest"; python -m pytest -q -ra "$@"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Server, new_server, stop_and_reap
+from tests.pg_fixtures import pg_server, pg_url, store_url  # noqa: F401  (fixtures for every module)
 
 
 @pytest.fixture
@@ -25,9 +26,13 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_and_reap(srv)
 
 
-# scripts/test.sh installs Redis and podman and sets these: there, a test that skips for want of
+# scripts/test.sh installs Redis, PostgreSQL and podman and sets these: there, a test that skips for want of
 # one of them fails instead (a skip would hide that a required component was never exercised).
-REQUIRED = {"OPENEAS_REQUIRE_REDIS": "redis", "OPENEAS_REQUIRE_CONTAINERS": "podman"}
+REQUIRED = {
+    "OPENEAS_REQUIRE_REDIS": "redis",
+    "OPENEAS_REQUIRE_POSTGRES": "postgresql",
+    "OPENEAS_REQUIRE_CONTAINERS": "podman",
+}
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,7 +14,7 @@ from openeas.gateway.metrics import HoldStats
 from openeas.gateway.proxy import IDLE
 from openeas.gateway.stats import samples
 from openeas.telemetry.gateway_stats import ServiceSample
-from tests.test_gateway_protocol import (
+from tests.fakeloop import (
     GET,
     GET_UPSTREAM,
     OK,

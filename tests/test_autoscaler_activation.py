@@ -1,6 +1,7 @@
 """The autoscaler as the one automatic writer of desired replicas: an async service at zero with
 a queued request is started by it (``ScaleFromZero``), with or without a policy; a real store
-(SQLite in tmp_path), a hand-written backlog source and a manual clock."""
+(SQLite in tmp_path), a hand-written backlog source and the one fake clock (tests call tick()
+themselves and jump it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from openeas.autoscaler.activation import ACTIVATION_EVERY_S, QueueActivation
 from openeas.autoscaler.loop import Autoscaler
+from openeas.kernel.clock import FakeClock
 from openeas.kernel.states import ServiceState
 from openeas.queue.model import Backlog
 from openeas.spec import parse_spec
@@ -27,17 +29,6 @@ class FakeBacklogs:
         return {s: self.values[s] for s in services if s in self.values}
 
 
-class ManualClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float, until: Any = None) -> bool:
-        raise AssertionError("tests drive tick() themselves")
-
-
 def deploy(store: Store, kind: str | None, policy: bool = False) -> None:
     meta: dict[str, Any] = {"name": "svc", "instance": 0}
     if kind:
@@ -48,11 +39,10 @@ def deploy(store: Store, kind: str | None, policy: bool = False) -> None:
     store.create_service(parse_spec(spec))
 
 
-def scaler(store: Store, source: FakeBacklogs, clock: ManualClock, woken: list[int]) -> Autoscaler:
+def scaler(store: Store, source: FakeBacklogs, clock: FakeClock, woken: list[int]) -> Autoscaler:
     return Autoscaler(
         store,
         clock=clock,
-        wall=lambda: 1_704_276_000.0,
         activation=QueueActivation(store, source),
         wake_reconciler=lambda: woken.append(1),
     )
@@ -79,7 +69,7 @@ async def test_an_async_service_at_zero_is_woken_by_the_autoscaler(
     if stopped:
         store.update_service("svc", state=ServiceState.STOPPED)
     woken: list[int] = []
-    a = scaler(store, FakeBacklogs({"svc": backlog} if backlog else {}), ManualClock(), woken)
+    a = scaler(store, FakeBacklogs({"svc": backlog} if backlog else {}), FakeClock(100.0), woken)
     await a.tick()
     assert store.get_service("svc").desired_replicas == desired
     events = [e for e in store.events("svc") if e.reason == "ScaleFromZero"]
@@ -94,17 +84,17 @@ async def test_backlogs_are_read_at_most_every_half_second(tmp_path: Path) -> No
     assert ACTIVATION_EVERY_S == 0.5  # the documented period (docs/async.md)
     store = Store(tmp_path / "data")
     deploy(store, "Async")
-    source, clock = FakeBacklogs({}), ManualClock(100.0)
+    source, clock = FakeBacklogs({}), FakeClock(100.0)
     a = scaler(store, source, clock, [])
     await a.tick()
-    clock.t = 100.4  # 0.4 s later: not yet
+    clock.jump(0.4)  # 0.4 s later: not yet
     await a.tick()
     assert len(source.asked) == 1
-    clock.t = 100.5
+    clock.jump(0.1)
     source.values["svc"] = Backlog(2, 0)
     await a.tick()
     assert source.asked == [["svc"], ["svc"]]
     assert store.get_service("svc").desired_replicas == 1
-    clock.t = 101.0  # at one replica: nothing to read
+    clock.jump(0.5)  # at one replica: nothing to read
     await a.tick()
     assert len(source.asked) == 2

@@ -15,6 +15,7 @@ from openeas.autoscaler.loop import Autoscaler, AutoscalerConfig
 from openeas.autoscaler.metrics import ColdStarts, ServiceView, aggregate
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper, parse_samples
 from openeas.autoscaler.windows import Counter, Gauge
+from openeas.kernel.clock import FakeClock
 from openeas.spec import parse_spec
 from openeas.spec.autoscaling import MetricTarget
 from openeas.store import Store
@@ -45,15 +46,12 @@ class FakeTraffic:
         return 0.0
 
 
-class ManualClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
+WALL = 1_704_276_000.0  # a Wednesday, 10:00 UTC
 
-    def now(self) -> float:
-        return self.t
 
-    async def sleep(self, seconds: float, until: Any = None) -> bool:  # not used: tests call tick()
-        raise AssertionError("tests drive tick() themselves")
+def clock_at_wall() -> FakeClock:
+    """The one fake clock, its wall time at WALL (tests call tick() themselves and jump it)."""
+    return FakeClock(start=WALL - FakeClock.WALL_OFFSET)
 
 
 def deploy(store: Store, autoscaling: dict[str, Any], instance: int = 1, **extra: Any) -> None:
@@ -77,12 +75,11 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "data")
 
 
-def scaler(store: Store, traffic: FakeTraffic, clock: ManualClock, woken: list[int]) -> Autoscaler:
+def scaler(store: Store, traffic: FakeTraffic, clock: FakeClock, woken: list[int]) -> Autoscaler:
     return Autoscaler(
         store,
         traffic=traffic,
         clock=clock,
-        wall=lambda: 1_704_276_000.0,
         wake_reconciler=lambda: woken.append(1),
         cfg=AutoscalerConfig(tick_s=0.1),
     )
@@ -90,7 +87,7 @@ def scaler(store: Store, traffic: FakeTraffic, clock: ManualClock, woken: list[i
 
 async def test_a_change_is_written_with_an_event_and_wakes_the_reconciler(store: Store) -> None:
     deploy(store, POLICY)
-    traffic, clock, woken = FakeTraffic(rate=1.5, in_flight=6.0), ManualClock(), []
+    traffic, clock, woken = FakeTraffic(rate=1.5, in_flight=6.0), clock_at_wall(), []
     a = scaler(store, traffic, clock, woken)
     await a.tick()
     # 6 in flight / target 2 = 3 replicas
@@ -100,7 +97,7 @@ async def test_a_change_is_written_with_an_event_and_wakes_the_reconciler(store:
     assert woken == [1]
     assert ("svc", 10.0) in traffic.asked  # the default metric window
     # the same load again: no change, no event, but a fresh decision with its reason
-    clock.t += 1
+    clock.jump(1)
     await a.tick()
     assert len([e for e in store.events("svc") if e.reason == "Autoscaled"]) == 1
     st = a.status("svc")
@@ -113,11 +110,11 @@ async def test_a_change_is_written_with_an_event_and_wakes_the_reconciler(store:
 
 async def test_no_data_moves_nothing_and_warns_once(store: Store) -> None:
     deploy(store, POLICY, instance=2)
-    traffic, clock, woken = FakeTraffic(rate=None, in_flight=None), ManualClock(), []
+    traffic, clock, woken = FakeTraffic(rate=None, in_flight=None), clock_at_wall(), []
     a = scaler(store, traffic, clock, woken)
     for _ in range(3):
         await a.tick()
-        clock.t += 1
+        clock.jump(1)
     assert store.get_service("svc").desired_replicas == 2 and woken == []
     warnings = [e for e in store.events("svc") if e.reason == "AutoscalerNoData"]
     assert len(warnings) == 1 and "no data for concurrent_requests" in warnings[0].message
@@ -127,7 +124,7 @@ async def test_no_data_moves_nothing_and_warns_once(store: Store) -> None:
 
 async def test_metrics_gauges_show_value_target_and_bounds(store: Store) -> None:
     deploy(store, POLICY)
-    a = scaler(store, FakeTraffic(rate=1.0, in_flight=4.0), ManualClock(), [])
+    a = scaler(store, FakeTraffic(rate=1.0, in_flight=4.0), clock_at_wall(), [])
     await a.tick()
     m = ControlMetrics(store)
     m.add_collector(a.collector())
@@ -141,7 +138,7 @@ async def test_metrics_gauges_show_value_target_and_bounds(store: Store) -> None
 
 async def test_wake_from_zero_on_a_held_request(store: Store) -> None:
     deploy(store, {**POLICY, "min_replicas": 0}, instance=0)
-    traffic, clock = FakeTraffic(), ManualClock()
+    traffic, clock = FakeTraffic(), clock_at_wall()
     a = scaler(store, traffic, clock, [])
     await a.tick()
     assert store.get_service("svc").desired_replicas == 0
@@ -152,7 +149,7 @@ async def test_wake_from_zero_on_a_held_request(store: Store) -> None:
 
 async def test_an_update_keeps_the_autoscaled_count(store: Store) -> None:
     deploy(store, POLICY)
-    a = scaler(store, FakeTraffic(rate=1.0, in_flight=8.0), ManualClock(), [])
+    a = scaler(store, FakeTraffic(rate=1.0, in_flight=8.0), clock_at_wall(), [])
     await a.tick()
     assert store.get_service("svc").desired_replicas == 4
     spec = store.version_spec("svc", 1).to_dict()

@@ -18,7 +18,7 @@ import pytest
 from openeas.autoscaler import DecisionContext, Observation, PolicyState, Traffic, decide
 from openeas.kernel.routing import Route, RouteSettings, Upstream
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
-from tests.test_gateway_protocol import GET, OK, Gateway, error
+from tests.fakeloop import GET, OK, Gateway, error
 
 MIB = 1024 * 1024
 HELD = 100  # docs/scale-from-zero.md: requests held per service

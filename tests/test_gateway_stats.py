@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from openeas.kernel.clock import FakeClock
 from openeas.telemetry.gateway_stats import (
     MAX_DATAGRAM_BYTES,
     GatewayStats,
@@ -23,21 +24,12 @@ from openeas.telemetry.gateway_stats import (
     socket_path,
 )
 
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 # A datagram: (gateway id, receive time s, uptime s or None, {service: (arrivals, in_flight, held)}).
 Datagram = tuple[str, float, float | None, dict[str, tuple[int, int, int]]]
 
 
 def fed(datagrams: list[Datagram], **kw: float) -> GatewayStats:
-    stats = GatewayStats(FakeClock(), **kw)
+    stats = GatewayStats(FakeClock(0.0).now, **kw)
     for gid, t, up, services in datagrams:
         samples = {name: ServiceSample(*values) for name, values in services.items()}
         stats.observe(gid, samples, t, uptime_s=up)
@@ -294,7 +286,7 @@ def test_current_and_last_seen() -> None:
 
 def test_on_demand_is_called_when_a_datagram_says_requests_are_held() -> None:
     calls: list[str] = []
-    stats = GatewayStats(FakeClock(), on_demand=calls.append)
+    stats = GatewayStats(FakeClock(0.0).now, on_demand=calls.append)
     stats.observe("g1", {"a": ServiceSample(1, 0, 0), "b": ServiceSample(1, 0, 1)}, 0.0)
     stats.observe("g1", {"a": ServiceSample(2, 0, 0), "b": ServiceSample(1, 0, 1)}, 0.2)
     stats.observe("g1", {"a": ServiceSample(2, 0, 0), "b": ServiceSample(1, 1, 0)}, 0.4)
@@ -305,7 +297,7 @@ def test_a_failing_on_demand_does_not_lose_the_sample() -> None:
     def boom(service: str) -> None:
         raise RuntimeError("autoscaler bug")
 
-    stats = GatewayStats(FakeClock(), on_demand=boom)
+    stats = GatewayStats(FakeClock(0.0).now, on_demand=boom)
     stats.observe("g1", {"svc": ServiceSample(1, 0, 1)}, 0.0)
     assert stats.held("svc", 0.0) == 1
 
@@ -370,7 +362,7 @@ def test_receive_feeds_the_stats_and_ignores_garbage(tmp_path: Path) -> None:
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)  # longer than sun_path: reached through a dir fd
     clock = FakeClock(7.0)
-    stats = GatewayStats(clock)
+    stats = GatewayStats(clock.now)
 
     async def scenario() -> None:
         stop = asyncio.Event()

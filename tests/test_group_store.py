@@ -1,4 +1,4 @@
-"""Service groups in the store (real SQLite): create/apply/change/rollback/join/leave, the routing
+"""Service groups in the store (real SQLite and PostgreSQL): create/apply/change/rollback/join/leave, the routing
 publication the gateway reads, the traffic times behind the 48-hour rule, and the v3 migration."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from openeas.errors import Conflict, NotFound, SpecError
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.source import StoreRoutingSource, routing_source
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import MIGRATIONS, Store, db_path
@@ -26,8 +26,8 @@ def spec(name: str, **meta: object) -> object:
 
 
 @pytest.fixture
-def gs(tmp_path: Path) -> GroupStore:
-    store = Store(tmp_path)
+def gs(tmp_path: Path, store_url: str | None) -> GroupStore:
+    store = Store(tmp_path, url=store_url)
     for name in ("blue", "green", "canary"):
         store.create_service(spec(name))  # type: ignore[arg-type]
     return GroupStore(store)
@@ -41,7 +41,7 @@ def test_create_publishes_the_group_to_the_gateways_source(gs: GroupStore) -> No
     before = gs.store.routing_version()
     gs.create(group(token="group-token-123"))  # type: ignore[arg-type]
     assert gs.store.routing_version() == before + 1
-    table = StoreRoutingSource(gs.store.data_dir).poll()
+    table = routing_source(gs.store.data_dir, gs.store.url).poll()
     assert table is not None
     g = table.groups["shop"]
     assert g.token == "group-token-123"

@@ -1,20 +1,25 @@
 """The dispatcher on a real SQLite queue with a hand-written fake replica transport: windows per
 replica, failed attempts redelivered to another replica, dead letters after max_delivery, leases
-given back on stop."""
+given back on stop. On the one fake clock: the dispatcher's polls, lease renewals, cooldowns
+and its stop's grace period pass in virtual time."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from openeas.kernel.clock import FakeClock
 from openeas.kernel.queue import QueueSettings
 from openeas.queue import Message, Result, State, open_backend
 from openeas.queue.base import QueueBackend
 from openeas.queue.dispatcher import Answer, CallFailed, Dispatcher, Target
+from tests.fakes import drive
 
 A = Target("a", "127.0.0.1", 1)
 B = Target("b", "127.0.0.1", 2)
@@ -66,54 +71,77 @@ async def fill(q: QueueBackend, n: int) -> list[str]:
     return ids
 
 
-async def until(predicate: object, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+class Counted:
+    """The queue as the dispatcher sees it, counting its calls under way (they run on the queue's
+    own thread): the fake clock stands still while one is, as a real one would barely move."""
+
+    def __init__(self, q: QueueBackend) -> None:
+        self.q, self.under_way = q, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.q, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.under_way += 1
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                self.under_way -= 1
+
+        return call
 
 
-async def test_each_replica_gets_at_most_its_window(q: QueueBackend) -> None:
+@pytest.fixture
+def counted(q: QueueBackend) -> Counted:
+    return Counted(q)
+
+
+@pytest.fixture
+def clock(counted: Counted) -> FakeClock:
+    return FakeClock(busy=lambda: counted.under_way > 0)
+
+
+async def test_each_replica_gets_at_most_its_window(q: QueueBackend, counted: Counted, clock: FakeClock) -> None:
     ids = await fill(q, 10)
     caller = FakeCaller({"a": "ok", "b": "ok"})
     caller.gate = asyncio.Event()
     stored: list[Result] = []
-    d = Dispatcher(q, "c1", caller=caller, on_result=stored.append)
+    d = Dispatcher(cast(QueueBackend, counted), "c1", caller=caller, on_result=stored.append, clock=clock)
     d.update({"svc": (QueueSettings(window=2), [A, B])})
-    await until(lambda: len(caller.calls) == 4)  # 2 replicas x window 2
-    await asyncio.sleep(0.05)
+    await clock.run_until(lambda: len(caller.calls) == 4)  # 2 replicas x window 2
+    await clock.advance(5.0)  # polls and lease renewals: no fifth call while the windows are full
     assert len(caller.calls) == 4 and (await q.backlog("svc")).in_flight == 4
     caller.gate.set()
-    await until(lambda: len(stored) == 10)
+    await clock.run_until(lambda: len(stored) == 10)
     assert caller.peak == {"a": 2, "b": 2}
     assert sorted(r.request_id for r in stored) == ids
     assert all(r.body == b"done:" + r.request_id.encode() for r in stored)
-    await d.stop(1)
+    await drive(clock, d.stop(1))
 
 
-async def test_a_refusing_replica_redelivers_to_another(q: QueueBackend) -> None:
+async def test_a_refusing_replica_redelivers_to_another(q: QueueBackend, counted: Counted, clock: FakeClock) -> None:
     await fill(q, 6)
     caller = FakeCaller({"a": "gone", "b": "ok"})
     stored: list[Result] = []
-    d = Dispatcher(q, "c1", caller=caller, on_result=stored.append)
+    d = Dispatcher(cast(QueueBackend, counted), "c1", caller=caller, on_result=stored.append, clock=clock)
     d.update({"svc": (QueueSettings(window=1, max_delivery=5), [A, B])})
-    await until(lambda: len(stored) == 6)
+    await clock.run_until(lambda: len(stored) == 6)
     assert {r for r, _ in caller.calls} == {"a", "b"}
     assert all(r.attempts >= 1 for r in stored)
     stats = d.stats("svc")
     assert stats is not None and stats.completed == 6 and stats.failed_attempts >= 1 and stats.dead == 0
-    await d.stop(1)
+    await drive(clock, d.stop(1))
 
 
-async def test_always_failing_requests_go_dead_after_max_delivery(q: QueueBackend) -> None:
+async def test_always_failing_requests_go_dead_after_max_delivery(q: QueueBackend, counted: Counted, clock: FakeClock) -> None:
     (rid,) = await fill(q, 1)
     caller = FakeCaller({"a": "fail"})
-    d = Dispatcher(q, "c1", caller=caller, cooldown_s=0.05)
+    d = Dispatcher(cast(QueueBackend, counted), "c1", caller=caller, cooldown_s=0.05, clock=clock)
     d.update({"svc": (QueueSettings(max_delivery=3), [A])})
-    deadline = time.monotonic() + 5
-    while not (dead_letters := await q.dead_letters("svc", 10)):
-        assert time.monotonic() < deadline, "no dead letter"
-        await asyncio.sleep(0.01)
+    await clock.run_until(lambda: d.stats("svc") is not None and d.stats("svc").dead == 1)  # type: ignore[union-attr]
+    dead_letters = await q.dead_letters("svc", 10)
     # Dead: it can be claimed no more, so the count of attempts is final.
     assert len(caller.calls) == 3  # max_delivery attempts, then no more
     (dead,) = dead_letters
@@ -121,20 +149,20 @@ async def test_always_failing_requests_go_dead_after_max_delivery(q: QueueBacken
     caller.behaviour["a"] = "ok"  # the replica is fixed
     assert await q.redrive("svc", [rid]) == 1
     d.wake("svc")
-    await until(lambda: len(caller.calls) == 4)
-    await until(lambda: (d.stats("svc") or None) is not None and d.stats("svc").completed == 1)  # type: ignore[union-attr]
+    await clock.run_until(lambda: len(caller.calls) == 4)
+    await clock.run_until(lambda: d.stats("svc").completed == 1)  # type: ignore[union-attr]
     assert (await q.lookup("svc", rid))[0] is State.DONE
-    await d.stop(1)
+    await drive(clock, d.stop(1))
 
 
-async def test_stop_gives_unanswered_requests_back_uncounted(q: QueueBackend) -> None:
+async def test_stop_gives_unanswered_requests_back_uncounted(q: QueueBackend, counted: Counted, clock: FakeClock) -> None:
     await fill(q, 2)
     caller = FakeCaller({"a": "ok"})
     caller.gate = asyncio.Event()  # never set: the calls hang
-    d = Dispatcher(q, "c1", caller=caller)
+    d = Dispatcher(cast(QueueBackend, counted), "c1", caller=caller, clock=clock)
     d.update({"svc": (QueueSettings(window=2), [A])})
-    await until(lambda: len(caller.calls) == 2)
-    await d.stop(0.05)
+    await clock.run_until(lambda: len(caller.calls) == 2)
+    await drive(clock, d.stop(1))  # the grace period passes in virtual time
     b = await q.backlog("svc")
     assert (b.queued, b.in_flight) == (2, 0)
     again = await q.claim("svc", "c2", 2, 30, time.time())

@@ -1,5 +1,5 @@
 """The staged rollout: the pure decision (table), the window arithmetic, and the controller's
-looks on a real SQLite store with a hand-written fake of the gateway's counters and a fake clock
+looks on a real SQLite store with a hand-written fake of the gateway's counters and the one fake clock (kernel.clock.FakeClock)
 (steps, breach and rollback, pause/resume/abort, a restart of the controller)."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pytest
 from openeas.controller.rollout_loop import RolloutController
 from openeas.controller.rollout_staged import decide, step_weights, validate_steps
 from openeas.errors import Conflict
+from openeas.kernel.clock import FakeClock
 from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
+from openeas.kernel.states import IllegalTransition
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import Store
@@ -117,21 +119,13 @@ class FakeGateway:
         return {"members": {"new": {"live": {"by_code": dict(self.codes), "buckets": list(self.buckets)}}}}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def rig(tmp_path: Path) -> tuple[Store, FakeGateway, Clock]:
+def rig(tmp_path: Path) -> tuple[Store, FakeGateway, FakeClock]:
     store = Store(tmp_path)
     for name in ("old", "new"):
         store.create_service(parse_spec({"metadata": {"name": name}, "containers": [{"command": "x"}]}))
     GroupStore(store).create(parse_group({"name": "g", "routes": [{"service": "old", "weight": 1000}, {"service": "new", "mirror_weight": 5}]}))
-    return store, FakeGateway(), Clock()
+    return store, FakeGateway(), FakeClock(start=T0 - FakeClock.WALL_OFFSET)  # wall() == T0
 
 
 def start(store: Store) -> None:
@@ -140,7 +134,7 @@ def start(store: Store) -> None:
     RolloutStore(store).create(RolloutPlan(**{**PLAN.to_dict(), "steps": PLAN.steps, "restore": restore}))
 
 
-def look(store: Store, gw: FakeGateway, clock: Clock, controller: RolloutController | None = None) -> Action:
+def look(store: Store, gw: FakeGateway, clock: FakeClock, controller: RolloutController | None = None) -> Action:
     c = controller or RolloutController(store, gw, clock=clock)
     active = RolloutStore(store).active()
     if not active or active[0][1].status != Status.RUNNING:
@@ -153,21 +147,21 @@ def weights(store: Store) -> dict[str, tuple[int, int]]:
     return {m.service: (m.weight, m.mirror_weight) for m in GroupStore(store).get("g").members}
 
 
-def test_a_healthy_candidate_goes_through_every_step_to_100(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_a_healthy_candidate_goes_through_every_step_to_100(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     start(store)
     assert look(store, gw, clock) == Action.START_STEP
     assert weights(store) == {"old": (950, 0), "new": (50, 0)}  # 5%, and its mirror weight ended
     for pct in (50, 100):
         gw.serve(100)
-        clock.now += 30
+        clock.jump(30)
         assert look(store, gw, clock) == Action.HOLD
-        clock.now += 31
+        clock.jump(31)
         # A new controller each time: the state is in the store (a restart loses nothing).
         assert look(store, gw, clock) == Action.START_STEP
         assert weights(store)["new"] == (pct * 10, 0)
     gw.serve(100)
-    clock.now += 61
+    clock.jump(61)
     assert look(store, gw, clock) == Action.SUCCEED
     assert RolloutStore(store).get("g")[1].status == Status.SUCCEEDED
     assert weights(store) == {"old": (0, 0), "new": (1000, 0)}
@@ -175,15 +169,15 @@ def test_a_healthy_candidate_goes_through_every_step_to_100(rig: tuple[Store, Fa
     assert reasons.count("RolloutStep") == 3 and reasons[-1] == "RolloutSucceeded"
 
 
-def test_a_breach_rolls_back_to_the_routes_of_before(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_a_breach_rolls_back_to_the_routes_of_before(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     start(store)
     look(store, gw, clock)
     gw.serve(100)
-    clock.now += 61
+    clock.jump(61)
     look(store, gw, clock)  # step 2: 50%
     gw.serve(80, failed=20)  # 80% success < 99%
-    clock.now += 5
+    clock.jump(5)
     assert look(store, gw, clock) == Action.ROLL_BACK
     _, state = RolloutStore(store).get("g")
     assert state.status == Status.ROLLED_BACK and "success 80.00% < 99%" in state.reason
@@ -192,32 +186,32 @@ def test_a_breach_rolls_back_to_the_routes_of_before(rig: tuple[Store, FakeGatew
     assert failed and failed[0].type == "Warning"
 
 
-def test_failures_before_the_step_do_not_count_against_it(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_failures_before_the_step_do_not_count_against_it(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     gw.serve(0, failed=500)  # the candidate failed a lot before (say, as a mirror target)
     start(store)
     look(store, gw, clock)
     gw.serve(100)
-    clock.now += 61
+    clock.jump(61)
     assert look(store, gw, clock) == Action.START_STEP  # only the 100 answers of the step were judged
 
 
-def test_pause_resume_and_abort(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_pause_resume_and_abort(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     rollouts = RolloutStore(store)
     start(store)
     look(store, gw, clock)
-    rollouts.command("g", "pause", now=clock.now)
+    rollouts.command("g", "pause", now=clock.wall())
     gw.serve(0, failed=100)
-    clock.now += 100
+    clock.jump(100)
     assert look(store, gw, clock) == Action.NONE  # paused: nothing judged, the weights stay
     assert weights(store)["new"] == (50, 0)
-    rollouts.command("g", "resume", now=clock.now)  # the step's hold starts again, with a new window
+    rollouts.command("g", "resume", now=clock.wall())  # the step's hold starts again, with a new window
     gw.serve(100)
-    clock.now += 30
+    clock.jump(30)
     assert look(store, gw, clock) == Action.HOLD
     assert RolloutStore(store).get("g")[1].step_started_at == T0 + 100
-    rollouts.command("g", "abort", now=clock.now)  # what the API does: it writes the abort only
+    rollouts.command("g", "abort", now=clock.wall())  # what the API does: it writes the abort only
     assert weights(store)["new"] == (50, 0)  # ...the routes are the controller's to restore
     with pytest.raises(Conflict, match="still being restored"):
         start(store)  # a new rollout would snapshot the step's weights as the routes to restore
@@ -226,20 +220,20 @@ def test_pause_resume_and_abort(rig: tuple[Store, FakeGateway, Clock]) -> None:
     assert rollouts.active() == [] and rollouts.restoring() == []
 
 
-def converge(store: Store, gw: FakeGateway, clock: Clock) -> None:
+def converge(store: Store, gw: FakeGateway, clock: FakeClock) -> None:
     """One tick of the controller: restores pending, then looks at the running rollouts."""
     asyncio.run(RolloutController(store, gw, clock=clock).tick())
 
 
 def test_a_rollback_written_before_a_crash_is_restored_by_the_next_controller(
-    rig: tuple[Store, FakeGateway, Clock],
+    rig: tuple[Store, FakeGateway, FakeClock],
 ) -> None:
     store, gw, clock = rig
     start(store)
     look(store, gw, clock)
     _, state = RolloutStore(store).active()[0]
     # The rolled-back state was written, then the control plane died before restoring the routes.
-    crashed = state.but(status=Status.ROLLED_BACK, reason="p99 breach", finished_at=clock.now, restore_pending=True)
+    crashed = state.but(status=Status.ROLLED_BACK, reason="p99 breach", finished_at=clock.wall(), restore_pending=True)
     assert RolloutStore(store).save("g", crashed, expect=state)
     assert weights(store)["new"] == (50, 0)
     converge(store, gw, clock)  # a new controller after the restart
@@ -247,23 +241,49 @@ def test_a_rollback_written_before_a_crash_is_restored_by_the_next_controller(
     assert RolloutStore(store).get("g")[1] == crashed.but(restore_pending=False)
 
 
-def test_an_unreachable_gateway_holds_the_step(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_an_unreachable_gateway_holds_the_step(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     start(store)
     look(store, gw, clock)
     gw.up = False
-    clock.now += 600
+    clock.jump(600)
     assert look(store, gw, clock) == Action.HOLD  # no data: neither next step nor rollback
     assert weights(store)["new"] == (50, 0)
 
 
-def test_an_operator_command_between_read_and_write_wins(rig: tuple[Store, FakeGateway, Clock]) -> None:
+def test_an_operator_command_between_read_and_write_wins(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
     store, gw, clock = rig
     start(store)
     look(store, gw, clock)
     plan, state = RolloutStore(store).active()[0]  # the controller read this...
     RolloutStore(store).command("g", "pause")  # ...then the operator paused...
     gw.serve(100)
-    clock.now += 61
+    clock.jump(61)
     RolloutController(store, gw, clock=clock).look(plan, state, gw.fetch("g"))  # ...its write is refused
     assert RolloutStore(store).get("g")[1].status == Status.PAUSED
+
+
+def test_the_store_refuses_a_status_change_outside_the_table(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
+    store, _, _ = rig
+    start(store)
+    rollouts = RolloutStore(store)
+    _, state = rollouts.command("g", "abort")
+    with pytest.raises(IllegalTransition, match="rollout status Aborted → Running"):
+        rollouts.save("g", state.but(status=Status.RUNNING), expect=state)
+    assert rollouts.get("g")[1].status == Status.ABORTED
+
+
+async def test_the_loop_runs_a_rollout_to_the_end_on_virtual_time(rig: tuple[Store, FakeGateway, FakeClock]) -> None:
+    store, gw, clock = rig
+    start(store)
+    stop = asyncio.Event()
+    controller = RolloutController(store, gw, clock=clock, tick_s=5.0)
+    task = asyncio.create_task(controller.run(stop))
+    done = lambda: RolloutStore(store).get("g")[1].status == Status.SUCCEEDED  # noqa: E731
+    await clock.run_until(done, each=lambda: gw.serve(10), limit_s=600)
+    # Three steps of 60 s each, looked at every 5 s: about three minutes of life, in milliseconds.
+    assert 180 <= clock.wall() - T0 <= 200
+    assert weights(store) == {"old": (0, 0), "new": (1000, 0)}
+    stop.set()
+    controller.wake()
+    await asyncio.wait_for(task, 5)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from openeas.kernel import rollout
 from openeas.kernel.states import (
     ROUTABLE_SQL,
     TRANSITIONS,
@@ -15,7 +16,9 @@ from openeas.kernel.states import (
     IllegalTransition,
     ReplicaPhase,
     ServiceStatus,
+    StressState,
     check_batch_transition,
+    check_stress_transition,
     check_transition,
     desired_replicas,
     routable,
@@ -157,3 +160,60 @@ def test_batch_job_transitions(old: str, new: str, legal: bool) -> None:
     else:
         with pytest.raises(IllegalTransition, match="batch job state"):
             check_batch_transition(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "legal"),
+    [
+        pytest.param("Running", "Paused", True, id="running-pauses"),
+        pytest.param("Running", "Succeeded", True, id="last-step-held"),
+        pytest.param("Running", "RolledBack", True, id="slo-breach"),
+        pytest.param("Running", "Aborted", True, id="running-aborted"),
+        pytest.param("Running", "Running", True, id="same-status-new-step"),
+        pytest.param("Paused", "Running", True, id="paused-resumes"),
+        pytest.param("Paused", "Aborted", True, id="paused-aborted"),
+        pytest.param("Paused", "Paused", True, id="paused-stays"),
+        pytest.param("Paused", "Succeeded", False, id="paused-is-not-judged"),
+        pytest.param("Paused", "RolledBack", False, id="paused-cannot-roll-back"),
+        pytest.param("Succeeded", "Running", False, id="succeeded-is-done"),
+        pytest.param("RolledBack", "Running", False, id="rolled-back-is-done"),
+        pytest.param("Aborted", "Paused", False, id="aborted-is-done"),
+        pytest.param("Succeeded", "RolledBack", False, id="no-rollback-after-success"),
+        pytest.param("Running", "Cancelled", False, id="unknown-status"),
+    ],
+)
+def test_rollout_transitions(old: str, new: str, legal: bool) -> None:
+    if legal:
+        assert rollout.check_transition(old, new) == rollout.Status(new)
+    else:
+        with pytest.raises(IllegalTransition, match="rollout status"):
+            rollout.check_transition(old, new)
+
+
+def test_rollout_final_statuses_are_those_outside_active() -> None:
+    assert {rollout.Status.SUCCEEDED, rollout.Status.ROLLED_BACK, rollout.Status.ABORTED} == rollout.FINAL
+    for status in rollout.Status:
+        assert bool(rollout.TRANSITIONS[status]) is (status in rollout.ACTIVE), status
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "legal"),
+    [
+        pytest.param("running", "completed", True, id="ran-to-the-end"),
+        pytest.param("running", "interrupted", True, id="stopped-or-cut-by-a-restart"),
+        pytest.param("running", "failed", True, id="the-run-erred"),
+        pytest.param("running", "running", True, id="running-stays"),
+        pytest.param("completed", "completed", True, id="upload-retried"),
+        pytest.param("completed", "interrupted", False, id="completed-is-final"),
+        pytest.param("interrupted", "running", False, id="interrupted-does-not-resume"),
+        pytest.param("failed", "completed", False, id="failed-is-final"),
+        pytest.param("completed", "running", False, id="completed-does-not-restart"),
+        pytest.param("running", "Running", False, id="unknown-state"),
+    ],
+)
+def test_stress_run_transitions(old: str, new: str, legal: bool) -> None:
+    if legal:
+        assert check_stress_transition(old, new) == StressState(new)
+    else:
+        with pytest.raises(IllegalTransition, match="stress run state"):
+            check_stress_transition(old, new)

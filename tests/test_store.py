@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from openeas.errors import Conflict, NotFound
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.source import StoreRoutingSource, routing_source
 from openeas.spec import parse_spec
 from openeas.store import MIGRATIONS, Store, db_path
 from openeas.store import stress_reports as stress_store
@@ -32,8 +32,8 @@ def spec(name: str = "svc", **meta: object) -> object:
     )
 
 
-def test_versions_are_immutable_and_rollback_adds_one(tmp_path: Path):
-    store = Store(tmp_path)
+def test_versions_are_immutable_and_rollback_adds_one(tmp_path: Path, store_url: str | None):
+    store = Store(tmp_path, url=store_url)
     store.create_service(spec())
     store.add_version(spec(instance=3))
     store.rollback("svc", 1)
@@ -54,8 +54,8 @@ def test_versions_are_immutable_and_rollback_adds_one(tmp_path: Path):
     ],
     ids=["duplicate", "unknown-service", "unknown-version", "rollback-unknown"],
 )
-def test_errors_are_precise(tmp_path: Path, call, exc, message):
-    store = Store(tmp_path)
+def test_errors_are_precise(tmp_path: Path, store_url: str | None, call, exc, message):
+    store = Store(tmp_path, url=store_url)
     store.create_service(spec())
     with pytest.raises(exc, match=message):
         call(store)
@@ -113,6 +113,7 @@ TABLES = {
     "group_members": '"group", service',
     "batch_jobs": "id",  # v5
     "batch_shards": "job_id, shard",
+    "replica_usage": "replica",  # v7
 }
 
 
@@ -227,10 +228,10 @@ def _read_back_later_tables(store: Store, expected: dict[str, Any]) -> None:
         assert [s.shard for s in batch.pending_shards(job["id"])] == [s["shard"] for s in pending]
 
 
-def test_routing_source_publishes_only_ready_replicas(tmp_path: Path):
-    store = Store(tmp_path)
+def test_routing_source_publishes_only_ready_replicas(tmp_path: Path, store_url: str | None):
+    store = Store(tmp_path, url=store_url)
     store.create_service(spec(rpc={"keepalive": 2500, "max_body_bytes": 1000}))
-    source = StoreRoutingSource(tmp_path)
+    source = routing_source(tmp_path, store_url)
     table = source.poll()
     assert table is not None and table.routes["svc"].upstreams == ()
     assert table.routes["svc"].timeout_s == 2.5 and table.routes["svc"].max_body_bytes == 1000
@@ -256,8 +257,8 @@ def test_routing_source_publishes_only_ready_replicas(tmp_path: Path):
     assert table is not None and "svc" not in table.routes
 
 
-def test_replica_phase_times_are_stamped(tmp_path: Path):
-    store = Store(tmp_path)
+def test_replica_phase_times_are_stamped(tmp_path: Path, store_url: str | None):
+    store = Store(tmp_path, url=store_url)
     store.create_service(spec())
     r = store.add_replica("svc", 1, workdir_root=tmp_path)
     for phase in ("Fetching", "Starting", "Warming", "Ready"):

@@ -1,4 +1,4 @@
-"""Concurrent writers of one SQLite store (API threads, supervisors, a second Store on the same
+"""Concurrent writers of one store (SQLite and PostgreSQL) (API threads, supervisors, a second Store on the same
 file) neither lose updates nor fail with "database is locked"."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ BUMPS = 50
 
 
 @pytest.mark.parametrize("stores", ["one-store", "one-store-per-thread"])
-def test_concurrent_read_modify_write_loses_nothing(tmp_path: Path, stores: str) -> None:
-    main = Store(tmp_path)
+def test_concurrent_read_modify_write_loses_nothing(tmp_path: Path, stores: str, store_url: str | None) -> None:
+    main = Store(tmp_path, url=store_url)
     main.create_service(
         parse_spec({"metadata": {"name": "svc", "instance": 1}, "containers": [{"command": "x", "port": 8000}]})
     )
@@ -25,7 +25,7 @@ def test_concurrent_read_modify_write_loses_nothing(tmp_path: Path, stores: str)
     errors: list[BaseException] = []
 
     def work() -> None:
-        store = main if stores == "one-store" else Store(tmp_path)
+        store = main if stores == "one-store" else Store(tmp_path, url=store_url)
         try:
             for _ in range(BUMPS):
                 store.bump_routing()  # reads the version, writes version + 1

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
+from openeas.kernel.clock import LOOP_CLOCK
 from openeas.runtime import free_port
 from openeas.stress.client import HttpTransport, build_requests
-from openeas.stress.generator import Generator, MonotonicClock
+from openeas.stress.generator import Generator
 from openeas.stress.plan import Arrival
 
 
@@ -49,7 +50,7 @@ def testserver() -> Iterator[int]:
 async def _step(port: int, rate: float, duration: float, path: str = "/", body: bytes = b"{}"):
     reqs = build_requests("POST", "127.0.0.1", port, path, {}, [body])
     tr = HttpTransport("127.0.0.1", port, reqs, timeout_s=10)
-    gen = Generator(tr, MonotonicClock(), 1)
+    gen = Generator(tr, LOOP_CLOCK, 1)
     await tr.warm(4)
     w = await gen.rate_step(rate, duration, Arrival.CONSTANT)
     await gen.drain(10)
@@ -81,7 +82,7 @@ def test_connection_refused_is_an_error_not_a_hang() -> None:
     async def main():
         port = free_port()
         tr = HttpTransport("127.0.0.1", port, build_requests("POST", "127.0.0.1", port, "/", {}, [b"{}"]))
-        gen = Generator(tr, MonotonicClock(), 1)
+        gen = Generator(tr, LOOP_CLOCK, 1)
         w = await gen.rate_step(50.0, 0.2, Arrival.CONSTANT)
         drained = await gen.drain(5)
         await tr.close()
@@ -99,7 +100,7 @@ def test_requests_past_the_timeout_fail_as_timeouts() -> None:
         async with running(Knobs(latency_ms=2000)) as srv:
             reqs = build_requests("POST", "127.0.0.1", srv.port, "/", {}, [b"{}"])
             tr = HttpTransport("127.0.0.1", srv.port, reqs, timeout_s=0.3)
-            gen = Generator(tr, MonotonicClock(), 1)
+            gen = Generator(tr, LOOP_CLOCK, 1)
             w = await gen.rate_step(20.0, 0.25, Arrival.CONSTANT)
             await gen.drain(3)
             await tr.close()

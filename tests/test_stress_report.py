@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from openeas.errors import NotFound
+from openeas.kernel.states import IllegalTransition
 from openeas.store import Store
 from openeas.store import stress_reports as reports
 from openeas.stress.apply import with_autoscaling
@@ -30,9 +31,9 @@ def report() -> dict[str, Any]:
     return asyncio.run(run_steps(plan, Generator(svc, clock, 1), StaticObserver(ready=1), clock))
 
 
-def test_store_keeps_lists_and_replaces(tmp_path: Path, report: dict[str, Any]) -> None:
-    store = Store(tmp_path)
-    older = {**report, "id": "a-1", "started_at": 1.0}
+def test_store_keeps_lists_and_replaces(tmp_path: Path, store_url: str | None, report: dict[str, Any]) -> None:
+    store = Store(tmp_path, url=store_url)
+    older = {**report, "id": "a-1", "started_at": 1.0, "status": "running"}
     reports.save(store, older)
     reports.save(store, {**report, "id": "b-2", "started_at": 2.0, "target": "other"})
     assert [r["id"] for r in reports.listing(store)] == ["b-2", "a-1"]  # newest first
@@ -42,12 +43,36 @@ def test_store_keeps_lists_and_replaces(tmp_path: Path, report: dict[str, Any]) 
     assert [r["status"] for r in reports.listing(store, target="<svc>")] == ["interrupted"]
     with pytest.raises(NotFound, match="no stress report 'zzz'"):
         reports.get(store, "zzz")
-    with pytest.raises(ValueError, match=r"report\.id"):
-        reports.save(store, {"target": "x"})
+    with pytest.raises(ValueError, match=r"report\.id: .*; report\.status: 'done' is not one of"):
+        reports.save(store, {"target": "x", "status": "done"})  # every bad field at once
 
 
-def test_a_test_cut_by_a_server_restart_is_interrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("first", "then", "legal"),
+    [
+        pytest.param("running", "completed", True, id="running-completes"),
+        pytest.param("running", "failed", True, id="running-fails"),
+        pytest.param("completed", "completed", True, id="upload-retried"),
+        pytest.param("completed", "running", False, id="a-finished-report-is-final"),
+        pytest.param("interrupted", "completed", False, id="interrupted-stays-interrupted"),
+    ],
+)
+def test_a_stored_runs_state_changes_only_as_the_table_allows(
+    tmp_path: Path, first: str, then: str, legal: bool
+) -> None:
     store = Store(tmp_path)
+    reports.save(store, {"id": "r-1", "target": "s", "status": first, "steps": []})
+    if legal:
+        reports.save(store, {"id": "r-1", "target": "s", "status": then, "steps": []})
+        assert reports.get(store, "r-1")["status"] == then
+    else:
+        with pytest.raises(IllegalTransition, match=f"stress run state {first} → {then}"):
+            reports.save(store, {"id": "r-1", "target": "s", "status": then, "steps": []})
+        assert reports.get(store, "r-1")["status"] == first
+
+
+def test_a_test_cut_by_a_server_restart_is_interrupted(tmp_path: Path, store_url: str | None) -> None:
+    store = Store(tmp_path, url=store_url)
     reports.save(store, {"id": "r-1", "target": "s", "status": "running", "steps": []})
     reports.save(store, {"id": "r-2", "target": "s", "status": "completed", "steps": []})
     assert reports.mark_abandoned(store) == 1

@@ -9,7 +9,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from openeas.controller.warmup import (
     run_warmup,
 )
 from openeas.kernel.checks import WarmupRequest
+from openeas.kernel.clock import FakeClock
 from openeas.testserver import Knobs, running
 
 JSON = {"Content-Type": "application/json"}
@@ -242,16 +243,14 @@ async def test_timeout_counts_as_failed() -> None:
     assert report.errors == ("POST /echo: timed out",)
 
 
-class StepClock:
-    """A fake clock: each reading is `step` seconds after the previous one."""
+def stepping(clock: FakeClock, step: float) -> Callable[[], float]:
+    """Readings of the one fake clock, each `step` seconds after the previous one."""
 
-    def __init__(self, step: float) -> None:
-        self.t = 0.0
-        self.step = step
+    def now() -> float:
+        clock.jump(step)
+        return clock.now()
 
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
+    return now
 
 
 async def test_deadline_skips_the_rest() -> None:
@@ -264,7 +263,7 @@ async def test_deadline_skips_the_rest() -> None:
             [WarmupRequest(path="/", count=10)],
             timeout_s=5,
             deadline_s=3.0,
-            clock=StepClock(1.0),
+            clock=stepping(FakeClock(0.0), 1.0),
         )
     assert (report.sent, report.failed, report.skipped) == (2, 0, 8)
     assert not report.ok

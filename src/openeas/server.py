@@ -35,12 +35,15 @@ import uvicorn
 
 from openeas.api.app import create_app
 from openeas.api.control import ControlPlane
+from openeas.api.cost import server_catalog
+from openeas.api.idle import IdleWatch
 from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.loop import Autoscaler, replica_load
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
+from openeas.console import add_console
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -58,6 +61,7 @@ from openeas.queue.scale import open_backlog_source
 from openeas.runtime.identity import REPLICA_USER, ReplicaUsers, resolve_replica_users
 from openeas.runtime.select import Runtimes, build_runtimes
 from openeas.spec import load_spec_file
+from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.groups import GroupStore
@@ -174,6 +178,7 @@ async def _serve(
     node: Resources | None = None,
     replica_user: str | None = REPLICA_USER,
     host_paths: HostPaths | None = None,
+    store_url: str | None = None,
 ) -> None:
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
@@ -185,7 +190,9 @@ async def _serve(
         log.info("process replicas run as users of their own (group %s)", users.name)
     else:
         log.warning("%s", users.warning())
-    store = Store(data_dir)
+    store = Store(data_dir, url=store_url)  # None: SQLite in the data dir
+    if store_url is not None:  # the gateway reads the same store (and LISTENs on it)
+        gateway_args = [*gateway_args, "--store", store_url]
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
@@ -274,6 +281,10 @@ def _compose(
     )
     gateway_stats.on_demand = autoscaler.wake
     metrics.add_collector(autoscaler.collector())
+    # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
+    idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
+    metrics.add_collector(idle)
+    metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
@@ -296,19 +307,25 @@ def _compose(
         await_routing=notifier.wait_applied,
         batch_wake=batch.wake,
         host_paths=host_paths,
+        idle_watch=idle,
     )
+    cp.node_cache = reconciler.cache
 
     async def shutdown() -> None:
         await reconciler.shutdown(stop_replicas=not keep_replicas)
 
     data_dir = store.data_dir
+    app = create_app(cp, public_metrics=public_metrics)
+    console = add_console(app, cp)  # the web console under /console (openeas.console)
     return [
         Loop("reconciler", reconciler.run, on_stop=shutdown),
         Loop("rollouts", rollouts.run),
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
+        Loop("idle-spend watch", idle.run),
         Loop("batch runner", batch.run),
-        ApiComponent(create_app(cp, public_metrics=public_metrics), api_sock),
+        Loop("console", console.run),
+        ApiComponent(app, api_sock),
     ]
 
 
@@ -371,8 +388,10 @@ def run_server(
     replica_user: str | None = REPLICA_USER,
     allow_host_paths: Sequence[Path] = (),
     nfs_exports: Sequence[str] = (),
+    store_url: str | None = None,
 ) -> None:
-    """``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
+    """``store_url``: None for SQLite in the data dir, or ``postgresql://…``;
+    ``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
     ``nfs_exports``: ``SERVER:/EXPORT=DIR``, where NFS exports are mounted on this node."""
     logging.basicConfig(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
@@ -411,6 +430,7 @@ def run_server(
                 node=node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
+                store_url=store_url,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

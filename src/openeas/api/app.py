@@ -1,6 +1,6 @@
 """The control-plane HTTP API (FastAPI; OpenAPI at /docs and /openapi.json), composed of one
 router per resource: services (api/services.py), versions, logs, groups, rollouts, batch, cost,
-stress; the error format and the admin check are api/errors.py's, the OpenAPI corrections
+cache, stress; the error format and the admin check are api/errors.py's, the OpenAPI corrections
 api/openapi.py's.
 
 It only writes desired state into the store and wakes the reconciler; it never starts or stops a
@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from openeas.api.batch import add_batch_routes
+from openeas.api.cache import add_cache_routes
 from openeas.api.control import ControlPlane
 from openeas.api.cost import add_cost_routes
 from openeas.api.errors import add_error_handlers, admin_check, responses
@@ -47,6 +48,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_group_routes(app, cp, auth)  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
+    add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
     add_health_routes(app, cp, [] if public_metrics else auth)
     add_service_routes(app, cp, auth)  # /api/v1/services, /api/v1/dry-run (api/services.py)
     add_version_routes(app, cp, auth)  # .../versions, .../rollback (api/versions.py)

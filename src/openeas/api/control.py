@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from openeas.api.idle import IdleWatch
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.autoscaler.loop import Autoscaler, policy_view
 from openeas.errors import Conflict, NotFound, SpecError
@@ -43,12 +44,14 @@ class ControlPlane:
         await_routing: Callable[[int], Any] | None = None,
         batch_wake: Callable[[], None] = lambda: None,
         host_paths: HostPaths | None = None,
+        idle_watch: IdleWatch | None = None,
     ) -> None:
         self.store = store
         self.batch_wake = batch_wake  # the batch runner's wake
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
         self.autoscaler = autoscaler
+        self.idle_watch = idle_watch  # the idle-spend alarm (api/idle.py); None: not watched
         self.metrics = metrics or ControlMetrics(store)
         self.gateway_url = gateway_url.rstrip("/")
         self.wake = wake
@@ -63,6 +66,8 @@ class ControlPlane:
         self.await_routing = await_routing
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
         self.host_paths = host_paths or HostPaths()
+        # The node cache (`/api/v1/cache`): the reconciler's, set by the server; None in tests.
+        self.node_cache: Any = None
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current
@@ -107,6 +112,7 @@ class ControlPlane:
             "endpoint": self.endpoint(svc.name),
             "created_at": iso_time(svc.created_at),
             "updated_at": iso_time(svc.updated_at),
+            "idle": self.idle_watch.view(svc.name) if self.idle_watch is not None else None,
         }
 
     def detail(self, name: str) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 - ``POST /api/v1/cost/estimate`` ``{"spec": {...}, "traffic": {...}}``: the monthly estimate of a
   spec (traffic optional), priced by the server's catalog;
 - ``GET /api/v1/services/{name}/cost``: the same for a deployed service's current version;
-- ``GET /api/v1/cost/catalog``: the catalog the server prices by.
+- ``GET /api/v1/cost/catalog``: the catalog the server prices by;
+- ``GET /api/v1/cost/report?by=service|day|month[&service=NAME][&since=EPOCH]``: the meter, what
+  replicas have cost so far (openeas.cost.meter), also on ``/metrics`` as
+  ``openeas_cost_replica_seconds`` and ``openeas_cost_spend``.
 
 The catalog is ``openeas server --catalog FILE`` (``OPENEAS_CATALOG``), else the shipped one.
 """
@@ -11,15 +14,21 @@ The catalog is ``openeas server --catalog FILE`` (``OPENEAS_CATALOG``), else the
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from openeas.cost import Catalog, estimate, load_catalog, parse_traffic
+from openeas.cost.meter import BY_CHOICES, Report, Usage, meter
 from openeas.errors import SpecError
 from openeas.spec import parse_spec
 from openeas.spec.load import parse_json
 from openeas.spec.models import ServiceSpec
+from openeas.store import Store
 
 ENV_CATALOG = "OPENEAS_CATALOG"  # set by `openeas server --catalog FILE`
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -38,7 +47,59 @@ def cost_of(spec: ServiceSpec) -> dict[str, Any]:
         return {"error": "; ".join(exc.errors)}
 
 
+def metered(
+    store: Store, now: float, *, by: Any = "service", service: str | None = None, since: float | None = None
+) -> Report:
+    """The meter over the store's usage record, priced by the server's catalog."""
+    rows = store.usage(service=service, since=since)
+    usages = [
+        Usage(
+            r.service, r.replica, r.started_at, r.ended_at, r.resources or {}, r.cold_starts, r.bytes_fetched
+        )
+        for r in rows
+    ]
+    return meter(usages, server_catalog(), now, by=by, since=since)
+
+
+class MeterCollector(Collector):
+    """``/metrics``: replica-seconds by service and instance type, and the spend, since metering
+    began (the store's record; read at scrape time, so right after a restart)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            report = metered(self.store, time.time())
+        except SpecError:  # an unreadable catalog: the API names it; the scrape goes on
+            return
+        seconds = GaugeMetricFamily(
+            "openeas_cost_replica_seconds",
+            "Billed replica-seconds (every phase but Stopped) by service and instance type, "
+            "since metering began",
+            labels=["service", "instance_type"],
+        )
+        spend = GaugeMetricFamily(
+            "openeas_cost_spend",
+            "Compute and storage reads billed so far by service, in the catalog's currency",
+            labels=["service", "currency"],
+        )
+        totals: dict[str, float] = {}
+        for r in report.rows:
+            seconds.add_metric([r["key"], r["instance_type"] or "unpriced"], r["replica_seconds"])
+            totals[r["key"]] = totals.get(r["key"], 0.0) + (r["total"] or 0.0)
+        for name, amount in sorted(totals.items()):
+            spend.add_metric([name, report.currency], amount)
+        yield seconds
+        yield spend
+
+
 def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
+    try:
+        cp.metrics.add_collector(MeterCollector(cp.store))
+    except ValueError:  # a second app over the same control plane: its collector is there already
+        pass
+
     @app.post("/api/v1/cost/estimate", dependencies=auth, tags=["cost"])
     async def cost_estimate(request: Request) -> dict[str, Any]:
         """The monthly estimate of ``spec`` under ``traffic`` (each line with its arithmetic)."""
@@ -72,6 +133,15 @@ def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
         row = cp.store.get_service(name)
         spec = cp.store.version_spec(name, row.current_version)
         return {"name": name, **estimate(spec, server_catalog()).as_dict()}
+
+    @app.get("/api/v1/cost/report", dependencies=auth, tags=["cost"])
+    def cost_report(
+        by: str = "service", service: str | None = None, since: float | None = Query(default=None, ge=0)
+    ) -> dict[str, Any]:
+        """What replicas have cost: replica-seconds by instance type, cold starts and their reads."""
+        if by not in BY_CHOICES:
+            raise SpecError([f"by: {by!r} is not one of {', '.join(BY_CHOICES)}"])
+        return metered(cp.store, time.time(), by=by, service=service, since=since).as_dict()
 
     @app.get("/api/v1/cost/catalog", dependencies=auth, tags=["cost"])
     def catalog() -> dict[str, Any]:

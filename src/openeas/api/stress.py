@@ -31,7 +31,7 @@ from fastapi.params import Depends
 from fastapi.responses import HTMLResponse
 
 from openeas.errors import Conflict, NotFound, OpenEASError
-from openeas.kernel.states import ReplicaPhase, desired_replicas
+from openeas.kernel.states import IllegalTransition, ReplicaPhase, desired_replicas
 from openeas.store import stress_reports as reports
 from openeas.store.groups import GroupStore
 from openeas.stress.generator import Generator
@@ -210,6 +210,8 @@ def register(app: FastAPI, cp: ControlPlane, auth: list[Depends]) -> None:
             return reports.save(cp.store, body)
         except ValueError as exc:
             raise PlanError([str(exc)]) from None
+        except IllegalTransition as exc:  # a finished run's report is final
+            raise Conflict(f"report {body.get('id')!r}: {exc}") from None
 
     @app.get("/api/v1/stress/{rid}", dependencies=auth, tags=["stress"])
     def show(rid: str) -> dict[str, Any]:

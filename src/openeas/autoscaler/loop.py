@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -91,7 +90,6 @@ class Autoscaler:
         activation: QueueActivation | None = None,
         wake_reconciler: Callable[[], None] = lambda: None,
         clock: Clock = LOOP_CLOCK,
-        wall: Callable[[], float] = time.time,
         cfg: AutoscalerConfig | None = None,
     ) -> None:
         self.store = store
@@ -100,8 +98,7 @@ class Autoscaler:
         # Async services at zero with a queued request: started like a held request starts one.
         self.activation = activation
         self.wake_reconciler = wake_reconciler
-        self.clock = clock
-        self.wall = wall
+        self.clock = clock  # now for the windows, wall for cron rules, sleep for the tick
         self.cfg = cfg or AutoscalerConfig()
         self.records: dict[str, ServiceRecord] = {}
         self.cold_starts = ColdStarts()
@@ -171,7 +168,7 @@ class Autoscaler:
         return policy
 
     async def tick(self) -> None:
-        now, wall = self.clock.now(), self.wall()
+        now, wall = self.clock.now(), self.clock.wall()
         services = [s for s in self.store.list_services() if s.state == ServiceState.RUNNING]
         replicas = self.store.replicas()
         for r in replicas:  # cold starts of this node's replicas: the pre-scaling lead
@@ -313,7 +310,7 @@ class Autoscaler:
             "last_change": (
                 {"time": _iso(rec.last_change[0]), "message": rec.last_change[1]} if rec.last_change else None
             ),
-            "next_rule": next_rule(p, self.wall()),
+            "next_rule": next_rule(p, self.clock.wall()),
         }
         if d is None:
             out.update(decision=None, metrics=[])

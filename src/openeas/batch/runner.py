@@ -26,6 +26,7 @@ from openeas.batch.files import concat_whole, part_paths, read_shard, remove_par
 from openeas.batch.lines import BatchRequest, LineError, error_line, output_line, parse_line
 from openeas.batch.service import ensure_service, remove_service
 from openeas.errors import NotFound
+from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.store import Store
 from openeas.store.batch_jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, BatchJobRow, BatchStore, Shard
 
@@ -45,8 +46,10 @@ class BatchRunner:
         gateway_url: str,
         on_change: Callable[[], object] = lambda: None,
         check_files: Callable[[Mapping[str, str | None]], list[str]] = lambda _files: [],
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         self.jobs = BatchStore(store)
+        self.clock = clock  # paces the look for jobs and the retries' backoff
         # The server's host-path rule for a job's files, {field: url} -> problems: a job stored
         # before the rule (or by a server allowed more folders) fails instead of reading them.
         self.check_files = check_files
@@ -75,8 +78,7 @@ class BatchRunner:
                             self._running[job.id] = asyncio.create_task(self._run_job(job.id))
                 except Exception:
                     log.exception("batch: could not read the running jobs")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), LOOK_EVERY_S)
+                await self.clock.sleep(LOOK_EVERY_S, until=self._wake)
         finally:
             for task in self._running.values():
                 task.cancel()
@@ -176,7 +178,7 @@ class BatchRunner:
         body: Any = None
         for attempt in range(ATTEMPTS):
             if attempt:
-                await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                await self.clock.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
             try:
                 async with self._session.request(
                     req.method,

@@ -5,6 +5,9 @@ guide's table (min-replica baseline, burst replicas, per-request fees, cold-star
 with its arithmetic, the monthly total and the traps the spec falls into. It runs in the CLI's
 own process, priced by ``--catalog``, else ``OPENEAS_CATALOG``, else the shipped catalog.
 
+``openeas cost report [--by service|day|month] [--service NAME] [--csv|--json]`` prints the
+server's meter: what replicas have cost so far (openeas.cost.meter, ``/api/v1/cost/report``).
+
 ``openeas deploy`` shows the server's estimate before it applies (:func:`confirm_estimate`).
 """
 
@@ -19,14 +22,19 @@ import typer
 import yaml
 
 from openeas.cli import render
+from openeas.cli.common import client as _client
 from openeas.cli.common import fail as _fail
 from openeas.cli.common import read_spec
 from openeas.cost import estimate, load_catalog, parse_traffic, render_text
+from openeas.cost.meter import BY_CHOICES, render_csv
+from openeas.cost.meter import render_text as render_report
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client
 from openeas.spec import parse_spec
 
-cost_app = typer.Typer(help="What services cost: the monthly estimate of a spec (docs/cost.md).")
+cost_app = typer.Typer(
+    help="What services cost: the monthly estimate of a spec, the meter of what ran (docs/cost.md)."
+)
 
 ENV_CATALOG = "OPENEAS_CATALOG"
 
@@ -111,3 +119,31 @@ def confirm_estimate(client: Client, spec: dict[str, Any], yes: bool) -> bool:
     if yes or not sys.stdin.isatty():
         return True
     return typer.confirm("deploy?", default=True, err=True)
+
+
+@cost_app.command("report")
+def report_cmd(
+    by: Annotated[
+        str, typer.Option("--by", help="Rows by service, UTC day or UTC month (service, day, month).")
+    ] = "service",
+    service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
+    csv_out: Annotated[
+        bool, typer.Option("--csv", help="Print the rows as CSV (with a header line).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one line of JSON.")] = False,
+) -> None:
+    """What replicas have cost so far (the meter): replica-hours by instance type, cold starts and
+    their storage reads, in the server's catalog's currency."""
+    if by not in BY_CHOICES:
+        _fail("cannot report", [f"--by: {by!r} is not one of {', '.join(BY_CHOICES)}"], code=2)
+    params = {"by": by, **({"service": service} if service else {})}
+    try:
+        answer = _client().request("GET", "/api/v1/cost/report", params=params)
+    except ApiError as exc:
+        _fail("cannot report", [exc.message, *exc.errors])
+    if json_out:
+        render.print_json(answer)
+    elif csv_out:
+        sys.stdout.write(render_csv(answer))
+    else:
+        render.out.print(render_report(answer), highlight=False, soft_wrap=True)

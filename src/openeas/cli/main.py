@@ -13,6 +13,7 @@ import typer
 from openeas import __version__
 from openeas.cli import render
 from openeas.cli.batch import batch_app
+from openeas.cli.cache import cache_app
 from openeas.cli.common import DataDir, JsonOut, WaitTimeoutOpt, cli_errors
 from openeas.cli.common import client as _client
 from openeas.cli.common import fail as _fail
@@ -40,6 +41,7 @@ app.command()(server)  # cli/server.py
 app.add_typer(stress_app, name="stress")  # cli/stress.py
 app.add_typer(batch_app, name="batch")  # cli/batch.py
 app.add_typer(cost_app, name="cost")  # cli/cost.py
+app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -176,6 +178,9 @@ def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
         render.out.print("no services")
     else:
         render.out.print(render.services_table(services))
+        for s in services:  # the idle-spend alarm, one line each (docs/cost.md)
+            if s.get("idle"):
+                render.out.print(f"idle spend: {s['name']}: {s['idle']['message']}", highlight=False)
 
 
 @app.command()

@@ -125,6 +125,8 @@ def summary_grid(d: dict[str, Any]) -> Table:
     ]
     if versions:
         rows.append(("Versions", ", ".join(str(v.get("version")) for v in versions)))
+    if d.get("idle"):  # the idle-spend alarm (docs/cost.md)
+        rows.append(("Idle spend", Text(str(d["idle"].get("message", "")), style="yellow")))
     for key, value in rows:
         grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
     return grid

@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
-from openeas.cli.common import DataDir, read_spec, state
+from openeas.cli.common import DataDir, fail, read_spec, state
+from openeas.errors import SpecError
 from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR
+from openeas.storage.cache_index import ENV_LIMIT as ENV_CACHE_LIMIT
+from openeas.storage.cache_index import parse_limit
 
 HostOpt = Annotated[str, typer.Option(help="Address the API and gateway listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Control-plane API port.")]
@@ -96,6 +99,23 @@ CatalogOpt = Annotated[
     ),
 ]
 
+CacheLimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The node cache's bound (20GiB, 500MB, bytes, or none): least recently used entries "
+        "no replica uses are evicted above it (docs/cold-start.md). Default 20GiB.",
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="The store: postgresql://USER@HOST:PORT/DB (default: SQLite in DIR/openeas.db). "
+        "DIR still holds secret.key. Also OPENEAS_STORE.",
+        envvar="OPENEAS_STORE",
+    ),
+]
+
 
 def server(
     data_dir: DataDir = None,
@@ -115,17 +135,29 @@ def server(
     allow_host_path: AllowHostPathOpt = None,
     nfs_export: NfsExportOpt = None,
     catalog: CatalogOpt = None,
+    cache_limit: CacheLimitOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
 
     if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
         os.environ["OPENEAS_CATALOG"] = str(catalog.resolve())
+    if cache_limit is not None:  # the reconciler's node cache reads it (storage/cache_index.py)
+        try:
+            parse_limit(cache_limit)
+        except SpecError as exc:  # a bad size is invalid input (exit 2) before anything starts
+            fail("cannot start the server", exc.errors, code=2)
+        os.environ[ENV_CACHE_LIMIT] = cache_limit
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     for f in deploy or []:
         # a bad --deploy spec is invalid input (exit 2) before anything starts
         read_spec(str(f), groups_ok=False)
+    if store and not store.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise typer.BadParameter(
+            f"expected postgresql://USER@HOST:PORT/DB, got {store!r}", param_hint="--store"
+        )
     resolved = data_dir or state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     run_server(
         data_dir=resolved,
@@ -143,4 +175,5 @@ def server(
         replica_user=replica_user,
         allow_host_paths=[p.resolve() for p in allow_host_path or []],
         nfs_exports=list(nfs_export or []),
+        store_url=store or None,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from openeas.controller.capacity import (
@@ -26,6 +27,7 @@ from openeas.controller.capacity import (
     node_capacity,
     request_of,
 )
+from openeas.controller.prefetch import Prefetcher
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.errors import NotFound
@@ -35,6 +37,7 @@ from openeas.runtime import stop as stop_process
 from openeas.runtime.base import kill_orphans
 from openeas.runtime.select import Runtimes
 from openeas.storage import NodeCache
+from openeas.storage.cache_index import keys_in_use
 from openeas.store import ReplicaRow, Store
 
 log = logging.getLogger("openeas.reconciler")
@@ -54,7 +57,9 @@ class Reconciler:
         self.store = store
         self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
         self.cfg = cfg
-        self.cache = NodeCache(cfg.data_dir / "cache")
+        self.cache = NodeCache(cfg.data_dir / "cache", limit_bytes=cfg.cache_limit_bytes)
+        # The current version's object-storage mounts, copied when it is created (controller/prefetch.py).
+        self.prefetch = Prefetcher(store, self.runtimes, cfg, self.cache)
         self.tick_s = tick_s  # seconds between passes when nothing wakes the reconciler
         self.clock = cfg.clock
         # Requests in flight per replica id (the gateway's view): which replica a scale-in stops.
@@ -117,6 +122,8 @@ class Reconciler:
                 continue
             desired = desired_replicas(svc.state, svc.desired_replicas)
             spec = self.store.version_spec(name, svc.current_version)
+            if svc.state != ServiceState.STOPPED:
+                self.prefetch.ensure(name, svc.current_version, spec)
             rs = spec.metadata.rolling_strategy
             plan = plan_rollout(
                 views,
@@ -139,6 +146,10 @@ class Reconciler:
                 self._supervise(r.id, stopping=bool(r.stopping))
         # In the same pass (no await in between): a new supervisor's gate is closed before it runs.
         self._apply_admission(rows)
+        if self.cache.stats.dirty:  # something was copied: keep the node's cache within its limit
+            evicted = self.cache.enforce(keys_in_use(rows), time.time()).evict
+            if evicted:
+                log.info("node cache: evicted %d entries over the limit", len(evicted))
         for rid, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[rid]

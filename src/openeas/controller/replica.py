@@ -51,6 +51,7 @@ from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
 from openeas.storage import NodeCache, prepare_mounts
+from openeas.storage.cache_index import limit_from_env
 from openeas.storage.hostpaths import HostPaths
 from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
@@ -110,6 +111,8 @@ class SupervisorConfig:
     warmup: WarmupSender = run_warmup
     # Who process replicas run as (openeas.runtime.identity); None: the server's own user.
     replica_users: ReplicaUsers | None = None
+    # The node cache's bound, bytes (None: unbounded): `openeas server --cache-limit`, else 20 GiB.
+    cache_limit_bytes: int | None = field(default_factory=limit_from_env)
 
 
 class _Stop(Exception):

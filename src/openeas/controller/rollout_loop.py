@@ -13,14 +13,12 @@ resume or abort is never overwritten by a look that started before it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from openeas.controller.rollout_staged import decide, step_weights
 from openeas.errors import OpenEASError
+from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.kernel.rollout import Action, Decision, Observation, RolloutPlan, RolloutState, Status
 from openeas.store.db import Store
 from openeas.store.groups import GroupStore
@@ -55,13 +53,13 @@ class RolloutController:
         store: Store,
         source: GroupStatsSource,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = LOOP_CLOCK,
         tick_s: float = TICK_S,
     ) -> None:
         self.rollouts = RolloutStore(store)
         self.groups = GroupStore(store)
         self.source = source
-        self.clock = clock  # epoch seconds (step start times are stored as such)
+        self.clock = clock  # its wall time stamps steps (stored); its sleeps pace the loop
         self.tick_s = tick_s
         # The latest decision and observation of each group's rollout (shown by the API).
         self.last: dict[str, tuple[Decision, Observation | None]] = {}
@@ -83,8 +81,7 @@ class RolloutController:
                 await self.tick()
             except Exception:  # one bad look must not end the rollouts
                 log.exception("staged rollout look failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.tick_s)
+            await self.clock.sleep(self.tick_s, until=wake)
 
     async def tick(self) -> None:
         for plan, state in await asyncio.to_thread(self.rollouts.restoring):
@@ -107,7 +104,7 @@ class RolloutController:
 
     def look(self, plan: RolloutPlan, state: RolloutState, raw: dict[str, Any] | None) -> Decision:
         """One look at one running rollout with the gateway's counters ``raw`` (None: unread)."""
-        now = self.clock()
+        now = self.clock.wall()
         live = member_live(raw, plan.candidate)
         if state.step >= 0:
             if not self._ensure_weights(plan, state):
@@ -152,7 +149,7 @@ class RolloutController:
         if cand is None or base is None:
             gone = plan.candidate if cand is None else plan.baseline
             why = f"{gone} is no longer a member of group '{plan.group}'"
-            new = state.but(status=Status.ABORTED, reason=why, finished_at=self.clock())
+            new = state.but(status=Status.ABORTED, reason=why, finished_at=self.clock.wall())
             self.rollouts.save(plan.group, new, expect=state, event=("RolloutAborted", why, "Warning"))
             self.last[plan.group] = (Decision(Action.NONE, why, state.step), None)
             return False

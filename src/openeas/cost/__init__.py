@@ -1,4 +1,5 @@
-"""Economics: the instance catalog, the monthly estimate of a spec, its traps (docs/cost.md).
+"""Economics: the instance catalog, the monthly estimate of a spec, its traps, the meter of what
+ran and the idle-spend alarm (docs/cost.md).
 
 Pure logic only: imports spec and the standard library, never the store, gateway or runtime.
 """
@@ -9,6 +10,7 @@ from openeas.cost.catalog import (
     InstanceType,
     Pricing,
     load_catalog,
+    map_resources,
     map_spec,
     parse_catalog,
 )
@@ -18,12 +20,19 @@ __all__ = [
     "SHIPPED_CATALOG",
     "Catalog",
     "Estimate",
+    "Idle",
+    "IdleState",
     "InstanceType",
     "Pricing",
+    "Report",
     "TrafficProfile",
+    "Usage",
     "estimate",
     "load_catalog",
+    "map_resources",
     "map_spec",
+    "meter",
+    "observe",
     "parse_catalog",
     "parse_traffic",
     "render_text",

@@ -18,6 +18,7 @@ The mapping, in order (the first that applies wins):
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,15 +160,14 @@ def _fits(t: InstanceType, cpu: float, memory_mb: int, gpus: int) -> bool:
     return t.cpu >= cpu and t.memory_gb * MB_PER_GB >= memory_mb and t.gpus >= gpus
 
 
-def _from_metadata(spec: ServiceSpec, catalog: Catalog) -> Pricing:
-    m = spec.metadata
-    cpu, memory, gpus = float(m.cpu or 0), int(m.memory or 0), int(m.gpu or 0)
+def _from_metadata(cpu_: Any, memory_: Any, gpu_: Any, catalog: Catalog) -> Pricing:
+    cpu, memory, gpus = float(cpu_ or 0), int(memory_ or 0), int(gpu_ or 0)
     asked = ", ".join(
         part
         for part in (
-            f"cpu {_num(cpu)}" if m.cpu else "",
-            f"memory {memory} MB" if m.memory else "",
-            f"gpu {gpus}" if m.gpu else "",
+            f"cpu {_num(cpu)}" if cpu_ else "",
+            f"memory {memory} MB" if memory_ else "",
+            f"gpu {gpus}" if gpu_ else "",
         )
         if part
     )
@@ -182,18 +182,33 @@ def _from_metadata(spec: ServiceSpec, catalog: Catalog) -> Pricing:
 
 def map_spec(spec: ServiceSpec, catalog: Catalog) -> Pricing:
     """The instance type and hourly price of one replica of ``spec`` (see the module doc)."""
-    c = spec.cloud.computing
-    if c.instance_type:
-        t = catalog.find(c.instance_type)
+    c, m = spec.cloud.computing, spec.metadata
+    return map_resources(
+        {
+            "instance_type": c.instance_type,
+            "instances": c.instances,
+            "cpu": m.cpu,
+            "memory": m.memory,
+            "gpu": m.gpu,
+        },
+        catalog,
+    )
+
+
+def map_resources(res: Mapping[str, Any], catalog: Catalog) -> Pricing:
+    """:func:`map_spec` of what prices a spec: ``instance_type``, ``instances`` (cloud.computing)
+    and ``cpu``, ``memory``, ``gpu`` (metadata); the meter keeps these per replica."""
+    instance_type, instances = res.get("instance_type"), res.get("instances")
+    if instance_type:
+        t = catalog.find(instance_type)
         if t is None:
-            why = f"cloud.computing.instance_type {c.instance_type!r} is not in the catalog {catalog.source}"
+            why = f"cloud.computing.instance_type {instance_type!r} is not in the catalog {catalog.source}"
             return Pricing(None, False, why, catalog.currency)
         return Pricing(t, False, f"cloud.computing.instance_type: {t.summary()}, on demand", catalog.currency)
-    if c.instances:
-        return _from_instances(c.instances, catalog)
-    m = spec.metadata
-    if m.cpu or m.memory or m.gpu:
-        return _from_metadata(spec, catalog)
+    if instances:
+        return _from_instances(list(instances), catalog)
+    if res.get("cpu") or res.get("memory") or res.get("gpu"):
+        return _from_metadata(res.get("cpu"), res.get("memory"), res.get("gpu"), catalog)
     why = (
         "no cloud.computing.instance_type, no cloud.computing.instances, "
         "no metadata.cpu/memory/gpu: nothing to price"

@@ -5,7 +5,8 @@ session of its own and without ``--parent-pid``: the data plane outlives the con
 keeps serving the routing table in the store) and the next server adopts or replaces it.
 
 The gateway process imports neither SQLAlchemy nor pydantic (tests/test_routing_push.py checks):
-it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`) and /proc with
+it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`), or with psycopg for
+``--store postgresql://…`` (:mod:`openeas.gateway.pg_source`), and /proc with
 :mod:`openeas.procfs`, so it starts fast and stays small.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from openeas.gateway.context import ClientLimits
 from openeas.gateway.notify import socket_path
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.source import routing_source
 from openeas.gateway.table import FileRoutingSource, RoutingSource
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, pid_alive, set_oom_score_adj
 from openeas.telemetry import gateway_stats
@@ -39,6 +40,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--routing-file", type=Path, help="JSON routing table (reloaded when it changes)")
     src.add_argument("--data-dir", type=Path, help="OpenEAS data directory (routing from the store)")
+    p.add_argument(
+        "--store",
+        help="the store's URL when it is not SQLite in --data-dir: postgresql://USER@HOST:PORT/DB "
+        "(changes are pushed by LISTEN/NOTIFY; --data-dir still holds secret.key)",
+    )
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -77,7 +83,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--max-connections", int, d.max_connections, "client connections at once (default: from ulimit -n)"),
     ):
         lim.add_argument(flag, type=kind, default=default, help=what)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.store is not None and args.data_dir is None:
+        p.error("--store: needs --data-dir (the folder that holds the store's secret.key)")
+    return args
 
 
 def _limits(args: argparse.Namespace) -> ClientLimits:
@@ -103,7 +112,8 @@ def _stats_socket(args: argparse.Namespace) -> Path | None:
 def _source(args: argparse.Namespace) -> RoutingSource:
     if args.routing_file is not None:
         return FileRoutingSource(args.routing_file)
-    return StoreRoutingSource(args.data_dir)  # written by the control plane, which notifies changes
+    # written by the control plane, which notifies changes
+    return routing_source(args.data_dir, args.store)
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

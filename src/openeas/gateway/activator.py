@@ -1,7 +1,7 @@
 """Owns the activator: requests to a service with no routable replica are held, not failed, and
 sent the moment the routing table offers a replica (scale from zero, a replica restarting).
 
-A request the balancer cannot place (`ClientConnection._dispatch` found no replica, or every
+A request the balancer cannot place (`Exchange.dispatch` found no replica, or every
 replica refused the connection) goes through `hold`:
 
 - a service its operator **stopped** answers 503 ``service_stopped`` at once: no replica is coming;
@@ -15,15 +15,15 @@ replica refused the connection) goes through `hold`:
   streams like any other from then on. A timer per non-empty queue (`HOLD_POLL_S`) retries
   replicas that refused connections (the table did not change, the replica may be back) and
   answers the requests held past ``Route.hold_timeout_s`` with 503 ``no_ready_replica``;
-- a client that goes away while held leaves the queue (counted as abandoned).
+- a ex that goes away while held leaves the queue (counted as abandoned).
 
 Every held request ends in exactly one of: released (sent to a replica), timed out (503),
-abandoned (the client closed), ended (answered otherwise while held: service stopped or
+abandoned (the ex closed), ended (answered otherwise while held: service stopped or
 deleted, the route's request timeout 408, a body over its limit 413, the gateway stopping: 503
 with ``Retry-After``, its successor on the same port takes the retry). `HoldStats` counts them.
 
-`hold` and `resume` become methods of `openeas.gateway.proxy.ClientConnection` (assigned in its
-class body): rare paths, kept out of the module that holds the hot path.
+The queues hold the requests' `openeas.gateway.exchange.Exchange`s: `hold` and `unhold` are called
+by the exchange, and a wake calls its `Exchange.resume`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.guard import PROXYING
 from openeas.gateway.metrics import HoldStats
 
 if TYPE_CHECKING:
     from openeas.gateway.context import ProxyContext
-    from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.exchange import Exchange
 
 HOLD_POLL_S = 0.05  # seconds between two looks of a non-empty queue at its replicas and deadlines
-# Seconds a client refused with 429 (hold queue full) is told to wait: the queue empties the moment
+# Seconds a ex refused with 429 (hold queue full) is told to wait: the queue empties the moment
 # a replica is routable, and spreading retries over a second is enough to not refill it at once.
 RETRY_AFTER_S = 1
 
@@ -70,22 +69,22 @@ class HoldQueue:
         self.service = service
         self.stats = stats
         self.loop = loop
-        self.entries: dict[ClientConnection, Held] = {}  # insertion order = arrival order
+        self.entries: dict[Exchange, Held] = {}  # insertion order = arrival order
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, client: ClientConnection, held: Held) -> None:
-        self.entries[client] = held
+    def add(self, ex: Exchange, held: Held) -> None:
+        self.entries[ex] = held
         stats = self.stats
         stats.held = len(self.entries)
         stats.held_total += 1
         if self._timer is None:
-            self._timer = self.loop.call_later(HOLD_POLL_S, self._tick, client.ctx)
+            self._timer = self.loop.call_later(HOLD_POLL_S, self._tick, ex.client.ctx)
 
-    def remove(self, client: ClientConnection, outcome: str) -> Held | None:
-        held = self.entries.pop(client, None)
+    def remove(self, ex: Exchange, outcome: str) -> Held | None:
+        held = self.entries.pop(ex, None)
         if held is None:
             return None
         stats = self.stats
@@ -106,27 +105,27 @@ class HoldQueue:
         route = ctx.routes.get(self.service)
         if route is not None and not route.upstreams and not route.route.stopped:
             return  # still nothing to send to: the requests wait
-        for client, held in list(self.entries.items()):
-            if client in self.entries:  # not answered meanwhile by an earlier one's doing
-                client._resume(held.request_seq)
+        for ex, held in list(self.entries.items()):
+            if ex in self.entries:  # not answered meanwhile by an earlier one's doing
+                ex.resume(held.request_seq)
 
     def _tick(self, ctx: ProxyContext) -> None:
         self._timer = None
         now = self.loop.time()
-        for client, held in list(self.entries.items()):
-            if held.deadline <= now and self.remove(client, TIMED_OUT) is not None:
-                _detach(client)
-                client._fail(hold_timed_out(held.reason, held.timeout_s))
+        for ex, held in list(self.entries.items()):
+            if held.deadline <= now and self.remove(ex, TIMED_OUT) is not None:
+                _detach(ex)
+                ex.client.fail(hold_timed_out(held.reason, held.timeout_s))
         self.wake(ctx)
         if self.entries:
             self._timer = self.loop.call_later(HOLD_POLL_S, self._tick, ctx)
 
     def fail_all(self, err: GatewayError) -> None:
         """Answer every held request with ``err`` (the gateway stops: none will be released here)."""
-        for client in list(self.entries):
-            if self.remove(client, ENDED) is not None:
-                _detach(client)
-                client._fail(err, close=True)
+        for ex in list(self.entries):
+            if self.remove(ex, ENDED) is not None:
+                _detach(ex)
+                ex.client.fail(err, close=True)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -144,74 +143,57 @@ def _queue(ctx: ProxyContext, service: str, loop: asyncio.AbstractEventLoop) -> 
     return queue
 
 
-def _detach(client: ClientConnection) -> None:
-    attempts = client.attempts
+def _detach(ex: Exchange) -> None:
+    attempts = ex.attempts
     if attempts is not None:
         attempts.held = None
 
 
-# --- methods of ClientConnection --------------------------------------------------------------------
+# --- called by the exchange -----------------------------------------------------------------------------
 
 
-def hold(client: ClientConnection, reason: GatewayError) -> None:
+def hold(ex: Exchange, reason: GatewayError) -> None:
     """No replica to send to now: hold the request for one (or refuse it: stopped, queue full)."""
-    route = client.route
+    route = ex.route
     assert route is not None
     if route.route.stopped:
-        client._fail(service_stopped(route.service))
+        ex.client.fail(service_stopped(route.service))
         return
-    attempts = client._attempts()
+    attempts = ex.attempts_made()
     queue = attempts.held
     if queue is not None:  # a wake found no replica that would take it: it keeps its place
-        held = queue.entries.get(client)
+        held = queue.entries.get(ex)
         if held is not None:
             held.reason = reason
         return
-    ctx = client.ctx
-    now = client.loop.time()
+    ctx = ex.client.ctx
+    now = ex.loop.time()
     if attempts.hold_since is None:
         attempts.hold_since = now  # a request held again after a failed release keeps its deadline
     timeout_s = route.route.hold_timeout_s
     deadline = attempts.hold_since + timeout_s
     if now >= deadline:
-        client._fail(hold_timed_out(reason, timeout_s))
+        ex.client.fail(hold_timed_out(reason, timeout_s))
         return
-    queue = _queue(ctx, route.service, client.loop)
+    queue = _queue(ctx, route.service, ex.loop)
     if len(queue) >= route.route.max_held:
         queue.stats.overflow += 1
-        client._fail(hold_queue_full(route.service, route.route.max_held))
+        ex.client.fail(hold_queue_full(route.service, route.route.max_held))
         return
     attempts.held = queue
-    queue.add(client, Held(client.request_seq, now, deadline, timeout_s, reason))
+    queue.add(ex, Held(ex.client.request_seq, now, deadline, timeout_s, reason))
     if ctx.on_hold is not None:
         ctx.on_hold(route.service)  # the control plane hears of it at once (scale from zero)
 
 
-def resume(client: ClientConnection, request_seq: int) -> None:
-    """A held request looks at the routing table again: sent if a replica takes it, else it keeps
-    its place. One whose connection to a replica is being opened is left to that attempt."""
-    if request_seq != client.request_seq or client.phase is not PROXYING or client.route is None:
-        return
-    if client.upstream is not None:
-        return  # connecting: `failover.connect` sends it, or brings it back here on failure
-    service = client.route.service
-    route = client.ctx.routes.get(service)
-    if route is None or route.balancer is None:
-        client._fail(GatewayError(404, "service_not_found", f"service '{service}' not found"))
-        return
-    client.route = route
-    client._attempts().tried.clear()  # a new look: every replica deserves a try again
-    client._dispatch(client.loop.time())
-
-
-def unhold(client: ClientConnection, outcome: str) -> None:
+def unhold(ex: Exchange, outcome: str) -> None:
     """The request leaves its hold queue: ``outcome`` RELEASED (written to a replica: called by
-    `ClientConnection._send_to`), ABANDONED (the client closed) or ENDED (answered otherwise)."""
-    attempts = client.attempts
+    `Exchange.send_to`), ABANDONED (the ex closed) or ENDED (answered otherwise)."""
+    attempts = ex.attempts
     if attempts is not None and attempts.held is not None:
         queue = attempts.held
         attempts.held = None
-        queue.remove(client, outcome)
+        queue.remove(ex, outcome)
 
 
 # --- the answers -------------------------------------------------------------------------------------

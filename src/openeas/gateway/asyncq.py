@@ -29,9 +29,10 @@ Both queues, in `openeas.gateway.queueops`: ``GET ?_index_=N`` (get by index, lo
 ``GET ?_search_=true``, ``POST`` on the sink (put); ``GET ?_watch_=true`` with ``_window_``,
 ``_index_only_``, ``_auto_commit_`` on either (`openeas.gateway.watch.Watch`).
 
-These functions become methods of `openeas.gateway.proxy.ClientConnection` (assigned in its class
-body); the proxy calls `queue_request` from ``on_headers_complete`` for an async route and
-`queue_body_done` from ``on_message_complete`` when it waited for a body.
+The client connection (`openeas.gateway.proxy.ClientConnection`) calls `queue_request` from
+``on_headers_complete`` for an async route and `queue_body` from ``on_message_complete`` when the
+request waited for its body; both act on the request's `openeas.gateway.exchange.Exchange`
+through its methods (its body buffer, its answer, its signed body).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from urllib.parse import parse_qsl, urlencode
 from openeas.gateway import queueops as ops
 from openeas.gateway.auth import AuthError
 from openeas.gateway.errors import GatewayError, body_too_large
-from openeas.gateway.guard import CLOSED
 from openeas.gateway.qhttp import (
     REQUEST_ID_HEADER,
     flag,
@@ -68,7 +68,7 @@ from openeas.gateway.wsframe import handshake
 from openeas.queue.model import Message, Result, State, request_status
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.exchange import Exchange
     from openeas.gateway.queues import AsyncQueues
 
 RETRY_AFTER_S = 1  # a client refused with 429 (queue full) is told to wait this many seconds
@@ -88,41 +88,41 @@ class Pending:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-# --- methods of ClientConnection --------------------------------------------------------------------
+# --- called by the client connection -----------------------------------------------------------------
 
 
-def queue_request(client: ClientConnection, method: bytes, upstream_path: bytes) -> None:
+def queue_request(ex: Exchange, method: bytes, upstream_path: bytes) -> None:
     """A request to an async service, its head complete: answer it, or wait for its body."""
     try:
-        _route(client, method.decode("latin-1"), upstream_path.decode("latin-1"))
+        _route(ex, method.decode("latin-1"), upstream_path.decode("latin-1"))
     except GatewayError as e:
-        client._fail(e)
+        ex.client.fail(e)
 
 
-def _route(client: ClientConnection, method: str, upstream_path: str) -> None:
-    route = client.route
+def _route(ex: Exchange, method: str, upstream_path: str) -> None:
+    route = ex.route
     assert route is not None
     service = route.service
     path, _, query = upstream_path.partition("?")
     params = dict(parse_qsl(query, keep_blank_values=True))
-    queues = queues_of(client)
+    queues = queues_of(ex)
     sink = path == "/sink" or path.startswith("/sink/")
     if method in ("GET", "HEAD"):
         if flag(params, "_watch_"):
-            _watch(client, queues, service, params, sink=sink)
+            _watch(ex, queues, service, params, sink=sink)
         elif flag(params, "_attrs_"):
             attrs = ops.sink_attributes if sink else _attributes
-            run(client, attrs(client, queues, service))
+            run(ex, attrs(ex, queues, service))
         elif flag(params, "_search_"):
-            run(client, ops.search(client, queues, service, params, sink=sink))
+            run(ex, ops.search(ex, queues, service, params, sink=sink))
         elif sink:
-            run(client, _get_result(client, queues, service, params))
+            run(ex, _get_result(ex, queues, service, params))
         elif flag(params, "_dead_"):
-            run(client, _dead(client, queues, service, params))
-        elif "_index_" in params or "_length_" in params or ops.answer_format(client, params) == "protobuf":
-            run(client, ops.input_get(client, queues, service, params))  # the EAS SDK's get()
+            run(ex, _dead(ex, queues, service, params))
+        elif "_index_" in params or "_length_" in params or ops.answer_format(ex, params) == "protobuf":
+            run(ex, ops.input_get(ex, queues, service, params))  # the EAS SDK's get()
         elif "requestId" in params:
-            run(client, _status(client, queues, service, params["requestId"]))
+            run(ex, _status(ex, queues, service, params["requestId"]))
         else:
             raise GatewayError(
                 400,
@@ -133,7 +133,7 @@ def _route(client: ClientConnection, method: str, upstream_path: str) -> None:
             )
         return
     if method == "DELETE" and flag(params, "_trunc_"):
-        run(client, ops.truncate(client, queues, service, params, sink=sink))
+        run(ex, ops.truncate(ex, queues, service, params, sink=sink))
         return
     if method == "DELETE" or (method == "PUT" and "_indexes_" in params):
         if "_indexes_" not in params and "requestId" not in params:
@@ -143,7 +143,7 @@ def _route(client: ClientConnection, method: str, upstream_path: str) -> None:
                 f"DELETE on the {'sink' if sink else 'queue'} of '{service}' names what to delete: "
                 "_indexes_=<i,j>, requestId=<id>, or _trunc_=true&_index_=<i> (everything below i)",
             )
-        run(client, ops.delete(client, queues, service, params, sink=sink))
+        run(ex, ops.delete(ex, queues, service, params, sink=sink))
         return
     priority = int_param(params, "_priority_", 0)
     if priority not in (0, 1):
@@ -151,45 +151,37 @@ def _route(client: ClientConnection, method: str, upstream_path: str) -> None:
     tags = {k: v for k, v in params.items() if not k.startswith("_") and k != "requestId"}
     replica_path = path + ("?" + urlencode(tags) if tags else "")
     kind = "sink" if sink else "redrive" if flag(params, "_redrive_") else "enqueue"
-    client.queued = Pending(kind, method, replica_path, priority, tags)
-    client.waiting = []  # the body collects here (`ClientConnection._send`)
+    ex.wait_body(Pending(kind, method, replica_path, priority, tags))  # the body collects there
 
 
-def queue_body_done(client: ClientConnection) -> None:
+def queue_body(ex: Exchange, chunked: bool) -> None:
     """The whole body of a request waiting in `queue_request` arrived."""
-    pending = client.queued
-    assert pending is not None
-    client.queued = None
-    waiting = client.waiting or []
-    client.waiting = None
-    # A chunked body was framed for a replica as it came: [size line, data, CRLF] per chunk.
-    body = b"".join(waiting[1::3] if client.chunked else waiting)
-    signed = client.signed_body
+    pending, body = ex.take_body(chunked)
+    signed = ex.take_signed()
     if signed is not None:
-        client.signed_body = None
         try:
             signed.verify()
         except AuthError as e:
-            client._fail(e)
+            ex.client.fail(e)
             return
     try:
-        queues = queues_of(client)
+        queues = queues_of(ex)
         if pending.kind == "redrive":
-            run(client, _redrive(client, queues, body))
+            run(ex, _redrive(ex, queues, body))
         elif pending.kind == "sink":
-            assert client.route is not None
-            run(client, ops.sink_put(client, queues, client.route.service, body, pending.tags))
+            assert ex.route is not None
+            run(ex, ops.sink_put(ex, queues, ex.route.service, body, pending.tags))
         else:
-            _enqueue(client, queues, pending, body)
+            _enqueue(ex, queues, pending, body)
     except GatewayError as e:
-        client._fail(e)
+        ex.client.fail(e)
 
 
 # --- the input queue --------------------------------------------------------------------------------
 
 
-def _enqueue(client: ClientConnection, queues: AsyncQueues, pending: Pending, body: bytes) -> None:
-    route = client.route
+def _enqueue(ex: Exchange, queues: AsyncQueues, pending: Pending, body: bytes) -> None:
+    route = ex.route
     assert route is not None and route.queue is not None
     settings = route.queue
     service = route.service
@@ -206,7 +198,7 @@ def _enqueue(client: ClientConnection, queues: AsyncQueues, pending: Pending, bo
             f"(queue.source.max_length); retry after {RETRY_AFTER_S} s",
             retry_after_s=RETRY_AFTER_S,
         )
-    headers = request_headers(client)
+    headers = request_headers(ex)
     ctype = headers.get("content-type", "")
     if "json" in ctype.lower():
         try:
@@ -234,40 +226,40 @@ def _enqueue(client: ClientConnection, queues: AsyncQueues, pending: Pending, bo
         enqueued_at=time.time(),
         tags=pending.tags,
     )
-    seq = client.request_seq
+    seq = ex.client.request_seq
 
     def done(f: asyncio.Future[int]) -> None:
         error = f.exception()
         if error is not None:
             respond_error(
-                client, seq, GatewayError(503, "queue_unavailable", f"the request was not queued: {error}")
+                ex, seq, GatewayError(503, "queue_unavailable", f"the request was not queued: {error}")
             )
             return
         queues.enqueued(service)
         extra = REQUEST_ID_HEADER + b": " + msg.request_id.encode() + b"\r\n"
-        respond(client, seq, 200, str(msg.index).encode(), b"text/plain", extra)
+        respond(ex, seq, 200, str(msg.index).encode(), b"text/plain", extra)
 
     asyncio.ensure_future(queues.backend.enqueue(msg)).add_done_callback(done)
 
 
-async def _attributes(client: ClientConnection, queues: AsyncQueues, service: str) -> bytes:
-    route = client.route
+async def _attributes(ex: Exchange, queues: AsyncQueues, service: str) -> bytes:
+    route = ex.route
     assert route is not None and route.queue is not None
     attrs = await queues.backend.attributes(service, route.queue.max_length, time.time())
-    return json_answer(200, attrs.eas_dict(consumers=len(route.upstreams)), client)
+    return json_answer(200, attrs.eas_dict(consumers=len(route.upstreams)), ex)
 
 
-async def _status(client: ClientConnection, queues: AsyncQueues, service: str, request_id: str) -> bytes:
+async def _status(ex: Exchange, queues: AsyncQueues, service: str, request_id: str) -> bytes:
     state, result = await queues.backend.lookup(service, request_id)
     if state is None:
         raise unknown(service, request_id)
     body: dict[str, Any] = {"requestId": request_id, "status": request_status(state)}
     if result is not None:
         body.update(index=result.index, attempts=result.attempts, resultStatus=result.status)
-    return json_answer(200, body, client)
+    return json_answer(200, body, ex)
 
 
-async def _dead(client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str]) -> bytes:
+async def _dead(ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str]) -> bytes:
     limit = min(max(int_param(params, "_length_", DEAD_LIST_MAX), 1), DEAD_LIST_MAX)
     dead = await queues.backend.dead_letters(service, limit)
     items = [
@@ -280,11 +272,11 @@ async def _dead(client: ClientConnection, queues: AsyncQueues, service: str, par
         }
         for d in dead
     ]
-    return json_answer(200, items, client)
+    return json_answer(200, items, ex)
 
 
-async def _redrive(client: ClientConnection, queues: AsyncQueues, body: bytes) -> bytes:
-    route = client.route
+async def _redrive(ex: Exchange, queues: AsyncQueues, body: bytes) -> bytes:
+    route = ex.route
     assert route is not None
     ids: list[str] | None = None
     if body.strip():
@@ -305,25 +297,25 @@ async def _redrive(client: ClientConnection, queues: AsyncQueues, body: bytes) -
         ids = doc["requestIds"]
     n = await queues.backend.redrive(route.service, ids)
     queues.dispatcher.wake(route.service)
-    return json_answer(200, {"redriven": n}, client)
+    return json_answer(200, {"redriven": n}, ex)
 
 
 # --- the sink ---------------------------------------------------------------------------------------------
 
 
 async def _get_result(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str]
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str]
 ) -> bytes | None:
-    fmt = ops.answer_format(client, params)
+    fmt = ops.answer_format(ex, params)
     auto_delete = flag(params, "_auto_delete_")
     timeout_s = parse_timeout(params["_timeout_"]) if params.get("_timeout_") else 0.0
     request_id = params.get("requestId")
     if request_id is None:
-        return await ops.sink_get_by_index(client, queues, service, params)
+        return await ops.sink_get_by_index(ex, queues, service, params)
     state, result = await queues.backend.lookup(service, request_id)
     key = request_id
     if result is not None:
-        return await ops.results_response(client, queues, service, [result], fmt, auto_delete)
+        return await ops.results_response(ex, queues, service, [result], fmt, auto_delete)
     if state is None:
         raise unknown(service, key)
     if state is State.READ:
@@ -341,14 +333,14 @@ async def _get_result(
             "POST ?_redrive_=true queues it again)",
         )
     if timeout_s <= 0:
-        return no_content(client, request_id)
-    seq = client.request_seq
+        return no_content(ex, request_id)
+    seq = ex.client.request_seq
 
     def deliver(result: Result | None) -> None:
         if result is None:
-            send(client, seq, no_content(client, request_id))
+            send(ex, seq, no_content(ex, request_id))
         else:
-            run(client, ops.results_response(client, queues, service, [result], fmt, auto_delete), seq=seq)
+            run(ex, ops.results_response(ex, queues, service, [result], fmt, auto_delete), seq=seq)
 
     # Answered a little before the client's own timeout, which the EAS SDK sets to the same value.
     LongPoll(queues, service, request_id, deliver, timeout_s * 0.95)
@@ -356,30 +348,25 @@ async def _get_result(
 
 
 def _watch(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
 ) -> None:
     """Hand the connection over to a `Watch` (WebSocket when asked for, else server-sent events);
     it still counts against the gateway's connection cap until it ends."""
     start = max(int_param(params, "_index_", 0), 0)
     window = max(int_param(params, "_window_", 0), 0)
-    websocket = client.upgrade is not None
-    key = request_headers(client).get("sec-websocket-key")
+    websocket = ex.client.upgrade is not None
+    key = request_headers(ex).get("sec-websocket-key")
     if websocket and not key:
         raise GatewayError(400, "bad_handshake", "a WebSocket watch needs Sec-WebSocket-Key")
-    transport = client.transport
-    client._record(101 if websocket else 200)
-    ctx = client.ctx
-    if client in ctx.connections:
-        ctx.connections.remove(client)
-        ctx.metrics.connections -= 1
+    transport = ex.transport
+    ex.record(101 if websocket else 200)
+    ctx = ex.client.ctx
+    ex.client.hand_over()  # still counted against the connection cap, as a watch
     ctx.watches += 1
 
     def closed() -> None:
         ctx.watches -= 1
 
-    client.request_seq += 1
-    client._clear_timer()
-    client.phase = CLOSED
     transport.write(handshake(key.encode("latin-1")) if websocket and key else SSE_HEAD)
     Watch(
         queues,

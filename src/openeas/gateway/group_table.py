@@ -18,10 +18,13 @@ _MEMBERS = (
 _HAS_GROUPS = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='group_members'"
 
 
-def load_groups(db: sqlite3.Connection, token: Any) -> dict[str, GroupDef]:
+def load_groups(
+    db: sqlite3.Connection | Any, token: Any, has_groups_sql: str = _HAS_GROUPS
+) -> dict[str, GroupDef]:
     """The groups in the store (``token(ciphertext) -> plaintext``); none in a database that
-    predates them (schema v3)."""
-    if db.execute(_HAS_GROUPS).fetchone() is None:
+    predates them (schema v3). ``db``: a sqlite3 or psycopg connection (both have ``execute``);
+    ``has_groups_sql``: the query that finds the members' table in that database."""
+    if db.execute(has_groups_sql).fetchone() is None:
         return {}
     members: dict[str, list[GroupMember]] = {}
     for group, service, weight, mirror_weight, match in db.execute(_MEMBERS):

@@ -1,13 +1,12 @@
 """Owns what guards the gateway against its clients, for `openeas.gateway.proxy.ClientConnection`:
 the phases a client connection goes through (`Phase`), its one deadline and what it ends (head,
 idle keep-alive, body gap), the answers to heads over a limit (414, 431), to protocol upgrades
-(501), to a full gateway (503) and to a request that does not parse (400); the slow path of
-authorization (signed requests, refusals), the gateway's own answers (/metrics, /healthz, 404),
-and the start of a WebSocket tunnel once a replica answered 101.
+(501) and to a full gateway (503); where a pipelined request starts; the slow path of
+authorization (signed requests, refusals) and the gateway's own answers (/metrics, /healthz, 404).
 
-The functions here become methods of `ClientConnection` (assigned in its class body): they are
-the connection's rare paths, kept out of the module that holds its hot path. The limits
-themselves are settings of `openeas.gateway.context.ProxyContext`.
+The connection (proxy.py) acts on what these return: the errors, where a pipelined request
+starts, the expected Content-MD5 of a signed request, a local answer. The limits themselves are
+settings of `openeas.gateway.context.ProxyContext`.
 """
 
 from __future__ import annotations
@@ -18,15 +17,14 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpRequestParser
 
-from openeas.gateway.auth import AuthError, SignedBody, authorize
-from openeas.gateway.context import NEVER
-from openeas.gateway.errors import GatewayError, error_response
+from openeas.gateway.auth import authorize
+from openeas.gateway.errors import GatewayError
 from openeas.gateway.local import local_answer
 from openeas.gateway.split import GROUP_STATS_PREFIX, group_stats_answer
 
 if TYPE_CHECKING:
-    from openeas.gateway.pool import UpstreamConnection
     from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.routes import RouteState
 
 
 class Phase(IntEnum):
@@ -95,19 +93,14 @@ def requests_end(data: bytes, requests: int) -> int | None:
     return low if ends.complete == requests else None
 
 
-def pipelined(conn: ClientConnection, data: bytes, requests: int) -> None:
-    """A read held the end of the request being served and the start of the next one: the parser
-    stopped there. The rest of the read is kept, and parsed once this request is answered (as a
-    request sent in a later read is). ``requests``: how many requests this read completed, the
-    first starting at its first byte; 0 when the read started inside a request (its start is
-    unknown here): then the connection closes after this answer and the client sends the rest
-    again (HTTP/1.1 lets a server close instead of answering pipelined requests)."""
-    end = requests_end(data, requests) if requests else None
-    if end is None:
-        conn.keep_alive = False
-        return
-    conn.parser = HttpRequestParser(conn)  # the old one stopped in the next request's head
-    conn.flow.keep_early(data[end:])
+def pipelined_end(data: bytes, requests: int) -> int | None:
+    """Where the next request starts in a read that held the end of the request being served and
+    the start of the next one (the parser stopped there). ``requests``: how many requests this
+    read completed, the first starting at its first byte; 0 when the read started inside a
+    request (its start is unknown here): None then, and the connection closes after this answer
+    and the client sends the rest again (HTTP/1.1 lets a server close instead of answering
+    pipelined requests)."""
+    return requests_end(data, requests) if requests else None
 
 
 UPGRADE_REFUSED = (
@@ -115,13 +108,6 @@ UPGRADE_REFUSED = (
     "upgrade_not_supported",
     "protocol upgrades other than a WebSocket GET are unsupported",
 )
-
-
-def refuse(conn: ClientConnection, err: GatewayError) -> None:
-    """Answer ``err`` before anything was routed, count it by its code, and close."""
-    conn.ctx.metrics.reject(err.code)
-    conn.keep_alive = False
-    conn._local_error(err)
 
 
 def too_many_connections(limit: int) -> GatewayError:
@@ -142,102 +128,31 @@ def headers_too_large(conn: ClientConnection) -> GatewayError:
     return GatewayError(431, "headers_too_large", message)
 
 
-def parse_failed(conn: ClientConnection, e: HttpParserError) -> None:
-    """The parser stopped on ``e``: a limit a callback raised, or bytes that are not HTTP."""
-    cause = e.__context__
-    phase = conn.phase
-    if isinstance(cause, GatewayError):  # a limit, raised by a parser callback
-        if phase is IDLE:
-            refuse(conn, cause)
-        return
-    err = GatewayError(400, "bad_request", f"malformed HTTP request: {e}")
-    if phase is IDLE:
-        conn._local_error(err)
-    elif phase is PROXYING and not (conn.upstream_conn is not None and conn.upstream_conn.got_bytes):
-        conn._fail(err, close=True)  # a body that does not parse: nothing was answered yet
-    else:  # the replica's answer already started, or was complete: all that is left is to close
-        conn._drop_upstream()
-        conn._record(400)
-        conn._close()
+# --- answers of the gateway itself, authorization ------------------------------------------
 
 
-def expire(conn: ClientConnection) -> None:
-    """The connection's deadline passed (called by the context's sweep)."""
-    kind = conn.deadline_kind
-    conn.deadline = NEVER
-    ctx = conn.ctx
-    ctx.metrics.timed_out(kind)
-    phase = conn.phase
-    if kind is HEAD and phase is IDLE:
-        message = f"request head not complete within {ctx.head_timeout_s:g} s (head_timeout_s)"
-        conn._local_error(GatewayError(408, "head_timeout", message))
-    elif kind is BODY and phase is PROXYING and not (conn.upstream_conn and conn.upstream_conn.got_bytes):
-        message = f"request body stalled for {ctx.body_timeout_s:g} s (body_timeout_s)"
-        conn._fail(GatewayError(408, "body_timeout", message), close=True)
-    else:  # idle keep-alive, or a stalled body whose answer already started
-        conn._drop_upstream()
-        conn._record(408)
-        conn._close()
-
-
-# --- answers of the gateway itself, authorization, the WebSocket tunnel's start --------------
-
-
-def answer_locally(client: ClientConnection, method: bytes) -> None:
-    """A request outside /api/predict: /metrics, /healthz or 404."""
+def local_response(client: ClientConnection, method: bytes) -> bytes:
+    """The answer to a request outside /api/predict: /metrics, /healthz, /groups/<g> or a
+    `GatewayError` (404)."""
     path = client.url.partition(b"?")[0]
     if path.startswith(GROUP_STATS_PREFIX):
-        client._local_answer(group_stats_answer(client, method, path))
-        return
-    try:
-        response = local_answer(method, path, client.ctx.metrics, close=not client.keep_alive)
-    except GatewayError as e:
-        client._local_error(e)
-        return
-    client._local_answer(response)
-
-def local_error(client: ClientConnection, err: GatewayError) -> None:
-    if err.status in (400, 408, 414, 431, 501):
-        client.keep_alive = False  # the rest of the stream cannot be trusted
-    client.ctx.metrics.unrouted(err.status)
-    client._local_answer(error_response(err, close=not client.keep_alive))
+        return group_stats_answer(client, method, path)
+    return local_answer(method, path, client.ctx.metrics, close=not client.keep_alive)
 
 
-def authorize_request(client: ClientConnection, method: bytes) -> bool:
-    """The slow auth path (signed requests, refusals); False when the request was answered."""
-    route = client.route
-    assert route is not None and route.creds is not None
-    try:
-        expected_md5 = authorize(
-            route.creds,
-            route.service,
-            client.authorization,
-            method=method,
-            content_md5=client.content_md5,
-            content_type=client.content_type,
-            date=client.date,
-            path=client.url.partition(b"?")[0],
-            now=time.time(),
-            max_skew_s=client.ctx.max_date_skew_s,
-        )
-    except AuthError as e:
-        client._fail(e)
-        return False
-    if expected_md5 is not None:
-        client.signed_body = SignedBody(expected_md5)
-    return True
-
-
-def upstream_upgraded(client: ClientConnection, conn: UpstreamConnection) -> None:
-    """The replica answered 101 (its head already went to the client): tunnel from now on."""
-    if conn is not client.upstream_conn:
-        return
-    client._release_upstream()  # a tunnel is not an outstanding request
-    client._record(101)
-    client._clear_timer()  # the route's timeout is for answers, not for a WebSocket's life
-    client.phase = TUNNEL
-    client.deadline = NEVER
-    early = client.flow.take_early()  # frames the client sent before the 101
-    if early:
-        conn.transport.writelines(early)  # type: ignore[union-attr]
-    client.flow.resume_client()
+def authorize_request(client: ClientConnection, route: RouteState, method: bytes) -> bytes | str | None:
+    """The slow auth path (signed requests, refusals): the body's expected Content-MD5 for a
+    signed request, else None; raises `AuthError` when the request is refused."""
+    assert route.creds is not None
+    return authorize(
+        route.creds,
+        route.service,
+        client.authorization,
+        method=method,
+        content_md5=client.content_md5,
+        content_type=client.content_type,
+        date=client.date,
+        path=client.url.partition(b"?")[0],
+        now=time.time(),
+        max_skew_s=client.ctx.max_date_skew_s,
+    )

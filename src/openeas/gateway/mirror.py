@@ -29,8 +29,8 @@ from httptools import HttpParserError, HttpResponseParser
 from openeas.gateway.group_metrics import MemberMetrics, TrafficMetrics
 
 if TYPE_CHECKING:
+    from openeas.gateway.exchange import Exchange
     from openeas.gateway.pool import UpstreamConnection, UpstreamState
-    from openeas.gateway.proxy import ClientConnection
     from openeas.gateway.routes import RouteState
 
 MIRROR_MAX_IN_FLIGHT = 32  # copies in flight per group member per gateway; more are dropped
@@ -343,7 +343,7 @@ class MirrorCopy:
 
 
 class LiveOnly:
-    """A group request with no copy (``ClientConnection.split``): only its member's live metrics
+    """A group request with no copy (``Exchange.split``): only its member's live metrics
     to count. One per member, shared by its requests: nothing is allocated per request."""
 
     __slots__ = ("live",)
@@ -354,15 +354,17 @@ class LiveOnly:
     def feed(self, data: bytes) -> None:
         pass
 
-    def complete(self, client: ClientConnection) -> None:
+    def complete(
+        self, head: list[bytes], chunked: bool, is_head: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
         pass
 
-    def done(self, client: ClientConnection, status: int, seconds: float) -> None:
+    def done(self, ex: Exchange, status: int, seconds: float) -> None:
         self.live.finish(status, seconds)
 
 
 class Split:
-    """A group request being mirrored (``ClientConnection.split``): the member it was routed to
+    """A group request being mirrored (``Exchange.split``): the member it was routed to
     and the copies being made of it."""
 
     __slots__ = ("copies", "member", "pairs", "tee")
@@ -373,11 +375,11 @@ class Split:
         self.pairs: list[Pair] | None = None  # of the copies sent
         self.tee: Capture | None = None
 
-    def add(self, copy: MirrorCopy, client: ClientConnection) -> None:
+    def add(self, copy: MirrorCopy, ex: Exchange) -> None:
         if self.copies is None:
             self.copies = []
-            self.tee = Capture(client.transport)
-            client.transport = self.tee  # sees the primary's answer (for the comparison)
+            self.tee = Capture(ex.transport)
+            ex.divert(self.tee)  # sees the primary's answer (for the comparison)
         self.copies.append(copy)
 
     def feed(self, data: bytes) -> None:
@@ -387,18 +389,21 @@ class Split:
             for c in copies:
                 c.feed(data)
 
-    def complete(self, client: ClientConnection) -> None:
-        """The client's request is complete: the copies go on the next loop turn."""
+    def complete(
+        self, head: list[bytes], chunked: bool, is_head: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """The client's request is complete (``head``: the proxy's flat head as sent to the
+        primary): the copies go on the next loop turn."""
         copies = self.copies
         if copies:
             self.copies = None
             self.pairs = [c.pair for c in copies]
-            head = list(client.headers)
+            head = list(head)
             for c in copies:
-                client.loop.call_soon(c.fire, head, client.chunked, client.is_head)
+                loop.call_soon(c.fire, head, chunked, is_head)
 
-    def done(self, client: ClientConnection, status: int, seconds: float) -> None:
-        """The primary's outcome (`ClientConnection._record`): live metrics, its side of each
+    def done(self, ex: Exchange, status: int, seconds: float) -> None:
+        """The primary's outcome (`Exchange.record`): live metrics, its side of each
         pair; copies of a request answered before it was read whole are dropped."""
         self.member.live.finish(status, seconds)
         tee = self.tee
@@ -406,7 +411,7 @@ class Split:
             return
         self.tee = None
         assert tee.inner is not None
-        client.transport = tee.inner
+        ex.divert(tee.inner)
         for c in self.copies or ():
             c.metrics.drop("incomplete")
         self.copies = None

@@ -6,15 +6,17 @@ A client connection goes through named phases (`Phase`): IDLE (reading a request
 PROXYING (a replica serves the request) → ANSWERED (the answer is complete, the rest of the
 request body is read and dropped) → IDLE for the next request, or CLOSED; a WebSocket handshake
 (GET with ``Upgrade: websocket``) goes from PROXYING to TUNNEL once the replica answers 101: bytes
-then go both ways unparsed until either side closes. Helpers elsewhere own the rest: what all
-connections share (context.py), flow control (flow.py), what to do when a replica fails a request
-(retry.py decides, failover.py acts), header handling (head.py), the gateway's own endpoints
-(local.py), the replica side (pool.py), limits, deadlines, refusals and other rare paths
-(guard.py).
+then go both ways unparsed until either side closes. The connection owns parsing,
+the client socket, its one deadline, flow control (flow.py) and pipelining; each routed request's
+replica side is its `Exchange` (exchange.py: route, attempts, upstream, resend buffer, split,
+timer), made once per connection and reset per request. Objects the connection calls own the
+rest: what all connections share (context.py), a service group's member and mirrored copies
+(split.py, mirror.py), an async service's queue protocol (asyncq.py), header handling (head.py),
+the gateway's own endpoints (local.py), limits and authorization (guard.py).
 
 Pipelining: requests sent before the previous one was answered are kept (`FlowControl.keep_early`,
 reading paused) and served in order after it, whether they came in a later read or in the same
-read as the end of the previous one (the parser stops there; `guard.pipelined` finds where the
+read as the end of the previous one (the parser stops there; `guard.pipelined_end` finds where the
 next request starts). Only when that read began inside a request is its start unknown: the
 connection then closes after the answer and the client sends the rest again (HTTP/1.1 allows it).
 
@@ -29,14 +31,14 @@ import asyncio
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from openeas.gateway.activator import ABANDONED, ENDED, RELEASED, hold, resume, unhold
-from openeas.gateway.asyncq import Pending, queue_body_done, queue_request
-from openeas.gateway.auth import AuthError, SignedBody
+from openeas.gateway.asyncq import queue_body, queue_request
+from openeas.gateway.auth import AuthError
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response, rate_limited
-from openeas.gateway.failover import attempts_of, connect, on_timeout, resend
+from openeas.gateway.exchange import REPLAY_LIMIT_BYTES as REPLAY_LIMIT_BYTES  # re-exported for tests
+from openeas.gateway.exchange import Exchange
 from openeas.gateway.flow import FlowControl
 from openeas.gateway.guard import (
     ANSWERED,
@@ -50,16 +52,11 @@ from openeas.gateway.guard import (
     UPGRADE_REFUSED,
     WAIT,
     Pipelined,
-    answer_locally,
     authorize_request,
-    expire,
     headers_too_large,
-    local_error,
-    parse_failed,
-    pipelined,
-    refuse,
+    local_response,
+    pipelined_end,
     too_many_connections,
-    upstream_upgraded,
     uri_too_long,
 )
 from openeas.gateway.guard import Phase as Phase  # re-exported for server.py and tests
@@ -81,14 +78,9 @@ from openeas.gateway.head import (
     upgrade_end,
     without_named,
 )
-from openeas.gateway.metrics import ServiceMetrics
-from openeas.gateway.mirror import LiveOnly, Split
-from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.retry import AfterLoss, Attempts, after_loss, unanswered
+from openeas.gateway.pool import UpstreamConnection
 from openeas.gateway.routes import RouteState
 from openeas.gateway.split import route_group
-
-REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
 
 
 class ClientConnection(asyncio.Protocol):
@@ -97,7 +89,6 @@ class ClientConnection(asyncio.Protocol):
     # Slots, not an instance dict: attribute reads and writes are most of the per-request Python
     # work here; slots save ~7% of the instructions of a proxied request (bench/RESULTS.md).
     __slots__ = (
-        "attempts",
         "authorization",
         "chunked",
         "chunked_bytes",
@@ -109,6 +100,7 @@ class ClientConnection(asyncio.Protocol):
         "date",
         "deadline",
         "deadline_kind",
+        "ex",
         "flow",
         "head_bytes",
         "header_budget",
@@ -117,34 +109,22 @@ class ClientConnection(asyncio.Protocol):
         "is_head",
         "keep_alive",
         "loop",
-        "member_header",
         "parser",
         "phase",
-        "queued",
         "request_done",
         "request_seq",
-        "resendable",
-        "route",
-        "sent_bytes",
-        "service_metrics",
-        "signed_body",
-        "split",
-        "started",
-        "timer",
         "transport",
         "upgrade",
-        "upstream",
-        "upstream_conn",
         "url",
-        "waiting",
     )
 
     def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.ctx = ctx
-        self.loop = loop or asyncio.get_running_loop()
+        self.loop = loop = loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.parser = HttpRequestParser(self)
         self.flow = FlowControl()
+        self.ex = Exchange(self, loop)  # the replica side of each request, reused
         # Bumped per request and on close: a timer or task of an earlier request checks it and
         # does nothing when it moved on.
         self.request_seq = -1
@@ -167,25 +147,11 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade: bytes | None = None  # the Upgrade header's value
         self.chunked = False
         self.content_length = 0  # bytes, from the header (chunked bodies: chunked_bytes)
+        self.chunked_bytes = 0  # body bytes of a chunked request so far
         self.is_head = False
         self.keep_alive = True
         self.request_done = False  # the whole request (body included) was read
-        self.queued: Pending | None = None  # an async request waiting for its body
-        # Serving it.
-        self.route: RouteState | None = None
-        self.service_metrics: ServiceMetrics | None = None  # None once the outcome is recorded
-        self.upstream: UpstreamState | None = None  # the replica counting this request as outstanding
-        self.upstream_conn: UpstreamConnection | None = None
-        self.waiting: list[bytes] | None = None  # request bytes waiting for a connection
-        self.resendable: list[bytes] | None = None  # bytes written so far, kept to resend; None: too many
-        self.sent_bytes = 0  # request bytes written to upstream_conn
-        self.chunked_bytes = 0  # body bytes of a chunked request so far
-        self.signed_body: SignedBody | None = None  # signed request: body kept until its md5 checks out
-        self.attempts: Attempts | None = None  # made on the first failure or hold
-        self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
-        self.split: Split | LiveOnly | None = None  # a service group's request: member, mirrored copies
-        self.member_header: bytes | None = None  # a group's request: X-OpenEAS-Member for its answer
-        self.started = 0.0  # loop time (s) the head was complete
+        self.ex.reset()
         # Limits on the head (see ProxyContext): bytes read, header lines and bytes still allowed.
         ctx = self.ctx
         self.head_bytes = 0
@@ -196,32 +162,13 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = KEEPALIVE
         self.deadline = self.loop.time() + ctx.keepalive_timeout_s
 
-    # Rare paths: limits, deadlines, unparsable requests (guard.py); replica failures (failover.py).
-    _connect = connect
-    _resend = resend
-    _attempts = attempts_of
-    _hold = hold
-    _queue_request = queue_request  # async services (asyncq.py)
-    _queue_body_done = queue_body_done
-    _resume = resume
-    _unhold = unhold
-    _on_timeout = on_timeout
-    _route_group = route_group
-    _refuse = refuse
-    _authorize = authorize_request
-    _local = answer_locally
-    _local_error = local_error
-    upstream_upgraded = upstream_upgraded
-    _pipelined = pipelined
-    _parse_failed = parse_failed
-    expire = expire
-
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.flow.client = transport  # type: ignore[assignment]
+        self.ex.attach(transport)  # type: ignore[arg-type]
         ctx = self.ctx
         if len(ctx.connections) + ctx.watches >= ctx.max_connections:
-            self._refuse(too_many_connections(ctx.max_connections))
+            self.refuse(too_many_connections(ctx.max_connections))
             return
         ctx.connections.add(self)
         ctx.metrics.connections += 1
@@ -241,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
         elif phase is CLOSED:
             return
         elif phase is TUNNEL:
-            self.upstream_conn.transport.write(data)  # type: ignore[union-attr]
+            self.ex.upstream_conn.transport.write(data)  # type: ignore[union-attr]
             return
         elif self.deadline_kind is BODY:
             self.deadline = self.loop.time() + self.ctx.body_timeout_s
@@ -264,100 +211,59 @@ class ClientConnection(asyncio.Protocol):
                 self._parse_failed(e)
             return
         if self.phase is IDLE and self.head_bytes > self.ctx.max_head_bytes:
-            self._refuse(headers_too_large(self))  # one header line longer than all may be
+            self.refuse(headers_too_large(self))  # one header line longer than all may be
 
     def connection_lost(self, exc: Exception | None) -> None:
         connections = self.ctx.connections
         if self in connections:
             connections.remove(self)
             self.ctx.metrics.connections -= 1
+        ex = self.ex
         if self.phase is PROXYING:
-            if self.attempts is not None:
-                self._unhold(ABANDONED)  # if it was held: the client gave up waiting
-            self._drop_upstream()
-            self._record(499)  # client closed before the response completed (nginx's code)
+            ex.abandon()
+            ex.record(499)  # client closed before the response completed (nginx's code)
         elif self.phase is TUNNEL:
-            self._drop_upstream()
-        self._clear_timer()
+            ex.drop_upstream()
+        ex.clear_timer()
         self.phase = CLOSED
 
     def pause_writing(self) -> None:
-        conn = self.upstream_conn
+        conn = self.ex.upstream_conn
         self.flow.client_paused(conn.transport if conn is not None else None)
 
     def resume_writing(self) -> None:
-        conn = self.upstream_conn
+        conn = self.ex.upstream_conn
         self.flow.client_resumed(conn.transport if conn is not None else None)
 
-    # --- Downstream (called by UpstreamConnection) ----------------------------------------------
-    def upstream_pause(self) -> None:
-        self.flow.upstream_paused()
-
-    def upstream_resume(self) -> None:
-        self.flow.upstream_resumed()
-
-    def upstream_complete(self, conn: UpstreamConnection) -> None:
-        """The replica's answer ended (all of it already went to the client)."""
-        if conn is not self.upstream_conn:
-            return
-        self.upstream_conn = None
-        conn.client = None
-        upstream = self.upstream
-        self.upstream = None
-        assert upstream is not None  # set whenever upstream_conn is
-        upstream.outstanding -= 1
-        flow = self.flow
-        keep = conn.keep_alive
-        if keep and self.request_done:
-            conn.earlier_request_bytes += self.sent_bytes
-            if flow.client_full:
-                flow.detach(conn.transport)  # type: ignore[arg-type]
-            upstream.release(conn)
-        else:
-            conn.close()  # the replica said close, or answered before reading the whole body
+    # --- called by the exchange -------------------------------------------------------------------
+    def replica_done(self, keep: bool, no_timer: bool) -> None:
+        """The replica's answer ended; ``keep``: its connection stays open (else its "Connection:
+        close" went to the client as is, and this connection closes too)."""
         if not keep:
-            self.keep_alive = False  # the replica's "Connection: close" went to the client as is
-        if flow.upstream_full:
-            flow.upstream_resumed()
-        self._record(conn.status)
-        if self.timer is None and self.keep_alive and self.request_done:
-            self._next_request()  # the common case, without _answered's checks
+            self.keep_alive = False
+        if no_timer and self.keep_alive and self.request_done:
+            self._next_request()  # the common case, without answered's checks
         else:
-            self._answered()
+            self.answered()
 
-    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
-        """The replica's connection closed before its answer ended (or ended its tunnel)."""
-        if conn is not self.upstream_conn:
-            return
-        if self.phase is TUNNEL:
-            self.upstream_conn = None
-            self._close()
-            return
-        if self.phase is not PROXYING:
-            return
-        self.upstream_conn = None
-        failed = self.upstream
-        assert failed is not None and self.route is not None
-        self._release_upstream()
-        self.flow.upstream_resumed()  # its full buffer went with it
-        action = after_loss(
-            answer_started=conn.got_bytes,
-            resendable=self.resendable is not None,
-            resend_unanswered=self.route.resend_unanswered,
-            acknowledged=None if conn.got_bytes else conn.request_acknowledged(),
-        )
-        if action is AfterLoss.CUT:
-            # Part of the answer already went to the client: all we can do is end the connection.
-            self._record(502)
-            self._close()
-        elif action is AfterLoss.FAIL:
-            not_resent = not self.route.resend_unanswered and self.resendable is not None
-            self._fail(unanswered(reason, self.route.service, not_resent=not_resent))
-        else:
-            assert self.resendable is not None
-            self.waiting = self.resendable
-            self.resendable = None
-            self._resend(failed, reason, stale=conn.reused, connect_failed=False)
+    def tunnel(self, conn: UpstreamConnection) -> None:
+        """The replica answered 101: bytes go both ways unparsed from now on."""
+        self.phase = TUNNEL
+        self.deadline = NEVER
+        early = self.flow.take_early()  # frames the client sent before the 101
+        if early:
+            conn.transport.writelines(early)  # type: ignore[union-attr]
+        self.flow.resume_client()
+
+    def hand_over(self) -> None:
+        """The connection leaves the proxy (a queue watch writes to its transport from now on)."""
+        ctx = self.ctx
+        if self in ctx.connections:
+            ctx.connections.remove(self)
+            ctx.metrics.connections -= 1
+        self.request_seq += 1
+        self.ex.clear_timer()
+        self.phase = CLOSED
 
     # --- httptools callbacks ------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
@@ -397,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        self.started = now = self.loop.time()
+        now = self.loop.time()
         self.keep_alive = parser.should_keep_alive()
         method = parser.get_method()
         ctx = self.ctx
@@ -406,7 +312,7 @@ class ClientConnection(asyncio.Protocol):
         tunnel = parser.should_upgrade()  # CONNECT, or Connection: Upgrade
         if tunnel:
             if method != b"GET" or self.upgrade is None or self.upgrade.lower() != WEBSOCKET:
-                self._refuse(GatewayError(*UPGRADE_REFUSED))  # before any routing: nothing sent
+                self.refuse(GatewayError(*UPGRADE_REFUSED))  # before any routing: nothing sent
                 return
             # A WebSocket handshake. Whatever the replica answers, the client's stream is no
             # longer HTTP: a tunnel after a 101, else the connection closes after the answer.
@@ -416,68 +322,78 @@ class ClientConnection(asyncio.Protocol):
         url = self.url
         target = ctx.targets.get(url) or ctx.resolve(url)
         if target is None:
-            self._local(method)
+            try:
+                self._local_answer(local_response(self, method))
+            except GatewayError as e:
+                self.local_error(e)
             return
         service, upstream_path = target
         route = ctx.routes.get(service)
         if route is None:
-            route = self._route_group(service)  # a service group, or a 404 (split.py)
+            route = route_group(self, service)  # a service group, or a 404 (split.py)
             if route is None:
                 return
-        self.route = route
-        service_metrics = self.service_metrics = route.metrics
-        service_metrics.in_flight += 1
         self.phase = PROXYING
+        ex = self.ex
+        ex.start(route, now)
         creds = route.creds
-        if creds is not None and not creds.fast_match(self.authorization) and not self._authorize(method):
+        auth = self.authorization
+        if creds is not None and not creds.fast_match(auth) and not self._authorize(route, method):
             return
         if route.balancer is None:
-            self._fail(GatewayError(500, "invalid_balancer", route.balancer_error or "invalid balancer"))
+            self.fail(GatewayError(500, "invalid_balancer", route.balancer_error or "invalid balancer"))
             return
         limiter = route.limiter
         if limiter is not None:
             wait = limiter.take(now)
             if wait:
-                self._fail(rate_limited(route.service, limiter.rate, wait))
+                self.fail(rate_limited(route.service, limiter.rate, wait))
                 return
         if self.content_length > route.max_body_bytes:
-            self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
+            self.fail(body_too_large(route.max_body_bytes, route.service), close=True)
             return
         if route.queue is not None:  # an async service: its queue answers (asyncq.py)
-            self._queue_request(method, upstream_path)
+            queue_request(ex, method, upstream_path)
             return
+        self._proxy(ex, route, method, upstream_path, tunnel, now)
+
+    def _proxy(
+        self, ex: Exchange, route: RouteState, method: bytes, upstream_path: bytes, tunnel: bool, now: float
+    ) -> None:
+        """The request goes to a replica: its head now (or once a signed body checks out)."""
         headers = self.headers
         headers[0] = method + b" " + upstream_path + b" HTTP/1.1\r\n"  # the request line
         if tunnel:
             headers.append(upgrade_end(self.upgrade))  # type: ignore[arg-type]
         else:
             headers.append(CHUNKED_END_OF_HEAD if self.chunked else END_OF_HEAD)
-        self.waiting = [b"".join(headers)]
+        ex.waiting = [b"".join(headers)]
         if route.timeout_s is not None:
-            self.timer = self.loop.call_later(route.timeout_s, self._on_timeout, self.request_seq)
+            ex.arm(route.timeout_s, self.request_seq)
         self.is_head = method == HEAD_METHOD
-        if self.signed_body is None:  # else sent once the body's Content-MD5 checks out
-            self._dispatch(now)
+        if ex.signed_body is None:  # else sent once the body's Content-MD5 checks out
+            ex.dispatch(now)
 
     def on_body(self, data: bytes) -> None:
         if self.phase is not PROXYING:
             return  # answered already: discard
-        if self.split is not None:
-            self.split.feed(data)  # a copy for the group's mirrors, if any
-        if self.signed_body is not None:
-            self.signed_body.parts.append(data)
+        ex = self.ex
+        if ex.split is not None:
+            ex.split.feed(data)  # a copy for the group's mirrors, if any
+        if ex.signed_body is not None:
+            ex.signed_body.parts.append(data)
         if self.chunked:
             self.chunked_bytes += len(data)
-            route = self.route
+            route = ex.route
             assert route is not None
             if self.chunked_bytes > route.max_body_bytes:
-                self._fail(body_too_large(route.max_body_bytes, route.service), close=True)
+                self.fail(body_too_large(route.max_body_bytes, route.service), close=True)
                 return
-            self._send(b"%x\r\n" % len(data))
-            self._send(data)
-            self._send(b"\r\n")
+            ex.send(b"%x\r\n" % len(data))
+            ex.send(data)
+            ex.send(b"\r\n")
         else:
-            self._send(data)
+            ex.send(data)
 
     def on_message_complete(self) -> None:
         self.request_done = True
@@ -485,140 +401,125 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = NEVER
         phase = self.phase
         if phase is PROXYING:
-            if self.queued is not None:
-                self._queue_body_done()
+            ex = self.ex
+            if ex.queued is not None:
+                queue_body(ex, self.chunked)
                 return
             if self.chunked:
-                self._send(LAST_CHUNK)
-            signed = self.signed_body
+                ex.send(LAST_CHUNK)
+            signed = ex.take_signed()
             if signed is not None:
-                self.signed_body = None
                 try:
                     signed.verify()
                 except AuthError as e:
-                    self._fail(e)
+                    self.fail(e)
                     return
-                self._dispatch(self.loop.time())
-            if self.split is not None and self.phase is PROXYING:
-                self.split.complete(self)  # mirrored copies go now
+                ex.dispatch(self.loop.time())
+            if ex.split is not None and self.phase is PROXYING:
+                ex.split.complete(self.headers, self.chunked, self.is_head, self.loop)  # copies go now
         elif phase is ANSWERED:
             self._next_request()
-
-    # --- request flow ---------------------------------------------------------------------------
-    def _send(self, data: bytes) -> None:
-        """Request bytes after the head: to the replica, or kept until a connection is there."""
-        waiting = self.waiting
-        if waiting is not None:
-            waiting.append(data)
-            return
-        conn = self.upstream_conn
-        if conn is None:
-            return  # the replica's answer ended or failed; the rest of the body has nowhere to go
-        conn.transport.write(data)  # type: ignore[union-attr]
-        sent = self.sent_bytes = self.sent_bytes + len(data)
-        resendable = self.resendable
-        if resendable is not None:
-            if sent > REPLAY_LIMIT_BYTES:
-                self.resendable = None
-            else:
-                resendable.append(data)
-
-    def _dispatch(self, now: float) -> None:
-        """Send the waiting request to the replica the balancer picks, or hold it when none is."""
-        route = self.route
-        assert route is not None and route.balancer is not None
-        attempts = self.attempts
-        upstreams = route.upstreams
-        i = route.balancer.pick(upstreams, now, attempts.tried if attempts is not None else ())
-        if i >= 0:
-            self._send_to(upstreams[i])
-        else:
-            self._hold(
-                GatewayError(503, "no_ready_replica", f"service '{route.service}' has no ready replica")
-            )
-
-    def _send_to(
-        self, upstream: UpstreamState, new_conn: UpstreamConnection | None = None, fresh: bool = False
-    ) -> None:
-        """Write the waiting request to ``upstream``: over ``new_conn`` when `_connect` just opened
-        it for this request, else over the replica's most recently used idle connection (the
-        common case: one write, no task), else over a connection opened now (``fresh`` forces it).
-        """
-        conn = new_conn
-        if conn is None:
-            self.upstream = upstream
-            upstream.outstanding += 1
-            idle = upstream.idle
-            if idle and not fresh:
-                conn = idle.pop()  # most recent: warm, least likely timed out by the replica
-                if conn.closed:
-                    conn = upstream.pop_idle()
-            if conn is None:
-                self.loop.create_task(self._connect(upstream, self.request_seq))
-                return
-        conn.client = self
-        conn.reused = new_conn is None
-        conn.got_bytes = False
-        conn.inject = self.member_header
-        if self.is_head:
-            conn.expect_head_response()
-        self.upstream_conn = conn
-        if self.attempts is not None:  # rare: a failed try or a hold came first
-            self._unhold(RELEASED)  # if it was held: released, now that a replica takes it
-        transport = conn.transport
-        assert transport is not None
-        if self.flow.client_full:
-            self.flow.attach(transport)
-        waiting = self.waiting
-        assert waiting is not None
-        self.waiting = None
-        if len(waiting) == 1:  # the head is the whole request so far: one write, no size sum
-            data = waiting[0]
-            transport.write(data)
-            self.sent_bytes = len(data)
-            self.resendable = waiting
-            return
-        transport.writelines(waiting)
-        size = sum(map(len, waiting))
-        self.sent_bytes = size
-        self.resendable = waiting if size <= REPLAY_LIMIT_BYTES else None
 
     # --- answers from the gateway itself --------------------------------------------------------
     def _local_answer(self, response: bytes) -> None:
         if self.phase is CLOSED:
             return
         self.transport.write(response)
-        self._answered()
+        self.answered()
 
-    def _fail(self, err: GatewayError, *, close: bool = False) -> None:
+    def local_error(self, err: GatewayError) -> None:
+        """Answer an unrouted request with ``err``."""
+        if err.status in (400, 408, 414, 431, 501):
+            self.keep_alive = False  # the rest of the stream cannot be trusted
+        self.ctx.metrics.unrouted(err.status)
+        self._local_answer(error_response(err, close=not self.keep_alive))
+
+    def refuse(self, err: GatewayError) -> None:
+        """Answer ``err`` before anything was routed, count it by its code, and close."""
+        self.ctx.metrics.reject(err.code)
+        self.keep_alive = False
+        self.local_error(err)
+
+    def _authorize(self, route: RouteState, method: bytes) -> bool:
+        """The slow auth path (signed requests, refusals); False when the request was answered."""
+        try:
+            expected_md5 = authorize_request(self, route, method)
+        except AuthError as e:
+            self.fail(e)
+            return False
+        if expected_md5 is not None:
+            self.ex.signed(expected_md5)
+        return True
+
+    def fail(self, err: GatewayError, *, close: bool = False) -> None:
         """Answer a routed request with a gateway error (nothing of a replica's answer was sent)."""
-        self._drop_upstream()
+        ex = self.ex
+        ex.drop_upstream()
         if close:
             self.keep_alive = False
-        self._record(err.status)
+        ex.record(err.status)
         if self.phase is not CLOSED:
-            self.transport.write(error_response(err, close=not self.keep_alive))
-            self._answered()
+            ex.transport.write(error_response(err, close=not self.keep_alive))
+            self.answered()
 
-    def _record(self, status: int) -> None:
-        """Count the request's outcome, once."""
-        service_metrics = self.service_metrics
-        if service_metrics is not None:
-            self.service_metrics = None
-            seconds = self.loop.time() - self.started
-            service_metrics.finish(status, seconds)
-            if self.split is not None:
-                self.split.done(self, status, seconds)
-
-    def _answered(self) -> None:
+    def answered(self) -> None:
         """The response is complete: next request, discard the rest of this one, or close."""
-        self._clear_timer()
+        self.ex.clear_timer()
         if not self.keep_alive:
-            self._close()
+            self.close()
         elif self.request_done:
             self._next_request()
         else:
             self.phase = ANSWERED
+
+    # --- rare paths: pipelining, a request that does not parse, the deadline ---------------------
+    def _pipelined(self, data: bytes, requests: int) -> None:
+        """A read held the end of the request being served and the start of the next one: the rest
+        of the read is kept and parsed once this request is answered, or the connection closes
+        after this answer when the next request's start is unknown (guard.pipelined_end)."""
+        end = pipelined_end(data, requests)
+        if end is None:
+            self.keep_alive = False
+            return
+        self.parser = HttpRequestParser(self)  # the old one stopped in the next request's head
+        self.flow.keep_early(data[end:])
+
+    def _parse_failed(self, e: HttpParserError) -> None:
+        """The parser stopped on ``e``: a limit a callback raised, or bytes that are not HTTP."""
+        cause = e.__context__
+        phase = self.phase
+        if isinstance(cause, GatewayError):  # a limit, raised by a parser callback
+            if phase is IDLE:
+                self.refuse(cause)
+            return
+        err = GatewayError(400, "bad_request", f"malformed HTTP request: {e}")
+        if phase is IDLE:
+            self.local_error(err)
+        elif phase is PROXYING and not self.ex.answer_started():
+            self.fail(err, close=True)  # a body that does not parse: nothing was answered yet
+        else:  # the replica's answer already started, or was complete: all that is left is to close
+            self._cut(400)
+
+    def expire(self) -> None:
+        """The connection's deadline passed (called by the context's sweep)."""
+        kind = self.deadline_kind
+        self.deadline = NEVER
+        ctx = self.ctx
+        ctx.metrics.timed_out(kind)
+        phase = self.phase
+        if kind is HEAD and phase is IDLE:
+            message = f"request head not complete within {ctx.head_timeout_s:g} s (head_timeout_s)"
+            self.local_error(GatewayError(408, "head_timeout", message))
+        elif kind is BODY and phase is PROXYING and not self.ex.answer_started():
+            message = f"request body stalled for {ctx.body_timeout_s:g} s (body_timeout_s)"
+            self.fail(GatewayError(408, "body_timeout", message), close=True)
+        else:  # idle keep-alive, or a stalled body whose answer already started
+            self._cut(408)
+
+    def _cut(self, status: int) -> None:
+        self.ex.drop_upstream()
+        self.ex.record(status)
+        self.close()
 
     def _feed_early(self, request_seq: int) -> None:
         if request_seq != self.request_seq or self.phase is CLOSED:
@@ -628,32 +529,9 @@ class ClientConnection(asyncio.Protocol):
         for data in early or ():
             self.data_received(data)
 
-    def _release_upstream(self) -> None:
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            upstream.outstanding -= 1
-
-    def _drop_upstream(self) -> None:
-        """Abandon the replica connection (aborted: its answer, if any, is no longer wanted), or
-        the request's place in a hold queue (answered while held)."""
-        if self.attempts is not None:
-            self._unhold(ENDED)
-        conn = self.upstream_conn
-        if conn is not None:
-            self.upstream_conn = None
-            conn.client = None
-            conn.abort()
-        self._release_upstream()
-
-    def _clear_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _close(self) -> None:
+    def close(self) -> None:
         self.request_seq += 1
-        self._clear_timer()
+        self.ex.clear_timer()
         self.deadline = NEVER  # the sweep leaves it alone until connection_lost removes it
         self.phase = CLOSED
         self.transport.close()

@@ -11,10 +11,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from openeas.gateway.errors import GatewayError, plain_response
-from openeas.gateway.guard import PROXYING
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.exchange import Exchange
     from openeas.gateway.queues import AsyncQueues
 
 REQUEST_ID_HEADER = b"X-Eas-Queueservice-Request-Id"
@@ -50,14 +49,14 @@ def int_param(params: dict[str, str], name: str, default: int) -> int:
         raise GatewayError(400, "invalid_parameter", f"{name}={raw!r}: must be an integer") from None
 
 
-def request_headers(client: ClientConnection) -> dict[str, str]:
+def request_headers(ex: Exchange) -> dict[str, str]:
     """The request's forwarded headers (lowercase names; the head the proxy kept)."""
-    h = client.headers
+    h = ex.client.headers
     return {h[i].decode("latin-1").lower(): h[i + 2].decode("latin-1") for i in range(1, len(h) - 3, 4)}
 
 
-def queues_of(client: ClientConnection) -> AsyncQueues:
-    queues = client.ctx.queues
+def queues_of(ex: Exchange) -> AsyncQueues:
+    queues = ex.client.ctx.queues
     if queues is None:
         raise GatewayError(503, "queue_unavailable", "this gateway has no queue backend for async services")
     return queues
@@ -71,33 +70,33 @@ def unknown(service: str, key: str) -> GatewayError:
     )
 
 
-def json_answer(status: int, obj: Any, client: ClientConnection) -> bytes:
-    return plain_response(status, json.dumps(obj).encode(), JSON_TYPE, close=not client.keep_alive)
+def json_answer(status: int, obj: Any, ex: Exchange) -> bytes:
+    return plain_response(status, json.dumps(obj).encode(), JSON_TYPE, close=not ex.client.keep_alive)
 
 
-def no_content(client: ClientConnection, request_id: str | None) -> bytes:
+def no_content(ex: Exchange, request_id: str | None) -> bytes:
     head = b"HTTP/1.1 204 No Content\r\n"
     if request_id is not None:
         head += REQUEST_ID_HEADER + b": " + request_id.encode() + b"\r\n"
-    if not client.keep_alive:
+    if not ex.client.keep_alive:
         head += b"Connection: close\r\n"
     return head + b"\r\n"
 
 
-def run(client: ClientConnection, coro: Any, *, seq: int | None = None) -> None:
+def run(ex: Exchange, coro: Any, *, seq: int | None = None) -> None:
     """Run one of the async answers above; its bytes (None: it answers later itself) go to the client."""
-    seq = client.request_seq if seq is None else seq
+    seq = ex.client.request_seq if seq is None else seq
 
     def done(f: asyncio.Future[bytes | None]) -> None:
         error = f.exception()
         if isinstance(error, GatewayError):
-            respond_error(client, seq, error)
+            respond_error(ex, seq, error)
         elif error is not None:
-            respond_error(client, seq, GatewayError(503, "queue_unavailable", f"the queue failed: {error}"))
+            respond_error(ex, seq, GatewayError(503, "queue_unavailable", f"the queue failed: {error}"))
         else:
             response = f.result()
             if response is not None:
-                send(client, seq, response)
+                send(ex, seq, response)
 
     asyncio.ensure_future(coro).add_done_callback(done)
 
@@ -106,21 +105,16 @@ def status_of(response: bytes) -> int:
     return int(response[9:12])
 
 
-def send(client: ClientConnection, seq: int, response: bytes) -> None:
-    if seq != client.request_seq or client.phase is not PROXYING:
-        return  # the client went away, or this request was answered otherwise
-    client._record(status_of(response))
-    client.transport.write(response)
-    client._answered()
+def send(ex: Exchange, seq: int, response: bytes) -> None:
+    """Answer request ``seq`` (dropped when the client went away or it was answered otherwise)."""
+    ex.respond(seq, response)
 
 
 def respond(
-    client: ClientConnection, seq: int, status: int, body: bytes, ctype: bytes, extra: bytes = b""
+    ex: Exchange, seq: int, status: int, body: bytes, ctype: bytes, extra: bytes = b""
 ) -> None:
-    send(client, seq, plain_response(status, body, ctype, close=not client.keep_alive, extra=extra))
+    send(ex, seq, plain_response(status, body, ctype, close=not ex.client.keep_alive, extra=extra))
 
 
-def respond_error(client: ClientConnection, seq: int, err: GatewayError) -> None:
-    if seq != client.request_seq or client.phase is not PROXYING:
-        return
-    client._fail(err)
+def respond_error(ex: Exchange, seq: int, err: GatewayError) -> None:
+    ex.respond_error(seq, err)

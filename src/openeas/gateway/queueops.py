@@ -5,7 +5,7 @@ there yet, ``_auto_delete_``), ``truncate`` (``DELETE ?_trunc_=true&_index_=N``)
 
 The input queue's entries are the queued requests (index = queue index); the sink's are the
 results (index = sink index: the order results were stored in, whether a replica answered or a
-client put them there). `openeas.gateway.asyncq` routes to these coroutines; each returns the
+ex put them there). `openeas.gateway.asyncq` routes to these coroutines; each returns the
 response bytes (or raises `GatewayError`).
 """
 
@@ -34,7 +34,7 @@ from openeas.queue import wire
 from openeas.queue.model import Message, Result, State, request_status
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
+    from openeas.gateway.exchange import Exchange
     from openeas.gateway.queues import AsyncQueues
 
 POLL_S = 0.1  # how often a get by index looks again while it long-polls, seconds
@@ -42,9 +42,9 @@ MAX_LENGTH = 100  # entries one get answers at most (_length_)
 T = TypeVar("T")
 
 
-def answer_format(client: ClientConnection, params: dict[str, str]) -> str:
+def answer_format(ex: Exchange, params: dict[str, str]) -> str:
     """``protobuf`` (Accept: the EAS SDK's), ``json`` (``_raw_=false``) or ``raw``."""
-    accept = request_headers(client).get("accept", "")
+    accept = request_headers(ex).get("accept", "")
     if wire.PROTOBUF in accept:
         return "protobuf"
     if params.get("_raw_", "true").strip().lower() in ("false", "0", "no"):
@@ -62,12 +62,12 @@ def _timeout(params: dict[str, str]) -> float:
 
 
 async def wait_for(
-    client: ClientConnection, fetch: Callable[[], Awaitable[Sequence[T]]], timeout_s: float
+    ex: Exchange, fetch: Callable[[], Awaitable[Sequence[T]]], timeout_s: float
 ) -> Sequence[T]:
     """``fetch()`` until it finds something or ``timeout_s`` passed; empty once the client left
     (nothing is then read, and nothing deleted with ``_auto_delete_``)."""
     loop = asyncio.get_running_loop()
-    seq = client.request_seq
+    seq = ex.client.request_seq
     deadline = loop.time() + timeout_s
     while True:
         found = await fetch()
@@ -75,12 +75,12 @@ async def wait_for(
         if found or now >= deadline:
             return found
         await asyncio.sleep(min(POLL_S, deadline - now))
-        if seq != client.request_seq or client.phase is not PROXYING:
+        if seq != ex.client.request_seq or ex.client.phase is not PROXYING:
             return []
 
 
 async def results_response(
-    client: ClientConnection,
+    ex: Exchange,
     queues: AsyncQueues,
     service: str,
     results: list[Result],
@@ -90,7 +90,7 @@ async def results_response(
     queues.counters_of(service).results_served += len(results)
     if auto_delete:
         await queues.backend.mark_read(service, [r.request_id for r in results])
-    close = not client.keep_alive
+    close = not ex.client.keep_alive
     if fmt == "protobuf":
         frames = [wire.result_frame(r) for r in results]
         return plain_response(200, wire.dataframe_list(frames), wire.PROTOBUF.encode(), close=close)
@@ -105,22 +105,22 @@ async def results_response(
 
 
 async def sink_get_by_index(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str]
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str]
 ) -> bytes:
     """Results from sink index ``_index_`` on (0: the oldest unread), up to ``_length_``."""
     index = max(int_param(params, "_index_", 0), 0)
     length = _length(params)
     results = await wait_for(
-        client, lambda: queues.backend.results_after(service, max(index - 1, 0), length), _timeout(params)
+        ex, lambda: queues.backend.results_after(service, max(index - 1, 0), length), _timeout(params)
     )
     if not results:
-        return no_content(client, None)
-    fmt = answer_format(client, params)
-    return await results_response(client, queues, service, list(results), fmt, flag(params, "_auto_delete_"))
+        return no_content(ex, None)
+    fmt = answer_format(ex, params)
+    return await results_response(ex, queues, service, list(results), fmt, flag(params, "_auto_delete_"))
 
 
 async def input_get(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str]
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str]
 ) -> bytes:
     """Requests still queued or in flight: the one ``requestId`` names, or from queue index
     ``_index_`` on (0: the oldest), up to ``_length_``. ``_auto_delete_=true`` takes them out of
@@ -136,16 +136,16 @@ async def input_get(
             return [] if found is None else [found]
         return await backend.messages_from(service, index, length)
 
-    msgs = list(await wait_for(client, fetch, _timeout(params)))
+    msgs = list(await wait_for(ex, fetch, _timeout(params)))
     if not msgs:
-        return no_content(client, request_id)
+        return no_content(ex, request_id)
     if flag(params, "_auto_delete_"):
         await backend.delete_messages(service, [m.index for m in msgs])
-    close = not client.keep_alive
-    if answer_format(client, params) == "protobuf":
+    close = not ex.client.keep_alive
+    if answer_format(ex, params) == "protobuf":
         frames = [wire.message_frame(m) for m in msgs]
         return plain_response(200, wire.dataframe_list(frames), wire.PROTOBUF.encode(), close=close)
-    return json_answer(200, [wire.message_json(m) for m in msgs], client)
+    return json_answer(200, [wire.message_json(m) for m in msgs], ex)
 
 
 def _positive_index(params: dict[str, str], what: str) -> int:
@@ -156,7 +156,7 @@ def _positive_index(params: dict[str, str], what: str) -> int:
 
 
 async def truncate(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
 ) -> bytes:
     """``DELETE ?_trunc_=true&_index_=N``: every entry below index N is deleted."""
     index = _positive_index(params, "truncate needs the index (≥ 1) below which entries are deleted")
@@ -164,7 +164,7 @@ async def truncate(
     n = await (
         backend.truncate_results(service, index) if sink else backend.truncate_messages(service, index)
     )
-    return json_answer(200, {"truncated": n, "index": index}, client)
+    return json_answer(200, {"truncated": n, "index": index}, ex)
 
 
 def parse_indexes(raw: str) -> list[int]:
@@ -175,7 +175,7 @@ def parse_indexes(raw: str) -> list[int]:
 
 
 async def delete(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
 ) -> bytes:
     """``DELETE``/``PUT ?_indexes_=i,j`` (EAS delete / commit) or ``?requestId=<id>``: those
     entries are gone; ``OK`` also for indexes that were already gone."""
@@ -194,11 +194,11 @@ async def delete(
             found = await backend.find_message(service, request_id)
             indexes += [] if found is None else [found.index]
         await backend.delete_messages(service, indexes)
-    return plain_response(200, b"OK", b"text/plain", close=not client.keep_alive)
+    return plain_response(200, b"OK", b"text/plain", close=not ex.client.keep_alive)
 
 
 async def search(
-    client: ClientConnection, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
+    ex: Exchange, queues: AsyncQueues, service: str, params: dict[str, str], *, sink: bool
 ) -> bytes:
     """``GET ?_search_=true&_index_=N`` (or ``&requestId=<id>``): where that entry is."""
     backend = queues.backend
@@ -233,20 +233,20 @@ async def search(
         )
         if found is not None and (request_id is not None or found.index == index):
             body.update(index=found.index, requestId=found.request_id, attempts=found.attempts)
-    return json_answer(200, body, client)
+    return json_answer(200, body, ex)
 
 
 async def sink_put(
-    client: ClientConnection, queues: AsyncQueues, service: str, body: bytes, tags: dict[str, str]
+    ex: Exchange, queues: AsyncQueues, service: str, body: bytes, tags: dict[str, str]
 ) -> bytes:
     """``POST`` on the sink: ``body`` is stored as a result of its own (status 200, a new request
     id, the next sink index), for watchers and gets as any result."""
-    route = client.route
+    route = ex.route
     assert route is not None and route.queue is not None
     settings = route.queue
     if len(body) > settings.max_result_bytes:
         raise body_too_large(settings.max_result_bytes, service)
-    ctype = request_headers(client).get("content-type", "application/octet-stream")
+    ctype = request_headers(ex).get("content-type", "application/octet-stream")
     now = time.time()
     result = Result(
         service,
@@ -265,14 +265,14 @@ async def sink_put(
     queues.on_result(result)
     extra = REQUEST_ID_HEADER + b": " + result.request_id.encode() + b"\r\n"
     return plain_response(
-        200, str(sink_index).encode(), b"text/plain", close=not client.keep_alive, extra=extra
+        200, str(sink_index).encode(), b"text/plain", close=not ex.client.keep_alive, extra=extra
     )
 
 
-async def sink_attributes(client: ClientConnection, queues: AsyncQueues, service: str) -> bytes:
+async def sink_attributes(ex: Exchange, queues: AsyncQueues, service: str) -> bytes:
     """The sink's attributes under EAS's names: ``stream.length`` (unread results),
     ``stream.lastEntry`` (the highest sink index), as the EAS SDK's ``attributes()`` reads them."""
-    route = client.route
+    route = ex.route
     assert route is not None and route.queue is not None
     unread, last = await queues.backend.sink_stats(service)
     return json_answer(
@@ -284,5 +284,5 @@ async def sink_attributes(client: ClientConnection, queues: AsyncQueues, service
             "stream.lastEntry": str(last),
             "consumers.stats.total": str(queues.watchers_of(service)),
         },
-        client,
+        ex,
     )

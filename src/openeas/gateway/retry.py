@@ -14,7 +14,7 @@ When may a request be sent again?
   - False: answer 502 ``upstream_failed``; the client decides. One exception, below.
 - **Part of the answer already went to the client**: nothing can be resent; the client
   connection is cut and 502 recorded.
-- A request larger than the resend buffer (``REPLAY_LIMIT_BYTES`` in proxy.py) is never resent.
+- A request larger than the resend buffer (``REPLAY_LIMIT_BYTES`` in exchange.py) is never resent.
 
 The stale keep-alive connection. A replica closes an idle pooled connection (its keep-alive
 timeout) at the moment we take it from the pool: its FIN reaches our socket after the event loop

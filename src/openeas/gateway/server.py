@@ -98,6 +98,7 @@ class Gateway:
         self._refresher: asyncio.Task[None] | None = None
         self._listener: NotifyListener | None = None
         self._wake: asyncio.Event | None = None
+        self._unwatch: Callable[[], object] | None = None  # stops a source's own push (watch)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-routing")
         self.port = 0
 
@@ -191,6 +192,9 @@ class Gateway:
             # would otherwise wait for the safety-net poll.
             self._listener = NotifyListener(self.notify_socket, self.refresh_soon)
             self._listener.start(loop)
+        watch = getattr(self.source, "watch", None)
+        if watch is not None:  # a source that pushes by itself (PostgreSQL's LISTEN/NOTIFY)
+            self._unwatch = watch(lambda: loop.call_soon_threadsafe(self.refresh_soon))
         await self.poll_once()
         ctx = self.ctx
         if self.stats is not None:
@@ -249,6 +253,9 @@ class Gateway:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,7 +7,8 @@ spec; this module never looks into a spec). It rebuilds the table only when the 
 ``routing_version`` moved, so a poll is one indexed read.
 
 Standard library, ``cryptography`` (tokens) and ``openeas.kernel.states`` only: the gateway process
-never imports SQLAlchemy or pydantic.
+never imports SQLAlchemy or pydantic. A store on PostgreSQL is read by the subclass in
+:mod:`openeas.gateway.pg_source` (``routing_source`` picks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from openeas.gateway.group_table import load_groups
 from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
@@ -33,18 +35,33 @@ _SERVICES = (
 )
 
 
+def routing_source(data_dir: Path, store_url: str | None = None) -> StoreRoutingSource:
+    """The routing source of the store: SQLite in ``data_dir`` (``store_url`` None), or the
+    PostgreSQL database ``store_url`` (tokens decrypted with ``data_dir``'s secret.key)."""
+    if store_url is None or store_url.startswith("sqlite"):
+        return StoreRoutingSource(data_dir)
+    from openeas.gateway.pg_source import PgRoutingSource  # the driver only where it is used
+
+    return PgRoutingSource(store_url, data_dir)
+
+
 class StoreRoutingSource:
     """Reads the routing table of the store in ``data_dir`` (read-only)."""
+
+    # What poll() runs first: one snapshot for the version and the rows. (Overridden for PostgreSQL.)
+    BEGIN = "BEGIN"
+    HAS_GROUPS_SQL = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='group_members'"
+    ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self._cipher = TokenCipher(self.data_dir / KEY_FILE)
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None  # a DB-API connection: sqlite3's here, psycopg's in the subclass
         self._version: int | None = None
         # ciphertext → plaintext: a table rebuild does not decrypt tokens that did not change.
         self._tokens: dict[str, str] = {}
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Any:
         if self._conn is None:
             # Autocommit mode: poll() opens its own read transaction so the version it reads and
             # the rows it loads are one snapshot. Used by one thread at a time (the routing thread).
@@ -61,7 +78,7 @@ class StoreRoutingSource:
         """The table when ``routing_version`` moved since the last call, else None."""
         try:
             db = self._db()
-            db.execute("BEGIN")
+            db.execute(self.BEGIN)
             try:
                 row = db.execute("SELECT value FROM meta WHERE key='routing_version'").fetchone()
                 version = int(row[0]) if row else 0
@@ -70,7 +87,7 @@ class StoreRoutingSource:
                 table = self._load(db, version)
             finally:
                 db.execute("COMMIT")
-        except sqlite3.Error:
+        except self.ERRORS:
             # No database yet, or one being migrated: drop the connection and try again at the
             # next poll or notification (the table in use stays).
             self.close()
@@ -84,7 +101,7 @@ class StoreRoutingSource:
             token = self._tokens[blob] = self._cipher.decrypt(blob)
         return token
 
-    def _load(self, db: sqlite3.Connection, version: int) -> RoutingTable:
+    def _load(self, db: Any, version: int) -> RoutingTable:
         ready: dict[str, list[Upstream]] = {}
         for rid, service, host, port in db.execute(_REPLICAS):
             ready.setdefault(service, []).append(Upstream(replica_id=rid, host=host, port=int(port)))
@@ -93,12 +110,14 @@ class StoreRoutingSource:
         for name, state, token_enc, route_json in db.execute(_SERVICES):
             if state == ServiceState.DELETING:
                 continue
-            settings = RouteSettings.from_dict(json.loads(route_json) if route_json else None)
+            # sqlite3 hands JSON columns back as text, psycopg as decoded values
+            route = json.loads(route_json) if isinstance(route_json, str) else route_json
+            settings = RouteSettings.from_dict(route or None)
             token = self._token(token_enc)
             used[token_enc] = token
             stopped = state == ServiceState.STOPPED
             routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
-        groups = load_groups(db, lambda blob: used.setdefault(blob, self._token(blob)))
+        groups = load_groups(db, lambda blob: used.setdefault(blob, self._token(blob)), self.HAS_GROUPS_SQL)
         self._tokens = used  # forget the tokens no service or group has any more
         return RoutingTable(version=version, routes=routes, groups=groups)
 

@@ -5,8 +5,8 @@ token, and the start of mirrored copies (mirror.py sends them).
 The decisions are pure functions (`cumulative`, `pick`, `MatchRule.matches`, `choose`): the
 weighted pick takes the random draw as an argument, so a seeded RNG tests it. `build_groups`
 turns the routing table's groups into `GroupState`s at each table swap (the cumulative weights,
-compiled rules and per-member metrics are ready before the first request); `route_group` becomes
-a method of `openeas.gateway.proxy.ClientConnection`: it runs only when the request target names
+compiled rules and per-member metrics are ready before the first request); the client connection
+calls `route_group` (it sets the member on the request's exchange): it runs only when the request target names
 no service, so a service's own requests pay nothing for groups.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openeas.gateway.auth import AuthError, Credentials, SignedBody, authorize
+from openeas.gateway.auth import AuthError, Credentials, authorize
 from openeas.gateway.errors import GatewayError, error_response, plain_response
 from openeas.gateway.group_metrics import MemberMetrics, group_json
 from openeas.gateway.metrics import GatewayMetrics
@@ -211,29 +211,28 @@ def build_groups(
     return out
 
 
-# --- methods of ClientConnection ------------------------------------------------------------------
+# --- called by the client connection -------------------------------------------------------------
 
 
 def route_group(client: ClientConnection, name: str) -> RouteState | None:
     """The member route for a request to group ``name`` (or ``group.service``), with its split
-    state set on the client; None when the request was answered (404, 401, 503)."""
+    state set on its exchange; None when the request was answered (404, 401, 503)."""
     ctx = client.ctx
     group_name, _, member_name = name.partition(".")
     group = ctx.groups.get(group_name)
     if group is None:
-        client._local_error(GatewayError(404, "service_not_found", f"service '{name}' not found"))
+        client.local_error(GatewayError(404, "service_not_found", f"service '{name}' not found"))
         return None
     if member_name:
         chosen = group.members.get(member_name)
         if chosen is None:
             message = f"group '{group_name}' has no member '{member_name}'"
-            client._local_error(GatewayError(404, "member_not_found", message))
+            client.local_error(GatewayError(404, "member_not_found", message))
             return None
         own = ctx.routes[member_name].creds  # the member's own token opens its member endpoint too
         if not _authorized(client, group, own, name):
             return None
-        client.split = chosen.plain
-        client.member_header = chosen.header
+        client.ex.member(chosen.plain, chosen.header)
         return chosen.route
     creds = group.creds
     if (
@@ -246,10 +245,9 @@ def route_group(client: ClientConnection, name: str) -> RouteState | None:
     chosen = choose(group, headers, _random())
     if chosen is None:
         message = f"group '{group_name}' has no member with weight > 0, and no match rule matched"
-        client._local_error(GatewayError(503, "no_weighted_member", message))
+        client.local_error(GatewayError(503, "no_weighted_member", message))
         return None
-    client.split = chosen.plain
-    client.member_header = chosen.header
+    client.ex.member(chosen.plain, chosen.header)
     if group.mirrors and client.upgrade is None:
         _mirror(client, group, chosen)
     return chosen.route
@@ -266,8 +264,9 @@ def _mirror(client: ClientConnection, group: GroupState, chosen: MemberState) ->
                 m.metrics.drop("in_flight_limit")
             else:
                 if split is None:
-                    split = client.split = Split(chosen.metrics)
-                split.add(MirrorCopy(m.service, m.route, m.metrics, chosen.service, client.loop), client)
+                    split = Split(chosen.metrics)
+                    client.ex.member(split, chosen.header)
+                split.add(MirrorCopy(m.service, m.route, m.metrics, chosen.service, client.loop), client.ex)
 
 
 def _authorized(client: ClientConnection, group: GroupState, own: Credentials | None, name: str) -> bool:
@@ -300,10 +299,10 @@ def _authorized(client: ClientConnection, group: GroupState, own: Credentials | 
             error = error or e
             continue
         if expected_md5 is not None:
-            client.signed_body = SignedBody(expected_md5)
+            client.ex.signed(expected_md5)
         return True
     assert error is not None
-    client._local_error(error)
+    client.local_error(error)
     return False
 
 

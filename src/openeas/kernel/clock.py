@@ -77,7 +77,7 @@ class _Sleeper:
 
 
 class FakeClock:
-    """Virtual seconds. ``sleep`` waits until :meth:`step` or :meth:`run_until` moves time to
+    """Virtual seconds. ``sleep`` waits until :meth:`advance` or :meth:`run_until` moves time to
     its deadline (or its ``until`` event is set); ``now`` never moves by itself."""
 
     # The loop counts as settled after this many passes in a row in which no task touched the
@@ -87,8 +87,11 @@ class FakeClock:
     # What ``wall`` adds to ``now``: virtual epoch seconds in late 2023, so stored times look real.
     WALL_OFFSET = 1_700_000_000.0
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, busy: Callable[[], bool] | None = None) -> None:
         self._t = start
+        # True while work outside the loop is under way (a thread's database call): time stands
+        # still until it is done, as it would on a real clock that the work takes no time of.
+        self.busy = busy
         self._sleepers: list[_Sleeper] = []
         self._seq = itertools.count()
         self._activity = 0  # counts calls: how `settle` tells a busy loop from an idle one
@@ -143,6 +146,10 @@ class FakeClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0].deadline if self._sleepers else None
 
+    def _waiting_deadline(self) -> float | None:
+        """The next deadline, or None while ``busy`` says work outside the loop is under way."""
+        return None if self.busy is not None and self.busy() else self._next_deadline()
+
     def _advance(self, deadline: float) -> None:
         self._t = max(self._t, deadline)
         while self._sleepers and self._sleepers[0].deadline <= self._t:
@@ -171,7 +178,7 @@ class FakeClock:
                 each()
             if done():
                 return
-            deadline = self._next_deadline()
+            deadline = self._waiting_deadline()
             if deadline is None:  # something waits on the real world (a thread): give it a moment
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since > stuck_after_s:
@@ -182,3 +189,23 @@ class FakeClock:
             if deadline > end:
                 raise TimeoutError(f"condition not met within {limit_s:g} s of virtual time")
             self._advance(deadline)
+
+    def jump(self, seconds: float) -> None:
+        """Move time ``seconds`` on at once, outside the loop (a test of decisions that sleep
+        nowhere); sleepers due are woken, in one go, at the loop's next pass."""
+        self._advance(self._t + max(0.0, seconds))
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, waking every sleeper due meanwhile in time order."""
+        end = self._t + max(0.0, seconds)
+        while True:
+            await self.settle()
+            if self.busy is not None and self.busy():
+                await asyncio.sleep(0.001)
+                continue
+            deadline = self._next_deadline()
+            if deadline is None or deadline > end:
+                break
+            self._advance(deadline)
+        self._advance(end)
+        await self.settle()

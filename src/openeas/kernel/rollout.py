@@ -10,6 +10,8 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
+from openeas.kernel.states import IllegalTransition
+
 DEFAULT_MIN_REQUESTS = 20  # candidate answers a step needs before it is judged
 
 
@@ -22,6 +24,31 @@ class Status(StrEnum):
 
 
 ACTIVE = (Status.RUNNING, Status.PAUSED)
+FINAL = frozenset(Status) - frozenset(ACTIVE)
+# Allowed rollout status changes: from → to (the store checks each write). A running rollout
+# pauses, ends well (its last step held), rolls back (an SLO breach) or is aborted (by the
+# operator, or because a member left the group); a paused one resumes or is aborted, and is never
+# judged (so neither succeeds nor rolls back). An ended rollout stays ended: a new one replaces
+# its row. Writing the status it already has is allowed (a new step, a new window).
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.RUNNING: frozenset({Status.PAUSED, Status.SUCCEEDED, Status.ROLLED_BACK, Status.ABORTED}),
+    Status.PAUSED: frozenset({Status.RUNNING, Status.ABORTED}),
+    Status.SUCCEEDED: frozenset(),
+    Status.ROLLED_BACK: frozenset(),
+    Status.ABORTED: frozenset(),
+}
+assert set(TRANSITIONS) == set(Status) and all(not TRANSITIONS[s] for s in FINAL)
+
+
+def check_transition(old: str, new: str) -> Status:
+    """``new`` as a Status; raises IllegalTransition when ``old → new`` is not allowed."""
+    try:
+        to, frm = Status(new), Status(old)
+    except ValueError as exc:
+        raise IllegalTransition(f"unknown rollout status: {exc}") from None
+    if to is not frm and to not in TRANSITIONS[frm]:
+        raise IllegalTransition(f"rollout status {frm} → {to} is not allowed")
+    return to
 
 
 class Action(StrEnum):

@@ -27,6 +27,9 @@ DEFAULT_MAX_HELD = 100
 # OpenAI SDK's 600 s), so the client gets the gateway's clear 503 rather than its own timeout.
 # OpenEAS's metadata.rpc.hold_timeout_ms sets it.
 DEFAULT_HOLD_TIMEOUT_S = 120.0
+# The PostgreSQL channel a store on PostgreSQL notifies (payload: the new routing version) in the
+# transaction that bumps the routing version; gateways LISTEN on it (openeas.gateway.pg_source).
+ROUTING_CHANNEL = "openeas_routing"
 
 
 @dataclass(frozen=True)

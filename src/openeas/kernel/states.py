@@ -179,3 +179,36 @@ def check_batch_transition(old: str, new: str) -> BatchState:
     if to is not frm and to not in BATCH_TRANSITIONS[frm]:
         raise IllegalTransition(f"batch job state {frm} → {to} is not allowed")
     return to
+
+
+class StressState(StrEnum):
+    """Where a stress run is (docs/stress.md). A run in the server is stored ``running`` when it
+    starts; a run in the CLI is stored once, finished."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"  # its plan ran to the end (or found saturation and stopped there)
+    INTERRUPTED = "interrupted"  # stopped early: by its owner, or cut by a restart of the server
+    FAILED = "failed"  # the run itself erred
+
+
+S = StressState
+STRESS_FINAL = frozenset({S.COMPLETED, S.INTERRUPTED, S.FAILED})
+# Allowed stress run state changes: from → to (the store checks each write). A finished run's
+# report is final; storing the same state again is allowed (an upload retried).
+STRESS_TRANSITIONS: Mapping[StressState, frozenset[StressState]] = {
+    S.RUNNING: STRESS_FINAL,
+    S.COMPLETED: frozenset(),
+    S.INTERRUPTED: frozenset(),
+    S.FAILED: frozenset(),
+}
+
+
+def check_stress_transition(old: str, new: str) -> StressState:
+    """``new`` as a StressState; raises IllegalTransition when ``old → new`` is not allowed."""
+    try:
+        to, frm = StressState(new), StressState(old)
+    except ValueError as exc:
+        raise IllegalTransition(f"unknown stress run state: {exc}") from None
+    if to is not frm and to not in STRESS_TRANSITIONS[frm]:
+        raise IllegalTransition(f"stress run state {frm} → {to} is not allowed")
+    return to

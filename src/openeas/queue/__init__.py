@@ -5,13 +5,12 @@ backlog the autoscaler scales on. docs/async.md has the protocol and the guarant
 from openeas.queue.base import (
     DEFAULT_LEASE_S,
     QueueBackend,
-    QueueError,
     backend_names,
     default_url,
     open_backend,
     register_backend,
 )
-from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, Result, State
+from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, QueueError, Result, State
 
 __all__ = [
     "DEFAULT_LEASE_S",

@@ -30,10 +30,6 @@ DEFAULT_LEASE_S = 5.0  # seconds a claimed request stays leased without a renewa
 RENEW_EVERY_S = 1.0  # how often a dispatcher renews the leases of its requests in flight
 
 
-class QueueError(Exception):
-    """The backend could not do what was asked (unreachable Redis, a broken database file)."""
-
-
 class QueueBackend(Protocol):
     name: str  # the registry name ("sqlite", "redis")
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.kernel.queue import QueueSettings
 from openeas.queue.base import DEFAULT_LEASE_S, RENEW_EVERY_S, QueueBackend
 from openeas.queue.model import Message, Result, State
@@ -35,6 +35,7 @@ log = logging.getLogger("openeas.queue")
 POLL_S = 0.2  # seconds between two looks at a service's queue when nothing woke the dispatcher
 RECLAIM_EVERY_S = 1.0  # seconds between two looks for expired leases, per service
 EXPIRE_EVERY_S = 30.0  # seconds between two deletions of results past their TTL
+STOP_POLL_S = 0.05  # seconds between two looks for calls still in flight while stopping
 # Seconds a replica that failed an attempt gets no new request: the request goes to another one,
 # and a replica that just died does not burn the attempts of the requests behind it before its
 # supervisor takes it out of the routing table.
@@ -182,7 +183,7 @@ class _Service:
     task: asyncio.Task[None] | None = None
     stats: DispatchStats = field(default_factory=DispatchStats)
     next_reclaim: float = 0.0
-    cooling: dict[str, float] = field(default_factory=dict)  # replica id → clock time it may take work again
+    cooling: dict[str, float] = field(default_factory=dict)  # replica id → wall time it may take work again
 
 
 class Dispatcher:
@@ -194,7 +195,7 @@ class Dispatcher:
         caller: ReplicaCaller | None = None,
         on_result: Callable[[Result], object] | None = None,
         lease_s: float = DEFAULT_LEASE_S,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = LOOP_CLOCK,
         cooldown_s: float = COOLDOWN_S,
     ) -> None:
         self.backend = backend
@@ -202,7 +203,7 @@ class Dispatcher:
         self.caller = caller or HttpCaller()
         self.on_result = on_result  # called on the loop with each result this dispatcher stored
         self.lease_s = lease_s
-        self.clock = clock
+        self.clock = clock  # wall time for the queue's leases and results; its sleeps for the loops
         self.cooldown_s = cooldown_s  # seconds a replica that failed an attempt gets no new request
         self.services: dict[str, _Service] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -250,7 +251,7 @@ class Dispatcher:
         backend = self.backend
         while not self._stopping:
             svc.wake.clear()
-            now = self.clock()
+            now = self.clock.wall()
             try:
                 if now >= svc.next_reclaim:
                     svc.next_reclaim = now + RECLAIM_EVERY_S
@@ -273,8 +274,7 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("queue of service %s: dispatch failed; trying again", name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(svc.wake.wait(), POLL_S)
+            await self.clock.sleep(POLL_S, until=svc.wake)
 
     def _start(self, name: str, svc: _Service, target: Target, msg: Message) -> None:
         svc.in_flight[target.replica_id] = svc.in_flight.get(target.replica_id, 0) + 1
@@ -309,7 +309,7 @@ class Dispatcher:
                 svc.in_flight.pop(target.replica_id, None)
         try:
             if answer is not None and attempt_outcome(status) is Outcome.STORE:
-                now = self.clock()
+                now = self.clock.wall()
                 result = Result(
                     service=name,
                     request_id=msg.request_id,
@@ -333,8 +333,9 @@ class Dispatcher:
                 if answer is not None:
                     error = f"replica {target.replica_id} answered {answer.status}: {_snippet(answer.body)}"
                 svc.stats.failed_attempts += 1
-                svc.cooling[target.replica_id] = self.clock() + self.cooldown_s
-                state = await self.backend.fail(msg, error, settings.max_delivery, self.clock())
+                now = self.clock.wall()
+                svc.cooling[target.replica_id] = now + self.cooldown_s
+                state = await self.backend.fail(msg, error, settings.max_delivery, now)
                 if state is State.DEAD:
                     svc.stats.dead += 1
                     log.warning(
@@ -355,8 +356,8 @@ class Dispatcher:
         """Renew the leases of the calls in flight; delete expired results now and then."""
         next_expire = 0.0
         while not self._stopping:
-            await asyncio.sleep(RENEW_EVERY_S)
-            now = self.clock()
+            await self.clock.sleep(RENEW_EVERY_S)
+            now = self.clock.wall()
             try:
                 calls = [m for svc in self.services.values() for m in svc.calls.values()]
                 if calls:
@@ -375,9 +376,9 @@ class Dispatcher:
         for svc in self.services.values():
             if svc.task is not None:
                 svc.task.cancel()
-        deadline = time.monotonic() + grace_s
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        deadline = self.clock.now() + grace_s
+        while self._tasks and self.clock.now() < deadline:
+            await self.clock.sleep(STOP_POLL_S)
         left = [m for svc in self.services.values() for m in svc.calls.values()]
         for task in list(self._tasks):
             task.cancel()

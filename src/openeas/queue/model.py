@@ -15,6 +15,10 @@ from enum import IntEnum
 from openeas.kernel.queue import DEFAULT_RESULT_TTL_S
 
 
+class QueueError(Exception):
+    """The backend could not do what was asked (unreachable Redis, a broken database file)."""
+
+
 class State(IntEnum):
     """Where a request is. The numbers are stored (SQLite) and must not change."""
 

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from openeas.queue.base import QueueError
-from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, Result, State
+from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, QueueError, Result, State
 from openeas.queue.redis_lua import SCRIPTS
 
 DEFAULT_PREFIX = "openeas:q"

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from openeas.queue.base import QueueError
-from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, Result, State
+from openeas.queue.model import Attributes, Backlog, DeadLetter, Message, QueueError, Result, State
 
 T = TypeVar("T")
 

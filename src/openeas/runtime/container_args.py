@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from openeas.runtime.launch import is_simple_command
+from openeas.runtime.shellwords import is_simple_command
 from openeas.spec.models import ServiceSpec
 
 LABEL_REPLICA = "io.openeas.replica"

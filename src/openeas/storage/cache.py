@@ -12,8 +12,21 @@ none (local files, memory://) its modification time stands in, and the source UR
 the key, so two different folders never share an entry by accident.
 
 A copy is made in a temporary directory next to the final one and renamed into place, under an
-exclusive ``flock`` on ``<root>/locks/<key>.lock``: a reader never sees half a copy and two
-concurrent materializations of one key copy once.
+exclusive ``flock`` on ``<root>/locks/<key>.lock``: a reader never sees half a copy, and starts
+that want one key at once copy it once (single-flight: the others wait for the lock and find the
+entry; :attr:`Materialized.shared`).
+
+Integrity: each copied file must have the size the listing gave (a source that ends early, a torn
+download, is refused and its copy removed), and the md5 the source lists when its checksum is one
+(an S3/OSS ETag of a single-part upload); the sha256 of every file is recorded. The record
+``<root>/meta/<key>.json`` (:mod:`openeas.storage.cache_index`) is written before the entry is
+renamed into place; a hit checks that the record is there and that every file still has its
+recorded size, else the entry is torn: it is removed and fetched again. So a torn download is
+never served.
+
+Bounds: :meth:`NodeCache.enforce` evicts least recently used entries no running replica uses
+until the node's cache fits its limit (:func:`openeas.storage.cache_index.plan_eviction`); the
+reconciler calls it after a copy.
 
 Modes: the cache keeps the source's restrictions, never loosens them. Every file and folder of a
 local source keeps its mode without the write bits (a 0600 file in a 0700 folder becomes 0400 in
@@ -52,6 +65,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from openeas.errors import MountError
 from openeas.runtime.identity import ReplicaUser, hand_over
+from openeas.storage.cache_index import (
+    META_SUFFIX,
+    CacheStats,
+    EntryInfo,
+    Eviction,
+    plan_eviction,
+    plan_prune,
+    scan,
+    touch,
+)
 
 # Keys under which filesystems report a content checksum in ``info`` (s3fs, gcsfs, ossfs, adlfs…).
 CHECKSUM_KEYS = ("ETag", "etag", "md5", "md5Hash", "content_md5", "ContentMD5", "crc32c", "checksum")
@@ -69,6 +92,7 @@ class Materialized:
     files: int
     bytes_copied: int  # 0 on a hit
     seconds: float  # wall time of listing + copy
+    shared: bool = False  # a hit that waited for a concurrent start's copy (single-flight)
 
 
 @dataclass(frozen=True)
@@ -140,15 +164,25 @@ def _local_entry(src: str, rel: str, real_root: str, is_dir: bool, where: str) -
 class NodeCache:
     """A content-addressed cache of object storage under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path | str, *, owner: ReplicaUser | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        owner: ReplicaUser | None = None,
+        limit_bytes: int | None = None,
+        stats: CacheStats | None = None,
+    ) -> None:
         self.root = Path(root).absolute()
         self.objects = self.root / "objects"
         self.locks = self.root / "locks"
+        self.meta = self.root / "meta"
         self.owner = owner  # every entry is handed to this user, owner-only (None: kept as copied)
+        self.limit_bytes = limit_bytes  # the node's bound on all entries, bytes (None: unbounded)
+        self.stats = stats or CacheStats()  # shared with every owner's cache of the node
 
     def for_owner(self, owner: ReplicaUser) -> NodeCache:
         """The cache of one replica user: ``<root>/u<uid>``, its entries that user's alone."""
-        return NodeCache(self.root / f"u{owner.uid}", owner=owner)
+        return NodeCache(self.root / f"u{owner.uid}", owner=owner, stats=self.stats)
 
     # -- listing --------------------------------------------------------------------------
 
@@ -211,8 +245,16 @@ class NodeCache:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     @staticmethod
-    def _copy(fs: fsspec.AbstractFileSystem, entries: list[_Entry], dest: Path, where: str) -> int:
-        """Copy ``entries`` into ``dest``; files take their source's mode less the write bits."""
+    def _copy(
+        fs: fsspec.AbstractFileSystem,
+        entries: list[_Entry],
+        dest: Path,
+        where: str,
+        digests: dict[str, dict[str, Any]],
+    ) -> int:
+        """Copy ``entries`` into ``dest``; files take their source's mode less the write bits.
+        Each file's size and sha256 go into ``digests``; a size or md5 unlike the listing's is a
+        MountError (see the module docstring)."""
         copied = 0
         real_dest = os.path.realpath(dest)
         for e in entries:
@@ -225,50 +267,140 @@ class NodeCache:
                 if e.link is not None:
                     os.symlink(e.link, target)
                     continue
+                sha, md5, n = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
                 with fs.open(e.src, "rb") as src, open(target, "xb") as out:
                     while chunk := src.read(CHUNK):
                         out.write(chunk)
-                        copied += len(chunk)
+                        sha.update(chunk)
+                        md5.update(chunk)
+                        n += len(chunk)
+                copied += n
                 os.chmod(target, (0o444 if e.mode is None else e.mode) & 0o555)
             except OSError as exc:
                 raise MountError(f"{where}: cannot copy {e.rel!r}: {exc}") from exc
+            _check_copy(e, n, md5.hexdigest(), where)
+            digests[e.rel] = {"size": n, "sha256": sha.hexdigest()}
         return copied
 
-    def materialize(self, url: str, *, where: str = "source") -> Materialized:
+    def materialize(self, url: str, *, where: str = "source", prefetch: bool = False) -> Materialized:
         """Make the content at ``url`` available locally; see the module docstring.
 
-        ``where`` prefixes error messages (e.g. ``storage[0].oss.path``).
+        ``where`` prefixes error messages (e.g. ``storage[0].oss.path``); ``prefetch``: a copy made
+        ahead of any replica (counted apart from the replicas' hits and misses).
         """
         t0 = time.monotonic()
         fs, source, entries, all_checksums = self._list(url, where)
         key = self._key(source, entries, all_checksums)
         final = self.objects / key
         n = len(entries)
-        if final.is_dir():
+        if final.is_dir() and self._intact(key):
+            self._count(hit=True, prefetch=prefetch)
             return Materialized(url, key, final, True, n, 0, time.monotonic() - t0)
         self.objects.mkdir(parents=True, exist_ok=True)
+        self.meta.mkdir(parents=True, exist_ok=True)
         with self._lock(key):
-            if final.is_dir():  # another process copied it while we waited for the lock
-                return Materialized(url, key, final, True, n, 0, time.monotonic() - t0)
+            if final.is_dir() and self._intact(key):  # another start copied it while we waited
+                self._count(hit=True, prefetch=prefetch, shared=True)
+                return Materialized(url, key, final, True, n, 0, time.monotonic() - t0, shared=True)
+            if os.path.lexists(final):  # torn: a record missing or a file's size changed
+                _rmtree(final)
+                self.stats.add(torn=1)
             # Only the lock holder writes .tmp dirs of this key: any left are from a crashed copy.
             for stale in self.objects.glob(f".tmp-{key[:16]}-*"):
                 _rmtree(stale)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.objects))
             try:
-                copied = self._copy(fs, entries, tmp, where)
+                digests: dict[str, dict[str, Any]] = {}
+                copied = self._copy(fs, entries, tmp, where, digests)
                 _restrict_dirs(tmp, entries, fs if isinstance(fs, LocalFileSystem) else None, url)
                 if self.owner is not None:
                     hand_over(tmp, self.owner)
+                self._write_meta(key, url, copied, digests)
                 os.rename(tmp, final)
             except BaseException:
                 _rmtree(tmp)
+                with contextlib.suppress(OSError):
+                    (self.meta / f"{key}{META_SUFFIX}").unlink()
                 raise
+        self._count(hit=False, prefetch=prefetch, copied=copied)
         return Materialized(url, key, final, False, n, copied, time.monotonic() - t0)
 
+    def _count(self, *, hit: bool, prefetch: bool, shared: bool = False, copied: int = 0) -> None:
+        if prefetch:
+            self.stats.add(prefetches=0 if hit else 1, bytes_fetched=copied)
+        elif hit:
+            self.stats.add(hits=1, shared=int(shared))
+        else:
+            self.stats.add(misses=1, bytes_fetched=copied)
+        if not hit:
+            self.stats.dirty = True
+
+    def _write_meta(self, key: str, url: str, copied: int, digests: dict[str, dict[str, Any]]) -> None:
+        record = {"url": url, "key": key, "bytes": copied, "created": time.time(), "files": digests}
+        tmp = self.meta / f".{key}.tmp"
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.meta / f"{key}{META_SUFFIX}")
+
+    def _intact(self, key: str) -> bool:
+        """The entry has its record and every recorded file its recorded size (touched: used now)."""
+        meta = self.meta / f"{key}{META_SUFFIX}"
+        try:
+            files = json.loads(meta.read_text(encoding="utf-8"))["files"]
+            entry = self.objects / key
+            for rel, d in files.items():
+                if os.stat(entry / rel).st_size != d["size"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        touch(meta)
+        return True
+
     def evict(self, key: str) -> None:
-        """Remove one cache entry (for cache GC); a no-op if it is not there."""
+        """Remove one cache entry and its record; a no-op if it is not there."""
         with self._lock(key):
             _rmtree(self.objects / key)
+            with contextlib.suppress(OSError):
+                (self.meta / f"{key}{META_SUFFIX}").unlink()
+
+    # -- the node's view (called on the node's cache, not an owner's) -------------------------
+
+    def entries(self) -> list[EntryInfo]:
+        """Every complete entry on the node: this root's and each service uid's."""
+        return scan(self.root)
+
+    def _remove(self, chosen: list[EntryInfo]) -> None:
+        for e in chosen:
+            NodeCache(e.root, stats=self.stats).evict(e.key)
+        self.stats.add(evictions=len(chosen))
+
+    def enforce(self, in_use: set[str], now: float) -> Eviction:
+        """Evict least recently used entries no replica uses until the node's cache fits its limit."""
+        self.stats.dirty = False
+        plan = plan_eviction(self.entries(), in_use, self.limit_bytes, now)
+        self._remove(list(plan.evict))
+        return plan
+
+    def prune(self, in_use: set[str], now: float) -> list[EntryInfo]:
+        """Evict every entry no running replica uses (``openeas cache prune``); what went."""
+        chosen = plan_prune(self.entries(), in_use, now)
+        self._remove(chosen)
+        return chosen
+
+
+def _check_copy(e: _Entry, size: int, md5: str, where: str) -> None:
+    """A MountError when a copied file is not what the listing promised (see the module docstring)."""
+    if size != e.size:
+        raise MountError(
+            f"{where}: {e.rel!r} is torn: copied {size} bytes, the source lists {e.size}; "
+            "nothing was cached, the next start fetches it again"
+        )
+    etag = e.stamp[2:].lower() if e.stamp.startswith("c:") else ""
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) and etag != md5:
+        raise MountError(
+            f"{where}: {e.rel!r} does not match its checksum: md5 {md5}, the source lists {etag}; "
+            "nothing was cached"
+        )
 
 
 def _restrict_dirs(

@@ -1,4 +1,5 @@
-"""The store: desired state and observed replica state, in SQLite (WAL) under the data dir.
+"""The store: desired state and observed replica state, in SQLite (WAL) under the data dir, or
+in PostgreSQL (``Store(data_dir, url="postgresql://…")``): the same models and migrations.
 
 Everything the control plane knows lives here, so a kill -9 of the server loses nothing: on
 restart the reconciler re-reads it and adopts what still runs. Methods open a short session
@@ -22,9 +23,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
-from openeas.kernel.routing import RouteSettings
+from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
 from openeas.store.schema import (
@@ -93,7 +95,7 @@ def _v4_groups(conn: Connection) -> None:
 
 def _v5_batch_jobs(conn: Connection) -> None:
     """``batch_jobs`` and ``batch_shards``: batch jobs and their checkpointed shards."""
-    from openeas.store.batch_jobs import create_tables
+    from openeas.store.batch_schema import create_tables
 
     create_tables(conn)
 
@@ -131,13 +133,35 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_groups,
     _v5_batch_jobs,
     _v6_sealed_secrets,
+    _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
 _ROUTING_BUMPED = "openeas.routing_bumped"
 
 
+# The PostgreSQL advisory lock every store transaction takes first (see make_engine): an arbitrary
+# number, the same in every OpenEAS process that shares the database.
+PG_TRANSACTION_LOCK = 0x0E_A5_0001
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
+def is_postgres(url: str | None) -> bool:
+    return url is not None and url.startswith(POSTGRES_SCHEMES)
+
+
+def engine_url(url: str) -> str:
+    """SQLAlchemy's URL for ``url``: ``postgresql://`` and ``postgres://`` use the psycopg (3) driver."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
 def make_engine(url: str) -> Engine:
+    if is_postgres(url):
+        return _postgres_engine(engine_url(url))
     engine = create_engine(url, future=True)
     if url.startswith("sqlite"):
 
@@ -162,6 +186,21 @@ def make_engine(url: str) -> Engine:
             # with "database is locked" whatever busy_timeout says; taking the write lock at
             # BEGIN makes concurrent writers (API threads, supervisors) wait their turn instead.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+
+    @event.listens_for(engine, "begin")
+    def _serialize(conn: Connection) -> None:
+        # As SQLite's BEGIN IMMEDIATE above: transactions read, then write (the routing version,
+        # a replica's phase), and under READ COMMITTED two of them could both read version N and
+        # both write N+1. One transaction-scoped advisory lock taken first makes store
+        # transactions run one at a time, as on SQLite; it is released at COMMIT or ROLLBACK.
+        # Readers outside the store (the gateways) do not take it.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_TRANSACTION_LOCK})")
 
     return engine
 
@@ -198,7 +237,10 @@ def db_path(data_dir: Path) -> Path:
 
 class Store:
     def __init__(self, data_dir: Path, *, url: str | None = None) -> None:
+        """``url``: None for SQLite in ``data_dir`` (the default), or ``postgresql://…``. The
+        secret key stays in ``data_dir`` whichever the backend."""
         self.data_dir = data_dir
+        self.url = url
         data_dir.mkdir(parents=True, exist_ok=True)
         if url is None:  # private from the start: SQLite gives -wal and -shm the main file's mode
             os.close(os.open(db_path(data_dir), os.O_RDWR | os.O_CREAT, 0o600))
@@ -206,6 +248,7 @@ class Store:
         self.cipher = TokenCipher(data_dir / "secret.key")
         migrate(self.engine, self.cipher)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._notify = self.engine.dialect.name == "postgresql"
         self._routing_listeners: list[Callable[[int], object]] = []
 
     @contextmanager
@@ -246,6 +289,8 @@ class Store:
     def _bump_routing(self, s: Session) -> None:
         version = int(self._get_meta(s, "routing_version") or 0) + 1
         self._set_meta(s, "routing_version", str(version))
+        if self._notify:  # delivered at COMMIT, to every gateway LISTENing (gateway/pg_source.py)
+            s.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": ROUTING_CHANNEL, "v": str(version)})
         s.info[_ROUTING_BUMPED] = version  # session() calls the routing listeners after the commit
 
     def bump_routing(self) -> None:
@@ -419,6 +464,8 @@ class Store:
         )
         with self.session() as s:
             s.add(row)
+            spec = s.get(VersionRow, (service, version))
+            _usage.opened(s, row, spec.spec if spec is not None else {})
             self._event(
                 s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid
             )
@@ -456,9 +503,11 @@ class Store:
             old_address = (row.host, row.port)
             new_phase = check_transition(old_phase, fields.get("phase", old_phase))
             for k, v in fields.items():
-                setattr(row, k, v)
+                # `stopping` is an integer column (0 or 1): PostgreSQL takes no bool there
+                setattr(row, k, int(bool(v)) if k == "stopping" else v)
             if new_phase != old_phase:
                 row.phase_times = {**(row.phase_times or {}), new_phase.value: now}
+                _usage.on_phase(s, row, old_phase, new_phase, now)
             is_routable = routable(row.phase, row.stopping, row.port)
             if was_routable != is_routable or (is_routable and old_address != (row.host, row.port)):
                 self._bump_routing(s)
@@ -472,6 +521,12 @@ class Store:
                 if routable(row.phase, row.stopping, row.port):
                     self._bump_routing(s)
                 s.delete(row)
+            _usage.closed(s, rid, time.time())
+
+    def usage(self, *, service: str | None = None, since: float | None = None) -> list[_usage.UsageRow]:
+        """The meter's record: each replica's billed life (store/usage.py)."""
+        with self.session() as s:
+            return _usage.usage_rows(s, service=service, since=since)
 
     # ---- events ---------------------------------------------------------------------------------
     def _event(

@@ -10,7 +10,7 @@ import time
 from sqlalchemy import select
 
 from openeas.errors import Conflict, NotFound
-from openeas.kernel.rollout import ACTIVE, RolloutPlan, RolloutState, Status
+from openeas.kernel.rollout import ACTIVE, RolloutPlan, RolloutState, Status, check_transition
 from openeas.store.db import Store
 from openeas.store.group_schema import GroupRow, RolloutRow
 
@@ -95,7 +95,9 @@ class RolloutStore:
         event: tuple[str, str, str] | None = None,
     ) -> bool:
         """Write ``state`` if the stored one is still ``expect``; ``event`` = (reason, message,
-        type) in the same transaction. False when someone changed it meanwhile."""
+        type) in the same transaction. False when someone changed it meanwhile; IllegalTransition
+        when the status change is not in the table (kernel/rollout.py)."""
+        check_transition(expect.status, state.status)
         with self.store.session() as s:
             row = s.get(RolloutRow, group)
             if row is None or row.state != expect.to_dict():

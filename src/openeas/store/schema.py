@@ -49,7 +49,8 @@ class VersionRow(Base):
 
 class ReplicaRow(Base):
     __tablename__ = "replicas"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # "<service>-<8 hex>": a 63-character service name makes 72 (PostgreSQL enforces the length)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
     service: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
     runtime: Mapped[str] = mapped_column(String(32), default="process")
@@ -97,4 +98,4 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(16))  # Normal | Warning
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
-    replica: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replica: Mapped[str | None] = mapped_column(String(128), nullable=True)  # a ReplicaRow.id

@@ -1,7 +1,8 @@
 """Stress reports kept in the store (table ``stress_reports``, migration ``_v3_stress_reports``).
 
 A row per test: its id, target, start time, status (``running``, ``completed``,
-``interrupted``, ``failed``), a small summary for listings and the whole JSON report. Reports
+``interrupted``, ``failed``: ``kernel.states.StressState``; each write of a stored run's status
+is checked against its transition table), a small summary for listings and the whole JSON report. Reports
 live with the rest of the server's state (one backup, one place), whether the test ran in the
 CLI (which uploads its report) or in the server (``POST /api/v1/services/{name}/stress``).
 """
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import text
 
 from openeas.errors import NotFound
+from openeas.kernel.states import StressState, check_stress_transition
 from openeas.store.db import Store
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -44,19 +46,29 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(store: Store, report: dict[str, Any]) -> dict[str, Any]:
-    """Insert or replace ``report`` (by its ``id``); returns its summary."""
+    """Insert or replace ``report`` (by its ``id``); returns its summary. ValueError names every
+    bad field; IllegalTransition when it would change a stored run's state against the table."""
     rid, target = report.get("id"), report.get("target")
+    status = str(report.get("status") or StressState.COMPLETED)
+    problems = []
     if not isinstance(rid, str) or not rid or len(rid) > 64:
-        raise ValueError("report.id: must be a string of 1..64 characters")
+        problems.append("report.id: must be a string of 1..64 characters")
     if not isinstance(target, str) or not target:
-        raise ValueError("report.target: must be a non-empty string")
+        problems.append("report.target: must be a non-empty string")
+    if status not in set(StressState):
+        problems.append(f"report.status: {status!r} is not one of {', '.join(StressState)}")
     body = json.dumps(report, separators=(",", ":"))
     if len(body) > MAX_REPORT_BYTES:
-        raise ValueError(f"report: larger than {MAX_REPORT_BYTES} bytes")
+        problems.append(f"report: larger than {MAX_REPORT_BYTES} bytes")
+    if problems:
+        raise ValueError("; ".join(problems))
     s = summary(report)
     started = report.get("started_at")
     created = float(started) if isinstance(started, int | float) else time.time()
     with store.engine.begin() as conn:
+        old = conn.execute(text("SELECT status FROM stress_reports WHERE id = :id"), {"id": rid}).first()
+        if old is not None:
+            check_stress_transition(old[0], status)
         conn.execute(
             text(
                 "INSERT INTO stress_reports (id, target, created_at, status, summary, report)"
@@ -67,7 +79,7 @@ def save(store: Store, report: dict[str, Any]) -> dict[str, Any]:
                 "id": rid,
                 "target": target,
                 "created": created,
-                "status": str(report.get("status") or "completed"),
+                "status": status,
                 "summary": json.dumps(s),
                 "report": body,
             },
@@ -86,9 +98,11 @@ def save(store: Store, report: dict[str, Any]) -> dict[str, Any]:
 def mark_abandoned(store: Store) -> int:
     """Reports still ``running`` when a server starts were cut by its previous life: ``interrupted``.
     Returns how many."""
+    frm, to = StressState.RUNNING, check_stress_transition(StressState.RUNNING, StressState.INTERRUPTED)
     with store.engine.begin() as conn:
         result = conn.execute(
-            text("UPDATE stress_reports SET status = 'interrupted' WHERE status = 'running'")
+            text("UPDATE stress_reports SET status = :to WHERE status = :frm"),
+            {"to": to.value, "frm": frm.value},
         )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -15,11 +15,16 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
+from openeas.kernel.clock import FakeClock
 from openeas.stress.generator import OnDone, Outcome
 
 
 class VirtualClock:
-    """Virtual seconds; ``sleep`` jumps to its deadline after running the timers due before it."""
+    """Virtual seconds; ``sleep`` jumps to its deadline after running the timers due before it.
+
+    A ``kernel.clock.Clock`` that drives itself: the generator is the one coroutine that sleeps,
+    and a simulated service schedules its answers with ``call_at``, so a whole test needs no
+    stepping from outside (``FakeClock`` is the fake for loops that other code steps)."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.t = start
@@ -28,6 +33,9 @@ class VirtualClock:
 
     def now(self) -> float:
         return self.t
+
+    def wall(self) -> float:
+        return self.t + FakeClock.WALL_OFFSET
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), fn))
@@ -41,9 +49,12 @@ class VirtualClock:
             fn()
         self.t = target
 
-    async def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float, until: asyncio.Event | None = None) -> bool:
+        if until is not None and until.is_set():
+            return True
         self.advance(seconds)
         await asyncio.sleep(0)
+        return until is not None and until.is_set()
 
 
 class SimulatedService:

@@ -7,19 +7,20 @@ from when it actually left, so a generator that fell behind (or a full connectio
 as latency instead of silently lowering the load: no coordinated omission.
 
 The generator only schedules and records. Sockets are the :class:`Transport`'s (``client.py``;
-tests pass a fake one), time is the :class:`Clock`'s (tests pass a fake one).
+tests pass a fake one), time is the one :class:`~openeas.kernel.clock.Clock`'s
+(``LOOP_CLOCK``: ``time.monotonic``, ns resolution; tests pass a fake one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from openeas.kernel.clock import Clock
 from openeas.stress.histo import Histo
 from openeas.stress.members import MemberTally, tally
 from openeas.stress.plan import Arrival
@@ -65,21 +66,6 @@ class Transport(Protocol):
         ...
 
     def in_flight(self) -> int: ...
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class MonotonicClock:
-    """The real clock: ``time.monotonic`` (ns resolution; uvloop's own ``loop.time`` has only ms)."""
-
-    now = staticmethod(time.monotonic)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
 
 
 def arrival_offsets(arrival: Arrival, rate: float, rng: random.Random) -> Iterator[float]:

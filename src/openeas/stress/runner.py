@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.stress.analysis import (
     StepResult,
     knee_reason,
@@ -24,7 +25,7 @@ from openeas.stress.analysis import (
     recommend,
     saturation,
 )
-from openeas.stress.generator import Clock, Generator, MonotonicClock, StepWindow
+from openeas.stress.generator import Generator, StepWindow
 from openeas.stress.members import GroupInfo, breakdown, merge_tallies, share_notes
 from openeas.stress.observe import Observer, Sample, window_mean
 from openeas.stress.plan import Load, PlanError, StressPlan, load_bodies
@@ -233,7 +234,7 @@ async def run_against(
         timeout_s=plan.timeout_s,
         by_member=group is not None,
     )
-    clock = MonotonicClock()
+    clock = LOOP_CLOCK
     gen = Generator(
         transport, clock, len(bodies), seed=plan.seed, budget=plan.max_requests, by_member=group is not None
     )

@@ -1,0 +1,116 @@
+"""The idle-spend watch: the alarm of openeas.cost.idle, fed by the autoscaler's decisions.
+
+Every :data:`CHECK_INTERVAL_S` it reads each service's last autoscaler decision (current
+replicas; the recommendation, what the metrics alone ask for; none while the decision is not
+valid: "no data" is not zero), prices the service by the server's catalog and feeds
+:func:`openeas.cost.idle.observe`. When an idle episode has held 3 hours it records one Warning
+event ``IdleSpend`` naming what the idle capacity costs a month; while it lasts, ``ls`` and
+``describe`` carry it (``idle`` in their answers) and ``/metrics`` has
+``openeas_idle_replicas{service}`` and ``openeas_idle_monthly_cost{service,currency}``.
+Episodes live in memory: a restart of the server starts them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from openeas.cost import Catalog, map_spec
+from openeas.cost.idle import Idle, IdleState, observe
+from openeas.errors import SpecError
+from openeas.kernel.clock import Clock
+from openeas.store import Store
+
+log = logging.getLogger("openeas.idle")
+CHECK_INTERVAL_S = 60.0  # seconds between two looks at the decisions
+
+
+class IdleWatch(Collector):
+    def __init__(
+        self,
+        store: Store,
+        status: Callable[[str], dict[str, Any] | None],
+        catalog: Callable[[], Catalog],
+        clock: Clock,
+        *,
+        interval_s: float = CHECK_INTERVAL_S,
+    ) -> None:
+        self.store = store
+        self.status = status  # the autoscaler's view of a service (AutoscalerLoop.status)
+        self.catalog = catalog
+        self.clock = clock
+        self.interval_s = interval_s
+        self.states: dict[str, IdleState] = {}
+        self.found: dict[str, Idle] = {}
+
+    def tick(self, now: float) -> None:
+        """One look at every service's last decision (``now``: epoch seconds)."""
+        try:
+            catalog: Catalog | None = self.catalog()
+        except SpecError:
+            catalog = None  # an unreadable catalog: the alarm still fires, unpriced
+        names = set()
+        for svc in self.store.list_services():
+            names.add(svc.name)
+            decision = (self.status(svc.name) or {}).get("decision")
+            if not decision:
+                continue
+            needed = decision.get("recommendation") if decision.get("valid") else None
+            price, currency = None, ""
+            if catalog is not None:
+                pricing = map_spec(self.store.version_spec(svc.name, svc.current_version), catalog)
+                price, currency = pricing.per_hour, pricing.currency
+            state, idle, fire = observe(
+                self.states.get(svc.name, IdleState()),
+                now,
+                int(decision["current_replicas"]),
+                needed,
+                price_per_hour=price,
+                currency=currency,
+            )
+            self.states[svc.name] = state
+            if idle is None:
+                self.found.pop(svc.name, None)
+                continue
+            self.found[svc.name] = idle
+            if fire:
+                self.store.record_event(svc.name, "IdleSpend", idle.message(now), type="Warning")
+        for gone in set(self.states) - names:
+            self.states.pop(gone, None)
+            self.found.pop(gone, None)
+
+    def view(self, name: str) -> dict[str, Any] | None:
+        idle = self.found.get(name)
+        return None if idle is None else idle.as_dict(self.clock.wall())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick(self.clock.wall())
+            except Exception:  # one bad look must not end the watch
+                log.exception("idle-spend watch")
+            if await self.clock.sleep(self.interval_s, stop):
+                return
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily(
+            "openeas_idle_replicas",
+            "Replicas paid to idle: running minus what the load needs, while the idle-spend alarm is on",
+            labels=["service"],
+        )
+        cost = GaugeMetricFamily(
+            "openeas_idle_monthly_cost",
+            "What the idle replicas cost a month (720 h) at the catalog's price, while the alarm is on",
+            labels=["service", "currency"],
+        )
+        for name, idle in sorted(self.found.items()):
+            replicas.add_metric([name], idle.idle_replicas)
+            if idle.monthly_cost is not None:
+                cost.add_metric([name, idle.currency], idle.monthly_cost)
+        yield replicas
+        yield cost

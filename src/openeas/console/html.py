@@ -1,0 +1,80 @@
+"""HTML for the console: every value goes through ``esc`` (or ``attr``); a page is the layout
+around a body. No inline script or style anywhere: the Content-Security-Policy forbids them."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+"""The console's Content-Security-Policy: its own files only, no inline code, no framing."""
+
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+
+def esc(value: object) -> str:
+    """``value`` as HTML text (None as an em dash)."""
+    return "—" if value is None else html.escape(str(value), quote=True)
+
+
+def csrf_field(csrf: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
+
+
+def table(head: Sequence[str], rows: Iterable[str], *, tid: str = "", caption: str = "") -> str:
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    ths = "".join(f'<th scope="col">{esc(h)}</th>' for h in head)
+    tid_attr = f' id="{esc(tid)}"' if tid else ""
+    return f"<table{tid_attr}>{cap}<thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def errors_list(errors: Sequence[str]) -> str:
+    if not errors:
+        return ""
+    items = "".join(f"<li>{esc(e)}</li>" for e in errors)
+    return f'<div class="errors" role="alert"><ul id="errors">{items}</ul></div>'
+
+
+def layout(title: str, body: str, *, csrf: str | None = None, live: str | None = None) -> str:
+    """A whole page. ``live``: the Server-Sent Events URL the page's script follows."""
+    nav = ""
+    if csrf is not None:
+        nav = (
+            '<nav aria-label="Console"><a href="/console/services">Services</a> '
+            '<a href="/console/deploy">Deploy</a>'
+            f'<form method="post" action="/console/logout" class="inline">{csrf_field(csrf)}'
+            '<button type="submit">Log out</button></form></nav>'
+        )
+    meta_live = f'<meta name="openeas-live" content="{esc(live)}">' if live else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)} · OpenEAS</title>{meta_live}"
+        '<link rel="stylesheet" href="/console/static/console.css">'
+        '<script type="module" src="/console/static/console.js"></script></head>'
+        f'<body><header><span class="brand">OpenEAS</span>{nav}</header>'
+        f"<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def sparkline(values: Sequence[float | None], *, label: str, width: int = 240, height: int = 40) -> str:
+    """An inline SVG line of ``values`` (None: a gap treated as 0), scaled to its maximum."""
+    pts = [v or 0.0 for v in values][-width:]
+    top = max(pts, default=0.0) or 1.0
+    step = width / max(len(pts) - 1, 1)
+    coords = " ".join(
+        f"{i * step:.1f},{height - (v / top) * (height - 2) - 1:.1f}" for i, v in enumerate(pts)
+    )
+    return (
+        f'<svg class="chart" role="img" aria-label="{esc(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><polyline fill="none" points="{coords}"/></svg>'
+    )

@@ -1,0 +1,247 @@
+"""The console's routes under ``/console`` on the control plane's app: login, the pages, their
+forms (each checked against its session's CSRF token) and the live streams (Server-Sent Events).
+Actions go through the API in process (console/apicall.py) with the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from openeas.api.control import ControlPlane
+from openeas.console import pages
+from openeas.console.apicall import call
+from openeas.console.html import SECURITY_HEADERS, layout
+from openeas.console.live import Live
+from openeas.console.session import COOKIE, Session, Sessions, csrf_ok
+from openeas.errors import NotFound, SpecError
+from openeas.spec.load import parse_text
+
+MAX_FORM_BYTES = 1024 * 1024
+"""Largest form body the console reads (1 MiB: a pasted spec)."""
+
+STREAM_KEEPALIVE_S = 15.0
+"""Seconds between two comments on an idle live stream (keeps proxies from closing it)."""
+
+_STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+
+
+def _html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status, headers=SECURITY_HEADERS)
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/console/login", 303, headers=SECURITY_HEADERS)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = time.time) -> Live:
+    """Mount the console on ``app``; the Live view whose ``run`` the server starts."""
+    sessions = Sessions(cp.admin_token)
+    live = Live(cp, clock=clock)
+
+    def session_of(request: Request) -> Session | None:
+        return sessions.get(request.cookies.get(COOKIE), clock())
+
+    async def posted(request: Request) -> tuple[Session | None, dict[str, str], Response | None]:
+        """The session and form of a POST; an error response when either is missing or forged."""
+        s = session_of(request)
+        if s is None:
+            return None, {}, _to_login()
+        form = await _form(request)
+        if not csrf_ok(s, form.get("csrf")):
+            msg = "csrf: the form's token is missing or not this session's; reload the page and try again"
+            return s, form, _html(layout("Refused", f'<p role="alert">{msg}</p>'), 403)
+        return s, form, None
+
+    @app.get("/console", include_in_schema=False)
+    def home() -> Response:
+        return RedirectResponse("/console/services", 303)
+
+    @app.get("/console/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in _STATIC:
+            raise NotFound(f"console file '{name}' does not exist")
+        data = resources.files("openeas.console").joinpath("static", name).read_bytes()
+        return Response(data, media_type=_STATIC[name], headers={"cache-control": "max-age=300"})
+
+    @app.get("/console/login", include_in_schema=False)
+    def login_form() -> Response:
+        return _html(pages.login_page())
+
+    @app.post("/console/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        s = sessions.login((await _form(request)).get("token", "").strip(), clock())
+        if s is None:
+            return _html(pages.login_page("token: wrong admin token"), 401)
+        r = RedirectResponse("/console/services", 303, headers=SECURITY_HEADERS)
+        r.set_cookie(COOKIE, s.id, httponly=True, samesite="strict", path="/console", max_age=12 * 3600)
+        return r
+
+    @app.post("/console/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        s, _, refused = await posted(request)
+        if refused is not None:
+            return refused
+        sessions.logout(s.id if s else None)
+        r = _to_login()
+        r.delete_cookie(COOKIE, path="/console")
+        return r
+
+    @app.get("/console/services", include_in_schema=False)
+    async def services(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return _to_login()
+        snap = live.snapshot if live.version else await asyncio.to_thread(live.rows, clock())
+        return _html(pages.services_page(snap, s.csrf))
+
+    async def render_service(
+        s: Session, name: str, token: str | None = None, errors: list[str] | None = None
+    ) -> Response:
+        got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
+        if not got.ok:
+            return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
+        ev = await call(
+            app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}/events?limit=50"
+        )
+        events = ev.body.get("events", []) if ev.ok else []
+        page = pages.service_page(
+            got.body, events, live.history_of(name), s.csrf, token=token, errors=errors or []
+        )
+        return _html(page, 400 if errors else 200)
+
+    @app.get("/console/services/{name}", include_in_schema=False)
+    async def service(request: Request, name: str) -> Response:
+        s = session_of(request)
+        return _to_login() if s is None else await render_service(s, name)
+
+    @app.post("/console/services/{name}/token", include_in_schema=False)
+    async def reveal(request: Request, name: str) -> Response:
+        s, _, refused = await posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}/call-info")
+        return await render_service(s, name, token=got.body.get("token") if got.ok else None)
+
+    @app.post("/console/services/{name}/action", include_in_schema=False)
+    async def act(request: Request, name: str) -> Response:
+        s, form, refused = await posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        errors = action_errors(form)
+        if not errors:
+            method, path, body = _ACTIONS[form["action"]](form)
+            got = await call(
+                app, cp.admin_token, method, f"/api/v1/services/{urllib.parse.quote(name)}{path}", body
+            )
+            errors = got.errors()
+            if got.ok and form["action"] == "delete":
+                return RedirectResponse("/console/services", 303, headers=SECURITY_HEADERS)
+        if errors:
+            return await render_service(s, name, errors=errors)
+        return RedirectResponse(
+            f"/console/services/{urllib.parse.quote(name)}", 303, headers=SECURITY_HEADERS
+        )
+
+    @app.get("/console/deploy", include_in_schema=False)
+    def deploy_form(request: Request) -> Response:
+        s = session_of(request)
+        return _to_login() if s is None else _html(pages.deploy_page(s.csrf))
+
+    @app.post("/console/deploy", include_in_schema=False)
+    async def deploy(request: Request) -> Response:
+        s, form, refused = await posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        text = form.get("spec", "")
+        try:
+            data: Any = parse_text(text)
+        except SpecError as exc:
+            return _html(pages.deploy_page(s.csrf, text, exc.errors), 400)
+        plan = await call(app, cp.admin_token, "POST", "/api/v1/dry-run", data)
+        if not plan.ok or form.get("op") != "deploy":
+            return _html(
+                pages.deploy_page(s.csrf, text, plan.errors(), plan.body if plan.ok else None),
+                plan.status if not plan.ok else 200,
+            )
+        made = await call(app, cp.admin_token, "POST", "/api/v1/services", data)
+        if not made.ok:
+            return _html(pages.deploy_page(s.csrf, text, made.errors(), plan.body), made.status)
+        return RedirectResponse(
+            f"/console/services/{urllib.parse.quote(made.body['name'])}", 303, headers=SECURITY_HEADERS
+        )
+
+    def stream(request: Request, fragment: Callable[[], Any]) -> Response:
+        if session_of(request) is None:
+            return Response(status_code=401)
+
+        async def events() -> AsyncIterator[bytes]:
+            last: str | None = None
+            seen = -1
+            while not await request.is_disconnected():
+                changed = await live.changed_since(seen, STREAM_KEEPALIVE_S)
+                seen = live.version
+                data = json.dumps(await fragment()) if changed or last is None else last
+                if data != last:
+                    last = data
+                    yield f"data: {data}\n\n".encode()
+                elif not changed:
+                    yield b": keepalive\n\n"
+
+        headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.get("/console/live", include_in_schema=False)
+    def live_services(request: Request) -> Response:
+        async def frag() -> dict[str, str]:
+            return pages.services_fragment(live.snapshot)
+
+        return stream(request, frag)
+
+    @app.get("/console/live/{name}", include_in_schema=False)
+    def live_service(request: Request, name: str) -> Response:
+        async def frag() -> dict[str, str]:
+            got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
+            return pages.replicas_fragment(got.body) if got.ok else {"status": "gone"}
+
+        return stream(request, frag)
+
+    return live
+
+
+_ACTIONS: dict[str, Callable[[dict[str, str]], tuple[str, str, Any]]] = {
+    "scale": lambda f: ("POST", "/scale", {"replicas": int(f["replicas"])}),
+    "start": lambda f: ("POST", "/start", None),
+    "stop": lambda f: ("POST", "/stop", None),
+    "delete": lambda f: ("DELETE", "", None),
+    "rollback": lambda f: ("POST", "/rollback", {"version": int(f["version"])}),
+}
+_CONFIRMED = {"stop", "delete", "rollback"}  # actions that hurt: the form's confirm box must be ticked
+
+
+def action_errors(form: dict[str, str]) -> list[str]:
+    """Every problem of an action form, one ``field: reason`` line each."""
+    action = form.get("action", "")
+    if action not in _ACTIONS:
+        return [f"action: '{action}' is not one of {', '.join(sorted(_ACTIONS))}"]
+    errors = []
+    for field in {"scale": ["replicas"], "rollback": ["version"]}.get(action, []):
+        if not form.get(field, "").strip().isdigit():
+            errors.append(f"{field}: must be a whole number ≥ 0, got '{form.get(field, '')}'")
+    if action in _CONFIRMED and form.get("confirm") != "yes":
+        errors.append(f"confirm: tick the box to {action} the service")
+    return errors

@@ -1,0 +1,33 @@
+// OpenEAS console: follows the page's live stream (Server-Sent Events) and swaps in the
+// fragments the server rendered (and escaped). The pages work without this file.
+const targets = {
+  services: "#services tbody",
+  groups: "#groups tbody",
+  replicas: "#replicas tbody",
+  status: "#status",
+};
+
+function sizeBars(root) {
+  for (const seg of root.querySelectorAll(".seg[data-share]")) {
+    seg.style.flexGrow = seg.dataset.share;
+  }
+}
+
+function follow(url) {
+  const source = new EventSource(url);
+  source.onmessage = (ev) => {
+    const data = JSON.parse(ev.data);
+    for (const [key, selector] of Object.entries(targets)) {
+      const el = document.querySelector(selector);
+      if (el && key in data) {
+        el.innerHTML = data[key];
+        sizeBars(el);
+      }
+    }
+    document.body.dataset.liveVersion = String(Number(document.body.dataset.liveVersion || 0) + 1);
+  };
+}
+
+sizeBars(document);
+const live = document.querySelector('meta[name="openeas-live"]');
+if (live) follow(live.content);

@@ -1,5 +1,6 @@
 """Owns the gateway's side of the control plane's per-service counters: `StatsSender` samples
-every service's arrivals, in-flight and held requests every `SEND_INTERVAL_S` and sends them in a
+every service's arrivals, in-flight and held requests, and every replica's in-flight requests and
+whether it is routed, every `SEND_INTERVAL_S` and sends them in a
 datagram to ``DATA/run/control.sock`` (wire format and receiver:
 :mod:`openeas.telemetry.gateway_stats`), and sends one at once when a request is held, so the
 control plane can scale a service from zero without waiting for the next sample.
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from openeas.gateway.metrics import GatewayMetrics
-from openeas.telemetry.gateway_stats import SEND_INTERVAL_S, ServiceSample, encode
+from openeas.telemetry.gateway_stats import SEND_INTERVAL_S, ReplicaSample, ServiceSample, encode
 from openeas.unixdgram import DGRAM, UnixAddress
 
 
@@ -34,6 +35,14 @@ def samples(metrics: GatewayMetrics) -> dict[str, ServiceSample]:
             held=held,
         )
     return out
+
+
+def replica_samples(metrics: GatewayMetrics) -> dict[str, ReplicaSample]:
+    """Every replica the gateway knows: its requests in flight, whether it is routed (the same
+    gauges as /metrics' ``openeas_gateway_replica_*``); empty when the proxy did not wire them."""
+    if metrics.replicas is None:
+        return {}
+    return {rid: ReplicaSample(in_flight, routed) for rid, routed, in_flight in metrics.replicas()}
 
 
 class StatsSender:
@@ -80,7 +89,8 @@ class StatsSender:
         sock, addr, loop = self._sock, self._addr, self._loop
         if sock is None or addr is None or loop is None:
             return
-        for datagram in encode(self.gateway_id, loop.time() - self._started, samples(self.metrics)):
+        up = loop.time() - self._started
+        for datagram in encode(self.gateway_id, up, samples(self.metrics), replica_samples(self.metrics)):
             try:
                 sock.sendto(datagram, addr.addr)
             except OSError:

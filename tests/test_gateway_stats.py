@@ -465,3 +465,27 @@ def test_replica_in_flight_sums_live_gateways() -> None:
     assert stats.replica_in_flight(1.5) == {"r1": 5, "r2": 1}
     stats.observe("b", {}, 4.5, replicas={"r1": R(0, False)})  # a is gone by 4.5 (stale after 3 s)
     assert stats.replica_in_flight(4.5) == {"r1": 0}
+
+
+def test_the_drain_waits_for_a_report_sent_after_its_question() -> None:
+    import inspect
+    import time
+
+    from openeas.controller.replica import GatewayView
+    from openeas.server import gateway_view
+
+    assert inspect.signature(gateway_view).parameters["timeout_s"].default == 1.0  # docs/architecture.md
+    stats = GatewayStats(time.monotonic)
+    stats.observe("a", {}, time.monotonic(), replicas={"r": R(0, False)})  # before the question
+
+    async def scenario() -> tuple[GatewayView | None, GatewayView | None]:
+        ask = gateway_view(stats, timeout_s=1.0)
+        task = asyncio.create_task(ask("r"))
+        await asyncio.sleep(0.1)
+        assert not task.done()  # the old report does not answer it
+        stats.observe("a", {}, time.monotonic(), replicas={"r": R(2, True)})
+        fresh = await task
+        silent = await gateway_view(stats, timeout_s=0.1)("r")  # no new report within 0.1 s
+        return fresh, silent
+
+    assert asyncio.run(scenario()) == (GatewayView(routed=True, in_flight=2), None)

@@ -4,8 +4,18 @@ Two upstreams: (a) the built-in test server (``python -m openeas.testserver``; a
 JSON app when that package is missing) and (b) nginx serving a fixed body (a very fast replica).
 For each, wrk (pinned to core 0) drives: direct → upstream, nginx (1 worker, keepalive upstream
 pool, pinned to core 1) → upstream, and the OpenEAS gateway (auth token checked, routing and
-metrics on, pinned to core 1) → upstream. Proxy CPU comes from /proc/<pid>/stat. Every load run is
-bounded by ``--duration``; all traffic stays on 127.0.0.1.
+metrics on, pinned to core 1) → upstream, in two modes (``--mode``, both by default):
+
+- **server**: the gateway as ``openeas server`` runs it: a real server on a data dir of its own,
+  the upstream deployed as a service (its replica runs the same program as the direct upstream,
+  started by the server), the routing table pushed from the store, the per-service counters sent
+  to the control plane every 0.2 s and on jumps. The gateway process is pinned to core 1 once it
+  runs; its CPU is the gateway's alone (the control plane's is not counted).
+- **file**: a bare ``python -m openeas.gateway --routing-file`` (no store, no routing push, no
+  stats datagram): the lower bound of what the gateway costs.
+
+Proxy CPU comes from /proc/<pid>/stat. Every load run is bounded by ``--duration``; all traffic
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # bench.anchors, however this file was reached
+sys.path.insert(0, str(ROOT))  # bench.anchors and the rig in tests/, however this file was reached
 from bench import anchors  # noqa: E402
+from tests.harness import Server, kill_gateway, new_server, recorded_gateway_pid  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -127,10 +138,41 @@ class Proc:
     cpu_pids: list[int]
 
 
+# The static upstream as a replica of `openeas server`: nginx with the same fixed body, on the
+# replica's port ($PORT), its files in the replica's own work directory.
+STATIC_REPLICA = """cat > nginx.conf <<END
+daemon off;
+worker_processes 1;
+pid nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path body; proxy_temp_path proxy; fastcgi_temp_path fcgi;
+  uwsgi_temp_path uwsgi; scgi_temp_path scgi;
+  server { listen 127.0.0.1:$PORT;
+    location / { default_type application/json; return 200 '{"ok":true,"model":"bench"}'; } }
+}
+END
+exec NGINX -e stderr -p "$PWD/" -c "$PWD/nginx.conf"
+"""
+
+
+def upstream_spec(kind: str) -> dict[str, object]:
+    """The service `openeas server` deploys for an upstream of kind ``aiohttp`` or ``static``."""
+    health = {"http_get": {"path": "/"}, "period_seconds": 1}
+    container: dict[str, object] = {"port": 8000, "health_check": health}
+    if kind == "static":
+        container["script"] = STATIC_REPLICA.replace("NGINX", NGINX)
+    else:
+        container["command"] = "python -m openeas.testserver --host 127.0.0.1 --port 8000"
+    return {"metadata": {"name": "bench", "instance": 1, "cpu": 1}, "containers": [container]}
+
+
 class Bench:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.servers: list[Server] = []
 
     def spawn(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, **kw)  # type: ignore[call-overload]
@@ -138,6 +180,9 @@ class Bench:
         return p
 
     def close(self) -> None:
+        for srv in self.servers:
+            srv.stop()
+            kill_gateway(srv.data_dir)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -223,6 +268,27 @@ class Bench:
         )
         wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
         return port, [p.pid]
+
+    def server_gateway(self, kind: str) -> tuple[int, list[int], str, int]:
+        """(gateway port, gateway pids, token, replica port) of a real `openeas server` serving
+        the upstream of ``kind`` as service ``bench``; the gateway pinned to core 1."""
+        srv = new_server(self.tmp / f"server-{kind}" / "data")
+        self.servers.append(srv)
+        srv.start()
+        c = srv.client
+        c.deploy(upstream_spec(kind))
+        c.wait_ready("bench", 1, timeout_s=120)
+        token = str(c.call_info("bench")["token"])
+        pid = recorded_gateway_pid(srv.data_dir)
+        if pid is None:
+            raise SystemExit("openeas server runs no gateway process (DATA/run/gateway.json)")
+        pids = [pid, *children(pid)]
+        for p in pids:
+            subprocess.run(["taskset", "-a", "-p", "-c", "1", str(p)], capture_output=True, check=True)
+        port = int(srv.gateway_url.rsplit(":", 1)[1])
+        wait_http(port, "/api/predict/bench/", {"Authorization": f"Bearer {token}"})
+        replica_port = int(c.describe("bench")["replicas"][0]["port"])
+        return port, pids, token, replica_port
 
 
 @dataclass
@@ -379,6 +445,11 @@ def bench_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+REPLICA_ROW = "direct (server's replica)"
+SERVER_ROW = "gateway (openeas server)"
+FILE_ROW = "gateway (routing file)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
@@ -390,6 +461,12 @@ def main() -> None:
         type=float,
         default=5.0,
         help="seconds per run of --only nagle (a replica that sends its head and body apart, paced)",
+    )
+    ap.add_argument(
+        "--mode",
+        choices=["both", "server", "file"],
+        default="both",
+        help="the gateway as `openeas server` runs it, from a routing file (the lower bound), or both",
     )
     ap.add_argument(
         "--latency-duration",
@@ -422,16 +499,27 @@ def main() -> None:
                 upstreams.append(("static", b.static_upstream()))
             for tag, (label, up_port, path) in upstreams:
                 nginx_port, nginx_pids = b.nginx_proxy(up_port, tag)
-                gw_port, gw_pids = b.gateway(up_port, tag)
                 setups = {
                     "direct": (f"http://127.0.0.1:{up_port}{path}", [], []),
                     "nginx": (f"http://127.0.0.1:{nginx_port}{path}", [], nginx_pids),
-                    "openeas gateway": (
+                }
+                if args.mode in ("both", "server"):
+                    srv_port, srv_pids, srv_token, replica_port = b.server_gateway(tag)
+                    # The server's replica runs the same program as the direct upstream, but is
+                    # another process: its own direct row tells the two apart.
+                    setups[REPLICA_ROW] = (f"http://127.0.0.1:{replica_port}{path}", [], [])
+                    setups[SERVER_ROW] = (
+                        f"http://127.0.0.1:{srv_port}/api/predict/bench{path}",
+                        [f"Authorization: Bearer {srv_token}"],
+                        srv_pids,
+                    )
+                if args.mode in ("both", "file"):
+                    gw_port, gw_pids = b.gateway(up_port, tag)
+                    setups[FILE_ROW] = (
                         f"http://127.0.0.1:{gw_port}/api/predict/bench{path}",
                         [f"Authorization: Bearer {TOKEN}"],
                         gw_pids,
-                    ),
-                }
+                    )
                 results: dict[str, list[Result]] = {k: [] for k in setups}
                 for url, headers, pids in setups.values():  # warm up pools, JITs, caches
                     wrk(url, 1, args.connections, headers, pids)
@@ -440,7 +528,7 @@ def main() -> None:
                         r = wrk(url, args.duration, args.connections, headers, pids)
                         results[name].append(r)
                         print(
-                            f"[{tag} {i + 1}/{args.runs}] {name:16} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms"
+                            f"[{tag} {i + 1}/{args.runs}] {name:24} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms"
                             f"  p99 {r.p99_ms:.2f} ms  cpu/10k {r.cpu_per_10k or 0:.3f} s  errors {r.errors}",
                             flush=True,
                         )
@@ -454,7 +542,7 @@ def main() -> None:
                             r = wrk(url, args.latency_duration, 1, headers, pids)
                             lat[name].append(r)
                             print(
-                                f"[{tag} 1-conn {i + 1}/{args.runs}] {name:16} p50 {r.p50_ms * 1000:.0f} us"
+                                f"[{tag} 1-conn {i + 1}/{args.runs}] {name:24} p50 {r.p50_ms * 1000:.0f} us"
                                 f"  p99 {r.p99_ms * 1000:.0f} us",
                                 flush=True,
                             )
@@ -468,20 +556,22 @@ def main() -> None:
     print()
     print(
         "| upstream | setup | req/s | p50 ms | p99 ms | CPU s/10k req "
-        "| vs nginx: req/s | CPU | added p50 vs direct |"
+        "| vs nginx: req/s | CPU | added p50 vs direct (server mode: vs its replica) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, med in rows:
         ng, direct = med["nginx"], med["direct"]
         for name, r in med.items():
-            ratio = f"{r.rps / ng.rps:.2f}x" if name != "direct" else ""
+            upstream = name.startswith("direct")
+            ratio = f"{r.rps / ng.rps:.2f}x" if not upstream else ""
             cpu = f"{r.cpu_per_10k:.3f}" if r.cpu_per_10k is not None else ""
             cpu_ratio = (
                 f"{r.cpu_per_10k / ng.cpu_per_10k:.2f}x"
                 if r.cpu_per_10k is not None and ng.cpu_per_10k
                 else ""
             )
-            added = f"{r.p50_ms - direct.p50_ms:+.2f} ms" if name != "direct" else ""
+            base = med.get(REPLICA_ROW, direct) if name == SERVER_ROW else direct
+            added = f"{r.p50_ms - base.p50_ms:+.2f} ms" if not upstream else ""
             errs = f" ({r.errors} errors)" if r.errors else ""
             print(
                 f"| {label} | {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
@@ -497,7 +587,8 @@ def main() -> None:
         for label, med in lat_rows:
             direct = med["direct"]
             for name, r in med.items():
-                added = f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} us" if name != "direct" else ""
+                base = med.get(REPLICA_ROW, direct) if name == SERVER_ROW else direct
+                added = f"{(r.p50_ms - base.p50_ms) * 1000:+.0f} us" if not name.startswith("direct") else ""
                 print(f"| {label} | {name} | {r.p50_ms * 1000:.0f} | {r.p99_ms * 1000:.0f} | {added} |")
 
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OPENEAS_EXTRAS:-dev}
+EXTRAS=${OPENEAS_EXTRAS:-dev,ray}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -78,10 +78,13 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 # PostgreSQL for the store's PostgreSQL backend: its tests start a server of their own on
 # 127.0.0.1 (tests/pg_fixtures.py; Debian keeps initdb and postgres under /usr/lib/postgresql).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
+# docker (Debian's docker.io): the container suite runs on docker too; scripts/test.sh starts a
+# private daemon where none answers (no systemd here).
+command -v dockerd >/dev/null || missing+=(docker.io)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >/dev/null \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}") >/dev/null \
       || log "warning: could not install ${missing[*]} (the container runtime and the benchmarks need them)"
   else
     log "note: ${missing[*]} missing; the container runtime and the benchmarks need them (apt-get install ${missing[*]})"

@@ -298,10 +298,14 @@ def steady_load(url: str, token: str, *, threads: int = 4) -> Iterator[Load]:
             t.join(15)
 
 
-def kill9_replica_under_load(srv: Server, service: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def kill9_replica_under_load(
+    srv: Server, service: str, *, cut_allowed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """kill -9 the first replica of ``service`` (its pid: a process, or a container's main process)
     while 4 clients load the service through the gateway; wait until it is Ready again after one
-    restart and 50 more requests were served. Asserts no request failed; (victim, back) rows."""
+    restart and 50 more requests were served. Asserts no request failed, except at most
+    ``cut_allowed`` answers cut in the middle (headers sent, body not: no gateway can resend those);
+    (victim, back) rows."""
     c = srv.client
     victim = c.describe(service)["replicas"][0]
     url = f"{srv.gateway_url}/api/predict/{service}/v1/completions"
@@ -316,7 +320,8 @@ def kill9_replica_under_load(srv: Server, service: str) -> tuple[dict[str, Any],
         back = wait_for(restarted, 60, what="the killed replica Ready again")
         served = len(load.results)
         wait_for(lambda: len(load.results) >= served + 50, 30, what="load served after the restart")
-    assert not load.errors, load.errors[:3]
+    cut = [e for e in load.errors if "IncompleteRead" in e]
+    assert len(cut) <= cut_allowed and len(load.errors) == len(cut), load.errors[:3]
     results = load.results
     assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
     assert back["pid"] != victim["pid"]

@@ -34,6 +34,11 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
 }
+# Lines a bench's smallest form must print (each mode it measures made it to the table).
+EXPECT: dict[str, tuple[str, ...]] = {
+    "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
+    "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+}
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
@@ -97,3 +102,5 @@ def test_bench_runs_in_its_smallest_form(name: str) -> None:
         assert "| verdict |" in out.stdout and "(a) slow clients:" in out.stdout, tail
     else:
         assert out.returncode == 0, tail
+    for line in EXPECT.get(name, ()):
+        assert line in out.stdout, f"{line!r} missing:\n{tail}"

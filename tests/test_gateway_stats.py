@@ -295,6 +295,16 @@ def test_on_demand_is_called_when_a_datagram_says_requests_are_held() -> None:
     assert calls == ["b", "b"]  # each datagram with b held; none once released
 
 
+def test_on_demand_is_called_when_a_datagram_says_in_flight_jumped() -> None:
+    calls: list[str] = []
+    stats = GatewayStats(FakeClock(), on_demand=calls.append)
+    stats.observe("g1", {"a": ServiceSample(1, 1, 0), "b": ServiceSample(1, 1, 0)}, 0.0)
+    stats.observe("g1", {"a": ServiceSample(3, 3, 0), "b": ServiceSample(1, 1, 0)}, 0.05, jumped=["a"])
+    stats.observe("g1", {"a": ServiceSample(3, 3, 0), "b": ServiceSample(1, 1, 0)}, 0.2)
+    assert calls == ["a"]  # only the datagram that named it
+    assert stats.current("a", 0.2) == ServiceSample(3, 3, 0)
+
+
 def test_a_failing_on_demand_does_not_lose_the_sample() -> None:
     def boom(service: str) -> None:
         raise RuntimeError("autoscaler bug")
@@ -326,7 +336,22 @@ def test_unchanged_samples_are_not_stored() -> None:
 def test_encode_decode_round_trip() -> None:
     samples = {"a": ServiceSample(10, 2, 0), "b_1": ServiceSample(0, 0, 7)}
     (datagram,) = encode("gw-1", 12.5, samples)
-    assert decode(datagram) == ("gw-1", 12.5, samples)
+    assert decode(datagram) == ("gw-1", 12.5, samples, [])
+
+
+def test_jumped_services_travel_with_their_counters() -> None:
+    samples = {f"service_{i:05d}": ServiceSample(i, i % 3, 0) for i in range(3000)}
+    jumps = {"service_00001", "service_02999"}
+    datagrams = encode("gw", 1.0, samples, jumps)
+    assert len(datagrams) > 1
+    assert all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
+    seen: list[str] = []
+    for d in datagrams:
+        _, _, counters, jumped = decode(d)
+        assert set(jumped) <= set(counters)  # each datagram names only the services it carries
+        seen += jumped
+    assert sorted(seen) == sorted(jumps)
+    assert b'"j"' not in encode("gw", 1.0, {"a": ServiceSample(1, 1, 0)})[0]  # none: no key
 
 
 def test_many_services_are_split_across_datagrams() -> None:
@@ -408,9 +433,9 @@ def test_replicas_round_trip_in_the_first_datagram_only() -> None:
     replicas = {"svc-r1": R(3, True), "svc-r2": R(0, False)}
     datagrams = encode("gw", 1.0, samples, replicas)
     assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
-    assert [decode_all(d)[3] for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
+    assert [decode_all(d)[4] for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
     (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})
-    assert decode_all(plain)[3] is None  # a gateway that reports no replicas
+    assert decode_all(plain)[4] is None  # a gateway that reports no replicas
 
 
 # A replica report: (gateway id, receive time s, {replica: (in_flight, routed)}).

@@ -159,7 +159,7 @@ class FakeUpstream:
 
 def test_unknown_balancer_is_a_clear_error() -> None:
     with pytest.raises(
-        UnknownBalancerError, match=r"unknown balancer 'fastest'; known: least-request, round-robin"
+        UnknownBalancerError, match=r"unknown balancer 'fastest'; known: least-kv, least-request, least-waiting, power-of-two"
     ):
         create_balancer("fastest")
     assert {"least-request", "round-robin"} <= set(balancer_names())

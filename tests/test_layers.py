@@ -21,7 +21,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for layer in (
         "kernel",
         "openeas errors tokens procfs unixdgram linear_regex userfile lifecycle",
-        "sdk",
+        "sdk evalset",
         "spec",
         "store",
         "runtime",

@@ -114,6 +114,12 @@ BAD = [
         _with("metadata.rpc.keepalive", 0),
         "metadata.rpc.keepalive: input should be greater than or equal to 1",
     ),
+    (
+        "unknown balancer",
+        _with("metadata.balancer", "fastest"),
+        "metadata.balancer: unknown balancer 'fastest'; known: least-kv, least-request, least-waiting, "
+        "power-of-two, prefix-affinity, round-robin, session-affinity",
+    ),
 ]
 
 

@@ -115,6 +115,17 @@ StoreOpt = Annotated[
         envvar="OPENEAS_STORE",
     ),
 ]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where replicas run: 'embedded' (processes or containers on this machine) or 'ray' "
+        "(actors placed by the Ray cluster at --ray-address; needs openeas[ray]; docs/cluster.md).",
+    ),
+]
+RayAddressOpt = Annotated[
+    str,
+    typer.Option(help="The Ray cluster of --runtime ray: 'auto' (this machine's) or HOST:PORT."),
+]
 
 
 def server(
@@ -137,6 +148,8 @@ def server(
     catalog: CatalogOpt = None,
     cache_limit: CacheLimitOpt = None,
     store: StoreOpt = None,
+    runtime: RuntimeOpt = "embedded",
+    ray_address: RayAddressOpt = "auto",
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -151,6 +164,10 @@ def server(
         os.environ[ENV_CACHE_LIMIT] = cache_limit
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
+    if runtime not in ("embedded", "ray"):
+        raise typer.BadParameter(f"expected 'embedded' or 'ray', got {runtime!r}", param_hint="--runtime")
+    if runtime == "ray":  # build_runtimes (runtime/select.py) reads it from there
+        os.environ["OPENEAS_RAY_ADDRESS"] = ray_address
     for f in deploy or []:
         # a bad --deploy spec is invalid input (exit 2) before anything starts
         read_spec(str(f), groups_ok=False)

@@ -42,7 +42,7 @@ from openeas.kernel.clock import Clock, LoopClock
 from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
+from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError, Unschedulable
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -127,6 +127,13 @@ class _Failure(Exception):
         self.reason = reason
 
 
+class _Unschedulable(Exception):
+    """No node can hold the replica now: it stays Pending and asks again later (no backoff streak)."""
+
+
+UNSCHEDULABLE_RETRY_S = 5.0  # seconds between two placement attempts of a replica no node can hold
+
+
 class ReplicaSupervisor:
     def __init__(
         self,
@@ -151,6 +158,7 @@ class ReplicaSupervisor:
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
         self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
         self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
+        self._unschedulable_said = False  # the Unschedulable event is written once, not every retry
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -217,6 +225,12 @@ class ReplicaSupervisor:
                     await self._watch(spec)
             except _Failure as exc:
                 self._fail(exc.reason, str(exc))
+            except _Unschedulable as exc:
+                if not self._unschedulable_said:
+                    self._event(self._row(), "Unschedulable", str(exc), warning=True)
+                    self._unschedulable_said = True
+                await self._sleep(UNSCHEDULABLE_RETRY_S)
+                continue
             except (_Stop, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a bug: back off like a crash instead of churning replicas
@@ -331,7 +345,14 @@ class ReplicaSupervisor:
                 who = None if self.user is None else (self.user.uid, self.user.gid)
                 launch = replace(launch, env=env, user=who)
                 self._env = env
-            self.ref = self.runtime.start(launch)
+            if self.runtime.name == "ray":  # placement takes seconds: off the loop, the port kept by the row
+                self._set(port=port)
+                self.ref = await asyncio.to_thread(self.runtime.start, launch)
+            else:
+                self.ref = self.runtime.start(launch)
+        except Unschedulable as exc:  # fits on no node: stays Pending, says which resource is short
+            self._set(phase=ReplicaPhase.PENDING, message=str(exc))
+            raise _Unschedulable(str(exc)) from None
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
@@ -340,6 +361,8 @@ class ReplicaSupervisor:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:
             what = f"process {self.ref.pid} listening on port {port}"
+            if self.ref.extra.get("node"):
+                what += f" on Ray node {self.ref.extra['node'][:12]}"
             if launch.memory_limit_mb is not None:
                 what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
         self._event(row, "Started", what)

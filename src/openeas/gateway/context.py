@@ -85,6 +85,8 @@ class ProxyContext:
         # (activator.py); the route's max_held and hold_timeout_s bound them.
         self.holds: dict[str, HoldQueue] = {}
         self.on_hold: Callable[[str], object] | None = None  # called with the service when one is held
+        # Called with the service when its in-flight count reaches its ServiceMetrics.push_at.
+        self.on_jump: Callable[[str], object] | None = None
         # Async services' queues (gateway/queues.py); made when the first async service is routed.
         self.queues: AsyncQueues | None = None
         self.max_url_bytes = max_url_bytes

@@ -20,9 +20,12 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from openeas.gateway.activator import ABANDONED, ENDED, RELEASED, hold, unhold
+from openeas.gateway.affinity import PREFIX_BODY_BYTES, explain_line, prefix_key, session_key
 from openeas.gateway.auth import SignedBody
+from openeas.gateway.balancers import SESSION
 from openeas.gateway.errors import GatewayError
 from openeas.gateway.guard import PROXYING, TUNNEL
+from openeas.gateway.head import EXPLAIN
 from openeas.gateway.pool import UpstreamConnection, UpstreamState
 from openeas.gateway.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
 
@@ -42,6 +45,10 @@ class Exchange:
     __slots__ = (
         "attempts",
         "client",
+        "explain",
+        "explain_line",
+        "key_body",
+        "key_done",
         "loop",
         "member_header",
         "queued",
@@ -49,6 +56,7 @@ class Exchange:
         "route",
         "sent_bytes",
         "service_metrics",
+        "session",
         "signed_body",
         "split",
         "started",
@@ -90,6 +98,12 @@ class Exchange:
         self.member_header: bytes | None = None  # a group's request: X-OpenEAS-Member for its answer
         self.queued: Pending | None = None  # an async request waiting for its body
         self.started = 0.0  # loop time (s) the head was complete
+        # Affinity (balancers that want a key): the body's first bytes, read before the pick.
+        self.key_body: bytearray | None = None  # None: not collecting (or the pick was made)
+        self.key_done = False  # the whole body is in key_body
+        self.session: bytes | None = None  # the X-OpenEAS-Session header
+        self.explain = False  # X-OpenEAS-Explain: 1 asked why this replica
+        self.explain_line: bytes | None = None  # the X-OpenEAS-Replica line for the answer
 
     # --- set by the request's route -------------------------------------------------------------
     def start(self, route: RouteState, now: float) -> ServiceMetrics:
@@ -131,6 +145,31 @@ class Exchange:
     def arm(self, timeout_s: float, request_seq: int) -> None:
         self.timer = self.loop.call_later(timeout_s, self.on_timeout, request_seq)
 
+    # --- affinity -------------------------------------------------------------------------------
+    def note(self, kind: int, value: bytes) -> None:
+        """A header the balancer reads: X-OpenEAS-Explain or X-OpenEAS-Session."""
+        if kind == EXPLAIN:
+            self.explain = value.strip() == b"1"
+        else:
+            self.session = value.strip()
+
+    def keyed(self, data: bytes) -> bool:
+        """Body bytes for the key; True once enough are read to pick (`PREFIX_BODY_BYTES`)."""
+        body = self.key_body
+        assert body is not None
+        body += data[: PREFIX_BODY_BYTES - len(body)]
+        return len(body) >= PREFIX_BODY_BYTES
+
+    def take_key(self, wants: str) -> bytes | None:
+        body = self.key_body
+        self.key_body = None
+        if body is None:
+            return self.session if wants == SESSION else None
+        data = bytes(body)
+        if wants == SESSION:
+            return session_key(self.session, data, self.key_done)
+        return prefix_key(data, self.key_done)
+
     # --- request bytes ----------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
         """Request bytes after the head: to the replica, or kept until a connection is there."""
@@ -156,8 +195,14 @@ class Exchange:
         assert route is not None and route.balancer is not None
         attempts = self.attempts
         upstreams = route.upstreams
-        i = route.balancer.pick(upstreams, now, attempts.tried if attempts is not None else ())
+        balancer = route.balancer
+        wants = balancer.wants_key
+        key = self.take_key(wants) if wants else None
+        i = balancer.pick(upstreams, now, attempts.tried if attempts is not None else (), key)
         if i >= 0:
+            self.client.ctx.metrics.picked(route.route.balancer, balancer.outcome)
+            if self.explain:
+                self.explain_line = explain_line(upstreams[i].upstream.replica_id, balancer.reason)
             self.send_to(upstreams[i])
         else:
             message = f"service '{route.service}' has no ready replica"
@@ -187,6 +232,8 @@ class Exchange:
         conn.reused = new_conn is None
         conn.got_bytes = False
         conn.inject = self.member_header
+        if self.explain_line is not None:
+            conn.inject = (conn.inject or b"") + self.explain_line
         if client.is_head:
             conn.expect_head_response()
         self.upstream_conn = conn
@@ -316,6 +363,9 @@ class Exchange:
         attempts = self.attempts_made()
         attempts.tried.append(failed)
         i = route.balancer.pick(route.upstreams, self.loop.time(), attempts.tried)
+        if i >= 0 and self.explain:
+            reason = f"resent after {failed.upstream.replica_id} failed; {route.balancer.reason}"
+            self.explain_line = explain_line(route.upstreams[i].upstream.replica_id, reason)
         step = next_attempt(
             found_other=i >= 0, stale=stale, fresh_used=attempts.fresh_used, connect_failed=connect_failed
         )

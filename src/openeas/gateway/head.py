@@ -17,6 +17,8 @@ CONTENT_MD5 = 5  # read (signed requests) and forwarded
 DATE = 6  # read (signed requests) and forwarded
 CONNECTION = 7  # read (the headers it names are dropped too), never forwarded
 UPGRADE = 8  # read; a WebSocket handshake gets its own Connection/Upgrade pair (`upgrade_end`)
+EXPLAIN = 9  # read (X-OpenEAS-Explain: 1 asks for X-OpenEAS-Replica on the answer) and forwarded
+SESSION = 10  # read (session affinity's key) and forwarded
 
 HEADER_KINDS: dict[bytes, int] = {
     b"authorization": AUTHORIZATION,
@@ -31,6 +33,8 @@ HEADER_KINDS: dict[bytes, int] = {
     b"content-type": CONTENT_TYPE,
     b"content-md5": CONTENT_MD5,
     b"date": DATE,
+    b"x-openeas-explain": EXPLAIN,
+    b"x-openeas-session": SESSION,
 }
 
 # The per-header lookup, bound once. Callers import this, not the dict: CPython 3.11 compiles

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from openeas.gateway.group_metrics import MemberMetrics, group_lines
 from openeas.gateway.histogram import histogram_lines
+from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -97,11 +98,14 @@ class HoldStats:
 class ServiceMetrics:
     """Counters for one service. Mutated only from the gateway's event loop."""
 
-    __slots__ = ("buckets", "by_code", "hold", "in_flight", "latency_count", "latency_sum_s")
+    __slots__ = ("buckets", "by_code", "hold", "in_flight", "latency_count", "latency_sum_s", "push_at")
 
     def __init__(self) -> None:
         self.by_code: dict[int, int] = {}
         self.in_flight = 0  # requests between their head and their outcome, held ones included
+        # The in-flight count (held included) at which the gateway sends its counters at once (a
+        # jump, see gateway/stats.py); raised by every datagram sent.
+        self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
         self.latency_sum_s = 0.0
@@ -137,6 +141,7 @@ class GatewayMetrics:
         self.limits: dict[str, float] = {}
         self.rejected: dict[str, int] = {}  # requests/connections refused, by reason
         self.timeouts: dict[str, int] = {}  # connections closed by a deadline, by kind
+        self.picks: dict[tuple[str, str], int] = {}  # replicas picked, by balancer and outcome
         self.connections = 0  # open client connections
         # (replica id, routed now, requests in flight) for every replica the gateway routes to or
         # still has requests on; set by the gateway, read only when scraped (drains wait on it).
@@ -154,6 +159,10 @@ class GatewayMetrics:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def picked(self, balancer: str, outcome: str) -> None:
+        key = (balancer, outcome)
+        self.picks[key] = self.picks.get(key, 0) + 1
 
     def timed_out(self, kind: str) -> None:
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
@@ -222,6 +231,7 @@ class GatewayMetrics:
             labels = f'service="{label_value(name)}"'
             sum_s, count = m.latency_sum_s, m.latency_count
             lines += histogram_lines(_HIST, labels, LATENCY_BUCKETS_S, m.buckets, sum_s, count)
+        lines += _pick_lines(self.picks)
         lines += _hold_lines([(label_value(name), m.hold) for name, m in items if m.hold is not None])
         lines += _guard_lines(self)
         if self.replicas is not None:
@@ -317,3 +327,14 @@ def _replica_lines(replicas: Iterable[tuple[str, bool, int]]) -> list[str]:
 def label_value(value: str) -> str:
     """A Prometheus label value, escaped (backslash, quote, newline)."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _pick_lines(picks: dict[tuple[str, str], int]) -> list[str]:
+    lines = [
+        "# HELP openeas_gateway_balancer_picks_total Replicas picked, by balancer and outcome "
+        "(affinity: owner, spill past the load bound, no-key; least-kv/least-waiting: signal, unknown).",
+        "# TYPE openeas_gateway_balancer_picks_total counter",
+    ]
+    for (balancer, outcome), n in sorted(picks.items()):
+        lines.append(f'openeas_gateway_balancer_picks_total{{balancer="{balancer}",outcome="{outcome}"}} {n}')
+    return lines

@@ -266,7 +266,18 @@ class _HeadCallbacks:
 class UpstreamState:
     """A replica as the gateway sees it: idle connections, outstanding requests, cool-down."""
 
-    __slots__ = ("cooldown_until", "host", "idle", "name", "outstanding", "port", "retired", "upstream")
+    __slots__ = (
+        "cooldown_until",
+        "host",
+        "idle",
+        "kv_usage",
+        "name",
+        "outstanding",
+        "port",
+        "retired",
+        "upstream",
+        "waiting",
+    )
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -277,6 +288,9 @@ class UpstreamState:
         self.outstanding = 0  # requests sent and not yet answered, all services together
         self.cooldown_until = 0.0  # loop time; set after a failed connect
         self.retired = False  # gone from the routing table: connections are closed, not pooled
+        # The engine's own load, pushed by the control plane (gateway/replica_load.py); -1 unknown.
+        self.waiting = -1.0  # requests waiting in its engine's queue
+        self.kv_usage = -1.0  # KV cache use in [0, 1]
 
     def pop_idle(self) -> UpstreamConnection | None:
         idle = self.idle

@@ -68,6 +68,7 @@ from openeas.gateway.head import (
     CONTENT_MD5,
     CONTENT_TYPE,
     END_OF_HEAD,
+    EXPLAIN,
     HEAD_METHOD,
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -290,6 +291,9 @@ class ClientConnection(asyncio.Protocol):
             self.connection = value if self.connection is None else self.connection + b"," + value
         elif kind == UPGRADE:
             self.upgrade = value
+        elif kind >= EXPLAIN:  # read for the balancer, and forwarded
+            self.ex.note(kind, value)
+            self.headers += (name, b": ", value, b"\r\n")
         elif kind != HOP_BY_HOP:
             if kind == CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp accepted it: digits only
@@ -335,7 +339,9 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.phase = PROXYING
         ex = self.ex
-        ex.start(route, now)
+        service_metrics = ex.start(route, now)
+        if service_metrics.in_flight >= service_metrics.push_at and ctx.on_jump is not None:
+            ctx.on_jump(route.service)  # the control plane hears of the jump at once (gateway/stats.py)
         creds = route.creds
         auth = self.authorization
         if creds is not None and not creds.fast_match(auth) and not self._authorize(route, method):
@@ -371,7 +377,9 @@ class ClientConnection(asyncio.Protocol):
         if route.timeout_s is not None:
             ex.arm(route.timeout_s, self.request_seq)
         self.is_head = method == HEAD_METHOD
-        if ex.signed_body is None:  # else sent once the body's Content-MD5 checks out
+        if route.balancer.wants_key and not tunnel:  # type: ignore[union-attr]
+            ex.key_body = bytearray()  # sent once the key's bytes are read (affinity.py)
+        elif ex.signed_body is None:  # else sent once the body's Content-MD5 checks out
             ex.dispatch(now)
 
     def on_body(self, data: bytes) -> None:
@@ -382,6 +390,8 @@ class ClientConnection(asyncio.Protocol):
             ex.split.feed(data)  # a copy for the group's mirrors, if any
         if ex.signed_body is not None:
             ex.signed_body.parts.append(data)
+        elif ex.key_body is not None and ex.keyed(data):
+            ex.dispatch(self.loop.time())
         if self.chunked:
             self.chunked_bytes += len(data)
             route = ex.route
@@ -408,6 +418,9 @@ class ClientConnection(asyncio.Protocol):
             if self.chunked:
                 ex.send(LAST_CHUNK)
             signed = ex.take_signed()
+            if ex.key_body is not None and signed is None:
+                ex.key_done = True
+                ex.dispatch(self.loop.time())
             if signed is not None:
                 try:
                     signed.verify()

@@ -200,6 +200,7 @@ class Gateway:
         if self.stats is not None:
             self.stats.start(loop)
             ctx.on_hold = self.stats.send_soon
+            ctx.on_jump = self.stats.jump
         self._server = await loop.create_server(
             lambda: ClientConnection(ctx),
             host,

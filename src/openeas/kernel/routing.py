@@ -16,6 +16,19 @@ from openeas.kernel.queue import QueueSettings
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
 DEFAULT_BALANCER = "least-request"
+# The gateway's balancer registry by name (openeas.gateway.balancers; a test pins that the two
+# agree): the spec validates `metadata.balancer` against it without importing the gateway.
+BALANCER_NAMES = frozenset(
+    {
+        "least-kv",
+        "least-request",
+        "least-waiting",
+        "power-of-two",
+        "prefix-affinity",
+        "round-robin",
+        "session-affinity",
+    }
+)
 # Requests one gateway holds for one service while it has no routable replica (scale from zero, a
 # replica restarting); more get 429. Sized for what a service idle enough to be at zero receives
 # during a cold start (10 s at 10 requests/s); a bigger burst is better told to back off

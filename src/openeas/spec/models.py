@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from openeas.kernel.routing import BALANCER_NAMES
 from openeas.spec.autoscaling import Autoscaler, Autoscaling, AutoscalingPolicy, CronScaler, normalise
 from openeas.spec.eas import Layout, SpellingConflict, normalize, restore
 from openeas.spec.numbers import CheckedNumbers
@@ -178,6 +179,21 @@ class Metadata(_Model):
         ),
         json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,62}$"},
     )
+
+    balancer: str | None = Field(
+        default=None,
+        description=(
+            "OpenEAS: how the gateway picks a replica for each request, by name (docs/balancers.md); "
+            "default least-request"
+        ),
+    )
+
+    @field_validator("balancer")
+    @classmethod
+    def _balancer(cls, v: str | None) -> str | None:
+        if v is not None and v not in BALANCER_NAMES:
+            raise ValueError(f"unknown balancer {v!r}; known: {', '.join(sorted(BALANCER_NAMES))}")
+        return v
 
     @field_validator("group")
     @classmethod

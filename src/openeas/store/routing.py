@@ -33,7 +33,7 @@ def route_settings(spec: ServiceSpec) -> RouteSettings:
     return RouteSettings(
         timeout_s=rpc.keepalive / 1000.0 if rpc.keepalive else None,  # EAS keepalive is in ms
         max_body_bytes=rpc.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
-        balancer=DEFAULT_BALANCER,  # the spec has no balancer field yet
+        balancer=spec.metadata.balancer or DEFAULT_BALANCER,
         resend_unanswered=rpc.resend_unanswered,
         # EAS's "requests waiting for a replica" bound: the gateway's hold queue per service.
         max_held=rpc.max_queue_size or DEFAULT_MAX_HELD,

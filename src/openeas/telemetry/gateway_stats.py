@@ -5,8 +5,11 @@ Every gateway samples, per service, ``arrivals`` (cumulative requests received),
 (being proxied to a replica) and ``held`` (waiting for a replica), and per replica its requests
 in flight and whether its routing table sends it new ones (`ReplicaSample`), every
 `SEND_INTERVAL_S`, and
-sends them in a datagram to ``DATA/run/control.sock`` (plus one at once when it holds a request:
-the autoscaler scales from zero on it). The control plane binds that socket (`receive`) and
+sends them in a datagram to ``DATA/run/control.sock``, plus one at once when it holds a request
+(the autoscaler scales from zero on it) or when a service's in-flight count jumps (it reaches
+`JUMP_MIN_IN_FLIGHT` or twice what the gateway last sent; such datagrams are at least
+`JUMP_GAP_S` apart and name the services that jumped: the autoscaler decides at once on them
+instead of at its next tick). The control plane binds that socket (`receive`) and
 feeds a `GatewayStats`, which the autoscaler reads through a narrow API: rates and mean
 concurrency over a window, the current held count. Everything takes ``now`` from an injected
 clock (tests drive it by hand).
@@ -38,7 +41,7 @@ import json
 import logging
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -49,6 +52,13 @@ log = logging.getLogger("openeas.telemetry.gateway_stats")
 
 SOCKET_NAME = "control.sock"  # DATA/run/control.sock, bound by the control plane
 SEND_INTERVAL_S = 0.2  # seconds between two datagrams of one gateway (also when nothing changed)
+# A service's in-flight count "jumps" when it reaches twice what the gateway last sent, and at
+# least this (requests): 0 → 1 is every idle service's first request, 1 → 2 already exceeds a
+# concurrency target of 1. A gateway then sends at once, outside its SEND_INTERVAL_S cadence.
+JUMP_MIN_IN_FLIGHT = 2
+# Seconds between two datagrams sent for jumps (at most 20 a second per gateway, however many
+# services jump): a jump inside the gap is sent when the gap ends, not lost.
+JUMP_GAP_S = 0.05
 # A gateway silent this long is gone (seconds): 15 missed datagrams, far more than a busy event
 # loop delays one, and short enough that a dead gateway's held requests stop waking the autoscaler.
 DEFAULT_STALE_S = 3.0
@@ -90,46 +100,56 @@ def encode(
     gateway_id: str,
     uptime_s: float,
     samples: Mapping[str, ServiceSample],
+    jumped: Collection[str] = (),
     replicas: Mapping[str, ReplicaSample] | None = None,
 ) -> list[bytes]:
     """The datagrams that carry ``samples`` (one unless they do not fit in MAX_DATAGRAM_BYTES).
 
     ``{"v": 1, "g": gateway id, "up": seconds since the gateway started,
-    "s": {service: [arrivals, in_flight, held]}, "r": {replica: [in_flight, routed 0/1]}}``;
-    every replica the gateway knows goes in the first datagram (``r`` absent: a gateway that does
-    not report replicas).
+    "s": {service: [arrivals, in_flight, held]}, "j": [service, …]}``; ``"j"`` (the services in
+    ``jumped`` that the datagram carries) only when there are some: a decoder that does not know
+    it reads the counters all the same. ``"r": {replica: [in_flight, routed 0/1]}``: every replica
+    the gateway knows, in the first datagram only (absent: a gateway that reports no replicas).
     """
     head = {"v": _WIRE_VERSION, "g": gateway_id, "up": round(uptime_s, 3)}
     out: list[bytes] = []
     part: dict[str, list[int]] = {}
     size = 0
+    first: dict[str, object] = {}
     if replicas is not None:
-        head_r = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
-        size = sum(len(rid) + 30 for rid in head_r)  # bytes: quotes, two numbers, separators
-        first = {**head, "r": head_r}
-    else:
-        first = head
+        first["r"] = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
+        size = sum(len(rid) + 30 for rid in replicas)  # bytes: quotes, two numbers, separators
+
+    def flush() -> None:
+        msg: dict[str, object] = {**head, **({} if out else first), "s": part}
+        jumps = [name for name in part if name in jumped]
+        if jumps:
+            msg["j"] = jumps
+        out.append(json.dumps(msg, separators=(",", ":")).encode())
+
     for name, s in samples.items():
         entry = [s.arrivals, s.in_flight, s.held]
-        cost = len(name) + 40  # bytes: quotes, three numbers, separators (an upper bound)
+        # bytes: quotes, three numbers, separators (an upper bound), the name again if it jumped
+        cost = len(name) + 40 + (len(name) + 4 if name in jumped else 0)
         if part and size + cost > MAX_DATAGRAM_BYTES:
-            out.append(json.dumps({**(head if out else first), "s": part}, separators=(",", ":")).encode())
+            flush()
             part, size = {}, 0
         part[name] = entry
         size += cost
-    out.append(json.dumps({**(head if out else first), "s": part}, separators=(",", ":")).encode())
+    flush()
     return out
 
 
-def decode(data: bytes) -> tuple[str, float, dict[str, ServiceSample]]:
-    """(gateway id, uptime seconds, samples) of a datagram; ValueError when it is not one."""
-    gid, up, samples, _ = decode_all(data)
-    return gid, up, samples
+def decode(data: bytes) -> tuple[str, float, dict[str, ServiceSample], list[str]]:
+    """(gateway id, uptime seconds, samples, services that jumped) of a datagram; ValueError when
+    it is not one."""
+    return decode_all(data)[:4]
 
 
-def decode_all(data: bytes) -> tuple[str, float, dict[str, ServiceSample], dict[str, ReplicaSample] | None]:
-    """(gateway id, uptime seconds, samples, replicas or None when the datagram has none) of a
-    datagram; ValueError when it is not one."""
+def decode_all(
+    data: bytes,
+) -> tuple[str, float, dict[str, ServiceSample], list[str], dict[str, ReplicaSample] | None]:
+    """`decode`'s and the replicas (None when the datagram has none); ValueError when it is not one."""
     try:
         msg = json.loads(data)
         if msg.get("v") != _WIRE_VERSION:
@@ -139,12 +159,13 @@ def decode_all(data: bytes) -> tuple[str, float, dict[str, ServiceSample], dict[
         samples = {}
         for name, (arrivals, in_flight, held) in msg["s"].items():
             samples[str(name)] = ServiceSample(int(arrivals), int(in_flight), int(held))
+        jumped = [str(name) for name in msg.get("j", ())]
         replicas = None
         if "r" in msg:
-            replicas = {str(rid): ReplicaSample(int(n), bool(up_)) for rid, (n, up_) in msg["r"].items()}
+            replicas = {str(rid): ReplicaSample(int(n), bool(on)) for rid, (n, on) in msg["r"].items()}
     except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"not a gateway-stats datagram: {e!r}") from None
-    return gid, up, samples, replicas
+    return gid, up, samples, jumped, replicas
 
 
 # --- time windows -----------------------------------------------------------------------------------
@@ -212,8 +233,9 @@ class GatewayStats:
         self.horizon_s = horizon_s  # seconds of samples kept
         self.stale_s = stale_s  # seconds without a datagram after which a gateway is gone
         # Called with a service's name whenever a datagram says requests are held for it (at
-        # once when the gateway holds one, then with every datagram while any is held). The
-        # autoscaler sets it (any time) to wake its loop and scale the service from zero.
+        # once when the gateway holds one, then with every datagram while any is held) or that
+        # its in-flight count jumped. The autoscaler sets it (any time) to wake its loop: it
+        # scales the service from zero, or up, without waiting for its next tick.
         self.on_demand = on_demand
         self._gateways: dict[str, _Gateway] = {}
         self._first_seen: dict[str, float] = {}  # service → time of its oldest sample kept
@@ -227,10 +249,12 @@ class GatewayStats:
         now: float,
         *,
         uptime_s: float | None = None,
+        jumped: Collection[str] = (),
         replicas: Mapping[str, ReplicaSample] | None = None,
     ) -> None:
         """Record one datagram of ``gateway_id`` received at ``now``; ``uptime_s``: seconds since
-        that gateway started (its counters were 0 then), when it said; ``replicas``: its whole
+        that gateway started (its counters were 0 then), when it said; ``jumped``: the services
+        whose in-flight count jumped (the gateway sent at once for them); ``replicas``: its whole
         replica report, when the datagram carried one."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
@@ -259,7 +283,7 @@ class GatewayStats:
             first = series.times[0]
             if first < self._first_seen.get(service, math.inf):
                 self._first_seen[service] = first
-            if s.held > 0:
+            if s.held > 0 or service in jumped:
                 demand.append(service)
         if now - self._trimmed_at >= 1.0:
             self._trim(now)
@@ -445,11 +469,11 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
             except OSError:  # BlockingIOError: drained
                 return
             try:
-                gid, uptime, samples, replicas = decode_all(data)
+                gid, uptime, samples, jumped, replicas = decode_all(data)
             except ValueError as e:
                 log.debug("ignored a datagram: %s", e)
                 continue
-            stats.observe(gid, samples, now, uptime_s=uptime, replicas=replicas)
+            stats.observe(gid, samples, now, uptime_s=uptime, jumped=jumped, replicas=replicas)
 
     loop.add_reader(sock.fileno(), readable)
     try:

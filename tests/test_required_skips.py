@@ -1,0 +1,66 @@
+"""In scripts/test.sh's run a test that skips for want of a required component fails (issue 20 §2:
+"a skip of a required component must be a failure"): tests/conftest.py's hook, run on a real
+pytest session of a one-test file (the bench smoke test's own skip messages).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REQUIRED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = [
+    pytest.param(
+        "OPENEAS_REQUIRE_WRK", "wrk not installed (scripts/setup.sh installs them)", "failed", id="wrk"
+    ),
+    pytest.param(
+        "OPENEAS_REQUIRE_NGINX", "nginx not installed (scripts/setup.sh installs them)", "failed", id="nginx"
+    ),
+    pytest.param(
+        "OPENEAS_REQUIRE_NGINX",
+        "wrk nginx not installed (scripts/setup.sh installs them)",
+        "failed",
+        id="both",
+    ),
+    pytest.param("OPENEAS_REQUIRE_REDIS", "redis-server not installed", "failed", id="redis"),
+    pytest.param("OPENEAS_REQUIRE_CONTAINERS", "podman (rootful) needs root", "failed", id="podman"),
+    pytest.param(
+        None, "wrk not installed (scripts/setup.sh installs them)", "skipped", id="not-required-skips"
+    ),
+    pytest.param("OPENEAS_REQUIRE_WRK", "no GPU here", "skipped", id="other-reasons-still-skip"),
+]
+
+
+@pytest.mark.parametrize(("var", "reason", "outcome"), CASES)
+def test_a_skip_of_a_required_component_fails(
+    tmp_path: Path, var: str | None, reason: str, outcome: str
+) -> None:
+    test = tmp_path / "test_one.py"
+    test.write_text(f"import pytest\n\ndef test_it():\n    pytest.skip({reason!r})\n")
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED}
+    if var is not None:
+        env[var] = "1"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest", str(test)],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert f"1 {outcome}" in out.stdout, out.stdout[-2000:]
+    assert f"skipped: {1 if outcome == 'skipped' else 0}" in out.stdout  # the closing section
+
+
+def test_scripts_test_sh_requires_every_component_setup_installs() -> None:
+    text = (ROOT / "scripts" / "test.sh").read_text()
+    for var in REQUIRED:
+        assert f"{var}=1" in text, var

@@ -431,7 +431,7 @@ R = ReplicaSample
 def test_replicas_round_trip_in_the_first_datagram_only() -> None:
     samples = {f"service_{i:05d}": ServiceSample(i, 0, 0) for i in range(3000)}
     replicas = {"svc-r1": R(3, True), "svc-r2": R(0, False)}
-    datagrams = encode("gw", 1.0, samples, replicas)
+    datagrams = encode("gw", 1.0, samples, replicas=replicas)
     assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
     assert [decode_all(d)[4] for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
     (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})

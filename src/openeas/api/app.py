@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from openeas.api.batch import add_batch_routes
 from openeas.api.cache import add_cache_routes
+from openeas.api.coldstart import add_coldstart_routes
 from openeas.api.control import ControlPlane
 from openeas.api.cost import add_cost_routes
 from openeas.api.errors import add_error_handlers, admin_check, responses
@@ -49,6 +50,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
+    add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)
     add_health_routes(app, cp, [] if public_metrics else auth)
     add_service_routes(app, cp, auth)  # /api/v1/services, /api/v1/dry-run (api/services.py)
     add_version_routes(app, cp, auth)  # .../versions, .../rollback (api/versions.py)

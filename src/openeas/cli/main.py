@@ -14,6 +14,7 @@ from openeas import __version__
 from openeas.cli import render
 from openeas.cli.batch import batch_app
 from openeas.cli.cache import cache_app
+from openeas.cli.coldstart import show as coldstart_show
 from openeas.cli.common import DataDir, JsonOut, WaitTimeoutOpt, cli_errors
 from openeas.cli.common import client as _client
 from openeas.cli.common import fail as _fail
@@ -423,3 +424,16 @@ def call_info(
     typer.echo("")
     typer.echo("# any HTTP server:")
     typer.echo(f"curl -H 'Authorization: {token}' {endpoint}")
+
+
+@app.command()
+@cli_errors
+def coldstart(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    window: Annotated[int, typer.Option("--window", "-n", help="How many recent starts (1-100).")] = 20,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
+    answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
+    render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from openeas.api.control import ControlPlane
-from openeas.console import pages
+from openeas.console import group_pages, pages
 from openeas.console.apicall import call
 from openeas.console.html import SECURITY_HEADERS, layout
 from openeas.console.live import Live
@@ -185,6 +185,32 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
             f"/console/services/{urllib.parse.quote(made.body['name'])}", 303, headers=SECURITY_HEADERS
         )
 
+    async def render_group(s: Session, name: str, errors: list[str] | None = None) -> Response:
+        got = await call(app, cp.admin_token, "GET", f"/api/v1/groups/{urllib.parse.quote(name)}")
+        if not got.ok:
+            return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
+        return _html(group_pages.group_page(got.body, s.csrf, errors or []), 400 if errors else 200)
+
+    @app.get("/console/groups/{name}", include_in_schema=False)
+    async def group(request: Request, name: str) -> Response:
+        s = session_of(request)
+        return _to_login() if s is None else await render_group(s, name)
+
+    @app.post("/console/groups/{name}/weights", include_in_schema=False)
+    async def weights(request: Request, name: str) -> Response:
+        s, form, refused = await posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        path = f"/api/v1/groups/{urllib.parse.quote(name)}"
+        got = await call(app, cp.admin_token, "GET", path + "?stats=false")
+        members = [m["service"] for m in got.body["members"]] if got.ok else []
+        body, errors = group_pages.weights_body(form, members)
+        if not errors:  # the API answers once the gateway routes by the new weights
+            errors = (await call(app, cp.admin_token, "POST", path + "/weights", body)).errors()
+        if errors:
+            return await render_group(s, name, errors)
+        return RedirectResponse(f"/console/groups/{urllib.parse.quote(name)}", 303, headers=SECURITY_HEADERS)
+
     def stream(request: Request, fragment: Callable[[], Any]) -> Response:
         if session_of(request) is None:
             return Response(status_code=401)
@@ -216,7 +242,17 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
     def live_service(request: Request, name: str) -> Response:
         async def frag() -> dict[str, str]:
             got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
-            return pages.replicas_fragment(got.body) if got.ok else {"status": "gone"}
+            if not got.ok:
+                return {"status": "gone"}
+            return {**pages.replicas_fragment(got.body), "charts": pages.charts_html(live.history_of(name))}
+
+        return stream(request, frag)
+
+    @app.get("/console/live/groups/{name}", include_in_schema=False)
+    def live_group(request: Request, name: str) -> Response:
+        async def frag() -> dict[str, str]:
+            got = await call(app, cp.admin_token, "GET", f"/api/v1/groups/{urllib.parse.quote(name)}")
+            return group_pages.stats_fragment(got.body) if got.ok else {"stats_note": "group gone"}
 
         return stream(request, frag)
 

@@ -57,7 +57,7 @@ from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow, Store
 from openeas.store.schema import ReplicaFields
-from openeas.telemetry.coldstart import breakdown
+from openeas.telemetry.coldstart import breakdown, start_record
 
 log = logging.getLogger("openeas.replica")
 
@@ -503,7 +503,11 @@ class ReplicaSupervisor:
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
                 if tracker.startup_expired(self.clock.now()):
-                    msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
+                    msg = (
+                        f"not ready within the startup deadline of {tracker.startup_timeout_s:g} s "
+                        f"({checks.startup_timeout_from}; raise it if the model needs longer): "
+                        + result.detail
+                    )
                     raise _Failure("StartupTimeout", msg)
             await self._sleep(ALIVE_CHECK_S)
 
@@ -531,7 +535,9 @@ class ReplicaSupervisor:
     def _mark_ready(self) -> None:
         row = self._set(phase=ReplicaPhase.READY, message=None)
         spans = breakdown(row.phase_times)
-        self._set(cold_start={**(row.cold_start or {}), **spans})
+        cold = {**(row.cold_start or {}), **spans}
+        self._set(cold_start=cold)
+        self.store.record_cold_start(row.service, row.version, row.id, start_record(cold))
         if self.cfg.on_ready is not None:
             self.cfg.on_ready(row.service, spans)
         self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")

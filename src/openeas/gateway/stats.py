@@ -150,7 +150,9 @@ class StatsSender:
             return
         metrics = self.metrics
         up = loop.time() - self._started
-        datagrams = encode(self.gateway_id, up, samples(metrics), jumped(metrics), replica_samples(metrics))
+        datagrams = encode(
+            self.gateway_id, up, samples(metrics), jumped(metrics), replicas=replica_samples(metrics)
+        )
         rearm(metrics)
         if self._jump_timer is not None:  # this datagram carries the jump it was scheduled for
             self._jump_timer.cancel()

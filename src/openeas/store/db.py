@@ -26,6 +26,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import cold_starts as _cold
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
@@ -134,6 +135,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_batch_jobs,
     _v6_sealed_secrets,
     _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
+    _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
@@ -527,6 +529,15 @@ class Store:
         """The meter's record: each replica's billed life (store/usage.py)."""
         with self.session() as s:
             return _usage.usage_rows(s, service=service, since=since)
+
+    def record_cold_start(self, service: str, version: int, replica: str, spans: dict[str, Any]) -> None:
+        """One start that reached Ready (store/cold_starts.py keeps each service's last 100)."""
+        with self.session() as s:
+            _cold.record(s, service, version, replica, time.time(), spans)
+
+    def cold_starts(self, service: str, limit: int = _cold.KEEP_PER_SERVICE) -> list[_cold.ColdStartRow]:
+        with self.session() as s:
+            return _cold.recent(s, service, limit)
 
     # ---- events ---------------------------------------------------------------------------------
     def _event(

@@ -101,6 +101,7 @@ def encode(
     uptime_s: float,
     samples: Mapping[str, ServiceSample],
     jumped: Collection[str] = (),
+    *,
     replicas: Mapping[str, ReplicaSample] | None = None,
 ) -> list[bytes]:
     """The datagrams that carry ``samples`` (one unless they do not fit in MAX_DATAGRAM_BYTES).

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from openeas.console import pages
+from openeas.console.costcol import COST_TTL_S, cost_text
 from openeas.console.html import CSP, esc, sparkline
 from openeas.console.live import HISTORY_POINTS, LIVE_INTERVAL_S
 from openeas.console.rates import Scrape, parse, window
@@ -31,6 +32,7 @@ ADMIN = "admin-token-0123456789"
         pytest.param(MAX_FORM_BYTES, 1024 * 1024, id="form-limit-1MiB"),
         pytest.param(STREAM_KEEPALIVE_S, 15, id="keepalive-15s"),
         pytest.param(MAX_SESSIONS, 1000, id="sessions-1000"),
+        pytest.param(COST_TTL_S, 60, id="cost-kept-60s"),
     ],
 )
 def test_console_defaults_are_the_documented_numbers(value: float, documented: float) -> None:
@@ -306,3 +308,38 @@ def test_cold_bar(cold: dict[str, Any], segments: dict[str, int], total: str | N
 def test_sparkline(values: list[float | None], has_line: bool, text: str) -> None:
     svg = sparkline(values, label="QPS")
     assert ("<polyline" in svg) is has_line and text in svg and 'aria-label="QPS"' in svg
+
+
+# ---- the cost column and the idle-spend badge ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        pytest.param({"monthly_total": 1234.5, "currency": "RMB"}, "1,234.50 RMB", id="priced"),
+        pytest.param({"monthly_total": 0, "currency": "USD"}, "0.00 USD", id="zero-is-a-price"),
+        pytest.param({"monthly_total": None, "notes": ["no type"]}, None, id="unpriced"),
+        pytest.param({"error": "catalog: unreadable"}, None, id="catalog-error"),
+    ],
+)
+def test_cost_text(cost: dict[str, Any], shown: str | None) -> None:
+    assert cost_text(cost) == shown
+
+
+IDLE = {"idle_replicas": 3, "monthly_cost": 6480.0, "currency": "RMB", "message": "4 replicas run <b>"}
+
+
+@pytest.mark.parametrize(
+    ("idle", "badge"),
+    [
+        pytest.param(None, "", id="not-idle-no-badge"),
+        # 3 idle replicas x 3 RMB/h x 720 h = 6480 RMB/month (the alarm's figure, shown as is)
+        pytest.param(IDLE, "idle 3 · 6,480.00 RMB/month", id="priced"),
+        pytest.param({**IDLE, "monthly_cost": None}, "idle 3</span>", id="unpriced"),
+    ],
+)
+def test_the_idle_badge_names_idle_replicas_and_their_cost(idle: dict[str, Any] | None, badge: str) -> None:
+    row = pages.service_row({**ROW, "cost": "7,000.00 RMB", "idle": idle})
+    assert badge in row
+    assert "<b>" not in row  # the alarm's message is escaped in the title
+    assert ('class="badge bad"' in row) is (idle is not None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from openeas.console import pages
+from openeas.console import pages, stress_page
 from openeas.console.costcol import COST_TTL_S, cost_text
 from openeas.console.html import CSP, esc, sparkline
 from openeas.console.live import HISTORY_POINTS, LIVE_INTERVAL_S
@@ -343,3 +343,36 @@ def test_the_idle_badge_names_idle_replicas_and_their_cost(idle: dict[str, Any] 
     assert badge in row
     assert "<b>" not in row  # the alarm's message is escaped in the title
     assert ('class="badge bad"' in row) is (idle is not None)
+
+
+# ---- the Stress page ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "errors"),
+    [
+        pytest.param({"step_s": "2", "duration_s": "20", "max_qps": "200"}, [], id="short-test"),
+        pytest.param(
+            {"step_s": "x", "duration_s": "20", "max_qps": ""},
+            ["step_s: must be a number, got 'x'", "max_qps: must be a number, got ''"],
+            id="every-bad-field-named",
+        ),
+    ],
+)
+def test_stress_form_errors(form: dict[str, str], errors: list[str]) -> None:
+    assert stress_page.plan_body(form)[1] == errors
+
+
+def test_stress_steps_mark_achieved_short_of_offered_and_escape() -> None:
+    steps = [
+        {"offered": 10, "send_rate": 10, "throughput": 10, "latency": {"p50": 2, "p99": 5}, "errors": 0},
+        # 80 ok/s of 100 offered: under 95% of the offered rate, red
+        {"offered": 100, "send_rate": 100, "throughput": 80, "latency": {"p50": 9}, "errors": "<b>"},
+    ]
+    html = stress_page.steps_html(steps)
+    assert html.count('class="bad"') == 1 and '<td class="bad">80</td>' in html
+    assert "<b>" not in html and "&lt;b&gt;" in html
+
+
+def test_stress_form_defaults_are_a_short_test() -> None:
+    assert stress_page.SHORT_TEST == {"step_s": "2", "duration_s": "20", "max_qps": "200"}

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from openeas.api.control import ControlPlane
-from openeas.console import group_pages, pages
+from openeas.console import group_pages, pages, stress_page
 from openeas.console.apicall import Answer, call
 from openeas.console.costcol import monthly_cost
 from openeas.console.html import SECURITY_HEADERS, layout
@@ -120,6 +120,7 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
         _service_routes,
         _deploy_routes,
         _group_routes,
+        stress_page.add,
     ):
         add(c)
     return live

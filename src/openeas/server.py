@@ -44,6 +44,7 @@ from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.console import add_console
+from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -323,6 +324,8 @@ def _compose(
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
         Loop("idle-spend watch", idle.run),
+        # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
+        Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
         Loop("console", console.run),
         ApiComponent(app, api_sock),

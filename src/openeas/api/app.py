@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from openeas.api.archive import add_archive_routes
 from openeas.api.batch import add_batch_routes
 from openeas.api.cache import add_cache_routes
 from openeas.api.coldstart import add_coldstart_routes
@@ -140,6 +141,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
     add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)
+    add_archive_routes(app, cp, auth)  # /api/v1/archive (api/archive.py)
 
     async def _spec_body(request: Request) -> Any:
         body = bytearray()

@@ -261,6 +261,17 @@ def server(
         str,
         typer.Option(help="The Ray cluster of --runtime ray: 'auto' (this machine's) or HOST:PORT."),
     ] = "auto",
+    archive_after_days: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Archive and delete a service not Running for this many days, with Warning events "
+            "30, 7 and 1 days before (0 = never; docs/archive.md).",
+        ),
+    ] = 180,
+    archive_after_s: Annotated[
+        float | None, typer.Option(min=0.1, hidden=True, help="Tests only: the archive rule in seconds.")
+    ] = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
     from openeas.server import run_server
@@ -273,6 +284,10 @@ def server(
         except SpecError as exc:  # a bad size is invalid input (exit 2) before anything starts
             _fail("cannot start the server", exc.errors, code=2)
         os.environ[ENV_CACHE_LIMIT] = cache_limit
+    # The 180-day rule (controller/archiver.py reads it from there).
+    os.environ["OPENEAS_ARCHIVE_AFTER_DAYS"] = f"{archive_after_days:g}"
+    if archive_after_s is not None:
+        os.environ["OPENEAS_ARCHIVE_AFTER_S"] = f"{archive_after_s:g}"
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     if runtime not in ("embedded", "ray"):
@@ -721,3 +736,9 @@ def coldstart(
     """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
     answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
     render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py
+# The 180-day rule's archive (cli/archive.py).
+from openeas.cli.archive import archive_commands  # noqa: E402
+
+archive_app, restore_cmd = archive_commands(lambda: _client(), _fail)
+app.add_typer(archive_app, name="archive")
+app.command("restore")(cli_errors(restore_cmd))

@@ -26,6 +26,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import archive as _archive
 from openeas.store import cold_starts as _cold
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
@@ -108,7 +109,7 @@ def _v9_standby(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE replicas ADD COLUMN standby INTEGER NOT NULL DEFAULT 0"))
 
 
-def _v10_node(conn: Connection) -> None:
+def _v11_node(conn: Connection) -> None:
     """``replicas.node``: the runtime's node a replica runs on (a Ray node id), NULL where the
     replica runs on the server's machine. A new database has it already."""
     if "node" not in {c["name"] for c in inspect(conn).get_columns("replicas")}:
@@ -151,7 +152,8 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
     _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
     _v9_standby,  # v9: replicas.standby
-    _v10_node,  # v10: replicas.node
+    _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
+    _v11_node,  # v11: replicas.node
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).

@@ -66,7 +66,7 @@ class ReplicaRow(Base):
     # to promote it into routing (schema v9).
     standby: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
     # The runtime's node the replica runs on (a Ray node id); None on the embedded runtimes
-    # (schema v10).
+    # (schema v11).
     node: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     phase_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)

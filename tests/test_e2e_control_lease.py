@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from openeas.control_lease import standby_response
+from openeas.store import lease
 from openeas.store.lease import holder_url, standby_message
 from tests.harness import Server, new_server, service_spec, steady_load, stop_and_reap, wait_for
 from tests.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
@@ -46,6 +47,24 @@ def test_standby_answers_503_naming_the_active() -> None:
     assert head.startswith(b"HTTP/1.1 503 ")
     assert b'"detail": "standby; active is http://127.0.0.1:1"' in body
     assert standby_message(None) == "standby; no active server found"
+
+
+@pytest.mark.parametrize(
+    ("value", "documented"),
+    [
+        pytest.param(lease.POLL_S, 0.2, id="standby-tries-every-0.2s"),
+        pytest.param(lease.KEEPALIVE["keepalives_idle"], 5, id="keepalive-idle-5s"),
+        pytest.param(lease.KEEPALIVE["keepalives_interval"], 1, id="keepalive-interval-1s"),
+        pytest.param(lease.KEEPALIVE["keepalives_count"], 3, id="keepalive-count-3"),
+    ],
+)
+def test_documented_lease_defaults(value: float, documented: float) -> None:
+    """docs/cluster.md: a standby tries every 0.2 s; a vanished holder is dropped in 5 + 1 x 3 s."""
+    assert value == documented
+
+
+def test_standby_asks_to_retry_after_one_second() -> None:
+    assert b"retry-after: 1\r\n" in standby_response(None)
 
 
 @pytest.fixture

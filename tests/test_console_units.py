@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from openeas.console import pages
+from openeas.console import pages, stress_page
+from openeas.console.costcol import COST_TTL_S, cost_text
 from openeas.console.html import CSP, esc, sparkline
 from openeas.console.live import HISTORY_POINTS, LIVE_INTERVAL_S
 from openeas.console.rates import Scrape, parse, window
@@ -31,6 +32,7 @@ ADMIN = "admin-token-0123456789"
         pytest.param(MAX_FORM_BYTES, 1024 * 1024, id="form-limit-1MiB"),
         pytest.param(STREAM_KEEPALIVE_S, 15, id="keepalive-15s"),
         pytest.param(MAX_SESSIONS, 1000, id="sessions-1000"),
+        pytest.param(COST_TTL_S, 60, id="cost-kept-60s"),
     ],
 )
 def test_console_defaults_are_the_documented_numbers(value: float, documented: float) -> None:
@@ -306,3 +308,71 @@ def test_cold_bar(cold: dict[str, Any], segments: dict[str, int], total: str | N
 def test_sparkline(values: list[float | None], has_line: bool, text: str) -> None:
     svg = sparkline(values, label="QPS")
     assert ("<polyline" in svg) is has_line and text in svg and 'aria-label="QPS"' in svg
+
+
+# ---- the cost column and the idle-spend badge ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        pytest.param({"monthly_total": 1234.5, "currency": "RMB"}, "1,234.50 RMB", id="priced"),
+        pytest.param({"monthly_total": 0, "currency": "USD"}, "0.00 USD", id="zero-is-a-price"),
+        pytest.param({"monthly_total": None, "notes": ["no type"]}, None, id="unpriced"),
+        pytest.param({"error": "catalog: unreadable"}, None, id="catalog-error"),
+    ],
+)
+def test_cost_text(cost: dict[str, Any], shown: str | None) -> None:
+    assert cost_text(cost) == shown
+
+
+IDLE = {"idle_replicas": 3, "monthly_cost": 6480.0, "currency": "RMB", "message": "4 replicas run <b>"}
+
+
+@pytest.mark.parametrize(
+    ("idle", "badge"),
+    [
+        pytest.param(None, "", id="not-idle-no-badge"),
+        # 3 idle replicas x 3 RMB/h x 720 h = 6480 RMB/month (the alarm's figure, shown as is)
+        pytest.param(IDLE, "idle 3 · 6,480.00 RMB/month", id="priced"),
+        pytest.param({**IDLE, "monthly_cost": None}, "idle 3</span>", id="unpriced"),
+    ],
+)
+def test_the_idle_badge_names_idle_replicas_and_their_cost(idle: dict[str, Any] | None, badge: str) -> None:
+    row = pages.service_row({**ROW, "cost": "7,000.00 RMB", "idle": idle})
+    assert badge in row
+    assert "<b>" not in row  # the alarm's message is escaped in the title
+    assert ('class="badge bad"' in row) is (idle is not None)
+
+
+# ---- the Stress page ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "errors"),
+    [
+        pytest.param({"step_s": "2", "duration_s": "20", "max_qps": "200"}, [], id="short-test"),
+        pytest.param(
+            {"step_s": "x", "duration_s": "20", "max_qps": ""},
+            ["step_s: must be a number, got 'x'", "max_qps: must be a number, got ''"],
+            id="every-bad-field-named",
+        ),
+    ],
+)
+def test_stress_form_errors(form: dict[str, str], errors: list[str]) -> None:
+    assert stress_page.plan_body(form)[1] == errors
+
+
+def test_stress_steps_mark_achieved_short_of_offered_and_escape() -> None:
+    steps = [
+        {"offered": 10, "send_rate": 10, "throughput": 10, "latency": {"p50": 2, "p99": 5}, "errors": 0},
+        # 80 ok/s of 100 offered: under 95% of the offered rate, red
+        {"offered": 100, "send_rate": 100, "throughput": 80, "latency": {"p50": 9}, "errors": "<b>"},
+    ]
+    html = stress_page.steps_html(steps)
+    assert html.count('class="bad"') == 1 and '<td class="bad">80</td>' in html
+    assert "<b>" not in html and "&lt;b&gt;" in html
+
+
+def test_stress_form_defaults_are_a_short_test() -> None:
+    assert stress_page.SHORT_TEST == {"step_s": "2", "duration_s": "20", "max_qps": "200"}

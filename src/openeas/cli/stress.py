@@ -28,6 +28,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from openeas.cli import render
+from openeas.cli.common import cli_errors
+from openeas.cli.common import client as _client
+from openeas.cli.common import fail as _fail
 from openeas.sdk.client import ApiError, Client
 from openeas.stress.analysis import StepResult
 from openeas.stress.apply import apply_recommendation
@@ -56,18 +59,6 @@ stress_app = typer.Typer(
 )
 
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")]
-
-
-def _client() -> Client:
-    from openeas.cli.main import _client as main_client
-
-    return main_client()
-
-
-def _fail(message: str, lines: list[str] | None = None, code: int = 1) -> None:
-    from openeas.cli.main import _fail as main_fail
-
-    main_fail(message, lines, code)
 
 
 def _resolve(client: Client, target: str) -> tuple[dict[str, Any], dict[str, str], GroupInfo | None]:
@@ -226,8 +217,6 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Ramp load on TARGET until its saturation point; recommend the autoscaler target."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
         options = {
@@ -328,8 +317,6 @@ def ls_cmd(
     json_out: JsonOut = False,
 ) -> None:
     """List stored stress reports, newest first."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
         params = {"target": target} if target else None
@@ -374,8 +361,6 @@ def show_cmd(
     open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
 ) -> None:
     """Show a stored stress report (table, JSON or HTML)."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
         report = _client().request("GET", f"/api/v1/stress/{report_id}")

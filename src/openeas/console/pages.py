@@ -58,9 +58,22 @@ def service_row(r: Mapping[str, Any]) -> str:
         f'<td data-field="success"{succ}>{esc(_num(None if success is None else success * 100, pct))}</td>',
         f'<td data-field="in_flight">{esc(r["in_flight"])}</td>',
         f'<td data-field="decision">{esc(r["decision"])}</td>',
-        f'<td data-field="cost">{esc(r["cost"])}</td>',
+        f'<td data-field="cost">{esc(r["cost"])}{idle_badge(r.get("idle"))}</td>',
     ]
     return f'<tr id="svc-{esc(name)}">{"".join(cells)}</tr>'
+
+
+def idle_badge(idle: Mapping[str, Any] | None) -> str:
+    """The idle-spend badge (api/idle.py): idle replicas and what they cost a month, the alarm's
+    message as its title; nothing while the service is not idle."""
+    if not idle:
+        return ""
+    cost = idle.get("monthly_cost")
+    spend = "" if cost is None else f" · {cost:,.2f} {idle.get('currency', '')}".rstrip() + "/month"
+    return (
+        f' <span class="badge bad" data-field="idle" title="{esc(idle.get("message"))}">'
+        f"idle {esc(idle.get('idle_replicas'))}{esc(spend)}</span>"
+    )
 
 
 def group_row(g: Mapping[str, Any]) -> str:

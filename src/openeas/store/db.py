@@ -26,6 +26,7 @@ from openeas.errors import Conflict, NotFound
 from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import archive as _archive
 from openeas.store import cold_starts as _cold
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
@@ -144,6 +145,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
     _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
     _v9_standby,  # v9: replicas.standby
+    _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).

@@ -8,6 +8,8 @@ const targets = {
   charts: "section.charts",
   member_stats: "#member-stats tbody",
   stats_note: "#stats-note",
+  steps: "#steps tbody",
+  summary: "#summary",
 };
 
 function sizeBars(root) {

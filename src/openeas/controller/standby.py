@@ -1,4 +1,5 @@
-"""How a standby replica (metadata.standby; docs/cold-start.md) is parked and woken.
+"""How a standby replica (metadata.standby; docs/cold-start.md) is parked and woken: the signals
+and hooks, and the supervisor's part that parks a warmed replica and promotes it (`StandbyPhase`).
 
 Frozen: the replica's process group is stopped with SIGSTOP once it is warmed (no CPU, its memory
 kept) and resumed with SIGCONT on promotion, on a stop (a stopped process would hold its SIGTERM
@@ -17,7 +18,11 @@ import signal
 import aiohttp
 
 from openeas.controller.probe import base_url
+from openeas.controller.startup import StartPhases
+from openeas.controller.supervisor_base import ALIVE_CHECK_S, _Failure, _Stop
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
+from openeas.spec import ServiceSpec
 
 # Runtimes whose `signal` reaches the replica's whole process group.
 FREEZES_GROUPS = frozenset({"process", "fake"})
@@ -51,3 +56,55 @@ async def post_hook(host: str, port: int, path: str, *, timeout_s: float = HOOK_
             return None if resp.status < 300 else f"POST {path} answered {resp.status}"
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return f"POST {path} failed: {type(exc).__name__}: {exc}"
+
+
+class StandbyPhase(StartPhases):
+    """The supervisor's standby part: park a warmed replica out of routing, wake it on promotion."""
+
+    def thaw(self) -> None:
+        """Resume its process group if it may be frozen (before a stop: SIGTERM waits for SIGCONT)."""
+        if self.frozen and self.ref is not None:
+            thaw(self.runtime, self.ref)
+        self.frozen = False
+
+    async def _standby(self, spec: ServiceSpec, *, adopted: bool) -> float:
+        """Standby: parked warmed out of routing (frozen or hot) until the reconciler promotes it,
+        then thawed, woken and probed; the seconds from the promotion to the passing probe."""
+        sb = spec.metadata.standby
+        row = self._row()
+        assert self.ref is not None and row.port is not None
+        host, port = row.host, row.port
+        if not adopted:
+            if sb.sleep_path and (err := await post_hook(host, port, sb.sleep_path)):
+                self._event(row, "SleepFailed", f"metadata.standby.sleep_path: {err}", warning=True)
+            row = self._set(phase=ReplicaPhase.STANDBY, message=f"standby ({sb.mode})")
+            self._cold_start_done(row)
+        frozen = sb.mode == "frozen" and can_freeze(self.runtime)
+        if frozen:
+            freeze(self.runtime, self.ref)  # again after an adoption: SIGSTOP is idempotent
+        elif self.frozen:
+            thaw(self.runtime, self.ref)
+        self.frozen = frozen
+        how = "frozen (process group stopped)" if frozen else "hot"
+        if sb.mode == "frozen" and not frozen:
+            how += f": the {self.runtime.name} runtime cannot freeze a replica"
+        self._event(
+            row,
+            "Standby",
+            f"standby {'adopted' if adopted else 'parked'}, {how}",
+            warning=not frozen and sb.mode == "frozen",
+        )
+        while self._row().standby:
+            if not self.runtime.alive(self.ref):
+                code = self.runtime.exit_code(self.ref)
+                raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
+            if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
+                self.nudge.clear()
+            if self.stop_requested.is_set():
+                raise _Stop()
+        began = self.clock.now()
+        self.thaw()
+        if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
+            raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
+        await self._wait_ready(spec)
+        return self.clock.now() - began

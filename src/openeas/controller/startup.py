@@ -114,7 +114,8 @@ class StartPhases(SupervisorBase):
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
-        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
+        node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
+        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node)
         if launch.container is not None:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:

@@ -109,6 +109,13 @@ def _v9_standby(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE replicas ADD COLUMN standby INTEGER NOT NULL DEFAULT 0"))
 
 
+def _v11_node(conn: Connection) -> None:
+    """``replicas.node``: the runtime's node a replica runs on (a Ray node id), NULL where the
+    replica runs on the server's machine. A new database has it already."""
+    if "node" not in {c["name"] for c in inspect(conn).get_columns("replicas")}:
+        conn.execute(text("ALTER TABLE replicas ADD COLUMN node VARCHAR(128)"))
+
+
 # Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
 _CIPHER = "openeas.cipher"
 
@@ -146,6 +153,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
     _v9_standby,  # v9: replicas.standby
     _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
+    _v11_node,  # v11: replicas.node
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).

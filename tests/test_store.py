@@ -114,6 +114,7 @@ TABLES = {
     "batch_jobs": "id",  # v5
     "batch_shards": "job_id, shard",
     "replica_usage": "replica",  # v7
+    "eval_runs": "id",  # v8
 }
 
 

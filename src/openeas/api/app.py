@@ -27,6 +27,7 @@ from openeas.api.batch import add_batch_routes
 from openeas.api.cache import add_cache_routes
 from openeas.api.control import ControlPlane, iso_time, not_deleting
 from openeas.api.cost import add_cost_routes, cost_of
+from openeas.api.evals import add_eval_routes
 from openeas.api.groups import add_group_routes, check_spec_group, check_traffic, join_spec_group
 from openeas.api.rollouts import add_rollout_routes
 from openeas.api.stress import register as register_stress
@@ -136,6 +137,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     auth = [Depends(admin)]
     groups = add_group_routes(app, cp, auth).groups  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
+    add_eval_routes(app, cp, auth)  # /api/v1/eval (api/evals.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ConfigDict, Field
 
+from openeas.api.evals import eval_gate, parse_set
 from openeas.controller.rollout_staged import validate_steps
 from openeas.errors import Conflict, SpecError
 from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState
@@ -40,6 +41,13 @@ class RolloutBody(CheckedNumbers):
     )
     min_requests: int = Field(
         default=DEFAULT_MIN_REQUESTS, ge=1, description="candidate answers a step needs before it is judged"
+    )
+    eval_set: str | None = Field(
+        default=None,
+        description="eval set JSONL text: run on the candidate's direct endpoint before any weight moves",
+    )
+    min_pass: float | None = Field(
+        default=None, ge=0, le=1, description="the eval set's pass rate the candidate needs (default 0.95)"
     )
 
 
@@ -102,9 +110,19 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
             errors.append(f"from: '{baseline}' is not a member of group '{name}'")
         elif baseline == body.to:
             errors.append("from: the baseline and the candidate are the same member")
+        cases = None
+        if body.eval_set is not None:
+            try:
+                cases = parse_set(body.eval_set)
+            except SpecError as e:
+                errors.extend(e.errors)
+        elif body.min_pass is not None:
+            errors.append("min_pass: needs eval_set")
         if errors:
             raise SpecError(errors)
         assert baseline is not None
+        if cases is not None:  # step 0: a failing candidate is refused here, before any weight moves
+            eval_gate(cp, name, body.to, cases, body.min_pass)
         restore = tuple(
             {"service": m.service, "weight": m.weight, "mirror_weight": m.mirror_weight}
             | ({"match": m.match} if m.match else {})

@@ -20,6 +20,7 @@ from openeas import __version__
 from openeas.cli import render
 from openeas.cli.cache import cache_app
 from openeas.cli.cost import confirm_estimate, cost_app
+from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
 from openeas.errors import SpecError
 from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
@@ -37,6 +38,7 @@ app = typer.Typer(
 
 app.add_typer(group_app)
 app.command("rollout")(rollout)
+app.command("eval")(eval_cmd)  # eval sets (cli/evals.py)
 
 P = ParamSpec("P")
 R = TypeVar("R")

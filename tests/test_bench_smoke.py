@@ -29,6 +29,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1"], ()),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
     "groups.py": (["--duration", "1", "--runs", "1"], ("wrk",)),
+    "llm_routing.py": (["--engine", "testserver", "--requests", "16", "--rate", "20", "--prompt-tokens", "50"], ()),
     "routing.py": (["--changes", "6", "--poll-changes", "3"], ()),
     "runtime.py": (["--starts", "1", "--duration", "1", "--runs", "1"], ("wrk", "podman")),
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OPENEAS_EXTRAS:-dev}
+EXTRAS=${OPENEAS_EXTRAS:-dev,ray}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -65,7 +65,8 @@ fi
 # Debian packages: podman, runc and debootstrap for the container runtime (its tests build a
 # small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks;
 # redis-server for the async queue's Redis backend (its tests start one on 127.0.0.1); postgresql
-# for the store's PostgreSQL backend.
+# for the store's PostgreSQL backend; chromium for the web console's browser tests (driven by
+# Playwright from PyPI with this executable: never `playwright install`).
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
@@ -81,13 +82,14 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 # docker (Debian's docker.io): the container suite runs on docker too; scripts/test.sh starts a
 # private daemon where none answers (no systemd here).
 command -v dockerd >/dev/null || missing+=(docker.io)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}") >/dev/null \
-      || log "warning: could not install ${missing[*]} (the container runtime and the benchmarks need them)"
+      || log "warning: could not install ${missing[*]} (the container runtime, the benchmarks and the console's browser tests need them)"
   else
-    log "note: ${missing[*]} missing; the container runtime and the benchmarks need them (apt-get install ${missing[*]})"
+    log "note: ${missing[*]} missing; the container runtime, the benchmarks and the console's browser tests need them (apt-get install ${missing[*]})"
   fi
 fi
 # Process replicas run as users of their own when the server is root (docs/RELIABILITY.md,

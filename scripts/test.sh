@@ -6,10 +6,11 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "[test] ruff"; ruff check src tests bench scripts
 echo "[test] mypy"; mypy
-# Setup installs redis-server, PostgreSQL, wrk and nginx, and podman where we are root: here a
-# test that skips for want of one of them fails (tests/conftest.py), and the run ends with every
-# skip and its reason.
+# Setup installs redis-server, PostgreSQL, wrk, nginx, Ray (the [ray] extra) and Chromium, and
+# podman where we are root: here a test that skips for want of one of them fails
+# (tests/conftest.py), and the run ends with every skip and its reason.
 export OPENEAS_REQUIRE_REDIS=1 OPENEAS_REQUIRE_POSTGRES=1 OPENEAS_REQUIRE_WRK=1 OPENEAS_REQUIRE_NGINX=1
+export OPENEAS_REQUIRE_RAY=1 OPENEAS_REQUIRE_BROWSER=1
 if [ "$(id -u)" = 0 ]; then export OPENEAS_REQUIRE_CONTAINERS=1; fi
 # The container suite runs once per engine: podman, and docker where setup installed dockerd. With
 # no systemd to start docker's daemon, a private one is started here (iptables is not available in

@@ -26,7 +26,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_and_reap(srv)
 
 
-# scripts/test.sh installs Redis, PostgreSQL, podman, wrk and nginx and sets these: there, a test
+# scripts/test.sh installs Redis, PostgreSQL, podman, wrk, nginx and Chromium and sets these: there, a test
 # that skips for want of one of them fails instead (a skip would hide that a required component was
 # never exercised: a bench smoke test without wrk or nginx, a queue suite without Redis).
 REQUIRED = {
@@ -35,6 +35,8 @@ REQUIRED = {
     "OPENEAS_REQUIRE_CONTAINERS": "podman",
     "OPENEAS_REQUIRE_WRK": "wrk",
     "OPENEAS_REQUIRE_NGINX": "nginx",
+    "OPENEAS_REQUIRE_RAY": "ray",
+    "OPENEAS_REQUIRE_BROWSER": "chromium",
 }
 
 

@@ -32,6 +32,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "llm_routing.py": (["--engine", "testserver", "--requests", "16", "--rate", "20", "--prompt-tokens", "50"], ()),
     "routing.py": (["--changes", "6", "--poll-changes", "3"], ()),
     "runtime.py": (["--starts", "1", "--duration", "1", "--runs", "1"], ("wrk", "podman")),
+    "simulate.py": (["--days", "1"], ()),
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
 }

@@ -161,7 +161,10 @@ def test_startup_timeout_restarts_the_replica(shared_server: Server):
         30,
         what="Failed, restarting",
     )
-    assert failed["message"] == "restarting in 1s (restart 1): not ready after 1s: HTTP 404 from /nope"
+    assert failed["message"] == (
+        "restarting in 1s (restart 1): not ready within the startup deadline of 1 s "
+        "(health_check.startup_timeout_seconds; raise it if the model needs longer): HTTP 404 from /nope"
+    )
     assert event(srv, "never_ready", "StartupTimeout") is not None
     again = wait_for(
         lambda: (r := _replica(srv, "never_ready")) and r["pid"] and r["pid"] != first["pid"] and r, 30,

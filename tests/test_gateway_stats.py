@@ -17,8 +17,10 @@ from openeas.kernel.clock import FakeClock
 from openeas.telemetry.gateway_stats import (
     MAX_DATAGRAM_BYTES,
     GatewayStats,
+    ReplicaSample,
     ServiceSample,
     decode,
+    decode_all,
     encode,
     receive,
     socket_path,
@@ -419,3 +421,96 @@ def test_receive_feeds_the_stats_and_ignores_garbage(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert stats.current("svc", 7.0) == ServiceSample(4, 1, 2)
     assert stats.last_seen("svc") == 7.0  # stamped with the stats' clock
+
+
+# ---- per replica: what the drain and scale-in read -----------------------------------------------
+
+R = ReplicaSample
+
+
+def test_replicas_round_trip_in_the_first_datagram_only() -> None:
+    samples = {f"service_{i:05d}": ServiceSample(i, 0, 0) for i in range(3000)}
+    replicas = {"svc-r1": R(3, True), "svc-r2": R(0, False)}
+    datagrams = encode("gw", 1.0, samples, replicas=replicas)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
+    assert [decode_all(d)[4] for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
+    (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})
+    assert decode_all(plain)[4] is None  # a gateway that reports no replicas
+
+
+# A replica report: (gateway id, receive time s, {replica: (in_flight, routed)}).
+Report = tuple[str, float, dict[str, tuple[int, bool]]]
+
+
+@pytest.mark.parametrize(
+    ("reports", "now", "since", "expected"),
+    [
+        pytest.param([("a", 1.0, {"r": (2, True)})], 1.1, 0.5, R(2, True), id="one-gateway"),
+        # Both gateways count: 2 + 3 in flight; routed by b although a no longer routes it.
+        pytest.param(
+            [("a", 1.0, {"r": (2, False)}), ("b", 1.0, {"r": (3, True)})],
+            1.1,
+            0.5,
+            R(5, True),
+            id="gateways-add-up",
+        ),
+        pytest.param([("a", 1.0, {})], 1.1, 0.5, R(0, False), id="not-named-is-idle"),
+        # The report was received at 1.0, before the question at 1.05: not fresh enough yet.
+        pytest.param([("a", 1.0, {"r": (0, False)})], 1.1, 1.05, None, id="older-than-the-question"),
+        # b reported after the question, a not yet: wait for a (it may still route the replica).
+        pytest.param(
+            [("a", 1.0, {"r": (0, False)}), ("b", 1.2, {})], 1.2, 1.1, None, id="one-gateway-behind"
+        ),
+        # a's last datagram was at 1.0; at 5.0 it is gone (stale after 3 s): b alone decides.
+        pytest.param(
+            [("a", 1.0, {"r": (4, True)}), ("b", 5.0, {"r": (0, False)})],
+            5.0,
+            4.5,
+            R(0, False),
+            id="a-dead-gateway-does-not-count",
+        ),
+        pytest.param([("a", 1.0, {"r": (1, True)})], 9.0, 8.0, None, id="no-gateway-alive"),
+        pytest.param([], 1.0, 0.5, None, id="never-heard"),
+    ],
+)
+def test_replica_view(
+    reports: list[Report], now: float, since: float, expected: ReplicaSample | None
+) -> None:
+    stats = GatewayStats(FakeClock(0.0).now)
+    for gid, t, replicas in reports:
+        stats.observe(gid, {}, t, replicas={rid: R(*v) for rid, v in replicas.items()})
+    assert stats.replica("r", now, since=since) == expected
+
+
+def test_replica_in_flight_sums_live_gateways() -> None:
+    stats = GatewayStats(FakeClock(0.0).now)
+    stats.observe("a", {}, 1.0, replicas={"r1": R(2, True), "r2": R(1, True)})
+    stats.observe("b", {}, 1.0, replicas={"r1": R(3, True)})
+    stats.observe("c", {}, 1.0)  # no replica report: counts nothing
+    assert stats.replica_in_flight(1.5) == {"r1": 5, "r2": 1}
+    stats.observe("b", {}, 4.5, replicas={"r1": R(0, False)})  # a is gone by 4.5 (stale after 3 s)
+    assert stats.replica_in_flight(4.5) == {"r1": 0}
+
+
+def test_the_drain_waits_for_a_report_sent_after_its_question() -> None:
+    import inspect
+    import time
+
+    from openeas.controller.replica import GatewayView
+    from openeas.server import gateway_view
+
+    assert inspect.signature(gateway_view).parameters["timeout_s"].default == 1.0  # docs/architecture.md
+    stats = GatewayStats(time.monotonic)
+    stats.observe("a", {}, time.monotonic(), replicas={"r": R(0, False)})  # before the question
+
+    async def scenario() -> tuple[GatewayView | None, GatewayView | None]:
+        ask = gateway_view(stats, timeout_s=1.0)
+        task = asyncio.create_task(ask("r"))
+        await asyncio.sleep(0.1)
+        assert not task.done()  # the old report does not answer it
+        stats.observe("a", {}, time.monotonic(), replicas={"r": R(2, True)})
+        fresh = await task
+        silent = await gateway_view(stats, timeout_s=0.1)("r")  # no new report within 0.1 s
+        return fresh, silent
+
+    assert asyncio.run(scenario()) == (GatewayView(routed=True, in_flight=2), None)

@@ -38,16 +38,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
 # store nor the controller (it reads the store's database through its one read-only routing
 # source, gateway/source.py, with sqlite3).
 FORBIDDEN: frozenset[tuple[str, str]] = frozenset({("gateway", "store"), ("gateway", "controller")})
-# Module edges that break the contract and are known: removed by compose (issue 21 §7).
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("openeas.cli.group", "openeas.cli.main"),  # removed by compose
-        ("openeas.cli.stress", "openeas.cli.main"),  # removed by compose
-        ("openeas.cli.batch", "openeas.cli.main"),  # removed by compose
-        ("openeas.cli.cost", "openeas.cli.main"),  # removed by compose
-        ("openeas.cli.cache", "openeas.cli.main"),  # the same helpers (_client, cli_errors): compose
-    }
-)
+# Module edges that break the contract and are known (none left: compose removed the CLI's).
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 # Packages whose modules still import each other in a cycle (TYPE_CHECKING imports of the
 # connection): known, not yet removed; a cycle across packages, or

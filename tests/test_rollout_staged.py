@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from openeas.controller.rollout_loop import RolloutController, restore_routes
+from openeas.controller.rollout_loop import RolloutController
 from openeas.controller.rollout_staged import decide, step_weights, validate_steps
+from openeas.errors import Conflict
 from openeas.kernel.clock import FakeClock
 from openeas.kernel.rollout import Action, Observation, RolloutPlan, RolloutState, Status
 from openeas.kernel.states import IllegalTransition
@@ -210,10 +211,34 @@ def test_pause_resume_and_abort(rig: tuple[Store, FakeGateway, FakeClock]) -> No
     clock.jump(30)
     assert look(store, gw, clock) == Action.HOLD
     assert RolloutStore(store).get("g")[1].step_started_at == T0 + 100
-    plan, _ = rollouts.command("g", "abort", now=clock.wall())
-    restore_routes(GroupStore(store), plan, "RolloutAborted", "aborted")
+    rollouts.command("g", "abort", now=clock.wall())  # what the API does: it writes the abort only
+    assert weights(store)["new"] == (50, 0)  # ...the routes are the controller's to restore
+    with pytest.raises(Conflict, match="still being restored"):
+        start(store)  # a new rollout would snapshot the step's weights as the routes to restore
+    converge(store, gw, clock)
     assert weights(store) == {"old": (1000, 0), "new": (0, 5)}
-    assert rollouts.active() == []
+    assert rollouts.active() == [] and rollouts.restoring() == []
+
+
+def converge(store: Store, gw: FakeGateway, clock: FakeClock) -> None:
+    """One tick of the controller: restores pending, then looks at the running rollouts."""
+    asyncio.run(RolloutController(store, gw, clock=clock).tick())
+
+
+def test_a_rollback_written_before_a_crash_is_restored_by_the_next_controller(
+    rig: tuple[Store, FakeGateway, FakeClock],
+) -> None:
+    store, gw, clock = rig
+    start(store)
+    look(store, gw, clock)
+    _, state = RolloutStore(store).active()[0]
+    # The rolled-back state was written, then the control plane died before restoring the routes.
+    crashed = state.but(status=Status.ROLLED_BACK, reason="p99 breach", finished_at=clock.wall(), restore_pending=True)
+    assert RolloutStore(store).save("g", crashed, expect=state)
+    assert weights(store)["new"] == (50, 0)
+    converge(store, gw, clock)  # a new controller after the restart
+    assert weights(store) == {"old": (1000, 0), "new": (0, 5)}
+    assert RolloutStore(store).get("g")[1] == crashed.but(restore_pending=False)
 
 
 def test_an_unreachable_gateway_holds_the_step(rig: tuple[Store, FakeGateway, FakeClock]) -> None:

@@ -114,7 +114,8 @@ TABLES = {
     "batch_jobs": "id",  # v5
     "batch_shards": "job_id, shard",
     "replica_usage": "replica",  # v7
-    "eval_runs": "id",  # v8
+    "cold_starts": "id",  # v8
+    "eval_runs": "id",  # v11
 }
 
 
@@ -227,6 +228,10 @@ def _read_back_later_tables(store: Store, expected: dict[str, Any]) -> None:
         )
         pending = [s for s in expected["batch_shards"] if s["job_id"] == job["id"] and not s["done"]]
         assert [s.shard for s in batch.pending_shards(job["id"])] == [s["shard"] for s in pending]
+    starts = expected.get("cold_starts", [])  # v8
+    assert [(c.replica, c.spans) for c in store.cold_starts("fixture_svc")] == [
+        (c["replica"], c["spans"]) for c in starts
+    ]
 
 
 def test_routing_source_publishes_only_ready_replicas(tmp_path: Path, store_url: str | None):

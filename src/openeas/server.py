@@ -40,11 +40,12 @@ from openeas.api.idle import IdleWatch
 from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.engine_load import EngineLoadScraper
-from openeas.autoscaler.loop import Autoscaler, replica_load
+from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
-from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper
+from openeas.autoscaler.scrape import ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.console import add_console
+from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -250,31 +251,29 @@ def _compose(
     keep_replicas: bool,
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
-    host, _, port = gateway_url.removeprefix("http://").rpartition(":")
     metrics = ControlMetrics(store)
+    # The one channel from the gateways: their counters (per service arrivals, in flight, held;
+    # per replica in flight and routed), pushed every 0.2 s, in time windows. The autoscaler reads
+    # them (a held request wakes it at once: scale from zero), the drain and scale-in too.
+    gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
     cfg = SupervisorConfig(
         data_dir=store.data_dir,
         oss_root=oss_root,
         host_paths=host_paths,
         on_ready=metrics.observe_cold_start,
-        gateway_view=gateway_view(host, int(port)),
+        gateway_view=gateway_view(gateway_stats),
         replica_users=users,
     )
-    # The gateway's /metrics, scraped: each replica's in-flight requests (scale-in stops the
-    # least busy replica first).
-    gw_scrape = GatewayScrape(gateway_url)
     capacity = node or node_capacity()
     log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
-    reconciler = Reconciler(store, runtimes, cfg, replica_load=replica_load(gw_scrape), capacity=capacity)
-    # The gateways' per-service counters (arrivals, in flight, held), pushed every 0.2 s, in time
-    # windows: what the autoscaler reads; a held request wakes it at once (scale from zero).
-    gateway_stats = GatewayStats(LOOP_CLOCK.now)
+    # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
+    load = lambda: gateway_stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
+    reconciler = Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
     backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
     autoscaler = Autoscaler(
         store,
         traffic=gateway_stats,
-        gateway=gw_scrape,
         sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
         # Async services: a backlog at 0 replicas starts one (autoscaler/activation.py).
         activation=QueueActivation(store, backlogs),
@@ -326,32 +325,31 @@ def _compose(
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir).run),
         Loop("idle-spend watch", idle.run),
+        # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
+        Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
         Loop("console", console.run),
         ApiComponent(app, api_sock),
     ]
 
 
-def gateway_view(host: str, port: int, timeout_s: float = 1.0) -> GatewayViewFn:
-    """What a drain asks: the gateway's per-replica gauges from its /metrics (None: unreachable)."""
+def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
+    """What a drain asks: a replica as every live gateway reported it in a datagram received after
+    the question (so never a report from before the replica left the routing table); None when
+    no gateway is alive or none reported within ``timeout_s`` (the drain then waits ``drain_s``)."""
 
     async def view(replica_id: str) -> GatewayView | None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
-                try:
-                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: openeas\r\nConnection: close\r\n\r\n")
-                    raw = await reader.read()
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError):
-            return None
-        head, _, body = raw.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            return None
-        return parse_replica_view(body.decode("utf-8", "replace"), replica_id)
+        asked = stats.clock()
+        while (seen := stats.replica(replica_id, stats.clock(), since=asked)) is None:
+            if stats.clock() - asked >= timeout_s:
+                return None
+            await LOOP_CLOCK.sleep(GATEWAY_VIEW_POLL_S)
+        return GatewayView(routed=seen.routed, in_flight=seen.in_flight)
 
     return view
+
+
+GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway report (a drain)
 
 
 def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:

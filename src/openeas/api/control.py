@@ -7,12 +7,14 @@ every collaborator it needs; the routers (api/app.py, groups, rollouts, stress, 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from openeas.api.idle import IdleWatch
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.autoscaler.loop import Autoscaler, policy_view
+from openeas.controller.checks import checks_of
 from openeas.errors import Conflict, NotFound, SpecError
 from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.runtime.select import Runtimes
@@ -20,6 +22,7 @@ from openeas.spec import ServiceSpec
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
+from openeas.telemetry.coldstart import startup_progress
 from openeas.telemetry.gateway_stats import GatewayStats
 
 
@@ -123,9 +126,18 @@ class ControlPlane:
         out["spec"] = spec.public_dict()
         out["runtime"] = self.runtime_choice(spec)
         out["autoscaling"] = self.autoscaling(name, spec.autoscaling_policy())
-        out["replicas"] = [replica_view(r) for r in reps]
+        deadlines = {v: self.startup_deadline(name, v) for v in {r.version for r in reps}}
+        now = time.time()
+        out["replicas"] = [replica_view(r, deadlines[r.version], now) for r in reps]
         out["versions"] = self.versions(name)
         return out
+
+    def startup_deadline(self, name: str, version: int) -> float | None:
+        """Seconds a replica of the version may take from its process start to Ready."""
+        try:
+            return checks_of(self.store.version_spec(name, version).main).startup_timeout_s
+        except NotFound:
+            return None
 
     def runtime_choice(self, spec: ServiceSpec) -> dict[str, Any]:
         """Which runtime runs the spec's replicas on this server, and why."""
@@ -198,8 +210,9 @@ def spec_warnings(spec: ServiceSpec) -> list[str]:
     return out
 
 
-def replica_view(r: ReplicaRow) -> dict[str, Any]:
+def replica_view(r: ReplicaRow, startup_deadline_s: float | None = None, now: float = 0.0) -> dict[str, Any]:
     cold = r.cold_start or {}
+    progress = startup_progress(r.phase, r.phase_times or {}, startup_deadline_s, now)
     return {
         "id": r.id,
         "version": r.version,
@@ -212,8 +225,11 @@ def replica_view(r: ReplicaRow) -> dict[str, Any]:
         "phase_times": {k: iso_time(v) for k, v in (r.phase_times or {}).items()},
         "runtime": r.runtime,
         "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
-        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")},
+        | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")}
+        | ({"promotion_s": cold["promotion_s"]} if "promotion_s" in cold else {}),  # a standby's
+        "standby": bool(r.standby),
         "message": r.message,
+        "startup": progress,  # Starting: seconds into the startup deadline (describe's line)
     }
 
 

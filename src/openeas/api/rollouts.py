@@ -11,11 +11,10 @@ from fastapi import FastAPI
 from pydantic import ConfigDict, Field
 
 from openeas.api.evals import eval_gate, parse_set
-from openeas.controller.rollout_staged import validate_steps
 from openeas.errors import Conflict, SpecError
-from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState
+from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
 from openeas.spec.numbers import CheckedNumbers
-from openeas.store.groups import GroupStore
+from openeas.store.groups import Group, GroupStore
 from openeas.store.rollouts import RolloutStore
 
 DEFAULT_STEPS = (5, 25, 50, 100)
@@ -53,7 +52,7 @@ class RolloutBody(CheckedNumbers):
 
 def rollout_view(plan: RolloutPlan, state: RolloutState, controller: Any) -> dict[str, Any]:
     st = state.to_dict()
-    for internal in ("baseline_codes", "baseline_buckets", "rebase"):
+    for internal in ("baseline_codes", "baseline_buckets", "rebase", "restore_pending"):
         st.pop(internal, None)
     out: dict[str, Any] = {
         "group": plan.group,
@@ -73,6 +72,51 @@ def rollout_view(plan: RolloutPlan, state: RolloutState, controller: Any) -> dic
     return out
 
 
+def plan_of(g: Group, body: RolloutBody) -> RolloutPlan:
+    """The plan of a rollout of group ``g`` as ``body`` asks; a 400
+    naming every problem (steps, traffic mode, members)."""
+    errors = validate_steps(body.steps)
+    if g.traffic_mode != "customized":
+        errors.append(
+            f"group '{g.name}' routes by ready replicas (traffic_mode auto): a rollout sets weights"
+        )
+    if g.member(body.to) is None:
+        errors.append(f"to: '{body.to}' is not a member of group '{g.name}'")
+    baseline = body.from_
+    if baseline is None:
+        others = sorted(
+            (m for m in g.members if m.service != body.to and m.weight > 0), key=lambda m: -m.weight
+        )
+        if not others:
+            errors.append(f"from: group '{g.name}' has no other member with weight > 0 to roll out from")
+        else:
+            baseline = others[0].service
+    elif g.member(baseline) is None:
+        errors.append(f"from: '{baseline}' is not a member of group '{g.name}'")
+    elif baseline == body.to:
+        errors.append("from: the baseline and the candidate are the same member")
+    if errors:
+        raise SpecError(errors)
+    assert baseline is not None
+    restore = tuple(
+        {"service": m.service, "weight": m.weight, "mirror_weight": m.mirror_weight}
+        | ({"match": m.match} if m.match else {})
+        for m in g.members
+    )
+    plan = RolloutPlan(
+        group=g.name,
+        candidate=body.to,
+        baseline=baseline,
+        steps=tuple(body.steps),
+        hold_s=body.hold_s,
+        max_p99_ms=body.max_p99_ms,
+        min_success=body.min_success,
+        min_requests=body.min_requests,
+        restore=restore,
+    )
+    return plan
+
+
 def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
     groups = GroupStore(cp.store)
     rollouts = RolloutStore(cp.store)
@@ -89,27 +133,12 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
     def start_rollout(name: str, body: RolloutBody) -> dict[str, Any]:
         """Drive the weights from the baseline to ``to`` through ``steps``, holding each
         ``hold_s`` seconds and rolling back on an SLO breach."""
-        g = groups.get(name)
-        errors = validate_steps(body.steps)
-        if g.traffic_mode != "customized":
-            errors.append(
-                f"group '{name}' routes by ready replicas (traffic_mode auto): a rollout sets weights"
-            )
-        if g.member(body.to) is None:
-            errors.append(f"to: '{body.to}' is not a member of group '{name}'")
-        baseline = body.from_
-        if baseline is None:
-            others = sorted(
-                (m for m in g.members if m.service != body.to and m.weight > 0), key=lambda m: -m.weight
-            )
-            if not others:
-                errors.append(f"from: group '{name}' has no other member with weight > 0 to roll out from")
-            else:
-                baseline = others[0].service
-        elif g.member(baseline) is None:
-            errors.append(f"from: '{baseline}' is not a member of group '{name}'")
-        elif baseline == body.to:
-            errors.append("from: the baseline and the candidate are the same member")
+        errors: list[str] = []
+        plan = None
+        try:
+            plan = plan_of(groups.get(name), body)
+        except SpecError as e:
+            errors.extend(e.errors)
         cases = None
         if body.eval_set is not None:
             try:
@@ -118,27 +147,10 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
                 errors.extend(e.errors)
         elif body.min_pass is not None:
             errors.append("min_pass: needs eval_set")
-        if errors:
+        if errors or plan is None:
             raise SpecError(errors)
-        assert baseline is not None
         if cases is not None:  # step 0: a failing candidate is refused here, before any weight moves
             eval_gate(cp, name, body.to, cases, body.min_pass)
-        restore = tuple(
-            {"service": m.service, "weight": m.weight, "mirror_weight": m.mirror_weight}
-            | ({"match": m.match} if m.match else {})
-            for m in g.members
-        )
-        plan = RolloutPlan(
-            group=name,
-            candidate=body.to,
-            baseline=baseline,
-            steps=tuple(body.steps),
-            hold_s=body.hold_s,
-            max_p99_ms=body.max_p99_ms,
-            min_success=body.min_success,
-            min_requests=body.min_requests,
-            restore=restore,
-        )
         plan, state = rollouts.create(plan)
         wake()
         return rollout_view(plan, state, controller())
@@ -149,13 +161,7 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
         return rollout_view(plan, state, controller())
 
     def command(name: str, what: str) -> dict[str, Any]:
-        plan, state = rollouts.command(name, what)
-        if what == "abort":
-            from openeas.controller.rollout_loop import restore_routes
-
-            restore_routes(
-                groups, plan, "RolloutAborted", f"rollout to {plan.candidate} aborted: routes restored"
-            )
+        plan, state = rollouts.command(name, what)  # an abort: the controller restores the routes
         wake()
         return rollout_view(plan, state, controller())
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
+from openeas.telemetry.coldstart import nearest_rank
 
 
 class TrafficStats(Protocol):
@@ -121,6 +122,4 @@ class ColdStarts:
     def p90(self, service: str) -> float | None:
         """The 90th percentile (nearest rank) of the service's recent cold starts."""
         values = sorted(self.by_service.get(service, ()))
-        if not values:
-            return None
-        return values[max(0, math.ceil(0.9 * len(values)) - 1)]
+        return nearest_rank(values, 0.9) if values else None

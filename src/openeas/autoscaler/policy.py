@@ -172,13 +172,7 @@ def decide(ctx: DecisionContext) -> tuple[Decision, PolicyState]:
         assert idle_from is not None
         why = f"no request for {now - idle_from:.0f}s (grace {p.scale_to_zero_grace_s:g}s)"
         return done(0, f"{why}; {_outcome(ctx.current, 0)}{note}", recommendations=())
-    rec = top
-    floor = ""
-    if rec == 0 and ctx.current > 0:
-        rec = 1
-        floor = f"; no load, 1 replica kept until {p.scale_to_zero_grace_s:g}s without requests"
-        if bounds.min_replicas > 0:
-            floor = "; no load"
+    rec, floor = _keep_one(top, ctx.current, p, bounds)
 
     # 6. Stabilization, skipped upward in a panic.
     panic = any(r.panic for r in readings)
@@ -191,15 +185,7 @@ def decide(ctx: DecisionContext) -> tuple[Decision, PolicyState]:
         down_window_s=p.scale_down_window_s,
         skip_up_window=panic,
     )
-    up_low = min(r for t, r in hist if t >= now - p.scale_up_window_s)
-    down_high = max(r for t, r in hist if t >= now - p.scale_down_window_s)
-    held = ""
-    if stable == ctx.current and rec > ctx.current:
-        held = f"; up window {p.scale_up_window_s:g}s: lowest recommendation {up_low}"
-    elif stable == ctx.current and rec < ctx.current:
-        held = f"; down window {p.scale_down_window_s:g}s: highest recommendation {down_high}"
-    elif ctx.current > stable > rec:
-        held = f"; down window {p.scale_down_window_s:g}s keeps {stable}"
+    held = _window_note(stable, rec, ctx.current, hist, now, p)
     # 7. Rate limit; 8. bounds.
     limited = g.limit_scale_up(
         stable,
@@ -218,6 +204,30 @@ def decide(ctx: DecisionContext) -> tuple[Decision, PolicyState]:
     return done(
         n, f"{numbers}{floor}{held}; {_outcome(ctx.current, n)}{note}", panic=panic, recommendations=hist
     )
+
+
+def _keep_one(top: int, current: int, p: AutoscalingPolicy, bounds: CronBounds) -> tuple[int, str]:
+    """No load while replicas run: keep 1 until the idle grace scales to zero (step 5 does)."""
+    if top != 0 or current == 0:
+        return top, ""
+    if bounds.min_replicas > 0:
+        return 1, "; no load"
+    return 1, f"; no load, 1 replica kept until {p.scale_to_zero_grace_s:g}s without requests"
+
+
+def _window_note(
+    stable: int, rec: int, current: int, hist: g.History, now: float, p: AutoscalingPolicy
+) -> str:
+    """Why stabilization held the count (or part of it) where it is; "" when it did not."""
+    if stable == current and rec > current:
+        up_low = min(r for t, r in hist if t >= now - p.scale_up_window_s)
+        return f"; up window {p.scale_up_window_s:g}s: lowest recommendation {up_low}"
+    if stable == current and rec < current:
+        down_high = max(r for t, r in hist if t >= now - p.scale_down_window_s)
+        return f"; down window {p.scale_down_window_s:g}s: highest recommendation {down_high}"
+    if current > stable > rec:
+        return f"; down window {p.scale_down_window_s:g}s keeps {stable}"
+    return ""
 
 
 def _outcome(current: int, n: int) -> str:

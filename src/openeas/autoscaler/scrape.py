@@ -53,13 +53,17 @@ def parse_samples(text: str, wanted: set[str]) -> dict[str, list[tuple[str, floa
     return out
 
 
-def _label(labels: str, key: str) -> str | None:
+def label(labels: str, key: str) -> str | None:
+    """The value of label ``key`` in a sample's ``{...}`` text; None when it has none."""
     prefix = f'{key}="'
     i = labels.find(prefix)
     if i == -1:
         return None
     j = labels.find('"', i + len(prefix))
     return labels[i + len(prefix) : j] if j != -1 else None
+
+
+_label = label
 
 
 async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:

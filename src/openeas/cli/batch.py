@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from openeas.cli import render
-from openeas.cli.main import DataDir, JsonOut, _client, _read_spec, cli_errors
+from openeas.cli.common import DataDir, JsonOut, cli_errors
+from openeas.cli.common import client as _client
+from openeas.cli.common import read_spec as _read_spec
 from openeas.sdk.client import Client
 
 batch_app: typer.Typer = typer.Typer(

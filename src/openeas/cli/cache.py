@@ -16,6 +16,8 @@ import typer
 from rich.table import Table
 
 from openeas.cli import render
+from openeas.cli.common import cli_errors
+from openeas.cli.common import client as _client
 
 cache_app = typer.Typer(help="The node cache of object-storage mounts (docs/cold-start.md).")
 
@@ -27,8 +29,7 @@ DataDir = Annotated[
 
 
 def _call(method: str, path: str, data_dir: Path | None, show: Callable[[Any], None], json_out: bool) -> None:
-    """One API call with the CLI's error handling (cli/main.py: imported here, it imports this module)."""
-    from openeas.cli.main import _client, cli_errors
+    """One API call with the CLI's error handling (cli/common.py)."""
 
     def run() -> None:
         answer = _client(data_dir).request(method, path)

@@ -22,6 +22,9 @@ import typer
 import yaml
 
 from openeas.cli import render
+from openeas.cli.common import client as _client
+from openeas.cli.common import fail as _fail
+from openeas.cli.common import read_spec
 from openeas.cost import estimate, load_catalog, parse_traffic, render_text
 from openeas.cost.meter import BY_CHOICES, render_csv
 from openeas.cost.meter import render_text as render_report
@@ -66,9 +69,7 @@ def estimate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the estimate as one line of JSON.")] = False,
 ) -> None:
     """The monthly estimate of a spec: each line with its arithmetic, the total, the traps."""
-    from openeas.cli.main import _fail, _read_spec
-
-    data = _read_spec(file, groups_ok=False)
+    data = read_spec(file, groups_ok=False)
     errors: list[str] = []
     cat = prof = None
     try:
@@ -133,8 +134,6 @@ def report_cmd(
 ) -> None:
     """What replicas have cost so far (the meter): replica-hours by instance type, cold starts and
     their storage reads, in the server's catalog's currency."""
-    from openeas.cli.main import _client, _fail
-
     if by not in BY_CHOICES:
         _fail("cannot report", [f"--by: {by!r} is not one of {', '.join(BY_CHOICES)}"], code=2)
     params = {"by": by, **({"service": service} if service else {})}

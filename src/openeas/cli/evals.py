@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from openeas.cli import render
+from openeas.cli.common import DataDir, JsonOut, cli_errors
+from openeas.cli.common import client as _client
 from openeas.cli.evalfile import read_eval_set
-from openeas.cli.group import DataDir, JsonOut, _client, _errors
 
 
 def eval_text(rep: dict[str, Any]) -> str:
@@ -28,7 +29,7 @@ def eval_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@_errors
+@cli_errors
 def eval_cmd(
     target: Annotated[str, typer.Argument(help="A service, or group.member (the member's direct endpoint).")],
     eval_set: Annotated[Path, typer.Option("--set", help="The eval set: JSONL, one case a line.")],

@@ -4,9 +4,7 @@ describe with per-member traffic, compare of mirrored pairs). ``openeas deploy -
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -14,6 +12,8 @@ import typer
 from rich.table import Table
 
 from openeas.cli import render
+from openeas.cli.common import cli_errors
+from openeas.cli.common import client as _client
 
 group_app = typer.Typer(
     name="group",
@@ -30,24 +30,6 @@ DataDir = Annotated[
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _client(data_dir: Path | None) -> Any:
-    from openeas.cli.main import _client as client
-
-    return client(data_dir)
-
-
-def _errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """``openeas.cli.main.cli_errors``, looked up at call time (cli.main imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from openeas.cli.main import cli_errors
-
-        return cli_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, int]:
@@ -116,7 +98,7 @@ def members_table(d: dict[str, Any]) -> Table:
 
 
 @group_app.command("ls")
-@_errors
+@cli_errors
 def list_groups(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
     """List groups."""
 
@@ -137,7 +119,7 @@ def list_groups(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def describe(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -159,7 +141,7 @@ def describe(
 
 
 @group_app.command("set-weight")
-@_errors
+@cli_errors
 def set_weight(
     name: Annotated[str, typer.Argument(help="Group name.")],
     weights: Annotated[list[str] | None, typer.Argument(help="SERVICE=WEIGHT (0..1000) ...")] = None,
@@ -200,7 +182,7 @@ def _shares(d: dict[str, Any]) -> str:
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def rollback(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -217,7 +199,7 @@ def rollback(
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def join(
     name: Annotated[str, typer.Argument(help="Group name.")],
     service: Annotated[str, typer.Argument(help="Service to add.")],
@@ -235,7 +217,7 @@ def join(
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def leave(
     name: Annotated[str, typer.Argument(help="Group name.")],
     service: Annotated[str, typer.Argument(help="Member to remove.")],
@@ -250,7 +232,7 @@ def leave(
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def compare(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -309,7 +291,7 @@ def compare(
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def delete(
     name: Annotated[str, typer.Argument(help="Group name.")],
     json_out: JsonOut = False,
@@ -322,7 +304,7 @@ def delete(
 
 
 @group_app.command()
-@_errors
+@cli_errors
 def events(
     name: Annotated[str, typer.Argument(help="Group name.")],
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
@@ -367,7 +349,7 @@ def rollout_text(d: dict[str, Any]) -> str:
     return line + (f"\n  {reason}" if reason else "")
 
 
-@_errors
+@cli_errors
 def rollout(
     group: Annotated[str, typer.Argument(help="Group name.")],
     to: Annotated[str | None, typer.Option("--to", help="The candidate member (starts a rollout).")] = None,

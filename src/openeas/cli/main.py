@@ -6,27 +6,29 @@ Exit codes: 0 ok, 1 server/API error, 2 invalid input (a bad spec or argument, a
 API), 130 interrupted (Ctrl-C). ``openeas server`` uses the same codes.
 """
 
-import functools
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from openeas import __version__
 from openeas.cli import render
+from openeas.cli.archive import archive_commands
+from openeas.cli.batch import batch_app
 from openeas.cli.cache import cache_app
+from openeas.cli.coldstart import show as coldstart_show
+from openeas.cli.common import DataDir, JsonOut, WaitTimeoutOpt, cli_errors
+from openeas.cli.common import client as _client
+from openeas.cli.common import fail as _fail
+from openeas.cli.common import read_spec as _read_spec
+from openeas.cli.common import spinner as _spinner
+from openeas.cli.common import state as _state
+from openeas.cli.common import wait_ready as _wait_ready
 from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
-from openeas.errors import SpecError
-from openeas.sdk.client import ApiError, Client, WaitTimeout, ready_count
-from openeas.sdk.discovery import DEFAULT_DATA_DIR, ENV_DATA_DIR, ServerNotFound, discover
-from openeas.storage.cache_index import ENV_LIMIT as ENV_CACHE_LIMIT
-from openeas.storage.cache_index import parse_limit
+from openeas.cli.server import server
+from openeas.cli.stress import stress_app
+from openeas.sdk.client import ApiError, Client, ready_count
 
 app = typer.Typer(
     name="openeas",
@@ -39,89 +41,15 @@ app = typer.Typer(
 app.add_typer(group_app)
 app.command("rollout")(rollout)
 app.command("eval")(eval_cmd)  # eval sets (cli/evals.py)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Data directory of the server (reads DIR/server.json).",
-        show_default=False,
-        file_okay=False,
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the API answer as one line of JSON.")]
-WaitTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait before giving up.")]
-
-
-class _State:
-    data_dir: Path | None = None
-
-
-_state = _State()
-
-
-def _fail(message: str, lines: list[str] | None = None, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    for line in lines or []:
-        typer.echo(f"  {line}", err=True)
-    raise typer.Exit(code)
-
-
-def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn known failures into ``error: ...`` on stderr and an exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except ServerNotFound as exc:
-            _fail(str(exc))
-        except SpecError as exc:
-            _fail("invalid spec", exc.errors, code=2)
-        except ApiError as exc:
-            _fail(exc.message, exc.errors, code=2 if exc.status in (400, 422) else 1)
-        except WaitTimeout as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted", code=130)
-
-    return wrapper
-
-
-def _client(data_dir: Path | None = None) -> Client:
-    return Client.from_info(discover(data_dir if data_dir is not None else _state.data_dir))
-
-
-@contextmanager
-def _spinner(text: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
-    """A rich spinner on stderr (stdout stays clean for ``--json``); yields a function to update it."""
-    if not enabled:
-        yield lambda _text: None
-        return
-    with render.err.status(text) as status:
-        yield lambda new: status.update(new)
-
-
-def _wait_ready(
-    client: Client, name: str, replicas: int | None, timeout_s: float, quiet: bool = False
-) -> dict[str, Any]:
-    with _spinner(f"waiting for {name}", enabled=not quiet) as update:
-
-        def progress(d: dict[str, Any]) -> None:
-            wanted = replicas if replicas is not None else int(d.get("desired_replicas") or 0)
-            update(render.progress_line(d, ready_count(d), wanted))
-
-        detail = client.wait_ready(name, replicas=replicas, timeout_s=timeout_s, on_progress=progress)
-    if not quiet:
-        wanted = replicas if replicas is not None else detail.get("desired_replicas", 0)
-        line = f"{name} is ready: {ready_count(detail)}/{wanted} replicas"
-        cold = render.cold_start_line(detail)
-        render.out.print(line + (f" · {cold}" if cold else ""), highlight=False)
-    return detail
-
+app.command()(server)  # cli/server.py
+app.add_typer(stress_app, name="stress")  # cli/stress.py
+app.add_typer(batch_app, name="batch")  # cli/batch.py
+# The 180-day rule's archive (cli/archive.py): ``archive ls`` and ``restore``.
+archive_app, restore_cmd = archive_commands(lambda: _client(), _fail)
+app.add_typer(archive_app, name="archive")
+app.command("restore")(cli_errors(restore_cmd))
+app.add_typer(cost_app, name="cost")  # cli/cost.py
+app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -143,183 +71,7 @@ def main(
     _state.data_dir = data_dir
 
 
-# -- server -------------------------------------------------------------------------------------
-
-
-@app.command()
-def server(
-    data_dir: DataDir = None,
-    host: Annotated[str, typer.Option(help="Address the API and gateway listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8080,
-    gateway_port: Annotated[int, typer.Option(help="Gateway (data plane) port.")] = 8081,
-    deploy: Annotated[
-        list[Path] | None,
-        typer.Option("--deploy", help="Spec file deployed at start if the service is absent (repeatable)."),
-    ] = None,
-    oss_root: Annotated[
-        Path | None,
-        typer.Option(help="Local folder that oss://bucket/key maps to (default DIR/oss)."),
-    ] = None,
-    keep_replicas: Annotated[
-        bool,
-        typer.Option(
-            "--keep-replicas",
-            help="On exit leave replica processes running, to be adopted by the next start (upgrades).",
-        ),
-    ] = False,
-    public_metrics: Annotated[
-        bool,
-        typer.Option(
-            "--public-metrics",
-            help="Serve the API's /metrics without the admin token (it names every service).",
-        ),
-    ] = False,
-    registry_auth: Annotated[
-        Path | None,
-        typer.Option(
-            help="Registry credentials (a containers auth.json / docker config.json) for image pulls "
-            "of specs without dockerAuth.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-    node_cpu: Annotated[
-        float | None,
-        typer.Option(min=0.01, help="Cores replicas may request in all (default: this node's cores)."),
-    ] = None,
-    node_memory: Annotated[
-        int | None,
-        typer.Option(min=1, help="MB replicas may request in all (default: this node's memory)."),
-    ] = None,
-    queue_url: Annotated[
-        str | None,
-        typer.Option(
-            help="Async services' queue: redis://HOST:PORT/DB for several gateways (default: SQLite in "
-            "DIR/queue.db). Also OPENEAS_QUEUE_URL.",
-        ),
-    ] = None,
-    gateway_limit: Annotated[
-        list[str] | None,
-        typer.Option("--gateway-limit", help="NAME=VALUE: a gateway client limit (repeatable; docs/cli.md)."),
-    ] = None,
-    replica_user: Annotated[
-        str,
-        typer.Option(
-            help="When root: the account whose group process replicas get, each service running as a "
-            "uid of its own (created if missing); 'none': replicas run as the server's user.",
-        ),
-    ] = "openeas-replica",
-    allow_host_path: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--allow-host-path",
-            help="A host folder specs may read (file:// and local paths, nfs.path, git repositories, "
-            "warmup files), and batch jobs and stress tests may name (input, output, errors, data.path); "
-            "repeatable. None by default, besides the local bucket (--oss-root).",
-        ),
-    ] = None,
-    nfs_export: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--nfs-export",
-            help="SERVER:/EXPORT=DIR: the NFS export a spec's nfs {server, path} names is mounted on this "
-            "node at DIR (repeatable).",
-        ),
-    ] = None,
-    catalog: Annotated[
-        Path | None,
-        typer.Option(
-            help="Instance catalog (YAML: types, prices, currency) costs are priced by (docs/cost.md; "
-            "default: the shipped one). Also OPENEAS_CATALOG.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-    cache_limit: Annotated[
-        str | None,
-        typer.Option(
-            help="The node cache's bound (20GiB, 500MB, bytes, or none): least recently used entries "
-            "no replica uses are evicted above it (docs/cold-start.md). Default 20GiB.",
-        ),
-    ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            help="The store: postgresql://USER@HOST:PORT/DB (default: SQLite in DIR/openeas.db). "
-            "DIR still holds secret.key. Also OPENEAS_STORE.",
-            envvar="OPENEAS_STORE",
-        ),
-    ] = None,
-) -> None:
-    """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
-    from openeas.server import run_server
-
-    if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
-        os.environ["OPENEAS_CATALOG"] = str(catalog.resolve())
-    if cache_limit is not None:  # the reconciler's node cache reads it (storage/cache_index.py)
-        try:
-            parse_limit(cache_limit)
-        except SpecError as exc:  # a bad size is invalid input (exit 2) before anything starts
-            _fail("cannot start the server", exc.errors, code=2)
-        os.environ[ENV_CACHE_LIMIT] = cache_limit
-    if queue_url:
-        os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
-    for f in deploy or []:
-        # a bad --deploy spec is invalid input (exit 2) before anything starts
-        _read_spec(str(f), groups_ok=False)
-    if store and not store.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        raise typer.BadParameter(
-            f"expected postgresql://USER@HOST:PORT/DB, got {store!r}", param_hint="--store"
-        )
-    resolved = data_dir or _state.data_dir or Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
-    run_server(
-        data_dir=resolved,
-        host=host,
-        port=port,
-        gateway_port=gateway_port,
-        deploy=list(deploy or []),
-        oss_root=oss_root,
-        registry_auth=registry_auth.resolve() if registry_auth else None,
-        keep_replicas=keep_replicas,
-        public_metrics=public_metrics,
-        gateway_limits=list(gateway_limit or []),
-        node_cpu=node_cpu,
-        node_memory_mb=node_memory,
-        replica_user=replica_user,
-        allow_host_paths=[p.resolve() for p in allow_host_path or []],
-        nfs_exports=list(nfs_export or []),
-        store_url=store or None,
-    )
-
-
 # -- services -----------------------------------------------------------------------------------
-
-
-def _read_spec(file: str, groups_ok: bool = True) -> dict[str, Any]:
-    """A service spec, or (``groups_ok``) a group's (``kind: ServiceGroup``), validated here."""
-    from openeas.spec import parse_spec, parse_text
-    from openeas.spec.group import is_group_document, parse_group
-    from openeas.spec.load import MAX_SPEC_FILE_BYTES, read_spec_file
-
-    try:
-        if file == "-":
-            text = sys.stdin.read(MAX_SPEC_FILE_BYTES + 1)
-            if len(text) > MAX_SPEC_FILE_BYTES:
-                raise SpecError([f"spec: stdin is larger than {MAX_SPEC_FILE_BYTES} bytes (16 MiB)"])
-        else:
-            try:
-                text = read_spec_file(file)
-            except OSError as exc:
-                _fail(f"cannot read {file}: {exc.strerror or exc}", code=2)
-        data = parse_text(text)
-        if groups_ok and is_group_document(data):
-            parse_group(data)
-            return data
-        parse_spec(data)  # validate here: errors name the field before anything reaches the server
-    except SpecError as exc:
-        _fail(f"invalid spec {'on stdin' if file == '-' else file}", exc.errors, code=2)
-    return data
 
 
 @app.command()
@@ -681,16 +433,14 @@ def call_info(
     typer.echo(f"curl -H 'Authorization: {token}' {endpoint}")
 
 
-# -- stress -------------------------------------------------------------------------------------
-
-from openeas.cli.stress import stress_app  # noqa: E402  (it uses this module's helpers)
-
-app.add_typer(stress_app, name="stress")
-
-# The `batch` verbs (cli/batch.py): imported last, they use the helpers above.
-from openeas.cli.batch import batch_app  # noqa: E402
-
-app.add_typer(batch_app, name="batch")
-app.add_typer(cost_app, name="cost")  # `cost` verbs (cli/cost.py)
-
-app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
+@app.command()
+@cli_errors
+def coldstart(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    window: Annotated[int, typer.Option("--window", "-n", help="How many recent starts (1-100).")] = 20,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
+    answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
+    render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py

@@ -210,7 +210,7 @@ def replicas_table(replicas: list[dict[str, Any]]) -> Table:
             seconds(cs.get("start_s")),
             seconds(cs.get("warm_s")),
             seconds(cs.get("total_s")),
-            Text(str(r.get("message") or "")),
+            Text(str(r.get("message") or (r.get("startup") or {}).get("text") or "")),
         )
     return table
 

@@ -28,6 +28,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from openeas.cli import render
+from openeas.cli.common import cli_errors
+from openeas.cli.common import client as _client
+from openeas.cli.common import fail as _fail
 from openeas.sdk.client import ApiError, Client
 from openeas.stress.analysis import StepResult
 from openeas.stress.apply import apply_recommendation
@@ -56,18 +59,6 @@ stress_app = typer.Typer(
 )
 
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")]
-
-
-def _client() -> Client:
-    from openeas.cli.main import _client as main_client
-
-    return main_client()
-
-
-def _fail(message: str, lines: list[str] | None = None, code: int = 1) -> None:
-    from openeas.cli.main import _fail as main_fail
-
-    main_fail(message, lines, code)
 
 
 def _resolve(client: Client, target: str) -> tuple[dict[str, Any], dict[str, str], GroupInfo | None]:
@@ -226,29 +217,17 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Ramp load on TARGET until its saturation point; recommend the autoscaler target."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
-        try:
-            raw_task = None
-            if task is not None:
-                try:
-                    raw_task = json.loads(task.read_text())
-                except (OSError, ValueError) as exc:
-                    _fail(f"cannot read the task {task}: {exc}", code=2)
-            options = {
-                "mode": mode, "data_path": str(data) if data else None, "body": body, "path": path,
-                "load": load, "arrival": arrival, "min_qps": min_qps, "max_qps": max_qps,
-                "qps_growth_delta": qps_delta, "qps": qps, "concurrency": concurrency,
-                "max_concurrency": max_concurrency, "step_s": step_s, "duration_s": duration_s,
-                "max_requests": max_requests, "max_rt_ms": max_rt_ms, "fault_tolerate": fault_tolerate,
-                "timeout_s": timeout_s, "expected_peak_qps": peak_qps,
-            }  # fmt: skip
-            plan = build_plan(target, raw_task, options)
-        except PlanError as exc:
-            _fail("invalid stress plan: nothing was sent", exc.errors, code=2)
-            return
+        options = {
+            "mode": mode, "data_path": str(data) if data else None, "body": body, "path": path,
+            "load": load, "arrival": arrival, "min_qps": min_qps, "max_qps": max_qps,
+            "qps_growth_delta": qps_delta, "qps": qps, "concurrency": concurrency,
+            "max_concurrency": max_concurrency, "step_s": step_s, "duration_s": duration_s,
+            "max_requests": max_requests, "max_rt_ms": max_rt_ms, "fault_tolerate": fault_tolerate,
+            "timeout_s": timeout_s, "expected_peak_qps": peak_qps,
+        }  # fmt: skip
+        plan = _plan(target, task, options)
         client = _client()
         detail, info, group = _resolve(client, target)
         if apply and group is not None:
@@ -262,34 +241,63 @@ def run_cmd(
         except PlanError as exc:
             _fail("cannot run the stress test: nothing was sent", exc.errors, code=2)
             return
-        try:
-            client.request("POST", "/api/v1/stress/reports", json_body=report)
-        except ApiError as exc:
-            render.err.print(f"warning: the report was not kept in the store: {exc.message}", highlight=False)
-        if apply and report.get("recommendation") and report["status"] == "completed":
-            new = apply_recommendation(client, target, report["recommendation"])
-            report["applied"] = {"version": new.get("version")}
-        if html is not None:
-            html.write_text(to_html(report))
-        if open_browser:
-            out = html or Path(f"stress-{report['id']}.html")
-            if html is None:
-                out.write_text(to_html(report))
-            webbrowser.open(out.resolve().as_uri())
-        if json_out:
-            render.print_json(report)
-        else:
-            _print_report(report)
-            if "applied" in report:
-                render.out.print(
-                    f"applied: {target} is now version {report['applied']['version']}", highlight=False
-                )
-            elif apply:
-                render.out.print("not applied: the test did not complete", highlight=False)
-        if report["status"] == "interrupted":
-            raise typer.Exit(130)
+        _deliver(report, client, target, apply=apply, html=html, open_browser=open_browser, json_out=json_out)
 
     go()
+
+
+def _plan(target: str, task: Path | None, options: dict[str, Any]) -> StressPlan:
+    """The plan from the task file (if any) and the options; exits 2 naming every problem."""
+    raw_task = None
+    if task is not None:
+        try:
+            raw_task = json.loads(task.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read the task {task}: {exc}", code=2)
+    try:
+        return build_plan(target, raw_task, options)
+    except PlanError as exc:
+        _fail("invalid stress plan: nothing was sent", exc.errors, code=2)
+        raise
+
+
+def _deliver(
+    report: dict[str, Any],
+    client: Client,
+    target: str,
+    *,
+    apply: bool,
+    html: Path | None,
+    open_browser: bool,
+    json_out: bool,
+) -> None:
+    """Keep the report in the store, apply its recommendation if asked, write and show it."""
+    try:
+        client.request("POST", "/api/v1/stress/reports", json_body=report)
+    except ApiError as exc:
+        render.err.print(f"warning: the report was not kept in the store: {exc.message}", highlight=False)
+    if apply and report.get("recommendation") and report["status"] == "completed":
+        new = apply_recommendation(client, target, report["recommendation"])
+        report["applied"] = {"version": new.get("version")}
+    if html is not None:
+        html.write_text(to_html(report))
+    if open_browser:
+        out = html or Path(f"stress-{report['id']}.html")
+        if html is None:
+            out.write_text(to_html(report))
+        webbrowser.open(out.resolve().as_uri())
+    if json_out:
+        render.print_json(report)
+    else:
+        _print_report(report)
+        if "applied" in report:
+            render.out.print(
+                f"applied: {target} is now version {report['applied']['version']}", highlight=False
+            )
+        elif apply:
+            render.out.print("not applied: the test did not complete", highlight=False)
+    if report["status"] == "interrupted":
+        raise typer.Exit(130)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -309,8 +317,6 @@ def ls_cmd(
     json_out: JsonOut = False,
 ) -> None:
     """List stored stress reports, newest first."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
         params = {"target": target} if target else None
@@ -355,8 +361,6 @@ def show_cmd(
     open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
 ) -> None:
     """Show a stored stress report (table, JSON or HTML)."""
-    from openeas.cli.main import cli_errors
-
     @cli_errors
     def go() -> None:
         report = _client().request("GET", f"/api/v1/stress/{report_id}")

@@ -50,7 +50,7 @@ def layout(title: str, body: str, *, csrf: str | None = None, live: str | None =
     if csrf is not None:
         nav = (
             '<nav aria-label="Console"><a href="/console/services">Services</a> '
-            '<a href="/console/deploy">Deploy</a>'
+            '<a href="/console/deploy">Deploy</a> <a href="/console/stress">Stress</a>'
             f'<form method="post" action="/console/logout" class="inline">{csrf_field(csrf)}'
             '<button type="submit">Log out</button></form></nav>'
         )
@@ -67,14 +67,23 @@ def layout(title: str, body: str, *, csrf: str | None = None, live: str | None =
 
 
 def sparkline(values: Sequence[float | None], *, label: str, width: int = 240, height: int = 40) -> str:
-    """An inline SVG line of ``values`` (None: a gap treated as 0), scaled to its maximum."""
+    """An inline SVG line of ``values`` (None: a gap treated as 0), scaled to its maximum, with
+    the latest value written in its corner; "no data yet" until there are two points."""
     pts = [v or 0.0 for v in values][-width:]
-    top = max(pts, default=0.0) or 1.0
-    step = width / max(len(pts) - 1, 1)
+    head = (
+        f'<svg class="chart" role="img" aria-label="{esc(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+    )
+    if len(pts) < 2:
+        mid = f'x="{width / 2:.0f}" y="{height / 2 + 4:.0f}" text-anchor="middle"'
+        return f"{head}<text {mid}>no data yet</text></svg>"
+    top = max(pts) or 1.0
+    step = width / (len(pts) - 1)
     coords = " ".join(
         f"{i * step:.1f},{height - (v / top) * (height - 2) - 1:.1f}" for i, v in enumerate(pts)
     )
+    last = f"{pts[-1]:.1f}".removesuffix(".0")
     return (
-        f'<svg class="chart" role="img" aria-label="{esc(label)}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}"><polyline fill="none" points="{coords}"/></svg>'
+        f'{head}<polyline fill="none" points="{coords}"/>'
+        f'<text x="{width - 2}" y="12" text-anchor="end">{esc(last)}</text></svg>'
     )

@@ -86,6 +86,7 @@ class Live:
                     "in_flight": cur.in_flight if cur else 0,
                     "decision": decision.get("reason") if isinstance(decision, dict) else None,
                     "cost": self.cost(svc.name) if self.cost else None,
+                    "idle": s.get("idle"),
                 }
             )
         groups = [

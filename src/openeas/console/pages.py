@@ -58,14 +58,28 @@ def service_row(r: Mapping[str, Any]) -> str:
         f'<td data-field="success"{succ}>{esc(_num(None if success is None else success * 100, pct))}</td>',
         f'<td data-field="in_flight">{esc(r["in_flight"])}</td>',
         f'<td data-field="decision">{esc(r["decision"])}</td>',
-        f'<td data-field="cost">{esc(r["cost"])}</td>',
+        f'<td data-field="cost">{esc(r["cost"])}{idle_badge(r.get("idle"))}</td>',
     ]
     return f'<tr id="svc-{esc(name)}">{"".join(cells)}</tr>'
 
 
+def idle_badge(idle: Mapping[str, Any] | None) -> str:
+    """The idle-spend badge (api/idle.py): idle replicas and what they cost a month, the alarm's
+    message as its title; nothing while the service is not idle."""
+    if not idle:
+        return ""
+    cost = idle.get("monthly_cost")
+    spend = "" if cost is None else f" · {cost:,.2f} {idle.get('currency', '')}".rstrip() + "/month"
+    return (
+        f' <span class="badge bad" data-field="idle" title="{esc(idle.get("message"))}">'
+        f"idle {esc(idle.get('idle_replicas'))}{esc(spend)}</span>"
+    )
+
+
 def group_row(g: Mapping[str, Any]) -> str:
     members = ", ".join(f"{m['service']} ({m['weight']})" for m in g["members"]) or "no members"
-    return f'<tr id="grp-{esc(g["name"])}"><td>{esc(g["name"])}</td><td>{esc(members)}</td></tr>'
+    link = f'<a href="/console/groups/{esc(g["name"])}">{esc(g["name"])}</a>'
+    return f'<tr id="grp-{esc(g["name"])}"><td>{link}</td><td>{esc(members)}</td></tr>'
 
 
 def services_fragment(snap: Mapping[str, Any]) -> dict[str, str]:
@@ -90,17 +104,28 @@ def services_page(snap: Mapping[str, Any], csrf: str) -> str:
 REPLICA_HEAD = ("Replica", "Phase", "Restarts", "Host:port", "Cold start", "Message")
 
 
-def _cold_bar(cold: Mapping[str, Any]) -> str:
-    spans = [(k, float(v)) for k, v in cold.items() if isinstance(v, int | float) and v > 0]
-    total = sum(v for _, v in spans)
-    if not total:
+COLD_SEGMENTS = ("pull_s", "fetch_s", "prepare_s", "start_s", "warm_s")
+"""The cold-start spans drawn as the bar's segments, in order (``total_s`` is their span, not one)."""
+
+
+def cold_bar(cold: Mapping[str, Any]) -> str:
+    """A replica's cold start: one segment per measured span, sized by its share, then the total."""
+    spans = [
+        (k.removesuffix("_s"), float(v))
+        for k in COLD_SEGMENTS
+        if isinstance(v := cold.get(k), int | float) and v > 0
+    ]
+    measured = sum(v for _, v in spans)
+    if not measured:
         return "—"
+    total = cold.get("total_s")
+    total = float(total) if isinstance(total, int | float) else measured
     parts = "".join(
-        f'<span class="seg seg-{esc(k)}" data-share="{round(100 * v / total)}" title="{esc(k)} {v:.2f} s">'
+        f'<span class="seg seg-{esc(k)}" data-share="{round(100 * v / measured)}" title="{esc(k)} {v:.2f} s">'
         f"{esc(k)} {v:.2f}s</span>"
         for k, v in spans
     )
-    return f'<span class="coldbar">{parts}</span>'
+    return f'<span class="coldbar">{parts}</span><span class="coldtotal">total {total:.2f}s</span>'
 
 
 def replicas_fragment(detail: Mapping[str, Any]) -> dict[str, str]:
@@ -111,11 +136,23 @@ def replicas_fragment(detail: Mapping[str, Any]) -> dict[str, str]:
             f'<tr id="rep-{esc(r["id"])}"><td>{esc(r["id"])}</td>'
             f'<td data-field="phase">{esc(r["phase"])}</td>'
             f'<td data-field="restarts"{bad}>{esc(r["restart_count"])}</td>'
-            f"<td>{esc(r['host'])}:{esc(r['port'])}</td><td>{_cold_bar(r['cold_start'])}</td>"
+            f"<td>{esc(r['host'])}:{esc(r['port'])}</td><td>{cold_bar(r['cold_start'])}</td>"
             f"<td>{esc(r['message'])}</td></tr>"
         )
     status = f"{detail['status']} · {detail['ready_replicas']} / {detail['desired_replicas']} ready"
     return {"replicas": "".join(rows), "status": esc(status)}
+
+
+CHARTS = (("qps", "QPS"), ("p99_ms", "p99 ms"), ("in_flight", "In flight"), ("ready", "Ready replicas"))
+
+
+def charts_html(history: Sequence[Mapping[str, Any]]) -> str:
+    """The Service page's charts of its history (the live stream sends them again each tick)."""
+    return "".join(
+        f"<figure><figcaption>{esc(label)}</figcaption>"
+        f"{sparkline([p[key] for p in history], label=f'{label} over the last minutes')}</figure>"
+        for key, label in CHARTS
+    )
 
 
 def _action(name: str, csrf: str, action: str, label: str, extra: str = "", confirm: bool = False) -> str:
@@ -189,16 +226,7 @@ def service_page(
         + _action(name, csrf, "stop", "Stop", confirm=True)
         + _action(name, csrf, "delete", "Delete", confirm=True)
     )
-    charts = "".join(
-        f"<figure><figcaption>{esc(label)}</figcaption>"
-        f"{sparkline([p[key] for p in history], label=f'{label} over the last minutes')}</figure>"
-        for key, label in (
-            ("qps", "QPS"),
-            ("p99_ms", "p99 ms"),
-            ("in_flight", "In flight"),
-            ("ready", "Ready replicas"),
-        )
-    )
+    charts = charts_html(history)
     body = (
         errors_list(errors)
         + f'<p id="status" class="status">{frag["status"]}</p>'

@@ -1,12 +1,13 @@
 """The gateway's request counters between two scrapes of its ``/metrics``: per service, the
 requests per second, the success rate and the p50/p99 latency (from the duration histogram's
-bucket increases). Pure functions of two parsed scrapes and their times."""
+bucket increases, interpolated within a bucket). Pure functions of two parsed scrapes and their times."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+from openeas.autoscaler.scrape import label as _label
 from openeas.autoscaler.scrape import parse_samples
 
 _REQS = "openeas_gateway_requests_total"
@@ -28,17 +29,8 @@ class Window:
 
     qps: float  # requests answered per second
     success: float | None  # share of answers that were not 5xx (0..1)
-    p50_ms: float | None  # median latency, milliseconds (the upper bound of its bucket)
+    p50_ms: float | None  # median latency, milliseconds (interpolated within its bucket)
     p99_ms: float | None
-
-
-def _label(labels: str, key: str) -> str | None:
-    prefix = f'{key}="'
-    i = labels.find(prefix)
-    if i == -1:
-        return None
-    j = labels.find('"', i + len(prefix))
-    return labels[i + len(prefix) : j] if j != -1 else None
 
 
 def parse(text: str, now: float) -> Scrape:
@@ -57,15 +49,21 @@ def parse(text: str, now: float) -> Scrape:
 
 
 def _quantile(increases: dict[float, float], q: float) -> float | None:
-    """The upper bound (seconds) of the bucket holding quantile ``q`` of cumulative ``increases``;
+    """Quantile ``q`` (seconds) of cumulative bucket ``increases``, interpolated linearly within
+    the bucket that holds it (as Prometheus' ``histogram_quantile``: the first bucket starts at 0);
     the largest finite bound when it falls in +Inf; None without any observation."""
     total = increases.get(math.inf, max(increases.values(), default=0.0))
     if total <= 0:
         return None
+    rank = q * total
+    lower, below = 0.0, 0.0
     finite = [le for le in sorted(increases) if le != math.inf]
     for le in finite:
-        if increases[le] >= q * total:
-            return le
+        count = increases[le]
+        if count >= rank:
+            inside = count - below
+            return le if inside <= 0 else lower + (le - lower) * (rank - below) / inside
+        lower, below = le, count
     return finite[-1] if finite else None
 
 

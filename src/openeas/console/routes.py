@@ -8,7 +8,8 @@ import asyncio
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -16,8 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from openeas.api.control import ControlPlane
-from openeas.console import pages
-from openeas.console.apicall import call
+from openeas.console import group_pages, pages, stress_page
+from openeas.console.apicall import Answer, call
+from openeas.console.costcol import monthly_cost
 from openeas.console.html import SECURITY_HEADERS, layout
 from openeas.console.live import Live
 from openeas.console.session import COOKIE, Session, Sessions, csrf_ok
@@ -48,17 +50,23 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = time.time) -> Live:
-    """Mount the console on ``app``; the Live view whose ``run`` the server starts."""
-    sessions = Sessions(cp.admin_token)
-    live = Live(cp, clock=clock)
+@dataclass
+class Console:
+    """What every page's routes share: the app (its API is called in process), the control
+    plane, the sessions, the live view and the clock."""
 
-    def session_of(request: Request) -> Session | None:
-        return sessions.get(request.cookies.get(COOKIE), clock())
+    app: FastAPI
+    cp: ControlPlane
+    sessions: Sessions
+    live: Live
+    clock: Callable[[], float]
 
-    async def posted(request: Request) -> tuple[Session | None, dict[str, str], Response | None]:
+    def session_of(self, request: Request) -> Session | None:
+        return self.sessions.get(request.cookies.get(COOKIE), self.clock())
+
+    async def posted(self, request: Request) -> tuple[Session | None, dict[str, str], Response | None]:
         """The session and form of a POST; an error response when either is missing or forged."""
-        s = session_of(request)
+        s = self.session_of(request)
         if s is None:
             return None, {}, _to_login()
         form = await _form(request)
@@ -66,6 +74,61 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
             msg = "csrf: the form's token is missing or not this session's; reload the page and try again"
             return s, form, _html(layout("Refused", f'<p role="alert">{msg}</p>'), 403)
         return s, form, None
+
+    async def api(self, method: str, path: str, body: Any = None) -> Answer:
+        """``method path`` on the API in process, with the admin token."""
+        return await call(self.app, self.cp.admin_token, method, path, body)
+
+    def stream(self, request: Request, fragment: Callable[[], Awaitable[Any]]) -> Response:
+        """A live stream (Server-Sent Events) of ``fragment``, sent again when it changes."""
+        if self.session_of(request) is None:
+            return Response(status_code=401)
+        live = self.live
+
+        async def events() -> AsyncIterator[bytes]:
+            last: str | None = None
+            seen = -1
+            while not await request.is_disconnected():
+                changed = await live.changed_since(seen, STREAM_KEEPALIVE_S)
+                seen = live.version
+                data = json.dumps(await fragment()) if changed or last is None else last
+                if data != last:
+                    last = data
+                    yield f"data: {data}\n\n".encode()
+                elif not changed:
+                    yield b": keepalive\n\n"
+
+        headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name)
+
+
+def _redirect(path: str) -> RedirectResponse:
+    return RedirectResponse(path, 303, headers=SECURITY_HEADERS)
+
+
+def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = time.time) -> Live:
+    """Mount the console on ``app``; the Live view whose ``run`` the server starts."""
+    live = Live(cp, clock=clock, cost=monthly_cost(cp))
+    c = Console(app, cp, Sessions(cp.admin_token), live, clock)
+    for add in (
+        _login_routes,
+        _services_routes,
+        _service_routes,
+        _deploy_routes,
+        _group_routes,
+        stress_page.add,
+    ):
+        add(c)
+    return live
+
+
+def _login_routes(c: Console) -> None:
+    """Home, static files, login and logout."""
+    app = c.app
 
     @app.get("/console", include_in_schema=False)
     def home() -> Response:
@@ -84,40 +147,55 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
 
     @app.post("/console/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        s = sessions.login((await _form(request)).get("token", "").strip(), clock())
+        s = c.sessions.login((await _form(request)).get("token", "").strip(), c.clock())
         if s is None:
             return _html(pages.login_page("token: wrong admin token"), 401)
-        r = RedirectResponse("/console/services", 303, headers=SECURITY_HEADERS)
+        r = _redirect("/console/services")
         r.set_cookie(COOKIE, s.id, httponly=True, samesite="strict", path="/console", max_age=12 * 3600)
         return r
 
     @app.post("/console/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
-        s, _, refused = await posted(request)
+        s, _, refused = await c.posted(request)
         if refused is not None:
             return refused
-        sessions.logout(s.id if s else None)
+        c.sessions.logout(s.id if s else None)
         r = _to_login()
         r.delete_cookie(COOKIE, path="/console")
         return r
 
-    @app.get("/console/services", include_in_schema=False)
+
+def _services_routes(c: Console) -> None:
+    """The Services page and its live stream."""
+    live = c.live
+
+    @c.app.get("/console/services", include_in_schema=False)
     async def services(request: Request) -> Response:
-        s = session_of(request)
+        s = c.session_of(request)
         if s is None:
             return _to_login()
-        snap = live.snapshot if live.version else await asyncio.to_thread(live.rows, clock())
+        snap = live.snapshot if live.version else await asyncio.to_thread(live.rows, c.clock())
         return _html(pages.services_page(snap, s.csrf))
 
-    async def render_service(
+    @c.app.get("/console/live", include_in_schema=False)
+    def live_services(request: Request) -> Response:
+        async def frag() -> dict[str, str]:
+            return pages.services_fragment(live.snapshot)
+
+        return c.stream(request, frag)
+
+
+def _service_routes(c: Console) -> None:
+    """A service's page: reveal its token, its actions, its live stream."""
+    app, live = c.app, c.live
+
+    async def render(
         s: Session, name: str, token: str | None = None, errors: list[str] | None = None
     ) -> Response:
-        got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
+        got = await c.api("GET", f"/api/v1/services/{_q(name)}")
         if not got.ok:
             return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
-        ev = await call(
-            app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}/events?limit=50"
-        )
+        ev = await c.api("GET", f"/api/v1/services/{_q(name)}/events?limit=50")
         events = ev.body.get("events", []) if ev.ok else []
         page = pages.service_page(
             got.body, events, live.history_of(name), s.csrf, token=token, errors=errors or []
@@ -126,45 +204,55 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
 
     @app.get("/console/services/{name}", include_in_schema=False)
     async def service(request: Request, name: str) -> Response:
-        s = session_of(request)
-        return _to_login() if s is None else await render_service(s, name)
+        s = c.session_of(request)
+        return _to_login() if s is None else await render(s, name)
 
     @app.post("/console/services/{name}/token", include_in_schema=False)
     async def reveal(request: Request, name: str) -> Response:
-        s, _, refused = await posted(request)
+        s, _, refused = await c.posted(request)
         if refused is not None or s is None:
             return refused or _to_login()
-        got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}/call-info")
-        return await render_service(s, name, token=got.body.get("token") if got.ok else None)
+        got = await c.api("GET", f"/api/v1/services/{_q(name)}/call-info")
+        return await render(s, name, token=got.body.get("token") if got.ok else None)
 
     @app.post("/console/services/{name}/action", include_in_schema=False)
     async def act(request: Request, name: str) -> Response:
-        s, form, refused = await posted(request)
+        s, form, refused = await c.posted(request)
         if refused is not None or s is None:
             return refused or _to_login()
         errors = action_errors(form)
         if not errors:
             method, path, body = _ACTIONS[form["action"]](form)
-            got = await call(
-                app, cp.admin_token, method, f"/api/v1/services/{urllib.parse.quote(name)}{path}", body
-            )
+            got = await c.api(method, f"/api/v1/services/{_q(name)}{path}", body)
             errors = got.errors()
             if got.ok and form["action"] == "delete":
-                return RedirectResponse("/console/services", 303, headers=SECURITY_HEADERS)
+                return _redirect("/console/services")
         if errors:
-            return await render_service(s, name, errors=errors)
-        return RedirectResponse(
-            f"/console/services/{urllib.parse.quote(name)}", 303, headers=SECURITY_HEADERS
-        )
+            return await render(s, name, errors=errors)
+        return _redirect(f"/console/services/{_q(name)}")
 
-    @app.get("/console/deploy", include_in_schema=False)
+    @app.get("/console/live/{name}", include_in_schema=False)
+    def live_service(request: Request, name: str) -> Response:
+        async def frag() -> dict[str, str]:
+            got = await c.api("GET", f"/api/v1/services/{_q(name)}")
+            if not got.ok:
+                return {"status": "gone"}
+            return {**pages.replicas_fragment(got.body), "charts": pages.charts_html(live.history_of(name))}
+
+        return c.stream(request, frag)
+
+
+def _deploy_routes(c: Console) -> None:
+    """The Deploy page: check (dry run), then deploy."""
+
+    @c.app.get("/console/deploy", include_in_schema=False)
     def deploy_form(request: Request) -> Response:
-        s = session_of(request)
+        s = c.session_of(request)
         return _to_login() if s is None else _html(pages.deploy_page(s.csrf))
 
-    @app.post("/console/deploy", include_in_schema=False)
+    @c.app.post("/console/deploy", include_in_schema=False)
     async def deploy(request: Request) -> Response:
-        s, form, refused = await posted(request)
+        s, form, refused = await c.posted(request)
         if refused is not None or s is None:
             return refused or _to_login()
         text = form.get("spec", "")
@@ -172,55 +260,54 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
             data: Any = parse_text(text)
         except SpecError as exc:
             return _html(pages.deploy_page(s.csrf, text, exc.errors), 400)
-        plan = await call(app, cp.admin_token, "POST", "/api/v1/dry-run", data)
+        plan = await c.api("POST", "/api/v1/dry-run", data)
         if not plan.ok or form.get("op") != "deploy":
             return _html(
                 pages.deploy_page(s.csrf, text, plan.errors(), plan.body if plan.ok else None),
                 plan.status if not plan.ok else 200,
             )
-        made = await call(app, cp.admin_token, "POST", "/api/v1/services", data)
+        made = await c.api("POST", "/api/v1/services", data)
         if not made.ok:
             return _html(pages.deploy_page(s.csrf, text, made.errors(), plan.body), made.status)
-        return RedirectResponse(
-            f"/console/services/{urllib.parse.quote(made.body['name'])}", 303, headers=SECURITY_HEADERS
-        )
+        return _redirect(f"/console/services/{_q(made.body['name'])}")
 
-    def stream(request: Request, fragment: Callable[[], Any]) -> Response:
-        if session_of(request) is None:
-            return Response(status_code=401)
 
-        async def events() -> AsyncIterator[bytes]:
-            last: str | None = None
-            seen = -1
-            while not await request.is_disconnected():
-                changed = await live.changed_since(seen, STREAM_KEEPALIVE_S)
-                seen = live.version
-                data = json.dumps(await fragment()) if changed or last is None else last
-                if data != last:
-                    last = data
-                    yield f"data: {data}\n\n".encode()
-                elif not changed:
-                    yield b": keepalive\n\n"
+def _group_routes(c: Console) -> None:
+    """A group's page: its weight sliders and its live stream."""
 
-        headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    async def render(s: Session, name: str, errors: list[str] | None = None) -> Response:
+        got = await c.api("GET", f"/api/v1/groups/{_q(name)}")
+        if not got.ok:
+            return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
+        return _html(group_pages.group_page(got.body, s.csrf, errors or []), 400 if errors else 200)
 
-    @app.get("/console/live", include_in_schema=False)
-    def live_services(request: Request) -> Response:
+    @c.app.get("/console/groups/{name}", include_in_schema=False)
+    async def group(request: Request, name: str) -> Response:
+        s = c.session_of(request)
+        return _to_login() if s is None else await render(s, name)
+
+    @c.app.post("/console/groups/{name}/weights", include_in_schema=False)
+    async def weights(request: Request, name: str) -> Response:
+        s, form, refused = await c.posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        path = f"/api/v1/groups/{_q(name)}"
+        got = await c.api("GET", path + "?stats=false")
+        members = [m["service"] for m in got.body["members"]] if got.ok else []
+        body, errors = group_pages.weights_body(form, members)
+        if not errors:  # the API answers once the gateway routes by the new weights
+            errors = (await c.api("POST", path + "/weights", body)).errors()
+        if errors:
+            return await render(s, name, errors)
+        return _redirect(f"/console/groups/{_q(name)}")
+
+    @c.app.get("/console/live/groups/{name}", include_in_schema=False)
+    def live_group(request: Request, name: str) -> Response:
         async def frag() -> dict[str, str]:
-            return pages.services_fragment(live.snapshot)
+            got = await c.api("GET", f"/api/v1/groups/{_q(name)}")
+            return group_pages.stats_fragment(got.body) if got.ok else {"stats_note": "group gone"}
 
-        return stream(request, frag)
-
-    @app.get("/console/live/{name}", include_in_schema=False)
-    def live_service(request: Request, name: str) -> Response:
-        async def frag() -> dict[str, str]:
-            got = await call(app, cp.admin_token, "GET", f"/api/v1/services/{urllib.parse.quote(name)}")
-            return pages.replicas_fragment(got.body) if got.ok else {"status": "gone"}
-
-        return stream(request, frag)
-
-    return live
+        return c.stream(request, frag)
 
 
 _ACTIONS: dict[str, Callable[[dict[str, str]], tuple[str, str, Any]]] = {

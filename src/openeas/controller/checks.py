@@ -29,10 +29,12 @@ from openeas.spec.models import Container, HealthCheck
 @dataclass(frozen=True)
 class Checks:
     startup: HealthCheck | None  # None: a TCP connect with the defaults
-    startup_timeout_s: float
+    startup_timeout_s: float  # seconds from the process start; not Ready by then: restarted
     liveness: HealthCheck | None  # None with `live_probe`: a TCP connect with the defaults
     readiness: HealthCheck | None  # None: not probed for readiness
     live_probe: bool = True  # whether liveness is probed at all
+    # where startup_timeout_s comes from: the field to raise when a big model needs longer
+    startup_timeout_from: str = "the default; set health_check.startup_timeout_seconds"
 
 
 def checks_of(c: Container) -> Checks:
@@ -40,9 +42,16 @@ def checks_of(c: Container) -> Checks:
     startup = c.startup_check or c.readiness_check or c.health_check
     default_timeout = HealthCheck().startup_timeout_seconds
     timeout = startup.startup_timeout_seconds if startup is not None else default_timeout
-    if c.startup_check is not None and "startup_timeout_seconds" not in c.startup_check.model_fields_set:
+    role = (
+        "startup_check" if c.startup_check else "readiness_check" if c.readiness_check else "health_check"
+    )
+    source = Checks.startup_timeout_from
+    if startup is not None and "startup_timeout_seconds" in startup.model_fields_set:
+        source = f"{role}.startup_timeout_seconds"
+    elif c.startup_check is not None:
         s = c.startup_check
         timeout = s.initial_delay_seconds + s.failure_threshold * s.period_seconds
+        source = "startup_check: initial_delay_seconds + failure_threshold x period_seconds"
     return Checks(
         startup=startup,
         startup_timeout_s=float(timeout),
@@ -51,4 +60,5 @@ def checks_of(c: Container) -> Checks:
         # Without container-level checks, health_check (or a TCP connect) has always restarted
         # a replica that stops answering; with them, only a liveness_check does.
         live_probe=c.liveness_check is not None or not container_level,
+        startup_timeout_from=source,
     )

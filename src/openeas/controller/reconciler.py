@@ -109,6 +109,7 @@ class Reconciler:
                     stopping=bool(r.stopping),
                     created_at=r.created_at,
                     in_flight=load.get(r.id, 0),
+                    standby=bool(r.standby),
                 )
             )
         for name, svc in services.items():
@@ -131,11 +132,15 @@ class Reconciler:
                 desired=desired,
                 max_surge=rs.max_surge,
                 max_unavailable=rs.max_unavailable,
+                standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
             )
+            for rid in plan.promote:
+                self._promote(rid)
             for rid in plan.stop:
                 self._request_stop(rid)
-            for _ in range(plan.create):
-                self.store.add_replica(name, svc.current_version, workdir_root=self.cfg.data_dir / "replicas")
+            for i in range(plan.create + plan.create_standby):
+                root = self.cfg.data_dir / "replicas"
+                self.store.add_replica(name, svc.current_version, workdir_root=root, standby=i >= plan.create)
         for r in replicas:
             if r.service not in services:
                 self._request_stop(r.id)
@@ -199,6 +204,13 @@ class Reconciler:
         self.supervisors[rid] = sup
         self.tasks[rid] = asyncio.get_running_loop().create_task(sup.run(), name=f"replica-{rid}")
 
+    def _promote(self, rid: str) -> None:
+        """A standby goes into routing: its supervisor thaws it, probes it and marks it Ready."""
+        self.store.update_replica(rid, standby=False)
+        sup = self.supervisors.get(rid)
+        if sup is not None:
+            sup.promote()
+
     def _request_stop(self, rid: str) -> None:
         row = self.store.get_replica(rid)
         if row is not None and not row.stopping:
@@ -216,6 +228,8 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if stop_replicas:
+            for sup in self.supervisors.values():
+                sup.thaw()  # a frozen standby would hold its SIGTERM until the SIGKILL
             refs = [(s.runtime, s.ref, s.grace_s) for s in self.supervisors.values() if s.ref is not None]
             await asyncio.gather(*(stop_process(rt, ref, grace, clock=self.clock) for rt, ref, grace in refs))
             for rt, ref, _ in refs:

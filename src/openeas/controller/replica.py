@@ -35,6 +35,8 @@ from openeas.controller.capacity import AdmissionGate
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port, run_exec_probe
 from openeas.controller.rollout import restart_backoff_s
+from openeas.controller.standby import can_freeze, freeze, post_hook
+from openeas.controller.standby import thaw as thaw_group
 from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
 from openeas.errors import MountError
 from openeas.kernel.checks import ProbeResult
@@ -42,7 +44,7 @@ from openeas.kernel.clock import Clock, LoopClock
 from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
 from openeas.runtime import stop as stop_process
-from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError
+from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError, Unschedulable
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -57,7 +59,7 @@ from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow, Store
 from openeas.store.schema import ReplicaFields
-from openeas.telemetry.coldstart import breakdown
+from openeas.telemetry.coldstart import breakdown, start_record
 
 log = logging.getLogger("openeas.replica")
 
@@ -127,6 +129,13 @@ class _Failure(Exception):
         self.reason = reason
 
 
+class _Unschedulable(Exception):
+    """No node can hold the replica now: it stays Pending and asks again later (no backoff streak)."""
+
+
+UNSCHEDULABLE_RETRY_S = 5.0  # seconds between two placement attempts of a replica no node can hold
+
+
 class ReplicaSupervisor:
     def __init__(
         self,
@@ -145,12 +154,15 @@ class ReplicaSupervisor:
         self.cfg = cfg
         self.clock = cfg.clock  # durations and waits only; the store stamps phases in wall time
         self.stop_requested = asyncio.Event()
+        self.nudge = asyncio.Event()  # a parked standby looks at its row now (promote, stop)
+        self.frozen = False  # its process group may be stopped (SIGSTOP): thaw before any stop
         self.gate = AdmissionGate()  # the node's capacity: the reconciler opens it (controller/capacity.py)
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
         self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
         self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
         self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
+        self._unschedulable_said = False  # the Unschedulable event is written once, not every retry
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -175,6 +187,12 @@ class ReplicaSupervisor:
         if await self.clock.sleep(seconds, until=self.stop_requested):
             raise _Stop()
 
+    def thaw(self) -> None:
+        """Resume its process group if it may be frozen (before a stop: SIGTERM waits for SIGCONT)."""
+        if self.frozen and self.ref is not None:
+            thaw_group(self.runtime, self.ref)
+        self.frozen = False
+
     def _drop_process(self) -> None:
         if self.ref is not None:
             self.runtime.forget(self.ref)
@@ -198,31 +216,44 @@ class ReplicaSupervisor:
         spec = self.store.version_spec(row.service, row.version)
         self.grace_s = spec.metadata.eas.termination_grace_period
         self.ref = self._adopt(row)
-        # Adopted while Ready: it keeps serving, no new start.
+        # Adopted while Ready: it keeps serving, no new start. Adopted while Standby: it is
+        # parked again (frozen or hot as the spec says), no new start either.
         serving = self.ref is not None and row.phase == ReplicaPhase.READY
+        parked = self.ref is not None and row.phase == ReplicaPhase.STANDBY
         while True:
             if self._row().stopping:
                 raise _Stop()
             try:
                 if not serving:
-                    if self.ref is None:
-                        if not await self.gate.wait(self.clock, self.stop_requested, self._pending):
-                            raise _Stop()
-                        await self._start(self._row(), spec)
-                    await self._wait_ready(spec)
-                    await self._warm(spec)
-                    self._mark_ready()
+                    if not parked:
+                        if self.ref is None:
+                            if not await self.gate.wait(self.clock, self.stop_requested, self._pending):
+                                raise _Stop()
+                            await self._start(self._row(), spec)
+                        await self._wait_ready(spec)
+                        await self._warm(spec)
+                    promotion_s = None
+                    if parked or self._row().standby:
+                        promotion_s = await self._standby(spec, adopted=parked)
+                    parked = False
+                    self._mark_ready(promotion_s)
                     serving = True
                 if serving:
                     await self._watch(spec)
             except _Failure as exc:
                 self._fail(exc.reason, str(exc))
+            except _Unschedulable as exc:
+                if not self._unschedulable_said:
+                    self._event(self._row(), "Unschedulable", str(exc), warning=True)
+                    self._unschedulable_said = True
+                await self._sleep(UNSCHEDULABLE_RETRY_S)
+                continue
             except (_Stop, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a bug: back off like a crash instead of churning replicas
                 log.exception("replica %s: unexpected error", self.rid)
                 self._fail("SupervisorError", f"internal error: {type(exc).__name__}: {exc}")
-            serving = False
+            serving = parked = False
             await self._restart_after_failure()
 
     def _pending(self, reason: str) -> None:
@@ -231,7 +262,12 @@ class ReplicaSupervisor:
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+        self.nudge.set()
         self.gate.wake()
+
+    def promote(self) -> None:
+        """The reconciler cleared this standby's `standby` flag: go into routing now."""
+        self.nudge.set()
 
     def _fail(self, reason: str, message: str) -> None:
         """Enter Failed with `message` (and a Warning event `reason`); the restart follows."""
@@ -255,8 +291,9 @@ class ReplicaSupervisor:
             )
             return None
         if self.runtime.adopt(ref):
+            self.frozen = row.phase == ReplicaPhase.STANDBY  # perhaps: a SIGCONT is harmless
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
-            if row.phase != ReplicaPhase.READY:
+            if row.phase not in (ReplicaPhase.READY, ReplicaPhase.STANDBY):
                 # Its cold start is unknown: timings restart here rather than span the downtime.
                 self._set(phase=ReplicaPhase.STARTING, phase_times={}, message="adopted; probing")
             return ref
@@ -331,7 +368,14 @@ class ReplicaSupervisor:
                 who = None if self.user is None else (self.user.uid, self.user.gid)
                 launch = replace(launch, env=env, user=who)
                 self._env = env
-            self.ref = self.runtime.start(launch)
+            if self.runtime.name == "ray":  # placement takes seconds: off the loop, the port kept by the row
+                self._set(port=port)
+                self.ref = await asyncio.to_thread(self.runtime.start, launch)
+            else:
+                self.ref = self.runtime.start(launch)
+        except Unschedulable as exc:  # fits on no node: stays Pending, says which resource is short
+            self._set(phase=ReplicaPhase.PENDING, message=str(exc))
+            raise _Unschedulable(str(exc)) from None
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
@@ -340,6 +384,8 @@ class ReplicaSupervisor:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:
             what = f"process {self.ref.pid} listening on port {port}"
+            if self.ref.extra.get("node"):
+                what += f" on Ray node {self.ref.extra['node'][:12]}"
             if launch.memory_limit_mb is not None:
                 what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
         self._event(row, "Started", what)
@@ -480,7 +526,11 @@ class ReplicaSupervisor:
                 if tracker.record(result.ok, now) is Transition.BECAME_READY:
                     return
                 if tracker.startup_expired(self.clock.now()):
-                    msg = f"not ready after {tracker.startup_timeout_s:.0f}s: {result.detail}"
+                    msg = (
+                        f"not ready within the startup deadline of {tracker.startup_timeout_s:g} s "
+                        f"({checks.startup_timeout_from}; raise it if the model needs longer): "
+                        + result.detail
+                    )
                     raise _Failure("StartupTimeout", msg)
             await self._sleep(ALIVE_CHECK_S)
 
@@ -505,13 +555,68 @@ class ReplicaSupervisor:
             raise _Failure("WarmupFailed", f"{summary}: {first}")
         self._event(row, "Warmed", summary, warning=not report.ok)
 
-    def _mark_ready(self) -> None:
+    def _mark_ready(self, promotion_s: float | None = None) -> None:
+        """Ready (into routing): after a cold start, or a standby's promotion (``promotion_s``:
+        seconds from the promotion to its passing probe)."""
+        if promotion_s is not None:  # with its phase: whoever sees it Ready sees the figure
+            cold = {**(self._row().cold_start or {}), "promotion_s": round(promotion_s, 3)}
+            row = self._set(phase=ReplicaPhase.READY, message=None, cold_start=cold)
+            self._event(row, "Promoted", f"standby promoted into routing in {promotion_s:.3f}s")
+            return
         row = self._set(phase=ReplicaPhase.READY, message=None)
+        spans = self._cold_start_done(row)
+        self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")
+
+    def _cold_start_done(self, row: ReplicaRow) -> Mapping[str, float | None]:
         spans = breakdown(row.phase_times)
-        self._set(cold_start={**(row.cold_start or {}), **spans})
+        cold = {**(row.cold_start or {}), **spans}
+        self._set(cold_start=cold)
+        self.store.record_cold_start(row.service, row.version, row.id, start_record(cold))
         if self.cfg.on_ready is not None:
             self.cfg.on_ready(row.service, spans)
-        self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")
+        return spans
+
+    async def _standby(self, spec: ServiceSpec, *, adopted: bool) -> float:
+        """Standby: parked warmed out of routing (frozen or hot) until the reconciler promotes it,
+        then thawed, woken and probed; the seconds from the promotion to the passing probe."""
+        sb = spec.metadata.standby
+        row = self._row()
+        assert self.ref is not None and row.port is not None
+        host, port = row.host, row.port
+        if not adopted:
+            if sb.sleep_path and (err := await post_hook(host, port, sb.sleep_path)):
+                self._event(row, "SleepFailed", f"metadata.standby.sleep_path: {err}", warning=True)
+            row = self._set(phase=ReplicaPhase.STANDBY, message=f"standby ({sb.mode})")
+            self._cold_start_done(row)
+        frozen = sb.mode == "frozen" and can_freeze(self.runtime)
+        if frozen:
+            freeze(self.runtime, self.ref)  # again after an adoption: SIGSTOP is idempotent
+        elif self.frozen:
+            thaw_group(self.runtime, self.ref)
+        self.frozen = frozen
+        how = "frozen (process group stopped)" if frozen else "hot"
+        if sb.mode == "frozen" and not frozen:
+            how += f": the {self.runtime.name} runtime cannot freeze a replica"
+        self._event(
+            row,
+            "Standby",
+            f"standby {'adopted' if adopted else 'parked'}, {how}",
+            warning=not frozen and sb.mode == "frozen",
+        )
+        while self._row().standby:
+            if not self.runtime.alive(self.ref):
+                code = self.runtime.exit_code(self.ref)
+                raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
+            if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
+                self.nudge.clear()
+            if self.stop_requested.is_set():
+                raise _Stop()
+        began = self.clock.now()
+        self.thaw()
+        if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
+            raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
+        await self._wait_ready(spec)
+        return self.clock.now() - began
 
     async def _watch(self, spec: ServiceSpec) -> None:
         """Return when the process dies; raise when liveness fails past its threshold. A failing
@@ -586,6 +691,7 @@ class ReplicaSupervisor:
         row = self._row()
         count = row.restart_count + 1
         if self.ref is not None:
+            self.thaw()  # a frozen standby's SIGTERM waits for its SIGCONT
             # Also after its leader exited: what it spawned in its group must not outlive it.
             await stop_process(self.runtime, self.ref, self.grace_s, clock=self.clock)
             self._drop_process()
@@ -609,6 +715,7 @@ class ReplicaSupervisor:
         if row is None:
             return
         if self.ref is not None and self.runtime.group_alive(self.ref):
+            self.thaw()  # a frozen standby's SIGTERM waits for its SIGCONT
             if row.phase in (ReplicaPhase.READY, ReplicaPhase.UNREADY):
                 self._set(phase=ReplicaPhase.DRAINING)
                 await self._drain(row)  # a stop is under way: nothing interrupts it

@@ -9,12 +9,18 @@ and stops an old Ready replica only while the Ready replicas stay at least desir
 stopped at once. A plain scale-down (the autoscaler's or `openeas scale`) stops replicas that
 are not Ready first, then those with the fewest requests in flight at the gateway (then the
 newest); each one drains before it stops (see controller/replica.py).
+
+Standbys (metadata.standby; docs/cold-start.md) are replicas of the current version kept warmed
+out of routing. They are neither routed capacity nor scale-in candidates: a scale-out promotes
+them first (warmed ones, then the oldest), and only what they cannot cover is created cold; the
+pool is refilled with new standbys once no replica of an older version is left (a rolling update
+stops old standbys at once, and the new version refills the pool when it is done).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from openeas.kernel.states import ReplicaPhase
 
@@ -27,6 +33,7 @@ class ReplicaView:
     stopping: bool
     created_at: float  # seconds since the epoch
     in_flight: int = 0  # requests the gateway has in flight on it (last read)
+    standby: bool = False  # kept out of routing for a scale-out (metadata.standby)
 
     @property
     def ready(self) -> bool:
@@ -35,8 +42,39 @@ class ReplicaView:
 
 @dataclass(frozen=True)
 class RolloutPlan:
-    create: int
+    create: int  # new replicas that go into routing when Ready
     stop: tuple[str, ...]
+    create_standby: int = 0  # new replicas kept as standbys once warmed
+    promote: tuple[str, ...] = ()  # standbys to move into routing now
+
+
+def plan_standby(
+    replicas: Sequence[ReplicaView], *, current_version: int, desired: int, standby: int
+) -> tuple[RolloutPlan, list[ReplicaView]]:
+    """The standbys' part of a pass: promotions, surplus and old standbys to stop, standbys to
+    create; and the replicas left for `plan_rollout` (the routed ones, promoted ones included)."""
+    live = [r for r in replicas if not r.stopping]
+    routed = [r for r in live if not r.standby]
+    pool = [r for r in live if r.standby]
+    stop = [r.id for r in pool if r.version != current_version]
+    pool = [r for r in pool if r.version == current_version]
+    # Warmed standbys first (they answer at once), then the oldest (the furthest along).
+    pool.sort(key=lambda r: (r.phase != ReplicaPhase.STANDBY, r.created_at))
+    need = max(0, desired - sum(r.version == current_version for r in routed))
+    promote = pool[:need]
+    pool = pool[need:]
+    # Surplus: the least warmed first, then the newest.
+    surplus = sorted(pool, key=lambda r: (r.phase == ReplicaPhase.STANDBY, -r.created_at))[
+        : max(0, len(pool) - standby)
+    ]
+    stop += [r.id for r in surplus]
+    rolling = any(r.version != current_version for r in routed)
+    create_standby = 0 if rolling else max(0, standby - (len(pool) - len(surplus)))
+    left = routed + [replace(r, standby=False) for r in promote]
+    plan = RolloutPlan(
+        create=0, stop=tuple(stop), create_standby=create_standby, promote=tuple(r.id for r in promote)
+    )
+    return plan, left
 
 
 def plan_rollout(
@@ -46,6 +84,27 @@ def plan_rollout(
     desired: int,
     max_surge: int = 1,
     max_unavailable: int = 0,
+    standby: int = 0,
+) -> RolloutPlan:
+    """The next step; `standby`: how many standbys the current version keeps (see plan_standby)."""
+    sb, replicas = plan_standby(replicas, current_version=current_version, desired=desired, standby=standby)
+    routed = _plan_routed(
+        replicas,
+        current_version=current_version,
+        desired=desired,
+        max_surge=max_surge,
+        max_unavailable=max_unavailable,
+    )
+    return replace(routed, stop=sb.stop + routed.stop, create_standby=sb.create_standby, promote=sb.promote)
+
+
+def _plan_routed(
+    replicas: Sequence[ReplicaView],
+    *,
+    current_version: int,
+    desired: int,
+    max_surge: int,
+    max_unavailable: int,
 ) -> RolloutPlan:
     live = [r for r in replicas if not r.stopping]
     cur = [r for r in live if r.version == current_version]

@@ -84,11 +84,23 @@ class RolloutController:
             await self.clock.sleep(self.tick_s, until=wake)
 
     async def tick(self) -> None:
+        for plan, state in await asyncio.to_thread(self.rollouts.restoring):
+            await asyncio.to_thread(self.restore, plan, state)
         for plan, state in await asyncio.to_thread(self.rollouts.active):
             if state.status != Status.RUNNING:
                 continue
             raw = await asyncio.to_thread(self.source.fetch, plan.group)
             await asyncio.to_thread(self.look, plan, state, raw)
+
+    def restore(self, plan: RolloutPlan, state: RolloutState) -> None:
+        """Converge an ended rollout whose routes are still to be restored (an operator's abort, or a
+        rollback written just before a crash): restore them, then clear ``restore_pending``."""
+        if state.status == Status.ROLLED_BACK:
+            reason, message = "RolloutRolledBack", f"routes restored: {state.reason}"
+        else:
+            reason, message = "RolloutAborted", f"rollout to {plan.candidate} aborted: routes restored"
+        restore_routes(self.groups, plan, reason, message)
+        self.rollouts.save(plan.group, state.but(restore_pending=False), expect=state)
 
     def look(self, plan: RolloutPlan, state: RolloutState, raw: dict[str, Any] | None) -> Decision:
         """One look at one running rollout with the gateway's counters ``raw`` (None: unread)."""
@@ -119,10 +131,10 @@ class RolloutController:
             if self.rollouts.save(plan.group, new, expect=state):
                 self._ensure_weights(plan, new, reason=d.reason)
         elif d.action == Action.ROLL_BACK:
-            new = state.but(status=Status.ROLLED_BACK, reason=d.reason, finished_at=now)
+            new = state.but(status=Status.ROLLED_BACK, reason=d.reason, finished_at=now, restore_pending=True)
             event = ("RolloutFailed", f"rollout to {plan.candidate} rolled back: {d.reason}", "Warning")
             if self.rollouts.save(plan.group, new, expect=state, event=event):
-                restore_routes(self.groups, plan, "RolloutRolledBack", f"routes restored: {d.reason}")
+                self.restore(plan, new)
         elif d.action == Action.SUCCEED:
             new = state.but(status=Status.SUCCEEDED, reason=d.reason, finished_at=now)
             event = ("RolloutSucceeded", f"rollout to {plan.candidate} done: {d.reason}", "Normal")

@@ -19,9 +19,6 @@ The loop that reads the gateway, writes the weights and keeps the state in the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import pairwise
-
 from openeas.kernel.rollout import (
     Action,
     Decision,
@@ -29,24 +26,15 @@ from openeas.kernel.rollout import (
     RolloutPlan,
     RolloutState,
     Status,
+    validate_steps,
 )
+
+__all__ = ["decide", "step_weights", "validate_steps"]
 
 
 def step_weights(percent: int) -> tuple[int, int]:
     """(candidate, baseline) weights out of 1000 for ``percent``% to the candidate."""
     return percent * 10, 1000 - percent * 10
-
-
-def validate_steps(steps: Sequence[int]) -> list[str]:
-    errors = []
-    if not steps:
-        errors.append("steps: give at least one step (percent to the candidate), e.g. 5,25,50,100")
-    for i, p in enumerate(steps):
-        if not 1 <= p <= 100:
-            errors.append(f"steps[{i}]: must be a percentage 1..100, got {p}")
-    if any(b <= a for a, b in pairwise(steps)):
-        errors.append(f"steps: must increase, got {','.join(map(str, steps))}")
-    return errors
 
 
 def decide(plan: RolloutPlan, state: RolloutState, obs: Observation | None, now: float) -> Decision:

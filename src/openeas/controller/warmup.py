@@ -1,211 +1,38 @@
 """Warmup: requests sent straight to a new replica before it is marked Ready.
 
-The file named by ``ServiceSpec.warm_up_data_path`` is JSON Lines, one request per line::
-
-    {"method": "POST", "path": "/v1/completions", "body": {"prompt": "hi"}, "headers": {}, "count": 3}
-
-or a JSON array of the same objects. Defaults: ``method`` POST, ``path`` "/", no body or
-headers, ``count`` 1. A ``body`` object or array is sent as JSON (with ``Content-Type:
-application/json`` unless the headers say otherwise); a string is sent as is (UTF-8). Blank
-lines are skipped. Every problem is a ``ValueError`` naming the file and line.
-
-``run_warmup`` sends them; it is the default :class:`WarmupSender` of the supervisors (tests
-pass a fake runtime's).
+The file (its format, limits and checks) is storage/warmup_file.py's; ``run_warmup`` sends its
+requests; it is the default :class:`WarmupSender` of the supervisors (tests pass a fake runtime's).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from openeas.controller.probe import base_url
 from openeas.kernel.checks import WarmupReport, WarmupRequest
+from openeas.storage.warmup_file import (
+    MAX_WARMUP_FILE_BYTES,
+    MAX_WARMUP_LINE_BYTES,
+    check_warmup_file,
+    load_warmup,
+    parse_warmup,
+)
 
-METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-MAX_COUNT = 100_000  # a typo'd count must not keep a replica warming for hours
 MAX_ERRORS_KEPT = 10
-MAX_WARMUP_FILE_BYTES = 16 * 1024 * 1024
-"""Largest warmup file read (16 MiB): warmup is a few representative requests, not a data set."""
-MAX_WARMUP_LINE_BYTES = 1024 * 1024
-"""Longest line of a warmup file (1 MiB): one request of JSON Lines."""
-_KEYS = frozenset({"method", "path", "body", "headers", "count"})
 
-
-# -- loading (pure but for the file read) -----------------------------------------------------------
-
-
-def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
-    """Read and parse a warmup file; ``OSError`` if unreadable, ``ValueError`` if malformed, not a
-    regular file, or larger than ``MAX_WARMUP_FILE_BYTES`` (or a line than ``MAX_WARMUP_LINE_BYTES``).
-
-    The file is read line by line and never more than the cap, so ``/dev/zero`` or a FIFO cannot
-    fill memory or block; it blocks the calling thread, so async callers run it in a thread.
-    """
-    source = os.fspath(path)
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        _check_regular(os.fstat(fd), source)
-    except BaseException:
-        os.close(fd)
-        raise
-    with open(fd, "rb") as f:
-        lines: list[bytes] = []
-        total = 0
-        lineno = 0
-        while True:
-            line = f.readline(MAX_WARMUP_LINE_BYTES + 1)
-            if not line:
-                break
-            lineno += 1
-            if len(line) > MAX_WARMUP_LINE_BYTES:
-                raise ValueError(f"{source}:{lineno}: line longer than {MAX_WARMUP_LINE_BYTES} bytes (1 MiB)")
-            total += len(line)
-            if total > MAX_WARMUP_FILE_BYTES:
-                raise ValueError(f"{source}: larger than {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
-            lines.append(line)
-    try:
-        text = b"".join(lines).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{source}: not UTF-8 text ({e})") from None
-    return parse_warmup(text, source=source)
-
-
-def check_warmup_file(path: str | os.PathLike[str]) -> None:
-    """What ``load_warmup`` would refuse before reading: a missing path, one that is not a
-    regular file (a device, FIFO, directory) or one larger than ``MAX_WARMUP_FILE_BYTES``.
-    Raises ``ValueError`` with the reason (``OSError``s included, as text)."""
-    source = os.fspath(path)
-    try:
-        st = os.stat(source)
-    except OSError as e:
-        raise ValueError(f"{source}: {e.strerror or e}") from None
-    _check_regular(st, source)
-
-
-def _check_regular(st: os.stat_result, source: str) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a directory" if stat.S_ISDIR(st.st_mode)
-            else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode)
-            else "not a regular file"
-        )  # fmt: skip
-        raise ValueError(f"{source}: is {kind}; the warmup data must be a regular file")
-    if st.st_size > MAX_WARMUP_FILE_BYTES:
-        raise ValueError(f"{source}: {st.st_size} bytes; at most {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
-
-
-def parse_warmup(text: str, source: str = "<warmup>") -> list[WarmupRequest]:
-    """Parse JSON Lines or a JSON array of warmup request objects."""
-    if text.lstrip().startswith("["):
-        items = _split_json_array(text, source)
-    else:
-        items = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((lineno, json.loads(line)))
-            except RecursionError:
-                raise ValueError(f"{source}:{lineno}: JSON nested too deep") from None
-            except ValueError as e:
-                raise ValueError(
-                    f"{source}:{lineno}: not valid JSON ({e}); each line must be one JSON object "
-                    "(JSON Lines), or the whole file one JSON array"
-                ) from None
-    return [_request(obj, f"{source}:{lineno}", lineno) for lineno, obj in items]
-
-
-def _split_json_array(text: str, source: str) -> list[tuple[int, Any]]:
-    """The items of a JSON array with the line each starts on (for error messages)."""
-    decoder = json.JSONDecoder()
-    items: list[tuple[int, Any]] = []
-
-    def skip_ws(i: int) -> int:
-        while i < len(text) and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
-
-    i = skip_ws(text.index("[") + 1)
-    if i < len(text) and text[i] == "]":
-        i = skip_ws(i + 1)
-    else:
-        while True:
-            try:
-                obj, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{source}:{e.lineno}: not valid JSON: {e.msg}") from None
-            except RecursionError:
-                raise ValueError(f"{source}:{line_of(i)}: JSON nested too deep") from None
-            items.append((line_of(i), obj))
-            i = skip_ws(end)
-            if i < len(text) and text[i] == ",":
-                i = skip_ws(i + 1)
-                continue
-            if i < len(text) and text[i] == "]":
-                i = skip_ws(i + 1)
-                break
-            raise ValueError(f"{source}:{line_of(i)}: expected ',' or ']' in the JSON array")
-    if i != len(text):
-        raise ValueError(f"{source}:{line_of(i)}: unexpected text after the JSON array")
-    return items
-
-
-def _request(obj: Any, where: str, lineno: int) -> WarmupRequest:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: a warmup request must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - _KEYS)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {sorted(_KEYS)}"
-        )
-
-    method = obj.get("method", "POST")
-    if not isinstance(method, str) or method.upper() not in METHODS:
-        raise ValueError(f"{where}: 'method' must be one of {sorted(METHODS)}, got {method!r}")
-    path = obj.get("path", "/")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"{where}: 'path' must be a string starting with '/', got {path!r}")
-    headers = obj.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise ValueError(f"{where}: 'headers' must be an object of string values")
-    count = obj.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
-        raise ValueError(f"{where}: 'count' must be an integer within 1..{MAX_COUNT}, got {count!r}")
-
-    raw_body = obj.get("body")
-    body: bytes
-    if raw_body is None:
-        body = b""
-    elif isinstance(raw_body, str):
-        body = raw_body.encode()
-    elif isinstance(raw_body, dict | list):
-        try:
-            body = json.dumps(raw_body).encode()
-        except RecursionError:
-            raise ValueError(f"{where}: 'body' nested too deep") from None
-        if not any(k.lower() == "content-type" for k in headers):
-            headers = {**headers, "Content-Type": "application/json"}
-    else:
-        raise ValueError(
-            f"{where}: 'body' must be an object, an array or a string, got {type(raw_body).__name__}"
-        )
-    return WarmupRequest(
-        method=method.upper(), path=path, body=body, headers=headers, count=count, line=lineno
-    )
+__all__ = [
+    "MAX_WARMUP_FILE_BYTES",
+    "MAX_WARMUP_LINE_BYTES",
+    "WarmupSender",
+    "check_warmup_file",
+    "load_warmup",
+    "parse_warmup",
+    "run_warmup",
+]
 
 
 # -- sending (I/O) ------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Owns the gateway's side of the control plane's per-service counters: `StatsSender` samples
-every service's arrivals, in-flight and held requests every `SEND_INTERVAL_S` and sends them in a
+every service's arrivals, in-flight and held requests, and every replica's in-flight requests and
+whether it is routed, every `SEND_INTERVAL_S` and sends them in a
 datagram to ``DATA/run/control.sock`` (wire format and receiver:
 :mod:`openeas.telemetry.gateway_stats`), and sends one at once when a request is held, so the
 control plane can scale a service from zero without waiting for the next sample.
@@ -30,6 +31,7 @@ from openeas.telemetry.gateway_stats import (
     JUMP_GAP_S,
     JUMP_MIN_IN_FLIGHT,
     SEND_INTERVAL_S,
+    ReplicaSample,
     ServiceSample,
     encode,
 )
@@ -63,6 +65,14 @@ def rearm(metrics: GatewayMetrics) -> None:
     """A datagram carried every service's counters: the next jump is measured from them."""
     for m in metrics.services.values():
         m.push_at = push_threshold(m.in_flight)
+
+
+def replica_samples(metrics: GatewayMetrics) -> dict[str, ReplicaSample]:
+    """Every replica the gateway knows: its requests in flight, whether it is routed (the same
+    gauges as /metrics' ``openeas_gateway_replica_*``); empty when the proxy did not wire them."""
+    if metrics.replicas is None:
+        return {}
+    return {rid: ReplicaSample(in_flight, routed) for rid, routed, in_flight in metrics.replicas()}
 
 
 class StatsSender:
@@ -139,7 +149,10 @@ class StatsSender:
         if loop is None:
             return
         metrics = self.metrics
-        datagrams = encode(self.gateway_id, loop.time() - self._started, samples(metrics), jumped(metrics))
+        up = loop.time() - self._started
+        datagrams = encode(
+            self.gateway_id, up, samples(metrics), jumped(metrics), replicas=replica_samples(metrics)
+        )
         rearm(metrics)
         if self._jump_timer is not None:  # this datagram carries the jump it was scheduled for
             self._jump_timer.cancel()

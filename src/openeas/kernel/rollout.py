@@ -4,8 +4,10 @@ step and the decision taken on it. The store keeps them, the controller decides 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 
 from openeas.kernel.states import IllegalTransition
@@ -57,6 +59,19 @@ class Action(StrEnum):
     NONE = "none"  # not running (paused or finished)
 
 
+def validate_steps(steps: Sequence[int]) -> list[str]:
+    """Every problem of a rollout's ``steps`` (percent to the candidate), one line each."""
+    errors = []
+    if not steps:
+        errors.append("steps: give at least one step (percent to the candidate), e.g. 5,25,50,100")
+    for i, p in enumerate(steps):
+        if not 1 <= p <= 100:
+            errors.append(f"steps[{i}]: must be a percentage 1..100, got {p}")
+    if any(b <= a for a, b in pairwise(steps)):
+        errors.append(f"steps: must increase, got {','.join(map(str, steps))}")
+    return errors
+
+
 @dataclass(frozen=True)
 class RolloutPlan:
     group: str
@@ -93,6 +108,9 @@ class RolloutState:
     baseline_buckets: list[int] | None = None
     rebase: bool = True  # take a new window start at the next look (a step or a resume began)
     finished_at: float | None = None
+    # An abort or a rollback was written and the group's routes are still to be restored to the
+    # plan's ``restore``: the rollout controller converges on it (the API only writes the abort).
+    restore_pending: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -24,6 +24,9 @@ class ReplicaPhase(StrEnum):
     STARTING = "Starting"  # the process runs; readiness probes have not passed yet
     WARMING = "Warming"  # probes passed; warmup requests run before it takes traffic
     READY = "Ready"  # in the routing table
+    # Started and warmed but out of the routing table (metadata.standby): a scale-out promotes it
+    # (a readiness probe, then Ready) instead of starting a replica cold. Frozen or hot.
+    STANDBY = "Standby"
     UNREADY = "Unready"  # its readiness_check fails: out of the routing table, not restarted
     DRAINING = "Draining"  # left the routing table; in-flight requests finish before SIGTERM
     FAILED = "Failed"  # crashed, unhealthy, timed out or failed to start: waits out its backoff
@@ -37,7 +40,9 @@ P = ReplicaPhase
 #  - any phase can fail (→ Failed) or be stopped for good (→ Stopped), except a stopped one;
 #  - a control-plane restart resets a replica whose process is gone, or a server stop that
 #    takes its replicas down, to Pending (a new start), from any live phase;
-#  - a replica adopted after a control-plane restart while not Ready is probed again (→ Starting).
+#  - a replica adopted after a control-plane restart while not Ready is probed again (→ Starting);
+#  - a standby is parked after its warmup (Warming → Standby) and promoted straight into routing
+#    (Standby → Ready); it is never routed, so it stops without a drain (Standby → Stopped).
 _LIVE = frozenset(p for p in P if p is not P.STOPPED)
 TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
     P.PENDING: frozenset({P.PULLING, P.FETCHING, P.STARTING, P.FAILED, P.STOPPED}),
@@ -45,7 +50,8 @@ TRANSITIONS: Mapping[ReplicaPhase, frozenset[ReplicaPhase]] = {
     P.FETCHING: frozenset({P.PREPARING, P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.PREPARING: frozenset({P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.STARTING: frozenset({P.WARMING, P.FAILED, P.PENDING, P.STOPPED}),
-    P.WARMING: frozenset({P.READY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),
+    P.WARMING: frozenset({P.READY, P.STANDBY, P.FAILED, P.PENDING, P.STARTING, P.STOPPED}),
+    P.STANDBY: frozenset({P.READY, P.STARTING, P.FAILED, P.PENDING, P.STOPPED}),
     P.READY: frozenset({P.UNREADY, P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
     P.UNREADY: frozenset({P.READY, P.DRAINING, P.FAILED, P.PENDING, P.STOPPED}),
     P.DRAINING: frozenset({P.STOPPED, P.FAILED, P.PENDING, P.STARTING}),

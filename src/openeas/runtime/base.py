@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Demand:
+    """What one replica asks of the node it runs on (the spec's metadata); a placing runtime
+    (openeas.runtime.ray_runtime) turns it into the cluster's resource request."""
+
+    cpu: float | None = None  # cores (metadata.cpu)
+    memory_mb: int | None = None  # MB (metadata.memory)
+    gpu: int | None = None  # whole GPUs (metadata.gpu)
+    instance_type: str | None = None  # cloud.computing.instance_type: a custom resource of that name
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to start one replica, already rewritten for this node (ports, mounts)."""
 
@@ -33,6 +44,7 @@ class LaunchSpec:
     memory_limit_mb: int | None = None  # the spec's metadata.memory: the process's limit (runtime/limits.py)
     # (uid, gid) the process runtime switches to (no supplementary groups); None: the server's own
     user: tuple[int, int] | None = None
+    demand: Demand = field(default_factory=Demand)  # resources to place it with (the Ray runtime)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,11 @@ class ProcessRef:
     pid: int
     start_ticks: int
     extra: dict[str, str] = field(default_factory=dict)
+
+
+class Unschedulable(Exception):
+    """No node of the cluster can ever hold the replica (a placing runtime's answer to ``start``):
+    the replica stays Pending with this message, which names the resource that is short."""
 
 
 class ReplicaProcess(NamedTuple):

@@ -51,7 +51,7 @@ import sys
 from collections.abc import Mapping
 
 from openeas.errors import MountError
-from openeas.runtime.base import LaunchSpec
+from openeas.runtime.base import Demand, LaunchSpec
 from openeas.runtime.shellwords import is_simple_command
 from openeas.spec.models import ServiceSpec
 
@@ -161,6 +161,7 @@ def rewrite_mounts(text: str, mounts: Mapping[str, str], *, shell: bool = True) 
 
 # --- argv and env ------------------------------------------------------------------------
 
+
 def shell() -> str:
     return "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 
@@ -218,7 +219,7 @@ def build_launch(
     ``port``, the others' to ``sidecar_ports``), so ``--backend 127.0.0.1:8001`` in one container
     still reaches the container listening on 8001.
     """
-    c = spec.main
+    c, md = spec.main, spec.metadata
     ports = {c.port: port, **{k: v for k, v in (sidecar_ports or {}).items() if k != c.port}}
 
     def rewrite(text: str) -> str:
@@ -252,6 +253,7 @@ def build_launch(
         log_path=log_path,
         port=port,
         memory_limit_mb=spec.metadata.memory,
+        demand=Demand(md.cpu, md.memory, md.gpu, spec.cloud.computing.instance_type),
     )
 
 

@@ -18,8 +18,10 @@ the engine's ``--memory`` instead (runtime/container_args.py).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
+import signal
 
 from openeas.procfs import REPLICA_OOM_SCORE_ADJ
 
@@ -27,9 +29,17 @@ MEMORY_LIMIT_HOW = "RLIMIT_DATA (private writable memory of each process; not a 
 """How a process replica's memory limit is applied, as describe says it."""
 
 
-def replica_preexec(memory_limit_mb: int | None) -> None:
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not between fork and exec
+
+
+def replica_preexec(memory_limit_mb: int | None, die_with_parent: bool = False) -> None:
     """Runs in a process replica between fork and exec: only system calls, no locks, no logging
-    (the parent has threads). The OOM killer's first choice; the spec's memory as RLIMIT_DATA."""
+    (the parent has threads). The OOM killer's first choice; the spec's memory as RLIMIT_DATA;
+    with ``die_with_parent`` a SIGKILL when the starting process dies (the Ray runtime's actor:
+    a lost Ray node leaves no replica behind)."""
+    if die_with_parent:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
         try:

@@ -49,7 +49,9 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, *, die_with_parent: bool = False) -> None:
+        # Set where a Ray actor starts the replica: the replica dies with the actor (ray_runtime).
+        self.die_with_parent = die_with_parent
         # Our own children, by pid: polling them reaps zombies and records exit codes. A ref
         # whose pid is not here was adopted from an earlier control plane.
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
@@ -72,7 +74,7 @@ class ProcessRuntime:
                 start_new_session=True,
                 close_fds=True,
                 # The OOM killer's first choice, and the spec's memory as its limit (runtime/limits.py).
-                preexec_fn=functools.partial(replica_preexec, launch.memory_limit_mb),
+                preexec_fn=functools.partial(replica_preexec, launch.memory_limit_mb, self.die_with_parent),
                 **who,
             )
         finally:

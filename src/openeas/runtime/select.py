@@ -8,6 +8,7 @@ runtime; supervisors get a replica's runtime from it by the name its row records
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -129,8 +130,20 @@ class Runtimes:
         return [self.process] + ([self.container] if self.container is not None else [])
 
 
+ENV_RAY_ADDRESS = "OPENEAS_RAY_ADDRESS"  # set by `openeas server --runtime ray --ray-address A`
+
+
 def build_runtimes(data_dir: Path, *, registry_auth: Path | None = None) -> Runtimes:
-    """The process runtime, plus the container runtime when an engine works (checked now, once)."""
+    """The process runtime, plus the container runtime when an engine works (checked now, once);
+    with ``OPENEAS_RAY_ADDRESS`` set, the Ray runtime instead (replicas placed by that cluster)."""
+    ray_address = os.environ.get(ENV_RAY_ADDRESS)
+    if ray_address:
+        from openeas.runtime.ray_runtime import RayRuntime  # Ray is an optional dependency
+
+        ray_runtime = RayRuntime(ray_address, data_dir)
+        return Runtimes(
+            ray_runtime, engine_problem=f"the Ray runtime ({ray_address}) runs commands, not images"
+        )
     status = detect_engine(data_dir)
     if status.engine is None:
         return Runtimes(ProcessRuntime(), engine_problem=status.problem)

@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from openeas.spec.numbers import CheckedNumbers
+from openeas.spec.base import SpecModel, is_stored
 
 Number = int | float
 
@@ -169,21 +169,10 @@ def metric_kind(name: str) -> tuple[str, str | None]:
     )
 
 
-def _stored(info: ValidationInfo) -> bool:
-    """Read back from the store (context key ``openeas.spec.models.STORED``): a version stored by
-    a release that did not check metric names still loads; its unknown metrics are left out of
-    the policy (see :func:`normalise`)."""
-    return bool(info.context and info.context.get("stored"))
-
-
-class _Model(CheckedNumbers):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
 # ---- EAS: autoscaler ------------------------------------------------------------------------------
 
 
-class ScaleStrategy(_Model):
+class ScaleStrategy(SpecModel):
     metricName: str
     threshold: Number = Field(gt=0, description="target value per replica (EAS: the threshold)")
     service: str | None = None
@@ -191,16 +180,18 @@ class ScaleStrategy(_Model):
     @field_validator("metricName")
     @classmethod
     def _known(cls, v: str, info: ValidationInfo) -> str:
-        if not _stored(info):
+        # A version stored by a release that did not check metric names still loads; its unknown
+        # metrics are left out of the policy (see :func:`normalise`).
+        if not is_stored(info):
             metric_kind(v)
         return v
 
 
-class StabilizationWindow(_Model):
+class StabilizationWindow(SpecModel):
     stabilizationWindowSeconds: Number = Field(ge=0, description="seconds")
 
 
-class OnZero(_Model):
+class OnZero(SpecModel):
     scaleDownGracePeriodSeconds: Number = Field(
         default=Defaults.SCALE_TO_ZERO_GRACE_S, ge=0, description="seconds without requests before 0 replicas"
     )
@@ -209,13 +200,13 @@ class OnZero(_Model):
     )
 
 
-class Behavior(_Model):
+class Behavior(SpecModel):
     scaleUp: StabilizationWindow | None = None
     scaleDown: StabilizationWindow | None = None
     onZero: OnZero | None = None
 
 
-class Autoscaler(_Model):
+class Autoscaler(SpecModel):
     """EAS's autoscaler block (acted on by the autoscaler; see :class:`AutoscalingPolicy`)."""
 
     min: int = Field(default=1, ge=0)
@@ -230,7 +221,7 @@ class Autoscaler(_Model):
     @classmethod
     def _strategies(cls, v: dict[str, Number] | None, info: ValidationInfo) -> dict[str, Number] | None:
         for name, threshold in (v or {}).items():
-            if not _stored(info):
+            if not is_stored(info):
                 metric_kind(name)
             if not threshold > 0:
                 raise ValueError(f"{name}: threshold must be greater than 0")
@@ -246,7 +237,7 @@ class Autoscaler(_Model):
 # ---- EAS: cron scaler -----------------------------------------------------------------------------
 
 
-class ScaleJob(_Model):
+class ScaleJob(SpecModel):
     Name: str = Field(min_length=1)
     Schedule: str = Field(description="6 fields, seconds first: '0 0 9 * * MON-FRI'")
     TargetSize: int = Field(ge=0, le=1000, description="replicas from this time on")
@@ -280,7 +271,7 @@ def check_exclude(v: str) -> str:
     return v
 
 
-class CronScaler(_Model):
+class CronScaler(SpecModel):
     """EAS's cron-scaler body: jobs that set the replica count at their times."""
 
     ScaleJobs: list[ScaleJob] = Field(min_length=1)
@@ -295,7 +286,7 @@ class CronScaler(_Model):
 # ---- the field guide: autoscaling -----------------------------------------------------------------
 
 
-class CustomMetric(_Model):
+class CustomMetric(SpecModel):
     metric: str = Field(description="Prometheus metric name on each replica's /metrics")
     aggregate: Literal["avg", "max"] = Field(
         default="avg", description="how the replicas' values combine: their mean, or the largest"
@@ -309,7 +300,7 @@ class CustomMetric(_Model):
         return v
 
 
-class MetricSpec(_Model):
+class MetricSpec(SpecModel):
     metric: str
     target: Number = Field(gt=0, description="per replica, in the metric's unit")
     custom: CustomMetric | None = None
@@ -334,7 +325,7 @@ def _check_custom(metric: str, custom: CustomMetric | None) -> None:
         raise ValueError(f"custom: only for metric 'custom' (metric is {metric!r})")
 
 
-class ScaleRule(_Model):
+class ScaleRule(SpecModel):
     name: str = Field(min_length=1)
     cron: str = Field(description="when the rule starts: 5 fields (minute first) or 6 (seconds first)")
     min_replicas: int = Field(ge=0, le=1000)
@@ -361,7 +352,7 @@ class ScaleRule(_Model):
         return self
 
 
-class Autoscaling(_Model):
+class Autoscaling(SpecModel):
     """The field guide's block (an OpenEAS extension: EAS does not use this name)."""
 
     metric: str | None = None

@@ -26,6 +26,8 @@ from openeas.errors import Conflict, NotFound
 from openeas.kernel.routing import ROUTING_CHANNEL, RouteSettings
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
+from openeas.store import archive as _archive
+from openeas.store import cold_starts as _cold
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES, GroupMemberRow, GroupRow
 from openeas.store.routing import route_settings
@@ -100,6 +102,13 @@ def _v5_batch_jobs(conn: Connection) -> None:
     create_tables(conn)
 
 
+def _v9_standby(conn: Connection) -> None:
+    """``replicas.standby``: the replica is kept warmed out of routing (metadata.standby). A new
+    database has it already (v1 creates the tables as they are now)."""
+    if "standby" not in {c["name"] for c in inspect(conn).get_columns("replicas")}:
+        conn.execute(text("ALTER TABLE replicas ADD COLUMN standby INTEGER NOT NULL DEFAULT 0"))
+
+
 # Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
 _CIPHER = "openeas.cipher"
 
@@ -125,7 +134,7 @@ def _v6_sealed_secrets(conn: Connection) -> None:
             )
 
 
-def _v8_eval_runs(conn: Connection) -> None:
+def _v11_eval_runs(conn: Connection) -> None:
     """``eval_runs``: one row per eval-set run (``openeas.store.eval_runs`` reads and writes it)."""
     conn.execute(
         text(
@@ -150,7 +159,10 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_batch_jobs,
     _v6_sealed_secrets,
     _usage.create_table,  # v7: replica_usage, the meter's record (store/usage.py)
-    _v8_eval_runs,
+    _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
+    _v9_standby,  # v9: replicas.standby
+    _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
+    _v11_eval_runs,  # v11: eval_runs, eval-set runs (store/eval_runs.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).
@@ -463,7 +475,10 @@ class Store:
             self._bump_routing(s)
 
     # ---- replicas -------------------------------------------------------------------------------
-    def add_replica(self, service: str, version: int, *, workdir_root: Path) -> ReplicaRow:
+    def add_replica(
+        self, service: str, version: int, *, workdir_root: Path, standby: bool = False
+    ) -> ReplicaRow:
+        """A new Pending replica; ``standby``: it is kept warmed out of routing once started."""
         now = time.time()
         rid = f"{service}-{uuid.uuid4().hex[:8]}"
         workdir = workdir_root / rid
@@ -471,6 +486,7 @@ class Store:
             id=rid,
             service=service,
             version=version,
+            standby=int(standby),
             phase=ReplicaPhase.PENDING.value,
             phase_times={ReplicaPhase.PENDING.value: now},
             cold_start={},
@@ -483,9 +499,9 @@ class Store:
             s.add(row)
             spec = s.get(VersionRow, (service, version))
             _usage.opened(s, row, spec.spec if spec is not None else {})
-            self._event(
-                s, service, "ReplicaCreated", f"replica {rid} created for version {version}", replica=rid
-            )
+            what = "standby replica" if standby else "replica"
+            msg = f"{what} {rid} created for version {version}"
+            self._event(s, service, "ReplicaCreated", msg, replica=rid)
         return row
 
     def replicas(self, service: str | None = None) -> list[ReplicaRow]:
@@ -521,7 +537,7 @@ class Store:
             new_phase = check_transition(old_phase, fields.get("phase", old_phase))
             for k, v in fields.items():
                 # `stopping` is an integer column (0 or 1): PostgreSQL takes no bool there
-                setattr(row, k, int(bool(v)) if k == "stopping" else v)
+                setattr(row, k, int(bool(v)) if k in ("stopping", "standby") else v)
             if new_phase != old_phase:
                 row.phase_times = {**(row.phase_times or {}), new_phase.value: now}
                 _usage.on_phase(s, row, old_phase, new_phase, now)
@@ -544,6 +560,15 @@ class Store:
         """The meter's record: each replica's billed life (store/usage.py)."""
         with self.session() as s:
             return _usage.usage_rows(s, service=service, since=since)
+
+    def record_cold_start(self, service: str, version: int, replica: str, spans: dict[str, Any]) -> None:
+        """One start that reached Ready (store/cold_starts.py keeps each service's last 100)."""
+        with self.session() as s:
+            _cold.record(s, service, version, replica, time.time(), spans)
+
+    def cold_starts(self, service: str, limit: int = _cold.KEEP_PER_SERVICE) -> list[_cold.ColdStartRow]:
+        with self.session() as s:
+            return _cold.recent(s, service, limit)
 
     # ---- events ---------------------------------------------------------------------------------
     def _event(

@@ -27,10 +27,16 @@ class RolloutStore:
                 raise NotFound(f"group '{plan.group}' not found")
             row = s.get(RolloutRow, plan.group)
             if row is not None:
-                if RolloutState.from_dict(row.state).status in ACTIVE:
+                old = RolloutState.from_dict(row.state)
+                if old.status in ACTIVE:
                     raise Conflict(
                         f"group '{plan.group}' has a rollout in progress (to {row.plan['candidate']}); "
                         "abort it first (openeas rollout <group> --abort)"
+                    )
+                if old.restore_pending:
+                    raise Conflict(
+                        f"group '{plan.group}': the routes of its last rollout (to {row.plan['candidate']}) "
+                        "are still being restored; try again in a moment"
                     )
                 s.delete(row)
                 s.flush()
@@ -69,6 +75,17 @@ class RolloutStore:
                 out.append((RolloutPlan.from_dict(row.plan), state))
         return out
 
+    def restoring(self) -> list[tuple[RolloutPlan, RolloutState]]:
+        """The ended rollouts whose group's routes are still to be restored (``restore_pending``)."""
+        with self.store.session() as s:
+            rows = list(s.scalars(select(RolloutRow)))
+        out = []
+        for row in rows:
+            state = RolloutState.from_dict(row.state)
+            if state.restore_pending:
+                out.append((RolloutPlan.from_dict(row.plan), state))
+        return out
+
     def save(
         self,
         group: str,
@@ -93,8 +110,9 @@ class RolloutStore:
             return True
 
     def command(self, group: str, what: str, now: float | None = None) -> tuple[RolloutPlan, RolloutState]:
-        """An operator's ``pause``, ``resume`` or ``abort`` (abort restores the routes the group had
-        when the rollout started: done by the caller with the plan returned)."""
+        """An operator's ``pause``, ``resume`` or ``abort``. An abort is written with
+        ``restore_pending``: the rollout controller then restores the routes the group had when the
+        rollout started (controller/rollout_loop.py), like after a rollback."""
         now = time.time() if now is None else now
         plan, state = self.get(group)
         if state.status not in ACTIVE:
@@ -119,8 +137,10 @@ class RolloutStore:
                 "Normal",
             )
         else:
-            new = state.but(status=Status.ABORTED, reason="aborted by the operator", finished_at=now)
-            event = ("RolloutAborted", f"rollout to {plan.candidate} aborted; routes restored", "Warning")
+            new = state.but(
+                status=Status.ABORTED, reason="aborted by the operator", finished_at=now, restore_pending=True
+            )
+            event = ("RolloutAborted", f"rollout to {plan.candidate} aborted; restoring routes", "Warning")
         if not self.save(group, new, expect=state, event=event):
             raise Conflict(f"the rollout of group '{group}' changed meanwhile; try again")
         return plan, new

@@ -62,6 +62,9 @@ class ReplicaRow(Base):
     phase: Mapped[str] = mapped_column(String(16), default="Pending")
     # Set when the reconciler wants this replica gone (scale-down, old version, delete).
     stopping: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
+    # Set by the reconciler: keep this replica warmed out of routing (metadata.standby); cleared
+    # to promote it into routing (schema v9).
+    standby: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     phase_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     cold_start: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -77,6 +80,7 @@ class ReplicaFields(TypedDict, total=False):
 
     phase: str  # an openeas.kernel.states.ReplicaPhase
     stopping: bool
+    standby: bool  # kept out of routing, warmed, for a scale-out (cleared: promote it)
     pid: int | None
     start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart
     port: int | None  # the host port the replica listens on

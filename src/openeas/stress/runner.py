@@ -101,17 +101,9 @@ async def run_steps(
     steps: list[StepResult] = []
     end_reason = ""
     while True:
-        if gen.stopped:
-            end_reason = "interrupted"
-            break
         offered = next_offered(plan, steps)
-        if offered is None:
-            end_reason = "knee reached" if steps and steps[-1].knee else "ramp complete"
-            break
-        elapsed = clock.now() - t0
-        # (a step ends a few ms after its planned length: that slack is not a reason to stop)
-        if elapsed + plan.step_s > plan.duration_s + min(0.5, 0.1 * plan.step_s):
-            end_reason = f"duration: base.duration ({plan.duration_s:g} s) reached"
+        end_reason = _reason_to_stop(plan, steps, gen, offered, clock.now() - t0)
+        if end_reason or offered is None:
             break
         if plan.load == Load.RATE:
             w = await gen.rate_step(offered, plan.step_s, plan.arrival)
@@ -123,11 +115,9 @@ async def run_steps(
         steps.append(result)
         if on_step is not None:
             on_step(result)
-        if gen.stopped:
-            end_reason = "interrupted"
-            break
-        if gen.capped:
-            end_reason = f"request cap: max_requests ({plan.max_requests}) sent"
+        if gen.stopped or gen.capped:
+            cap = f"request cap: max_requests ({plan.max_requests}) sent"
+            end_reason = "interrupted" if gen.stopped else cap
             break
     await gen.drain(INTERRUPT_DRAIN_S if gen.stopped else plan.timeout_s)
     samples = observer.samples()
@@ -164,6 +154,20 @@ async def run_steps(
     if group is not None:
         report.update(group_part(group, windows, clock.now() - t0))
     return report
+
+
+def _reason_to_stop(
+    plan: StressPlan, steps: Sequence[StepResult], gen: Generator, offered: float | None, elapsed: float
+) -> str:
+    """Why the run ends before its next step ("" to go on)."""
+    if gen.stopped:
+        return "interrupted"
+    if offered is None:
+        return "knee reached" if steps and steps[-1].knee else "ramp complete"
+    # (a step ends a few ms after its planned length: that slack is not a reason to stop)
+    if elapsed + plan.step_s > plan.duration_s + min(0.5, 0.1 * plan.step_s):
+        return f"duration: base.duration ({plan.duration_s:g} s) reached"
+    return ""
 
 
 def group_part(group: GroupInfo, windows: Sequence[StepWindow], duration_s: float) -> dict[str, Any]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from openeas.telemetry.coldstart import COLD_START_SPANS, breakdown
+from openeas.telemetry.coldstart import COLD_START_SPANS, breakdown, phase_stats
 from openeas.telemetry.gateway_stats import GatewayStats, ServiceSample
 
 if TYPE_CHECKING:
     from openeas.telemetry.control import ControlMetrics
 
-__all__ = ["COLD_START_SPANS", "ControlMetrics", "GatewayStats", "ServiceSample", "breakdown"]
+__all__ = ["COLD_START_SPANS", "ControlMetrics", "GatewayStats", "ServiceSample", "breakdown", "phase_stats"]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,9 @@
 receiver, and time windows over what was received (`GatewayStats`).
 
 Every gateway samples, per service, ``arrivals`` (cumulative requests received), ``in_flight``
-(being proxied to a replica) and ``held`` (waiting for a replica) every `SEND_INTERVAL_S`, and
+(being proxied to a replica) and ``held`` (waiting for a replica), and per replica its requests
+in flight and whether its routing table sends it new ones (`ReplicaSample`), every
+`SEND_INTERVAL_S`, and
 sends them in a datagram to ``DATA/run/control.sock``, plus one at once when it holds a request
 (the autoscaler scales from zero on it) or when a service's in-flight count jumps (it reaches
 `JUMP_MIN_IN_FLIGHT` or twice what the gateway last sent; such datagrams are at least
@@ -83,6 +85,14 @@ class ServiceSample:
     held: int  # requests waiting for a replica (the service has no routable replica yet)
 
 
+@dataclass(frozen=True)
+class ReplicaSample:
+    """One gateway's (or all live gateways' summed) view of one replica at one instant."""
+
+    in_flight: int  # requests sent to the replica and not yet answered
+    routed: bool  # the routing table sends it new requests
+
+
 # --- wire format ----------------------------------------------------------------------------------
 
 
@@ -91,21 +101,28 @@ def encode(
     uptime_s: float,
     samples: Mapping[str, ServiceSample],
     jumped: Collection[str] = (),
+    *,
+    replicas: Mapping[str, ReplicaSample] | None = None,
 ) -> list[bytes]:
     """The datagrams that carry ``samples`` (one unless they do not fit in MAX_DATAGRAM_BYTES).
 
     ``{"v": 1, "g": gateway id, "up": seconds since the gateway started,
     "s": {service: [arrivals, in_flight, held]}, "j": [service, …]}``; ``"j"`` (the services in
     ``jumped`` that the datagram carries) only when there are some: a decoder that does not know
-    it reads the counters all the same.
+    it reads the counters all the same. ``"r": {replica: [in_flight, routed 0/1]}``: every replica
+    the gateway knows, in the first datagram only (absent: a gateway that reports no replicas).
     """
     head = {"v": _WIRE_VERSION, "g": gateway_id, "up": round(uptime_s, 3)}
     out: list[bytes] = []
     part: dict[str, list[int]] = {}
     size = 0
+    first: dict[str, object] = {}
+    if replicas is not None:
+        first["r"] = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
+        size = sum(len(rid) + 30 for rid in replicas)  # bytes: quotes, two numbers, separators
 
     def flush() -> None:
-        msg: dict[str, object] = {**head, "s": part}
+        msg: dict[str, object] = {**head, **({} if out else first), "s": part}
         jumps = [name for name in part if name in jumped]
         if jumps:
             msg["j"] = jumps
@@ -127,6 +144,13 @@ def encode(
 def decode(data: bytes) -> tuple[str, float, dict[str, ServiceSample], list[str]]:
     """(gateway id, uptime seconds, samples, services that jumped) of a datagram; ValueError when
     it is not one."""
+    return decode_all(data)[:4]
+
+
+def decode_all(
+    data: bytes,
+) -> tuple[str, float, dict[str, ServiceSample], list[str], dict[str, ReplicaSample] | None]:
+    """`decode`'s and the replicas (None when the datagram has none); ValueError when it is not one."""
     try:
         msg = json.loads(data)
         if msg.get("v") != _WIRE_VERSION:
@@ -137,9 +161,12 @@ def decode(data: bytes) -> tuple[str, float, dict[str, ServiceSample], list[str]
         for name, (arrivals, in_flight, held) in msg["s"].items():
             samples[str(name)] = ServiceSample(int(arrivals), int(in_flight), int(held))
         jumped = [str(name) for name in msg.get("j", ())]
+        replicas = None
+        if "r" in msg:
+            replicas = {str(rid): ReplicaSample(int(n), bool(on)) for rid, (n, on) in msg["r"].items()}
     except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"not a gateway-stats datagram: {e!r}") from None
-    return gid, up, samples, jumped
+    return gid, up, samples, jumped, replicas
 
 
 # --- time windows -----------------------------------------------------------------------------------
@@ -179,12 +206,14 @@ class _Series:
 
 
 class _Gateway:
-    __slots__ = ("first_seen", "last_seen", "series")
+    __slots__ = ("first_seen", "last_seen", "replicas", "replicas_at", "series")
 
     def __init__(self, now: float) -> None:
         self.first_seen = now  # time of its first datagram
         self.last_seen = now  # time of its last datagram
         self.series: dict[str, _Series] = {}
+        self.replicas: dict[str, ReplicaSample] = {}  # its latest replica report
+        self.replicas_at: float | None = None  # when that report was received; None: never
 
 
 class GatewayStats:
@@ -222,13 +251,17 @@ class GatewayStats:
         *,
         uptime_s: float | None = None,
         jumped: Collection[str] = (),
+        replicas: Mapping[str, ReplicaSample] | None = None,
     ) -> None:
         """Record one datagram of ``gateway_id`` received at ``now``; ``uptime_s``: seconds since
         that gateway started (its counters were 0 then), when it said; ``jumped``: the services
-        whose in-flight count jumped (the gateway sent at once for them)."""
+        whose in-flight count jumped (the gateway sent at once for them); ``replicas``: its whole
+        replica report, when the datagram carried one."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
             gw = self._gateways[gateway_id] = _Gateway(now)
+        if replicas is not None:
+            gw.replicas, gw.replicas_at = dict(replicas), now
         # When the counters of a service this gateway did not report before were 0: at the
         # gateway's start if that was moments ago; at its previous datagram if it has reported for
         # a while (a service routed since); else unknown (a gateway older than this control plane,
@@ -350,6 +383,28 @@ class GatewayStats:
         seen = [gw.last_seen for gw, _ in self._reporting(service)]
         return max(seen) if seen else None
 
+    # --- replicas -------------------------------------------------------------------------------
+    def replica(self, replica_id: str, now: float, since: float) -> ReplicaSample | None:
+        """``replica_id`` as every live gateway reported it after ``since`` (in flight summed,
+        routed by any); a replica a gateway did not name is neither routed nor busy there. None
+        while some live gateway has not reported its replicas after ``since``, or when no gateway
+        is alive (nothing is known: the caller decides without the gateways)."""
+        live = [gw for gw in self._gateways.values() if self._alive(gw, now)]
+        if not live or any(gw.replicas_at is None or gw.replicas_at <= since for gw in live):
+            return None
+        seen = [gw.replicas.get(replica_id, ReplicaSample(0, False)) for gw in live]
+        return ReplicaSample(sum(r.in_flight for r in seen), any(r.routed for r in seen))
+
+    def replica_in_flight(self, now: float) -> dict[str, int]:
+        """Each replica's requests in flight now, live gateways' latest reports summed (safe from
+        another thread: it reads a snapshot; each report is replaced whole)."""
+        out: dict[str, int] = {}
+        for gw in list(self._gateways.values()):
+            if self._alive(gw, now):
+                for rid, r in gw.replicas.items():
+                    out[rid] = out.get(rid, 0) + r.in_flight
+        return out
+
     def services(self) -> list[str]:
         """Every service some gateway reported (within the horizon)."""
         return sorted(self._first_seen)
@@ -415,11 +470,11 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
             except OSError:  # BlockingIOError: drained
                 return
             try:
-                gid, uptime, samples, jumped = decode(data)
+                gid, uptime, samples, jumped, replicas = decode_all(data)
             except ValueError as e:
                 log.debug("ignored a datagram: %s", e)
                 continue
-            stats.observe(gid, samples, now, uptime_s=uptime, jumped=jumped)
+            stats.observe(gid, samples, now, uptime_s=uptime, jumped=jumped, replicas=replicas)
 
     loop.add_reader(sock.fileno(), readable)
     try:

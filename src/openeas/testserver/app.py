@@ -39,12 +39,19 @@ from typing import Any
 from aiohttp import web
 
 from openeas.testserver.knobs import Knobs
+from openeas.testserver.openai_request import (
+    BadRequest,
+    chat_prompt_tokens,
+    completion_prompt_tokens,
+    include_usage,
+    max_tokens,
+    parse_body,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
-MAX_TOKENS_LIMIT = 100_000  # a typo'd max_tokens must not make the server stream for hours
 CLIENT_DISCONNECTED = 499  # nginx's code for "client closed the request", used in the metrics only
 
 _OK_BODY = b'{"ok":true}'
@@ -64,13 +71,6 @@ def _error(
 ) -> web.Response:
     # The OpenAI error shape: the SDK raises BadRequestError & co. with this message.
     return _json({"error": {"message": message, "type": type_, "param": param, "code": None}}, status)
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 @dataclass
@@ -110,10 +110,6 @@ STATE_KEY: Any = web.AppKey("testserver_state", ServerState) if hasattr(web, "Ap
 def _tokens(n: int) -> list[str]:
     """The i-th streamed piece; joined they give ``"tok0 tok1 … tok{n-1}"``."""
     return [f"tok{i}" if i == 0 else f" tok{i}" for i in range(n)]
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 class _Handlers:
@@ -232,13 +228,13 @@ class _Handlers:
             return failed
         raw = await request.read()
         try:
-            req = _parse_body(raw)
-            prompt_tokens = _chat_prompt_tokens(req) if chat else _completion_prompt_tokens(req)
-            n = _max_tokens(req, self.knobs.max_tokens_default, chat=chat)
+            req = parse_body(raw)
+            prompt_tokens = chat_prompt_tokens(req) if chat else completion_prompt_tokens(req)
+            n = max_tokens(req, self.knobs.max_tokens_default, chat=chat)
             stream = req.get("stream", False)
             if not isinstance(stream, bool):
                 raise BadRequest("'stream' must be a boolean", "stream")
-            include_usage = _include_usage(req) if stream else False
+            with_usage = include_usage(req) if stream else False
         except BadRequest as e:
             return _error(400, e.message, param=e.param)
 
@@ -249,7 +245,7 @@ class _Handlers:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
         tps = self.knobs.tokens_per_s
         if stream:
-            return await self._stream(request, rid, created, n, usage if include_usage else None, chat=chat)
+            return await self._stream(request, rid, created, n, usage if with_usage else None, chat=chat)
         if tps > 0 and n > 0:
             await asyncio.sleep(n / tps)
         text = "".join(_tokens(n))
@@ -315,83 +311,6 @@ class _Handlers:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-
-# -- request parsing (pure) ---------------------------------------------------------------------
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
-def _chat_prompt_tokens(req: dict[str, Any]) -> int:
-    if "messages" not in req:
-        raise BadRequest("'messages' is required", "messages")
-    messages = req["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array of message objects", "messages")
-    total = 0
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise BadRequest(f"'messages[{i}]' must be an object", f"messages[{i}]")
-        content = m.get("content")
-        if isinstance(content, str):
-            total += _words(content)
-        elif isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-            texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-            total += sum(_words(t) for t in texts)
-        elif content is not None:
-            param = f"messages[{i}].content"
-            raise BadRequest(f"'{param}' must be a string or an array", param)
-    return total
-
-
-def _completion_prompt_tokens(req: dict[str, Any]) -> int:
-    if "prompt" not in req:
-        raise BadRequest("'prompt' is required", "prompt")
-    prompt = req["prompt"]
-    if isinstance(prompt, str):
-        return _words(prompt)
-    if isinstance(prompt, list):
-        total = 0
-        for item in prompt:
-            if isinstance(item, str):
-                total += _words(item)
-            elif isinstance(item, int) and not isinstance(item, bool):
-                total += 1  # a token id
-            elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-                total += len(item)
-            else:
-                raise BadRequest("'prompt' must be a string, an array of strings or of token ids", "prompt")
-        return total
-    raise BadRequest("'prompt' must be a string, an array of strings or of token ids", "prompt")
-
-
-def _max_tokens(req: dict[str, Any], default: int, *, chat: bool) -> int:
-    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
-    for name in names:
-        v = req.get(name)
-        if v is None:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_TOKENS_LIMIT:
-            raise BadRequest(f"'{name}' must be an integer within 0..{MAX_TOKENS_LIMIT}", name)
-        return v
-    return default
-
-
-def _include_usage(req: dict[str, Any]) -> bool:
-    opts = req.get("stream_options")
-    if opts is None:
-        return False
-    if not isinstance(opts, dict):
-        raise BadRequest("'stream_options' must be an object", "stream_options")
-    return bool(opts.get("include_usage", False))
 
 
 # -- metrics --------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ const targets = {
   groups: "#groups tbody",
   replicas: "#replicas tbody",
   status: "#status",
+  charts: "section.charts",
+  member_stats: "#member-stats tbody",
+  stats_note: "#stats-note",
+  steps: "#steps tbody",
+  summary: "#summary",
 };
 
 function sizeBars(root) {
@@ -26,6 +31,12 @@ function follow(url) {
     }
     document.body.dataset.liveVersion = String(Number(document.body.dataset.liveVersion || 0) + 1);
   };
+}
+
+// A slider shows its value next to it while it moves (the form posts it on submit).
+for (const input of document.querySelectorAll("input[type=range][data-out]")) {
+  const out = document.getElementById(input.dataset.out);
+  input.addEventListener("input", () => { out.value = input.value; });
 }
 
 sizeBars(document);

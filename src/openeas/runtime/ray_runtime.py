@@ -1,0 +1,303 @@
+"""The Ray runtime: a Ray cluster places replicas on its nodes; this module owns every Ray call.
+
+``openeas server --runtime ray --ray-address auto|HOST:PORT`` starts each replica as a named,
+detached Ray actor (``openeas-replica-<id>`` in a namespace of the data dir) that asks for the
+spec's ``metadata.cpu``, ``memory`` and ``gpu`` (and a custom resource named after
+``cloud.computing.instance_type``), with Ray's SPREAD strategy: Ray picks the node, never one
+where the resources do not fit. The actor runs the same launch plan as the process runtime on
+its node (a :class:`~openeas.runtime.process.ProcessRuntime` inside the actor: the replica
+process, its log, its port on 127.0.0.1) and reports the pid, start ticks and node. The replica
+dies with its actor (``PR_SET_PDEATHSIG``), so a lost Ray node leaves no replica behind.
+
+Everything else goes by the actor's name, not by a local pid: ``alive`` asks the actor (an
+actor that died with its node means the replica is gone), ``signal`` is relayed by it, ``adopt``
+finds it by name after a control-plane restart, and ``forget`` kills it (its resources go back
+to Ray). A spec that fits on no node raises :class:`~openeas.runtime.base.Unschedulable`, whose
+message names the short resource; the replica stays Pending with it.
+
+All OpenEAS traffic to replicas stays on 127.0.0.1 where every node is this machine (the tests,
+the local cluster): Ray reports the machine's interface address for its nodes.
+
+Ray is an optional dependency (``pip install 'openeas[ray]'``); nothing else imports this module.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util import list_named_actors
+
+from openeas.runtime.base import Demand, LaunchSpec, ProcessRef, ReplicaProcess, Unschedulable
+from openeas.runtime.identity import node_tag
+from openeas.runtime.process import ProcessRuntime
+
+ACTOR_PREFIX = "openeas-replica-"
+CALL_TIMEOUT_S = 10.0  # one call to a replica's actor (poll, signal, info)
+START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
+
+
+def actor_name(replica_id: str) -> str:
+    return ACTOR_PREFIX + replica_id
+
+
+def namespace(data_dir: Path) -> str:
+    """The Ray namespace of one data dir's replicas (a hash, never the path)."""
+    return "openeas-" + node_tag(data_dir)
+
+
+def ray_request(demand: Demand, instance_resources: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The Ray resources one replica asks for (pure): ``CPU``, ``memory`` (bytes), ``GPU``, and
+    the custom resource of its instance type (``instance_resources`` maps a type to a resource
+    name; unmapped, the type's own name), one unit of it. Unset fields ask for nothing."""
+    out: dict[str, float] = {}
+    if demand.cpu:
+        out["CPU"] = float(demand.cpu)
+    if demand.memory_mb:
+        out["memory"] = float(demand.memory_mb * 2**20)
+    if demand.gpu:
+        out["GPU"] = float(demand.gpu)
+    if demand.instance_type:
+        out[(instance_resources or {}).get(demand.instance_type, demand.instance_type)] = 1.0
+    return out
+
+
+def _show(name: str, value: float) -> str:
+    if name == "memory":
+        return f"memory {value / 2**20:g} MB"
+    return f"{name.lower() if name in ('CPU', 'GPU') else name} {value:g}"
+
+
+def infeasible_reason(request: Mapping[str, float], nodes: Iterable[Mapping[str, float]]) -> str | None:
+    """Why no node of the cluster can ever hold ``request`` (pure); None when one can.
+
+    ``nodes``: each live node's total resources (Ray's ``Resources``). The reason names each
+    resource that no node has enough of, with the most any node has; or says that no one node
+    has them all together.
+    """
+    totals = list(nodes)
+    if not totals:
+        return "the Ray cluster has no live node"
+    if any(all(t.get(k, 0.0) >= v for k, v in request.items()) for t in totals):
+        return None
+    short = [
+        f"{_show(k, v)} asked, the largest node has {_show(k, max(t.get(k, 0.0) for t in totals))}"
+        for k, v in request.items()
+        if all(t.get(k, 0.0) < v for t in totals)
+    ]
+    if short:
+        return "no Ray node can hold this replica: " + "; ".join(short)
+    wanted = ", ".join(_show(k, v) for k, v in request.items())
+    return f"no Ray node has {wanted} together"
+
+
+class ReplicaHost:
+    """The Ray actor of one replica: starts it on its node and answers for it."""
+
+    def __init__(self) -> None:
+        self.runtime = ProcessRuntime(die_with_parent=True)
+        self.ref: ProcessRef | None = None
+        self.replica_id = ""
+
+    def launch(self, launch: LaunchSpec) -> tuple[int, int, str]:
+        """Start the replica; its pid, start ticks and this node's Ray id."""
+        self.replica_id = launch.replica_id
+        self.ref = self.runtime.start(launch)
+        return self.ref.pid, self.ref.start_ticks, ray.get_runtime_context().get_node_id()
+
+    def info(self) -> tuple[str, int, int]:
+        ref = self.ref
+        return self.replica_id, ref.pid if ref else 0, ref.start_ticks if ref else 0
+
+    def poll(self) -> tuple[bool, bool, int | None]:
+        """(leader alive, any process of its group alive, exit code)."""
+        if self.ref is None:
+            return False, False, None
+        rt, ref = self.runtime, self.ref
+        return rt.alive(ref), rt.group_alive(ref), rt.exit_code(ref)
+
+    def signal(self, sig: int) -> None:
+        if self.ref is not None:
+            self.runtime.signal(self.ref, sig)
+
+
+_ReplicaActor: Any = ray.remote(max_restarts=0)(ReplicaHost)  # Ray's handles are untyped here
+
+
+class RayRuntime:
+    """Replicas as Ray actors placed by a Ray cluster; see the module docstring."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str,
+        data_dir: Path,
+        *,
+        instance_resources: Mapping[str, str] | None = None,
+        strategy: str = "SPREAD",
+    ) -> None:
+        self.address = address
+        self.namespace = namespace(data_dir)
+        self.instance_resources = dict(instance_resources or {})
+        self.strategy = strategy
+        self._codes: dict[str, int | None] = {}  # replica id → last exit code seen
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, namespace=self.namespace, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                msg = f"--ray-address {address}: cannot reach the Ray cluster: {exc}"
+                raise ConnectionError(msg) from exc
+
+    # ---- placement ------------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Ray's live nodes: id, address and total resources."""
+        return [
+            {"node": n["NodeID"], "address": n["NodeManagerAddress"], "resources": dict(n["Resources"])}
+            for n in ray.nodes()
+            if n.get("Alive")
+        ]
+
+    def start(self, launch: LaunchSpec) -> ProcessRef:
+        request = ray_request(launch.demand, self.instance_resources)
+        reason = infeasible_reason(request, (n["resources"] for n in self.nodes()))
+        if reason is not None:
+            raise Unschedulable(reason)
+        name = actor_name(launch.replica_id)
+        self._kill_named(name)  # a leftover of an earlier start of this replica
+        custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
+        actor: Any = _ReplicaActor.options(
+            name=name,
+            namespace=self.namespace,
+            lifetime="detached",  # outlives the control plane, like a process replica
+            num_cpus=request.get("CPU", 0.0),
+            num_gpus=request.get("GPU", 0.0),
+            memory=request.get("memory"),
+            resources=custom or None,
+            scheduling_strategy=self.strategy,
+        ).remote()
+        try:
+            pid, ticks, node = ray.get(actor.launch.remote(launch), timeout=START_TIMEOUT_S)
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise OSError(f"Ray did not place and start the replica within {START_TIMEOUT_S:g} s") from None
+        except RayActorError as exc:
+            raise OSError(f"the replica's Ray actor died while starting: {exc}") from None
+        except Exception as exc:  # the launch itself raised on the node (OSError, ValueError)
+            ray.kill(actor)
+            cause = getattr(exc, "cause", None) or exc
+            raise OSError(f"cannot start the replica on its Ray node: {cause}") from None
+        self._codes.pop(launch.replica_id, None)
+        return ProcessRef(pid=pid, start_ticks=ticks, extra={"replica": launch.replica_id, "node": node})
+
+    # ---- by actor name --------------------------------------------------------------------------
+    def _actor(self, ref: ProcessRef) -> Any | None:
+        rid = ref.extra.get("replica")
+        if not rid:
+            return None
+        try:
+            return ray.get_actor(actor_name(rid), namespace=self.namespace)
+        except ValueError:
+            return None
+
+    def _poll(self, ref: ProcessRef) -> tuple[bool, bool]:
+        actor = self._actor(ref)
+        if actor is None:
+            return False, False
+        try:
+            alive, group, code = ray.get(actor.poll.remote(), timeout=CALL_TIMEOUT_S)
+        except RayActorError:
+            return False, False  # the actor died (its node was lost): so did the replica
+        except GetTimeoutError:
+            return True, True  # no answer yet is not an exit
+        if code is not None:
+            self._codes[ref.extra["replica"]] = code
+        return alive, group
+
+    def adopt(self, ref: ProcessRef) -> bool:
+        actor = self._actor(ref)
+        if actor is None:
+            return False
+        try:
+            _rid, pid, ticks = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError):
+            return False
+        return (pid, ticks) == (ref.pid, ref.start_ticks) and self.alive(ref)
+
+    def alive(self, ref: ProcessRef) -> bool:
+        return self._poll(ref)[0]
+
+    def group_alive(self, ref: ProcessRef) -> bool:
+        return self._poll(ref)[1]
+
+    def exit_code(self, ref: ProcessRef) -> int | None:
+        return self._codes.get(ref.extra.get("replica", ""))
+
+    def signal(self, ref: ProcessRef, sig: int) -> None:
+        actor = self._actor(ref)
+        if actor is None:
+            return
+        try:
+            ray.get(actor.signal.remote(sig), timeout=CALL_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError):
+            pass
+        if sig == signals.SIGKILL:  # nothing is left to stop gracefully: the actor goes too
+            ray.kill(actor)
+
+    def forget(self, ref: ProcessRef) -> None:
+        """The replica is gone for good: its actor goes, and with it its claim on the node."""
+        rid = ref.extra.get("replica", "")
+        self._codes.pop(rid, None)
+        if rid:
+            self._kill_named(actor_name(rid))
+
+    def _kill_named(self, name: str) -> None:
+        try:
+            ray.kill(ray.get_actor(name, namespace=self.namespace))
+        except ValueError:
+            pass
+
+    def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
+        """Every replica actor of ``data_dir``'s namespace that answers (the orphan scan)."""
+        out: list[ReplicaProcess] = []
+        for entry in list_named_actors(all_namespaces=True):
+            if entry["namespace"] != namespace(data_dir) or not entry["name"].startswith(ACTOR_PREFIX):
+                continue
+            try:
+                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+                info: Any = ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
+            except (ValueError, RayActorError, GetTimeoutError):
+                continue
+            rid, pid = info[0] or entry["name"].removeprefix(ACTOR_PREFIX), info[1]
+            out.append(ReplicaProcess(pid=pid, replica_id=rid, pgid=pid, handle=entry["name"]))
+        return out
+
+    def kill(self, proc: ReplicaProcess) -> bool:
+        try:
+            ray.kill(ray.get_actor(proc.handle, namespace=self.namespace))
+        except ValueError:
+            return False
+        return True
+
+    def node_of(self, ref: ProcessRef) -> str | None:
+        return ref.extra.get("node")
+
+    def close(self) -> None:
+        """Disconnect from the cluster; the replicas (detached actors) keep running."""
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+__all__ = [
+    "ACTOR_PREFIX",
+    "RayRuntime",
+    "ReplicaHost",
+    "actor_name",
+    "infeasible_reason",
+    "namespace",
+    "ray_request",
+]

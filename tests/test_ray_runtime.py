@@ -1,0 +1,191 @@
+"""The Ray runtime (runtime/ray_runtime.py): the pure resource decisions, then a real 2-node Ray
+cluster on this machine (ray.cluster_utils.Cluster, 2 logical CPUs per node, no dashboard):
+placement by Ray (SPREAD, never over a node's resources), a spec that fits nowhere refused with
+the short resource named, and a lost worker node taking its replicas with it."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openeas.runtime.base import Demand, LaunchSpec, Unschedulable
+from openeas.runtime.launch import free_port
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from openeas.runtime.ray_runtime import RayRuntime, infeasible_reason, ray_request  # noqa: E402
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("demand", "types", "want"),
+    [
+        pytest.param(Demand(), None, {}, id="nothing-asked"),
+        pytest.param(Demand(cpu=1), None, {"CPU": 1.0}, id="cpu"),
+        pytest.param(
+            Demand(cpu=0.5, memory_mb=1024, gpu=1),
+            None,
+            {"CPU": 0.5, "memory": 1.0 * GiB, "GPU": 1.0},
+            id="cpu-memory-gpu",
+        ),
+        pytest.param(Demand(instance_type="ecs.gn6i"), None, {"ecs.gn6i": 1.0}, id="instance-type-own-name"),
+        pytest.param(
+            Demand(instance_type="ecs.gn6i"), {"ecs.gn6i": "t4"}, {"t4": 1.0}, id="instance-type-mapped"
+        ),
+    ],
+)
+def test_ray_request(demand: Demand, types: dict[str, str] | None, want: dict[str, float]) -> None:
+    assert ray_request(demand, types) == want
+
+
+NODES = [{"CPU": 2.0, "memory": 4.0 * GiB}, {"CPU": 4.0, "memory": 1.0 * GiB, "t4": 1.0}]
+
+
+@pytest.mark.parametrize(
+    ("request_", "nodes", "want"),
+    [
+        pytest.param({"CPU": 4.0}, NODES, None, id="fits-the-big-node"),
+        pytest.param({}, NODES, None, id="asks-nothing"),
+        pytest.param(
+            {"GPU": 1.0},
+            NODES,
+            "no Ray node can hold this replica: gpu 1 asked, the largest node has gpu 0",
+            id="no-gpu",
+        ),
+        pytest.param(
+            {"CPU": 8.0, "memory": 8.0 * GiB},
+            NODES,
+            "no Ray node can hold this replica: cpu 8 asked, the largest node has cpu 4; "
+            "memory 8192 MB asked, the largest node has memory 4096 MB",
+            id="all-short-resources-named",
+        ),
+        # Each alone fits somewhere (4 CPUs on the second, 2 GiB on the first), never together.
+        pytest.param(
+            {"CPU": 4.0, "memory": 2.0 * GiB},
+            NODES,
+            "no Ray node has cpu 4, memory 2048 MB together",
+            id="not-together",
+        ),
+        pytest.param({"CPU": 1.0}, [], "the Ray cluster has no live node", id="no-node"),
+    ],
+)
+def test_infeasible_reason(
+    request_: dict[str, float], nodes: list[dict[str, float]], want: str | None
+) -> None:
+    assert infeasible_reason(request_, nodes) == want
+
+
+# ---- a real Ray cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, RayRuntime]]:
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False},
+    )
+    try:
+        c.add_node(num_cpus=2, resources={"node_b": 1})
+        c.wait_for_nodes()
+        data_dir = tmp_path_factory.mktemp("ray-data")
+        runtime = RayRuntime(c.address, data_dir)
+        try:
+            yield c, runtime
+        finally:
+            for proc in runtime.replica_processes(data_dir):  # whatever a failed test left
+                runtime.kill(proc)
+            runtime.close()
+    finally:
+        c.shutdown()
+
+
+def _launch(tmp: Path, rid: str, demand: Demand) -> LaunchSpec:
+    port = free_port()
+    return LaunchSpec(
+        replica_id=rid,
+        argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        env={"OPENEAS_REPLICA_ID": rid},
+        cwd=str(tmp),
+        log_path=str(tmp / f"{rid}.log"),
+        port=port,
+        demand=demand,
+    )
+
+
+def _answers(port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _node_names(runtime: RayRuntime) -> dict[str, str]:
+    """Ray node id → node_a / node_b (the custom resource each node was started with)."""
+    return {n["node"]: next(k for k in n["resources"] if k.startswith("node_")) for n in runtime.nodes()}
+
+
+@pytest.mark.slow
+def test_four_replicas_of_one_cpu_land_two_per_node(
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path
+) -> None:
+    _c, runtime = cluster
+    launches = [_launch(tmp_path, f"r{i}", Demand(cpu=1)) for i in range(4)]
+    refs = [runtime.start(launch) for launch in launches]
+    try:
+        names = _node_names(runtime)
+        # 4 replicas of cpu 1 on 2 nodes of 2 CPUs: any other split puts 3 CPUs on a node of 2.
+        assert Counter(names[r.extra["node"]] for r in refs) == {"node_a": 2, "node_b": 2}
+        assert all(_answers(launch.port) for launch in launches)  # on 127.0.0.1, its own port
+        assert all(runtime.alive(r) for r in refs)
+        runtime.forget(refs[0])  # its actor goes, and the replica with it
+        assert not runtime.alive(refs[0])
+    finally:
+        for r in refs:
+            runtime.forget(r)
+
+
+@pytest.mark.slow
+def test_a_gpu_spec_on_a_cluster_without_gpus_is_unschedulable(
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path
+) -> None:
+    _c, runtime = cluster
+    with pytest.raises(Unschedulable, match="gpu 1 asked, the largest node has gpu 0"):
+        runtime.start(_launch(tmp_path, "g0", Demand(cpu=1, gpu=1)))
+
+
+@pytest.mark.slow
+def test_losing_a_worker_node_loses_its_replicas_and_they_start_on_the_other(
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path
+) -> None:
+    c, runtime = cluster
+    a = _launch(tmp_path, "a", Demand(cpu=1, instance_type="node_a"))
+    b = _launch(tmp_path, "b", Demand(cpu=1, instance_type="node_b"))
+    ref_a, ref_b = runtime.start(a), runtime.start(b)
+    assert _answers(a.port) and _answers(b.port)
+    worker = next(n for n in c.worker_nodes)
+    c.remove_node(worker)  # the node_b raylet and its workers are killed
+    deadline = time.monotonic() + 30
+    while runtime.alive(ref_b) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not runtime.alive(ref_b)
+    assert runtime.alive(ref_a)
+    assert not _answers(b.port, timeout=5)  # the replica died with its actor (PR_SET_PDEATHSIG)
+    runtime.forget(ref_b)
+    again = _launch(tmp_path, "b", Demand(cpu=1))  # the same replica, started again: node_a only is left
+    ref = runtime.start(again)
+    assert _node_names(runtime)[ref.extra["node"]] == "node_a"
+    assert _answers(again.port)
+    runtime.forget(ref)
+    runtime.forget(ref_a)

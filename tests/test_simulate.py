@@ -1,0 +1,96 @@
+"""The simulator (openeas.autoscaler.simulate): traces replayed through the real decide()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from openeas.autoscaler.simulate import (
+    DECIDE_EVERY_S,
+    Trace,
+    generate,
+    load_trace,
+    shape_rates,
+    simulate,
+    write_trace,
+)
+from openeas.errors import SpecError
+from openeas.spec import parse_spec
+
+
+def spec(**autoscaling: Any) -> Any:
+    doc: dict[str, Any] = {
+        "metadata": {"name": "sim", "instance": 2},
+        "containers": [{"image": "x", "command": "x", "port": 8000}],
+    }
+    if autoscaling:
+        doc["autoscaling"] = autoscaling
+    return parse_spec(doc)
+
+
+def test_documented_default() -> None:
+    assert DECIDE_EVERY_S == 15.0
+
+
+def test_a_fixed_count_bills_every_second() -> None:
+    trace = Trace(0.0, np.ones(3600), np.full(3600, 0.2))
+    r = simulate(spec(), trace, cold_starts_s=[10], capacity_qps=5, price_per_hour=5.0, currency="RMB")
+    # 2 replicas x 3600 s = 2 replica-hours x 5 RMB/h = 10 RMB
+    assert (r.replica_seconds, r.cost, r.scale_events, r.held_share) == (7200.0, 10.0, 0, 0.0)
+    assert r.p99_s == pytest.approx(0.2)
+
+
+def test_min_1_instead_of_2_saves_replica_hours_overnight() -> None:
+    trace = generate(shape_rates("business-hours", 2, 20.0, 0.5), 0.1)
+    two = simulate(spec(metric="qps", target=10, min_replicas=2, max_replicas=6), trace,
+                   cold_starts_s=[30], capacity_qps=12, price_per_hour=5.0)  # fmt: skip
+    one = simulate(spec(metric="qps", target=10, min_replicas=1, max_replicas=6), trace,
+                   cold_starts_s=[30], capacity_qps=12, price_per_hour=5.0)  # fmt: skip
+    # off-peak 0.5 qps needs 1 replica: min 2 pays one more for the 48 - 2 x 9 = 30 quiet hours
+    # (less the down window after each peak)
+    saved_h = (two.replica_seconds - one.replica_seconds) / 3600
+    assert 25 < saved_h <= 30, saved_h
+
+
+def test_scale_from_zero_holds_the_first_requests() -> None:
+    a = np.zeros(1200)
+    a[600:] = 1.0
+    trace = Trace(0.0, a, a * 0.1)
+    s = spec(metric="qps", target=10, min_replicas=0, max_replicas=2)
+    r = simulate(s, trace, cold_starts_s=[20], capacity_qps=5, price_per_hour=None)
+    assert 0 < r.held_share < 0.2 and r.p99_s > 1 and r.cost is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "error"),
+    [
+        pytest.param({"cold_starts_s": []}, "cold starts: at least one", id="no-cold-start"),
+        pytest.param({"capacity_qps": 0}, "capacity: 0 requests/s per replica", id="no-capacity"),
+    ],
+)
+def test_inputs_are_named_when_wrong(kw: dict[str, Any], error: str) -> None:
+    args: dict[str, Any] = {"cold_starts_s": [1.0], "capacity_qps": 1.0, "price_per_hour": None, **kw}
+    with pytest.raises(SpecError, match=error):
+        simulate(spec(), Trace(0.0, np.ones(10), np.ones(10)), **args)
+
+
+def test_a_cpu_policy_is_refused_by_name() -> None:
+    with pytest.raises(SpecError, match="autoscaling metric cpu: not replayable"):
+        simulate(spec(metric="cpu", target=50, min_replicas=1, max_replicas=2), Trace(0.0, np.ones(10), np.ones(10)),
+                 cold_starts_s=[1], capacity_qps=1, price_per_hour=None)  # fmt: skip
+
+
+def test_the_csv_round_trips(tmp_path: Path) -> None:
+    trace = generate(shape_rates("saturday-night", 7, 5.0, 0.2), 0.25, seed=3)
+    path = tmp_path / "t.csv"
+    with path.open("w") as f:
+        write_trace(trace, f)
+    back = load_trace(str(path))
+    assert back.arrivals.sum() == trace.arrivals.sum()
+    assert back.busy.sum() == pytest.approx(trace.busy.sum())
+    (tmp_path / "bad.csv").write_text("timestamp,count,duration_s\nx,1,0.1\n")
+    with pytest.raises(SpecError, match="line 2: timestamp and duration_s must be numbers"):
+        load_trace(str(tmp_path / "bad.csv"))

@@ -61,6 +61,7 @@ def llama_spec(name: str, bucket: Path) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads((ROOT / "examples/quickstart/service.json").read_text())
     spec["metadata"]["name"] = name
     spec["metadata"]["instance"] = 2
+    spec["metadata"]["cpu"] = 0.5  # 4 replicas (2 per balancer) admitted on a 2-core machine
     spec["containers"][0]["command"] += " --cache-reuse 256"
     spec["storage"][0]["oss"]["path"] = (bucket / "models/smollm2-135m-instruct").as_uri() + "/"
     return spec

@@ -92,8 +92,10 @@ def one(
         ttft = time.perf_counter() - start
         replica = r.headers.get("X-OpenEAS-Replica", "?").split(";")[0]
         r.close()
+        if r.status_code != 200:
+            replica = f"HTTP {r.status_code}"
     except requests.RequestException:
-        return
+        replica, ttft = "no answer", float("nan")
     with lock:
         out.append((ttft, replica))
 
@@ -169,11 +171,16 @@ def main() -> None:
                 ticks = cpu_ticks(gw)
                 results = workload(info["endpoint"], info["token"], args)
                 cpu_ms = (cpu_ticks(gw) - ticks) * 10 / max(1, len(results))
+                failed = [r for _, r in results if r.startswith(("HTTP", "no answer"))]
+                if failed:
+                    print(f"{bal}: {len(failed)} failed: {sorted(set(failed))}", file=sys.stderr)
+                results = [(t, r) for t, r in results if not r.startswith(("HTTP", "no answer"))]
                 ttfts = [t * 1000 for t, _ in results]
                 shares = sorted(
                     (sum(1 for _, r in results if r == rid) for rid in {r for _, r in results}), reverse=True
                 )
                 mean = statistics.mean(shares) if shares else 0
+                shares = shares or [0]
                 rows.append(
                     (
                         bal,

@@ -135,3 +135,17 @@ def test_least_waiting_follows_the_replicas_own_metric(server: Server, tmp_path:
         wait_for(settled, timeout_s=20, what=f"the gateway to route to {quiet} (0 waiting)")
         picks = _picks(server, "lw", 20)
         assert sum(v for k, v in picks.items() if k.startswith(f"{quiet};")) == 20, picks
+
+
+def test_test_server_appends_its_engine_metrics_file(tmp_path: Path) -> None:
+    import requests
+
+    from openeas.testserver.app import ServerThread
+    from openeas.testserver.knobs import Knobs
+
+    assert Knobs().engine_metrics_file == ""  # the documented default: none
+    with ServerThread(Knobs(engine_metrics_file=str(tmp_path / "{port}.prom"))) as srv:
+        assert "vllm:" not in requests.get(srv.url + "/metrics", timeout=5).text  # no file yet: none
+        (tmp_path / f"{srv.port}.prom").write_text("vllm:num_requests_waiting 3")
+        text = requests.get(srv.url + "/metrics", timeout=5).text
+        assert engine_load(text) == (3.0, -1.0)

@@ -2,13 +2,17 @@
 
 - A model's fetch phase on a hit against a miss (goal: a 250 MB model's hit ≤ 1% of its miss).
 - N replicas starting at once on one node (goal: 10 starts, 1 fetch).
+- Standbys (bench/coldstart_standby.py): a frozen standby's promotion to its first answered
+  request, test server and the quickstart LLM (goal: llama-server ≤ 0.2 s); a load step under the
+  autoscaler with a standby and without: requests that waited longer than 1 s.
 
 The fetch phase is what a replica's start spends in ``NodeCache.materialize`` (the supervisor's
 "Fetching" phase runs exactly that); the model is a generated file in a local bucket, the cache a
 fresh folder per run. Prints a markdown table with each goal's verdict.
 
     python bench/coldstart.py                      # 250 MB, 10 starts, 3 runs
-    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1   # the smoke form
+    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2
+                                                   # the smoke form
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import coldstart_standby as standby
 
 from openeas.storage import Materialized, NodeCache
 
@@ -65,6 +71,11 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=250, help="model size, MiB (1-2048)")
     ap.add_argument("--starts", type=int, default=10, help="replicas starting at once (1-20)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each measurement (1-10)")
+    ap.add_argument(
+        "--standby-runs", type=int, default=3, help="promotions measured (0: no standby part; 0-10)"
+    )
+    ap.add_argument("--no-llm", action="store_true", help="skip the quickstart LLM (llama-server)")
+    ap.add_argument("--step-s", type=float, default=6.0, help="the load step's length, seconds (1-30)")
     a = ap.parse_args()
     errors = [
         f"--{name}: {value} is not in {lo}..{hi}"
@@ -72,6 +83,8 @@ def main() -> None:
             ("size-mb", a.size_mb, 1, 2048),
             ("starts", a.starts, 1, 20),
             ("runs", a.runs, 1, 10),
+            ("standby-runs", a.standby_runs, 0, 10),
+            ("step-s", a.step_s, 1, 30),
         )
         if not lo <= value <= hi
     ]
@@ -97,6 +110,34 @@ def main() -> None:
     ok_flight = "PASS" if fetches == 1 else "FAIL"
     print(f"| {a.starts} starts at once: fetches (worst run) | {fetches} | 1 | {ok_flight} |")
     print(f"| {a.starts} starts at once: wall time | {wall * 1000:.1f} ms | | |")
+    if a.standby_runs:
+        standby_table(a.standby_runs, not a.no_llm, a.step_s)
+
+
+def standby_table(runs: int, llm: bool, step_s: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="openeas-standby-") as tmp:
+        work = Path(tmp)
+        ts = standby.testserver_promotion(work, runs)
+        lm = standby.llm_promotion(work, runs) if llm else None
+        steps = {sb: standby.load_step(work, sb, step_s) for sb in (False, True)}
+    print(f"\n# cold start: standbys ({runs} promotions, medians; load step {step_s:g} s)\n")
+    print("| measure | value | goal | verdict |")
+    print("|---|---|---|---|")
+    for what, got, goal in (("test server", ts, None), ("quickstart LLM (llama-server)", lm, 0.2)):
+        if got is None:
+            print(f"| {what}: frozen standby, scale call to first answer | skipped (--no-llm) | | |")
+            continue
+        verdict = "" if goal is None else ("PASS" if got["answered_s"] <= goal else "FAIL")
+        limit = "" if goal is None else f"≤ {goal} s"
+        took = f"{got['answered_s']:.3f} s"
+        print(f"| {what}: frozen standby, scale call to first answer | {took} | {limit} | {verdict} |")
+        print(f"| {what}: promotion_s (thaw + probe) | {got['promotion_s']:.3f} s | | |")
+    for sb, got in steps.items():
+        how = "with a frozen standby" if sb else "without a standby"
+        print(
+            f"| load step {how}: requests waited > {standby.WAITED_S:g} s | {got['waited']} of "
+            f"{got['requests']} ({got['failed']} failed, p99 {got['p99_s']:.2f} s) | | |"
+        )
 
 
 if __name__ == "__main__":

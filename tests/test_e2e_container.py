@@ -375,3 +375,52 @@ def test_an_idle_container_replica_stops_promptly_on_sigterm(
     assert took < GRACE_S / 2, (
         f"{engine.name}: the stop took {took:.1f}s (grace {GRACE_S}s): SIGTERM was lost"
     )
+
+
+def test_a_frozen_container_standby_is_paused_and_promoted(
+    server: Server, tmp_path: Path, engine: EngineCLI, image: str
+):
+    """metadata.standby frozen on the container runtime: the engine pauses the standby's
+    container once it is warmed (the cgroup freezer: no CPU, memory kept) and unpauses it on
+    promotion; a server killed with -9 adopts it still paused; a delete removes it paused."""
+    spec = eas_spec("parked", bucket_with_testserver(tmp_path), image, replicas=1)
+    spec["metadata"]["standby"] = {"replicas": 1, "mode": "frozen"}
+    c = server.client
+    c.deploy(spec)
+
+    def standby() -> dict | None:
+        reps = [r for r in c.describe("parked")["replicas"] if not r.get("stopping")]
+        phases = sorted(r["phase"] for r in reps)
+        return next((r for r in reps if r["phase"] == "Standby"), None) if phases == ["Ready", "Standby"] else None
+
+    sb = wait_for(standby, 120, what="a Ready replica and a Standby")
+    wait_for(lambda: {x["replica"]: x["state"] for x in containers(engine, server.data_dir)}[sb["id"]] == "paused",
+             30, what="the standby's container paused")  # fmt: skip
+    said = [e["message"] for e in c.events("parked") if e["reason"] == "Standby"]
+    assert any("frozen (containers paused)" in m for m in said), said
+    server.kill9()
+    server.start()
+    c = server.client
+    wait_for(lambda: any(e["reason"] == "Adopted" for e in c.events("parked")), 60, what="adoption")
+    state = {x["replica"]: x["state"] for x in containers(engine, server.data_dir)}
+    assert state[sb["id"]] == "paused", state
+
+    t0 = time.monotonic()
+    c.scale("parked", 2)
+
+    def promoted() -> bool:
+        row = next((r for r in c.describe("parked")["replicas"] if r["id"] == sb["id"]), None)
+        return row is not None and row["phase"] == "Ready"
+
+    wait_for(promoted, 30, poll_s=0.02, what="the standby promoted")
+    took = time.monotonic() - t0
+    print(f"{engine.name}: scale call to the paused standby Ready: {took:.3f}s")
+    state = {x["replica"]: x["state"] for x in containers(engine, server.data_dir)}
+    assert state[sb["id"]] == "running", state
+    assert c.predict("parked", {"prompt": "x", "max_tokens": 1}, path="/v1/completions").status_code == 200
+    # The pool refills with a new paused standby; a delete removes every container, paused or not.
+    wait_for(lambda: sorted(r["phase"] for r in c.describe("parked")["replicas"]
+                            if not r.get("stopping")) == ["Ready", "Ready", "Standby"],
+             120, what="the pool refilled")  # fmt: skip
+    c.delete("parked")
+    wait_for(lambda: not containers(engine, server.data_dir), 60, what="every container removed")

@@ -28,9 +28,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "storage queue telemetry",
         "gateway",
         "controller autoscaler batch stress cost",
-        "api gateway_keeper",
+        "api gateway_keeper control_lease",
         "console",
-        "server",
+        "server localcluster balancer",
         "cli processor testserver",
     )
 )

@@ -115,7 +115,7 @@ TABLES = {
     "batch_shards": "job_id, shard",
     "replica_usage": "replica",  # v7
     "cold_starts": "id",  # v8
-    "eval_runs": "id",  # v11
+    "eval_runs": "id",  # v12
 }
 
 
@@ -274,3 +274,25 @@ def test_replica_phase_times_are_stamped(tmp_path: Path, store_url: str | None):
     times = row.phase_times
     assert list(times) == ["Pending", "Fetching", "Starting", "Warming", "Ready"]
     assert times["Pending"] <= times["Fetching"] <= times["Ready"]
+
+
+@pytest.mark.parametrize(
+    ("node", "label"),
+    [
+        pytest.param("0f3a9c", "0f3a9c", id="ray-node"),
+        pytest.param(None, "local", id="server-machine"),
+    ],
+)
+def test_replica_node_is_stored_and_on_metrics(
+    tmp_path: Path, store_url: str | None, node: str | None, label: str
+) -> None:
+    from openeas.telemetry.control import ControlMetrics
+
+    store = Store(tmp_path, url=store_url)
+    store.create_service(parse_spec({"metadata": {"name": "where"}, "containers": [{"command": "true"}]}))
+    row = store.add_replica("where", 1, workdir_root=tmp_path)
+    store.update_replica(row.id, node=node)
+    got = store.get_replica(row.id)
+    assert got is not None and got.node == node
+    text = ControlMetrics(store).render().decode()
+    assert f'openeas_replicas_by_node{{node="{label}",service="where"}} 1.0' in text

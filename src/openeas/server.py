@@ -45,6 +45,7 @@ from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.console import add_console
+from openeas.control_lease import LeaseKeeper, wait_for_lease
 from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
@@ -66,7 +67,9 @@ from openeas.spec import load_spec_file
 from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
+from openeas.store.db import is_postgres
 from openeas.store.groups import GroupStore
+from openeas.store.lease import Lease
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats, receive
@@ -105,6 +108,7 @@ class GatewayComponent:
 
     def __init__(self, keeper: GatewayKeeper, url: str, keep: bool) -> None:
         self.keeper, self.url, self.keep = keeper, url, keep
+        self.lease: LeaseKeeper | None = None  # a lost lease leaves the gateway to the new active
 
     async def open(self) -> None:
         """Spawn or adopt the gateway and wait until it answers."""
@@ -117,7 +121,8 @@ class GatewayComponent:
         return asyncio.create_task(self.keeper.watch(), name=self.name)
 
     async def stop(self) -> None:
-        if not self.keep:  # after the replicas: their drains ask the gateway about requests in flight
+        # After the replicas: their drains ask the gateway about requests in flight.
+        if not self.keep and not (self.lease is not None and self.lease.lost):
             await asyncio.to_thread(self.keeper.stop)
 
 
@@ -207,8 +212,18 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # handlers only record the signal
     gateway = GatewayComponent(keeper, gateway_url, keep=keep_replicas)
+    api_url = f"http://{host}:{port}"
+    # On PostgreSQL, servers sharing the store take turns: the one holding the lease acts, the
+    # others stand by (openeas.control_lease; docs/cluster.md).
+    lease = LeaseKeeper(Lease(store_url, api_url)) if store_url and is_postgres(store_url) else None
+    gateway.lease = lease
     try:
         await gateway.open()  # before the deploy files: a spec's first replicas are routed
+        if lease is not None:
+            waited = await wait_for_lease(lease.lease, api_sock, stop)
+            if waited is None:
+                return
+            log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
         runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
         log.info("%s", runtimes.summary())
@@ -225,15 +240,19 @@ async def _serve(
             public_metrics,
             api_sock,
             keep_replicas,
+            lease,
         )
-        info = {"gateway_url": gateway_url, "api_url": f"http://{host}:{port}", "pid": os.getpid()}
+        info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
-        await run_components([gateway, *components, server_info], stop)
+        first: list[Component] = [gateway] if lease is None else [gateway, lease]
+        await run_components([*first, *components, server_info], stop)
+        if lease is not None and lease.lost:  # the replicas and gateway stay, for the new active
+            raise ServerError("the control-plane lease was lost (store session ended); a standby acts now")
     finally:
         (data_dir / "server.json").unlink(missing_ok=True)
         api_sock.close()
         notifier.close()
-        if not keep_replicas:
+        if not keep_replicas and not (lease is not None and lease.lost):
             keeper.stop()  # idempotent: also when a component failed to start
 
 
@@ -249,6 +268,7 @@ def _compose(
     public_metrics: bool,
     api_sock: socket.socket,
     keep_replicas: bool,
+    lease: LeaseKeeper | None = None,
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
@@ -312,7 +332,8 @@ def _compose(
     cp.node_cache = reconciler.cache
 
     async def shutdown() -> None:
-        await reconciler.shutdown(stop_replicas=not keep_replicas)
+        # A lost lease leaves the replicas to the server that holds it now.
+        await reconciler.shutdown(stop_replicas=not keep_replicas and not (lease is not None and lease.lost))
 
     data_dir = store.data_dir
     app = create_app(cp, public_metrics=public_metrics)

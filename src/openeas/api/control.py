@@ -224,6 +224,7 @@ def replica_view(r: ReplicaRow, startup_deadline_s: float | None = None, now: fl
         "stopping": bool(r.stopping),
         "phase_times": {k: iso_time(v) for k, v in (r.phase_times or {}).items()},
         "runtime": r.runtime,
+        "node": r.node,  # the Ray node id; None: the server's machine
         "cold_start": {k: cold.get(k) for k in COLD_START_SPANS}
         | {"fetch": cold.get("fetch"), "pull": cold.get("pull"), "prepare": cold.get("prepare")}
         | ({"promotion_s": cold["promotion_s"]} if "promotion_s" in cold else {}),  # a standby's

@@ -6,6 +6,8 @@ Exit codes: 0 ok, 1 server/API error, 2 invalid input (a bad spec or argument, a
 API), 130 interrupted (Ctrl-C). ``openeas server`` uses the same codes.
 """
 
+import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +17,7 @@ from openeas.cli import render
 from openeas.cli.archive import archive_commands
 from openeas.cli.batch import batch_app
 from openeas.cli.cache import cache_app
+from openeas.cli.cluster import cluster_app, cluster_env, nodes_view
 from openeas.cli.coldstart import show as coldstart_show
 from openeas.cli.common import DataDir, JsonOut, WaitTimeoutOpt, cli_errors
 from openeas.cli.common import client as _client
@@ -39,6 +42,7 @@ app = typer.Typer(
 )
 
 app.add_typer(group_app)
+app.add_typer(cluster_app, name="cluster")
 app.command("rollout")(rollout)
 app.command("eval")(eval_cmd)  # eval sets (cli/evals.py)
 app.command()(server)  # cli/server.py
@@ -63,12 +67,18 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
+    cluster: Annotated[
+        Path | None,
+        typer.Option("--cluster", help="Talk to the local cluster of this folder ('openeas cluster up')."),
+    ] = None,
 ) -> None:
     """OpenEAS: deploy, route, autoscale and observe model servers.
 
     Server: --data-dir, else OPENEAS_SERVER (+ OPENEAS_ADMIN_TOKEN), else OPENEAS_DATA_DIR, else ./.data.
     """
     _state.data_dir = data_dir
+    if cluster is not None:  # the same as OPENEAS_SERVER + OPENEAS_ADMIN_TOKEN
+        os.environ.update(cluster_env(cluster))
 
 
 # -- services -----------------------------------------------------------------------------------
@@ -189,6 +199,22 @@ def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
         for s in services:  # the idle-spend alarm, one line each (docs/cost.md)
             if s.get("idle"):
                 render.out.print(f"idle spend: {s['name']}: {s['idle']['message']}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def nodes(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
+    """The nodes replicas run on: replicas per node, by service ('local': the server's machine)."""
+    client = _client(data_dir)
+    view = nodes_view([client.describe(s["name"]) for s in client.list()])
+    if json_out:
+        render.print_json({"nodes": view})
+    elif not view:
+        render.out.print("no replicas on any node")
+    else:
+        for n in view:
+            each = ", ".join(f"{k} {v}" for k, v in n["services"].items())
+            render.out.print(f"{n['node']}: {n['replicas']} replicas ({each})", highlight=False)
 
 
 @app.command()

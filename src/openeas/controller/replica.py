@@ -187,11 +187,14 @@ class ReplicaSupervisor:
         if await self.clock.sleep(seconds, until=self.stop_requested):
             raise _Stop()
 
-    def thaw(self) -> None:
-        """Resume its process group if it may be frozen (before a stop: SIGTERM waits for SIGCONT)."""
+    def thaw(self) -> str | None:
+        """Resume it if it may be frozen (before a stop: SIGTERM waits for the thaw); None when
+        done, else what went wrong."""
+        err = None
         if self.frozen and self.ref is not None:
-            thaw_group(self.runtime, self.ref)
+            err = thaw_group(self.runtime, self.ref)
         self.frozen = False
+        return err
 
     def _drop_process(self) -> None:
         if self.ref is not None:
@@ -379,7 +382,8 @@ class ReplicaSupervisor:
         except (MountError, OSError, ValueError) as exc:
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
-        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port)
+        node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
+        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node)
         if launch.container is not None:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:
@@ -589,14 +593,19 @@ class ReplicaSupervisor:
             row = self._set(phase=ReplicaPhase.STANDBY, message=f"standby ({sb.mode})")
             self._cold_start_done(row)
         frozen = sb.mode == "frozen" and can_freeze(self.runtime)
-        if frozen:
-            freeze(self.runtime, self.ref)  # again after an adoption: SIGSTOP is idempotent
+        why = f"the {self.runtime.name} runtime cannot freeze a replica"
+        if frozen:  # again after an adoption: freezing a frozen replica is harmless
+            self.frozen = True
+            if err := await asyncio.to_thread(freeze, self.runtime, self.ref):
+                frozen, why = False, err
+                await asyncio.to_thread(self.thaw)
         elif self.frozen:
-            thaw_group(self.runtime, self.ref)
+            await asyncio.to_thread(self.thaw)
         self.frozen = frozen
-        how = "frozen (process group stopped)" if frozen else "hot"
+        paused = "containers paused" if self.runtime.name == "container" else "process group stopped"
+        how = f"frozen ({paused})" if frozen else "hot"
         if sb.mode == "frozen" and not frozen:
-            how += f": the {self.runtime.name} runtime cannot freeze a replica"
+            how += f": {why}"
         self._event(
             row,
             "Standby",
@@ -612,7 +621,8 @@ class ReplicaSupervisor:
             if self.stop_requested.is_set():
                 raise _Stop()
         began = self.clock.now()
-        self.thaw()
+        if err := await asyncio.to_thread(self.thaw):
+            raise _Failure("ThawFailed", f"metadata.standby.mode frozen: {err}")
         if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
             raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
         await self._wait_ready(spec)

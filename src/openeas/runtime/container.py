@@ -83,6 +83,7 @@ class ContainerRuntime:
         self._children: list[subprocess.Popen[bytes]] = []
         self._images: set[str] = set()  # images known to be on this node
         self._gpu_count: int | None = None
+        self._sidecar_names: dict[str, list[str]] = {}  # a replica's other containers (pause)
 
     # ---- engine calls ---------------------------------------------------------------------------
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -263,10 +264,48 @@ class ContainerRuntime:
         with contextlib.suppress(ProcessLookupError):
             os.kill(ref.pid, sig)
 
+    # ---- frozen standbys (controller/standby.py) -------------------------------------------------
+    def pause(self, ref: ProcessRef) -> str | None:
+        """Freeze the replica's containers (the engine's `pause`: the cgroup freezer, no CPU,
+        memory kept); None when done or already paused, else the engine's error."""
+        return self._set_paused(ref, True)
+
+    def unpause(self, ref: ProcessRef) -> str | None:
+        """Thaw the replica's containers; None when done or already running, else the error."""
+        return self._set_paused(ref, False)
+
+    def _set_paused(self, ref: ProcessRef, paused: bool) -> str | None:
+        name = self._name(ref)
+        names = [name, *self._replica_sidecars(name)]
+        verb, wanted = ("pause", "paused") if paused else ("unpause", "running")
+        res = self._call(verb, *names)
+        if res.returncode == 0:
+            return None
+        state = self._call("inspect", "--format", "{{.State.Status}}", *names)
+        if state.returncode == 0 and set(state.stdout.split()) == {wanted}:
+            return None  # it already was (an adopted standby, a second thaw)
+        said = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
+        return f"{self.engine.name} {verb} {name}: {said}"
+
+    def _replica_sidecars(self, name: str) -> list[str]:
+        """The replica's other containers (any engine), remembered: a thaw is on the promotion's
+        critical path and a `ps` costs tens of milliseconds."""
+        if name not in self._sidecar_names:
+            rid = name[len(NAME_PREFIX) :] if name.startswith(NAME_PREFIX) else name
+            res = self._call(
+                "ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={LABEL_DATA_DIR}={self.data_dir}",
+                "--filter", f"label={LABEL_REPLICA}={rid}", "--filter", f"label={LABEL_SIDECAR}",
+            )  # fmt: skip
+            if res.returncode != 0:
+                return []
+            self._sidecar_names[name] = res.stdout.split()
+        return self._sidecar_names[name]
+
     def forget(self, ref: ProcessRef) -> None:
         """Remove the container (in the background: a removal must not hold up the supervisor)."""
         self._reap()
         name = self._name(ref)
+        self._sidecar_names.pop(name, None)
         self._children.append(
             subprocess.Popen(
                 [self.engine.binary, *remove_args(self.engine.name, name, self._sidecars_of(name))],

@@ -26,8 +26,9 @@ class Standby(CheckedNumbers):
     mode: StandbyMode = Field(
         default="frozen",
         description=(
-            "frozen: the replica's process group is stopped (SIGSTOP) after its warmup, no CPU, "
-            "memory kept, resumed (SIGCONT) on promotion; hot: it keeps running"
+            "frozen: after its warmup the replica's process group is stopped (SIGSTOP) or its "
+            "containers paused (podman/docker pause), no CPU, memory kept, resumed on promotion; "
+            "hot: it keeps running"
         ),
     )
     sleep_path: str | None = Field(

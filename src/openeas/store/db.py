@@ -109,6 +109,13 @@ def _v9_standby(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE replicas ADD COLUMN standby INTEGER NOT NULL DEFAULT 0"))
 
 
+def _v11_node(conn: Connection) -> None:
+    """``replicas.node``: the runtime's node a replica runs on (a Ray node id), NULL where the
+    replica runs on the server's machine. A new database has it already."""
+    if "node" not in {c["name"] for c in inspect(conn).get_columns("replicas")}:
+        conn.execute(text("ALTER TABLE replicas ADD COLUMN node VARCHAR(128)"))
+
+
 # Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
 _CIPHER = "openeas.cipher"
 
@@ -134,7 +141,7 @@ def _v6_sealed_secrets(conn: Connection) -> None:
             )
 
 
-def _v11_eval_runs(conn: Connection) -> None:
+def _v12_eval_runs(conn: Connection) -> None:
     """``eval_runs``: one row per eval-set run (``openeas.store.eval_runs`` reads and writes it)."""
     conn.execute(
         text(
@@ -162,7 +169,8 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _cold.create_table,  # v8: cold_starts, recent starts per service (store/cold_starts.py)
     _v9_standby,  # v9: replicas.standby
     _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
-    _v11_eval_runs,  # v11: eval_runs, eval-set runs (store/eval_runs.py)
+    _v11_node,  # v11: replicas.node
+    _v12_eval_runs,  # v12: eval_runs, eval-set runs (store/eval_runs.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).

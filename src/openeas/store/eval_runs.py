@@ -1,4 +1,4 @@
-"""Eval runs kept in the store (table ``eval_runs``, schema v11: ``store.db._v11_eval_runs``).
+"""Eval runs kept in the store (table ``eval_runs``, schema v12: ``store.db._v12_eval_runs``).
 
 A row per run of an eval set against a service (``openeas eval``, ``POST /api/v1/eval``, or a
 rollout's eval gate): its id, target, service, time, pass rate and the whole JSON report (the

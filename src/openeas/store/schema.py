@@ -65,6 +65,9 @@ class ReplicaRow(Base):
     # Set by the reconciler: keep this replica warmed out of routing (metadata.standby); cleared
     # to promote it into routing (schema v9).
     standby: Mapped[int] = mapped_column(Integer, default=0)  # 0 or 1
+    # The runtime's node the replica runs on (a Ray node id); None on the embedded runtimes
+    # (schema v11).
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     phase_times: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     cold_start: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -85,6 +88,7 @@ class ReplicaFields(TypedDict, total=False):
     start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart
     port: int | None  # the host port the replica listens on
     runtime: str  # which runtime started it: "process" or "container" (openeas.runtime.select)
+    node: str | None  # the Ray node id it runs on; None: this machine (embedded runtimes)
     restart_count: int
     phase_times: dict[str, float]  # phase → epoch seconds it was entered
     cold_start: dict[str, Any]  # span name → seconds, plus the mount fetch summary

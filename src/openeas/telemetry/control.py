@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 from openeas.kernel.states import ReplicaPhase, desired_replicas
 from openeas.store import Store
 
+# The node label of a replica that runs on the server's machine (embedded runtimes: no node id).
+LOCAL_NODE = "local"
 COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -29,10 +31,12 @@ class _StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         by_phase: Counter[tuple[str, str]] = Counter()
         by_runtime: Counter[tuple[str, str]] = Counter()
+        by_node: Counter[tuple[str, str]] = Counter()
         restarts: Counter[str] = Counter()
         for r in self.store.replicas():
             by_phase[(r.service, r.phase)] += 1
             by_runtime[(r.service, r.runtime)] += 1
+            by_node[(r.service, r.node or LOCAL_NODE)] += 1
             restarts[r.service] += r.restart_count
         services = {s.name: s for s in self.store.list_services()}
         replicas = GaugeMetricFamily(
@@ -60,6 +64,14 @@ class _StoreCollector(Collector):
         for (name, kind), n in sorted(by_runtime.items()):
             runtime.add_metric([name, kind], n)
         yield runtime
+        node = GaugeMetricFamily(
+            "openeas_replicas_by_node",
+            f"Replicas by service and node (a Ray node id; {LOCAL_NODE!r}: the server's machine)",
+            labels=["service", "node"],
+        )
+        for (name, where), n in sorted(by_node.items()):
+            node.add_metric([name, where], n)
+        yield node
         if self.container_engine is not None:
             engine = GaugeMetricFamily(
                 "openeas_container_engine_available",

@@ -57,11 +57,11 @@ def system_prompt(i: int, tokens: int) -> str:
     return f"You are assistant number {i}. " + " ".join(rng.choice(WORDS) for _ in range(tokens))
 
 
-def llama_spec(name: str, bucket: Path) -> dict[str, Any]:
+def llama_spec(name: str, bucket: Path, cpu: float) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads((ROOT / "examples/quickstart/service.json").read_text())
     spec["metadata"]["name"] = name
     spec["metadata"]["instance"] = 2
-    spec["metadata"]["cpu"] = 0.5  # 4 replicas (2 per balancer) admitted on a 2-core machine
+    spec["metadata"]["cpu"] = cpu  # every balancer's 2 replicas admitted on a 2-core machine
     spec["containers"][0]["command"] += " --cache-reuse 256"
     spec["storage"][0]["oss"]["path"] = (bucket / "models/smollm2-135m-instruct").as_uri() + "/"
     return spec
@@ -148,7 +148,15 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="distinct system prompts")
     ap.add_argument("--prompt-tokens", type=int, default=1000, help="words per system prompt (~tokens)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--balancers",
+        default=",".join(BALANCERS),
+        help="compared side by side, least-request and prefix-affinity first (add least-kv: "
+        "llama-server's llamacpp:kv_cache_usage_ratio, pushed by the control plane)",
+    )
     args = ap.parse_args()
+    balancers = [b for b in args.balancers.split(",") if b]
+    cpu = round(1.0 / len(balancers), 2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="openeas-llmroute-") as d:
         srv = new_server(Path(d) / "data").start()
@@ -159,14 +167,18 @@ def main() -> None:
                 from model import ensure_model
 
                 ensure_model(bucket)
-            for bal in BALANCERS:
+            for bal in balancers:
                 name = bal.replace("-", "_")
-                spec = llama_spec(name, bucket) if args.engine == "llama" else service_spec(name, replicas=2)
+                spec = (
+                    llama_spec(name, bucket, cpu)
+                    if args.engine == "llama"
+                    else service_spec(name, replicas=2)
+                )
                 spec["metadata"]["balancer"] = bal
                 c.deploy(spec)
                 c.wait_ready(name, 2, timeout_s=180)
             gw = recorded_gateway_pid(srv.data_dir)
-            for bal in BALANCERS:
+            for bal in balancers:
                 info = c.call_info(bal.replace("-", "_"))
                 ticks = cpu_ticks(gw)
                 results = workload(info["endpoint"], info["token"], args)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import http.server
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -13,7 +11,6 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -121,50 +118,3 @@ def test_balancer_round_robin_skips_a_dead_backend(balancer: tuple[int, list[int
     # 3 backends in turn, the dead one's turn goes to the next: a 4 times, b 8 times
     assert got == {"a": 4, "b": 8}
 
-
-SPEC = {
-    "metadata": {"name": "spread", "instance": 2, "cpu": 1},
-    "containers": [{"command": "python -m openeas.testserver --host 127.0.0.1 --port 8000", "port": 8000}],
-}
-
-
-@pytest.mark.slow
-def test_cluster_up_deploy_call_nodes_down(tmp_path: Path) -> None:
-    pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
-    root = tmp_path / "c"
-    cli = [sys.executable, "-m", "openeas.cli"]
-    up = subprocess.run(
-        [*cli, "cluster", "up", "--nodes", "2", "--dir", str(root)], capture_output=True, timeout=300
-    )
-    try:
-        assert up.returncode == 0, up.stderr.decode()[-3000:]
-        info = json.loads((root / "cluster.json").read_text())
-        assert set(info) == {
-            "api_url",
-            "admin_token",
-            "gateway_urls",
-            "balancer_url",
-            "ray_address",
-            "store_url",
-            "queue_url",
-        }
-        spec = tmp_path / "spread.json"
-        spec.write_text(json.dumps(SPEC))
-        env = {**os.environ}
-
-        def run(*a: str) -> subprocess.CompletedProcess[str]:
-            argv = [*cli, "--cluster", str(root), *a]
-            return subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
-
-        deployed = run("deploy", str(spec), "--wait")
-        assert deployed.returncode == 0, deployed.stderr
-        detail = json.loads(run("describe", "spread", "--json").stdout)
-        nodes = {r["node"] for r in detail["replicas"] if r["phase"] == "Ready"}
-        assert len(detail["replicas"]) == 2 and all(n for n in nodes)
-        listed = json.loads(run("nodes", "--json").stdout)["nodes"]
-        assert sum(n["replicas"] for n in listed) == 2
-    finally:
-        down = subprocess.run([*cli, "cluster", "down", "--dir", str(root)], capture_output=True, timeout=120)
-    assert down.returncode == 0, down.stderr
-    left = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
-    assert left == [], f"processes left behind: {left}"

@@ -112,7 +112,9 @@ class LocalCluster:
         for node in workers:
             self.ray.add_node(**node, node_ip_address="127.0.0.1")
         self.ray.wait_for_nodes()
-        return str(self.ray.address)
+        # Ray reports the machine's interface address for its head; the nodes listen on loopback
+        # here, and nothing of ours talks to another address: the same port on 127.0.0.1.
+        return "127.0.0.1:" + str(self.ray.address).rsplit(":", 1)[1]
 
     def _postgres(self, deadline: float) -> str:
         self.pg_root = Path(tempfile.mkdtemp(prefix="openeas-cluster-pg-"))  # postgres must reach it

@@ -290,20 +290,7 @@ def _compose(
     # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
     load = lambda: gateway_stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
     reconciler = Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
-    backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
-    autoscaler = Autoscaler(
-        store,
-        traffic=gateway_stats,
-        sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
-        # Async services: a backlog at 0 replicas starts one (autoscaler/activation.py).
-        activation=QueueActivation(store, backlogs),
-        wake_reconciler=reconciler.wake,
-    )
-    gateway_stats.on_demand = autoscaler.wake
-    metrics.add_collector(autoscaler.collector())
-    # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
-    idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
-    metrics.add_collector(idle)
+    autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
@@ -352,6 +339,28 @@ def _compose(
         Loop("console", console.run),
         ApiComponent(app, api_sock),
     ]
+
+
+def _autoscaling(
+    store: Store, gateway_stats: GatewayStats, reconciler: Reconciler, metrics: ControlMetrics
+) -> tuple[Autoscaler, IdleWatch]:
+    """The autoscaler (woken by the gateways' held requests) and the idle-spend watch that prices
+    its decisions, both with their metrics."""
+    backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
+    autoscaler = Autoscaler(
+        store,
+        traffic=gateway_stats,
+        sources=[ReplicaScraper(), ProcessSampler(), NvmlSampler(), QueueBacklog(backlogs)],
+        # Async services: a backlog at 0 replicas starts one (autoscaler/activation.py).
+        activation=QueueActivation(store, backlogs),
+        wake_reconciler=reconciler.wake,
+    )
+    gateway_stats.on_demand = autoscaler.wake
+    metrics.add_collector(autoscaler.collector())
+    # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
+    idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
+    metrics.add_collector(idle)
+    return autoscaler, idle
 
 
 def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:

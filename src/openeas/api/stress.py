@@ -34,6 +34,7 @@ from openeas.errors import Conflict, NotFound, OpenEASError
 from openeas.kernel.states import IllegalTransition, ReplicaPhase, desired_replicas
 from openeas.store import stress_reports as reports
 from openeas.store.groups import GroupStore
+from openeas.stress.analysis import StepResult
 from openeas.stress.generator import Generator
 from openeas.stress.members import GroupInfo
 from openeas.stress.observe import ApiObserver
@@ -145,6 +146,12 @@ class StressRuns:
     def _run(self, rid: str, plan: StressPlan) -> None:
         cp = self.cp
         observer = ApiObserver(lambda: load_view(cp, plan.target)).start()
+        partial = reports.get(cp.store, rid)
+
+        def on_step(step: StepResult) -> None:  # the report's steps while it runs (the console's table)
+            partial["steps"] = [*partial.get("steps", []), step.to_dict()]
+            reports.save(cp.store, partial)
+
         try:
             group, token, min_replicas = self._target(plan.target)
             report = asyncio.run(
@@ -154,6 +161,7 @@ class StressRuns:
                     token=token,
                     observer=observer,
                     on_generator=self._set_gen,
+                    on_step=on_step,
                     report_id=rid,
                     min_replicas=min_replicas,
                     group=group,

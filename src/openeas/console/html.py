@@ -50,7 +50,8 @@ def layout(title: str, body: str, *, csrf: str | None = None, live: str | None =
     if csrf is not None:
         nav = (
             '<nav aria-label="Console"><a href="/console/services">Services</a> '
-            '<a href="/console/deploy">Deploy</a> <a href="/console/stress">Stress</a>'
+            '<a href="/console/deploy">Deploy</a> <a href="/console/stress">Stress</a> '
+            '<a href="/console/async">Async and batch</a>'
             f'<form method="post" action="/console/logout" class="inline">{csrf_field(csrf)}'
             '<button type="submit">Log out</button></form></nav>'
         )

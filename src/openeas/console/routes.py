@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from openeas.api.control import ControlPlane
-from openeas.console import group_pages, pages, stress_page
+from openeas.console import group_pages, pages, queues_page, stress_page
 from openeas.console.apicall import Answer, call
 from openeas.console.costcol import monthly_cost
 from openeas.console.html import SECURITY_HEADERS, layout
@@ -79,24 +79,30 @@ class Console:
         """``method path`` on the API in process, with the admin token."""
         return await call(self.app, self.cp.admin_token, method, path, body)
 
-    def stream(self, request: Request, fragment: Callable[[], Awaitable[Any]]) -> Response:
-        """A live stream (Server-Sent Events) of ``fragment``, sent again when it changes."""
+    def stream(
+        self, request: Request, fragment: Callable[[], Awaitable[Any]], poll_s: float | None = None
+    ) -> Response:
+        """A live stream (Server-Sent Events) of ``fragment``, sent again when it changes: looked at
+        on each change of the live view, or every ``poll_s`` for what the live view does not
+        follow (a stress test's steps, queues, batch jobs)."""
         if self.session_of(request) is None:
             return Response(status_code=401)
         live = self.live
 
         async def events() -> AsyncIterator[bytes]:
             last: str | None = None
-            seen = -1
+            seen, sent = -1, time.monotonic()
             while not await request.is_disconnected():
-                changed = await live.changed_since(seen, STREAM_KEEPALIVE_S)
+                changed = await live.changed_since(seen, poll_s or STREAM_KEEPALIVE_S) or bool(poll_s)
                 seen = live.version
                 data = json.dumps(await fragment()) if changed or last is None else last
                 if data != last:
                     last = data
                     yield f"data: {data}\n\n".encode()
-                elif not changed:
+                    sent = time.monotonic()
+                elif not changed or time.monotonic() - sent >= STREAM_KEEPALIVE_S:
                     yield b": keepalive\n\n"
+                    sent = time.monotonic()
 
         headers = {**SECURITY_HEADERS, "x-accel-buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -121,6 +127,7 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
         _deploy_routes,
         _group_routes,
         stress_page.add,
+        queues_page.add,
     ):
         add(c)
     return live

@@ -20,6 +20,8 @@ from openeas.stress.report import summary_lines
 STEP_HEAD = ("Step", "Offered", "Sent/s", "Achieved ok/s", "p50 ms", "p99 ms", "Errors")
 SHORT_TEST = {"step_s": "2", "duration_s": "20", "max_qps": "200"}
 """The form's defaults: a short test (seconds per step, the whole test's cap, the highest rate)."""
+LIVE_POLL_S = 0.5
+"""Seconds between two looks at a running test's report for its page's live stream."""
 
 
 def _n(v: Any) -> str:
@@ -200,4 +202,4 @@ def add(c: Any) -> None:
             got = await c.api("GET", f"/api/v1/stress/{urllib.parse.quote(rid)}")
             return report_fragment(got.body) if got.ok else {"summary": "<li>test gone</li>"}
 
-        return c.stream(request, frag)
+        return c.stream(request, frag, LIVE_POLL_S)

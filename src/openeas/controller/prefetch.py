@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 
-from openeas.controller.replica import SupervisorConfig, _resolve_storage
+from openeas.controller.startup import _resolve_storage
+from openeas.controller.supervisor_base import SupervisorConfig
 from openeas.errors import MountError
 from openeas.runtime.select import Runtimes
 from openeas.spec.models import ServiceSpec

@@ -25,183 +25,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, NamedTuple, Unpack
 
-from openeas.controller.capacity import AdmissionGate
 from openeas.controller.checks import checks_of
-from openeas.controller.probe import Probe, ProbeTracker, Transition, probe_once, probe_port, run_exec_probe
+from openeas.controller.probe import ProbeTracker, Transition
 from openeas.controller.rollout import restart_backoff_s
-from openeas.controller.standby import can_freeze, freeze, post_hook
-from openeas.controller.standby import thaw as thaw_group
-from openeas.controller.warmup import WarmupSender, load_warmup, run_warmup
-from openeas.errors import MountError
-from openeas.kernel.checks import ProbeResult
-from openeas.kernel.clock import Clock, LoopClock
+from openeas.controller.standby import StandbyPhase
+from openeas.controller.startup import PRIVATE_ENV
+from openeas.controller.supervisor_base import (
+    ALIVE_CHECK_S,
+    GatewayView,
+    GatewayViewFn,
+    SupervisorConfig,
+    _Failure,
+    _Stop,
+    _Unschedulable,
+)
 from openeas.kernel.states import ReplicaPhase
-from openeas.runtime import ProcessRef, Runtime
+from openeas.runtime import ProcessRef
 from openeas.runtime import stop as stop_process
-from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError, Unschedulable
-from openeas.runtime.container_args import build_container_launch
-from openeas.runtime.identity import ReplicaUser, ReplicaUsers, hand_over, node_tag
-from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
-from openeas.runtime.limits import MEMORY_LIMIT_HOW
-from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
-from openeas.spec.models import HealthCheck, docker_credentials
-from openeas.storage import NodeCache, prepare_mounts
-from openeas.storage.cache_index import limit_from_env
-from openeas.storage.hostpaths import HostPaths
-from openeas.storage.oss import resolve_url
-from openeas.storage.pyreqs import PrepareError, ensure_requirements
-from openeas.store import ReplicaRow, Store
-from openeas.store.schema import ReplicaFields
-from openeas.telemetry.coldstart import breakdown, start_record
+from openeas.spec.models import HealthCheck
+from openeas.store import ReplicaRow
+
+__all__ = [
+    "DRAIN_POLL_S",
+    "PRIVATE_ENV",
+    "STABLE_AFTER_S",
+    "GatewayView",
+    "GatewayViewFn",
+    "ReplicaSupervisor",
+    "SupervisorConfig",
+]
 
 log = logging.getLogger("openeas.replica")
 
-# The server's own secrets, paths and addresses never reach a replica's environment.
-PRIVATE_ENV = frozenset(
-    {"OPENEAS_ADMIN_TOKEN", "OPENEAS_SERVER", "OPENEAS_GATEWAY_URL", "OPENEAS_DATA_DIR", "OPENEAS_QUEUE_URL"}
-)
 # A replica that stayed Ready this long has its crash backoff reset.
 STABLE_AFTER_S = 60.0
-# How often a starting or Ready replica's process is checked for life (a cheap runtime call), seconds.
-ALIVE_CHECK_S = 0.1
-# Probe period while a replica starts (the spec's period applies once it is Ready), seconds.
-STARTUP_PROBE_PERIOD_S = 0.1
-# One warmup request may take this long (a first LLM request can be slow), seconds.
-WARMUP_REQUEST_TIMEOUT_S = 120.0
-# How often an image pull's progress is written to the replica's message, seconds.
-PULL_PROGRESS_EVERY_S = 1.0
 # How often a draining replica's in-flight requests are asked of the gateway, seconds.
 DRAIN_POLL_S = 0.1
-
-
-class GatewayView(NamedTuple):
-    """One replica as the gateway sees it now."""
-
-    routed: bool  # new requests may still be sent to it (the gateway has not applied Draining yet)
-    in_flight: int  # requests sent to it and not yet answered (streams included)
-
-
-# Asks the gateway about one replica id; None when the gateway cannot be reached.
-GatewayViewFn = Callable[[str], Awaitable[GatewayView | None]]
-
-
-@dataclass
-class SupervisorConfig:
-    data_dir: Path
-    oss_root: Path | None
-    # The host folders a spec may name (the server's --allow-host-path, its local bucket): checked
-    # again at each start, so a version stored before the rule cannot read the host. None: unchecked.
-    host_paths: HostPaths | None = None
-    # Time between leaving the routing table and SIGTERM when the gateway cannot be asked
-    # (`gateway_view` is None or fails), seconds.
-    drain_s: float = 1.0
-    # What the gateway knows about a replica (routed? requests in flight?): a drain waits on it.
-    gateway_view: GatewayViewFn | None = None
-    base_env: Mapping[str, str] | None = None
-    # Called with (service, cold-start breakdown) when a replica becomes Ready (metrics).
-    on_ready: Callable[[str, Mapping[str, float | None]], None] | None = None
-    # How supervisors and the reconciler wait, probe and warm up: real by default, fakes in tests.
-    clock: Clock = field(default_factory=LoopClock)
-    probe: Probe = probe_once
-    warmup: WarmupSender = run_warmup
-    # Who process replicas run as (openeas.runtime.identity); None: the server's own user.
-    replica_users: ReplicaUsers | None = None
-    # The node cache's bound, bytes (None: unbounded): `openeas server --cache-limit`, else 20 GiB.
-    cache_limit_bytes: int | None = field(default_factory=limit_from_env)
-
-
-class _Stop(Exception):
-    """Raised inside the supervisor when the replica was asked to stop."""
-
-
-class _Failure(Exception):
-    """A start attempt failed in a way that a restart (with backoff) may fix."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Unschedulable(Exception):
-    """No node can hold the replica now: it stays Pending and asks again later (no backoff streak)."""
-
-
 UNSCHEDULABLE_RETRY_S = 5.0  # seconds between two placement attempts of a replica no node can hold
 
 
-class ReplicaSupervisor:
-    def __init__(
-        self,
-        rid: str,
-        store: Store,
-        runtime: Runtime | Runtimes,
-        cache: NodeCache,
-        cfg: SupervisorConfig,
-    ) -> None:
-        self.rid = rid
-        self.store = store
-        self.runtimes = runtime if isinstance(runtime, Runtimes) else Runtimes(runtime)
-        # The runtime of this replica's current process: set at adoption or start.
-        self.runtime: Runtime = self.runtimes.process
-        self.cache = cache
-        self.cfg = cfg
-        self.clock = cfg.clock  # durations and waits only; the store stamps phases in wall time
-        self.stop_requested = asyncio.Event()
-        self.nudge = asyncio.Event()  # a parked standby looks at its row now (promote, stop)
-        self.frozen = False  # its process group may be stopped (SIGSTOP): thaw before any stop
-        self.gate = AdmissionGate()  # the node's capacity: the reconciler opens it (controller/capacity.py)
-        self.ref: ProcessRef | None = None
-        self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable
-        self.grace_s = 30.0  # eas.termination_grace_period of this replica's version, seconds
-        self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
-        self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
-        self._unschedulable_said = False  # the Unschedulable event is written once, not every retry
+class ReplicaSupervisor(StandbyPhase):
+    """One replica's life (see the module's docstring); its parts: controller/supervisor_base.py,
+    controller/startup.py, controller/standby.py."""
 
-    # ---- helpers --------------------------------------------------------------------------------
-    def _row(self) -> ReplicaRow:
-        row = self.store.get_replica(self.rid)
-        if row is None:
-            raise _Stop()
-        return row
-
-    def _set(self, **fields: Unpack[ReplicaFields]) -> ReplicaRow:
-        row = self.store.update_replica(self.rid, **fields)
-        if row is None:
-            raise _Stop()
-        return row
-
-    def _event(self, row: ReplicaRow, reason: str, message: str, warning: bool = False) -> None:
-        self.store.record_event(
-            row.service, reason, message, type="Warning" if warning else "Normal", replica=self.rid
-        )
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake up (raising _Stop) as soon as a stop is requested."""
-        if await self.clock.sleep(seconds, until=self.stop_requested):
-            raise _Stop()
-
-    def thaw(self) -> str | None:
-        """Resume it if it may be frozen (before a stop: SIGTERM waits for the thaw); None when
-        done, else what went wrong."""
-        err = None
-        if self.frozen and self.ref is not None:
-            err = thaw_group(self.runtime, self.ref)
-        self.frozen = False
-        return err
-
-    def _drop_process(self) -> None:
-        if self.ref is not None:
-            self.runtime.forget(self.ref)
-            self.ref = None
-
-    # ---- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
         try:
             await self._lifecycle()
@@ -272,11 +140,6 @@ class ReplicaSupervisor:
         """The reconciler cleared this standby's `standby` flag: go into routing now."""
         self.nudge.set()
 
-    def _fail(self, reason: str, message: str) -> None:
-        """Enter Failed with `message` (and a Warning event `reason`); the restart follows."""
-        row = self._set(phase=ReplicaPhase.FAILED, message=message)
-        self._event(row, reason, message, warning=True)
-
     def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
         if row.pid is None or row.start_ticks is None:
             if row.phase != ReplicaPhase.PENDING:
@@ -313,252 +176,6 @@ class ReplicaSupervisor:
         )
         return None
 
-    async def _start(self, row: ReplicaRow, spec: ServiceSpec) -> None:
-        choice = self.runtimes.choose(spec)
-        if choice.name is None:
-            raise _Failure("NoRuntime", choice.reason)
-        self.runtime = self.runtimes.get(choice.name)
-        if row.runtime != choice.name:
-            row = self._set(runtime=choice.name)
-        if isinstance(self.runtime, ImageRuntime):
-            await self._pull(self.runtime, spec)
-        self._set(phase=ReplicaPhase.FETCHING, message=None)
-        workdir = Path(row.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        users = self.cfg.replica_users
-        self.user = users.for_service(row.service) if users and choice.name == "process" else None
-        cache = self.cache if self.user is None else self.cache.for_owner(self.user)
-        try:
-            resolved = _resolve_storage(spec, self.cfg.oss_root)
-            if resolved.storage:  # copies from object storage can take minutes: off the loop
-                plan = await asyncio.to_thread(
-                    prepare_mounts, resolved, cache, workdir=workdir, host_paths=self.cfg.host_paths
-                )
-            else:  # nothing to fetch: no thread hop
-                plan = prepare_mounts(resolved, cache, workdir=workdir, host_paths=self.cfg.host_paths)
-            if self.user is not None:  # its own folder (and empty_dir mounts), no one else's
-                hand_over(workdir, self.user)
-        except MountError as exc:
-            raise _Failure("MountFailed", exc.message) from None
-        except OSError as exc:
-            raise _Failure("MountFailed", f"cannot prepare the replica's folder: {exc}") from None
-        cold = {**(self._row().cold_start or {}), "fetch": plan.summary()}
-        pythonpath = await self._prepare(row, spec, choice.name, plan.paths, cold)
-        self._set(phase=ReplicaPhase.STARTING, cold_start=cold)
-        base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
-        try:
-            # No await from here to the port being stored: two replicas never pick the same port.
-            port = pick_port({r.port for r in self.store.replicas() if r.port is not None})
-            if choice.name == "container":
-                launch = self._container_launch(row, spec, port, plan.paths)
-            else:
-                launch = build_launch(
-                    spec,
-                    replica_id=self.rid,
-                    port=port,
-                    mounts=plan.paths,
-                    workdir=str(workdir),
-                    log_path=row.log_path,
-                    base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
-                    sidecar_ports=self._sidecar_ports(spec, port),
-                )
-                env = {**launch.env, **self._identity(row)}  # last: the spec cannot hide the replica
-                if self.user is not None:
-                    env["HOME"] = str(workdir)  # the server's HOME is not the replica's to read
-                if pythonpath:  # prepare.pythonRequirements, installed once per node, come first
-                    paths = (pythonpath, env.get("PYTHONPATH"))
-                    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-                who = None if self.user is None else (self.user.uid, self.user.gid)
-                launch = replace(launch, env=env, user=who)
-                self._env = env
-            if self.runtime.name == "ray":  # placement takes seconds: off the loop, the port kept by the row
-                self._set(port=port)
-                self.ref = await asyncio.to_thread(self.runtime.start, launch)
-            else:
-                self.ref = self.runtime.start(launch)
-        except Unschedulable as exc:  # fits on no node: stays Pending, says which resource is short
-            self._set(phase=ReplicaPhase.PENDING, message=str(exc))
-            raise _Unschedulable(str(exc)) from None
-        except (MountError, OSError, ValueError) as exc:
-            kind = "container" if choice.name == "container" else "process"
-            raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
-        node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
-        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node)
-        if launch.container is not None:
-            what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
-        else:
-            what = f"process {self.ref.pid} listening on port {port}"
-            if self.ref.extra.get("node"):
-                what += f" on Ray node {self.ref.extra['node'][:12]}"
-            if launch.memory_limit_mb is not None:
-                what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
-        self._event(row, "Started", what)
-
-    def _sidecar_ports(self, spec: ServiceSpec, port: int) -> dict[int, int]:
-        """A free host port for each port the other containers name (process runtime)."""
-        used = {r.port for r in self.store.replicas() if r.port is not None} | {port}
-        out: dict[int, int] = {}
-        for side in spec.containers[1:]:
-            if "port" in side.model_fields_set and side.port != spec.main.port and side.port not in out:
-                out[side.port] = pick_port(used)
-                used.add(out[side.port])
-        return out
-
-    async def _prepare(
-        self,
-        row: ReplicaRow,
-        spec: ServiceSpec,
-        runtime: str,
-        mounts: Mapping[str, str],
-        cold: dict[str, Any],
-    ) -> str | None:
-        """Preparing: ``prepare.pythonRequirements`` into the node cache (once per node); the
-        folder for PYTHONPATH, or None. ``cold`` gets the phase's summary."""
-        prep = spec.main.prepare
-        if prep is None or not (prep.pythonRequirements or prep.pythonRequirementsPath):
-            return None
-        if runtime == "container":
-            msg = "prepare.pythonRequirements is not applied in containers yet: install them in the image"
-            self._event(row, "PrepareSkipped", msg, warning=True)
-            return None
-        self._set(phase=ReplicaPhase.PREPARING, cold_start=cold)
-        try:
-            lines = list(prep.pythonRequirements or [])
-            if prep.pythonRequirementsPath:
-                local = rewrite_mounts(prep.pythonRequirementsPath, mounts, shell=False)
-                text = await asyncio.to_thread(Path(local).read_text)
-                lines += text.splitlines()
-            done = await asyncio.to_thread(ensure_requirements, self.cfg.data_dir / "cache", lines)
-        except PrepareError as exc:
-            raise _Failure("PrepareFailed", str(exc)) from None
-        except OSError as exc:
-            raise _Failure("PrepareFailed", f"prepare.pythonRequirementsPath: {exc}") from None
-        cold["prepare"] = {
-            "requirements": done.requirements,
-            "cache_hit": done.hit,
-            "seconds": round(done.seconds, 3),
-        }
-        return done.path
-
-    def _container_launch(
-        self, row: ReplicaRow, spec: ServiceSpec, port: int, mounts: Mapping[str, str]
-    ) -> LaunchSpec:
-        container = build_container_launch(
-            spec,
-            replica_id=self.rid,
-            data_dir=str(self.cfg.data_dir),
-            host_port=port,
-            mounts=mounts,
-            workdir=row.workdir,
-        )
-        return LaunchSpec(
-            replica_id=self.rid,
-            argv=container.argv,
-            env=container.env,
-            cwd=row.workdir,
-            log_path=row.log_path,
-            port=port,
-            container=container,
-        )
-
-    async def _pull(self, runtime: ImageRuntime, spec: ServiceSpec) -> None:
-        """Pulling: every image of the spec onto this node, unless it is here already (no phase
-        at all when all are). ``cold_start.pull`` describes the main container's image."""
-        main = spec.main.image
-        assert main is not None  # the container runtime is only chosen with an image
-        images = list(dict.fromkeys(c.image for c in spec.containers if c.image))
-        missing = [i for i in images if not await asyncio.to_thread(runtime.has_image, i)]
-        if not missing:
-            self._set(cold_start={"pull": {"image": main, "cached": True}})
-            return
-        auth = docker_credentials(spec.dockerAuth) if spec.dockerAuth else None
-        pulled: dict[str, float] = {}
-        waited: set[str] = set()  # images another replica pulled while this one waited
-        for image in missing:
-            self._set(phase=ReplicaPhase.PULLING, message=f"pulling {image}")
-            last = [0.0]
-
-            def progress(line: str, image: str = image, last: list[float] = last) -> None:
-                now = self.clock.now()
-                if now - last[0] >= PULL_PROGRESS_EVERY_S:  # a row write per line would flood the store
-                    last[0] = now
-                    self.store.update_replica(self.rid, message=f"pulling {image}: {line[:200]}")
-
-            try:
-                result = await runtime.pull(image, docker_auth=auth, progress=progress)
-            except PullError as exc:
-                raise _Failure("PullFailed", f"cannot pull image {image}: {exc}") from None
-            pulled[image] = round(result.seconds, 3)
-            if not result.pulled:
-                waited.add(image)
-        summary: dict[str, Any] = {"image": main, "cached": main not in pulled}
-        if main in pulled:
-            summary["seconds"] = pulled[main]
-        if main in waited:
-            summary["waited_for"] = "another replica's pull"
-        if len(images) > 1:
-            summary["images"] = {i: {"cached": i not in pulled} for i in images}
-        self._set(cold_start={"pull": summary})
-
-    def _identity(self, row: ReplicaRow) -> dict[str, str]:
-        return {
-            "OPENEAS_REPLICA_ID": self.rid,
-            "OPENEAS_SERVICE": row.service,
-            "OPENEAS_NODE": node_tag(self.cfg.data_dir),  # the orphan scan's mark, not the path
-        }
-
-    async def _wait_ready(self, spec: ServiceSpec) -> None:
-        """Probe (the startup role of :func:`checks_of`) until the replica answers; _Failure if its
-        process exits or it does not get ready within the startup timeout."""
-        checks = checks_of(spec.main)
-        check = checks.startup
-        tracker = ProbeTracker.for_check(check, started_at=self.clock.now())
-        tracker.startup_timeout_s = checks.startup_timeout_s
-        # While starting, probe often: every fraction of a second shaved here is cold start.
-        tracker.period_s = min(tracker.period_s, STARTUP_PROBE_PERIOD_S)
-        row = self._row()
-        while True:
-            assert self.ref is not None
-            if not self.runtime.alive(self.ref):
-                code = self.runtime.exit_code(self.ref)
-                raise _Failure(
-                    "StartFailed", f"process exited during startup (code {code}); see `openeas logs`"
-                )
-            now = self.clock.now()
-            if row.port is not None and tracker.due(now):
-                result = await self._probe(spec, row, check)
-                if tracker.record(result.ok, now) is Transition.BECAME_READY:
-                    return
-                if tracker.startup_expired(self.clock.now()):
-                    msg = (
-                        f"not ready within the startup deadline of {tracker.startup_timeout_s:g} s "
-                        f"({checks.startup_timeout_from}; raise it if the model needs longer): "
-                        + result.detail
-                    )
-                    raise _Failure("StartupTimeout", msg)
-            await self._sleep(ALIVE_CHECK_S)
-
-    async def _warm(self, spec: ServiceSpec) -> None:
-        row = self._set(phase=ReplicaPhase.WARMING)
-        if not spec.warm_up_data_path or row.port is None:
-            return
-        try:
-            local = _resolve_local(spec.warm_up_data_path, self.cfg.oss_root)
-            if self.cfg.host_paths is not None:
-                self.cfg.host_paths.local(local, "warm_up_data_path")
-            requests = await asyncio.to_thread(load_warmup, local)  # off the loop: a slow disk
-        except MountError as exc:
-            raise _Failure("WarmupFailed", exc.message) from None
-        except (OSError, ValueError) as exc:
-            raise _Failure("WarmupFailed", f"warm_up_data_path: {exc}") from None
-        report = await self.cfg.warmup(row.host, row.port, requests, timeout_s=WARMUP_REQUEST_TIMEOUT_S)
-        summary = f"warmup sent {report.sent} requests, {report.failed} failed"
-        if report.sent and report.failed == report.sent:
-            # Not one warmup request worked: this replica is broken, not merely cold.
-            first = report.errors[0] if report.errors else ""
-            raise _Failure("WarmupFailed", f"{summary}: {first}")
-        self._event(row, "Warmed", summary, warning=not report.ok)
-
     def _mark_ready(self, promotion_s: float | None = None) -> None:
         """Ready (into routing): after a cold start, or a standby's promotion (``promotion_s``:
         seconds from the promotion to its passing probe)."""
@@ -570,63 +187,6 @@ class ReplicaSupervisor:
         row = self._set(phase=ReplicaPhase.READY, message=None)
         spans = self._cold_start_done(row)
         self._event(row, "Ready", f"replica ready after {spans.get('total_s') or 0:.2f}s")
-
-    def _cold_start_done(self, row: ReplicaRow) -> Mapping[str, float | None]:
-        spans = breakdown(row.phase_times)
-        cold = {**(row.cold_start or {}), **spans}
-        self._set(cold_start=cold)
-        self.store.record_cold_start(row.service, row.version, row.id, start_record(cold))
-        if self.cfg.on_ready is not None:
-            self.cfg.on_ready(row.service, spans)
-        return spans
-
-    async def _standby(self, spec: ServiceSpec, *, adopted: bool) -> float:
-        """Standby: parked warmed out of routing (frozen or hot) until the reconciler promotes it,
-        then thawed, woken and probed; the seconds from the promotion to the passing probe."""
-        sb = spec.metadata.standby
-        row = self._row()
-        assert self.ref is not None and row.port is not None
-        host, port = row.host, row.port
-        if not adopted:
-            if sb.sleep_path and (err := await post_hook(host, port, sb.sleep_path)):
-                self._event(row, "SleepFailed", f"metadata.standby.sleep_path: {err}", warning=True)
-            row = self._set(phase=ReplicaPhase.STANDBY, message=f"standby ({sb.mode})")
-            self._cold_start_done(row)
-        frozen = sb.mode == "frozen" and can_freeze(self.runtime)
-        why = f"the {self.runtime.name} runtime cannot freeze a replica"
-        if frozen:  # again after an adoption: freezing a frozen replica is harmless
-            self.frozen = True
-            if err := await asyncio.to_thread(freeze, self.runtime, self.ref):
-                frozen, why = False, err
-                await asyncio.to_thread(self.thaw)
-        elif self.frozen:
-            await asyncio.to_thread(self.thaw)
-        self.frozen = frozen
-        paused = "containers paused" if self.runtime.name == "container" else "process group stopped"
-        how = f"frozen ({paused})" if frozen else "hot"
-        if sb.mode == "frozen" and not frozen:
-            how += f": {why}"
-        self._event(
-            row,
-            "Standby",
-            f"standby {'adopted' if adopted else 'parked'}, {how}",
-            warning=not frozen and sb.mode == "frozen",
-        )
-        while self._row().standby:
-            if not self.runtime.alive(self.ref):
-                code = self.runtime.exit_code(self.ref)
-                raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
-            if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
-                self.nudge.clear()
-            if self.stop_requested.is_set():
-                raise _Stop()
-        began = self.clock.now()
-        if err := await asyncio.to_thread(self.thaw):
-            raise _Failure("ThawFailed", f"metadata.standby.mode frozen: {err}")
-        if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
-            raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
-        await self._wait_ready(spec)
-        return self.clock.now() - began
 
     async def _watch(self, spec: ServiceSpec) -> None:
         """Return when the process dies; raise when liveness fails past its threshold. A failing
@@ -668,23 +228,6 @@ class ReplicaSupervisor:
                 if role == "readiness" and change is not None:
                     self._readiness_changed(change, tracker, result.detail)
             await self._sleep(ALIVE_CHECK_S)
-
-    async def _probe(self, spec: ServiceSpec, row: ReplicaRow, check: HealthCheck | None) -> ProbeResult:
-        """One probe of ``check``: an ``exec`` command inside the replica, else over the network."""
-        assert row.port is not None
-        if check is None or check.exec_ is None:
-            return await self.cfg.probe(row.host, _probe_port(spec, check, row.port), check)
-        argv = check.exec_.argv()
-        exec_argv = getattr(self.runtime, "exec_argv", None)
-        if exec_argv is not None and self.ref is not None:  # in the container
-            cmd, cwd, env = exec_argv(self.ref, argv), None, None
-            user = None
-        else:  # a process: in its folder, with its environment, as its user
-            cmd, cwd, env = argv, row.workdir, self._env or None
-            users = self.cfg.replica_users
-            user = users.for_service(row.service) if users is not None else None
-        timeout_s = float(check.timeout_seconds)
-        return await run_exec_probe(cmd, cwd=cwd, env=env, timeout_s=timeout_s, user=user)
 
     def _readiness_changed(self, change: Transition, tracker: ProbeTracker, detail: str) -> None:
         if change is Transition.BECAME_UNREADY:
@@ -766,25 +309,3 @@ class ReplicaSupervisor:
                 )
                 return
             await self.clock.sleep(min(DRAIN_POLL_S, left))
-
-
-def _probe_port(spec: ServiceSpec, check: HealthCheck | None, replica_port: int) -> int:
-    """The check's port follows the replica's rewritten port unless it names another one."""
-    return probe_port(check, container_port=spec.main.port, replica_port=replica_port)
-
-
-def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:
-    if not any(m.oss for m in spec.storage):
-        return spec
-    storage = []
-    for i, m in enumerate(spec.storage):
-        if m.oss is not None:
-            url = resolve_url(m.oss.path, oss_root, where=f"storage[{i}].oss.path")
-            m = m.model_copy(update={"oss": m.oss.model_copy(update={"path": url})})
-        storage.append(m)
-    return spec.model_copy(update={"storage": storage})
-
-
-def _resolve_local(path: str, oss_root: Path | None) -> str:
-    url = resolve_url(path, oss_root, where="warm_up_data_path")
-    return url[len("file://") :] if url.startswith("file://") else url

@@ -1,4 +1,5 @@
-"""How a standby replica (metadata.standby; docs/cold-start.md) is parked and woken.
+"""How a standby replica (metadata.standby; docs/cold-start.md) is parked and woken: the signals
+and hooks, and the supervisor's part that parks a warmed replica and promotes it (`StandbyPhase`).
 
 Frozen: once it is warmed the replica stops using CPU, its memory kept, until its promotion, a stop
 (a frozen process would hold its SIGTERM until the SIGKILL) or its adoption as hot. A runtime that
@@ -19,7 +20,11 @@ from typing import Protocol, cast
 import aiohttp
 
 from openeas.controller.probe import base_url
+from openeas.controller.startup import StartPhases
+from openeas.controller.supervisor_base import ALIVE_CHECK_S, _Failure, _Stop
+from openeas.kernel.states import ReplicaPhase
 from openeas.runtime import ProcessRef, Runtime
+from openeas.spec import ServiceSpec
 
 # Runtimes whose `signal` reaches the replica's whole process group.
 FREEZES_GROUPS = frozenset({"process", "fake"})
@@ -72,3 +77,64 @@ async def post_hook(host: str, port: int, path: str, *, timeout_s: float = HOOK_
             return None if resp.status < 300 else f"POST {path} answered {resp.status}"
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return f"POST {path} failed: {type(exc).__name__}: {exc}"
+
+
+class StandbyPhase(StartPhases):
+    """The supervisor's standby part: park a warmed replica out of routing, wake it on promotion."""
+
+    def thaw(self) -> str | None:
+        """Resume it if it may be frozen (before a stop: SIGTERM waits for the thaw); None when
+        done, else what went wrong."""
+        err = None
+        if self.frozen and self.ref is not None:
+            err = thaw(self.runtime, self.ref)
+        self.frozen = False
+        return err
+
+    async def _standby(self, spec: ServiceSpec, *, adopted: bool) -> float:
+        """Standby: parked warmed out of routing (frozen or hot) until the reconciler promotes it,
+        then thawed, woken and probed; the seconds from the promotion to the passing probe."""
+        sb = spec.metadata.standby
+        row = self._row()
+        assert self.ref is not None and row.port is not None
+        host, port = row.host, row.port
+        if not adopted:
+            if sb.sleep_path and (err := await post_hook(host, port, sb.sleep_path)):
+                self._event(row, "SleepFailed", f"metadata.standby.sleep_path: {err}", warning=True)
+            row = self._set(phase=ReplicaPhase.STANDBY, message=f"standby ({sb.mode})")
+            self._cold_start_done(row)
+        frozen = sb.mode == "frozen" and can_freeze(self.runtime)
+        why = f"the {self.runtime.name} runtime cannot freeze a replica"
+        if frozen:  # again after an adoption: freezing a frozen replica is harmless
+            self.frozen = True
+            if err := await asyncio.to_thread(freeze, self.runtime, self.ref):
+                frozen, why = False, err
+                await asyncio.to_thread(self.thaw)
+        elif self.frozen:
+            await asyncio.to_thread(self.thaw)
+        self.frozen = frozen
+        paused = "containers paused" if self.runtime.name == "container" else "process group stopped"
+        how = f"frozen ({paused})" if frozen else "hot"
+        if sb.mode == "frozen" and not frozen:
+            how += f": {why}"
+        self._event(
+            row,
+            "Standby",
+            f"standby {'adopted' if adopted else 'parked'}, {how}",
+            warning=not frozen and sb.mode == "frozen",
+        )
+        while self._row().standby:
+            if not self.runtime.alive(self.ref):
+                code = self.runtime.exit_code(self.ref)
+                raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
+            if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
+                self.nudge.clear()
+            if self.stop_requested.is_set():
+                raise _Stop()
+        began = self.clock.now()
+        if err := await asyncio.to_thread(self.thaw):
+            raise _Failure("ThawFailed", f"metadata.standby.mode frozen: {err}")
+        if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
+            raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
+        await self._wait_ready(spec)
+        return self.clock.now() - began

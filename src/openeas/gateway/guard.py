@@ -11,16 +11,14 @@ settings of `openeas.gateway.context.ProxyContext`.
 
 from __future__ import annotations
 
-import time
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpRequestParser
 
-from openeas.gateway.auth import authorize
 from openeas.gateway.errors import GatewayError
 from openeas.gateway.local import local_answer
-from openeas.gateway.split import GROUP_STATS_PREFIX, group_stats_answer
+from openeas.gateway.split import GROUP_STATS_PREFIX, authorize_client, group_stats_answer
 
 if TYPE_CHECKING:
     from openeas.gateway.proxy import ClientConnection
@@ -144,15 +142,4 @@ def authorize_request(client: ClientConnection, route: RouteState, method: bytes
     """The slow auth path (signed requests, refusals): the body's expected Content-MD5 for a
     signed request, else None; raises `AuthError` when the request is refused."""
     assert route.creds is not None
-    return authorize(
-        route.creds,
-        route.service,
-        client.authorization,
-        method=method,
-        content_md5=client.content_md5,
-        content_type=client.content_type,
-        date=client.date,
-        path=client.url.partition(b"?")[0],
-        now=time.time(),
-        max_skew_s=client.ctx.max_date_skew_s,
-    )
+    return authorize_client(client, route.creds, route.service, method)

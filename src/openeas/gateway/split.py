@@ -269,6 +269,26 @@ def _mirror(client: ClientConnection, group: GroupState, chosen: MemberState) ->
                 split.add(MirrorCopy(m.service, m.route, m.metrics, chosen.service, client.loop), client.ex)
 
 
+def authorize_client(
+    client: ClientConnection, creds: Credentials, service: str, method: bytes
+) -> bytes | str | None:
+    """Check the client's request against ``creds`` of ``service`` (a token in any form, or a
+    signature): the body's expected Content-MD5 for a signed request, else None; raises
+    `AuthError` when the request is refused."""
+    return authorize(
+        creds,
+        service,
+        client.authorization,
+        method=method,
+        content_md5=client.content_md5,
+        content_type=client.content_type,
+        date=client.date,
+        path=client.url.partition(b"?")[0],
+        now=time.time(),
+        max_skew_s=client.ctx.max_date_skew_s,
+    )
+
+
 def _authorized(client: ClientConnection, group: GroupState, own: Credentials | None, name: str) -> bool:
     """The group's token (or, for ``group.service``, that service's own) in any form the gateway
     accepts; False when the request was answered 401."""
@@ -283,18 +303,7 @@ def _authorized(client: ClientConnection, group: GroupState, own: Credentials | 
         if c is None:
             continue
         try:
-            expected_md5 = authorize(
-                c,
-                name,
-                auth,
-                method=client.parser.get_method(),
-                content_md5=client.content_md5,
-                content_type=client.content_type,
-                date=client.date,
-                path=client.url.partition(b"?")[0],
-                now=time.time(),
-                max_skew_s=client.ctx.max_date_skew_s,
-            )
+            expected_md5 = authorize_client(client, c, name, client.parser.get_method())
         except AuthError as e:
             error = error or e
             continue

@@ -10,6 +10,8 @@ const targets = {
   stats_note: "#stats-note",
   steps: "#steps tbody",
   summary: "#summary",
+  queues: "#queues tbody",
+  jobs: "#jobs tbody",
 };
 
 function sizeBars(root) {

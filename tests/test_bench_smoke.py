@@ -30,6 +30,16 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ()),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
     "groups.py": (["--duration", "1", "--runs", "1"], ("wrk",)),
+    "llm_routing.py": (
+        [
+            "--engine=testserver",
+            "--requests=16",
+            "--rate=20",
+            "--prompt-tokens=50",
+            "--balancers=least-request,prefix-affinity,least-kv",
+        ],
+        (),
+    ),
     "routing.py": (["--changes", "6", "--poll-changes", "3"], ()),
     "runtime.py": (["--starts", "1", "--duration", "1", "--runs", "1"], ("wrk", "podman")),
     "simulate.py": (["--days", "1"], ()),
@@ -38,6 +48,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
+    "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
 }

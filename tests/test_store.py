@@ -115,6 +115,7 @@ TABLES = {
     "batch_shards": "job_id, shard",
     "replica_usage": "replica",  # v7
     "cold_starts": "id",  # v8
+    "eval_runs": "id",  # v12
 }
 
 

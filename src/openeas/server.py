@@ -39,6 +39,7 @@ from openeas.api.cost import server_catalog
 from openeas.api.idle import IdleWatch
 from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.backlog import QueueBacklog
+from openeas.autoscaler.engine_load import EngineLoadScraper
 from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
 from openeas.autoscaler.scrape import ReplicaScraper
@@ -329,6 +330,8 @@ def _compose(
         Loop("rollouts", rollouts.run),
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
+        # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
+        Loop("engine load", EngineLoadScraper(store, data_dir).run),
         Loop("idle-spend watch", idle.run),
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),

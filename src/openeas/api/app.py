@@ -27,6 +27,7 @@ from openeas.api.coldstart import add_coldstart_routes
 from openeas.api.control import ControlPlane
 from openeas.api.cost import add_cost_routes
 from openeas.api.errors import add_error_handlers, admin_check, responses
+from openeas.api.evals import add_eval_routes
 from openeas.api.groups import add_group_routes
 from openeas.api.logs import add_log_routes
 from openeas.api.openapi import document_openapi
@@ -49,6 +50,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     auth: list[Any] = [Depends(admin_check(cp.admin_token))]
     add_group_routes(app, cp, auth)  # /api/v1/groups (api/groups.py)
     add_rollout_routes(app, cp, auth)  # /api/v1/groups/{name}/rollout (api/rollouts.py)
+    add_eval_routes(app, cp, auth)  # /api/v1/eval (api/evals.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
     add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)

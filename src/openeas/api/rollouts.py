@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ConfigDict, Field
 
+from openeas.api.evals import eval_gate, parse_set
 from openeas.errors import Conflict, SpecError
 from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
 from openeas.spec.numbers import CheckedNumbers
@@ -39,6 +40,13 @@ class RolloutBody(CheckedNumbers):
     )
     min_requests: int = Field(
         default=DEFAULT_MIN_REQUESTS, ge=1, description="candidate answers a step needs before it is judged"
+    )
+    eval_set: str | None = Field(
+        default=None,
+        description="eval set JSONL text: run on the candidate's direct endpoint before any weight moves",
+    )
+    min_pass: float | None = Field(
+        default=None, ge=0, le=1, description="the eval set's pass rate the candidate needs (default 0.95)"
     )
 
 
@@ -125,7 +133,25 @@ def add_rollout_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
     def start_rollout(name: str, body: RolloutBody) -> dict[str, Any]:
         """Drive the weights from the baseline to ``to`` through ``steps``, holding each
         ``hold_s`` seconds and rolling back on an SLO breach."""
-        plan, state = rollouts.create(plan_of(groups.get(name), body))
+        errors: list[str] = []
+        plan = None
+        try:
+            plan = plan_of(groups.get(name), body)
+        except SpecError as e:
+            errors.extend(e.errors)
+        cases = None
+        if body.eval_set is not None:
+            try:
+                cases = parse_set(body.eval_set)
+            except SpecError as e:
+                errors.extend(e.errors)
+        elif body.min_pass is not None:
+            errors.append("min_pass: needs eval_set")
+        if errors or plan is None:
+            raise SpecError(errors)
+        if cases is not None:  # step 0: a failing candidate is refused here, before any weight moves
+            eval_gate(cp, name, body.to, cases, body.min_pass)
+        plan, state = rollouts.create(plan)
         wake()
         return rollout_view(plan, state, controller())
 

@@ -377,6 +377,14 @@ def rollout(
         int | None,
         typer.Option("--min-requests", min=1, help="Candidate answers a step needs to be judged (20)."),
     ] = None,
+    eval_set: Annotated[
+        Path | None,
+        typer.Option("--eval-set", help="Step 0: the candidate must pass this eval set (JSONL) first."),
+    ] = None,
+    min_pass: Annotated[
+        float | None,
+        typer.Option("--min-pass", min=0.0, max=1.0, help="The eval set's pass rate needed (0.95)."),
+    ] = None,
     pause: Annotated[bool, typer.Option("--pause", help="Pause the running rollout.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Resume a paused rollout (the step's hold starts again).")
@@ -406,6 +414,11 @@ def rollout(
         typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
         raise typer.Exit(2) from None
 
+    eval_text = None
+    if eval_set is not None:
+        from openeas.cli.evalfile import read_eval_set
+
+        eval_text = read_eval_set(eval_set, "--eval-set")
     client = _client(data_dir)
     if commands:
         d = client.rollout_command(group, commands[0])
@@ -419,6 +432,8 @@ def rollout(
             max_p99_ms=max_p99_ms,
             min_success=min_success,
             min_requests=min_requests,
+            eval_set=eval_text,
+            min_pass=min_pass,
         )
     else:
         d = client.rollout(group)

@@ -27,6 +27,7 @@ from openeas.cli.common import spinner as _spinner
 from openeas.cli.common import state as _state
 from openeas.cli.common import wait_ready as _wait_ready
 from openeas.cli.cost import confirm_estimate, cost_app
+from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
 from openeas.cli.server import server
 from openeas.cli.stress import stress_app
@@ -43,6 +44,7 @@ app = typer.Typer(
 app.add_typer(group_app)
 app.add_typer(cluster_app, name="cluster")
 app.command("rollout")(rollout)
+app.command("eval")(eval_cmd)  # eval sets (cli/evals.py)
 app.command()(server)  # cli/server.py
 app.add_typer(stress_app, name="stress")  # cli/stress.py
 app.add_typer(batch_app, name="batch")  # cli/batch.py

@@ -268,9 +268,10 @@ class _LeastSignal:
 
         best = min(eligible, key=score)
         value = getattr(upstreams[best], signal)
-        self.reason = (
-            f"least {signal} ({value:g})" if value >= 0 else f"least {signal} (unknown: fewest outstanding)"
-        )
+        if value >= 0:
+            self.reason, self.outcome = f"least {signal} ({value:g})", "signal"
+        else:
+            self.reason, self.outcome = f"least {signal} (unknown: fewest outstanding)", "unknown"
         return best
 
 

@@ -30,6 +30,8 @@ from openeas.gateway.notify import NotifyListener
 from openeas.gateway.pool import UpstreamState
 from openeas.gateway.proxy import IDLE, ClientConnection
 from openeas.gateway.queues import AsyncQueues
+from openeas.gateway.replica_load import LoadListener, Loads
+from openeas.gateway.replica_load import socket_path as load_socket_path
 from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.split import build_groups
 from openeas.gateway.stats import StatsSender
@@ -97,6 +99,7 @@ class Gateway:
         self._server: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._listener: NotifyListener | None = None
+        self._loads: LoadListener | None = None  # engine load pushed by the control plane
         self._wake: asyncio.Event | None = None
         self._unwatch: Callable[[], object] | None = None  # stops a source's own push (watch)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-routing")
@@ -151,6 +154,12 @@ class Gateway:
                 loads[st.upstream.replica_id] = (was_routed or routed, n + st.outstanding)
         return [(rid, routed, n) for rid, (routed, n) in loads.items()]
 
+    def apply_loads(self, loads: Loads) -> None:
+        """Engine load pushed by the control plane (gateway/replica_load.py): replicas it names
+        get its values, the others go back to unknown."""
+        for st in self.upstreams.values():
+            st.waiting, st.kv_usage = loads.get(st.upstream.replica_id, (-1.0, -1.0))
+
     def refresh_soon(self) -> None:
         """Read the source at once (on the routing thread), not at the next poll. Loop thread only."""
         if self._wake is not None:
@@ -192,6 +201,9 @@ class Gateway:
             # would otherwise wait for the safety-net poll.
             self._listener = NotifyListener(self.notify_socket, self.refresh_soon)
             self._listener.start(loop)
+        if self.data_dir is not None:
+            self._loads = LoadListener(load_socket_path(self.data_dir), self.apply_loads)
+            self._loads.start(loop)
         watch = getattr(self.source, "watch", None)
         if watch is not None:  # a source that pushes by itself (PostgreSQL's LISTEN/NOTIFY)
             self._unwatch = watch(lambda: loop.call_soon_threadsafe(self.refresh_soon))
@@ -254,6 +266,9 @@ class Gateway:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._loads is not None:
+            self._loads.close()
+            self._loads = None
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None

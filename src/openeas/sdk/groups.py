@@ -91,8 +91,11 @@ class GroupsClient:
         max_p99_ms: float | None = None,
         min_success: float | None = None,
         min_requests: int | None = None,
+        eval_set: str | None = None,
+        min_pass: float | None = None,
     ) -> dict[str, Any]:
-        """Start a staged rollout of group ``name`` to member ``to``."""
+        """Start a staged rollout of group ``name`` to member ``to``; with ``eval_set`` (JSONL
+        text) the candidate must pass it (``min_pass``, default 0.95) before any weight moves."""
         body: dict[str, Any] = {"to": to}
         for key, value in (
             ("steps", steps),
@@ -101,10 +104,22 @@ class GroupsClient:
             ("max_p99_ms", max_p99_ms),
             ("min_success", min_success),
             ("min_requests", min_requests),
+            ("eval_set", eval_set),
+            ("min_pass", min_pass),
         ):
             if value is not None:
                 body[key] = value
         result: dict[str, Any] = self.request("POST", f"{_grp(name)}/rollout", json_body=body)
+        return result
+
+    def run_eval(
+        self: _Requester, target: str, eval_set: str, *, min_pass: float | None = None
+    ) -> dict[str, Any]:
+        """Run an eval set (JSONL text) on a service or ``group.member``'s direct endpoint."""
+        body: dict[str, Any] = {"target": target, "eval_set": eval_set}
+        if min_pass is not None:
+            body["min_pass"] = min_pass
+        result: dict[str, Any] = self.request("POST", "/api/v1/eval", json_body=body)
         return result
 
     def rollout(self: _Requester, name: str) -> dict[str, Any]:

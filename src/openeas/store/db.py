@@ -141,6 +141,22 @@ def _v6_sealed_secrets(conn: Connection) -> None:
             )
 
 
+def _v12_eval_runs(conn: Connection) -> None:
+    """``eval_runs``: one row per eval-set run (``openeas.store.eval_runs`` reads and writes it)."""
+    conn.execute(
+        text(
+            "CREATE TABLE IF NOT EXISTS eval_runs ("
+            " id VARCHAR(64) PRIMARY KEY,"
+            " target VARCHAR(255) NOT NULL,"
+            " service VARCHAR(255) NOT NULL,"
+            " created_at FLOAT NOT NULL,"
+            " pass_rate FLOAT NOT NULL,"
+            " report JSON NOT NULL)"
+        )
+    )
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_eval_runs_service ON eval_runs (service)"))
+
+
 # Ordered schema migrations; the store's `schema_version` is the number applied. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -154,6 +170,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v9_standby,  # v9: replicas.standby
     _archive.create_tables,  # v10: service_dormancy, archived_services (store/archive.py)
     _v11_node,  # v11: replicas.node
+    _v12_eval_runs,  # v12: eval_runs, eval-set runs (store/eval_runs.py)
 ]
 
 # Session.info key: the routing version this transaction bumped to (see Store.session).

@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -190,7 +191,8 @@ class _Handlers:
         return _json({"object": "list", "data": [model]})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=render_metrics(self.state), content_type="text/plain", charset="utf-8")
+        text = render_metrics(self.state) + _engine_metrics(self.state.knobs, request)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         allowed = _KNOWN_METHODS.get(request.path)
@@ -341,6 +343,19 @@ def render_metrics(state: ServerState) -> str:
         f"testserver_tokens_generated_total {state.tokens_generated}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _engine_metrics(knobs: Knobs, request: web.Request) -> str:
+    """The ``engine_metrics_file`` knob's lines, "" without one."""
+    if not knobs.engine_metrics_file:
+        return ""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    port = sockname[1] if isinstance(sockname, tuple) else 0
+    try:
+        text = Path(knobs.engine_metrics_file.replace("{port}", str(port))).read_text()
+    except OSError:
+        return ""
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 # -- application and runners ----------------------------------------------------------------------

@@ -48,6 +48,10 @@ class Knobs:
     max_concurrency: int = 0
     """Work requests served at once; more wait their turn in arrival order (0 = no limit). With
     ``latency_ms`` it gives a known capacity: ``max_concurrency / latency`` requests per second."""
+    engine_metrics_file: str = ""
+    """Lines of Prometheus text appended to ``/metrics`` as they are in this file when scraped (a
+    model server's own metrics, e.g. ``vllm:num_requests_waiting 3``); ``{port}`` in the path is
+    the port this server listens on (one file per replica); "" or a missing file = none."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -92,6 +96,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "unready_file": str,
     "unhealthy_file": str,
     "max_concurrency": int,
+    "engine_metrics_file": str,
 }
 
 

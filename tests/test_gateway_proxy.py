@@ -249,7 +249,7 @@ def _err(body: bytes) -> tuple[str, str]:
             None,
             500,
             "invalid_balancer",
-            "unknown balancer 'fastest'; known: least-request, round-robin",
+            "unknown balancer 'fastest'; known: least-kv, least-request, least-waiting, power-of-two, prefix-affinity, round-robin, session-affinity",
             id="unknown-balancer",
         ),
         pytest.param(

@@ -190,13 +190,7 @@ async def _serve(
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
     set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)
-    # Who process replicas run as; sets the data dir's modes to match (before the store opens).
-    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-    users = await asyncio.to_thread(resolve_replica_users, data_dir, replica_user, env)
-    if users.problem is None:
-        log.info("process replicas run as users of their own (group %s)", users.name)
-    else:
-        log.warning("%s", users.warning())
+    users = await _replica_users(data_dir, replica_user)
     store = Store(data_dir, url=store_url)  # None: SQLite in the data dir
     if store_url is not None:  # the gateway reads the same store (and LISTENs on it)
         gateway_args = [*gateway_args, "--store", store_url]
@@ -256,6 +250,17 @@ async def _serve(
             keeper.stop()  # idempotent: also when a component failed to start
 
 
+async def _replica_users(data_dir: Path, replica_user: str | None) -> ReplicaUsers:
+    """Who process replicas run as; sets the data dir's modes to match (before the store opens)."""
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    users = await asyncio.to_thread(resolve_replica_users, data_dir, replica_user, env)
+    if users.problem is None:
+        log.info("process replicas run as users of their own (group %s)", users.name)
+    else:
+        log.warning("%s", users.warning())
+    return users
+
+
 def _compose(
     store: Store,
     runtimes: Runtimes,
@@ -285,11 +290,7 @@ def _compose(
         gateway_view=gateway_view(gateway_stats),
         replica_users=users,
     )
-    capacity = node or node_capacity()
-    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
-    # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
-    load = lambda: gateway_stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
-    reconciler = Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
+    reconciler = _reconciler(store, runtimes, cfg, node, gateway_stats)
     autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
@@ -339,6 +340,17 @@ def _compose(
         Loop("console", console.run),
         ApiComponent(app, api_sock),
     ]
+
+
+def _reconciler(
+    store: Store, runtimes: Runtimes, cfg: SupervisorConfig, node: Resources | None, stats: GatewayStats
+) -> Reconciler:
+    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory)."""
+    capacity = node or node_capacity()
+    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
+    load = lambda: stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
+    return Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
 
 
 def _autoscaling(

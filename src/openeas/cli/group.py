@@ -135,9 +135,7 @@ def describe(
     if d.get("stats") is None:
         render.out.print("(the gateway did not answer: no traffic figures)")
     keep = d.get("keep_old_hours")
-    render.out.print(
-        f"a member that left the traffic needs --force to be deleted or stopped for {keep:g} h"
-    )
+    render.out.print(f"a member that left the traffic needs --force to be deleted or stopped for {keep:g} h")
 
 
 @group_app.command("set-weight")
@@ -349,57 +347,42 @@ def rollout_text(d: dict[str, Any]) -> str:
     return line + (f"\n  {reason}" if reason else "")
 
 
-@cli_errors
-def rollout(
-    group: Annotated[str, typer.Argument(help="Group name.")],
-    to: Annotated[str | None, typer.Option("--to", help="The candidate member (starts a rollout).")] = None,
-    baseline: Annotated[
-        str | None,
-        typer.Option("--from", help="The baseline member (default: the other one with most weight)."),
-    ] = None,
-    steps: Annotated[
-        str, typer.Option("--steps", help="Percent to the candidate at each step.")
-    ] = "5,25,50,100",
-    hold: Annotated[
-        str, typer.Option("--hold", help="How long each step is held and checked: 90s, 10m, 1h.")
-    ] = "1h",
-    max_p99_ms: Annotated[
-        float | None,
-        typer.Option("--max-p99-ms", help="Roll back when the candidate's p99 over a step exceeds it."),
-    ] = None,
-    min_success: Annotated[
-        float | None,
-        typer.Option(
-            "--min-success", help="Roll back when the candidate's success over a step falls under it (%)."
-        ),
-    ] = None,
-    min_requests: Annotated[
-        int | None,
-        typer.Option("--min-requests", min=1, help="Candidate answers a step needs to be judged (20)."),
-    ] = None,
-    eval_set: Annotated[
-        Path | None,
-        typer.Option("--eval-set", help="Step 0: the candidate must pass this eval set (JSONL) first."),
-    ] = None,
-    min_pass: Annotated[
-        float | None,
-        typer.Option("--min-pass", min=0.0, max=1.0, help="The eval set's pass rate needed (0.95)."),
-    ] = None,
-    pause: Annotated[bool, typer.Option("--pause", help="Pause the running rollout.")] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Resume a paused rollout (the step's hold starts again).")
-    ] = False,
-    abort: Annotated[
-        bool, typer.Option("--abort", help="End it and restore the routes of before it.")
-    ] = False,
-    json_out: JsonOut = False,
-    data_dir: DataDir = None,
-) -> None:
-    """Staged rollout: shift a group's traffic to --to step by step, holding each step while the
-    candidate's success and p99 are checked; roll back automatically on a breach. Without --to
-    (or a command), show the group's rollout."""
+ToOpt = Annotated[str | None, typer.Option("--to", help="The candidate member (starts a rollout).")]
+FromOpt = Annotated[
+    str | None, typer.Option("--from", help="The baseline member (default: the other one with most weight).")
+]
+StepsOpt = Annotated[str, typer.Option("--steps", help="Percent to the candidate at each step.")]
+HoldOpt = Annotated[str, typer.Option("--hold", help="How long each step is held and checked: 90s, 10m, 1h.")]
+MaxP99Opt = Annotated[
+    float | None,
+    typer.Option("--max-p99-ms", help="Roll back when the candidate's p99 over a step exceeds it."),
+]
+MinSuccessOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-success", help="Roll back when the candidate's success over a step falls under it (%)."
+    ),
+]
+MinRequestsOpt = Annotated[
+    int | None,
+    typer.Option("--min-requests", min=1, help="Candidate answers a step needs to be judged (20)."),
+]
+EvalSetOpt = Annotated[
+    Path | None,
+    typer.Option("--eval-set", help="Step 0: the candidate must pass this eval set (JSONL) first."),
+]
+MinPassOpt = Annotated[
+    float | None, typer.Option("--min-pass", min=0.0, max=1.0, help="The eval set's pass rate needed (0.95).")
+]
+PauseOpt = Annotated[bool, typer.Option("--pause", help="Pause the running rollout.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Resume a paused rollout (the step's hold starts again).")
+]
+AbortOpt = Annotated[bool, typer.Option("--abort", help="End it and restore the routes of before it.")]
 
-    commands = [w for w, on in (("pause", pause), ("resume", resume), ("abort", abort)) if on]
+
+def _rollout_args(commands: list[str], to: str | None, steps: str, hold: str) -> tuple[list[int], float]:
+    """The steps and the hold in seconds; invalid input exits 2 before the server is asked."""
     if len(commands) > 1 or (commands and to):
         typer.echo("error: give one of --to, --pause, --resume, --abort", err=True)
         raise typer.Exit(2)
@@ -409,10 +392,36 @@ def rollout(
         typer.echo(f"error: --steps: expected percentages such as 5,25,50,100, got {steps!r}", err=True)
         raise typer.Exit(2) from None
     try:
-        hold_s = parse_duration(hold)
+        return step_list, parse_duration(hold)
     except ValueError:
         typer.echo(f"error: --hold: expected a duration such as 90s, 10m, 1h, got {hold!r}", err=True)
         raise typer.Exit(2) from None
+
+
+@cli_errors
+def rollout(
+    group: Annotated[str, typer.Argument(help="Group name.")],
+    to: ToOpt = None,
+    baseline: FromOpt = None,
+    steps: StepsOpt = "5,25,50,100",
+    hold: HoldOpt = "1h",
+    max_p99_ms: MaxP99Opt = None,
+    min_success: MinSuccessOpt = None,
+    min_requests: MinRequestsOpt = None,
+    eval_set: EvalSetOpt = None,
+    min_pass: MinPassOpt = None,
+    pause: PauseOpt = False,
+    resume: ResumeOpt = False,
+    abort: AbortOpt = False,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Staged rollout: shift a group's traffic to --to step by step, holding each step while the
+    candidate's success and p99 are checked; roll back automatically on a breach. Without --to
+    (or a command), show the group's rollout."""
+
+    commands = [w for w, on in (("pause", pause), ("resume", resume), ("abort", abort)) if on]
+    step_list, hold_s = _rollout_args(commands, to, steps, hold)
 
     eval_text = None
     if eval_set is not None:

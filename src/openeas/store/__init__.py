@@ -1,6 +1,7 @@
 """Persistence: services, immutable versions, replicas with phase timestamps, events."""
 
-from openeas.store.db import MIGRATIONS, Store, db_path, migrate
+from openeas.store.db import Store, db_path
+from openeas.store.migrations import MIGRATIONS, migrate
 from openeas.store.schema import EventRow, ReplicaRow, ServiceRow, VersionRow
 from openeas.store.secrets import TokenCipher, new_token, same
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
-from openeas.kernel.states import IllegalTransition
+from openeas.kernel.states import check_table
 
 DEFAULT_MIN_REQUESTS = 20  # candidate answers a step needs before it is judged
 
@@ -42,13 +42,7 @@ assert set(TRANSITIONS) == set(Status) and all(not TRANSITIONS[s] for s in FINAL
 
 def check_transition(old: str, new: str) -> Status:
     """``new`` as a Status; raises IllegalTransition when ``old → new`` is not allowed."""
-    try:
-        to, frm = Status(new), Status(old)
-    except ValueError as exc:
-        raise IllegalTransition(f"unknown rollout status: {exc}") from None
-    if to is not frm and to not in TRANSITIONS[frm]:
-        raise IllegalTransition(f"rollout status {frm} → {to} is not allowed")
-    return to
+    return check_table(Status, TRANSITIONS, "rollout status", old, new)
 
 
 class Action(StrEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class ReplicaPhase(StrEnum):
@@ -176,15 +176,24 @@ BATCH_TRANSITIONS: Mapping[BatchState, frozenset[BatchState]] = {
 }
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def check_table(kind: type[E], table: Mapping[E, frozenset[E]], what: str, old: str, new: str) -> E:
+    """``new`` as a ``kind``; raises IllegalTransition when ``table`` does not allow ``old → new``
+    (the same state again is always allowed). ``what`` names the entity's state in the message."""
+    try:
+        to, frm = kind(new), kind(old)
+    except ValueError as exc:
+        raise IllegalTransition(f"unknown {what}: {exc}") from None
+    if to is not frm and to not in table[frm]:
+        raise IllegalTransition(f"{what} {frm} → {to} is not allowed")
+    return to
+
+
 def check_batch_transition(old: str, new: str) -> BatchState:
     """``new`` as a BatchState; raises IllegalTransition when ``old → new`` is not allowed."""
-    try:
-        to, frm = BatchState(new), BatchState(old)
-    except ValueError as exc:
-        raise IllegalTransition(f"unknown batch job state: {exc}") from None
-    if to is not frm and to not in BATCH_TRANSITIONS[frm]:
-        raise IllegalTransition(f"batch job state {frm} → {to} is not allowed")
-    return to
+    return check_table(BatchState, BATCH_TRANSITIONS, "batch job state", old, new)
 
 
 class StressState(StrEnum):
@@ -211,10 +220,4 @@ STRESS_TRANSITIONS: Mapping[StressState, frozenset[StressState]] = {
 
 def check_stress_transition(old: str, new: str) -> StressState:
     """``new`` as a StressState; raises IllegalTransition when ``old → new`` is not allowed."""
-    try:
-        to, frm = StressState(new), StressState(old)
-    except ValueError as exc:
-        raise IllegalTransition(f"unknown stress run state: {exc}") from None
-    if to is not frm and to not in STRESS_TRANSITIONS[frm]:
-        raise IllegalTransition(f"stress run state {frm} → {to} is not allowed")
-    return to
+    return check_table(StressState, STRESS_TRANSITIONS, "stress run state", old, new)

@@ -244,23 +244,7 @@ class SqliteQueue:
             row = c.execute("SELECT state FROM messages WHERE id=?", (msg.index,)).fetchone()
             if row is None or row[0] not in (State.QUEUED, State.IN_FLIGHT):
                 return False  # already answered (a redelivered copy finished first), or dead
-            cur = c.execute(
-                "INSERT OR IGNORE INTO results(request_id, service, idx, status, headers, body, tags, "
-                "attempts, enqueued_at, finished_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    result.request_id,
-                    result.service,
-                    result.index,
-                    result.status,
-                    json.dumps(result.headers),
-                    result.body,
-                    json.dumps(result.tags) if result.tags else None,
-                    result.attempts,
-                    result.enqueued_at,
-                    result.finished_at,
-                    result.finished_at + result.ttl_s,
-                ),
-            )
+            cur = _insert_result(c, result)
             c.execute("DELETE FROM messages WHERE id=?", (msg.index,))
             if cur.rowcount != 1:
                 return False
@@ -353,23 +337,7 @@ class SqliteQueue:
 
     async def put_result(self, result: Result) -> int:
         def op(c: sqlite3.Connection) -> int:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO results(request_id, service, idx, status, headers, body, tags, "
-                "attempts, enqueued_at, finished_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    result.request_id,
-                    result.service,
-                    result.index,
-                    result.status,
-                    json.dumps(result.headers),
-                    result.body,
-                    json.dumps(result.tags) if result.tags else None,
-                    result.attempts,
-                    result.enqueued_at,
-                    result.finished_at,
-                    result.finished_at + result.ttl_s,
-                ),
-            )
+            cur = _insert_result(c, result)
             return int(cur.lastrowid or 0) if cur.rowcount == 1 else 0
 
         result.sink_index = await self._submit(op)
@@ -551,3 +519,24 @@ def url_path(url: str, data_dir: Path) -> Path:
 
 def from_url(url: str, data_dir: Path) -> SqliteQueue:
     return SqliteQueue(url_path(url, data_dir))
+
+
+def _insert_result(c: sqlite3.Connection, result: Result) -> sqlite3.Cursor:
+    """Store ``result`` once (a second insert of the same request id is ignored)."""
+    return c.execute(
+        "INSERT OR IGNORE INTO results(request_id, service, idx, status, headers, body, tags, "
+        "attempts, enqueued_at, finished_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            result.request_id,
+            result.service,
+            result.index,
+            result.status,
+            json.dumps(result.headers),
+            result.body,
+            json.dumps(result.tags) if result.tags else None,
+            result.attempts,
+            result.enqueued_at,
+            result.finished_at,
+            result.finished_at + result.ttl_s,
+        ),
+    )

@@ -53,7 +53,10 @@ def start_server(data: Path) -> tuple[subprocess.Popen[bytes], Client]:
     log = open(data / "server.out", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "openeas.cli", "server", "--data-dir", str(data), "--port", str(port),
-         "--gateway-port", str(gport)],
+         "--gateway-port", str(gport),
+         # its bucket lives in data/; the container mounts the host's interpreter, venv and source
+         *(a for d in (data, Path(sys.base_prefix), Path(sys.prefix), ROOT / "src")
+           for a in ("--allow-host-path", str(d)))],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )  # fmt: skip

@@ -39,7 +39,8 @@ UPSTREAM = (
 )
 GATEWAY = """
 import asyncio, sys
-from openeas.gateway import Gateway, Route, RoutingTable, Upstream
+from openeas.gateway import Gateway
+from openeas.kernel.routing import Route, RoutingTable, Upstream
 from openeas.gateway.context import ProxyContext
 
 class Once:

@@ -22,8 +22,27 @@ import threading
 import time
 
 import requests
-from ray import serve
-from starlette.requests import Request
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description="Ray Serve's autoscaler, timed as bench/autoscaler.py times OpenEAS's."
+    )
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print the raw times as one JSON line")
+    return ap
+
+
+# The arguments first: --help answers without Ray Serve, which only the anchor's venv has.
+ARGS = parser().parse_args() if __name__ == "__main__" else None
+try:
+    from ray import serve
+    from starlette.requests import Request
+except ImportError as exc:
+    raise SystemExit(
+        f"Ray Serve is missing ({exc}): run bench/anchors.sh, "
+        "then .bench/ray/bin/python bench/autoscaler_ray.py"
+    ) from None
 
 PORT = 8123
 URL = f"http://127.0.0.1:{PORT}/bench"
@@ -133,10 +152,7 @@ def from_zero(runs: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--json", action="store_true", help="print the raw times as one JSON line")
-    args = ap.parse_args()
+    args = ARGS or parser().parse_args()
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
         decisions, answering = step(args.runs)

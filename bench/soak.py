@@ -9,6 +9,7 @@ figures and what they mean are in docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,11 @@ QUICK = {
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
+    ap = argparse.ArgumentParser(description="Both soaks in turn; exits 1 when either fails its verdict.")
+    ap.add_argument(
+        "--quick", action="store_true", help="the smallest form of each soak (what the suite runs)"
+    )
+    quick = ap.parse_args(argv).quick
     failed = []
     for name in SOAKS:
         print(f"== {name}", flush=True)

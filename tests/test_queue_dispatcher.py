@@ -16,13 +16,14 @@ import pytest
 
 from openeas.kernel.clock import FakeClock
 from openeas.kernel.queue import QueueSettings
+from openeas.kernel.routing import Upstream
 from openeas.queue import Message, Result, State, open_backend
 from openeas.queue.base import QueueBackend
-from openeas.queue.dispatcher import Answer, CallFailed, Dispatcher, Target
+from openeas.queue.dispatcher import Answer, CallFailed, Dispatcher
 from tests.fakes import drive
 
-A = Target("a", "127.0.0.1", 1)
-B = Target("b", "127.0.0.1", 2)
+A = Upstream("a", "127.0.0.1", 1)
+B = Upstream("b", "127.0.0.1", 2)
 
 
 class FakeCaller:
@@ -36,7 +37,7 @@ class FakeCaller:
         self.peak: dict[str, int] = {}
         self.gate: asyncio.Event | None = None
 
-    async def call(self, target: Target, msg: Message, timeout_s: float, max_bytes: int) -> Answer:
+    async def call(self, target: Upstream, msg: Message, timeout_s: float, max_bytes: int) -> Answer:
         rid = target.replica_id
         self.calls.append((rid, msg.request_id))
         self.running[rid] = self.running.get(rid, 0) + 1

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from openeas.gateway.metrics import label_value
 from openeas.kernel.queue import QueueSettings
+from openeas.kernel.routing import Upstream
 from openeas.queue.base import QueueBackend
-from openeas.queue.dispatcher import Dispatcher, Target
+from openeas.queue.dispatcher import Dispatcher
 from openeas.queue.model import Attributes, Result
 
 if TYPE_CHECKING:
@@ -88,13 +89,13 @@ class AsyncQueues:
 
     def routes_changed(self, routes: dict[str, RouteState]) -> None:
         """The routing table changed: async services and their Ready replicas."""
-        services: dict[str, tuple[QueueSettings, list[Target]]] = {}
+        services: dict[str, tuple[QueueSettings, list[Upstream]]] = {}
         for name, route in routes.items():
             if route.queue is None:
                 continue
             # A stopped service keeps its queue; its replicas are gone, so nothing is dispatched.
             targets = [
-                Target(u.upstream.replica_id, u.upstream.host, u.upstream.port) for u in route.upstreams
+                u.upstream for u in route.upstreams
             ]
             services[name] = (route.queue, targets)
         self.settings = {name: s for name, (s, _) in services.items()}

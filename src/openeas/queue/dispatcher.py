@@ -27,6 +27,7 @@ from typing import Protocol
 
 from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.kernel.queue import QueueSettings
+from openeas.kernel.routing import Upstream
 from openeas.queue.base import DEFAULT_LEASE_S, RENEW_EVERY_S, QueueBackend
 from openeas.queue.model import Message, Result, State
 
@@ -88,15 +89,6 @@ def assign(free: dict[str, int], n: int) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A Ready replica the dispatcher may call."""
-
-    replica_id: str
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
 class Answer:
     status: int
     headers: list[tuple[str, str]]
@@ -108,7 +100,7 @@ class CallFailed(Exception):
 
 
 class ReplicaCaller(Protocol):
-    async def call(self, target: Target, msg: Message, timeout_s: float, max_bytes: int) -> Answer: ...
+    async def call(self, target: Upstream, msg: Message, timeout_s: float, max_bytes: int) -> Answer: ...
 
     async def close(self) -> None: ...
 
@@ -130,7 +122,7 @@ class HttpCaller:
             )
         return self._session
 
-    async def call(self, target: Target, msg: Message, timeout_s: float, max_bytes: int) -> Answer:
+    async def call(self, target: Upstream, msg: Message, timeout_s: float, max_bytes: int) -> Answer:
         import aiohttp
 
         session = self._client()
@@ -176,7 +168,7 @@ class DispatchStats:
 @dataclass
 class _Service:
     settings: QueueSettings
-    targets: dict[str, Target]
+    targets: dict[str, Upstream]
     in_flight: dict[str, int] = field(default_factory=dict)  # replica id → requests being called
     calls: dict[int, Message] = field(default_factory=dict)  # queue index → message being called
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -211,7 +203,7 @@ class Dispatcher:
         self._stopping = False
 
     # --- what the gateway tells it -----------------------------------------------------------------
-    def update(self, services: dict[str, tuple[QueueSettings, list[Target]]]) -> None:
+    def update(self, services: dict[str, tuple[QueueSettings, list[Upstream]]]) -> None:
         """The async services and their Ready replicas now (after each routing-table swap)."""
         for name, (settings, targets) in services.items():
             svc = self.services.get(name)
@@ -276,7 +268,7 @@ class Dispatcher:
                 log.exception("queue of service %s: dispatch failed; trying again", name)
             await self.clock.sleep(POLL_S, until=svc.wake)
 
-    def _start(self, name: str, svc: _Service, target: Target, msg: Message) -> None:
+    def _start(self, name: str, svc: _Service, target: Upstream, msg: Message) -> None:
         svc.in_flight[target.replica_id] = svc.in_flight.get(target.replica_id, 0) + 1
         svc.calls[msg.index] = msg
         svc.stats.dispatched += 1
@@ -284,7 +276,7 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, name: str, svc: _Service, target: Target, msg: Message) -> None:
+    async def _call(self, name: str, svc: _Service, target: Upstream, msg: Message) -> None:
         settings = svc.settings
         status: int | None = None
         error = ""

@@ -316,8 +316,8 @@ def _compose(
         batch_wake=batch.wake,
         host_paths=host_paths,
         idle_watch=idle,
+        node_cache=reconciler.cache,
     )
-    cp.node_cache = reconciler.cache
 
     async def shutdown() -> None:
         # A lost lease leaves the replicas to the server that holds it now.

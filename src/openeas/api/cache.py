@@ -14,12 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
+from openeas.api.control import ControlPlane
 from openeas.storage import NodeCache
 from openeas.storage.cache_index import keys_in_use
 
 
-def _node_cache(cp: Any) -> NodeCache:
-    cache: NodeCache | None = getattr(cp, "node_cache", None)
+def _node_cache(cp: ControlPlane) -> NodeCache:
+    cache = cp.node_cache
     if cache is None:
         raise HTTPException(503, "no node cache: this control plane runs no replicas")
     return cache
@@ -37,7 +38,7 @@ def cache_view(cache: NodeCache, in_use: set[str]) -> dict[str, Any]:
     }
 
 
-def add_cache_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
+def add_cache_routes(app: FastAPI, cp: ControlPlane, auth: list[Any]) -> None:
     @app.get("/api/v1/cache", dependencies=auth, tags=["cache"])
     async def cache_list() -> dict[str, Any]:
         """The node cache: entries, size against the limit, hit ratio."""

@@ -19,6 +19,7 @@ from openeas.errors import Conflict, NotFound, SpecError
 from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
 from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
+from openeas.storage import NodeCache
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
@@ -48,6 +49,7 @@ class ControlPlane:
         batch_wake: Callable[[], None] = lambda: None,
         host_paths: HostPaths | None = None,
         idle_watch: IdleWatch | None = None,
+        node_cache: NodeCache | None = None,
     ) -> None:
         self.store = store
         self.batch_wake = batch_wake  # the batch runner's wake
@@ -69,8 +71,8 @@ class ControlPlane:
         self.await_routing = await_routing
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
         self.host_paths = host_paths or HostPaths()
-        # The node cache (`/api/v1/cache`): the reconciler's, set by the server; None in tests.
-        self.node_cache: Any = None
+        # The node cache (`/api/v1/cache`): the reconciler's; None where no replicas run here.
+        self.node_cache = node_cache
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current

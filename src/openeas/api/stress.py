@@ -83,7 +83,7 @@ def _group_load(cp: ControlPlane, name: str) -> dict[str, Any]:
 def _service_load(cp: ControlPlane, name: str) -> dict[str, Any]:
     svc = cp.store.get_service(name)
     reps = [r for r in cp.store.replicas(name) if not r.stopping]
-    stats = getattr(cp, "gateway_stats", None)
+    stats = cp.gateway_stats
     now = time.monotonic()
     cur = stats.current(name, now) if stats is not None else None
     rate = stats.arrival_rate(name, LOAD_WINDOW_S, now) if stats is not None else None

@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -415,8 +415,3 @@ class _Collector(Collector):
         for (name, direction), n in sorted(self.scaler.events.items()):
             changes.add_metric([name, direction], n)
         yield changes
-
-
-def replica_load(gateway: GatewayScrape | None) -> Callable[[], Mapping[str, int]]:
-    """Each replica's in-flight requests as last read from the gateway (the scale-in choice)."""
-    return (lambda: gateway.replica_in_flight()) if gateway is not None else (lambda: {})

@@ -42,7 +42,6 @@ from openeas.autoscaler.metrics import (
     sources_by_kind,
 )
 from openeas.autoscaler.policy import Decision, DecisionContext, Observation, PolicyState, Traffic, decide
-from openeas.autoscaler.scrape import GatewayScrape
 from openeas.errors import OpenEASError
 from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.kernel.states import ReplicaPhase, ServiceState
@@ -56,7 +55,6 @@ log = logging.getLogger("openeas.autoscaler")
 class AutoscalerConfig:
     tick_s: float = 0.1  # seconds between decisions when nothing wakes the loop
     scrape_s: float = 1.0  # seconds between reads of the replicas (/metrics, psutil, NVML)
-    idle_gateway_poll_s: float = 1.0  # gateway reads while no service autoscales (scale-in choice)
     prescale_margin_s: float = 1.0  # added to the p90 cold start: a decision and a start take time
 
 
@@ -85,7 +83,6 @@ class Autoscaler:
         store: Store,
         *,
         traffic: TrafficStats | None = None,
-        gateway: GatewayScrape | None = None,
         sources: Sequence[MetricSource] = (),
         activation: QueueActivation | None = None,
         wake_reconciler: Callable[[], None] = lambda: None,
@@ -93,7 +90,6 @@ class Autoscaler:
         cfg: AutoscalerConfig | None = None,
     ) -> None:
         self.store = store
-        self.gateway = gateway
         self.extra_sources = list(sources)
         # Async services at zero with a queued request: started like a held request starts one.
         self.activation = activation
@@ -107,11 +103,7 @@ class Autoscaler:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_scrape: float | None = None
-        self._last_gateway: float | None = None
-        self.set_traffic(traffic if traffic is not None else gateway)
-
-    def set_traffic(self, traffic: TrafficStats | None) -> None:
-        """Where qps and concurrency come from (the pushed gateway stats, or the scrape)."""
+        # Where qps and concurrency come from: the gateways' counters datagram (GatewayStats).
         self.traffic = traffic
         base: list[MetricSource] = [TrafficSource(traffic)] if traffic is not None else []
         self.sources = sources_by_kind([*base, *self.extra_sources])
@@ -142,7 +134,7 @@ class Autoscaler:
             await self.close()
 
     async def close(self) -> None:
-        for s in (self.gateway, *self.extra_sources):
+        for s in self.extra_sources:
             closer = getattr(s, "close", None)
             if closer is not None:
                 await closer()
@@ -202,12 +194,6 @@ class Autoscaler:
                 log.exception("autoscaler: deciding for %s failed", view.name)
 
     async def _collect(self, views: Sequence[ServiceView], now: float) -> None:
-        gw = self.gateway
-        if gw is not None:
-            period = self.cfg.tick_s if views else self.cfg.idle_gateway_poll_s
-            if self._last_gateway is None or now - self._last_gateway >= period * 0.999:
-                self._last_gateway = now
-                await gw.poll([v.name for v in views], now)
         if views and (self._last_scrape is None or now - self._last_scrape >= self.cfg.scrape_s):
             self._last_scrape = now
             unique = {id(s): s for s in self.sources.values()}

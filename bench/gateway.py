@@ -111,13 +111,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def nginx_conf(tmp: Path, name: str, body: str) -> Path:
+def nginx_conf(tmp: Path, name: str, body: str, workers: int = 1) -> Path:
     d = tmp / name
     d.mkdir()
     conf = d / "nginx.conf"
     conf.write_text(
         f"""daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -309,19 +309,12 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, duration: float, conns: int, headers: list[str], cpu_pids: list[int]) -> Result:
-    args = [
-        "taskset",
-        "-c",
-        "0",
-        WRK,
-        f"-t{min(2, conns)}",
-        f"-c{conns}",
-        f"-d{duration:g}s",
-        "--latency",
-        "--timeout",
-        "5s",
-    ]
+def wrk(
+    url: str, duration: float, conns: int, headers: list[str], cpu_pids: list[int], cpus: str = "0"
+) -> Result:
+    """wrk on ``cpus`` (core 0 by default); the CPU of ``cpu_pids`` per request."""
+    args = ["taskset", "-c", cpus, WRK, f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration:g}s", "--latency"]
+    args += ["--timeout", "5s"]
     for h in headers:
         args += ["-H", h]
     before = cpu_seconds(cpu_pids) if cpu_pids else 0.0
@@ -455,7 +448,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     ap.add_argument("--runs", type=int, default=3, help="runs per setup; the table shows medians")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--only", choices=["aiohttp", "static", "nagle"], help="one upstream only")
+    ap.add_argument("--only", choices=["aiohttp", "static", "nagle", "workers"], help="one pass only")
+    ap.add_argument("--workers", type=int, default=2, help="gateway workers of --only workers (vs 1, nginx)")
     ap.add_argument(
         "--nagle-duration",
         type=float,
@@ -479,6 +473,10 @@ def main() -> None:
     anchors.tool("wrk", "/usr/bin/wrk")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
+    if args.only == "workers":  # bench/gateway_workers.py: N gateway processes vs 1 vs nginx
+        from bench.gateway_workers import workers_pass
+
+        return workers_pass(args)
     if args.only == "nagle":
         with bench_dir() as tmp:
             b = Bench(tmp)

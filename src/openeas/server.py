@@ -54,7 +54,8 @@ from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.metrics import label_value
-from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.gateway.notify import RoutingNotifier, socket_paths
+from openeas.gateway.workers import check_workers
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState
@@ -186,6 +187,7 @@ async def _serve(
     replica_user: str | None = REPLICA_USER,
     host_paths: HostPaths | None = None,
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
@@ -196,8 +198,10 @@ async def _serve(
         gateway_args = [*gateway_args, "--store", store_url]
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
+    if gateway_workers > 1:  # N processes on the gateway port (gateway/workers.py)
+        gateway_args = [*gateway_args, "--workers", str(gateway_workers)]
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
-    notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
+    notifier = RoutingNotifier(socket_paths(data_dir, gateway_workers), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_sock = bind_listener(host, port, "API")  # first: a taken port fails before anything starts
@@ -235,6 +239,7 @@ async def _serve(
             api_sock,
             keep_replicas,
             lease,
+            gateway_workers,
         )
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
@@ -274,6 +279,7 @@ def _compose(
     api_sock: socket.socket,
     keep_replicas: bool,
     lease: LeaseKeeper | None = None,
+    gateway_workers: int = 1,
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
@@ -332,7 +338,7 @@ def _compose(
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
-        Loop("engine load", EngineLoadScraper(store, data_dir).run),
+        Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
@@ -414,6 +420,14 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
+def check_gateway_workers(n: int) -> int:
+    """``--gateway-workers``: 1 to 4 per core; a `SpecError` naming the flag otherwise."""
+    try:
+        return check_workers(n, field="--gateway-workers")
+    except ValueError as exc:
+        raise SpecError([str(exc)]) from None
+
+
 def run_server(
     *,
     data_dir: Path,
@@ -432,6 +446,7 @@ def run_server(
     allow_host_paths: Sequence[Path] = (),
     nfs_exports: Sequence[str] = (),
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     """``store_url``: None for SQLite in the data dir, or ``postgresql://…``;
     ``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
@@ -442,6 +457,7 @@ def run_server(
     )
     try:
         gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
+        check_gateway_workers(gateway_workers)
     except SpecError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
@@ -474,6 +490,7 @@ def run_server(
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,
+                gateway_workers=gateway_workers,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

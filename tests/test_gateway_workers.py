@@ -1,6 +1,6 @@
 """``--workers N`` / ``openeas server --gateway-workers N``: N gateway processes on one port
-(gateway/workers.py), each notified of routing changes (gateway/notify.py), /metrics and
-/groups/<g> answered for all of them (gateway/siblings.py).
+(gateway/workers.py), each notified of routing changes (gateway/routing/notify.py), /metrics and
+/groups/<g> answered for all of them (gateway/telemetry/siblings.py).
 
 Pure parts on tables; one real server with two workers end to end: requests spread over both,
 a routing change acknowledged by both, a killed worker started again."""
@@ -19,8 +19,8 @@ import requests
 
 from openeas.errors import SpecError
 from openeas.gateway.__main__ import _parse
-from openeas.gateway.notify import RoutingNotifier, socket_path, socket_paths
-from openeas.gateway.siblings import add_member, merge_expositions, merge_members, with_worker
+from openeas.gateway.routing.notify import RoutingNotifier, socket_path, socket_paths
+from openeas.gateway.telemetry.siblings import add_member, merge_expositions, merge_members, with_worker
 from openeas.gateway.workers import check_workers, without_flags, worker_argv
 from openeas.server import check_gateway_workers
 from openeas.unixdgram import worker_path
@@ -163,7 +163,7 @@ def test_two_workers_counters_of_a_member_add_up() -> None:
 
 def test_a_change_is_in_effect_once_every_worker_acknowledged(tmp_path: Path) -> None:
     """Two workers' sockets: one acknowledgement is not enough; a restarted worker (new pid) counts."""
-    from openeas.gateway.notify import NotifyListener
+    from openeas.gateway.routing.notify import NotifyListener
 
     notifier = RoutingNotifier(socket_paths(tmp_path, 2), lambda: "the test gateway")
     listeners = [NotifyListener(socket_path(tmp_path, k), lambda: None) for k in range(2)]

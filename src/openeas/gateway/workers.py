@@ -5,9 +5,9 @@ Each worker is a whole gateway (``--worker-index K``) listening with SO_REUSEPOR
 port: the kernel spreads new connections over the workers, so the gateway uses N cores. Each
 worker reads the same routing source and binds a notification socket of its own (worker 0
 ``run/gateway.sock``, worker K ``run/gateway.K.sock``): the control plane notifies every one and
-waits for every one's acknowledgement (`openeas.gateway.notify.RoutingNotifier`). Each sends its
+waits for every one's acknowledgement (`openeas.gateway.routing.notify.RoutingNotifier`). Each sends its
 own counters datagram under its own id; the control plane sums live gateways (the autoscaler and
-drains see the sum). /metrics and /groups answer for all workers (`openeas.gateway.siblings`).
+drains see the sum). /metrics and /groups answer for all workers (`openeas.gateway.telemetry.siblings`).
 
 The supervisor (this module, the process `openeas server` records and adopts) starts the
 workers, writes its ``--ready-file`` once all of them listen, starts again a worker that exits,

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from openeas.gateway.group_metrics import COMPARE_SAMPLES
-from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.groups.group_metrics import COMPARE_SAMPLES
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.procfs import pid_alive
 
 SNAPSHOT_S = 1.0  # seconds between two snapshots of a worker's counters

@@ -13,8 +13,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from openeas.gateway.group_metrics import MemberMetrics, group_lines
-from openeas.gateway.histogram import histogram_lines
+from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
+from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
@@ -63,7 +63,7 @@ HOLD_WAIT_BUCKETS_S: tuple[float, ...] = (
 
 
 class HoldStats:
-    """One service's held requests (gateway/activator.py): made on its first hold."""
+    """One service's held requests (gateway/http/activator.py): made on its first hold."""
 
     __slots__ = (
         "abandoned",
@@ -105,7 +105,7 @@ class ServiceMetrics:
         self.by_code: dict[int, int] = {}
         self.in_flight = 0  # requests between their head and their outcome, held ones included
         # The in-flight count (held included) at which the gateway sends its counters at once (a
-        # jump, see gateway/stats.py); raised by every datagram sent.
+        # jump, see gateway/telemetry/stats.py); raised by every datagram sent.
         self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
@@ -149,9 +149,9 @@ class GatewayMetrics:
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
         # (group, member service) → live and mirrored traffic of service groups (group_metrics.py).
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
-        # The async queues' lines (gateway/queues.py), rendered after the gateway's own.
+        # The async queues' lines (gateway/asyncq/queues.py), rendered after the gateway's own.
         self.queue_lines: Callable[[], list[str]] | None = None
-        # A worker of several (--workers N, gateway/siblings.py): adds the other workers' share to
+        # A worker of several (--workers N, gateway/telemetry/siblings.py): adds the other workers' share to
         # /metrics (its own text → all workers') and to /groups/<g> (group, its members' counters).
         self.merge_text: Callable[[bytes], bytes] | None = None
         self.merge_group: Callable[[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]] | None = None

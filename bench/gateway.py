@@ -236,7 +236,7 @@ class Bench:
         wait_http(port, "/")
         return port, [p.pid, *children(p.pid)]
 
-    def gateway(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+    def gateway(self, up_port: int, tag: str, env: dict[str, str] | None = None) -> tuple[int, list[int]]:
         port = free_port()
         routing = self.tmp / f"routing-{tag}.json"
         routing.write_text(
@@ -264,7 +264,8 @@ class Bench:
                 str(port),
                 "--routing-file",
                 str(routing),
-            ]
+            ],
+            env=env,
         )
         wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
         return port, [p.pid]

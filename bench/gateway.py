@@ -210,20 +210,22 @@ class Bench:
         wait_http(port, "/")
         return "http.server, 50 ms, head and body in two sends", port, "/"
 
-    def static_upstream(self) -> tuple[str, int, str]:
+    def static_upstream(self, workers: int = 1, cpus: str | None = None) -> tuple[str, int, str]:
         port = free_port()
         conf = nginx_conf(
             self.tmp,
-            "static",
+            f"static-{workers}",
             f"""server {{ listen 127.0.0.1:{port};
     location / {{ default_type application/json; return 200 '{{"ok":true,"model":"bench"}}'; }} }}""",
+            workers,
         )
-        self.spawn([NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self.spawn([*pin, NGINX, "-c", str(conf), "-p", str(conf.parent)])
         wait_http(port, "/")
         return "nginx static body", port, "/"
 
     # --- proxies ----------------------------------------------------------------------------------
-    def nginx_proxy(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+    def nginx_proxy(self, up_port: int, tag: str, workers: int = 1, cpus: str = "1") -> tuple[int, list[int]]:
         port = free_port()
         conf = nginx_conf(
             self.tmp,
@@ -231,44 +233,29 @@ class Bench:
             f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
   server {{ listen 127.0.0.1:{port};
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+            workers,
         )
-        p = self.spawn(["taskset", "-c", "1", NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        p = self.spawn(["taskset", "-c", cpus, NGINX, "-c", str(conf), "-p", str(conf.parent)])
         wait_http(port, "/")
+        while len(children(p.pid)) < workers:  # nginx's master forks them after it listens
+            time.sleep(0.05)
         return port, [p.pid, *children(p.pid)]
 
-    def gateway(self, up_port: int, tag: str, env: dict[str, str] | None = None) -> tuple[int, list[int]]:
+    def gateway(
+        self, up_port: int, tag: str, env: dict[str, str] | None = None, workers: int = 1, cpus: str = "1"
+    ) -> tuple[int, list[int]]:
+        """A bare gateway from a routing file on ``cpus``, as ``workers`` processes (1: no supervisor)."""
         port = free_port()
         routing = self.tmp / f"routing-{tag}.json"
-        routing.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "routes": {
-                        "bench": {
-                            "token": TOKEN,
-                            "upstreams": [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}],
-                        }
-                    },
-                }
-            )
-        )
-        p = self.spawn(
-            [
-                "taskset",
-                "-c",
-                "1",
-                sys.executable,
-                "-m",
-                "openeas.gateway",
-                "--port",
-                str(port),
-                "--routing-file",
-                str(routing),
-            ],
-            env=env,
-        )
+        route = {"token": TOKEN, "upstreams": [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}]}
+        routing.write_text(json.dumps({"version": 1, "routes": {"bench": route}}))
+        argv = [sys.executable, "-m", "openeas.gateway", "--port", str(port), "--routing-file", str(routing)]
+        more = ["--workers", str(workers)] if workers > 1 else []
+        p = self.spawn(["taskset", "-c", cpus, *argv, *more], env=env)
+        while workers > 1 and len(children(p.pid)) < workers:
+            time.sleep(0.05)
         wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
-        return port, [p.pid]
+        return port, [p.pid, *children(p.pid)]
 
     def server_gateway(self, kind: str) -> tuple[int, list[int], str, int]:
         """(gateway port, gateway pids, token, replica port) of a real `openeas server` serving

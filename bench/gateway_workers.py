@@ -15,25 +15,17 @@ upstream take their share of the same two cores). CPU per request is the proxy's
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 from bench.gateway import (
-    NGINX,
     TOKEN,
     Bench,
     Result,
     bench_dir,
-    children,
     median,
-    nginx_conf,
-    wait_http,
     wrk,
 )
-
-from openeas.runtime import free_port
 
 GOAL = 1.8  # N workers' req/s over one worker's (issue 21, N = 2 on two cores)
 
@@ -46,74 +38,20 @@ def placement(n: int, cores: int) -> tuple[str, str, str, bool]:
     return every, every, every, False
 
 
-def static_upstream(b: Bench, n: int, cpus: str) -> int:
-    port = free_port()
-    conf = nginx_conf(
-        b.tmp,
-        "static-workers",
-        f"""server {{ listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{{"ok":true,"model":"bench"}}'; }} }}""",
-        workers=n,
-    )
-    b.spawn(["taskset", "-c", cpus, NGINX, "-c", str(conf), "-p", str(conf.parent)])
-    wait_http(port, "/")
-    return port
-
-
-def nginx_proxy(b: Bench, up_port: int, n: int, cpus: str) -> tuple[int, list[int]]:
-    port = free_port()
-    conf = nginx_conf(
-        b.tmp,
-        f"proxy-workers-{n}",
-        f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
-        workers=n,
-    )
-    p = b.spawn(["taskset", "-c", cpus, NGINX, "-c", str(conf), "-p", str(conf.parent)])
-    wait_http(port, "/")
-    _wait_children(p.pid, n)
-    return port, [p.pid, *children(p.pid)]
-
-
-def gateway(b: Bench, up_port: int, n: int, cpus: str) -> tuple[int, list[int]]:
-    """The gateway from a routing file, as ``n`` workers (1: one process, no supervisor)."""
-    port = free_port()
-    routing = b.tmp / f"routing-workers-{n}.json"
-    upstreams = [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}]
-    routing.write_text(
-        json.dumps({"version": 1, "routes": {"bench": {"token": TOKEN, "upstreams": upstreams}}})
-    )
-    argv = [sys.executable, "-m", "openeas.gateway", "--port", str(port), "--routing-file", str(routing)]
-    p = b.spawn(["taskset", "-c", cpus, *argv, *(["--workers", str(n)] if n > 1 else [])])
-    if n > 1:
-        _wait_children(p.pid, n)
-    wait_http(port, "/api/predict/bench/", {"Authorization": f"Bearer {TOKEN}"})
-    return port, [p.pid, *children(p.pid)]
-
-
-def _wait_children(pid: int, n: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(children(pid)) < n:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"process {pid} did not start {n} workers within {timeout_s:.0f} s")
-        time.sleep(0.05)
-    time.sleep(0.5)  # the last one to listen
-
-
 def workers_pass(args: argparse.Namespace) -> None:
     n, cores = args.workers, os.cpu_count() or 1
     wrk_cpus, proxy_cpus, up_cpus, own = placement(n, cores)
     with bench_dir() as tmp:
         b = Bench(tmp)
         try:
-            up = static_upstream(b, n, up_cpus)
+            _, up, _ = b.static_upstream(n, up_cpus)
             path = "/api/predict/bench/"
             auth = [f"Authorization: Bearer {TOKEN}"]
-            one_port, one_pids = gateway(b, up, 1, proxy_cpus)
-            n_port, n_pids = gateway(b, up, n, proxy_cpus)
-            ng1_port, ng1_pids = nginx_proxy(b, up, 1, proxy_cpus)
-            ng_port, ng_pids = nginx_proxy(b, up, n, proxy_cpus)
+            one_port, one_pids = b.gateway(up, "workers-1", workers=1, cpus=proxy_cpus)
+            n_port, n_pids = b.gateway(up, f"workers-{n}", workers=n, cpus=proxy_cpus)
+            time.sleep(0.5)  # the last worker to listen
+            ng1_port, ng1_pids = b.nginx_proxy(up, "workers-1", 1, proxy_cpus)
+            ng_port, ng_pids = b.nginx_proxy(up, f"workers-{n}", n, proxy_cpus)
             setups = {
                 "openeas gateway, 1 worker": (f"http://127.0.0.1:{one_port}{path}", auth, one_pids),
                 f"openeas gateway, {n} workers": (f"http://127.0.0.1:{n_port}{path}", auth, n_pids),

@@ -196,6 +196,12 @@ def _workers(supervisor: int) -> list[int]:
     return sorted(kids)
 
 
+def _listening(worker: int) -> bool:
+    """Whether ``worker`` wrote its ready file (it listens, its notification socket is bound)."""
+    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"--ready-file") + 1].decode()).exists()
+
+
 def _fresh_calls(info: dict[str, str], n: int) -> list[int]:
     """``n`` requests, each on a new connection (SO_REUSEPORT spreads connections, not requests)."""
     return [
@@ -244,6 +250,7 @@ def test_two_workers_share_the_port_the_routing_and_survive_a_kill(tmp_path: Pat
         # A killed worker is started again by the supervisor; the gateway keeps serving.
         os.kill(workers[1], signal.SIGKILL)
         wait_for(lambda: len(w := _workers(supervisor)) == 2 and workers[1] not in w, 15, what="a new worker")
+        wait_for(lambda: all(_listening(p) for p in _workers(supervisor)), 30, what="the new worker listening")
         wait_for(lambda: _fresh_calls(info, 10) == [200] * 10, 15, what="both workers serving")
         left = c.group_delete("g")
         assert left["routing"]["acknowledged"] is True, left["routing"]  # the new worker answers too
@@ -251,3 +258,37 @@ def test_two_workers_share_the_port_the_routing_and_survive_a_kill(tmp_path: Pat
     finally:
         stop_and_reap(srv)
     assert all(not Path(f"/proc/{p}").exists() for p in workers)
+
+
+# --- readers of /metrics: a gateway of workers is read as the sum of its workers -----------------
+
+TWO_WORKERS = merge_expositions(
+    [
+        (0, '# TYPE openeas_gateway_in_flight_requests gauge\nopeneas_gateway_in_flight_requests{service="a"} 2\n'
+            '# TYPE openeas_gateway_replica_in_flight gauge\nopeneas_gateway_replica_in_flight{replica="a-1"} 2\n'
+            '# TYPE openeas_gateway_replica_routed gauge\nopeneas_gateway_replica_routed{replica="a-1"} 0\n'),
+        (1, '# TYPE openeas_gateway_in_flight_requests gauge\nopeneas_gateway_in_flight_requests{service="a"} 3\n'
+            '# TYPE openeas_gateway_replica_in_flight gauge\nopeneas_gateway_replica_in_flight{replica="a-1"} 3\n'
+            '# TYPE openeas_gateway_replica_routed gauge\nopeneas_gateway_replica_routed{replica="a-1"} 1\n'),
+    ]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("replica", "routed", "in_flight"),
+    [pytest.param("a-1", True, 5, id="summed-routed-by-any"), pytest.param("a-2", False, 0, id="absent")],
+)
+def test_a_replica_view_sums_the_workers(replica: str, routed: bool, in_flight: int) -> None:
+    from openeas.server import parse_replica_view
+
+    view = parse_replica_view(TWO_WORKERS, replica)
+    assert (view.routed, view.in_flight) == (routed, in_flight)
+
+
+def test_the_gateway_scrape_sums_the_workers() -> None:
+    from openeas.autoscaler.scrape import GatewayScrape
+
+    g = GatewayScrape("http://127.0.0.1:1")
+    g.observe_text(TWO_WORKERS, ["a"], 0.0)
+    assert g.replica_in_flight() == {"a-1": 5}
+    assert g.mean_in_flight("a", 1.0, 0.0) == pytest.approx(5.0)

@@ -42,7 +42,7 @@ from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.engine_load import EngineLoadScraper
 from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
-from openeas.autoscaler.scrape import ReplicaScraper
+from openeas.autoscaler.scrape import ReplicaScraper, label, parse_samples
 from openeas.batch import BatchRunner
 from openeas.console import add_console
 from openeas.control_lease import LeaseKeeper, wait_for_lease
@@ -401,14 +401,14 @@ GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway repo
 
 
 def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
-    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
-    label = '{replica="' + label_value(replica_id) + '"} '
-    routed, in_flight = False, 0
-    for line in metrics_text.splitlines():
-        if line.startswith("openeas_gateway_replica_in_flight" + label):
-            in_flight = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("openeas_gateway_replica_routed" + label):
-            routed = line.rsplit(" ", 1)[1] != "0"
+    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy.
+    A gateway of several workers labels each one's series ``worker="K"``: summed (routed by any)."""
+    names = {"openeas_gateway_replica_in_flight", "openeas_gateway_replica_routed"}
+    samples = parse_samples(metrics_text, names)
+    wanted = label_value(replica_id)
+    ours = {n: [v for labels, v in samples.get(n, []) if label(labels, "replica") == wanted] for n in names}
+    routed = any(v != 0 for v in ours["openeas_gateway_replica_routed"])
+    in_flight = int(sum(ours["openeas_gateway_replica_in_flight"]))
     return GatewayView(routed=routed, in_flight=in_flight)
 
 

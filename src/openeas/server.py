@@ -198,8 +198,6 @@ async def _serve(
         gateway_args = [*gateway_args, "--store", store_url]
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
-    if gateway_workers > 1:  # N processes on the gateway port (gateway/workers.py)
-        gateway_args = [*gateway_args, "--workers", str(gateway_workers)]
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
     notifier = RoutingNotifier(socket_paths(data_dir, gateway_workers), keeper.name)
     store.add_routing_listener(notifier)
@@ -458,6 +456,7 @@ def run_server(
     try:
         gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
         check_gateway_workers(gateway_workers)
+        gateway_args += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []  # see workers.py
     except SpecError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)

@@ -12,6 +12,8 @@ const targets = {
   summary: "#summary",
   queues: "#queues tbody",
   jobs: "#jobs tbody",
+  log: "#log",
+  rollout: "#rollout",
 };
 
 function sizeBars(root) {
@@ -27,8 +29,10 @@ function follow(url) {
     for (const [key, selector] of Object.entries(targets)) {
       const el = document.querySelector(selector);
       if (el && key in data) {
+        const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
         el.innerHTML = data[key];
         sizeBars(el);
+        if (key === "log" && atEnd) el.scrollTop = el.scrollHeight; // a tail follows its end
       }
     }
     document.body.dataset.liveVersion = String(Number(document.body.dataset.liveVersion || 0) + 1);
@@ -42,5 +46,4 @@ for (const input of document.querySelectorAll("input[type=range][data-out]")) {
 }
 
 sizeBars(document);
-const live = document.querySelector('meta[name="openeas-live"]');
-if (live) follow(live.content);
+for (const live of document.querySelectorAll('meta[name="openeas-live"]')) follow(live.content);

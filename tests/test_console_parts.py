@@ -169,7 +169,11 @@ def rollout(status: str, step: str = "1/2", reason: str = "holding") -> dict[str
     ],
 )
 def test_rollout_section_offers_what_its_status_allows(status: str, actions: list[str]) -> None:
-    html = group_pages.rollout_fragment("g", rollout(status), "tok")["rollout"]
+    frag = group_pages.rollout_fragment("g", rollout(status), "tok")
+    html = frag["rollout"] + frag["rollout_actions"]
+    # the forms depend on the status alone: a new look (reason, step) leaves a ticked box as it is
+    later = group_pages.rollout_fragment("g", rollout(status, "2/2", "another look"), "tok")
+    assert later["rollout_actions"] == frag["rollout_actions"] and later["rollout"] != frag["rollout"]
     assert [a for a in ("pause", "resume", "abort") if f"/rollout/{a}" in html] == actions
     assert html.count('name="csrf" value="tok"') == len(actions)
     assert ('name="confirm"' in html) is ("abort" in actions)

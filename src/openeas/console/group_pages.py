@@ -102,7 +102,7 @@ def rollout_fragment(group: str, rollout: Mapping[str, Any] | None, csrf: str) -
     """The live part of the rollout section: status, step and percent, the last look's reason,
     and the actions the status allows; "no rollout" when the group never had one."""
     if rollout is None:
-        return {"rollout": f'<p class="muted">{esc(NO_ROLLOUT)}</p>'}
+        return {"rollout": f'<p class="muted">{esc(NO_ROLLOUT)}</p>', "rollout_actions": ""}
     plan, state = rollout.get("plan") or {}, rollout.get("state") or {}
     status = str(state.get("status"))
     steps = plan.get("steps") or []
@@ -123,7 +123,9 @@ def rollout_fragment(group: str, rollout: Mapping[str, Any] | None, csrf: str) -
     ]
     rows = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
     actions = "".join(_rollout_action(group, what, csrf) for what in ROLLOUT_ACTIONS.get(status, ()))
-    return {"rollout": f'<dl class="plan">{rows}</dl><div class="actions">{actions}</div>'}
+    # Apart, so that the script replaces the forms only when the allowed actions change (a box
+    # being ticked is not reset by the next look at the rollout).
+    return {"rollout": f'<dl class="plan">{rows}</dl>', "rollout_actions": actions}
 
 
 def rollout_errors(what: str, form: Mapping[str, str]) -> list[str]:
@@ -141,6 +143,7 @@ def group_page(
     name = str(detail["name"])
     rows = [_member_row(m) for m in detail["members"]]
     frag = stats_fragment(detail)
+    ro = rollout_fragment(name, rollout, csrf)
     form = (
         f'<form method="post" action="/console/groups/{esc(name)}/weights" id="weights">{csrf_field(csrf)}'
         + table(MEMBER_HEAD, rows, tid="members", caption=f"Members ({detail['traffic_mode']} traffic)")
@@ -154,8 +157,8 @@ def group_page(
         + f'<p id="stats-note" class="bad">{frag["stats_note"]}</p>'
         + '<h2>Staged rollout</h2>'
         + '<section id="rollout" aria-label="Staged rollout">'
-        + rollout_fragment(name, rollout, csrf)["rollout"]
-        + "</section>"
+        + f'<div id="rollout-state">{ro["rollout"]}</div>'
+        + f'<div id="rollout-actions" class="actions">{ro["rollout_actions"]}</div></section>'
     )
     return layout(f"Group {name}", body, csrf=csrf, live=f"/console/live/groups/{quote(name)}")
 

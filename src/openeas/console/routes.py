@@ -370,11 +370,12 @@ def _group_routes(c: Console) -> None:
         s = c.session_of(request)
 
         async def frag() -> dict[str, str]:
-            got = await c.api("GET", f"/api/v1/groups/{_q(name)}")
+            # both at once: the rollout's look must not delay the traffic counts a slider moves
+            got, ro = await asyncio.gather(c.api("GET", f"/api/v1/groups/{_q(name)}"), rollout(name))
             if not got.ok:
                 return {"stats_note": "group gone"}
-            ro = group_pages.rollout_fragment(name, await rollout(name), s.csrf if s else "")
-            return {**group_pages.stats_fragment(got.body), **ro}
+            section = group_pages.rollout_fragment(name, ro, s.csrf if s else "")
+            return {**group_pages.stats_fragment(got.body), **section}
 
         # Looked at every second too: a rollout's hold and its last look move without the live view.
         return c.stream(request, frag, GROUP_POLL_S)

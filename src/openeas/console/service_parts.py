@@ -42,7 +42,7 @@ def diff_html(lines: Sequence[str]) -> str:
         if line.startswith(("+++", "---")):
             kind = "file"
         out.append(f'<span class="d-{kind}">{esc(line)}</span>')
-    return f'<pre id="diff" class="diff">{chr(10).join(out)}</pre>'
+    return f'<pre id="diff" class="diff">{"".join(out)}</pre>'  # each line a block (the CSS)
 
 
 def _select(field: str, label: str, versions: Sequence[int], chosen: int | None) -> str:

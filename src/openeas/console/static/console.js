@@ -13,7 +13,8 @@ const targets = {
   queues: "#queues tbody",
   jobs: "#jobs tbody",
   log: "#log",
-  rollout: "#rollout",
+  rollout: "#rollout-state",
+  rollout_actions: "#rollout-actions",
 };
 
 function sizeBars(root) {
@@ -24,11 +25,13 @@ function sizeBars(root) {
 
 function follow(url) {
   const source = new EventSource(url);
+  const shown = {}; // what each target last got: an unchanged part is left alone (forms keep their state)
   source.onmessage = (ev) => {
     const data = JSON.parse(ev.data);
     for (const [key, selector] of Object.entries(targets)) {
       const el = document.querySelector(selector);
-      if (el && key in data) {
+      if (el && key in data && shown[key] !== data[key]) {
+        shown[key] = data[key];
         const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
         el.innerHTML = data[key];
         sizeBars(el);

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.routing import Match
 
 from openeas.api.versions import DIFF_CONTEXT, spec_diff
-from openeas.console import add_console, group_pages, service_parts
+from openeas.console import add_console, group_pages, pages, service_parts
 from openeas.console.html import CSP, STYLE_HASH, STYLESHEET, layout
 from openeas.console.routes import GROUP_POLL_S
 from openeas.console.service_parts import LOG_LINE_CHARS, LOG_LINES, LOG_POLL_S
@@ -233,3 +233,18 @@ def test_each_live_url_reaches_its_own_route(console_app: FastAPI, url: str, rou
     scope = {"type": "http", "path": url, "method": "GET", "root_path": ""}
     first = next(r for r in console_app.routes if r.matches(scope)[0] == Match.FULL)
     assert getattr(first, "path", None) == route
+
+
+# ---- replicas: phase, node, cold start ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node", "shown"),
+    [pytest.param(None, "this machine", id="the-servers-machine"), pytest.param("<n1>", "&lt;n1&gt;", id="a-ray-node")],
+)
+def test_replica_rows_name_their_node_escaped(node: str | None, shown: str) -> None:
+    rep = {"id": "r1", "phase": "Ready", "restart_count": 0, "node": node, "host": "127.0.0.1", "port": 1,
+           "cold_start": {}, "message": None}  # fmt: skip
+    detail = {"replicas": [rep], "status": "Running", "ready_replicas": 1, "desired_replicas": 1}
+    assert f"<td>{shown}</td>" in pages.replicas_fragment(detail)["replicas"]
+    assert "Node" in pages.REPLICA_HEAD

@@ -104,7 +104,7 @@ def services_page(snap: Mapping[str, Any], csrf: str) -> str:
     return layout("Services", body, csrf=csrf, live="/console/live")
 
 
-REPLICA_HEAD = ("Replica", "Phase", "Restarts", "Host:port", "Cold start", "Message")
+REPLICA_HEAD = ("Replica", "Phase", "Restarts", "Node", "Host:port", "Cold start", "Message")
 
 
 COLD_SEGMENTS = ("pull_s", "fetch_s", "prepare_s", "start_s", "warm_s")
@@ -139,6 +139,7 @@ def replicas_fragment(detail: Mapping[str, Any]) -> dict[str, str]:
             f'<tr id="rep-{esc(r["id"])}"><td>{esc(r["id"])}</td>'
             f'<td data-field="phase">{esc(r["phase"])}</td>'
             f'<td data-field="restarts"{bad}>{esc(r["restart_count"])}</td>'
+            f"<td>{esc(r.get('node') or 'this machine')}</td>"
             f"<td>{esc(r['host'])}:{esc(r['port'])}</td><td>{cold_bar(r['cold_start'])}</td>"
             f"<td>{esc(r['message'])}</td></tr>"
         )

@@ -375,3 +375,32 @@ async def test_process_sampler_reads_the_cpu_a_replica_burns(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the child too
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("then_policy", "reads"),
+    [
+        pytest.param(False, 1, id="no-policy-read-once"),
+        pytest.param(True, 2, id="a-new-version-with-a-policy-read-and-used"),
+    ],
+)
+async def test_a_version_without_a_policy_is_read_once(store: Store, then_policy: bool, reads: int) -> None:
+    store.create_service(
+        parse_spec({"metadata": {"name": "svc", "instance": 1}, "containers": [{"command": "serve", "port": 8000}]})
+    )
+    clock = clock_at_wall()
+    a = scaler(store, FakeTraffic(rate=1.0, in_flight=8.0), clock, [])
+    calls: list[int] = []
+    real = store.version_spec
+    store.version_spec = lambda name, version: (calls.append(version), real(name, version))[1]  # type: ignore[method-assign]
+    for _ in range(3):
+        await a.tick()
+        clock.jump(1)
+    if then_policy:
+        spec = real("svc", 1).to_dict() | {"autoscaling": POLICY}
+        store.add_version(parse_spec(spec))
+        for _ in range(3):
+            await a.tick()
+            clock.jump(1)
+    assert len(calls) == reads
+    assert (a.status("svc") is not None) is then_policy  # 8 in flight / target 2: decided once it has a policy

@@ -97,6 +97,7 @@ class Autoscaler:
         self.clock = clock  # now for the windows, wall for cron rules, sleep for the tick
         self.cfg = cfg or AutoscalerConfig()
         self.records: dict[str, ServiceRecord] = {}
+        self._no_policy: dict[str, int] = {}  # running service → its current version, which has no policy
         self.cold_starts = ColdStarts()
         self.events: Tally[tuple[str, str]] = Tally()  # (service, up|down) → count-changing decisions
         self._seen_cold: set[str] = set()
@@ -144,6 +145,8 @@ class Autoscaler:
         rec = self.records.get(name)
         if rec is not None and rec.version == version:
             return rec.policy
+        if self._no_policy.get(name) == version:
+            return None  # read and parsed once, not each tick: 50 services made 500 parses a second
         try:
             spec = self.store.version_spec(name, version)
             policy = spec.autoscaling_policy()
@@ -152,7 +155,9 @@ class Autoscaler:
             return None
         if policy is None:
             self.records.pop(name, None)
+            self._no_policy[name] = version
             return None
+        self._no_policy.pop(name, None)
         old = self.records.get(name)
         self.records[name] = ServiceRecord(
             policy, version, state=old.state if old else PolicyState(), cores=float(spec.metadata.cpu or 1.0)
@@ -181,6 +186,8 @@ class Autoscaler:
             views.append(ServiceView(svc.name, policy, ready, self.records[svc.name].cores))
         for name in set(self.records) - {v.name for v in views}:
             del self.records[name]  # stopped, deleted, or no policy any more
+        for name in set(self._no_policy) - {s.name for s in services}:
+            del self._no_policy[name]  # stopped or deleted: a new service of that name is read again
         current = {s.name: s.desired_replicas for s in services}
         if self.activation is not None:
             for name, backlog in (await self.activation.due(services, now)).items():

@@ -42,7 +42,7 @@ from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.engine_load import EngineLoadScraper
 from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
-from openeas.autoscaler.scrape import ReplicaScraper, label, parse_samples
+from openeas.autoscaler.scrape import ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.console import add_console
 from openeas.control_lease import LeaseKeeper, wait_for_lease
@@ -54,7 +54,6 @@ from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.routing.notify import RoutingNotifier, socket_paths
-from openeas.gateway.telemetry.metrics import label_value
 from openeas.gateway.workers import check_workers
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
@@ -395,18 +394,6 @@ def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
 
 
 GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway report (a drain)
-
-
-def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
-    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy.
-    A gateway of several workers labels each one's series ``worker="K"``: summed (routed by any)."""
-    names = {"openeas_gateway_replica_in_flight", "openeas_gateway_replica_routed"}
-    samples = parse_samples(metrics_text, names)
-    wanted = label_value(replica_id)
-    ours = {n: [v for labels, v in samples.get(n, []) if label(labels, "replica") == wanted] for n in names}
-    routed = any(v != 0 for v in ours["openeas_gateway_replica_routed"])
-    in_flight = int(sum(ours["openeas_gateway_replica_in_flight"]))
-    return GatewayView(routed=routed, in_flight=in_flight)
 
 
 class _ApiServer(uvicorn.Server):

@@ -50,6 +50,7 @@ from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.request_meter import RequestMeter, meter_interval
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
@@ -334,6 +335,10 @@ def _compose(
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir).run),
         Loop("idle-spend watch", idle.run),
+        # The meter's requests: the gateways' arrival counters, by service and UTC hour.
+        Loop(
+            "request meter", RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval()).run
+        ),
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),

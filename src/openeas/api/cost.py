@@ -5,8 +5,8 @@
 - ``GET /api/v1/services/{name}/cost``: the same for a deployed service's current version;
 - ``GET /api/v1/cost/catalog``: the catalog the server prices by;
 - ``GET /api/v1/cost/report?by=service|day|month[&service=NAME][&since=EPOCH]``: the meter, what
-  replicas have cost so far (openeas.cost.meter), also on ``/metrics`` as
-  ``openeas_cost_replica_seconds`` and ``openeas_cost_spend``.
+  replicas and requests have cost so far (openeas.cost.meter), also on ``/metrics`` as
+  ``openeas_cost_replica_seconds``, ``openeas_cost_requests`` and ``openeas_cost_spend``.
 
 The catalog is ``openeas server --catalog FILE`` (``OPENEAS_CATALOG``), else the shipped one.
 """
@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from openeas.cost import Catalog, estimate, load_catalog, parse_traffic
-from openeas.cost.meter import BY_CHOICES, Report, Usage, meter
+from openeas.cost.meter import BY_CHOICES, Report, Requests, Usage, meter
 from openeas.errors import SpecError
 from openeas.spec import parse_spec
 from openeas.spec.load import parse_json
@@ -58,7 +58,10 @@ def metered(
         )
         for r in rows
     ]
-    return meter(usages, server_catalog(), now, by=by, since=since)
+    requests = [
+        Requests(q.service, q.hour, q.requests) for q in store.request_usage(service=service, since=since)
+    ]
+    return meter(usages, server_catalog(), now, by=by, since=since, requests=requests)
 
 
 class MeterCollector(Collector):
@@ -81,17 +84,28 @@ class MeterCollector(Collector):
         )
         spend = GaugeMetricFamily(
             "openeas_cost_spend",
-            "Compute and storage reads billed so far by service, in the catalog's currency",
+            "Compute, storage reads and request fees billed so far by service, in the catalog's currency",
             labels=["service", "currency"],
         )
+        requests = GaugeMetricFamily(
+            "openeas_cost_requests",
+            "Requests received by service (the gateways' counts), since metering began",
+            labels=["service"],
+        )
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for r in report.rows:
-            seconds.add_metric([r["key"], r["instance_type"] or "unpriced"], r["replica_seconds"])
+            if r["replica_seconds"] or r["instance_type"]:
+                seconds.add_metric([r["key"], r["instance_type"] or "unpriced"], r["replica_seconds"])
             totals[r["key"]] = totals.get(r["key"], 0.0) + (r["total"] or 0.0)
+            counts[r["key"]] = counts.get(r["key"], 0) + r["requests"]
+        for name, n in sorted(counts.items()):
+            requests.add_metric([name], n)
         for name, amount in sorted(totals.items()):
             spend.add_metric([name, report.currency], amount)
         yield seconds
         yield spend
+        yield requests
 
 
 def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:

@@ -344,6 +344,11 @@ class GatewayStats:
             total += _increase(series, start, end)
         return total / (end - start)
 
+    def requests_between(self, service: str, start: float, end: float) -> int:
+        """Requests received for ``service`` in ``(start, end]``, all gateways together (the
+        request meter reads it every few seconds; ``start`` must be within the horizon)."""
+        return sum(_increase(series, start, end) for _, series in self._reporting(service))
+
     def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
         """Mean number of requests being proxied to a replica of ``service`` over the last
         ``window_s`` seconds (time-weighted, all gateways together); None when no data. A window

@@ -105,8 +105,12 @@ def test_simulate_compares_two_specs_side_by_side(tmp_path: Path) -> None:
     assert one["replica_hours"] > two["replica_hours"] >= 3.0
     assert one["cost"] == pytest.approx(one["replica_hours"] * 1.3, abs=0.02)  # ecs.g7.xlarge, 1.3 RMB/h
     assert j["inputs"] == {
-        "cold_starts_s": [30.0], "cold_starts_from": "--cold-start", "capacity_qps": 12.0, "capacity_from": "--capacity"
-    }  # fmt: skip
+        "cold_starts_s": [30.0],
+        "cold_starts_from": "--cold-start",
+        "capacity_qps": 12.0,
+        "capacity_from": "--capacity",
+        "decide_every_s": 15.0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ class Result:
         return {
             "seconds": self.seconds,
             "requests": round(self.requests),
+            "replica_seconds": round(self.replica_seconds, 3),
             "replica_hours": round(self.replica_seconds / 3600, 2),
             "cost": None if self.cost is None else round(self.cost, 2),
             "currency": self.currency,

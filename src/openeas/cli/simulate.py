@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from openeas.autoscaler.simulate import Result, simulate
+from openeas.autoscaler.simulate import DECIDE_EVERY_S, Result, simulate
 from openeas.autoscaler.trace import SHAPES, Trace, generate, load_trace, shape_rates, write_trace
 from openeas.cli import render
 from openeas.cli.common import client as _client
@@ -156,7 +156,9 @@ def _trace_line(path: str, t: Trace) -> str:
     )
 
 
-def as_json(path: str, tr: Trace, inputs: Inputs, runs: list[tuple[str, Pricing, Result]]) -> dict[str, Any]:
+def as_json(
+    path: str, tr: Trace, inputs: Inputs, runs: list[tuple[str, Pricing, Result]], decide_every: float
+) -> dict[str, Any]:
     return {
         "trace": {"path": path, "start": tr.start, "seconds": tr.seconds, "requests": round(tr.requests)},
         "inputs": {
@@ -164,6 +166,7 @@ def as_json(path: str, tr: Trace, inputs: Inputs, runs: list[tuple[str, Pricing,
             "cold_starts_from": inputs.cold_source,
             "capacity_qps": inputs.capacity_qps,
             "capacity_from": inputs.capacity_source,
+            "decide_every_s": decide_every,
         },
         "runs": [{"spec": f, "pricing": p.as_dict(), **r.as_dict()} for f, p, r in runs],
     }
@@ -207,6 +210,10 @@ def simulate_cmd(
         Path | None,
         typer.Option("--catalog", help="Instance catalog (default: OPENEAS_CATALOG, else the shipped one)."),
     ] = None,
+    decide_every: Annotated[
+        float,
+        typer.Option("--decide-every", min=1, help="Seconds of virtual time between two decisions (≥ 1)."),
+    ] = DECIDE_EVERY_S,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as one line of JSON.")] = False,
 ) -> None:
     """Replay a request trace through the autoscaler's own decide(): replica-hours, cost, cold
@@ -233,13 +240,20 @@ def simulate_cmd(
     for f, s in zip(files, specs, strict=True):
         p = map_spec(s, cat)
         try:
-            r = simulate(s, tr, cold_starts_s=inputs.cold_starts_s, capacity_qps=inputs.capacity_qps,
-                         price_per_hour=p.per_hour, currency=cat.currency)  # fmt: skip
+            r = simulate(
+                s,
+                tr,
+                cold_starts_s=inputs.cold_starts_s,
+                capacity_qps=inputs.capacity_qps,
+                price_per_hour=p.per_hour,
+                currency=cat.currency,
+                decide_every_s=decide_every,
+            )
         except SpecError as exc:
             _fail(f"cannot simulate {f}", exc.errors, code=2)
         runs.append((f, p, r))
     if json_out:
-        render.print_json(as_json(trace, tr, inputs, runs))
+        render.print_json(as_json(trace, tr, inputs, runs, decide_every))
     else:
         render.out.print(
             as_text(trace, tr, inputs, runs, cat.currency), highlight=False, soft_wrap=True, markup=False

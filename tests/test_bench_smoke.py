@@ -51,6 +51,7 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+    "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {

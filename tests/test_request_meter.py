@@ -36,10 +36,11 @@ def test_the_interval_from_the_environment(raw: str, ok: float | None) -> None:
             meter_interval({ENV_INTERVAL: raw})
 
 
-def test_each_look_writes_what_the_gateways_counted_since_the_last(tmp_path: Path) -> None:
+def test_each_look_writes_what_the_gateways_counted_since_the_last(tmp_path: Path, store_url: str | None) -> None:
+    """On SQLite and PostgreSQL (the store_url fixture)."""
     clock = FakeClock(start=100.0)
     stats = GatewayStats(clock.now)
-    store = Store(tmp_path)
+    store = Store(tmp_path, url=store_url)
     meter = RequestMeter(store, stats, clock)
     meter._since = clock.now()  # as run() does at the server's start
     # two gateways, one fresh (its counters were 0 at its start): 30 + 5 requests, then 20 more

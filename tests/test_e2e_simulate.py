@@ -20,6 +20,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
+from openeas.autoscaler.trace import read_trace
 from openeas.cli.main import app
 from tests.autoscale_load import TOKEN_SUFFIX, autoscaled_events, autoscaled_spec, predict_url
 from tests.harness import new_server, stop_and_reap
@@ -113,5 +114,18 @@ def test_a_live_replay_and_its_simulation_agree(tmp_path: Path) -> None:
         assert abs(sim_seconds - live_seconds) <= 0.10 * live_seconds, figures
         assert abs(sim["cost"] - live_cost) <= 0.05 * live_cost, figures
         assert abs(sim["scale_events"] - live_events) <= 1, figures
+
+        # The gateway's own counts of the replay, exported as a trace: every request, in its second
+        exported = tmp_path / "exported.csv"
+        r = CliRunner().invoke(
+            app, ["trace", "--service", "replay", "--seconds", "120", "-o", str(exported)], env=env
+        )
+        assert r.exit_code == 0, r.output
+        got = read_trace(exported.open(), str(exported))
+        assert got.requests == sum(counts)
+        assert t0 - 1 <= got.start <= t0 + 1 and got.seconds <= len(counts) + 2
+        assert 0 < got.busy.sum() / got.requests < 1.0  # mean seconds in flight of a 'POST /'
+        missing = CliRunner().invoke(app, ["trace", "--service", "nope"], env=env)
+        assert missing.exit_code == 1 and "nope" in missing.output
     finally:
         stop_and_reap(srv)

@@ -190,3 +190,9 @@ def test_trace_writes_a_field_guide_shape_the_simulator_reads(tmp_path: Path) ->
         ],
     )
     assert r.exit_code == 2 and "shape: 'lunch' is not one of business-hours" in r.output
+
+
+def test_trace_names_the_missing_shape_flags() -> None:
+    r = CliRunner().invoke(app, ["trace", "--shape", "3pm-peak", "--days", "1"])
+    assert r.exit_code == 2
+    assert "--peak-qps, --base-qps, --duration-s: needed for a shape (or give --service NAME)" in r.output

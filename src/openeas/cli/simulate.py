@@ -13,6 +13,7 @@ input is an error that says which flag gives it.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -261,21 +262,58 @@ def simulate_cmd(
 
 
 def trace_cmd(
-    shape: Annotated[str, typer.Option("--shape", help=f"One of {', '.join(SHAPES)}.")],
-    days: Annotated[int, typer.Option("--days", min=1, max=400, help="Days from a Monday 00:00 UTC.")],
-    peak_qps: Annotated[float, typer.Option("--peak-qps", min=0, help="Requests/s at the peak.")],
-    base_qps: Annotated[float, typer.Option("--base-qps", min=0, help="Requests/s off the peak.")],
-    duration_s: Annotated[float, typer.Option("--duration-s", min=0, help="Seconds each request takes.")],
+    shape: Annotated[str | None, typer.Option("--shape", help=f"One of {', '.join(SHAPES)}.")] = None,
+    days: Annotated[
+        int | None, typer.Option("--days", min=1, max=400, help="Days from a Monday 00:00 UTC.")
+    ] = None,
+    peak_qps: Annotated[
+        float | None, typer.Option("--peak-qps", min=0, help="Requests/s at the peak.")
+    ] = None,
+    base_qps: Annotated[
+        float | None, typer.Option("--base-qps", min=0, help="Requests/s off the peak.")
+    ] = None,
+    duration_s: Annotated[
+        float | None, typer.Option("--duration-s", min=0, help="Seconds each request takes.")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals.")] = 0,
+    service: Annotated[
+        str | None, typer.Option("--service", help="Export the gateways' own counts of this service instead.")
+    ] = None,
+    seconds: Annotated[
+        int,
+        typer.Option("--seconds", min=1, max=900, help="With --service: the last N seconds (at most 900)."),
+    ] = 900,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write here (default: stdout).")] = None,
 ) -> None:
-    """Write one of the field guide's traffic shapes as a trace CSV (docs/simulate.md)."""
-    try:
-        t = generate(shape_rates(shape, days, peak_qps, base_qps), duration_s, seed)
-    except SpecError as exc:
-        _fail("cannot generate", exc.errors, code=2)
+    """Write a trace CSV (docs/simulate.md): one of the field guide's traffic shapes, or with
+    --service the gateways' own counts of a service over the last minutes."""
+    if service is not None:
+        try:
+            text = _client().request_text(
+                "GET", f"/api/v1/services/{service}/trace", params={"seconds": seconds}
+            )
+        except ApiError as exc:
+            _fail(f"cannot export {service}'s trace", [exc.message, *exc.errors])
+    else:
+        given = {"--shape": shape, "--days": days, "--peak-qps": peak_qps, "--base-qps": base_qps,
+                 "--duration-s": duration_s}  # fmt: skip
+        missing = [flag for flag, v in given.items() if v is None]
+        if missing:
+            _fail(
+                "cannot generate",
+                [f"{', '.join(missing)}: needed for a shape (or give --service NAME)"],
+                code=2,
+            )
+        assert shape is not None and days is not None and peak_qps is not None and base_qps is not None
+        assert duration_s is not None
+        try:
+            t = generate(shape_rates(shape, days, peak_qps, base_qps), duration_s, seed)
+        except SpecError as exc:
+            _fail("cannot generate", exc.errors, code=2)
+        buf = io.StringIO()
+        write_trace(t, buf)
+        text = buf.getvalue()
     if out is None:
-        write_trace(t, sys.stdout)
-        return
-    with out.open("w", encoding="utf-8") as f:
-        write_trace(t, f)
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")

@@ -98,6 +98,7 @@ def test_simulate_compares_two_specs_side_by_side(tmp_path: Path) -> None:
         "p99 estimate",
     ):
         assert label in r.output
+    assert "queue wait" not in r.output  # no async service: no queue rows
     j = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
     one, two = j["runs"]
     # the first hour at 1 req/s needs 1 replica: min 1 runs one fewer (less the down window), the
@@ -196,3 +197,18 @@ def test_trace_names_the_missing_shape_flags() -> None:
     r = CliRunner().invoke(app, ["trace", "--shape", "3pm-peak", "--days", "1"])
     assert r.exit_code == 2
     assert "--peak-qps, --base-qps, --duration-s: needed for a shape (or give --service NAME)" in r.output
+
+
+def test_simulate_shows_the_queue_of_an_async_spec(tmp_path: Path) -> None:
+    sync = _spec(tmp_path, "a", metric="qps", target=10, min_replicas=1, max_replicas=4)
+    doc = json.loads(Path(sync).read_text())
+    doc["metadata"]["type"] = "Async"
+    doc["autoscaling"] = {"metric": "backlog", "target": 5, "min_replicas": 1, "max_replicas": 4}
+    queued = tmp_path / "async.json"
+    queued.write_text(json.dumps(doc))
+    args = ["simulate", "-f", sync, "--trace", _trace(tmp_path), "--compare", str(queued), "--cold-start", "30"]
+    r = CliRunner().invoke(app, [*args, "--capacity", "12"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    [mean] = [ln for ln in r.output.splitlines() if ln.startswith("queue wait mean (s, async)")]
+    assert mean.split()[5] == "-"  # the sync spec has no queue; the async one has a figure
+    assert float(mean.split()[6]) >= 0

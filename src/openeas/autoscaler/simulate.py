@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from openeas.autoscaler.policy import DecisionContext, Observation, PolicyState, Traffic, decide
+from openeas.autoscaler.simqueue import AsyncQueue
 from openeas.autoscaler.trace import SHAPES, Trace, generate, load_trace, read_trace, shape_rates, write_trace
 from openeas.errors import SpecError
 from openeas.spec.autoscaling import AutoscalingPolicy
@@ -62,6 +63,8 @@ class Result:
     scale_events: int
     peak_replicas: int
     cold_starts: int = 0  # replicas started during the trace (the deploy's own not counted)
+    queue_wait_mean_s: float | None = None  # async services: mean seconds in the queue; None: sync
+    queue_wait_p99_s: float | None = None  # async services: 99th percentile of the queue wait
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,8 @@ class Result:
             "scale_events": self.scale_events,
             "peak_replicas": self.peak_replicas,
             "cold_starts": self.cold_starts,
+            "queue_wait_mean_s": None if self.queue_wait_mean_s is None else round(self.queue_wait_mean_s, 3),
+            "queue_wait_p99_s": None if self.queue_wait_p99_s is None else round(self.queue_wait_p99_s, 3),
         }
 
 
@@ -85,11 +90,12 @@ def policy_of(spec: ServiceSpec) -> AutoscalingPolicy:
     if policy is None:  # a fixed count: a policy whose bounds pin it
         n = spec.metadata.instance
         return AutoscalingPolicy(min_replicas=n, max_replicas=n, metrics=(), source="autoscaling")
-    bad = [m.key for m in policy.metrics if m.kind not in SIMULATED_METRICS]
+    replayable = (*SIMULATED_METRICS, *(("backlog",) if spec.is_async else ()))
+    bad = [m.key for m in policy.metrics if m.kind not in replayable]
     if bad:
         raise SpecError(
             [
-                f"autoscaling metric {k}: not replayable from a trace (only {', '.join(SIMULATED_METRICS)})"
+                f"autoscaling metric {k}: not replayable from a trace (only {', '.join(replayable)})"
                 for k in bad
             ]
         )
@@ -103,6 +109,18 @@ def _windows(cum: np.ndarray, ts: np.ndarray, span_s: float) -> list[float]:
     return ((cum[ts] - cum[lo]) / np.maximum(1, ts - lo)).tolist()
 
 
+def _check_inputs(cold_starts_s: list[float], capacity_qps: float, decide_every_s: float) -> None:
+    errors = []
+    if not cold_starts_s or any(c < 0 for c in cold_starts_s):
+        errors.append("cold starts: at least one duration ≥ 0 s is needed")
+    if capacity_qps <= 0:
+        errors.append(f"capacity: {capacity_qps:g} requests/s per replica; must be > 0")
+    if decide_every_s < 1:
+        errors.append(f"decide_every_s: {decide_every_s:g}; must be ≥ 1 s (the trace's resolution)")
+    if errors:
+        raise SpecError(errors)
+
+
 def simulate(
     spec: ServiceSpec,
     trace: Trace,
@@ -113,15 +131,7 @@ def simulate(
     currency: str = "",
     decide_every_s: float = DECIDE_EVERY_S,
 ) -> Result:
-    errors = []
-    if not cold_starts_s or any(c < 0 for c in cold_starts_s):
-        errors.append("cold starts: at least one duration ≥ 0 s is needed")
-    if capacity_qps <= 0:
-        errors.append(f"capacity: {capacity_qps:g} requests/s per replica; must be > 0")
-    if decide_every_s < 1:
-        errors.append(f"decide_every_s: {decide_every_s:g}; must be ≥ 1 s (the trace's resolution)")
-    if errors:
-        raise SpecError(errors)
+    _check_inputs(cold_starts_s, capacity_qps, decide_every_s)
     policy = policy_of(spec)
     n = trace.seconds
     cum_a = np.concatenate(([0.0], np.cumsum(trace.arrivals)))
@@ -142,22 +152,29 @@ def simulate(
     recent = (cum_a[ts] - cum_a[np.maximum(0, ts - step)]).astype(np.int64).tolist()
     pending: list[int] = []  # ready_at of the replicas not Ready at the last decision
     n_ready = current
+    queue = AsyncQueue(trace, capacity_qps) if spec.is_async else None
     for k, t in enumerate(ts.tolist()):
         if pending and min(pending) <= t:
             n_ready = sum(1 for r in live if r[1] <= t)
             pending = [r[1] for r in live if r[1] > t]
-        obs = (
-            {
+        obs: dict[str, Observation] = {}
+        if t > 0:  # no window has data at the first second
+            obs = {
                 "qps": Observation(rate[k], rate_p[k]),
                 "concurrent_requests": Observation(busy[k], busy_p[k]),
             }
-            if t > 0
-            else {}
-        )
+        if queue is not None:
+            queue.advance(t, [r[1] for r in live])
+            if t > 0:
+                obs["backlog"] = Observation(
+                    queue.window(t, policy.metric_window_s), queue.window(t, policy.panic_window_s)
+                )
         traffic = Traffic(rate[k], busy[k], recent[k] if n_ready == 0 else 0)
         ctx = DecisionContext(policy, float(t), trace.start + t, current, n_ready, obs, traffic, state)
         decision, state = decide(ctx)
         want = decision.desired
+        if queue is not None and current == want == 0 and queue.backlog_now(t) > 0:
+            want = 1  # as the server does for an async backlog at 0 replicas (autoscaler/loop.py)
         if want == current:
             continue
         if want > current:
@@ -175,11 +192,14 @@ def simulate(
         events += 1
         current = want
         peak = max(peak, current)
+    if queue is not None:
+        queue.advance(n, [r[1] for r in live])
     for created, ready_at in live:
         _close(billed_d, ready_d, created, ready_at, n, n)
     billed = np.cumsum(billed_d)[:n]
     ready = np.cumsum(ready_d)[:n]
-    result = _account(trace, billed, ready, capacity_qps, price_per_hour, currency, events, peak)
+    waits = queue.waits() if queue is not None else None
+    result = _account(trace, billed, ready, capacity_qps, price_per_hour, currency, events, peak, waits)
     return replace(result, cold_starts=starts)
 
 
@@ -201,15 +221,18 @@ def _account(
     currency: str,
     events: int,
     peak: int,
+    waits: np.ndarray | None = None,
 ) -> Result:
+    """Per-second accounting; ``waits``: an async service's queue wait of each second's requests
+    (its requests wait in the queue instead of slowing the replicas down)."""
     arrivals = trace.arrivals
     total = float(arrivals.sum())
     mean_d = np.divide(trace.busy, arrivals, out=np.zeros_like(arrivals), where=arrivals > 0)
     cap = ready * capacity_qps
     overload = np.divide(arrivals, cap, out=np.ones_like(arrivals), where=cap > 0)
-    latency = mean_d * np.maximum(1.0, overload)
+    latency = mean_d * np.maximum(1.0, overload) if waits is None else mean_d + waits
     held = (ready == 0) & (arrivals > 0)
-    if held.any():  # the wait: until the next second with a Ready replica
+    if held.any() and waits is None:  # the wait: until the next second with a Ready replica
         idx = np.arange(len(ready))
         nxt = np.where(ready > 0, idx, len(ready))
         nxt = np.minimum.accumulate(nxt[::-1])[::-1]
@@ -227,6 +250,8 @@ def _account(
         p99_s=_weighted_p99(latency, arrivals),
         scale_events=events,
         peak_replicas=peak,
+        queue_wait_mean_s=None if waits is None or not total else float((waits * arrivals).sum()) / total,
+        queue_wait_p99_s=None if waits is None else _weighted_p99(waits, arrivals),
     )
 
 

@@ -117,6 +117,8 @@ ROWS: tuple[tuple[str, str, Any], ...] = (
     ("requests held (no Ready replica)", "held_share", _pct),
     ("requests that met a cold start", "cold_share", _pct),
     ("p99 estimate (s)", "p99_s", lambda v: _num(v, 3)),
+    ("queue wait mean (s, async)", "queue_wait_mean_s", lambda v: "-" if v is None else _num(v, 3)),
+    ("queue wait p99 (s, async)", "queue_wait_p99_s", lambda v: "-" if v is None else _num(v, 3)),
 )
 
 
@@ -137,6 +139,8 @@ def render_table(names: list[str], results: list[Result], currency: str) -> str:
     table = [head]
     for label, field, fmt in ROWS:
         vals = [getattr(r, field) for r in results]
+        if field.startswith("queue_wait") and all(v is None for v in vals):
+            continue  # no async service: no queue
         row = [f"{label} ({currency})" if field == "cost" else label, *(fmt(v) for v in vals)]
         if len(results) == 2:
             row.append(_diff(field, *vals))

@@ -155,3 +155,23 @@ def test_async_on_the_backlog_against_sync_on_qps() -> None:
     assert queued.replica_seconds > sync.replica_seconds
     assert queued.queue_wait_p99_s is not None and queued.queue_wait_p99_s > 5
     assert sync.queue_wait_mean_s is None
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed-{s}") for s in range(3)])
+def test_the_queues_closed_form_is_the_recurrence(seed: int) -> None:
+    from openeas.autoscaler.simqueue import AsyncQueue
+
+    rng = np.random.default_rng(seed)
+    a = rng.poisson(rng.choice([2.0, 9.0], size=300)).astype(float)
+    q = AsyncQueue(Trace(0.0, a, a * 0.1), capacity_qps=4.0, step=15)
+    ready_at = [0]
+    for t in range(15, 301, 15):  # a replica more every 45 s, Ready 20 s after
+        q.advance(t, ready_at)
+        if t % 45 == 0:
+            ready_at.append(t + 20)
+    expected, level = [], 0.0
+    for s in range(300):
+        level = max(0.0, level + a[s] - 4.0 * sum(1 for r in ready_at if r <= s))
+        expected.append(level)
+    assert q.queued.tolist() == pytest.approx(expected)
+    assert q.window(300, 10) == pytest.approx((sum(expected[290:]) + a[290:].sum() * 0.1) / 10)

@@ -152,7 +152,7 @@ def simulate(
     recent = (cum_a[ts] - cum_a[np.maximum(0, ts - step)]).astype(np.int64).tolist()
     pending: list[int] = []  # ready_at of the replicas not Ready at the last decision
     n_ready = current
-    queue = AsyncQueue(trace, capacity_qps) if spec.is_async else None
+    queue = AsyncQueue(trace, capacity_qps, step) if spec.is_async else None
     for k, t in enumerate(ts.tolist()):
         if pending and min(pending) <= t:
             n_ready = sum(1 for r in live if r[1] <= t)

@@ -11,6 +11,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
 from openeas.gateway.telemetry.histogram import histogram_lines
@@ -150,6 +151,15 @@ class GatewayMetrics:
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
         # The async queues' lines (gateway/asyncq/queues.py), rendered after the gateway's own.
         self.queue_lines: Callable[[], list[str]] | None = None
+        # A worker of several (--workers N, gateway/telemetry/siblings.py): adds the other workers' share to
+        # /metrics (its own text → all workers') and to /groups/<g> (group, its members' counters).
+        self.merge_text: Callable[[bytes], bytes] | None = None
+        self.merge_group: Callable[[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]] | None = None
+
+    def exposition(self) -> bytes:
+        """``GET /metrics``: this gateway's text, every worker's with --workers N."""
+        own = self.render()
+        return own if self.merge_text is None else self.merge_text(own)
 
     def group_member(self, group: str, service: str) -> MemberMetrics:
         m = self.groups.get((group, service))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from openeas.autoscaler.trace import MAX_SPAN_S, Trace, read_trace, write_trace
 from openeas.cli.main import app
+from openeas.cli.simulate import resolve_inputs
 from openeas.errors import SpecError
 
 HEADER = "timestamp,count,duration_s\n"
@@ -212,3 +213,43 @@ def test_simulate_shows_the_queue_of_an_async_spec(tmp_path: Path) -> None:
     [mean] = [ln for ln in r.output.splitlines() if ln.startswith("queue wait mean (s, async)")]
     assert mean.split()[5] == "-"  # the sync spec has no queue; the async one has a figure
     assert float(mean.split()[6]) >= 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "server", "expected"),
+    [
+        pytest.param(
+            (None, None), ([20.0, 40.0], 8.0, "stress report r1"),
+            ([20.0, 40.0], "svc's last 2 cold starts on the server", 8.0, "svc's stress report r1"), id="server",
+        ),
+        pytest.param(
+            ("5", 3.0), ([20.0], 8.0, "stress report r1"), ([5.0], "--cold-start", 3.0, "--capacity"), id="flags-win",
+        ),
+        pytest.param(
+            ("5", None), ([], 8.0, "stress report r1"), ([5.0], "--cold-start", 8.0, "svc's stress report r1"),
+            id="mixed",
+        ),
+    ],
+)  # fmt: skip
+def test_inputs_come_from_flags_else_from_the_servers_measurements(
+    flags: tuple[str | None, float | None], server: tuple[list[float], float | None, str], expected: tuple[Any, ...]
+) -> None:
+    seen: list[str] = []
+
+    def measure(name: str) -> tuple[list[float], float | None, str]:
+        seen.append(name)
+        return server
+
+    got = resolve_inputs(flags[0], flags[1], "svc", measure)
+    assert (got.cold_starts_s, got.cold_source, got.capacity_qps, got.capacity_source) == expected
+    assert seen == ([] if None not in flags else ["svc"])  # the server is asked only for what is missing
+
+
+def test_a_service_without_measurements_is_named() -> None:
+    with pytest.raises(SpecError) as exc:
+        resolve_inputs(None, None, "svc", lambda name: ([], None, ""))
+    assert exc.value.errors == [
+        "cold starts: give --cold-start SECONDS[,SECONDS…] or --service NAME; svc has no measured start yet",
+        "capacity: give --capacity REQ_PER_S (per replica) or --service NAME; svc has no stress report with a "
+        "saturation point",
+    ]

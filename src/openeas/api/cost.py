@@ -15,6 +15,7 @@ The catalog is ``openeas server --catalog FILE`` (``OPENEAS_CATALOG``), else the
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import os
@@ -189,7 +190,7 @@ def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
     ) -> PlainTextResponse:
         """The gateways' own counts of a service as a trace CSV (timestamp,count,duration_s) for
         ``openeas simulate``; on the event loop, where the counters are kept."""
-        cp.store.get_service(name)  # an unknown service is a 404
+        await asyncio.to_thread(cp.store.get_service, name)  # an unknown service is a 404
         return PlainTextResponse(gateway_trace(cp, name, seconds), media_type="text/csv")
 
     @app.get("/api/v1/cost/catalog", dependencies=auth, tags=["cost"])

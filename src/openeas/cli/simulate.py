@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,18 +64,24 @@ def parse_seconds(text: str) -> list[float]:
 
 def measured(service: str) -> tuple[list[float], float | None, str]:
     """The server's measurements of ``service``: its recent starts' total seconds, and the
-    saturation point (req/s per replica) of its newest stress report that found one."""
+    saturation point (req/s per replica) of its newest stress report that found one, and its id."""
     c = _client()
     starts = c.request("GET", f"/api/v1/services/{service}/coldstart")
     totals = [float(r["total_s"]) for r in starts.get("recent") or [] if r.get("total_s") is not None]
     reports = c.request("GET", "/api/v1/stress", params={"target": service}).get("reports") or []
     for r in reports:  # newest first
-        if r.get("qps_per_replica"):
+        if r.get("saturation_found") and r.get("qps_per_replica"):
             return totals, float(r["qps_per_replica"]), f"stress report {r.get('id')}"
     return totals, None, ""
 
 
-def resolve_inputs(cold_start: str | None, capacity: float | None, service: str | None) -> Inputs:
+def resolve_inputs(
+    cold_start: str | None,
+    capacity: float | None,
+    service: str | None,
+    measure: Callable[[str], tuple[list[float], float | None, str]] = measured,
+) -> Inputs:
+    """The inputs from the flags, else from ``measure(service)`` (the server's); a flag wins."""
     errors: list[str] = []
     cold = parse_seconds(cold_start) if cold_start is not None else []
     cold_src = "--cold-start" if cold else ""
@@ -82,7 +89,7 @@ def resolve_inputs(cold_start: str | None, capacity: float | None, service: str 
     if capacity is not None and not capacity > 0:
         errors.append(f"--capacity: {capacity:g} requests/s per replica; must be > 0")
     if service is not None and (not cold or capacity is None):
-        starts, sat, report = measured(service)
+        starts, sat, report = measure(service)
         if not cold and starts:
             cold, cold_src = starts, f"{service}'s last {len(starts)} cold starts on the server"
         if capacity is None and sat is not None:

@@ -282,9 +282,8 @@ def _compose(
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
-    # The one channel from the gateways: their counters (per service arrivals, in flight, held;
-    # per replica in flight and routed), pushed every 0.2 s, in time windows. The autoscaler reads
-    # them (a held request wakes it at once: scale from zero), the drain and scale-in too.
+    # The one channel from the gateways: per service arrivals, in flight, held; per replica in flight
+    # and routed; every 0.2 s. The autoscaler (a held request wakes it), drain, scale-in, meter read it.
     gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
     cfg = SupervisorConfig(
@@ -296,7 +295,7 @@ def _compose(
         replica_users=users,
     )
     reconciler = _reconciler(store, runtimes, cfg, node, gateway_stats)
-    autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
+    autoscaler, idle, requests = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
@@ -339,10 +338,7 @@ def _compose(
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
-        # The meter's requests: the gateways' arrival counters, by service and UTC hour.
-        Loop(
-            "request meter", RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval()).run
-        ),
+        Loop("request meter", requests.run),  # requests by service and UTC hour, for the meter
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
@@ -364,9 +360,9 @@ def _reconciler(
 
 def _autoscaling(
     store: Store, gateway_stats: GatewayStats, reconciler: Reconciler, metrics: ControlMetrics
-) -> tuple[Autoscaler, IdleWatch]:
-    """The autoscaler (woken by the gateways' held requests) and the idle-spend watch that prices
-    its decisions, both with their metrics."""
+) -> tuple[Autoscaler, IdleWatch, RequestMeter]:
+    """The autoscaler (woken by the gateways' held requests), the idle-spend watch that prices
+    its decisions, both with their metrics, and the request meter (the gateways' counts, stored)."""
     backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
     autoscaler = Autoscaler(
         store,
@@ -381,7 +377,7 @@ def _autoscaling(
     # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
     idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
     metrics.add_collector(idle)
-    return autoscaler, idle
+    return autoscaler, idle, RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval())
 
 
 def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:

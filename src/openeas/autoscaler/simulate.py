@@ -14,8 +14,14 @@ estimate: each second's requests take their duration, stretched by the overload 
 Ready capacity, when above 1), plus the hold for held ones; the 99th percentile of that, weighted
 by requests. Cost: billed replica-seconds x the catalog's hourly price of the spec.
 
-Only the traffic metrics (``qps``, ``concurrent_requests``) can be replayed from a trace; a policy
-on another metric is refused by name.
+Only the traffic metrics (``qps``, ``concurrent_requests``) can be replayed from a trace, and
+``backlog`` for an async service (its queue: :mod:`openeas.autoscaler.simqueue`; its requests
+wait there instead of slowing the replicas, and the result carries the queue waits); a policy on
+another metric is refused by name.
+
+Speed: the loop runs once per decision, never per second: the gateway's windows for every
+decision are computed at once with numpy, the Ready count is recounted only when a replica turns
+Ready or the count changes, and billing is accounted with cumulative sums at the end.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _trace(tmp_path: Path) -> str:
     ("text", "error"),
     [
         pytest.param("", "empty (the header is timestamp,count,duration_s)", id="empty"),
-        pytest.param("timestamp,count\n1,2\n", "line 1: no 'duration_s' column", id="no-duration"),
+        pytest.param("timestamp,count\n1,2\n", "line 1: one of 'duration_s' or 'tokens' (each request's size), not 0", id="no-duration"),
         pytest.param("timestamp,n,duration_s\n", "line 1, column 2: unknown column 'n'", id="unknown-column"),
         pytest.param(HEADER, "no request rows after the header", id="no-rows"),
         pytest.param(
@@ -62,6 +62,17 @@ def test_a_bad_trace_is_named_by_line_and_column(text: str, error: str) -> None:
     with pytest.raises(SpecError) as exc:
         read_trace(io.StringIO(text), "t.csv")
     assert any(error in e for e in exc.value.errors), exc.value.errors
+
+
+def test_token_counts_become_durations_at_the_replicas_speed() -> None:
+    text = "timestamp,count,tokens\n0,2,100\n1,1,50\n"
+    with pytest.raises(SpecError, match="a 'tokens' column needs the replicas' tokens/s"):
+        read_trace(io.StringIO(text))
+    t = read_trace(io.StringIO(text), tokens_per_s=50.0)
+    # 2 requests of 100 tokens at 50 tokens/s: 2 x 2 s; then 1 of 50 tokens: 1 s
+    assert (t.arrivals.tolist(), t.busy.tolist()) == ([2.0, 1.0], [4.0, 1.0])
+    with pytest.raises(SpecError, match=r"one of 'duration_s' or 'tokens' .*not 2"):
+        read_trace(io.StringIO("timestamp,duration_s,tokens\n0,1,1\n"), tokens_per_s=1.0)
 
 
 def test_a_trace_without_count_counts_one_per_row_and_sums_a_second() -> None:

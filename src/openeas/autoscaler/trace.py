@@ -17,8 +17,8 @@ import numpy as np
 
 from openeas.errors import SpecError
 
-COLUMNS = ("timestamp", "count", "duration_s")  # count is optional (1 per row)
-REQUIRED = ("timestamp", "duration_s")
+COLUMNS = ("timestamp", "count", "duration_s", "tokens")  # count is optional (1 per row)
+REQUIRED = ("timestamp",)  # and one of duration_s or tokens
 MAX_SPAN_S = 400 * 86_400  # seconds a trace may span: a month and more, never an unbounded array
 MAX_ERRORS = 10  # errors listed before the reader stops
 
@@ -40,16 +40,30 @@ class Trace:
         return float(self.arrivals.sum())
 
 
-def _header(row: list[str], where: str) -> dict[str, int]:
+def _header(row: list[str], where: str, tokens_per_s: float | None) -> dict[str, int]:
     names = [c.strip() for c in row]
     unknown = [n for n in names if n not in COLUMNS]
     missing = [n for n in REQUIRED if n not in names]
+    size = [n for n in ("duration_s", "tokens") if n in names]
     dup = sorted({n for n in names if names.count(n) > 1})
     errors = [f"{where} line 1, column {names.index(u) + 1}: unknown column {u!r}" for u in unknown]
     errors += [f"{where} line 1: no {m!r} column" for m in missing]
     errors += [f"{where} line 1: column {d!r} given twice" for d in dup]
+    if len(size) != 1:
+        errors.append(
+            f"{where} line 1: one of 'duration_s' or 'tokens' (each request's size), not {len(size)}"
+        )
+    elif size == ["tokens"] and tokens_per_s is None:
+        errors.append(
+            f"{where}: a 'tokens' column needs the replicas' tokens/s to become durations (--tokens-per-s)"
+        )
     if errors:
-        raise SpecError([*errors, f"{where}: the header is {','.join(COLUMNS)} (count optional)"])
+        raise SpecError(
+            [
+                *errors,
+                f"{where}: the header is timestamp,count,duration_s (count optional; tokens for duration_s)",
+            ]
+        )
     return {n: i for i, n in enumerate(names)}
 
 
@@ -64,15 +78,16 @@ def _number(text: str, where: str, line: int, cols: dict[str, int], name: str, *
     return v
 
 
-def read_trace(lines: Iterable[str], where: str = "trace") -> Trace:
+def read_trace(lines: Iterable[str], where: str = "trace", tokens_per_s: float | None = None) -> Trace:
     """A trace from CSV text (see the module doc); SpecError naming the line and column of each
-    bad value (the first :data:`MAX_ERRORS`)."""
+    bad value (the first :data:`MAX_ERRORS`). A ``tokens`` column instead of ``duration_s``: each
+    request takes ``tokens / tokens_per_s`` seconds (one replica's generation speed)."""
     reader = csv.reader(lines)
     try:
         head = next(reader)
     except StopIteration:
-        raise SpecError([f"{where}: empty (the header is {','.join(COLUMNS)})"]) from None
-    cols = _header(head, where)
+        raise SpecError([f"{where}: empty (the header is timestamp,count,duration_s)"]) from None
+    cols = _header(head, where, tokens_per_s)
     times: list[float] = []
     counts: list[float] = []
     durations: list[float] = []
@@ -91,7 +106,12 @@ def read_trace(lines: Iterable[str], where: str = "trace") -> Trace:
                     if "count" in cols
                     else 1.0
                 )
-                d = _number(row[cols["duration_s"]], where, line, cols, "duration_s", ge0=True)
+                if "tokens" in cols:
+                    d = _number(row[cols["tokens"]], where, line, cols, "tokens", ge0=True) / (
+                        tokens_per_s or 1.0
+                    )
+                else:
+                    d = _number(row[cols["duration_s"]], where, line, cols, "duration_s", ge0=True)
             except ValueError as exc:
                 errors.append(str(exc))
             else:
@@ -120,11 +140,11 @@ def read_trace(lines: Iterable[str], where: str = "trace") -> Trace:
     )
 
 
-def load_trace(path: str) -> Trace:
+def load_trace(path: str, tokens_per_s: float | None = None) -> Trace:
     """The trace CSV at ``path`` (:func:`read_trace`); an unreadable file is named."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            return read_trace(f, path)
+            return read_trace(f, path, tokens_per_s)
     except OSError as exc:
         raise SpecError([f"trace {path}: cannot read it ({exc.strerror or exc})"]) from None
     except UnicodeDecodeError:

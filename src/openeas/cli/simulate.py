@@ -222,6 +222,10 @@ def simulate_cmd(
         Path | None,
         typer.Option("--catalog", help="Instance catalog (default: OPENEAS_CATALOG, else the shipped one)."),
     ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option("--tokens-per-s", min=0.001, help="A trace with a tokens column: a replica's tokens/s."),
+    ] = None,
     decide_every: Annotated[
         float,
         typer.Option("--decide-every", min=1, help="Seconds of virtual time between two decisions (≥ 1)."),
@@ -237,7 +241,7 @@ def simulate_cmd(
     for step in ("trace", "catalog", "inputs"):
         try:
             if step == "trace":
-                tr = load_trace(trace)
+                tr = load_trace(trace, tokens_per_s)
             elif step == "catalog":
                 cat = load_catalog(catalog or os.environ.get(ENV_CATALOG) or None)
             else:

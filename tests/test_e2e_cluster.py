@@ -114,7 +114,7 @@ def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     root = tmp_path_factory.mktemp("cluster")
     t0 = time.monotonic()
-    up = _cli("cluster", "up", "--nodes", str(NODES), "--dir", str(root), timeout=400)
+    up = _cli("cluster", "up", "--nodes", str(NODES), "--dir", str(root), "--timeout", "360", timeout=420)
     try:
         assert up.returncode == 0, up.stderr
         info = json.loads(up.stdout)

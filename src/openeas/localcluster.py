@@ -43,6 +43,7 @@ PARTS_FILE = "parts.json"  # [{name, pid}] of every part started, newest last
 ERROR_FILE = "error.txt"
 UP_TIMEOUT_S = 240.0  # default bound from `cluster up` to every part answering, seconds
 DOWN_TIMEOUT_S = 90.0  # from SIGTERM to the supervisor gone, seconds
+RAY_NODE_TRIES = 3  # starts of one Ray node that exits while starting
 PART_STOP_S = 20.0  # one part's graceful stop before SIGKILL of its process group, seconds
 NODE_CPUS = (2, 2, 4, 4, 8)  # logical CPUs of node i (head first); the rest get the last
 
@@ -99,8 +100,16 @@ def _answers_http(url: str) -> bool:
         return hasattr(exc, "code")
 
 
-def _log_says(log: Path, text: str) -> Callable[[], bool]:
-    return lambda: text in log.read_text(errors="replace")
+def _log_says(log: Path, text: str, offset: int) -> Callable[[], bool]:
+    """Whether ``log`` says ``text`` past byte ``offset`` (the log of a part started again holds
+    its earlier tries too)."""
+
+    def check() -> bool:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return text.encode() in f.read()
+
+    return check
 
 
 def _pg_bin(name: str) -> str:
@@ -167,6 +176,18 @@ class LocalCluster:
                 raise RuntimeError(f"{what} did not answer within {self.timeout_s:.0f} s")
             time.sleep(0.2)
 
+    def _wait_node(self, i: int, node: subprocess.Popen[bytes], started: Callable[[], bool]) -> None:
+        """Until Ray node ``i`` has started or exited; any other part that exits is an error."""
+        while not started() and node.poll() is None:
+            for name, p, _ in self.parts:
+                if p is not node and p.poll() is not None:
+                    raise RuntimeError(
+                        f"Ray node {i}: {name} exited (code {p.returncode}; {self.root}/{name}.log)"
+                    )
+            if time.monotonic() > self.deadline:
+                raise RuntimeError(f"Ray node {i} did not answer within {self.timeout_s:.0f} s")
+            time.sleep(0.2)
+
     def _postgres(self) -> str:
         pg_root = self.scratch / "pg"  # the postgres user must reach it
         pg_root.mkdir()
@@ -209,13 +230,28 @@ class LocalCluster:
 
     def _ray(self) -> str:
         """The head, then each worker node once the one before it has started (started together,
-        two nodes' agents on a busy 2-core machine miss Ray's own start deadline)."""
+        two nodes' agents on a busy 2-core machine miss Ray's own start deadline). A node that
+        exits while starting (Ray's deadline missed on a loaded machine) is started again, up to
+        :data:`RAY_NODE_TRIES` times in all, within ``up``'s deadline."""
         head_port = free_port()
         temp_dir = self.scratch / "ray"
         for i, node in enumerate(self.nodes):
             name = f"ray-node{i}"
-            self._spawn(name, ray_start_argv(node, head_port=head_port, temp_dir=temp_dir, head=i == 0))
-            self._wait(f"Ray node {i}", _log_says(self.root / f"{name}.log", "Ray runtime started"))
+            argv = ray_start_argv(node, head_port=head_port, temp_dir=temp_dir, head=i == 0)
+            log = self.root / f"{name}.log"
+            for attempt in range(1, RAY_NODE_TRIES + 1):
+                offset = log.stat().st_size if log.exists() else 0
+                p = self._spawn(name, argv)
+                started = _log_says(log, "Ray runtime started", offset)
+                self._wait_node(i, p, started)
+                if p.poll() is None:
+                    break
+                _stop_group(p.pid, signal.SIGKILL, 1.0, p)  # what it left of its own
+                self.parts.remove((name, p, signal.SIGTERM))
+                if attempt == RAY_NODE_TRIES:
+                    raise RuntimeError(
+                        f"Ray node {i} exited while starting, {attempt} times ({self.root}/{name}.log)"
+                    )
         # Ray names the machine's interface address for the head; it listens on every address
         return f"127.0.0.1:{head_port}"
 

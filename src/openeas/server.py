@@ -43,7 +43,7 @@ from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.engine_load import EngineLoadScraper
 from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
-from openeas.autoscaler.scrape import ReplicaScraper
+from openeas.autoscaler.scrape import ReplicaScraper, label, parse_samples
 from openeas.batch import BatchRunner
 from openeas.console import add_console
 from openeas.control_lease import LeaseKeeper, wait_for_lease
@@ -54,8 +54,9 @@ from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, 
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
-from openeas.gateway.metrics import label_value
-from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.gateway.routing.notify import RoutingNotifier, socket_paths
+from openeas.gateway.telemetry.metrics import label_value
+from openeas.gateway.workers import check_workers
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState
@@ -187,6 +188,7 @@ async def _serve(
     replica_user: str | None = REPLICA_USER,
     host_paths: HostPaths | None = None,
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
@@ -198,7 +200,7 @@ async def _serve(
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
-    notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
+    notifier = RoutingNotifier(socket_paths(data_dir, gateway_workers), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_sock = bind_listener(host, port, "API")  # first: a taken port fails before anything starts
@@ -241,6 +243,7 @@ async def _serve(
             api_sock,
             keep_replicas,
             lease,
+            gateway_workers,
         )
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
@@ -280,6 +283,7 @@ def _compose(
     api_sock: socket.socket,
     keep_replicas: bool,
     lease: LeaseKeeper | None = None,
+    gateway_workers: int = 1,
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
@@ -338,7 +342,7 @@ def _compose(
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
-        Loop("engine load", EngineLoadScraper(store, data_dir).run),
+        Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
@@ -406,14 +410,14 @@ GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway repo
 
 
 def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
-    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
-    label = '{replica="' + label_value(replica_id) + '"} '
-    routed, in_flight = False, 0
-    for line in metrics_text.splitlines():
-        if line.startswith("openeas_gateway_replica_in_flight" + label):
-            in_flight = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("openeas_gateway_replica_routed" + label):
-            routed = line.rsplit(" ", 1)[1] != "0"
+    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy.
+    A gateway of several workers labels each one's series ``worker="K"``: summed (routed by any)."""
+    names = {"openeas_gateway_replica_in_flight", "openeas_gateway_replica_routed"}
+    samples = parse_samples(metrics_text, names)
+    wanted = label_value(replica_id)
+    ours = {n: [v for labels, v in samples.get(n, []) if label(labels, "replica") == wanted] for n in names}
+    routed = any(v != 0 for v in ours["openeas_gateway_replica_routed"])
+    in_flight = int(sum(ours["openeas_gateway_replica_in_flight"]))
     return GatewayView(routed=routed, in_flight=in_flight)
 
 
@@ -423,6 +427,14 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def check_gateway_workers(n: int) -> int:
+    """``--gateway-workers``: 1 to 4 per core; a `SpecError` naming the flag otherwise."""
+    try:
+        return check_workers(n, field="--gateway-workers")
+    except ValueError as exc:
+        raise SpecError([str(exc)]) from None
 
 
 def run_server(
@@ -443,6 +455,7 @@ def run_server(
     allow_host_paths: Sequence[Path] = (),
     nfs_exports: Sequence[str] = (),
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     """``store_url``: None for SQLite in the data dir, or ``postgresql://…``;
     ``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
@@ -453,6 +466,8 @@ def run_server(
     )
     try:
         gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
+        check_gateway_workers(gateway_workers)
+        gateway_args += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []  # see workers.py
     except SpecError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
@@ -488,6 +503,7 @@ def run_server(
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,
+                gateway_workers=gateway_workers,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

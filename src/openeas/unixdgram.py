@@ -2,7 +2,7 @@
 whatever its path length, and binding and unbinding one.
 
 Two channels use them: routing-change notifications (control plane → gateway,
-:mod:`openeas.gateway.notify`) and the gateway's per-service counters (gateway → control plane,
+:mod:`openeas.gateway.routing.notify`) and the gateway's per-service counters (gateway → control plane,
 :mod:`openeas.telemetry.gateway_stats`). Neither side ever blocks on the socket, and neither leaks
 it into child processes. Standard library only: the gateway process imports it.
 """
@@ -17,6 +17,14 @@ from pathlib import Path
 # sun_path is 108 bytes on Linux, NUL included; longer paths are reached through a directory fd.
 _MAX_SUN_PATH = 107
 DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+def worker_path(path: Path, index: int) -> Path:
+    """The socket of gateway worker ``index`` (``--workers N``): worker 0 keeps ``path``, worker k
+    binds ``<stem>.<k><suffix>`` beside it (``gateway.sock``, ``gateway.1.sock``, ...)."""
+    if index == 0:
+        return Path(path)
+    return Path(path).with_name(f"{Path(path).stem}.{index}{Path(path).suffix}")
 
 
 class UnixAddress:

@@ -1,7 +1,7 @@
 """Engine load for the gateway's ``least-waiting`` and ``least-kv`` balancers: every
 ``INTERVAL_S`` the control plane reads the Ready replicas' own ``/metrics`` — only for services
 whose balancer needs them — and pushes what it read to the gateway in one datagram
-(:mod:`openeas.gateway.replica_load`). The gateway never fetches anything per request.
+(:mod:`openeas.gateway.routing.replica_load`). The gateway never fetches anything per request.
 
 The metrics read, by engine (the first one a replica exposes wins; several label sets, e.g. one
 per model, are summed):
@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from openeas.autoscaler.scrape import fetch_text, parse_samples
-from openeas.gateway.replica_load import LoadSender, socket_path
+from openeas.gateway.routing.replica_load import LoadSender, socket_path
 from openeas.kernel.states import ReplicaPhase
 from openeas.store import Store
 
@@ -36,7 +36,7 @@ log = logging.getLogger("openeas.autoscaler")
 
 INTERVAL_S = 0.5  # seconds between two scrape rounds (and two pushes)
 SCRAPE_TIMEOUT_S = 0.4  # a replica slower than this to answer /metrics is unknown this round
-# The balancers that read engine load (openeas.gateway.balancers).
+# The balancers that read engine load (openeas.gateway.routing.balancers).
 ENGINE_BALANCERS = frozenset({"least-waiting", "least-kv"})
 WAITING_METRICS = ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs")
 KV_METRICS = (
@@ -70,10 +70,13 @@ def engine_load(text: str) -> tuple[float, float]:
 class EngineLoadScraper:
     """The loop: find the replicas to read (from the store), read them, push."""
 
-    def __init__(self, store: Store, data_dir: Path, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, store: Store, data_dir: Path, *, interval_s: float = INTERVAL_S, gateway_workers: int = 1
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
-        self.sender = LoadSender(socket_path(data_dir))
+        # One socket per gateway worker process (`openeas server --gateway-workers N`).
+        self.sender = LoadSender([socket_path(data_dir, k) for k in range(gateway_workers)])
         self._balancers: dict[tuple[str, int], str] = {}  # (service, version) → balancer
         self.last: dict[str, tuple[float, float]] = {}  # what the last round pushed
 

@@ -117,12 +117,12 @@ class GatewayScrape:
         for labels, v in samples.get("openeas_gateway_in_flight_requests", []):
             svc = _label(labels, "service")
             if svc is not None:
-                flying[svc] = v
-        self.replicas = {
-            rid: int(v)
-            for labels, v in samples.get("openeas_gateway_replica_in_flight", [])
-            if (rid := _label(labels, "replica")) is not None
-        }
+                flying[svc] = flying.get(svc, 0.0) + v  # summed: a gateway of workers has one each
+        replicas: dict[str, int] = {}
+        for labels, v in samples.get("openeas_gateway_replica_in_flight", []):
+            if (rid := _label(labels, "replica")) is not None:
+                replicas[rid] = replicas.get(rid, 0) + int(v)
+        self.replicas = replicas
         for svc in {*services, *answered, *flying}:
             f = flying.get(svc, 0.0)
             self.arrivals.setdefault(svc, Counter(self.horizon_s)).add(now, answered.get(svc, 0.0) + f)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from openeas.gateway.histogram import histogram_lines
+from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S, quantile, success_ratio
 
 COMPARE_SAMPLES = 10  # differing pairs kept per member (the newest)
@@ -125,13 +125,14 @@ class MemberMetrics:
         }
 
 
-def group_json(group: str, members: Mapping[str, MemberMetrics]) -> bytes:
-    """``GET /groups/<group>``: every member's counters (cumulative since the gateway started)."""
+def group_json(group: str, members: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """``GET /groups/<group>``: every member's counters (`MemberMetrics.to_dict`, cumulative
+    since the gateway started)."""
     return json.dumps(
         {
             "group": group,
             "buckets_s": [b if b != math.inf else None for b in GROUP_LATENCY_BUCKETS_S],
-            "members": {svc: m.to_dict() for svc, m in sorted(members.items())},
+            "members": dict(sorted(members.items())),
         },
         separators=(",", ":"),
     ).encode()

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import AuthError, Credentials, authorize
 from openeas.gateway.errors import GatewayError, error_response, plain_response
-from openeas.gateway.group_metrics import MemberMetrics, group_json
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.gateway.groups.group_metrics import MemberMetrics, group_json
+from openeas.gateway.groups.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.kernel.groups import GroupDef, MemberMatch
 from openeas.linear_regex import LinearPattern
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.http.proxy import ClientConnection
+    from openeas.gateway.routing.routes import RouteState
 
 _USER_AGENT = b"user-agent"
 _random = random.random  # bound once: read as a fast global on the group path
@@ -334,5 +334,8 @@ def group_stats_answer(client: ClientConnection, method: bytes, path: bytes) -> 
         client.ctx.metrics.unrouted(401)
         err = GatewayError(401, "unauthorized", f"group '{name}' requires its token")
         return error_response(err, close=close)
-    metrics = {svc: m.metrics for svc, m in group.members.items()}
-    return plain_response(200, group_json(name, metrics), b"application/json", close=close)
+    members = {svc: m.metrics.to_dict() for svc, m in group.members.items()}
+    merge = client.ctx.metrics.merge_group  # every worker's counters with --workers N
+    if merge is not None:
+        members = merge(name, members)
+    return plain_response(200, group_json(name, members), b"application/json", close=close)

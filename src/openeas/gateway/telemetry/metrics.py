@@ -11,9 +11,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from openeas.gateway.group_metrics import MemberMetrics, group_lines
-from openeas.gateway.histogram import histogram_lines
+from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
+from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
@@ -62,7 +63,7 @@ HOLD_WAIT_BUCKETS_S: tuple[float, ...] = (
 
 
 class HoldStats:
-    """One service's held requests (gateway/activator.py): made on its first hold."""
+    """One service's held requests (gateway/http/activator.py): made on its first hold."""
 
     __slots__ = (
         "abandoned",
@@ -104,7 +105,7 @@ class ServiceMetrics:
         self.by_code: dict[int, int] = {}
         self.in_flight = 0  # requests between their head and their outcome, held ones included
         # The in-flight count (held included) at which the gateway sends its counters at once (a
-        # jump, see gateway/stats.py); raised by every datagram sent.
+        # jump, see gateway/telemetry/stats.py); raised by every datagram sent.
         self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
@@ -148,8 +149,17 @@ class GatewayMetrics:
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
         # (group, member service) → live and mirrored traffic of service groups (group_metrics.py).
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
-        # The async queues' lines (gateway/queues.py), rendered after the gateway's own.
+        # The async queues' lines (gateway/asyncq/queues.py), rendered after the gateway's own.
         self.queue_lines: Callable[[], list[str]] | None = None
+        # A worker of several (--workers N, gateway/telemetry/siblings.py): adds the other workers' share to
+        # /metrics (its own text → all workers') and to /groups/<g> (group, its members' counters).
+        self.merge_text: Callable[[bytes], bytes] | None = None
+        self.merge_group: Callable[[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]] | None = None
+
+    def exposition(self) -> bytes:
+        """``GET /metrics``: this gateway's text, every worker's with --workers N."""
+        own = self.render()
+        return own if self.merge_text is None else self.merge_text(own)
 
     def group_member(self, group: str, service: str) -> MemberMetrics:
         m = self.groups.get((group, service))

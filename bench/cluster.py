@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from openeas.gateway import Gateway
-from openeas.gateway.source import routing_source
+from openeas.gateway.routing.source import routing_source
 from openeas.kernel.states import ReplicaPhase
 from openeas.spec import parse_spec
 from openeas.store import Store

@@ -84,7 +84,17 @@ def test_an_up_that_fails_midway_stops_what_it_started(
     assert not cluster.scratch.exists()
 
 
-def test_down_while_coming_up_stops_what_was_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("supervisor_killed", "error"),
+    [
+        pytest.param(False, "stopped while coming up", id="sigterm-to-the-supervisor"),
+        # the supervisor gone (kill -9): `down` stops the parts it recorded in parts.json
+        pytest.param(True, None, id="supervisor-killed"),
+    ],
+)
+def test_down_while_coming_up_stops_what_was_started(
+    tmp_path: Path, supervisor_killed: bool, error: str | None
+) -> None:
     argv = [sys.executable, "-m", "openeas.localcluster", "--dir", str(tmp_path), "--nodes", "2"]
     sup = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     (tmp_path / localcluster.PID_FILE).write_text(f"{sup.pid}\n")
@@ -93,6 +103,9 @@ def test_down_while_coming_up_stops_what_was_started(tmp_path: Path) -> None:
         wait_for(lambda: (tmp_path / PARTS_FILE).exists() and "ray-node0" in (tmp_path / PARTS_FILE).read_text(), 60,
                  what="the supervisor starting Ray")  # fmt: skip
         started = {p["name"]: p["pid"] for p in _recorded(tmp_path)}
+        if supervisor_killed:
+            sup.kill()
+            sup.wait()
         t0 = time.monotonic()
         assert localcluster.down(tmp_path)
         took = time.monotonic() - t0
@@ -101,7 +114,8 @@ def test_down_while_coming_up_stops_what_was_started(tmp_path: Path) -> None:
             os.killpg(sup.pid, signal.SIGKILL)
     assert sup.poll() is not None
     assert not [name for name, pid in started.items() if alive(pid)]
-    assert (tmp_path / localcluster.ERROR_FILE).read_text().strip() == "stopped while coming up"
+    if error is not None:
+        assert (tmp_path / localcluster.ERROR_FILE).read_text().strip() == error
     print(f"down while coming up: {took:.1f} s, parts stopped: {sorted(started)}")
 
 

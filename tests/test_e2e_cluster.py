@@ -204,6 +204,58 @@ def _status(url: str) -> int | None:
         return None
 
 
+def test_a_lost_ray_node_under_load_its_replicas_start_again_on_the_others(
+    cluster: tuple[Path, dict[str, Any]],
+) -> None:
+    root, info = cluster
+    c = _client(info, "standby_api_url")  # the active since the takeover above
+    replicas = c.describe("spread")["replicas"]
+    per_node = Counter(r["node"] for r in replicas)
+    # the worker node with the most replicas: its `ray start --block` process group, SIGKILLed
+    victim_node = per_node.most_common(1)[0][0]
+    workers = [p for p in _recorded(root) if p["name"].startswith("ray-node") and p["name"] != "ray-node0"]
+    victim = next((p for p in workers if _node_id_of(p["pid"]) == victim_node), None)
+    if victim is None:  # the head holds the most: take a worker that holds some
+        victim = next(p for p in workers if _node_id_of(p["pid"]) in per_node)
+        victim_node = _node_id_of(victim["pid"])
+    url = f"{info['balancer_url']}/api/predict/spread/v1/completions"
+    with steady_load(url, c.call_info("spread")["token"]) as load:
+        wait_for(lambda: len(load.results) >= 50, 30, what="load flowing")
+        lost = time.monotonic()
+        os.killpg(victim["pid"], signal.SIGKILL)
+
+        def back_to_strength() -> bool:
+            now = c.describe("spread")["replicas"]
+            ready = [r for r in now if r["phase"] == "Ready"]
+            return len(ready) == REPLICAS and victim_node not in {r["node"] for r in ready}
+
+        wait_for(back_to_strength, 180, poll_s=0.5, what="the replicas back on the other nodes")
+        full_s = time.monotonic() - lost
+    ok = load.results.count(200)
+    total = len(load.results) + len(load.errors)
+    print(f"node loss under load: {per_node[victim_node]} replicas lost, full strength after {full_s:.1f} s, "
+          f"success {ok}/{total} = {ok / total:.4f}, errors {Counter(load.results)} {load.errors[:2]}")  # fmt: skip
+    assert ok / total >= 0.999  # Knative's autoscale SLO, the issue's bound
+
+
+def _node_id_of(pid: int) -> str | None:
+    """The Ray node id of the node started by ``ray start --block`` process ``pid``: its
+    raylet, in that process group, is started with ``--node_id=<id>``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pid:
+                continue
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ProcessLookupError):
+            continue
+        for a in args:
+            if a.startswith("--node_id="):
+                return a.removeprefix("--node_id=")
+    return None
+
+
 def test_cluster_down_leaves_no_process_behind(cluster: tuple[Path, dict[str, Any]]) -> None:
     root, info = cluster
     replicas = [r["pid"] for r in _client(info, "standby_api_url").describe("spread")["replicas"]]

@@ -5,8 +5,9 @@ First, without a cluster: an ``up`` that fails, or is stopped while it comes up,
 it had started. Then one cluster for the rest of the module: a service's replicas spread over the
 Ray nodes (``describe --json`` names each replica's node) and answer through the balancer and
 through each gateway; kill -9 of the active server under load through the balancer: the standby
-takes over, adopts the same replicas (by Ray actor name) and no request fails; ``cluster down``
-leaves no process behind."""
+takes over, adopts the same replicas (by Ray actor name) and no request fails; a Ray worker node
+SIGKILLed under load: its replicas start again on the other nodes, >= 0.999 of the requests
+succeed; ``cluster down`` leaves no process behind."""
 
 from __future__ import annotations
 

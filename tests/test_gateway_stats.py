@@ -17,6 +17,7 @@ from openeas.kernel.clock import FakeClock
 from openeas.telemetry.gateway_stats import (
     MAX_DATAGRAM_BYTES,
     GatewayStats,
+    MemberSample,
     ReplicaSample,
     ServiceSample,
     decode,
@@ -433,9 +434,9 @@ def test_replicas_round_trip_in_the_first_datagram_only() -> None:
     replicas = {"svc-r1": R(3, True), "svc-r2": R(0, False)}
     datagrams = encode("gw", 1.0, samples, replicas=replicas)
     assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
-    assert [decode_all(d)[4] for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
+    assert [decode_all(d).replicas for d in datagrams] == [replicas] + [None] * (len(datagrams) - 1)
     (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})
-    assert decode_all(plain)[4] is None  # a gateway that reports no replicas
+    assert decode_all(plain).replicas is None  # a gateway that reports no replicas
 
 
 # A replica report: (gateway id, receive time s, {replica: (in_flight, routed)}).
@@ -514,3 +515,63 @@ def test_the_drain_waits_for_a_report_sent_after_its_question() -> None:
         return fresh, silent
 
     assert asyncio.run(scenario()) == (GatewayView(routed=True, in_flight=2), None)
+
+
+# ---- per group member: what the staged rollout reads ---------------------------------------------
+
+
+def M(codes: dict[str, int], buckets: tuple[int, ...] = (1, 0, 2)) -> MemberSample:
+    return MemberSample(codes, buckets)
+
+
+def test_groups_round_trip_in_the_first_datagram_only() -> None:
+    samples = {f"service_{i:05d}": ServiceSample(i, 0, 0) for i in range(3000)}
+    groups = {"g": {"old": M({"200": 7}), "new": M({"200": 2, "503": 1}, (0, 3))}, "h": {}}
+    datagrams = encode("gw", 1.0, samples, groups=groups)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
+    assert [decode_all(d).groups for d in datagrams] == [groups] + [None] * (len(datagrams) - 1)
+    (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})
+    assert decode_all(plain).groups is None  # a gateway that reports no groups
+
+
+# A group report: (gateway id, receive time s, {member: (by_code, buckets)}) of group "g".
+GroupReport = tuple[str, float, dict[str, tuple[dict[str, int], tuple[int, ...]]]]
+
+
+@pytest.mark.parametrize(
+    ("reports", "now", "expected"),
+    [
+        pytest.param([("a", 1.0, {"new": ({"200": 3}, (1, 2))})], 1.1, {"new": M({"200": 3}, (1, 2))}, id="one-gateway"),
+        # Two gateways' cumulative counters add up, code by code and bucket by bucket.
+        pytest.param(
+            [("a", 1.0, {"new": ({"200": 3}, (1, 2))}), ("b", 1.0, {"new": ({"200": 1, "500": 2}, (0, 3))})],
+            1.1,
+            {"new": M({"200": 4, "500": 2}, (1, 5))},
+            id="gateways-add-up",
+        ),
+        # The latest report replaces the one before (it is cumulative, not an increment).
+        pytest.param(
+            [("a", 1.0, {"new": ({"200": 3}, (3,))}), ("a", 1.2, {"new": ({"200": 5}, (5,))})],
+            1.3,
+            {"new": M({"200": 5}, (5,))},
+            id="latest-report-wins",
+        ),
+        pytest.param([("a", 1.0, {})], 1.1, {}, id="group-known-nothing-counted"),
+        # a's last datagram was at 1.0; at 5.0 it is gone (stale after 3 s): only b counts.
+        pytest.param(
+            [("a", 1.0, {"new": ({"200": 9}, (9,))}), ("b", 5.0, {"new": ({"200": 1}, (1,))})],
+            5.0,
+            {"new": M({"200": 1}, (1,))},
+            id="a-dead-gateway-does-not-count",
+        ),
+        pytest.param([("a", 1.0, {"new": ({"200": 1}, (1,))})], 9.0, None, id="no-gateway-alive"),
+        pytest.param([], 1.0, None, id="never-heard"),
+    ],
+)
+def test_group_view(reports: list[GroupReport], now: float, expected: dict[str, MemberSample] | None) -> None:
+    stats = GatewayStats(FakeClock(0.0).now)
+    for gid, t, members in reports:
+        stats.observe(gid, {}, t, groups={"g": {m: M(*v) for m, v in members.items()}})
+    stats.observe("c", {}, now)  # a gateway without a group report counts nothing
+    assert stats.group("g", now) == expected
+    assert stats.group("other", now) is None  # a group no gateway routes is unknown

@@ -285,10 +285,17 @@ def test_a_replica_view_sums_the_workers(replica: str, routed: bool, in_flight: 
     assert (view.routed, view.in_flight) == (routed, in_flight)
 
 
-def test_the_gateway_scrape_sums_the_workers() -> None:
-    from openeas.autoscaler.scrape import GatewayScrape
+def test_the_control_plane_sums_the_workers_datagrams() -> None:
+    """Each worker sends its own counters datagram (an id of its own); the control plane's view
+    (autoscaler, drain, rollout) is their sum: the same figures as TWO_WORKERS' /metrics."""
+    from openeas.kernel.clock import FakeClock
+    from openeas.telemetry.gateway_stats import GatewayStats, ReplicaSample, ServiceSample, decode_all, encode
 
-    g = GatewayScrape("http://127.0.0.1:1")
-    g.observe_text(TWO_WORKERS, ["a"], 0.0)
-    assert g.replica_in_flight() == {"a-1": 5}
-    assert g.mean_in_flight("a", 1.0, 0.0) == pytest.approx(5.0)
+    g = GatewayStats(FakeClock(0.0).now)
+    for worker, n, routed in ((0, 2, False), (1, 3, True)):
+        for data in encode(f"w{worker}", 0.1, {"a": ServiceSample(n, n, 0)}, replicas={"a-1": ReplicaSample(n, routed)}):
+            d = decode_all(data)
+            g.observe(d.gateway_id, d.samples, 0.0, uptime_s=d.uptime_s, replicas=d.replicas)
+    assert g.replica_in_flight(0.5) == {"a-1": 5}
+    assert g.replica("a-1", 0.5, since=-1.0) == ReplicaSample(5, True)
+    assert g.mean_in_flight("a", 0.0, 0.5) == pytest.approx(5.0)

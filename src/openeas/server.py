@@ -70,12 +70,11 @@ from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.db import is_postgres
-from openeas.store.groups import GroupStore
 from openeas.store.lease import Lease
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats, receive
-from openeas.telemetry.group_stats import GatewayGroupStats
+from openeas.telemetry.group_stats import DatagramGroupCounters
 
 log = logging.getLogger("openeas.server")
 
@@ -304,7 +303,7 @@ def _compose(
     autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
-    rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
+    rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
     batch = BatchRunner(
         store,

@@ -362,10 +362,21 @@ def delete(
 @cli_errors
 def versions(
     name: Annotated[str, typer.Argument(help="Service name.")],
+    diff: Annotated[
+        tuple[int, int] | None,
+        typer.Option("--diff", metavar="FROM TO", help="Show what changed between two versions' specs."),
+    ] = None,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
-    """List the versions of a service (each deploy or rollback makes one)."""
+    """List the versions of a service (each deploy or rollback makes one), or diff two of them."""
+    if diff is not None:
+        answer = _client(data_dir).version_diff(name, *diff)
+        if json_out:
+            render.print_json(answer)
+        else:
+            typer.echo("\n".join(answer["diff"]) or f"v{diff[0]} and v{diff[1]} have the same spec")
+        return
     vs = _client(data_dir).versions(name)
     if json_out:
         render.print_json({"versions": vs})

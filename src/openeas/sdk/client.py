@@ -255,6 +255,11 @@ class Client(GroupsClient):
         body = self.request("GET", f"{self._svc(name)}/versions")
         return list(body.get("versions", []))
 
+    def version_diff(self, name: str, a: int, b: int) -> dict[str, Any]:
+        """What changed from version ``a``'s spec to ``b``'s: ``{"changed", "diff": [lines]}``."""
+        result: dict[str, Any] = self.request("GET", f"{self._svc(name)}/versions/diff?from={a}&to={b}")
+        return result
+
     def rollback(self, name: str, version: int) -> dict[str, Any]:
         self._call_info.pop(name, None)
         result: dict[str, Any] = self.request(

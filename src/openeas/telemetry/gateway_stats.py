@@ -2,16 +2,18 @@
 receiver, and time windows over what was received (`GatewayStats`).
 
 Every gateway samples, per service, ``arrivals`` (cumulative requests received), ``in_flight``
-(being proxied to a replica) and ``held`` (waiting for a replica), and per replica its requests
-in flight and whether its routing table sends it new ones (`ReplicaSample`), every
-`SEND_INTERVAL_S`, and
-sends them in a datagram to ``DATA/run/control.sock``, plus one at once when it holds a request
+(being proxied to a replica) and ``held`` (waiting for a replica), per replica its requests
+in flight and whether its routing table sends it new ones (`ReplicaSample`), and per service
+group member its live answers by status and their latency histogram (`MemberSample`, what the
+staged rollout compares), every `SEND_INTERVAL_S`, and sends them in a datagram to
+``DATA/run/control.sock``, plus one at once when it holds a request
 (the autoscaler scales from zero on it) or when a service's in-flight count jumps (it reaches
 `JUMP_MIN_IN_FLIGHT` or twice what the gateway last sent; such datagrams are at least
 `JUMP_GAP_S` apart and name the services that jumped: the autoscaler decides at once on them
 instead of at its next tick). The control plane binds that socket (`receive`) and
 feeds a `GatewayStats`, which the autoscaler reads through a narrow API: rates and mean
-concurrency over a window, the current held count. Everything takes ``now`` from an injected
+concurrency over a window, the current held count; the drain and scale-in read the replicas and
+the staged rollout the group members (`GatewayStats.group`). Everything takes ``now`` from an injected
 clock (tests drive it by hand).
 
 How counters become windows:
@@ -43,6 +45,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Final, Literal
 
@@ -93,6 +96,28 @@ class ReplicaSample:
     routed: bool  # the routing table sends it new requests
 
 
+@dataclass(frozen=True)
+class MemberSample:
+    """One service group member's live traffic (not its mirrored copies) on one gateway, or all
+    live gateways summed: cumulative since each gateway started."""
+
+    by_code: Mapping[str, int]  # answers by HTTP status ("200", "503"...)
+    buckets: tuple[int, ...]  # answers by latency, non-cumulative, over GROUP_LATENCY_BUCKETS_S
+
+
+def _add_members(into: dict[str, MemberSample], members: Mapping[str, MemberSample]) -> None:
+    for name, m in members.items():
+        old = into.get(name)
+        if old is None:
+            into[name] = m
+            continue
+        codes = dict(old.by_code)
+        for code, n in m.by_code.items():
+            codes[code] = codes.get(code, 0) + n
+        buckets = tuple(a + b for a, b in zip_longest(old.buckets, m.buckets, fillvalue=0))
+        into[name] = MemberSample(codes, buckets)
+
+
 # --- wire format ----------------------------------------------------------------------------------
 
 
@@ -103,6 +128,7 @@ def encode(
     jumped: Collection[str] = (),
     *,
     replicas: Mapping[str, ReplicaSample] | None = None,
+    groups: Mapping[str, Mapping[str, MemberSample]] | None = None,
 ) -> list[bytes]:
     """The datagrams that carry ``samples`` (one unless they do not fit in MAX_DATAGRAM_BYTES).
 
@@ -111,6 +137,8 @@ def encode(
     ``jumped`` that the datagram carries) only when there are some: a decoder that does not know
     it reads the counters all the same. ``"r": {replica: [in_flight, routed 0/1]}``: every replica
     the gateway knows, in the first datagram only (absent: a gateway that reports no replicas).
+    ``"m": {group: {member: [{status: answers}, [latency buckets]]}}``: every group member's live
+    traffic, in the first datagram too (absent: a gateway that reports no groups).
     """
     head = {"v": _WIRE_VERSION, "g": gateway_id, "up": round(uptime_s, 3)}
     out: list[bytes] = []
@@ -120,6 +148,14 @@ def encode(
     if replicas is not None:
         first["r"] = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
         size = sum(len(rid) + 30 for rid in replicas)  # bytes: quotes, two numbers, separators
+    if groups is not None:
+        first["m"] = {
+            g: {name: [dict(m.by_code), list(m.buckets)] for name, m in members.items()}
+            for g, members in groups.items()
+        }
+        # bytes: names, codes and buckets (an upper bound: 12 digits a number)
+        size += sum(len(g) + len(n) + 16 * (len(m.by_code) + len(m.buckets)) + 20
+                    for g, members in groups.items() for n, m in members.items())  # fmt: skip
 
     def flush() -> None:
         msg: dict[str, object] = {**head, **({} if out else first), "s": part}
@@ -144,13 +180,24 @@ def encode(
 def decode(data: bytes) -> tuple[str, float, dict[str, ServiceSample], list[str]]:
     """(gateway id, uptime seconds, samples, services that jumped) of a datagram; ValueError when
     it is not one."""
-    return decode_all(data)[:4]
+    d = decode_all(data)
+    return d.gateway_id, d.uptime_s, d.samples, d.jumped
 
 
-def decode_all(
-    data: bytes,
-) -> tuple[str, float, dict[str, ServiceSample], list[str], dict[str, ReplicaSample] | None]:
-    """`decode`'s and the replicas (None when the datagram has none); ValueError when it is not one."""
+@dataclass(frozen=True)
+class Datagram:
+    """One decoded datagram of one gateway."""
+
+    gateway_id: str
+    uptime_s: float  # seconds since the gateway started
+    samples: dict[str, ServiceSample]
+    jumped: list[str]
+    replicas: dict[str, ReplicaSample] | None  # None: the datagram has no replica report
+    groups: dict[str, dict[str, MemberSample]] | None  # None: the datagram has no group report
+
+
+def decode_all(data: bytes) -> Datagram:
+    """Everything a datagram carries; ValueError when it is not one."""
     try:
         msg = json.loads(data)
         if msg.get("v") != _WIRE_VERSION:
@@ -164,9 +211,18 @@ def decode_all(
         replicas = None
         if "r" in msg:
             replicas = {str(rid): ReplicaSample(int(n), bool(on)) for rid, (n, on) in msg["r"].items()}
+        groups = None
+        if "m" in msg:
+            groups = {
+                str(g): {
+                    str(name): MemberSample({str(c): int(n) for c, n in by_code.items()}, tuple(map(int, b)))
+                    for name, (by_code, b) in members.items()
+                }
+                for g, members in msg["m"].items()
+            }
     except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"not a gateway-stats datagram: {e!r}") from None
-    return gid, up, samples, jumped, replicas
+    return Datagram(gid, up, samples, jumped, replicas, groups)
 
 
 # --- time windows -----------------------------------------------------------------------------------
@@ -206,7 +262,7 @@ class _Series:
 
 
 class _Gateway:
-    __slots__ = ("first_seen", "last_seen", "replicas", "replicas_at", "series")
+    __slots__ = ("first_seen", "groups", "last_seen", "replicas", "replicas_at", "series")
 
     def __init__(self, now: float) -> None:
         self.first_seen = now  # time of its first datagram
@@ -214,6 +270,7 @@ class _Gateway:
         self.series: dict[str, _Series] = {}
         self.replicas: dict[str, ReplicaSample] = {}  # its latest replica report
         self.replicas_at: float | None = None  # when that report was received; None: never
+        self.groups: dict[str, dict[str, MemberSample]] | None = None  # its latest group report
 
 
 class GatewayStats:
@@ -252,16 +309,19 @@ class GatewayStats:
         uptime_s: float | None = None,
         jumped: Collection[str] = (),
         replicas: Mapping[str, ReplicaSample] | None = None,
+        groups: Mapping[str, Mapping[str, MemberSample]] | None = None,
     ) -> None:
         """Record one datagram of ``gateway_id`` received at ``now``; ``uptime_s``: seconds since
         that gateway started (its counters were 0 then), when it said; ``jumped``: the services
         whose in-flight count jumped (the gateway sent at once for them); ``replicas``: its whole
-        replica report, when the datagram carried one."""
+        replica report, when the datagram carried one; ``groups``: its whole group report, likewise."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
             gw = self._gateways[gateway_id] = _Gateway(now)
         if replicas is not None:
             gw.replicas, gw.replicas_at = dict(replicas), now
+        if groups is not None:
+            gw.groups = {g: dict(members) for g, members in groups.items()}
         # When the counters of a service this gateway did not report before were 0: at the
         # gateway's start if that was moments ago; at its previous datagram if it has reported for
         # a while (a service routed since); else unknown (a gateway older than this control plane,
@@ -405,6 +465,23 @@ class GatewayStats:
                     out[rid] = out.get(rid, 0) + r.in_flight
         return out
 
+    # --- groups ---------------------------------------------------------------------------------
+    def group(self, group: str, now: float) -> dict[str, MemberSample] | None:
+        """Each member of ``group`` with its live traffic, live gateways' latest reports summed
+        (cumulative; a gateway that left takes its counts with it, which reads as a reset); a
+        member no gateway counted is absent. None when no live gateway reported its groups, or
+        none of them routes ``group`` (nothing is known). Safe from another thread: each report
+        is replaced whole."""
+        out: dict[str, MemberSample] = {}
+        known = False
+        for gw in list(self._gateways.values()):
+            reported = gw.groups
+            if reported is None or not self._alive(gw, now) or group not in reported:
+                continue
+            known = True
+            _add_members(out, reported[group])
+        return out if known else None
+
     def services(self) -> list[str]:
         """Every service some gateway reported (within the horizon)."""
         return sorted(self._first_seen)
@@ -470,11 +547,14 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
             except OSError:  # BlockingIOError: drained
                 return
             try:
-                gid, uptime, samples, jumped, replicas = decode_all(data)
+                d = decode_all(data)
             except ValueError as e:
                 log.debug("ignored a datagram: %s", e)
                 continue
-            stats.observe(gid, samples, now, uptime_s=uptime, jumped=jumped, replicas=replicas)
+            stats.observe(
+                d.gateway_id, d.samples, now, uptime_s=d.uptime_s, jumped=d.jumped, replicas=d.replicas,
+                groups=d.groups,
+            )  # fmt: skip
 
     loop.add_reader(sock.fileno(), readable)
     try:

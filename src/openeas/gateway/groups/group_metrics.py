@@ -3,9 +3,10 @@ live and mirrored traffic apart, mirror drops, and the comparison of mirrored pa
 the member that served the request), kept per (group, member) on the gateway.
 
 They survive routing-table swaps (kept in `GatewayMetrics.groups`), are rendered on ``/metrics``
-and served as JSON on ``GET /groups/<group>`` (the group's token), where the control plane reads
-them for ``openeas group describe``, ``group compare`` and the staged rollout's SLO checks
-(`quantile` turns the histogram into p50/p99). Standard library only.
+and served as JSON on ``GET /groups/<group>`` (the group's token), where the API reads them for
+people (``openeas group describe``, ``group compare``); the live counters also travel in the
+counters datagram (`openeas.gateway.telemetry.stats.group_samples`), which the staged rollout's
+SLO checks read (`quantile` turns the histogram into p50/p99). Standard library only.
 """
 
 from __future__ import annotations

@@ -315,7 +315,7 @@ def _authorized(client: ClientConnection, group: GroupState, own: Credentials | 
     return False
 
 
-# --- GET /groups/<group>: the group's counters, for the control plane ------------------------------
+# --- GET /groups/<group>: the group's counters, for people (describe, compare) ---------------------
 
 GROUP_STATS_PREFIX = b"/groups/"
 

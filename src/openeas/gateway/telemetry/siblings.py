@@ -9,7 +9,8 @@ groups' member counters, and the worker that answers adds its siblings' latest s
 - /metrics: every sample gets a ``worker="K"`` label, families merged (one HELP/TYPE each), so a
   restarted worker's counters restart a series of their own; ``sum without (worker) (…)`` is the
   gateway's figure.
-- /groups/<group>: the members' counters summed (the staged rollout's windows read the sum).
+- /groups/<group>: the members' counters summed (for people: group describe, compare; the staged
+  rollout sums the workers' counters datagrams instead, each worker sending its own).
 
 A sibling's share is at most `SNAPSHOT_S` old; a sibling whose process is gone is left out.
 Standard library only (the gateway process imports it).

@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -215,14 +216,19 @@ async def _serve(
     gateway.lease = lease
     try:
         await gateway.open()  # before the deploy files: a spec's first replicas are routed
+        # Before the lease: a standby that takes over has its runtimes (a Ray driver connects in
+        # seconds) ready. Servers sharing a store share its replicas (their Ray namespace).
+        shared = store_url if lease is not None else None
+        runtimes = await asyncio.to_thread(
+            build_runtimes, data_dir, registry_auth=registry_auth, shared_store=shared
+        )
+        log.info("%s", runtimes.summary())
         if lease is not None:
             waited = await wait_for_lease(lease.lease, api_sock, stop)
             if waited is None:
                 return
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
-        runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
-        log.info("%s", runtimes.summary())
         runtimes.process_warning = users.warning()
         components = _compose(
             store,
@@ -349,9 +355,14 @@ def _compose(
 def _reconciler(
     store: Store, runtimes: Runtimes, cfg: SupervisorConfig, node: Resources | None, stats: GatewayStats
 ) -> Reconciler:
-    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory)."""
-    capacity = node or node_capacity()
-    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory;
+    on the Ray runtime no bound of ours: Ray places each replica where its resources fit)."""
+    if node is None and runtimes.process.name == "ray":
+        capacity = Resources(cpu=math.inf, memory_mb=math.inf)
+        log.info("replicas are admitted by the Ray cluster's resources (no --node-cpu/--node-memory)")
+    else:
+        capacity = node or node_capacity()
+        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
     # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
     load = lambda: stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
     return Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
@@ -485,7 +496,10 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
-                node=node_capacity(node_cpu, node_memory_mb),
+                # None: this machine's (embedded) or no bound of ours (Ray places the replicas)
+                node=None
+                if node_cpu is None and node_memory_mb is None
+                else node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,

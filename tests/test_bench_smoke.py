@@ -27,6 +27,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ()),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
     "gateway_cost.py": (
@@ -56,6 +57,7 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "gateway_cost.py": ("| openeas gateway at HEAD |", "verdict: gateway CPU per request"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+    "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {

@@ -520,6 +520,25 @@ def test_the_drain_waits_for_a_report_sent_after_its_question() -> None:
     assert asyncio.run(scenario()) == (GatewayView(routed=True, in_flight=2), None)
 
 
+@pytest.mark.parametrize(
+    ("now", "busy"),
+    [
+        # alive at 4 s: its last report (2 in flight) holds until now
+        pytest.param(4.0, [2.0, 2.0, 2.0, 2.0], id="alive"),
+        # gone at 10 s (silent since 3 s, stale after 3 s): nothing in flight after its last report
+        pytest.param(10.0, [2.0, 2.0, 2.0, 0.0], id="gone"),
+    ],
+)
+def test_per_second_is_the_gateways_own_trace(now: float, busy: list[float]) -> None:
+    stats = GatewayStats(lambda: now)
+    for gid, t, up, services in steady("g1", 0.0, 3.0, 1, in_flight=2):  # 5 requests a second
+        stats.observe(gid, {n: ServiceSample(*v) for n, v in services.items()}, t, uptime_s=up)
+    arrivals, got = stats.per_second("svc", 0.0, 4)
+    assert arrivals == [5, 5, 5, 0]
+    assert got == pytest.approx(busy)
+    assert stats.per_second("other", 0.0, 2) == ([0, 0], [0.0, 0.0])
+
+
 # ---- per group member: what the staged rollout reads ---------------------------------------------
 
 

@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -50,6 +51,7 @@ from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.request_meter import RequestMeter, meter_interval
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
@@ -213,14 +215,19 @@ async def _serve(
     gateway.lease = lease
     try:
         await gateway.open()  # before the deploy files: a spec's first replicas are routed
+        # Before the lease: a standby that takes over has its runtimes (a Ray driver connects in
+        # seconds) ready. Servers sharing a store share its replicas (their Ray namespace).
+        shared = store_url if lease is not None else None
+        runtimes = await asyncio.to_thread(
+            build_runtimes, data_dir, registry_auth=registry_auth, shared_store=shared
+        )
+        log.info("%s", runtimes.summary())
         if lease is not None:
             waited = await wait_for_lease(lease.lease, api_sock, stop)
             if waited is None:
                 return
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
-        runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
-        log.info("%s", runtimes.summary())
         runtimes.process_warning = users.warning()
         components = _compose(
             store,
@@ -279,9 +286,8 @@ def _compose(
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
-    # The one channel from the gateways: their counters (per service arrivals, in flight, held;
-    # per replica in flight and routed), pushed every 0.2 s, in time windows. The autoscaler reads
-    # them (a held request wakes it at once: scale from zero), the drain and scale-in too.
+    # The one channel from the gateways: per service arrivals, in flight, held; per replica in flight
+    # and routed; every 0.2 s. The autoscaler (a held request wakes it), drain, scale-in, meter read it.
     gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
     cfg = SupervisorConfig(
@@ -293,7 +299,7 @@ def _compose(
         replica_users=users,
     )
     reconciler = _reconciler(store, runtimes, cfg, node, gateway_stats)
-    autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
+    autoscaler, idle, requests = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
@@ -336,6 +342,7 @@ def _compose(
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
+        Loop("request meter", requests.run),  # requests by service and UTC hour, for the meter
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
@@ -347,9 +354,14 @@ def _compose(
 def _reconciler(
     store: Store, runtimes: Runtimes, cfg: SupervisorConfig, node: Resources | None, stats: GatewayStats
 ) -> Reconciler:
-    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory)."""
-    capacity = node or node_capacity()
-    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory;
+    on the Ray runtime no bound of ours: Ray places each replica where its resources fit)."""
+    if node is None and runtimes.process.name == "ray":
+        capacity = Resources(cpu=math.inf, memory_mb=math.inf)
+        log.info("replicas are admitted by the Ray cluster's resources (no --node-cpu/--node-memory)")
+    else:
+        capacity = node or node_capacity()
+        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
     # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
     load = lambda: stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
     return Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
@@ -357,9 +369,9 @@ def _reconciler(
 
 def _autoscaling(
     store: Store, gateway_stats: GatewayStats, reconciler: Reconciler, metrics: ControlMetrics
-) -> tuple[Autoscaler, IdleWatch]:
-    """The autoscaler (woken by the gateways' held requests) and the idle-spend watch that prices
-    its decisions, both with their metrics."""
+) -> tuple[Autoscaler, IdleWatch, RequestMeter]:
+    """The autoscaler (woken by the gateways' held requests), the idle-spend watch that prices
+    its decisions, both with their metrics, and the request meter (the gateways' counts, stored)."""
     backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
     autoscaler = Autoscaler(
         store,
@@ -374,7 +386,7 @@ def _autoscaling(
     # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
     idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
     metrics.add_collector(idle)
-    return autoscaler, idle
+    return autoscaler, idle, RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval())
 
 
 def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
@@ -471,7 +483,10 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
-                node=node_capacity(node_cpu, node_memory_mb),
+                # None: this machine's (embedded) or no bound of ours (Ray places the replicas)
+                node=None
+                if node_cpu is None and node_memory_mb is None
+                else node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,

@@ -30,6 +30,7 @@ from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
 from openeas.cli.server import server
+from openeas.cli.simulate import simulate_cmd, trace_cmd
 from openeas.cli.stress import stress_app
 from openeas.sdk.client import ApiError, Client, ready_count
 
@@ -53,6 +54,8 @@ archive_app, restore_cmd = archive_commands(lambda: _client(), _fail)
 app.add_typer(archive_app, name="archive")
 app.command("restore")(cli_errors(restore_cmd))
 app.add_typer(cost_app, name="cost")  # cli/cost.py
+app.command("simulate")(cli_errors(simulate_cmd))  # cli/simulate.py
+app.command("trace")(trace_cmd)  # cli/simulate.py: a field-guide shape as a trace CSV
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
 
 def _version_callback(value: bool) -> None:

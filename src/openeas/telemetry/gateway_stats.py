@@ -411,6 +411,26 @@ class GatewayStats:
             total += _increase(series, start, end)
         return total / (end - start)
 
+    def requests_between(self, service: str, start: float, end: float) -> int:
+        """Requests received for ``service`` in ``(start, end]``, all gateways together (the
+        request meter reads it every few seconds; ``start`` must be within the horizon)."""
+        return sum(_increase(series, start, end) for _, series in self._reporting(service))
+
+    def per_second(self, service: str, start: float, seconds: int) -> tuple[list[int], list[float]]:
+        """Each second ``(start + i, start + i + 1]`` of ``seconds``: requests received and
+        request-seconds spent in flight (∫ in-flight dt), all gateways together: a trace of the
+        gateway's own counts (docs/simulate.md). Seconds older than the horizon count 0."""
+        arrivals = [0] * seconds
+        busy = [0.0] * seconds
+        now = self.clock()
+        for gw, series in self._reporting(service):
+            until = now if self._alive(gw, now) else gw.last_seen  # a gone gateway has nothing in flight
+            for i in range(seconds):
+                lo, hi = start + i, start + i + 1
+                arrivals[i] += _increase(series, lo, hi)
+                busy[i] += _integral(series, _IN_FLIGHT, lo, max(lo, min(hi, until)))
+        return arrivals, busy
+
     def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
         """Mean number of requests being proxied to a replica of ``service`` over the last
         ``window_s`` seconds (time-weighted, all gateways together); None when no data. A window

@@ -1,12 +1,13 @@
 """Answers by status code and latency (`MemberSample`): the shape the gateway counts per service
 and per service group member, and their arithmetic (sum over gateways, increase between two
-readings). Standard library only: the gateway imports it."""
+readings), and their form in the stats datagram. Standard library only: the gateway imports it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,17 @@ def add_into(into: dict[str, MemberSample], samples: Mapping[str, MemberSample])
 
 def _increase(before: int, after: int) -> int:
     return after - before if after >= before else after
+
+
+def to_wire(m: MemberSample) -> list[Any]:
+    """``[{status: answers}, [buckets]]``: a sample in the stats datagram's JSON."""
+    return [dict(m.by_code), list(m.buckets)]
+
+
+def from_wire(wire: Mapping[str, Any]) -> dict[str, MemberSample]:
+    """``{name: [{status: answers}, [buckets]]}`` read back (TypeError, KeyError, AttributeError,
+    ValueError when it is not that)."""
+    return {
+        str(name): MemberSample({str(c): int(n) for c, n in by_code.items()}, tuple(map(int, b)))
+        for name, (by_code, b) in wire.items()
+    }

@@ -46,9 +46,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from openeas.telemetry.answers import EMPTY, MemberSample, add_into, minus
+from openeas.telemetry.answers import EMPTY, MemberSample, add_into, from_wire, minus, to_wire
 from openeas.unixdgram import BoundSocket
 
 log = logging.getLogger("openeas.telemetry.gateway_stats")
@@ -132,10 +132,7 @@ def encode(
         first["r"] = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
         size = sum(len(rid) + 30 for rid in replicas)  # bytes: quotes, two numbers, separators
     if groups is not None:
-        first["m"] = {
-            g: {name: [dict(m.by_code), list(m.buckets)] for name, m in members.items()}
-            for g, members in groups.items()
-        }
+        first["m"] = {g: {name: to_wire(m) for name, m in members.items()} for g, members in groups.items()}
         # bytes: names, codes and buckets (an upper bound: 12 digits a number)
         size += sum(len(g) + len(n) + 16 * (len(m.by_code) + len(m.buckets)) + 20
                     for g, members in groups.items() for n, m in members.items())  # fmt: skip
@@ -161,7 +158,7 @@ def encode(
             part, answered, size = {}, {}, 0
         part[name] = entry
         if a is not None:
-            answered[name] = [dict(a.by_code), list(a.buckets)]
+            answered[name] = to_wire(a)
         size += cost
     flush()
     return out
@@ -204,19 +201,11 @@ def decode_all(data: bytes) -> Datagram:
             replicas = {str(rid): ReplicaSample(int(n), bool(on)) for rid, (n, on) in msg["r"].items()}
         groups = None
         if "m" in msg:
-            groups = {str(g): _members(members) for g, members in msg["m"].items()}
-        answers = _members(msg.get("a", {}))
+            groups = {str(g): from_wire(members) for g, members in msg["m"].items()}
+        answers = from_wire(msg.get("a", {}))
     except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"not a gateway-stats datagram: {e!r}") from None
     return Datagram(gid, up, samples, jumped, replicas, groups, answers)
-
-
-def _members(wire: Mapping[str, Any]) -> dict[str, MemberSample]:
-    """``{name: [{status: answers}, [buckets]]}`` read back."""
-    return {
-        str(name): MemberSample({str(c): int(n) for c, n in by_code.items()}, tuple(map(int, b)))
-        for name, (by_code, b) in wire.items()
-    }
 
 
 # --- time windows -----------------------------------------------------------------------------------

@@ -120,7 +120,9 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         ts = standby.testserver_promotion(work, runs)
         lm = standby.llm_promotion(work, runs) if llm else None
         steps = {sb: standby.load_step(work, sb, step_s) for sb in (False, True)}
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\n# cold start: standbys ({runs} promotions, medians; load step {step_s:g} s)\n")
+    print(f"load average at the end: {load}\n")
     print("| measure | value | goal | verdict |")
     print("|---|---|---|---|")
     for what, got, goal in (("test server", ts, None), ("quickstart LLM (llama-server)", lm, 0.2)):
@@ -130,8 +132,13 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         verdict = "" if goal is None else ("PASS" if got["answered_s"] <= goal else "FAIL")
         limit = "" if goal is None else f"≤ {goal} s"
         took = f"{got['answered_s']:.3f} s"
-        print(f"| {what}: frozen standby, scale call to first answer | {took} | {limit} | {verdict} |")
-        print(f"| {what}: promotion_s (thaw + probe) | {got['promotion_s']:.3f} s | | |")
+        measure = f"{what}: frozen standby at 0 replicas, scale call to first answer (gateway)"
+        print(f"| {measure} | {took} | {limit} | {verdict} |")
+        print(f"| {what}: the same request, steady state (anchor) | {got['steady_s']:.3f} s | | |")
+        print(
+            f"| {what}: breakdown: Scaled event / Promoted event / promotion_s (promotion → probe) | "
+            f"{got['scaled_event_s']:.3f} / {got['promoted_event_s']:.3f} / {got['promotion_s']:.3f} s | | |"
+        )
     for sb, got in steps.items():
         how = "with a frozen standby" if sb else "without a standby"
         print(

@@ -11,7 +11,7 @@ The fetch phase is what a replica's start spends in ``NodeCache.materialize`` (t
 fresh folder per run. Prints a markdown table with each goal's verdict.
 
     python bench/coldstart.py                      # 250 MB, 10 starts, 3 runs
-    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2
+    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2 --bake-mb 4
                                                    # the smoke form
 """
 
@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import coldstart_bake as baking
 import coldstart_standby as standby
 
 from openeas.storage import Materialized, NodeCache
@@ -76,6 +77,7 @@ def main() -> None:
     )
     ap.add_argument("--no-llm", action="store_true", help="skip the quickstart LLM (llama-server)")
     ap.add_argument("--step-s", type=float, default=6.0, help="the load step's length, seconds (1-30)")
+    ap.add_argument("--bake-mb", type=int, default=100, help="baked vs mounted, MiB (0: none; 0-2048)")
     a = ap.parse_args()
     errors = [
         f"--{name}: {value} is not in {lo}..{hi}"
@@ -85,6 +87,7 @@ def main() -> None:
             ("runs", a.runs, 1, 10),
             ("standby-runs", a.standby_runs, 0, 10),
             ("step-s", a.step_s, 1, 30),
+            ("bake-mb", a.bake_mb, 0, 2048),
         )
         if not lo <= value <= hi
     ]
@@ -112,6 +115,33 @@ def main() -> None:
     print(f"| {a.starts} starts at once: wall time | {wall * 1000:.1f} ms | | |")
     if a.standby_runs:
         standby_table(a.standby_runs, not a.no_llm, a.step_s)
+    if a.bake_mb:
+        bake_table(a.bake_mb)
+
+
+def bake_table(size_mb: int) -> None:
+    print(f"\n# cold start: baked image vs mounted weights ({size_mb} MiB, podman, the test image)\n")
+    if (why := baking.available()) is not None:
+        print(f"skipped: {why}")
+        return
+    with tempfile.TemporaryDirectory(prefix="openeas-bake-") as tmp:
+        got = baking.bake_vs_mount(Path(tmp), size_mb)
+    print("| replica | pull s | fetch s (bytes) | start s | total s |")
+    print("|---|---|---|---|---|")
+    for what in ("mounted", "baked"):
+        cs = got[what]
+        fetch = cs.get("fetch") or {}
+        how = "hit" if fetch.get("cache_hit") else "miss"
+        print(
+            f"| {what} | {_s(cs.get('pull_s'))} | {_s(cs.get('fetch_s'))} ({fetch.get('bytes', 0)}, {how}) | "
+            f"{_s(cs.get('start_s'))} | {_s(cs.get('total_s'))} |"
+        )
+    b = got["bake"]
+    print(f"\nbake: {b['bytes']} bytes into {b['image']} in {b['build_s']:.2f} s (once per version)")
+
+
+def _s(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "-"
 
 
 def standby_table(runs: int, llm: bool, step_s: float) -> None:

@@ -20,14 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WRK_NGINX = ("wrk", "nginx")
-COLDSTART_STANDBY = ["--standby-runs", "1", "--no-llm", "--step-s", "2"]
+COLDSTART_STANDBY = ["--standby-runs", "1", "--no-llm", "--step-s", "2", "--bake-mb", "4"]
 
 # bench file -> (its smallest form, the Debian programs it needs beside the project)
 SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
-    "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ()),
+    "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
     "groups.py": (["--duration", "1", "--runs", "1"], ("wrk",)),
     "llm_routing.py": (
@@ -51,11 +51,13 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+    "coldstart.py": ("scale call to first answer (gateway)", "| baked |"),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
+    "coldstart_bake.py": "run by coldstart.py",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",

@@ -7,7 +7,7 @@ workload: 8 distinct system prompts of ~1,000 tokens, each followed by short use
 arrivals. Measured per balancer: TTFT p50/p99 (streamed, time to the first token's chunk), each
 replica's share of requests (``X-OpenEAS-Explain``), the gateway's CPU per request
 (/proc/<gateway>/stat over the run). Keys moved when a third replica is added: the gateway's own
-ring (gateway/affinity.py) over 10,000 prefixes.
+ring (gateway/routing/affinity.py) over 10,000 prefixes.
 
 ``--engine testserver`` is the smoke form (tests/test_bench_smoke.py): test-server replicas, whose
 latency does not depend on a cache, so only the mechanics (shares, CPU, moved keys) mean anything.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from tests.harness import new_server, recorded_gateway_pid, service_spec, stop_and_reap  # noqa: E402
 
-from openeas.gateway.affinity import Ring  # noqa: E402
+from openeas.gateway.routing.affinity import Ring  # noqa: E402
 
 BALANCERS = ("least-request", "prefix-affinity")
 WORDS = [

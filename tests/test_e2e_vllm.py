@@ -132,6 +132,8 @@ class Load:
             t.join(60)
 
 
+# Two vLLM cold starts: ~30 s each on a quiet machine, 200 s measured on a 2-core box at load 70.
+@pytest.mark.timeout(900)
 def test_vllm_from_eas_json_metrics_reach_autoscaler_and_balancer_and_a_standby_is_promoted(
     tmp_path: Path,
 ) -> None:

@@ -71,11 +71,17 @@ def eas_json() -> dict[str, Any]:
             }
         ],
         "storage": [{"mount_path": "/mnt/data/", "oss": {"path": "oss://models/minilm/"}}],
-        # Scale out as soon as one request runs on average (an embedding takes 20-100 ms).
+        # vLLM's own running count (read off each replica: it must be known for a valid decision)
+        # and the gateway's concurrency: the highest recommendation wins. An embedding takes
+        # 20-100 ms, so a 1 s scrape of vllm:num_requests_running mostly reads 0: the load step's
+        # scale-out comes from the concurrency.
         "autoscaler": {
             "min": 1,
             "max": 2,
-            "scaleStrategies": [{"metricName": "vllm:num_requests_running", "threshold": 0.2}],
+            "scaleStrategies": [
+                {"metricName": "vllm:num_requests_running", "threshold": 0.2},
+                {"metricName": "concurrency", "threshold": 0.5},
+            ],
             "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}, "scaleDown": {"stabilizationWindowSeconds": 600}},
         },
     }
@@ -95,11 +101,12 @@ def _wall(srv: Server, reason: str) -> float | None:
     return datetime.fromisoformat(e["time"]).timestamp() if e else None
 
 
-def _metric(srv: Server, line_start: str) -> float | None:
+def _metric(srv: Server, name: str, *labels: str) -> float | None:
+    """The control plane's ``name`` sample whose labels hold each of ``labels`` (None: none)."""
     text = requests.get(
         f"{srv.api_url}/metrics", headers={"Authorization": f"Bearer {srv.info['admin_token']}"}, timeout=10
     ).text
-    got = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+    got = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(x in ln for x in labels)]
     return float(got[0].rsplit(" ", 1)[1]) if got else None
 
 
@@ -158,8 +165,12 @@ def test_vllm_from_eas_json_metrics_reach_autoscaler_and_balancer_and_a_standby_
 
         wait_for(balanced_on_vllm, 20, what="least-waiting to read vllm:num_requests_waiting")
         # The autoscaler reads vllm:num_requests_running off the replica.
-        key = f'openeas_autoscaler_metric_value{{metric="vllm:num_requests_running",service="{NAME}"}}'
-        wait_for(lambda: _metric(srv, key) is not None, 20, what="the autoscaler's vllm:num_requests_running")
+        labels = (f'service="{NAME}"', "vllm:num_requests_running")
+        wait_for(
+            lambda: _metric(srv, "openeas_autoscaler_metric_value", *labels) is not None,
+            20,
+            what="the autoscaler's vllm:num_requests_running",
+        )
         standby = _frozen_standby(srv)
         assert standby is not None
         with Load(url, threads=3) as load:

@@ -48,6 +48,7 @@ from openeas.batch import BatchRunner
 from openeas.console import add_console
 from openeas.control_lease import LeaseKeeper, wait_for_lease
 from openeas.controller.archiver import Archiver
+from openeas.controller.bake import Baker
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
@@ -325,6 +326,7 @@ def _compose(
         host_paths=host_paths,
         idle_watch=idle,
         node_cache=reconciler.cache,
+        baker=Baker(store, reconciler.prefetch, runtimes.container_engine, runtimes.engine_problem),
     )
 
     async def shutdown() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openeas.runtime.base import Runtime
 from openeas.runtime.container import ContainerRuntime
-from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine
+from openeas.runtime.engine import LIMITS_UNAPPLIED, Engine, detect_engine
 from openeas.runtime.process import ProcessRuntime
 from openeas.spec.models import ServiceSpec
 
@@ -92,6 +92,8 @@ class Runtimes:
         self.warnings = warnings  # about the engine (e.g. limits the host cannot apply)
         # About process replicas (they run as the server's user: openeas.runtime.identity).
         self.process_warning: str | None = None
+        # The engine itself (its CLI and environment): what `openeas bake` builds images with.
+        self.container_engine: Engine | None = None
 
     def summary(self) -> str:
         """One line for the server's start and `/healthz`: which engine, or why none."""
@@ -153,6 +155,8 @@ def build_runtimes(
     if status.engine is None:
         return Runtimes(ProcessRuntime(), engine_problem=status.problem)
     container = ContainerRuntime(status.engine, data_dir, registry_auth=registry_auth)
-    return Runtimes(
+    runtimes = Runtimes(
         ProcessRuntime(), container, engine=status.engine.describe(), warnings=status.engine.warnings
     )
+    runtimes.container_engine = status.engine
+    return runtimes

@@ -73,7 +73,7 @@ def system_prompt(i: int, tokens: int) -> str:
 SLOT_CTX = 2048  # tokens of context per llama-server slot: a ~1,000-token prompt and its turns
 
 
-def llama_spec(name: str, bucket: Path, cpu: float, cache_prompts: int) -> dict[str, Any]:
+def llama_spec(name: str, bucket: Path, cpu: float, cache_prompts: int, threads: int) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads((ROOT / "examples/quickstart/service.json").read_text())
     spec["metadata"]["name"] = name
     spec["metadata"]["instance"] = 2
@@ -84,6 +84,8 @@ def llama_spec(name: str, bucket: Path, cpu: float, cache_prompts: int) -> dict[
         cmd = cmd.replace("--parallel 2", f"--parallel {cache_prompts}")
         assert f"--parallel {cache_prompts}" in cmd, cmd  # the quickstart's flags moved: update here
         spec["containers"][0]["command"] = cmd + " --cache-ram 0"
+    if threads:
+        spec["containers"][0]["command"] += f" --threads {threads}"
     spec["storage"][0]["oss"]["path"] = (bucket / "models/smollm2-135m-instruct").as_uri() + "/"
     return spec
 
@@ -219,7 +221,7 @@ def deploy_all(c: Any, balancers: list[str], bucket: Path, args: argparse.Namesp
     for bal in balancers:
         name = bal.replace("-", "_")
         spec = (
-            llama_spec(name, bucket, cpu, args.cache_prompts)
+            llama_spec(name, bucket, cpu, args.cache_prompts, args.threads)
             if args.engine == "llama"
             else service_spec(name, replicas=2)
         )
@@ -308,6 +310,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--together", action="store_true", help="every balancer's service gets the schedule at once"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama-server --threads per replica (0: its default, every core): with 4 replicas on 2 cores, "
+        "more than one thread each spins in ggml's barriers while a partner waits for a core",
     )
     ap.add_argument("--warmup", type=int, default=16, help="first requests left out of the steady p50")
     ap.add_argument("--seed", type=int, default=1)

@@ -10,14 +10,15 @@ first token's chunk), how many requests hit the replica's prompt cache (llama-se
 moved when a third replica is added: the gateway's own ring (gateway/affinity.py) over 10,000
 prefixes.
 
-The cache a replica has (``--cache-prompts K``, default 3): llama-server keeps a prompt's KV in the
-slot that served it (``--parallel K``, 2,048 tokens of context each) and, by default, every prompt
-it has seen in up to 8 GiB of host memory (``--cache-ram``). 8 prompts of ~1,000 tokens of this
-135M model are ~190 MB, so with the host cache each replica ends up holding all of them and
-least-request hits as often as affinity once each replica has seen each prompt once: the regime
-where routing cannot matter (``--cache-prompts 0`` measures it, the quickstart's flags as they
-are). With ``K`` the host cache is off (``--cache-ram 0``) and a replica holds its last K prompts:
-fewer than the workload's 8, as a GPU's KV cache holds fewer long prefixes than real traffic has.
+The cache a replica has (``--cache-prompts K``, default 4: its share of the 8 prompts under
+affinity): llama-server keeps a prompt's KV in the slot that served it (``--parallel K``, 2,048
+tokens of context each) and, by default, every prompt it has seen in up to 8 GiB of host memory
+(``--cache-ram``). 8 prompts of ~1,000 tokens of this 135M model are ~190 MB, so with the host
+cache each replica ends up holding all of them and least-request hits as often as affinity once
+each replica has seen each prompt once: the regime where routing cannot matter
+(``--cache-prompts 0`` measures it, the quickstart's flags as they are). With ``K`` the host cache
+is off (``--cache-ram 0``) and a replica holds its last K prompts: fewer than the workload's 8, as
+a GPU's KV cache holds fewer long prefixes than real traffic has.
 
 ``--together`` sends the same arrival schedule to every balancer's service at once (the same
 background load for all; the gateway's CPU is then not separable per balancer).
@@ -297,14 +298,14 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=("llama", "testserver"), default="llama")
-    ap.add_argument("--requests", type=int, default=48, help="requests per balancer")
-    ap.add_argument("--rate", type=float, default=0.06, help="Poisson arrivals per second")
+    ap.add_argument("--requests", type=int, default=30, help="requests per balancer")
+    ap.add_argument("--rate", type=float, default=0.03, help="Poisson arrivals per second")
     ap.add_argument("--prompts", type=int, default=8, help="distinct system prompts")
     ap.add_argument("--prompt-tokens", type=int, default=1000, help="words per system prompt (~tokens)")
     ap.add_argument(
         "--cache-prompts",
         type=int,
-        default=3,
+        default=4,
         help="prompts a replica keeps (llama-server --parallel K --cache-ram 0); 0: the quickstart's "
         "flags as they are (2 slots and the 8 GiB host prompt cache, which holds every prompt here)",
     )
@@ -318,7 +319,7 @@ def main() -> None:
         help="llama-server --threads per replica (0: its default, every core): with 4 replicas on 2 cores, "
         "more than one thread each spins in ggml's barriers while a partner waits for a core",
     )
-    ap.add_argument("--warmup", type=int, default=16, help="first requests left out of the steady p50")
+    ap.add_argument("--warmup", type=int, default=12, help="first requests left out of the steady p50")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--balancers",

@@ -40,10 +40,10 @@ from bench.gateway import NGINX, Result, median, nginx_conf, wait_http, wrk  # n
 from tests.conftest_gateway import free_port  # noqa: E402
 from tests.routing_harness import TOKEN, percentile, spec  # noqa: E402
 
-from openeas.gateway.metrics import GatewayMetrics  # noqa: E402
-from openeas.gateway.notify import RoutingNotifier  # noqa: E402
-from openeas.gateway.notify import socket_path as notify_socket  # noqa: E402
-from openeas.gateway.stats import samples  # noqa: E402
+from openeas.gateway.routing.notify import RoutingNotifier  # noqa: E402
+from openeas.gateway.routing.notify import socket_path as notify_socket  # noqa: E402
+from openeas.gateway.telemetry.metrics import GatewayMetrics  # noqa: E402
+from openeas.gateway.telemetry.stats import samples  # noqa: E402
 from openeas.store import Store  # noqa: E402
 from openeas.telemetry.gateway_stats import GatewayStats, encode, receive  # noqa: E402
 

@@ -7,7 +7,7 @@ by short user turns, Poisson arrivals. Measured per balancer: TTFT p50/p99 (stre
 first token's chunk), how many requests hit the replica's prompt cache (llama-server's own
 ``timings.cache_n`` / ``prompt_n`` in the stream's last chunk), each replica's share of requests
 (``X-OpenEAS-Explain``), the gateway's CPU per request (/proc/<gateway>/stat over the run). Keys
-moved when a third replica is added: the gateway's own ring (gateway/affinity.py) over 10,000
+moved when a third replica is added: the gateway's own ring (gateway/routing/affinity.py) over 10,000
 prefixes.
 
 The cache a replica has (``--cache-prompts K``, default 4: its share of the 8 prompts under
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from tests.harness import new_server, recorded_gateway_pid, service_spec, stop_and_reap  # noqa: E402
 
-from openeas.gateway.affinity import Ring  # noqa: E402
+from openeas.gateway.routing.affinity import Ring  # noqa: E402
 
 BALANCERS = ("least-request", "prefix-affinity")
 WORDS = [

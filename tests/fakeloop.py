@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from openeas.gateway.context import ProxyContext
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.proxy import ClientConnection
-from openeas.gateway.routes import UpstreamKey, build_routes
-from openeas.gateway.split import build_groups
+from openeas.gateway.groups.split import build_groups
+from openeas.gateway.http.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.http.proxy import ClientConnection
+from openeas.gateway.routing.routes import UpstreamKey, build_routes
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.kernel.groups import GroupDef
 from openeas.kernel.routing import Route, RoutingTable, Upstream
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openeas.gateway import Gateway
-from openeas.gateway.notify import RoutingNotifier, socket_path
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.routing.notify import RoutingNotifier, socket_path
+from openeas.gateway.routing.source import StoreRoutingSource
 from openeas.kernel.routing import RoutingTable
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.store import Store

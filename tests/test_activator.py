@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from openeas.gateway.activator import HOLD_POLL_S, gateway_stopping
-from openeas.gateway.metrics import HoldStats
-from openeas.gateway.proxy import IDLE
-from openeas.gateway.stats import samples
+from openeas.gateway.http.activator import HOLD_POLL_S, gateway_stopping
+from openeas.gateway.http.proxy import IDLE
+from openeas.gateway.telemetry.metrics import HoldStats
+from openeas.gateway.telemetry.stats import samples
 from openeas.telemetry.gateway_stats import ServiceSample
 from tests.fakeloop import (
     GET,

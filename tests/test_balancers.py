@@ -1,5 +1,5 @@
 """The balancer registry and each balancer, as pure functions of replicas, `now` and a key; the
-ring's bounded load and its stability when replicas come and go (gateway/affinity.py)."""
+ring's bounded load and its stability when replicas come and go (gateway/routing/affinity.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from openeas.gateway.affinity import (
+from openeas.gateway.routing.affinity import (
     BOUNDED_LOAD_EPSILON,
     PREFIX_BODY_BYTES,
     PREFIX_KEY_CHARS,
@@ -19,7 +19,7 @@ from openeas.gateway.affinity import (
     prefix_key,
     session_key,
 )
-from openeas.gateway.balancers import UnknownBalancerError, balancer_names, create_balancer
+from openeas.gateway.routing.balancers import UnknownBalancerError, balancer_names, create_balancer
 from openeas.kernel.routing import BALANCER_NAMES
 
 

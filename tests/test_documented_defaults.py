@@ -1,7 +1,7 @@
 """Documented defaults, each held by its documented number and by what it does (issue 20 §2).
 
 Every expectation below is the literal number the docs give (docs/scale-from-zero.md: 100 held
-requests, 120 s; docs/eas-specs.md and RouteSettings: 64 MiB bodies; gateway/retry.py: 1 MiB kept
+requests, 120 s; docs/eas-specs.md and RouteSettings: 64 MiB bodies; gateway/http/retry.py: 1 MiB kept
 to resend; docs/autoscaling.md: 300 s down window, ±10% tolerance), never the code's constant, so
 changing a default in the code fails here until the docs and this file change with it.
 
@@ -24,7 +24,7 @@ MIB = 1024 * 1024
 HELD = 100  # docs/scale-from-zero.md: requests held per service
 HOLD_S = 120.0  # docs/scale-from-zero.md: seconds a request is held
 BODY_LIMIT = 64 * MIB  # docs: largest request body, 413 above
-RESEND_CAP = 1 * MIB  # gateway/retry.py: request bytes kept to resend on another replica
+RESEND_CAP = 1 * MIB  # gateway/http/retry.py: request bytes kept to resend on another replica
 DOWN_WINDOW_S = 300.0  # docs/autoscaling.md: scale_down_stabilization_window
 TOLERANCE = 0.10  # docs/autoscaling.md: ±10%
 

@@ -113,7 +113,7 @@ def test_a_store_url_that_is_not_postgresql_is_invalid_input(tmp_path: Path, url
     ],
 )
 def test_store_urls_map_to_the_driver_and_to_libpq(given: str, engine: str, libpq: str) -> None:
-    from openeas.gateway.pg_source import libpq_url
+    from openeas.gateway.routing.pg_source import libpq_url
     from openeas.store.db import engine_url, is_postgres
 
     assert is_postgres(given) and engine_url(given) == engine and libpq_url(given) == libpq

@@ -1,5 +1,5 @@
 """Engine load for least-waiting / least-kv: read off the replicas' /metrics by the control plane
-(autoscaler/engine_load.py), pushed to the gateway in a datagram (gateway/replica_load.py), and
+(autoscaler/engine_load.py), pushed to the gateway in a datagram (gateway/routing/replica_load.py), and
 followed by the balancer; never fetched per request."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from openeas.autoscaler.engine_load import INTERVAL_S, SCRAPE_TIMEOUT_S, engine_load
-from openeas.gateway.replica_load import STALE_S, LoadListener, Loads, LoadSender, decode, encode
+from openeas.gateway.routing.replica_load import STALE_S, LoadListener, Loads, LoadSender, decode, encode
 from tests.harness import Server, service_spec, wait_for
 
 

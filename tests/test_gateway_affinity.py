@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from openeas.gateway.affinity import PREFIX_BODY_BYTES
+from openeas.gateway.routing.affinity import PREFIX_BODY_BYTES
 from tests.fakeloop import OK, Gateway, route
 
 REPLICAS = ("a", "b", "c", "d")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from openeas.gateway.guard import IDLE
-from openeas.gateway.queues import AsyncQueues
+from openeas.gateway.asyncq.queues import AsyncQueues
+from openeas.gateway.http.guard import IDLE
 from openeas.kernel.queue import QueueSettings
 from openeas.queue.model import Result, State
 from openeas.queue.sqlite import SqliteQueue

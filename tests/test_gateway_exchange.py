@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from openeas.gateway import pool
-from openeas.gateway.group_table import GroupDef, GroupMember
+from openeas.gateway.groups.group_table import GroupDef, GroupMember
+from openeas.gateway.http import pool
 from openeas.gateway.server import LISTEN_BACKLOG, listen_backlog
 from tests.fakeloop import GET, OK, Gateway, route, transport
 

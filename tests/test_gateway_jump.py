@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
-from openeas.gateway.stats import StatsSender, jumped, push_threshold, rearm, samples
+from openeas.gateway.telemetry.metrics import GatewayMetrics, ServiceMetrics
+from openeas.gateway.telemetry.stats import StatsSender, jumped, push_threshold, rearm, samples
 from openeas.telemetry.gateway_stats import (
     JUMP_GAP_S,
     JUMP_MIN_IN_FLIGHT,

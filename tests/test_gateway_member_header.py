@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from openeas.gateway import Gateway
-from openeas.gateway.split import MEMBER_HEADER
+from openeas.gateway.groups.split import MEMBER_HEADER
 from openeas.kernel.groups import GroupDef, GroupMember
 from openeas.kernel.routing import RoutingTable
 from tests.conftest_gateway import LoopThread, MemorySource, route, start_gateway

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from openeas.gateway.context import ProxyContext
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.proxy import IDLE
+from openeas.gateway.http.proxy import IDLE
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from tests.fakeloop import (
     GET,
     GET_UPSTREAM,

@@ -25,10 +25,10 @@ from openeas.gateway import (
     verify_content_md5,
 )
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.local import local_answer
-from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.retry import AfterLoss, NextAttempt, after_loss, next_attempt
-from openeas.gateway.routes import build_routes
+from openeas.gateway.http.local import local_answer
+from openeas.gateway.http.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.http.retry import AfterLoss, NextAttempt, after_loss, next_attempt
+from openeas.gateway.routing.routes import build_routes
 from openeas.kernel.routing import Route, RoutingTable, Upstream
 
 NOW = 1_800_000_000.0

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
-from openeas.gateway.group_metrics import CompareStats, bodies_agree
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.mirror import response_body
-from openeas.gateway.routes import build_routes
-from openeas.gateway.split import MatchRule, build_groups, choose, cumulative, pick, request_headers
+from openeas.gateway.groups.group_metrics import CompareStats, bodies_agree
+from openeas.gateway.groups.mirror import response_body
+from openeas.gateway.groups.split import MatchRule, build_groups, choose, cumulative, pick, request_headers
+from openeas.gateway.routing.routes import build_routes
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.kernel.groups import GroupDef, GroupMember, MemberMatch
 from openeas.kernel.routing import Route, RoutingTable, Upstream
 from openeas.spec.group import parse_group

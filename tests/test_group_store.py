@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from openeas.errors import Conflict, NotFound, SpecError
-from openeas.gateway.source import StoreRoutingSource, routing_source
+from openeas.gateway.routing.source import StoreRoutingSource, routing_source
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.store import MIGRATIONS, Store, db_path

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from openeas.errors import SpecError
-from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
 from openeas.spec.load import parse_json

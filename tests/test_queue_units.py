@@ -12,9 +12,9 @@ import pytest
 from eas_prediction.queue_client import DataFrameCodec, DataFrameListCodec
 
 from openeas.autoscaler.activation import AsyncService, services_to_wake
-from openeas.gateway.asyncq import parse_timeout
+from openeas.gateway.asyncq.protocol import parse_timeout
+from openeas.gateway.asyncq.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader, accept_key, frame
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.wsframe import BINARY, CLOSE, PING, FrameError, FrameReader, accept_key, frame
 from openeas.kernel.queue import QueueSettings
 from openeas.kernel.routing import RouteSettings
 from openeas.queue import wire
@@ -191,7 +191,7 @@ def test_frame_reader_unmasks_split_frames_and_refuses_unmasked_ones() -> None:
 def test_watch_bounds_are_the_documented_ones() -> None:
     """docs/async.md: a watch ends after an hour, 60 s without a ping, or 8 MiB unread; a get by
     index answers at most 100 entries."""
-    from openeas.gateway import queueops, watch
+    from openeas.gateway.asyncq import queueops, watch
 
     assert (watch.WATCH_MAX_S, watch.WATCH_IDLE_S, watch.WATCH_MAX_BUFFER_BYTES) == (3600.0, 60.0, 8 * 1024 * 1024)
     assert queueops.MAX_LENGTH == 100

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from openeas.gateway.ratelimit import TokenBucket
+from openeas.gateway.routing.ratelimit import TokenBucket
 from tests.harness import Server, service_spec
 
 # (rate/s, request times in s, expected waits: 0 = allowed, else seconds until a token)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from openeas.gateway import ack
-from openeas.gateway.ack import AckOutcome, PendingAcks
-from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.gateway.routing import ack
+from openeas.gateway.routing.ack import AckOutcome, PendingAcks
+from openeas.gateway.routing.notify import RoutingNotifier, socket_path
 from tests.routing_harness import RoutingRig, spec
 
 

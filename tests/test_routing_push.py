@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from openeas.gateway import source as gateway_source
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.routing import source as gateway_source
+from openeas.gateway.routing.source import StoreRoutingSource
 from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
 from openeas.spec import parse_spec
 from openeas.store import Store, db_path
@@ -156,8 +156,8 @@ LIGHT = "import sys; {code}; print(json.dumps(sorted({{m.split('.')[0] for m in 
     [
         "import json, openeas.gateway.__main__",
         "import json; from openeas.gateway.__main__ import _parse, _source; _source(_parse(['--data-dir', sys.argv[1]])).poll()",
-        "import json, openeas.procfs, openeas.tokens, openeas.kernel.states, openeas.gateway.notify",
-        "import json, openeas.telemetry.gateway_stats, openeas.gateway.stats, openeas.gateway.activator",
+        "import json, openeas.procfs, openeas.tokens, openeas.kernel.states, openeas.gateway.routing.notify",
+        "import json, openeas.telemetry.gateway_stats, openeas.gateway.telemetry.stats, openeas.gateway.http.activator",
     ],
     ids=["entry-point", "store-source-reading", "light-modules", "stats-and-activator"],
 )

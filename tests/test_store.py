@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from openeas.errors import Conflict, NotFound
-from openeas.gateway.source import StoreRoutingSource, routing_source
+from openeas.gateway.routing.source import StoreRoutingSource, routing_source
 from openeas.spec import parse_spec
 from openeas.store import MIGRATIONS, Store, db_path
 from openeas.store import stress_reports as stress_store

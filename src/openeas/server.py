@@ -53,8 +53,8 @@ from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, 
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
-from openeas.gateway.metrics import label_value
-from openeas.gateway.notify import RoutingNotifier, socket_path
+from openeas.gateway.routing.notify import RoutingNotifier, socket_path
+from openeas.gateway.telemetry.metrics import label_value
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState

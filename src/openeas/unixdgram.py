@@ -2,7 +2,7 @@
 whatever its path length, and binding and unbinding one.
 
 Two channels use them: routing-change notifications (control plane → gateway,
-:mod:`openeas.gateway.notify`) and the gateway's per-service counters (gateway → control plane,
+:mod:`openeas.gateway.routing.notify`) and the gateway's per-service counters (gateway → control plane,
 :mod:`openeas.telemetry.gateway_stats`). Neither side ever blocks on the socket, and neither leaks
 it into child processes. Standard library only: the gateway process imports it.
 """

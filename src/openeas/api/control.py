@@ -67,7 +67,7 @@ class ControlPlane:
         # Drives staged rollouts (controller/rollout_loop.py); None in tests.
         self.rollout_controller = rollout_controller
         # Waits until the gateway acknowledges a routing version (the server's
-        # `openeas.gateway.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
+        # `openeas.gateway.routing.notify.RoutingNotifier.wait_applied`); None: no gateway to wait for.
         self.await_routing = await_routing
         # The host folders a spec may name (`--allow-host-path`, the local bucket): none by default.
         self.host_paths = host_paths or HostPaths()

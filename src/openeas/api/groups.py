@@ -2,7 +2,7 @@
 
 Writes go to the store (`openeas.store.groups.GroupStore`), which pushes every routing change to
 the gateway; a write returns once the gateway acknowledged the routing version (``routing`` in the
-answer, bounded by ``openeas.gateway.ack.ROUTING_ACK_TIMEOUT_S``). Reads of traffic (``describe``'s
+answer, bounded by ``openeas.gateway.routing.ack.ROUTING_ACK_TIMEOUT_S``). Reads of traffic (``describe``'s
 per-member numbers, ``compare``) ask the gateway (``GET /groups/<group>`` with the group's token):
 it keeps them. Services and groups share one namespace. The 48-hour rule for ``delete``/``stop`` of
 a service is `check_traffic`.
@@ -21,7 +21,7 @@ from fastapi import FastAPI, Query, Request
 from pydantic import Field
 
 from openeas.errors import Conflict, NotFound, OpenEASError, SpecError
-from openeas.gateway.group_metrics import traffic_summary
+from openeas.gateway.groups.group_metrics import traffic_summary
 from openeas.kernel.states import ReplicaPhase
 from openeas.spec import ServiceSpec
 from openeas.spec.group import MAX_MIRROR_PERCENT, MAX_WEIGHT, parse_group

@@ -1,7 +1,7 @@
 """Engine load for the gateway's ``least-waiting`` and ``least-kv`` balancers: every
 ``INTERVAL_S`` the control plane reads the Ready replicas' own ``/metrics`` — only for services
 whose balancer needs them — and pushes what it read to the gateway in one datagram
-(:mod:`openeas.gateway.replica_load`). The gateway never fetches anything per request.
+(:mod:`openeas.gateway.routing.replica_load`). The gateway never fetches anything per request.
 
 The metrics read, by engine (the first one a replica exposes wins; several label sets, e.g. one
 per model, are summed):
@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from openeas.autoscaler.scrape import fetch_text, parse_samples
-from openeas.gateway.replica_load import LoadSender, socket_path
+from openeas.gateway.routing.replica_load import LoadSender, socket_path
 from openeas.kernel.states import ReplicaPhase
 from openeas.store import Store
 
@@ -36,7 +36,7 @@ log = logging.getLogger("openeas.autoscaler")
 
 INTERVAL_S = 0.5  # seconds between two scrape rounds (and two pushes)
 SCRAPE_TIMEOUT_S = 0.4  # a replica slower than this to answer /metrics is unknown this round
-# The balancers that read engine load (openeas.gateway.balancers).
+# The balancers that read engine load (openeas.gateway.routing.balancers).
 ENGINE_BALANCERS = frozenset({"least-waiting", "least-kv"})
 WAITING_METRICS = ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs")
 KV_METRICS = (

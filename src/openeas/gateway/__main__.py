@@ -5,8 +5,8 @@ session of its own and without ``--parent-pid``: the data plane outlives the con
 keeps serving the routing table in the store) and the next server adopts or replaces it.
 
 The gateway process imports neither SQLAlchemy nor pydantic (tests/test_routing_push.py checks):
-it reads the store with plain sqlite3 (:mod:`openeas.gateway.source`), or with psycopg for
-``--store postgresql://…`` (:mod:`openeas.gateway.pg_source`), and /proc with
+it reads the store with plain sqlite3 (:mod:`openeas.gateway.routing.source`), or with psycopg for
+``--store postgresql://…`` (:mod:`openeas.gateway.routing.pg_source`), and /proc with
 :mod:`openeas.procfs`, so it starts fast and stays small.
 """
 
@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 
 from openeas.gateway.context import ClientLimits
-from openeas.gateway.notify import socket_path
+from openeas.gateway.routing.notify import socket_path
+from openeas.gateway.routing.source import routing_source
+from openeas.gateway.routing.table import FileRoutingSource, RoutingSource
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
-from openeas.gateway.source import routing_source
-from openeas.gateway.table import FileRoutingSource, RoutingSource
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, pid_alive, set_oom_score_adj
 from openeas.telemetry import gateway_stats
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.resolve import split_predict_path
-from openeas.gateway.routes import RouteState
+from openeas.gateway.routing.resolve import split_predict_path
+from openeas.gateway.routing.routes import RouteState
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
-    from openeas.gateway.activator import HoldQueue
-    from openeas.gateway.proxy import ClientConnection
-    from openeas.gateway.queues import AsyncQueues
-    from openeas.gateway.split import GroupState
+    from openeas.gateway.asyncq.queues import AsyncQueues
+    from openeas.gateway.groups.split import GroupState
+    from openeas.gateway.http.activator import HoldQueue
+    from openeas.gateway.http.proxy import ClientConnection
 
 DEFAULT_COOLDOWN_S = 1.5  # seconds a replica whose connect failed is avoided
 RESOLVED_MAX = 4096  # request targets remembered by `ProxyContext.resolve`
@@ -87,7 +87,7 @@ class ProxyContext:
         self.on_hold: Callable[[str], object] | None = None  # called with the service when one is held
         # Called with the service when its in-flight count reaches its ServiceMetrics.push_at.
         self.on_jump: Callable[[str], object] | None = None
-        # Async services' queues (gateway/queues.py); made when the first async service is routed.
+        # Async services' queues (gateway/asyncq/queues.py); made when the first async service is routed.
         self.queues: AsyncQueues | None = None
         self.max_url_bytes = max_url_bytes
         self.max_header_bytes = max_header_bytes

@@ -3,7 +3,7 @@
 `Gateway` is the embeddable object (start/stop); `serve()` runs one until cancelled. The routing
 source is read on a dedicated thread so a slow store query never stalls proxying. A read happens at
 once when the control plane notifies a change (``notify_socket``, see
-:mod:`openeas.gateway.notify`; the gateway acknowledges the version it applied), and every
+:mod:`openeas.gateway.routing.notify`; the gateway acknowledges the version it applied), and every
 ``poll_interval_s`` as a safety net for a lost notification or a source that cannot notify (a
 routing file). Each swap also sends the requests held for a replica (activator.py) that now have
 one. With ``stats_socket``, per-service counters go to the control plane several times a second
@@ -22,20 +22,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from openeas.gateway.activator import gateway_stopping
+from openeas.gateway.asyncq.queues import AsyncQueues
 from openeas.gateway.auth import DEFAULT_MAX_DATE_SKEW_S
 from openeas.gateway.context import DEFAULT_COOLDOWN_S, ClientLimits, ProxyContext
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.notify import NotifyListener
-from openeas.gateway.pool import UpstreamState
-from openeas.gateway.proxy import IDLE, ClientConnection
-from openeas.gateway.queues import AsyncQueues
-from openeas.gateway.replica_load import LoadListener, Loads
-from openeas.gateway.replica_load import socket_path as load_socket_path
-from openeas.gateway.routes import RouteState, UpstreamKey, build_routes
-from openeas.gateway.split import build_groups
-from openeas.gateway.stats import StatsSender
-from openeas.gateway.table import RoutingSource
+from openeas.gateway.groups.split import build_groups
+from openeas.gateway.http.activator import gateway_stopping
+from openeas.gateway.http.pool import UpstreamState
+from openeas.gateway.http.proxy import IDLE, ClientConnection
+from openeas.gateway.routing.notify import NotifyListener
+from openeas.gateway.routing.replica_load import LoadListener, Loads
+from openeas.gateway.routing.replica_load import socket_path as load_socket_path
+from openeas.gateway.routing.routes import RouteState, UpstreamKey, build_routes
+from openeas.gateway.routing.table import RoutingSource
+from openeas.gateway.telemetry.metrics import GatewayMetrics
+from openeas.gateway.telemetry.stats import StatsSender
 from openeas.kernel.routing import RoutingTable
 
 log = logging.getLogger("openeas.gateway")
@@ -155,7 +155,7 @@ class Gateway:
         return [(rid, routed, n) for rid, (routed, n) in loads.items()]
 
     def apply_loads(self, loads: Loads) -> None:
-        """Engine load pushed by the control plane (gateway/replica_load.py): replicas it names
+        """Engine load pushed by the control plane (gateway/routing/replica_load.py): replicas it names
         get its values, the others go back to unknown."""
         for st in self.upstreams.values():
             st.waiting, st.kv_usage = loads.get(st.upstream.replica_id, (-1.0, -1.0))

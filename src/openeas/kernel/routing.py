@@ -16,7 +16,7 @@ from openeas.kernel.queue import QueueSettings
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # bytes
 DEFAULT_BALANCER = "least-request"
-# The gateway's balancer registry by name (openeas.gateway.balancers; a test pins that the two
+# The gateway's balancer registry by name (openeas.gateway.routing.balancers; a test pins that the two
 # agree): the spec validates `metadata.balancer` against it without importing the gateway.
 BALANCER_NAMES = frozenset(
     {
@@ -41,7 +41,7 @@ DEFAULT_MAX_HELD = 100
 # OpenEAS's metadata.rpc.hold_timeout_ms sets it.
 DEFAULT_HOLD_TIMEOUT_S = 120.0
 # The PostgreSQL channel a store on PostgreSQL notifies (payload: the new routing version) in the
-# transaction that bumps the routing version; gateways LISTEN on it (openeas.gateway.pg_source).
+# transaction that bumps the routing version; gateways LISTEN on it (openeas.gateway.routing.pg_source).
 ROUTING_CHANNEL = "openeas_routing"
 
 
@@ -70,7 +70,7 @@ class RouteSettings:
     # Resend a request to another replica when one closed the connection after the request was
     # sent and before any byte of answer (metadata.rpc.resend_unanswered).
     resend_unanswered: bool = True
-    # Scale from zero (gateway/activator.py): requests held while the service has no routable
+    # Scale from zero (gateway/http/activator.py): requests held while the service has no routable
     # replica, at most (metadata.rpc.max_queue_size; more get 429), and for how long (seconds,
     # metadata.rpc.hold_timeout_ms / 1000; then 503).
     max_held: int = DEFAULT_MAX_HELD

@@ -172,7 +172,7 @@ class Store:
     def _bump_routing(self, s: Session) -> None:
         version = int(self._get_meta(s, "routing_version") or 0) + 1
         self._set_meta(s, "routing_version", str(version))
-        if self._notify:  # delivered at COMMIT, to every gateway LISTENing (gateway/pg_source.py)
+        if self._notify:  # delivered at COMMIT, to every gateway LISTENing (gateway/routing/pg_source.py)
             s.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": ROUTING_CHANNEL, "v": str(version)})
         s.info[_ROUTING_BUMPED] = version  # session() calls the routing listeners after the commit
 

@@ -2,7 +2,7 @@
 
 The control plane has the typed spec; it computes the record here when a version is written and
 the store keeps it with the version (``versions.route``). The gateway reads only that record
-(:mod:`openeas.gateway.source`), so the spec's shape, and pydantic, stay out of the data plane.
+(:mod:`openeas.gateway.routing.source`), so the spec's shape, and pydantic, stay out of the data plane.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class VersionRow(Base):
     )
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # The route-settings record the gateway reads (openeas.gateway.table.RouteSettings.to_dict()),
+    # The route-settings record the gateway reads (openeas.gateway.routing.table.RouteSettings.to_dict()),
     # computed from the typed spec when the version is written (schema v2).
     route: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)

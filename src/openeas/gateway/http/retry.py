@@ -40,10 +40,10 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.pool import UpstreamState
+from openeas.gateway.http.pool import UpstreamState
 
 if TYPE_CHECKING:
-    from openeas.gateway.activator import HoldQueue
+    from openeas.gateway.http.activator import HoldQueue
 
 
 class AfterLoss(Enum):

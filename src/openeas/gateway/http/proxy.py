@@ -31,16 +31,17 @@ import asyncio
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from openeas.gateway.asyncq import queue_body, queue_request
+from openeas.gateway.asyncq.protocol import queue_body, queue_request
 from openeas.gateway.auth import AuthError
 from openeas.gateway.context import DEFAULT_COOLDOWN_S as DEFAULT_COOLDOWN_S  # re-exported for server.py
 from openeas.gateway.context import NEVER
 from openeas.gateway.context import ProxyContext as ProxyContext  # re-exported for server.py
 from openeas.gateway.errors import GatewayError, body_too_large, error_response, rate_limited
-from openeas.gateway.exchange import REPLAY_LIMIT_BYTES as REPLAY_LIMIT_BYTES  # re-exported for tests
-from openeas.gateway.exchange import Exchange
-from openeas.gateway.flow import FlowControl
-from openeas.gateway.guard import (
+from openeas.gateway.groups.split import route_group
+from openeas.gateway.http.exchange import REPLAY_LIMIT_BYTES as REPLAY_LIMIT_BYTES  # re-exported for tests
+from openeas.gateway.http.exchange import Exchange
+from openeas.gateway.http.flow import FlowControl
+from openeas.gateway.http.guard import (
     ANSWERED,
     BODY,
     CLOSED,
@@ -59,8 +60,8 @@ from openeas.gateway.guard import (
     too_many_connections,
     uri_too_long,
 )
-from openeas.gateway.guard import Phase as Phase  # re-exported for server.py and tests
-from openeas.gateway.head import (
+from openeas.gateway.http.guard import Phase as Phase  # re-exported for server.py and tests
+from openeas.gateway.http.head import (
     AUTHORIZATION,
     CHUNKED_END_OF_HEAD,
     CONNECTION,
@@ -79,9 +80,8 @@ from openeas.gateway.head import (
     upgrade_end,
     without_named,
 )
-from openeas.gateway.pool import UpstreamConnection
-from openeas.gateway.routes import RouteState
-from openeas.gateway.split import route_group
+from openeas.gateway.http.pool import UpstreamConnection
+from openeas.gateway.routing.routes import RouteState
 
 
 class ClientConnection(asyncio.Protocol):
@@ -341,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.ex
         service_metrics = ex.start(route, now)
         if service_metrics.in_flight >= service_metrics.push_at and ctx.on_jump is not None:
-            ctx.on_jump(route.service)  # the control plane hears of the jump at once (gateway/stats.py)
+            ctx.on_jump(route.service)  # the control plane hears of it at once (gateway/telemetry/stats.py)
         creds = route.creds
         auth = self.authorization
         if creds is not None and not creds.fast_match(auth) and not self._authorize(route, method):

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from openeas.gateway.histogram import histogram_lines
+from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S, quantile, success_ratio
 
 COMPARE_SAMPLES = 10  # differing pairs kept per member (the newest)

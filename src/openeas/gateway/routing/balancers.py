@@ -4,7 +4,7 @@ A balancer picks one of a route's upstreams for each request. Upstreams in a con
 in ``exclude`` (already failed for this request) are skipped; when every replica is cooling down
 the balancer still picks one (trying beats a certain 503). After each pick, ``reason`` says why
 (the `X-OpenEAS-Explain` answer header and the per-balancer counters on /metrics). A balancer
-whose ``wants_key`` is set gets the request's affinity key (gateway/affinity.py); the gateway
+whose ``wants_key`` is set gets the request's affinity key (gateway/routing/affinity.py); the gateway
 reads no body for the others.
 """
 
@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Container, Sequence
 from typing import ClassVar, Protocol
 
-from openeas.gateway.affinity import Ring, load_bound
+from openeas.gateway.routing.affinity import Ring, load_bound
 
 
 class Candidate(Protocol):

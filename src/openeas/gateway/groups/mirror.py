@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpResponseParser
 
-from openeas.gateway.group_metrics import MemberMetrics, TrafficMetrics
+from openeas.gateway.groups.group_metrics import MemberMetrics, TrafficMetrics
 
 if TYPE_CHECKING:
-    from openeas.gateway.exchange import Exchange
-    from openeas.gateway.pool import UpstreamConnection, UpstreamState
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.http.exchange import Exchange
+    from openeas.gateway.http.pool import UpstreamConnection, UpstreamState
+    from openeas.gateway.routing.routes import RouteState
 
 MIRROR_MAX_IN_FLIGHT = 32  # copies in flight per group member per gateway; more are dropped
 MIRROR_MAX_BODY_BYTES = 1024 * 1024  # request bodies larger than this are not mirrored

@@ -5,7 +5,7 @@ there yet, ``_auto_delete_``), ``truncate`` (``DELETE ?_trunc_=true&_index_=N``)
 
 The input queue's entries are the queued requests (index = queue index); the sink's are the
 results (index = sink index: the order results were stored in, whether a replica answered or a
-ex put them there). `openeas.gateway.asyncq` routes to these coroutines; each returns the
+ex put them there). `openeas.gateway.asyncq.protocol` routes to these coroutines; each returns the
 response bytes (or raises `GatewayError`).
 """
 
@@ -17,9 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from openeas.gateway.errors import GatewayError, body_too_large, plain_response
-from openeas.gateway.guard import PROXYING
-from openeas.gateway.qhttp import (
+from openeas.gateway.asyncq.qhttp import (
     JSON_TYPE,
     REQUEST_ID_HEADER,
     flag,
@@ -30,12 +28,14 @@ from openeas.gateway.qhttp import (
     request_headers,
     unknown,
 )
+from openeas.gateway.errors import GatewayError, body_too_large, plain_response
+from openeas.gateway.http.guard import PROXYING
 from openeas.queue import wire
 from openeas.queue.model import Message, Result, State, request_status
 
 if TYPE_CHECKING:
-    from openeas.gateway.exchange import Exchange
-    from openeas.gateway.queues import AsyncQueues
+    from openeas.gateway.asyncq.queues import AsyncQueues
+    from openeas.gateway.http.exchange import Exchange
 
 POLL_S = 0.1  # how often a get by index looks again while it long-polls, seconds
 MAX_LENGTH = 100  # entries one get answers at most (_length_)

@@ -6,7 +6,7 @@ the request's method and path (and the metrics it renders); no routing, no repli
 from __future__ import annotations
 
 from openeas.gateway.errors import GatewayError, plain_response
-from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 
 _PROMETHEUS_TEXT = b"text/plain; version=0.0.4"
 _HEALTHY = b'{"status":"ok"}'

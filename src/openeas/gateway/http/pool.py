@@ -6,7 +6,7 @@ This is the gateway's one transport boundary to replicas: socket and parser erro
 on the `Downstream` (the client connection being served), never exceptions in the proxy. It also
 answers the one question about delivery the transport can answer: did the replica's TCP stack
 acknowledge any byte of the current request (`UpstreamConnection.request_acknowledged`; why that
-matters: `openeas.gateway.retry`).
+matters: `openeas.gateway.http.retry`).
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ class UpstreamState:
         self.outstanding = 0  # requests sent and not yet answered, all services together
         self.cooldown_until = 0.0  # loop time; set after a failed connect
         self.retired = False  # gone from the routing table: connections are closed, not pooled
-        # The engine's own load, pushed by the control plane (gateway/replica_load.py); -1 unknown.
+        # The engine's own load, pushed by the control plane (gateway/routing/replica_load.py); -1 unknown.
         self.waiting = -1.0  # requests waiting in its engine's queue
         self.kv_usage = -1.0  # KV cache use in [0, 1]
 

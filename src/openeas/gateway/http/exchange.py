@@ -1,6 +1,6 @@
 """Owns one request's exchange with replicas: `Exchange`, the replica side of a client connection.
 
-The client connection (`openeas.gateway.proxy.ClientConnection`) parses requests and owns the
+The client connection (`openeas.gateway.http.proxy.ClientConnection`) parses requests and owns the
 client socket, its flow control, deadline and pipelining; for each routed request it fills its
 one `Exchange` (made with the connection, reset per request: nothing is allocated per request)
 and the exchange does the rest: the route and its metrics, the replica the balancer picks, the
@@ -19,22 +19,22 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from openeas.gateway.activator import ABANDONED, ENDED, RELEASED, hold, unhold
-from openeas.gateway.affinity import PREFIX_BODY_BYTES, explain_line, prefix_key, session_key
 from openeas.gateway.auth import SignedBody
-from openeas.gateway.balancers import SESSION
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.guard import PROXYING, TUNNEL
-from openeas.gateway.head import EXPLAIN
-from openeas.gateway.pool import UpstreamConnection, UpstreamState
-from openeas.gateway.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
+from openeas.gateway.http.activator import ABANDONED, ENDED, RELEASED, hold, unhold
+from openeas.gateway.http.guard import PROXYING, TUNNEL
+from openeas.gateway.http.head import EXPLAIN
+from openeas.gateway.http.pool import UpstreamConnection, UpstreamState
+from openeas.gateway.http.retry import AfterLoss, Attempts, NextAttempt, after_loss, next_attempt, unanswered
+from openeas.gateway.routing.affinity import PREFIX_BODY_BYTES, explain_line, prefix_key, session_key
+from openeas.gateway.routing.balancers import SESSION
 
 if TYPE_CHECKING:
-    from openeas.gateway.asyncq import Pending
-    from openeas.gateway.metrics import ServiceMetrics
-    from openeas.gateway.mirror import LiveOnly, Split
-    from openeas.gateway.proxy import ClientConnection
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.asyncq.protocol import Pending
+    from openeas.gateway.groups.mirror import LiveOnly, Split
+    from openeas.gateway.http.proxy import ClientConnection
+    from openeas.gateway.routing.routes import RouteState
+    from openeas.gateway.telemetry.metrics import ServiceMetrics
 
 REPLAY_LIMIT_BYTES = 1024 * 1024  # request bytes kept to resend on another replica
 

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 
 from openeas.gateway.auth import AuthError, Credentials, authorize
 from openeas.gateway.errors import GatewayError, error_response, plain_response
-from openeas.gateway.group_metrics import MemberMetrics, group_json
-from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.gateway.groups.group_metrics import MemberMetrics, group_json
+from openeas.gateway.groups.mirror import LiveOnly, MirrorCopy, Split, mirror_room
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.kernel.groups import GroupDef, MemberMatch
 from openeas.linear_regex import LinearPattern
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.http.proxy import ClientConnection
+    from openeas.gateway.routing.routes import RouteState
 
 _USER_AGENT = b"user-agent"
 _random = random.random  # bound once: read as a fast global on the group path

@@ -12,8 +12,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from openeas.gateway.group_metrics import MemberMetrics, group_lines
-from openeas.gateway.histogram import histogram_lines
+from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
+from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
 
 # Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
@@ -62,7 +62,7 @@ HOLD_WAIT_BUCKETS_S: tuple[float, ...] = (
 
 
 class HoldStats:
-    """One service's held requests (gateway/activator.py): made on its first hold."""
+    """One service's held requests (gateway/http/activator.py): made on its first hold."""
 
     __slots__ = (
         "abandoned",
@@ -104,7 +104,7 @@ class ServiceMetrics:
         self.by_code: dict[int, int] = {}
         self.in_flight = 0  # requests between their head and their outcome, held ones included
         # The in-flight count (held included) at which the gateway sends its counters at once (a
-        # jump, see gateway/stats.py); raised by every datagram sent.
+        # jump, see gateway/telemetry/stats.py); raised by every datagram sent.
         self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
         self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
@@ -148,7 +148,7 @@ class GatewayMetrics:
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
         # (group, member service) → live and mirrored traffic of service groups (group_metrics.py).
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
-        # The async queues' lines (gateway/queues.py), rendered after the gateway's own.
+        # The async queues' lines (gateway/asyncq/queues.py), rendered after the gateway's own.
         self.queue_lines: Callable[[], list[str]] | None = None
 
     def group_member(self, group: str, service: str) -> MemberMetrics:

@@ -22,7 +22,7 @@ abandoned (the ex closed), ended (answered otherwise while held: service stopped
 deleted, the route's request timeout 408, a body over its limit 413, the gateway stopping: 503
 with ``Retry-After``, its successor on the same port takes the retry). `HoldStats` counts them.
 
-The queues hold the requests' `openeas.gateway.exchange.Exchange`s: `hold` and `unhold` are called
+The queues hold the requests' `openeas.gateway.http.exchange.Exchange`s: `hold` and `unhold` are called
 by the exchange, and a wake calls its `Exchange.resume`.
 """
 
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.metrics import HoldStats
+from openeas.gateway.telemetry.metrics import HoldStats
 
 if TYPE_CHECKING:
     from openeas.gateway.context import ProxyContext
-    from openeas.gateway.exchange import Exchange
+    from openeas.gateway.http.exchange import Exchange
 
 HOLD_POLL_S = 0.05  # seconds between two looks of a non-empty queue at its replicas and deadlines
 # Seconds a ex refused with 429 (hold queue full) is told to wait: the queue empties the moment

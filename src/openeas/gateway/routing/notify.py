@@ -6,7 +6,7 @@ than at the next safety-net poll. After each commit that bumped the version, the
 sends one datagram carrying that version to a Unix socket in the data dir
 (``DATA/run/gateway.sock``) that the gateway binds. The gateway re-reads the whole table (the
 version makes re-reads idempotent) and, once it has applied that version or a later one, answers
-the sender (:mod:`openeas.gateway.ack`). The sender never blocks on a send and ignores every send
+the sender (:mod:`openeas.gateway.routing.ack`). The sender never blocks on a send and ignores every send
 error (no gateway listening, a full queue), so a commit never waits on the data plane; an API
 call that promises the change is in effect waits for the answer (`RoutingNotifier.wait_applied`,
 bounded), sending the notification again while it waits.
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from openeas.gateway.ack import (
+from openeas.gateway.routing.ack import (
     RESEND_S,
     ROUTING_ACK_TIMEOUT_S,
     AckOutcome,

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from openeas.gateway.wsframe import BINARY, CLOSE, PING, PONG, FrameError, FrameReader, frame
+from openeas.gateway.asyncq.wsframe import BINARY, CLOSE, PING, PONG, FrameError, FrameReader, frame
 from openeas.queue import wire
 from openeas.queue.model import Message, Result, State
 
 if TYPE_CHECKING:
-    from openeas.gateway.queues import AsyncQueues
+    from openeas.gateway.asyncq.queues import AsyncQueues
 
 log = logging.getLogger("openeas.gateway.queue")
 

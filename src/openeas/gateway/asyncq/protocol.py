@@ -24,14 +24,14 @@ Sink, ``/api/predict/<svc>/sink``:
   ``watch()``) or server-sent events; ``requestId=<id>``: that one only.
 - ``PUT``/``DELETE ?_indexes_=1,2``: delete those results (EAS commit / delete).
 
-Both queues, in `openeas.gateway.queueops`: ``GET ?_index_=N`` (get by index, long-poll),
+Both queues, in `openeas.gateway.asyncq.queueops`: ``GET ?_index_=N`` (get by index, long-poll),
 ``DELETE ?_trunc_=true&_index_=N`` (truncate), ``DELETE``/``PUT ?_indexes_=`` or ``?requestId=``,
 ``GET ?_search_=true``, ``POST`` on the sink (put); ``GET ?_watch_=true`` with ``_window_``,
-``_index_only_``, ``_auto_commit_`` on either (`openeas.gateway.watch.Watch`).
+``_index_only_``, ``_auto_commit_`` on either (`openeas.gateway.asyncq.watch.Watch`).
 
-The client connection (`openeas.gateway.proxy.ClientConnection`) calls `queue_request` from
+The client connection (`openeas.gateway.http.proxy.ClientConnection`) calls `queue_request` from
 ``on_headers_complete`` for an async route and `queue_body` from ``on_message_complete`` when the
-request waited for its body; both act on the request's `openeas.gateway.exchange.Exchange`
+request waited for its body; both act on the request's `openeas.gateway.http.exchange.Exchange`
 through its methods (its body buffer, its answer, its signed body).
 """
 
@@ -45,10 +45,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from openeas.gateway import queueops as ops
-from openeas.gateway.auth import AuthError
-from openeas.gateway.errors import GatewayError, body_too_large
-from openeas.gateway.qhttp import (
+from openeas.gateway.asyncq import queueops as ops
+from openeas.gateway.asyncq.qhttp import (
     REQUEST_ID_HEADER,
     flag,
     int_param,
@@ -63,13 +61,15 @@ from openeas.gateway.qhttp import (
     send,
     unknown,
 )
-from openeas.gateway.watch import SSE, SSE_HEAD, WEBSOCKET, LongPoll, Watch
-from openeas.gateway.wsframe import handshake
+from openeas.gateway.asyncq.watch import SSE, SSE_HEAD, WEBSOCKET, LongPoll, Watch
+from openeas.gateway.asyncq.wsframe import handshake
+from openeas.gateway.auth import AuthError
+from openeas.gateway.errors import GatewayError, body_too_large
 from openeas.queue.model import Message, Result, State, request_status
 
 if TYPE_CHECKING:
-    from openeas.gateway.exchange import Exchange
-    from openeas.gateway.queues import AsyncQueues
+    from openeas.gateway.asyncq.queues import AsyncQueues
+    from openeas.gateway.http.exchange import Exchange
 
 RETRY_AFTER_S = 1  # a client refused with 429 (queue full) is told to wait this many seconds
 DEAD_LIST_MAX = 1000  # dead letters listed at most per GET

@@ -1,5 +1,5 @@
 """The gateway's routing source over a store on PostgreSQL: the same tables and queries as
-:mod:`openeas.gateway.source` (SQLite), read with the psycopg driver, and a push.
+:mod:`openeas.gateway.routing.source` (SQLite), read with the psycopg driver, and a push.
 
 The store notifies :data:`openeas.kernel.routing.ROUTING_CHANNEL` in the very transaction that
 bumps the routing version (``pg_notify``, delivered at COMMIT). ``watch`` LISTENs on it on a thread
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openeas.gateway.source import StoreRoutingSource
+from openeas.gateway.routing.source import StoreRoutingSource
 from openeas.kernel.routing import ROUTING_CHANNEL
 
-log = logging.getLogger("openeas.gateway.pg_source")
+log = logging.getLogger("openeas.gateway.routing.pg_source")
 
 # Seconds a connection attempt may take; seconds between a lost listener and its next try.
 CONNECT_TIMEOUT_S = 5

@@ -1,4 +1,4 @@
-"""Owns what guards the gateway against its clients, for `openeas.gateway.proxy.ClientConnection`:
+"""Owns what guards the gateway against its clients, for `openeas.gateway.http.proxy.ClientConnection`:
 the phases a client connection goes through (`Phase`), its one deadline and what it ends (head,
 idle keep-alive, body gap), the answers to heads over a limit (414, 431), to protocol upgrades
 (501) and to a full gateway (503); where a pipelined request starts; the slow path of
@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpRequestParser
 
 from openeas.gateway.errors import GatewayError
-from openeas.gateway.local import local_answer
-from openeas.gateway.split import GROUP_STATS_PREFIX, authorize_client, group_stats_answer
+from openeas.gateway.groups.split import GROUP_STATS_PREFIX, authorize_client, group_stats_answer
+from openeas.gateway.http.local import local_answer
 
 if TYPE_CHECKING:
-    from openeas.gateway.proxy import ClientConnection
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.http.proxy import ClientConnection
+    from openeas.gateway.routing.routes import RouteState
 
 
 class Phase(IntEnum):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from openeas.gateway.metrics import label_value
+from openeas.gateway.telemetry.metrics import label_value
 from openeas.kernel.queue import QueueSettings
 from openeas.kernel.routing import Upstream
 from openeas.queue.base import QueueBackend
@@ -31,7 +31,7 @@ from openeas.queue.dispatcher import Dispatcher
 from openeas.queue.model import Attributes, Result
 
 if TYPE_CHECKING:
-    from openeas.gateway.routes import RouteState
+    from openeas.gateway.routing.routes import RouteState
 
 log = logging.getLogger("openeas.gateway.queue")
 

@@ -8,7 +8,7 @@ spec; this module never looks into a spec). It rebuilds the table only when the 
 
 Standard library, ``cryptography`` (tokens) and ``openeas.kernel.states`` only: the gateway process
 never imports SQLAlchemy or pydantic. A store on PostgreSQL is read by the subclass in
-:mod:`openeas.gateway.pg_source` (``routing_source`` picks).
+:mod:`openeas.gateway.routing.pg_source` (``routing_source`` picks).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from openeas.gateway.group_table import load_groups
+from openeas.gateway.groups.group_table import load_groups
 from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
 from openeas.kernel.states import ROUTABLE_SQL, ServiceState
 from openeas.tokens import TokenCipher
@@ -40,7 +40,7 @@ def routing_source(data_dir: Path, store_url: str | None = None) -> StoreRouting
     PostgreSQL database ``store_url`` (tokens decrypted with ``data_dir``'s secret.key)."""
     if store_url is None or store_url.startswith("sqlite"):
         return StoreRoutingSource(data_dir)
-    from openeas.gateway.pg_source import PgRoutingSource  # the driver only where it is used
+    from openeas.gateway.routing.pg_source import PgRoutingSource  # the driver only where it is used
 
     return PgRoutingSource(store_url, data_dir)
 

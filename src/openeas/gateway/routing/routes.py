@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openeas.gateway.auth import Credentials
-from openeas.gateway.balancers import Balancer, UnknownBalancerError, create_balancer
-from openeas.gateway.metrics import GatewayMetrics, ServiceMetrics
-from openeas.gateway.pool import UpstreamState
-from openeas.gateway.ratelimit import TokenBucket
+from openeas.gateway.http.pool import UpstreamState
+from openeas.gateway.routing.balancers import Balancer, UnknownBalancerError, create_balancer
+from openeas.gateway.routing.ratelimit import TokenBucket
+from openeas.gateway.telemetry.metrics import GatewayMetrics, ServiceMetrics
 from openeas.kernel.queue import QueueSettings
 from openeas.kernel.routing import Route, RoutingTable
 
@@ -35,7 +35,7 @@ class RouteState:
     # Resend a request whose replica closed the connection before answering (see retry.py).
     resend_unanswered: bool = True
     limiter: TokenBucket | None = None  # metadata.rpc.rate_limit; None = no limit
-    queue: QueueSettings | None = None  # an async service (gateway/asyncq.py); None: proxied
+    queue: QueueSettings | None = None  # an async service (gateway/asyncq/protocol.py); None: proxied
 
 
 UpstreamKey = tuple[str, str, int]

@@ -1,7 +1,7 @@
 """The HTTP side of EAS's queue protocol in the gateway, shared by the input queue and the sink
-(`openeas.gateway.asyncq`, `openeas.gateway.queueops`): query parameters, the request's headers,
-and answering a client connection from a coroutine (an answer for a request the client has since
-given up on, or that was answered otherwise, is dropped)."""
+(`openeas.gateway.asyncq.protocol`, `openeas.gateway.asyncq.queueops`): query parameters, the
+request's headers, and answering a client connection from a coroutine (an answer for a request
+the client has since given up on, or that was answered otherwise, is dropped)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from openeas.gateway.errors import GatewayError, plain_response
 
 if TYPE_CHECKING:
-    from openeas.gateway.exchange import Exchange
-    from openeas.gateway.queues import AsyncQueues
+    from openeas.gateway.asyncq.queues import AsyncQueues
+    from openeas.gateway.http.exchange import Exchange
 
 REQUEST_ID_HEADER = b"X-Eas-Queueservice-Request-Id"
 MAX_LONG_POLL_S = 60.0  # longest _timeout_ honoured: a long-poll holds a connection

@@ -26,7 +26,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.telemetry.gateway_stats import (
     JUMP_GAP_S,
     JUMP_MIN_IN_FLIGHT,

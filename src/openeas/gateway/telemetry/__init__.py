@@ -1,0 +1,2 @@
+"""What the gateway counts: per-service metrics for Prometheus (`metrics`, `histogram`) and the
+counters datagram to the control plane (`stats`)."""

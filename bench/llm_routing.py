@@ -142,8 +142,8 @@ def one(endpoint: str, token: str, body: dict[str, Any], a: Answer) -> None:
         r.close()
         if r.status_code != 200:
             a.replica = f"HTTP {r.status_code}"
-    except (requests.RequestException, ValueError):
-        a.replica = "no answer"
+    except (requests.RequestException, ValueError) as e:
+        a.replica = f"no answer ({type(e).__name__} after {time.perf_counter() - start:.0f} s)"
 
 
 def workload(targets: list[tuple[str, str]], args: argparse.Namespace) -> list[list[Answer]]:

@@ -111,13 +111,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def nginx_conf(tmp: Path, name: str, body: str) -> Path:
+def nginx_conf(tmp: Path, name: str, body: str, workers: int = 1) -> Path:
     d = tmp / name
     d.mkdir()
     conf = d / "nginx.conf"
     conf.write_text(
         f"""daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -210,20 +210,22 @@ class Bench:
         wait_http(port, "/")
         return "http.server, 50 ms, head and body in two sends", port, "/"
 
-    def static_upstream(self) -> tuple[str, int, str]:
+    def static_upstream(self, workers: int = 1, cpus: str | None = None) -> tuple[str, int, str]:
         port = free_port()
         conf = nginx_conf(
             self.tmp,
-            "static",
+            f"static-{workers}",
             f"""server {{ listen 127.0.0.1:{port};
     location / {{ default_type application/json; return 200 '{{"ok":true,"model":"bench"}}'; }} }}""",
+            workers,
         )
-        self.spawn([NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self.spawn([*pin, NGINX, "-c", str(conf), "-p", str(conf.parent)])
         wait_http(port, "/")
         return "nginx static body", port, "/"
 
     # --- proxies ----------------------------------------------------------------------------------
-    def nginx_proxy(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+    def nginx_proxy(self, up_port: int, tag: str, workers: int = 1, cpus: str = "1") -> tuple[int, list[int]]:
         port = free_port()
         conf = nginx_conf(
             self.tmp,
@@ -231,43 +233,29 @@ class Bench:
             f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
   server {{ listen 127.0.0.1:{port};
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+            workers,
         )
-        p = self.spawn(["taskset", "-c", "1", NGINX, "-c", str(conf), "-p", str(conf.parent)])
+        p = self.spawn(["taskset", "-c", cpus, NGINX, "-c", str(conf), "-p", str(conf.parent)])
         wait_http(port, "/")
+        while len(children(p.pid)) < workers:  # nginx's master forks them after it listens
+            time.sleep(0.05)
         return port, [p.pid, *children(p.pid)]
 
-    def gateway(self, up_port: int, tag: str) -> tuple[int, list[int]]:
+    def gateway(
+        self, up_port: int, tag: str, env: dict[str, str] | None = None, workers: int = 1, cpus: str = "1"
+    ) -> tuple[int, list[int]]:
+        """A bare gateway from a routing file on ``cpus``, as ``workers`` processes (1: no supervisor)."""
         port = free_port()
         routing = self.tmp / f"routing-{tag}.json"
-        routing.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "routes": {
-                        "bench": {
-                            "token": TOKEN,
-                            "upstreams": [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}],
-                        }
-                    },
-                }
-            )
-        )
-        p = self.spawn(
-            [
-                "taskset",
-                "-c",
-                "1",
-                sys.executable,
-                "-m",
-                "openeas.gateway",
-                "--port",
-                str(port),
-                "--routing-file",
-                str(routing),
-            ]
-        )
+        route = {"token": TOKEN, "upstreams": [{"replica_id": "r0", "host": "127.0.0.1", "port": up_port}]}
+        routing.write_text(json.dumps({"version": 1, "routes": {"bench": route}}))
+        argv = [sys.executable, "-m", "openeas.gateway", "--port", str(port), "--routing-file", str(routing)]
+        more = ["--workers", str(workers)] if workers > 1 else []
+        p = self.spawn(["taskset", "-c", cpus, *argv, *more], env=env)
+        while workers > 1 and len(children(p.pid)) < workers:
+            time.sleep(0.05)
         wait_http(port, "/api/predict/bench", {"Authorization": f"Bearer {TOKEN}"})
-        return port, [p.pid]
+        return port, [p.pid, *children(p.pid)]
 
     def server_gateway(self, kind: str) -> tuple[int, list[int], str, int]:
         """(gateway port, gateway pids, token, replica port) of a real `openeas server` serving
@@ -309,19 +297,12 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, duration: float, conns: int, headers: list[str], cpu_pids: list[int]) -> Result:
-    args = [
-        "taskset",
-        "-c",
-        "0",
-        WRK,
-        f"-t{min(2, conns)}",
-        f"-c{conns}",
-        f"-d{duration:g}s",
-        "--latency",
-        "--timeout",
-        "5s",
-    ]
+def wrk(
+    url: str, duration: float, conns: int, headers: list[str], cpu_pids: list[int], cpus: str = "0"
+) -> Result:
+    """wrk on ``cpus`` (core 0 by default); the CPU of ``cpu_pids`` per request."""
+    args = ["taskset", "-c", cpus, WRK, f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration:g}s", "--latency"]
+    args += ["--timeout", "5s"]
     for h in headers:
         args += ["-H", h]
     before = cpu_seconds(cpu_pids) if cpu_pids else 0.0
@@ -455,7 +436,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     ap.add_argument("--runs", type=int, default=3, help="runs per setup; the table shows medians")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--only", choices=["aiohttp", "static", "nagle"], help="one upstream only")
+    ap.add_argument("--only", choices=["aiohttp", "static", "nagle", "workers"], help="one pass only")
+    ap.add_argument("--workers", type=int, default=2, help="gateway workers of --only workers (vs 1, nginx)")
     ap.add_argument(
         "--nagle-duration",
         type=float,
@@ -479,6 +461,10 @@ def main() -> None:
     anchors.tool("wrk", "/usr/bin/wrk")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: wrk on core 0, the proxy on core 1")
+    if args.only == "workers":  # bench/gateway_workers.py: N gateway processes vs 1 vs nginx
+        from bench.gateway_workers import workers_pass
+
+        return workers_pass(args)
     if args.only == "nagle":
         with bench_dir() as tmp:
             b = Bench(tmp)

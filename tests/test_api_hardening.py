@@ -113,7 +113,7 @@ BAD_SPECS = [
                  "containers[0].env[0]: the environment string BIG=... is 10000005 bytes; Linux allows at most "
                  "131072 bytes (128 KiB)", id="env-value-10MB"),
     pytest.param(lambda _t: _spec("wzero", warm_up_data_path="/dev/zero"),
-                 "warm_up_data_path: /dev/zero: is a device; the warmup data must be a regular file", id="warmup-dev-zero"),
+                 "warm_up_data_path: /dev/zero is a device, not a regular file", id="warmup-dev-zero"),
     pytest.param(lambda t: _spec("wfifo", warm_up_data_path=_fifo(t)),
                  "warm_up_data_path: ", id="warmup-fifo"),
     pytest.param(lambda t: _spec("wdir", warm_up_data_path=f"file://{t}"),
@@ -137,7 +137,7 @@ def test_bad_spec_is_400_on_create_and_update(api: Api, tmp_path: Path, make: An
     assert err["code"] == "invalid_spec"
     assert err["errors"][0].startswith(first_error), err
     if first_error.startswith("warm_up_data_path: ") and "dev/zero" not in first_error:
-        assert "regular file" in err["errors"][0] or "No such file" in err["errors"][0], err
+        assert "regular file" in err["errors"][0] or "no such file" in err["errors"][0], err
 
     # the same body as an update of an existing service
     r = api.call("PUT", "/api/v1/services/existing", data=body, headers=headers)

@@ -13,13 +13,14 @@ import pytest
 
 from openeas.autoscaler.loop import Autoscaler, AutoscalerConfig
 from openeas.autoscaler.metrics import ColdStarts, ServiceView, aggregate
-from openeas.autoscaler.scrape import GatewayScrape, ReplicaScraper, parse_samples
+from openeas.autoscaler.scrape import ReplicaScraper, parse_samples
 from openeas.autoscaler.windows import Counter, Gauge
 from openeas.kernel.clock import FakeClock
 from openeas.spec import parse_spec
 from openeas.spec.autoscaling import MetricTarget
 from openeas.store import Store
 from openeas.telemetry import ControlMetrics
+from openeas.telemetry.gateway_stats import GatewayStats, ReplicaSample, ServiceSample, decode_all, encode
 from openeas.testserver import ServerThread
 
 
@@ -198,25 +199,42 @@ def test_counter_rate(samples: list[tuple[float, float]], window: float, now: fl
     assert c.rate(window, now) == (pytest.approx(expected) if expected is not None else None)
 
 
-GATEWAY_TEXT = """# HELP openeas_gateway_requests_total x
-openeas_gateway_requests_total{service="a",code="200"} 10
-openeas_gateway_requests_total{service="a",code="503"} 2
-openeas_gateway_in_flight_requests{service="a"} 3
-openeas_gateway_replica_in_flight{replica="a-1"} 2
-openeas_gateway_replica_in_flight{replica="a-2"} 1
-"""
+def datagram_stats(
+    clock: FakeClock, reports: list[tuple[float, int, int, dict[str, int]]], service: str = "a"
+) -> GatewayStats:
+    """A real GatewayStats fed as the server feeds it: each report (time s, arrivals, in flight,
+    {replica: in flight}) of ``service`` encoded by the gateway's wire format and decoded."""
+    stats = GatewayStats(clock.now)
+    for t, arrivals, in_flight, replicas in reports:
+        rs = {rid: ReplicaSample(n, True) for rid, n in replicas.items()}
+        for data in encode("gw", 60.0 + t, {service: ServiceSample(arrivals, in_flight, 0)}, replicas=rs):
+            d = decode_all(data)
+            stats.observe(d.gateway_id, d.samples, t, uptime_s=d.uptime_s, replicas=d.replicas)
+    return stats
 
 
-def test_gateway_scrape_turns_counters_into_windows() -> None:
-    g = GatewayScrape("http://127.0.0.1:1")
-    g.observe_text(GATEWAY_TEXT, ["a", "b"], 0.0)
-    g.observe_text(GATEWAY_TEXT.replace("} 10", "} 30").replace('"a"} 3', '"a"} 5'), ["a", "b"], 2.0)
-    # arrivals = answered + in flight: 12 + 3 = 15, then 32 + 5 = 37 → 22 in 2 s = 11/s
+def test_gateway_datagrams_turn_into_windows() -> None:
+    clock = FakeClock(0.0)
+    g = datagram_stats(clock, [(0.0, 15, 3, {"a-1": 2, "a-2": 1}), (2.0, 37, 5, {"a-1": 4, "a-2": 1})])
+    # arrivals 15, then 37 → 22 in 2 s = 11/s; in flight 3 over [0, 2) then 5 at 2: a mean of 3
     assert g.arrival_rate("a", 2.0, 2.0) == pytest.approx(11.0)
-    assert g.mean_in_flight("a", 2.0, 2.0) == pytest.approx(3.0)  # 3 held over [0, 2]
-    assert g.mean_in_flight("b", 2.0, 2.0) == 0.0  # not named by the gateway: no request
-    assert g.replica_in_flight() == {"a-1": 2, "a-2": 1}
-    assert g.arrival_rate("a", 2.0, 2.0 + 60) is None  # stale: the gateway stopped answering
+    assert g.mean_in_flight("a", 2.0, 2.0) == pytest.approx(3.0)
+    assert g.mean_in_flight("b", 2.0, 2.0) is None  # no gateway named it: no data, never 0
+    assert g.replica_in_flight(2.0) == {"a-1": 4, "a-2": 1}
+    assert g.replica_in_flight(2.0 + 60) == {}  # stale: the gateway stopped sending
+
+
+async def test_the_autoscaler_reads_the_gateway_datagrams(store: Store) -> None:
+    """The loop on the server's traffic source: 6 requests in flight for 10 s / target 2 → 3."""
+    deploy(store, POLICY)
+    clock = clock_at_wall()
+    t0 = clock.now()
+    stats = datagram_stats(clock, [(t0 + i, 6 * i, 6, {}) for i in range(11)], service="svc")
+    clock.jump(10)
+    a = Autoscaler(store, traffic=stats, clock=clock, cfg=AutoscalerConfig(tick_s=0.1))
+    await a.tick()
+    assert store.get_service("svc").desired_replicas == 3
+    assert a.status("svc")["metrics"][0]["value"] == pytest.approx(6.0)
 
 
 def test_parse_samples_with_colons_and_labels() -> None:
@@ -357,3 +375,32 @@ async def test_process_sampler_reads_the_cpu_a_replica_burns(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the child too
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("then_policy", "reads"),
+    [
+        pytest.param(False, 1, id="no-policy-read-once"),
+        pytest.param(True, 2, id="a-new-version-with-a-policy-read-and-used"),
+    ],
+)
+async def test_a_version_without_a_policy_is_read_once(store: Store, then_policy: bool, reads: int) -> None:
+    store.create_service(
+        parse_spec({"metadata": {"name": "svc", "instance": 1}, "containers": [{"command": "serve", "port": 8000}]})
+    )
+    clock = clock_at_wall()
+    a = scaler(store, FakeTraffic(rate=1.0, in_flight=8.0), clock, [])
+    calls: list[int] = []
+    real = store.version_spec
+    store.version_spec = lambda name, version: (calls.append(version), real(name, version))[1]  # type: ignore[method-assign]
+    for _ in range(3):
+        await a.tick()
+        clock.jump(1)
+    if then_policy:
+        spec = real("svc", 1).to_dict() | {"autoscaling": POLICY}
+        store.add_version(parse_spec(spec))
+        for _ in range(3):
+            await a.tick()
+            clock.jump(1)
+    assert len(calls) == reads
+    assert (a.status("svc") is not None) is then_policy  # 8 in flight / target 2: decided once it has a policy

@@ -27,8 +27,13 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ()),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
+    "gateway_cost.py": (
+        ["--duration", "1", "--runs", "1", "--baseline", "HEAD", "--route-timeout", "5"],
+        WRK_NGINX,
+    ),
     "groups.py": (["--duration", "1", "--runs", "1"], ("wrk",)),
     "llm_routing.py": (
         [
@@ -50,12 +55,15 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
 EXPECT: dict[str, tuple[str, ...]] = {
     "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
+    "gateway_cost.py": ("| openeas gateway at HEAD |", "verdict: gateway CPU per request"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+    "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
+    "gateway_workers.py": "run by gateway.py --only workers (test_the_gateway_workers_pass_runs)",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",
@@ -117,4 +125,16 @@ def test_bench_runs_in_its_smallest_form(name: str) -> None:
     else:
         assert out.returncode == 0, tail
     for line in EXPECT.get(name, ()):
+        assert line in out.stdout, f"{line!r} missing:\n{tail}"
+
+
+@pytest.mark.slow
+def test_the_gateway_workers_pass_runs() -> None:
+    """``bench/gateway.py --only workers`` (bench/gateway_workers.py): 2 workers vs 1 vs nginx."""
+    if shutil.which("wrk") is None or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
+        pytest.skip("wrk or nginx not installed (scripts/setup.sh installs them)")
+    out = run_bench("gateway.py", ["--only", "workers", "--workers", "2", "--duration", "1", "--runs", "1"])
+    tail = (out.stdout[-3000:] + "\n" + out.stderr[-3000:]).strip()
+    assert out.returncode == 0, tail
+    for line in ("| openeas gateway, 2 workers |", "| nginx, 2 workers |", "verdict: 2 workers = "):
         assert line in out.stdout, f"{line!r} missing:\n{tail}"

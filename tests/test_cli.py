@@ -358,6 +358,12 @@ def test_scale_stop_start_rollback_versions_delete(shared_server: Server, tmp_pa
     v = run("versions", "cli_ops", data_dir=data)
     assert [line.split()[0] for line in v.stdout.splitlines()] == ["VERSION", "1", "2", "3"]
     assert v.stdout.splitlines()[-1].rstrip().endswith("*")
+    diff = run("versions", "cli_ops", "--diff", "1", "2", data_dir=data)
+    changed = [x for x in diff.stdout.splitlines() if x[:1] in "+-" and x[:3] not in ("+++", "---")]
+    assert diff.stdout.startswith("--- v1\n+++ v2\n") and len(changed) == 2, diff.output
+    assert "--model-name v2" in changed[1] and "--model-name v2" not in changed[0]
+    same = run("versions", "cli_ops", "--diff", "1", "3", data_dir=data)
+    assert same.stdout == "v1 and v3 have the same spec\n"
     d = run("delete", "cli_ops", "--wait", data_dir=data)
     assert (d.exit_code, d.stdout) == (0, "deleted cli_ops\n"), d.output
     with pytest.raises(ApiError) as gone:

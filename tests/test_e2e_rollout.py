@@ -112,7 +112,8 @@ def test_a_healthy_candidate_reaches_100_percent_across_a_control_plane_restart(
                 "--min-success", "99", "--max-p99-ms", "1000", "--min-requests", "10")  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "rollout of roll to cand (from base): Running" in r.stdout
-        wait_for(lambda: rollout_state(srv, "roll").get("percent") == 10, 10, what="step 1 (10%)")
+        # Steps of 2 s: on a loaded machine the CLI may return after step 1 is over; 1 or 2 is mid-way.
+        wait_for(lambda: rollout_state(srv, "roll").get("percent") in (10, 50), 10, what="step 1 or 2 (10%, 50%)")
         srv.kill9()  # the control plane dies in the middle of a step...
         srv.start()  # ...and the next one carries on from the store
         wait_for(lambda: rollout_state(srv, "roll").get("state", {}).get("status") == "Succeeded", 60, what="success")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,48 @@ def test_a_candidate_that_refuses_the_copy_fails_nothing_of_the_primary() -> Non
     live.answer(OK)
     assert client.received().endswith(b"\r\n\r\nok")
     assert cand.conns == [] and gw.codes("live") == {200: 1}
+
+
+# --- route timeouts: one lazy timer per connection ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gaps", "expected", "timers"),
+    [
+        # 4 requests answered in 1.2 s: a timer at the first, one more when it fires at 1 s (for the
+        # 4th request's due); one per request before.
+        pytest.param([0.3, 0.3, 0.3, 0.3], [200, 200, 200, 200], 2, id="answered-in-time-share-a-timer"),
+        # The last request is not answered: its own 1 s counts, from its head (not the first one's).
+        pytest.param([0.6, 0.6, None], [200, 200, 408], 3, id="a-later-request-times-out-at-its-own-due"),
+    ],
+)
+def test_route_timeouts_use_one_lazy_timer_per_connection(
+    gaps: list[float | None], expected: list[int], timers: int
+) -> None:
+    gw = Gateway(route("a", timeout_s=1.0))
+    a = gw.replicas["a"]
+    client = gw.client()
+    made = []
+    call_later = gw.loop.call_later
+
+    def counting(delay: float, callback: Any, *args: Any) -> Any:
+        if getattr(callback, "__name__", "") == "_expire":
+            made.append(gw.loop.now + delay)
+        return call_later(delay, callback, *args)
+
+    gw.loop.call_later = counting  # type: ignore[method-assign]
+    codes = []
+    for gap in gaps:
+        client.send(GET)
+        sent_at = gw.loop.now
+        if gap is None:
+            gw.loop.advance(0.99)
+            assert client.received() == b""  # not 1 s after the first request's head
+            gw.loop.advance(0.02)
+            assert gw.loop.now - sent_at >= 1.0
+        else:
+            gw.loop.advance(gap)
+            a.answer(OK)
+        codes.append(int(client.received()[9:12]))
+    assert codes == expected
+    assert len(made) == timers

@@ -4,20 +4,23 @@ latency quantiles and the body comparison of mirrored pairs."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
 import pytest
 
 from openeas.errors import SpecError
-from openeas.gateway.groups.group_metrics import CompareStats, bodies_agree
+from openeas.gateway.groups.group_metrics import CompareStats, bodies_agree, group_json
 from openeas.gateway.groups.mirror import response_body
 from openeas.gateway.groups.split import MatchRule, build_groups, choose, cumulative, pick, request_headers
 from openeas.gateway.routing.routes import build_routes
 from openeas.gateway.telemetry.metrics import GatewayMetrics
+from openeas.gateway.telemetry.stats import group_samples
 from openeas.kernel.groups import GroupDef, GroupMember, MemberMatch
 from openeas.kernel.routing import Route, RoutingTable, Upstream
 from openeas.spec.group import parse_group
+from openeas.telemetry.gateway_stats import MemberSample, decode_all, encode
 from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S, bucket_delta, quantile, success_ratio
 
 # Chi-square critical value for 1 degree of freedom at p = 0.001: a correct 90/10 pick fails the
@@ -291,3 +294,23 @@ def test_response_body_of_a_captured_answer() -> None:
     assert response_body(chunked) == (200, b"abcde")
     assert response_body(b"HTTP/1.1 503 X\r\nContent-Length: 4\r\n\r\nab") == (503, None)  # cut short
     assert response_body(None) == (0, None)
+
+
+def test_the_stats_datagram_carries_each_members_live_traffic() -> None:
+    """What the staged rollout reads (the counters datagram) is what GET /groups/<g> shows under
+    ``live``: mirrored copies are not in it."""
+    metrics = GatewayMetrics()
+    new = metrics.group_member("g", "new")
+    new.live.finish(200, 0.004)
+    new.live.finish(503, 0.004)
+    new.live.finish(200, 2.5)
+    new.mirror.finish(500, 0.01)  # a mirrored copy: not live traffic
+    metrics.group_member("g", "old")
+    metrics.group_member("h", "x").live.finish(200, 0.001)
+    sent = decode_all(encode("gw", 1.0, {}, groups=group_samples(metrics))[0]).groups
+    assert sent is not None and set(sent) == {"g", "h"}
+    assert sent["g"]["new"].by_code == {"200": 2, "503": 1}
+    assert sent["g"]["old"] == MemberSample({}, (0,) * len(GROUP_LATENCY_BUCKETS_S))
+    shown = json.loads(group_json("g", {"new": new.to_dict()}))["members"]["new"]["live"]
+    assert sent["g"]["new"].by_code == shown["by_code"] and list(sent["g"]["new"].buckets) == shown["buckets"]
+    assert quantile(list(sent["g"]["new"].buckets), 0.5) == pytest.approx(0.004, abs=0.001)

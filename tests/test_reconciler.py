@@ -224,3 +224,39 @@ async def test_delete_leaves_no_process_and_no_rows(tmp_path: Path, behaviour: B
     assert "Deleted" in world.reasons()
     await running.stop(world.clock)
     assert all(t.done() for t in running.rec.tasks.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "reads"),
+    [
+        pytest.param(None, 1, id="same-version-read-once"),
+        pytest.param("new-version", 2, id="a-new-version-read-once-more"),
+        pytest.param("recreated", 2, id="deleted-and-made-again-read-again"),
+    ],
+)
+def test_reconciler_reads_a_versions_spec_once_across_passes(
+    tmp_path: Path, change: str | None, reads: int
+) -> None:
+    world = World.make(tmp_path)
+    world.store.create_service(spec(replicas=0))
+    rec = Reconciler(world.store, world.runtime, world.cfg)
+    calls: list[tuple[str, int]] = []
+    real = world.store.version_spec
+
+    def counted(name: str, version: int) -> ServiceSpec:
+        calls.append((name, version))
+        return real(name, version)
+
+    world.store.version_spec = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        rec.reconcile_once()
+    if change == "new-version":
+        world.store.add_version(spec(replicas=0, tag="v2"))
+    elif change == "recreated":
+        world.store.purge_service("svc")
+        world.store.create_service(spec(replicas=0, tag="v9"))  # version 1 again, another spec
+    for _ in range(3):
+        rec.reconcile_once()
+    assert len(calls) == reads
+    svc = world.store.get_service("svc")
+    assert rec._spec(svc).main.command == real("svc", svc.current_version).main.command  # never stale

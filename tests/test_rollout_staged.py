@@ -1,12 +1,13 @@
 """The staged rollout: the pure decision (table), the window arithmetic, and the controller's
-looks on a real SQLite store with a hand-written fake of the gateway's counters and the one fake clock (kernel.clock.FakeClock)
-(steps, breach and rollback, pause/resume/abort, a restart of the controller)."""
+looks on a real SQLite store, fed the candidate's counters the way a gateway sends them (a real
+counters datagram into a real GatewayStats) on the one fake clock (kernel.clock.FakeClock)
+(steps, breach and rollback, pause/resume/abort, a restart of the controller, a silent gateway)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +22,8 @@ from openeas.spec.group import parse_group
 from openeas.store import Store
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore
-from openeas.telemetry.group_stats import window
+from openeas.telemetry.gateway_stats import GatewayStats, MemberSample, decode_all, encode
+from openeas.telemetry.group_stats import DatagramGroupCounters, window
 from openeas.telemetry.latency import GROUP_LATENCY_BUCKETS_S
 
 T0 = 1_800_000_000.0
@@ -100,12 +102,18 @@ def test_window_counts_what_was_added_since_the_step_started() -> None:
 
 
 class FakeGateway:
-    """Cumulative live counters of the candidate, as the gateway's GET /groups/<g> gives them."""
+    """A gateway's cumulative live counters of the candidate; each look first receives them as the
+    gateway sends them (its datagram, encoded and decoded, into the control plane's GatewayStats)
+    and reads them back through `DatagramGroupCounters`, what the server wires. A gateway that is
+    not ``up`` sends nothing (after 3 s it is gone: nothing is known)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         self.codes: dict[str, int] = {}
         self.buckets = [0] * len(GROUP_LATENCY_BUCKETS_S)
         self.up = True
+        self.clock = clock
+        self.stats = GatewayStats(clock.now)
+        self.counters = DatagramGroupCounters(self.stats)
 
     def serve(self, ok: int, failed: int = 0, seconds: float = 0.01) -> None:
         self.codes["200"] = self.codes.get("200", 0) + ok
@@ -113,10 +121,16 @@ class FakeGateway:
             self.codes["500"] = self.codes.get("500", 0) + failed
         self.buckets = [a + b for a, b in zip(self.buckets, _buckets(ok + failed, seconds), strict=True)]
 
-    def fetch(self, group: str) -> dict[str, Any] | None:
-        if not self.up:
-            return None
-        return {"members": {"new": {"live": {"by_code": dict(self.codes), "buckets": list(self.buckets)}}}}
+    def send(self) -> None:
+        groups = {"g": {"new": MemberSample(dict(self.codes), tuple(self.buckets)), "old": MemberSample({}, ())}}
+        for data in encode("gw-1", 60.0, {}, groups=groups):
+            d = decode_all(data)
+            self.stats.observe(d.gateway_id, d.samples, self.clock.now(), uptime_s=d.uptime_s, groups=d.groups)
+
+    def members(self, group: str) -> Mapping[str, MemberSample] | None:
+        if self.up:
+            self.send()
+        return self.counters.members(group)
 
 
 @pytest.fixture
@@ -125,7 +139,8 @@ def rig(tmp_path: Path) -> tuple[Store, FakeGateway, FakeClock]:
     for name in ("old", "new"):
         store.create_service(parse_spec({"metadata": {"name": name}, "containers": [{"command": "x"}]}))
     GroupStore(store).create(parse_group({"name": "g", "routes": [{"service": "old", "weight": 1000}, {"service": "new", "mirror_weight": 5}]}))
-    return store, FakeGateway(), FakeClock(start=T0 - FakeClock.WALL_OFFSET)  # wall() == T0
+    clock = FakeClock(start=T0 - FakeClock.WALL_OFFSET)  # wall() == T0
+    return store, FakeGateway(clock), clock
 
 
 def start(store: Store) -> None:
@@ -140,7 +155,7 @@ def look(store: Store, gw: FakeGateway, clock: FakeClock, controller: RolloutCon
     if not active or active[0][1].status != Status.RUNNING:
         return Action.NONE
     plan, state = active[0]
-    return c.look(plan, state, gw.fetch("g")).action
+    return c.look(plan, state, gw.members("g")).action
 
 
 def weights(store: Store) -> dict[str, tuple[int, int]]:
@@ -259,7 +274,7 @@ def test_an_operator_command_between_read_and_write_wins(rig: tuple[Store, FakeG
     RolloutStore(store).command("g", "pause")  # ...then the operator paused...
     gw.serve(100)
     clock.jump(61)
-    RolloutController(store, gw, clock=clock).look(plan, state, gw.fetch("g"))  # ...its write is refused
+    RolloutController(store, gw, clock=clock).look(plan, state, gw.members("g"))  # ...its write is refused
     assert RolloutStore(store).get("g")[1].status == Status.PAUSED
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from openeas.kernel.clock import FakeClock
 from openeas.stress.analysis import (
     Saturation,
     StepResult,
@@ -16,7 +17,7 @@ from openeas.stress.analysis import (
     recommend,
     saturation,
 )
-from openeas.stress.fake import SimulatedService, VirtualClock
+from openeas.stress.fake import SimulatedService
 from openeas.stress.generator import Generator
 from openeas.stress.observe import StaticObserver
 from openeas.stress.plan import make_plan
@@ -180,7 +181,7 @@ def test_recommend(s: Saturation, peak: float | None, metric: str, target: float
 
 
 def fake_run(replicas: int, **values: Any) -> dict[str, Any]:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=8, service_s=0.05, replicas=replicas)
     gen = Generator(svc, clock, 1)
     p = plan(**{"step_s": 2.0, "duration_s": 120.0, **values})
@@ -209,7 +210,7 @@ def test_scan_that_never_saturates_says_so() -> None:
 
 
 def test_a_stopped_run_still_reports() -> None:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=8, service_s=0.05)
     gen = Generator(svc, clock, 1)
     clock.call_at(clock.now() + 5.0, gen.stop)  # during the third 2-s step

@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from openeas.stress.fake import SimulatedService, VirtualClock
+from openeas.kernel.clock import FakeClock
+from openeas.stress.fake import SimulatedService
 from openeas.stress.generator import Generator, arrival_offsets
 from openeas.stress.histo import Histo
 from openeas.stress.plan import Arrival
@@ -30,7 +31,7 @@ def run(coro):
     ids=["100/s", "7/s", "1000/s"],
 )
 def test_constant_arrivals_send_on_schedule(rate: float, duration: float, sent: int) -> None:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=10_000, service_s=0.001)
     gen = Generator(svc, clock, 1)
 
@@ -55,7 +56,7 @@ def test_poisson_arrivals_have_the_offered_mean_rate() -> None:
 def test_latency_counts_from_the_due_time_not_the_send() -> None:
     """A transport that sends every request 40 ms late (a saturated client) must not hide the
     delay: 10 ms of service + 40 ms late = 50 ms latency."""
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=100, service_s=0.010, send_lag_s=0.040)
     gen = Generator(svc, clock, 1)
 
@@ -69,7 +70,7 @@ def test_latency_counts_from_the_due_time_not_the_send() -> None:
 def test_open_loop_keeps_sending_while_the_service_is_stuck() -> None:
     """One server of 1 s per request: a closed loop would send 1 request per second; open loop
     sends all 100 due in the second, and their latencies grow as the queue does."""
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=1, service_s=1.0)
     gen = Generator(svc, clock, 1)
 
@@ -84,7 +85,7 @@ def test_open_loop_keeps_sending_while_the_service_is_stuck() -> None:
 
 def test_closed_loop_keeps_the_concurrency_in_flight() -> None:
     # 4 in flight, 100 ms each → 40 req/s for 2 s = 80 answers; 4 more are in flight at the end
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=100, service_s=0.1)
     gen = Generator(svc, clock, 3)
 
@@ -96,7 +97,7 @@ def test_closed_loop_keeps_the_concurrency_in_flight() -> None:
 
 
 def test_request_budget_caps_the_run() -> None:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=100, service_s=0.001)
     gen = Generator(svc, clock, 1, budget=30)
 
@@ -106,7 +107,7 @@ def test_request_budget_caps_the_run() -> None:
 
 
 def test_stop_ends_a_step_early() -> None:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=100, service_s=0.001)
     gen = Generator(svc, clock, 1)
     clock.call_at(clock.now() + 0.25, gen.stop)
@@ -117,7 +118,7 @@ def test_stop_ends_a_step_early() -> None:
 
 
 def test_errors_are_counted_by_status_and_kept_out_of_the_latency() -> None:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=100, service_s=0.01, fail_every=4)
     gen = Generator(svc, clock, 1)
 

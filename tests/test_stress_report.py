@@ -11,11 +11,12 @@ import pytest
 from rich.console import Console
 
 from openeas.errors import NotFound
+from openeas.kernel.clock import FakeClock
 from openeas.kernel.states import IllegalTransition
 from openeas.store import Store
 from openeas.store import stress_reports as reports
 from openeas.stress.apply import with_autoscaling
-from openeas.stress.fake import SimulatedService, VirtualClock
+from openeas.stress.fake import SimulatedService
 from openeas.stress.generator import Generator
 from openeas.stress.observe import Sample, StaticObserver, window_mean
 from openeas.stress.plan import make_plan
@@ -25,7 +26,7 @@ from openeas.stress.runner import run_steps
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    clock = VirtualClock()
+    clock = FakeClock(drive=True)
     svc = SimulatedService(clock, servers=8, service_s=0.05)
     plan = make_plan({"target": "<svc>", "step_s": 2.0, "duration_s": 60.0})
     return asyncio.run(run_steps(plan, Generator(svc, clock, 1), StaticObserver(ready=1), clock))

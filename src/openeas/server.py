@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -50,11 +51,12 @@ from openeas.controller.archiver import Archiver
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.request_meter import RequestMeter, meter_interval
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
-from openeas.gateway.routing.notify import RoutingNotifier, socket_path
-from openeas.gateway.telemetry.metrics import label_value
+from openeas.gateway.routing.notify import RoutingNotifier, socket_paths
+from openeas.gateway.workers import check_workers
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState
@@ -68,12 +70,11 @@ from openeas.storage.cache_metrics import CacheCollector
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import Store
 from openeas.store.db import is_postgres
-from openeas.store.groups import GroupStore
 from openeas.store.lease import Lease
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats, receive
-from openeas.telemetry.group_stats import GatewayGroupStats
+from openeas.telemetry.group_stats import DatagramGroupCounters
 
 log = logging.getLogger("openeas.server")
 
@@ -186,6 +187,7 @@ async def _serve(
     replica_user: str | None = REPLICA_USER,
     host_paths: HostPaths | None = None,
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     host_paths = host_paths or HostPaths.build([oss_root] if oss_root else [])
     # A node out of memory loses replicas, never the control plane that can scale them back.
@@ -197,7 +199,7 @@ async def _serve(
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
-    notifier = RoutingNotifier(socket_path(data_dir), keeper.name)
+    notifier = RoutingNotifier(socket_paths(data_dir, gateway_workers), keeper.name)
     store.add_routing_listener(notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_sock = bind_listener(host, port, "API")  # first: a taken port fails before anything starts
@@ -213,14 +215,19 @@ async def _serve(
     gateway.lease = lease
     try:
         await gateway.open()  # before the deploy files: a spec's first replicas are routed
+        # Before the lease: a standby that takes over has its runtimes (a Ray driver connects in
+        # seconds) ready. Servers sharing a store share its replicas (their Ray namespace).
+        shared = store_url if lease is not None else None
+        runtimes = await asyncio.to_thread(
+            build_runtimes, data_dir, registry_auth=registry_auth, shared_store=shared
+        )
+        log.info("%s", runtimes.summary())
         if lease is not None:
             waited = await wait_for_lease(lease.lease, api_sock, stop)
             if waited is None:
                 return
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
-        runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
-        log.info("%s", runtimes.summary())
         runtimes.process_warning = users.warning()
         components = _compose(
             store,
@@ -235,6 +242,7 @@ async def _serve(
             api_sock,
             keep_replicas,
             lease,
+            gateway_workers,
         )
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
@@ -274,12 +282,12 @@ def _compose(
     api_sock: socket.socket,
     keep_replicas: bool,
     lease: LeaseKeeper | None = None,
+    gateway_workers: int = 1,
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
-    # The one channel from the gateways: their counters (per service arrivals, in flight, held;
-    # per replica in flight and routed), pushed every 0.2 s, in time windows. The autoscaler reads
-    # them (a held request wakes it at once: scale from zero), the drain and scale-in too.
+    # The one channel from the gateways: per service arrivals, in flight, held; per replica in flight
+    # and routed; every 0.2 s. The autoscaler (a held request wakes it), drain, scale-in, meter read it.
     gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
     cfg = SupervisorConfig(
@@ -291,10 +299,10 @@ def _compose(
         replica_users=users,
     )
     reconciler = _reconciler(store, runtimes, cfg, node, gateway_stats)
-    autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
+    autoscaler, idle, requests = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
-    rollouts = RolloutController(store, GatewayGroupStats(gateway_url, GroupStore(store).token))
+    rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
     batch = BatchRunner(
         store,
@@ -332,8 +340,9 @@ def _compose(
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
         Loop("autoscaler", autoscaler.run),
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
-        Loop("engine load", EngineLoadScraper(store, data_dir).run),
+        Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
+        Loop("request meter", requests.run),  # requests by service and UTC hour, for the meter
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
@@ -345,9 +354,14 @@ def _compose(
 def _reconciler(
     store: Store, runtimes: Runtimes, cfg: SupervisorConfig, node: Resources | None, stats: GatewayStats
 ) -> Reconciler:
-    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory)."""
-    capacity = node or node_capacity()
-    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory;
+    on the Ray runtime no bound of ours: Ray places each replica where its resources fit)."""
+    if node is None and runtimes.process.name == "ray":
+        capacity = Resources(cpu=math.inf, memory_mb=math.inf)
+        log.info("replicas are admitted by the Ray cluster's resources (no --node-cpu/--node-memory)")
+    else:
+        capacity = node or node_capacity()
+        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
     # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
     load = lambda: stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
     return Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
@@ -355,9 +369,9 @@ def _reconciler(
 
 def _autoscaling(
     store: Store, gateway_stats: GatewayStats, reconciler: Reconciler, metrics: ControlMetrics
-) -> tuple[Autoscaler, IdleWatch]:
-    """The autoscaler (woken by the gateways' held requests) and the idle-spend watch that prices
-    its decisions, both with their metrics."""
+) -> tuple[Autoscaler, IdleWatch, RequestMeter]:
+    """The autoscaler (woken by the gateways' held requests), the idle-spend watch that prices
+    its decisions, both with their metrics, and the request meter (the gateways' counts, stored)."""
     backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
     autoscaler = Autoscaler(
         store,
@@ -372,7 +386,7 @@ def _autoscaling(
     # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
     idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
     metrics.add_collector(idle)
-    return autoscaler, idle
+    return autoscaler, idle, RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval())
 
 
 def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
@@ -394,24 +408,20 @@ def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
 GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway report (a drain)
 
 
-def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
-    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy."""
-    label = '{replica="' + label_value(replica_id) + '"} '
-    routed, in_flight = False, 0
-    for line in metrics_text.splitlines():
-        if line.startswith("openeas_gateway_replica_in_flight" + label):
-            in_flight = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("openeas_gateway_replica_routed" + label):
-            routed = line.rsplit(" ", 1)[1] != "0"
-    return GatewayView(routed=routed, in_flight=in_flight)
-
-
 class _ApiServer(uvicorn.Server):
     """uvicorn without its own signal handling: this process's handlers only set `stop`."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def check_gateway_workers(n: int) -> int:
+    """``--gateway-workers``: 1 to 4 per core; a `SpecError` naming the flag otherwise."""
+    try:
+        return check_workers(n, field="--gateway-workers")
+    except ValueError as exc:
+        raise SpecError([str(exc)]) from None
 
 
 def run_server(
@@ -432,6 +442,7 @@ def run_server(
     allow_host_paths: Sequence[Path] = (),
     nfs_exports: Sequence[str] = (),
     store_url: str | None = None,
+    gateway_workers: int = 1,
 ) -> None:
     """``store_url``: None for SQLite in the data dir, or ``postgresql://…``;
     ``allow_host_paths``: host folders specs may name (besides the local bucket, ``oss_root``);
@@ -442,6 +453,8 @@ def run_server(
     )
     try:
         gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
+        check_gateway_workers(gateway_workers)
+        gateway_args += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []  # see workers.py
     except SpecError as exc:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
@@ -470,10 +483,14 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
-                node=node_capacity(node_cpu, node_memory_mb),
+                # None: this machine's (embedded) or no bound of ours (Ray places the replicas)
+                node=None
+                if node_cpu is None and node_memory_mb is None
+                else node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,
+                gateway_workers=gateway_workers,
             )
         )
     except SpecError as exc:  # a bad --deploy spec

@@ -19,6 +19,14 @@ _MAX_SUN_PATH = 107
 DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
+def worker_path(path: Path, index: int) -> Path:
+    """The socket of gateway worker ``index`` (``--workers N``): worker 0 keeps ``path``, worker k
+    binds ``<stem>.<k><suffix>`` beside it (``gateway.sock``, ``gateway.1.sock``, ...)."""
+    if index == 0:
+        return Path(path)
+    return Path(path).with_name(f"{Path(path).stem}.{index}{Path(path).suffix}")
+
+
 class UnixAddress:
     """A Unix socket address for ``path``, short enough for sun_path whatever the data dir.
 

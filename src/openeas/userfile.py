@@ -43,8 +43,10 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def open_regular(path: str, field: str) -> BinaryIO:
-    """``path`` opened for reading, if it is a regular file (checked on the open descriptor)."""
+def open_regular(path: str, field: str, max_bytes: int | None = None) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (checked on the open descriptor) and,
+    with ``max_bytes``, its ``st_size`` is at most that (nothing read: a sparse giant is refused
+    at once; a reader still counts what it reads, since /proc files say 0)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -52,13 +54,30 @@ def open_regular(path: str, field: str) -> BinaryIO:
     except OSError as e:
         raise UserFileError(f"{field}: cannot read {path}: {e.strerror or e}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserFileError(f"{field}: {path} is {describe_mode(st.st_mode)}, not a regular file")
+        _check_stat(os.fstat(fd), path, field, max_bytes)
     except BaseException:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+def check_regular(path: str, field: str, max_bytes: int) -> None:
+    """What `read_regular` would refuse, without opening ``path``: missing, not a regular file
+    (following links), or ``st_size`` over ``max_bytes`` (a read still counts: /proc lies)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserFileError(f"{field}: no such file: {path}") from None
+    except OSError as e:
+        raise UserFileError(f"{field}: cannot read {path}: {e.strerror or e}") from None
+    _check_stat(st, path, field, max_bytes)
+
+
+def _check_stat(st: os.stat_result, path: str, field: str, max_bytes: int | None) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise UserFileError(f"{field}: {path} is {describe_mode(st.st_mode)}, not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UserFileError(f"{field}: {path} is larger than {size_text(max_bytes)}")
 
 
 def read_capped(f: BinaryIO, path: str, field: str, max_bytes: int) -> bytes:
@@ -118,6 +137,7 @@ def read_range(f: BinaryIO, start: int, end: int) -> bytes:
 __all__ = [
     "UserFileError",
     "capped_lines",
+    "check_regular",
     "describe_mode",
     "open_regular",
     "read_capped",

@@ -70,10 +70,13 @@ def engine_load(text: str) -> tuple[float, float]:
 class EngineLoadScraper:
     """The loop: find the replicas to read (from the store), read them, push."""
 
-    def __init__(self, store: Store, data_dir: Path, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, store: Store, data_dir: Path, *, interval_s: float = INTERVAL_S, gateway_workers: int = 1
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
-        self.sender = LoadSender(socket_path(data_dir))
+        # One socket per gateway worker process (`openeas server --gateway-workers N`).
+        self.sender = LoadSender([socket_path(data_dir, k) for k in range(gateway_workers)])
         self._balancers: dict[tuple[str, int], str] = {}  # (service, version) → balancer
         self.last: dict[str, tuple[float, float]] = {}  # what the last round pushed
 

@@ -42,7 +42,6 @@ from openeas.autoscaler.metrics import (
     sources_by_kind,
 )
 from openeas.autoscaler.policy import Decision, DecisionContext, Observation, PolicyState, Traffic, decide
-from openeas.autoscaler.scrape import GatewayScrape
 from openeas.errors import OpenEASError
 from openeas.kernel.clock import LOOP_CLOCK, Clock
 from openeas.kernel.states import ReplicaPhase, ServiceState
@@ -56,7 +55,6 @@ log = logging.getLogger("openeas.autoscaler")
 class AutoscalerConfig:
     tick_s: float = 0.1  # seconds between decisions when nothing wakes the loop
     scrape_s: float = 1.0  # seconds between reads of the replicas (/metrics, psutil, NVML)
-    idle_gateway_poll_s: float = 1.0  # gateway reads while no service autoscales (scale-in choice)
     prescale_margin_s: float = 1.0  # added to the p90 cold start: a decision and a start take time
 
 
@@ -85,7 +83,6 @@ class Autoscaler:
         store: Store,
         *,
         traffic: TrafficStats | None = None,
-        gateway: GatewayScrape | None = None,
         sources: Sequence[MetricSource] = (),
         activation: QueueActivation | None = None,
         wake_reconciler: Callable[[], None] = lambda: None,
@@ -93,7 +90,6 @@ class Autoscaler:
         cfg: AutoscalerConfig | None = None,
     ) -> None:
         self.store = store
-        self.gateway = gateway
         self.extra_sources = list(sources)
         # Async services at zero with a queued request: started like a held request starts one.
         self.activation = activation
@@ -101,17 +97,14 @@ class Autoscaler:
         self.clock = clock  # now for the windows, wall for cron rules, sleep for the tick
         self.cfg = cfg or AutoscalerConfig()
         self.records: dict[str, ServiceRecord] = {}
+        self._no_policy: dict[str, int] = {}  # running service → its current version, which has no policy
         self.cold_starts = ColdStarts()
         self.events: Tally[tuple[str, str]] = Tally()  # (service, up|down) → count-changing decisions
         self._seen_cold: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_scrape: float | None = None
-        self._last_gateway: float | None = None
-        self.set_traffic(traffic if traffic is not None else gateway)
-
-    def set_traffic(self, traffic: TrafficStats | None) -> None:
-        """Where qps and concurrency come from (the pushed gateway stats, or the scrape)."""
+        # Where qps and concurrency come from: the gateways' counters datagram (GatewayStats).
         self.traffic = traffic
         base: list[MetricSource] = [TrafficSource(traffic)] if traffic is not None else []
         self.sources = sources_by_kind([*base, *self.extra_sources])
@@ -142,7 +135,7 @@ class Autoscaler:
             await self.close()
 
     async def close(self) -> None:
-        for s in (self.gateway, *self.extra_sources):
+        for s in self.extra_sources:
             closer = getattr(s, "close", None)
             if closer is not None:
                 await closer()
@@ -152,6 +145,8 @@ class Autoscaler:
         rec = self.records.get(name)
         if rec is not None and rec.version == version:
             return rec.policy
+        if self._no_policy.get(name) == version:
+            return None  # read and parsed once, not each tick: 50 services made 500 parses a second
         try:
             spec = self.store.version_spec(name, version)
             policy = spec.autoscaling_policy()
@@ -160,7 +155,9 @@ class Autoscaler:
             return None
         if policy is None:
             self.records.pop(name, None)
+            self._no_policy[name] = version
             return None
+        self._no_policy.pop(name, None)
         old = self.records.get(name)
         self.records[name] = ServiceRecord(
             policy, version, state=old.state if old else PolicyState(), cores=float(spec.metadata.cpu or 1.0)
@@ -189,6 +186,8 @@ class Autoscaler:
             views.append(ServiceView(svc.name, policy, ready, self.records[svc.name].cores))
         for name in set(self.records) - {v.name for v in views}:
             del self.records[name]  # stopped, deleted, or no policy any more
+        for name in set(self._no_policy) - {s.name for s in services}:
+            del self._no_policy[name]  # stopped or deleted: a new service of that name is read again
         current = {s.name: s.desired_replicas for s in services}
         if self.activation is not None:
             for name, backlog in (await self.activation.due(services, now)).items():
@@ -202,12 +201,6 @@ class Autoscaler:
                 log.exception("autoscaler: deciding for %s failed", view.name)
 
     async def _collect(self, views: Sequence[ServiceView], now: float) -> None:
-        gw = self.gateway
-        if gw is not None:
-            period = self.cfg.tick_s if views else self.cfg.idle_gateway_poll_s
-            if self._last_gateway is None or now - self._last_gateway >= period * 0.999:
-                self._last_gateway = now
-                await gw.poll([v.name for v in views], now)
         if views and (self._last_scrape is None or now - self._last_scrape >= self.cfg.scrape_s):
             self._last_scrape = now
             unique = {id(s): s for s in self.sources.values()}

@@ -1,9 +1,8 @@
 """Collection, apart from decision: the narrow protocols the loop reads metrics through.
 
 - :class:`TrafficStats` is the gateway's counters per service (arrivals, in flight, held). The
-  control plane's ``openeas.telemetry.gateway_stats.GatewayStats`` (pushed by the gateway) has
-  exactly these methods; :class:`openeas.autoscaler.scrape.GatewayScrape` reads the same from the
-  gateway's ``/metrics`` where the push is not wired.
+  control plane's ``openeas.telemetry.gateway_stats.GatewayStats`` (fed by the gateways'
+  counters datagram, the one channel for them) has exactly these methods.
 - :class:`MetricSource` answers one or more metric kinds with a service-wide total over a window;
   sources register by kind in :func:`sources_by_kind` (an unknown kind has no source: "no data",
   never zero). Sources that do I/O do it in ``collect``, called by the loop at its scrape period.

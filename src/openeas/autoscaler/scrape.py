@@ -1,31 +1,26 @@
-"""Collectors that read Prometheus text over HTTP: the gateway's per-service and per-replica
-counters (:class:`GatewayScrape`), and a named metric on every Ready replica's ``/metrics``
-(:class:`ReplicaScraper`: ``vllm:num_requests_running``, ``llamacpp:requests_processing``, the
-test server's ``testserver_requests_in_flight``...).
+"""Collectors that read Prometheus text over HTTP: a named metric on every Ready replica's
+``/metrics`` (:class:`ReplicaScraper`: ``vllm:num_requests_running``,
+``llamacpp:requests_processing``, the test server's ``testserver_requests_in_flight``...), and the
+parsing the engine-load scrape and the console share (`parse_samples`, `label`, `fetch_text`).
 
-:class:`GatewayScrape` implements :class:`~openeas.autoscaler.metrics.TrafficStats` from the
-gateway's ``/metrics``: arrivals are answered requests plus those in flight. It cannot see
-requests held for a replica apart from the others in flight (``held`` is 0); the pushed gateway
-stats can. It also gives each replica's in-flight requests, which the reconciler uses to choose
-which replica a scale-in stops.
+The gateway's counters are not scraped: they come in its counters datagram
+(:mod:`openeas.telemetry.gateway_stats`); its ``/metrics`` is for Prometheus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 
 from openeas.autoscaler.metrics import ServiceView, aggregate
-from openeas.autoscaler.windows import Counter, Gauge
+from openeas.autoscaler.windows import Gauge
 from openeas.spec.autoscaling import MetricTarget
 
 log = logging.getLogger("openeas.autoscaler")
 
-# Without a successful read for this long, the gateway's counters are "no data", seconds.
-GATEWAY_STALE_S = 5.0
 # A replica's metric not read for this long is left out of the service's total, seconds.
 REPLICA_STALE_S = 10.0
 
@@ -63,9 +58,6 @@ def label(labels: str, key: str) -> str | None:
     return labels[i + len(prefix) : j] if j != -1 else None
 
 
-_label = label
-
-
 async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
@@ -74,90 +66,6 @@ async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float)
             return await r.text()
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         return None
-
-
-_GATEWAY_NAMES = {
-    "openeas_gateway_requests_total",
-    "openeas_gateway_in_flight_requests",
-    "openeas_gateway_replica_in_flight",
-}
-
-
-class GatewayScrape:
-    """The gateway's counters, read from its ``/metrics`` (``poll``) into time windows."""
-
-    def __init__(self, url: str, *, timeout_s: float = 1.0, horizon_s: float = 900.0) -> None:
-        self.url = url.rstrip("/") + "/metrics"
-        self.timeout_s = timeout_s
-        self.horizon_s = horizon_s
-        self.arrivals: dict[str, Counter] = {}
-        self.in_flight: dict[str, Gauge] = {}
-        self.replicas: dict[str, int] = {}  # replica id → requests in flight now
-        self.last_ok: float | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def poll(self, services: Sequence[str], now: float) -> bool:
-        """Read the gateway once; services it does not name had no request (zero)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        text = await fetch_text(self._session, self.url, self.timeout_s)
-        if text is None:
-            return False
-        self.observe_text(text, services, now)
-        return True
-
-    def observe_text(self, text: str, services: Sequence[str], now: float) -> None:
-        samples = parse_samples(text, _GATEWAY_NAMES)
-        answered: dict[str, float] = {}
-        for labels, v in samples.get("openeas_gateway_requests_total", []):
-            svc = _label(labels, "service")
-            if svc is not None:
-                answered[svc] = answered.get(svc, 0.0) + v
-        flying: dict[str, float] = {}
-        for labels, v in samples.get("openeas_gateway_in_flight_requests", []):
-            svc = _label(labels, "service")
-            if svc is not None:
-                flying[svc] = v
-        self.replicas = {
-            rid: int(v)
-            for labels, v in samples.get("openeas_gateway_replica_in_flight", [])
-            if (rid := _label(labels, "replica")) is not None
-        }
-        for svc in {*services, *answered, *flying}:
-            f = flying.get(svc, 0.0)
-            self.arrivals.setdefault(svc, Counter(self.horizon_s)).add(now, answered.get(svc, 0.0) + f)
-            self.in_flight.setdefault(svc, Gauge(self.horizon_s)).add(now, f)
-        self.last_ok = now
-
-    def replica_in_flight(self) -> Mapping[str, int]:
-        return self.replicas
-
-    def _fresh(self, now: float) -> bool:
-        return self.last_ok is not None and now - self.last_ok <= GATEWAY_STALE_S
-
-    # -- TrafficStats -------------------------------------------------------------------------
-    def arrival_rate(self, service: str, window_s: float, now: float) -> float | None:
-        c = self.arrivals.get(service)
-        if c is None or not self._fresh(now):
-            return None
-        return c.rate(window_s, now)
-
-    def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
-        g = self.in_flight.get(service)
-        if g is None or not self._fresh(now):
-            return None
-        return g.mean(window_s, now)
-
-    def held(self, service: str, now: float) -> int:
-        return 0
-
-    def last_seen(self, service: str) -> float | None:
-        return self.last_ok if service in self.in_flight else None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 class ReplicaScraper:

@@ -30,6 +30,7 @@ from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
 from openeas.cli.server import server
+from openeas.cli.simulate import simulate_cmd, trace_cmd
 from openeas.cli.stress import stress_app
 from openeas.sdk.client import ApiError, Client, ready_count
 
@@ -53,6 +54,8 @@ archive_app, restore_cmd = archive_commands(lambda: _client(), _fail)
 app.add_typer(archive_app, name="archive")
 app.command("restore")(cli_errors(restore_cmd))
 app.add_typer(cost_app, name="cost")  # cli/cost.py
+app.command("simulate")(cli_errors(simulate_cmd))  # cli/simulate.py
+app.command("trace")(trace_cmd)  # cli/simulate.py: a field-guide shape as a trace CSV
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
 
 def _version_callback(value: bool) -> None:
@@ -362,10 +365,21 @@ def delete(
 @cli_errors
 def versions(
     name: Annotated[str, typer.Argument(help="Service name.")],
+    diff: Annotated[
+        tuple[int, int] | None,
+        typer.Option("--diff", metavar="FROM TO", help="Show what changed between two versions' specs."),
+    ] = None,
     json_out: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
-    """List the versions of a service (each deploy or rollback makes one)."""
+    """List the versions of a service (each deploy or rollback makes one), or diff two of them."""
+    if diff is not None:
+        answer = _client(data_dir).version_diff(name, *diff)
+        if json_out:
+            render.print_json(answer)
+        else:
+            typer.echo("\n".join(answer["diff"]) or f"v{diff[0]} and v{diff[1]} have the same spec")
+        return
     vs = _client(data_dir).versions(name)
     if json_out:
         render.print_json({"versions": vs})

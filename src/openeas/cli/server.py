@@ -65,6 +65,14 @@ GatewayLimitOpt = Annotated[
     list[str] | None,
     typer.Option("--gateway-limit", help="NAME=VALUE: a gateway client limit (repeatable; docs/cli.md)."),
 ]
+GatewayWorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--gateway-workers",
+        help="Gateway processes sharing the gateway port (SO_REUSEPORT), each on a core of its own "
+        "when the node has them; 1 to 4 per core (README: Gateway workers).",
+    ),
+]
 ReplicaUserOpt = Annotated[
     str,
     typer.Option(
@@ -154,6 +162,7 @@ def server(
     node_memory: NodeMemoryOpt = None,
     queue_url: QueueUrlOpt = None,
     gateway_limit: GatewayLimitOpt = None,
+    gateway_workers: GatewayWorkersOpt = 1,
     replica_user: ReplicaUserOpt = "openeas-replica",
     allow_host_path: AllowHostPathOpt = None,
     nfs_export: NfsExportOpt = None,
@@ -205,6 +214,7 @@ def server(
         keep_replicas=keep_replicas,
         public_metrics=public_metrics,
         gateway_limits=list(gateway_limit or []),
+        gateway_workers=gateway_workers,
         node_cpu=node_cpu,
         node_memory_mb=node_memory,
         replica_user=replica_user,

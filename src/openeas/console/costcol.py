@@ -24,12 +24,12 @@ def cost_text(cost: dict[str, object]) -> str | None:
 
 def monthly_cost(
     cp: ControlPlane, clock: Callable[[], float] = time.monotonic
-) -> Callable[[str], str | None]:
-    """The Live view's cost hook over ``cp``'s store and the server's catalog."""
+) -> Callable[[str, int], str | None]:
+    """The Live view's cost hook over ``cp``'s store and the server's catalog: ``(service,
+    version)`` → text; the store is read only when the version's estimate is not kept."""
     kept: dict[str, tuple[int, float, str | None]] = {}  # name -> (version, when, text)
 
-    def of(name: str) -> str | None:
-        version = cp.store.get_service(name).current_version
+    def of(name: str, version: int) -> str | None:
         now = clock()
         hit = kept.get(name)
         if hit is not None and hit[0] == version and now - hit[1] < COST_TTL_S:

@@ -1,11 +1,13 @@
 """The Groups page: a group's members with a weight slider and a mirror slider each (one form that
-posts them all through the API's weights call, which returns once the gateway routes by them), and
-each member's live and mirrored traffic (requests, success, p99) as the gateway counts it, live."""
+posts them all through the API's weights call, which returns once the gateway routes by them),
+each member's live and mirrored traffic (requests, success, p99) as the gateway counts it, live,
+and its staged rollout's progress with pause, resume and abort (abort behind a "yes, …" box)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from openeas.console.html import csrf_field, errors_list, esc, layout, table
 
@@ -76,10 +78,72 @@ def _member_row(m: Mapping[str, Any]) -> str:
     )
 
 
-def group_page(detail: Mapping[str, Any], csrf: str, errors: Sequence[str] = ()) -> str:
+ROLLOUT_ACTIONS = {"Running": ("pause", "abort"), "Paused": ("resume", "abort")}
+"""What an operator may do to a rollout in each status (a finished one: nothing)."""
+NO_ROLLOUT = "No staged rollout: `openeas rollout GROUP --to MEMBER` starts one."
+CONFIRMED = {"abort"}
+"""Rollout actions that need the form's "yes, …" box ticked."""
+
+
+def _rollout_action(group: str, what: str, csrf: str) -> str:
+    check = (
+        f'<label><input type="checkbox" name="confirm" value="yes" required> yes, {esc(what)} the rollout '
+        f"of {esc(group)} and restore its weights</label>"
+        if what in CONFIRMED
+        else ""
+    )
+    return (
+        f'<form method="post" action="/console/groups/{esc(quote(group))}/rollout/{what}" class="action">'
+        f'{csrf_field(csrf)}{check}<button type="submit">{esc(what.capitalize())}</button></form>'
+    )
+
+
+def rollout_fragment(group: str, rollout: Mapping[str, Any] | None, csrf: str) -> dict[str, str]:
+    """The live part of the rollout section: status, step and percent, the last look's reason,
+    and the actions the status allows; "no rollout" when the group never had one."""
+    if rollout is None:
+        return {"rollout": f'<p class="muted">{esc(NO_ROLLOUT)}</p>', "rollout_actions": ""}
+    plan, state = rollout.get("plan") or {}, rollout.get("state") or {}
+    status = str(state.get("status"))
+    steps = plan.get("steps") or []
+    pct = rollout.get("percent", 0)
+    look = rollout.get("last_look") or {}
+    bad = ' class="bad"' if status == "RolledBack" else ""
+    items = [
+        ("Status", f"<span data-field=rollout-status{bad}>{esc(status)}</span>"),
+        ("Candidate", f"{esc(plan.get('candidate'))} (from {esc(plan.get('baseline'))})"),
+        (
+            "Step",
+            f'<span data-field=rollout-step>{esc(rollout.get("step"))}</span> · {esc(pct)}% to the candidate '
+            f'<progress max="100" value="{esc(pct)}" aria-label="{esc(pct)}% to the candidate"></progress>',
+        ),
+        ("Steps", esc(" → ".join(f"{p}%" for p in steps))),
+        ("Hold per step", f"{esc(plan.get('hold_s'))} s"),
+        ("Reason", esc(look.get("reason") or state.get("reason"))),
+    ]
+    rows = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    actions = "".join(_rollout_action(group, what, csrf) for what in ROLLOUT_ACTIONS.get(status, ()))
+    # Apart, so that the script replaces the forms only when the allowed actions change (a box
+    # being ticked is not reset by the next look at the rollout).
+    return {"rollout": f'<dl class="plan">{rows}</dl>', "rollout_actions": actions}
+
+
+def rollout_errors(what: str, form: Mapping[str, str]) -> list[str]:
+    """Every problem of a rollout action's form, one ``field: reason`` line each."""
+    if what not in ("pause", "resume", "abort"):
+        return [f"action: '{what}' is not one of abort, pause, resume"]
+    if what in CONFIRMED and form.get("confirm") != "yes":
+        return [f"confirm: tick the box to {what} the rollout"]
+    return []
+
+
+def group_page(
+    detail: Mapping[str, Any], csrf: str, errors: Sequence[str] = (), rollout: Mapping[str, Any] | None = None
+) -> str:
     name = str(detail["name"])
     rows = [_member_row(m) for m in detail["members"]]
     frag = stats_fragment(detail)
+    ro = rollout_fragment(name, rollout, csrf)
     form = (
         f'<form method="post" action="/console/groups/{esc(name)}/weights" id="weights">{csrf_field(csrf)}'
         + table(MEMBER_HEAD, rows, tid="members", caption=f"Members ({detail['traffic_mode']} traffic)")
@@ -91,8 +155,12 @@ def group_page(detail: Mapping[str, Any], csrf: str, errors: Sequence[str] = ())
         + form
         + table(STATS_HEAD, [frag["member_stats"]], tid="member-stats", caption="Traffic per member, live")
         + f'<p id="stats-note" class="bad">{frag["stats_note"]}</p>'
+        + '<h2>Staged rollout</h2>'
+        + '<section id="rollout" aria-label="Staged rollout">'
+        + f'<div id="rollout-state">{ro["rollout"]}</div>'
+        + f'<div id="rollout-actions" class="actions">{ro["rollout_actions"]}</div></section>'
     )
-    return layout(f"Group {name}", body, csrf=csrf, live=f"/console/live/groups/{name}")
+    return layout(f"Group {name}", body, csrf=csrf, live=f"/console/live/groups/{quote(name)}")
 
 
 def weights_body(form: Mapping[str, str], members: Sequence[str]) -> tuple[dict[str, Any], list[str]]:

@@ -4,10 +4,13 @@ script only swaps in the fragments the live stream sends (rendered here too, by 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from openeas.console.html import csrf_field, errors_list, esc, layout, sparkline, table
+from openeas.console.service_parts import log_html, snippets_html, versions_html
 
 SERVICE_HEAD = (
     "Service",
@@ -101,7 +104,7 @@ def services_page(snap: Mapping[str, Any], csrf: str) -> str:
     return layout("Services", body, csrf=csrf, live="/console/live")
 
 
-REPLICA_HEAD = ("Replica", "Phase", "Restarts", "Host:port", "Cold start", "Message")
+REPLICA_HEAD = ("Replica", "Phase", "Restarts", "Node", "Host:port", "Cold start", "Message")
 
 
 COLD_SEGMENTS = ("pull_s", "fetch_s", "prepare_s", "start_s", "warm_s")
@@ -136,6 +139,7 @@ def replicas_fragment(detail: Mapping[str, Any]) -> dict[str, str]:
             f'<tr id="rep-{esc(r["id"])}"><td>{esc(r["id"])}</td>'
             f'<td data-field="phase">{esc(r["phase"])}</td>'
             f'<td data-field="restarts"{bad}>{esc(r["restart_count"])}</td>'
+            f"<td>{esc(r.get('node') or 'this machine')}</td>"
             f"<td>{esc(r['host'])}:{esc(r['port'])}</td><td>{cold_bar(r['cold_start'])}</td>"
             f"<td>{esc(r['message'])}</td></tr>"
         )
@@ -169,48 +173,43 @@ def _action(name: str, csrf: str, action: str, label: str, extra: str = "", conf
     )
 
 
+@dataclass(frozen=True)
+class ServiceExtras:
+    """What a Service page shows beyond the service's own detail: the token once revealed, the
+    two versions picked for a diff and their diff, the replica whose log is shown and its tail."""
+
+    token: str | None = None
+    pick: tuple[int, int] | None = None
+    diff: Sequence[str] | None = None
+    log_replica: str | None = None
+    log_text: str | None = None
+
+
 def service_page(
     detail: Mapping[str, Any],
     events: Sequence[Mapping[str, Any]],
     history: Sequence[Mapping[str, Any]],
     csrf: str,
     *,
-    token: str | None = None,
+    extras: ServiceExtras = ServiceExtras(),
     errors: Sequence[str] = (),
 ) -> str:
     name = str(detail["name"])
     frag = replicas_fragment(detail)
-    versions = "".join(
-        f"<li>v{esc(v['version'])} {esc(v['created_at'])}"
-        + (
-            " (current)"
-            if v["current"]
-            else _action(
-                name,
-                csrf,
-                "rollback",
-                f"Roll back to v{v['version']}",
-                f'<input type="hidden" name="version" value="{esc(v["version"])}">',
-                confirm=True,
-            )
-        )
-        + "</li>"
-        for v in detail["versions"]
-    )
     ev_rows = [
         f"<tr><td>{esc(e['time'])}</td><td>{esc(e['type'])}</td><td>{esc(e['reason'])}</td>"
         f"<td>{esc(e['message'])}</td></tr>"
         for e in events
     ]
     reveal = (
-        f'<p>Token: <code id="token">{esc(token)}</code></p>'
-        if token
+        f'<p>Token: <code id="token">{esc(extras.token)}</code></p>'
+        if extras.token
         else f'<form method="post" action="/console/services/{esc(name)}/token">{csrf_field(csrf)}'
         '<button type="submit">Reveal token</button></form>'
     )
     call = (
         f"<p>Endpoint: <code>{esc(detail['endpoint'])}</code></p>{reveal}"
-        f"<pre>curl -H 'Authorization: &lt;token&gt;' {esc(detail['endpoint'])} -d '{{}}'</pre>"
+        f'<div class="snippets">{snippets_html(name, str(detail["endpoint"]), extras.token)}</div>'
     )
     scale = _action(
         name,
@@ -227,6 +226,11 @@ def service_page(
         + _action(name, csrf, "delete", "Delete", confirm=True)
     )
     charts = charts_html(history)
+    replica_ids = [str(r["id"]) for r in detail["replicas"]]
+    quoted = urllib.parse.quote(name)
+    live = [f"/console/live/services/{quoted}"]
+    if extras.log_replica:
+        live.append(f"/console/live/services/{quoted}/log?replica={urllib.parse.quote(extras.log_replica)}")
     body = (
         errors_list(errors)
         + f'<p id="status" class="status">{frag["status"]}</p>'
@@ -235,12 +239,15 @@ def service_page(
         + "<h2>Replicas</h2>"
         + table(REPLICA_HEAD, [frag["replicas"]], tid="replicas")
         + f"<h2>Call</h2>{call}"
-        + f"<h2>Versions</h2><ul>{versions}</ul>"
+        + '<h2 id="versions-head">Versions</h2>'
+        + versions_html(name, detail["versions"], csrf, extras.pick, extras.diff)
+        + "<h2>Log</h2>"
+        + log_html(name, replica_ids, extras.log_replica, extras.log_text)
         + f"<h2>Spec as deployed</h2><pre>{esc(json.dumps(detail['spec'], indent=2))}</pre>"
         + "<h2>Events</h2>"
         + table(("Time", "Type", "Reason", "Message"), ev_rows, tid="events")
     )
-    return layout(name, body, csrf=csrf, live=f"/console/live/{name}")
+    return layout(name, body, csrf=csrf, live=live)
 
 
 def deploy_page(

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from openeas.api.control import ControlPlane
-from openeas.console import group_pages, pages, queues_page, stress_page
+from openeas.console import group_pages, pages, queues_page, service_parts, stress_page
 from openeas.console.apicall import Answer, call
 from openeas.console.costcol import monthly_cost
 from openeas.console.html import SECURITY_HEADERS, layout
@@ -32,7 +32,10 @@ MAX_FORM_BYTES = 1024 * 1024
 STREAM_KEEPALIVE_S = 15.0
 """Seconds between two comments on an idle live stream (keeps proxies from closing it)."""
 
-_STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+GROUP_POLL_S = 1.0
+"""Seconds between two looks at a group (its traffic and its rollout) for its page's live stream."""
+
+_STATIC = {"console.js": "text/javascript"}  # the stylesheet is inlined in each page (html.py)
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
@@ -124,6 +127,7 @@ def add_console(app: FastAPI, cp: ControlPlane, clock: Callable[[], float] = tim
         _login_routes,
         _services_routes,
         _service_routes,
+        _service_live_routes,
         _deploy_routes,
         _group_routes,
         stress_page.add,
@@ -192,27 +196,43 @@ def _services_routes(c: Console) -> None:
         return c.stream(request, frag)
 
 
+def _pick(request: Request) -> tuple[int, int] | None:
+    """The two versions a Service page's compare form asked for (``diff_from``, ``diff_to``)."""
+    a, b = request.query_params.get("diff_from", ""), request.query_params.get("diff_to", "")
+    return (int(a), int(b)) if a.isdigit() and b.isdigit() else None
+
+
 def _service_routes(c: Console) -> None:
-    """A service's page: reveal its token, its actions, its live stream."""
+    """A service's page (its versions diff and the replica whose log it shows are read from the
+    query), reveal its token, its actions."""
     app, live = c.app, c.live
 
     async def render(
-        s: Session, name: str, token: str | None = None, errors: list[str] | None = None
+        s: Session, name: str, request: Request, token: str | None = None, errors: list[str] | None = None
     ) -> Response:
         got = await c.api("GET", f"/api/v1/services/{_q(name)}")
         if not got.ok:
             return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
         ev = await c.api("GET", f"/api/v1/services/{_q(name)}/events?limit=50")
         events = ev.body.get("events", []) if ev.ok else []
-        page = pages.service_page(
-            got.body, events, live.history_of(name), s.csrf, token=token, errors=errors or []
-        )
+        errors = list(errors or [])
+        pick, diff = _pick(request), None
+        if pick is not None:
+            d = await c.api("GET", f"/api/v1/services/{_q(name)}/versions/diff?from={pick[0]}&to={pick[1]}")
+            diff = d.body["diff"] if d.ok else None
+            errors += d.errors()
+        ids = [str(r["id"]) for r in got.body["replicas"]]
+        asked = request.query_params.get("replica")
+        replica = asked if asked in ids else (ids[0] if ids else None)
+        extras = pages.ServiceExtras(token, pick, diff, replica, await _log(c, name, replica))
+        history = live.history_of(name)
+        page = pages.service_page(got.body, events, history, s.csrf, extras=extras, errors=errors)
         return _html(page, 400 if errors else 200)
 
     @app.get("/console/services/{name}", include_in_schema=False)
     async def service(request: Request, name: str) -> Response:
         s = c.session_of(request)
-        return _to_login() if s is None else await render(s, name)
+        return _to_login() if s is None else await render(s, name, request)
 
     @app.post("/console/services/{name}/token", include_in_schema=False)
     async def reveal(request: Request, name: str) -> Response:
@@ -220,7 +240,7 @@ def _service_routes(c: Console) -> None:
         if refused is not None or s is None:
             return refused or _to_login()
         got = await c.api("GET", f"/api/v1/services/{_q(name)}/call-info")
-        return await render(s, name, token=got.body.get("token") if got.ok else None)
+        return await render(s, name, request, token=got.body.get("token") if got.ok else None)
 
     @app.post("/console/services/{name}/action", include_in_schema=False)
     async def act(request: Request, name: str) -> Response:
@@ -235,10 +255,25 @@ def _service_routes(c: Console) -> None:
             if got.ok and form["action"] == "delete":
                 return _redirect("/console/services")
         if errors:
-            return await render(s, name, errors=errors)
+            return await render(s, name, request, errors=errors)
         return _redirect(f"/console/services/{_q(name)}")
 
-    @app.get("/console/live/{name}", include_in_schema=False)
+
+async def _log(c: Console, name: str, replica: str | None) -> str | None:
+    """The last lines of ``replica``'s log (None: no such replica now)."""
+    if replica is None:
+        return None
+    path = f"/api/v1/services/{_q(name)}/logs?replica={_q(replica)}&tail={service_parts.LOG_LINES}"
+    got = await c.api("GET", path)
+    return str(got.body["logs"][0]["text"]) if got.ok and got.body.get("logs") else None
+
+
+def _service_live_routes(c: Console) -> None:
+    """A service's live streams: its status, replicas and charts; the tail of one replica's log."""
+    live = c.live
+
+    # Under /services/: a one-segment /console/live/{name} took /console/live/async for a service's.
+    @c.app.get("/console/live/services/{name}", include_in_schema=False)
     def live_service(request: Request, name: str) -> Response:
         async def frag() -> dict[str, str]:
             got = await c.api("GET", f"/api/v1/services/{_q(name)}")
@@ -247,6 +282,13 @@ def _service_routes(c: Console) -> None:
             return {**pages.replicas_fragment(got.body), "charts": pages.charts_html(live.history_of(name))}
 
         return c.stream(request, frag)
+
+    @c.app.get("/console/live/services/{name}/log", include_in_schema=False)
+    def live_log(request: Request, name: str, replica: str) -> Response:
+        async def frag() -> dict[str, str]:
+            return service_parts.log_fragment(await _log(c, name, replica))
+
+        return c.stream(request, frag, service_parts.LOG_POLL_S)
 
 
 def _deploy_routes(c: Console) -> None:
@@ -280,13 +322,18 @@ def _deploy_routes(c: Console) -> None:
 
 
 def _group_routes(c: Console) -> None:
-    """A group's page: its weight sliders and its live stream."""
+    """A group's page: its weight sliders, its staged rollout and its live stream."""
+
+    async def rollout(name: str) -> Any:
+        got = await c.api("GET", f"/api/v1/groups/{_q(name)}/rollout")
+        return got.body if got.ok else None
 
     async def render(s: Session, name: str, errors: list[str] | None = None) -> Response:
         got = await c.api("GET", f"/api/v1/groups/{_q(name)}")
         if not got.ok:
             return _html(layout("Not found", pages.errors_list(got.errors())), got.status)
-        return _html(group_pages.group_page(got.body, s.csrf, errors or []), 400 if errors else 200)
+        page = group_pages.group_page(got.body, s.csrf, errors or [], await rollout(name))
+        return _html(page, 400 if errors else 200)
 
     @c.app.get("/console/groups/{name}", include_in_schema=False)
     async def group(request: Request, name: str) -> Response:
@@ -308,13 +355,30 @@ def _group_routes(c: Console) -> None:
             return await render(s, name, errors)
         return _redirect(f"/console/groups/{_q(name)}")
 
+    @c.app.post("/console/groups/{name}/rollout/{what}", include_in_schema=False)
+    async def rollout_action(request: Request, name: str, what: str) -> Response:
+        s, form, refused = await c.posted(request)
+        if refused is not None or s is None:
+            return refused or _to_login()
+        errors = group_pages.rollout_errors(what, form)
+        if not errors:
+            errors = (await c.api("POST", f"/api/v1/groups/{_q(name)}/rollout/{what}")).errors()
+        return await render(s, name, errors) if errors else _redirect(f"/console/groups/{_q(name)}")
+
     @c.app.get("/console/live/groups/{name}", include_in_schema=False)
     def live_group(request: Request, name: str) -> Response:
-        async def frag() -> dict[str, str]:
-            got = await c.api("GET", f"/api/v1/groups/{_q(name)}")
-            return group_pages.stats_fragment(got.body) if got.ok else {"stats_note": "group gone"}
+        s = c.session_of(request)
 
-        return c.stream(request, frag)
+        async def frag() -> dict[str, str]:
+            # both at once: the rollout's look must not delay the traffic counts a slider moves
+            got, ro = await asyncio.gather(c.api("GET", f"/api/v1/groups/{_q(name)}"), rollout(name))
+            if not got.ok:
+                return {"stats_note": "group gone"}
+            section = group_pages.rollout_fragment(name, ro, s.csrf if s else "")
+            return {**group_pages.stats_fragment(got.body), **section}
+
+        # Looked at every second too: a rollout's hold and its last look move without the live view.
+        return c.stream(request, frag, GROUP_POLL_S)
 
 
 _ACTIONS: dict[str, Callable[[dict[str, str]], tuple[str, str, Any]]] = {

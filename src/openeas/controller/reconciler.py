@@ -36,9 +36,10 @@ from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
 from openeas.runtime.base import kill_orphans
 from openeas.runtime.select import Runtimes
+from openeas.spec import ServiceSpec
 from openeas.storage import NodeCache
 from openeas.storage.cache_index import keys_in_use
-from openeas.store import ReplicaRow, Store
+from openeas.store import ReplicaRow, ServiceRow, Store
 
 log = logging.getLogger("openeas.reconciler")
 
@@ -71,6 +72,7 @@ class Reconciler:
         self.capacity = capacity or node_capacity()
         self.admitted: set[str] = set()  # replica ids holding their share of the node
         self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
+        self._specs: dict[tuple[str, int, float], ServiceSpec] = {}  # (service, version, created_at)
 
     def wake(self) -> None:
         """Ask for a pass now (the API calls this after writing desired state)."""
@@ -95,8 +97,21 @@ class Reconciler:
             log.warning("killed %d orphan replica processes: %s", len(killed), killed)
         return killed
 
+    def _spec(self, svc: ServiceRow) -> ServiceSpec:
+        """The spec of ``svc``'s current version, read and parsed once: a version never changes,
+        and a service deleted and made again has another ``created_at``. (Read each pass, 50
+        services made 200 reads and parses a second on the event loop the API answers from.)"""
+        key = (svc.name, svc.current_version, svc.created_at)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = self.store.version_spec(svc.name, svc.current_version)
+        return spec
+
     def reconcile_once(self) -> None:
         services = {s.name: s for s in self.store.list_services()}
+        current = {(s.name, s.current_version, s.created_at) for s in services.values()}
+        for gone in set(self._specs) - current:
+            del self._specs[gone]
         replicas = self.store.replicas()
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
@@ -122,7 +137,7 @@ class Reconciler:
                     self.store.record_event(name, "Deleted", "all replicas stopped; service deleted")
                 continue
             desired = desired_replicas(svc.state, svc.desired_replicas)
-            spec = self.store.version_spec(name, svc.current_version)
+            spec = self._spec(svc)
             if svc.state != ServiceState.STOPPED:
                 self.prefetch.ensure(name, svc.current_version, spec)
             rs = spec.metadata.rolling_strategy

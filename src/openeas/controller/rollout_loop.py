@@ -1,20 +1,22 @@
 """The staged rollout's loop: every `TICK_S` (or at once when woken), for each running rollout,
-read the candidate's live counters from the gateway, ask the pure `decide` what to do, and do it:
-set a step's weights, roll back to the routes the group had when the rollout started, or finish.
+read the candidate's live counters (the gateways' counters datagram, `GroupCounters`), ask the
+pure `decide` what to do, and do it: set a step's weights, roll back to the routes the group had
+when the rollout started, or finish.
 
 Level-triggered, like the reconciler: the state in the store (step, when it started, the
 counters at its start) is the truth, and every look makes the group's weights agree with it
 (a step written just before a crash gets its weights at the next look). The state survives a
 restart of the control plane, and so do the counters it compares with: the gateway keeps them
-(and outlives the server). Writes use the store's compare-and-set, so an operator's pause,
-resume or abort is never overwritten by a look that started before it.
+(and outlives the server) and sends them whole in every datagram. Writes use the store's
+compare-and-set, so an operator's pause, resume or abort is never overwritten by a look that
+started before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Mapping
 
 from openeas.controller.rollout_staged import decide, step_weights
 from openeas.errors import OpenEASError
@@ -23,7 +25,8 @@ from openeas.kernel.rollout import Action, Decision, Observation, RolloutPlan, R
 from openeas.store.db import Store
 from openeas.store.groups import GroupStore
 from openeas.store.rollouts import RolloutStore
-from openeas.telemetry.group_stats import GroupStatsSource, member_live, window
+from openeas.telemetry.gateway_stats import MemberSample
+from openeas.telemetry.group_stats import GroupCounters, member_live, window
 
 log = logging.getLogger("openeas.rollout")
 
@@ -51,14 +54,14 @@ class RolloutController:
     def __init__(
         self,
         store: Store,
-        source: GroupStatsSource,
+        counters: GroupCounters,
         *,
         clock: Clock = LOOP_CLOCK,
         tick_s: float = TICK_S,
     ) -> None:
         self.rollouts = RolloutStore(store)
         self.groups = GroupStore(store)
-        self.source = source
+        self.counters = counters  # the group members' live traffic, from the gateways
         self.clock = clock  # its wall time stamps steps (stored); its sleeps pace the loop
         self.tick_s = tick_s
         # The latest decision and observation of each group's rollout (shown by the API).
@@ -89,8 +92,8 @@ class RolloutController:
         for plan, state in await asyncio.to_thread(self.rollouts.active):
             if state.status != Status.RUNNING:
                 continue
-            raw = await asyncio.to_thread(self.source.fetch, plan.group)
-            await asyncio.to_thread(self.look, plan, state, raw)
+            members = self.counters.members(plan.group)  # what the receiver holds: no I/O
+            await asyncio.to_thread(self.look, plan, state, members)
 
     def restore(self, plan: RolloutPlan, state: RolloutState) -> None:
         """Converge an ended rollout whose routes are still to be restored (an operator's abort, or a
@@ -102,10 +105,12 @@ class RolloutController:
         restore_routes(self.groups, plan, reason, message)
         self.rollouts.save(plan.group, state.but(restore_pending=False), expect=state)
 
-    def look(self, plan: RolloutPlan, state: RolloutState, raw: dict[str, Any] | None) -> Decision:
-        """One look at one running rollout with the gateway's counters ``raw`` (None: unread)."""
+    def look(
+        self, plan: RolloutPlan, state: RolloutState, members: Mapping[str, MemberSample] | None
+    ) -> Decision:
+        """One look at one running rollout with the group members' counters (None: unknown)."""
         now = self.clock.wall()
-        live = member_live(raw, plan.candidate)
+        live = member_live(members, plan.candidate)
         if state.step >= 0:
             if not self._ensure_weights(plan, state):
                 return self.last[plan.group][0]

@@ -31,6 +31,7 @@ from openeas.storage.oss import resolve_url
 from openeas.storage.pyreqs import PrepareError, ensure_requirements
 from openeas.store import ReplicaRow
 from openeas.telemetry.coldstart import breakdown, start_record
+from openeas.userfile import UserFileError
 
 # The server's own secrets, paths and addresses never reach a replica's environment.
 PRIVATE_ENV = frozenset(
@@ -281,6 +282,8 @@ class StartPhases(SupervisorBase):
             requests = await asyncio.to_thread(load_warmup, local)  # off the loop: a slow disk
         except MountError as exc:
             raise _Failure("WarmupFailed", exc.message) from None
+        except UserFileError as exc:  # the file itself: the message names the field
+            raise _Failure("WarmupFailed", str(exc)) from None
         except (OSError, ValueError) as exc:
             raise _Failure("WarmupFailed", f"warm_up_data_path: {exc}") from None
         report = await self.cfg.warmup(row.host, row.port, requests, timeout_s=WARMUP_REQUEST_TIMEOUT_S)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -25,7 +27,8 @@ from openeas.gateway.context import ClientLimits
 from openeas.gateway.routing.notify import socket_path
 from openeas.gateway.routing.source import routing_source
 from openeas.gateway.routing.table import FileRoutingSource, RoutingSource
-from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, serve
+from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, WorkerPlace, serve
+from openeas.gateway.workers import MAX_WORKERS_PER_CORE, check_workers, supervise
 from openeas.procfs import CONTROL_PLANE_OOM_SCORE_ADJ, pid_alive, set_oom_score_adj
 from openeas.telemetry import gateway_stats
 
@@ -60,6 +63,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ready-file", type=Path, help="written (with this pid) once the gateway listens")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT), kept running by this one; "
+        f"1 to {MAX_WORKERS_PER_CORE} per core (default 1: this process serves)",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument(
         "--queue-url",
         help="async services' queue: sqlite:///PATH or redis://HOST:PORT/DB (default with --data-dir: "
         "sqlite under it)",
@@ -86,7 +98,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.store is not None and args.data_dir is None:
         p.error("--store: needs --data-dir (the folder that holds the store's secret.key)")
+    try:
+        check_workers(args.workers)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.worker_index is not None and not (0 <= args.worker_index < args.workers and args.worker_dir):
+        p.error("--worker-index: set by the supervisor, with --worker-dir, below --workers")
     return args
+
+
+def _worker(args: argparse.Namespace) -> WorkerPlace | None:
+    if args.worker_index is None:
+        return None
+    with contextlib.suppress(OSError, AttributeError):  # Linux: SIGTERM when the supervisor dies
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return WorkerPlace(args.worker_index, args.workers, args.worker_dir)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _limits(args: argparse.Namespace) -> ClientLimits:
@@ -151,7 +180,7 @@ async def _main(args: argparse.Namespace) -> None:
         args.port,
         ready_cb=ready,
         poll_interval_s=poll_s,
-        notify_socket=socket_path(args.data_dir) if args.data_dir is not None else None,
+        notify_socket=None if args.data_dir is None else socket_path(args.data_dir, args.worker_index or 0),
         stats_socket=_stats_socket(args),
         stop=stop,
         grace_s=args.grace,
@@ -159,6 +188,7 @@ async def _main(args: argparse.Namespace) -> None:
         limits=_limits(args),
         queue_url=args.queue_url,
         data_dir=args.data_dir,
+        worker=_worker(args),
     )
     if watcher is not None:
         watcher.cancel()
@@ -168,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_oom_score_adj(CONTROL_PLANE_OOM_SCORE_ADJ)  # the OOM killer takes replicas, not the gateway
+    if args.workers > 1 and args.worker_index is None:  # the supervisor of N worker processes
+        sys.exit(supervise(sys.argv[1:] if argv is None else argv, args.workers, args.grace, args.ready_file))
     try:
         import uvloop
     except ImportError:

@@ -35,6 +35,7 @@ from openeas.gateway.routing.replica_load import socket_path as load_socket_path
 from openeas.gateway.routing.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.routing.table import RoutingSource
 from openeas.gateway.telemetry.metrics import GatewayMetrics
+from openeas.gateway.telemetry.siblings import Siblings
 from openeas.gateway.telemetry.stats import StatsSender
 from openeas.kernel.routing import RoutingTable
 
@@ -72,8 +73,10 @@ class Gateway:
         limits: ClientLimits | None = None,
         queue_url: str | None = None,
         data_dir: Path | None = None,
+        worker: int = 0,
     ) -> None:
         self.source = source
+        self.worker = worker  # this process's index among the gateway's workers (--workers N)
         # Async services' queue backend (openeas.queue.open_backend): opened when the first async
         # service is routed; None with no data dir either: async services get 503.
         self.queue_url = queue_url
@@ -202,7 +205,7 @@ class Gateway:
             self._listener = NotifyListener(self.notify_socket, self.refresh_soon)
             self._listener.start(loop)
         if self.data_dir is not None:
-            self._loads = LoadListener(load_socket_path(self.data_dir), self.apply_loads)
+            self._loads = LoadListener(load_socket_path(self.data_dir, self.worker), self.apply_loads)
             self._loads.start(loop)
         watch = getattr(self.source, "watch", None)
         if watch is not None:  # a source that pushes by itself (PostgreSQL's LISTEN/NOTIFY)
@@ -327,8 +330,10 @@ async def serve(
     limits: ClientLimits | None = None,
     queue_url: str | None = None,
     data_dir: Path | None = None,
+    worker: WorkerPlace | None = None,
 ) -> None:
-    """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once listening."""
+    """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once
+    listening. ``worker``: this process is one worker of several (gateway/workers.py)."""
     gw = Gateway(
         source,
         poll_interval_s=poll_interval_s,
@@ -337,11 +342,26 @@ async def serve(
         limits=limits,
         queue_url=queue_url,
         data_dir=data_dir,
+        worker=worker.index if worker is not None else 0,
     )
+    siblings = Siblings(worker.folder, worker.index, worker.workers, gw.metrics) if worker else None
     await gw.start(host, port, reuse_port=reuse_port)
+    if siblings is not None:
+        siblings.start(asyncio.get_running_loop())
     if ready_cb is not None:
         ready_cb(gw.port)
     try:
         await (stop or asyncio.Event()).wait()
     finally:
+        if siblings is not None:
+            siblings.close()
         await gw.stop(grace_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPlace:
+    """One worker of a gateway of several processes (``--workers N``)."""
+
+    index: int  # 0 .. workers-1
+    workers: int
+    folder: Path  # the supervisor's folder: ready files, counter snapshots (telemetry/siblings.py)

@@ -78,7 +78,14 @@ class _Sleeper:
 
 class FakeClock:
     """Virtual seconds. ``sleep`` waits until :meth:`advance` or :meth:`run_until` moves time to
-    its deadline (or its ``until`` event is set); ``now`` never moves by itself."""
+    its deadline (or its ``until`` event is set); ``now`` never moves by itself.
+
+    ``call_at`` schedules a callback at a virtual time (a simulated peer's answer), run in time
+    order with the sleepers as time moves. With ``drive=True`` the clock drives itself: a
+    ``sleep`` moves time to its own deadline at once, running the callbacks and waking the sleepers
+    due before it, for a test whose one coroutine is the only one that sleeps (the stress
+    generator against a simulated service: a whole run in milliseconds, no stepping from outside).
+    """
 
     # The loop counts as settled after this many passes in a row in which no task touched the
     # clock and no task started or ended: a woken task reaches its next wait within a pass or two.
@@ -87,12 +94,16 @@ class FakeClock:
     # What ``wall`` adds to ``now``: virtual epoch seconds in late 2023, so stored times look real.
     WALL_OFFSET = 1_700_000_000.0
 
-    def __init__(self, start: float = 1000.0, busy: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, start: float = 1000.0, busy: Callable[[], bool] | None = None, *, drive: bool = False
+    ) -> None:
         self._t = start
+        self.drive = drive  # a sleep moves time itself (see the class's docstring)
         # True while work outside the loop is under way (a thread's database call): time stands
         # still until it is done, as it would on a real clock that the work takes no time of.
         self.busy = busy
         self._sleepers: list[_Sleeper] = []
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, seq, callback)
         self._seq = itertools.count()
         self._activity = 0  # counts calls: how `settle` tells a busy loop from an idle one
 
@@ -103,10 +114,19 @@ class FakeClock:
     def wall(self) -> float:
         return self.now() + self.WALL_OFFSET
 
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when time reaches ``when`` (virtual seconds), in time order."""
+        self._activity += 1
+        heapq.heappush(self._timers, (when, next(self._seq), fn))
+
     async def sleep(self, seconds: float, until: asyncio.Event | None = None) -> bool:
         self._activity += 1
         if until is not None and until.is_set():
             return True
+        if self.drive:
+            self._advance(self._t + max(0.0, seconds))
+            await asyncio.sleep(0)
+            return until is not None and until.is_set()
         loop = asyncio.get_running_loop()
         me = _Sleeper(self._t + max(0.0, seconds), next(self._seq), loop.create_future())
         heapq.heappush(self._sleepers, me)
@@ -144,14 +164,24 @@ class FakeClock:
     def _next_deadline(self) -> float | None:
         while self._sleepers and self._sleepers[0].fut.done():
             heapq.heappop(self._sleepers)
-        return self._sleepers[0].deadline if self._sleepers else None
+        sleeper = self._sleepers[0].deadline if self._sleepers else None
+        timer = self._timers[0][0] if self._timers else None
+        if sleeper is None or timer is None:
+            return timer if sleeper is None else sleeper
+        return min(sleeper, timer)
 
     def _waiting_deadline(self) -> float | None:
         """The next deadline, or None while ``busy`` says work outside the loop is under way."""
         return None if self.busy is not None and self.busy() else self._next_deadline()
 
     def _advance(self, deadline: float) -> None:
-        self._t = max(self._t, deadline)
+        target = max(self._t, deadline)
+        timers = self._timers
+        while timers and timers[0][0] <= target:  # each at its own time; it may schedule more
+            when, _, fn = heapq.heappop(timers)
+            self._t = max(self._t, when)
+            fn()
+        self._t = target
         while self._sleepers and self._sleepers[0].deadline <= self._t:
             s = heapq.heappop(self._sleepers)
             if not s.fut.done():

@@ -93,6 +93,14 @@ def dataframe_list(frames: list[bytes]) -> bytes:
     return b"".join(_field(1, f) for f in frames)
 
 
+def body_json(body: bytes) -> dict[str, str]:
+    """``{"data": text}`` when ``body`` is UTF-8, else ``{"data": base64, "encoding": "base64"}``."""
+    try:
+        return {"data": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data": base64.b64encode(body).decode(), "encoding": "base64"}
+
+
 def result_json(r: Result) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "index": r.sink_index,  # on the sink every index is a sink index
@@ -104,12 +112,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "tags": result_tags(r),
         "message": "" if r.status < 400 else f"status {r.status}",
     }
-    try:
-        obj["data"] = r.body.decode("utf-8")
-    except UnicodeDecodeError:
-        obj["data"] = base64.b64encode(r.body).decode()
-        obj["encoding"] = "base64"
-    return obj
+    return obj | body_json(r.body)
 
 
 def results_json(results: list[Result]) -> bytes:
@@ -118,12 +121,7 @@ def results_json(results: list[Result]) -> bytes:
 
 def message_json(m: Message) -> dict[str, Any]:
     obj: dict[str, Any] = {"index": m.index, "requestId": m.request_id, "tags": message_tags(m)}
-    try:
-        obj["data"] = m.body.decode("utf-8")
-    except UnicodeDecodeError:
-        obj["data"] = base64.b64encode(m.body).decode()
-        obj["encoding"] = "base64"
-    return obj
+    return obj | body_json(m.body)
 
 
 def sse_event(r: Result, *, index_only: bool = False) -> bytes:

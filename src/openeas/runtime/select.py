@@ -133,14 +133,19 @@ class Runtimes:
 ENV_RAY_ADDRESS = "OPENEAS_RAY_ADDRESS"  # set by `openeas server --runtime ray --ray-address A`
 
 
-def build_runtimes(data_dir: Path, *, registry_auth: Path | None = None) -> Runtimes:
+def build_runtimes(
+    data_dir: Path, *, registry_auth: Path | None = None, shared_store: str | None = None
+) -> Runtimes:
     """The process runtime, plus the container runtime when an engine works (checked now, once);
-    with ``OPENEAS_RAY_ADDRESS`` set, the Ray runtime instead (replicas placed by that cluster)."""
+    with ``OPENEAS_RAY_ADDRESS`` set, the Ray runtime instead (replicas placed by that cluster).
+
+    ``shared_store``: the URL of a store several servers share (PostgreSQL): the Ray namespace
+    of the replicas' actors is that store's, so that a standby adopts them by name."""
     ray_address = os.environ.get(ENV_RAY_ADDRESS)
     if ray_address:
         from openeas.runtime.ray_runtime import RayRuntime  # Ray is an optional dependency
 
-        ray_runtime = RayRuntime(ray_address, data_dir)
+        ray_runtime = RayRuntime(ray_address, data_dir, scope=shared_store)
         return Runtimes(
             ray_runtime, engine_problem=f"the Ray runtime ({ray_address}) runs commands, not images"
         )

@@ -34,22 +34,26 @@ class SpellingConflict(ValueError):
     """Two spellings of one setting disagree."""
 
 
-def _get(doc: dict[str, Any], path: Path) -> Any:
+_MISSING = object()
+
+
+def _lookup(doc: dict[str, Any], path: Path) -> Any:
+    """The value at ``path`` in ``doc``; ``_MISSING`` when some key on the way is absent."""
     cur: Any = doc
     for key in path:
         if not isinstance(cur, dict) or key not in cur:
-            return None
+            return _MISSING
         cur = cur[key]
     return cur
 
 
+def _get(doc: dict[str, Any], path: Path) -> Any:
+    value = _lookup(doc, path)
+    return None if value is _MISSING else value
+
+
 def _has(doc: dict[str, Any], path: Path) -> bool:
-    cur: Any = doc
-    for key in path:
-        if not isinstance(cur, dict) or key not in cur:
-            return False
-        cur = cur[key]
-    return True
+    return _lookup(doc, path) is not _MISSING
 
 
 def _set(doc: dict[str, Any], path: Path, value: Any, layout: Layout) -> None:

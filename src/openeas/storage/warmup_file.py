@@ -7,7 +7,9 @@ It is JSON Lines, one request per line::
 or a JSON array of the same objects. Defaults: ``method`` POST, ``path`` "/", no body or
 headers, ``count`` 1. A ``body`` object or array is sent as JSON (with ``Content-Type:
 application/json`` unless the headers say otherwise); a string is sent as is (UTF-8). Blank
-lines are skipped. Every problem is a ``ValueError`` naming the file and line.
+lines are skipped. Every problem is a ``ValueError`` naming the file and line; what the file
+itself is refused for (not a regular file, too large, a line too long) is a ``UserFileError``
+naming the field too, from the one bounded reader of user-named files (``openeas.userfile``).
 
 Pure but for the file read: the API checks a local file before it accepts a spec
 (``check_local_warmup``), the replica supervisor loads it (controller/warmup.py sends it).
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from typing import Any
 
 from openeas.kernel.checks import WarmupRequest
+from openeas.userfile import UserFileError, capped_lines, check_regular, open_regular
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_COUNT = 100_000  # a typo'd count must not keep a replica warming for hours
@@ -29,41 +31,26 @@ MAX_WARMUP_FILE_BYTES = 16 * 1024 * 1024
 MAX_WARMUP_LINE_BYTES = 1024 * 1024
 """Longest line of a warmup file (1 MiB): one request of JSON Lines."""
 _KEYS = frozenset({"method", "path", "body", "headers", "count"})
+FIELD = "warm_up_data_path"  # what the errors about the file itself name
 
 
 # -- loading (pure but for the file read) -----------------------------------------------------------
 
 
 def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
-    """Read and parse a warmup file; ``OSError`` if unreadable, ``ValueError`` if malformed, not a
-    regular file, or larger than ``MAX_WARMUP_FILE_BYTES`` (or a line than ``MAX_WARMUP_LINE_BYTES``).
+    """Read and parse a warmup file; ``UserFileError`` (a ``ValueError``) if missing, unreadable,
+    not a regular file, or larger than ``MAX_WARMUP_FILE_BYTES`` (or a line than
+    ``MAX_WARMUP_LINE_BYTES``); ``ValueError`` if malformed.
 
     The file is read line by line and never more than the cap, so ``/dev/zero`` or a FIFO cannot
     fill memory or block; it blocks the calling thread, so async callers run it in a thread.
     """
     source = os.fspath(path)
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        _check_regular(os.fstat(fd), source)
-    except BaseException:
-        os.close(fd)
-        raise
-    with open(fd, "rb") as f:
-        lines: list[bytes] = []
-        total = 0
-        lineno = 0
-        while True:
-            line = f.readline(MAX_WARMUP_LINE_BYTES + 1)
-            if not line:
-                break
-            lineno += 1
-            if len(line) > MAX_WARMUP_LINE_BYTES:
-                raise ValueError(f"{source}:{lineno}: line longer than {MAX_WARMUP_LINE_BYTES} bytes (1 MiB)")
-            total += len(line)
-            if total > MAX_WARMUP_FILE_BYTES:
-                raise ValueError(f"{source}: larger than {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
-            lines.append(line)
+    with open_regular(source, FIELD, MAX_WARMUP_FILE_BYTES) as f:
+        capped = capped_lines(
+            f, source, FIELD, max_bytes=MAX_WARMUP_FILE_BYTES, max_line_bytes=MAX_WARMUP_LINE_BYTES
+        )
+        lines = list(capped)
     try:
         text = b"".join(lines).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -74,27 +61,8 @@ def load_warmup(path: str | os.PathLike[str]) -> list[WarmupRequest]:
 def check_warmup_file(path: str | os.PathLike[str]) -> None:
     """What ``load_warmup`` would refuse before reading: a missing path, one that is not a
     regular file (a device, FIFO, directory) or one larger than ``MAX_WARMUP_FILE_BYTES``.
-    Raises ``ValueError`` with the reason (``OSError``s included, as text)."""
-    source = os.fspath(path)
-    try:
-        st = os.stat(source)
-    except OSError as e:
-        raise ValueError(f"{source}: {e.strerror or e}") from None
-    _check_regular(st, source)
-
-
-def _check_regular(st: os.stat_result, source: str) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a directory" if stat.S_ISDIR(st.st_mode)
-            else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode)
-            else "not a regular file"
-        )  # fmt: skip
-        raise ValueError(f"{source}: is {kind}; the warmup data must be a regular file")
-    if st.st_size > MAX_WARMUP_FILE_BYTES:
-        raise ValueError(f"{source}: {st.st_size} bytes; at most {MAX_WARMUP_FILE_BYTES} bytes (16 MiB)")
+    Raises ``UserFileError`` (a ``ValueError``) naming the field and the reason."""
+    check_regular(os.fspath(path), FIELD, MAX_WARMUP_FILE_BYTES)
 
 
 def parse_warmup(text: str, source: str = "<warmup>") -> list[WarmupRequest]:
@@ -214,6 +182,6 @@ def check_local_warmup(path: str | None) -> list[str]:
         return []
     try:
         check_warmup_file(path)
-    except ValueError as exc:
-        return [f"warm_up_data_path: {exc}"]
+    except UserFileError as exc:
+        return [str(exc)]  # it names the field
     return []

@@ -1,60 +1,19 @@
-"""Fakes for the generator's two seams: a virtual clock and a simulated service.
+"""The fake of the generator's transport seam: a simulated service (its clock seam takes the one
+fake, ``kernel.clock.FakeClock(drive=True)``: time moves only when the generator, the one
+coroutine, sleeps, running the service's answers scheduled meanwhile in time order).
 
-:class:`VirtualClock` moves time only when the (single) coroutine driving it sleeps, running the
-callbacks scheduled meanwhile in time order. :class:`SimulatedService` is a transport that
-answers like a service of ``servers`` x ``service_s``: a known capacity of
-``servers / service_s`` req/s per replica, a FIFO queue beyond it. Together they run a whole
+:class:`SimulatedService` is a transport that answers like a service of ``servers`` x
+``service_s``: a known capacity of ``servers / service_s`` req/s per replica, a FIFO queue beyond
+it. Together they run a whole
 stress test (ramp, knee, saturation) in milliseconds and exactly the same way every time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 from collections import deque
-from collections.abc import Callable
 
 from openeas.kernel.clock import FakeClock
 from openeas.stress.generator import OnDone, Outcome
-
-
-class VirtualClock:
-    """Virtual seconds; ``sleep`` jumps to its deadline after running the timers due before it.
-
-    A ``kernel.clock.Clock`` that drives itself: the generator is the one coroutine that sleeps,
-    and a simulated service schedules its answers with ``call_at``, so a whole test needs no
-    stepping from outside (``FakeClock`` is the fake for loops that other code steps)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return self.t + FakeClock.WALL_OFFSET
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (when, next(self._seq), fn))
-
-    def advance(self, seconds: float) -> None:
-        """Run every timer due within ``seconds`` (in time order) and move the clock there."""
-        target = self.t + max(0.0, seconds)
-        while self._timers and self._timers[0][0] <= target:
-            when, _, fn = heapq.heappop(self._timers)
-            self.t = max(self.t, when)
-            fn()
-        self.t = target
-
-    async def sleep(self, seconds: float, until: asyncio.Event | None = None) -> bool:
-        if until is not None and until.is_set():
-            return True
-        self.advance(seconds)
-        await asyncio.sleep(0)
-        return until is not None and until.is_set()
 
 
 class SimulatedService:
@@ -67,7 +26,7 @@ class SimulatedService:
 
     def __init__(
         self,
-        clock: VirtualClock,
+        clock: FakeClock,
         *,
         servers: int = 8,
         service_s: float = 0.05,

@@ -1,62 +1,51 @@
-"""A service group's traffic as the control plane reads it from the gateway (``GET
-/groups/<group>`` with the group's token: cumulative counters per member since the gateway
-started), and the window arithmetic the staged rollout needs: what a member's live traffic
-added since a starting snapshot (`member_live`, `window`).
+"""A service group's traffic as the control plane reads it: each member's live answers (by
+status, by latency; cumulative since each gateway started) from the gateways' counters datagram
+(`GatewayStats.group`, the one channel from gateway to control plane), and the window
+arithmetic the staged rollout needs: what a member's live traffic added since a starting snapshot
+(`member_live`, `window`).
 
-Collection (`GatewayGroupStats.fetch`, blocking I/O) is apart from the arithmetic (pure)."""
+Collection (`DatagramGroupCounters`, a read of what the receiver holds) is apart from the
+arithmetic (pure). The gateway's ``GET /groups/<group>`` shows the same counters (and mirrored
+traffic, drops and compared pairs) to people: ``openeas group describe`` and ``group compare``."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from openeas.kernel.rollout import Observation
+from openeas.telemetry.gateway_stats import GatewayStats, MemberSample
 from openeas.telemetry.latency import bucket_delta, quantile, success_ratio
 
-FETCH_TIMEOUT_S = 2.0  # seconds to wait for the gateway
 
-
-class GroupStatsSource(Protocol):
-    def fetch(self, group: str) -> dict[str, Any] | None:
-        """The group's counters, or None when they cannot be read now."""
+class GroupCounters(Protocol):
+    def members(self, group: str) -> Mapping[str, MemberSample] | None:
+        """Each member's live traffic, or None when it cannot be known now (no gateway reports)."""
         ...
 
 
-class GatewayGroupStats:
-    """Reads a group's counters from the gateway at ``gateway_url`` with the group's token."""
+class DatagramGroupCounters:
+    """The members' counters as the live gateways last reported them (summed), read at the
+    receiver's clock."""
 
-    def __init__(
-        self, gateway_url: str, token: Callable[[str], str], timeout_s: float = FETCH_TIMEOUT_S
-    ) -> None:
-        self.gateway_url = gateway_url.rstrip("/")
-        self.token = token  # group name → its token (from the store)
-        self.timeout_s = timeout_s
+    def __init__(self, stats: GatewayStats) -> None:
+        self.stats = stats
 
-    def fetch(self, group: str) -> dict[str, Any] | None:
-        try:
-            req = urllib.request.Request(
-                f"{self.gateway_url}/groups/{group}", headers={"Authorization": self.token(group)}
-            )
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                data: dict[str, Any] = json.loads(r.read())
-                return data
-        except (OSError, ValueError):
-            return None
-        except Exception:  # the group went away (NotFound from the store) between two looks
-            return None
+    def members(self, group: str) -> Mapping[str, MemberSample] | None:
+        return self.stats.group(group, self.stats.clock())
 
 
-def member_live(raw: Mapping[str, Any] | None, member: str) -> tuple[dict[str, int], list[int]] | None:
-    """(answers by status code, histogram buckets) of a member's live traffic; None without data."""
-    if raw is None:
+def member_live(
+    members: Mapping[str, MemberSample] | None, member: str
+) -> tuple[dict[str, int], list[int]] | None:
+    """(answers by status code, histogram buckets) of a member's live traffic; None without data,
+    empty when the gateways know the group but counted nothing for the member yet."""
+    if members is None:
         return None
-    m = (raw.get("members") or {}).get(member)
+    m = members.get(member)
     if m is None:
         return {}, []
-    live = m.get("live") or {}
-    return {str(k): int(v) for k, v in (live.get("by_code") or {}).items()}, list(live.get("buckets") or [])
+    return dict(m.by_code), list(m.buckets)
 
 
 def window(

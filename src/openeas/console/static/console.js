@@ -12,6 +12,9 @@ const targets = {
   summary: "#summary",
   queues: "#queues tbody",
   jobs: "#jobs tbody",
+  log: "#log",
+  rollout: "#rollout-state",
+  rollout_actions: "#rollout-actions",
 };
 
 function sizeBars(root) {
@@ -22,13 +25,17 @@ function sizeBars(root) {
 
 function follow(url) {
   const source = new EventSource(url);
+  const shown = {}; // what each target last got: an unchanged part is left alone (forms keep their state)
   source.onmessage = (ev) => {
     const data = JSON.parse(ev.data);
     for (const [key, selector] of Object.entries(targets)) {
       const el = document.querySelector(selector);
-      if (el && key in data) {
+      if (el && key in data && shown[key] !== data[key]) {
+        shown[key] = data[key];
+        const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
         el.innerHTML = data[key];
         sizeBars(el);
+        if (key === "log" && atEnd) el.scrollTop = el.scrollHeight; // a tail follows its end
       }
     }
     document.body.dataset.liveVersion = String(Number(document.body.dataset.liveVersion || 0) + 1);
@@ -42,5 +49,4 @@ for (const input of document.querySelectorAll("input[type=range][data-out]")) {
 }
 
 sizeBars(document);
-const live = document.querySelector('meta[name="openeas-live"]');
-if (live) follow(live.content);
+for (const live of document.querySelectorAll('meta[name="openeas-live"]')) follow(live.content);

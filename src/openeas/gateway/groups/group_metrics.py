@@ -3,9 +3,10 @@ live and mirrored traffic apart, mirror drops, and the comparison of mirrored pa
 the member that served the request), kept per (group, member) on the gateway.
 
 They survive routing-table swaps (kept in `GatewayMetrics.groups`), are rendered on ``/metrics``
-and served as JSON on ``GET /groups/<group>`` (the group's token), where the control plane reads
-them for ``openeas group describe``, ``group compare`` and the staged rollout's SLO checks
-(`quantile` turns the histogram into p50/p99). Standard library only.
+and served as JSON on ``GET /groups/<group>`` (the group's token), where the API reads them for
+people (``openeas group describe``, ``group compare``); the live counters also travel in the
+counters datagram (`openeas.gateway.telemetry.stats.group_samples`), which the staged rollout's
+SLO checks read (`quantile` turns the histogram into p50/p99). Standard library only.
 """
 
 from __future__ import annotations
@@ -125,13 +126,14 @@ class MemberMetrics:
         }
 
 
-def group_json(group: str, members: Mapping[str, MemberMetrics]) -> bytes:
-    """``GET /groups/<group>``: every member's counters (cumulative since the gateway started)."""
+def group_json(group: str, members: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """``GET /groups/<group>``: every member's counters (`MemberMetrics.to_dict`, cumulative
+    since the gateway started)."""
     return json.dumps(
         {
             "group": group,
             "buckets_s": [b if b != math.inf else None for b in GROUP_LATENCY_BUCKETS_S],
-            "members": {svc: m.to_dict() for svc, m in sorted(members.items())},
+            "members": dict(sorted(members.items())),
         },
         separators=(",", ":"),
     ).encode()

@@ -315,7 +315,7 @@ def _authorized(client: ClientConnection, group: GroupState, own: Credentials | 
     return False
 
 
-# --- GET /groups/<group>: the group's counters, for the control plane ------------------------------
+# --- GET /groups/<group>: the group's counters, for people (describe, compare) ---------------------
 
 GROUP_STATS_PREFIX = b"/groups/"
 
@@ -334,5 +334,8 @@ def group_stats_answer(client: ClientConnection, method: bytes, path: bytes) -> 
         client.ctx.metrics.unrouted(401)
         err = GatewayError(401, "unauthorized", f"group '{name}' requires its token")
         return error_response(err, close=close)
-    metrics = {svc: m.metrics for svc, m in group.members.items()}
-    return plain_response(200, group_json(name, metrics), b"application/json", close=close)
+    members = {svc: m.metrics.to_dict() for svc, m in group.members.items()}
+    merge = client.ctx.metrics.merge_group  # every worker's counters with --workers N
+    if merge is not None:
+        members = merge(name, members)
+    return plain_response(200, group_json(name, members), b"application/json", close=close)

@@ -45,6 +45,8 @@ class Exchange:
     __slots__ = (
         "attempts",
         "client",
+        "due",
+        "due_seq",
         "explain",
         "explain_line",
         "key_body",
@@ -61,6 +63,7 @@ class Exchange:
         "split",
         "started",
         "timer",
+        "timer_at",
         "transport",
         "upstream",
         "upstream_conn",
@@ -71,6 +74,10 @@ class Exchange:
         self.client = client
         self.loop = loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by attach
+        # The route timeouts' lazy timer (`arm`), kept across the connection's requests.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # loop time (s) it fires
+        self.due_seq = -1  # the request `due` is for
         self.reset()
 
     def attach(self, transport: asyncio.Transport) -> None:
@@ -93,7 +100,7 @@ class Exchange:
         self.sent_bytes = 0  # request bytes written to upstream_conn
         self.signed_body: SignedBody | None = None  # signed request: body kept until its md5 checks out
         self.attempts: Attempts | None = None  # made on the first failure or hold
-        self.timer: asyncio.TimerHandle | None = None  # the route's timeout (408)
+        self.due = 0.0  # loop time (s) this request's route timeout ends (408); 0: none armed
         self.split: Split | LiveOnly | None = None  # a service group's request: member, mirrored copies
         self.member_header: bytes | None = None  # a group's request: X-OpenEAS-Member for its answer
         self.queued: Pending | None = None  # an async request waiting for its body
@@ -143,7 +150,31 @@ class Exchange:
         return pending, b"".join(waiting[1::3] if chunked else waiting)
 
     def arm(self, timeout_s: float, request_seq: int) -> None:
-        self.timer = self.loop.call_later(timeout_s, self.on_timeout, request_seq)
+        """The route's timeout for this request. One lazy timer per connection, not one per
+        request: a request answered in time only clears ``due``; the timer, when it fires for a
+        later request, waits again for that one's ``due`` (bench/RESULTS.md: a timer made and
+        cancelled per request cost more than the rest of the Python path)."""
+        now = self.loop.time()
+        due = self.due = now + timeout_s
+        self.due_seq = request_seq
+        if self.timer is None or self.timer_at > due:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = due
+            self.timer = self.loop.call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        due = self.due
+        if not due:
+            return  # the request it was armed for was answered; none armed since
+        now = self.loop.time()
+        if now < due:  # armed for a later request of the connection: wait for its due
+            self.timer_at = due
+            self.timer = self.loop.call_later(due - now, self._expire)
+            return
+        self.due = 0.0
+        self.on_timeout(self.due_seq)
 
     # --- affinity -------------------------------------------------------------------------------
     def note(self, kind: int, value: bytes) -> None:
@@ -288,7 +319,7 @@ class Exchange:
         if flow.upstream_full:
             flow.upstream_resumed()
         self.record(conn.status)
-        client.replica_done(keep, self.timer is None)
+        client.replica_done(keep, not self.due)
 
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
         """The replica's connection closed before its answer ended (or ended its tunnel)."""
@@ -403,7 +434,6 @@ class Exchange:
         self.dispatch(self.loop.time())
 
     def on_timeout(self, request_seq: int) -> None:
-        self.timer = None
         client = self.client
         if request_seq != client.request_seq or client.phase is not PROXYING:
             return
@@ -474,6 +504,12 @@ class Exchange:
         self.release_upstream()
 
     def clear_timer(self) -> None:
+        """This request's timeout no longer applies (the lazy timer stays for the next one)."""
+        self.due = 0.0
+
+    def cancel_timer(self) -> None:
+        """The connection ends: no timer keeps it alive."""
+        self.due = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

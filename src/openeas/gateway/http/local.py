@@ -16,7 +16,7 @@ def local_answer(method: bytes, path: bytes, metrics: GatewayMetrics, *, close: 
     """The complete response to a request for ``path`` (no query); raises `GatewayError` (404)."""
     if method == b"GET":
         if path == b"/metrics":
-            return plain_response(200, metrics.render(), _PROMETHEUS_TEXT, close=close)
+            return plain_response(200, metrics.exposition(), _PROMETHEUS_TEXT, close=close)
         if path == b"/healthz":
             return plain_response(200, _HEALTHY, b"application/json", close=close)
     shown = path.decode("latin-1")

@@ -225,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
             ex.record(499)  # client closed before the response completed (nginx's code)
         elif self.phase is TUNNEL:
             ex.drop_upstream()
-        ex.clear_timer()
+        ex.cancel_timer()
         self.phase = CLOSED
 
     def pause_writing(self) -> None:
@@ -263,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
             ctx.connections.remove(self)
             ctx.metrics.connections -= 1
         self.request_seq += 1
-        self.ex.clear_timer()
+        self.ex.cancel_timer()
         self.phase = CLOSED
 
     # --- httptools callbacks ------------------------------------------------------------------
@@ -544,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.request_seq += 1
-        self.ex.clear_timer()
+        self.ex.cancel_timer()
         self.deadline = NEVER  # the sweep leaves it alone until connection_lost removes it
         self.phase = CLOSED
         self.transport.close()

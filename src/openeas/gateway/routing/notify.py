@@ -23,27 +23,34 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from openeas.gateway.routing.ack import (
     RESEND_S,
     ROUTING_ACK_TIMEOUT_S,
     AckOutcome,
+    Address,
     PendingAcks,
     encode_ack,
     encode_notify,
     parse_ack,
     parse_notify,
 )
-from openeas.unixdgram import DGRAM, BoundSocket, UnixAddress
+from openeas.unixdgram import DGRAM, BoundSocket, UnixAddress, worker_path
 
 SOCKET_NAME = "gateway.sock"
 
 
-def socket_path(data_dir: Path) -> Path:
-    """Where the gateway of the server on ``data_dir`` listens for notifications."""
-    return Path(data_dir) / "run" / SOCKET_NAME
+def socket_path(data_dir: Path, worker: int = 0) -> Path:
+    """Where the gateway (worker ``worker`` of ``--workers N``) of the server on ``data_dir``
+    listens for notifications."""
+    return worker_path(Path(data_dir) / "run" / SOCKET_NAME, worker)
+
+
+def socket_paths(data_dir: Path, workers: int) -> list[Path]:
+    """Every worker's notification socket, for a gateway of ``workers`` processes."""
+    return [socket_path(data_dir, k) for k in range(workers)]
 
 
 class RoutingNotifier:
@@ -53,33 +60,49 @@ class RoutingNotifier:
     Register it with ``Store.add_routing_listener``. Safe to call from any thread. Its socket is
     autobound (an abstract address of its own) so the gateway can answer it; a thread reads the
     answers while anyone waits. ``gateway_name()`` names the gateway in a timed-out answer.
+
+    ``path`` may be a list: a gateway of several worker processes (``--workers N``), one socket
+    each (`socket_paths`). Every one is notified, and a change is in effect once as many
+    sockets have acknowledged it as there are paths.
     """
 
-    def __init__(self, path: Path, gateway_name: Callable[[], str] | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | Sequence[Path], gateway_name: Callable[[], str] | None = None) -> None:
+        self.paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        if not self.paths:
+            raise ValueError("RoutingNotifier: needs at least one socket path")
+        self.path = self.paths[0]
         self.gateway_name = gateway_name or (lambda: f"the gateway on {self.path}")
-        self._addr = UnixAddress(self.path)
+        self._addrs = [UnixAddress(p) for p in self.paths]
         self._sock = socket.socket(socket.AF_UNIX, DGRAM)
         self._sock.bind("")  # Linux autobind: an abstract address the gateway answers to
         self._cond = threading.Condition()
-        self._applied = -1  # the highest version a gateway acknowledged
-        self._acker = 0  # the pid of the gateway that acknowledged it
+        # A gateway socket's address → the highest version it acknowledged, by which pid.
+        self._acks: dict[Address, tuple[int, int]] = {}
         self._reader: threading.Thread | None = None
         self._closed = False
 
     def __call__(self, version: int) -> None:
-        try:
-            self._sock.sendto(encode_notify(version), self._addr.addr)
-        except OSError:
-            # No gateway bound (down, restarting: it loads the full table when it starts) or its
-            # queue is full (it has a re-read pending anyway). The poll is the safety net.
-            pass
+        for addr in self._addrs:
+            try:
+                self._sock.sendto(encode_notify(version), addr.addr)
+            except OSError:
+                # No gateway bound (down, restarting: it loads the full table when it starts) or
+                # its queue is full (it has a re-read pending anyway). The poll is the safety net.
+                pass
+
+    def _in_effect(self) -> tuple[int, int]:
+        """(the version every gateway process has applied, the pid of one that has it); caller
+        holds the lock. -1: fewer processes than sockets have acknowledged anything."""
+        ranked = sorted(self._acks.values(), reverse=True)
+        if len(ranked) < len(self.paths):
+            return -1, 0
+        return ranked[len(self.paths) - 1]
 
     @property
     def applied(self) -> int:
-        """The highest routing version a gateway has acknowledged (-1: none yet)."""
+        """The highest routing version every gateway process has acknowledged (-1: none yet)."""
         with self._cond:
-            return self._applied
+            return self._in_effect()[0]
 
     def wait_applied(self, version: int, timeout_s: float = ROUTING_ACK_TIMEOUT_S) -> AckOutcome:
         """Block until the gateway has applied ``version`` (or a later one), at most ``timeout_s``;
@@ -88,13 +111,14 @@ class RoutingNotifier:
         start = time.monotonic()
         deadline = start + timeout_s
         with self._cond:
-            while self._applied < version and not self._closed:
+            while self._in_effect()[0] < version and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                if not self._cond.wait(min(left, RESEND_S)) and self._applied < version:
+                if not self._cond.wait(min(left, RESEND_S)) and self._in_effect()[0] < version:
                     self(version)
-            acked, pid = self._applied >= version, self._acker
+            applied, pid = self._in_effect()
+            acked = applied >= version
         name = f"the gateway (pid {pid}, {self.path})" if acked else self.gateway_name()
         return AckOutcome(version, acked, time.monotonic() - start, name, timeout_s)
 
@@ -112,15 +136,17 @@ class RoutingNotifier:
                 continue
             while True:
                 try:
-                    data = self._sock.recv(64)
+                    data, addr = self._sock.recvfrom(64)
                 except OSError:  # BlockingIOError: drained; EBADF: closed
                     break
                 ack = parse_ack(data)
                 if ack is None:
                     continue
+                version, pid = ack
                 with self._cond:
-                    if ack[0] > self._applied:
-                        self._applied, self._acker = ack
+                    # By the gateway's socket: a restarted worker binds the same one again.
+                    if version > self._acks.get(addr, (-1, 0))[0]:
+                        self._acks[addr] = (version, pid)
                     self._cond.notify_all()
 
     def close(self) -> None:
@@ -131,7 +157,8 @@ class RoutingNotifier:
         if reader is not None:
             reader.join(1.0)
         self._sock.close()
-        self._addr.close()
+        for addr in self._addrs:
+            addr.close()
 
 
 class NotifyListener:

@@ -20,10 +20,10 @@ import contextlib
 import json
 import math
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from openeas.unixdgram import DGRAM, BoundSocket, UnixAddress
+from openeas.unixdgram import DGRAM, BoundSocket, UnixAddress, worker_path
 
 SOCKET_NAME = "gateway-load.sock"
 WIRE_VERSION = 1
@@ -35,9 +35,10 @@ _RECV_BYTES = 64 * 1024
 Loads = dict[str, tuple[float, float]]  # replica id → (waiting, kv usage); -1: unknown
 
 
-def socket_path(data_dir: Path) -> Path:
-    """Where the gateway of the server on ``data_dir`` receives engine load."""
-    return Path(data_dir) / "run" / SOCKET_NAME
+def socket_path(data_dir: Path, worker: int = 0) -> Path:
+    """Where the gateway (worker ``worker`` of ``--workers N``) of the server on ``data_dir``
+    receives engine load."""
+    return worker_path(Path(data_dir) / "run" / SOCKET_NAME, worker)
 
 
 def _clean(v: object) -> float:
@@ -78,17 +79,21 @@ class LoadSender:
     """The control plane's side: ``send(loads)`` never blocks and ignores every send error (no
     gateway bound: it starts with every value unknown)."""
 
-    def __init__(self, path: Path) -> None:
-        self._addr = UnixAddress(Path(path))
+    def __init__(self, path: Path | Sequence[Path]) -> None:
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        self._addrs = [UnixAddress(Path(p)) for p in paths]  # one per gateway worker
         self._sock = socket.socket(socket.AF_UNIX, DGRAM)
 
     def send(self, loads: Mapping[str, tuple[float, float]]) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendto(encode(loads), self._addr.addr)
+        datagram = encode(loads)
+        for addr in self._addrs:
+            with contextlib.suppress(OSError):
+                self._sock.sendto(datagram, addr.addr)
 
     def close(self) -> None:
         self._sock.close()
-        self._addr.close()
+        for addr in self._addrs:
+            addr.close()
 
 
 class LoadListener:

@@ -11,31 +11,12 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
 from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
-
-# Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
-LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    math.inf,
-)
-
+from openeas.telemetry.latency import SERVICE_LATENCY_BUCKETS_S
 
 _HIST = "openeas_gateway_request_duration_seconds"
 
@@ -107,7 +88,7 @@ class ServiceMetrics:
         # jump, see gateway/telemetry/stats.py); raised by every datagram sent.
         self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
-        self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
+        self.buckets = [0] * len(SERVICE_LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
         self.latency_sum_s = 0.0
         self.latency_count = 0
 
@@ -116,7 +97,7 @@ class ServiceMetrics:
         by_code = self.by_code
         by_code[status] = by_code.get(status, 0) + 1
         self.in_flight -= 1
-        self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.buckets[bisect_left(SERVICE_LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
         self.latency_count += 1
 
@@ -150,6 +131,15 @@ class GatewayMetrics:
         self.groups: dict[tuple[str, str], MemberMetrics] = {}
         # The async queues' lines (gateway/asyncq/queues.py), rendered after the gateway's own.
         self.queue_lines: Callable[[], list[str]] | None = None
+        # A worker of several (--workers N, gateway/telemetry/siblings.py): adds the other workers' share to
+        # /metrics (its own text → all workers') and to /groups/<g> (group, its members' counters).
+        self.merge_text: Callable[[bytes], bytes] | None = None
+        self.merge_group: Callable[[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]] | None = None
+
+    def exposition(self) -> bytes:
+        """``GET /metrics``: this gateway's text, every worker's with --workers N."""
+        own = self.render()
+        return own if self.merge_text is None else self.merge_text(own)
 
     def group_member(self, group: str, service: str) -> MemberMetrics:
         m = self.groups.get((group, service))
@@ -230,7 +220,7 @@ class GatewayMetrics:
         for name, m in items:
             labels = f'service="{label_value(name)}"'
             sum_s, count = m.latency_sum_s, m.latency_count
-            lines += histogram_lines(_HIST, labels, LATENCY_BUCKETS_S, m.buckets, sum_s, count)
+            lines += histogram_lines(_HIST, labels, SERVICE_LATENCY_BUCKETS_S, m.buckets, sum_s, count)
         lines += _pick_lines(self.picks)
         lines += _hold_lines([(label_value(name), m.hold) for name, m in items if m.hold is not None])
         lines += _guard_lines(self)

@@ -1,7 +1,8 @@
 """Owns the gateway's side of the control plane's per-service counters: `StatsSender` samples
-every service's arrivals, in-flight and held requests, and every replica's in-flight requests and
-whether it is routed, every `SEND_INTERVAL_S` and sends them in a
-datagram to ``DATA/run/control.sock`` (wire format and receiver:
+every service's arrivals, in-flight and held requests, every replica's in-flight requests and
+whether it is routed, every service's answers and every service group member's live answers (by
+status, by latency: the console's rates and the staged rollout's input), every `SEND_INTERVAL_S`,
+and sends them in a datagram to ``DATA/run/control.sock`` (wire format and receiver:
 :mod:`openeas.telemetry.gateway_stats`), and sends one at once when a request is held, so the
 control plane can scale a service from zero without waiting for the next sample.
 
@@ -31,6 +32,7 @@ from openeas.telemetry.gateway_stats import (
     JUMP_GAP_S,
     JUMP_MIN_IN_FLIGHT,
     SEND_INTERVAL_S,
+    MemberSample,
     ReplicaSample,
     ServiceSample,
     encode,
@@ -49,6 +51,16 @@ def samples(metrics: GatewayMetrics) -> dict[str, ServiceSample]:
             held=held,
         )
     return out
+
+
+def answer_samples(metrics: GatewayMetrics) -> dict[str, MemberSample]:
+    """Every answered service's answers by status and latency (the same counters as /metrics'
+    ``openeas_gateway_requests_total`` and request duration histogram), cumulative."""
+    return {
+        name: MemberSample({str(code): n for code, n in sorted(m.by_code.items())}, tuple(m.buckets))
+        for name, m in metrics.services.items()
+        if m.latency_count
+    }
 
 
 def push_threshold(in_flight: int) -> int:
@@ -73,6 +85,17 @@ def replica_samples(metrics: GatewayMetrics) -> dict[str, ReplicaSample]:
     if metrics.replicas is None:
         return {}
     return {rid: ReplicaSample(in_flight, routed) for rid, routed, in_flight in metrics.replicas()}
+
+
+def group_samples(metrics: GatewayMetrics) -> dict[str, dict[str, MemberSample]]:
+    """Every group member's live traffic (cumulative since this gateway started), by group: the
+    same counters ``GET /groups/<group>`` shows under ``live``."""
+    out: dict[str, dict[str, MemberSample]] = {}
+    for (group, member), m in metrics.groups.items():
+        live = m.live
+        by_code = {str(code): n for code, n in sorted(live.by_code.items())}
+        out.setdefault(group, {})[member] = MemberSample(by_code, tuple(live.buckets))
+    return out
 
 
 class StatsSender:
@@ -151,7 +174,13 @@ class StatsSender:
         metrics = self.metrics
         up = loop.time() - self._started
         datagrams = encode(
-            self.gateway_id, up, samples(metrics), jumped(metrics), replicas=replica_samples(metrics)
+            self.gateway_id,
+            up,
+            samples(metrics),
+            jumped(metrics),
+            replicas=replica_samples(metrics),
+            groups=group_samples(metrics),
+            answers=answer_samples(metrics),
         )
         rearm(metrics)
         if self._jump_timer is not None:  # this datagram carries the jump it was scheduled for

@@ -11,7 +11,7 @@ The fetch phase is what a replica's start spends in ``NodeCache.materialize`` (t
 fresh folder per run. Prints a markdown table with each goal's verdict.
 
     python bench/coldstart.py                      # 250 MB, 10 starts, 3 runs
-    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2
+    python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2 --bake-mb 4
                                                    # the smoke form
 """
 
@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import coldstart_bake as baking
 import coldstart_standby as standby
 
 from openeas.storage import Materialized, NodeCache
@@ -76,6 +77,7 @@ def main() -> None:
     )
     ap.add_argument("--no-llm", action="store_true", help="skip the quickstart LLM (llama-server)")
     ap.add_argument("--step-s", type=float, default=6.0, help="the load step's length, seconds (1-30)")
+    ap.add_argument("--bake-mb", type=int, default=100, help="baked vs mounted, MiB (0: none; 0-2048)")
     a = ap.parse_args()
     errors = [
         f"--{name}: {value} is not in {lo}..{hi}"
@@ -85,6 +87,7 @@ def main() -> None:
             ("runs", a.runs, 1, 10),
             ("standby-runs", a.standby_runs, 0, 10),
             ("step-s", a.step_s, 1, 30),
+            ("bake-mb", a.bake_mb, 0, 2048),
         )
         if not lo <= value <= hi
     ]
@@ -112,6 +115,33 @@ def main() -> None:
     print(f"| {a.starts} starts at once: wall time | {wall * 1000:.1f} ms | | |")
     if a.standby_runs:
         standby_table(a.standby_runs, not a.no_llm, a.step_s)
+    if a.bake_mb:
+        bake_table(a.bake_mb)
+
+
+def bake_table(size_mb: int) -> None:
+    print(f"\n# cold start: baked image vs mounted weights ({size_mb} MiB, podman, the test image)\n")
+    if (why := baking.available()) is not None:
+        print(f"skipped: {why}")
+        return
+    with tempfile.TemporaryDirectory(prefix="openeas-bake-") as tmp:
+        got = baking.bake_vs_mount(Path(tmp), size_mb)
+    print("| replica | pull s | fetch s (bytes) | start s | total s |")
+    print("|---|---|---|---|---|")
+    for what in ("mounted", "baked"):
+        cs = got[what]
+        fetch = cs.get("fetch") or {}
+        how = "hit" if fetch.get("cache_hit") else "miss"
+        print(
+            f"| {what} | {_s(cs.get('pull_s'))} | {_s(cs.get('fetch_s'))} ({fetch.get('bytes', 0)}, {how}) | "
+            f"{_s(cs.get('start_s'))} | {_s(cs.get('total_s'))} |"
+        )
+    b = got["bake"]
+    print(f"\nbake: {b['bytes']} bytes into {b['image']} in {b['build_s']:.2f} s (once per version)")
+
+
+def _s(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "-"
 
 
 def standby_table(runs: int, llm: bool, step_s: float) -> None:
@@ -120,7 +150,9 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         ts = standby.testserver_promotion(work, runs)
         lm = standby.llm_promotion(work, runs) if llm else None
         steps = {sb: standby.load_step(work, sb, step_s) for sb in (False, True)}
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\n# cold start: standbys ({runs} promotions, medians; load step {step_s:g} s)\n")
+    print(f"load average at the end: {load}\n")
     print("| measure | value | goal | verdict |")
     print("|---|---|---|---|")
     for what, got, goal in (("test server", ts, None), ("quickstart LLM (llama-server)", lm, 0.2)):
@@ -130,8 +162,13 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         verdict = "" if goal is None else ("PASS" if got["answered_s"] <= goal else "FAIL")
         limit = "" if goal is None else f"≤ {goal} s"
         took = f"{got['answered_s']:.3f} s"
-        print(f"| {what}: frozen standby, scale call to first answer | {took} | {limit} | {verdict} |")
-        print(f"| {what}: promotion_s (thaw + probe) | {got['promotion_s']:.3f} s | | |")
+        measure = f"{what}: frozen standby at 0 replicas, scale call to first answer (gateway)"
+        print(f"| {measure} | {took} | {limit} | {verdict} |")
+        print(f"| {what}: the same request, steady state (anchor) | {got['steady_s']:.3f} s | | |")
+        print(
+            f"| {what}: breakdown: Scaled event / Promoted event / promotion_s (promotion → probe) | "
+            f"{got['scaled_event_s']:.3f} / {got['promoted_event_s']:.3f} / {got['promotion_s']:.3f} s | | |"
+        )
     for sb, got in steps.items():
         how = "with a frozen standby" if sb else "without a standby"
         print(

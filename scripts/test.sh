@@ -11,6 +11,9 @@ echo "[test] mypy"; mypy
 # (tests/conftest.py), and the run ends with every skip and its reason.
 export OPENEAS_REQUIRE_REDIS=1 OPENEAS_REQUIRE_POSTGRES=1 OPENEAS_REQUIRE_WRK=1 OPENEAS_REQUIRE_NGINX=1
 export OPENEAS_REQUIRE_RAY=1 OPENEAS_REQUIRE_BROWSER=1
+# Real vLLM (tests/test_e2e_vllm.py): setup installs it into .venv-vllm from the machine image's
+# CPU torch wheel; where that wheel is missing setup says so and the test fails here, not skips.
+export OPENEAS_REQUIRE_VLLM=1
 if [ "$(id -u)" = 0 ]; then export OPENEAS_REQUIRE_CONTAINERS=1; fi
 # The container suite runs once per engine: podman, and docker where setup installed dockerd. With
 # no systemd to start docker's daemon, a private one is started here (iptables is not available in

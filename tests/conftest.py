@@ -38,6 +38,7 @@ REQUIRED = {
     "OPENEAS_REQUIRE_NGINX": "nginx",
     "OPENEAS_REQUIRE_RAY": "ray",
     "OPENEAS_REQUIRE_BROWSER": "chromium",
+    "OPENEAS_REQUIRE_VLLM": "vllm",
 }
 
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from openeas.autoscaler.cron import active_rule, cron_bounds, last_firing, next_firing
+from openeas.autoscaler.cron import active_rule, around, cron_bounds, last_firing, next_firing
 from openeas.spec.autoscaling import AutoscalingPolicy, CronRule
 
 
@@ -100,3 +100,20 @@ def test_no_rule_fired_yet_uses_the_policy_bounds() -> None:
     assert (b.rule, b.min_replicas) == ("leap", 5)
     b = cron_bounds(policy((), 1, 4), at("2023-03-01T00:00"), 0)
     assert (b.min_replicas, b.max_replicas, b.rule) == (1, 4, None)
+
+
+@pytest.mark.parametrize(
+    "r",
+    [
+        pytest.param(rule("b", "0 9 * * MON-FRI", 3, 9), id="weekdays"),
+        pytest.param(rule("e", "0 0 9 * * *", 2, 4, exclude=("2024-03-06",)), id="eas-excluded-day"),
+        pytest.param(rule("z", "30 8 * * *", 1, 2, tz="Asia/Shanghai"), id="time-zone"),
+    ],
+)
+def test_the_cached_firings_are_the_computed_ones(r: CronRule) -> None:
+    # every 7 minutes over 3 days, and the instants at and around each firing
+    walls = [at("2024-03-04T00:00:00") + 420 * i for i in range(3 * 24 * 60 // 7)]
+    fired = sorted({f for w in walls if (f := last_firing(r, w)) is not None})
+    walls = sorted(walls + [f + d for f in fired for d in (-0.002, -0.0005, 0.0, 0.0005)])
+    for w in walls:
+        assert around(r, w) == (last_firing(r, w), next_firing(r, w)), w

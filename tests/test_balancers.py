@@ -272,3 +272,18 @@ def test_spec_balancer_reaches_the_route(metadata: dict[str, str], expected: str
         {"metadata": {"name": "svc", **metadata}, "containers": [{"image": "i", "command": "c", "port": 8000}]}
     )
     assert route_settings(spec).balancer == expected
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        pytest.param({"name": "svc"}, "least-request", id="default"),
+        pytest.param({"name": "svc", "balancer": "prefix-affinity"}, "prefix-affinity", id="named"),
+    ],
+)
+def test_describe_shows_the_balancer(metadata: dict[str, str], expected: str) -> None:
+    from openeas.cli import render
+
+    with render.out.capture() as cap:
+        render.out.print(render.summary_grid({"name": "svc", "spec": {"metadata": metadata}}))
+    assert f"Balancer  {expected}" in cap.get()

@@ -20,14 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WRK_NGINX = ("wrk", "nginx")
-COLDSTART_STANDBY = ["--standby-runs", "1", "--no-llm", "--step-s", "2"]
+COLDSTART_STANDBY = ["--standby-runs", "1", "--no-llm", "--step-s", "2", "--bake-mb", "4"]
 
 # bench file -> (its smallest form, the Debian programs it needs beside the project)
 SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
-    "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
+    "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
+    "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
     "gateway_cost.py": (
         ["--duration", "1", "--runs", "1", "--baseline", "HEAD", "--route-timeout", "5"],
@@ -56,11 +58,14 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "gateway_cost.py": ("| openeas gateway at HEAD |", "verdict: gateway CPU per request"),
     "async_queue.py": ("8 Python threads, 1 process", "after kill -9 of the gateway"),
+    "coldstart.py": ("scale call to first answer (gateway)", "| baked |"),
+    "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
+    "coldstart_bake.py": "run by coldstart.py",
     "gateway_workers.py": "run by gateway.py --only workers (test_the_gateway_workers_pass_runs)",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",

@@ -103,6 +103,20 @@ def test_deploy_by_pasting_then_a_killed_replica_comes_back_without_reload(brows
     page.goto(f"{srv.api_url}/console/services")
     page.wait_for_selector("#svc-web1")
     assert "1 / 1" in page.inner_text("#svc-web1 [data-field=replicas]")
+    page.evaluate("window.sameDocument = true")
+    # Live rates come from the gateways' stats datagram (no /metrics scrape): traffic shows
+    # QPS, p50/p99 and 100% success on the open page without a reload.
+    info = srv.client.call_info("web1")
+    cell = lambda f: page.inner_text(f"#svc-web1 [data-field={f}]")  # noqa: E731
+    with requests.Session() as s:
+
+        def busy() -> bool:
+            for _ in range(10):
+                s.get(info["endpoint"] + "/v1/models", headers={"Authorization": info["token"]}, timeout=10)
+            return float(cell("qps")) > 0 and cell("p99") != "—" and cell("success") == "100.0%"
+
+        wait_for(busy, 10, 0.05, "live QPS, p99 and success on the services page")
+    assert page.evaluate("window.sameDocument") is True
     _shot(page, "services")
 
 

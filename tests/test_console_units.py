@@ -13,9 +13,11 @@ from openeas.console import pages, stress_page
 from openeas.console.costcol import COST_TTL_S, cost_text
 from openeas.console.html import CSP, esc, sparkline
 from openeas.console.live import HISTORY_POINTS, LIVE_INTERVAL_S
-from openeas.console.rates import Scrape, parse, window
+from openeas.console.rates import Reading, window
 from openeas.console.routes import MAX_FORM_BYTES, STREAM_KEEPALIVE_S, action_errors
 from openeas.console.session import MAX_SESSIONS, SESSION_TTL_S, Session, Sessions, csrf_ok
+from openeas.telemetry.answers import MemberSample
+from openeas.telemetry.latency import SERVICE_LATENCY_BUCKETS_S
 
 ADMIN = "admin-token-0123456789"
 
@@ -121,70 +123,67 @@ def test_csrf_check(session: Session | None, posted: str | None, ok: bool) -> No
 
 # ---- rates: requests per second, success, p50/p99 interpolated within the bucket --------------
 
-BOUNDS = ("0.1", "0.2", "0.5", "+Inf")
+BOUNDS = (0.1, 0.2, 0.5, math.inf)
 
 
-def metrics(codes: dict[str, int], buckets: tuple[int, ...], service: str = "svc") -> str:
-    """Gateway /metrics text: requests by code and cumulative duration buckets (BOUNDS)."""
-    lines = ["# TYPE openeas_gateway_requests_total counter"]
-    lines += [
-        f'openeas_gateway_requests_total{{service="{service}",code="{c}"}} {n}' for c, n in codes.items()
-    ]
-    lines += [
-        f'openeas_gateway_request_duration_seconds_bucket{{service="{service}",le="{le}"}} {n}'
-        for le, n in zip(BOUNDS, buckets, strict=True)
-    ]
-    return "\n".join(lines) + "\n"
+def reading(t: float, codes: dict[str, int], buckets: tuple[int, ...], service: str = "svc") -> Reading:
+    """The gateways' summed answers at ``t``: by code and by latency (non-cumulative, over BOUNDS)."""
+    return Reading(t, {service: MemberSample(codes, buckets)})
 
 
-ZERO = metrics({"200": 0}, (0, 0, 0, 0))
+ZERO = ({"200": 0}, (0, 0, 0, 0))
 
 
 @pytest.mark.parametrize(
     ("after", "qps", "success", "p50_ms", "p99_ms"),
     [
         pytest.param(ZERO, 0.0, None, None, None, id="no-traffic"),
-        pytest.param(
-            metrics({"200": 100}, (100, 100, 100, 100)), 50.0, 1.0, 50.0, 99.0, id="first-bucket-from-0"
-        ),
-        pytest.param(metrics({"200": 100}, (0, 100, 100, 100)), 50.0, 1.0, 150.0, 199.0, id="within-0.1-0.2"),
-        pytest.param(
-            metrics({"200": 90, "503": 10}, (50, 50, 100, 100)), 50.0, 0.9, 100.0, 494.0, id="split-with-5xx"
-        ),
-        pytest.param(
-            metrics({"200": 4}, (0, 0, 0, 4)), 2.0, 1.0, 500.0, 500.0, id="all-above-the-last-bound"
-        ),
-        pytest.param(
-            metrics({"200": 10, "404": 10}, (20, 20, 20, 20)), 10.0, 1.0, 50.0, 99.0, id="4xx-is-success"
-        ),
+        pytest.param(({"200": 100}, (100, 0, 0, 0)), 50.0, 1.0, 50.0, 99.0, id="first-bucket-from-0"),
+        pytest.param(({"200": 100}, (0, 100, 0, 0)), 50.0, 1.0, 150.0, 199.0, id="within-0.1-0.2"),
+        pytest.param(({"200": 90, "503": 10}, (50, 0, 50, 0)), 50.0, 0.9, 100.0, 494.0, id="split-with-5xx"),
+        pytest.param(({"200": 4}, (0, 0, 0, 4)), 2.0, 1.0, 500.0, 500.0, id="all-above-the-last-bound"),
+        pytest.param(({"200": 10, "404": 10}, (20, 0, 0, 0)), 10.0, 1.0, 50.0, 99.0, id="4xx-is-success"),
     ],
 )
 def test_window_rates_and_interpolated_quantiles(
-    after: str, qps: float, success: float | None, p50_ms: float | None, p99_ms: float | None
+    after: tuple[dict[str, int], tuple[int, ...]],
+    qps: float,
+    success: float | None,
+    p50_ms: float | None,
+    p99_ms: float | None,
 ) -> None:
-    w = window(parse(ZERO, 10.0), parse(after, 12.0), "svc")
+    w = window(reading(10.0, *ZERO), reading(12.0, *after), "svc", BOUNDS)
     assert w.qps == pytest.approx(qps)
     assert w.success == (None if success is None else pytest.approx(success))
     assert w.p50_ms == (None if p50_ms is None else pytest.approx(p50_ms))
     assert w.p99_ms == (None if p99_ms is None else pytest.approx(p99_ms))
 
 
-def test_a_counter_that_went_down_counts_from_zero() -> None:
-    before = parse(metrics({"200": 1000}, (1000, 1000, 1000, 1000)), 0.0)
-    after = parse(metrics({"200": 30}, (30, 30, 30, 30)), 1.0)  # the gateway restarted
-    assert window(before, after, "svc").qps == 30.0
+@pytest.mark.parametrize(
+    ("before", "after", "qps"),
+    [
+        pytest.param(({"200": 1000}, (1000, 0, 0, 0)), ({"200": 30}, (30, 0, 0, 0)), 30.0, id="went-down"),
+        pytest.param(None, ({"200": 30}, (30, 0, 0, 0)), 30.0, id="first-answers-count-from-0"),
+        pytest.param(({"200": 10}, (10, 0, 0, 0)), None, 0.0, id="no-longer-reported"),
+    ],
+)
+def test_a_counter_that_went_down_or_appeared_counts_from_zero(
+    before: tuple[dict[str, int], tuple[int, ...]] | None,
+    after: tuple[dict[str, int], tuple[int, ...]] | None,
+    qps: float,
+) -> None:
+    prev = reading(0.0, *before) if before else Reading(0.0)
+    cur = reading(1.0, *after) if after else Reading(1.0)
+    assert window(prev, cur, "svc", BOUNDS).qps == qps
 
 
-def test_parse_reads_labels_with_the_scrape_module_and_ignores_other_services() -> None:
-    got = parse(metrics({"200": 3}, (1, 2, 3, 3), service="a") + metrics({"500": 1}, (1, 1, 1, 1), "b"), 5.0)
-    assert got == Scrape(
-        5.0,
-        {"a": {"200": 3.0}, "b": {"500": 1.0}},
-        {
-            "a": {0.1: 1.0, 0.2: 2.0, 0.5: 3.0, math.inf: 3.0},
-            "b": {0.1: 1.0, 0.2: 1.0, 0.5: 1.0, math.inf: 1.0},
-        },
-    )
+def test_rates_read_the_service_latency_buckets_by_default() -> None:
+    """The gateway counts into SERVICE_LATENCY_BUCKETS_S (0.001, 0.0025, ...): 10 answers in the
+    second bucket have a p50 halfway through it."""
+    after = Reading(1.0, {"svc": MemberSample({"200": 10}, (0, 10) + (0,) * 14)})
+    w = window(Reading(0.0), after, "svc")
+    assert len(SERVICE_LATENCY_BUCKETS_S) == 16
+    assert w.p50_ms == pytest.approx(1.75) and w.qps == 10.0
 
 
 # ---- escaping -----------------------------------------------------------------------------------

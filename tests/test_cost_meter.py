@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from openeas.cost import parse_catalog
-from openeas.cost.meter import Usage, meter, render_csv, render_text, split
+from openeas.cost.meter import Requests, Usage, meter, render_csv, render_text, split
 from openeas.kernel.states import ReplicaPhase
 from openeas.spec import parse_spec
 from openeas.store import Store
@@ -182,9 +182,55 @@ def test_split_is_exact_across_days() -> None:
 def test_csv_has_a_header_and_one_line_per_row() -> None:
     text = render_csv(meter([u("svc", T0, T0 + H, A10)], CATALOG, T0 + H).as_dict())
     assert text.splitlines() == [
-        "key,instance_type,price_per_hour,replica_seconds,replica_hours,compute,cold_starts,bytes_fetched,reads,total,currency",
-        "svc,a10,5.0,3600.0,1.0,5.0,0,0,0.0,5.0,RMB",
+        "key,instance_type,price_per_hour,replica_seconds,replica_hours,compute,cold_starts,bytes_fetched,reads,"
+        "requests,fees,total,currency",
+        "svc,a10,5.0,3600.0,1.0,5.0,0,0,0.0,0,0.0,5.0,RMB",
     ]
+
+
+@pytest.mark.parametrize(
+    ("by", "since", "rows", "total"),
+    [
+        # svc: 1 h of a10 (5.00) + 10,000 requests x 0.0001 (1.00); web: requests only (0.50)
+        pytest.param(
+            "service",
+            None,
+            [("svc", "a10", 10_000, 1.0, 6.0), ("web", None, 5_000, 0.5, 0.5)],
+            6.5,
+            id="by-service",
+        ),
+        # 22:00 on 03-31 holds the replica hour and 4,000 requests; 6,000 fall at 00:00 on 04-01
+        pytest.param(
+            "day",
+            None,
+            [("2026-03-31", "a10", 4_000, 0.4, 5.4), ("2026-04-01", None, 11_000, 1.1, 1.1)],
+            6.5,
+            id="by-day-across-midnight",
+        ),
+        # since 23:30: the 23:00 hour (it ends after) counts whole, the 22:00 hour does not
+        pytest.param(
+            "service",
+            T0 + 1.5 * H,
+            [("svc", None, 6_000, 0.6, 0.6), ("web", None, 5_000, 0.5, 0.5)],
+            1.1,
+            id="since-takes-whole-hours",
+        ),
+    ],
+)
+def test_requests_are_priced_by_the_per_request_fee(
+    by: Any, since: float | None, rows: list[tuple[Any, ...]], total: float
+) -> None:
+    reqs = [
+        Requests("svc", T0, 4_000),
+        Requests("svc", T0 + 2 * H, 6_000),
+        Requests("web", T0 + 2 * H, 5_000),
+    ]
+    report = meter([u("svc", T0, T0 + H, A10)], CATALOG, T0 + 3 * H, by=by, since=since, requests=reqs)
+    got = [(r["key"], r["instance_type"], r["requests"], r["fees"], r["total"]) for r in report.rows]
+    assert got == rows
+    assert report.total == pytest.approx(total)
+    assert report.notes == []  # a row of requests only is not "unpriced"
+    assert "REQUESTS" in render_text(report.as_dict())
 
 
 SPEC = {
@@ -229,6 +275,7 @@ def test_a_real_replica_is_metered_in_the_api_the_cli_and_metrics(tmp_path: Path
     srv = new_server(tmp_path / "data")
     (tmp_path / "catalog.yaml").write_text(json.dumps(CATALOG.model_dump(exclude={"source"})))
     srv.extra_args.extend(["--catalog", str(tmp_path / "catalog.yaml")])
+    srv.extra_env["OPENEAS_REQUEST_METER_S"] = "0.5"
     srv.start()
     try:
         spec = service_spec("metered")
@@ -239,8 +286,22 @@ def test_a_real_replica_is_metered_in_the_api_the_cli_and_metrics(tmp_path: Path
             timeout_s=60,
             what="a Ready replica",
         )
+        # 12 requests through the gateway: the request meter (every 0.5 s here) writes them
+        token = srv.client.call_info("metered")["token"]
+        for _ in range(12):
+            r = requests.get(
+                f"{srv.gateway_url}/api/predict/metered/health", headers={"Authorization": token}, timeout=10
+            )
+            assert r.status_code == 200
+        wait_for(
+            lambda: srv.client.request("GET", "/api/v1/cost/report")["rows"][0]["requests"] >= 12,
+            timeout_s=15,
+            what="12 requests metered",
+        )
         report = srv.client.request("GET", "/api/v1/cost/report", params={"by": "service"})
         [row] = report["rows"]
+        # 12 x 0.0001 RMB: 0.0012, rounded to 0.00 in the row; the total has it exactly
+        assert (row["requests"], row["fees"]) == (12, 0.0)
         assert (row["key"], row["instance_type"], row["cold_starts"]) == ("metered", "a10", 1)
         assert row["replica_seconds"] > 0 and row["compute"] == pytest.approx(
             row["replica_seconds"] / 3600 * 5, abs=0.01
@@ -258,6 +319,7 @@ def test_a_real_replica_is_metered_in_the_api_the_cli_and_metrics(tmp_path: Path
         ).text
         assert 'openeas_cost_replica_seconds{instance_type="a10",service="metered"}' in metrics
         assert 'openeas_cost_spend{currency="RMB",service="metered"}' in metrics
+        assert 'openeas_cost_requests{service="metered"} 12.0' in metrics
         assert "openeas_idle_replicas" in metrics  # the idle-spend watch runs in the server
         assert [s["idle"] for s in srv.client.list()] == [None]  # 1 replica for its load: not idle
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from openeas.gateway.telemetry.metrics import GatewayMetrics
+from openeas.gateway.telemetry.stats import answer_samples
 from openeas.kernel.clock import FakeClock
 from openeas.telemetry.gateway_stats import (
     MAX_DATAGRAM_BYTES,
@@ -26,6 +28,7 @@ from openeas.telemetry.gateway_stats import (
     receive,
     socket_path,
 )
+from openeas.telemetry.latency import SERVICE_LATENCY_BUCKETS_S
 
 # A datagram: (gateway id, receive time s, uptime s or None, {service: (arrivals, in_flight, held)}).
 Datagram = tuple[str, float, float | None, dict[str, tuple[int, int, int]]]
@@ -517,6 +520,25 @@ def test_the_drain_waits_for_a_report_sent_after_its_question() -> None:
     assert asyncio.run(scenario()) == (GatewayView(routed=True, in_flight=2), None)
 
 
+@pytest.mark.parametrize(
+    ("now", "busy"),
+    [
+        # alive at 4 s: its last report (2 in flight) holds until now
+        pytest.param(4.0, [2.0, 2.0, 2.0, 2.0], id="alive"),
+        # gone at 10 s (silent since 3 s, stale after 3 s): nothing in flight after its last report
+        pytest.param(10.0, [2.0, 2.0, 2.0, 0.0], id="gone"),
+    ],
+)
+def test_per_second_is_the_gateways_own_trace(now: float, busy: list[float]) -> None:
+    stats = GatewayStats(lambda: now)
+    for gid, t, up, services in steady("g1", 0.0, 3.0, 1, in_flight=2):  # 5 requests a second
+        stats.observe(gid, {n: ServiceSample(*v) for n, v in services.items()}, t, uptime_s=up)
+    arrivals, got = stats.per_second("svc", 0.0, 4)
+    assert arrivals == [5, 5, 5, 0]
+    assert got == pytest.approx(busy)
+    assert stats.per_second("other", 0.0, 2) == ([0, 0], [0.0, 0.0])
+
+
 # ---- per group member: what the staged rollout reads ---------------------------------------------
 
 
@@ -575,3 +597,78 @@ def test_group_view(reports: list[GroupReport], now: float, expected: dict[str, 
     stats.observe("c", {}, now)  # a gateway without a group report counts nothing
     assert stats.group("g", now) == expected
     assert stats.group("other", now) is None  # a group no gateway routes is unknown
+
+
+# --- per-service answers: what the console's rates read -------------------------------------------
+
+
+def test_answers_travel_with_their_service_across_split_datagrams() -> None:
+    samples = {f"service_{i:05d}": ServiceSample(i, 0, 0) for i in range(3000)}
+    answers = {name: M({"200": 5, "503": 1}, tuple(range(16))) for name in list(samples)[::2]}
+    datagrams = encode("gw", 1.0, samples, answers=answers)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM_BYTES for d in datagrams)
+    merged: dict[str, MemberSample] = {}
+    for d in datagrams:
+        got = decode_all(d)
+        assert set(got.answers) <= set(got.samples)  # each in the datagram that carries its counters
+        merged.update(got.answers)
+    assert merged == answers
+    (plain,) = encode("gw", 1.0, {"a": ServiceSample(1, 0, 0)})
+    assert decode_all(plain).answers == {} and b'"a":{' not in plain  # none answered: no key
+
+
+# An answers report: (gateway id, receive time s, uptime s or None, {service: (by_code, buckets)}).
+AnswersReport = tuple[str, float, float | None, dict[str, tuple[dict[str, int], tuple[int, ...]]]]
+
+
+@pytest.mark.parametrize(
+    ("reports", "expected"),
+    [
+        pytest.param([("a", 1.0, 0.5, {"s": ({"200": 3}, (1, 2))})], {"s": M({"200": 3}, (1, 2))}, id="fresh-from-0"),
+        # Two gateways add up, code by code and bucket by bucket.
+        pytest.param(
+            [("a", 1.0, 0.5, {"s": ({"200": 3}, (1, 2))}), ("b", 1.0, 0.5, {"s": ({"200": 1, "500": 2}, (0, 3))})],
+            {"s": M({"200": 4, "500": 2}, (1, 5))},
+            id="gateways-add-up",
+        ),
+        # A gateway older than this control plane (uptime 100 s): its first report is the baseline.
+        pytest.param(
+            [("a", 1.0, 100.0, {"s": ({"200": 90}, (90,))}), ("a", 1.2, 100.2, {"s": ({"200": 95}, (95,))})],
+            {"s": M({"200": 5}, (5,))},
+            id="old-gateway-counted-from-its-first-report",
+        ),
+        # a's last datagram was at 1.0; at 5.0 it is gone, but what it answered stays in the sum.
+        pytest.param(
+            [("a", 1.0, 0.5, {"s": ({"200": 9}, (9,))}), ("b", 5.0, 0.5, {"s": ({"200": 1}, (1,))})],
+            {"s": M({"200": 10}, (10,))},
+            id="a-gateway-that-left-keeps-its-answers",
+        ),
+        pytest.param([], {}, id="never-heard"),
+    ],
+)
+def test_answers_view(reports: list[AnswersReport], expected: dict[str, MemberSample]) -> None:
+    stats = GatewayStats(FakeClock(0.0).now)
+    for gid, t, up, answers in reports:
+        stats.observe(gid, {}, t, uptime_s=up, answers={s: M(*v) for s, v in answers.items()})
+    assert stats.answers() == expected
+
+
+def test_answers_of_a_gateway_forgotten_past_the_horizon_stay_in_the_sum() -> None:
+    stats = GatewayStats(FakeClock(0.0).now, horizon_s=10.0)
+    stats.observe("a", {"s": ServiceSample(4, 0, 0)}, 1.0, uptime_s=0.5, answers={"s": M({"200": 4}, (4,))})
+    stats.observe("b", {"s": ServiceSample(1, 0, 0)}, 30.0, uptime_s=0.5, answers={"s": M({"200": 1}, (1,))})
+    assert "a" not in stats._gateways  # trimmed: silent for longer than the horizon
+    assert stats.answers() == {"s": M({"200": 5}, (5,))}
+
+
+def test_the_sender_reports_each_answered_service() -> None:
+    metrics = GatewayMetrics()
+    metrics.service("idle")
+    busy = metrics.service("busy")
+    for status, seconds in ((200, 0.002), (200, 0.002), (503, 0.3)):
+        busy.finish(status, seconds)
+    got = answer_samples(metrics)
+    assert list(got) == ["busy"]  # a service not answered yet is not sent
+    assert got["busy"].by_code == {"200": 2, "503": 1}
+    assert got["busy"].buckets[1] == 2 and got["busy"].buckets[SERVICE_LATENCY_BUCKETS_S.index(0.5)] == 1
+    assert len(got["busy"].buckets) == len(SERVICE_LATENCY_BUCKETS_S)

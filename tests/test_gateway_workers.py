@@ -260,42 +260,25 @@ def test_two_workers_share_the_port_the_routing_and_survive_a_kill(tmp_path: Pat
     assert all(not Path(f"/proc/{p}").exists() for p in workers)
 
 
-# --- readers of /metrics: a gateway of workers is read as the sum of its workers -----------------
-
-TWO_WORKERS = merge_expositions(
-    [
-        (0, '# TYPE openeas_gateway_in_flight_requests gauge\nopeneas_gateway_in_flight_requests{service="a"} 2\n'
-            '# TYPE openeas_gateway_replica_in_flight gauge\nopeneas_gateway_replica_in_flight{replica="a-1"} 2\n'
-            '# TYPE openeas_gateway_replica_routed gauge\nopeneas_gateway_replica_routed{replica="a-1"} 0\n'),
-        (1, '# TYPE openeas_gateway_in_flight_requests gauge\nopeneas_gateway_in_flight_requests{service="a"} 3\n'
-            '# TYPE openeas_gateway_replica_in_flight gauge\nopeneas_gateway_replica_in_flight{replica="a-1"} 3\n'
-            '# TYPE openeas_gateway_replica_routed gauge\nopeneas_gateway_replica_routed{replica="a-1"} 1\n'),
-    ]
-)  # fmt: skip
+# --- the control plane reads a gateway of workers as the sum of its workers' datagrams ---------
 
 
 @pytest.mark.parametrize(
     ("replica", "routed", "in_flight"),
     [pytest.param("a-1", True, 5, id="summed-routed-by-any"), pytest.param("a-2", False, 0, id="absent")],
 )
-def test_a_replica_view_sums_the_workers(replica: str, routed: bool, in_flight: int) -> None:
-    from openeas.server import parse_replica_view
-
-    view = parse_replica_view(TWO_WORKERS, replica)
-    assert (view.routed, view.in_flight) == (routed, in_flight)
-
-
-def test_the_control_plane_sums_the_workers_datagrams() -> None:
+def test_the_control_plane_sums_the_workers_datagrams(replica: str, routed: bool, in_flight: int) -> None:
     """Each worker sends its own counters datagram (an id of its own); the control plane's view
-    (autoscaler, drain, rollout) is their sum: the same figures as TWO_WORKERS' /metrics."""
+    (autoscaler, drain, rollout) is their sum: in flight summed, routed by any, a replica no worker
+    names neither routed nor busy."""
     from openeas.kernel.clock import FakeClock
     from openeas.telemetry.gateway_stats import GatewayStats, ReplicaSample, ServiceSample, decode_all, encode
 
     g = GatewayStats(FakeClock(0.0).now)
-    for worker, n, routed in ((0, 2, False), (1, 3, True)):
-        for data in encode(f"w{worker}", 0.1, {"a": ServiceSample(n, n, 0)}, replicas={"a-1": ReplicaSample(n, routed)}):
+    for worker, n, on in ((0, 2, False), (1, 3, True)):
+        for data in encode(f"w{worker}", 0.1, {"a": ServiceSample(n, n, 0)}, replicas={"a-1": ReplicaSample(n, on)}):
             d = decode_all(data)
             g.observe(d.gateway_id, d.samples, 0.0, uptime_s=d.uptime_s, replicas=d.replicas)
     assert g.replica_in_flight(0.5) == {"a-1": 5}
-    assert g.replica("a-1", 0.5, since=-1.0) == ReplicaSample(5, True)
+    assert g.replica(replica, 0.5, since=-1.0) == ReplicaSample(in_flight, routed)
     assert g.mean_in_flight("a", 0.0, 0.5) == pytest.approx(5.0)

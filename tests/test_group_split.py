@@ -311,6 +311,6 @@ def test_the_stats_datagram_carries_each_members_live_traffic() -> None:
     assert sent is not None and set(sent) == {"g", "h"}
     assert sent["g"]["new"].by_code == {"200": 2, "503": 1}
     assert sent["g"]["old"] == MemberSample({}, (0,) * len(GROUP_LATENCY_BUCKETS_S))
-    shown = json.loads(group_json("g", {"new": new}))["members"]["new"]["live"]
+    shown = json.loads(group_json("g", {"new": new.to_dict()}))["members"]["new"]["live"]
     assert sent["g"]["new"].by_code == shown["by_code"] and list(sent["g"]["new"].buckets) == shown["buckets"]
     assert quantile(list(sent["g"]["new"].buckets), 0.5) == pytest.approx(0.004, abs=0.001)

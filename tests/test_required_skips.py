@@ -33,6 +33,13 @@ CASES = [
     ),
     pytest.param("OPENEAS_REQUIRE_REDIS", "redis-server not installed", "failed", id="redis"),
     pytest.param("OPENEAS_REQUIRE_CONTAINERS", "podman (rootful) needs root", "failed", id="podman"),
+    # tests/test_e2e_vllm.py's own message when .venv-vllm is missing
+    pytest.param(
+        "OPENEAS_REQUIRE_VLLM",
+        "vLLM (CPU) is not installed: no .venv-vllm/bin/python (scripts/setup.sh installs it)",
+        "failed",
+        id="vllm",
+    ),
     pytest.param(
         None, "wrk not installed (scripts/setup.sh installs them)", "skipped", id="not-required-skips"
     ),

@@ -5,14 +5,21 @@ any SIGTERM; adoption keeps a standby parked). The store is the real one (SQLite
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from openeas.controller.reconciler import Reconciler
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.errors import SpecError
+from openeas.kernel.clock import LoopClock
 from openeas.kernel.states import ReplicaPhase, check_transition
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.spec.standby import Standby
@@ -40,12 +47,16 @@ PLANS = [
     # (replicas, current, desired, standby) → (create, create_standby, promote, stop)
     pytest.param([], 1, 1, 1, (1, 1, (), ()), id="fresh-deploy-creates-the-pool-too"),
     pytest.param(["a:1:Ready", "s:1:Standby:sb"], 1, 1, 1, (0, 0, (), ()), id="steady"),
-    pytest.param(["a:1:Ready", "s:1:Standby:sb"], 1, 2, 1, (0, 1, ("s",), ()), id="scale-out-promotes-and-refills"),
-    # 1 → 4 with two standbys: both promoted, one created cold, the pool refilled with two
-    pytest.param(["a:1:Ready", "s:1:Standby:sb", "t:1:Standby:sb"], 1, 4, 2, (1, 2, ("s", "t"), ()),
+    # the pass that promotes refills nothing: a refill's start would slow the promotion down
+    pytest.param(["a:1:Ready", "s:1:Standby:sb"], 1, 2, 1, (0, 0, ("s",), ()), id="scale-out-promotes"),
+    # promoted (no longer a standby) but not Ready yet: still no refill; once Ready, the refill
+    pytest.param(["a:1:Ready", "s:1:Standby"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-for-the-promotion"),
+    pytest.param(["a:1:Ready", "s:1:Ready"], 1, 2, 1, (0, 1, (), ()), id="promoted-ready-refills"),
+    # 1 → 4 with two standbys: both promoted, one created cold (capacity does not wait)
+    pytest.param(["a:1:Ready", "s:1:Standby:sb", "t:1:Standby:sb"], 1, 4, 2, (1, 0, ("s", "t"), ()),
                  id="scale-out-beyond-the-pool"),
     # a warmed standby goes before an older one still warming
-    pytest.param(["a:1:Ready", "w:1:Warming:sb", "s:1:Standby:sb"], 1, 2, 2, (0, 1, ("s",), ()),
+    pytest.param(["a:1:Ready", "w:1:Warming:sb", "s:1:Standby:sb"], 1, 2, 2, (0, 0, ("s",), ()),
                  id="warmed-standby-first"),
     # standbys are no scale-in candidates: the routed replica goes, the pool stays
     pytest.param(["a:1:Ready", "b:1:Ready", "s:1:Standby:sb"], 1, 1, 1, (0, 0, (), ("b",)),
@@ -56,7 +67,7 @@ PLANS = [
     pytest.param(["a:1:Ready", "s:1:Standby:sb"], 2, 1, 1, (1, 0, (), ("s",)), id="update-stops-old-standbys"),
     pytest.param(["a:2:Ready"], 2, 1, 1, (0, 1, (), ()), id="update-done-refills-with-new-version"),
     # scale to zero keeps the pool: a scale from zero promotes
-    pytest.param(["s:1:Standby:sb"], 1, 1, 1, (0, 1, ("s",), ()), id="scale-from-zero-promotes"),
+    pytest.param(["s:1:Standby:sb"], 1, 1, 1, (0, 0, ("s",), ()), id="scale-from-zero-promotes"),
     pytest.param(["a:1:Ready", "s:1:Standby:sb"], 1, 1, 0, (0, 0, (), ("s",)), id="pool-off-stops-standbys"),
 ]
 
@@ -141,9 +152,26 @@ async def test_supervisor_parks_a_standby_and_stops_it_without_drain(
     assert P.DRAINING not in [c.phase for c in world.store.phases(rid)]
 
 
-async def test_reconciler_promotes_a_frozen_standby_on_scale_out_and_refills(tmp_path: Path) -> None:
+def with_initial_delay(s: ServiceSpec, seconds: float) -> ServiceSpec:
+    main = s.containers[0]
+    assert main.health_check is not None
+    check = main.health_check.model_copy(update={"initial_delay_seconds": seconds})
+    return s.model_copy(update={"containers": [main.model_copy(update={"health_check": check})]})
+
+
+@pytest.mark.parametrize(
+    "initial_delay_s",
+    [
+        pytest.param(0.0, id="no-initial-delay"),
+        # the check's initial delay is a start's (the model loading), not a thaw's
+        pytest.param(2.0, id="initial-delay-not-waited-on-promotion"),
+    ],
+)
+async def test_reconciler_promotes_a_frozen_standby_on_scale_out_and_refills(
+    tmp_path: Path, initial_delay_s: float
+) -> None:
     world = World.make(tmp_path)
-    world.store.create_service(with_standby(1, replicas=1))
+    world.store.create_service(with_initial_delay(with_standby(1, replicas=1), initial_delay_s))
     running = world.reconciler()
 
     def settled() -> bool:
@@ -165,6 +193,9 @@ async def test_reconciler_promotes_a_frozen_standby_on_scale_out_and_refills(tmp
     row = world.store.get_replica(standby)
     assert row is not None and row.cold_start["promotion_s"] <= promoted
     assert signals_of(world, standby) == [STOP, CONT]
+    # resumed within the reconciler's pass that promoted it, not at the supervisor's next turn
+    cont_at = [t for p in world.runtime.started if p.launch.replica_id == standby for t, sig in p.signals if sig == CONT]
+    assert cont_at == [t0]
     await world.clock.run_until(lambda: len(world.rows()) == 3 and settled())
     assert len(world.runtime.started) == started + 1  # the pool refilled in the background
     await running.stop(world.clock, stop_replicas=True)
@@ -189,3 +220,41 @@ async def test_adoption_keeps_a_frozen_standby_parked(tmp_path: Path) -> None:
     await world.clock.run_until(lambda: world.store.get_replica(rid).phase == P.READY)  # type: ignore[union-attr]
     assert signals_of(world, rid)[-1] == CONT
     await second.stop(world.clock, stop_replicas=True)
+
+
+def test_reconciler_wake_from_another_thread_runs_a_pass_at_once(tmp_path: Path) -> None:
+    """The API writes desired state and wakes the reconciler from a worker thread: the pass runs
+    at once, not at the next tick (60 s here). On a bare asyncio loop in a thread of its own, as
+    the server's: an ``Event.set`` from another thread would not wake its selector at all."""
+    passes: list[float] = []
+    first = threading.Event()
+    rec_box: list[Reconciler] = []
+
+    async def serve() -> None:
+        world = World.make(tmp_path)
+        rec = Reconciler(world.store, world.runtime, replace(world.cfg, clock=LoopClock()), tick_s=60.0)
+        second = asyncio.Event()
+
+        def one_pass() -> None:
+            passes.append(time.monotonic())
+            first.set()
+            if len(passes) == 2:
+                second.set()
+
+        rec.reconcile_once = one_pass  # type: ignore[method-assign]
+        rec_box.append(rec)
+        stop = asyncio.Event()
+        task = asyncio.create_task(rec.run(stop))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(second.wait(), timeout=5)
+        stop.set()
+        rec.wake()
+        await task
+
+    loop_thread = threading.Thread(target=lambda: asyncio.run(serve()))
+    loop_thread.start()
+    assert first.wait(10)
+    woken = time.monotonic()
+    rec_box[0].wake()
+    loop_thread.join(10)
+    assert len(passes) >= 2 and passes[1] - woken < 0.5  # measured: < 1 ms; before: never (5 s)

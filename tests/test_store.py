@@ -116,6 +116,7 @@ TABLES = {
     "replica_usage": "replica",  # v7
     "cold_starts": "id",  # v8
     "eval_runs": "id",  # v12
+    "request_usage": "service, hour",  # v13
 }
 
 

@@ -287,7 +287,8 @@ class GatewayKeeper:
                 await asyncio.sleep(2.0)
 
     def stop(self) -> None:
-        if self.gw is not None:
-            self.gw.stop()
-            self.gw = None
+        # Taken from ``watch`` first: a gateway stopped here is not one that died and is restarted.
+        gw, self.gw = self.gw, None
+        if gw is not None:
+            gw.stop()
         gateway_record_path(self.data_dir).unlink(missing_ok=True)

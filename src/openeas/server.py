@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -42,19 +43,20 @@ from openeas.autoscaler.backlog import QueueBacklog
 from openeas.autoscaler.engine_load import EngineLoadScraper
 from openeas.autoscaler.loop import Autoscaler
 from openeas.autoscaler.process import NvmlSampler, ProcessSampler
-from openeas.autoscaler.scrape import ReplicaScraper, label, parse_samples
+from openeas.autoscaler.scrape import ReplicaScraper
 from openeas.batch import BatchRunner
 from openeas.console import add_console
 from openeas.control_lease import LeaseKeeper, wait_for_lease
 from openeas.controller.archiver import Archiver
+from openeas.controller.bake import Baker
 from openeas.controller.capacity import Resources, node_capacity
 from openeas.controller.reconciler import Reconciler
 from openeas.controller.replica import PRIVATE_ENV, GatewayView, GatewayViewFn, SupervisorConfig
+from openeas.controller.request_meter import RequestMeter, meter_interval
 from openeas.controller.rollout_loop import RolloutController
 from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.routing.notify import RoutingNotifier, socket_paths
-from openeas.gateway.telemetry.metrics import label_value
 from openeas.gateway.workers import check_workers
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
@@ -214,14 +216,19 @@ async def _serve(
     gateway.lease = lease
     try:
         await gateway.open()  # before the deploy files: a spec's first replicas are routed
+        # Before the lease: a standby that takes over has its runtimes (a Ray driver connects in
+        # seconds) ready. Servers sharing a store share its replicas (their Ray namespace).
+        shared = store_url if lease is not None else None
+        runtimes = await asyncio.to_thread(
+            build_runtimes, data_dir, registry_auth=registry_auth, shared_store=shared
+        )
+        log.info("%s", runtimes.summary())
         if lease is not None:
             waited = await wait_for_lease(lease.lease, api_sock, stop)
             if waited is None:
                 return
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
-        runtimes = await asyncio.to_thread(build_runtimes, data_dir, registry_auth=registry_auth)
-        log.info("%s", runtimes.summary())
         runtimes.process_warning = users.warning()
         components = _compose(
             store,
@@ -280,9 +287,8 @@ def _compose(
 ) -> list[Component]:
     """The server's components, wired at construction, in start order (they stop in reverse)."""
     metrics = ControlMetrics(store)
-    # The one channel from the gateways: their counters (per service arrivals, in flight, held;
-    # per replica in flight and routed), pushed every 0.2 s, in time windows. The autoscaler reads
-    # them (a held request wakes it at once: scale from zero), the drain and scale-in too.
+    # The one channel from the gateways: per service arrivals, in flight, held; per replica in flight
+    # and routed; every 0.2 s. The autoscaler (a held request wakes it), drain, scale-in, meter read it.
     gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
     cfg = SupervisorConfig(
@@ -294,7 +300,7 @@ def _compose(
         replica_users=users,
     )
     reconciler = _reconciler(store, runtimes, cfg, node, gateway_stats)
-    autoscaler, idle = _autoscaling(store, gateway_stats, reconciler, metrics)
+    autoscaler, idle, requests = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
@@ -320,6 +326,7 @@ def _compose(
         host_paths=host_paths,
         idle_watch=idle,
         node_cache=reconciler.cache,
+        baker=Baker(store, reconciler.prefetch, runtimes.container_engine, runtimes.engine_problem),
     )
 
     async def shutdown() -> None:
@@ -337,6 +344,7 @@ def _compose(
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
         Loop("idle-spend watch", idle.run),
+        Loop("request meter", requests.run),  # requests by service and UTC hour, for the meter
         # The 180-day rule (docs/archive.md): dormant services warned, archived, deleted.
         Loop("archiver", Archiver(store, LOOP_CLOCK, wake=reconciler.wake).run),
         Loop("batch runner", batch.run),
@@ -348,9 +356,14 @@ def _compose(
 def _reconciler(
     store: Store, runtimes: Runtimes, cfg: SupervisorConfig, node: Resources | None, stats: GatewayStats
 ) -> Reconciler:
-    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory)."""
-    capacity = node or node_capacity()
-    log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
+    """The reconciler, admitting replicas on ``node`` (default: this machine's cores and memory;
+    on the Ray runtime no bound of ours: Ray places each replica where its resources fit)."""
+    if node is None and runtimes.process.name == "ray":
+        capacity = Resources(cpu=math.inf, memory_mb=math.inf)
+        log.info("replicas are admitted by the Ray cluster's resources (no --node-cpu/--node-memory)")
+    else:
+        capacity = node or node_capacity()
+        log.info("replicas are admitted on %g cores and %.0f MB", capacity.cpu, capacity.memory_mb)
     # Scale-in stops the least busy replica first: each replica's in-flight requests, pushed.
     load = lambda: stats.replica_in_flight(LOOP_CLOCK.now())  # noqa: E731
     return Reconciler(store, runtimes, cfg, replica_load=load, capacity=capacity)
@@ -358,9 +371,9 @@ def _reconciler(
 
 def _autoscaling(
     store: Store, gateway_stats: GatewayStats, reconciler: Reconciler, metrics: ControlMetrics
-) -> tuple[Autoscaler, IdleWatch]:
-    """The autoscaler (woken by the gateways' held requests) and the idle-spend watch that prices
-    its decisions, both with their metrics."""
+) -> tuple[Autoscaler, IdleWatch, RequestMeter]:
+    """The autoscaler (woken by the gateways' held requests), the idle-spend watch that prices
+    its decisions, both with their metrics, and the request meter (the gateways' counts, stored)."""
     backlogs = open_backlog_source(store.data_dir)  # async services' queues: the `backlog` metric
     autoscaler = Autoscaler(
         store,
@@ -375,7 +388,7 @@ def _autoscaling(
     # The idle-spend alarm (issue 24 §4): the autoscaler's decisions, priced (api/idle.py).
     idle = IdleWatch(store, autoscaler.status, server_catalog, LOOP_CLOCK)
     metrics.add_collector(idle)
-    return autoscaler, idle
+    return autoscaler, idle, RequestMeter(store, gateway_stats, LOOP_CLOCK, interval_s=meter_interval())
 
 
 def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
@@ -395,18 +408,6 @@ def gateway_view(stats: GatewayStats, timeout_s: float = 1.0) -> GatewayViewFn:
 
 
 GATEWAY_VIEW_POLL_S = 0.02  # seconds between two looks for a fresh gateway report (a drain)
-
-
-def parse_replica_view(metrics_text: str, replica_id: str) -> GatewayView:
-    """A replica's `GatewayView` from the gateway's /metrics text; absent = neither routed nor busy.
-    A gateway of several workers labels each one's series ``worker="K"``: summed (routed by any)."""
-    names = {"openeas_gateway_replica_in_flight", "openeas_gateway_replica_routed"}
-    samples = parse_samples(metrics_text, names)
-    wanted = label_value(replica_id)
-    ours = {n: [v for labels, v in samples.get(n, []) if label(labels, "replica") == wanted] for n in names}
-    routed = any(v != 0 for v in ours["openeas_gateway_replica_routed"])
-    in_flight = int(sum(ours["openeas_gateway_replica_in_flight"]))
-    return GatewayView(routed=routed, in_flight=in_flight)
 
 
 class _ApiServer(uvicorn.Server):
@@ -484,7 +485,10 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
-                node=node_capacity(node_cpu, node_memory_mb),
+                # None: this machine's (embedded) or no bound of ours (Ray places the replicas)
+                node=None
+                if node_cpu is None and node_memory_mb is None
+                else node_capacity(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,

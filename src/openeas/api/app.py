@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from openeas.api.archive import add_archive_routes
+from openeas.api.bake import add_bake_routes
 from openeas.api.batch import add_batch_routes
 from openeas.api.cache import add_cache_routes
 from openeas.api.coldstart import add_coldstart_routes
@@ -53,6 +54,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_eval_routes(app, cp, auth)  # /api/v1/eval (api/evals.py)
     add_cost_routes(app, cp, auth)  # /api/v1/cost/... (api/cost.py)
     add_cache_routes(app, cp, auth)  # /api/v1/cache... (api/cache.py)
+    add_bake_routes(app, cp, auth)  # /api/v1/services/{name}/bake (api/bake.py)
     add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)
     add_archive_routes(app, cp, auth)  # /api/v1/archive (api/archive.py)
     add_health_routes(app, cp, [] if public_metrics else auth)

@@ -14,6 +14,7 @@ from typing import Any
 from openeas.api.idle import IdleWatch
 from openeas.api.launch_plan import launch_plan, mount_warnings, normalized_spec
 from openeas.autoscaler.loop import Autoscaler, policy_view
+from openeas.controller.bake import Baker
 from openeas.controller.checks import checks_of
 from openeas.errors import Conflict, NotFound, SpecError
 from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas, service_status
@@ -50,6 +51,7 @@ class ControlPlane:
         host_paths: HostPaths | None = None,
         idle_watch: IdleWatch | None = None,
         node_cache: NodeCache | None = None,
+        baker: Baker | None = None,
     ) -> None:
         self.store = store
         self.batch_wake = batch_wake  # the batch runner's wake
@@ -73,6 +75,8 @@ class ControlPlane:
         self.host_paths = host_paths or HostPaths()
         # The node cache (`/api/v1/cache`): the reconciler's; None where no replicas run here.
         self.node_cache = node_cache
+        # Builds baked images (`openeas bake`, controller/bake.py); None where no replicas run here.
+        self.baker = baker
 
     def routing_in_effect(self) -> dict[str, Any] | None:
         """After a routing change: wait (bounded) until the gateway has applied the store's current

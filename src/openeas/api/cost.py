@@ -4,33 +4,43 @@
   spec (traffic optional), priced by the server's catalog;
 - ``GET /api/v1/services/{name}/cost``: the same for a deployed service's current version;
 - ``GET /api/v1/cost/catalog``: the catalog the server prices by;
+- ``GET /api/v1/services/{name}/trace?seconds=N``: the gateways' own counts of a service over the
+  last N seconds (at most the 900 they keep) as a trace CSV for ``openeas simulate``;
 - ``GET /api/v1/cost/report?by=service|day|month[&service=NAME][&since=EPOCH]``: the meter, what
-  replicas have cost so far (openeas.cost.meter), also on ``/metrics`` as
-  ``openeas_cost_replica_seconds`` and ``openeas_cost_spend``.
+  replicas and requests have cost so far (openeas.cost.meter), also on ``/metrics`` as
+  ``openeas_cost_replica_seconds``, ``openeas_cost_requests`` and ``openeas_cost_spend``.
 
 The catalog is ``openeas server --catalog FILE`` (``OPENEAS_CATALOG``), else the shipped one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import math
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.responses import PlainTextResponse
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from openeas.autoscaler.trace import Trace, write_trace
 from openeas.cost import Catalog, estimate, load_catalog, parse_traffic
-from openeas.cost.meter import BY_CHOICES, Report, Usage, meter
-from openeas.errors import SpecError
+from openeas.cost.meter import BY_CHOICES, Report, Requests, Usage, meter
+from openeas.errors import NotFound, SpecError
 from openeas.spec import parse_spec
 from openeas.spec.load import parse_json
 from openeas.spec.models import ServiceSpec
 from openeas.store import Store
 
 ENV_CATALOG = "OPENEAS_CATALOG"  # set by `openeas server --catalog FILE`
+TRACE_MAX_S = 900  # seconds a trace export covers at most: the gateway counters' horizon
+TRACE_DEFAULT_S = 900
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
@@ -58,7 +68,10 @@ def metered(
         )
         for r in rows
     ]
-    return meter(usages, server_catalog(), now, by=by, since=since)
+    requests = [
+        Requests(q.service, q.hour, q.requests) for q in store.request_usage(service=service, since=since)
+    ]
+    return meter(usages, server_catalog(), now, by=by, since=since, requests=requests)
 
 
 class MeterCollector(Collector):
@@ -81,17 +94,42 @@ class MeterCollector(Collector):
         )
         spend = GaugeMetricFamily(
             "openeas_cost_spend",
-            "Compute and storage reads billed so far by service, in the catalog's currency",
+            "Compute, storage reads and request fees billed so far by service, in the catalog's currency",
             labels=["service", "currency"],
         )
+        requests = GaugeMetricFamily(
+            "openeas_cost_requests",
+            "Requests received by service (the gateways' counts), since metering began",
+            labels=["service"],
+        )
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for r in report.rows:
-            seconds.add_metric([r["key"], r["instance_type"] or "unpriced"], r["replica_seconds"])
+            if r["replica_seconds"] or r["instance_type"]:
+                seconds.add_metric([r["key"], r["instance_type"] or "unpriced"], r["replica_seconds"])
             totals[r["key"]] = totals.get(r["key"], 0.0) + (r["total"] or 0.0)
+            counts[r["key"]] = counts.get(r["key"], 0) + r["requests"]
+        for name, n in sorted(counts.items()):
+            requests.add_metric([name], n)
         for name, amount in sorted(totals.items()):
             spend.add_metric([name, report.currency], amount)
         yield seconds
         yield spend
+        yield requests
+
+
+def gateway_trace(cp: Any, name: str, seconds: int) -> str:
+    """The last ``seconds`` whole seconds of the gateways' counts of ``name`` as a trace CSV:
+    requests received in each second and the mean time in flight (request-seconds / requests)."""
+    stats = cp.gateway_stats
+    if stats is None or stats.last_seen(name) is None:
+        raise NotFound(f"{name}: no gateway reported it within the last {TRACE_MAX_S} s: no trace")
+    wall_now, now = time.time(), stats.clock()
+    wall_start = math.floor(wall_now) - seconds
+    arrivals, busy = stats.per_second(name, now - (wall_now - wall_start), seconds)
+    buf = io.StringIO()
+    write_trace(Trace(float(wall_start), np.array(arrivals, dtype=float), np.array(busy)), buf)
+    return buf.getvalue()
 
 
 def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
@@ -142,6 +180,18 @@ def add_cost_routes(app: FastAPI, cp: Any, auth: list[Any]) -> None:
         if by not in BY_CHOICES:
             raise SpecError([f"by: {by!r} is not one of {', '.join(BY_CHOICES)}"])
         return metered(cp.store, time.time(), by=by, service=service, since=since).as_dict()
+
+    @app.get(
+        "/api/v1/services/{name}/trace", dependencies=auth, tags=["cost"], response_class=PlainTextResponse
+    )
+    async def service_trace(
+        name: str,
+        seconds: int = Query(TRACE_DEFAULT_S, ge=1, le=TRACE_MAX_S, description="the last N seconds"),
+    ) -> PlainTextResponse:
+        """The gateways' own counts of a service as a trace CSV (timestamp,count,duration_s) for
+        ``openeas simulate``; on the event loop, where the counters are kept."""
+        await asyncio.to_thread(cp.store.get_service, name)  # an unknown service is a 404
+        return PlainTextResponse(gateway_trace(cp, name, seconds), media_type="text/csv")
 
     @app.get("/api/v1/cost/catalog", dependencies=auth, tags=["cost"])
     def catalog() -> dict[str, Any]:

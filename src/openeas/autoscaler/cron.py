@@ -95,11 +95,33 @@ def next_firing(rule: CronRule, wall: float) -> float | None:
     return None
 
 
+# The firings around the last instant asked, per rule: (last firing <= wall, next firing > wall).
+# Decisions come every fraction of a second live and a month of them in the simulator; croniter
+# is only asked again once ``wall`` leaves that interval. A cache of pure functions: same answers.
+_AROUND: dict[int, tuple[CronRule, float | None, float | None]] = {}  # by id(rule): hashing is slow
+_AROUND_MAX = 1024  # rules remembered; cleared when full
+
+
+def around(rule: CronRule, wall: float) -> tuple[float | None, float | None]:
+    """``(last_firing(rule, wall), next_firing(rule, wall))``, from the cache while ``wall`` is
+    still between the two."""
+    hit = _AROUND.get(id(rule))
+    if hit is not None and hit[0] is rule:
+        _, last, nxt = hit
+        if last is not None and last <= wall and (nxt is None or wall < nxt - _EPS_S):
+            return last, nxt
+    last, nxt = last_firing(rule, wall), next_firing(rule, wall)
+    if len(_AROUND) >= _AROUND_MAX:
+        _AROUND.clear()
+    _AROUND[id(rule)] = (rule, last, nxt)  # the rule itself is kept: its id is not reused meanwhile
+    return last, nxt
+
+
 def active_rule(rules: Sequence[CronRule], wall: float) -> Firing | None:
     """The rule in force at ``wall``: the one that fired last (ties: the one written later)."""
     best: Firing | None = None
     for rule in rules:
-        at = last_firing(rule, wall)
+        at = around(rule, wall)[0]
         if at is not None and (best is None or at >= best.at):
             best = Firing(rule, at)
     return best
@@ -109,7 +131,7 @@ def upcoming(rules: Sequence[CronRule], wall: float, lead_s: float) -> list[Firi
     """Rules that start after ``wall`` and no later than ``wall + lead_s``, soonest first."""
     out = []
     for rule in rules:
-        at = next_firing(rule, wall)
+        at = around(rule, wall)[1]
         if at is not None and at <= wall + lead_s:
             out.append(Firing(rule, at))
     return sorted(out, key=lambda f: f.at)

@@ -58,10 +58,20 @@ def stabilize(
     only to the *highest* of the down window; in between, stay. Returns the count and the
     history with ``(now, recommendation)`` added and entries older than both windows dropped.
     ``skip_up_window`` (a panic) scales up to the recommendation at once."""
-    keep_s = max(up_window_s, down_window_s)
-    hist = (*(h for h in history if h[0] >= now - keep_s), (now, recommendation))
-    up = min(r for t, r in hist if t >= now - up_window_s)
-    down = max(r for t, r in hist if t >= now - down_window_s)
+    # Plain loops, no generator per window: the simulator calls this for every decision of a month.
+    keep_from = now - max(up_window_s, down_window_s)
+    first = 0
+    while first < len(history) and history[first][0] < keep_from:  # oldest first: drop a prefix
+        first += 1
+    kept = history[first:]
+    hist = (*kept, (now, recommendation))
+    up_from, down_from = now - up_window_s, now - down_window_s
+    up = down = recommendation
+    for t, r in kept:
+        if t >= up_from and r < up:
+            up = r
+        if t >= down_from and r > down:
+            down = r
     if skip_up_window:
         up = recommendation
     if current < up:

@@ -14,39 +14,46 @@ estimate: each second's requests take their duration, stretched by the overload 
 Ready capacity, when above 1), plus the hold for held ones; the 99th percentile of that, weighted
 by requests. Cost: billed replica-seconds x the catalog's hourly price of the spec.
 
-Only the traffic metrics (``qps``, ``concurrent_requests``) can be replayed from a trace; a policy
-on another metric is refused by name.
+Only the traffic metrics (``qps``, ``concurrent_requests``) can be replayed from a trace, and
+``backlog`` for an async service (its queue: :mod:`openeas.autoscaler.simqueue`; its requests
+wait there instead of slowing the replicas, and the result carries the queue waits); a policy on
+another metric is refused by name.
+
+Speed: the loop runs once per decision, never per second: the gateway's windows for every
+decision are computed at once with numpy, the Ready count is recounted only when a replica turns
+Ready or the count changes, and billing is accounted with cumulative sums at the end.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from openeas.autoscaler.policy import DecisionContext, Observation, PolicyState, Traffic, decide
+from openeas.autoscaler.simqueue import AsyncQueue
+from openeas.autoscaler.trace import SHAPES, Trace, generate, load_trace, read_trace, shape_rates, write_trace
 from openeas.errors import SpecError
 from openeas.spec.autoscaling import AutoscalingPolicy
 from openeas.spec.models import ServiceSpec
 
+__all__ = [
+    "SHAPES",
+    "Result",
+    "Trace",
+    "generate",
+    "load_trace",
+    "read_trace",
+    "shape_rates",
+    "simulate",
+    "write_trace",
+]
+
 SIMULATED_METRICS = ("qps", "concurrent_requests")
 DECIDE_EVERY_S = 15.0  # seconds of virtual time between two decisions (the live tick is 0.1 s; a
 # decision scans its stabilization history, so a month at 1 s per decision would take minutes)
-
-
-@dataclass(frozen=True)
-class Trace:
-    """Requests per second from ``start`` (epoch seconds, for cron rules)."""
-
-    start: float
-    arrivals: np.ndarray  # requests starting in each second (float64)
-    busy: np.ndarray  # request-seconds starting in each second: sum of their durations
-
-    @property
-    def seconds(self) -> int:
-        return len(self.arrivals)
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,15 @@ class Result:
     p99_s: float
     scale_events: int
     peak_replicas: int
+    cold_starts: int = 0  # replicas started during the trace (the deploy's own not counted)
+    queue_wait_mean_s: float | None = None  # async services: mean seconds in the queue; None: sync
+    queue_wait_p99_s: float | None = None  # async services: 99th percentile of the queue wait
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "seconds": self.seconds,
             "requests": round(self.requests),
+            "replica_seconds": round(self.replica_seconds, 3),
             "replica_hours": round(self.replica_seconds / 3600, 2),
             "cost": None if self.cost is None else round(self.cost, 2),
             "currency": self.currency,
@@ -74,6 +85,9 @@ class Result:
             "p99_s": round(self.p99_s, 3),
             "scale_events": self.scale_events,
             "peak_replicas": self.peak_replicas,
+            "cold_starts": self.cold_starts,
+            "queue_wait_mean_s": None if self.queue_wait_mean_s is None else round(self.queue_wait_mean_s, 3),
+            "queue_wait_p99_s": None if self.queue_wait_p99_s is None else round(self.queue_wait_p99_s, 3),
         }
 
 
@@ -82,22 +96,35 @@ def policy_of(spec: ServiceSpec) -> AutoscalingPolicy:
     if policy is None:  # a fixed count: a policy whose bounds pin it
         n = spec.metadata.instance
         return AutoscalingPolicy(min_replicas=n, max_replicas=n, metrics=(), source="autoscaling")
-    bad = [m.key for m in policy.metrics if m.kind not in SIMULATED_METRICS]
+    replayable = (*SIMULATED_METRICS, *(("backlog",) if spec.is_async else ()))
+    bad = [m.key for m in policy.metrics if m.kind not in replayable]
     if bad:
         raise SpecError(
             [
-                f"autoscaling metric {k}: not replayable from a trace (only {', '.join(SIMULATED_METRICS)})"
+                f"autoscaling metric {k}: not replayable from a trace (only {', '.join(replayable)})"
                 for k in bad
             ]
         )
     return policy
 
 
-def _window(cum: np.ndarray, t: int, span_s: float) -> float:
-    """Mean per second over the ``span_s`` seconds before ``t`` (cum: a cumulative sum, 0 first)."""
-    w = max(1, int(span_s))
-    lo = max(0, t - w)
-    return float(cum[t] - cum[lo]) / max(1, t - lo)
+def _windows(cum: np.ndarray, ts: np.ndarray, span_s: float) -> list[float]:
+    """Mean per second over the ``span_s`` seconds before each ``t`` of ``ts`` (cum: a cumulative
+    sum, 0 first), over the part covered near the start: every decision's window at once."""
+    lo = np.maximum(0, ts - max(1, int(span_s)))
+    return ((cum[ts] - cum[lo]) / np.maximum(1, ts - lo)).tolist()
+
+
+def _check_inputs(cold_starts_s: list[float], capacity_qps: float, decide_every_s: float) -> None:
+    errors = []
+    if not cold_starts_s or any(c < 0 for c in cold_starts_s):
+        errors.append("cold starts: at least one duration ≥ 0 s is needed")
+    if capacity_qps <= 0:
+        errors.append(f"capacity: {capacity_qps:g} requests/s per replica; must be > 0")
+    if decide_every_s < 1:
+        errors.append(f"decide_every_s: {decide_every_s:g}; must be ≥ 1 s (the trace's resolution)")
+    if errors:
+        raise SpecError(errors)
 
 
 def simulate(
@@ -110,63 +137,76 @@ def simulate(
     currency: str = "",
     decide_every_s: float = DECIDE_EVERY_S,
 ) -> Result:
-    errors = []
-    if not cold_starts_s or any(c < 0 for c in cold_starts_s):
-        errors.append("cold starts: at least one duration ≥ 0 s is needed")
-    if capacity_qps <= 0:
-        errors.append(f"capacity: {capacity_qps:g} requests/s per replica; must be > 0")
-    if decide_every_s < 1:
-        errors.append(f"decide_every_s: {decide_every_s:g}; must be ≥ 1 s (the trace's resolution)")
-    if errors:
-        raise SpecError(errors)
+    _check_inputs(cold_starts_s, capacity_qps, decide_every_s)
     policy = policy_of(spec)
     n = trace.seconds
-    arrivals, busy = trace.arrivals, trace.busy
-    cum_a = np.concatenate(([0.0], np.cumsum(arrivals)))
-    cum_b = np.concatenate(([0.0], np.cumsum(busy)))
+    cum_a = np.concatenate(([0.0], np.cumsum(trace.arrivals)))
+    cum_b = np.concatenate(([0.0], np.cumsum(trace.busy)))
     billed_d = np.zeros(n + 1)  # +1 at a replica's creation, -1 at its removal
     ready_d = np.zeros(n + 1)  # +1 when it is Ready, -1 at its removal (if it was)
-    live: list[list[int]] = []  # [created, ready_at] of each replica
-    starts = 0
-    state = PolicyState()
     current = policy.clamp(spec.metadata.instance)
-    for _ in range(current):  # the deploy's replicas: Ready at the start, as a running service's
-        live.append([0, 0])
-    events, peak = 0, current
+    # [created, ready_at] of each replica; the deploy's are Ready at the start, as a running service's
+    live: list[list[int]] = [[0, 0] for _ in range(current)]
+    starts = events = 0
+    peak = current
+    state = PolicyState()
     step = int(decide_every_s)
-    mw, pw = policy.metric_window_s, policy.panic_window_s
-    for t in range(0, n, step):
-        n_ready = sum(1 for r in live if r[1] <= t)
-        rate, inflight = _window(cum_a, t, mw), _window(cum_b, t, mw)
-        obs = {
-            "qps": Observation(rate, _window(cum_a, t, pw)),
-            "concurrent_requests": Observation(inflight, _window(cum_b, t, pw)),
-        }
-        recent = float(cum_a[t] - cum_a[max(0, t - step)])
-        traffic = Traffic(rate, inflight, int(recent) if n_ready == 0 else 0)
-        ctx = DecisionContext(
-            policy, float(t), trace.start + t, current, n_ready, obs if t > 0 else {}, traffic, state
-        )
+    # The gateway's windows at every decision, computed at once (numpy), not second by second.
+    ts = np.arange(0, n, step)
+    rate, rate_p = _windows(cum_a, ts, policy.metric_window_s), _windows(cum_a, ts, policy.panic_window_s)
+    busy, busy_p = _windows(cum_b, ts, policy.metric_window_s), _windows(cum_b, ts, policy.panic_window_s)
+    recent = (cum_a[ts] - cum_a[np.maximum(0, ts - step)]).astype(np.int64).tolist()
+    pending: list[int] = []  # ready_at of the replicas not Ready at the last decision
+    n_ready = current
+    queue = AsyncQueue(trace, capacity_qps, step) if spec.is_async else None
+    for k, t in enumerate(ts.tolist()):
+        if pending and min(pending) <= t:
+            n_ready = sum(1 for r in live if r[1] <= t)
+            pending = [r[1] for r in live if r[1] > t]
+        obs: dict[str, Observation] = {}
+        if t > 0:  # no window has data at the first second
+            obs = {
+                "qps": Observation(rate[k], rate_p[k]),
+                "concurrent_requests": Observation(busy[k], busy_p[k]),
+            }
+        if queue is not None:
+            queue.advance(t, [r[1] for r in live])
+            if t > 0:
+                obs["backlog"] = Observation(
+                    queue.window(t, policy.metric_window_s), queue.window(t, policy.panic_window_s)
+                )
+        traffic = Traffic(rate[k], busy[k], recent[k] if n_ready == 0 else 0)
+        ctx = DecisionContext(policy, float(t), trace.start + t, current, n_ready, obs, traffic, state)
         decision, state = decide(ctx)
         want = decision.desired
+        if queue is not None and current == want == 0 and queue.backlog_now(t) > 0:
+            want = 1  # as the server does for an async backlog at 0 replicas (autoscaler/loop.py)
+        if want == current:
+            continue
         if want > current:
             for _ in range(want - current):
-                live.append([t, t + math.ceil(cold_starts_s[starts % len(cold_starts_s)])])
+                ready_at = t + math.ceil(cold_starts_s[starts % len(cold_starts_s)])
+                live.append([t, ready_at])
                 starts += 1
-        elif want < current:
+        else:
             live.sort(key=lambda r: r[1], reverse=True)  # the latest to be Ready (starting ones) go first
             for created, ready_at in live[: current - want]:
                 _close(billed_d, ready_d, created, ready_at, t, n)
             del live[: current - want]
-        if want != current:
-            events += 1
+        n_ready = sum(1 for r in live if r[1] <= t)
+        pending = [r[1] for r in live if r[1] > t]
+        events += 1
         current = want
         peak = max(peak, current)
+    if queue is not None:
+        queue.advance(n, [r[1] for r in live])
     for created, ready_at in live:
         _close(billed_d, ready_d, created, ready_at, n, n)
     billed = np.cumsum(billed_d)[:n]
     ready = np.cumsum(ready_d)[:n]
-    return _account(trace, billed, ready, capacity_qps, price_per_hour, currency, events, peak)
+    waits = queue.waits() if queue is not None else None
+    result = _account(trace, billed, ready, capacity_qps, price_per_hour, currency, events, peak, waits)
+    return replace(result, cold_starts=starts)
 
 
 def _close(billed_d: np.ndarray, ready_d: np.ndarray, created: int, ready_at: int, end: int, n: int) -> None:
@@ -187,15 +227,18 @@ def _account(
     currency: str,
     events: int,
     peak: int,
+    waits: np.ndarray | None = None,
 ) -> Result:
+    """Per-second accounting; ``waits``: an async service's queue wait of each second's requests
+    (its requests wait in the queue instead of slowing the replicas down)."""
     arrivals = trace.arrivals
     total = float(arrivals.sum())
     mean_d = np.divide(trace.busy, arrivals, out=np.zeros_like(arrivals), where=arrivals > 0)
     cap = ready * capacity_qps
     overload = np.divide(arrivals, cap, out=np.ones_like(arrivals), where=cap > 0)
-    latency = mean_d * np.maximum(1.0, overload)
+    latency = mean_d * np.maximum(1.0, overload) if waits is None else mean_d + waits
     held = (ready == 0) & (arrivals > 0)
-    if held.any():  # the wait: until the next second with a Ready replica
+    if held.any() and waits is None:  # the wait: until the next second with a Ready replica
         idx = np.arange(len(ready))
         nxt = np.where(ready > 0, idx, len(ready))
         nxt = np.minimum.accumulate(nxt[::-1])[::-1]
@@ -213,6 +256,8 @@ def _account(
         p99_s=_weighted_p99(latency, arrivals),
         scale_events=events,
         peak_replicas=peak,
+        queue_wait_mean_s=None if waits is None or not total else float((waits * arrivals).sum()) / total,
+        queue_wait_p99_s=None if waits is None else _weighted_p99(waits, arrivals),
     )
 
 
@@ -225,74 +270,3 @@ def _weighted_p99(values: np.ndarray, weights: np.ndarray) -> float:
     cw = np.cumsum(w[order])
     i = int(np.searchsorted(cw, 0.99 * cw[-1]))
     return float(v[order][min(i, len(v) - 1)])
-
-
-def load_trace(path: str) -> Trace:
-    """The trace CSV (docs/simulate.md): a header, then ``timestamp,count,duration_s`` rows;
-    ``timestamp`` in epoch seconds (or seconds from 0), ``count`` requests starting in that second
-    (default 1), ``duration_s`` the mean seconds each takes."""
-    import csv
-
-    times: list[float] = []
-    counts: list[float] = []
-    durations: list[float] = []
-    errors: list[str] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for i, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                times.append(float(row["timestamp"]))
-                counts.append(float(row.get("count") or 1))
-                durations.append(float(row["duration_s"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                errors.append(f"{path} line {i}: timestamp and duration_s must be numbers ({exc})")
-                if len(errors) >= 10:
-                    break
-    if errors or not times:
-        raise SpecError(errors or [f"{path}: no request rows (header: timestamp,count,duration_s)"])
-    start = math.floor(min(times))
-    at = (np.array(times, dtype=float) - start).astype(np.int64)
-    c = np.array(counts)
-    n = int(at.max()) + 1
-    return Trace(
-        float(start), np.bincount(at, c, minlength=n), np.bincount(at, c * np.array(durations), minlength=n)
-    )
-
-
-SHAPES = ("business-hours", "3pm-peak", "saturday-night")
-
-
-def shape_rates(shape: str, days: int, peak_qps: float, base_qps: float) -> np.ndarray:
-    """Requests/s for each second of ``days`` days from a Monday 00:00 UTC: the field guide's shapes.
-
-    business-hours: ``peak_qps`` 09:00-18:00 on weekdays, ``base_qps`` otherwise; 3pm-peak: a
-    daily bell around 15:00 (2 h wide) from ``base_qps`` up to ``peak_qps``; saturday-night:
-    ``base_qps``, and ``peak_qps`` on Saturdays 20:00-02:00."""
-    if shape not in SHAPES:
-        raise SpecError([f"shape: {shape!r} is not one of {', '.join(SHAPES)}"])
-    t = np.arange(days * 86_400)
-    hour = (t % 86_400) / 3600
-    weekday = (t // 86_400) % 7  # 0 = Monday
-    if shape == "business-hours":
-        on = (weekday < 5) & (hour >= 9) & (hour < 18)
-        return np.where(on, peak_qps, base_qps)
-    if shape == "3pm-peak":
-        return base_qps + (peak_qps - base_qps) * np.exp(-(((hour - 15) / 2) ** 2))
-    night = ((weekday == 5) & (hour >= 20)) | ((weekday == 6) & (hour < 2))
-    return np.where(night, peak_qps, base_qps)
-
-
-MONDAY = 1_700_438_400.0  # Monday 2023-11-20 00:00 UTC: where generated traces start
-
-
-def generate(rates: np.ndarray, duration_s: float, seed: int = 0) -> Trace:
-    """A trace with Poisson arrivals at ``rates`` (one a second), each request ``duration_s``."""
-    a = np.random.default_rng(seed).poisson(rates).astype(float)
-    return Trace(MONDAY, a, a * duration_s)
-
-
-def write_trace(trace: Trace, out: Any) -> None:
-    """The trace as CSV (the seconds with requests only)."""
-    out.write("timestamp,count,duration_s\n")
-    for i in np.flatnonzero(trace.arrivals):
-        c = trace.arrivals[i]
-        out.write(f"{trace.start + i:.0f},{c:g},{trace.busy[i] / c:.6g}\n")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from openeas.cli import render
-from openeas.localcluster import CLUSTER_FILE, down, up
+from openeas.localcluster import CLUSTER_FILE, UP_TIMEOUT_S, down, up
 
 cluster_app = typer.Typer(help="A local cluster on this machine: Ray, PostgreSQL, Redis, server, gateways.")
 
@@ -21,10 +21,13 @@ LOCAL_NODE = "local"  # the node of a replica on the server's machine (no Ray no
 def cluster_up(
     dir: Annotated[Path, typer.Option("--dir", help="Folder of the cluster's data, logs and cluster.json.")],
     nodes: Annotated[int, typer.Option(min=1, max=5, help="Ray nodes (head included).")] = 3,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds for every part to answer; past it all is stopped.")
+    ] = UP_TIMEOUT_S,
 ) -> None:
     """Start a local cluster; prints cluster.json once everything answers."""
     try:
-        info = up(dir, nodes)
+        info = up(dir, nodes, timeout)
     except (RuntimeError, ValueError) as exc:
         render.err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -30,6 +30,7 @@ from openeas.cli.cost import confirm_estimate, cost_app
 from openeas.cli.evals import eval_cmd
 from openeas.cli.group import group_app, rollout
 from openeas.cli.server import server
+from openeas.cli.simulate import simulate_cmd, trace_cmd
 from openeas.cli.stress import stress_app
 from openeas.sdk.client import ApiError, Client, ready_count
 
@@ -53,7 +54,10 @@ archive_app, restore_cmd = archive_commands(lambda: _client(), _fail)
 app.add_typer(archive_app, name="archive")
 app.command("restore")(cli_errors(restore_cmd))
 app.add_typer(cost_app, name="cost")  # cli/cost.py
+app.command("simulate")(cli_errors(simulate_cmd))  # cli/simulate.py
+app.command("trace")(trace_cmd)  # cli/simulate.py: a field-guide shape as a trace CSV
 app.add_typer(cache_app, name="cache")  # `cache ls`, `cache prune` (cli/cache.py)
+BAKE_TIMEOUT_S = 1900.0  # how long `openeas bake` waits for the server's build, seconds
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -481,3 +485,33 @@ def coldstart(
     """p50/p90 of each cold-start phase over recent starts, and the cron pre-scaling's lead."""
     answer = _client(data_dir).request("GET", f"/api/v1/services/{name}/coldstart?window={window}")
     render.print_json(answer) if json_out else coldstart_show(answer)  # cli/coldstart.py
+
+
+@app.command()
+@cli_errors
+def bake(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    base_image: Annotated[
+        str | None, typer.Option("--base-image", help="Image the weights go onto (default: the spec's).")
+    ] = None,
+    no_rollout: Annotated[
+        bool, typer.Option("--no-rollout", help="Build the image only; roll out no version.")
+    ] = False,
+    json_out: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Build an image with the current version's object-storage mounts baked in (podman/docker
+    build on the server's node, no registry) and roll out a version that uses it (docs/cold-start.md)."""
+    client = _client(data_dir)
+    client.timeout_s = BAKE_TIMEOUT_S  # the build copies the model: minutes for gigabytes
+    body = {"base_image": base_image, "rollout": not no_rollout}
+    with _spinner(f"baking {name}'s mounts into an image", enabled=not json_out):
+        answer = client.request("POST", f"/api/v1/services/{name}/bake", json_body=body)
+    if json_out:
+        render.print_json(answer)
+        return
+    for b in answer["baked"]:
+        typer.echo(f"baked {b['storage']} ({b['bytes']} bytes) at {b['mount_path']}")
+    typer.echo(f"image: {answer['image']} (on {answer['base_image']}; built in {answer['build_s']:.1f} s)")
+    if answer["version"] is not None:
+        typer.echo(f"version {answer['version']} uses it, rolling out (see: openeas coldstart {name})")

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from openeas.kernel.routing import DEFAULT_BALANCER
 from openeas.kernel.states import ReplicaPhase, ServiceStatus
 
 
@@ -125,6 +126,9 @@ def summary_grid(d: dict[str, Any]) -> Table:
     ]
     if versions:
         rows.append(("Versions", ", ".join(str(v.get("version")) for v in versions)))
+    metadata = (d.get("spec") or {}).get("metadata") or {}
+    if metadata:  # how the gateway picks a replica (docs/balancers.md)
+        rows.append(("Balancer", metadata.get("balancer") or DEFAULT_BALANCER))
     if d.get("idle"):  # the idle-spend alarm (docs/cost.md)
         rows.append(("Idle spend", Text(str(d["idle"].get("message", "")), style="yellow")))
     for key, value in rows:

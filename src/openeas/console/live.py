@@ -1,8 +1,8 @@
 """The Services page's live data: one snapshot of every service and group, rebuilt by one loop
-every ``LIVE_INTERVAL_S`` from the control plane's own data (the store, the gateways' pushed
-counters, one scrape of the gateway's ``/metrics``), handed to every open page over Server-Sent
-Events. However many pages are open, the store is read and the gateway scraped once per tick
-(no polling storm). A short history per service feeds the charts on first open."""
+every ``LIVE_INTERVAL_S`` from the control plane's own data (the store, the gateways' counters
+pushed in the stats datagram: in flight, and answers by status and latency for the rates), handed
+to every open page over Server-Sent Events. However many pages are open, the store is read once
+per tick (no polling storm). A short history per service feeds the charts on first open."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import aiohttp
-
 from openeas.api.control import ControlPlane
-from openeas.autoscaler.scrape import fetch_text
-from openeas.console.rates import Scrape, Window, parse, window
+from openeas.console.rates import Reading, Window, window
 from openeas.store.groups import GroupStore
 from openeas.store.schema import ReplicaRow
 
@@ -27,9 +24,6 @@ LIVE_INTERVAL_S = 0.5
 
 HISTORY_POINTS = 1200
 """Points kept per service: 10 minutes at one point per LIVE_INTERVAL_S."""
-
-MetricsText = Callable[[], Awaitable[str | None]]
-
 
 @dataclass(frozen=True)
 class Point:
@@ -50,15 +44,13 @@ class Live:
     def __init__(
         self,
         cp: ControlPlane,
-        metrics_text: MetricsText | None = None,
         clock: Callable[[], float] = time.time,
         cost: CostHook | None = None,
     ) -> None:
         self.cp = cp
         self.clock = clock
         self.cost = cost
-        self._metrics_text = metrics_text or _gateway_metrics(cp.gateway_url)
-        self._prev: Scrape | None = None
+        self._prev: Reading | None = None
         self.windows: dict[str, Window] = {}
         self.history: dict[str, deque[Point]] = {}
         self.snapshot: dict[str, Any] = {"services": [], "groups": [], "time": 0.0}
@@ -105,13 +97,13 @@ class Live:
         return {"services": services, "groups": groups, "time": now}
 
     async def tick(self) -> None:
-        """One snapshot: scrape, rows, history; wakes every waiting page when it changed."""
-        text = await self._metrics_text()
+        """One snapshot: rates, rows, history; wakes every waiting page when it changed."""
         now = self.clock()
-        if text is not None:
-            cur = await asyncio.to_thread(parse, text, now)  # ~75 KB with 50 services: off the loop
+        stats = self.cp.gateway_stats
+        if stats is not None:
+            cur = Reading(stats.clock(), stats.answers())
             if self._prev is not None:
-                self.windows = {name: window(self._prev, cur, name) for name in cur.codes}
+                self.windows = {name: window(self._prev, cur, name) for name in cur.answers}
             self._prev = cur
         snap = await asyncio.to_thread(self.rows, now)
         for row in snap["services"]:
@@ -153,14 +145,3 @@ class Live:
 def _content(snap: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in snap.items() if k != "time"}, sort_keys=True)
 
-
-def _gateway_metrics(gateway_url: str) -> MetricsText:
-    session: list[aiohttp.ClientSession] = []
-    url = gateway_url.rstrip("/") + "/metrics"
-
-    async def fetch() -> str | None:
-        if not session:
-            session.append(aiohttp.ClientSession())
-        return await fetch_text(session[0], url, 1.0)
-
-    return fetch

@@ -20,7 +20,7 @@ from openeas.controller.supervisor_base import SupervisorConfig
 from openeas.errors import MountError
 from openeas.runtime.select import Runtimes
 from openeas.spec.models import ServiceSpec
-from openeas.storage import NodeCache
+from openeas.storage import Materialized, NodeCache
 from openeas.store import Store
 
 log = logging.getLogger("openeas.prefetch")
@@ -51,19 +51,27 @@ class Prefetcher:
         user = users.for_service(service) if users and self.runtimes.choose(spec).name == "process" else None
         return self.cache if user is None else self.cache.for_owner(user)
 
+    def materialize(self, service: str, spec: ServiceSpec) -> list[tuple[int, Materialized]]:
+        """Copy the spec's object-storage mounts (those not shadowed by another) into the node
+        cache its replicas use; each mount's index in ``storage`` and its cache entry. MountError
+        names the field of a mount that cannot be read or is outside the allowed folders."""
+        cache = self._cache_for(service, spec)
+        resolved = _resolve_storage(spec, self.cfg.oss_root)
+        shadowed = spec.shadowed_mounts()
+        out = []
+        for i, (m, orig) in enumerate(zip(resolved.storage, spec.storage, strict=True)):
+            if m.oss is None or orig.oss is None or i in shadowed:
+                continue
+            if self.cfg.host_paths is not None:  # the rule every start checks, checked first
+                self.cfg.host_paths.local(orig.oss.path, f"storage[{i}].oss.path")
+            out.append((i, cache.materialize(m.oss.path, where=f"storage[{i}].oss.path", prefetch=True)))
+        return out
+
     def fetch(self, service: str, version: int, spec: ServiceSpec) -> None:
         t0 = time.monotonic()
         copied, hits = 0, 0
         try:
-            cache = self._cache_for(service, spec)
-            resolved = _resolve_storage(spec, self.cfg.oss_root)
-            shadowed = spec.shadowed_mounts()
-            for i, (m, orig) in enumerate(zip(resolved.storage, spec.storage, strict=True)):
-                if m.oss is None or orig.oss is None or i in shadowed:
-                    continue
-                if self.cfg.host_paths is not None:  # the rule every start checks, checked first
-                    self.cfg.host_paths.local(orig.oss.path, f"storage[{i}].oss.path")
-                got = cache.materialize(m.oss.path, where=f"storage[{i}].oss.path", prefetch=True)
+            for _, got in self.materialize(service, spec):
                 copied += got.bytes_copied
                 hits += got.hit
         except MountError as exc:

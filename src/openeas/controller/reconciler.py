@@ -68,6 +68,7 @@ class Reconciler:
         self.supervisors: dict[str, ReplicaSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` runs on (for `wake`)
         # Cores and memory replicas may request in all (controller/capacity.py): the node's own by default.
         self.capacity = capacity or node_capacity()
         self.admitted: set[str] = set()  # replica ids holding their share of the node
@@ -75,10 +76,21 @@ class Reconciler:
         self._specs: dict[tuple[str, int, float], ServiceSpec] = {}  # (service, version, created_at)
 
     def wake(self) -> None:
-        """Ask for a pass now (the API calls this after writing desired state)."""
-        self._wake.set()
+        """Ask for a pass now; safe from any thread. The API calls this after writing desired
+        state, from a worker thread of its own: there an ``Event.set`` would not wake the loop
+        until its next timer (up to a supervisor's 0.1 s poll), which a standby's promotion pays."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop:
+            loop.call_soon_threadsafe(self._wake.set)
+        else:
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
         self.kill_orphans()
         while not stop.is_set():
             # Cleared before the pass: a wake() during it asks for another pass, it is not lost.

@@ -136,10 +136,6 @@ class ReplicaSupervisor(StandbyPhase):
         self.nudge.set()
         self.gate.wake()
 
-    def promote(self) -> None:
-        """The reconciler cleared this standby's `standby` flag: go into routing now."""
-        self.nudge.set()
-
     def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
         if row.pid is None or row.start_ticks is None:
             if row.phase != ReplicaPhase.PENDING:

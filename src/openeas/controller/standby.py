@@ -91,6 +91,19 @@ class StandbyPhase(StartPhases):
         self.frozen = False
         return err
 
+    def promote(self) -> None:
+        """The reconciler cleared this standby's `standby` flag: go into routing now. A parked
+        process group is resumed here and now (one signal, within the reconciler's pass: a request
+        queued on the frozen replica runs at once, not after this task's next turn and a thread
+        hop); the life loop then wakes and probes it. Before it is parked (its freeze may still be
+        under way in a thread) the life loop thaws it itself."""
+        if self.parked:
+            self.promoted_at = self.clock.now()
+        if self.parked and self.frozen and self.ref is not None and self.runtime.name in FREEZES_GROUPS:
+            self.runtime.signal(self.ref, signal.SIGCONT)
+            self.frozen = False
+        self.nudge.set()
+
     async def _standby(self, spec: ServiceSpec, *, adopted: bool) -> float:
         """Standby: parked warmed out of routing (frozen or hot) until the reconciler promotes it,
         then thawed, woken and probed; the seconds from the promotion to the passing probe."""
@@ -123,18 +136,27 @@ class StandbyPhase(StartPhases):
             f"standby {'adopted' if adopted else 'parked'}, {how}",
             warning=not frozen and sb.mode == "frozen",
         )
-        while self._row().standby:
-            if not self.runtime.alive(self.ref):
-                code = self.runtime.exit_code(self.ref)
-                raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
-            if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
-                self.nudge.clear()
-            if self.stop_requested.is_set():
-                raise _Stop()
-        began = self.clock.now()
-        if err := await asyncio.to_thread(self.thaw):
+        await self._parked()
+        began = self.promoted_at if self.promoted_at is not None else self.clock.now()
+        if self.frozen and (err := await asyncio.to_thread(self.thaw)):
             raise _Failure("ThawFailed", f"metadata.standby.mode frozen: {err}")
         if sb.wake_path and (err := await post_hook(host, port, sb.wake_path)):
             raise _Failure("WakeFailed", f"metadata.standby.wake_path: {err}")
-        await self._wait_ready(spec)
+        await self._wait_ready(spec, promoted=True)
         return self.clock.now() - began
+
+    async def _parked(self) -> None:
+        """Wait, out of routing, until the reconciler promotes the standby (or a stop, or a crash)."""
+        assert self.ref is not None
+        self.parked, self.promoted_at = True, None  # `promote` may resume it from here on
+        try:
+            while self._row().standby:
+                if not self.runtime.alive(self.ref):
+                    code = self.runtime.exit_code(self.ref)
+                    raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
+                if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):
+                    self.nudge.clear()
+                if self.stop_requested.is_set():
+                    raise _Stop()
+        finally:
+            self.parked = False

@@ -240,13 +240,16 @@ class StartPhases(SupervisorBase):
             "OPENEAS_NODE": node_tag(self.cfg.data_dir),  # the orphan scan's mark, not the path
         }
 
-    async def _wait_ready(self, spec: ServiceSpec) -> None:
+    async def _wait_ready(self, spec: ServiceSpec, *, promoted: bool = False) -> None:
         """Probe (the startup role of :func:`checks_of`) until the replica answers; _Failure if its
-        process exits or it does not get ready within the startup timeout."""
+        process exits or it does not get ready within the startup timeout. ``promoted``: a warmed
+        standby just thawed, probed at once (its check's initial delay is a start's, not a thaw's)."""
         checks = checks_of(spec.main)
         check = checks.startup
         tracker = ProbeTracker.for_check(check, started_at=self.clock.now())
         tracker.startup_timeout_s = checks.startup_timeout_s
+        if promoted:
+            tracker.initial_delay_s = 0.0
         # While starting, probe often: every fraction of a second shaved here is cold start.
         tracker.period_s = min(tracker.period_s, STARTUP_PROBE_PERIOD_S)
         row = self._row()

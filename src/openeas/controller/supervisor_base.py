@@ -106,6 +106,8 @@ class SupervisorBase:
         self.stop_requested = asyncio.Event()
         self.nudge = asyncio.Event()  # a parked standby looks at its row now (promote, stop)
         self.frozen = False  # its process group may be stopped (SIGSTOP): thaw before any stop
+        self.parked = False  # a standby waiting for its promotion (its freeze, if any, done)
+        self.promoted_at: float | None = None  # when `promote` reached the parked standby (clock.now)
         self.gate = AdmissionGate()  # the node's capacity: the reconciler opens it (controller/capacity.py)
         self.ref: ProcessRef | None = None
         self.streak = 0  # consecutive failed starts/crashes: drives the backoff, reset when stable

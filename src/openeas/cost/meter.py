@@ -9,7 +9,11 @@ every phase in between, as the cloud bills an instance), the catalog and ``now``
 - **compute**: replica-seconds / 3,600 x the type's hourly price (spot when the replica's
   ``cloud.computing.instances`` entry was spot);
 - **cold starts** and **bytes fetched** (its mounts' copies from storage), counted in the bucket of
-  the replica's creation; **reads**: bytes / 10^9 x the catalog's ``storage_read_per_gb``.
+  the replica's creation; **reads**: bytes / 10^9 x the catalog's ``storage_read_per_gb``;
+- **requests** (one :class:`Requests` per service and UTC hour, the gateways' counts), in the
+  bucket of their hour, on the key's first row (or a row of their own when no replica was billed
+  there); **fees**: requests x the catalog's ``per_request_fee``. A window's ``since`` takes the
+  hours that end after it whole (requests are known to the hour).
 
 A replica whose resources map to no catalog type is reported unpriced (its seconds, and why),
 never priced from a default. Amounts are exact; rendering rounds to 2 decimals.
@@ -39,6 +43,8 @@ CSV_COLUMNS = (
     "cold_starts",
     "bytes_fetched",
     "reads",
+    "requests",
+    "fees",
     "total",
     "currency",
 )
@@ -57,6 +63,15 @@ class Usage:
     bytes_fetched: int = 0
 
 
+@dataclass(frozen=True)
+class Requests:
+    """Requests a service received in one UTC hour (a row of store/request_usage.py)."""
+
+    service: str
+    hour: float  # epoch seconds of the hour's start
+    requests: int
+
+
 @dataclass
 class Row:
     key: str
@@ -66,6 +81,7 @@ class Row:
     cold_starts: int = 0
     bytes_fetched: int = 0
     how: str = ""  # how it was priced, or why it was not
+    requests: int = 0
 
     def compute(self) -> float | None:
         return None if self.price_per_hour is None else self.replica_seconds / 3600 * self.price_per_hour
@@ -73,6 +89,8 @@ class Row:
     def as_dict(self, catalog: Catalog) -> dict[str, Any]:
         compute = self.compute()
         reads = self.bytes_fetched / BYTES_PER_GB * catalog.storage_read_per_gb
+        fees = self.requests * catalog.per_request_fee
+        priced = compute is not None or self.replica_seconds == 0
         return {
             "key": self.key,
             "instance_type": self.instance_type,
@@ -83,7 +101,9 @@ class Row:
             "cold_starts": self.cold_starts,
             "bytes_fetched": self.bytes_fetched,
             "reads": round(reads, 2),
-            "total": None if compute is None else round(compute + reads, 2),
+            "requests": self.requests,
+            "fees": round(fees, 2),
+            "total": round((compute or 0.0) + reads + fees, 2) if priced else None,
             "currency": catalog.currency,
             "how": self.how,
         }
@@ -150,8 +170,9 @@ def meter(
     by: By = "service",
     since: float | None = None,
     until: float | None = None,
+    requests: Iterable[Requests] = (),
 ) -> Report:
-    """Aggregate ``usages`` over [since, until or now) (see the module doc)."""
+    """Aggregate ``usages`` and ``requests`` over [since, until or now) (see the module doc)."""
     end_of_window = now if until is None else min(until, now)
     rows: dict[tuple[str, str | None, bool], Row] = {}
     for u in usages:
@@ -172,13 +193,46 @@ def meter(
             row.cold_starts += u.cold_starts
             row.bytes_fetched += u.bytes_fetched
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] or "", k[2]))]
+    ordered = _add_requests(ordered, requests, by, since, end_of_window)
     dicts = [r.as_dict(catalog) for r in ordered]
     total = sum(
-        (r.compute() or 0.0) + r.bytes_fetched / BYTES_PER_GB * catalog.storage_read_per_gb for r in ordered
+        (r.compute() or 0.0)
+        + r.bytes_fetched / BYTES_PER_GB * catalog.storage_read_per_gb
+        + r.requests * catalog.per_request_fee
+        for r in ordered
     )
     unpriced = sum(r.replica_seconds for r in ordered if r.price_per_hour is None)
-    notes = sorted({f"{r.key}: unpriced ({r.how})" for r in ordered if r.price_per_hour is None})
+    notes = sorted(
+        {
+            f"{r.key}: unpriced ({r.how})"
+            for r in ordered
+            if r.price_per_hour is None and r.replica_seconds > 0
+        }
+    )
     return Report(by, since, end_of_window, catalog.currency, dicts, total, unpriced, notes)
+
+
+def _add_requests(
+    ordered: list[Row], requests: Iterable[Requests], by: By, since: float | None, end: float
+) -> list[Row]:
+    """Each hour's requests on the first row of its bucket's key; a row of their own when the key
+    has none (no replica billed there). Hours ending after ``since`` and starting before ``end``."""
+    first: dict[str, Row] = {}
+    for r in ordered:
+        first.setdefault(r.key, r)
+    extra: list[Row] = []
+    for q in requests:
+        if (since is not None and q.hour + 3600 <= since) or q.hour >= end:
+            continue
+        key = _bucket(by, q.service, q.hour)
+        row = first.get(key)
+        if row is None:
+            row = first[key] = Row(key, None, None, how="requests only: no replica billed")
+            extra.append(row)
+        row.requests += q.requests
+    if not extra:
+        return ordered
+    return sorted([*ordered, *extra], key=lambda r: (r.key, r.instance_type or "", r.replica_seconds == 0))
 
 
 def render_csv(report: dict[str, Any]) -> str:
@@ -194,14 +248,18 @@ def render_csv(report: dict[str, Any]) -> str:
 def render_text(report: dict[str, Any]) -> str:
     """The report as ``openeas cost report`` prints it."""
     cur = report["currency"]
-    head = ("KEY", "INSTANCE TYPE", "REPLICA-H", "COMPUTE", "STARTS", "READS", "TOTAL")
-    out = ["{:<20} {:<24} {:>10} {:>12} {:>6} {:>10} {:>12}".format(*head)]
+    head = ("KEY", "INSTANCE TYPE", "REPLICA-H", "COMPUTE", "STARTS", "READS", "REQUESTS", "FEES", "TOTAL")
+    out = ["{:<20} {:<24} {:>10} {:>12} {:>6} {:>10} {:>10} {:>10} {:>12}".format(*head)]
     for r in report["rows"]:
         compute = "unpriced" if r["compute"] is None else f"{r['compute']:,.2f}"
+        if r["compute"] is None and not r["replica_seconds"]:
+            compute = "-"  # a row of requests only
         total = "unpriced" if r["total"] is None else f"{r['total']:,.2f}"
         out.append(
             f"{r['key']:<20} {r['instance_type'] or '-':<24} {r['replica_hours']:>10,.2f} {compute:>12} "
-            f"{r['cold_starts']:>6} {r['reads']:>10,.2f} {total:>12}"
+            f"{r['cold_starts']:>6} {r['reads']:>10,.2f} {r.get('requests', 0):>10,} "
+            f"{r.get('fees', 0.0):>10,.2f} "
+            f"{total:>12}"
         )
     out.append(f"total: {report['total']:,.2f} {cur}")
     out += [f"note: {n}" for n in report.get("notes") or []]

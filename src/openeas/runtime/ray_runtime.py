@@ -23,17 +23,22 @@ Ray is an optional dependency (``pip install 'openeas[ray]'``); nothing else imp
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal as signals
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+# Read when Ray is imported: without it Ray's core worker installs a handler of its own for
+# SIGTERM in the server's process (it logs a "failure" and upsets the server's graceful stop).
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util import list_named_actors
 
 from openeas.runtime.base import Demand, LaunchSpec, ProcessRef, ReplicaProcess, Unschedulable
-from openeas.runtime.identity import node_tag
 from openeas.runtime.process import ProcessRuntime
 
 ACTOR_PREFIX = "openeas-replica-"
@@ -45,9 +50,12 @@ def actor_name(replica_id: str) -> str:
     return ACTOR_PREFIX + replica_id
 
 
-def namespace(data_dir: Path) -> str:
-    """The Ray namespace of one data dir's replicas (a hash, never the path)."""
-    return "openeas-" + node_tag(data_dir)
+def namespace(scope: Path | str) -> str:
+    """The Ray namespace of one control plane's replicas (a hash, never the path or URL).
+
+    ``scope``: the store's URL where several servers share it (PostgreSQL: an active and its
+    standbys must find the same actors by name), else the data dir."""
+    return "openeas-" + hashlib.sha256(str(scope).encode()).hexdigest()[:16]
 
 
 def ray_request(demand: Demand, instance_resources: Mapping[str, str] | None = None) -> dict[str, float]:
@@ -140,9 +148,10 @@ class RayRuntime:
         *,
         instance_resources: Mapping[str, str] | None = None,
         strategy: str = "SPREAD",
+        scope: str | None = None,
     ) -> None:
         self.address = address
-        self.namespace = namespace(data_dir)
+        self.namespace = namespace(scope if scope is not None else data_dir)
         self.instance_resources = dict(instance_resources or {})
         self.strategy = strategy
         self._codes: dict[str, int | None] = {}  # replica id → last exit code seen
@@ -262,10 +271,10 @@ class RayRuntime:
             pass
 
     def replica_processes(self, data_dir: Path) -> list[ReplicaProcess]:
-        """Every replica actor of ``data_dir``'s namespace that answers (the orphan scan)."""
+        """Every replica actor of this runtime's namespace that answers (the orphan scan)."""
         out: list[ReplicaProcess] = []
         for entry in list_named_actors(all_namespaces=True):
-            if entry["namespace"] != namespace(data_dir) or not entry["name"].startswith(ACTOR_PREFIX):
+            if entry["namespace"] != self.namespace or not entry["name"].startswith(ACTOR_PREFIX):
                 continue
             try:
                 actor = ray.get_actor(entry["name"], namespace=entry["namespace"])

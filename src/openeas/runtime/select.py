@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openeas.runtime.base import Runtime
 from openeas.runtime.container import ContainerRuntime
-from openeas.runtime.engine import LIMITS_UNAPPLIED, detect_engine
+from openeas.runtime.engine import LIMITS_UNAPPLIED, Engine, detect_engine
 from openeas.runtime.process import ProcessRuntime
 from openeas.spec.models import ServiceSpec
 
@@ -92,6 +92,8 @@ class Runtimes:
         self.warnings = warnings  # about the engine (e.g. limits the host cannot apply)
         # About process replicas (they run as the server's user: openeas.runtime.identity).
         self.process_warning: str | None = None
+        # The engine itself (its CLI and environment): what `openeas bake` builds images with.
+        self.container_engine: Engine | None = None
 
     def summary(self) -> str:
         """One line for the server's start and `/healthz`: which engine, or why none."""
@@ -133,14 +135,19 @@ class Runtimes:
 ENV_RAY_ADDRESS = "OPENEAS_RAY_ADDRESS"  # set by `openeas server --runtime ray --ray-address A`
 
 
-def build_runtimes(data_dir: Path, *, registry_auth: Path | None = None) -> Runtimes:
+def build_runtimes(
+    data_dir: Path, *, registry_auth: Path | None = None, shared_store: str | None = None
+) -> Runtimes:
     """The process runtime, plus the container runtime when an engine works (checked now, once);
-    with ``OPENEAS_RAY_ADDRESS`` set, the Ray runtime instead (replicas placed by that cluster)."""
+    with ``OPENEAS_RAY_ADDRESS`` set, the Ray runtime instead (replicas placed by that cluster).
+
+    ``shared_store``: the URL of a store several servers share (PostgreSQL): the Ray namespace
+    of the replicas' actors is that store's, so that a standby adopts them by name."""
     ray_address = os.environ.get(ENV_RAY_ADDRESS)
     if ray_address:
         from openeas.runtime.ray_runtime import RayRuntime  # Ray is an optional dependency
 
-        ray_runtime = RayRuntime(ray_address, data_dir)
+        ray_runtime = RayRuntime(ray_address, data_dir, scope=shared_store)
         return Runtimes(
             ray_runtime, engine_problem=f"the Ray runtime ({ray_address}) runs commands, not images"
         )
@@ -148,6 +155,8 @@ def build_runtimes(data_dir: Path, *, registry_auth: Path | None = None) -> Runt
     if status.engine is None:
         return Runtimes(ProcessRuntime(), engine_problem=status.problem)
     container = ContainerRuntime(status.engine, data_dir, registry_auth=registry_auth)
-    return Runtimes(
+    runtimes = Runtimes(
         ProcessRuntime(), container, engine=status.engine.describe(), warnings=status.engine.warnings
     )
+    runtimes.container_engine = status.engine
+    return runtimes

@@ -158,10 +158,9 @@ class Client(GroupsClient):
             hint = f"the server recorded there (pid {self._pid}) is not running; start it again"
         return ConnectionFailed(f"cannot reach OpenEAS server at {url}{where}: {hint} [{type(exc).__name__}]")
 
-    def request(
+    def _send(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
-    ) -> Any:
-        """One API call; returns the decoded JSON body, raises ApiError for any non-2xx answer."""
+    ) -> requests.Response:
         url = self.api_url + path
         try:
             resp = self._session.request(method, url, json=json_body, params=params, timeout=self.timeout_s)
@@ -171,6 +170,18 @@ class Client(GroupsClient):
             raise ConnectionFailed(f"{method} {url} timed out after {self.timeout_s:g}s") from None
         if resp.status_code >= 400:
             raise ApiError.from_response(resp)
+        return resp
+
+    def request_text(self, method: str, path: str, *, params: dict[str, Any] | None = None) -> str:
+        """One API call whose answer is text (a CSV); raises ApiError for any non-2xx answer."""
+        return self._send(method, path, params=params).text
+
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """One API call; returns the decoded JSON body, raises ApiError for any non-2xx answer."""
+        url = self.api_url + path
+        resp = self._send(method, path, json_body=json_body, params=params)
         if not resp.content:
             return {}
         try:

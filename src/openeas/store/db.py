@@ -26,6 +26,7 @@ from openeas.kernel.routing import ROUTING_CHANNEL
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.store import cold_starts as _cold
+from openeas.store import request_usage as _requests
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GroupMemberRow, GroupRow
 from openeas.store.migrations import migrate
@@ -414,6 +415,18 @@ class Store:
         """The meter's record: each replica's billed life (store/usage.py)."""
         with self.session() as s:
             return _usage.usage_rows(s, service=service, since=since)
+
+    def add_requests(self, counts: dict[str, int], wall: float) -> None:
+        """Requests received by each service, added to the UTC hour of ``wall`` (the meter)."""
+        with self.session() as s:
+            _requests.add(s, counts, wall)
+
+    def request_usage(
+        self, *, service: str | None = None, since: float | None = None
+    ) -> list[_requests.RequestUsageRow]:
+        """The meter's record of requests: by service and UTC hour (store/request_usage.py)."""
+        with self.session() as s:
+            return _requests.rows(s, service=service, since=since)
 
     def record_cold_start(self, service: str, version: int, replica: str, spans: dict[str, Any]) -> None:
         """One start that reached Ready (store/cold_starts.py keeps each service's last 100)."""

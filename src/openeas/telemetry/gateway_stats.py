@@ -5,10 +5,10 @@ Every gateway samples, per service, ``arrivals`` (cumulative requests received),
 (being proxied to a replica) and ``held`` (waiting for a replica), per replica its requests
 in flight and whether its routing table sends it new ones (`ReplicaSample`), and per service
 group member its live answers by status and their latency histogram (`MemberSample`, what the
-staged rollout compares), every `SEND_INTERVAL_S`, and sends them in a datagram to
-``DATA/run/control.sock``, plus one at once when it holds a request
-(the autoscaler scales from zero on it) or when a service's in-flight count jumps (it reaches
-`JUMP_MIN_IN_FLIGHT` or twice what the gateway last sent; such datagrams are at least
+staged rollout compares), per service its answers likewise (the console's rates), every
+`SEND_INTERVAL_S`, and sends them in a datagram to ``DATA/run/control.sock``, plus one at once
+when it holds a request (the autoscaler scales from zero on it) or when a service's in-flight count jumps
+(it reaches `JUMP_MIN_IN_FLIGHT` or twice what the gateway last sent; such datagrams are at least
 `JUMP_GAP_S` apart and name the services that jumped: the autoscaler decides at once on them
 instead of at its next tick). The control plane binds that socket (`receive`) and
 feeds a `GatewayStats`, which the autoscaler reads through a narrow API: rates and mean
@@ -45,10 +45,10 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import zip_longest
 from pathlib import Path
 from typing import Final, Literal
 
+from openeas.telemetry.answers import EMPTY, MemberSample, add_into, from_wire, minus, to_wire
 from openeas.unixdgram import BoundSocket
 
 log = logging.getLogger("openeas.telemetry.gateway_stats")
@@ -96,28 +96,6 @@ class ReplicaSample:
     routed: bool  # the routing table sends it new requests
 
 
-@dataclass(frozen=True)
-class MemberSample:
-    """One service group member's live traffic (not its mirrored copies) on one gateway, or all
-    live gateways summed: cumulative since each gateway started."""
-
-    by_code: Mapping[str, int]  # answers by HTTP status ("200", "503"...)
-    buckets: tuple[int, ...]  # answers by latency, non-cumulative, over GROUP_LATENCY_BUCKETS_S
-
-
-def _add_members(into: dict[str, MemberSample], members: Mapping[str, MemberSample]) -> None:
-    for name, m in members.items():
-        old = into.get(name)
-        if old is None:
-            into[name] = m
-            continue
-        codes = dict(old.by_code)
-        for code, n in m.by_code.items():
-            codes[code] = codes.get(code, 0) + n
-        buckets = tuple(a + b for a, b in zip_longest(old.buckets, m.buckets, fillvalue=0))
-        into[name] = MemberSample(codes, buckets)
-
-
 # --- wire format ----------------------------------------------------------------------------------
 
 
@@ -129,6 +107,7 @@ def encode(
     *,
     replicas: Mapping[str, ReplicaSample] | None = None,
     groups: Mapping[str, Mapping[str, MemberSample]] | None = None,
+    answers: Mapping[str, MemberSample] | None = None,
 ) -> list[bytes]:
     """The datagrams that carry ``samples`` (one unless they do not fit in MAX_DATAGRAM_BYTES).
 
@@ -139,26 +118,29 @@ def encode(
     the gateway knows, in the first datagram only (absent: a gateway that reports no replicas).
     ``"m": {group: {member: [{status: answers}, [latency buckets]]}}``: every group member's live
     traffic, in the first datagram too (absent: a gateway that reports no groups).
+    ``"a": {service: [{status: answers}, [latency buckets]]}``: the answers of each service in
+    ``answers`` (cumulative, buckets over SERVICE_LATENCY_BUCKETS_S), in the datagram that carries
+    its counters (absent: a service not answered yet).
     """
     head = {"v": _WIRE_VERSION, "g": gateway_id, "up": round(uptime_s, 3)}
     out: list[bytes] = []
     part: dict[str, list[int]] = {}
+    answered: dict[str, list[object]] = {}
     size = 0
     first: dict[str, object] = {}
     if replicas is not None:
         first["r"] = {rid: [r.in_flight, int(r.routed)] for rid, r in replicas.items()}
         size = sum(len(rid) + 30 for rid in replicas)  # bytes: quotes, two numbers, separators
     if groups is not None:
-        first["m"] = {
-            g: {name: [dict(m.by_code), list(m.buckets)] for name, m in members.items()}
-            for g, members in groups.items()
-        }
+        first["m"] = {g: {name: to_wire(m) for name, m in members.items()} for g, members in groups.items()}
         # bytes: names, codes and buckets (an upper bound: 12 digits a number)
         size += sum(len(g) + len(n) + 16 * (len(m.by_code) + len(m.buckets)) + 20
                     for g, members in groups.items() for n, m in members.items())  # fmt: skip
 
     def flush() -> None:
         msg: dict[str, object] = {**head, **({} if out else first), "s": part}
+        if answered:
+            msg["a"] = answered
         jumps = [name for name in part if name in jumped]
         if jumps:
             msg["j"] = jumps
@@ -168,10 +150,15 @@ def encode(
         entry = [s.arrivals, s.in_flight, s.held]
         # bytes: quotes, three numbers, separators (an upper bound), the name again if it jumped
         cost = len(name) + 40 + (len(name) + 4 if name in jumped else 0)
+        a = answers.get(name) if answers is not None else None
+        if a is not None:  # bytes: the name again, codes and buckets (12 digits a number at most)
+            cost += len(name) + 16 * (len(a.by_code) + len(a.buckets)) + 20
         if part and size + cost > MAX_DATAGRAM_BYTES:
             flush()
-            part, size = {}, 0
+            part, answered, size = {}, {}, 0
         part[name] = entry
+        if a is not None:
+            answered[name] = to_wire(a)
         size += cost
     flush()
     return out
@@ -194,6 +181,7 @@ class Datagram:
     jumped: list[str]
     replicas: dict[str, ReplicaSample] | None  # None: the datagram has no replica report
     groups: dict[str, dict[str, MemberSample]] | None  # None: the datagram has no group report
+    answers: dict[str, MemberSample]  # the services it carries that were answered
 
 
 def decode_all(data: bytes) -> Datagram:
@@ -213,16 +201,11 @@ def decode_all(data: bytes) -> Datagram:
             replicas = {str(rid): ReplicaSample(int(n), bool(on)) for rid, (n, on) in msg["r"].items()}
         groups = None
         if "m" in msg:
-            groups = {
-                str(g): {
-                    str(name): MemberSample({str(c): int(n) for c, n in by_code.items()}, tuple(map(int, b)))
-                    for name, (by_code, b) in members.items()
-                }
-                for g, members in msg["m"].items()
-            }
+            groups = {str(g): from_wire(members) for g, members in msg["m"].items()}
+        answers = from_wire(msg.get("a", {}))
     except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"not a gateway-stats datagram: {e!r}") from None
-    return Datagram(gid, up, samples, jumped, replicas, groups)
+    return Datagram(gid, up, samples, jumped, replicas, groups, answers)
 
 
 # --- time windows -----------------------------------------------------------------------------------
@@ -262,7 +245,7 @@ class _Series:
 
 
 class _Gateway:
-    __slots__ = ("first_seen", "groups", "last_seen", "replicas", "replicas_at", "series")
+    __slots__ = ("answers", "first_seen", "groups", "last_seen", "replicas", "replicas_at", "series")
 
     def __init__(self, now: float) -> None:
         self.first_seen = now  # time of its first datagram
@@ -271,6 +254,12 @@ class _Gateway:
         self.replicas: dict[str, ReplicaSample] = {}  # its latest replica report
         self.replicas_at: float | None = None  # when that report was received; None: never
         self.groups: dict[str, dict[str, MemberSample]] | None = None  # its latest group report
+        # service → (its answers when this control plane started counting them, the latest)
+        self.answers: dict[str, tuple[MemberSample, MemberSample]] = {}
+
+    def answered(self) -> dict[str, MemberSample]:
+        """Each service's answers counted since this control plane started counting them."""
+        return {service: minus(latest, base) for service, (base, latest) in self.answers.items()}
 
 
 class GatewayStats:
@@ -297,6 +286,7 @@ class GatewayStats:
         self.on_demand = on_demand
         self._gateways: dict[str, _Gateway] = {}
         self._first_seen: dict[str, float] = {}  # service → time of its oldest sample kept
+        self._retired: dict[str, MemberSample] = {}  # answers of gateways forgotten by `_trim`
         self._trimmed_at = -math.inf
 
     # --- input ----------------------------------------------------------------------------------
@@ -310,11 +300,13 @@ class GatewayStats:
         jumped: Collection[str] = (),
         replicas: Mapping[str, ReplicaSample] | None = None,
         groups: Mapping[str, Mapping[str, MemberSample]] | None = None,
+        answers: Mapping[str, MemberSample] | None = None,
     ) -> None:
         """Record one datagram of ``gateway_id`` received at ``now``; ``uptime_s``: seconds since
         that gateway started (its counters were 0 then), when it said; ``jumped``: the services
         whose in-flight count jumped (the gateway sent at once for them); ``replicas``: its whole
-        replica report, when the datagram carried one; ``groups``: its whole group report, likewise."""
+        replica report, when the datagram carried one; ``groups``: its whole group report, likewise;
+        ``answers``: the answers of the services it carried that were answered."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
             gw = self._gateways[gateway_id] = _Gateway(now)
@@ -332,6 +324,9 @@ class GatewayStats:
             zero_at = gw.last_seen
         else:
             zero_at = None
+        for service, a in (answers or {}).items():
+            had = gw.answers.get(service)
+            gw.answers[service] = (had[0] if had else EMPTY if zero_at is not None else a, a)
         gw.last_seen = max(gw.last_seen, now)
         demand = []
         for service, s in samples.items():
@@ -359,7 +354,8 @@ class GatewayStats:
         self._trimmed_at = now
         before = now - self.horizon_s
         for gid, gw in list(self._gateways.items()):
-            if gw.last_seen < before:  # gone for longer than any window: nothing of it is needed
+            if gw.last_seen < before:  # gone for longer than any window: only its answers count
+                add_into(self._retired, gw.answered())
                 del self._gateways[gid]
                 continue
             for series in gw.series.values():
@@ -403,6 +399,26 @@ class GatewayStats:
         for _, series in self._reporting(service):
             total += _increase(series, start, end)
         return total / (end - start)
+
+    def requests_between(self, service: str, start: float, end: float) -> int:
+        """Requests received for ``service`` in ``(start, end]``, all gateways together (the
+        request meter reads it every few seconds; ``start`` must be within the horizon)."""
+        return sum(_increase(series, start, end) for _, series in self._reporting(service))
+
+    def per_second(self, service: str, start: float, seconds: int) -> tuple[list[int], list[float]]:
+        """Each second ``(start + i, start + i + 1]`` of ``seconds``: requests received and
+        request-seconds spent in flight (∫ in-flight dt), all gateways together: a trace of the
+        gateway's own counts (docs/simulate.md). Seconds older than the horizon count 0."""
+        arrivals = [0] * seconds
+        busy = [0.0] * seconds
+        now = self.clock()
+        for gw, series in self._reporting(service):
+            until = now if self._alive(gw, now) else gw.last_seen  # a gone gateway has nothing in flight
+            for i in range(seconds):
+                lo, hi = start + i, start + i + 1
+                arrivals[i] += _increase(series, lo, hi)
+                busy[i] += _integral(series, _IN_FLIGHT, lo, max(lo, min(hi, until)))
+        return arrivals, busy
 
     def mean_in_flight(self, service: str, window_s: float, now: float) -> float | None:
         """Mean number of requests being proxied to a replica of ``service`` over the last
@@ -479,8 +495,19 @@ class GatewayStats:
             if reported is None or not self._alive(gw, now) or group not in reported:
                 continue
             known = True
-            _add_members(out, reported[group])
+            add_into(out, reported[group])
         return out if known else None
+
+    # --- answers --------------------------------------------------------------------------------
+    def answers(self) -> dict[str, MemberSample]:
+        """Each service's answers by status and latency (buckets over SERVICE_LATENCY_BUCKETS_S),
+        summed over every gateway, counted as `arrival_rate` counts arrivals: from a fresh
+        gateway's start, an older one's first datagram on; a gateway that left keeps its answers in
+        the sum, so it never goes down (two readings' difference is what was answered between them)."""
+        out = dict(self._retired)
+        for gw in list(self._gateways.values()):
+            add_into(out, gw.answered())
+        return out
 
     def services(self) -> list[str]:
         """Every service some gateway reported (within the horizon)."""
@@ -553,7 +580,7 @@ async def receive(data_dir: Path, stats: GatewayStats, stop: asyncio.Event) -> N
                 continue
             stats.observe(
                 d.gateway_id, d.samples, now, uptime_s=d.uptime_s, jumped=d.jumped, replicas=d.replicas,
-                groups=d.groups,
+                groups=d.groups, answers=d.answers,
             )  # fmt: skip
 
     loop.add_reader(sock.fileno(), readable)

@@ -1,6 +1,7 @@
-"""A service group's latency histogram: its bucket layout, shared by the gateway (which counts
-into it) and the control plane (which reads quantiles, success ratios and a step's window back
-from the gateway's counters). Pure arithmetic, standard library only."""
+"""The gateway's latency histograms: their bucket layouts (a service's, a service group
+member's), shared by the gateway (which counts into them) and the control plane (which reads
+quantiles, success ratios and a step's window back from the gateway's counters). Pure
+arithmetic, standard library only."""
 
 from __future__ import annotations
 
@@ -15,18 +16,27 @@ GROUP_LATENCY_BUCKETS_S: tuple[float, ...] = (
     math.inf,
 )  # fmt: skip
 
+# Upper bounds (seconds) of a service's latency histogram (/metrics'
+# openeas_gateway_request_duration_seconds, the stats datagram's answers); the last one is +Inf.
+SERVICE_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf,
+)  # fmt: skip
 
-def quantile(buckets: Sequence[int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) in seconds of a non-cumulative histogram over
-    GROUP_LATENCY_BUCKETS_S, linear within a bucket (the +Inf bucket reads as its lower bound);
-    None when it is empty."""
+
+def quantile(
+    buckets: Sequence[int], q: float, bounds: Sequence[float] = GROUP_LATENCY_BUCKETS_S
+) -> float | None:
+    """The ``q`` quantile (0..1) in seconds of a non-cumulative histogram over ``bounds`` (upper
+    bounds, the last +Inf), linear within a bucket from the bound below (0 for the first, as
+    Prometheus's ``histogram_quantile``; the +Inf bucket reads as its lower bound); None when it
+    is empty."""
     total = sum(buckets)
     if total == 0:
         return None
     rank = q * total
     seen = 0
     lower = 0.0
-    for upper, n in zip(GROUP_LATENCY_BUCKETS_S, buckets, strict=True):
+    for upper, n in zip(bounds, buckets, strict=True):
         if n and seen + n >= rank:
             if upper == math.inf:
                 return lower

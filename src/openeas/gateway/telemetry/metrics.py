@@ -16,27 +16,7 @@ from typing import Any
 from openeas.gateway.groups.group_metrics import MemberMetrics, group_lines
 from openeas.gateway.telemetry.histogram import histogram_lines
 from openeas.telemetry.gateway_stats import JUMP_MIN_IN_FLIGHT
-
-# Upper bounds (seconds) of the latency histogram buckets; the last one is +Inf.
-LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    math.inf,
-)
-
+from openeas.telemetry.latency import SERVICE_LATENCY_BUCKETS_S
 
 _HIST = "openeas_gateway_request_duration_seconds"
 
@@ -108,7 +88,7 @@ class ServiceMetrics:
         # jump, see gateway/telemetry/stats.py); raised by every datagram sent.
         self.push_at = JUMP_MIN_IN_FLIGHT
         self.hold: HoldStats | None = None  # made by the first request held for the service
-        self.buckets = [0] * len(LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
+        self.buckets = [0] * len(SERVICE_LATENCY_BUCKETS_S)  # non-cumulative counts per bucket
         self.latency_sum_s = 0.0
         self.latency_count = 0
 
@@ -117,7 +97,7 @@ class ServiceMetrics:
         by_code = self.by_code
         by_code[status] = by_code.get(status, 0) + 1
         self.in_flight -= 1
-        self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.buckets[bisect_left(SERVICE_LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
         self.latency_count += 1
 
@@ -240,7 +220,7 @@ class GatewayMetrics:
         for name, m in items:
             labels = f'service="{label_value(name)}"'
             sum_s, count = m.latency_sum_s, m.latency_count
-            lines += histogram_lines(_HIST, labels, LATENCY_BUCKETS_S, m.buckets, sum_s, count)
+            lines += histogram_lines(_HIST, labels, SERVICE_LATENCY_BUCKETS_S, m.buckets, sum_s, count)
         lines += _pick_lines(self.picks)
         lines += _hold_lines([(label_value(name), m.hold) for name, m in items if m.hold is not None])
         lines += _guard_lines(self)

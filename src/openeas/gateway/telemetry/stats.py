@@ -1,10 +1,10 @@
 """Owns the gateway's side of the control plane's per-service counters: `StatsSender` samples
 every service's arrivals, in-flight and held requests, every replica's in-flight requests and
-whether it is routed, and every service group member's live answers (by status, by latency: the
-staged rollout's input), every `SEND_INTERVAL_S` and sends them in a datagram to
-``DATA/run/control.sock`` (wire format and receiver: :mod:`openeas.telemetry.gateway_stats`), and
-sends one at once when a request is held, so the control plane can scale a service from zero
-without waiting for the next sample.
+whether it is routed, every service's answers and every service group member's live answers (by
+status, by latency: the console's rates and the staged rollout's input), every `SEND_INTERVAL_S`,
+and sends them in a datagram to ``DATA/run/control.sock`` (wire format and receiver:
+:mod:`openeas.telemetry.gateway_stats`), and sends one at once when a request is held, so the
+control plane can scale a service from zero without waiting for the next sample.
 
 It also sends at once when a service's in-flight count jumps: every datagram sets each service's
 ``push_at`` (`push_threshold`: twice the in-flight count it carried, at least
@@ -51,6 +51,16 @@ def samples(metrics: GatewayMetrics) -> dict[str, ServiceSample]:
             held=held,
         )
     return out
+
+
+def answer_samples(metrics: GatewayMetrics) -> dict[str, MemberSample]:
+    """Every answered service's answers by status and latency (the same counters as /metrics'
+    ``openeas_gateway_requests_total`` and request duration histogram), cumulative."""
+    return {
+        name: MemberSample({str(code): n for code, n in sorted(m.by_code.items())}, tuple(m.buckets))
+        for name, m in metrics.services.items()
+        if m.latency_count
+    }
 
 
 def push_threshold(in_flight: int) -> int:
@@ -170,6 +180,7 @@ class StatsSender:
             jumped(metrics),
             replicas=replica_samples(metrics),
             groups=group_samples(metrics),
+            answers=answer_samples(metrics),
         )
         rearm(metrics)
         if self._jump_timer is not None:  # this datagram carries the jump it was scheduled for

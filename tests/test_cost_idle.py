@@ -15,7 +15,7 @@ from openeas.cost.idle import IDLE_FRACTION, IDLE_HOLD_S, IDLE_MIN_EXCESS, IdleS
 from openeas.kernel.clock import FakeClock
 from openeas.spec import parse_spec
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
-from openeas.store import Store
+from openeas.store import Store, stress_reports
 from tests.harness import service_spec
 
 QPS10 = MetricTarget(kind="qps", target=10)
@@ -119,13 +119,45 @@ def test_an_unpriced_service_still_alarms_and_says_so() -> None:
     assert "its price is unknown (no catalog type)" in idle.message(T0 + IDLE_HOLD_S)
 
 
-def test_the_watch_records_one_warning_and_shows_it_in_ls_describe_and_metrics(tmp_path: Path) -> None:
+SAVES = "the simulator says min 1 / max 1 would save 32,400.00 RMB/month (the last 24 h of requests)"
+UNKNOWN = (
+    "what a better min/max would save is unknown: no capacity figure (a stress report with a "
+    "saturation point: openeas stress), no measured cold start, no request counts in the last 24 h "
+    "(the meter's request_usage)"
+)
+
+
+def _measure(store: Store) -> None:
+    """A day of the field guide's off-peak (0.5 QPS) metered, a 30 s start, a stress report."""
+    for h in range(1, 26):
+        store.add_requests({"offpeak": 1800}, T0 - h * 3600)
+    store.record_cold_start("offpeak", 1, "offpeak-r1", {"total_s": 30.0})
+    report = {"id": "s1", "target": "offpeak", "status": "completed"}
+    stress_reports.save(
+        store,
+        {**report, "saturation": {"found": True, "qps_per_replica": 12, "concurrency_per_replica": 1.2}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("measured", "saving", "gauge"),
+    [
+        # a fixed count of 10 at 0.5 QPS: 1 replica serves it as well (9 x 5 RMB/h x 720 h)
+        pytest.param(True, SAVES, 32400.0, id="measured-saving"),
+        pytest.param(False, UNKNOWN, None, id="nothing-measured-says-what-is-missing"),
+    ],
+)
+def test_the_watch_records_one_warning_and_shows_it_in_ls_describe_and_metrics(
+    tmp_path: Path, measured: bool, saving: str, gauge: float | None
+) -> None:
     """The server's watch over a real store; the autoscaler's view is a hand-written fake that
     says what the field guide's service decides off-peak: 10 replicas, the load needs 1."""
     store = Store(tmp_path)
     spec = service_spec("offpeak", replicas=10)
     spec["cloud"] = {"computing": {"instance_type": "a10"}}
     store.create_service(parse_spec(spec))
+    if measured:
+        _measure(store)
     decision = {"current_replicas": 10, "recommendation": 1, "valid": True}
     clock = FakeClock()
     watch = IdleWatch(store, lambda name: {"decision": decision}, lambda: CATALOG, clock)
@@ -135,6 +167,7 @@ def test_the_watch_records_one_warning_and_shows_it_in_ls_describe_and_metrics(t
     assert (
         event.type == "Warning"
         and "9 idle replicas cost 9 x 5 RMB/h x 720 h = 32,400.00 RMB/month" in event.message
+        and event.message.endswith("; lower min_replicas; " + saving)
     )
     view = watch.view("offpeak")
     assert view is not None and (view["idle_replicas"], view["monthly_cost"], view["currency"]) == (
@@ -145,6 +178,8 @@ def test_the_watch_records_one_warning_and_shows_it_in_ls_describe_and_metrics(t
     metrics = {(m.name, tuple(s.labels.items()), s.value) for m in watch.collect() for s in m.samples}
     assert ("openeas_idle_replicas", (("service", "offpeak"),), 9) in metrics
     assert ("openeas_idle_monthly_cost", (("service", "offpeak"), ("currency", "RMB")), 32400.0) in metrics
+    savings = [v for name, _, v in metrics if name == "openeas_idle_saving_monthly"]
+    assert savings == ([] if gauge is None else [gauge]) and view["saving_per_month"] == gauge
     decision.update(recommendation=8)  # busy again: the alarm is off
     watch.tick(T0 + 5 * 3600)
     assert watch.view("offpeak") is None
@@ -153,3 +188,4 @@ def test_the_watch_records_one_warning_and_shows_it_in_ls_describe_and_metrics(t
     with render.out.capture() as cap:
         render.out.print(table)
     assert "Idle spend" in cap.get() and "32,400.00 RMB/month" in cap.get()
+    assert " ".join(saving.split()[:6]) in " ".join(cap.get().split())  # the what-if, wrapped

@@ -136,9 +136,13 @@ def simulate(
     price_per_hour: float | None,
     currency: str = "",
     decide_every_s: float = DECIDE_EVERY_S,
+    bounds: tuple[int, int] | None = None,
 ) -> Result:
+    """``bounds``: (min, max) replicas in place of the spec's (the what-if of a better min/max)."""
     _check_inputs(cold_starts_s, capacity_qps, decide_every_s)
     policy = policy_of(spec)
+    if bounds is not None:
+        policy = policy.model_copy(update={"min_replicas": bounds[0], "max_replicas": bounds[1]})
     n = trace.seconds
     cum_a = np.concatenate(([0.0], np.cumsum(trace.arrivals)))
     cum_b = np.concatenate(([0.0], np.cumsum(trace.busy)))

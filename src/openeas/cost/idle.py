@@ -11,7 +11,8 @@ neither starts, breaks nor fires an episode.
 
 What the idle capacity costs: idle replicas (current - needed) x the hourly price x 720 h.
 The field guide's story: min_replicas 10 at 0.5 QPS off-peak with 10 QPS per replica needs 1
-replica; 9 are paid to idle.
+replica; 9 are paid to idle. The server's watch adds what the simulator says a better min/max
+would save (:mod:`openeas.autoscaler.whatif`), or what it lacks to say.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class Idle:
     needed: int
     price_per_hour: float | None  # None: the service maps to no catalog price
     currency: str
+    # What the simulator says a better min/max would save (autoscaler/whatif.py, filled by the
+    # server's watch): currency units a month, None when unknown; ``saving`` says it in words,
+    # or what is missing to know it ("" when not asked).
+    saving_per_month: float | None = None
+    saving: str = ""
 
     @property
     def idle_replicas(self) -> int:
@@ -63,6 +69,7 @@ class Idle:
         return (
             f"{self.replicas} replicas run, the load needs {self.needed} (for {hours:.1f} h): "
             f"{self.idle_replicas} idle replicas cost {cost}; lower min_replicas"
+            + (f"; {self.saving}" if self.saving else "")
         )
 
     def as_dict(self, now: float) -> dict[str, Any]:
@@ -73,6 +80,7 @@ class Idle:
             "idle_replicas": self.idle_replicas,
             "monthly_cost": None if self.monthly_cost is None else round(self.monthly_cost, 2),
             "currency": self.currency,
+            "saving_per_month": None if self.saving_per_month is None else round(self.saving_per_month, 2),
             "message": self.message(now),
         }
 

@@ -153,7 +153,7 @@ class IdleWatch(Collector):
             "(absent when an input is missing: see the service's idle line)",
             labels=["service", "currency"],
         )
-        for name, idle in sorted(self.found.items()):
+        for name, idle in sorted(self.found.copy().items()):  # copy(): atomic; tick runs in a thread
             replicas.add_metric([name], idle.idle_replicas)
             if idle.monthly_cost is not None:
                 cost.add_metric([name, idle.currency], idle.monthly_cost)

@@ -32,4 +32,8 @@ if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
   fi
   export OPENEAS_REQUIRE_CONTAINERS_ENGINES=podman,docker
 fi
-echo "[test] pytest"; python -m pytest -q -ra "$@"
+# pytest-xdist: most tests wait on processes starting (servers, replicas, containers, Chromium), so
+# three workers on two cores beat two; a worker takes a whole module at a time (tests/conftest.py
+# splits a few and hands out the longest first). OPENEAS_TEST_WORKERS=0 runs in one process.
+workers=${OPENEAS_TEST_WORKERS:-3}
+echo "[test] pytest ($workers workers)"; python -m pytest -q -ra -n "$workers" --dist loadscope "$@"

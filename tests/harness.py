@@ -80,7 +80,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {(self.data_dir / 'server.out').read_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not write server.json in time")
+                # A fixture that raises here never reaches its teardown: stop what started (on a
+                # loaded machine leaked servers and gateways made every later start slower still).
+                stop_and_reap(self)
+                raise RuntimeError(f"server did not write server.json within {timeout_s} s")
             time.sleep(0.05)
         self.info = json.loads(info_path.read_text())
         return self

@@ -29,7 +29,7 @@ from openai import OpenAI
 import openeas
 from openeas.runtime.container_args import LABEL_DATA_DIR, LABEL_REPLICA
 from openeas.runtime.engine import engine_env
-from tests.harness import Server, kill9_replica_under_load, new_server, reasons, wait_for
+from tests.harness import Server, kill9_replica_under_load, new_server, reasons, stop_and_reap, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def server(tmp_path: Path, engine: EngineCLI, image: str) -> Iterator[Server]:
     srv.extra_env = {"OPENEAS_CONTAINER_ENGINE": engine.name}
     srv.start()
     yield srv
-    srv.stop()
+    stop_and_reap(srv)  # the gateway too: it outlives a stopped server, which a test restarts
     for c in containers(engine, srv.data_dir):  # whatever a test left behind
         engine("rm", "--force", c["id"], check=False)
 

@@ -11,12 +11,17 @@ the autoscaler parts run decide() with a fake clock.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from openeas.autoscaler import DecisionContext, Observation, PolicyState, Traffic, decide
+from openeas.cli.main import app
+from openeas.cli.server import server
 from openeas.kernel.routing import Route, RouteSettings, Upstream
+from openeas.runtime.base import REPLICA_ADDRESS_MODES, replica_address
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
 from tests.fakeloop import GET, OK, Gateway, error
 
@@ -27,6 +32,7 @@ BODY_LIMIT = 64 * MIB  # docs: largest request body, 413 above
 RESEND_CAP = 1 * MIB  # gateway/http/retry.py: request bytes kept to resend on another replica
 DOWN_WINDOW_S = 300.0  # docs/autoscaling.md: scale_down_stabilization_window
 TOLERANCE = 0.10  # docs/autoscaling.md: ±10%
+REPLICA_ADDRESS = "loopback"  # docs/cluster.md: --replica-address, replicas reached on 127.0.0.1
 
 
 def default_route(*replicas: str, **kw: Any) -> Route:
@@ -145,7 +151,9 @@ def default_policy(**kw: Any) -> AutoscalingPolicy:
     )
 
 
-def step(policy: AutoscalingPolicy, now: float, total: float, current: int, state: PolicyState) -> tuple[int, PolicyState]:
+def step(
+    policy: AutoscalingPolicy, now: float, total: float, current: int, state: PolicyState
+) -> tuple[int, PolicyState]:
     ctx = DecisionContext(
         policy=policy, now=now, wall=1_704_276_000.0 + now, current=current, ready=current,
         observations={"concurrent_requests": Observation(total, None)}, traffic=BUSY, state=state,
@@ -188,3 +196,23 @@ def test_the_default_tolerance_is_10_percent(total: float, desired: int) -> None
     policy = default_policy(scale_down_window_s=0.0)  # only the tolerance under test
     got, _ = step(policy, 0.0, total, 2, PolicyState())
     assert got == desired
+
+
+def test_replicas_are_reached_on_loopback_unless_told_otherwise() -> None:
+    assert inspect.signature(server).parameters["replica_address"].default == REPLICA_ADDRESS
+    assert REPLICA_ADDRESS_MODES[0] == REPLICA_ADDRESS  # the Ray runtime's and the env's default
+    assert replica_address(REPLICA_ADDRESS, "192.0.2.7") == "127.0.0.1"  # whatever Ray reports
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        pytest.param(["--replica-address", "lan"], "expected one of loopback, node, got 'lan'", id="unknown"),
+        pytest.param(["--replica-address", "node"], "'node' needs --runtime ray", id="node-without-ray"),
+    ],
+)
+def test_a_bad_replica_address_is_refused_before_anything_starts(argv: list[str], says: str) -> None:
+    result = CliRunner().invoke(app, ["server", *argv])
+    assert result.exit_code == 2
+    words = [w for w in result.output.split() if w != "│"]  # the error box wraps the message
+    assert says in " ".join(words), result.output

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from openeas.runtime.base import Demand, LaunchSpec, Unschedulable
+from openeas.runtime.base import Demand, LaunchSpec, Unschedulable, replica_address
 from openeas.runtime.launch import free_port
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
@@ -81,6 +81,31 @@ def test_infeasible_reason(
     request_: dict[str, float], nodes: list[dict[str, float]], want: str | None
 ) -> None:
     assert infeasible_reason(request_, nodes) == want
+
+
+@pytest.mark.parametrize(
+    ("mode", "node_ip", "want"),
+    [
+        pytest.param("loopback", "192.0.2.7", "127.0.0.1", id="loopback-ignores-the-node"),
+        pytest.param("loopback", None, "127.0.0.1", id="loopback-without-a-node-address"),
+        pytest.param("node", "192.0.2.7", "192.0.2.7", id="node-ipv4"),
+        pytest.param("node", "fd00::7", "fd00::7", id="node-ipv6"),
+        pytest.param("node", "", ValueError("reported no address"), id="node-without-an-address"),
+        pytest.param("node", None, ValueError("reported no address"), id="node-none"),
+        pytest.param("public", "192.0.2.7", ValueError("expected one of loopback, node"), id="unknown-mode"),
+    ],
+)
+def test_replica_address(mode: str, node_ip: str | None, want: str | Exception) -> None:
+    if isinstance(want, Exception):
+        with pytest.raises(ValueError, match=str(want)):
+            replica_address(mode, node_ip)
+    else:
+        assert replica_address(mode, node_ip) == want
+
+
+def test_the_ray_runtime_refuses_an_unknown_replica_address(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--replica-address: expected one of loopback, node, got 'lan'"):
+        RayRuntime("auto", tmp_path, replica_address="lan")  # refused before Ray is asked anything
 
 
 # ---- a real Ray cluster ---------------------------------------------------------------------------
@@ -189,3 +214,73 @@ def test_losing_a_worker_node_loses_its_replicas_and_they_start_on_the_other(
     assert _answers(again.port)
     runtime.forget(ref)
     runtime.forget(ref_a)
+
+
+def _answers_at(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "on_node"),
+    [pytest.param("loopback", False, id="loopback"), pytest.param("node", True, id="node")],
+)
+def test_a_replica_is_reached_at_the_address_its_mode_records(
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path, mode: str, on_node: bool
+) -> None:
+    """The replica listens on OPENEAS_REPLICA_HOST, the runtime reports the same address, and it
+    answers there: 127.0.0.1 with ``loopback``; with ``node``, Ray's address for the node (this
+    machine's interface address here: the test reads where the replica listens instead of sending
+    it traffic)."""
+    _c, base = cluster
+    runtime = RayRuntime(base.address, tmp_path, replica_address=mode)  # Ray already connected
+    runtime.namespace = base.namespace
+    port = free_port()
+    serve = (
+        "import os, runpy, sys; "
+        f"sys.argv = ['http.server', '{port}', '--bind', os.environ['OPENEAS_REPLICA_HOST']]; "
+        "runpy.run_module('http.server', run_name='__main__')"
+    )
+    launch = LaunchSpec(
+        replica_id=f"addr-{mode}",
+        argv=[sys.executable, "-c", serve],
+        env={"OPENEAS_REPLICA_ID": f"addr-{mode}"},
+        cwd=str(tmp_path),
+        log_path=str(tmp_path / "addr.log"),
+        port=port,
+        demand=Demand(cpu=1),
+    )
+    ref = runtime.start(launch)
+    try:
+        node_ip = {n["node"]: n["address"] for n in runtime.nodes()}[ref.extra["node"]]
+        host = ref.extra["host"]
+        assert host == (node_ip if on_node else "127.0.0.1")
+        if not on_node:
+            assert _answers_at(host, port, timeout=30)
+            return
+        # No test traffic goes to this machine's interface address (the address Ray reports for
+        # its nodes here): the kernel's table of listening sockets shows where the replica bound.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _listening(port):
+            time.sleep(0.2)
+        assert _listening(port) == {node_ip}, "bound to the node's address only, not loopback"
+    finally:
+        runtime.forget(ref)
+
+
+def _listening(port: int) -> set[str]:
+    """The IPv4 addresses a TCP socket listens on at ``port`` (/proc/net/tcp, state 0A)."""
+    found: set[str] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found

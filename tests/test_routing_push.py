@@ -192,7 +192,15 @@ def test_gateway_process_imports_neither_sqlalchemy_nor_pydantic(tmp_path: Path,
             RouteSettings(timeout_s=60.0, max_body_bytes=10, max_held=3),
         ),
     ],
-    ids=["defaults", "keepalive-ms-to-s", "max-body", "no-resend", "hold-queue", "hold-timeout-ms-to-s", "all"],
+    ids=[
+        "defaults",
+        "keepalive-ms-to-s",
+        "max-body",
+        "no-resend",
+        "hold-queue",
+        "hold-timeout-ms-to-s",
+        "all",
+    ],
 )
 def test_route_settings_come_from_the_typed_spec(tmp_path: Path, rpc: dict, expected: RouteSettings) -> None:
     data = spec("svc").to_dict()
@@ -227,7 +235,9 @@ def test_a_v1_database_gets_a_route_record_per_version_from_its_spec(tmp_path: P
     assert (v1.timeout_s, v1.max_body_bytes, v1.resend_unanswered) == (30.0, 2048, True)
 
 
-@pytest.mark.parametrize(("state", "stopped"), [("Running", False), ("Stopped", True)], ids=["running", "stopped"])
+@pytest.mark.parametrize(
+    ("state", "stopped"), [("Running", False), ("Stopped", True)], ids=["running", "stopped"]
+)
 def test_the_route_says_whether_its_service_is_stopped(tmp_path: Path, state: str, stopped: bool) -> None:
     store = Store(tmp_path)
     store.create_service(spec("svc"))
@@ -261,3 +271,32 @@ def test_gateway_and_store_agree_on_the_database_file(tmp_path: Path) -> None:
 def test_routing_table_round_trips_through_json(route: Route) -> None:
     table = RoutingTable(version=3, routes={route.service: route})
     assert RoutingTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+
+
+@pytest.mark.parametrize(
+    ("host", "want"),
+    [
+        pytest.param(None, "127.0.0.1", id="unset-is-loopback"),
+        pytest.param("127.0.0.1", "127.0.0.1", id="loopback"),
+        pytest.param("192.0.2.7", "192.0.2.7", id="ray-node-address"),
+    ],
+)
+def test_the_routing_table_carries_the_recorded_replica_host(
+    tmp_path: Path, host: str | None, want: str
+) -> None:
+    """A replica's ``host`` (the Ray runtime's --replica-address node) is where gateways reach it;
+    a new address of a Ready replica bumps the routing version."""
+    store = Store(tmp_path)
+    store.create_service(spec("svc"))
+    rid = store.add_replica("svc", 1, workdir_root=tmp_path / "replicas").id
+    store.update_replica(rid, phase="Starting", port=20001, **({"host": host} if host else {}))
+    store.update_replica(rid, phase="Warming")
+    store.update_replica(rid, phase="Ready")
+    table = StoreRoutingSource(tmp_path).poll()
+    assert table is not None
+    assert [(u.host, u.port) for u in table.routes["svc"].upstreams] == [(want, 20001)]
+    before = store.routing_version()
+    store.update_replica(rid, host="192.0.2.99")
+    assert store.routing_version() == before + 1
+    table = StoreRoutingSource(tmp_path).poll()
+    assert table is not None and [u.host for u in table.routes["svc"].upstreams] == ["192.0.2.99"]

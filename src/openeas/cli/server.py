@@ -134,6 +134,14 @@ RayAddressOpt = Annotated[
     str,
     typer.Option(help="The Ray cluster of --runtime ray: 'auto' (this machine's) or HOST:PORT."),
 ]
+ReplicaAddressOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where a --runtime ray replica is reached: 'loopback' (127.0.0.1: gateways on its own "
+        "machine only) or 'node' (the address Ray reports for its node: gateways on any machine; "
+        "docs/cluster.md). The replica gets it in OPENEAS_REPLICA_HOST.",
+    ),
+]
 
 ArchiveAfterDaysOpt = Annotated[
     float,
@@ -171,10 +179,13 @@ def server(
     store: StoreOpt = None,
     runtime: RuntimeOpt = "embedded",
     ray_address: RayAddressOpt = "auto",
+    replica_address: ReplicaAddressOpt = "loopback",
     archive_after_days: ArchiveAfterDaysOpt = 180,
     archive_after_s: ArchiveAfterSOpt = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
+    from openeas.runtime.base import REPLICA_ADDRESS_MODES
+    from openeas.runtime.select import ENV_RAY_ADDRESS, ENV_REPLICA_ADDRESS
     from openeas.server import run_server
 
     if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
@@ -189,8 +200,19 @@ def server(
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
     if runtime not in ("embedded", "ray"):
         raise typer.BadParameter(f"expected 'embedded' or 'ray', got {runtime!r}", param_hint="--runtime")
-    if runtime == "ray":  # build_runtimes (runtime/select.py) reads it from there
-        os.environ["OPENEAS_RAY_ADDRESS"] = ray_address
+    if replica_address not in REPLICA_ADDRESS_MODES:
+        modes = ", ".join(REPLICA_ADDRESS_MODES)
+        raise typer.BadParameter(
+            f"expected one of {modes}, got {replica_address!r}", param_hint="--replica-address"
+        )
+    if replica_address != "loopback" and runtime != "ray":
+        raise typer.BadParameter(
+            "'node' needs --runtime ray (the embedded runtimes stay on 127.0.0.1)",
+            param_hint="--replica-address",
+        )
+    if runtime == "ray":  # build_runtimes (runtime/select.py) reads them from there
+        os.environ[ENV_RAY_ADDRESS] = ray_address
+        os.environ[ENV_REPLICA_ADDRESS] = replica_address
     # The 180-day rule (controller/archiver.py reads it from there).
     os.environ["OPENEAS_ARCHIVE_AFTER_DAYS"] = f"{archive_after_days:g}"
     if archive_after_s is not None:

@@ -19,7 +19,7 @@ from openeas.controller.warmup import load_warmup
 from openeas.errors import MountError
 from openeas.kernel.checks import ProbeResult
 from openeas.kernel.states import ReplicaPhase
-from openeas.runtime.base import ImageRuntime, LaunchSpec, PullError, Unschedulable
+from openeas.runtime.base import LOOPBACK, ImageRuntime, LaunchSpec, PullError, Unschedulable
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -116,7 +116,8 @@ class StartPhases(SupervisorBase):
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
         node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
-        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node)
+        host = self.ref.extra.get("host") or LOOPBACK  # the Ray runtime's --replica-address
+        self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node, host=host)
         if launch.container is not None:
             what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
         else:

@@ -30,6 +30,26 @@ class Demand:
     instance_type: str | None = None  # cloud.computing.instance_type: a custom resource of that name
 
 
+LOOPBACK = "127.0.0.1"
+REPLICA_ADDRESS_MODES = ("loopback", "node")  # the first is the default
+
+
+def replica_address(mode: str, node_ip: str | None) -> str:
+    """The address a replica listens on and is reached at (pure).
+
+    ``mode``: ``loopback`` (127.0.0.1: reached only from its own machine; the embedded runtimes
+    always) or ``node`` (``node_ip``, the address the Ray cluster reports for the node the replica
+    landed on: reached by gateways on other machines). ``node_ip`` empty or None with ``node`` is
+    an error: the replica would be recorded where no one can reach it."""
+    if mode == "loopback":
+        return LOOPBACK
+    if mode != "node":
+        raise ValueError(f"replica address: expected one of {', '.join(REPLICA_ADDRESS_MODES)}, got {mode!r}")
+    if not node_ip:
+        raise ValueError("replica address 'node': Ray reported no address for the replica's node")
+    return node_ip
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to start one replica, already rewritten for this node (ports, mounts)."""

@@ -6,7 +6,8 @@ spec's ``metadata.cpu``, ``memory`` and ``gpu`` (and a custom resource named aft
 ``cloud.computing.instance_type``), with Ray's SPREAD strategy: Ray picks the node, never one
 where the resources do not fit. The actor runs the same launch plan as the process runtime on
 its node (a :class:`~openeas.runtime.process.ProcessRuntime` inside the actor: the replica
-process, its log, its port on 127.0.0.1) and reports the pid, start ticks and node. The replica
+process, its log, its port) and reports the pid, start ticks, node and the address the replica is
+reached at (``ProcessRef.extra["host"]``, stored as ``replicas.host``). The replica
 dies with its actor (``PR_SET_PDEATHSIG``), so a lost Ray node leaves no replica behind.
 
 Everything else goes by the actor's name, not by a local pid: ``alive`` asks the actor (an
@@ -15,8 +16,12 @@ finds it by name after a control-plane restart, and ``forget`` kills it (its res
 to Ray). A spec that fits on no node raises :class:`~openeas.runtime.base.Unschedulable`, whose
 message names the short resource; the replica stays Pending with it.
 
-All OpenEAS traffic to replicas stays on 127.0.0.1 where every node is this machine (the tests,
-the local cluster): Ray reports the machine's interface address for its nodes.
+Where a replica is reached (``openeas server --replica-address``): ``loopback`` (the default)
+records 127.0.0.1, right where every node is this machine (the tests, the local cluster; Ray
+reports the machine's interface address for its nodes even there); ``node`` records the address
+Ray reports for the replica's node, so that gateways on other machines reach it. Either way the
+replica's environment carries ``OPENEAS_REPLICA_HOST`` = that address: its command listens there
+(``--host $OPENEAS_REPLICA_HOST``) or on all interfaces (docs/cluster.md).
 
 Ray is an optional dependency (``pip install 'openeas[ray]'``); nothing else imports this module.
 """
@@ -27,6 +32,7 @@ import hashlib
 import os
 import signal as signals
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +44,19 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util import list_named_actors
 
-from openeas.runtime.base import Demand, LaunchSpec, ProcessRef, ReplicaProcess, Unschedulable
+from openeas.runtime.base import (
+    REPLICA_ADDRESS_MODES,
+    Demand,
+    LaunchSpec,
+    ProcessRef,
+    ReplicaProcess,
+    Unschedulable,
+    replica_address,
+)
 from openeas.runtime.process import ProcessRuntime
 
 ACTOR_PREFIX = "openeas-replica-"
+ENV_REPLICA_HOST = "OPENEAS_REPLICA_HOST"  # the replica's own address, in its environment
 CALL_TIMEOUT_S = 10.0  # one call to a replica's actor (poll, signal, info)
 START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
 
@@ -111,11 +126,14 @@ class ReplicaHost:
         self.ref: ProcessRef | None = None
         self.replica_id = ""
 
-    def launch(self, launch: LaunchSpec) -> tuple[int, int, str]:
-        """Start the replica; its pid, start ticks and this node's Ray id."""
+    def launch(self, launch: LaunchSpec, address_mode: str = "loopback") -> tuple[int, int, str, str]:
+        """Start the replica; its pid, start ticks, this node's Ray id and the replica's address
+        (:func:`~openeas.runtime.base.replica_address` of ``address_mode`` on this node)."""
         self.replica_id = launch.replica_id
+        host = replica_address(address_mode, ray.util.get_node_ip_address())
+        launch = replace(launch, env={**launch.env, ENV_REPLICA_HOST: host})
         self.ref = self.runtime.start(launch)
-        return self.ref.pid, self.ref.start_ticks, ray.get_runtime_context().get_node_id()
+        return self.ref.pid, self.ref.start_ticks, ray.get_runtime_context().get_node_id(), host
 
     def info(self) -> tuple[str, int, int]:
         ref = self.ref
@@ -149,8 +167,13 @@ class RayRuntime:
         instance_resources: Mapping[str, str] | None = None,
         strategy: str = "SPREAD",
         scope: str | None = None,
+        replica_address: str = REPLICA_ADDRESS_MODES[0],
     ) -> None:
+        if replica_address not in REPLICA_ADDRESS_MODES:
+            modes = ", ".join(REPLICA_ADDRESS_MODES)
+            raise ValueError(f"--replica-address: expected one of {modes}, got {replica_address!r}")
         self.address = address
+        self.replica_address = replica_address
         self.namespace = namespace(scope if scope is not None else data_dir)
         self.instance_resources = dict(instance_resources or {})
         self.strategy = strategy
@@ -190,7 +213,8 @@ class RayRuntime:
             scheduling_strategy=self.strategy,
         ).remote()
         try:
-            pid, ticks, node = ray.get(actor.launch.remote(launch), timeout=START_TIMEOUT_S)
+            started = actor.launch.remote(launch, self.replica_address)
+            pid, ticks, node, host = ray.get(started, timeout=START_TIMEOUT_S)
         except GetTimeoutError:
             ray.kill(actor)
             raise OSError(f"Ray did not place and start the replica within {START_TIMEOUT_S:g} s") from None
@@ -201,7 +225,8 @@ class RayRuntime:
             cause = getattr(exc, "cause", None) or exc
             raise OSError(f"cannot start the replica on its Ray node: {cause}") from None
         self._codes.pop(launch.replica_id, None)
-        return ProcessRef(pid=pid, start_ticks=ticks, extra={"replica": launch.replica_id, "node": node})
+        extra = {"replica": launch.replica_id, "node": node, "host": host}
+        return ProcessRef(pid=pid, start_ticks=ticks, extra=extra)
 
     # ---- by actor name --------------------------------------------------------------------------
     def _actor(self, ref: ProcessRef) -> Any | None:
@@ -303,6 +328,7 @@ class RayRuntime:
 
 __all__ = [
     "ACTOR_PREFIX",
+    "ENV_REPLICA_HOST",
     "RayRuntime",
     "ReplicaHost",
     "actor_name",

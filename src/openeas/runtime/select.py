@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from openeas.runtime.base import Runtime
+from openeas.runtime.base import REPLICA_ADDRESS_MODES, Runtime
 from openeas.runtime.container import ContainerRuntime
 from openeas.runtime.engine import LIMITS_UNAPPLIED, Engine, detect_engine
 from openeas.runtime.process import ProcessRuntime
@@ -133,6 +133,7 @@ class Runtimes:
 
 
 ENV_RAY_ADDRESS = "OPENEAS_RAY_ADDRESS"  # set by `openeas server --runtime ray --ray-address A`
+ENV_REPLICA_ADDRESS = "OPENEAS_REPLICA_ADDRESS"  # set by `openeas server --replica-address MODE`
 
 
 def build_runtimes(
@@ -147,7 +148,8 @@ def build_runtimes(
     if ray_address:
         from openeas.runtime.ray_runtime import RayRuntime  # Ray is an optional dependency
 
-        ray_runtime = RayRuntime(ray_address, data_dir, scope=shared_store)
+        mode = os.environ.get(ENV_REPLICA_ADDRESS) or REPLICA_ADDRESS_MODES[0]
+        ray_runtime = RayRuntime(ray_address, data_dir, scope=shared_store, replica_address=mode)
         return Runtimes(
             ray_runtime, engine_problem=f"the Ray runtime ({ray_address}) runs commands, not images"
         )

@@ -87,6 +87,7 @@ class ReplicaFields(TypedDict, total=False):
     pid: int | None
     start_ticks: int | None  # field 22 of /proc/<pid>/stat: tells a recycled pid apart
     port: int | None  # the host port the replica listens on
+    host: str  # where it is reached: 127.0.0.1, or its Ray node's address (--replica-address node)
     runtime: str  # which runtime started it: "process" or "container" (openeas.runtime.select)
     node: str | None  # the Ray node id it runs on; None: this machine (embedded runtimes)
     restart_count: int

@@ -34,6 +34,18 @@ if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
 fi
 # pytest-xdist: most tests wait on processes starting (servers, replicas, containers, Chromium), so
 # three workers on two cores beat two; a worker takes a whole module at a time (tests/conftest.py
-# splits a few and hands out the longest first). OPENEAS_TEST_WORKERS=0 runs in one process.
+# splits a few and hands out the longest first). Then the few modules that must have the CPU to
+# themselves (real vLLM, the stress tests' saturation points: SERIAL in tests/conftest.py) run in one
+# process. OPENEAS_TEST_WORKERS=0 runs everything in one process. Exit status 5 (every test of a
+# phase deselected, e.g. by -k) is not a failure.
 workers=${OPENEAS_TEST_WORKERS:-3}
-echo "[test] pytest ($workers workers)"; python -m pytest -q -ra -n "$workers" --dist loadscope "$@"
+if [ "$workers" = 0 ]; then
+  echo "[test] pytest (one process)"; exec python -m pytest -q -ra "$@"
+fi
+status=0
+phase() { "$@" || { rc=$?; if [ "$rc" != 5 ]; then status=$rc; fi; }; }
+echo "[test] pytest ($workers workers)"
+OPENEAS_TEST_PHASE=parallel phase python -m pytest -q -ra -n "$workers" --dist loadscope "$@"
+echo "[test] pytest (serial: tests that need the CPU to themselves)"
+OPENEAS_TEST_PHASE=serial phase python -m pytest -q -ra "$@"
+exit "$status"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FIRST, SPLIT_BY_PARAM, SPLIT_BY_TEST, unit_rank, work_unit
+from tests.conftest import FIRST, SERIAL, SPLIT_BY_PARAM, SPLIT_BY_TEST, in_phase, unit_rank, work_unit
 
 C = "tests/test_e2e_container.py"
 A = "tests/test_e2e_async.py"
@@ -40,5 +40,21 @@ def test_the_tables_name_existing_modules() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for module in [*SPLIT_BY_PARAM, *SPLIT_BY_TEST, *FIRST]:
+    for module in [*SPLIT_BY_PARAM, *SPLIT_BY_TEST, *FIRST, *SERIAL]:
         assert (root / module).is_file(), module
+    assert not set(SERIAL) & set(FIRST), "a serial module is not handed to the workers at all"
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "phase", "runs"),
+    [
+        pytest.param("tests/test_e2e_stress.py::test_x", None, True, id="plain-run-serial-module"),
+        pytest.param("tests/test_store.py::test_x", None, True, id="plain-run-other-module"),
+        pytest.param("tests/test_e2e_stress.py::test_x", "parallel", False, id="parallel-skips-serial"),
+        pytest.param("tests/test_store.py::test_x", "parallel", True, id="parallel-runs-the-rest"),
+        pytest.param("tests/test_e2e_vllm.py::test_x[a]", "serial", True, id="serial-runs-vllm"),
+        pytest.param("tests/test_store.py::test_x", "serial", False, id="serial-skips-the-rest"),
+    ],
+)
+def test_phases(nodeid: str, phase: str | None, runs: bool) -> None:
+    assert in_phase(nodeid, phase) is runs

@@ -230,21 +230,8 @@ async def _serve(
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
         runtimes.process_warning = users.warning()
-        components = _compose(
-            store,
-            runtimes,
-            users,
-            host_paths,
-            oss_root,
-            gateway_url,
-            notifier,
-            node,
-            public_metrics,
-            api_sock,
-            keep_replicas,
-            lease,
-            gateway_workers,
-        )
+        components = _compose(store, runtimes, users, host_paths, oss_root, gateway_url, notifier, node,
+                              public_metrics, api_sock, keep_replicas, lease, gateway_workers)  # fmt: skip
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
         first: list[Component] = [gateway] if lease is None else [gateway, lease]
@@ -305,12 +292,8 @@ def _compose(
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
     rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
-    batch = BatchRunner(
-        store,
-        gateway_url,
-        on_change=reconciler.wake,
-        check_files=functools.partial(check_request_files, host_paths),
-    )
+    check_files = functools.partial(check_request_files, host_paths)
+    batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=check_files)
     cp = ControlPlane(
         store,
         gateway_url,
@@ -426,6 +409,23 @@ def check_gateway_workers(n: int) -> int:
         raise SpecError([str(exc)]) from None
 
 
+def _gateway_args(gateway_limits: Sequence[str], gateway_workers: int) -> list[str]:
+    """The gateway's command-line flags; invalid input: exit 2 before anything starts."""
+    try:
+        gateway_args = gateway_limit_args(gateway_limits)
+        check_gateway_workers(gateway_workers)
+    except SpecError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return gateway_args + (["--workers", str(gateway_workers)] if gateway_workers > 1 else [])  # workers.py
+
+
+def _node(node_cpu: float | None, node_memory_mb: float | None) -> Resources | None:
+    """None: this machine's resources (embedded) or no bound of ours (Ray places the replicas)."""
+    return None if node_cpu is None and node_memory_mb is None else node_capacity(node_cpu, node_memory_mb)
+
+
 def run_server(
     *,
     data_dir: Path,
@@ -453,14 +453,7 @@ def run_server(
         level=os.environ.get("OPENEAS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        gateway_args = gateway_limit_args(gateway_limits)  # invalid input: exit 2 before anything starts
-        check_gateway_workers(gateway_workers)
-        gateway_args += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []  # see workers.py
-    except SpecError as exc:
-        for line in exc.errors:
-            print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+    gateway_args = _gateway_args(gateway_limits, gateway_workers)
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock: int | None = None
@@ -485,10 +478,7 @@ def run_server(
                 public_metrics=public_metrics,
                 registry_auth=registry_auth,
                 gateway_args=gateway_args,
-                # None: this machine's (embedded) or no bound of ours (Ray places the replicas)
-                node=None
-                if node_cpu is None and node_memory_mb is None
-                else node_capacity(node_cpu, node_memory_mb),
+                node=_node(node_cpu, node_memory_mb),
                 replica_user=replica_user,
                 host_paths=host_paths,
                 store_url=store_url,

@@ -127,6 +127,26 @@ def _check_inputs(cold_starts_s: list[float], capacity_qps: float, decide_every_
         raise SpecError(errors)
 
 
+def _observations(
+    t: int,
+    rate: float,
+    rate_p: float,
+    busy: float,
+    busy_p: float,
+    queue: AsyncQueue | None,
+    policy: AutoscalingPolicy,
+) -> dict[str, Observation]:
+    """The metrics a decision at second ``t`` sees (stable and panic windows); none at the first
+    second, where no window has data."""
+    if t == 0:
+        return {}
+    obs = {"qps": Observation(rate, rate_p), "concurrent_requests": Observation(busy, busy_p)}
+    if queue is not None:
+        stable, panic = queue.window(t, policy.metric_window_s), queue.window(t, policy.panic_window_s)
+        obs["backlog"] = Observation(stable, panic)
+    return obs
+
+
 def simulate(
     spec: ServiceSpec,
     trace: Trace,
@@ -167,18 +187,9 @@ def simulate(
         if pending and min(pending) <= t:
             n_ready = sum(1 for r in live if r[1] <= t)
             pending = [r[1] for r in live if r[1] > t]
-        obs: dict[str, Observation] = {}
-        if t > 0:  # no window has data at the first second
-            obs = {
-                "qps": Observation(rate[k], rate_p[k]),
-                "concurrent_requests": Observation(busy[k], busy_p[k]),
-            }
         if queue is not None:
             queue.advance(t, [r[1] for r in live])
-            if t > 0:
-                obs["backlog"] = Observation(
-                    queue.window(t, policy.metric_window_s), queue.window(t, policy.panic_window_s)
-                )
+        obs = _observations(t, rate[k], rate_p[k], busy[k], busy_p[k], queue, policy)
         traffic = Traffic(rate[k], busy[k], recent[k] if n_ready == 0 else 0)
         ctx = DecisionContext(policy, float(t), trace.start + t, current, n_ready, obs, traffic, state)
         decision, state = decide(ctx)

@@ -156,6 +156,26 @@ ArchiveAfterSOpt = Annotated[
 ]
 
 
+def _runtime_env(runtime: str, ray_address: str, replica_address: str) -> None:
+    """Check --runtime and --replica-address (invalid: exit 2 before anything starts) and hand them
+    to build_runtimes (runtime/select.py), which reads them from the environment."""
+    from openeas.runtime.base import REPLICA_ADDRESS_MODES
+    from openeas.runtime.select import ENV_RAY_ADDRESS, ENV_REPLICA_ADDRESS
+
+    if runtime not in ("embedded", "ray"):
+        raise typer.BadParameter(f"expected 'embedded' or 'ray', got {runtime!r}", param_hint="--runtime")
+    if replica_address not in REPLICA_ADDRESS_MODES:
+        modes = ", ".join(REPLICA_ADDRESS_MODES)
+        got = f"expected one of {modes}, got {replica_address!r}"
+        raise typer.BadParameter(got, param_hint="--replica-address")
+    if replica_address != "loopback" and runtime != "ray":
+        need = "'node' needs --runtime ray (the embedded runtimes stay on 127.0.0.1)"
+        raise typer.BadParameter(need, param_hint="--replica-address")
+    if runtime == "ray":
+        os.environ[ENV_RAY_ADDRESS] = ray_address
+        os.environ[ENV_REPLICA_ADDRESS] = replica_address
+
+
 def server(
     data_dir: DataDir = None,
     host: HostOpt = "127.0.0.1",
@@ -184,8 +204,6 @@ def server(
     archive_after_s: ArchiveAfterSOpt = None,
 ) -> None:
     """Start the server (API, gateway, reconciler); writes DIR/server.json once it answers."""
-    from openeas.runtime.base import REPLICA_ADDRESS_MODES
-    from openeas.runtime.select import ENV_RAY_ADDRESS, ENV_REPLICA_ADDRESS
     from openeas.server import run_server
 
     if catalog:  # the instance catalog the API prices by (api/cost.py reads it from there)
@@ -198,21 +216,7 @@ def server(
         os.environ[ENV_CACHE_LIMIT] = cache_limit
     if queue_url:
         os.environ["OPENEAS_QUEUE_URL"] = queue_url  # the gateway and the backlog reader take it from there
-    if runtime not in ("embedded", "ray"):
-        raise typer.BadParameter(f"expected 'embedded' or 'ray', got {runtime!r}", param_hint="--runtime")
-    if replica_address not in REPLICA_ADDRESS_MODES:
-        modes = ", ".join(REPLICA_ADDRESS_MODES)
-        raise typer.BadParameter(
-            f"expected one of {modes}, got {replica_address!r}", param_hint="--replica-address"
-        )
-    if replica_address != "loopback" and runtime != "ray":
-        raise typer.BadParameter(
-            "'node' needs --runtime ray (the embedded runtimes stay on 127.0.0.1)",
-            param_hint="--replica-address",
-        )
-    if runtime == "ray":  # build_runtimes (runtime/select.py) reads them from there
-        os.environ[ENV_RAY_ADDRESS] = ray_address
-        os.environ[ENV_REPLICA_ADDRESS] = replica_address
+    _runtime_env(runtime, ray_address, replica_address)
     # The 180-day rule (controller/archiver.py reads it from there).
     os.environ["OPENEAS_ARCHIVE_AFTER_DAYS"] = f"{archive_after_days:g}"
     if archive_after_s is not None:

@@ -19,7 +19,7 @@ from openeas.controller.warmup import load_warmup
 from openeas.errors import MountError
 from openeas.kernel.checks import ProbeResult
 from openeas.kernel.states import ReplicaPhase
-from openeas.runtime.base import LOOPBACK, ImageRuntime, LaunchSpec, PullError, Unschedulable
+from openeas.runtime.base import LOOPBACK, ImageRuntime, LaunchSpec, ProcessRef, PullError, Unschedulable
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import hand_over, node_tag
 from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
@@ -118,15 +118,7 @@ class StartPhases(SupervisorBase):
         node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
         host = self.ref.extra.get("host") or LOOPBACK  # the Ray runtime's --replica-address
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node, host=host)
-        if launch.container is not None:
-            what = f"container {launch.container.name} (process {self.ref.pid}) published on port {port}"
-        else:
-            what = f"process {self.ref.pid} listening on port {port}"
-            if self.ref.extra.get("node"):
-                what += f" on Ray node {self.ref.extra['node'][:12]}"
-            if launch.memory_limit_mb is not None:
-                what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
-        self._event(row, "Started", what)
+        self._event(row, "Started", _started(launch, self.ref, port))
 
     def _sidecar_ports(self, spec: ServiceSpec, port: int) -> dict[int, int]:
         """A free host port for each port the other containers name (process runtime)."""
@@ -345,3 +337,15 @@ def _resolve_storage(spec: ServiceSpec, oss_root: Path | None) -> ServiceSpec:
 def _resolve_local(path: str, oss_root: Path | None) -> str:
     url = resolve_url(path, oss_root, where="warm_up_data_path")
     return url[len("file://") :] if url.startswith("file://") else url
+
+
+def _started(launch: LaunchSpec, ref: ProcessRef, port: int) -> str:
+    """The Started event's message: what runs, where it listens, its memory limit."""
+    if launch.container is not None:
+        return f"container {launch.container.name} (process {ref.pid}) published on port {port}"
+    what = f"process {ref.pid} listening on port {port}"
+    if ref.extra.get("node"):
+        what += f" on Ray node {ref.extra['node'][:12]}"
+    if launch.memory_limit_mb is not None:
+        what += f"; memory limited to {launch.memory_limit_mb} MB by {MEMORY_LIMIT_HOW}"
+    return what

@@ -43,7 +43,7 @@ from openeas.autoscaler.metrics import (
 )
 from openeas.autoscaler.policy import Decision, DecisionContext, Observation, PolicyState, Traffic, decide
 from openeas.errors import OpenEASError
-from openeas.kernel.clock import LOOP_CLOCK, Clock
+from openeas.kernel.clock import LOOP_CLOCK, Clock, set_from_any_thread
 from openeas.kernel.states import ReplicaPhase, ServiceState
 from openeas.spec.autoscaling import METRIC_UNITS, AutoscalingPolicy, Defaults
 from openeas.store import Store
@@ -111,15 +111,7 @@ class Autoscaler:
 
     def wake(self, service: str | None = None) -> None:
         """Decide now (the gateway holds a request for `service`); safe from any thread."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is not None and running is not loop:
-            loop.call_soon_threadsafe(self._wake.set)
-        else:
-            self._wake.set()
+        set_from_any_thread(self._wake, self._loop)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ from openeas.controller.prefetch import Prefetcher
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
 from openeas.controller.rollout import ReplicaView, plan_rollout
 from openeas.errors import NotFound
+from openeas.kernel.clock import set_from_any_thread
 from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas
 from openeas.runtime import Runtime
 from openeas.runtime import stop as stop_process
@@ -79,15 +80,7 @@ class Reconciler:
         """Ask for a pass now; safe from any thread. The API calls this after writing desired
         state, from a worker thread of its own: there an ``Event.set`` would not wake the loop
         until its next timer (up to a supervisor's 0.1 s poll), which a standby's promotion pays."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is not None and running is not loop:
-            loop.call_soon_threadsafe(self._wake.set)
-        else:
-            self._wake.set()
+        set_from_any_thread(self._wake, self._loop)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()

@@ -239,3 +239,17 @@ class FakeClock:
             self._advance(deadline)
         self._advance(end)
         await self.settle()
+
+
+def set_from_any_thread(event: asyncio.Event, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Set ``event``, which belongs to ``loop`` (None: not running yet), from any thread. The API
+    wakes the reconciler and the autoscaler from worker threads of its own: there a plain
+    ``Event.set`` would not wake the loop until its next timer fires."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is not None and running is not loop:
+        loop.call_soon_threadsafe(event.set)
+    else:
+        event.set()

@@ -47,7 +47,9 @@ def test_a_live_replay_and_its_simulation_agree(tmp_path: Path) -> None:
         got = read_trace(exported.open(), str(exported))
         assert got.requests == sum(counts)
         assert fig.t0 - 1 <= got.start <= fig.t0 + 1 and got.seconds <= len(counts) + 2
-        assert 0 < got.busy.sum() / got.requests < 1.0  # mean seconds in flight of a 'POST /'
+        # Mean seconds in flight of a 'POST /': the gateway samples its in-flight count every 0.2 s,
+        # and the test server answers in about a millisecond, so every sample may find none.
+        assert 0 <= got.busy.sum() / got.requests < 1.0
         missing = CliRunner().invoke(app, ["trace", "--service", "nope"], env=env)
         assert missing.exit_code == 1 and "nope" in missing.output
     finally:

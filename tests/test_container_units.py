@@ -453,8 +453,9 @@ async def test_pull_once_then_the_image_is_cached(tmp_path: Path):
     assert pulls[0] == {"image": IMAGE, "cached": False, "seconds": 3.0}
     if len(pulls) == 2:
         waited = pulls[1]
-        # It waited out that pull, whichever supervisor step it entered at (fake-clock steps).
-        assert 2.5 <= waited.pop("seconds") <= 4.0
+        # It waited out that pull, whichever supervisor step it entered at (fake-clock steps; a
+        # thread hop on a loaded machine lets virtual time run on: 5.0 s seen on 3 xdist workers).
+        assert 2.5 <= waited.pop("seconds") <= 6.0
         assert waited == {"image": IMAGE, "cached": False, "waited_for": "another replica's pull"}
     for r in pulled:
         assert isinstance(r.cold_start["pull_s"], float)  # the Pulling span (stamped in wall time)

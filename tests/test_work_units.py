@@ -40,7 +40,7 @@ def test_the_tables_name_existing_modules() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for module in [*SPLIT_BY_PARAM, *SPLIT_BY_TEST, *FIRST, *SERIAL]:
+    for module in [*SPLIT_BY_PARAM, *SPLIT_BY_TEST, *FIRST, *(s.partition("::")[0] for s in SERIAL)]:
         assert (root / module).is_file(), module
     assert not set(SERIAL) & set(FIRST), "a serial module is not handed to the workers at all"
 
@@ -54,6 +54,11 @@ def test_the_tables_name_existing_modules() -> None:
         pytest.param("tests/test_store.py::test_x", "parallel", True, id="parallel-runs-the-rest"),
         pytest.param("tests/test_e2e_vllm.py::test_x[a]", "serial", True, id="serial-runs-vllm"),
         pytest.param("tests/test_store.py::test_x", "serial", False, id="serial-skips-the-rest"),
+        pytest.param(
+            "tests/test_e2e_container.py::test_kill9_in_container_restarts_and_server_crash_adopts[docker]",
+            "serial", True, id="serial-runs-a-named-test-each-param",
+        ),
+        pytest.param("tests/test_e2e_container.py::test_other[docker]", "parallel", True, id="its-module-stays"),
     ],
 )
 def test_phases(nodeid: str, phase: str | None, runs: bool) -> None:

@@ -135,7 +135,7 @@ def unit_rank(nodeid: str) -> int:
 
 # Modules that must not share the CPU with other tests: real vLLM on CPU takes every core it finds
 # (its first CI run on 3 workers cut a stress test's measured saturation from 160 to 46 req/s),
-# and the stress tests measure a replica's saturation point. scripts/test.sh runs the suite in two
+# and the stress tests measure a replica's saturation point or an LLM's tokens per second. scripts/test.sh runs the suite in two
 # phases: OPENEAS_TEST_PHASE=parallel (everything else, on the xdist workers), then
 # OPENEAS_TEST_PHASE=serial (these, in one process). Unset: everything, as a plain pytest run.
 # A test function may be named too: a docker container's kill -9 under load came back with ~50
@@ -144,6 +144,7 @@ def unit_rank(nodeid: str) -> int:
 SERIAL = (
     "tests/test_e2e_vllm.py",
     "tests/test_e2e_stress.py",
+    "tests/test_e2e_stress_llm.py",  # tokens/s within a step's window: 0 when answers end late
     "tests/test_e2e_container.py::test_kill9_in_container_restarts_and_server_crash_adopts",
 )
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` however this file was reached
 
 from bench.gateway import (
     TOKEN,
@@ -100,3 +104,10 @@ def report(results: dict[str, list[Result]], n: int, cores: int, own: bool, args
         f"\nverdict: {n} workers = {ratio:.2f}x one worker's req/s; goal >= {GOAL}x: {verdict} "
         f"(nginx on the same cores: {n} workers = {ng_ratio:.2f}x its one)"
     )
+
+
+if __name__ == "__main__":  # the same as bench/gateway.py --only workers, its flags included
+    from bench.gateway import main
+
+    sys.argv[1:1] = ["--only", "workers"]
+    main()

@@ -69,7 +69,7 @@ NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
     "coldstart_bake.py": "run by coldstart.py",
-    "gateway_workers.py": "run by gateway.py --only workers (test_the_gateway_workers_pass_runs)",
+    "gateway_workers.py": "the same as gateway.py --only workers (test_the_gateway_workers_pass_runs)",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",

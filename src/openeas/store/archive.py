@@ -29,6 +29,7 @@ class Store(Protocol):
     """What these helpers use of openeas.store.Store (not imported: the store imports this module)."""
 
     def session(self) -> AbstractContextManager[Session]: ...
+    def read(self) -> AbstractContextManager[Session]: ...
     def _service(self, s: Session, name: str) -> ServiceRow: ...
     def _event(self, s: Session, service: str, reason: str, message: str, *, type: str = ...) -> None: ...
     def _bump_routing(self, s: Session) -> None: ...
@@ -63,7 +64,7 @@ def create_tables(conn: Connection) -> None:
 
 
 def dormancies(store: Store) -> dict[str, Dormancy]:
-    with store.session() as s:
+    with store.read() as s:
         return {r.service: Dormancy(r.since, r.warned) for r in s.scalars(select(DormancyRow))}
 
 
@@ -145,7 +146,7 @@ def archived(store: Store, name: str | None = None) -> list[ArchivedRow]:
     q = select(ArchivedRow).order_by(ArchivedRow.id)
     if name is not None:
         q = q.where(ArchivedRow.name == name)
-    with store.session() as s:
+    with store.read() as s:
         return list(s.scalars(q))
 
 

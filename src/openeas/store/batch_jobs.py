@@ -122,22 +122,22 @@ class BatchStore:
             return row
 
     def get(self, job_id: str) -> BatchJobRow:
-        with self.store.session() as s:
+        with self.store.read() as s:
             row = s.get(BatchJobRow, job_id)
             if row is None:
                 raise NotFound(f"batch job '{job_id}' not found")
             return row
 
     def all(self) -> list[BatchJobRow]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return list(s.scalars(select(BatchJobRow).order_by(BatchJobRow.created_at)))
 
     def running(self) -> list[BatchJobRow]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return list(s.scalars(select(BatchJobRow).where(BatchJobRow.state == RUNNING)))
 
     def pending_shards(self, job_id: str) -> list[Shard]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = s.scalars(
                 select(BatchShardRow)
                 .where(BatchShardRow.job_id == job_id, BatchShardRow.done == 0)

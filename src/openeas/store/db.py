@@ -50,7 +50,12 @@ log = logging.getLogger("openeas.store")
 _ROUTING_BUMPED = "openeas.routing_bumped"
 
 
-# The PostgreSQL advisory lock every store transaction takes first (see make_engine): an arbitrary
+# The execution option that marks a read-only transaction (Store.read): on SQLite it begins
+# DEFERRED, without the write lock (in WAL mode readers run beside the one writer); on PostgreSQL
+# it reads one snapshot (REPEATABLE READ, READ ONLY) without the advisory lock below.
+READ_ONLY = "openeas_read_only"
+
+# The PostgreSQL advisory lock every store write transaction takes first (see make_engine): an arbitrary
 # number, the same in every OpenEAS process that shares the database.
 PG_TRANSACTION_LOCK = 0x0E_A5_0001
 
@@ -90,12 +95,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            # Transactions read, then write (the routing version, a replica's phase). A deferred
-            # transaction that upgrades to a writer after another one committed fails at once
-            # with "database is locked" whatever busy_timeout says; taking the write lock at
+        def _begin(conn: Connection) -> None:
+            # Write transactions read, then write (the routing version, a replica's phase). A
+            # deferred transaction that upgrades to a writer after another one committed fails at
+            # once with "database is locked" whatever busy_timeout says; taking the write lock at
             # BEGIN makes concurrent writers (API threads, supervisors) wait their turn instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only transactions never upgrade: they begin deferred and never wait for a writer.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -105,12 +112,16 @@ def _postgres_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _serialize(conn: Connection) -> None:
-        # As SQLite's BEGIN IMMEDIATE above: transactions read, then write (the routing version,
-        # a replica's phase), and under READ COMMITTED two of them could both read version N and
-        # both write N+1. One transaction-scoped advisory lock taken first makes store
-        # transactions run one at a time, as on SQLite; it is released at COMMIT or ROLLBACK.
-        # Readers outside the store (the gateways) do not take it.
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_TRANSACTION_LOCK})")
+        # As SQLite's BEGIN IMMEDIATE above: write transactions read, then write (the routing
+        # version, a replica's phase), and under READ COMMITTED two of them could both read
+        # version N and both write N+1. One transaction-scoped advisory lock taken first makes
+        # store writes run one at a time, as on SQLite; it is released at COMMIT or ROLLBACK.
+        # Read-only transactions (and readers outside the store: the gateways) do not take it;
+        # they read one snapshot of what was committed, as SQLite's WAL readers do.
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        else:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_TRANSACTION_LOCK})")
 
     return engine
 
@@ -132,6 +143,9 @@ class Store:
         self.cipher = TokenCipher(data_dir / "secret.key")
         migrate(self.engine, self.cipher)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        self._reads = sessionmaker(self.read_engine, expire_on_commit=False)
+        event.listen(self._reads, "before_flush", _no_writes)
         self._notify = self.engine.dialect.name == "postgresql"
         self._routing_listeners: list[Callable[[int], object]] = []
 
@@ -143,6 +157,13 @@ class Store:
         version = s.info.get(_ROUTING_BUMPED)
         if version is not None:
             self._routing_changed(version)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session: it does not wait for a writer, nor make writers wait (see
+        make_engine). Writing in it raises (on PostgreSQL the server refuses it too)."""
+        with self._reads.begin() as s:
+            yield s
 
     # ---- meta -------------------------------------------------------------------------------
     def _get_meta(self, s: Session, key: str) -> str | None:
@@ -167,7 +188,7 @@ class Store:
             return token
 
     def routing_version(self) -> int:
-        with self.session() as s:
+        with self.read() as s:
             return int(self._get_meta(s, "routing_version") or 0)
 
     def _bump_routing(self, s: Session) -> None:
@@ -282,15 +303,15 @@ class Store:
         return row
 
     def get_service(self, name: str) -> ServiceRow:
-        with self.session() as s:
+        with self.read() as s:
             return self._service(s, name)
 
     def list_services(self) -> list[ServiceRow]:
-        with self.session() as s:
+        with self.read() as s:
             return list(s.scalars(select(ServiceRow).order_by(ServiceRow.name)))
 
     def version_spec(self, name: str, version: int) -> ServiceSpec:
-        with self.session() as s:
+        with self.read() as s:
             self._service(s, name)
             row = s.get(VersionRow, (name, version))
             if row is None:
@@ -299,7 +320,7 @@ class Store:
             return parse_stored_spec(unseal(row.spec, self.cipher))
 
     def versions(self, name: str) -> list[VersionRow]:
-        with self.session() as s:
+        with self.read() as s:
             self._service(s, name)
             return list(
                 s.scalars(select(VersionRow).where(VersionRow.service == name).order_by(VersionRow.version))
@@ -360,14 +381,14 @@ class Store:
         return row
 
     def replicas(self, service: str | None = None) -> list[ReplicaRow]:
-        with self.session() as s:
+        with self.read() as s:
             q = select(ReplicaRow).order_by(ReplicaRow.created_at)
             if service is not None:
                 q = q.where(ReplicaRow.service == service)
             return list(s.scalars(q))
 
     def get_replica(self, rid: str) -> ReplicaRow | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.get(ReplicaRow, rid)
 
     def update_replica(self, rid: str, **fields: Unpack[ReplicaFields]) -> ReplicaRow | None:
@@ -413,7 +434,7 @@ class Store:
 
     def usage(self, *, service: str | None = None, since: float | None = None) -> list[_usage.UsageRow]:
         """The meter's record: each replica's billed life (store/usage.py)."""
-        with self.session() as s:
+        with self.read() as s:
             return _usage.usage_rows(s, service=service, since=since)
 
     def add_requests(self, counts: dict[str, int], wall: float) -> None:
@@ -425,7 +446,7 @@ class Store:
         self, *, service: str | None = None, since: float | None = None
     ) -> list[_requests.RequestUsageRow]:
         """The meter's record of requests: by service and UTC hour (store/request_usage.py)."""
-        with self.session() as s:
+        with self.read() as s:
             return _requests.rows(s, service=service, since=since)
 
     def record_cold_start(self, service: str, version: int, replica: str, spans: dict[str, Any]) -> None:
@@ -434,7 +455,7 @@ class Store:
             _cold.record(s, service, version, replica, time.time(), spans)
 
     def cold_starts(self, service: str, limit: int = _cold.KEEP_PER_SERVICE) -> list[_cold.ColdStartRow]:
-        with self.session() as s:
+        with self.read() as s:
             return _cold.recent(s, service, limit)
 
     # ---- events ---------------------------------------------------------------------------------
@@ -461,7 +482,7 @@ class Store:
             self._event(s, service, reason, message, type=type, replica=replica)
 
     def events(self, service: str, limit: int = 100) -> list[EventRow]:
-        with self.session() as s:
+        with self.read() as s:
             rows = list(
                 s.scalars(
                     select(EventRow)
@@ -471,6 +492,10 @@ class Store:
                 )
             )
         return rows[::-1]
+
+
+def _no_writes(session: Session, _flush_context: Any, _instances: Any) -> None:
+    raise RuntimeError("Store.read() is read-only: write in Store.session()")
 
 
 def _initial_replicas(spec: ServiceSpec) -> int:

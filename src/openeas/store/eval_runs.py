@@ -50,7 +50,7 @@ def _load(value: Any) -> dict[str, Any]:
 
 
 def get(store: Store, run_id: str) -> dict[str, Any]:
-    with store.engine.connect() as conn:
+    with store.read_engine.connect() as conn:
         row = conn.execute(text("SELECT report FROM eval_runs WHERE id = :id"), {"id": run_id}).first()
     if row is None:
         raise NotFound(f"eval run '{run_id}' not found")
@@ -64,7 +64,7 @@ def list_runs(store: Store, service: str | None = None, limit: int = 50) -> list
     if service is not None:
         query += " WHERE service = :s"
         params["s"] = service
-    with store.engine.connect() as conn:
+    with store.read_engine.connect() as conn:
         rows = conn.execute(text(query + " ORDER BY created_at DESC LIMIT :limit"), params).all()
     out = []
     for (value,) in rows:

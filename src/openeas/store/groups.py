@@ -147,23 +147,23 @@ class GroupStore:
         )
 
     def get(self, name: str) -> Group:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return self._view(s, self._row(s, name))
 
     def exists(self, name: str) -> bool:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return s.get(GroupRow, name) is not None
 
     def list_groups(self) -> list[Group]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return [self._view(s, r) for r in s.scalars(select(GroupRow).order_by(GroupRow.name))]
 
     def token(self, name: str) -> str:
-        with self.store.session() as s:
+        with self.store.read() as s:
             return self.store.cipher.decrypt(self._row(s, name).token_enc)
 
     def groups_of(self, service: str) -> list[str]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             q = select(GroupMemberRow.group).where(GroupMemberRow.service == service)
             return sorted(s.scalars(q))
 
@@ -286,7 +286,7 @@ class GroupStore:
 
     def rollback(self, name: str) -> Group:
         """Restore the routes as they were before the last change (one command, one push)."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             previous = self._row(s, name).previous
         if previous is None:
             raise Conflict(f"group '{name}' has no earlier routes to roll back to")
@@ -297,7 +297,7 @@ class GroupStore:
     def join(self, name: str, service: str, weight: int = 0) -> Group:
         """Add ``service`` to the group (weight 0 unless given: a new member gets no traffic
         until someone gives it some)."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             group = self._view(s, self._row(s, name))
         if group.member(service) is not None:
             raise Conflict(f"service '{service}' is already a member of group '{name}'")
@@ -306,7 +306,7 @@ class GroupStore:
         return self.set_routes(name, routes, reason="MemberJoined", message=message)
 
     def leave(self, name: str, service: str) -> Group:
-        with self.store.session() as s:
+        with self.store.read() as s:
             group = self._view(s, self._row(s, name))
         if group.member(service) is None:
             raise NotFound(f"service '{service}' is not a member of group '{name}'")
@@ -317,7 +317,7 @@ class GroupStore:
         """A service spec's ``metadata.group`` (EAS): the group is created with the service as its
         one member (all the traffic) when absent; else the service joins with weight 0. Returns
         what happened, None when it was a member already."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             row = s.get(GroupRow, group)
             if row is not None and any(m.service == service for m in self._members(s, group)):
                 return None
@@ -378,7 +378,7 @@ class GroupStore:
     # ---- the 48-hour rule -----------------------------------------------------------------------
     def traffic_guard(self, service: str, now: float) -> TrafficHold | None:
         """Whether deleting or stopping ``service`` now needs --force, and why (None: it does not)."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = list(s.scalars(select(GroupRow)))
             holds = []
             for row in rows:

@@ -59,14 +59,14 @@ class RolloutStore:
         return plan, state
 
     def get(self, group: str) -> tuple[RolloutPlan, RolloutState]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             row = s.get(RolloutRow, group)
             if row is None:
                 raise NotFound(f"group '{group}' has no rollout")
             return RolloutPlan.from_dict(row.plan), RolloutState.from_dict(row.state)
 
     def active(self) -> list[tuple[RolloutPlan, RolloutState]]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = list(s.scalars(select(RolloutRow)))
         out = []
         for row in rows:
@@ -77,7 +77,7 @@ class RolloutStore:
 
     def restoring(self) -> list[tuple[RolloutPlan, RolloutState]]:
         """The ended rollouts whose group's routes are still to be restored (``restore_pending``)."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = list(s.scalars(select(RolloutRow)))
         out = []
         for row in rows:

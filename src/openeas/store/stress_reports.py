@@ -110,7 +110,7 @@ def mark_abandoned(store: Store) -> int:
 def listing(store: Store, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Summaries, newest first."""
     where = "WHERE target = :target " if target else ""
-    with store.engine.connect() as conn:
+    with store.read_engine.connect() as conn:
         rows = conn.execute(
             text(f"SELECT summary, status FROM stress_reports {where}ORDER BY created_at DESC LIMIT :limit"),
             {"target": target, "limit": limit},
@@ -120,7 +120,7 @@ def listing(store: Store, target: str | None = None, limit: int = 100) -> list[d
 
 
 def get(store: Store, rid: str) -> dict[str, Any]:
-    with store.engine.connect() as conn:
+    with store.read_engine.connect() as conn:
         row = conn.execute(
             text("SELECT report, status FROM stress_reports WHERE id = :id"), {"id": rid}
         ).first()

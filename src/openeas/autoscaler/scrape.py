@@ -1,7 +1,7 @@
 """Collectors that read Prometheus text over HTTP: a named metric on every Ready replica's
 ``/metrics`` (:class:`ReplicaScraper`: ``vllm:num_requests_running``,
 ``llamacpp:requests_processing``, the test server's ``testserver_requests_in_flight``...), and the
-parsing the engine-load scrape and the console share (`parse_samples`, `label`, `fetch_text`).
+parsing and reading the engine-load scrape shares (`parse_samples`, `fetch_text`).
 
 The gateway's counters are not scraped: they come in its counters datagram
 (:mod:`openeas.telemetry.gateway_stats`); its ``/metrics`` is for Prometheus.
@@ -46,16 +46,6 @@ def parse_samples(text: str, wanted: set[str]) -> dict[str, list[tuple[str, floa
         except ValueError:
             continue
     return out
-
-
-def label(labels: str, key: str) -> str | None:
-    """The value of label ``key`` in a sample's ``{...}`` text; None when it has none."""
-    prefix = f'{key}="'
-    i = labels.find(prefix)
-    if i == -1:
-        return None
-    j = labels.find('"', i + len(prefix))
-    return labels[i + len(prefix) : j] if j != -1 else None
 
 
 async def fetch_text(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str | None:

@@ -5,17 +5,25 @@ the charts, and the documented defaults (docs/console.md)."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from openeas.console import pages, stress_page
+from openeas.api.app import create_app
+from openeas.api.control import ControlPlane
+from openeas.console import pages, queues_page, stress_page
+from openeas.console.apicall import Answer
 from openeas.console.costcol import COST_TTL_S, cost_text
 from openeas.console.html import CSP, esc, sparkline
 from openeas.console.live import HISTORY_POINTS, LIVE_INTERVAL_S
 from openeas.console.rates import Reading, window
-from openeas.console.routes import MAX_FORM_BYTES, STREAM_KEEPALIVE_S, action_errors
-from openeas.console.session import MAX_SESSIONS, SESSION_TTL_S, Session, Sessions, csrf_ok
+from openeas.console.routes import MAX_FORM_BYTES, STREAM_KEEPALIVE_S, Console, action_errors
+from openeas.console.session import COOKIE, MAX_SESSIONS, SESSION_TTL_S, Session, Sessions, csrf_ok
+from openeas.spec import parse_spec
+from openeas.store import Store
 from openeas.telemetry.answers import MemberSample
 from openeas.telemetry.latency import SERVICE_LATENCY_BUCKETS_S
 
@@ -375,3 +383,49 @@ def test_stress_steps_mark_achieved_short_of_offered_and_escape() -> None:
 
 def test_stress_form_defaults_are_a_short_test() -> None:
     assert stress_page.SHORT_TEST == {"step_s": "2", "duration_s": "20", "max_qps": "200"}
+
+
+class RecordingConsole(Console):
+    """The console with its in-process API calls recorded (each still goes to the real API)."""
+
+    calls: list[str]
+
+    async def api(self, method: str, path: str, body: Any = None) -> Answer:
+        self.calls.append(f"{method} {path}")
+        return await super().api(method, path, body)
+
+
+@pytest.mark.parametrize(
+    ("types", "call_info"),
+    [
+        pytest.param({"s1": None, "s2": "Standard"}, [], id="no-async-service"),
+        pytest.param({"a1": "Async", "s1": None, "s2": None}, ["a1"], id="one-async-of-three"),
+    ],
+)
+def test_the_async_page_makes_one_list_call_and_call_info_for_async_services_only(
+    tmp_path: Path, types: dict[str, str | None], call_info: list[str]
+) -> None:
+    store = Store(tmp_path)
+    for name, type_ in types.items():
+        meta = {"name": name, "instance": 1} | ({"type": type_} if type_ else {})
+        store.create_service(parse_spec({"metadata": meta, "containers": [{"command": "x", "port": 8000}]}))
+    cp = ControlPlane(store, "http://127.0.0.1:9")  # the queues' gateway: nothing listens there
+    app = create_app(cp)
+    c = RecordingConsole(app, cp, Sessions(cp.admin_token), None, time.time)  # type: ignore[arg-type]
+    c.calls = []
+    queues_page.add(c)
+    session = c.sessions.login(cp.admin_token, time.time())
+    assert session is not None
+    # The service list says each service's mode: what the page needs to pick the async ones.
+    listed = {s["name"]: s["mode"] for s in TestClient(app).get(
+        "/api/v1/services", headers={"Authorization": cp.admin_token}).json()["services"]}  # fmt: skip
+    assert listed == {n: "async" if t == "Async" else "sync" for n, t in types.items()}
+    page = TestClient(app, cookies={COOKIE: session.id}).get("/console/async")
+    assert page.status_code == 200
+    assert c.calls == [
+        "GET /api/v1/services",
+        *(f"GET /api/v1/services/{name}/call-info" for name in call_info),
+        "GET /api/v1/batch",
+    ]
+    for name in call_info:  # its queue is shown, with the gateway's refusal
+        assert f'id="q-{name}"' in page.text and "queue:" in page.text

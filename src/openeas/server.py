@@ -309,6 +309,7 @@ def _compose(
         host_paths=host_paths,
         idle_watch=idle,
         node_cache=reconciler.cache,
+        specs=reconciler.specs,
         baker=Baker(store, reconciler.prefetch, runtimes.container_engine, runtimes.engine_problem),
     )
 

@@ -23,6 +23,7 @@ from openeas.spec import ServiceSpec
 from openeas.storage import NodeCache
 from openeas.storage.hostpaths import HostPaths, check_request_files, check_spec
 from openeas.store import ReplicaRow, ServiceRow, Store
+from openeas.store.spec_cache import SpecCache
 from openeas.telemetry import COLD_START_SPANS, ControlMetrics
 from openeas.telemetry.coldstart import startup_progress
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -52,8 +53,11 @@ class ControlPlane:
         idle_watch: IdleWatch | None = None,
         node_cache: NodeCache | None = None,
         baker: Baker | None = None,
+        specs: SpecCache | None = None,
     ) -> None:
         self.store = store
+        # Each service's current spec, parsed once (the reconciler's: the server shares it).
+        self.specs = specs or SpecCache(store)
         self.batch_wake = batch_wake  # the batch runner's wake
         # What runs replicas here (for the runtime choice that describe and dry-run show).
         self.runtimes = runtimes
@@ -119,10 +123,19 @@ class ControlPlane:
             "ready_replicas": sum(r.phase == ReplicaPhase.READY for r in live),
             "total_replicas": len(live),
             "endpoint": self.endpoint(svc.name),
+            "mode": self.mode(svc),
             "created_at": iso_time(svc.created_at),
             "updated_at": iso_time(svc.updated_at),
             "idle": self.idle_watch.view(svc.name) if self.idle_watch is not None else None,
         }
+
+    def mode(self, svc: ServiceRow) -> str | None:
+        """The service's inference mode: "async" (a queue before its replicas) or "sync"; None
+        when its spec is gone meanwhile (deleted between the list and this read)."""
+        try:
+            return "async" if self.specs.current(svc).is_async else "sync"
+        except NotFound:
+            return None
 
     def detail(self, name: str) -> dict[str, Any]:
         svc = self.store.get_service(name)

@@ -142,13 +142,13 @@ def add(c: Any) -> None:
         return got.body if got.ok else None
 
     async def queues() -> list[dict[str, Any]]:
+        # One list call; call-info and the queue's two reads for the async services only (the
+        # list says each service's mode: no detail call per service on each render).
         svcs = await c.api("GET", "/api/v1/services")
         out = []
         async with aiohttp.ClientSession() as session:
             for s in svcs.body.get("services", []) if svcs.ok else []:
-                detail = await c.api("GET", f"/api/v1/services/{urllib.parse.quote(s['name'])}")
-                meta = (detail.body.get("spec") or {}).get("metadata") or {} if detail.ok else {}
-                info = await call_info(s["name"]) if meta.get("type") == "Async" else None
+                info = await call_info(s["name"]) if s.get("mode") == "async" else None
                 if info is None:
                     continue
                 q: dict[str, Any] = {"name": s["name"]}

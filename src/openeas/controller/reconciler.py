@@ -41,6 +41,7 @@ from openeas.spec import ServiceSpec
 from openeas.storage import NodeCache
 from openeas.storage.cache_index import keys_in_use
 from openeas.store import ReplicaRow, ServiceRow, Store
+from openeas.store.spec_cache import SpecCache
 
 log = logging.getLogger("openeas.reconciler")
 
@@ -74,7 +75,8 @@ class Reconciler:
         self.capacity = capacity or node_capacity()
         self.admitted: set[str] = set()  # replica ids holding their share of the node
         self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
-        self._specs: dict[tuple[str, int, float], ServiceSpec] = {}  # (service, version, created_at)
+        # Each service's current spec, parsed once; the API's service list reads it too.
+        self.specs = SpecCache(store)
 
     def wake(self) -> None:
         """Ask for a pass now; safe from any thread. The API calls this after writing desired
@@ -103,20 +105,11 @@ class Reconciler:
         return killed
 
     def _spec(self, svc: ServiceRow) -> ServiceSpec:
-        """The spec of ``svc``'s current version, read and parsed once: a version never changes,
-        and a service deleted and made again has another ``created_at``. (Read each pass, 50
-        services made 200 reads and parses a second on the event loop the API answers from.)"""
-        key = (svc.name, svc.current_version, svc.created_at)
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = self._specs[key] = self.store.version_spec(svc.name, svc.current_version)
-        return spec
+        return self.specs.current(svc)
 
     def reconcile_once(self) -> None:
         services = {s.name: s for s in self.store.list_services()}
-        current = {(s.name, s.current_version, s.created_at) for s in services.values()}
-        for gone in set(self._specs) - current:
-            del self._specs[gone]
+        self.specs.keep_only(services.values())
         replicas = self.store.replicas()
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}

@@ -20,10 +20,10 @@ import requests
 from tests.harness import (
     Server,
     alive,
-    kill_gateway,
     new_server,
     recorded_gateway_pid,
     service_spec,
+    stop_and_reap,
     wait_for,
 )
 from tests.lifecycle_load import Load
@@ -109,8 +109,7 @@ def test_server_restart_under_load_fails_no_request(
     finally:
         if load is not None:
             load.stop()
-        srv.stop()
-        kill_gateway(srv.data_dir)
+        stop_and_reap(srv)  # its gateway and, after --keep-replicas, its replicas too
 
 
 def test_a_gateway_that_dies_is_restarted_and_the_server_goes_on(server: Server) -> None:

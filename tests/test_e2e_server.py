@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from openeas.runtime.identity import node_tag
-from tests.harness import Server, alive, new_server, replica_processes, service_spec, wait_for
+from tests.harness import Server, alive, new_server, replica_processes, service_spec, stop_and_reap, wait_for
 
 CLI = [sys.executable, "-m", "openeas.cli"]
 
@@ -84,7 +84,7 @@ def test_server_kill9_adopts_its_replicas_and_kills_orphans(tmp_path: Path):
         c.wait_deleted("durable", timeout_s=30)
         wait_for(lambda: not replica_processes(srv.data_dir), 15, what="no replica processes")
     finally:
-        srv.stop()
+        stop_and_reap(srv)  # the gateway too: a killed server leaves it running
         if ghost is not None and ghost.poll() is None:
             ghost.kill()
             ghost.wait(5)
@@ -114,7 +114,7 @@ def test_stale_pids_are_never_adopted(tmp_path: Path):
         assert stranger.poll() is None  # neither adopted nor killed
         assert replica_processes(srv.data_dir) == sorted(r["pid"] for r in after.values())
     finally:
-        srv.stop()
+        stop_and_reap(srv)  # the gateway too: a killed server leaves it running
         stranger.kill()
         stranger.wait(5)
 

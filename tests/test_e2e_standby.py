@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from tests.harness import new_server, read_proc, service_spec, wait_for
+from tests.harness import new_server, read_proc, service_spec, stop_and_reap, wait_for
 
 # The bound on scale call → the promoted replica answering (the promotion itself is one probe:
 # ~0.1 s idle; generous here, the machine is shared). A cold test-server start takes ~1-3 s.
@@ -80,4 +80,4 @@ def test_scale_out_promotes_a_frozen_standby_and_kill9_adopts_one(tmp_path: Path
             c.delete(name)
             c.wait_deleted(name, timeout_s=30)
     finally:
-        srv.stop()
+        stop_and_reap(srv)  # the gateway too: a killed server leaves it running

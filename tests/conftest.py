@@ -79,11 +79,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # ---- pytest-xdist (scripts/test.sh runs the suite on several workers, --dist loadscope) -------------
 # A worker takes a whole module (its module-scoped servers start once), except the modules split
 # here: by a module-scoped parameter that starts servers of its own (the container suite's engine,
-# the async suite's queue backend), or test by test where the tests share nothing (each bench smoke
+# the async suites' queue backend), or test by test where the tests share nothing (each bench smoke
 # form runs a bench of its own). Session fixtures (PostgreSQL, Redis) start once per worker.
 SPLIT_BY_PARAM = {
     "tests/test_e2e_container.py": re.compile(r"\b(podman|docker)\b"),
     "tests/test_e2e_async.py": re.compile(r"\b(sqlite|redis)\b"),
+    "tests/test_e2e_async_crash.py": re.compile(r"\b(sqlite|redis)\b"),
 }
 SPLIT_BY_TEST = {"tests/test_bench_smoke.py"}
 

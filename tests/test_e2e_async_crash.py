@@ -16,7 +16,6 @@ import re
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,14 +33,19 @@ from tests.harness import (
 from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
 from tests.test_e2e_async import RID, async_spec
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("kind", BACKENDS)]
+pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def qserver(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = new_server(tmp_path / "data")
-    if kind != "sqlite":
-        srv.extra_env["OPENEAS_QUEUE_URL"] = backend_url(kind, tmp_path, request)
+@pytest.fixture(scope="module", params=BACKENDS)
+def qserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per queue backend for the module: each test deploys a service of its own name
+    (a start and stop cost 5-10 s on a loaded CI worker; tests/conftest.py hands the two backends
+    to two workers). The replica kill test runs first, while its replica is the only one; the
+    kill -9 of the server and gateway runs last, and restarts them for the next backend's tests."""
+    tmp = tmp_path_factory.mktemp(f"qserver-{request.param}")
+    srv = new_server(tmp / "data")
+    if request.param != "sqlite":
+        srv.extra_env["OPENEAS_QUEUE_URL"] = backend_url(request.param, tmp, request)
     srv.start()
     yield srv
     stop_and_reap(srv)
@@ -90,6 +94,24 @@ def gateway_metric(srv: Server, name: str, service: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def test_kill_9_of_a_replica_mid_request_redelivers_it(qserver: Server) -> None:
+    c = qserver.client
+    c.deploy(async_spec("victim", args="--latency-ms 3000"))
+    c.wait_ready("victim", 1, timeout_s=60)
+    api = Api(qserver, "victim")
+    rid = api.put()
+    wait_for(lambda: api.get(requestId=rid)["status"] == "in_flight", 10, what="in flight")
+    (rep,) = c.describe("victim")["replicas"]
+    # The replica has it (its own count, read at its port), and holds it for 3 s.
+    wait_for(lambda: replica_in_flight(rep["port"]) == 1, 10, what="the replica serving the request")
+    (pid,) = replica_processes(qserver.data_dir)
+    assert pid == rep["pid"]
+    os.kill(pid, signal.SIGKILL)
+    r = api.result(rid, "30s")
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert api.get(requestId=rid)["attempts"] == 2  # the killed attempt, then the redelivery
+
+
 def test_a_thousand_requests_at_zero_replicas_are_all_answered_once(qserver: Server) -> None:
     c = qserver.client
     c.deploy(async_spec("zero", replicas=0, queue={"window": 20}))
@@ -107,6 +129,28 @@ def test_a_thousand_requests_at_zero_replicas_are_all_answered_once(qserver: Ser
     assert gateway_metric(qserver, "openeas_queue_duplicate_answers_total", "zero") == 0
     assert gateway_metric(qserver, "openeas_queue_backlog", "zero") == 0
     assert gateway_metric(qserver, "openeas_queue_enqueued_total", "zero") == 1000
+
+
+def test_always_failing_replica_dead_letters_then_redrive(qserver: Server) -> None:
+    c = qserver.client
+    spec = async_spec("flaky", args="--failure-rate 1", queue={"max_delivery": 3})
+    c.deploy(spec)
+    c.wait_ready("flaky", 1, timeout_s=60)
+    api = Api(qserver, "flaky")
+    ids = [api.put(b'{"x": 1}') for _ in range(2)]
+    dead = wait_for(lambda: (d := api.get(_dead_="true")) and len(d) == 2 and d, 30, what="2 dead letters")
+    assert {d["requestId"] for d in dead} == set(ids)
+    assert all(d["attempts"] == 3 and "answered 500" in d["lastError"] for d in dead)
+    r = api.result(ids[0], "1s")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "dead_letter"
+    c.update("flaky", async_spec("flaky", queue={"max_delivery": 3}))  # the fixed version
+    wait_for(lambda: all(rep["version"] == 2 and rep["phase"] == "Ready" for rep in c.describe("flaky")["replicas"])
+             and len(c.describe("flaky")["replicas"]) == 1, 60, what="version 2 ready")
+    redrive = requests.post(api.url, params={"_redrive_": "true"}, headers=api.h, timeout=10)
+    assert redrive.json() == {"redriven": 2}
+    for rid in ids:
+        assert api.result(rid, "20s").status_code == 200
+    assert api.get(_dead_="true") == []
 
 
 def test_kill_9_of_server_and_gateway_loses_and_repeats_nothing(qserver: Server) -> None:
@@ -132,46 +176,3 @@ def test_kill_9_of_server_and_gateway_loses_and_repeats_nothing(qserver: Server)
     assert any(r["tags"]["status"] == "200" for r in results)
     # Requests in flight when the dispatcher died were redelivered: a second attempt.
     assert any(r["attempts"] >= 2 for r in results)
-
-
-def test_kill_9_of_a_replica_mid_request_redelivers_it(qserver: Server) -> None:
-    c = qserver.client
-    c.deploy(async_spec("victim", args="--latency-ms 3000"))
-    c.wait_ready("victim", 1, timeout_s=60)
-    api = Api(qserver, "victim")
-    rid = api.put()
-    wait_for(lambda: api.get(requestId=rid)["status"] == "in_flight", 10, what="in flight")
-    (rep,) = c.describe("victim")["replicas"]
-    # The replica has it (its own count, read at its port), and holds it for 3 s.
-    wait_for(lambda: replica_in_flight(rep["port"]) == 1, 10, what="the replica serving the request")
-    (pid,) = replica_processes(qserver.data_dir)
-    assert pid == rep["pid"]
-    os.kill(pid, signal.SIGKILL)
-    r = api.result(rid, "30s")
-    assert r.status_code == 200 and r.json() == {"ok": True}
-    assert api.get(requestId=rid)["attempts"] == 2  # the killed attempt, then the redelivery
-
-
-def test_always_failing_replica_dead_letters_then_redrive(qserver: Server) -> None:
-    c = qserver.client
-    spec = async_spec("flaky", args="--failure-rate 1", queue={"max_delivery": 3})
-    c.deploy(spec)
-    c.wait_ready("flaky", 1, timeout_s=60)
-    api = Api(qserver, "flaky")
-    ids = [api.put(b'{"x": 1}') for _ in range(2)]
-    dead = wait_for(lambda: (d := api.get(_dead_="true")) and len(d) == 2 and d, 30, what="2 dead letters")
-    assert {d["requestId"] for d in dead} == set(ids)
-    assert all(d["attempts"] == 3 and "answered 500" in d["lastError"] for d in dead)
-    r = api.result(ids[0], "1s")
-    assert r.status_code == 502 and r.json()["error"]["code"] == "dead_letter"
-    c.update("flaky", async_spec("flaky", queue={"max_delivery": 3}))  # the fixed version
-    wait_for(lambda: all(rep["version"] == 2 and rep["phase"] == "Ready" for rep in c.describe("flaky")["replicas"])
-             and len(c.describe("flaky")["replicas"]) == 1, 60, what="version 2 ready")
-    redrive = requests.post(api.url, params={"_redrive_": "true"}, headers=api.h, timeout=10)
-    assert redrive.json() == {"redriven": 2}
-    for rid in ids:
-        assert api.result(rid, "20s").status_code == 200
-    assert api.get(_dead_="true") == []
-
-
-

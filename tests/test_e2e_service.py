@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,22 @@ from tests.harness import (
     reachable_tmp,
     replica_processes,
     service_spec,
+    stop_and_reap,
     wait_for,
 )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: each test below deploys services of its own names and reads only
+    their state, so none needs a server of its own (a start and stop cost ~4 CPU-seconds, 5-10 s
+    on a loaded CI worker). Specs may name any folder under the session's temporary root (each
+    test's tmp_path). The tests that start servers themselves (a port in use, the admin token's
+    environment, a graceful stop) still do."""
+    srv = new_server(tmp_path_factory.mktemp("service") / "data")
+    srv.host_paths = [tmp_path_factory.getbasetemp()]
+    yield srv.start()
+    stop_and_reap(srv)
 
 
 def _ready_replicas(srv: Server, name: str) -> list[dict]:
@@ -121,6 +136,7 @@ def test_path_escaping_mount_is_rejected(server: Server, tmp_path: Path):
     assert "passwd" in message
     events = server.client.events("escape")
     assert any(e["reason"] == "MountFailed" and e["type"] == "Warning" for e in events)
+    server.client.delete("escape")  # the server is the module's: no failing replica retried beside the others
 
 
 def _admin(srv: Server) -> dict[str, str]:

@@ -143,7 +143,7 @@ def test_api_runs_a_bounded_test_in_the_server(srv: Server) -> None:
         "status"
     ] == "running":
         assert time.monotonic() < deadline
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert report["status"] == "completed", report
     assert [s["offered"] for s in report["steps"]] == [50, 50]
     assert all(s["errors"] == 0 and s["throughput"] == pytest.approx(50, rel=0.1) for s in report["steps"])

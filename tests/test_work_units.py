@@ -1,5 +1,5 @@
 """The units of work scripts/test.sh's pytest-xdist workers take (tests/conftest.py): a module,
-except the container suite by engine, the async suite by queue backend, the bench smoke forms one
+except the container suite by engine, the async suites by queue backend, the bench smoke forms one
 by one; and the longest units are handed out first."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from tests.conftest import FIRST, SERIAL, SPLIT_BY_PARAM, SPLIT_BY_TEST, in_phas
 C = "tests/test_e2e_container.py"
 A = "tests/test_e2e_async.py"
 B = "tests/test_bench_smoke.py"
+K = "tests/test_e2e_async_crash.py"
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,8 @@ B = "tests/test_bench_smoke.py"
         pytest.param(f"{C}::test_no_engine_is_a_clear_error", C, id="container-no-engine"),
         pytest.param(f"{A}::test_sink[redis]", f"{A}[redis]", id="async-redis"),
         pytest.param(f"{A}::test_sink[sqlite]", f"{A}[sqlite]", id="async-sqlite"),
+        pytest.param(f"{K}::test_kill[redis]", f"{K}[redis]", id="async-crash-redis"),
+        pytest.param(f"{K}::test_kill[sqlite]", f"{K}[sqlite]", id="async-crash-sqlite"),
         pytest.param(f"{B}::test_bench[soak.py]", f"{B}::test_bench[soak.py]", id="bench-one-by-one"),
     ],
 )

@@ -84,7 +84,12 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self.kill_orphans()
+        if any(rt.name == "ray" for rt in self.runtimes.all()):
+            # off the loop: the scan asks every replica actor (a round trip each, a second or more
+            # on a loaded machine), which held a new active's API for seconds after a takeover
+            await asyncio.to_thread(self.kill_orphans)
+        else:
+            self.kill_orphans()  # a read of /proc (or one container listing)
         while not stop.is_set():
             # Cleared before the pass: a wake() during it asks for another pass, it is not lost.
             self._wake.clear()

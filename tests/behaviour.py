@@ -256,18 +256,18 @@ Kill = Callable[[], tuple[Client, str]]  # kills the control plane; the client a
 
 
 def async_kill_loses_nothing(
-    c: Client, gateway_url: str, name: str, kill: Kill, *, requests_n: int = 120
+    c: Client, gateway_url: str, name: str, kill: Kill, *, requests_n: int = 120, latency_ms: int = 400
 ) -> list[dict[str, Any]]:
-    """An async service of 2 replicas taking 4 at a time, 0.4 s each; ``requests_n`` requests
-    accepted, some answered, some in flight, most queued; then ``kill`` (kill -9 of the server,
-    and whatever else the setup kills): every accepted request id has exactly one result, none
-    lost, none twice. The results."""
-    c.deploy(async_spec(name, args="--latency-ms 400", replicas=2, queue={"window": 4}))
+    """An async service of 2 replicas taking 4 at a time from each gateway, ``latency_ms`` each;
+    ``requests_n`` requests accepted, some answered, some in flight, some queued; then ``kill``
+    (kill -9 of the server, and whatever else the setup kills): every accepted request id has
+    exactly one result, none lost, none twice. The results."""
+    c.deploy(async_spec(name, args=f"--latency-ms {latency_ms}", replicas=2, queue={"window": 4}))
     c.wait_ready(name, 2, timeout_s=90)
     api = QueueApi(gateway_url, c.call_info(name)["token"], name)
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: api.put(b'{"n": %d}' % i), range(requests_n)))
-    # Some answered, some in flight, most queued: 2 replicas x 4 at a time, 0.4 s each.
+    # Some answered, some in flight, some queued: 2 replicas x 4 at a time per gateway.
     wait_for(lambda: int(api.get(_attrs_="true")["stream.results"]) >= 8, 30, what="first results")
     attrs = api.get(_attrs_="true")
     assert int(attrs["stream.inFlight"]) > 0 and int(attrs["stream.queued"]) > 0, attrs

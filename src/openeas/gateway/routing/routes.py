@@ -47,50 +47,70 @@ def build_routes(
     upstreams: dict[UpstreamKey, UpstreamState],
     metrics: GatewayMetrics,
 ) -> dict[str, RouteState]:
-    """New per-service states for ``table``; mutates ``upstreams`` (adds new, retires gone ones)."""
+    """New per-service states for ``table``; mutates ``upstreams`` (adds new, retires gone ones).
+
+    A service whose route did not change keeps its state object as it is (the store's source
+    hands back the very same Route object for a service its read did not touch, so the check is
+    one identity test; an equal route read again is kept too), so a change to one service of
+    thousands builds one state."""
     routes: dict[str, RouteState] = {}
-    live: set[UpstreamKey] = set()
+    live: set[UpstreamState] = set()
     for service, route in table.routes.items():
-        states = []
-        for u in route.upstreams:
-            key = (u.replica_id, u.host, u.port)
-            live.add(key)
-            st = upstreams.get(key)
-            if st is None:
-                st = upstreams[key] = UpstreamState(u)
-            states.append(st)
         old = old_routes.get(service)
-        balancer: Balancer | None = None
-        error = None
-        if old is not None and old.route.balancer == route.balancer and old.balancer is not None:
-            balancer = old.balancer
-        else:
-            try:
-                balancer = create_balancer(route.balancer)
-            except UnknownBalancerError as e:
-                error = f"service '{service}' is misconfigured: {e}"
-        # The bucket survives a table swap while the limit stays the same (a swap must not refill it).
-        limiter = None
-        if route.rate_limit > 0:
-            keep = old is not None and old.limiter is not None and old.route.rate_limit == route.rate_limit
-            limiter = old.limiter if keep and old is not None else TokenBucket(route.rate_limit)
-        routes[service] = RouteState(
-            service=service,
-            route=route,
-            creds=Credentials.from_token(route.token) if route.token else None,
-            upstreams=states,
-            balancer=balancer,
-            balancer_error=error,
-            metrics=metrics.service(service),
-            max_body_bytes=_max_body(route),
-            timeout_s=route.timeout_s,
-            resend_unanswered=route.resend_unanswered,
-            limiter=limiter,
-            queue=route.queue,
-        )
-    for key in [k for k in upstreams if k not in live]:
+        if old is not None and (old.route is route or old.route == route):
+            routes[service] = old
+            live.update(old.upstreams)
+            continue
+        routes[service] = _route_state(service, route, old, upstreams, metrics)
+        live.update(routes[service].upstreams)
+    for key in [k for k, st in upstreams.items() if st not in live]:
         upstreams.pop(key).retire()
     return routes
+
+
+def _route_state(
+    service: str,
+    route: Route,
+    old: RouteState | None,
+    upstreams: dict[UpstreamKey, UpstreamState],
+    metrics: GatewayMetrics,
+) -> RouteState:
+    """The state of a new or changed route (adds its new replicas to ``upstreams``)."""
+    states = []
+    for u in route.upstreams:
+        key = (u.replica_id, u.host, u.port)
+        st = upstreams.get(key)
+        if st is None:
+            st = upstreams[key] = UpstreamState(u)
+        states.append(st)
+    balancer: Balancer | None = None
+    error = None
+    if old is not None and old.route.balancer == route.balancer and old.balancer is not None:
+        balancer = old.balancer
+    else:
+        try:
+            balancer = create_balancer(route.balancer)
+        except UnknownBalancerError as e:
+            error = f"service '{service}' is misconfigured: {e}"
+    # The bucket survives a table swap while the limit stays the same (a swap must not refill it).
+    limiter = None
+    if route.rate_limit > 0:
+        keep = old is not None and old.limiter is not None and old.route.rate_limit == route.rate_limit
+        limiter = old.limiter if keep and old is not None else TokenBucket(route.rate_limit)
+    return RouteState(
+        service=service,
+        route=route,
+        creds=Credentials.from_token(route.token) if route.token else None,
+        upstreams=states,
+        balancer=balancer,
+        balancer_error=error,
+        metrics=metrics.service(service),
+        max_body_bytes=_max_body(route),
+        timeout_s=route.timeout_s,
+        resend_unanswered=route.resend_unanswered,
+        limiter=limiter,
+        queue=route.queue,
+    )
 
 
 def _max_body(route: Route) -> int:

@@ -24,6 +24,8 @@ from typing import Any
 
 from openeas.gateway.groups.group_table import load_groups
 from openeas.gateway.routing.changes import Changes, changes_since
+from openeas.gateway.routing.table import gc_paused
+from openeas.kernel.groups import GroupDef
 from openeas.kernel.routing import ROUTING_LOG_TABLE, Route, RouteSettings, RoutingTable, Upstream
 from openeas.kernel.states import ROUTABLE_SQL, ServiceState
 from openeas.tokens import TokenCipher
@@ -37,9 +39,11 @@ KEY_FILE = "secret.key"
 _REPLICAS = (
     f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} ORDER BY created_at, id"
 )
+# The route of the current version by its key, one indexed lookup a service (a join let
+# PostgreSQL scan every version, specs and all, to find the few a change names).
 _SERVICES = (
-    "SELECT s.name, s.state, s.token_enc, v.route FROM services s "
-    "JOIN versions v ON v.service = s.name AND v.version = s.current_version{where}"
+    "SELECT s.name, s.state, s.token_enc, (SELECT v.route FROM versions v "
+    "WHERE v.service = s.name AND v.version = s.current_version) FROM services s{where}"
 )
 # Decrypted tokens kept beyond those in use (services and groups of the table) before the next
 # read is a whole one, which forgets the others: tokens changed by versions read as changes stay
@@ -77,6 +81,9 @@ class StoreRoutingSource:
         self._tokens: dict[str, str] = {}
         self._old_tokens: dict[str, str] = {}  # the cache before a whole read, while it runs
         self._has_log = False  # the store has the change log (schema v15; never dropped once there)
+        # The query that finds the groups' table, until it is found (then one that costs nothing:
+        # PostgreSQL's information_schema takes milliseconds, more than a whole change's read).
+        self._has_groups_sql = self.HAS_GROUPS_SQL
         # Reads of the store so far: "full" (the whole table) and "changes" (what changed only).
         self.reads: dict[str, int] = {"full": 0, "changes": 0}
 
@@ -159,11 +166,19 @@ class StoreRoutingSource:
             routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
         return routes
 
+    def _groups(self, db: Any, names: frozenset[str] | None) -> dict[str, GroupDef]:
+        """The groups ``names`` (every one when None) that exist."""
+        groups = load_groups(db, self._token, self._has_groups_sql, names, self.PARAM)
+        if groups:
+            self._has_groups_sql = "SELECT 1"  # the table is there (tables are never dropped)
+        return groups
+
     def _load(self, db: Any, version: int) -> RoutingTable:
         # The cache starts again with the tokens in use (taken from the old one, not decrypted).
         self._old_tokens, self._tokens = self._tokens, {}
-        routes = self._routes(db, None)
-        groups = load_groups(db, self._token, self.HAS_GROUPS_SQL, param=self.PARAM)
+        with gc_paused():
+            routes = self._routes(db, None)
+            groups = self._groups(db, None)
         self._old_tokens = {}  # forget the tokens no service or group has any more
         return RoutingTable(version=version, routes=routes, groups=groups)
 
@@ -183,7 +198,7 @@ class StoreRoutingSource:
         groups = old.groups
         if changes.groups:
             groups = dict(old.groups)
-            fresh_groups = load_groups(db, self._token, self.HAS_GROUPS_SQL, changes.groups, self.PARAM)
+            fresh_groups = self._groups(db, changes.groups)
             for name in changes.groups:
                 if name in fresh_groups:
                     groups[name] = fresh_groups[name]

@@ -122,14 +122,14 @@ def run_reconcile(args: argparse.Namespace, backends: dict[str, str | None]) -> 
     for backend, url in backends.items():
         worst = {}
         for n in (args.replicas // 10, args.replicas):
-            s = reconcile_passes(n, args.per_service, 3, url)
+            first, *s = reconcile_passes(n, args.per_service, 3, url)
             worst[n] = max(s)
             print(f"reconcile pass, {n} replicas on {cluster_sim.NODES} nodes, {cluster_sim.GATEWAYS} "
-                  f"gateways ({backend}): p50 {statistics.median(s):.3f} s, max {max(s):.3f} s",
-                  flush=True)  # fmt: skip
+                  f"gateways ({backend}): the first (every spec read and parsed) {first:.3f} s; then "
+                  f"p50 {statistics.median(s):.3f} s, max {max(s):.3f} s", flush=True)  # fmt: skip
         w = worst[args.replicas]
-        verdicts.append(f"reconcile ({backend}): one pass over {args.replicas} replicas {w:.3f} s at worst: "
-                        f"{'MET' if w <= cluster_sim.RECONCILE_GOAL_S else 'MISSED'} "
+        verdicts.append(f"reconcile ({backend}): a steady pass over {args.replicas} replicas {w:.3f} s "
+                        f"at worst: {'MET' if w <= cluster_sim.RECONCILE_GOAL_S else 'MISSED'} "
                         f"(goal ≤ {cluster_sim.RECONCILE_GOAL_S:g} s; {worst[args.replicas // 10]:.3f} s for "
                         f"{args.replicas // 10})")  # fmt: skip
     return verdicts
@@ -137,15 +137,17 @@ def run_reconcile(args: argparse.Namespace, backends: dict[str, str | None]) -> 
 
 def run_rollout(args: argparse.Namespace, backends: dict[str, str | None]) -> list[str]:
     verdicts = []
-    for backend, url in backends.items():
-        r = rollout_writes(ROLLOUT_REPLICAS, args.per_service, ROLLOUT_WRITERS, url)
-        print(f"rollout of {ROLLOUT_REPLICAS} replicas ({backend}, {ROLLOUT_WRITERS} writers): "
+    for backend, url in sorted(backends.items(), key=lambda b: b[0] != "PostgreSQL"):  # SQLite: the anchor
+        r = rollout_writes(args.rollout_replicas, args.per_service, ROLLOUT_WRITERS, url)
+        print(f"rollout of {args.rollout_replicas} replicas ({backend}, {ROLLOUT_WRITERS} writers): "
               f"{r['writes']:.0f} writes in {r['seconds']:.1f} s = {r['writes_per_s']:.0f} writes/s, "
               f"{r['versions_per_s']:.0f} routing versions/s; the gateway read {r['gateway_reads']} times "
               f"({r['gateway_full_reads']} whole), p50 {r['gateway_read_p50_ms']:.1f} ms, "
-              f"max {r['gateway_read_max_ms']:.1f} ms", flush=True)  # fmt: skip
-        verdicts.append(f"rollout ({backend}): {r['writes_per_s']:.0f} store writes/s "
-                        f"(no bound set: docs/scale.md)")  # fmt: skip
+              f"max {r['gateway_read_max_ms']:.1f} ms; replicas cut short by a store error: "
+              f"{r['failed']} {r['first_failure']}", flush=True)  # fmt: skip
+        verdicts.append(f"rollout ({backend}): {r['writes_per_s']:.0f} store writes/s, {r['failed']} of "
+                        f"{args.rollout_replicas} replicas cut short by a store error (no bound set: "
+                        f"docs/scale.md)")  # fmt: skip
     return verdicts
 
 
@@ -157,8 +159,9 @@ def main() -> None:
     p.add_argument("--replicas", type=int, default=10_000)
     p.add_argument("--per-service", type=int, default=10)
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--rollout-replicas", type=int, default=ROLLOUT_REPLICAS)
     p.add_argument("--only", choices=sorted(PARTS), action="append", help="a part (repeatable); default all")
-    p.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL (the rollout part needs it)")
+    p.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL (SQLite alone)")
     args = p.parse_args()
     verdicts: list[str] = []
     if args.sqlite_only:

@@ -27,7 +27,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
-    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2", "--rollout-replicas", "20", "--sqlite-only"], ()),
     "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),

@@ -19,6 +19,7 @@ import pytest
 
 from openeas.gateway.http.pool import UpstreamState
 from openeas.gateway.routing import changes as changes_mod
+from openeas.gateway.routing import source as source_mod
 from openeas.gateway.routing.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.routing.source import StoreRoutingSource, routing_source
 from openeas.gateway.telemetry.metrics import GatewayMetrics
@@ -224,8 +225,13 @@ def test_a_gateway_further_behind_than_the_log_reads_the_whole_table(
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(routing_log.KEEP_VERSIONS, 1000), (routing_log.PRUNE_EVERY, 100), (changes_mod.MAX_CHANGED, 500)],
-    ids=["keep-versions", "prune-every", "max-changed"],
+    [
+        (routing_log.KEEP_VERSIONS, 1000),
+        (routing_log.PRUNE_EVERY, 100),
+        (changes_mod.MAX_CHANGED, 500),
+        (source_mod.TOKEN_SLACK, 1024),
+    ],
+    ids=["keep-versions", "prune-every", "max-changed", "token-slack"],
 )
 def test_documented_defaults(value: int, expected: int) -> None:
     assert value == expected

@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3, help="Ray nodes (head first: 2, 2, 4 logical CPUs)")
     p.add_argument("--cpu", type=float, default=0.1, help="logical CPUs each replica asks for")
     p.add_argument("--runs", type=int, default=1, help="runs of both sides (medians)")
+    p.add_argument(
+        "--up-timeout", type=float, default=600.0, help="bound on the Ray cluster's start, seconds"
+    )
     return p
 
 
@@ -207,13 +210,13 @@ def _serve_remove(serve: Any) -> None:
 
 
 @contextmanager
-def ray_cluster(root: Path, nodes: int) -> Iterator[str]:
+def ray_cluster(root: Path, nodes: int, timeout_s: float) -> Iterator[str]:
     """A Ray cluster as ``openeas cluster up`` starts one (its own temp dir and ports); every
     node stopped on the way out, with the gateways the server recorded in ``root/server``. Yields
     the head's address."""
     from openeas.localcluster import LocalCluster
 
-    cluster = LocalCluster(root, nodes)
+    cluster = LocalCluster(root, nodes, timeout_s)
     cluster.data_dirs = [root / "server"]
     try:
         yield cluster._ray()  # openeas cluster up's own Ray start (nodes one after the other)
@@ -242,7 +245,7 @@ def main() -> None:
     print(
         f"Ray cluster of {args.nodes} nodes, replicas of cpu {args.cpu:g} each (logs in {root})", flush=True
     )
-    with ray_cluster(root, args.nodes) as address:
+    with ray_cluster(root, args.nodes, args.up_timeout) as address:
         server, client = start_server(root / "server", address)
         try:
             ray.init(address=address, namespace="bench-rayserve", log_to_driver=False)

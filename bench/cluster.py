@@ -16,6 +16,9 @@ the same with a tenth of the replicas, to show how the cost grows.
 - ``rollout``: the store's writes per second on PostgreSQL while 1,000 replicas roll to a new
   version (the writes each start and stop makes, replayed by 8 threads), a gateway following;
   SQLite in the same run. The issue sets no bound: the figure is for docs/scale.md.
+
+``--ray-serve`` then runs the real-cluster comparison with Ray Serve (bench/cluster_rayserve.py:
+time to 30 Ready replicas across 3 Ray nodes and a scale 1 → 10, both sides on one cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -162,6 +166,7 @@ def main() -> None:
     p.add_argument("--rollout-replicas", type=int, default=ROLLOUT_REPLICAS)
     p.add_argument("--only", choices=sorted(PARTS), action="append", help="a part (repeatable); default all")
     p.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL (SQLite alone)")
+    p.add_argument("--ray-serve", action="store_true", help="then bench/cluster_rayserve.py (minutes)")
     args = p.parse_args()
     verdicts: list[str] = []
     if args.sqlite_only:
@@ -175,6 +180,9 @@ def main() -> None:
                 verdicts += PARTS[name](args, backends)
     for v in verdicts:
         print("verdict:", v)
+    if args.ray_serve:  # the real-cluster comparison: its own file, run with its defaults
+        rayserve = Path(__file__).with_name("cluster_rayserve.py")
+        sys.exit(subprocess.run([sys.executable, str(rayserve)], check=False).returncode)
 
 
 if __name__ == "__main__":

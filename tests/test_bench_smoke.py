@@ -76,6 +76,7 @@ NOT_RUN_ALONE = {
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",
+    "cluster_sim.py": "run by cluster.py (--only reconcile|rollout)",
 }
 
 

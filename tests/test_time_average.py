@@ -157,3 +157,20 @@ async def test_the_scraper_reads_the_test_servers_vllm_metrics_as_a_time_average
     assert s.reading(view, metric, 10.0, 10.0) == RATE
     # the 2 s panic window at 10 s spans the same two scrapes (the oldest is the start): 3 / 10
     assert s.total(view, metric, 2.0, 10.0) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("reading", "shown"),
+    [(RATE, f"read as {RATE}"), (None, None)],
+    ids=["time-average", "gateway-metric"],
+)
+def test_openeas_autoscale_says_which_reading(reading: str | None, shown: str | None) -> None:
+    from openeas.cli import render
+
+    metric = {"metric": f"custom:{RUNNING}", "value": 0.3, "target": 0.5, "recommendation": 1,
+              "unit": "value of the scraped metric per replica", "reading": reading}  # fmt: skip
+    with render.out.capture() as cap:
+        render.out.print(render.autoscaling_grid({"metrics": [metric]}))
+    text = " ".join(cap.get().split())
+    assert f"Metric custom:{RUNNING} 0.30 / target 0.5 per replica → 1 replicas" in text
+    assert (shown in text) if shown else ("read as" not in text)

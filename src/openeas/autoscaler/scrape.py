@@ -96,6 +96,8 @@ class ReplicaScraper:
         self.horizon_s = horizon_s
         self.gauges: dict[tuple[str, str], Gauge] = {}  # (replica id, metric name)
         self.busy: dict[tuple[str, str], BusyPoints] = {}  # (replica id, gauge name): its histogram
+        self._scrapes = 0  # collect() calls: the readings change only with them
+        self._memo: tuple[tuple[object, ...], dict[str, Reading]] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def collect(self, services: Sequence[ServiceView], now: float) -> None:
@@ -107,6 +109,7 @@ class ReplicaScraper:
             for r in svc.replicas if names else ():
                 jobs.append(self._read(r.id, f"http://{r.host}:{r.port}/metrics", names, now))
         await asyncio.gather(*jobs)
+        self._scrapes += 1
         live = {r.id for svc in services for r in svc.replicas}
         for key in [k for k in self.gauges if k[0] not in live]:
             del self.gauges[key]
@@ -135,6 +138,10 @@ class ReplicaScraper:
         """Replica id → its reading of the metric over the window (replicas not read for
         :data:`REPLICA_STALE_S` are left out)."""
         name = metric.custom_metric or ""
+        # total() and reading() over the same window in one decision: computed once
+        key = (self._scrapes, service.name, tuple(r.id for r in service.replicas), name, window_s, now)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
         out: dict[str, Reading] = {}
         for r in service.replicas:
             g, b = self.gauges.get((r.id, name)), self.busy.get((r.id, name))
@@ -144,6 +151,7 @@ class ReplicaScraper:
             reading = read(TIME_AVERAGES.get(name), name, fresh_g, fresh_b, window_s, now)
             if reading is not None:
                 out[r.id] = reading
+        self._memo = (key, out)
         return out
 
     def total(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> float | None:

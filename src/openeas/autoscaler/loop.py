@@ -274,9 +274,9 @@ class Autoscaler:
 
     def _write(self, name: str, d: Decision, wall: float) -> None:
         direction = "up" if d.desired > d.current else "down"
-        how = self.records[name].readings
         # Which reading moved it (a gauge's samples, or its histogram by Little's law).
-        message = d.reason + "".join(f"; {k} read as {how[k]}" for k in sorted(how))
+        how = sorted(self.records[name].readings.items())
+        message = d.reason + "".join(f"; {k} read as {v}" for k, v in how)
         try:
             self.store.update_service(name, desired_replicas=d.desired, event=("Autoscaled", message))
         except OpenEASError as exc:  # deleted meanwhile
@@ -403,8 +403,9 @@ class _Collector(Collector):
                 target.add_metric([name, r.key], r.target)
                 if r.per_replica is not None:
                     value.add_metric([name, r.key], r.per_replica)
-                if r.key in rec.readings:
-                    reading.add_metric([name, r.key, rec.readings[r.key]], 1)
+                how = rec.readings.get(r.key)  # one read: the loop may change it meanwhile
+                if how is not None:
+                    reading.add_metric([name, r.key, how], 1)
             if d.recommendation is not None:
                 recommended.add_metric([name], d.recommendation)
             lo.add_metric([name], d.bounds.min_replicas)

@@ -160,6 +160,36 @@ async def test_the_scraper_reads_the_test_servers_vllm_metrics_as_a_time_average
 
 
 @pytest.mark.parametrize(
+    ("r2_histogram", "now", "total", "reading"),
+    [
+        # r1 by Little's law 0.3, r2 from its samples 0.5: avg 0.4 x 2 Ready = 0.8
+        (False, 10.0, 0.8, f"{RATE} + {SAMPLES}"),
+        # both by the histogram: r1 0.3, r2 the larger of 0.3 and its samples' 0.5: 0.8
+        (True, 10.0, 0.8, RATE),
+        # read last at t=10; at 21 both are stale (> 10 s): no data, never 0
+        (True, 21.0, None, None),
+    ],
+    ids=["mixed", "both-by-histogram", "stale"],
+)
+def test_the_scraper_totals_and_names_each_replicas_reading(
+    r2_histogram: bool, now: float, total: float | None, reading: str | None
+) -> None:
+    """Pure: the scraper's windows filled by hand (as collect() fills them), two Ready replicas."""
+    metric = MetricTarget(kind="custom", target=1, custom_metric=RUNNING)
+    policy = AutoscalingPolicy(source="autoscaling", metrics=(metric,), min_replicas=1, max_replicas=2)
+    view = ServiceView("svc", policy, tuple(ReplicaTarget(r, "127.0.0.1", 1, None) for r in ("r1", "r2")))
+    s = ReplicaScraper()
+    s.gauges[("r1", RUNNING)] = _gauge([0] * 11)
+    s.busy[("r1", RUNNING)] = _points(0.3, 6)
+    s.gauges[("r2", RUNNING)] = _gauge([0, 1] * 5 + [0])
+    if r2_histogram:
+        s.busy[("r2", RUNNING)] = _points(0.3, 6)
+    got = s.total(view, metric, 10.0, now)
+    assert got == (pytest.approx(total) if total is not None else None)
+    assert s.reading(view, metric, 10.0, now) == reading
+
+
+@pytest.mark.parametrize(
     ("reading", "shown"),
     [(RATE, f"read as {RATE}"), (None, None)],
     ids=["time-average", "gateway-metric"],

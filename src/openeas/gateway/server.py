@@ -114,12 +114,11 @@ class Gateway:
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
-        before = list(self.upstreams.values())
-        self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        retired: list[UpstreamState] = []  # only the replicas that left: a change costs what it changed
+        self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics, retired)
         self.ctx.groups = build_groups(table.groups, self.ctx.routes, self.metrics)
         self.metrics.retain(table.routes.keys(), table.groups.keys())  # deleted ones leave /metrics
-        routed = set(self.upstreams.values())
-        self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
+        self.leaving.update(st for st in retired if st.outstanding > 0)
         self.table = table
         self._queues_changed()
         self.ctx.wake_held()  # held requests whose service now has a replica go at once

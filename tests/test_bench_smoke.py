@@ -54,7 +54,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "simulate_replay.py": (["--minutes", "0.5"], ()),  # a 30 s live replay (its verdict may miss here)
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
-    "vllm_running.py": (["--engine", "testserver", "--seconds", "2"], ()),  # real vLLM: bench/RESULTS.md
+    "vllm_running.py": (["--engine", "testserver", "--seconds", "1"], ()),  # real vLLM: bench/RESULTS.md
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {

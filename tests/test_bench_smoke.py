@@ -54,6 +54,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "simulate_replay.py": (["--minutes", "0.5"], ()),  # a 30 s live replay (its verdict may miss here)
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
+    "vllm_running.py": (["--engine", "testserver", "--seconds", "1"], ()),  # real vLLM: bench/RESULTS.md
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
@@ -66,6 +67,7 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
     "simulate_replay.py": ("| replica-seconds |", "| cost (RMB) |", "| scale events |", "verdict: "),
     "soak.py": ("| verdict |", "(a) slow clients:"),
+    "vllm_running.py": ("| the autoscaler, read as rate(vllm:request_inference_time_seconds_sum) |", "verdict: "),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {

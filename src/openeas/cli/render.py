@@ -292,7 +292,8 @@ def autoscaling_grid(a: dict[str, Any], desired: Any = None) -> Table:
                 f"Metric {m.get('metric')}",
                 f"{value} / target {m.get('target'):g} per replica"
                 + (f" → {rec} replicas" if rec is not None else "")
-                + f"  ({m.get('unit', '')})",
+                + f"  ({m.get('unit', '')})"
+                + (f"  read as {m['reading']}" if m.get("reading") else ""),
             )
         )
     if not a.get("metrics"):

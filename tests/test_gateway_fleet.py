@@ -162,3 +162,28 @@ def test_the_wait_names_each_gateway_that_did_not_apply_and_skips_dead_ones(stor
         {"id": "gw-slow", "url": "http://10.0.0.8:8081", "applied_version": version - 1}
     ]
     assert "gw-slow (http://10.0.0.8:8081)" in d["warning"] and "gw-dead" not in d["warning"]
+
+
+def test_on_postgresql_the_acknowledgement_wakes_the_wait(tmp_path: Path, pg_url: str) -> None:
+    """The gateway's write notifies; the wait counts it from the notification: with the safety-net
+    poll far past the bound, only the notification can end the wait early."""
+    store = Store(tmp_path, url=pg_url)
+    store.bump_routing()
+    version = store.routing_version()
+    reg = Registration(tmp_path, pg_url, "gw-pg", "http://10.0.0.7:8081")
+    reg.beat(version - 1)
+    acks = FleetAcks(store)
+    acks.poll_s = 60.0
+    try:
+        acks.wait_applied(version - 1, timeout_s=1.0)  # the listener starts with the first wait
+        assert acks.listening.wait(10.0)
+        late = threading.Timer(0.2, reg.applied, args=(version,))
+        late.start()
+        out = acks.wait_applied(version, timeout_s=30.0)
+        late.join()
+    finally:
+        acks.close()
+        reg.close()
+        store.engine.dispose()
+    assert out.acknowledged and out.live == 1
+    assert out.waited_s < 15.0, out  # the notification, not the poll (60 s) nor the bound (30 s)

@@ -44,6 +44,7 @@ SQLITE_POLL_S = 0.005  # seconds between two reads of the registry while waiting
 PG_POLL_S = 0.1  # the same on PostgreSQL, where LISTEN wakes the wait: the safety net only
 RELISTEN_DELAY_S = 1.0  # seconds before a lost LISTEN connection is opened again
 LISTEN_WAKE_S = 0.5  # seconds the listener waits for a notification before it checks for close
+MAX_NOTIFIED = 10_000  # gateway ids remembered from notifications
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +94,11 @@ class FleetAcks:
         self.poll_s = PG_POLL_S if self.postgres else SQLITE_POLL_S
         self._cond = threading.Condition()
         self._closed = threading.Event()
+        self.listening = threading.Event()  # set once LISTEN runs (PostgreSQL)
         self._listener: threading.Thread | None = None
-        self._wakes = 0  # acknowledgements notified so far (PostgreSQL)
+        # gateway id → the highest version it notified as applied (PostgreSQL): the wait counts
+        # an acknowledgement from its notification, without reading the registry again.
+        self._notified: dict[str, int] = {}
 
     def records(self) -> tuple[list[GatewayRecord], float, int]:
         """Every registered gateway, the database's clock and the store's routing version."""
@@ -106,19 +110,26 @@ class FleetAcks:
         deadline = start + timeout_s
         self._start_listener()
         local = self.notifier.wait_applied(version, timeout_s) if self.notifier is not None else None
-        while True:
-            with self._cond:
-                seen = self._wakes
-            recs, now, _ = self.records()
-            live = [r for r in recs if r.live(now, self.live_s)]
-            late = [r for r in lagging(live, version, now, self.live_s) if not self._acked_here(r, version)]
+        live, late = self._late(version)
+        while late:
             left = deadline - time.monotonic()
-            if not late or left <= 0:
+            if left <= 0:
                 break
             with self._cond:
-                if self._wakes == seen:
-                    self._cond.wait(min(left, self.poll_s))
+                late = [r for r in late if self._notified.get(r.id, -1) < version]
+                if not late:
+                    break
+                notified = self._cond.wait(min(left, self.poll_s))
+            if not notified:  # the safety net: read the registry again
+                live, late = self._late(version)
         return FleetOutcome(version, local, len(live), tuple(late), time.monotonic() - start, timeout_s)
+
+    def _late(self, version: int) -> tuple[list[GatewayRecord], list[GatewayRecord]]:
+        """(the live gateways, those of them that have not applied ``version``), from the store."""
+        recs, now, _ = self.records()
+        live = [r for r in recs if r.live(now, self.live_s)]
+        late = [r for r in lagging(live, version, now, self.live_s) if not self._acked_here(r, version)]
+        return live, late
 
     def _acked_here(self, rec: GatewayRecord, version: int) -> bool:
         """A gateway process of this machine that answered ``version`` by datagram already."""
@@ -147,14 +158,24 @@ class FleetAcks:
             try:
                 with psycopg.connect(libpq_url(self.store.url), autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {ACK_CHANNEL}")
+                    self.listening.set()
                     while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
-                            with self._cond:
-                                self._wakes += 1
-                                self._cond.notify_all()
+                        for note in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
+                            self._acknowledged(note.payload)
             except psycopg.Error as exc:
                 log.warning("gateway acknowledgements from PostgreSQL lost (%s); the wait polls", exc)
                 self._closed.wait(RELISTEN_DELAY_S)
+
+    def _acknowledged(self, payload: str) -> None:
+        """A gateway's notification ``"<id> <version>"``: count it, wake the waits."""
+        gid, _, version = payload.rpartition(" ")
+        if not gid or not version.isdigit():
+            return
+        with self._cond:
+            if len(self._notified) > MAX_NOTIFIED:
+                self._notified.clear()  # ids of gateways long gone; the registry re-read covers the rest
+            self._notified[gid] = max(int(version), self._notified.get(gid, -1))
+            self._cond.notify_all()
 
     def close(self) -> None:
         self._closed.set()

@@ -85,8 +85,11 @@ class Registration:
         )
         self._upsert = upsert
         # PostgreSQL: the notification leaves at COMMIT of the very statement that wrote the row.
+        # Its payload, "<id> <applied version>", lets the waiting control plane count the
+        # acknowledgement without reading the table again.
         self._ack = (
-            f"WITH u AS ({upsert} RETURNING id) SELECT pg_notify('{ACK_CHANNEL}', id) FROM u"
+            f"WITH u AS ({upsert} RETURNING id, applied_version) "
+            f"SELECT pg_notify('{ACK_CHANNEL}', u.id || ' ' || CAST(u.applied_version AS TEXT)) FROM u"
             if self.postgres
             else upsert
         )

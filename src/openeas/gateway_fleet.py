@@ -191,6 +191,11 @@ class FleetCollector(Collector):
     def __init__(self, acks: FleetAcks) -> None:
         self.acks = acks
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without their values: registering reads no store."""
+        yield GaugeMetricFamily("openeas_gateways_live", "Gateways whose registry heartbeat is live")
+        yield GaugeMetricFamily("openeas_gateway_routing_version_lag", "Routing versions a gateway is behind")
+
     def collect(self) -> Iterator[Metric]:
         recs, now, version = self.acks.records()
         live = [r for r in recs if r.live(now, self.acks.live_s)]

@@ -6,10 +6,12 @@ A real PostgreSQL (started for the run, 127.0.0.1), a real ``openeas server --st
 postgresql://…`` with its own gateway (the datagram path), and a second, store-only gateway: a
 folder of its own holding only secret.key, as on another machine (it follows by LISTEN/NOTIFY,
 acknowledges in the store's gateway registry). A group of two services (no replicas: only the
-routing matters) gets ``--changes`` weight changes, one after the other. Each change is timed
-from the API call to its answer, which comes once every live gateway applied the new routing
-version (the answer says so: ``routing.gateways.applied``; a change not applied on both counts
-as a failure). That is an upper bound of "change → applied on both".
+routing matters) gets ``--changes`` weight changes, one after the other. The figure is the
+server's wait in each call, from just after the change's commit until every live gateway has
+acknowledged the new routing version (``routing.waited_ms`` in the answer); the whole API call
+(validation, the group's write and event, the wait) is shown beside it. A change counts as a
+failure when the answer does not say both applied it, or when either gateway's own /metrics
+(``openeas_gateway_routing_version``, read right after the call returned) is behind it.
 
 Anchor, in the same run: the same changes while only the server's own gateway is registered
 (the datagram acknowledgement alone), before the second gateway starts.
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -51,17 +54,27 @@ def wait(what: str, check: object, timeout_s: float = START_TIMEOUT_S) -> None:
         time.sleep(0.1)
 
 
-def changes(c: Client, n: int, live: int) -> tuple[list[float], list[float], int]:
-    """``n`` weight changes; (each call's ms, the server's wait for the gateways in each, ms; how
-    many were not applied on ``live`` gateways)."""
+def applied_version(gateway_url: str) -> int:
+    """The routing version a gateway has applied (its own /metrics)."""
+    text = urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10).read().decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith("openeas_gateway_routing_version "))
+    return int(line.split()[1])
+
+
+def changes(c: Client, n: int, gateways: list[str]) -> tuple[list[float], list[float], int]:
+    """``n`` weight changes; (each call's ms; the server's wait, from its commit until every live
+    gateway acknowledged, ms; how many were not in effect on every gateway when the call returned,
+    by the answer or by a gateway's own /metrics read right after it)."""
     ms, waited, missed = [], [], 0
+    live = len(gateways)
     for i in range(n):
         w = 100 + (i * 37) % 800
         t0 = time.perf_counter()
         routing = c.group_weights("fleet", {"fa": w, "fb": 1000 - w})["routing"]
         ms.append((time.perf_counter() - t0) * 1000)
         waited.append(float(routing["waited_ms"]))
-        if not routing["acknowledged"] or routing["gateways"] != {"live": live, "applied": live}:
+        said = routing["acknowledged"] and routing["gateways"] == {"live": live, "applied": live}
+        if not said or any(applied_version(g) < routing["version"] for g in gateways):
             missed += 1
     return ms, waited, missed
 
@@ -75,7 +88,7 @@ def spawn(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def run(root: Path, n: int) -> tuple[list[float], int]:
+def run(root: Path, n: int) -> tuple[list[float], list[float], int]:
     pg = LocalCluster(root, 1)  # only its PostgreSQL part: initdb, postgres on a free port, stopped by down()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -103,7 +116,8 @@ def run(root: Path, n: int) -> tuple[list[float], int]:
         print("| gateways | changes | call p50 ms | call p99 ms | call max ms | wait p50 ms | wait p99 ms "
               "| not applied on all |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|")
-        report("anchor: the server's own gateway only", *changes(c, n, 1))
+        gw_urls = [info["gateway_url"].rstrip("/")]
+        report("anchor: the server's own gateway only", *changes(c, n, gw_urls))
         gw_dir.mkdir()
         shutil.copy(data / "secret.key", gw_dir / "secret.key")
         argv = [
@@ -122,9 +136,9 @@ def run(root: Path, n: int) -> tuple[list[float], int]:
                 subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             )
         wait("the store-only gateway registered", lambda: c.gateways()["live"] == 2)
-        both, waited, missed = changes(c, n, 2)
+        both, waited, missed = changes(c, n, [*gw_urls, f"http://127.0.0.1:{gw1}"])
         report("two: the server's + a store-only gateway", both, waited, missed)
-        return both, missed
+        return both, waited, missed
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -144,12 +158,13 @@ def main() -> None:
         root = Path(tmp)
         if os.geteuid() == 0:
             os.chmod(root, 0o755)  # PostgreSQL runs as its own user under it
-        both, missed = run(root, args.changes)
-    worst = p99(both)
+        calls, waited, missed = run(root, args.changes)
+    worst = p99(waited)
     met = worst <= GOAL_P99_MS and missed == 0
     verdict = "MET" if met else "MISSED"
-    print(f"verdict: {verdict}: routing change → applied on both gateways p99 {worst:.1f} ms over "
-          f"{len(both)} changes, {missed} not applied on both (goal p99 ≤ {GOAL_P99_MS:g} ms)")  # fmt: skip
+    print(f"verdict: {verdict}: routing change (commit) → applied on both gateways p99 {worst:.1f} ms over "
+          f"{len(waited)} changes, {missed} not in effect on both when the call returned (goal p99 ≤ "
+          f"{GOAL_P99_MS:g} ms); the whole API call, p99 {p99(calls):.1f} ms")  # fmt: skip
     sys.exit(0)
 
 

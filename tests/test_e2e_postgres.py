@@ -21,6 +21,7 @@ import requests
 from openeas.runtime import free_port
 from tests.autoscale_load import TOKEN_SUFFIX, OpenLoop, autoscaled_spec
 from tests.harness import Server, new_server, service_spec, stop_and_reap, wait_for
+from tests.pg_fixtures import drop_database, new_database
 
 # The second gateway's safety-net poll, seconds: longer than the test waits for a change, so what
 # it sees came by notification.
@@ -41,24 +42,34 @@ def ready_ids(srv: Server, name: str) -> set[str]:
     return {r["id"] for r in srv.client.describe(name)["replicas"] if r["phase"] == "Ready"}
 
 
-@pytest.fixture
-def pg_server_proc(tmp_path: Path, pg_url: str) -> Iterator[Server]:
-    srv = new_server(tmp_path / "data")
-    srv.extra_args = ["--store", pg_url]
+# One server and one second gateway for the module (their services have names of their own):
+# a server start saved per test.
+@pytest.fixture(scope="module")
+def module_pg_url(pg_server: str) -> Iterator[str]:
+    url = new_database(pg_server)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def pg_server_proc(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[Server]:
+    srv = new_server(tmp_path_factory.mktemp("pg") / "data")
+    srv.extra_args = ["--store", module_pg_url]
     srv.start()
     yield srv
     stop_and_reap(srv)
 
 
-@pytest.fixture
-def second_gateway(tmp_path: Path, pg_url: str, pg_server_proc: Server) -> Iterator[str]:
-    folder = tmp_path / "gw2"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def second_gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str, pg_server_proc: Server
+) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("gw2")
     shutil.copy(pg_server_proc.data_dir / "secret.key", folder / "secret.key")
     port = free_port()
     ready = folder / "ready"
     argv = [sys.executable, "-m", "openeas.gateway", "--port", str(port), "--data-dir", str(folder),
-            "--store", pg_url, "--poll-interval", str(SLOW_POLL_S), "--ready-file", str(ready)]  # fmt: skip
+            "--store", module_pg_url, "--poll-interval", str(SLOW_POLL_S), "--ready-file", str(ready)]  # fmt: skip
     with open(folder / "gateway.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:

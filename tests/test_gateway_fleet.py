@@ -5,6 +5,8 @@ bench/gateway_fleet.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -187,3 +189,16 @@ def test_on_postgresql_the_acknowledgement_wakes_the_wait(tmp_path: Path, pg_url
         store.engine.dispose()
     assert out.acknowledged and out.live == 1
     assert out.waited_s < 15.0, out  # the notification, not the poll (60 s) nor the bound (30 s)
+
+
+def test_a_killed_gateway_of_this_machine_is_not_waited_for(store: Store) -> None:
+    """Killed, its heartbeat still looks live for up to 3 s; its pid says it is gone."""
+    store.bump_routing()
+    version = store.routing_version()
+    reg = Registration(store.data_dir, None, "gw-killed", "http://127.0.0.1:8081")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    reg.pid = dead.pid  # a process that has exited
+    reg.beat(version - 1)
+    out = FleetAcks(store).wait_applied(version, timeout_s=5.0)
+    assert out.acknowledged and out.live == 0 and out.waited_s < 5.0, out

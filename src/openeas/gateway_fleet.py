@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from openeas.gateway.routing.ack import ROUTING_ACK_TIMEOUT_S, AckOutcome
 from openeas.gateway.routing.notify import RoutingNotifier
 from openeas.kernel.fleet import ACK_CHANNEL, LIVE_S, GatewayRecord, lagging
+from openeas.procfs import pid_alive
 from openeas.store import Store
 from openeas.store.db import is_postgres
 from openeas.telemetry.gateway_stats import GatewayStats
@@ -127,9 +128,14 @@ class FleetAcks:
     def _late(self, version: int) -> tuple[list[GatewayRecord], list[GatewayRecord]]:
         """(the live gateways, those of them that have not applied ``version``), from the store."""
         recs, now, _ = self.records()
-        live = [r for r in recs if r.live(now, self.live_s)]
+        live = [r for r in recs if r.live(now, self.live_s) and not self._gone_here(r)]
         late = [r for r in lagging(live, version, now, self.live_s) if not self._acked_here(r, version)]
         return live, late
+
+    def _gone_here(self, rec: GatewayRecord) -> bool:
+        """A gateway of this machine whose process is gone (killed; its heartbeat is not stale
+        yet): not waited for. Gateways elsewhere are judged by their heartbeat alone."""
+        return rec.host == self.host and pid_alive(rec.pid) is False
 
     def _acked_here(self, rec: GatewayRecord, version: int) -> bool:
         """A gateway process of this machine that answered ``version`` by datagram already."""

@@ -101,7 +101,7 @@ class Gateway:
         self.registration = registration
         if registration is not None and self.stats is not None:
             self.stats.gateway_id = registration.id  # one id for the row and the counters
-        self._registered = -1  # the highest routing version written to the registry
+        self._registered = -1  # the highest routing version handed to the registry's thread
         self._beat: asyncio.Task[None] | None = None
         self._registry_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-registry")
         self.ctx = ProxyContext(
@@ -194,23 +194,28 @@ class Gateway:
         if self._listener is not None and self.table is not None:
             # Applied (or unchanged since the last read): answer the notifications it covers.
             self._listener.applied(self.table.version)
-        await self._acknowledge()
+        self._acknowledge()
 
-    async def _acknowledge(self) -> None:
+    def _acknowledge(self) -> None:
         """Write the routing version this gateway applied into the registry (the acknowledgement
-        that gateways on any machine give), once per new version."""
+        that gateways on any machine give), once per new version, on the registry's thread: a
+        slow store never delays the next routing read. A write that fails is made good by the
+        next heartbeat, which carries the applied version too."""
         reg, table = self.registration, self.table
         if reg is None or table is None or table.version <= self._registered:
             return
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self._registry_executor, reg.applied, table.version):
-            self._registered = max(self._registered, table.version)
+        self._registered = table.version
+        asyncio.get_running_loop().run_in_executor(self._registry_executor, reg.applied, table.version)
 
     async def _heartbeat_forever(self, reg: Registration) -> None:
         loop = asyncio.get_running_loop()
         while True:
             applied = self.table.version if self.table is not None else -1
-            target = await loop.run_in_executor(self._registry_executor, reg.beat, applied)
+            try:
+                target = await loop.run_in_executor(self._registry_executor, reg.beat, applied)
+            except Exception:  # the data plane serves on; the next heartbeat tries again
+                log.exception("gateway registry heartbeat failed")
+                target = None
             if target is not None and isinstance(self.stats, SignedStatsSender):
                 self.stats.retarget(target)
             await asyncio.sleep(HEARTBEAT_S)
@@ -245,6 +250,8 @@ class Gateway:
         if self.data_dir is not None:
             self._loads = LoadListener(load_socket_path(self.data_dir, self.worker), self.apply_loads)
             self._loads.start(loop)
+        if self.registration is not None and not self.registration.url and port:
+            self.registration.url = advertised_url(host, port)  # before the first acknowledgement
         watch = getattr(self.source, "watch", None)
         if watch is not None:  # a source that pushes by itself (PostgreSQL's LISTEN/NOTIFY)
             self._unwatch = watch(lambda: loop.call_soon_threadsafe(self.refresh_soon))

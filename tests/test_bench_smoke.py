@@ -33,6 +33,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
+    "gateway_fleet.py": (["--changes", "2"], ()),  # PostgreSQL: found as localcluster finds it
     "gateway_cost.py": (
         ["--duration", "1", "--runs", "1", "--baseline", "HEAD", "--route-timeout", "5"],
         WRK_NGINX,
@@ -68,6 +69,11 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "simulate_replay.py": ("| replica-seconds |", "| cost (RMB) |", "| scale events |", "verdict: "),
     "soak.py": ("| verdict |", "(a) slow clients:"),
     "vllm_running.py": ("| the autoscaler, read as rate(vllm:request_inference_time_seconds_sum) |", "verdict: "),
+    "gateway_fleet.py": (
+        "| anchor: the server's own gateway only |",
+        "| two: the server's + a store-only gateway |",
+        "verdict: ",
+    ),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {

@@ -22,10 +22,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
+from openeas.kernel.fleet import GatewayRecord
 from openeas.kernel.routing import ROUTING_CHANNEL
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.store import cold_starts as _cold
+from openeas.store import gateways as _gateways
 from openeas.store import request_usage as _requests
 from openeas.store import routing_log as _routing_log
 from openeas.store import usage as _usage
@@ -201,6 +203,20 @@ class Store:
                 listener(version)
             except Exception:
                 log.exception("routing listener %r failed", listener)
+
+    # ---- gateways (store/gateways.py) -------------------------------------------------------------
+    def gateways(self) -> tuple[list[GatewayRecord], float, int]:
+        """Every registered gateway, the database's clock now (epoch seconds) and the routing
+        version, read in one transaction."""
+        with self.session() as s:
+            version = int(self._get_meta(s, "routing_version") or 0)
+            return _gateways.records(s), _gateways.db_now(s), version
+
+    def advertise_gateway_stats(self, addr: str) -> bytes:
+        """Remote gateways send their counters to ``addr`` (UDP "host:port"); returns the key
+        that signs them."""
+        with self.session() as s:
+            return _gateways.advertise_stats(s, addr, self.cipher)
 
     # ---- services and versions ----------------------------------------------------------------
     def create_service(self, spec: ServiceSpec) -> ServiceRow:

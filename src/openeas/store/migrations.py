@@ -19,6 +19,7 @@ from openeas.kernel.routing import RouteSettings
 from openeas.spec import parse_stored_spec
 from openeas.store import archive as _archive
 from openeas.store import cold_starts as _cold
+from openeas.store import gateways as _gateways
 from openeas.store import request_usage as _requests
 from openeas.store import routing_log as _routing_log
 from openeas.store import usage as _usage
@@ -100,11 +101,6 @@ def _v11_node(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE replicas ADD COLUMN node VARCHAR(128)"))
 
 
-def _v14_reserved(conn: Connection) -> None:
-    """Nothing: v14 is reserved for the gateway registry of a branch merged apart from this one
-    (its migration takes this place when the two meet)."""
-
-
 # Connection.info key: the store's cipher, for migrations that encrypt what was stored in clear.
 _CIPHER = "openeas.cipher"
 
@@ -161,7 +157,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v11_node,  # v11: replicas.node
     _v12_eval_runs,  # v12: eval_runs, eval-set runs (store/eval_runs.py)
     _requests.create_table,  # v13: request_usage, requests by service and UTC hour (store/request_usage.py)
-    _v14_reserved,  # v14: reserved (see _v14_reserved)
+    _gateways.create_table,  # v14: gateways, the gateway registry (store/gateways.py)
     _routing_log.create_table,  # v15: routing_changes, what routing versions changed (store/routing_log.py)
 ]
 

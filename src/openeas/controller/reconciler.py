@@ -118,6 +118,7 @@ class Reconciler:
         for gone in set(self._specs) - current:
             del self._specs[gone]
         replicas = self.store.replicas()
+        now = time.time()  # the store's clock: replicas' phase_times
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
@@ -130,6 +131,7 @@ class Reconciler:
                     created_at=r.created_at,
                     in_flight=load.get(r.id, 0),
                     standby=bool(r.standby),
+                    ready_at=(r.phase_times or {}).get(ReplicaPhase.READY.value),
                 )
             )
         for name, svc in services.items():
@@ -153,6 +155,7 @@ class Reconciler:
                 max_surge=rs.max_surge,
                 max_unavailable=rs.max_unavailable,
                 standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
+                now=now,
             )
             for rid in plan.promote:
                 self._promote(rid)

@@ -83,7 +83,8 @@ class Load:
     """Threads posting embeddings through the gateway: each answer's (sent, answered, replica id)."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.url, self.token, self.answers, self.failed = url, token, [], 0
+        self.url, self.answers, self.failed = url, [], 0
+        self.headers = {"Authorization": token, "X-OpenEAS-Explain": "1"}  # explain: which replica answered
         self.answers: list[tuple[float, float, str]]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(LOAD_THREADS)]
@@ -93,7 +94,7 @@ class Load:
         with requests.Session() as s:
             while not self.stop.is_set():
                 t0 = time.monotonic()
-                r = s.post(self.url, json=body, headers={"Authorization": self.token}, timeout=60)
+                r = s.post(self.url, json=body, headers=self.headers, timeout=60)
                 if r.status_code != 200:
                     self.failed += 1
                     continue

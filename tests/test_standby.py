@@ -57,11 +57,11 @@ PLANS = [
     pytest.param(["a:1:Ready", "s:1:Standby"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-for-the-promotion"),
     pytest.param(["a:1:Ready", "s:1:Ready"], 1, 2, 1, (0, 1, (), ()), id="promoted-ready-refills"),
     # ... but not while it takes its first requests: a refill's start would take their CPU
-    pytest.param(["a:1:Ready:r900", "s:1:Ready:r1"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-while-it-settles"),
-    pytest.param(["a:1:Ready:r900", "s:1:Ready:r2.9"], 1, 2, 1, (0, 0, (), ()), id="settling-until-3s"),
-    pytest.param(["a:1:Ready:r900", "s:1:Ready:r3"], 1, 2, 1, (0, 1, (), ()), id="settled-after-3s-refills"),
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r0.2"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-while-it-settles"),
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r0.9"], 1, 2, 1, (0, 0, (), ()), id="settling-until-1s"),
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r1"], 1, 2, 1, (0, 1, (), ()), id="settled-after-1s-refills"),
     # a replica on its way out, or a standby, does not hold the refill back
-    pytest.param(["a:1:Ready:r900", "s:1:Standby:sb:r1"], 1, 1, 2, (0, 1, (), ()), id="a-standby-never-settles"),
+    pytest.param(["a:1:Ready:r900", "s:1:Standby:sb:r0.2"], 1, 1, 2, (0, 1, (), ()), id="a-standby-never-settles"),
     # 1 → 4 with two standbys: both promoted, one created cold (capacity does not wait)
     pytest.param(["a:1:Ready", "s:1:Standby:sb", "t:1:Standby:sb"], 1, 4, 2, (1, 0, ("s", "t"), ()),
                  id="scale-out-beyond-the-pool"),
@@ -90,11 +90,11 @@ def test_plan_with_standbys(
     assert (plan.create, plan.create_standby, plan.promote, plan.stop) == want
 
 
-def test_the_refill_settle_is_the_documented_3_s() -> None:
+def test_the_refill_settle_is_the_documented_1_s() -> None:
     # docs/cold-start.md, "What a promotion waits for"
-    assert REFILL_SETTLE_S == 3.0
+    assert REFILL_SETTLE_S == 1.0
     # without `now` (no clock given) nothing settles: the plan is the one before any promotion
-    plan = plan_rollout(reps("a:1:Ready:r900", "s:1:Ready:r1"), current_version=1, desired=2, standby=1)
+    plan = plan_rollout(reps("a:1:Ready:r900", "s:1:Ready:r0.2"), current_version=1, desired=2, standby=1)
     assert plan.create_standby == 1
 
 

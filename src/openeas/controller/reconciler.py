@@ -75,6 +75,8 @@ class Reconciler:
         self.admitted: set[str] = set()  # replica ids holding their share of the node
         self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
         self._specs: dict[tuple[str, int, float], ServiceSpec] = {}  # (service, version, created_at)
+        # replica id → when a pass first saw it Ready (the clock's seconds): the refill's settle
+        self._ready_seen: dict[str, float] = {}
 
     def wake(self) -> None:
         """Ask for a pass now; safe from any thread. The API calls this after writing desired
@@ -118,7 +120,9 @@ class Reconciler:
         for gone in set(self._specs) - current:
             del self._specs[gone]
         replicas = self.store.replicas()
-        now = time.time()  # the store's clock: replicas' phase_times
+        now = self.clock.now()
+        ready = {r.id for r in replicas if r.phase == ReplicaPhase.READY}
+        self._ready_seen = {rid: self._ready_seen.get(rid, now) for rid in ready}
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
@@ -131,7 +135,7 @@ class Reconciler:
                     created_at=r.created_at,
                     in_flight=load.get(r.id, 0),
                     standby=bool(r.standby),
-                    ready_at=(r.phase_times or {}).get(ReplicaPhase.READY.value),
+                    ready_at=self._ready_seen.get(r.id),
                 )
             )
         for name, svc in services.items():

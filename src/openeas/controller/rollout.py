@@ -30,7 +30,7 @@ from openeas.kernel.states import ReplicaPhase
 # Seconds the pool's refill waits after a replica of the service became Ready (a promoted standby):
 # a refill's start (a model server's process start and model load) took the CPU its first
 # requests needed (measured: see docs/cold-start.md, "What a promotion waits for").
-REFILL_SETTLE_S = 3.0
+REFILL_SETTLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ReplicaView:
     created_at: float  # seconds since the epoch
     in_flight: int = 0  # requests the gateway has in flight on it (last read)
     standby: bool = False  # kept out of routing for a scale-out (metadata.standby)
-    ready_at: float | None = None  # seconds since the epoch it last became Ready (None: never)
+    ready_at: float | None = None  # first seen Ready, seconds on the caller's clock (None: not Ready)
 
     @property
     def ready(self) -> bool:
@@ -67,8 +67,8 @@ def plan_standby(
 ) -> tuple[RolloutPlan, list[ReplicaView]]:
     """The standbys' part of a pass: promotions, surplus and old standbys to stop, standbys to
     create; and the replicas left for `plan_rollout` (the routed ones, promoted ones included).
-    ``now`` (seconds since the epoch): the refill also waits `REFILL_SETTLE_S` after a replica
-    became Ready; None: it does not (views without `ready_at`)."""
+    ``now`` (seconds, the clock of the views' `ready_at`): the refill also waits `REFILL_SETTLE_S`
+    after a replica became Ready; None: it does not."""
     live = [r for r in replicas if not r.stopping]
     routed = [r for r in live if not r.standby]
     pool = [r for r in live if r.standby]

@@ -11,8 +11,10 @@ and build of the table (``source.poll()``) plus ``Gateway.apply``. The anchor, i
 the same with a tenth of the replicas, to show how the cost grows.
 
 Goal (issue 22): the table of 10,000 entries built and applied by a gateway in ≤ 50 ms.
+``--ray-serve`` then runs the real-cluster comparison with Ray Serve (bench/cluster_rayserve.py:
+time to 30 Ready replicas across 3 Ray nodes and a scale 1 → 10, both sides on one cluster).
 Not here yet: the reconcile pass over 10,000 fake replicas and 20 gateways, store writes/s
-during a 1,000-replica rollout, and the real-cluster comparison with Ray Serve (docs/scale.md).
+during a 1,000-replica rollout (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +99,7 @@ def main() -> None:
     p.add_argument("--replicas", type=int, default=10_000)
     p.add_argument("--per-service", type=int, default=10)
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--ray-serve", action="store_true", help="then bench/cluster_rayserve.py (minutes)")
     args = p.parse_args()
     results = {}
     for n in (args.replicas // 10, args.replicas):
@@ -109,6 +113,9 @@ def main() -> None:
     verdict = "MET" if worst <= GOAL_MS else "MISSED"
     print(f"verdict: {verdict}: {args.replicas} entries read, built and applied in {worst:.1f} ms at worst "
           f"(goal ≤ {GOAL_MS:g} ms)")  # fmt: skip
+    if args.ray_serve:  # the real-cluster comparison: its own file, run with its defaults
+        rayserve = Path(__file__).with_name("cluster_rayserve.py")
+        sys.exit(subprocess.run([sys.executable, str(rayserve)], check=False).returncode)
     sys.exit(0)
 
 

@@ -28,6 +28,8 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
     "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
+    # A 3-node Ray cluster and 30 + 30 replicas take minutes: its flags and imports are checked here.
+    "cluster_rayserve.py": (["--help"], ()),
     "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
@@ -55,6 +57,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
+    "cluster_rayserve.py": ("--replicas", "--scale-to", "--cpu"),
     "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "gateway_cost.py": ("| openeas gateway at HEAD |", "verdict: gateway CPU per request"),

@@ -27,12 +27,13 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
-    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2", "--rollout-replicas", "20", "--sqlite-only"], ()),
     # A 3-node Ray cluster and 30 + 30 replicas take minutes: its flags and imports are checked here.
     "cluster_rayserve.py": (["--help"], ()),
     "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
+    "gateway_fleet.py": (["--changes", "2"], ()),  # PostgreSQL: found as localcluster finds it
     "gateway_cost.py": (
         ["--duration", "1", "--runs", "1", "--baseline", "HEAD", "--route-timeout", "5"],
         WRK_NGINX,
@@ -54,6 +55,7 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "simulate_replay.py": (["--minutes", "0.5"], ()),  # a 30 s live replay (its verdict may miss here)
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
+    "vllm_running.py": (["--engine", "testserver", "--seconds", "1"], ()),  # real vLLM: bench/RESULTS.md
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
@@ -66,6 +68,12 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
     "simulate_replay.py": ("| replica-seconds |", "| cost (RMB) |", "| scale events |", "verdict: "),
     "soak.py": ("| verdict |", "(a) slow clients:"),
+    "vllm_running.py": ("| the autoscaler, read as rate(vllm:request_inference_time_seconds_sum) |", "verdict: "),
+    "gateway_fleet.py": (
+        "| anchor: the server's own gateway only |",
+        "| two: the server's + a store-only gateway |",
+        "verdict: ",
+    ),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
@@ -77,6 +85,7 @@ NOT_RUN_ALONE = {
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",
+    "cluster_sim.py": "run by cluster.py (--only reconcile|rollout)",
 }
 
 

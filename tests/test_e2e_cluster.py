@@ -153,6 +153,21 @@ def test_cluster_json_names_every_part(cluster: tuple[Path, dict[str, Any]]) -> 
     assert all(u.startswith("http://127.0.0.1:") for u in [info["balancer_url"], *info["gateway_urls"]])
 
 
+def test_every_gateway_is_registered_live_and_the_second_shares_no_data_dir(
+    cluster: tuple[Path, dict[str, Any]],
+) -> None:
+    root, info = cluster
+    urls = {*info["gateway_urls"], info["standby_gateway_url"]}
+    view = wait_for(
+        lambda: (v := _client(info).gateways())["live"] >= len(urls) and v, 10, what="live gateways"
+    )
+    live = {g["url"]: g for g in view["gateways"] if g["live"]}
+    assert urls <= set(live), view
+    second = live[info["gateway_urls"][1]]  # a folder of its own, as on another machine
+    cmdline = Path(f"/proc/{second['pid']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--data-dir") + 1] == str(root / "gateway").encode(), cmdline
+
+
 def test_replicas_spread_over_ray_nodes_answer_through_the_balancer_and_each_gateway(
     cluster: tuple[Path, dict[str, Any]],
 ) -> None:

@@ -1,8 +1,8 @@
 """End to end with real vLLM (its CPU build, MiniLM embeddings): deployed from an EAS-shaped JSON
 with a frozen standby, its real ``vllm:*`` metrics reach the autoscaler (``vllm:num_requests_running``
-as the scale metric) and the balancer (``least-waiting`` reads ``vllm:num_requests_waiting``), and a
-load step makes the autoscaler scale out by promoting the standby; the seconds from the scale
-decision to the promoted replica's first answer are printed.
+alone as the scale metric, read as a time average) and the balancer (``least-waiting`` reads
+``vllm:num_requests_waiting``), and a load step makes the autoscaler scale out by promoting the
+standby; the seconds from the scale decision to the promoted replica's first answer are printed.
 
 vLLM lives in a virtualenv of its own (``.venv-vllm``, ~3.4 GB) that ``scripts/setup.sh`` installs
 (scripts/setup_vllm.sh). Without it the test skips, and fails under ``OPENEAS_REQUIRE_VLLM=1``
@@ -71,17 +71,16 @@ def eas_json() -> dict[str, Any]:
             }
         ],
         "storage": [{"mount_path": "/mnt/data/", "oss": {"path": "oss://models/minilm/"}}],
-        # vLLM's own running count (read off each replica: it must be known for a valid decision)
-        # and the gateway's concurrency: the highest recommendation wins. An embedding takes
-        # 20-100 ms, so a 1 s scrape of vllm:num_requests_running mostly reads 0: the load step's
-        # scale-out comes from the concurrency.
+        # vLLM's own running count alone, read off each replica. vLLM publishes the gauge after
+        # each engine step, when an embedding has already finished: it reads 0 at every scrape.
+        # The autoscaler reads its time average from vllm:request_inference_time_seconds (Little's
+        # law, autoscaler/time_average.py). It counts engine requests (one per input: the load's
+        # 8 inputs per request keep ~10 running on one replica, measured), and a few one-input
+        # requests at a time stay under 4 per replica.
         "autoscaler": {
             "min": 1,
             "max": 2,
-            "scaleStrategies": [
-                {"metricName": "vllm:num_requests_running", "threshold": 0.2},
-                {"metricName": "concurrency", "threshold": 0.5},
-            ],
+            "scaleStrategies": [{"metricName": "vllm:num_requests_running", "threshold": 4}],
             "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}, "scaleDown": {"stabilizationWindowSeconds": 600}},
         },
     }
@@ -187,6 +186,10 @@ def test_vllm_from_eas_json_metrics_reach_autoscaler_and_balancer_and_a_standby_
         assert load.failed == 0
         decided, promoted = _wall(srv, "Autoscaled"), _wall(srv, "Promoted")
         assert decided is not None and promoted is not None
+        # vllm:num_requests_running scaled it, read as its time average (its samples read 0)
+        scaled = next(e for e in c.events(NAME, limit=50) if e["reason"] == "Autoscaled")
+        how = "custom:vllm:num_requests_running read as rate(vllm:request_inference_time_seconds_sum)"
+        assert "scale up 1 → 2" in scaled["message"] and how in scaled["message"], scaled
         first, _, sent, why = min(a for a in load.answers if a[1] == standby["id"])
         steady = sorted(t - s for t, rid, s, _ in load.answers if rid != standby["id"] and s < decided)
         assert row["pid"] == standby["pid"]  # the same process: promoted, not started cold

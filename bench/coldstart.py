@@ -187,6 +187,8 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
             f"| {what}: the same request, steady state (anchor) | p50 {got['steady_s']:.3f} s, max "
             f"{got['steady_max_s']:.3f} s | | |"
         )
+        each = ", ".join(f"{a:.3f}/{p:.3f}/{st:.3f}" for a, p, st in got["each"])
+        print(f"| {what}: each promotion: answer / Promoted event / steady request, s | {each} | | |")
         print(
             f"| {what}: breakdown: Scaled event / Promoted event / promotion_s (promotion → probe) | "
             f"{got['scaled_event_s']:.3f} / {got['promoted_event_s']:.3f} / {got['promotion_s']:.3f} s | | |"

@@ -131,7 +131,7 @@ def promote_once(srv: Server, name: str, ask: Ask) -> dict[str, float]:
     }
 
 
-def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_args: Any) -> dict[str, float]:
+def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_args: Any) -> dict[str, Any]:
     """Medians over ``runs`` promotions (see :func:`promote_once`) of a service with one frozen
     standby and no other replica, plus the slowest answer (``answered_max_s``) and steady request
     (``steady_max_s``); ``ask_args``: the request (see :class:`Ask`)."""
@@ -144,14 +144,15 @@ def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_arg
     got = [promote_once(srv, name, ask) for _ in range(runs)]
     c.delete(name)
     c.wait_deleted(name, timeout_s=60)
-    out = {k: statistics.median(g[k] for g in got) for k in got[0]}
+    out: dict[str, Any] = {k: statistics.median(g[k] for g in got) for k in got[0]}
     out["answered_max_s"] = max(g["answered_s"] for g in got)
     out["steady_max_s"] = max(g["steady_s"] for g in got)
     out["runs"] = len(got)
+    out["each"] = [(g["answered_s"], g["promoted_event_s"], g["steady_s"]) for g in got]
     return out
 
 
-def testserver_promotion(work: Path, runs: int) -> dict[str, float]:
+def testserver_promotion(work: Path, runs: int) -> dict[str, Any]:
     srv = new_server(work / "ts").start()
     try:
         return promotion(srv, "ts", service_spec("ts"), runs, method="GET", path="/health", body=None)
@@ -159,7 +160,7 @@ def testserver_promotion(work: Path, runs: int) -> dict[str, float]:
         stop_and_reap(srv)
 
 
-def llm_promotion(work: Path, runs: int) -> dict[str, float]:
+def llm_promotion(work: Path, runs: int) -> dict[str, Any]:
     """The quickstart (examples/quickstart/service.json), its model in the server's local bucket;
     one completion of one token."""
     data = work / "llm"

@@ -80,6 +80,7 @@ NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
     "coldstart_bake.py": "run by coldstart.py",
+    "coldstart_vllm.py": "run by coldstart.py --vllm (real vLLM: minutes; tests/test_e2e_vllm.py covers the path)",
     "gateway_workers.py": "the same as gateway.py --only workers (test_the_gateway_workers_pass_runs)",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",

@@ -75,6 +75,8 @@ class Reconciler:
         self.admitted: set[str] = set()  # replica ids holding their share of the node
         self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
         self._specs: dict[tuple[str, int, float], ServiceSpec] = {}  # (service, version, created_at)
+        # replica id → when a pass first saw it Ready (the clock's seconds): the refill's settle
+        self._ready_seen: dict[str, float] = {}
         # What a replica of (service, version, created_at) requests: a version never changes, so
         # admission reads and parses each spec once, not every pass (1,000 services made 1,000
         # reads and parses a pass: bench/cluster.py). created_at: the service's, None once purged.
@@ -132,6 +134,9 @@ class Reconciler:
         for key in [k for k in self._requests if (k[0], k[2]) not in born]:
             del self._requests[key]
         replicas = self.store.replicas()
+        now = self.clock.now()
+        ready = {r.id for r in replicas if r.phase == ReplicaPhase.READY}
+        self._ready_seen = {rid: self._ready_seen.get(rid, now) for rid in ready}
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
@@ -144,6 +149,7 @@ class Reconciler:
                     created_at=r.created_at,
                     in_flight=load.get(r.id, 0),
                     standby=bool(r.standby),
+                    ready_at=self._ready_seen.get(r.id),
                 )
             )
         wrote = False  # this pass changed replica rows: admission reads them again
@@ -169,6 +175,7 @@ class Reconciler:
                 max_surge=rs.max_surge,
                 max_unavailable=rs.max_unavailable,
                 standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
+                now=now,
             )
             for rid in plan.promote:
                 self._promote(rid)

@@ -3,14 +3,19 @@
 - A model's fetch phase on a hit against a miss (goal: a 250 MB model's hit ≤ 1% of its miss).
 - N replicas starting at once on one node (goal: 10 starts, 1 fetch).
 - Standbys (bench/coldstart_standby.py): a frozen standby's promotion to its first answered
-  request, test server and the quickstart LLM (goal: llama-server ≤ 0.2 s); a load step under the
-  autoscaler with a standby and without: requests that waited longer than 1 s.
+  request over several promotions (p50 and max), test server and the quickstart LLM (goal:
+  llama-server ≤ 0.2 s); a load step under the autoscaler with a standby and without: requests
+  that waited longer than 1 s.
+- With ``--vllm`` (bench/coldstart_vllm.py): real vLLM, a frozen and a hot standby's promotion
+  to the first answer (goal ≤ 1 s) beside a cold start, and what a parked standby holds (RSS of
+  its process tree) and uses (CPU).
 
 The fetch phase is what a replica's start spends in ``NodeCache.materialize`` (the supervisor's
 "Fetching" phase runs exactly that); the model is a generated file in a local bucket, the cache a
 fresh folder per run. Prints a markdown table with each goal's verdict.
 
     python bench/coldstart.py                      # 250 MB, 10 starts, 3 runs
+    python bench/coldstart.py --vllm               # the same, and real vLLM's standbys (minutes)
     python bench/coldstart.py --size-mb 4 --starts 3 --runs 1 --standby-runs 1 --no-llm --step-s 2 --bake-mb 4
                                                    # the smoke form
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import coldstart_bake as baking
 import coldstart_standby as standby
+import coldstart_vllm
 
 from openeas.storage import Materialized, NodeCache
 
@@ -73,11 +79,16 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=10, help="replicas starting at once (1-20)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each measurement (1-10)")
     ap.add_argument(
-        "--standby-runs", type=int, default=3, help="promotions measured (0: no standby part; 0-10)"
+        "--standby-runs", type=int, default=5, help="promotions measured (0: no standby part; 0-20)"
     )
     ap.add_argument("--no-llm", action="store_true", help="skip the quickstart LLM (llama-server)")
     ap.add_argument("--step-s", type=float, default=6.0, help="the load step's length, seconds (1-30)")
     ap.add_argument("--bake-mb", type=int, default=100, help="baked vs mounted, MiB (0: none; 0-2048)")
+    ap.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also real vLLM: frozen and hot standbys vs a cold start (minutes)",
+    )
     a = ap.parse_args()
     errors = [
         f"--{name}: {value} is not in {lo}..{hi}"
@@ -85,7 +96,7 @@ def main() -> None:
             ("size-mb", a.size_mb, 1, 2048),
             ("starts", a.starts, 1, 20),
             ("runs", a.runs, 1, 10),
-            ("standby-runs", a.standby_runs, 0, 10),
+            ("standby-runs", a.standby_runs, 0, 20),
             ("step-s", a.step_s, 1, 30),
             ("bake-mb", a.bake_mb, 0, 2048),
         )
@@ -117,6 +128,9 @@ def main() -> None:
         standby_table(a.standby_runs, not a.no_llm, a.step_s)
     if a.bake_mb:
         bake_table(a.bake_mb)
+    if a.vllm:
+        with tempfile.TemporaryDirectory(prefix="openeas-coldstart-vllm-") as tmp:
+            coldstart_vllm.table(Path(tmp))
 
 
 def bake_table(size_mb: int) -> None:
@@ -151,7 +165,9 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         lm = standby.llm_promotion(work, runs) if llm else None
         steps = {sb: standby.load_step(work, sb, step_s) for sb in (False, True)}
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\n# cold start: standbys ({runs} promotions, medians; load step {step_s:g} s)\n")
+    print(
+        f"\n# cold start: standbys ({runs} promotions: p50 and max, else medians; load step {step_s:g} s)\n"
+    )
     print(f"load average at the end: {load}\n")
     print("| measure | value | goal | verdict |")
     print("|---|---|---|---|")
@@ -159,12 +175,20 @@ def standby_table(runs: int, llm: bool, step_s: float) -> None:
         if got is None:
             print(f"| {what}: frozen standby, scale call to first answer | skipped (--no-llm) | | |")
             continue
-        verdict = "" if goal is None else ("PASS" if got["answered_s"] <= goal else "FAIL")
-        limit = "" if goal is None else f"≤ {goal} s"
-        took = f"{got['answered_s']:.3f} s"
+        # Stable: the slowest of the promotions within the goal, not only the median.
+        verdict = "" if goal is None else ("PASS" if got["answered_max_s"] <= goal else "FAIL")
+        limit = "" if goal is None else f"≤ {goal} s (every promotion)"
+        took = (
+            f"p50 {got['answered_s']:.3f} s, max {got['answered_max_s']:.3f} s ({got['runs']:g} promotions)"
+        )
         measure = f"{what}: frozen standby at 0 replicas, scale call to first answer (gateway)"
         print(f"| {measure} | {took} | {limit} | {verdict} |")
-        print(f"| {what}: the same request, steady state (anchor) | {got['steady_s']:.3f} s | | |")
+        print(
+            f"| {what}: the same request, steady state (anchor) | p50 {got['steady_s']:.3f} s, max "
+            f"{got['steady_max_s']:.3f} s | | |"
+        )
+        each = ", ".join(f"{a:.3f}/{p:.3f}/{st:.3f}" for a, p, st in got["each"])
+        print(f"| {what}: each promotion: answer / Promoted event / steady request, s | {each} | | |")
         print(
             f"| {what}: breakdown: Scaled event / Promoted event / promotion_s (promotion → probe) | "
             f"{got['scaled_event_s']:.3f} / {got['promoted_event_s']:.3f} / {got['promotion_s']:.3f} s | | |"

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from tests.harness import Server, new_server, wait_for  # noqa: E402
+from tests.harness import Server, new_server, stop_and_reap, wait_for  # noqa: E402
 from tests.test_e2e_container import bucket_with_testserver, eas_spec  # noqa: E402
 
 
@@ -64,6 +64,6 @@ def bake_vs_mount(work: Path, size_mb: int) -> dict[str, Any]:
         c.wait_deleted("bakebench", timeout_s=120)
         return {"mounted": mounted["cold_start"], "baked": baked["cold_start"], "bake": bake.json()}
     finally:
-        srv.stop()
+        stop_and_reap(srv)  # the gateway too: it outlives a server that dies uncleanly
         if tag is not None:
             subprocess.run(["podman", "rmi", "--force", tag], capture_output=True, check=False)

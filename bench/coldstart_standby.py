@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the rig lives in tests/ (shared with the e2e tests)
 
 from tests.autoscale_load import TOKEN_SUFFIX, autoscaled_spec, predict_url  # noqa: E402
-from tests.harness import Server, new_server, read_proc, service_spec, wait_for  # noqa: E402
+from tests.harness import Server, new_server, read_proc, service_spec, stop_and_reap, wait_for  # noqa: E402
 
 FROZEN = {"replicas": 1, "mode": "frozen"}
 # The load step: one replica serves 2 at a time, 0.2 s each (10 req/s); a cold start takes 3 s
@@ -131,9 +131,10 @@ def promote_once(srv: Server, name: str, ask: Ask) -> dict[str, float]:
     }
 
 
-def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_args: Any) -> dict[str, float]:
+def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_args: Any) -> dict[str, Any]:
     """Medians over ``runs`` promotions (see :func:`promote_once`) of a service with one frozen
-    standby and no other replica; ``ask_args``: the request (see :class:`Ask`)."""
+    standby and no other replica, plus the slowest answer (``answered_max_s``) and steady request
+    (``steady_max_s``); ``ask_args``: the request (see :class:`Ask`)."""
     c = srv.client
     spec["metadata"]["standby"] = FROZEN
     spec["metadata"]["instance"] = 0
@@ -143,18 +144,23 @@ def promotion(srv: Server, name: str, spec: dict[str, Any], runs: int, **ask_arg
     got = [promote_once(srv, name, ask) for _ in range(runs)]
     c.delete(name)
     c.wait_deleted(name, timeout_s=60)
-    return {k: statistics.median(g[k] for g in got) for k in got[0]}
+    out: dict[str, Any] = {k: statistics.median(g[k] for g in got) for k in got[0]}
+    out["answered_max_s"] = max(g["answered_s"] for g in got)
+    out["steady_max_s"] = max(g["steady_s"] for g in got)
+    out["runs"] = len(got)
+    out["each"] = [(g["answered_s"], g["promoted_event_s"], g["steady_s"]) for g in got]
+    return out
 
 
-def testserver_promotion(work: Path, runs: int) -> dict[str, float]:
+def testserver_promotion(work: Path, runs: int) -> dict[str, Any]:
     srv = new_server(work / "ts").start()
     try:
         return promotion(srv, "ts", service_spec("ts"), runs, method="GET", path="/health", body=None)
     finally:
-        srv.stop()
+        stop_and_reap(srv)
 
 
-def llm_promotion(work: Path, runs: int) -> dict[str, float]:
+def llm_promotion(work: Path, runs: int) -> dict[str, Any]:
     """The quickstart (examples/quickstart/service.json), its model in the server's local bucket;
     one completion of one token."""
     data = work / "llm"
@@ -165,7 +171,7 @@ def llm_promotion(work: Path, runs: int) -> dict[str, float]:
         body = {"model": "smollm2", "prompt": "Hi", "max_tokens": 1}
         return promotion(srv, "quickstart", spec, runs, method="POST", path="/v1/completions", body=body)
     finally:
-        srv.stop()
+        stop_and_reap(srv)
 
 
 def _open_loop(url: str, token: str, rate: float, duration_s: float) -> list[float | None]:
@@ -213,4 +219,4 @@ def load_step(work: Path, standby: bool, step_s: float) -> dict[str, float]:
             "p99_s": sorted(ok)[max(0, int(len(ok) * 0.99) - 1)] if ok else 0.0,
         }
     finally:
-        srv.stop()
+        stop_and_reap(srv)

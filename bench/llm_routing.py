@@ -85,8 +85,10 @@ def llama_spec(name: str, bucket: Path, cpu: float, cache_prompts: int, threads:
         cmd = cmd.replace("--parallel 2", f"--parallel {cache_prompts}")
         assert f"--parallel {cache_prompts}" in cmd, cmd  # the quickstart's flags moved: update here
         spec["containers"][0]["command"] = cmd + " --cache-ram 0"
-    if threads:
-        spec["containers"][0]["command"] += f" --threads {threads}"
+    cmd = spec["containers"][0]["command"]
+    assert "--threads 1" in cmd, cmd  # the quickstart's flags moved: update here
+    # 0: llama-server's own default (every core); the quickstart runs one thread (its cpu: 1)
+    spec["containers"][0]["command"] = cmd.replace(" --threads 1", f" --threads {threads}" if threads else "")
     spec["storage"][0]["oss"]["path"] = (bucket / "models/smollm2-135m-instruct").as_uri() + "/"
     return spec
 
@@ -316,7 +318,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="llama-server --threads per replica (0: its default, every core): with 4 replicas on 2 cores, "
+        help="llama-server --threads per replica (0: its default, every core; the quickstart's: 1): with 4 "
+        "replicas on 2 cores, "
         "more than one thread each spins in ggml's barriers while a partner waits for a core",
     )
     ap.add_argument("--warmup", type=int, default=12, help="first requests left out of the steady p50")

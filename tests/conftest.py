@@ -118,6 +118,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # workers (2026-12-07, shared machine): each of these 300-550 s, the bench smoke forms 990 s in all
 # (handed out one by one).
 FIRST = (
+    "tests/test_e2e_cluster.py",  # 180-590 s: one local cluster (up alone 55-290 s) for the module
     "tests/test_e2e_container.py",
     "tests/test_bench_smoke.py",
     "tests/test_e2e_service.py",

@@ -105,7 +105,8 @@ async def test_a_change_is_written_with_an_event_and_wakes_the_reconciler(store:
     assert st is not None and st["decision"]["reason"].endswith("stay at 3 [bounds 1..5]")
     assert st["metrics"][0] | {"unit": ""} == {
         "metric": "concurrent_requests", "value": 6.0, "target": 2.0, "total": 6.0, "unit": "", "recommendation": 3,
-    }  # 6 in flight over 0 Ready replicas is shown as the total itself
+        "reading": None,
+    }  # 6 in flight over 0 Ready replicas is shown as the total itself; the gateway's: no reading named
     assert st["last_change"]["message"].startswith("concurrent_requests")
 
 
@@ -135,6 +136,43 @@ async def test_metrics_gauges_show_value_target_and_bounds(store: Store) -> None
     assert 'openeas_autoscaler_recommended_replicas{service="svc"} 2.0' in text
     assert 'openeas_autoscaler_scale_events_total{direction="up",service="svc"} 1.0' in text
     assert 'openeas_desired_replicas{service="svc"} 2.0' in text
+
+
+@dataclass
+class ExplainedCustom:
+    """A custom-metric source that says where its total came from (as ReplicaScraper does)."""
+
+    value: float
+    how: str
+    kinds: tuple[str, ...] = ("custom",)
+
+    async def collect(self, services: Any, now: float) -> None:
+        return None
+
+    def total(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> float | None:
+        return self.value
+
+    def reading(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> str | None:
+        return self.how
+
+
+async def test_describe_metrics_and_the_event_say_which_reading_scaled(store: Store) -> None:
+    deploy(store, {"metric": "custom", "target": 0.5, "min_replicas": 1, "max_replicas": 4,
+                   "custom": {"metric": "vllm:num_requests_running"}})  # fmt: skip
+    how = "rate(vllm:request_inference_time_seconds_sum)"
+    a = Autoscaler(store, traffic=FakeTraffic(rate=1.0, in_flight=0.0), sources=[ExplainedCustom(1.2, how)],
+                   clock=clock_at_wall(), cfg=AutoscalerConfig(tick_s=0.1))  # fmt: skip
+    await a.tick()
+    assert store.get_service("svc").desired_replicas == 3  # ⌈1.2 / 0.5⌉ = 3
+    key = "custom:vllm:num_requests_running"
+    (ev,) = [e for e in store.events("svc") if e.reason == "Autoscaled"]
+    assert ev.message.endswith(f"; {key} read as {how}")
+    st = a.status("svc")
+    assert st is not None and st["metrics"][0]["reading"] == how
+    m = ControlMetrics(store)
+    m.add_collector(a.collector())
+    line = f'openeas_autoscaler_metric_reading{{metric="{key}",reading="{how}",service="svc"}} 1.0'
+    assert line in m.render().decode()
 
 
 async def test_wake_from_zero_on_a_held_request(store: Store) -> None:

@@ -27,10 +27,13 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "activator.py": (["--trials", "3", "--runs", "1", "--duration", "1"], WRK_NGINX),
     "async_queue.py": (["--duration", "1", "--count", "5", "--no-anchors"], ("wrk", "redis-server")),
     "autoscaler.py": (["--runs", "1", "--no-anchors"], ()),
-    "cluster.py": (["--replicas", "200", "--rounds", "2"], ()),
+    "cluster.py": (["--replicas", "200", "--rounds", "2", "--rollout-replicas", "20", "--sqlite-only"], ()),
+    # A 3-node Ray cluster and 30 + 30 replicas take minutes: its flags and imports are checked here.
+    "cluster_rayserve.py": (["--help"], ()),
     "console_paint.py": (["--services", "3", "--loads", "1"], ("chromium",)),
     "coldstart.py": (["--size-mb", "4", "--starts", "3", "--runs", "1", *COLDSTART_STANDBY], ("podman",)),
     "gateway.py": (["--duration", "1", "--runs", "1", "--latency-duration", "0"], WRK_NGINX),
+    "gateway_fleet.py": (["--changes", "2"], ()),  # PostgreSQL: found as localcluster finds it
     "gateway_cost.py": (
         ["--duration", "1", "--runs", "1", "--baseline", "HEAD", "--route-timeout", "5"],
         WRK_NGINX,
@@ -52,9 +55,11 @@ SMOKE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "simulate_replay.py": (["--minutes", "0.5"], ()),  # a 30 s live replay (its verdict may miss here)
     "soak.py": (["--quick"], ()),  # runs soak_lifecycle.py and soak_gateway.py, quick forms
     "stress.py": (["--duration", "1", "--no-anchors"], WRK_NGINX),
+    "vllm_running.py": (["--engine", "testserver", "--seconds", "1"], ()),  # real vLLM: bench/RESULTS.md
 }
 # Lines a bench's smallest form must print (each mode it measures made it to the table).
 EXPECT: dict[str, tuple[str, ...]] = {
+    "cluster_rayserve.py": ("--replicas", "--scale-to", "--cpu"),
     "llm_routing.py": ("| prefix-affinity |", "| least-kv |", "keys moved adding replica 3 to 2"),
     "gateway.py": ("| gateway (openeas server) |", "| gateway (routing file) |"),
     "gateway_cost.py": ("| openeas gateway at HEAD |", "verdict: gateway CPU per request"),
@@ -63,16 +68,24 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "simulate.py": ("anchor: decide() alone", "simulate, qps + 3 cron rules", "verdict: "),
     "simulate_replay.py": ("| replica-seconds |", "| cost (RMB) |", "| scale events |", "verdict: "),
     "soak.py": ("| verdict |", "(a) slow clients:"),
+    "vllm_running.py": ("| the autoscaler, read as rate(vllm:request_inference_time_seconds_sum) |", "verdict: "),
+    "gateway_fleet.py": (
+        "| anchor: the server's own gateway only |",
+        "| two: the server's + a store-only gateway |",
+        "verdict: ",
+    ),
 }
 # Run through another file of this table, or only under their anchor's interpreter: compiled here.
 NOT_RUN_ALONE = {
     "anchors.py": "helper of the benches",
     "coldstart_standby.py": "run by coldstart.py",
     "coldstart_bake.py": "run by coldstart.py",
+    "coldstart_vllm.py": "run by coldstart.py --vllm (real vLLM: minutes; tests/test_e2e_vllm.py covers the path)",
     "gateway_workers.py": "the same as gateway.py --only workers (test_the_gateway_workers_pass_runs)",
     "autoscaler_ray.py": "imports Ray: run by autoscaler.py with .bench/ray's interpreter",
     "soak_gateway.py": "run by soak.py --quick",
     "soak_lifecycle.py": "run by soak.py --quick",
+    "cluster_sim.py": "run by cluster.py (--only reconcile|rollout)",
 }
 
 

@@ -272,6 +272,19 @@ def test_bad_admin_token(shared_server: Server, token: str, message: str) -> Non
     assert (r.exit_code, r.stderr.strip()) == (1, message)
 
 
+def test_gateways_lists_the_servers_own_gateway_live(shared_server: Server) -> None:
+    data, url = shared_server.data_dir, shared_server.gateway_url.rstrip("/")
+    r = run("gateways", "--json", data_dir=data)
+    assert r.exit_code == 0, r.output
+    view = json.loads(r.stdout)
+    (own,) = [g for g in view["gateways"] if g["url"] == url]
+    assert (
+        own["live"] and own["pid"] > 0 and 0 <= own["heartbeat_age_s"] <= 3 and own["applied_version"] >= 0
+    ), own
+    table = run("gateways", data_dir=data)
+    assert table.exit_code == 0 and url in table.stdout and " yes" in table.stdout, table.output
+
+
 def test_call_info(shared_server: Server, tmp_path: Path) -> None:
     data = shared_server.data_dir
     f = write(tmp_path / "s.json", json.dumps({**spec("cli_call"), "token": "cli-call-token-0123"}))

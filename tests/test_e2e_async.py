@@ -16,21 +16,11 @@ import requests
 from eas_prediction import QueueClient
 from eas_prediction.queue_client import DataFrameListCodec
 
-from tests.harness import Server, new_server, service_spec, stop_and_reap
+from tests.behaviour import RID, async_spec
+from tests.harness import Server, new_server, stop_and_reap
 from tests.queue_fixtures import BACKENDS, redis_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
-
-RID = "X-Eas-Queueservice-Request-Id"
-
-
-def async_spec(name: str, *, args: str = "", replicas: int = 1, queue: dict[str, Any] | None = None) -> dict[str, Any]:
-    spec = service_spec(name, replicas=replicas, args=args)
-    spec["metadata"]["type"] = "Async"
-    if queue is not None:
-        spec["queue"] = queue
-    return spec
-
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def qsrv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

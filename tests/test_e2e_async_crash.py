@@ -16,11 +16,13 @@ import re
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 import requests
 
+from openeas.sdk.client import Client
+from tests import behaviour
+from tests.behaviour import QueueApi, async_spec
 from tests.harness import (
     Server,
     kill_gateway,
@@ -31,7 +33,6 @@ from tests.harness import (
     wait_for,
 )
 from tests.queue_fixtures import BACKENDS, backend_url, redis_server  # noqa: F401  (a fixture)
-from tests.test_e2e_async import RID, async_spec
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +40,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=BACKENDS)
 def qserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per queue backend for the module: each test deploys a service of its own name
-    (a start and stop cost 5-10 s on a loaded CI worker; tests/conftest.py hands the two backends
-    to two workers). The replica kill test runs first, while its replica is the only one; the
-    kill -9 of the server and gateway runs last, and restarts them for the next backend's tests."""
+    (a start and stop cost ~4 CPU-seconds, 5-10 s on a loaded CI worker; tests/conftest.py hands
+    the two backends to two workers). The replica kill test runs first, while its replica is the
+    only one; the kill -9 of the server and gateway runs last (it restarts them; teardown stops them)."""
     tmp = tmp_path_factory.mktemp(f"qserver-{request.param}")
     srv = new_server(tmp / "data")
     if request.param != "sqlite":
@@ -51,41 +52,8 @@ def qserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     stop_and_reap(srv)
 
 
-class Api:
-    def __init__(self, srv: Server, service: str) -> None:
-        self.srv = srv
-        self.url = f"{srv.gateway_url}/api/predict/{service}"
-        self.h = {"Authorization": srv.client.call_info(service)["token"]}
-
-    def put(self, body: bytes = b"{}") -> str:
-        r = requests.post(self.url, data=body, headers=self.h, timeout=30)
-        assert r.status_code == 200, r.text
-        return r.headers[RID]
-
-    def result(self, rid: str, timeout_s: str = "20s") -> requests.Response:
-        return requests.get(f"{self.url}/sink", params={"requestId": rid, "_timeout_": timeout_s},
-                            headers=self.h, timeout=70)
-
-    def get(self, **params: str) -> Any:
-        return requests.get(self.url, params=params, headers=self.h, timeout=30).json()
-
-    def all_results(self) -> list[dict[str, Any]]:
-        """Every stored result of the service, read back in sink order (_raw_=false pages)."""
-        out: list[dict[str, Any]] = []
-        after = 0
-        while True:
-            r = requests.get(f"{self.url}/sink", params={"_watch_": "false", "_index_": "0", "_length_": "100",
-                                                         "_raw_": "false"}, headers=self.h, timeout=30)
-            if r.status_code == 204:
-                return out
-            page = [x for x in r.json() if x["sinkIndex"] > after]
-            if not page:
-                return out
-            out += page
-            after = page[-1]["sinkIndex"]
-            # mark the page read so the next read returns the next page
-            requests.put(f"{self.url}/sink", params={"_indexes_": ",".join(str(x["index"]) for x in page)},
-                         headers=self.h, timeout=30)
+def Api(srv: Server, service: str) -> QueueApi:
+    return QueueApi(srv.gateway_url, srv.client.call_info(service)["token"], service)
 
 
 def gateway_metric(srv: Server, name: str, service: str) -> float | None:
@@ -154,25 +122,12 @@ def test_always_failing_replica_dead_letters_then_redrive(qserver: Server) -> No
 
 
 def test_kill_9_of_server_and_gateway_loses_and_repeats_nothing(qserver: Server) -> None:
-    c = qserver.client
-    c.deploy(async_spec("crash", args="--latency-ms 400", replicas=2, queue={"window": 4}))
-    c.wait_ready("crash", 2, timeout_s=60)
-    api = Api(qserver, "crash")
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda i: api.put(b'{"n": %d}' % i), range(120)))
-    # Some answered, some in flight, most queued: 2 replicas x 4 at a time, 0.4 s each.
-    wait_for(lambda: int(api.get(_attrs_="true")["stream.results"]) >= 8, 30, what="first results")
-    attrs = api.get(_attrs_="true")
-    assert int(attrs["stream.inFlight"]) > 0 and int(attrs["stream.queued"]) > 0
-    qserver.kill9()
-    kill_gateway(qserver.data_dir)  # the data plane too: the dispatcher dies with its calls in flight
-    qserver.start()
-    api = Api(qserver, "crash")
-    wait_for(lambda: api.get(_attrs_="true")["stream.length"] == "0", 120, what="backlog drained")
-    results = api.all_results()
-    got = [r["requestId"] for r in results]
-    assert len(got) == len(set(got)) == len(ids)  # one result per request, none twice
-    assert set(got) == set(ids)  # and none lost
-    assert any(r["tags"]["status"] == "200" for r in results)
+    def kill() -> tuple[Client, str]:
+        qserver.kill9()
+        kill_gateway(qserver.data_dir)  # the data plane too: the dispatcher dies with its calls in flight
+        qserver.start()
+        return qserver.client, qserver.gateway_url
+
+    results = behaviour.async_kill_loses_nothing(qserver.client, qserver.gateway_url, "crash", kill)
     # Requests in flight when the dispatcher died were redelivered: a second attempt.
     assert any(r["attempts"] >= 2 for r in results)

@@ -76,21 +76,26 @@ def test_concurrency_scales_out_where_qps_with_the_same_numbers_does_not(shared_
     _cleanup(srv, "lie_conc", "lie_qps")
 
 
-def test_custom_metric_scraped_from_the_replicas(shared_server: Server) -> None:
-    """Scaling on the test server's own in-flight gauge read from each replica's /metrics."""
+def test_custom_metric_scraped_from_the_replicas_as_a_time_average(shared_server: Server) -> None:
+    """Scaling on vLLM's running gauge read off each replica's /metrics (the test server's
+    vLLM-shaped metrics): a load step of 50 ms requests, far shorter than the 1 s scrape round,
+    is read as a time average by Little's law from the replica's histogram of seconds."""
     srv, c = shared_server, shared_server.client
-    policy = {"metric": "custom", "target": 1, "custom": {"metric": "testserver_requests_in_flight"},
-              "min_replicas": 1, "max_replicas": 3, "metric_window": "2s"}
-    c.deploy(autoscaled_spec("custom_gauge", policy, args="--latency-ms 2000"))
+    policy = {"metric": "custom", "target": 0.5, "custom": {"metric": "vllm:num_requests_running"},
+              "min_replicas": 1, "max_replicas": 2, "metric_window": "2s"}
+    c.deploy(autoscaled_spec("custom_gauge", policy, args="--latency-ms 50 --vllm-metrics 1"))
     c.wait_ready("custom_gauge", 1, timeout_s=60)
-    load = Load(predict_url(srv, "custom_gauge"), "custom_gauge" + TOKEN_SUFFIX, threads=3).start()
+    load = Load(predict_url(srv, "custom_gauge"), "custom_gauge" + TOKEN_SUFFIX, threads=2).start()
     try:
-        # 3 requests in flight, summed over the replicas' gauges / target 1 = 3 replicas
-        wait_for(lambda: c.describe("custom_gauge")["ready_replicas"] == 3, 40, what="3 Ready replicas")
+        # 2 clients of 50 ms requests keep up to 2 running: well above 0.5 per replica → 2 replicas
+        wait_for(lambda: c.describe("custom_gauge")["desired_replicas"] == 2, 20, what="scale out to 2")
     finally:
         load.stop()
+    how = "read as rate(vllm:request_inference_time_seconds_sum)"
     events = autoscaled_events(srv, "custom_gauge")
-    assert events and all("custom:testserver_requests_in_flight" in e["message"] for e in events)
+    assert events and all(f"custom:vllm:num_requests_running {how}" in e["message"] for e in events), events
+    metric = c.autoscaling("custom_gauge")["metrics"][0]
+    assert metric["reading"] == "rate(vllm:request_inference_time_seconds_sum)", metric
     assert load.failures == []
     _cleanup(srv, "custom_gauge")
 

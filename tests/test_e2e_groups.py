@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,9 @@ import pytest
 import requests
 
 from openeas.sdk.client import ApiError
-from tests.harness import Server, new_server, service_spec, stop_and_reap, wait_for
+from tests import behaviour
+from tests.behaviour import call, member
+from tests.harness import Server, new_server, service_spec, stop_and_reap
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +41,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
     finally:
         stop_and_reap(server)
-
-
-def member(r: requests.Response) -> str:
-    assert r.status_code == 200, r.text
-    return str(r.json()["data"][0]["id"])
-
-
-def call(session: requests.Session, info: dict[str, str], headers: dict[str, str] | None = None) -> requests.Response:
-    return session.get(
-        info["endpoint"] + "/v1/models", headers={"Authorization": info["token"], **(headers or {})}, timeout=10
-    )
 
 
 def test_a_90_10_split_over_5000_requests_passes_a_chi_square_test(srv: Server) -> None:
@@ -111,80 +100,8 @@ def test_match_rules_send_each_request_to_its_member_and_the_rest_by_weight(srv:
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "member_not_found"
 
 
-class Load:
-    """Threads sending group requests until stopped; every answer with its send time."""
-
-    def __init__(self, info: dict[str, str], threads: int = 4) -> None:
-        self.info = info
-        self.results: list[tuple[float, float, int, str]] = []  # (sent, answered, status, member)
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with requests.Session() as s:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    r = call(s, self.info)
-                    row = (sent, time.monotonic(), r.status_code, r.json()["data"][0]["id"] if r.ok else "")
-                except Exception as exc:  # a failed request is what the test counts
-                    with self._lock:
-                        self.errors.append(repr(exc))
-                    continue
-                with self._lock:
-                    self.results.append(row)
-
-    def answered_since(self, t: float) -> int:
-        """Answers to requests sent at or after ``t`` (monotonic seconds)."""
-        with self._lock:
-            return sum(1 for r in self.results if r[0] >= t)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-
-def stale_after(results: list[tuple[float, float, int, str]], t_return: float, until: float, new: str) -> int:
-    """How many requests sent after the API call returned (and before ``until``) did not go by the
-    new weights (all to ``new``); the number of requests sent in that span is asserted non-zero."""
-    after = [r for r in results if t_return <= r[0] < until]
-    assert after, "no request was sent after the change"
-    return sum(r[3] != new for r in after)
-
-
 def test_a_weight_change_under_load_is_in_effect_when_the_call_returns_and_fails_nothing(srv: Server) -> None:
-    c = srv.client
-    c.group_create({"name": "swap", "routes": [{"service": "blue", "weight": 1000}, {"service": "green"}]})
-    info = c.group_call_info("swap")
-    with Load(info) as load:
-        wait_for(lambda: load.answered_since(0.0) >= 50, 30, poll_s=0.01, what="50 answers before the change")
-        answer = c.group_weights("swap", {"blue": 0, "green": 1000})
-        switched = time.monotonic()
-        wait_for(lambda: load.answered_since(switched) >= 50, 30, poll_s=0.01, what="50 answers after the change")
-        rolling_back = time.monotonic()  # requests sent from here on may go either way...
-        back = c.group_rollback("swap")  # one command back to blue
-        rolled_back = time.monotonic()  # ...and from here on to blue only
-        wait_for(lambda: load.answered_since(rolled_back) >= 50, 30, poll_s=0.01, what="50 answers after the rollback")
-    assert not load.errors, load.errors[:3]
-    assert {r[2] for r in load.results} == {200}  # 0 failed requests
-    # The gateway acknowledged the routing version before each call returned...
-    for a in (answer, back):
-        assert a["routing"]["acknowledged"] is True, a["routing"]
-    # ...so not one request sent after the return follows the old weights (no tolerance).
-    assert stale_after(load.results, switched, rolling_back, "green") == 0
-    assert stale_after(load.results, rolled_back, float("inf"), "blue") == 0
-    waited = (answer["routing"]["waited_ms"], back["routing"]["waited_ms"])
-    print(f"acknowledged by the gateway {waited[0]:.1f} ms / {waited[1]:.1f} ms after the commit")
-    reasons = [e["reason"] for e in c.group_events("swap")]
-    assert reasons[-2:] == ["WeightsChanged", "RolledBack"]
+    behaviour.group_weight_change_under_load(srv.client, "swap", "blue", "green")
 
 
 @pytest.mark.parametrize(

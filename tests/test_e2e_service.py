@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from openeas.sdk import ApiError
+from tests import behaviour
 from tests.harness import (
     Server,
     kill9_replica_under_load,
@@ -55,29 +56,7 @@ def test_eas_spec_fixed_port_and_mount_two_replicas_both_serve(server: Server, t
     )
     spec["storage"] = [{"mount_path": "/mnt/data/", "oss": {"path": bucket.as_uri() + "/"}}]
     c = server.client
-    c.deploy(spec)
-    detail = c.wait_ready("mounted", 2, timeout_s=60)
-    ports = {r["port"] for r in detail["replicas"]}
-    assert len(ports) == 2 and 8000 not in ports  # side by side, each on its own port
-    for r in detail["replicas"]:
-        assert requests.get(f"http://127.0.0.1:{r['port']}/health", timeout=5).status_code == 200
-        assert r["cold_start"]["total_s"] is not None and r["cold_start"]["total_s"] > 0
-        assert r["phase_times"].keys() >= {"Pending", "Fetching", "Starting", "Warming", "Ready"}
-    # Through the gateway, both replicas take traffic.
-    for _ in range(20):
-        resp = c.predict("mounted", {"model": "m", "prompt": "hi", "max_tokens": 2}, path="/v1/completions")
-        assert resp.json()["object"] == "text_completion"
-    counts = []
-    for r in detail["replicas"]:
-        metrics = requests.get(f"http://127.0.0.1:{r['port']}/metrics", timeout=5).text
-        counts.append(
-            sum(
-                float(line.split()[-1])
-                for line in metrics.splitlines()
-                if line.startswith("testserver_requests_total") and "completions" in line
-            )
-        )
-    assert all(n > 0 for n in counts), counts
+    detail = behaviour.deploy_eas_json(c, server.gateway_url, spec, timeout_s=60)
     # One download per node: the version's pre-fetch or one replica copied, every other start hit.
     stats = c.request("GET", "/api/v1/cache")["stats"]
     assert stats["misses"] + stats["prefetches"] == 1, stats
@@ -190,8 +169,7 @@ def test_scale_stop_start_rollback(server: Server):
     c = server.client
     c.deploy(service_spec("ops"))
     c.wait_ready("ops", 1, timeout_s=60)
-    c.scale("ops", 2)
-    c.wait_ready("ops", 2, timeout_s=60)
+    behaviour.scale_and_serve(c, server.gateway_url, "ops", 2, timeout_s=60)
     c.stop("ops")
     wait_for(
         lambda: c.describe("ops")["total_replicas"] == 0 and not c.describe("ops")["replicas"],
@@ -210,8 +188,7 @@ def test_scale_stop_start_rollback(server: Server):
     assert took < 1.0, took  # a stopped service answers at once: no replica is coming, nothing is held
     c.start("ops")
     c.wait_ready("ops", 2, timeout_s=60)
-    c.update("ops", service_spec("ops", replicas=2, args="--model-name second"))
-    c.wait_ready("ops", 2, timeout_s=60)
+    behaviour.rolling_update_under_load(c, server.gateway_url, "ops", 2, timeout_s=60)
     c.rollback("ops", 1)
     detail = c.wait_ready("ops", 2, timeout_s=60)
     assert detail["version"] == 3 and {r["version"] for r in detail["replicas"]} == {3}

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests import behaviour
 from tests.harness import Server, new_server, service_spec, stop_and_reap, wait_for
 
 pytestmark = pytest.mark.slow
@@ -125,31 +126,7 @@ def test_data_file_not_one_request_per_line(srv: Server, tmp_path: Path) -> None
 
 
 def test_api_runs_a_bounded_test_in_the_server(srv: Server) -> None:
-    api, headers = srv.api_url, {"Authorization": f"Bearer {srv.info['admin_token']}"}
-    bad = requests.post(
-        f"{api}/api/v1/services/cap2/stress", json={"optional": {"minQPS": -1}}, headers=headers
-    )
-    assert bad.status_code == 400 and "optional.minQPS" in bad.json()["error"]["message"]
-    missing = requests.post(f"{api}/api/v1/services/nosuch/stress", json={}, headers=headers)
-    assert missing.status_code == 404
-    task = {"base": {"duration": 4, "qps": 50}, "optional": {"mode": "manual", "adjustInterval": 2}}
-    started = requests.post(f"{api}/api/v1/services/cap2/stress", json=task, headers=headers)
-    assert started.status_code == 202, started.text
-    rid = started.json()["id"]
-    again = requests.post(f"{api}/api/v1/services/cap2/stress", json=task, headers=headers)
-    assert again.status_code == 409  # one at a time
-    deadline = time.monotonic() + 60
-    while (report := requests.get(f"{api}/api/v1/stress/{rid}", headers=headers).json())[
-        "status"
-    ] == "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert report["status"] == "completed", report
-    assert [s["offered"] for s in report["steps"]] == [50, 50]
-    assert all(s["errors"] == 0 and s["throughput"] == pytest.approx(50, rel=0.1) for s in report["steps"])
-    page = requests.get(f"{api}/api/v1/stress/{rid}/html", headers=headers)
-    # latency, throughput, replicas and in flight over time
-    assert page.status_code == 200 and page.text.count("<svg") == 4 and "cap2" in page.text
+    behaviour.stress_in_the_server(srv.api_url, srv.info["admin_token"], "cap2")
 
 
 def answered(srv: Server, service: str) -> float:

@@ -1,8 +1,8 @@
 """End to end with real vLLM (its CPU build, MiniLM embeddings): deployed from an EAS-shaped JSON
 with a frozen standby, its real ``vllm:*`` metrics reach the autoscaler (``vllm:num_requests_running``
-as the scale metric) and the balancer (``least-waiting`` reads ``vllm:num_requests_waiting``), and a
-load step makes the autoscaler scale out by promoting the standby; the seconds from the scale
-decision to the promoted replica's first answer are printed.
+alone as the scale metric, read as a time average) and the balancer (``least-waiting`` reads
+``vllm:num_requests_waiting``), and a load step makes the autoscaler scale out by promoting the
+standby; the seconds from the scale decision to the promoted replica's first answer are printed.
 
 vLLM lives in a virtualenv of its own (``.venv-vllm``, ~3.4 GB) that ``scripts/setup.sh`` installs
 (scripts/setup_vllm.sh). Without it the test skips, and fails under ``OPENEAS_REQUIRE_VLLM=1``
@@ -71,17 +71,16 @@ def eas_json() -> dict[str, Any]:
             }
         ],
         "storage": [{"mount_path": "/mnt/data/", "oss": {"path": "oss://models/minilm/"}}],
-        # vLLM's own running count (read off each replica: it must be known for a valid decision)
-        # and the gateway's concurrency: the highest recommendation wins. An embedding takes
-        # 20-100 ms, so a 1 s scrape of vllm:num_requests_running mostly reads 0: the load step's
-        # scale-out comes from the concurrency.
+        # vLLM's own running count alone, read off each replica. vLLM publishes the gauge after
+        # each engine step, when an embedding has already finished: it reads 0 at every scrape.
+        # The autoscaler reads its time average from vllm:request_inference_time_seconds (Little's
+        # law, autoscaler/time_average.py). It counts engine requests (one per input: the load's
+        # 8 inputs per request keep ~10 running on one replica, measured), and a few one-input
+        # requests at a time stay under 4 per replica.
         "autoscaler": {
             "min": 1,
             "max": 2,
-            "scaleStrategies": [
-                {"metricName": "vllm:num_requests_running", "threshold": 0.2},
-                {"metricName": "concurrency", "threshold": 0.5},
-            ],
+            "scaleStrategies": [{"metricName": "vllm:num_requests_running", "threshold": 4}],
             "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}, "scaleDown": {"stabilizationWindowSeconds": 600}},
         },
     }
@@ -111,10 +110,12 @@ def _metric(srv: Server, name: str, *labels: str) -> float | None:
 
 
 class Load:
-    """Threads posting embeddings through the gateway; each answer's (wall time, replica id)."""
+    """Threads posting embeddings through the gateway; each answer's (wall time answered, replica
+    id, wall time sent, the balancer's reason)."""
 
     def __init__(self, url: str, threads: int) -> None:
         self.url, self.answers, self.failed = url, [], 0
+        self.answers: list[tuple[float, str, float, str]]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
@@ -122,11 +123,13 @@ class Load:
         headers = {"Authorization": TOKEN, "X-OpenEAS-Explain": "1"}
         body = {"model": "minilm", "input": ["how long does a cold start take?"] * 8}
         while not self.stop.is_set():
+            sent = time.time()
             r = requests.post(self.url, json=body, headers=headers, timeout=60)
             if r.status_code != 200:
                 self.failed += 1
                 continue
-            self.answers.append((time.time(), r.headers["X-OpenEAS-Replica"].split(";")[0]))
+            rid, _, why = r.headers["X-OpenEAS-Replica"].partition(";")
+            self.answers.append((time.time(), rid, sent, why.strip()))
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -179,20 +182,37 @@ def test_vllm_from_eas_json_metrics_reach_autoscaler_and_balancer_and_a_standby_
                 return next((r for r in reps if r["id"] == standby["id"] and r["phase"] == "Ready"), None)
 
             row = wait_for(promoted, 90, what="the standby promoted by the autoscaler")
-            wait_for(lambda: any(rid == standby["id"] for _, rid in load.answers), 30, what="an answer from it")
+            wait_for(lambda: any(rid == standby["id"] for _, rid, _, _ in load.answers), 30, what="an answer from it")
         assert load.failed == 0
         decided, promoted = _wall(srv, "Autoscaled"), _wall(srv, "Promoted")
         assert decided is not None and promoted is not None
-        first = min(t for t, rid in load.answers if rid == standby["id"])
+        # vllm:num_requests_running scaled it, read as its time average (its samples read 0)
+        scaled = next(e for e in c.events(NAME, limit=50) if e["reason"] == "Autoscaled")
+        how = "custom:vllm:num_requests_running read as rate(vllm:request_inference_time_seconds_sum)"
+        assert "scale up 1 → 2" in scaled["message"] and how in scaled["message"], scaled
+        first, _, sent, why = min(a for a in load.answers if a[1] == standby["id"])
+        steady = sorted(t - s for t, rid, s, _ in load.answers if rid != standby["id"] and s < decided)
         assert row["pid"] == standby["pid"]  # the same process: promoted, not started cold
         print(
-            f"\nvLLM MiniLM: scale decision → promoted {promoted - decided:.3f} s, → first answer "
-            f"{first - decided:.3f} s; promotion_s {row['cold_start']['promotion_s']}"
+            f"\nvLLM MiniLM: scale decision → promoted {promoted - decided:.3f} s, → first request sent to it "
+            f"{sent - decided:.3f} s ({why}), → its answer {first - decided:.3f} s; promotion_s "
+            f"{row['cold_start']['promotion_s']}; a steady request before the decision: p50 "
+            f"{steady[len(steady) // 2] if steady else float('nan'):.3f} s"
         )
-        # Goal ≤ 1 s (issue 23; bench/coldstart.py). Measured in two clean CI runs, this test alone on
-        # the machine: promoted 0.06-0.96 s after the decision, first answer 5.1-5.2 s after it (0.5 s
-        # once on a development machine). Where the ~5 s after Ready goes is not yet known: this bound
-        # holds the promotion path working end to end, not the goal.
+        # Goal ≤ 1 s (issue 23; bench/coldstart.py --vllm). Measured in two CI runs (the suite on the
+        # machine): promoted 0.06-0.96 s after the decision, first answer 5.1-5.2 s after it. The same
+        # path timed step by step at load average 25 (main's code, bench/RESULTS.md): promoted
+        # 0.31 s, the first request sent to it 0.52 s (the balancer picks it at once: its unknown
+        # waiting counts as 0, fewest outstanding), answered 1.51 s, as long as a steady request on
+        # the other replica at that load (0.5-1.0 s); the pool's refill did not start (2 cores,
+        # both taken). This branch's run at load 14: promoted 0.18 s, first request sent to it 0.76 s
+        # (the load is a closed loop: its 3 threads were waiting on the other replica), answered
+        # 1.85 s (1.09 s in the thawed replica against a steady 0.27 s); after the merge of the
+        # time-averaged scale metric, at load ~7: promoted 0.14 s, sent 0.18 s, answered 0.69 s
+        # (goal met once, not yet reliably). The CI runs' extra ~4 s was
+        # not reproduced: the print above says, per run, whether it is before the request reaches
+        # the replica (sent) or in it (answer). This bound holds the promotion path working end to
+        # end, not the goal.
         assert first - decided < 10.0
     finally:
         srv.stop()

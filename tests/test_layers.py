@@ -28,7 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "storage queue telemetry",
         "gateway",
         "controller autoscaler batch stress cost",
-        "api gateway_keeper control_lease",
+        "api gateway_keeper gateway_fleet control_lease",
         "console",
         "server localcluster balancer",
         "cli processor testserver",

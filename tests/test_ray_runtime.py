@@ -132,8 +132,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         c.shutdown()
 
 
-def _launch(tmp: Path, rid: str, demand: Demand) -> LaunchSpec:
-    port = free_port()
+def _launch(tmp: Path, rid: str, demand: Demand, port: int | None = None) -> LaunchSpec:
+    port = port or free_port()
     return LaunchSpec(
         replica_id=rid,
         argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
@@ -179,13 +179,20 @@ def test_four_replicas_of_one_cpu_land_two_per_node(
     cluster: tuple[Cluster, RayRuntime], tmp_path: Path
 ) -> None:
     _c, runtime = cluster
-    launches = [_launch(tmp_path, f"r{i}", Demand(cpu=1)) for i in range(4)]
-    refs = [runtime.start(launch) for launch in launches]
+    # Placed first: each actor chooses its replica's port free on its node (none of `avoid`).
+    avoid: set[int] = set()
+    launches = []
+    for i in range(4):
+        placed = runtime.place(f"r{i}", Demand(cpu=1), 1, avoid)
+        assert placed.host == "127.0.0.1" and placed.ports[0] not in avoid
+        avoid.add(placed.ports[0])
+        launches.append(_launch(tmp_path, f"r{i}", Demand(cpu=1), placed.ports[0]))
+    refs = [runtime.start(launch) for launch in launches]  # in the placed actors, on their nodes
     try:
         names = _node_names(runtime)
         # 4 replicas of cpu 1 on 2 nodes of 2 CPUs: any other split puts 3 CPUs on a node of 2.
         assert Counter(names[r.extra["node"]] for r in refs) == {"node_a": 2, "node_b": 2}
-        assert all(_answers(launch.port) for launch in launches)  # on 127.0.0.1, its own port
+        assert all(_answers(launch.port) for launch in launches)  # on 127.0.0.1, the node's port
         assert all(runtime.alive(r) for r in refs)
         runtime.forget(refs[0])  # its actor goes, and the replica with it
         assert not runtime.alive(refs[0])

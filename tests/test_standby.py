@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from openeas.controller.reconciler import Reconciler
-from openeas.controller.rollout import ReplicaView, plan_rollout
+from openeas.controller.rollout import REFILL_SETTLE_S, ReplicaView, plan_rollout
 from openeas.errors import SpecError
 from openeas.kernel.clock import LoopClock
 from openeas.kernel.states import ReplicaPhase, check_transition
@@ -29,15 +29,19 @@ P = ReplicaPhase
 STOP, CONT, TERM = signal.SIGSTOP, signal.SIGCONT, signal.SIGTERM
 
 
+NOW = 1_000.0  # the plans' `now`, seconds
+
+
 def reps(*specs: str) -> list[ReplicaView]:
-    """'id:version:phase[:sb]': sb marks a standby."""
+    """'id:version:phase[:sb][:rN]': sb marks a standby, rN one that became Ready N seconds ago."""
     out = []
     for i, s in enumerate(specs):
         parts = s.split(":")
+        ago = next((float(p[1:]) for p in parts[3:] if p.startswith("r")), None)
         out.append(
             ReplicaView(
                 id=parts[0], version=int(parts[1]), phase=parts[2], stopping=False,
-                created_at=float(i), standby="sb" in parts[3:],
+                created_at=float(i), standby="sb" in parts[3:], ready_at=None if ago is None else NOW - ago,
             )
         )
     return out
@@ -52,6 +56,12 @@ PLANS = [
     # promoted (no longer a standby) but not Ready yet: still no refill; once Ready, the refill
     pytest.param(["a:1:Ready", "s:1:Standby"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-for-the-promotion"),
     pytest.param(["a:1:Ready", "s:1:Ready"], 1, 2, 1, (0, 1, (), ()), id="promoted-ready-refills"),
+    # ... but not while it takes its first requests: a refill's start would take their CPU
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r0.2"], 1, 2, 1, (0, 0, (), ()), id="refill-waits-while-it-settles"),
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r0.9"], 1, 2, 1, (0, 0, (), ()), id="settling-until-1s"),
+    pytest.param(["a:1:Ready:r900", "s:1:Ready:r1"], 1, 2, 1, (0, 1, (), ()), id="settled-after-1s-refills"),
+    # a replica on its way out, or a standby, does not hold the refill back
+    pytest.param(["a:1:Ready:r900", "s:1:Standby:sb:r0.2"], 1, 1, 2, (0, 1, (), ()), id="a-standby-never-settles"),
     # 1 → 4 with two standbys: both promoted, one created cold (capacity does not wait)
     pytest.param(["a:1:Ready", "s:1:Standby:sb", "t:1:Standby:sb"], 1, 4, 2, (1, 0, ("s", "t"), ()),
                  id="scale-out-beyond-the-pool"),
@@ -76,8 +86,16 @@ PLANS = [
 def test_plan_with_standbys(
     replicas: list[str], current: int, desired: int, standby: int, want: tuple[Any, ...]
 ) -> None:
-    plan = plan_rollout(reps(*replicas), current_version=current, desired=desired, standby=standby)
+    plan = plan_rollout(reps(*replicas), current_version=current, desired=desired, standby=standby, now=NOW)
     assert (plan.create, plan.create_standby, plan.promote, plan.stop) == want
+
+
+def test_the_refill_settle_is_the_documented_1_s() -> None:
+    # docs/cold-start.md, "What a promotion waits for"
+    assert REFILL_SETTLE_S == 1.0
+    # without `now` (no clock given) nothing settles: the plan is the one before any promotion
+    plan = plan_rollout(reps("a:1:Ready:r900", "s:1:Ready:r0.2"), current_version=1, desired=2, standby=1)
+    assert plan.create_standby == 1
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ TABLES = {
     "cold_starts": "id",  # v8
     "eval_runs": "id",  # v12
     "request_usage": "service, hour",  # v13
+    "gateways": "id",  # v14
 }
 
 

@@ -65,6 +65,8 @@ from openeas.testserver import Knobs, ServerThread, iter_sse_data, parse_args, r
         pytest.param(
             [], {"TESTSERVER_MAX_CONCURRENCY": "8"}, {"knobs": Knobs(max_concurrency=8)}, id="max-concurrency"
         ),
+        pytest.param([], {"TESTSERVER_VLLM_METRICS": "true"}, {"knobs": Knobs(vllm_metrics=True)}, id="vllm-metrics"),
+        pytest.param(["--vllm-metrics", "0"], {"TESTSERVER_VLLM_METRICS": "1"}, {"knobs": Knobs()}, id="vllm-off"),
     ],
 )
 def test_parse_args(argv: list[str], env: dict[str, str], expected: dict[str, Any]) -> None:
@@ -90,6 +92,7 @@ def test_parse_args(argv: list[str], env: dict[str, str], expected: dict[str, An
         pytest.param(["--port", "70000"], {}, "--port", id="port-out-of-range"),
         pytest.param(["--model-name", ""], {}, "--model-name", id="empty-model-name"),
         pytest.param(["--max-concurrency", "-1"], {}, "--max-concurrency", id="negative-concurrency"),
+        pytest.param(["--vllm-metrics", "maybe"], {}, "--vllm-metrics: cannot parse 'maybe'", id="not-a-bool"),
     ],
 )
 def test_parse_args_rejects(argv: list[str], env: dict[str, str], message: str) -> None:
@@ -336,6 +339,22 @@ async def test_in_flight_gauge_counts_concurrent_work_requests() -> None:
         _, after = await _text(srv.url + "/metrics")
     assert _metrics(text)[("testserver_requests_in_flight", ())] == 3
     assert _metrics(after)[("testserver_requests_in_flight", ())] == 0
+
+
+@pytest.mark.parametrize("vllm", [True, False], ids=["vllm-metrics", "off"])
+async def test_vllm_shaped_running_gauge_and_seconds_histogram(vllm: bool) -> None:
+    async with running(Knobs(latency_ms=100, vllm_metrics=vllm, model_name="m")) as srv:
+        await asyncio.gather(*(_call(srv.url, "POST", "/echo", {}) for _ in range(2)))
+        _, text = await _text(srv.url + "/metrics")
+    got = _metrics(text)
+    h, m = "vllm:request_inference_time_seconds", (("model_name", "m"),)
+    if not vllm:
+        assert not [k for k in got if k[0].startswith("vllm:")]
+        return
+    assert got[("vllm:num_requests_running", m)] == 0  # both finished
+    assert got[(h + "_count", m)] == 2
+    assert 0.2 <= got[(h + "_sum", m)] < 2.0  # two requests of ≥ 100 ms each
+    assert got[(h + "_bucket", (("le", "0.05"), *m))] == 0 and got[(h + "_bucket", (("le", "+Inf"), *m))] == 2
 
 
 async def test_max_concurrency_queues_work_beyond_the_limit() -> None:

@@ -5,7 +5,8 @@ every part as a child in a session of its own: PostgreSQL, Redis, a Ray cluster 
 way (``ray start --head --block`` and ``ray start --address … --block`` for N-1 worker nodes with
 different resources, all with a Ray temp dir and ports of their own), the active server
 (``--runtime ray``, with its gateway), a standby server on the same store (with its gateway), a
-second gateway of the active's data dir, and a TCP balancer (openeas.balancer) over the two
+store-only second gateway (a folder of its own with a copy of secret.key, as on another machine),
+and a TCP balancer (openeas.balancer) over the two
 gateways. Once everything answers it writes ``D/cluster.json``: {api_url, admin_token,
 gateway_urls, balancer_url, ray_address, store_url, queue_url, standby_api_url, ray_nodes}; and
 ``D/parts.json`` names each part's pid (what ``down`` stops if the supervisor itself is gone).
@@ -277,8 +278,12 @@ class LocalCluster:
         server_file = self.data_dirs[0] / "server.json"
         self._wait("the server's server.json", server_file.exists)
         standby_url, standby_gw = self._server(1, common, ray_address)
-        gw1 = free_port()
-        self._spawn("gateway", [sys.executable, "-m", "openeas.gateway", "--data-dir", str(self.data_dirs[0]),
+        # A store-only gateway, as on another machine: a folder of its own holding only secret.key;
+        # it registers in the store, acknowledges there and signs its counters over UDP.
+        gw1, gw_dir = free_port(), self.root / "gateway"
+        gw_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.data_dirs[0] / "secret.key", gw_dir / "secret.key")
+        self._spawn("gateway", [sys.executable, "-m", "openeas.gateway", "--data-dir", str(gw_dir),
                                 *common, "--port", str(gw1)])  # fmt: skip
         self._wait("the second gateway", lambda: _answers_tcp(gw1))
         gateways = [gw0, f"http://127.0.0.1:{gw1}"]

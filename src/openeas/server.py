@@ -58,6 +58,7 @@ from openeas.errors import Conflict, OpenEASError, SpecError
 from openeas.gateway.limit_flags import gateway_limit_args
 from openeas.gateway.routing.notify import RoutingNotifier, socket_paths
 from openeas.gateway.workers import check_workers
+from openeas.gateway_fleet import FleetAcks, FleetCollector, receive_remote_stats
 from openeas.gateway_keeper import GatewayKeeper, ServerError, bind_listener, wait_http
 from openeas.kernel.clock import LOOP_CLOCK
 from openeas.kernel.states import ServiceState
@@ -75,6 +76,7 @@ from openeas.store.lease import Lease
 from openeas.store.secrets import write_private
 from openeas.telemetry import ControlMetrics
 from openeas.telemetry.gateway_stats import GatewayStats, receive
+from openeas.telemetry.gateway_stats import socket_path as stats_socket_path
 from openeas.telemetry.group_stats import DatagramGroupCounters
 
 log = logging.getLogger("openeas.server")
@@ -196,12 +198,16 @@ async def _serve(
     users = await _replica_users(data_dir, replica_user)
     store = Store(data_dir, url=store_url)  # None: SQLite in the data dir
     if store_url is not None:  # the gateway reads the same store (and LISTENs on it)
-        gateway_args = [*gateway_args, "--store", store_url]
+        # Its counters come by this machine's socket; gateways elsewhere sign them over UDP.
+        stats_sock = str(stats_socket_path(data_dir))
+        gateway_args = [*gateway_args, "--store", store_url, "--stats-socket", stats_sock]
     # Routing changes are pushed: after each commit that changed what is routed, a datagram tells
     # the gateway to re-read the store now (it also polls, slowly, as a safety net).
     keeper = GatewayKeeper(data_dir, host, gateway_port, gateway_args)
     notifier = RoutingNotifier(socket_paths(data_dir, gateway_workers), keeper.name)
     store.add_routing_listener(notifier)
+    # The routing wait covers every registered gateway, on this machine or not (gateway_fleet.py).
+    fleet = FleetAcks(store, notifier)
     gateway_url = f"http://{host}:{gateway_port}"
     api_sock = bind_listener(host, port, "API")  # first: a taken port fails before anything starts
     stop = asyncio.Event()
@@ -230,7 +236,7 @@ async def _serve(
             log.info("active after %.2f s as a standby", waited)
         _deploy_files(store, deploy, host_paths)
         runtimes.process_warning = users.warning()
-        components = _compose(store, runtimes, users, host_paths, oss_root, gateway_url, notifier, node,
+        components = _compose(store, runtimes, users, host_paths, oss_root, gateway_url, fleet, node,
                               public_metrics, api_sock, keep_replicas, lease, gateway_workers)  # fmt: skip
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
         server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
@@ -242,6 +248,7 @@ async def _serve(
         (data_dir / "server.json").unlink(missing_ok=True)
         api_sock.close()
         notifier.close()
+        fleet.close()
         if not keep_replicas and not (lease is not None and lease.lost):
             keeper.stop()  # idempotent: also when a component failed to start
 
@@ -264,7 +271,7 @@ def _compose(
     host_paths: HostPaths,
     oss_root: Path | None,
     gateway_url: str,
-    notifier: RoutingNotifier,
+    fleet: FleetAcks,
     node: Resources | None,
     public_metrics: bool,
     api_sock: socket.socket,
@@ -278,6 +285,7 @@ def _compose(
     # and routed; every 0.2 s. The autoscaler (a held request wakes it), drain, scale-in, meter read it.
     gateway_stats = GatewayStats(LOOP_CLOCK.now)
     metrics.set_container_engine(runtimes.engine)
+    metrics.add_collector(FleetCollector(fleet))  # live gateways, each one's routing-version lag
     cfg = SupervisorConfig(
         data_dir=store.data_dir,
         oss_root=oss_root,
@@ -304,7 +312,7 @@ def _compose(
         gateway_stats=gateway_stats,
         rollout_controller=rollouts,
         # Calls that promise a routing change is in effect wait for the gateway's acknowledgement.
-        await_routing=notifier.wait_applied,
+        await_routing=fleet.wait_applied,
         batch_wake=batch.wake,
         host_paths=host_paths,
         idle_watch=idle,
@@ -324,6 +332,7 @@ def _compose(
         Loop("reconciler", reconciler.run, on_stop=shutdown),
         Loop("rollouts", rollouts.run),
         Loop("gateway counters", lambda stop: receive(data_dir, gateway_stats, stop)),
+        *_remote_counters(store, api_sock, gateway_stats),
         Loop("autoscaler", autoscaler.run),
         # least-waiting / least-kv services: their replicas' engine load, pushed to the gateway.
         Loop("engine load", EngineLoadScraper(store, data_dir, gateway_workers=gateway_workers).run),
@@ -335,6 +344,15 @@ def _compose(
         Loop("console", console.run),
         ApiComponent(app, api_sock),
     ]
+
+
+def _remote_counters(store: Store, api_sock: socket.socket, stats: GatewayStats) -> list[Component]:
+    """On a shared store (PostgreSQL), gateways on other machines send signed counters over UDP
+    to the API's address (gateway_fleet.receive_remote_stats); on SQLite every gateway is here."""
+    if not is_postgres(store.url):
+        return []
+    host = api_sock.getsockname()[0]
+    return [Loop("remote gateway counters", lambda stop: receive_remote_stats(store, host, stats, stop))]
 
 
 def _reconciler(

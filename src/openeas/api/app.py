@@ -29,6 +29,7 @@ from openeas.api.control import ControlPlane
 from openeas.api.cost import add_cost_routes
 from openeas.api.errors import add_error_handlers, admin_check, responses
 from openeas.api.evals import add_eval_routes
+from openeas.api.gateways import add_gateway_routes
 from openeas.api.groups import add_group_routes
 from openeas.api.logs import add_log_routes
 from openeas.api.openapi import document_openapi
@@ -57,6 +58,7 @@ def create_app(cp: ControlPlane, *, public_metrics: bool = False) -> FastAPI:
     add_bake_routes(app, cp, auth)  # /api/v1/services/{name}/bake (api/bake.py)
     add_coldstart_routes(app, cp, auth)  # /api/v1/services/{name}/coldstart (api/coldstart.py)
     add_archive_routes(app, cp, auth)  # /api/v1/archive (api/archive.py)
+    add_gateway_routes(app, cp, auth)  # /api/v1/gateways (api/gateways.py)
     add_health_routes(app, cp, [] if public_metrics else auth)
     add_service_routes(app, cp, auth)  # /api/v1/services, /api/v1/dry-run (api/services.py)
     add_version_routes(app, cp, auth)  # .../versions, .../rollback (api/versions.py)

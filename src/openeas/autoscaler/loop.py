@@ -34,6 +34,7 @@ from openeas.autoscaler.activation import QueueActivation
 from openeas.autoscaler.cron import next_firing
 from openeas.autoscaler.metrics import (
     ColdStarts,
+    ExplainedSource,
     MetricSource,
     ReplicaTarget,
     ServiceView,
@@ -75,6 +76,7 @@ class ServiceRecord:
     last_change: tuple[float, str] | None = None  # (epoch seconds, event message)
     lead_s: float = Defaults.PRESCALE_FALLBACK_S
     cores: float = 1.0  # metadata.cpu of the version (the `cpu` metric's 100%)
+    readings: dict[str, str] = field(default_factory=dict)  # metric key → where its value came from
 
 
 class Autoscaler:
@@ -215,6 +217,11 @@ class Autoscaler:
             obs[m.key] = Observation(
                 src.total(view, m, p.metric_window_s, now), src.total(view, m, p.panic_window_s, now)
             )
+            how = src.reading(view, m, p.metric_window_s, now) if isinstance(src, ExplainedSource) else None
+            if how is not None:
+                rec.readings[m.key] = how
+            else:
+                rec.readings.pop(m.key, None)
         traffic = self._traffic(view.name, p, now)
         p90 = self.cold_starts.p90(view.name)
         rec.lead_s = (p90 + self.cfg.prescale_margin_s) if p90 is not None else Defaults.PRESCALE_FALLBACK_S
@@ -267,7 +274,9 @@ class Autoscaler:
 
     def _write(self, name: str, d: Decision, wall: float) -> None:
         direction = "up" if d.desired > d.current else "down"
-        message = d.reason
+        # Which reading moved it (a gauge's samples, or its histogram by Little's law).
+        how = sorted(self.records[name].readings.items())
+        message = d.reason + "".join(f"; {k} read as {v}" for k, v in how)
         try:
             self.store.update_service(name, desired_replicas=d.desired, event=("Autoscaled", message))
         except OpenEASError as exc:  # deleted meanwhile
@@ -325,6 +334,7 @@ class Autoscaler:
                 "total": r.total,
                 "unit": METRIC_UNITS.get(r.key.split(":", 1)[0], ""),
                 "recommendation": r.recommendation,
+                "reading": rec.readings.get(r.key),
             }
             for r in d.readings
         ]
@@ -375,6 +385,11 @@ class _Collector(Collector):
         hi = GaugeMetricFamily(
             "openeas_autoscaler_max_replicas", "Max in force (cron rules)", labels=["service"]
         )
+        reading = GaugeMetricFamily(
+            "openeas_autoscaler_metric_reading",
+            "1 for where the metric value came from (a gauge's samples, or rate(<histogram>_sum))",
+            labels=["service", "metric", "reading"],
+        )
         valid = GaugeMetricFamily(
             "openeas_autoscaler_decision_valid",
             "1 when every metric had data at the last decision",
@@ -388,12 +403,15 @@ class _Collector(Collector):
                 target.add_metric([name, r.key], r.target)
                 if r.per_replica is not None:
                     value.add_metric([name, r.key], r.per_replica)
+                how = rec.readings.get(r.key)  # one read: the loop may change it meanwhile
+                if how is not None:
+                    reading.add_metric([name, r.key, how], 1)
             if d.recommendation is not None:
                 recommended.add_metric([name], d.recommendation)
             lo.add_metric([name], d.bounds.min_replicas)
             hi.add_metric([name], d.bounds.max_replicas)
             valid.add_metric([name], 1 if d.valid else 0)
-        yield from (value, target, recommended, lo, hi, valid)
+        yield from (value, target, reading, recommended, lo, hi, valid)
         changes = CounterMetricFamily(
             "openeas_autoscaler_scale_events", "Count-changing decisions", labels=["service", "direction"]
         )

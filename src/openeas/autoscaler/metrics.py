@@ -6,6 +6,9 @@
 - :class:`MetricSource` answers one or more metric kinds with a service-wide total over a window;
   sources register by kind in :func:`sources_by_kind` (an unknown kind has no source: "no data",
   never zero). Sources that do I/O do it in ``collect``, called by the loop at its scrape period.
+- :class:`ExplainedSource` is a source that also says where a total came from (the custom
+  metrics' scraper: a gauge's samples, or its histogram by Little's law); describe and /metrics
+  show it.
 - :class:`ColdStarts` keeps the recent cold-start times of each service (the pre-scaling lead).
 
 Everything takes ``now`` from the loop's injected clock.
@@ -17,7 +20,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from openeas.spec.autoscaling import AutoscalingPolicy, MetricTarget
 from openeas.telemetry.coldstart import nearest_rank
@@ -61,6 +64,13 @@ class MetricSource(Protocol):
 
     def total(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> float | None:
         """The metric summed over the service, averaged over the window; None = no data."""
+        ...
+
+
+@runtime_checkable
+class ExplainedSource(Protocol):
+    def reading(self, service: ServiceView, metric: MetricTarget, window_s: float, now: float) -> str | None:
+        """Where ``total`` over the same window took the metric from; None without data."""
         ...
 
 

@@ -207,6 +207,21 @@ def list_services(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
 
 @app.command()
 @cli_errors
+def gateways(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
+    """The gateways registered in the store, on any machine: URL, host, pid, the routing version
+    each applied, heartbeat age, live (heartbeat within 3 s)."""
+    view = _client(data_dir).gateways()
+    if json_out:
+        render.print_json(view)
+    elif not view.get("gateways"):
+        render.out.print("no gateways registered")
+    else:
+        render.out.print(render.gateways_table(view["gateways"]))
+        render.out.print(f"routing version {view['routing_version']}; {view['live']} live", highlight=False)
+
+
+@app.command()
+@cli_errors
 def nodes(json_out: JsonOut = False, data_dir: DataDir = None) -> None:
     """The nodes replicas run on: replicas per node, by service ('local': the server's machine)."""
     client = _client(data_dir)

@@ -105,6 +105,24 @@ def services_table(services: list[dict[str, Any]]) -> Table:
     return table
 
 
+def gateways_table(gateways: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("ID", "URL", "HOST", "PID", "APPLIED", "LAG", "HEARTBEAT", "LIVE"):
+        table.add_column(col, no_wrap=True)
+    for g in gateways:
+        table.add_row(
+            str(g.get("id", "")),
+            str(g.get("url", "")),
+            str(g.get("host", "")),
+            str(g.get("pid", "")),
+            str(g.get("applied_version", "-")),
+            str(g.get("lag", "-")),
+            f"{g.get('heartbeat_age_s', 0):.1f}s ago",
+            "yes" if g.get("live") else "no",
+        )
+    return table
+
+
 def summary_grid(d: dict[str, Any]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -292,7 +310,8 @@ def autoscaling_grid(a: dict[str, Any], desired: Any = None) -> Table:
                 f"Metric {m.get('metric')}",
                 f"{value} / target {m.get('target'):g} per replica"
                 + (f" → {rec} replicas" if rec is not None else "")
-                + f"  ({m.get('unit', '')})",
+                + f"  ({m.get('unit', '')})"
+                + (f"  read as {m['reading']}" if m.get("reading") else ""),
             )
         )
     if not a.get("metrics"):

@@ -77,6 +77,13 @@ class Reconciler:
         self._pending_said: dict[str, str] = {}  # service → the last "replicas wait" event written
         # Each service's current spec, parsed once; the API's service list reads it too.
         self.specs = SpecCache(store)
+        # replica id → when a pass first saw it Ready (the clock's seconds): the refill's settle
+        self._ready_seen: dict[str, float] = {}
+        # What a replica of (service, version, created_at) requests: a version never changes, so
+        # admission reads and parses each spec once, not every pass (1,000 services made 1,000
+        # reads and parses a pass: bench/cluster.py). created_at: the service's, None once purged.
+        self._requests: dict[tuple[str, int, float | None], Resources] = {}
+        self._created: dict[str, float] = {}  # service → its created_at, as of the last pass
 
     def wake(self) -> None:
         """Ask for a pass now; safe from any thread. The API calls this after writing desired
@@ -86,7 +93,12 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self.kill_orphans()
+        if any(rt.name == "ray" for rt in self.runtimes.all()):
+            # off the loop: the scan asks every replica actor (a round trip each, a second or more
+            # on a loaded machine), which held a new active's API for seconds after a takeover
+            await asyncio.to_thread(self.kill_orphans)
+        else:
+            self.kill_orphans()  # a read of /proc (or one container listing)
         while not stop.is_set():
             # Cleared before the pass: a wake() during it asks for another pass, it is not lost.
             self._wake.clear()
@@ -110,7 +122,14 @@ class Reconciler:
     def reconcile_once(self) -> None:
         services = {s.name: s for s in self.store.list_services()}
         self.specs.keep_only(services.values())
+        self._created = {name: s.created_at for name, s in services.items()}
+        born = set(self._created.items())
+        for key in [k for k in self._requests if (k[0], k[2]) not in born]:
+            del self._requests[key]
         replicas = self.store.replicas()
+        now = self.clock.now()
+        ready = {r.id for r in replicas if r.phase == ReplicaPhase.READY}
+        self._ready_seen = {rid: self._ready_seen.get(rid, now) for rid in ready}
         load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
@@ -123,8 +142,10 @@ class Reconciler:
                     created_at=r.created_at,
                     in_flight=load.get(r.id, 0),
                     standby=bool(r.standby),
+                    ready_at=self._ready_seen.get(r.id),
                 )
             )
+        wrote = False  # this pass changed replica rows: admission reads them again
         for name, svc in services.items():
             views = by_service.get(name, [])
             if svc.state == ServiceState.DELETING:
@@ -133,6 +154,7 @@ class Reconciler:
                 if not views:
                     self.store.purge_service(name)
                     self.store.record_event(name, "Deleted", "all replicas stopped; service deleted")
+                wrote = True
                 continue
             desired = desired_replicas(svc.state, svc.desired_replicas)
             spec = self._spec(svc)
@@ -146,6 +168,7 @@ class Reconciler:
                 max_surge=rs.max_surge,
                 max_unavailable=rs.max_unavailable,
                 standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
+                now=now,
             )
             for rid in plan.promote:
                 self._promote(rid)
@@ -154,11 +177,14 @@ class Reconciler:
             for i in range(plan.create + plan.create_standby):
                 root = self.cfg.data_dir / "replicas"
                 self.store.add_replica(name, svc.current_version, workdir_root=root, standby=i >= plan.create)
+            wrote = wrote or bool(plan.promote or plan.stop or plan.create or plan.create_standby)
         for r in replicas:
             if r.service not in services:
                 self._request_stop(r.id)
+                wrote = True
         # Every replica row gets exactly one supervisor (new rows and rows adopted after a restart).
-        rows = self.store.replicas()
+        # (The pass runs without a pause: the rows read above are current unless it wrote.)
+        rows = self.store.replicas() if wrote else replicas
         for r in rows:
             if r.id not in self.tasks:
                 self._supervise(r.id, stopping=bool(r.stopping))
@@ -177,20 +203,26 @@ class Reconciler:
         """Admit the replicas (oldest first) on this node's capacity; see controller/capacity.py.
         A replica holds its share once admitted, and when it has a process or left Pending (one
         adopted after a restart); a stopping one that holds nothing asks for nothing."""
-        requests: dict[tuple[str, int], Resources] = {}
         claims = []
         for r in sorted(rows, key=lambda r: (r.created_at, r.id)):
             holds = r.id in self.admitted or r.pid is not None or r.phase != ReplicaPhase.PENDING
             if r.stopping and not holds:
                 continue
-            key = (r.service, r.version)
-            if key not in requests:
-                try:
-                    requests[key] = request_of(self.store.version_spec(r.service, r.version))
-                except NotFound:  # its service was purged under it: it only stops now
-                    requests[key] = Resources(cpu=DEFAULT_CPU, memory_mb=DEFAULT_MEMORY_MB)
-            claims.append(Claim(id=r.id, request=requests[key], holds=holds))
+            claims.append(Claim(id=r.id, request=self._request(r.service, r.version), holds=holds))
         return admit(claims, self.capacity)
+
+    def _request(self, service: str, version: int) -> Resources:
+        """What a replica of ``service`` at ``version`` requests (read once per version)."""
+        key = (service, version, self._created.get(service))
+        request = self._requests.get(key)
+        if request is None:
+            spec = self.specs.cached((service, version, key[2])) if key[2] is not None else None
+            try:
+                request = request_of(spec or self.store.version_spec(service, version))
+            except NotFound:  # its service was purged under it: it only stops now
+                request = Resources(cpu=DEFAULT_CPU, memory_mb=DEFAULT_MEMORY_MB)
+            self._requests[key] = request
+        return request
 
     def _apply_admission(self, rows: list[ReplicaRow]) -> None:
         decision = self.admission(rows)

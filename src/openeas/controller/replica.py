@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import ProbeTracker, Transition
@@ -86,7 +87,7 @@ class ReplicaSupervisor(StandbyPhase):
         row = self._row()
         spec = self.store.version_spec(row.service, row.version)
         self.grace_s = spec.metadata.eas.termination_grace_period
-        self.ref = self._adopt(row)
+        self.ref = await self._adopt(row)
         # Adopted while Ready: it keeps serving, no new start. Adopted while Standby: it is
         # parked again (frozen or hot as the spec says), no new start either.
         serving = self.ref is not None and row.phase == ReplicaPhase.READY
@@ -136,7 +137,15 @@ class ReplicaSupervisor(StandbyPhase):
         self.nudge.set()
         self.gate.wake()
 
-    def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
+    async def _runtime_call(self, fn: Callable[[ProcessRef], bool], ref: ProcessRef) -> bool:
+        """``fn(ref)`` of the runtime: the Ray runtime's off the loop (a round trip to the replica's
+        actor, a second or more on a loaded machine: a takeover adopting 8 replicas on the loop
+        held the new active's API for seconds), the others' (a read of /proc) on it."""
+        if self.runtime.name == "ray":
+            return await asyncio.to_thread(fn, ref)
+        return fn(ref)
+
+    async def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
         if row.pid is None or row.start_ticks is None:
             if row.phase != ReplicaPhase.PENDING:
                 # No process was recorded (a control plane died mid-start or mid-backoff): the
@@ -152,7 +161,7 @@ class ReplicaSupervisor(StandbyPhase):
                 pid=None, start_ticks=None, phase=ReplicaPhase.PENDING, phase_times={}, message=str(exc)
             )
             return None
-        if self.runtime.adopt(ref):
+        if await self._runtime_call(self.runtime.adopt, ref):
             self.frozen = row.phase == ReplicaPhase.STANDBY  # perhaps: a SIGCONT is harmless
             self._event(row, "Adopted", f"replica process {row.pid} adopted after a control-plane restart")
             if row.phase not in (ReplicaPhase.READY, ReplicaPhase.STANDBY):
@@ -200,7 +209,7 @@ class ReplicaSupervisor(StandbyPhase):
             probes.append((role, check, tracker))
         while True:
             assert self.ref is not None
-            if not self.runtime.alive(self.ref):
+            if not await self._runtime_call(self.runtime.alive, self.ref):
                 code = self.runtime.exit_code(self.ref)
                 self._fail("Crashed", f"process {self.ref.pid} exited (code {code})")
                 if self.clock.now() - ready_since > STABLE_AFTER_S:

@@ -27,6 +27,11 @@ from dataclasses import dataclass, replace
 
 from openeas.kernel.states import ReplicaPhase
 
+# Seconds the pool's refill waits after a replica of the service became Ready (a promoted standby):
+# a refill's start (a model server's process start and model load) took the CPU its first
+# requests needed (measured: see docs/cold-start.md, "What a promotion waits for").
+REFILL_SETTLE_S = 1.0
+
 
 @dataclass(frozen=True)
 class ReplicaView:
@@ -37,6 +42,7 @@ class ReplicaView:
     created_at: float  # seconds since the epoch
     in_flight: int = 0  # requests the gateway has in flight on it (last read)
     standby: bool = False  # kept out of routing for a scale-out (metadata.standby)
+    ready_at: float | None = None  # first seen Ready, seconds on the caller's clock (None: not Ready)
 
     @property
     def ready(self) -> bool:
@@ -52,10 +58,17 @@ class RolloutPlan:
 
 
 def plan_standby(
-    replicas: Sequence[ReplicaView], *, current_version: int, desired: int, standby: int
+    replicas: Sequence[ReplicaView],
+    *,
+    current_version: int,
+    desired: int,
+    standby: int,
+    now: float | None = None,
 ) -> tuple[RolloutPlan, list[ReplicaView]]:
     """The standbys' part of a pass: promotions, surplus and old standbys to stop, standbys to
-    create; and the replicas left for `plan_rollout` (the routed ones, promoted ones included)."""
+    create; and the replicas left for `plan_rollout` (the routed ones, promoted ones included).
+    ``now`` (seconds, the clock of the views' `ready_at`): the refill also waits `REFILL_SETTLE_S`
+    after a replica became Ready; None: it does not."""
     live = [r for r in replicas if not r.stopping]
     routed = [r for r in live if not r.standby]
     pool = [r for r in live if r.standby]
@@ -74,7 +87,11 @@ def plan_standby(
     rolling = any(r.version != current_version for r in routed)
     # Promoted (no longer a standby) but not yet Ready: this pass's promotions and earlier ones.
     promoting = promote or any(r.phase == ReplicaPhase.STANDBY for r in routed)
-    create_standby = 0 if rolling or promoting else max(0, standby - (len(pool) - len(surplus)))
+    # Just Ready (a promoted standby's first requests): a refill's start would take the CPU they need.
+    settling = now is not None and any(
+        r.ready and r.ready_at is not None and now - r.ready_at < REFILL_SETTLE_S for r in routed
+    )
+    create_standby = 0 if rolling or promoting or settling else max(0, standby - (len(pool) - len(surplus)))
     left = routed + [replace(r, standby=False) for r in promote]
     plan = RolloutPlan(
         create=0, stop=tuple(stop), create_standby=create_standby, promote=tuple(r.id for r in promote)
@@ -90,9 +107,13 @@ def plan_rollout(
     max_surge: int = 1,
     max_unavailable: int = 0,
     standby: int = 0,
+    now: float | None = None,
 ) -> RolloutPlan:
-    """The next step; `standby`: how many standbys the current version keeps (see plan_standby)."""
-    sb, replicas = plan_standby(replicas, current_version=current_version, desired=desired, standby=standby)
+    """The next step; `standby`: how many standbys the current version keeps, `now` when the
+    refill may start (see plan_standby)."""
+    sb, replicas = plan_standby(
+        replicas, current_version=current_version, desired=desired, standby=standby, now=now
+    )
     routed = _plan_routed(
         replicas,
         current_version=current_version,

@@ -19,10 +19,19 @@ from openeas.controller.warmup import load_warmup
 from openeas.errors import MountError
 from openeas.kernel.checks import ProbeResult
 from openeas.kernel.states import ReplicaPhase
-from openeas.runtime.base import LOOPBACK, ImageRuntime, LaunchSpec, ProcessRef, PullError, Unschedulable
+from openeas.runtime.base import (
+    LOOPBACK,
+    ImageRuntime,
+    LaunchSpec,
+    PlacingRuntime,
+    ProcessRef,
+    PullError,
+    Unschedulable,
+    port_clash,
+)
 from openeas.runtime.container_args import build_container_launch
 from openeas.runtime.identity import hand_over, node_tag
-from openeas.runtime.launch import build_launch, pick_port, rewrite_mounts
+from openeas.runtime.launch import build_launch, demand_of, pick_ports, rewrite_mounts
 from openeas.runtime.limits import MEMORY_LIMIT_HOW
 from openeas.spec import ServiceSpec
 from openeas.spec.models import HealthCheck, docker_credentials
@@ -43,6 +52,8 @@ STARTUP_PROBE_PERIOD_S = 0.1
 WARMUP_REQUEST_TIMEOUT_S = 120.0
 # How often an image pull's progress is written to the replica's message, seconds.
 PULL_PROGRESS_EVERY_S = 1.0
+# Placements of one replica whose node offered a port another replica took meanwhile (Ray runtime).
+NODE_PORT_TRIES = 3
 
 
 class StartPhases(SupervisorBase):
@@ -80,8 +91,7 @@ class StartPhases(SupervisorBase):
         self._set(phase=ReplicaPhase.STARTING, cold_start=cold)
         base = self.cfg.base_env if self.cfg.base_env is not None else os.environ
         try:
-            # No await from here to the port being stored: two replicas never pick the same port.
-            port = pick_port({r.port for r in self.store.replicas() if r.port is not None})
+            node_host, port, sidecar_ports = await self._ports(spec)
             if choice.name == "container":
                 launch = self._container_launch(row, spec, port, plan.paths)
             else:
@@ -93,7 +103,7 @@ class StartPhases(SupervisorBase):
                     workdir=str(workdir),
                     log_path=row.log_path,
                     base_env={k: v for k, v in base.items() if k not in PRIVATE_ENV},
-                    sidecar_ports=self._sidecar_ports(spec, port),
+                    sidecar_ports=sidecar_ports,
                 )
                 env = {**launch.env, **self._identity(row)}  # last: the spec cannot hide the replica
                 if self.user is not None:
@@ -104,8 +114,7 @@ class StartPhases(SupervisorBase):
                 who = None if self.user is None else (self.user.uid, self.user.gid)
                 launch = replace(launch, env=env, user=who)
                 self._env = env
-            if self.runtime.name == "ray":  # placement takes seconds: off the loop, the port kept by the row
-                self._set(port=port)
+            if isinstance(self.runtime, PlacingRuntime):  # seconds on a busy cluster: off the loop
                 self.ref = await asyncio.to_thread(self.runtime.start, launch)
             else:
                 self.ref = self.runtime.start(launch)
@@ -116,19 +125,34 @@ class StartPhases(SupervisorBase):
             kind = "container" if choice.name == "container" else "process"
             raise _Failure("StartFailed", f"cannot start the replica {kind}: {exc}") from None
         node = self.ref.extra.get("node")  # the Ray node id; None on the embedded runtimes
-        host = self.ref.extra.get("host") or LOOPBACK  # the Ray runtime's --replica-address
+        host = self.ref.extra.get("host") or node_host or LOOPBACK  # the Ray runtime's --replica-address
         self._set(pid=self.ref.pid, start_ticks=self.ref.start_ticks, port=port, node=node, host=host)
         self._event(row, "Started", _started(launch, self.ref, port))
 
-    def _sidecar_ports(self, spec: ServiceSpec, port: int) -> dict[int, int]:
-        """A free host port for each port the other containers name (process runtime)."""
-        used = {r.port for r in self.store.replicas() if r.port is not None} | {port}
-        out: dict[int, int] = {}
-        for side in spec.containers[1:]:
-            if "port" in side.model_fields_set and side.port != spec.main.port and side.port not in out:
-                out[side.port] = pick_port(used)
-                used.add(out[side.port])
-        return out
+    async def _ports(self, spec: ServiceSpec) -> tuple[str | None, int, dict[int, int]]:
+        """The replica's address (None: this machine's loopback), its port, and a host port for
+        each port the other containers name (container port → host port), stored in the row at
+        once: free on the server's machine, or, with a placing runtime (Ray), chosen free on the
+        node Ray placed the replica on."""
+        sides = _sidecar_container_ports(spec)
+        if not isinstance(self.runtime, PlacingRuntime):
+            # No await from here to the port being stored: two replicas never pick the same port.
+            used = {r.port for r in self.store.replicas() if r.port is not None}
+            ports = pick_ports(1 + len(sides), used)
+            return None, ports[0], dict(zip(sides, ports[1:], strict=True))
+        demand = demand_of(spec)
+        for _ in range(NODE_PORT_TRIES):
+            avoid = {r.port for r in self.store.replicas() if r.port is not None}
+            chosen = await asyncio.to_thread(self.runtime.place, self.rid, demand, 1 + len(sides), avoid)
+            # No await from this check to the row's write: a replica placed meanwhile on the same
+            # address with the same port (the nodes of one machine) makes this one ask again.
+            others = (
+                (r.host or LOOPBACK, r.port) for r in self.store.replicas() if r.port and r.id != self.rid
+            )
+            if port_clash(chosen, others) is None:
+                self._set(port=chosen.ports[0], host=chosen.host)
+                return chosen.host, chosen.ports[0], dict(zip(sides, chosen.ports[1:], strict=True))
+        raise OSError(f"the replica's node offered ports other replicas took, {NODE_PORT_TRIES} times")
 
     async def _prepare(
         self,
@@ -315,6 +339,15 @@ class StartPhases(SupervisorBase):
             user = users.for_service(row.service) if users is not None else None
         timeout_s = float(check.timeout_seconds)
         return await run_exec_probe(cmd, cwd=cwd, env=env, timeout_s=timeout_s, user=user)
+
+
+def _sidecar_container_ports(spec: ServiceSpec) -> list[int]:
+    """The ports the other containers name that need a host port of their own (in order)."""
+    out: list[int] = []
+    for side in spec.containers[1:]:
+        if "port" in side.model_fields_set and side.port != spec.main.port and side.port not in out:
+            out.append(side.port)
+    return out
 
 
 def _probe_port(spec: ServiceSpec, check: HealthCheck | None, replica_port: int) -> int:

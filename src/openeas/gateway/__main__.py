@@ -25,6 +25,7 @@ from pathlib import Path
 
 from openeas.gateway.context import ClientLimits
 from openeas.gateway.routing.notify import socket_path
+from openeas.gateway.routing.registry import Registration, new_gateway_id
 from openeas.gateway.routing.source import routing_source
 from openeas.gateway.routing.table import FileRoutingSource, RoutingSource
 from openeas.gateway.server import DEFAULT_POLL_INTERVAL_S, WorkerPlace, serve
@@ -54,6 +55,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"seconds between routing polls (the safety net under change notifications with --data-dir); "
         f"default {DEFAULT_POLL_INTERVAL_S} with --data-dir, {FILE_POLL_INTERVAL_S} with --routing-file",
     )
+    p.add_argument(
+        "--advertise-url",
+        help="the URL this gateway registers in the store (`openeas gateways`); default "
+        "http://HOST:PORT (the machine's name for a wildcard --host)",
+    )
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to finish requests on SIGTERM")
     p.add_argument(
@@ -80,7 +86,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     stats.add_argument(
         "--stats-socket",
         type=Path,
-        help="Unix socket to send per-service counters to (default with --data-dir: DATA/run/control.sock)",
+        help="Unix socket to send per-service counters to (default with --data-dir: DATA/run/control.sock; "
+        "with --store postgresql://…: signed UDP to the address the active control plane advertises "
+        "in the store)",
     )
     stats.add_argument("--no-stats", action="store_true", help="send no per-service counters")
     lim = p.add_argument_group("client limits (README: Gateway limits)")
@@ -130,8 +138,25 @@ def _limits(args: argparse.Namespace) -> ClientLimits:
     )
 
 
+def _stats_udp(args: argparse.Namespace) -> bool:
+    """A gateway on a shared store (maybe on another machine) that was not told a socket sends its
+    counters signed over UDP (openeas.telemetry.signed_stats)."""
+    return not args.no_stats and args.stats_socket is None and _postgres(args.store)
+
+
+def _postgres(url: str | None) -> bool:
+    return url is not None and not url.startswith("sqlite")
+
+
+def _registration(args: argparse.Namespace) -> Registration | None:
+    """A gateway that follows a store registers in it (gateway/routing/registry.py)."""
+    if args.data_dir is None:
+        return None
+    return Registration(args.data_dir, args.store, new_gateway_id(), args.advertise_url or "")
+
+
 def _stats_socket(args: argparse.Namespace) -> Path | None:
-    if args.no_stats:
+    if args.no_stats or _stats_udp(args):
         return None
     if args.stats_socket is not None:
         return Path(args.stats_socket)
@@ -189,6 +214,8 @@ async def _main(args: argparse.Namespace) -> None:
         queue_url=args.queue_url,
         data_dir=args.data_dir,
         worker=_worker(args),
+        registration=_registration(args),
+        stats_udp=_stats_udp(args),
     )
     if watcher is not None:
         watcher.cancel()

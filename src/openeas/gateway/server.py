@@ -30,13 +30,15 @@ from openeas.gateway.http.activator import gateway_stopping
 from openeas.gateway.http.pool import UpstreamState
 from openeas.gateway.http.proxy import IDLE, ClientConnection
 from openeas.gateway.routing.notify import NotifyListener
+from openeas.gateway.routing.registry import Registration
 from openeas.gateway.routing.replica_load import LoadListener, Loads
 from openeas.gateway.routing.replica_load import socket_path as load_socket_path
 from openeas.gateway.routing.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.routing.table import RoutingSource
 from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.gateway.telemetry.siblings import Siblings
-from openeas.gateway.telemetry.stats import StatsSender
+from openeas.gateway.telemetry.stats import SignedStatsSender, StatsSender
+from openeas.kernel.fleet import HEARTBEAT_S
 from openeas.kernel.routing import RoutingTable
 
 log = logging.getLogger("openeas.gateway")
@@ -74,6 +76,8 @@ class Gateway:
         queue_url: str | None = None,
         data_dir: Path | None = None,
         worker: int = 0,
+        registration: Registration | None = None,
+        stats_udp: bool = False,
     ) -> None:
         self.source = source
         self.worker = worker  # this process's index among the gateway's workers (--workers N)
@@ -86,7 +90,20 @@ class Gateway:
         self.on_apply = on_apply  # called on the loop after each table swap (tests, benchmarks)
         self.metrics = metrics or GatewayMetrics()
         # Where per-service counters are sent (the control plane's socket); None: not sent.
-        self.stats = StatsSender(stats_socket, self.metrics) if stats_socket is not None else None
+        self.stats: StatsSender | None = None
+        if stats_socket is not None:
+            self.stats = StatsSender(stats_socket, self.metrics)
+        if stats_udp:  # not on the control plane's machine: signed UDP to where the store says
+            self.stats = SignedStatsSender(self.metrics)
+        # This gateway's row in the store's gateway registry (gateway/routing/registry.py): its
+        # heartbeat, and the routing version it applied (what an API call that changes routing
+        # waits for). Written on a thread of its own. None: not registered (a routing file).
+        self.registration = registration
+        if registration is not None and self.stats is not None:
+            self.stats.gateway_id = registration.id  # one id for the row and the counters
+        self._registered = -1  # the highest routing version handed to the registry's thread
+        self._beat: asyncio.Task[None] | None = None
+        self._registry_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeas-registry")
         self.ctx = ProxyContext(
             self.metrics,
             max_date_skew_s=max_date_skew_s,
@@ -114,13 +131,13 @@ class Gateway:
 
     def apply(self, table: RoutingTable) -> None:
         """Swap in a new routing table (requests in flight keep the replica they have)."""
-        before = list(self.upstreams.values())
-        self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics)
+        retired: list[UpstreamState] = []  # only the replicas that left: a change costs what it changed
+        self.ctx.routes = build_routes(table, self.ctx.routes, self.upstreams, self.metrics, retired)
         self.ctx.groups = build_groups(table.groups, self.ctx.routes, self.metrics)
         self.metrics.retain(table.routes.keys(), table.groups.keys())  # deleted ones leave /metrics
-        routed = set(self.upstreams.values())
-        self.leaving.update(st for st in before if st not in routed and st.outstanding > 0)
+        self.leaving.update(st for st in retired if st.outstanding > 0)
         self.table = table
+        self.metrics.routing_version = table.version
         self._queues_changed()
         self.ctx.wake_held()  # held requests whose service now has a replica go at once
         if self.on_apply is not None:
@@ -176,6 +193,31 @@ class Gateway:
         if self._listener is not None and self.table is not None:
             # Applied (or unchanged since the last read): answer the notifications it covers.
             self._listener.applied(self.table.version)
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Write the routing version this gateway applied into the registry (the acknowledgement
+        that gateways on any machine give), once per new version, on the registry's thread: a
+        slow store never delays the next routing read. A write that fails is made good by the
+        next heartbeat, which carries the applied version too."""
+        reg, table = self.registration, self.table
+        if reg is None or table is None or table.version <= self._registered:
+            return
+        self._registered = table.version
+        asyncio.get_running_loop().run_in_executor(self._registry_executor, reg.applied, table.version)
+
+    async def _heartbeat_forever(self, reg: Registration) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            applied = self.table.version if self.table is not None else -1
+            try:
+                target = await loop.run_in_executor(self._registry_executor, reg.beat, applied)
+            except Exception:  # the data plane serves on; the next heartbeat tries again
+                log.exception("gateway registry heartbeat failed")
+                target = None
+            if target is not None and isinstance(self.stats, SignedStatsSender):
+                self.stats.retarget(target)
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def _refresh_forever(self, wake: asyncio.Event) -> None:
         while True:
@@ -207,6 +249,8 @@ class Gateway:
         if self.data_dir is not None:
             self._loads = LoadListener(load_socket_path(self.data_dir, self.worker), self.apply_loads)
             self._loads.start(loop)
+        if self.registration is not None and not self.registration.url and port:
+            self.registration.url = advertised_url(host, port)  # before the first acknowledgement
         watch = getattr(self.source, "watch", None)
         if watch is not None:  # a source that pushes by itself (PostgreSQL's LISTEN/NOTIFY)
             self._unwatch = watch(lambda: loop.call_soon_threadsafe(self.refresh_soon))
@@ -226,6 +270,10 @@ class Gateway:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._refresher = loop.create_task(self._refresh_forever(self._wake))
+        if self.registration is not None:
+            if not self.registration.url:
+                self.registration.url = advertised_url(host, self.port)
+            self._beat = loop.create_task(self._heartbeat_forever(self.registration))
         return self.port
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -279,6 +327,7 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        await self._leave_registry()
         for conn in list(self.ctx.connections):
             conn.transport.close()
         for st in self.upstreams.values():
@@ -288,6 +337,24 @@ class Gateway:
         if self.stats is not None:
             self.stats.close()
         self._executor.shutdown(wait=False)
+
+    async def _leave_registry(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+        if self.registration is not None:
+            await asyncio.get_running_loop().run_in_executor(self._registry_executor, self.registration.leave)
+        self._registry_executor.shutdown(wait=False)
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The URL a gateway listening on ``host``:``port`` advertises by default: a wildcard
+    address names the machine instead."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # While a gateway stops, how often connections are checked for being between two requests, seconds.
@@ -331,6 +398,8 @@ async def serve(
     queue_url: str | None = None,
     data_dir: Path | None = None,
     worker: WorkerPlace | None = None,
+    registration: Registration | None = None,
+    stats_udp: bool = False,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled); ``ready_cb(port)`` once
     listening. ``worker``: this process is one worker of several (gateway/workers.py)."""
@@ -343,6 +412,8 @@ async def serve(
         queue_url=queue_url,
         data_dir=data_dir,
         worker=worker.index if worker is not None else 0,
+        registration=registration,
+        stats_udp=stats_udp,
     )
     siblings = Siblings(worker.folder, worker.index, worker.workers, gw.metrics) if worker else None
     await gw.start(host, port, reuse_port=reuse_port)

@@ -43,6 +43,12 @@ DEFAULT_HOLD_TIMEOUT_S = 120.0
 # The PostgreSQL channel a store on PostgreSQL notifies (payload: the new routing version) in the
 # transaction that bumps the routing version; gateways LISTEN on it (openeas.gateway.routing.pg_source).
 ROUTING_CHANNEL = "openeas_routing"
+# The store's routing change log (openeas.store.routing_log writes it, openeas.gateway.routing.changes
+# reads it): the table, and the kinds of what a routing version changed.
+ROUTING_LOG_TABLE = "routing_changes"
+CHANGED_SERVICE = "service"
+CHANGED_GROUP = "group"
+CHANGED_ALL = "all"  # the writer did not say what changed: every route may have (name "")
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,34 @@ class Runtime(Protocol):
         ...
 
 
+class NodePorts(NamedTuple):
+    """Where a placed replica will be reached: the address and the ports free on its node."""
+
+    host: str  # the address the replica listens on and is reached at (runtime/base.replica_address)
+    ports: list[int]  # free on the replica's node when asked: the main port first, then sidecars'
+
+
+@runtime_checkable
+class PlacingRuntime(Protocol):
+    """A runtime whose replicas run on nodes other than the server's (the Ray runtime): it places
+    the replica first and the replica's ports are chosen free *on that node*, not on the server's
+    machine; the supervisor stores them and builds the launch with them, then calls ``start``."""
+
+    def place(self, replica_id: str, demand: Demand, count: int, avoid: set[int]) -> NodePorts:
+        """Place replica ``replica_id`` (Unschedulable when it fits on no node) and return
+        ``count`` ports free on its node, none of them in ``avoid`` (ports other replicas
+        recorded). The next ``start`` of that replica runs on that node."""
+        ...
+
+
+def port_clash(chosen: NodePorts, taken: Iterable[tuple[str, int]]) -> int | None:
+    """The first of ``chosen``'s ports that another replica already holds at the same address
+    (pure), or None. ``taken``: (host, port) of the other replicas. Two nodes of one machine
+    (the local cluster) share an address and so their ports; nodes of different addresses do not."""
+    held = set(taken)
+    return next((p for p in chosen.ports if (chosen.host, p) in held), None)
+
+
 class PullError(Exception):
     """The image could not be pulled; the message is the engine's reason."""
 

@@ -219,7 +219,7 @@ def build_launch(
     ``port``, the others' to ``sidecar_ports``), so ``--backend 127.0.0.1:8001`` in one container
     still reaches the container listening on 8001.
     """
-    c, md = spec.main, spec.metadata
+    c = spec.main
     ports = {c.port: port, **{k: v for k, v in (sidecar_ports or {}).items() if k != c.port}}
 
     def rewrite(text: str) -> str:
@@ -253,8 +253,14 @@ def build_launch(
         log_path=log_path,
         port=port,
         memory_limit_mb=spec.metadata.memory,
-        demand=Demand(md.cpu, md.memory, md.gpu, spec.cloud.computing.instance_type),
+        demand=demand_of(spec),
     )
+
+
+def demand_of(spec: ServiceSpec) -> Demand:
+    """What one replica of ``spec`` asks of its node (metadata.cpu/memory/gpu, the instance type)."""
+    md = spec.metadata
+    return Demand(md.cpu, md.memory, md.gpu, spec.cloud.computing.instance_type)
 
 
 def _background(text: str, env: Mapping[str, str], port: int | None) -> str:
@@ -299,12 +305,30 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def pick_port(used: set[int], host: str = "127.0.0.1", *, rng: random.Random | None = None) -> int:
-    """A free port for a new replica: in the replica range, not `used` by another replica."""
-    lo, hi = replica_port_range()
+def pick_port(
+    used: set[int],
+    host: str = "127.0.0.1",
+    *,
+    rng: random.Random | None = None,
+    span: tuple[int, int] | None = None,
+) -> int:
+    """A free port for a new replica: in the replica range (``span``, default
+    :func:`replica_port_range`), not `used` by another replica, bindable on ``host`` now."""
+    lo, hi = span or replica_port_range()
     rng = rng or random.Random()
     for _ in range(256):
         port = rng.randrange(lo, hi)
         if port not in used and _bindable(host, port):
             return port
     raise OSError(f"no free replica port in {lo}-{hi} on {host} ({len(used)} in use by replicas)")
+
+
+def pick_ports(
+    count: int, used: set[int], host: str = "127.0.0.1", span: tuple[int, int] | None = None
+) -> list[int]:
+    """``count`` distinct free replica ports (:func:`pick_port`), none of them in ``used``."""
+    taken, out = set(used), []
+    for _ in range(count):
+        out.append(pick_port(taken, host, span=span))
+        taken.add(out[-1])
+    return out

@@ -10,6 +10,18 @@ process, its log, its port) and reports the pid, start ticks, node and the addre
 reached at (``ProcessRef.extra["host"]``, stored as ``replicas.host``). The replica
 dies with its actor (``PR_SET_PDEATHSIG``), so a lost Ray node leaves no replica behind.
 
+Ports are chosen on the node (:meth:`RayRuntime.place`, before the launch is built): the actor,
+once Ray has placed it, picks the replica's ports in the server's replica port range, free on
+*its* node (bind and release on every interface there) and none that another replica recorded;
+the supervisor stores them and builds the launch with them. Bind-and-release, not a port 0 that
+the replica binds itself: a replica's command is anyone's server and cannot report the port it
+bound. The window between the release and the replica's own bind is closed enough: the range
+lies below Linux's ephemeral ports, so no outgoing connection takes the port meanwhile; two
+replicas placed at once on one address are told apart by the supervisor, which asks again when
+another replica stored the same address and port first (:func:`~openeas.runtime.base.port_clash`);
+what is left is a process outside OpenEAS binding that very port in that second, and the start
+then fails and the next one picks another.
+
 Everything else goes by the actor's name, not by a local pid: ``alive`` asks the actor (an
 actor that died with its node means the replica is gone), ``signal`` is relayed by it, ``adopt``
 finds it by name after a control-plane restart, and ``forget`` kills it (its resources go back
@@ -48,11 +60,13 @@ from openeas.runtime.base import (
     REPLICA_ADDRESS_MODES,
     Demand,
     LaunchSpec,
+    NodePorts,
     ProcessRef,
     ReplicaProcess,
     Unschedulable,
     replica_address,
 )
+from openeas.runtime.launch import pick_ports, replica_port_range
 from openeas.runtime.process import ProcessRuntime
 
 ACTOR_PREFIX = "openeas-replica-"
@@ -126,6 +140,16 @@ class ReplicaHost:
         self.ref: ProcessRef | None = None
         self.replica_id = ""
 
+    def ports(
+        self, count: int, avoid: set[int], address_mode: str, span: tuple[int, int]
+    ) -> tuple[str, list[int]]:
+        """The replica's address on this node and ``count`` ports of ``span`` (the server's
+        replica port range) free *on this node*, none in ``avoid``: bound and released here, on
+        every interface, so that a port something on this node holds on any address is never
+        chosen."""
+        host = replica_address(address_mode, ray.util.get_node_ip_address())
+        return host, pick_ports(count, avoid, "::" if ":" in host else "0.0.0.0", span)
+
     def launch(self, launch: LaunchSpec, address_mode: str = "loopback") -> tuple[int, int, str, str]:
         """Start the replica; its pid, start ticks, this node's Ray id and the replica's address
         (:func:`~openeas.runtime.base.replica_address` of ``address_mode`` on this node)."""
@@ -178,6 +202,7 @@ class RayRuntime:
         self.instance_resources = dict(instance_resources or {})
         self.strategy = strategy
         self._codes: dict[str, int | None] = {}  # replica id → last exit code seen
+        self._placed: dict[str, Any] = {}  # replica id → its actor, placed and not started yet
         if not ray.is_initialized():
             try:
                 ray.init(address=address, namespace=self.namespace, log_to_driver=False)
@@ -194,15 +219,37 @@ class RayRuntime:
             if n.get("Alive")
         ]
 
-    def start(self, launch: LaunchSpec) -> ProcessRef:
-        request = ray_request(launch.demand, self.instance_resources)
+    def place(self, replica_id: str, demand: Demand, count: int, avoid: set[int]) -> NodePorts:
+        """Ask Ray for the replica's actor (Ray picks the node) and the actor for ``count`` ports
+        free on that node; the replica's next :meth:`start` runs in that actor."""
+        actor = self._new_actor(replica_id, demand)
+        try:
+            host, ports = ray.get(
+                actor.ports.remote(count, avoid, self.replica_address, replica_port_range()),
+                timeout=START_TIMEOUT_S,
+            )
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise OSError(f"Ray did not place the replica within {START_TIMEOUT_S:g} s") from None
+        except RayActorError as exc:
+            raise OSError(f"the replica's Ray actor died while being placed: {exc}") from None
+        except Exception as exc:  # no free port on the node, or no address for it
+            ray.kill(actor)
+            cause = getattr(exc, "cause", None) or exc
+            raise OSError(f"cannot choose the replica's ports on its Ray node: {cause}") from None
+        self._placed[replica_id] = actor
+        return NodePorts(host, list(ports))
+
+    def _new_actor(self, replica_id: str, demand: Demand) -> Any:
+        request = ray_request(demand, self.instance_resources)
         reason = infeasible_reason(request, (n["resources"] for n in self.nodes()))
         if reason is not None:
             raise Unschedulable(reason)
-        name = actor_name(launch.replica_id)
+        name = actor_name(replica_id)
+        self._placed.pop(replica_id, None)
         self._kill_named(name)  # a leftover of an earlier start of this replica
         custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
-        actor: Any = _ReplicaActor.options(
+        return _ReplicaActor.options(
             name=name,
             namespace=self.namespace,
             lifetime="detached",  # outlives the control plane, like a process replica
@@ -212,6 +259,11 @@ class RayRuntime:
             resources=custom or None,
             scheduling_strategy=self.strategy,
         ).remote()
+
+    def start(self, launch: LaunchSpec) -> ProcessRef:
+        """Start the replica in the actor :meth:`place` made for it (its ports were chosen on
+        that node); without one, in a new actor (the launch's ports were then chosen elsewhere)."""
+        actor = self._placed.pop(launch.replica_id, None) or self._new_actor(launch.replica_id, launch.demand)
         try:
             started = actor.launch.remote(launch, self.replica_address)
             pid, ticks, node, host = ray.get(started, timeout=START_TIMEOUT_S)
@@ -286,6 +338,7 @@ class RayRuntime:
         """The replica is gone for good: its actor goes, and with it its claim on the node."""
         rid = ref.extra.get("replica", "")
         self._codes.pop(rid, None)
+        self._placed.pop(rid, None)
         if rid:
             self._kill_named(actor_name(rid))
 

@@ -234,6 +234,11 @@ class Client(GroupsClient):
         result: dict[str, Any] = self.request("GET", self._svc(name))
         return result
 
+    def gateways(self) -> dict[str, Any]:
+        """Every gateway registered in the store (``GET /api/v1/gateways``)."""
+        result: dict[str, Any] = self.request("GET", f"{API}/gateways")
+        return result
+
     def scale(self, name: str, replicas: int) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
             "POST", f"{self._svc(name)}/scale", json_body={"replicas": replicas}

@@ -12,6 +12,7 @@ the document.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -32,7 +33,9 @@ class Store(Protocol):
     def read(self) -> AbstractContextManager[Session]: ...
     def _service(self, s: Session, name: str) -> ServiceRow: ...
     def _event(self, s: Session, service: str, reason: str, message: str, *, type: str = ...) -> None: ...
-    def _bump_routing(self, s: Session) -> None: ...
+    def _bump_routing(
+        self, s: Session, *, services: Iterable[str] = ..., groups: Iterable[str] = ...
+    ) -> None: ...
 
 
 class DormancyRow(Base):
@@ -112,7 +115,7 @@ def archive_service(store: Store, name: str, now: float, reason: str, since: flo
             select(VersionRow).where(VersionRow.service == name).order_by(VersionRow.version)
         )
         events = s.scalars(select(EventRow).where(EventRow.service == name).order_by(EventRow.id))
-        members = s.scalars(select(GroupMemberRow).where(GroupMemberRow.service == name))
+        members = list(s.scalars(select(GroupMemberRow).where(GroupMemberRow.service == name)))
         doc = {
             "service": {
                 "state": svc.state,
@@ -136,7 +139,7 @@ def archive_service(store: Store, name: str, now: float, reason: str, since: flo
         svc.state = ServiceState.DELETING.value
         svc.updated_at = now
         store._event(s, name, "Archived", reason, type="Warning")
-        store._bump_routing(s)
+        store._bump_routing(s, services=(name,), groups=[m.group for m in members])
         s.flush()
         return row.id
 
@@ -195,7 +198,7 @@ def restore_service(store: Store, name: str, now: float) -> dict[str, Any]:
         if skipped:
             msg += f"; group(s) {', '.join(skipped)} no longer exist: not rejoined"
         store._event(s, name, "Restored", msg)
-        store._bump_routing(s)
+        store._bump_routing(s, services=(name,), groups=joined)
         return {
             "name": name,
             "versions": len(doc["versions"]),

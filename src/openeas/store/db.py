@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Unpack
@@ -22,11 +22,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openeas.errors import Conflict, NotFound
+from openeas.kernel.fleet import GatewayRecord
 from openeas.kernel.routing import ROUTING_CHANNEL
 from openeas.kernel.states import ReplicaPhase, ServiceState, check_transition, routable
 from openeas.spec import ServiceSpec, parse_stored_spec
 from openeas.store import cold_starts as _cold
+from openeas.store import gateways as _gateways
 from openeas.store import request_usage as _requests
+from openeas.store import routing_log as _routing_log
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GroupMemberRow, GroupRow
 from openeas.store.migrations import migrate
@@ -191,9 +194,13 @@ class Store:
         with self.read() as s:
             return int(self._get_meta(s, "routing_version") or 0)
 
-    def _bump_routing(self, s: Session) -> None:
+    def _bump_routing(self, s: Session, *, services: Iterable[str] = (), groups: Iterable[str] = ()) -> None:
+        """The next routing version, in ``s``'s transaction, and what it changed: ``services`` and
+        ``groups`` by name (gateways re-read only those: store/routing_log.py); name none and
+        every gateway rebuilds its whole table, so a writer that cannot say stays correct."""
         version = int(self._get_meta(s, "routing_version") or 0) + 1
         self._set_meta(s, "routing_version", str(version))
+        _routing_log.record(s, version, services, groups)
         if self._notify:  # delivered at COMMIT, to every gateway LISTENing (gateway/routing/pg_source.py)
             s.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": ROUTING_CHANNEL, "v": str(version)})
         s.info[_ROUTING_BUMPED] = version  # session() calls the routing listeners after the commit
@@ -217,6 +224,20 @@ class Store:
                 listener(version)
             except Exception:
                 log.exception("routing listener %r failed", listener)
+
+    # ---- gateways (store/gateways.py) -------------------------------------------------------------
+    def gateways(self) -> tuple[list[GatewayRecord], float, int]:
+        """Every registered gateway, the database's clock now (epoch seconds) and the routing
+        version, read in one transaction."""
+        with self.session() as s:
+            version = int(self._get_meta(s, "routing_version") or 0)
+            return _gateways.records(s), _gateways.db_now(s), version
+
+    def advertise_gateway_stats(self, addr: str) -> bytes:
+        """Remote gateways send their counters to ``addr`` (UDP "host:port"); returns the key
+        that signs them."""
+        with self.session() as s:
+            return _gateways.advertise_stats(s, addr, self.cipher)
 
     # ---- services and versions ----------------------------------------------------------------
     def create_service(self, spec: ServiceSpec) -> ServiceRow:
@@ -251,7 +272,7 @@ class Store:
                 )
             )
             self._event(s, spec.name, "Created", "service created at version 1")
-            self._bump_routing(s)
+            self._bump_routing(s, services=(spec.name,))
             return row
 
     def add_version(self, spec: ServiceSpec, *, reason: str = "Updated", scale: bool = True) -> ServiceRow:
@@ -289,7 +310,7 @@ class Store:
                 )
             )
             self._event(s, spec.name, reason, f"version {last + 1} is now current")
-            self._bump_routing(s)
+            self._bump_routing(s, services=(spec.name,))
             return row
 
     def rollback(self, name: str, version: int) -> ServiceRow:
@@ -338,17 +359,18 @@ class Store:
             row.updated_at = time.time()
             if event is not None:
                 self._event(s, name, *event)
-            self._bump_routing(s)
+            self._bump_routing(s, services=(name,))
             return row
 
     def purge_service(self, name: str) -> None:
         """Remove a deleted service's rows once no replica is left (its group memberships too:
         a new service of the same name joins no group by itself). Events are kept."""
         with self.session() as s:
+            groups = s.scalars(select(GroupMemberRow.group).where(GroupMemberRow.service == name)).all()
             s.execute(delete(GroupMemberRow).where(GroupMemberRow.service == name))
             s.execute(delete(VersionRow).where(VersionRow.service == name))
             s.execute(delete(ServiceRow).where(ServiceRow.name == name))
-            self._bump_routing(s)
+            self._bump_routing(s, services=(name,), groups=groups)
 
     # ---- replicas -------------------------------------------------------------------------------
     def add_replica(
@@ -419,7 +441,7 @@ class Store:
                 _usage.on_phase(s, row, old_phase, new_phase, now)
             is_routable = routable(row.phase, row.stopping, row.port)
             if was_routable != is_routable or (is_routable and old_address != (row.host, row.port)):
-                self._bump_routing(s)
+                self._bump_routing(s, services=(row.service,))
             row.updated_at = now
             return row
 
@@ -428,7 +450,7 @@ class Store:
             row = s.get(ReplicaRow, rid)
             if row is not None:
                 if routable(row.phase, row.stopping, row.port):
-                    self._bump_routing(s)
+                    self._bump_routing(s, services=(row.service,))
                 s.delete(row)
             _usage.closed(s, rid, time.time())
 

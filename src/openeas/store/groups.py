@@ -202,7 +202,7 @@ class GroupStore:
             s.flush()
             self._write_routes(s, row, spec.routes, now)
             self.store._event(s, spec.name, "GroupCreated", f"group created: {_weights_text(spec.routes)}")
-            self.store._bump_routing(s)
+            self.store._bump_routing(s, groups=(spec.name,))
             return self._view(s, row)
 
     def apply(self, spec: GroupSpec) -> tuple[Group, bool]:
@@ -222,7 +222,7 @@ class GroupStore:
                     row.token_enc = self.store.cipher.encrypt(spec.token)
                 self._write_routes(s, row, spec.routes, now)
                 self.store._event(s, spec.name, "GroupUpdated", f"routes set: {_weights_text(spec.routes)}")
-                self.store._bump_routing(s)
+                self.store._bump_routing(s, groups=(spec.name,))
                 return self._view(s, row), created
         return self.create(spec), created
 
@@ -262,7 +262,7 @@ class GroupStore:
             self._write_routes(s, row, new.routes, now)
             text = message or _weights_text(new.routes)
             self.store._event(s, name, reason, text, type=event_type)
-            self.store._bump_routing(s)
+            self.store._bump_routing(s, groups=(name,))
             return self._view(s, row)
 
     def set_routes(
@@ -281,7 +281,7 @@ class GroupStore:
             self._check_services(s, new)
             self._write_routes(s, row, new.routes, now)
             self.store._event(s, name, reason, message, type=event_type)
-            self.store._bump_routing(s)
+            self.store._bump_routing(s, groups=(name,))
             return self._view(s, row)
 
     def rollback(self, name: str) -> Group:
@@ -334,7 +334,7 @@ class GroupStore:
             s.execute(delete(RolloutRow).where(RolloutRow.group == name))
             s.execute(delete(GroupRow).where(GroupRow.name == name))
             self.store._event(s, name, "GroupDeleted", "group deleted")
-            self.store._bump_routing(s)
+            self.store._bump_routing(s, groups=(name,))
 
     def _write_routes(self, s: Session, row: GroupRow, routes: list[GroupRoute], now: float) -> None:
         """Replace the group's members by ``routes``, keeping each one's traffic times."""

@@ -19,7 +19,9 @@ from openeas.kernel.routing import RouteSettings
 from openeas.spec import parse_stored_spec
 from openeas.store import archive as _archive
 from openeas.store import cold_starts as _cold
+from openeas.store import gateways as _gateways
 from openeas.store import request_usage as _requests
+from openeas.store import routing_log as _routing_log
 from openeas.store import usage as _usage
 from openeas.store.group_schema import GROUP_TABLES
 from openeas.store.routing import route_settings
@@ -155,6 +157,8 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v11_node,  # v11: replicas.node
     _v12_eval_runs,  # v12: eval_runs, eval-set runs (store/eval_runs.py)
     _requests.create_table,  # v13: request_usage, requests by service and UTC hour (store/request_usage.py)
+    _gateways.create_table,  # v14: gateways, the gateway registry (store/gateways.py)
+    _routing_log.create_table,  # v15: routing_changes, what routing versions changed (store/routing_log.py)
 ]
 
 

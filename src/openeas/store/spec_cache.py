@@ -40,6 +40,11 @@ class SpecCache:
                 self._specs[key] = spec
         return spec
 
+    def cached(self, key: SpecKey) -> ServiceSpec | None:
+        """The spec of ``key`` if it was read already; None otherwise (nothing is read)."""
+        with self._lock:
+            return self._specs.get(key)
+
     def keep_only(self, services: Iterable[ServiceRow]) -> None:
         """Forget the specs of versions no longer current (replaced, or their service deleted)."""
         current = {spec_key(s) for s in services}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import socket
@@ -73,12 +74,18 @@ def _error(
     return _json({"error": {"message": message, "type": type_, "param": param, "code": None}}, status)
 
 
+# Upper bounds (seconds) of the vLLM-shaped histogram's buckets; the last one catches all.
+SERVED_BUCKETS_S: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, math.inf)
+
+
 @dataclass
 class ServerState:
     """Counters of one server; read by ``/metrics``, ``/ready`` and by in-process tests."""
 
     knobs: Knobs
     in_flight: int = 0
+    served_s: float = 0.0  # seconds the finished work requests were served, summed
+    served_buckets: list[int] = field(default_factory=lambda: [0] * len(SERVED_BUCKETS_S))  # cumulative
     warmup_seen: int = 0
     tokens_generated: int = 0
     requests: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -96,6 +103,17 @@ class ServerState:
         """One draw per work request, in arrival order: the same seed gives the same failures."""
         rate = self.knobs.failure_rate
         return rate > 0.0 and self.rng.random() < rate
+
+    def served(self, seconds: float) -> None:
+        """A work request finished after ``seconds`` (the vLLM-shaped histogram's observation)."""
+        self.served_s += seconds
+        for i, le in enumerate(SERVED_BUCKETS_S):
+            if seconds <= le:
+                self.served_buckets[i] += 1
+
+    @property
+    def served_count(self) -> int:
+        return self.served_buckets[-1]
 
     def new_id(self, prefix: str) -> str:
         self.next_id += 1
@@ -131,6 +149,7 @@ class _Handlers:
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             code = 500
+            started = time.monotonic()
             if work:
                 state.in_flight += 1
             try:
@@ -147,6 +166,7 @@ class _Handlers:
             finally:
                 if work:
                     state.in_flight -= 1
+                    state.served(time.monotonic() - started)
                 key = (endpoint, code)
                 requests[key] = requests.get(key, 0) + 1
 
@@ -342,7 +362,26 @@ def render_metrics(state: ServerState) -> str:
         "# TYPE testserver_tokens_generated_total counter",
         f"testserver_tokens_generated_total {state.tokens_generated}",
     ]
+    if k.vllm_metrics:
+        lines += _vllm_lines(state)
     return "\n".join(lines) + "\n"
+
+
+def _vllm_lines(state: ServerState) -> list[str]:
+    """vLLM's running gauge and its histogram of seconds in RUNNING, as vLLM names them."""
+    name, model = "vllm:request_inference_time_seconds", f'model_name="{state.knobs.model_name}"'
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        f"vllm:num_requests_running{{{model}}} {state.in_flight}",
+        f"# HELP {name} Histogram of time spent in RUNNING phase for request.",
+        f"# TYPE {name} histogram",
+    ]
+    for le, n in zip(SERVED_BUCKETS_S, state.served_buckets, strict=True):
+        bound = "+Inf" if math.isinf(le) else f"{le:g}"
+        lines.append(f'{name}_bucket{{le="{bound}",{model}}} {n}')
+    lines += [f"{name}_sum{{{model}}} {state.served_s!r}", f"{name}_count{{{model}}} {state.served_count}"]
+    return lines
 
 
 def _engine_metrics(knobs: Knobs, request: web.Request) -> str:

@@ -52,6 +52,11 @@ class Knobs:
     """Lines of Prometheus text appended to ``/metrics`` as they are in this file when scraped (a
     model server's own metrics, e.g. ``vllm:num_requests_waiting 3``); ``{port}`` in the path is
     the port this server listens on (one file per replica); "" or a missing file = none."""
+    vllm_metrics: bool = False
+    """Also expose vLLM-shaped metrics of the work requests: the gauge ``vllm:num_requests_running``
+    (requests being served now) and the histogram ``vllm:request_inference_time_seconds``
+    (seconds each finished one was served: ``_bucket``, ``_sum``, ``_count``), what the
+    autoscaler reads vLLM's running requests from (autoscaler/time_average.py)."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -81,6 +86,16 @@ def _optional_float(text: str) -> float | None:
     return None if text.strip().lower() in ("", "none") else float(text)
 
 
+def _bool(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case)."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
 # How each knob's text (flag or env var) becomes a value.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "latency_ms": float,
@@ -97,6 +112,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "unhealthy_file": str,
     "max_concurrency": int,
     "engine_metrics_file": str,
+    "vllm_metrics": _bool,
 }
 
 

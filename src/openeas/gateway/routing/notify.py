@@ -104,6 +104,11 @@ class RoutingNotifier:
         with self._cond:
             return self._in_effect()[0]
 
+    def pids_at(self, version: int) -> set[int]:
+        """The pids of the gateway processes that acknowledged ``version`` or a later one."""
+        with self._cond:
+            return {pid for v, pid in self._acks.values() if v >= version}
+
     def wait_applied(self, version: int, timeout_s: float = ROUTING_ACK_TIMEOUT_S) -> AckOutcome:
         """Block until the gateway has applied ``version`` (or a later one), at most ``timeout_s``;
         the notification is sent again every ``RESEND_S`` meanwhile."""

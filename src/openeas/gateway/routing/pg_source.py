@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from openeas.gateway.routing.source import StoreRoutingSource
-from openeas.kernel.routing import ROUTING_CHANNEL
+from openeas.kernel.routing import ROUTING_CHANNEL, ROUTING_LOG_TABLE
 
 log = logging.getLogger("openeas.gateway.routing.pg_source")
 
@@ -48,6 +48,11 @@ class PgRoutingSource(StoreRoutingSource):
         "SELECT 1 FROM information_schema.tables WHERE table_name = 'group_members' "
         "AND table_schema = current_schema()"
     )
+    HAS_LOG_SQL = (
+        f"SELECT 1 FROM information_schema.tables WHERE table_name = '{ROUTING_LOG_TABLE}' "
+        "AND table_schema = current_schema()"
+    )
+    PARAM = "%s"
 
     def __init__(self, url: str, data_dir: Path) -> None:
         import psycopg

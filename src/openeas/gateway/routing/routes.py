@@ -14,6 +14,7 @@ from openeas.gateway.auth import Credentials
 from openeas.gateway.http.pool import UpstreamState
 from openeas.gateway.routing.balancers import Balancer, UnknownBalancerError, create_balancer
 from openeas.gateway.routing.ratelimit import TokenBucket
+from openeas.gateway.routing.table import gc_paused
 from openeas.gateway.telemetry.metrics import GatewayMetrics, ServiceMetrics
 from openeas.kernel.queue import QueueSettings
 from openeas.kernel.routing import Route, RoutingTable
@@ -46,51 +47,96 @@ def build_routes(
     old_routes: dict[str, RouteState],
     upstreams: dict[UpstreamKey, UpstreamState],
     metrics: GatewayMetrics,
+    retired: list[UpstreamState] | None = None,
 ) -> dict[str, RouteState]:
-    """New per-service states for ``table``; mutates ``upstreams`` (adds new, retires gone ones)."""
+    """New per-service states for ``table``; mutates ``upstreams`` (adds new, retires gone ones,
+    appending those to ``retired`` when given).
+
+    A service whose route did not change keeps its state object as it is (the store's source
+    hands back the very same Route object for a service its read did not touch, so the check is
+    one identity test; an equal route read again is kept too), so a change to one service of
+    thousands builds one state, and only the replicas of the routes that changed or left are
+    looked at for retirement."""
+    with gc_paused():
+        return _build(table, old_routes, upstreams, metrics, retired)
+
+
+def _build(
+    table: RoutingTable,
+    old_routes: dict[str, RouteState],
+    upstreams: dict[UpstreamKey, UpstreamState],
+    metrics: GatewayMetrics,
+    retired: list[UpstreamState] | None,
+) -> dict[str, RouteState]:
+    # Each replica in one route (the store's case: a replica has one service): then a replica of
+    # a changed or removed route is held by no kept route. Else every route is looked through.
+    one_route_each = sum(len(rs.upstreams) for rs in old_routes.values()) == len(upstreams)
     routes: dict[str, RouteState] = {}
-    live: set[UpstreamKey] = set()
+    built: set[UpstreamState] = set()  # the replicas of the routes built anew
     for service, route in table.routes.items():
-        states = []
-        for u in route.upstreams:
-            key = (u.replica_id, u.host, u.port)
-            live.add(key)
-            st = upstreams.get(key)
-            if st is None:
-                st = upstreams[key] = UpstreamState(u)
-            states.append(st)
         old = old_routes.get(service)
-        balancer: Balancer | None = None
-        error = None
-        if old is not None and old.route.balancer == route.balancer and old.balancer is not None:
-            balancer = old.balancer
-        else:
-            try:
-                balancer = create_balancer(route.balancer)
-            except UnknownBalancerError as e:
-                error = f"service '{service}' is misconfigured: {e}"
-        # The bucket survives a table swap while the limit stays the same (a swap must not refill it).
-        limiter = None
-        if route.rate_limit > 0:
-            keep = old is not None and old.limiter is not None and old.route.rate_limit == route.rate_limit
-            limiter = old.limiter if keep and old is not None else TokenBucket(route.rate_limit)
-        routes[service] = RouteState(
-            service=service,
-            route=route,
-            creds=Credentials.from_token(route.token) if route.token else None,
-            upstreams=states,
-            balancer=balancer,
-            balancer_error=error,
-            metrics=metrics.service(service),
-            max_body_bytes=_max_body(route),
-            timeout_s=route.timeout_s,
-            resend_unanswered=route.resend_unanswered,
-            limiter=limiter,
-            queue=route.queue,
-        )
-    for key in [k for k in upstreams if k not in live]:
-        upstreams.pop(key).retire()
+        if old is not None and (old.route is route or old.route == route):
+            routes[service] = old
+            continue
+        routes[service] = state = _route_state(service, route, old, upstreams, metrics)
+        built.update(state.upstreams)
+    if one_route_each:
+        left = (rs for name, rs in old_routes.items() if routes.get(name) is not rs)
+        gone = {st for rs in left for st in rs.upstreams if st not in built}
+    else:
+        live = {st for rs in routes.values() for st in rs.upstreams}
+        gone = {st for st in upstreams.values() if st not in live}
+    for st in gone:
+        del upstreams[(st.upstream.replica_id, st.host, st.port)]
+        st.retire()
+    if retired is not None:
+        retired.extend(gone)
     return routes
+
+
+def _route_state(
+    service: str,
+    route: Route,
+    old: RouteState | None,
+    upstreams: dict[UpstreamKey, UpstreamState],
+    metrics: GatewayMetrics,
+) -> RouteState:
+    """The state of a new or changed route (adds its new replicas to ``upstreams``)."""
+    states = []
+    for u in route.upstreams:
+        key = (u.replica_id, u.host, u.port)
+        st = upstreams.get(key)
+        if st is None:
+            st = upstreams[key] = UpstreamState(u)
+        states.append(st)
+    balancer: Balancer | None = None
+    error = None
+    if old is not None and old.route.balancer == route.balancer and old.balancer is not None:
+        balancer = old.balancer
+    else:
+        try:
+            balancer = create_balancer(route.balancer)
+        except UnknownBalancerError as e:
+            error = f"service '{service}' is misconfigured: {e}"
+    # The bucket survives a table swap while the limit stays the same (a swap must not refill it).
+    limiter = None
+    if route.rate_limit > 0:
+        keep = old is not None and old.limiter is not None and old.route.rate_limit == route.rate_limit
+        limiter = old.limiter if keep and old is not None else TokenBucket(route.rate_limit)
+    return RouteState(
+        service=service,
+        route=route,
+        creds=Credentials.from_token(route.token) if route.token else None,
+        upstreams=states,
+        balancer=balancer,
+        balancer_error=error,
+        metrics=metrics.service(service),
+        max_body_bytes=_max_body(route),
+        timeout_s=route.timeout_s,
+        resend_unanswered=route.resend_unanswered,
+        limiter=limiter,
+        queue=route.queue,
+    )
 
 
 def _max_body(route: Route) -> int:

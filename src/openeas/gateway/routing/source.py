@@ -3,8 +3,12 @@
 It reads only what the control plane publishes for routing: the routable replicas (the SQL twin
 of ``openeas.kernel.states.routable``), each service's encrypted token and the route-settings record
 stored with its current version (``versions.route``, computed by the control plane from the typed
-spec; this module never looks into a spec). It rebuilds the table only when the store's
-``routing_version`` moved, so a poll is one indexed read.
+spec; this module never looks into a spec). It reads the store only when its ``routing_version`` moved, so a
+poll is one indexed read, and then re-reads only the services and groups the versions since its
+own changed (the store's routing change log, :mod:`openeas.gateway.routing.changes`): the routes
+of the others are the very objects of the table before, which the gateway's apply keeps as they
+are (:func:`openeas.gateway.routing.routes.build_routes`). The whole table is read on the first
+poll and whenever the log cannot say what changed.
 
 Standard library, ``cryptography`` (tokens) and ``openeas.kernel.states`` only: the gateway process
 never imports SQLAlchemy or pydantic. A store on PostgreSQL is read by the subclass in
@@ -19,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from openeas.gateway.groups.group_table import load_groups
-from openeas.kernel.routing import Route, RouteSettings, RoutingTable, Upstream
+from openeas.gateway.routing.changes import Changes, changes_since
+from openeas.gateway.routing.table import gc_paused
+from openeas.kernel.groups import GroupDef
+from openeas.kernel.routing import ROUTING_LOG_TABLE, Route, RouteSettings, RoutingTable, Upstream
 from openeas.kernel.states import ROUTABLE_SQL, ServiceState
 from openeas.tokens import TokenCipher
 
@@ -28,11 +35,20 @@ from openeas.tokens import TokenCipher
 DB_FILE = "openeas.db"
 KEY_FILE = "secret.key"
 
-_REPLICAS = f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL} ORDER BY created_at, id"
-_SERVICES = (
-    "SELECT s.name, s.state, s.token_enc, v.route FROM services s "
-    "JOIN versions v ON v.service = s.name AND v.version = s.current_version"
+# ``{where}``: nothing (every service), or the services of an IN list.
+_REPLICAS = (
+    f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} ORDER BY created_at, id"
 )
+# The route of the current version by its key, one indexed lookup a service (a join let
+# PostgreSQL scan every version, specs and all, to find the few a change names).
+_SERVICES = (
+    "SELECT s.name, s.state, s.token_enc, (SELECT v.route FROM versions v "
+    "WHERE v.service = s.name AND v.version = s.current_version) FROM services s{where}"
+)
+# Decrypted tokens kept beyond those in use (services and groups of the table) before the next
+# read is a whole one, which forgets the others: tokens changed by versions read as changes stay
+# cached until then.
+TOKEN_SLACK = 1024
 
 
 def routing_source(data_dir: Path, store_url: str | None = None) -> StoreRoutingSource:
@@ -51,6 +67,8 @@ class StoreRoutingSource:
     # What poll() runs first: one snapshot for the version and the rows. (Overridden for PostgreSQL.)
     BEGIN = "BEGIN"
     HAS_GROUPS_SQL = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='group_members'"
+    HAS_LOG_SQL = f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{ROUTING_LOG_TABLE}'"
+    PARAM = "?"  # the driver's placeholder
     ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, data_dir: Path) -> None:
@@ -58,8 +76,16 @@ class StoreRoutingSource:
         self._cipher = TokenCipher(self.data_dir / KEY_FILE)
         self._conn: Any = None  # a DB-API connection: sqlite3's here, psycopg's in the subclass
         self._version: int | None = None
+        self._table: RoutingTable | None = None  # the table of self._version
         # ciphertext → plaintext: a table rebuild does not decrypt tokens that did not change.
         self._tokens: dict[str, str] = {}
+        self._old_tokens: dict[str, str] = {}  # the cache before a whole read, while it runs
+        self._has_log = False  # the store has the change log (schema v15; never dropped once there)
+        # The query that finds the groups' table, until it is found (then one that costs nothing:
+        # PostgreSQL's information_schema takes milliseconds, more than a whole change's read).
+        self._has_groups_sql = self.HAS_GROUPS_SQL
+        # Reads of the store so far: "full" (the whole table) and "changes" (what changed only).
+        self.reads: dict[str, int] = {"full": 0, "changes": 0}
 
     def _db(self) -> Any:
         if self._conn is None:
@@ -84,7 +110,7 @@ class StoreRoutingSource:
                 version = int(row[0]) if row else 0
                 if version == self._version:
                     return None
-                table = self._load(db, version)
+                table = self._read(db, version)
             finally:
                 db.execute("COMMIT")
         except self.ERRORS:
@@ -92,33 +118,92 @@ class StoreRoutingSource:
             # next poll or notification (the table in use stays).
             self.close()
             return None
-        self._version = version
+        self._version, self._table = version, table
         return table
+
+    def _read(self, db: Any, version: int) -> RoutingTable:
+        """The table of ``version``: the one held patched with what changed, or read whole."""
+        changes = None
+        old = self._table
+        if old is not None and len(self._tokens) <= len(old.routes) + len(old.groups) + TOKEN_SLACK:
+            if not self._has_log:
+                self._has_log = db.execute(self.HAS_LOG_SQL).fetchone() is not None
+            if self._has_log:
+                changes = changes_since(db, self._version, version, self.PARAM)
+        if old is None or changes is None:
+            self.reads["full"] += 1
+            return self._load(db, version)
+        self.reads["changes"] += 1
+        return self._patch(db, old, version, changes)
 
     def _token(self, blob: str) -> str:
         token = self._tokens.get(blob)
         if token is None:
-            token = self._tokens[blob] = self._cipher.decrypt(blob)
+            token = self._old_tokens.pop(blob, None) or self._cipher.decrypt(blob)
+            self._tokens[blob] = token
         return token
 
-    def _load(self, db: Any, version: int) -> RoutingTable:
+    def _routes(self, db: Any, names: tuple[str, ...] | None) -> dict[str, Route]:
+        """The routes of the services ``names`` (every one when None) that are routed: not one
+        of a service that is absent or being deleted."""
+        where, args = "", names or ()
+        if names is not None:
+            where = f" AND service IN ({', '.join([self.PARAM] * len(names))})"
         ready: dict[str, list[Upstream]] = {}
-        for rid, service, host, port in db.execute(_REPLICAS):
+        for rid, service, host, port in db.execute(_REPLICAS.format(where=where), args):
             ready.setdefault(service, []).append(Upstream(replica_id=rid, host=host, port=int(port)))
+        if names is not None:
+            where = f" WHERE s.name IN ({', '.join([self.PARAM] * len(names))})"
         routes = {}
-        used: dict[str, str] = {}
-        for name, state, token_enc, route_json in db.execute(_SERVICES):
+        for name, state, token_enc, route_json in db.execute(_SERVICES.format(where=where), args):
             if state == ServiceState.DELETING:
                 continue
             # sqlite3 hands JSON columns back as text, psycopg as decoded values
             route = json.loads(route_json) if isinstance(route_json, str) else route_json
             settings = RouteSettings.from_dict(route or None)
-            token = self._token(token_enc)
-            used[token_enc] = token
             stopped = state == ServiceState.STOPPED
+            token = self._token(token_enc)
             routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
-        groups = load_groups(db, lambda blob: used.setdefault(blob, self._token(blob)), self.HAS_GROUPS_SQL)
-        self._tokens = used  # forget the tokens no service or group has any more
+        return routes
+
+    def _groups(self, db: Any, names: frozenset[str] | None) -> dict[str, GroupDef]:
+        """The groups ``names`` (every one when None) that exist."""
+        groups = load_groups(db, self._token, self._has_groups_sql, names, self.PARAM)
+        if groups:
+            self._has_groups_sql = "SELECT 1"  # the table is there (tables are never dropped)
+        return groups
+
+    def _load(self, db: Any, version: int) -> RoutingTable:
+        # The cache starts again with the tokens in use (taken from the old one, not decrypted).
+        self._old_tokens, self._tokens = self._tokens, {}
+        with gc_paused():
+            routes = self._routes(db, None)
+            groups = self._groups(db, None)
+        self._old_tokens = {}  # forget the tokens no service or group has any more
+        return RoutingTable(version=version, routes=routes, groups=groups)
+
+    def _patch(self, db: Any, old: RoutingTable, version: int, changes: Changes) -> RoutingTable:
+        """``old`` with the services and groups in ``changes`` read again: the routes of the
+        others are ``old``'s own objects."""
+        routes = dict(old.routes)
+        if changes.services:
+            names = tuple(sorted(changes.services))
+            fresh = self._routes(db, names)
+            for name in names:
+                route = fresh.get(name)
+                if route is None:  # deleted, being deleted, or purged
+                    routes.pop(name, None)
+                elif route != routes.get(name):  # the same route stays the same object
+                    routes[name] = route
+        groups = old.groups
+        if changes.groups:
+            groups = dict(old.groups)
+            fresh_groups = self._groups(db, changes.groups)
+            for name in changes.groups:
+                if name in fresh_groups:
+                    groups[name] = fresh_groups[name]
+                else:
+                    groups.pop(name, None)
         return RoutingTable(version=version, routes=routes, groups=groups)
 
     def close(self) -> None:

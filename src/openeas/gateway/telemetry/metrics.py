@@ -124,6 +124,7 @@ class GatewayMetrics:
         self.timeouts: dict[str, int] = {}  # connections closed by a deadline, by kind
         self.picks: dict[tuple[str, str], int] = {}  # replicas picked, by balancer and outcome
         self.connections = 0  # open client connections
+        self.routing_version = -1  # the routing table's version this gateway applied (-1: none yet)
         # (replica id, routed now, requests in flight) for every replica the gateway routes to or
         # still has requests on; set by the gateway, read only when scraped (drains wait on it).
         self.replicas: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
@@ -282,6 +283,9 @@ def _guard_lines(m: GatewayMetrics) -> list[str]:
         "# HELP openeas_gateway_connections Open client connections.",
         "# TYPE openeas_gateway_connections gauge",
         f"openeas_gateway_connections {m.connections}",
+        "# HELP openeas_gateway_routing_version The routing table version this gateway applied (-1: none).",
+        "# TYPE openeas_gateway_routing_version gauge",
+        f"openeas_gateway_routing_version {m.routing_version}",
         "# HELP openeas_gateway_limit The gateway's limits on clients (bytes, counts, seconds).",
         "# TYPE openeas_gateway_limit gauge",
     ]

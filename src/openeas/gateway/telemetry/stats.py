@@ -27,6 +27,7 @@ import socket
 import uuid
 from pathlib import Path
 
+from openeas.gateway.routing.registry import StatsTarget
 from openeas.gateway.telemetry.metrics import GatewayMetrics
 from openeas.telemetry.gateway_stats import (
     JUMP_GAP_S,
@@ -37,6 +38,7 @@ from openeas.telemetry.gateway_stats import (
     ServiceSample,
     encode,
 )
+from openeas.telemetry.signed_stats import sign
 from openeas.unixdgram import DGRAM, UnixAddress
 
 
@@ -216,3 +218,39 @@ class StatsSender:
             self._addr.close()
             self._addr = None
         self._loop = None
+
+
+class SignedStatsSender(StatsSender):
+    """The same counters over UDP, signed (openeas.telemetry.signed_stats), for a gateway that is
+    not on the control plane's machine. Where to and the key come from the store, with each
+    heartbeat (`retarget`); until the first one, and while none is advertised, nothing is sent
+    (the next datagram carries the cumulative counters)."""
+
+    def __init__(self, metrics: GatewayMetrics, **kwargs: float) -> None:
+        super().__init__(Path("/dev/null"), metrics, **kwargs)
+        self.target: StatsTarget | None = None
+
+    def retarget(self, target: StatsTarget | None) -> None:
+        self.target = target
+
+    def open(self) -> None:
+        self._sock = None  # opened with the first target (its address family)
+
+    def transmit(self, datagram: bytes) -> bool:
+        target = self.target
+        if target is None:
+            return False
+        if self._sock is None or self._sock.family != _family(target.host):
+            if self._sock is not None:
+                self._sock.close()
+            kind = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+            self._sock = socket.socket(_family(target.host), kind)
+        try:
+            self._sock.sendto(sign(target.key, datagram), (target.host, target.port))
+        except OSError:  # no route, a full buffer, a name that does not resolve: the next one carries all
+            return False
+        return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -298,3 +298,29 @@ def test_replica_node_is_stored_and_on_metrics(
     assert got is not None and got.node == node
     text = ControlMetrics(store).render().decode()
     assert f'openeas_replicas_by_node{{node="{label}",service="where"}} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({}, id="new-pending"),
+        pytest.param({"phase": "Fetching", "pid": 4242, "stopping": True}, id="started-stopping"),
+        pytest.param({"standby": True}, id="standby"),
+    ],
+)
+def test_replica_states_match_the_rows(tmp_path: Path, store_url: str | None, fields: dict[str, Any]) -> None:
+    # The reconciler's one-query snapshot (store/replica_states.py) says what the ORM rows say.
+    from dataclasses import fields as dc_fields
+
+    from openeas.store.replica_states import ReplicaState, replica_states
+
+    store = Store(tmp_path, url=store_url)
+    store.create_service(spec())
+    first = store.add_replica("svc", 1, workdir_root=tmp_path)
+    store.add_replica("svc", 1, workdir_root=tmp_path)
+    store.update_replica(first.id, **fields)
+    names = [f.name for f in dc_fields(ReplicaState)]
+    rows = [tuple(getattr(r, n) for n in names) for r in store.replicas()]
+    states = replica_states(store)
+    assert [tuple(getattr(s, n) for n in names) for s in states] == rows
+    assert states[0].id == first.id  # oldest first, as Store.replicas

@@ -40,7 +40,8 @@ from openeas.runtime.select import Runtimes
 from openeas.spec import ServiceSpec
 from openeas.storage import NodeCache
 from openeas.storage.cache_index import keys_in_use
-from openeas.store import ReplicaRow, ServiceRow, Store
+from openeas.store import ServiceRow, Store
+from openeas.store.replica_states import ReplicaState, replica_states
 from openeas.store.spec_cache import SpecCache
 
 log = logging.getLogger("openeas.reconciler")
@@ -126,7 +127,7 @@ class Reconciler:
         born = set(self._created.items())
         for key in [k for k in self._requests if (k[0], k[2]) not in born]:
             del self._requests[key]
-        replicas = self.store.replicas()
+        replicas = replica_states(self.store)  # only the columns a pass reads (one core-SQL query)
         now = self.clock.now()
         ready = {r.id for r in replicas if r.phase == ReplicaPhase.READY}
         self._ready_seen = {rid: self._ready_seen.get(rid, now) for rid in ready}
@@ -184,14 +185,15 @@ class Reconciler:
                 wrote = True
         # Every replica row gets exactly one supervisor (new rows and rows adopted after a restart).
         # (The pass runs without a pause: the rows read above are current unless it wrote.)
-        rows = self.store.replicas() if wrote else replicas
+        rows = replica_states(self.store) if wrote else replicas
         for r in rows:
             if r.id not in self.tasks:
                 self._supervise(r.id, stopping=bool(r.stopping))
         # In the same pass (no await in between): a new supervisor's gate is closed before it runs.
         self._apply_admission(rows)
         if self.cache.stats.dirty:  # something was copied: keep the node's cache within its limit
-            evicted = self.cache.enforce(keys_in_use(rows), time.time()).evict
+            # (the full rows: a key in use is in a replica's cold-start record)
+            evicted = self.cache.enforce(keys_in_use(self.store.replicas()), time.time()).evict
             if evicted:
                 log.info("node cache: evicted %d entries over the limit", len(evicted))
         for rid, task in list(self.tasks.items()):
@@ -199,7 +201,7 @@ class Reconciler:
                 del self.tasks[rid]
                 self.supervisors.pop(rid, None)
 
-    def admission(self, rows: list[ReplicaRow]) -> Admission:
+    def admission(self, rows: list[ReplicaState]) -> Admission:
         """Admit the replicas (oldest first) on this node's capacity; see controller/capacity.py.
         A replica holds its share once admitted, and when it has a process or left Pending (one
         adopted after a restart); a stopping one that holds nothing asks for nothing."""
@@ -224,7 +226,7 @@ class Reconciler:
             self._requests[key] = request
         return request
 
-    def _apply_admission(self, rows: list[ReplicaRow]) -> None:
+    def _apply_admission(self, rows: list[ReplicaState]) -> None:
         decision = self.admission(rows)
         self.admitted = set(decision.admitted)
         for rid, sup in self.supervisors.items():

@@ -260,3 +260,34 @@ def test_reconciler_reads_a_versions_spec_once_across_passes(
     assert len(calls) == reads
     svc = world.store.get_service("svc")
     assert rec._spec(svc).main.command == real("svc", svc.current_version).main.command  # never stale
+
+
+@pytest.mark.parametrize("idle", [0, 1, 2], ids=["oldest-idle", "middle-idle", "newest-idle"])
+async def test_scale_in_reads_the_gateways_load_only_when_it_stops_one(tmp_path: Path, idle: int) -> None:
+    # A steady pass does not read the gateways' load (bench/cluster.py: a fifth of a 10,000-replica
+    # pass); a scale-in reads it once and stops the replica with the fewest requests in flight.
+    import asyncio
+
+    world = World.make(tmp_path)
+    world.store.create_service(spec(replicas=3))
+    ids = [world.store.add_replica("svc", 1, workdir_root=tmp_path).id for _ in range(3)]
+    for rid in ids:
+        for phase in (P.FETCHING, P.STARTING, P.WARMING, P.READY):
+            world.store.update_replica(rid, phase=phase)
+    reads: list[int] = []
+
+    def load() -> dict[str, int]:
+        reads.append(1)
+        return {rid: 0 if i == idle else 5 for i, rid in enumerate(ids)}
+
+    rec = Reconciler(world.store, world.runtime, world.cfg, replica_load=load)
+    running = asyncio.get_running_loop().create_future()  # supervisors that never end
+    rec.tasks = dict.fromkeys(ids, running)
+    for _ in range(2):
+        rec.reconcile_once()
+    assert reads == []
+    world.store.update_service("svc", desired_replicas=2)
+    rec.reconcile_once()
+    running.cancel()
+    assert reads == [1]
+    assert [r.id for r in world.store.replicas() if r.stopping] == [ids[idle]]

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from openeas.controller.capacity import (
     DEFAULT_CPU,
@@ -29,7 +30,7 @@ from openeas.controller.capacity import (
 )
 from openeas.controller.prefetch import Prefetcher
 from openeas.controller.replica import ReplicaSupervisor, SupervisorConfig
-from openeas.controller.rollout import ReplicaView, plan_rollout
+from openeas.controller.rollout import ReplicaView, RolloutPlan, plan_rollout
 from openeas.errors import NotFound
 from openeas.kernel.clock import set_from_any_thread
 from openeas.kernel.states import ReplicaPhase, ServiceState, desired_replicas
@@ -85,6 +86,7 @@ class Reconciler:
         # reads and parses a pass: bench/cluster.py). created_at: the service's, None once purged.
         self._requests: dict[tuple[str, int, float | None], Resources] = {}
         self._created: dict[str, float] = {}  # service → its created_at, as of the last pass
+        self._load: Mapping[str, int] | None = None  # replica_load() as read in this pass, if it was
 
     def wake(self) -> None:
         """Ask for a pass now; safe from any thread. The API calls this after writing desired
@@ -131,7 +133,6 @@ class Reconciler:
         now = self.clock.now()
         ready = {r.id for r in replicas if r.phase == ReplicaPhase.READY}
         self._ready_seen = {rid: self._ready_seen.get(rid, now) for rid in ready}
-        load = self.replica_load()
         by_service: dict[str, list[ReplicaView]] = {}
         for r in replicas:
             by_service.setdefault(r.service, []).append(
@@ -141,11 +142,11 @@ class Reconciler:
                     phase=r.phase,
                     stopping=bool(r.stopping),
                     created_at=r.created_at,
-                    in_flight=load.get(r.id, 0),
                     standby=bool(r.standby),
                     ready_at=self._ready_seen.get(r.id),
                 )
             )
+        self._load = None  # the gateways' replica load, read once in this pass if a plan needs it
         wrote = False  # this pass changed replica rows: admission reads them again
         for name, svc in services.items():
             views = by_service.get(name, [])
@@ -161,16 +162,7 @@ class Reconciler:
             spec = self._spec(svc)
             if svc.state != ServiceState.STOPPED:
                 self.prefetch.ensure(name, svc.current_version, spec)
-            rs = spec.metadata.rolling_strategy
-            plan = plan_rollout(
-                views,
-                current_version=svc.current_version,
-                desired=desired,
-                max_surge=rs.max_surge,
-                max_unavailable=rs.max_unavailable,
-                standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
-                now=now,
-            )
+            plan = self._plan(svc, spec, views, desired, now)
             for rid in plan.promote:
                 self._promote(rid)
             for rid in plan.stop:
@@ -200,6 +192,33 @@ class Reconciler:
             if task.done():
                 del self.tasks[rid]
                 self.supervisors.pop(rid, None)
+
+    def _plan(
+        self, svc: ServiceRow, spec: ServiceSpec, views: list[ReplicaView], desired: int, now: float
+    ) -> RolloutPlan:
+        """The service's next step. Requests in flight only choose *which* replicas a scale-in
+        stops (never how many, nor anything else): planned without them first, and again with
+        the gateways' load (read at most once a pass) only when the plan stops something."""
+        rs = spec.metadata.rolling_strategy
+
+        def plan_of(vs: list[ReplicaView]) -> RolloutPlan:
+            return plan_rollout(
+                vs,
+                current_version=svc.current_version,
+                desired=desired,
+                max_surge=rs.max_surge,
+                max_unavailable=rs.max_unavailable,
+                standby=spec.metadata.standby.replicas if svc.state == ServiceState.RUNNING else 0,
+                now=now,
+            )
+
+        plan = plan_of(views)
+        if not plan.stop:
+            return plan
+        if self._load is None:
+            self._load = self.replica_load()
+        load = self._load
+        return plan_of([replace(v, in_flight=load.get(v.id, 0)) for v in views])
 
     def admission(self, rows: list[ReplicaState]) -> Admission:
         """Admit the replicas (oldest first) on this node's capacity; see controller/capacity.py.

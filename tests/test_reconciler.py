@@ -262,7 +262,8 @@ def test_reconciler_reads_a_versions_spec_once_across_passes(
     assert rec._spec(svc).main.command == real("svc", svc.current_version).main.command  # never stale
 
 
-@pytest.mark.parametrize("idle", [0, 1, 2], ids=["oldest-idle", "middle-idle", "newest-idle"])
+# (not the newest idle: a plan blind to the load would stop the newest too)
+@pytest.mark.parametrize("idle", [0, 1], ids=["oldest-idle", "middle-idle"])
 async def test_scale_in_reads_the_gateways_load_only_when_it_stops_one(tmp_path: Path, idle: int) -> None:
     # A steady pass does not read the gateways' load (bench/cluster.py: a fifth of a 10,000-replica
     # pass); a scale-in reads it once and stops the replica with the fewest requests in flight.

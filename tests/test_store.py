@@ -300,27 +300,32 @@ def test_replica_node_is_stored_and_on_metrics(
     assert f'openeas_replicas_by_node{{node="{label}",service="where"}} 1.0' in text
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        pytest.param({}, id="new-pending"),
-        pytest.param({"phase": "Fetching", "pid": 4242, "stopping": True}, id="started-stopping"),
-        pytest.param({"standby": True}, id="standby"),
-    ],
-)
-def test_replica_states_match_the_rows(tmp_path: Path, store_url: str | None, fields: dict[str, Any]) -> None:
-    # The reconciler's one-query snapshot (store/replica_states.py) says what the ORM rows say.
+# A replica in each shape the reconciler decides on (store/replica_states.py).
+REPLICA_SHAPES: list[dict[str, Any]] = [
+    {},  # new: Pending
+    {"phase": "Fetching", "pid": 4242, "stopping": True},  # started, then asked to stop
+    {"standby": True},
+]
+
+
+def test_replica_states_match_the_rows(tmp_path: Path, store_url: str | None) -> None:
+    # The reconciler's one-query snapshot says what the ORM rows say, oldest first.
     from dataclasses import fields as dc_fields
 
     from openeas.store.replica_states import ReplicaState, replica_states
 
     store = Store(tmp_path, url=store_url)
     store.create_service(spec())
-    first = store.add_replica("svc", 1, workdir_root=tmp_path)
-    store.add_replica("svc", 1, workdir_root=tmp_path)
-    store.update_replica(first.id, **fields)
+    ids = [store.add_replica("svc", 1, workdir_root=tmp_path).id for _ in REPLICA_SHAPES]
+    for rid, fields in zip(ids, REPLICA_SHAPES, strict=True):
+        store.update_replica(rid, **fields)
     names = [f.name for f in dc_fields(ReplicaState)]
     rows = [tuple(getattr(r, n) for n in names) for r in store.replicas()]
     states = replica_states(store)
     assert [tuple(getattr(s, n) for n in names) for s in states] == rows
-    assert states[0].id == first.id  # oldest first, as Store.replicas
+    assert [s.id for s in states] == ids
+    assert [(s.phase, s.pid, s.stopping, s.standby) for s in states] == [
+        ("Pending", None, 0, 0),
+        ("Fetching", 4242, 1, 0),
+        ("Pending", None, 0, 1),
+    ]

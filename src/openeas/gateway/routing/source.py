@@ -40,9 +40,11 @@ _REPLICAS = (
     f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} ORDER BY created_at, id"
 )
 # The route of the current version by its key, one indexed lookup a service (a join let
-# PostgreSQL scan every version, specs and all, to find the few a change names).
+# PostgreSQL scan every version, specs and all, to find the few a change names). As its JSON
+# text on both databases (psycopg would decode it): services that share settings, most of them,
+# share one parse.
 _SERVICES = (
-    "SELECT s.name, s.state, s.token_enc, (SELECT v.route FROM versions v "
+    "SELECT s.name, s.state, s.token_enc, (SELECT CAST(v.route AS TEXT) FROM versions v "
     "WHERE v.service = s.name AND v.version = s.current_version) FROM services s{where}"
 )
 # Decrypted tokens kept beyond those in use (services and groups of the table) before the next
@@ -150,17 +152,24 @@ class StoreRoutingSource:
         if names is not None:
             where = f" AND service IN ({', '.join([self.PARAM] * len(names))})"
         ready: dict[str, list[Upstream]] = {}
-        for rid, service, host, port in db.execute(_REPLICAS.format(where=where), args):
-            ready.setdefault(service, []).append(Upstream(replica_id=rid, host=host, port=int(port)))
+        new = tuple.__new__  # Upstream's own constructor without its Python-level __new__
+        for rid, service, host, port in db.execute(_REPLICAS.format(where=where), args).fetchall():
+            up = new(Upstream, (rid, host, int(port)))
+            got = ready.get(service)
+            if got is None:
+                ready[service] = [up]
+            else:
+                got.append(up)
         if names is not None:
             where = f" WHERE s.name IN ({', '.join([self.PARAM] * len(names))})"
         routes = {}
+        parsed: dict[str | None, RouteSettings] = {}  # route JSON text → its settings (immutable)
         for name, state, token_enc, route_json in db.execute(_SERVICES.format(where=where), args):
             if state == ServiceState.DELETING:
                 continue
-            # sqlite3 hands JSON columns back as text, psycopg as decoded values
-            route = json.loads(route_json) if isinstance(route_json, str) else route_json
-            settings = RouteSettings.from_dict(route or None)
+            settings = parsed.get(route_json)
+            if settings is None:
+                settings = parsed[route_json] = RouteSettings.from_dict(json.loads(route_json or "null"))
             stopped = state == ServiceState.STOPPED
             token = self._token(token_enc)
             routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)

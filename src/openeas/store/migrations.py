@@ -103,16 +103,17 @@ def _v11_node(conn: Connection) -> None:
 
 
 def _v16_routable_index(conn: Connection) -> None:
-    """``ix_replicas_routable``: the routable replicas in the gateway's order, with the columns it
-    reads (a partial index on the SQL twin of ``openeas.kernel.states.routable``). A gateway's
-    whole-table read is then an index-only scan, not a scan of every replica row (phase times,
-    cold-start breakdown and all) and a sort: bench/cluster.py's routing part, 10,000 replicas,
-    the query 15 → 2.6 ms on PostgreSQL, 19 → 15 ms on SQLite. Portable DDL (SQLite and
-    PostgreSQL both have partial indexes); the query must keep ROUTABLE_SQL's very text."""
+    """``ix_replicas_routable``: the routable replicas in the gateway's order (by service, then as
+    made), with the columns it reads (a partial index on the SQL twin of
+    ``openeas.kernel.states.routable``). A gateway's whole-table read, and its read of the services
+    a change names, is then an index-only scan, not a scan of every replica row (phase times,
+    cold-start breakdown and all) and a sort (bench/cluster.py's routing part, 10,000 replicas).
+    Portable DDL (SQLite and PostgreSQL both have partial indexes); the gateway's query must keep
+    ROUTABLE_SQL's very text for a planner to use it."""
     conn.execute(
         text(
             "CREATE INDEX IF NOT EXISTS ix_replicas_routable ON replicas "
-            f"(created_at, id, service, host, port) WHERE {ROUTABLE_SQL}"
+            f"(service, created_at, id, host, port) WHERE {ROUTABLE_SQL}"
         )
     )
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,12 @@ from openeas.tokens import TokenCipher
 DB_FILE = "openeas.db"
 KEY_FILE = "secret.key"
 
-# ``{where}``: nothing (every service), or the services of an IN list.
+# ``{where}``: nothing (every service), or the services of an IN list. A service's replicas in
+# the order they were made, services one after another: the order of the store's partial index
+# ix_replicas_routable (schema v16), read index-only, without a sort.
 _REPLICAS = (
-    f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} ORDER BY created_at, id"
+    f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} "
+    "ORDER BY service, created_at, id"
 )
 # The route of the current version by its key, one indexed lookup a service (a join let
 # PostgreSQL scan every version, specs and all, to find the few a change names). As its JSON
@@ -151,15 +156,11 @@ class StoreRoutingSource:
         where, args = "", names or ()
         if names is not None:
             where = f" AND service IN ({', '.join([self.PARAM] * len(names))})"
-        ready: dict[str, list[Upstream]] = {}
+        ready: dict[str, tuple[Upstream, ...]] = {}
         new = tuple.__new__  # Upstream's own constructor without its Python-level __new__
-        for rid, service, host, port in db.execute(_REPLICAS.format(where=where), args).fetchall():
-            up = new(Upstream, (rid, host, int(port)))
-            got = ready.get(service)
-            if got is None:
-                ready[service] = [up]
-            else:
-                got.append(up)
+        rows = db.execute(_REPLICAS.format(where=where), args).fetchall()
+        for service, of_service in groupby(rows, itemgetter(1)):  # rows ordered by service
+            ready[service] = tuple([new(Upstream, (rid, host, port)) for rid, _, host, port in of_service])
         if names is not None:
             where = f" WHERE s.name IN ({', '.join([self.PARAM] * len(names))})"
         routes = {}
@@ -172,7 +173,7 @@ class StoreRoutingSource:
                 settings = parsed[route_json] = RouteSettings.from_dict(json.loads(route_json or "null"))
             stopped = state == ServiceState.STOPPED
             token = self._token(token_enc)
-            routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
+            routes[name] = Route.of(name, token, ready.get(name, ()), settings, stopped=stopped)
         return routes
 
     def _groups(self, db: Any, names: frozenset[str] | None) -> dict[str, GroupDef]:

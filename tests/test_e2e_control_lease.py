@@ -128,25 +128,30 @@ def pair(tmp_path: Path, pg_url: str) -> Iterator[tuple[Server, Server]]:  # noq
         stop_and_reap(a)
 
 
-# The standby's log lines that time a takeover (server.py): epoch seconds of each step.
-_STEPS = {
-    "lease won": re.compile(r"lease won at (\d+\.\d+)"),
-    "components up": re.compile(r"components up in [\d.]+ s \(at (\d+\.\d+)"),
-}
+# The standby's log lines that time a takeover (store/lease.py, server.py).
+_WON = re.compile(r"^(\S+ \S+) INFO openeas.lease: holding the control-plane lease", re.M)
+_UP = re.compile(r"components up in [\d.]+ s \(at (\d+\.\d+)")
 
 
 def takeover_breakdown(log: str, killed_wall: float) -> str:
-    """Seconds from the kill to each step the standby logged (pure; a step not logged is '?')."""
-    found = {k: (m.group(1) if (m := rx.search(log)) else None) for k, rx in _STEPS.items()}
-    return ", ".join(f"{k} +{float(v) - killed_wall:.2f} s" if v else f"{k} ?" for k, v in found.items())
+    """Seconds from the kill to the lease won and to the components up, from the standby's log
+    (pure; a step not logged is '?'). The lease line's time is the log's local asctime."""
+    won = m.group(1) if (m := _WON.search(log)) else None
+    steps = {
+        "lease won": time.mktime(time.strptime(won.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(won[-3:]) / 1000
+        if won
+        else None,
+        "components up": float(m.group(1)) if (m := _UP.search(log)) else None,
+    }
+    return ", ".join(f"{k} +{v - killed_wall:.2f} s" if v else f"{k} ?" for k, v in steps.items())
 
 
 @pytest.mark.parametrize(
     ("log", "want"),
     [
         pytest.param(
-            "x active after 9.1 s as a standby (lease won at 100.250, epoch s)\n"
-            "x components up in 0.50 s (at 100.750, epoch seconds)\n",
+            "2026-12-07 11:00:00,250 INFO openeas.lease: holding the control-plane lease (waited 9 s)\n"
+            "x components up in 0.50 s (at {up:.3f}, epoch seconds)\n",
             "lease won +0.25 s, components up +0.75 s",
             id="both",
         ),
@@ -154,7 +159,8 @@ def takeover_breakdown(log: str, killed_wall: float) -> str:
     ],
 )
 def test_takeover_breakdown_reads_the_standby_log(log: str, want: str) -> None:
-    assert takeover_breakdown(log, 100.0) == want
+    killed = time.mktime(time.strptime("2026-12-07 11:00:00", "%Y-%m-%d %H:%M:%S"))
+    assert takeover_breakdown(log.format(up=killed + 0.75), killed) == want
 
 
 def api_answer(url: str) -> tuple[int, dict[str, object]] | None:

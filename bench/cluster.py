@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import subprocess
 import sys
@@ -61,17 +62,25 @@ def routing(replicas: int, per_service: int, rounds: int, store_url: str | None)
         groups = GroupStore(store)
         members = [{"service": "s00000", "weight": 50}, {"service": "s00001", "weight": 50}]
         groups.create(parse_group({"name": "g", "routes": members}))
-        out: dict[str, list[float]] = {"full": [], "change": []}
+        # "full_cpu": this process's CPU time of each "full" (the read's, the build's and the
+        # apply's, not the database server's): steadier than wall time on a shared machine.
+        out: dict[str, list[float]] = {"full": [], "change": [], "full_cpu": []}
 
         async def run() -> None:
             for start in range(3):
                 source = routing_source(data, store_url)
                 gateway = Gateway(source)
-                t = time.perf_counter()
+                # This process made the store and its 10,000 rows through SQLAlchemy: a full
+                # collection of that heap (60-90 ms here) would otherwise fall in whichever start
+                # happens to trigger it. A gateway process holds none of it; its own collections
+                # of the table it builds stay in the timing.
+                gc.collect()
+                t, cpu = time.perf_counter(), time.process_time()
                 table = source.poll()
                 assert table is not None
                 gateway.apply(table)
                 out["full"].append((time.perf_counter() - t) * 1000)
+                out["full_cpu"].append((time.process_time() - cpu) * 1000)
                 if start < 2:
                     source.close()
             for r in range(rounds):
@@ -106,15 +115,15 @@ def run_routing(args: argparse.Namespace, backends: dict[str, str | None]) -> li
         for n in (args.replicas // 10, args.replicas):
             ms = routing(n, args.per_service, args.rounds, url)
             results[n] = ms
-            print(f"routing, {n} replicas ({backend}): whole table {_ms(ms['full'])}; "
-                  f"a change {_ms(ms['change'])}", flush=True)  # fmt: skip
+            print(f"routing, {n} replicas ({backend}): whole table {_ms(ms['full'])} (CPU "
+                  f"{_ms(ms['full_cpu'])}); a change {_ms(ms['change'])}", flush=True)  # fmt: skip
         big = results[args.replicas]
         for kind in ("full", "change"):
             small = statistics.median(results[args.replicas // 10][kind])
             print(f"  {kind}: {args.replicas} / {args.replicas // 10} replicas (p50): "
                   f"{statistics.median(big[kind]) / small:.1f}x", flush=True)  # fmt: skip
         worst_change, worst_full = max(big["change"]), max(big["full"])
-        met = {k: "MET" if max(big[k]) <= GOAL_MS else "MISSED" for k in big}
+        met = {k: "MET" if max(big[k]) <= GOAL_MS else "MISSED" for k in ("full", "change")}
         verdicts.append(f"routing ({backend}): a change read+built+applied in {worst_change:.1f} ms at "
                         f"worst: {met['change']}; the whole table (a gateway's start) {worst_full:.1f} ms "
                         f"at worst: {met['full']} (goal ≤ {GOAL_MS:g} ms)")  # fmt: skip

@@ -343,3 +343,38 @@ def test_tcp_acknowledgement_tells_a_stale_connection_from_a_read_request(
             conn.transport = _SocketOnly(gateway_side)  # type: ignore[assignment]
             conn.earlier_request_bytes = len(earlier)
             assert conn.request_acknowledged() is acknowledged
+
+
+@pytest.mark.parametrize(
+    ("attr", "want"),
+    [
+        # Made on first use (a whole table builds thousands of states), then kept as a plain slot.
+        pytest.param("name", "r-1 (127.0.0.1:9)", id="name-made-on-first-use"),
+        pytest.param("no_such_attribute", None, id="other-attributes-still-missing"),
+    ],
+)
+def test_upstream_state_name(attr: str, want: str | None) -> None:
+    st = UpstreamState(Upstream("r-1", "127.0.0.1", 9))
+    if want is None:
+        with pytest.raises(AttributeError):
+            getattr(st, attr)
+        return
+    assert getattr(st, attr) == want
+    assert getattr(st, attr) is getattr(st, attr)  # set once
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(("r-1", "127.0.0.1", 9), id="plain-tuple-key"),
+        pytest.param(Upstream("r-1", "127.0.0.1", 9), id="upstream-key"),
+    ],
+)
+def test_build_routes_finds_a_replica_by_its_tuple(key: tuple[str, str, int]) -> None:
+    """An Upstream is its own pool key: a state pooled under the plain (replica_id, host, port)
+    tuple is the one a route with that replica gets (its connections survive the swap)."""
+    kept = UpstreamState(Upstream("r-1", "127.0.0.1", 9))
+    pool = {key: kept}
+    route = Route("svc", None, (Upstream(replica_id="r-1", host="127.0.0.1", port=9),))
+    routes = build_routes(RoutingTable(1, {"svc": route}), {}, pool, GatewayMetrics())
+    assert routes["svc"].upstreams == [kept] and list(pool.values()) == [kept]

@@ -23,7 +23,7 @@ from openeas.gateway.routing import source as source_mod
 from openeas.gateway.routing.routes import RouteState, UpstreamKey, build_routes
 from openeas.gateway.routing.source import StoreRoutingSource, routing_source
 from openeas.gateway.telemetry.metrics import GatewayMetrics
-from openeas.kernel.routing import RoutingTable
+from openeas.kernel.routing import DEFAULT_BALANCER, RoutingTable
 from openeas.kernel.states import ReplicaPhase
 from openeas.spec import parse_spec
 from openeas.spec.group import parse_group
@@ -287,3 +287,25 @@ def test_apply_builds_only_the_changed_routes_and_retires_what_left(shared: Stor
     assert gone not in upstreams.values()  # retired
     assert routes[b].upstreams[0] in upstreams.values() and routes[c].upstreams[0] in upstreams.values()
     source.close()
+
+
+@pytest.mark.parametrize(
+    "balancers",
+    [
+        # Services with the same route record share one parse of it (a whole read parses each
+        # distinct record once); one with a record of its own still gets its own.
+        pytest.param(("round-robin", None, "round-robin", "power-of-two", None), id="shared-and-own"),
+    ],
+)
+def test_a_whole_read_gives_each_service_its_own_settings(shared: Store, balancers: tuple[str | None, ...]) -> None:
+    p = f"t{uuid.uuid4().hex[:6]}"
+    for i, balancer in enumerate(balancers):
+        shared.create_service(parse_spec(_spec(f"{p}{i}", balancer=balancer)))
+    source = routing_source(shared.data_dir, shared.url)
+    try:
+        table = source.poll()
+    finally:
+        source.close()
+    assert table is not None
+    got = [table.routes[f"{p}{i}"].balancer for i in range(len(balancers))]
+    assert got == [b or DEFAULT_BALANCER for b in balancers]

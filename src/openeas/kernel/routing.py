@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from openeas.kernel.groups import GroupDef
 from openeas.kernel.queue import QueueSettings
@@ -51,13 +51,17 @@ CHANGED_GROUP = "group"
 CHANGED_ALL = "all"  # the writer did not say what changed: every route may have (name "")
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """One Ready replica."""
+class Upstream(NamedTuple):
+    """One Ready replica.
+
+    A named tuple, not a dataclass: a gateway's whole table makes one per replica, and building
+    one is a tenth of a frozen dataclass's cost (``tuple.__new__(Upstream, (id, host, port))``,
+    as the store's routing source does: 0.2 µs against 1.8 µs, bench/cluster.py's routing part).
+    Immutable, hashable and equal by value as before."""
 
     replica_id: str
     host: str
-    port: int
+    port: int  # TCP port
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class RoutingTable:
             "routes": {
                 name: {
                     "token": r.token,
-                    "upstreams": [u.__dict__ for u in r.upstreams],
+                    "upstreams": [u._asdict() for u in r.upstreams],
                     "stopped": r.stopped,
                     **r.settings.to_dict(),
                 }

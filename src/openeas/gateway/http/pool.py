@@ -279,11 +279,12 @@ class UpstreamState:
         "waiting",
     )
 
+    name: str  # "id (host:port)": made on first use (__getattr__), a whole table builds thousands
+
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.host = upstream.host
         self.port = upstream.port
-        self.name = f"{upstream.replica_id} ({upstream.host}:{upstream.port})"
         self.idle: list[UpstreamConnection] = []
         self.outstanding = 0  # requests sent and not yet answered, all services together
         self.cooldown_until = 0.0  # loop time; set after a failed connect
@@ -291,6 +292,14 @@ class UpstreamState:
         # The engine's own load, pushed by the control plane (gateway/routing/replica_load.py); -1 unknown.
         self.waiting = -1.0  # requests waiting in its engine's queue
         self.kv_usage = -1.0  # KV cache use in [0, 1]
+
+    def __getattr__(self, attr: str) -> str:
+        # Called only for a slot not set yet: `name`, set here once (then read as a plain slot).
+        if attr != "name":
+            raise AttributeError(attr)
+        u = self.upstream
+        self.name = name = f"{u.replica_id} ({u.host}:{u.port})"
+        return name
 
     def pop_idle(self) -> UpstreamConnection | None:
         idle = self.idle

@@ -103,11 +103,12 @@ def _route_state(
 ) -> RouteState:
     """The state of a new or changed route (adds its new replicas to ``upstreams``)."""
     states = []
+    get = upstreams.get
     for u in route.upstreams:
-        key = (u.replica_id, u.host, u.port)
-        st = upstreams.get(key)
+        # An Upstream is the tuple (replica_id, host, port): its own key (equal, same hash).
+        st = get(u)
         if st is None:
-            st = upstreams[key] = UpstreamState(u)
+            st = upstreams[u] = UpstreamState(u)
         states.append(st)
     balancer: Balancer | None = None
     error = None

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,19 @@ from openeas.tokens import TokenCipher
 DB_FILE = "openeas.db"
 KEY_FILE = "secret.key"
 
-# ``{where}``: nothing (every service), or the services of an IN list.
+# ``{where}``: nothing (every service), or the services of an IN list. A service's replicas in
+# the order they were made, services one after another: the order of the store's partial index
+# ix_replicas_routable (schema v16), read index-only, without a sort.
 _REPLICAS = (
-    f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} ORDER BY created_at, id"
+    f"SELECT id, service, host, port FROM replicas WHERE {ROUTABLE_SQL}{{where}} "
+    "ORDER BY service, created_at, id"
 )
 # The route of the current version by its key, one indexed lookup a service (a join let
-# PostgreSQL scan every version, specs and all, to find the few a change names).
+# PostgreSQL scan every version, specs and all, to find the few a change names). As its JSON
+# text on both databases (psycopg would decode it): services that share settings, most of them,
+# share one parse.
 _SERVICES = (
-    "SELECT s.name, s.state, s.token_enc, (SELECT v.route FROM versions v "
+    "SELECT s.name, s.state, s.token_enc, (SELECT CAST(v.route AS TEXT) FROM versions v "
     "WHERE v.service = s.name AND v.version = s.current_version) FROM services s{where}"
 )
 # Decrypted tokens kept beyond those in use (services and groups of the table) before the next
@@ -149,21 +156,24 @@ class StoreRoutingSource:
         where, args = "", names or ()
         if names is not None:
             where = f" AND service IN ({', '.join([self.PARAM] * len(names))})"
-        ready: dict[str, list[Upstream]] = {}
-        for rid, service, host, port in db.execute(_REPLICAS.format(where=where), args):
-            ready.setdefault(service, []).append(Upstream(replica_id=rid, host=host, port=int(port)))
+        ready: dict[str, tuple[Upstream, ...]] = {}
+        new = tuple.__new__  # Upstream's own constructor without its Python-level __new__
+        rows = db.execute(_REPLICAS.format(where=where), args).fetchall()
+        for service, of_service in groupby(rows, itemgetter(1)):  # rows ordered by service
+            ready[service] = tuple([new(Upstream, (rid, host, port)) for rid, _, host, port in of_service])
         if names is not None:
             where = f" WHERE s.name IN ({', '.join([self.PARAM] * len(names))})"
         routes = {}
+        parsed: dict[str | None, RouteSettings] = {}  # route JSON text → its settings (immutable)
         for name, state, token_enc, route_json in db.execute(_SERVICES.format(where=where), args):
             if state == ServiceState.DELETING:
                 continue
-            # sqlite3 hands JSON columns back as text, psycopg as decoded values
-            route = json.loads(route_json) if isinstance(route_json, str) else route_json
-            settings = RouteSettings.from_dict(route or None)
+            settings = parsed.get(route_json)
+            if settings is None:
+                settings = parsed[route_json] = RouteSettings.from_dict(json.loads(route_json or "null"))
             stopped = state == ServiceState.STOPPED
             token = self._token(token_enc)
-            routes[name] = Route.of(name, token, tuple(ready.get(name, ())), settings, stopped=stopped)
+            routes[name] = Route.of(name, token, ready.get(name, ()), settings, stopped=stopped)
         return routes
 
     def _groups(self, db: Any, names: frozenset[str] | None) -> dict[str, GroupDef]:

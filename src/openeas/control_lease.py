@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from openeas.store.lease import Lease, standby_message
 
@@ -36,9 +37,17 @@ def standby_response(active_url: str | None) -> bytes:
     return head.encode() + body
 
 
-async def wait_for_lease(lease: Lease, api_sock: socket.socket, stop: asyncio.Event) -> float | None:
-    """Answer 503 on ``api_sock`` until this server holds ``lease``; seconds waited (None: stopped)."""
+async def wait_for_lease(
+    lease: Lease, api_sock: socket.socket, stop: asyncio.Event, prepare: Callable[[], None] | None = None
+) -> float | None:
+    """Answer 503 on ``api_sock`` until this server holds ``lease``; seconds waited (None: stopped).
+
+    ``prepare`` runs once, on the first try that finds the lease held by another server: a hot
+    standby builds there everything that does not act on the world (docs/cluster.md), so that
+    winning the lease only starts loops and serves the API. When the lease is free at once it
+    is not called (the caller prepares after it won, as an active server does)."""
     active: list[str | None] = [None]
+    pending = [prepare]
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         quiet = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
@@ -51,6 +60,11 @@ async def wait_for_lease(lease: Lease, api_sock: socket.socket, stop: asyncio.Ev
 
     def on_wait(url: str | None) -> None:
         active[0] = url
+        if (ready := pending[0]) is not None:
+            pending[0] = None
+            started = time.monotonic()
+            ready()
+            log.info("hot standby: components prepared in %.2f s", time.monotonic() - started)
 
     started = time.monotonic()
     responder = await asyncio.start_server(answer, sock=api_sock.dup(), limit=MAX_HEAD)

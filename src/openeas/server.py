@@ -28,7 +28,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ class ApiComponent:
 
     def __init__(self, app: Any, sock: socket.socket) -> None:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config.load()  # here, not in serve(): a hot standby has it done before it wins the lease
         self.server, self.sock = _ApiServer(config), sock
         self.task: asyncio.Task[None] | None = None
 
@@ -159,10 +161,14 @@ class ServerInfo:
 
     name = "server.json"
 
-    def __init__(self, data_dir: Path, info: dict[str, Any]) -> None:
+    def __init__(self, data_dir: Path, info: dict[str, Any], since: float | None = None) -> None:
         self.data_dir, self.path, self.info = data_dir, data_dir / "server.json", info
+        self.since = since  # time.monotonic() when the components began to start (the lease won)
 
     async def start(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        if self.since is not None:
+            up_s = time.monotonic() - self.since
+            log.info("components up in %.2f s (at %.3f, epoch seconds)", up_s, time.time())
         write_private(self.path, json.dumps(self.info, indent=2).encode())
         print(
             f"OpenEAS server ready: api {self.info['api_url']}  gateway {self.info['gateway_url']}",
@@ -229,17 +235,18 @@ async def _serve(
             build_runtimes, data_dir, registry_auth=registry_auth, shared_store=shared
         )
         log.info("%s", runtimes.summary())
-        if lease is not None:
-            waited = await wait_for_lease(lease.lease, api_sock, stop)
-            if waited is None:
-                return
-            log.info("active after %.2f s as a standby", waited)
-        _deploy_files(store, deploy, host_paths)
         runtimes.process_warning = users.warning()
-        components = _compose(store, runtimes, users, host_paths, oss_root, gateway_url, fleet, node,
-                              public_metrics, api_sock, keep_replicas, lease, gateway_workers)  # fmt: skip
+        compose = functools.partial(_compose, store, runtimes, users, host_paths, oss_root, gateway_url,
+                                    fleet, node, public_metrics, api_sock, keep_replicas, lease,
+                                    gateway_workers)  # fmt: skip
+        prepared = await _standby(lease, api_sock, stop, compose) if lease is not None else []
+        if prepared is None:  # stopped while standing by
+            return
+        won = time.monotonic()
+        _deploy_files(store, deploy, host_paths)
+        components = prepared or compose()
         info = {"gateway_url": gateway_url, "api_url": api_url, "pid": os.getpid()}
-        server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()})
+        server_info = ServerInfo(data_dir, {**info, "admin_token": store.admin_token()}, since=won)
         first: list[Component] = [gateway] if lease is None else [gateway, lease]
         await run_components([*first, *components, server_info], stop)
         if lease is not None and lease.lost:  # the replicas and gateway stay, for the new active
@@ -251,6 +258,20 @@ async def _serve(
         fleet.close()
         if not keep_replicas and not (lease is not None and lease.lost):
             keeper.stop()  # idempotent: also when a component failed to start
+
+
+async def _standby(
+    lease: LeaseKeeper, api_sock: socket.socket, stop: asyncio.Event, compose: Callable[[], list[Component]]
+) -> list[Component] | None:
+    """Wait for the lease as a hot standby: the components are built (constructed, nothing
+    started: they do not act on the world) while it waits, so winning only starts them. The
+    components (empty: the lease was free at once, build them now); None: stopped meanwhile."""
+    prepared: list[Component] = []
+    waited = await wait_for_lease(lease.lease, api_sock, stop, prepare=lambda: prepared.extend(compose()))
+    if waited is None:
+        return None
+    log.info("active after %.2f s as a standby (lease won at %.3f, epoch s)", waited, time.time())
+    return prepared
 
 
 async def _replica_users(data_dir: Path, replica_user: str | None) -> ReplicaUsers:

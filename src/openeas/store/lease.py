@@ -10,9 +10,10 @@ Why an advisory lock and not a lease row with an expiry: the lock belongs to the
 database session, and PostgreSQL ends a session as soon as its connection closes. A ``kill -9``
 closes the holder's sockets at once, so the lock is free within a poll of the standby: no expiry
 to wait out, no clock to trust across machines. A holder whose machine vanishes (no FIN) is
-found dead by TCP keepalives (``KEEPALIVE``: the session ends within idle + interval x count
-seconds). The holder checks its own session every ``check_s``; a lost session means another
-server may act, so the holder stops (fail-stop; never two acting servers).
+found dead by PostgreSQL's TCP keepalives on the lease session (``SERVER_KEEPALIVE``, set by
+the holder for its own session: the session ends within idle + interval x count seconds). The
+holder checks its own session every ``check_s``; a lost session means another server may act,
+so the holder stops (fail-stop; never two acting servers).
 
 The holder names itself in its session's ``application_name`` (``openeas-server <api url>``),
 so a standby finds the active's URL in ``pg_stat_activity`` without a table of its own.
@@ -42,6 +43,15 @@ KEEPALIVE: dict[str, Any] = {
     "keepalives_idle": 5,
     "keepalives_interval": 1,
     "keepalives_count": 3,
+}
+# The same probe on PostgreSQL's side of the lease session (its tcp_keepalives_* settings, set for
+# this session only): what frees the lock when the *holder's* machine vanishes. The libpq options
+# above only make the holder notice a vanished PostgreSQL; a server with the default settings
+# (the system's: 2 hours idle) would keep a vanished holder's lock for hours.
+SERVER_KEEPALIVE: dict[str, int] = {
+    "tcp_keepalives_idle": KEEPALIVE["keepalives_idle"],
+    "tcp_keepalives_interval": KEEPALIVE["keepalives_interval"],
+    "tcp_keepalives_count": KEEPALIVE["keepalives_count"],
 }
 # A connection attempt's bound (seconds).
 CONNECT_TIMEOUT_S = 5
@@ -86,6 +96,7 @@ class Lease:
             autocommit=True,
             application_name=(APP_PREFIX + self.me)[:63],  # PostgreSQL keeps 63 bytes
             connect_timeout=CONNECT_TIMEOUT_S,
+            options=" ".join(f"-c {k}={v}" for k, v in SERVER_KEEPALIVE.items()),
             **KEEPALIVE,
         )
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -83,37 +81,15 @@ def populate(store: Store, replicas: int, per_service: int) -> list[str]:
 
 @contextmanager
 def postgres() -> Iterator[str]:
-    """A PostgreSQL server of this run on 127.0.0.1 (as tests/pg_fixtures.py starts the tests'
-    one, trust on loopback, but durable); yields its URL (no database: ``fresh`` makes one);
-    stopped at the end."""
-    from tests.pg_fixtures import _as_owner, _wait_ready, pg_bin
-
-    from openeas.runtime import free_port
+    """A PostgreSQL server of this run on 127.0.0.1, started as tests/pg_fixtures.py starts the
+    tests' one but durable; yields its URL (no database: ``fresh`` makes one); stopped at the end."""
+    from tests.pg_fixtures import pg_bin, running_postgres
 
     initdb, server = pg_bin("initdb"), pg_bin("postgres")
     if initdb is None or server is None:
         raise SystemExit("PostgreSQL is not installed (scripts/setup.sh installs it)")
-    root = Path(tempfile.mkdtemp(prefix="bench-cluster-pg-"))
-    if hasattr(shutil, "chown") and _as_owner(["x"]) != ["x"]:
-        shutil.chown(root, "postgres")
-    init = [initdb, "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "--no-sync"]
-    subprocess.run(_as_owner(init), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    port = free_port()
-    # Durable as a real store (fsync and synchronous commit left on, unlike the tests' server).
-    settings = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": str(root)}
-    argv = [server, "-D", str(root / "data"), *[a for k, v in settings.items() for a in ("-c", f"{k}={v}")]]
-    proc = subprocess.Popen(_as_owner(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_ready(port, proc, root / "none.log")
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        shutil.rmtree(root, ignore_errors=True)
+    with running_postgres(initdb, server, durable=True) as url:
+        yield url
 
 
 def fresh(server: str | None) -> str | None:

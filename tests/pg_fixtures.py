@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,16 @@ def pg_server() -> Iterator[str]:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("postgresql driver psycopg is not installed (scripts/setup.sh installs it)")
+    with running_postgres(initdb, postgres) as url:
+        yield url
+
+
+@contextmanager
+def running_postgres(initdb: str, postgres: str, *, durable: bool = False) -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 (trust on loopback) from the binaries ``initdb`` and
+    ``postgres``; yields its admin URL without a database name; stopped and removed at the end.
+    Not ``durable`` (the tests): fsync, synchronous commit and full-page writes off. ``durable``
+    (bench/cluster.py's store figures): left on, as a real store runs."""
     # Not under pytest's tmp dirs: those are private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="openeas-pg-"))
     data = root / "data"
@@ -96,11 +107,10 @@ def pg_server() -> Iterator[str]:
         "listen_addresses": "127.0.0.1",
         "port": str(port),
         "unix_socket_directories": str(root),
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
         "max_connections": "300",
     }
+    if not durable:
+        settings.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
     argv = [postgres, "-D", str(data), *[a for k, v in settings.items() for a in ("-c", f"{k}={v}")]]
     with open(logfile, "ab") as log:
         if os.geteuid() == 0:

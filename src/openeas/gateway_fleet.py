@@ -32,7 +32,6 @@ from prometheus_client.registry import Collector
 
 from openeas.gateway.routing.ack import ROUTING_ACK_TIMEOUT_S, AckOutcome
 from openeas.gateway.routing.notify import RoutingNotifier
-from openeas.gateway.routing.pg_source import LISTEN_WAKE_S, listen
 from openeas.kernel.fleet import ACK_CHANNEL, LIVE_S, GatewayRecord, lagging
 from openeas.procfs import pid_alive
 from openeas.store import Store
@@ -44,6 +43,8 @@ log = logging.getLogger("openeas.gateway_fleet")
 
 SQLITE_POLL_S = 0.005  # seconds between two reads of the registry while waiting, SQLite
 PG_POLL_S = 0.1  # the same on PostgreSQL, where LISTEN wakes the wait: the safety net only
+RELISTEN_DELAY_S = 1.0  # seconds before a lost LISTEN connection is opened again
+LISTEN_WAKE_S = 0.5  # seconds the listener waits for a notification before it checks for close
 MAX_NOTIFIED = 10_000  # gateway ids remembered from notifications
 
 
@@ -154,15 +155,22 @@ class FleetAcks:
                 self._listener.start()
 
     def _listen(self) -> None:
+        import psycopg
+
+        from openeas.gateway.routing.pg_source import libpq_url
+
         assert self.store.url is not None
-        listen(
-            self.store.url,
-            ACK_CHANNEL,
-            self._closed,
-            on_listening=self.listening.set,
-            on_note=self._acknowledged,
-            what="gateway acknowledgements (the wait polls meanwhile)",
-        )
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(libpq_url(self.store.url), autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {ACK_CHANNEL}")
+                    self.listening.set()
+                    while not self._closed.is_set():
+                        for note in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
+                            self._acknowledged(note.payload)
+            except psycopg.Error as exc:
+                log.warning("gateway acknowledgements from PostgreSQL lost (%s); the wait polls", exc)
+                self._closed.wait(RELISTEN_DELAY_S)
 
     def _acknowledged(self, payload: str) -> None:
         """A gateway's notification ``"<id> <version>"``: count it, wake the waits."""

@@ -160,12 +160,20 @@ class GroupLoad:
             t.join(10)
 
 
-def stale_after(results: list[tuple[float, float, int, str]], t_return: float, until: float, new: str) -> int:
-    """How many requests sent after the API call returned (and before ``until``) did not go by the
-    new weights (all to ``new``); the number of requests sent in that span is asserted non-zero."""
+def stale_after(
+    results: list[tuple[float, float, int, str]], t_return: float, until: float, new: str
+) -> list[str]:
+    """The requests sent after the API call returned (and before ``until``) that did not go by the
+    new weights (all to ``new``), each as "sent +X ms, answered +Y ms, by M" after the return, so a
+    failure tells a race at the return from an old replica still serving; the number of requests
+    sent in that span is asserted non-zero."""
     after = [r for r in results if t_return <= r[0] < until]
     assert after, "no request was sent after the change"
-    return sum(r[3] != new for r in after)
+    return [
+        f"sent +{(r[0] - t_return) * 1000:.1f} ms, answered +{(r[1] - t_return) * 1000:.1f} ms, by {r[3]!r}"
+        for r in after
+        if r[3] != new
+    ]
 
 
 def group_weight_change_under_load(
@@ -194,8 +202,10 @@ def group_weight_change_under_load(
     for a in (answer, back):
         assert a["routing"]["acknowledged"] is True, a["routing"]
     # ...so not one request sent after the return follows the old weights (no tolerance).
-    assert stale_after(load.results, switched, rolling_back, model_second) == 0
-    assert stale_after(load.results, rolled_back, float("inf"), model_first) == 0
+    stale = stale_after(load.results, switched, rolling_back, model_second)
+    assert not stale, f"{len(stale)} stale after the change ({answer['routing']}): {stale[:5]}"
+    stale = stale_after(load.results, rolled_back, float("inf"), model_first)
+    assert not stale, f"{len(stale)} stale after the rollback ({back['routing']}): {stale[:5]}"
     reasons = [e["reason"] for e in c.group_events(group)]
     assert reasons[-2:] == ["WeightsChanged", "RolledBack"]
     waited = (float(answer["routing"]["waited_ms"]), float(back["routing"]["waited_ms"]))

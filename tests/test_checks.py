@@ -124,9 +124,13 @@ def test_real_replica_readiness_and_liveness(server: Server, tmp_path: Path):
     c0 = spec["containers"][0]
     del c0["health_check"]
     # readiness by a command run in the replica's folder; liveness over HTTP
+    # A generous timeout_seconds: under CI's load two /health answers slower than the default 2 s
+    # in a row restarted the replica, which then never showed Unready (a liveness failure, not the
+    # readiness one this test makes). The failures below are answers (exit 1, HTTP 500), not waits.
     c0["readiness_check"] = {"exec": {"command": ["test", "!", "-e", str(unready)]}, "period_seconds": 0.2,
-                             "failure_threshold": 2}  # fmt: skip
-    c0["liveness_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 2}
+                             "failure_threshold": 2, "timeout_seconds": 20}  # fmt: skip
+    c0["liveness_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 2,
+                            "timeout_seconds": 20}  # fmt: skip
     c = server.client
     c.deploy(spec)
     first = c.wait_ready("probed", 1, timeout_s=60)["replicas"][0]
@@ -135,7 +139,10 @@ def test_real_replica_readiness_and_liveness(server: Server, tmp_path: Path):
         return c.describe("probed")["replicas"][0]["phase"]
 
     unready.touch()
-    wait_for(lambda: phase() == "Unready", 15, what="Unready")
+    try:
+        wait_for(lambda: phase() == "Unready", 15, what="Unready")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; replicas {c.describe('probed')['replicas']}, events {c.events('probed')}") from e
     token = c.call_info("probed")["token"]
     url = f"{server.gateway_url}/api/predict/probed/echo"
     unready.unlink()

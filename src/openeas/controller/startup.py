@@ -281,7 +281,7 @@ class StartPhases(SupervisorBase):
         row = self._row()
         while True:
             assert self.ref is not None
-            if not self.runtime.alive(self.ref):
+            if not await self._alive():
                 code = self.runtime.exit_code(self.ref)
                 raise _Failure(
                     "StartFailed", f"process exited during startup (code {code}); see `openeas logs`"

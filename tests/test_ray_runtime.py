@@ -20,7 +20,13 @@ from openeas.runtime.launch import free_port
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from openeas.runtime.ray_runtime import RayRuntime, infeasible_reason, ray_request, spread_target  # noqa: E402
+from openeas.runtime.ray_runtime import (  # noqa: E402
+    RAY_ALIVE_CHECK_S,
+    RayRuntime,
+    infeasible_reason,
+    ray_request,
+    spread_target,
+)
 
 GiB = 2**30
 
@@ -81,6 +87,10 @@ def test_infeasible_reason(
     request_: dict[str, float], nodes: list[dict[str, float]], want: str | None
 ) -> None:
     assert infeasible_reason(request_, nodes) == want
+
+
+def test_a_ray_replica_is_asked_whether_it_lives_once_a_second_as_documented() -> None:
+    assert RayRuntime.alive_check_s == RAY_ALIVE_CHECK_S == 1.0  # docs/scale.md
 
 
 SPREAD_NODES = [

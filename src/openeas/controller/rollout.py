@@ -145,7 +145,7 @@ def _plan_routed(
         # then the newest.
         keep = list(cur)
         for _ in range(len(cur) - desired):
-            crowd = Counter(r.node for r in keep if r.node is not None)
+            crowd: Counter[str | None] = Counter(r.node for r in keep if r.node is not None)
             victim = min(keep, key=lambda r: (r.ready, -crowd[r.node], r.in_flight, -r.created_at))
             keep.remove(victim)
             stop.append(victim.id)

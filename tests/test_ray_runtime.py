@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'open
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from openeas.runtime.ray_runtime import (  # noqa: E402
+    HINTED_MIN_CPU,
     RAY_ALIVE_CHECK_S,
     RayRuntime,
     infeasible_reason,
@@ -91,6 +92,7 @@ def test_infeasible_reason(
 
 def test_a_ray_replica_is_asked_whether_it_lives_once_a_second_as_documented() -> None:
     assert RayRuntime.alive_check_s == RAY_ALIVE_CHECK_S == 1.0  # docs/scale.md
+    assert HINTED_MIN_CPU == 0.01  # docs/cluster.md
 
 
 SPREAD_NODES = [
@@ -242,8 +244,13 @@ def test_four_replicas_of_one_cpu_land_two_per_node(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "demand",
+    # Ray ignored the affinity of an actor that asks for nothing: such a replica asks a little
+    [pytest.param(Demand(cpu=0.5), id="half-a-cpu"), pytest.param(Demand(), id="no-cpu-written")],
+)
 def test_a_replica_goes_to_the_node_with_the_fewest_replicas_of_its_service(
-    cluster: tuple[Cluster, RayRuntime], tmp_path: Path
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path, demand: Demand
 ) -> None:
     """The spread hint is Ray's to follow: told the service's other replicas run on one node,
     Ray puts the next one on the other, each way round (Ray's SPREAD alone spreads all actors
@@ -253,8 +260,8 @@ def test_a_replica_goes_to_the_node_with_the_fewest_replicas_of_its_service(
     refs = []
     try:
         for i, (crowded, free) in enumerate([("node_a", "node_b"), ("node_b", "node_a")] * 2):
-            placed = runtime.place(f"s{i}", Demand(cpu=0.5), 1, set(), {by_name[crowded]: 2})
-            refs.append(runtime.start(_launch(tmp_path, f"s{i}", Demand(cpu=0.5), placed.ports[0])))
+            placed = runtime.place(f"s{i}", demand, 1, set(), {by_name[crowded]: 2})
+            refs.append(runtime.start(_launch(tmp_path, f"s{i}", demand, placed.ports[0])))
             assert _node_names(runtime)[refs[-1].extra["node"]] == free, (i, crowded)
             runtime.forget(refs.pop())
     finally:

@@ -76,6 +76,7 @@ ACTOR_PREFIX = "openeas-replica-"
 ENV_REPLICA_HOST = "OPENEAS_REPLICA_HOST"  # the replica's own address, in its environment
 CALL_TIMEOUT_S = 10.0  # one call to a replica's actor (poll, signal, info)
 RAY_ALIVE_CHECK_S = 1.0  # seconds between two liveness asks of one replica's actor
+HINTED_MIN_CPU = 0.01  # CPUs asked for a replica of no `cpu` that carries the spread hint
 START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
 
 
@@ -283,10 +284,14 @@ class RayRuntime:
         if reason is not None:
             raise Unschedulable(reason)
         strategy: Any = self.strategy
+        num_cpus = request.get("CPU", 0.0)
         if self.strategy == "SPREAD" and siblings:
             target = spread_target(request, ((n["node"], n["resources"]) for n in nodes), siblings)
             if target is not None:  # soft: where that node has no room now, Ray places it elsewhere
                 strategy = NodeAffinitySchedulingStrategy(target, soft=True, _spill_on_unavailable=True)
+                # Ray ignores the affinity of an actor that asks for no resource (measured: it
+                # went where SPREAD would have); a hundredth of a CPU makes it one Ray places.
+                num_cpus = num_cpus or HINTED_MIN_CPU
         name = actor_name(replica_id)
         self._placed.pop(replica_id, None)
         self._kill_named(name)  # a leftover of an earlier start of this replica
@@ -295,7 +300,7 @@ class RayRuntime:
             name=name,
             namespace=self.namespace,
             lifetime="detached",  # outlives the control plane, like a process replica
-            num_cpus=request.get("CPU", 0.0),
+            num_cpus=num_cpus,
             num_gpus=request.get("GPU", 0.0),
             memory=request.get("memory"),
             resources=custom or None,

@@ -23,6 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from openeas.runtime.ray_runtime import (  # noqa: E402
     HINTED_MIN_CPU,
     RAY_ALIVE_CHECK_S,
+    SUSPECT_NODE_S,
     RayRuntime,
     infeasible_reason,
     ray_request,
@@ -93,6 +94,7 @@ def test_infeasible_reason(
 def test_a_ray_replica_is_asked_whether_it_lives_once_a_second_as_documented() -> None:
     assert RayRuntime.alive_check_s == RAY_ALIVE_CHECK_S == 1.0  # docs/scale.md
     assert HINTED_MIN_CPU == 0.01  # docs/cluster.md
+    assert SUSPECT_NODE_S == 60.0  # docs/cluster.md
 
 
 SPREAD_NODES = [
@@ -104,25 +106,28 @@ SPREAD_NODES = [
 
 
 @pytest.mark.parametrize(
-    ("request_", "siblings", "want"),
+    ("request_", "siblings", "avoid", "want"),
     [
-        pytest.param({"CPU": 1.0}, {}, None, id="first-replica-ray-chooses"),
-        pytest.param({"CPU": 1.0}, {"a": 1}, "c", id="a-node-without-one-most-cpus-first"),
-        pytest.param({"CPU": 1.0}, {"a": 1, "c": 1}, "b", id="the-one-node-without-one"),
-        pytest.param(
-            {"CPU": 1.0}, {"a": 1, "b": 1, "c": 1, "gpu": 1}, None, id="as-many-everywhere-ray-chooses"
-        ),
-        pytest.param({"CPU": 1.0}, {"a": 2, "b": 1, "c": 1, "gpu": 1}, "c", id="fewest-then-most-cpus"),
-        pytest.param({"CPU": 3.0}, {"c": 1}, None, id="only-one-node-fits-nothing-to-prefer"),
-        pytest.param({"GPU": 1.0}, {"gpu": 1}, None, id="gpu-only-on-one-node"),
-        pytest.param({"CPU": 2.0}, {"x": 1}, None, id="siblings-on-nodes-gone-all-equal"),
-        pytest.param({"CPU": 8.0}, {"a": 1}, None, id="fits-nowhere"),
+        pytest.param({"CPU": 1.0}, {}, set(), None, id="first-replica-ray-chooses"),
+        pytest.param({"CPU": 1.0}, {"a": 1}, set(), "c", id="a-node-without-one-most-cpus-first"),
+        pytest.param({"CPU": 1.0}, {"a": 1, "c": 1}, set(), "b", id="the-one-node-without-one"),
+        pytest.param({"CPU": 1.0}, {"a": 1, "b": 1, "c": 1, "gpu": 1}, set(), None, id="as-many-everywhere"),
+        pytest.param({"CPU": 1.0}, {"a": 2, "b": 1, "c": 1, "gpu": 1}, set(), "c", id="fewest-then-most-cpus"),
+        pytest.param({"CPU": 3.0}, {"c": 1}, set(), None, id="only-one-node-fits-nothing-to-prefer"),
+        pytest.param({"GPU": 1.0}, {"gpu": 1}, set(), None, id="gpu-only-on-one-node"),
+        pytest.param({"CPU": 2.0}, {"x": 1}, set(), None, id="siblings-on-nodes-gone-all-equal"),
+        pytest.param({"CPU": 8.0}, {"a": 1}, set(), None, id="fits-nowhere"),
+        # a node where a replica was just lost (Ray may still count it alive) is steered from
+        pytest.param({"CPU": 1.0}, {}, {"c"}, "a", id="lost-node-avoided-even-with-no-sibling"),
+        pytest.param({"CPU": 1.0}, {"c": 1}, {"c"}, "a", id="lost-node-avoided-on-a-tie"),
+        pytest.param({"CPU": 1.0}, {"a": 1}, {"c"}, "b", id="lost-node-avoided-then-fewest"),
+        pytest.param({"CPU": 3.0}, {}, {"c"}, None, id="only-the-lost-node-fits-ray-chooses"),
     ],
 )
 def test_spread_target_prefers_the_node_with_the_fewest_replicas_of_the_service(
-    request_: dict[str, float], siblings: dict[str, int], want: str | None
+    request_: dict[str, float], siblings: dict[str, int], avoid: set[str], want: str | None
 ) -> None:
-    assert spread_target(request_, SPREAD_NODES, siblings) == want
+    assert spread_target(request_, SPREAD_NODES, siblings, avoid) == want
 
 
 @pytest.mark.parametrize(

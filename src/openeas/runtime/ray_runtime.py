@@ -45,7 +45,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal as signals
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ ENV_REPLICA_HOST = "OPENEAS_REPLICA_HOST"  # the replica's own address, in its e
 CALL_TIMEOUT_S = 10.0  # one call to a replica's actor (poll, signal, info)
 RAY_ALIVE_CHECK_S = 1.0  # seconds between two liveness asks of one replica's actor
 HINTED_MIN_CPU = 0.01  # CPUs asked for a replica of no `cpu` that carries the spread hint
+SUSPECT_NODE_S = 60.0  # a node where a replica's actor was found gone is not hinted, seconds
 START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
 
 
@@ -141,18 +143,23 @@ def spread_target(
     request: Mapping[str, float],
     nodes: Iterable[tuple[str, Mapping[str, float]]],
     siblings: Mapping[str, int],
+    avoid: Collection[str] = (),
 ) -> str | None:
     """The node to prefer for a replica of a service whose other replicas run on ``siblings``
-    (node id → how many there), pure: among the nodes whose totals can hold ``request``, one with
-    the fewest of them (ties: the most CPUs, then the node id); None when every such node holds as
-    many (nothing to prefer: Ray's SPREAD chooses). Ray's own SPREAD spreads all actors together,
-    so a service's replicas could share one node and all die with it; this hint (a soft affinity,
-    which Ray drops where the node has no room) spreads each service."""
-    fit = [(nid, t) for nid, t in nodes if all(t.get(k, 0.0) >= v for k, v in request.items())]
-    if not fit or not siblings:
+    (node id → how many there), pure: among the nodes whose totals can hold ``request`` and not in
+    ``avoid`` (nodes where a replica was just lost: Ray may not know yet that they are gone), one
+    with the fewest of them (ties: the most CPUs, then the node id); None when every such node
+    holds as many and none is avoided (nothing to prefer: Ray's SPREAD chooses), or none is left.
+    Ray's own SPREAD spreads all actors together, so a service's replicas could share one node and
+    all die with it; this hint (a soft affinity, which Ray drops where the node has no room)
+    spreads each service."""
+    fits = [(nid, t) for nid, t in nodes if all(t.get(k, 0.0) >= v for k, v in request.items())]
+    fit = [(nid, t) for nid, t in fits if nid not in avoid]
+    if not fit:
         return None
     counts = {nid: siblings.get(nid, 0) for nid, _ in fit}
-    if min(counts.values()) == max(counts.values()):
+    steer = len(fit) < len(fits)  # a node that could hold it is avoided: a hint even on a tie
+    if not steer and min(counts.values()) == max(counts.values()):
         return None
     nid, _ = min(fit, key=lambda n: (counts[n[0]], -n[1].get("CPU", 0.0), n[0]))
     return nid
@@ -232,6 +239,9 @@ class RayRuntime:
         self.strategy = strategy
         self._codes: dict[str, int | None] = {}  # replica id → last exit code seen
         self._placed: dict[str, Any] = {}  # replica id → its actor, placed and not started yet
+        # node id → when (time.monotonic()) a replica's actor there was found gone: a node lost
+        # under load stays "alive" to Ray for seconds, and a replica hinted there would wait
+        self._lost: dict[str, float] = {}
         if not ray.is_initialized():
             try:
                 ray.init(address=address, namespace=self.namespace, log_to_driver=False)
@@ -285,8 +295,11 @@ class RayRuntime:
             raise Unschedulable(reason)
         strategy: Any = self.strategy
         num_cpus = request.get("CPU", 0.0)
-        if self.strategy == "SPREAD" and siblings:
-            target = spread_target(request, ((n["node"], n["resources"]) for n in nodes), siblings)
+        now = time.monotonic()
+        suspect = {node for node, at in self._lost.items() if now - at < SUSPECT_NODE_S}
+        if self.strategy == "SPREAD" and (siblings or suspect):
+            pairs = ((n["node"], n["resources"]) for n in nodes)
+            target = spread_target(request, pairs, siblings or {}, suspect)
             if target is not None:  # soft: where that node has no room now, Ray places it elsewhere
                 strategy = NodeAffinitySchedulingStrategy(target, soft=True, _spill_on_unavailable=True)
                 # Ray ignores the affinity of an actor that asks for no resource (measured: it
@@ -340,16 +353,24 @@ class RayRuntime:
     def _poll(self, ref: ProcessRef) -> tuple[bool, bool]:
         actor = self._actor(ref)
         if actor is None:
+            self._lost_on(ref)
             return False, False
         try:
             alive, group, code = ray.get(actor.poll.remote(), timeout=CALL_TIMEOUT_S)
         except RayActorError:
+            self._lost_on(ref)
             return False, False  # the actor died (its node was lost): so did the replica
         except GetTimeoutError:
             return True, True  # no answer yet is not an exit
         if code is not None:
             self._codes[ref.extra["replica"]] = code
         return alive, group
+
+    def _lost_on(self, ref: ProcessRef) -> None:
+        """The replica's actor is gone: its node is not hinted for a while (`SUSPECT_NODE_S`)."""
+        node = ref.extra.get("node")
+        if node:
+            self._lost[str(node)] = time.monotonic()
 
     def adopt(self, ref: ProcessRef) -> bool:
         actor = self._actor(ref)

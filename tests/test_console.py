@@ -271,3 +271,19 @@ def test_services_page_with_50_services_paints_first_quickly(browser: Any, srv: 
     # (a load average of 30 on 2 cores was seen), and one load can wait for a busy core.
     assert rows >= 50 and min(fcps) <= 1000
     _shot(page, "services-50")
+
+
+def test_an_open_console_tab_does_not_hold_the_servers_stop(browser: Any, tmp_path: Path):
+    """A console tab left open (its page follows Server-Sent Events): the streams end as the server
+    stops, which then exits by itself. Before, the API server waited for them until it was killed
+    (30 s in this harness); a cancel after the API server's grace would show in its log."""
+    s = new_server(tmp_path / "data").start()
+    try:
+        page = _login(browser, s)  # the Services page, its live stream open
+        wait_for(lambda: page.evaluate("document.readyState") == "complete", 10, what="the page loaded")
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(25) == 0  # exited by itself, not killed
+        assert "timeout graceful shutdown exceeded" not in (s.data_dir / "server.out").read_text()
+        page.close()
+    finally:
+        stop_and_reap(s)

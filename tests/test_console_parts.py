@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +19,7 @@ from openeas.console import add_console, group_pages, pages, service_parts
 from openeas.console.html import CSP, STYLE_HASH, STYLESHEET, layout
 from openeas.console.routes import GROUP_POLL_S
 from openeas.console.service_parts import LOG_LINE_CHARS, LOG_LINES, LOG_POLL_S
+from openeas.server import API_SHUTDOWN_GRACE_S, ApiComponent
 
 # ---- documented defaults (docs/console.md, "Defaults") ------------------------------------------
 
@@ -30,10 +32,17 @@ from openeas.console.service_parts import LOG_LINE_CHARS, LOG_LINES, LOG_POLL_S
         pytest.param(LOG_POLL_S, 1.0, id="log-read-every-1s"),
         pytest.param(GROUP_POLL_S, 1.0, id="group-looked-at-every-1s"),
         pytest.param(DIFF_CONTEXT, 3, id="diff-3-lines-of-context"),
+        pytest.param(API_SHUTDOWN_GRACE_S, 10, id="api-requests-let-finish-10s-on-the-way-down"),
     ],
 )
 def test_defaults_are_the_documented_numbers(value: float, documented: float) -> None:
     assert value == documented
+
+
+def test_the_api_server_cancels_what_still_runs_after_its_shutdown_grace() -> None:
+    with socket.socket() as sock:
+        api = ApiComponent(FastAPI(), sock)
+        assert api.server.config.timeout_graceful_shutdown == API_SHUTDOWN_GRACE_S
 
 
 # ---- versions diff ------------------------------------------------------------------------------

@@ -350,6 +350,8 @@ def test_a_lost_ray_node_under_load_of_two_services_their_replicas_start_again_o
     c = _client(info, "standby_api_url")  # the active since the takeover above
     nodes_of = {name: Counter(r["node"] for r in c.describe(name)["replicas"]) for name in ha}
     per_node = sum(nodes_of.values(), Counter())
+    # Placement and scale-in spread each service (docs/cluster.md): no node holds all of one.
+    assert all(len(n) >= 2 for n in nodes_of.values()), nodes_of
     # the worker node with the most replicas of those that leave each service a replica elsewhere
     # (a service lost whole holds its requests until a new replica answers: past a client's 10 s),
     # SIGKILLed: its `ray start --block` process group

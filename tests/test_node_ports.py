@@ -7,7 +7,7 @@ real Ray path is in tests/test_ray_runtime.py."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,9 +108,18 @@ class PlacingFake(FakeRuntime):
         super().__init__(world.clock)
         self.offers = offers
         self.asked: list[tuple[str, int, set[int]]] = []  # (replica, count, avoid) of each place
+        self.siblings: list[dict[str, int]] = []  # the spread hint of each place
 
-    def place(self, replica_id: str, demand: Demand, count: int, avoid: set[int]) -> NodePorts:
+    def place(
+        self,
+        replica_id: str,
+        demand: Demand,
+        count: int,
+        avoid: set[int],
+        siblings: Mapping[str, int] | None = None,
+    ) -> NodePorts:
         self.asked.append((replica_id, count, set(avoid)))
+        self.siblings.append(dict(siblings or {}))
         offer = self.offers[min(len(self.asked), len(self.offers)) - 1]
         return NodePorts(offer.host, offer.ports[:count])
 
@@ -139,7 +148,7 @@ async def test_the_supervisor_uses_the_ports_its_node_chose(
     world = World.make(tmp_path)
     world.store.create_service(spec())
     other = world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas")
-    world.store.update_replica(other.id, host=OTHER[0], port=OTHER[1])
+    world.store.update_replica(other.id, host=OTHER[0], port=OTHER[1], node="node-a")
     rid = world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id
     runtime = PlacingFake(world, offers)
     assert isinstance(runtime, PlacingRuntime)
@@ -160,6 +169,7 @@ async def test_the_supervisor_uses_the_ports_its_node_chose(
             assert (launch.port, launch.env["PORT"]) == (want_port, str(want_port))
         assert len(runtime.asked) >= places
         assert runtime.asked[0] == (rid, 1, {OTHER[1]})  # the ports replicas recorded are avoided
+        assert runtime.siblings[0] == {"node-a": 1}  # where the service's other replica runs
     finally:
         sup.stop_requested.set()
         world.store.update_replica(rid, stopping=True)

@@ -20,7 +20,14 @@ from openeas.runtime.launch import free_port
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from openeas.runtime.ray_runtime import RayRuntime, infeasible_reason, ray_request  # noqa: E402
+from openeas.runtime.ray_runtime import (  # noqa: E402
+    HINTED_MIN_CPU,
+    RAY_ALIVE_CHECK_S,
+    RayRuntime,
+    infeasible_reason,
+    ray_request,
+    spread_target,
+)
 
 GiB = 2**30
 
@@ -81,6 +88,41 @@ def test_infeasible_reason(
     request_: dict[str, float], nodes: list[dict[str, float]], want: str | None
 ) -> None:
     assert infeasible_reason(request_, nodes) == want
+
+
+def test_a_ray_replica_is_asked_whether_it_lives_once_a_second_as_documented() -> None:
+    assert RayRuntime.alive_check_s == RAY_ALIVE_CHECK_S == 1.0  # docs/scale.md
+    assert HINTED_MIN_CPU == 0.01  # docs/cluster.md
+
+
+SPREAD_NODES = [
+    ("a", {"CPU": 2.0}),
+    ("b", {"CPU": 2.0}),
+    ("c", {"CPU": 4.0}),
+    ("gpu", {"CPU": 1.0, "GPU": 1.0}),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "siblings", "want"),
+    [
+        pytest.param({"CPU": 1.0}, {}, None, id="first-replica-ray-chooses"),
+        pytest.param({"CPU": 1.0}, {"a": 1}, "c", id="a-node-without-one-most-cpus-first"),
+        pytest.param({"CPU": 1.0}, {"a": 1, "c": 1}, "b", id="the-one-node-without-one"),
+        pytest.param(
+            {"CPU": 1.0}, {"a": 1, "b": 1, "c": 1, "gpu": 1}, None, id="as-many-everywhere-ray-chooses"
+        ),
+        pytest.param({"CPU": 1.0}, {"a": 2, "b": 1, "c": 1, "gpu": 1}, "c", id="fewest-then-most-cpus"),
+        pytest.param({"CPU": 3.0}, {"c": 1}, None, id="only-one-node-fits-nothing-to-prefer"),
+        pytest.param({"GPU": 1.0}, {"gpu": 1}, None, id="gpu-only-on-one-node"),
+        pytest.param({"CPU": 2.0}, {"x": 1}, None, id="siblings-on-nodes-gone-all-equal"),
+        pytest.param({"CPU": 8.0}, {"a": 1}, None, id="fits-nowhere"),
+    ],
+)
+def test_spread_target_prefers_the_node_with_the_fewest_replicas_of_the_service(
+    request_: dict[str, float], siblings: dict[str, int], want: str | None
+) -> None:
+    assert spread_target(request_, SPREAD_NODES, siblings) == want
 
 
 @pytest.mark.parametrize(
@@ -196,6 +238,32 @@ def test_four_replicas_of_one_cpu_land_two_per_node(
         assert all(runtime.alive(r) for r in refs)
         runtime.forget(refs[0])  # its actor goes, and the replica with it
         assert not runtime.alive(refs[0])
+    finally:
+        for r in refs:
+            runtime.forget(r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "demand",
+    # Ray ignored the affinity of an actor that asks for nothing: such a replica asks a little
+    [pytest.param(Demand(cpu=0.5), id="half-a-cpu"), pytest.param(Demand(), id="no-cpu-written")],
+)
+def test_a_replica_goes_to_the_node_with_the_fewest_replicas_of_its_service(
+    cluster: tuple[Cluster, RayRuntime], tmp_path: Path, demand: Demand
+) -> None:
+    """The spread hint is Ray's to follow: told the service's other replicas run on one node,
+    Ray puts the next one on the other, each way round (Ray's SPREAD alone spreads all actors
+    together and would match every one of these by chance only)."""
+    _c, runtime = cluster
+    by_name = {name: nid for nid, name in _node_names(runtime).items()}
+    refs = []
+    try:
+        for i, (crowded, free) in enumerate([("node_a", "node_b"), ("node_b", "node_a")] * 2):
+            placed = runtime.place(f"s{i}", demand, 1, set(), {by_name[crowded]: 2})
+            refs.append(runtime.start(_launch(tmp_path, f"s{i}", demand, placed.ports[0])))
+            assert _node_names(runtime)[refs[-1].extra["node"]] == free, (i, crowded)
+            runtime.forget(refs.pop())
     finally:
         for r in refs:
             runtime.forget(r)

@@ -1,4 +1,4 @@
-"""plan_rollout: table-driven. Replicas are written as 'id:version:phase[:stopping|:N in flight]'."""
+"""plan_rollout: table-driven. Replicas are written as 'id:version:phase[:stopping|:N in flight][@node]'."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from openeas.controller.rollout import ReplicaView, plan_rollout, restart_backof
 
 def reps(*specs: str) -> list[ReplicaView]:
     out = []
-    for i, s in enumerate(specs):
+    for i, written in enumerate(specs):
+        s, _, node = written.partition("@")
         parts = s.split(":")
         out.append(
             ReplicaView(
@@ -19,6 +20,7 @@ def reps(*specs: str) -> list[ReplicaView]:
                 stopping=len(parts) > 3 and not parts[3].isdigit(),
                 created_at=float(i),
                 in_flight=int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0,
+                node=node or None,
             )
         )
     return out
@@ -35,6 +37,12 @@ CASES = [
     ("scale down fewest in flight", ["a:1:Ready:0", "b:1:Ready:5", "c:1:Ready:2"], 1, 1, 1, 0, 0, ("a", "c")),
     ("scale down unready before idle", ["a:1:Ready:0", "b:1:Warming:0", "c:1:Ready:3"], 1, 1, 1, 0, 0, ("b", "a")),
     ("scale to zero newest first", ["a:1:Ready", "b:1:Ready"], 1, 0, 1, 0, 0, ("b", "a")),
+    # on nodes (Ray): one from the node holding the most of those left, before the fewest in flight
+    ("scale down crowded node first", ["a:1:Ready@n1", "b:1:Ready:3@n1", "c:1:Ready@n2", "d:1:Ready@n3"],
+     1, 3, 1, 0, 0, ("a",)),
+    ("scale down recounts after each", ["a:1:Ready@n1", "b:1:Ready@n1", "c:1:Ready@n1", "d:1:Ready@n2",
+     "e:1:Ready@n2", "f:1:Ready@n3"], 1, 3, 1, 0, 0, ("c", "e", "b")),
+    ("scale down unready before crowded", ["a:1:Ready@n1", "b:1:Ready@n1", "c:1:Starting@n2"], 1, 2, 1, 0, 0, ("c",)),
     ("stopping ones do not count", ["a:1:Ready:stop"], 1, 1, 1, 0, 1, ()),
     # update, surge 1: 2 old Ready + room for 1 new; no old may go before a new one is Ready
     ("update starts surge", ["a:1:Ready", "b:1:Ready"], 2, 2, 1, 0, 1, ()),

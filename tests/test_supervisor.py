@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from openeas.controller.replica import (
 )
 from openeas.controller.rollout import restart_backoff_s
 from openeas.kernel.states import ReplicaPhase
-from openeas.runtime.fake import Behaviour
+from openeas.runtime import ProcessRef
+from openeas.runtime.fake import Behaviour, FakeRuntime
 from tests.fakes import DRAIN_S, World, spec
 
 P = ReplicaPhase
@@ -279,3 +281,45 @@ async def test_drain_waits_for_the_gateways_in_flight_requests_then_sigterm(
     assert term_after - 1e-6 <= proc.signals[0][0] - asked <= term_after + DRAIN_POLL_S + 1e-6
     assert ("DrainTimeout" in world.reasons()) is timeout
     assert world.store.get_replica(rid) is None
+
+
+class AskedRuntime(FakeRuntime):
+    """The fake runtime, counting how often a supervisor asks whether a process lives, with the
+    period it may be asked at (the Ray runtime's ``alive_check_s``: a round trip each time)."""
+
+    def __init__(self, world: World, alive_check_s: float) -> None:
+        super().__init__(world.clock)
+        self.alive_check_s = alive_check_s
+        self.asked = 0
+
+    def alive(self, ref: ProcessRef) -> bool:
+        self.asked += 1
+        return super().alive(ref)
+
+
+@pytest.mark.parametrize(
+    ("every", "asks"),
+    [
+        pytest.param(0.0, (90, 110), id="a-proc-read-asked-every-0.1s-pass"),
+        pytest.param(1.0, (9, 11), id="a-round-trip-asked-once-a-second"),
+    ],
+)
+async def test_whether_a_ready_replica_lives_is_asked_at_the_runtimes_period_and_a_death_seen_within_it(
+    tmp_path: Path, every: float, asks: tuple[int, int]
+) -> None:
+    world = World.make(tmp_path)
+    world.store.create_service(spec())
+    rid = world.store.add_replica("svc", 1, workdir_root=world.cfg.data_dir / "replicas").id
+    runtime = AskedRuntime(world, every)
+    world.cfg = replace(world.cfg, probe=runtime.probe, warmup=runtime.warmup)
+    sup, task = world.supervise(rid, runtime)
+    await world.clock.run_until(lambda: phase_of(world, rid) == P.READY)
+    runtime.asked = 0
+    until = world.clock.now() + 10.0
+    await world.clock.run_until(lambda: world.clock.now() >= until)
+    assert asks[0] <= runtime.asked <= asks[1]  # over 10 s, Ready
+    runtime.crash(rid, code=-9)
+    died = world.clock.now()
+    await world.clock.run_until(lambda: phase_of(world, rid) != P.READY, limit_s=5)
+    assert world.clock.now() - died <= max(every, 0.1) + 0.05  # seen at its next ask
+    await request_stop(world, sup, task)

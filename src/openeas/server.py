@@ -131,13 +131,24 @@ class GatewayComponent:
             await asyncio.to_thread(self.keeper.stop)
 
 
+# On the way down, requests still running after this many seconds are cancelled (a console tab's
+# live streams end at once by themselves: console/live.py).
+API_SHUTDOWN_GRACE_S = 10  # seconds (uvicorn takes whole seconds)
+
+
 class ApiComponent:
     """The control-plane API (uvicorn) on a socket bound before anything started."""
 
     name = "API server"
 
     def __init__(self, app: Any, sock: socket.socket) -> None:
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+        )
         config.load()  # here, not in serve(): a hot standby has it done before it wins the lease
         self.server, self.sock = _ApiServer(config), sock
         self.task: asyncio.Task[None] | None = None

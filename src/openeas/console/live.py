@@ -56,6 +56,9 @@ class Live:
         self.snapshot: dict[str, Any] = {"services": [], "groups": [], "time": 0.0}
         self.version = 0
         self._changed = asyncio.Event()
+        # Set when `run` ends (the server stops): every live stream ends its response, so a
+        # console tab left open never holds the API server's graceful shutdown.
+        self.closed = asyncio.Event()
 
     def rows(self, now: float) -> dict[str, Any]:
         """Every service and group, as the Services page shows them. Three reads of the store
@@ -118,19 +121,28 @@ class Live:
             self._changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, interval_s: float = LIVE_INTERVAL_S) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:  # a bad tick must not end the live view
-                pass
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:  # a bad tick must not end the live view
+                    pass
+                try:
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the live view: every waiting stream wakes and ends."""
+        self.closed.set()
+        self._changed.set()
 
     async def changed_since(self, version: int, timeout_s: float) -> bool:
-        """Wait until the snapshot's version passes ``version`` (True) or ``timeout_s`` ends."""
-        if self.version > version:
+        """Wait until the snapshot's version passes ``version`` (True), ``timeout_s`` ends, or the
+        live view is closed (True: the caller sees `closed`)."""
+        if self.version > version or self.closed.is_set():
             return True
         try:
             await asyncio.wait_for(self._changed.wait(), timeout_s)

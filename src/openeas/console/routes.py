@@ -95,8 +95,10 @@ class Console:
         async def events() -> AsyncIterator[bytes]:
             last: str | None = None
             seen, sent = -1, time.monotonic()
-            while not await request.is_disconnected():
+            while not live.closed.is_set() and not await request.is_disconnected():
                 changed = await live.changed_since(seen, poll_s or STREAM_KEEPALIVE_S) or bool(poll_s)
+                if live.closed.is_set():
+                    return  # the server stops: the response ends, the browser's EventSource retries
                 seen = live.version
                 data = json.dumps(await fragment()) if changed or last is None else last
                 if data != last:

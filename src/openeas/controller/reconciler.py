@@ -159,6 +159,7 @@ class Reconciler:
                     created_at=r.created_at,
                     standby=bool(r.standby),
                     ready_at=self._ready_seen.get(r.id),
+                    node=r.node,
                 )
             )
         self._load = None  # the gateways' replica load, read once in this pass if a plan needs it

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from openeas.controller.checks import checks_of
 from openeas.controller.probe import ProbeTracker, Transition
@@ -137,14 +136,6 @@ class ReplicaSupervisor(StandbyPhase):
         self.nudge.set()
         self.gate.wake()
 
-    async def _runtime_call(self, fn: Callable[[ProcessRef], bool], ref: ProcessRef) -> bool:
-        """``fn(ref)`` of the runtime: the Ray runtime's off the loop (a round trip to the replica's
-        actor, a second or more on a loaded machine: a takeover adopting 8 replicas on the loop
-        held the new active's API for seconds), the others' (a read of /proc) on it."""
-        if self.runtime.name == "ray":
-            return await asyncio.to_thread(fn, ref)
-        return fn(ref)
-
     async def _adopt(self, row: ReplicaRow) -> ProcessRef | None:
         if row.pid is None or row.start_ticks is None:
             if row.phase != ReplicaPhase.PENDING:
@@ -209,7 +200,7 @@ class ReplicaSupervisor(StandbyPhase):
             probes.append((role, check, tracker))
         while True:
             assert self.ref is not None
-            if not await self._runtime_call(self.runtime.alive, self.ref):
+            if not await self._alive():
                 code = self.runtime.exit_code(self.ref)
                 self._fail("Crashed", f"process {self.ref.pid} exited (code {code})")
                 if self.clock.now() - ready_since > STABLE_AFTER_S:
@@ -272,7 +263,7 @@ class ReplicaSupervisor(StandbyPhase):
         row = self.store.get_replica(self.rid)
         if row is None:
             return
-        if self.ref is not None and self.runtime.group_alive(self.ref):
+        if self.ref is not None and await self._runtime_call(self.runtime.group_alive, self.ref):
             self.thaw()  # a frozen standby's SIGTERM waits for its SIGCONT
             if row.phase in (ReplicaPhase.READY, ReplicaPhase.UNREADY):
                 self._set(phase=ReplicaPhase.DRAINING)

@@ -22,6 +22,7 @@ the control plane's loop and the node's CPU: measured, it took a test server's p
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -43,6 +44,7 @@ class ReplicaView:
     in_flight: int = 0  # requests the gateway has in flight on it (last read)
     standby: bool = False  # kept out of routing for a scale-out (metadata.standby)
     ready_at: float | None = None  # first seen Ready, seconds on the caller's clock (None: not Ready)
+    node: str | None = None  # the runtime's node (a Ray node id); None: the server's machine
 
     @property
     def ready(self) -> bool:
@@ -138,11 +140,16 @@ def _plan_routed(
     stop: list[str] = []
 
     if len(cur) > desired:
-        # Scale down: not-Ready replicas first, then the fewest requests in flight, then the newest.
-        by_value = sorted(cur, key=lambda r: (r.ready, r.in_flight, -r.created_at))
-        extra = by_value[: len(cur) - desired]
-        stop += [r.id for r in extra]
-        cur = [r for r in cur if r not in extra]
+        # Scale down: not-Ready replicas first, then one on the node that holds the most of those
+        # left (one node's loss then takes as few as it can), then the fewest requests in flight,
+        # then the newest.
+        keep = list(cur)
+        for _ in range(len(cur) - desired):
+            crowd: Counter[str | None] = Counter(r.node for r in keep if r.node is not None)
+            victim = min(keep, key=lambda r: (r.ready, -crowd[r.node], r.in_flight, -r.created_at))
+            keep.remove(victim)
+            stop.append(victim.id)
+        cur = keep
 
     if old:
         # Both zero would deadlock a rollout; EAS treats that as a surge of one.

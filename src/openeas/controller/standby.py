@@ -151,7 +151,7 @@ class StandbyPhase(StartPhases):
         self.parked, self.promoted_at = True, None  # `promote` may resume it from here on
         try:
             while self._row().standby:
-                if not self.runtime.alive(self.ref):
+                if not await self._alive():
                     code = self.runtime.exit_code(self.ref)
                     raise _Failure("Crashed", f"standby process {self.ref.pid} exited (code {code})")
                 if await self.clock.sleep(ALIVE_CHECK_S, until=self.nudge):

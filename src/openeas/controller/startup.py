@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -142,8 +143,16 @@ class StartPhases(SupervisorBase):
             return None, ports[0], dict(zip(sides, ports[1:], strict=True))
         demand = demand_of(spec)
         for _ in range(NODE_PORT_TRIES):
-            avoid = {r.port for r in self.store.replicas() if r.port is not None}
-            chosen = await asyncio.to_thread(self.runtime.place, self.rid, demand, 1 + len(sides), avoid)
+            reps = self.store.replicas()
+            avoid = {r.port for r in reps if r.port is not None}
+            siblings = Counter(  # the service's other replicas by node: the spread hint
+                r.node
+                for r in reps
+                if r.service == spec.name and r.node and r.id != self.rid and not r.stopping
+            )
+            chosen = await asyncio.to_thread(
+                self.runtime.place, self.rid, demand, 1 + len(sides), avoid, siblings
+            )
             # No await from this check to the row's write: a replica placed meanwhile on the same
             # address with the same port (the nodes of one machine) makes this one ask again.
             others = (
@@ -272,7 +281,7 @@ class StartPhases(SupervisorBase):
         row = self._row()
         while True:
             assert self.ref is not None
-            if not self.runtime.alive(self.ref):
+            if not await self._alive():
                 code = self.runtime.exit_code(self.ref)
                 raise _Failure(
                     "StartFailed", f"process exited during startup (code {code}); see `openeas logs`"

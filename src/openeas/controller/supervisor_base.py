@@ -115,6 +115,7 @@ class SupervisorBase:
         self._env: dict[str, str] = {}  # the process's environment (exec probes run with it)
         self.user: ReplicaUser | None = None  # who the process runs as (None: the server's user)
         self._unschedulable_said = False  # the Unschedulable event is written once, not every retry
+        self._lived: tuple[ProcessRef, float] | None = None  # the process seen alive, when (clock.now)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row(self) -> ReplicaRow:
@@ -138,6 +139,28 @@ class SupervisorBase:
         """Sleep, but wake up (raising _Stop) as soon as a stop is requested."""
         if await self.clock.sleep(seconds, until=self.stop_requested):
             raise _Stop()
+
+    async def _runtime_call(self, fn: Callable[[ProcessRef], bool], ref: ProcessRef) -> bool:
+        """``fn(ref)`` of the runtime: the Ray runtime's off the loop (a round trip to the replica's
+        actor, a second or more on a loaded machine: a takeover adopting 8 replicas on the loop
+        held the new active's API for seconds), the others' (a read of /proc) on it."""
+        if self.runtime.name == "ray":
+            return await asyncio.to_thread(fn, ref)
+        return fn(ref)
+
+    async def _alive(self) -> bool:
+        """Whether the replica's process lives. A runtime whose answer is a round trip (Ray: to the
+        replica's actor) says how often it may be asked (``alive_check_s``); between two asks the
+        process is taken to live, so its death is seen that much later at most. The others are
+        asked on every call (a read of /proc)."""
+        assert self.ref is not None
+        every = float(getattr(self.runtime, "alive_check_s", 0.0))
+        now = self.clock.now()
+        if every and self._lived is not None and self._lived[0] is self.ref and now - self._lived[1] < every:
+            return True
+        alive = await self._runtime_call(self.runtime.alive, self.ref)
+        self._lived = (self.ref, now) if alive else None
+        return alive
 
     def _drop_process(self) -> None:
         if self.ref is not None:

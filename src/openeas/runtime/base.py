@@ -172,10 +172,19 @@ class PlacingRuntime(Protocol):
     the replica first and the replica's ports are chosen free *on that node*, not on the server's
     machine; the supervisor stores them and builds the launch with them, then calls ``start``."""
 
-    def place(self, replica_id: str, demand: Demand, count: int, avoid: set[int]) -> NodePorts:
+    def place(
+        self,
+        replica_id: str,
+        demand: Demand,
+        count: int,
+        avoid: set[int],
+        siblings: Mapping[str, int] | None = None,
+    ) -> NodePorts:
         """Place replica ``replica_id`` (Unschedulable when it fits on no node) and return
         ``count`` ports free on its node, none of them in ``avoid`` (ports other replicas
-        recorded). The next ``start`` of that replica runs on that node."""
+        recorded). ``siblings``: the nodes the service's other replicas run on (node id → how
+        many), so that one node's loss takes as few of them as it can. The next ``start`` of that
+        replica runs on that node."""
         ...
 
 

@@ -28,6 +28,7 @@ class ReplicaState:
     standby: int  # 0 or 1
     pid: int | None
     created_at: float  # epoch seconds
+    node: str | None  # the runtime's node (a Ray node id); None: the server's machine
 
 
 _COLUMNS = (
@@ -39,6 +40,7 @@ _COLUMNS = (
     ReplicaRow.standby,
     ReplicaRow.pid,
     ReplicaRow.created_at,
+    ReplicaRow.node,
 )
 
 

@@ -163,12 +163,18 @@ class GroupLoad:
 def stale_after(
     results: list[tuple[float, float, int, str]], t_return: float, until: float, new: str
 ) -> list[str]:
-    """The requests sent after the API call returned (and before ``until``) that did not go by the
-    new weights (all to ``new``), each as "sent +X ms, answered +Y ms, by M" after the return, so a
-    failure tells a race at the return from an old replica still serving; the number of requests
-    sent in that span is asserted non-zero."""
-    after = [r for r in results if t_return <= r[0] < until]
-    assert after, "no request was sent after the change"
+    """The requests sent after the API call returned and answered before ``until`` (the start of
+    the next change) that did not go by the new weights (all to ``new``), each as "sent +X ms,
+    answered +Y ms, by M" after the return, so a failure tells a race at the return from an old
+    replica still serving; the number of such requests is asserted non-zero.
+
+    The end of the span is the *answer*, not the send: a client thread stamps ``sent`` before
+    its request leaves, and on a loaded machine the request may reach the gateway only after the
+    next change (the rollback) was applied, hundreds of ms later (measured: stamped 408 ms before
+    the rollback call, answered 165 ms into it, by the member the rollback restored). Only a
+    request answered before the next call began was surely routed by these weights alone."""
+    after = [r for r in results if r[0] >= t_return and r[1] < until]
+    assert after, "no request was sent after the change and answered before the next one"
     return [
         f"sent +{(r[0] - t_return) * 1000:.1f} ms, answered +{(r[1] - t_return) * 1000:.1f} ms, by {r[3]!r}"
         for r in after
@@ -192,9 +198,11 @@ def group_weight_change_under_load(
         answer = c.group_weights(group, {first: 0, second: 1000})
         switched = time.monotonic()
         wait_for(lambda: load.answered_since(switched) >= 50, 30, poll_s=0.01, what="50 answers after the change")
-        rolling_back = time.monotonic()  # requests sent from here on may go either way...
+        # Requests not answered by here may go either way (sent before, they may reach the
+        # gateway after the rollback: `stale_after`)...
+        rolling_back = time.monotonic()
         back = c.group_rollback(group)  # one command back to `first`
-        rolled_back = time.monotonic()  # ...and from here on to `first` only
+        rolled_back = time.monotonic()  # ...and those sent from here on to `first` only
         wait_for(lambda: load.answered_since(rolled_back) >= 50, 30, poll_s=0.01, what="50 answers after the rollback")
     assert not load.errors, load.errors[:3]
     assert {r[2] for r in load.results} == {200}  # 0 failed requests

@@ -323,3 +323,16 @@ async def test_whether_a_ready_replica_lives_is_asked_at_the_runtimes_period_and
     await world.clock.run_until(lambda: phase_of(world, rid) != P.READY, limit_s=5)
     assert world.clock.now() - died <= max(every, 0.1) + 0.05  # seen at its next ask
     await request_stop(world, sup, task)
+
+
+async def test_an_adopted_replica_knows_the_node_it_runs_on(tmp_path: Path) -> None:
+    """After a takeover the adopted process's ref names its node, as a start's does: the Ray
+    runtime steers a lost replica's restart away from it (runtime/ray_runtime.py)."""
+    world = World.make(tmp_path)
+    world.store.create_service(spec())
+    rid, _old = world.seed("svc", P.READY, record_pid=True)
+    world.store.update_replica(rid, node="node-7")
+    sup, task = world.supervise(rid, world.runtime.next_control_plane())
+    await world.clock.run_until(lambda: sup.ref is not None and phase_of(world, rid) == P.READY)
+    assert sup.ref is not None and sup.ref.extra.get("node") == "node-7"
+    await request_stop(world, sup, task)

@@ -143,7 +143,10 @@ class ReplicaSupervisor(StandbyPhase):
                 # replica starts afresh.
                 self._set(phase=ReplicaPhase.PENDING, phase_times={}, cold_start={})
             return None
-        ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks, extra={"replica": self.rid})
+        # The node it ran on, as a start records it: a Ray runtime that finds the actor gone
+        # steers the restart away from that node (runtime/ray_runtime.py, SUSPECT_NODE_S).
+        where = {"node": row.node} if row.node else {}
+        ref = ProcessRef(pid=row.pid, start_ticks=row.start_ticks, extra={"replica": self.rid, **where})
         try:
             self.runtime = self.runtimes.get(row.runtime)
         except LookupError as exc:

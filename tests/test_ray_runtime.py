@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'open
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from openeas.runtime.ray_runtime import (  # noqa: E402
-    HINTED_MIN_CPU,
+    HINTED_MIN_MEMORY,
     RAY_ALIVE_CHECK_S,
     SUSPECT_NODE_S,
     RayRuntime,
@@ -93,7 +93,7 @@ def test_infeasible_reason(
 
 def test_a_ray_replica_is_asked_whether_it_lives_once_a_second_as_documented() -> None:
     assert RayRuntime.alive_check_s == RAY_ALIVE_CHECK_S == 1.0  # docs/scale.md
-    assert HINTED_MIN_CPU == 0.01  # docs/cluster.md
+    assert HINTED_MIN_MEMORY == 2**20  # docs/cluster.md
     assert SUSPECT_NODE_S == 60.0  # docs/cluster.md
 
 

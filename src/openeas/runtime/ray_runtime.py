@@ -77,7 +77,11 @@ ACTOR_PREFIX = "openeas-replica-"
 ENV_REPLICA_HOST = "OPENEAS_REPLICA_HOST"  # the replica's own address, in its environment
 CALL_TIMEOUT_S = 10.0  # one call to a replica's actor (poll, signal, info)
 RAY_ALIVE_CHECK_S = 1.0  # seconds between two liveness asks of one replica's actor
-HINTED_MIN_CPU = 0.01  # CPUs asked for a replica of no `cpu` that carries the spread hint
+# Memory asked for a hinted replica whose spec asks Ray for nothing, bytes: Ray ignores the node
+# affinity of an actor that asks for no resource. Memory, not CPU: 0.01 CPU on each such replica
+# left a node 0.98 CPU, and a lost `cpu: 1` replica then fitted nowhere (a cluster test's node
+# loss). A MiB of a node's GiBs fragments nothing.
+HINTED_MIN_MEMORY = 2**20
 SUSPECT_NODE_S = 60.0  # a node where a replica's actor was found gone is not hinted, seconds
 START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
 
@@ -294,7 +298,7 @@ class RayRuntime:
         if reason is not None:
             raise Unschedulable(reason)
         strategy: Any = self.strategy
-        num_cpus = request.get("CPU", 0.0)
+        memory = request.get("memory")
         now = time.monotonic()
         suspect = {node for node, at in self._lost.items() if now - at < SUSPECT_NODE_S}
         if self.strategy == "SPREAD" and (siblings or suspect):
@@ -303,8 +307,9 @@ class RayRuntime:
             if target is not None:  # soft: where that node has no room now, Ray places it elsewhere
                 strategy = NodeAffinitySchedulingStrategy(target, soft=True, _spill_on_unavailable=True)
                 # Ray ignores the affinity of an actor that asks for no resource (measured: it
-                # went where SPREAD would have); a hundredth of a CPU makes it one Ray places.
-                num_cpus = num_cpus or HINTED_MIN_CPU
+                # went where SPREAD would have): a MiB of memory makes it one Ray places.
+                if not any(request.values()):
+                    memory = HINTED_MIN_MEMORY
         name = actor_name(replica_id)
         self._placed.pop(replica_id, None)
         self._kill_named(name)  # a leftover of an earlier start of this replica
@@ -313,9 +318,9 @@ class RayRuntime:
             name=name,
             namespace=self.namespace,
             lifetime="detached",  # outlives the control plane, like a process replica
-            num_cpus=num_cpus,
+            num_cpus=request.get("CPU", 0.0),
             num_gpus=request.get("GPU", 0.0),
-            memory=request.get("memory"),
+            memory=memory,
             resources=custom or None,
             scheduling_strategy=strategy,
         ).remote()

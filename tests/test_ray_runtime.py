@@ -262,6 +262,11 @@ def test_a_replica_goes_to_the_node_with_the_fewest_replicas_of_its_service(
     together and would match every one of these by chance only)."""
     _c, runtime = cluster
     by_name = {name: nid for nid, name in _node_names(runtime).items()}
+    # Ray gives back the CPUs of actors killed by the tests above a moment later: a node that
+    # looks full now would make Ray spill the hinted replica elsewhere, as it should.
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0.0) < 4.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     refs = []
     try:
         for i, (crowded, free) in enumerate([("node_a", "node_b"), ("node_b", "node_a")] * 2):

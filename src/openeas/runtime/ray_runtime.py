@@ -246,6 +246,7 @@ class RayRuntime:
         # node id → when (time.monotonic()) a replica's actor there was found gone: a node lost
         # under load stays "alive" to Ray for seconds, and a replica hinted there would wait
         self._lost: dict[str, float] = {}
+        self._forgotten: set[str] = set()  # replicas whose actor we killed: not lost with a node
         if not ray.is_initialized():
             try:
                 ray.init(address=address, namespace=self.namespace, log_to_driver=False)
@@ -312,6 +313,7 @@ class RayRuntime:
                     memory = HINTED_MIN_MEMORY
         name = actor_name(replica_id)
         self._placed.pop(replica_id, None)
+        self._forgotten.discard(replica_id)  # started again: its actor may be lost with a node
         self._kill_named(name)  # a leftover of an earlier start of this replica
         custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
         return _ReplicaActor.options(
@@ -374,7 +376,7 @@ class RayRuntime:
     def _lost_on(self, ref: ProcessRef) -> None:
         """The replica's actor is gone: its node is not hinted for a while (`SUSPECT_NODE_S`)."""
         node = ref.extra.get("node")
-        if node:
+        if node and ref.extra.get("replica") not in self._forgotten:
             self._lost[str(node)] = time.monotonic()
 
     def adopt(self, ref: ProcessRef) -> bool:
@@ -413,6 +415,7 @@ class RayRuntime:
         self._codes.pop(rid, None)
         self._placed.pop(rid, None)
         if rid:
+            self._forgotten.add(rid)
             self._kill_named(actor_name(rid))
 
     def _kill_named(self, name: str) -> None:

@@ -23,6 +23,12 @@ from openeas.runtime import free_port
 from openeas.runtime.identity import node_tag
 from openeas.sdk import Client
 
+PORT_RETRIES = 2  # a server whose port was taken meanwhile starts again on other ports
+
+
+class PortTaken(RuntimeError):
+    """The server exited because its API or gateway port was taken since it was picked."""
+
 
 @dataclass
 class Server:
@@ -50,8 +56,23 @@ class Server:
         return Client(self.api_url, self.info["admin_token"], gateway_url=self.gateway_url)
 
     def start(self, timeout_s: float = 60) -> Server:
+        """Start the server and wait for its server.json. A port that another test's process took
+        between `free_port` and the server's bind (3 xdist workers pick ports at once) is picked
+        again, twice at most; any other exit is an error."""
+        for tries_left in range(PORT_RETRIES, -1, -1):
+            try:
+                return self._start_once(timeout_s)
+            except PortTaken:
+                if not tries_left:
+                    raise
+                self.port, self.gateway_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.out", "ab")  # noqa: SIM115
+        out_path = self.data_dir / "server.out"
+        log = open(out_path, "ab")  # noqa: SIM115
+        said_before = log.tell()  # what earlier starts of this data dir wrote
         (self.data_dir / "server.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [
@@ -78,7 +99,10 @@ class Server:
         info_path = self.data_dir / "server.json"
         while not info_path.exists():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.data_dir / 'server.out').read_text()[-3000:]}")
+                out = out_path.read_bytes()[said_before:].decode(errors="replace")[-3000:]
+                if "is not available (Address already in use)" in out:
+                    raise PortTaken(out)
+                raise RuntimeError(f"server exited: {out}")
             if time.monotonic() > deadline:
                 # A fixture that raises here never reaches its teardown: stop what started (on a
                 # loaded machine leaked servers and gateways made every later start slower still).

@@ -83,6 +83,7 @@ RAY_ALIVE_CHECK_S = 1.0  # seconds between two liveness asks of one replica's ac
 # loss). A MiB of a node's GiBs fragments nothing.
 HINTED_MIN_MEMORY = 2**20
 SUSPECT_NODE_S = 60.0  # a node where a replica's actor was found gone is not hinted, seconds
+MAX_FORGOTTEN = 4096  # replica ids kept as "killed by us, not lost with a node"
 START_TIMEOUT_S = 120.0  # from asking Ray for the actor to the replica process started on its node
 
 
@@ -415,6 +416,8 @@ class RayRuntime:
         self._codes.pop(rid, None)
         self._placed.pop(rid, None)
         if rid:
+            if len(self._forgotten) >= MAX_FORGOTTEN:  # ids of replicas long gone: bounded memory
+                self._forgotten.clear()
             self._forgotten.add(rid)
             self._kill_named(actor_name(rid))
 

@@ -55,11 +55,12 @@ class Server:
     def client(self) -> Client:
         return Client(self.api_url, self.info["admin_token"], gateway_url=self.gateway_url)
 
-    def start(self, timeout_s: float = 60) -> Server:
+    def start(self, timeout_s: float = 60, port_retries: int = PORT_RETRIES) -> Server:
         """Start the server and wait for its server.json. A port that another test's process took
         between `free_port` and the server's bind (3 xdist workers pick ports at once) is picked
-        again, twice at most; any other exit is an error."""
-        for tries_left in range(PORT_RETRIES, -1, -1):
+        again, ``port_retries`` times at most (0: the test means the port to be taken); any other
+        exit is an error."""
+        for tries_left in range(port_retries, -1, -1):
             try:
                 return self._start_once(timeout_s)
             except PortTaken:

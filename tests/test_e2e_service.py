@@ -245,7 +245,7 @@ def test_api_port_in_use_is_a_clear_error_and_nothing_starts(tmp_path: Path):
         srv = new_server(tmp_path / "data")
         srv.port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=r"API port 127\.0\.0\.1:\d+ is not available"):
-            srv.start(timeout_s=30)
+            srv.start(timeout_s=30, port_retries=0)  # taken on purpose: no second try elsewhere
         assert not (srv.data_dir / "server.json").exists()
 
 

@@ -95,7 +95,8 @@ class Console:
         async def events() -> AsyncIterator[bytes]:
             last: str | None = None
             seen, sent = -1, time.monotonic()
-            while not live.closed.is_set() and not await request.is_disconnected():
+            while not await request.is_disconnected():
+                # changed_since returns at once once the live view is closed (the server stops)
                 changed = await live.changed_since(seen, poll_s or STREAM_KEEPALIVE_S) or bool(poll_s)
                 if live.closed.is_set():
                     return  # the server stops: the response ends, the browser's EventSource retries

@@ -121,6 +121,11 @@ def _show(name: str, value: float) -> str:
     return f"{name.lower() if name in ('CPU', 'GPU') else name} {value:g}"
 
 
+def _holds(total: Mapping[str, float], request: Mapping[str, float]) -> bool:
+    """Whether a node of resources ``total`` (Ray's ``Resources``) can ever hold ``request``."""
+    return all(total.get(k, 0.0) >= v for k, v in request.items())
+
+
 def infeasible_reason(request: Mapping[str, float], nodes: Iterable[Mapping[str, float]]) -> str | None:
     """Why no node of the cluster can ever hold ``request`` (pure); None when one can.
 
@@ -131,7 +136,7 @@ def infeasible_reason(request: Mapping[str, float], nodes: Iterable[Mapping[str,
     totals = list(nodes)
     if not totals:
         return "the Ray cluster has no live node"
-    if any(all(t.get(k, 0.0) >= v for k, v in request.items()) for t in totals):
+    if any(_holds(t, request) for t in totals):
         return None
     short = [
         f"{_show(k, v)} asked, the largest node has {_show(k, max(t.get(k, 0.0) for t in totals))}"
@@ -158,7 +163,7 @@ def spread_target(
     Ray's own SPREAD spreads all actors together, so a service's replicas could share one node and
     all die with it; this hint (a soft affinity, which Ray drops where the node has no room)
     spreads each service."""
-    fits = [(nid, t) for nid, t in nodes if all(t.get(k, 0.0) >= v for k, v in request.items())]
+    fits = [(nid, t) for nid, t in nodes if _holds(t, request)]
     fit = [(nid, t) for nid, t in fits if nid not in avoid]
     if not fit:
         return None

@@ -131,6 +131,10 @@ def test_real_replica_readiness_and_liveness(server: Server, tmp_path: Path):
                              "failure_threshold": 2, "timeout_seconds": 20}  # fmt: skip
     c0["liveness_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 2,
                             "timeout_seconds": 20}  # fmt: skip
+    # Ready once it answers HTTP: the exec readiness alone passed before the server had bound its
+    # port under CI's load, and liveness then restarted it (connection refused) before Unready.
+    c0["startup_check"] = {"http_get": {"path": "/health"}, "period_seconds": 0.2, "failure_threshold": 300,
+                           "timeout_seconds": 20}  # fmt: skip
     c = server.client
     c.deploy(spec)
     first = c.wait_ready("probed", 1, timeout_s=60)["replicas"][0]

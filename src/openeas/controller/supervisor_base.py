@@ -140,21 +140,26 @@ class SupervisorBase:
         if await self.clock.sleep(seconds, until=self.stop_requested):
             raise _Stop()
 
+    def _round_trip_s(self) -> float:
+        """A runtime whose answers are round trips (Ray: to the replica's actor) says so with
+        ``alive_check_s``, how often it may be asked whether a replica lives; 0 for the others,
+        whose answers are a read of /proc."""
+        return float(getattr(self.runtime, "alive_check_s", 0.0))
+
     async def _runtime_call(self, fn: Callable[[ProcessRef], bool], ref: ProcessRef) -> bool:
-        """``fn(ref)`` of the runtime: the Ray runtime's off the loop (a round trip to the replica's
-        actor, a second or more on a loaded machine: a takeover adopting 8 replicas on the loop
-        held the new active's API for seconds), the others' (a read of /proc) on it."""
-        if self.runtime.name == "ray":
+        """``fn(ref)`` of the runtime: a round trip off the loop (a second or more on a loaded
+        machine: a takeover adopting 8 Ray replicas on the loop held the new active's API for
+        seconds), a read of /proc on it."""
+        if self._round_trip_s():
             return await asyncio.to_thread(fn, ref)
         return fn(ref)
 
     async def _alive(self) -> bool:
-        """Whether the replica's process lives. A runtime whose answer is a round trip (Ray: to the
-        replica's actor) says how often it may be asked (``alive_check_s``); between two asks the
-        process is taken to live, so its death is seen that much later at most. The others are
-        asked on every call (a read of /proc)."""
+        """Whether the replica's process lives. A round-trip runtime is asked at most every
+        ``alive_check_s``; between two asks the process is taken to live, so its death is seen
+        that much later at most. The others are asked on every call."""
         assert self.ref is not None
-        every = float(getattr(self.runtime, "alive_check_s", 0.0))
+        every = self._round_trip_s()
         now = self.clock.now()
         if every and self._lived is not None and self._lived[0] is self.ref and now - self._lived[1] < every:
             return True

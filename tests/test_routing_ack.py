@@ -8,6 +8,7 @@ is sent again, and a gateway that is not there is named in the answer after the 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 
 from openeas.gateway.routing import ack
 from openeas.gateway.routing.ack import AckOutcome, PendingAcks
-from openeas.gateway.routing.notify import RoutingNotifier, socket_path
+from openeas.gateway.routing.notify import RoutingNotifier, socket_path, socket_paths
+from openeas.unixdgram import BoundSocket
+from tests.harness import wait_for
 from tests.routing_harness import RoutingRig, spec
 
 
@@ -164,3 +167,35 @@ def test_no_gateway_the_wait_is_bounded_and_names_it(rig: tuple[RoutingRig, Rout
     # The change landed: a gateway started now loads it and acknowledges the next wait.
     r.start_gateway()
     assert notifier.wait_applied(r.store.routing_version(), timeout_s=5.0).acknowledged
+
+
+def test_a_worker_restarted_on_a_long_path_is_still_one_worker(tmp_path: Path) -> None:
+    """A data dir too deep for sun_path binds each socket as /proc/self/fd/<dir fd>/<name>; a
+    restarted worker's fd may differ, and its acknowledgements must replace its old ones, not count
+    as one more worker's (which made version 12 look in effect while worker 1 had 11)."""
+    paths = socket_paths(tmp_path / ("d" * 110), 2)
+    notifier = RoutingNotifier(paths)
+    to = notifier._sock.getsockname()
+    w0, w1 = BoundSocket(paths[0]), BoundSocket(paths[1])
+    spacer = None
+    try:
+        w0.sock.sendto(ack.encode_ack(12, 100), to)
+        w1.sock.sendto(ack.encode_ack(11, 101), to)
+        assert notifier.wait_applied(11, timeout_s=2.0).acknowledged
+        before = w0._addr.addr
+        w0.close()
+        spacer = os.open(tmp_path, os.O_PATH)  # the restarted worker's dir fd gets another number
+        w0 = BoundSocket(paths[0])
+        assert before.startswith("/proc/self/fd/") and w0._addr.addr != before
+        w0.sock.sendto(ack.encode_ack(13, 102), to)
+        wait_for(lambda: notifier.pids_at(13) == {102}, 5, what="the restarted worker's ack")
+        assert notifier.applied == 11
+        assert not notifier.wait_applied(12, timeout_s=0.3).acknowledged
+        w1.sock.sendto(ack.encode_ack(13, 101), to)
+        assert notifier.wait_applied(13, timeout_s=2.0).acknowledged
+    finally:
+        notifier.close()
+        w0.close()
+        w1.close()
+        if spacer is not None:
+            os.close(spacer)

@@ -53,6 +53,17 @@ def socket_paths(data_dir: Path, workers: int) -> list[Path]:
     return [socket_path(data_dir, k) for k in range(workers)]
 
 
+def sender_key(addr: Address) -> Address:
+    """Which gateway socket an acknowledgement came from, the same across a worker's restart: its
+    file name (``gateway.sock``, ``gateway.1.sock``, ...; one data dir's names are unique). The
+    whole address is not: a long path is bound as ``/proc/self/fd/<dir fd>/<name>``, and a
+    restarted worker's directory fd may have another number, which left its old entry counted as
+    one more worker (`UnixAddress`)."""
+    if isinstance(addr, str) and addr:
+        return os.path.basename(addr)
+    return addr
+
+
 class RoutingNotifier:
     """The sending side, in the control plane: ``notifier(version)`` after a commit, and
     ``wait_applied(version)`` where a call promises the change is in effect when it returns.
@@ -76,7 +87,7 @@ class RoutingNotifier:
         self._sock = socket.socket(socket.AF_UNIX, DGRAM)
         self._sock.bind("")  # Linux autobind: an abstract address the gateway answers to
         self._cond = threading.Condition()
-        # A gateway socket's address → the highest version it acknowledged, by which pid.
+        # A gateway socket (`sender_key`) → the highest version it acknowledged, by which pid.
         self._acks: dict[Address, tuple[int, int]] = {}
         self._reader: threading.Thread | None = None
         self._closed = False
@@ -148,10 +159,10 @@ class RoutingNotifier:
                 if ack is None:
                     continue
                 version, pid = ack
+                key = sender_key(addr)
                 with self._cond:
-                    # By the gateway's socket: a restarted worker binds the same one again.
-                    if version > self._acks.get(addr, (-1, 0))[0]:
-                        self._acks[addr] = (version, pid)
+                    if version > self._acks.get(key, (-1, 0))[0]:
+                        self._acks[key] = (version, pid)
                     self._cond.notify_all()
 
     def close(self) -> None:

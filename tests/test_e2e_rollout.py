@@ -140,7 +140,10 @@ def test_a_candidate_whose_errors_rise_mid_rollout_is_rolled_back_automatically(
         wait_for(lambda: rollout_state(srv, "risky").get("percent") == 20, 10, what="step 1 (20%)")
         # The candidate's error rate is raised: a new version that fails half its requests.
         c.update("flaky", service_spec("flaky", args="--model-name flaky --failure-rate 0.5 --seed 7"))
-        wait_for(lambda: rollout_state(srv, "risky").get("state", {}).get("status") == "RolledBack", 60, what="rollback")
+        # RolledBack is written before the routes are restored; routes_restored says they are back
+        # and every gateway acknowledged them (a CI run saw a 500 sent in between the two).
+        done = {"status": "RolledBack", "routes_restored": True}
+        wait_for(lambda: rollout_state(srv, "risky").get("state", {}).items() >= done.items(), 60, what="rollback")
         rolled_back = time.monotonic()
         wait_for(lambda: load.answered_since(rolled_back) >= 60, 30, poll_s=0.01, what="60 answers after the rollback")
     state = c.rollout("risky")["state"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from openeas.cli.group import parse_duration, parse_pairs
+from openeas.cli.group import parse_duration, parse_pairs, rollout_text
 from openeas.cli.main import app
 
 # A server that is never reached: every case below must fail before it would be asked.
@@ -71,3 +71,27 @@ def test_a_group_spec_dry_run_changes_nothing(tmp_path: Path) -> None:
     r = run("deploy", "-f", str(f), "--dry-run")
     assert r.exit_code == 0, r.output
     assert "group g: valid" in r.output
+
+
+ROLLOUT = {"group": "g", "plan": {"candidate": "new", "baseline": "old"}, "step": "2/3", "percent": 50}
+
+
+@pytest.mark.parametrize(
+    ("state", "text"),
+    [
+        pytest.param({"status": "Running"}, "rollout of g to new (from old): Running, step 2/3 at 50%", id="running"),
+        pytest.param(
+            {"status": "RolledBack", "reason": "success 50.00% < 99%", "routes_restored": False},
+            "rollout of g to new (from old): RolledBack, step 2/3 at 50% (restoring the routes of before it)\n"
+            "  success 50.00% < 99%",
+            id="rolled-back-restoring",
+        ),
+        pytest.param(
+            {"status": "RolledBack", "reason": "success 50.00% < 99%", "routes_restored": True},
+            "rollout of g to new (from old): RolledBack, step 2/3 at 50%\n  success 50.00% < 99%",
+            id="rolled-back-restored",
+        ),
+    ],
+)
+def test_rollout_text(state: dict[str, object], text: str) -> None:
+    assert rollout_text({**ROLLOUT, "state": state}) == text

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from openeas.api.rollouts import rollout_view
 from openeas.controller.rollout_loop import RolloutController
 from openeas.controller.rollout_staged import decide, step_weights, validate_steps
 from openeas.errors import Conflict
@@ -199,6 +200,31 @@ def test_a_breach_rolls_back_to_the_routes_of_before(rig: tuple[Store, FakeGatew
     assert weights(store) == {"old": (1000, 0), "new": (0, 5)}  # as before the rollout, mirror included
     failed = [e for e in store.events("g") if e.reason == "RolloutFailed"]
     assert failed and failed[0].type == "Warning"
+
+
+def test_a_rollback_says_routes_restored_only_after_the_gateways_acknowledged_them(
+    rig: tuple[Store, FakeGateway, FakeClock],
+) -> None:
+    """RolledBack is written first; the API's routes_restored turns true only after the routes are
+    back in the store and the gateways' wait returned for that routing version."""
+    store, gw, clock = rig
+    seen: list[tuple[int, dict[str, tuple[int, int]], bool]] = []
+
+    def await_routing(version: int) -> None:  # the fleet's wait_applied
+        seen.append((version, weights(store), RolloutStore(store).get("g")[1].restore_pending))
+
+    controller = RolloutController(store, gw, clock=clock, await_routing=await_routing)
+    start(store)
+    look(store, gw, clock, controller)
+    gw.serve(80, failed=20)
+    clock.jump(5)
+    assert look(store, gw, clock, controller) == Action.ROLL_BACK
+    assert seen == [(store.routing_version(), {"old": (1000, 0), "new": (0, 5)}, True)]
+    plan, state = RolloutStore(store).get("g")
+    assert not state.restore_pending
+    assert rollout_view(plan, state, controller)["state"]["routes_restored"] is True
+    pending = rollout_view(plan, state.but(restore_pending=True), controller)["state"]
+    assert pending["status"] == "RolledBack" and pending["routes_restored"] is False
 
 
 def test_failures_before_the_step_do_not_count_against_it(rig: tuple[Store, FakeGateway, FakeClock]) -> None:

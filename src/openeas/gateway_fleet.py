@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from openeas.gateway.routing.ack import ROUTING_ACK_TIMEOUT_S, AckOutcome
 from openeas.gateway.routing.notify import RoutingNotifier
+from openeas.gateway.routing.pg_source import LISTEN_WAKE_S, libpq_url, listen
 from openeas.kernel.fleet import ACK_CHANNEL, LIVE_S, GatewayRecord, lagging
 from openeas.procfs import pid_alive
 from openeas.store import Store
@@ -43,8 +44,6 @@ log = logging.getLogger("openeas.gateway_fleet")
 
 SQLITE_POLL_S = 0.005  # seconds between two reads of the registry while waiting, SQLite
 PG_POLL_S = 0.1  # the same on PostgreSQL, where LISTEN wakes the wait: the safety net only
-RELISTEN_DELAY_S = 1.0  # seconds before a lost LISTEN connection is opened again
-LISTEN_WAKE_S = 0.5  # seconds the listener waits for a notification before it checks for close
 MAX_NOTIFIED = 10_000  # gateway ids remembered from notifications
 
 
@@ -155,22 +154,10 @@ class FleetAcks:
                 self._listener.start()
 
     def _listen(self) -> None:
-        import psycopg
-
-        from openeas.gateway.routing.pg_source import libpq_url
-
         assert self.store.url is not None
-        while not self._closed.is_set():
-            try:
-                with psycopg.connect(libpq_url(self.store.url), autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {ACK_CHANNEL}")
-                    self.listening.set()
-                    while not self._closed.is_set():
-                        for note in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
-                            self._acknowledged(note.payload)
-            except psycopg.Error as exc:
-                log.warning("gateway acknowledgements from PostgreSQL lost (%s); the wait polls", exc)
-                self._closed.wait(RELISTEN_DELAY_S)
+        # a lost connection: the waits poll the registry meanwhile
+        listen(libpq_url(self.store.url), ACK_CHANNEL, self._closed, self._acknowledged, self.listening.set,
+               "gateway acknowledgements")  # fmt: skip
 
     def _acknowledged(self, payload: str) -> None:
         """A gateway's notification ``"<id> <version>"``: count it, wake the waits."""

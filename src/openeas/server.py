@@ -330,7 +330,10 @@ def _compose(
     autoscaler, idle, requests = _autoscaling(store, gateway_stats, reconciler, metrics)
     metrics.add_collector(CacheCollector(reconciler.cache))  # the node cache's size, hit ratio
     # Staged rollouts of service groups: state in the store, the candidate's counters from the gateway.
-    rollouts = RolloutController(store, DatagramGroupCounters(gateway_stats))
+    # A rollback's restored routes are acknowledged by the gateways before it says so.
+    rollouts = RolloutController(
+        store, DatagramGroupCounters(gateway_stats), await_routing=fleet.wait_applied
+    )
     # A job stored before the host-path rule (or with folders no longer allowed) fails when run.
     check_files = functools.partial(check_request_files, host_paths)
     batch = BatchRunner(store, gateway_url, on_change=reconciler.wake, check_files=check_files)

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field
 
 from openeas.api.evals import eval_gate, parse_set
 from openeas.errors import Conflict, SpecError
-from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, validate_steps
+from openeas.kernel.rollout import DEFAULT_MIN_REQUESTS, RolloutPlan, RolloutState, Status, validate_steps
 from openeas.spec.numbers import CheckedNumbers
 from openeas.store.groups import Group, GroupStore
 from openeas.store.rollouts import RolloutStore
@@ -54,6 +54,10 @@ def rollout_view(plan: RolloutPlan, state: RolloutState, controller: Any) -> dic
     st = state.to_dict()
     for internal in ("baseline_codes", "baseline_buckets", "rebase", "restore_pending"):
         st.pop(internal, None)
+    if state.status in (Status.ROLLED_BACK, Status.ABORTED):
+        # RolledBack is written first (it survives a crash), then the routes are restored and the
+        # gateways acknowledge them: only then does traffic no longer reach the candidate.
+        st["routes_restored"] = not state.restore_pending
     out: dict[str, Any] = {
         "group": plan.group,
         "plan": {k: v for k, v in plan.to_dict().items() if k != "restore"},

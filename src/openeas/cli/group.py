@@ -342,6 +342,8 @@ def rollout_text(d: dict[str, Any]) -> str:
         f"rollout of {d['group']} to {plan['candidate']} (from {plan['baseline']}): {state['status']}, "
         f"step {d['step']} at {d['percent']}%"
     )
+    if state.get("routes_restored") is False:
+        line += " (restoring the routes of before it)"
     last = d.get("last_look")
     reason = last["reason"] if last and state["status"] == "Running" else state.get("reason")
     return line + (f"\n  {reason}" if reason else "")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from openeas.controller.rollout_staged import decide, step_weights
 from openeas.errors import OpenEASError
@@ -58,12 +59,17 @@ class RolloutController:
         *,
         clock: Clock = LOOP_CLOCK,
         tick_s: float = TICK_S,
+        await_routing: Callable[[int], Any] | None = None,
     ) -> None:
+        self.store = store
         self.rollouts = RolloutStore(store)
         self.groups = GroupStore(store)
         self.counters = counters  # the group members' live traffic, from the gateways
         self.clock = clock  # its wall time stamps steps (stored); its sleeps pace the loop
         self.tick_s = tick_s
+        # Waits, bounded, until every gateway applied a routing version (the fleet's wait_applied):
+        # restored routes are acknowledged before the rollout says so; None: no gateway to wait for.
+        self.await_routing = await_routing
         # The latest decision and observation of each group's rollout (shown by the API).
         self.last: dict[str, tuple[Decision, Observation | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,12 +103,17 @@ class RolloutController:
 
     def restore(self, plan: RolloutPlan, state: RolloutState) -> None:
         """Converge an ended rollout whose routes are still to be restored (an operator's abort, or a
-        rollback written just before a crash): restore them, then clear ``restore_pending``."""
+        rollback written just before a crash): restore them, wait (bounded) until the gateways
+        route by them, then clear ``restore_pending`` (the API's ``routes_restored``)."""
         if state.status == Status.ROLLED_BACK:
             reason, message = "RolloutRolledBack", f"routes restored: {state.reason}"
         else:
             reason, message = "RolloutAborted", f"rollout to {plan.candidate} aborted: routes restored"
         restore_routes(self.groups, plan, reason, message)
+        if self.await_routing is not None:
+            # A gateway that does not answer within the bound gets the routes when it reads the
+            # store (its poll, its start); the store has them, so the rollout still ends here.
+            self.await_routing(self.store.routing_version())
         self.rollouts.save(plan.group, state.but(restore_pending=False), expect=state)
 
     def look(

@@ -40,6 +40,34 @@ def libpq_url(url: str) -> str:
     return url
 
 
+def listen(
+    url: str,
+    channel: str,
+    stopped: threading.Event,
+    on_note: Callable[[str], object],
+    on_listening: Callable[[], object],
+    what: str,
+) -> None:
+    """LISTEN on ``channel`` of the PostgreSQL database ``url`` until ``stopped`` is set (checked
+    every LISTEN_WAKE_S): ``on_listening()`` each time LISTEN runs, the first time and again after
+    a lost connection (a notification sent meanwhile is gone: the caller reads what it missed);
+    ``on_note(payload)`` for each notification. A lost connection is logged as ``what`` lost and
+    opened again RELISTEN_DELAY_S later. Runs on the caller's thread."""
+    import psycopg
+
+    while not stopped.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                conn.execute(f"LISTEN {channel}")
+                on_listening()
+                while not stopped.is_set():
+                    for note in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
+                        on_note(note.payload)
+        except psycopg.Error as exc:
+            log.warning("%s from PostgreSQL lost (%s); listening again in %s s", what, exc, RELISTEN_DELAY_S)
+            stopped.wait(RELISTEN_DELAY_S)
+
+
 class PgRoutingSource(StoreRoutingSource):
     """Reads the routing table of the store in the PostgreSQL database ``url`` (read-only)."""
 
@@ -81,17 +109,6 @@ class PgRoutingSource(StoreRoutingSource):
         return self._stopped.set
 
     def _listen(self, on_change: Callable[[], object]) -> None:
-        import psycopg
-
-        while not self._stopped.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-                    conn.execute(f"LISTEN {ROUTING_CHANNEL}")
-                    on_change()  # what changed before LISTEN (or while reconnecting) is read now
-                    while not self._stopped.is_set():
-                        for _ in conn.notifies(timeout=LISTEN_WAKE_S, stop_after=1):
-                            on_change()
-            except psycopg.Error as exc:
-                log.warning("routing notifications from PostgreSQL lost (%s); listening again in %s s",
-                            exc, RELISTEN_DELAY_S)
-                self._stopped.wait(RELISTEN_DELAY_S)
+        # on_listening too: what changed before LISTEN (or while reconnecting) is read at once
+        listen(self.url, ROUTING_CHANNEL, self._stopped, lambda _payload: on_change(), on_change,
+               "routing notifications")  # fmt: skip

@@ -83,7 +83,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a loaded machine starts it slowly
     while (
         subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG"
     ):
@@ -331,7 +331,7 @@ def round_trips(tmp: Path, count: int) -> tuple[float, float, float, float]:
             assert call("POST", "/api/predict/bsync/", sync_token, body).status == 200
             t1 = time.perf_counter()
             rid = call("POST", "/api/predict/basync/", async_token, body).getheader(RID)
-            r = call("GET", f"/api/predict/basync/sink?requestId={rid}&_timeout_=5s", async_token)
+            r = call("GET", f"/api/predict/basync/sink?requestId={rid}&_timeout_=30s", async_token)
             t2 = time.perf_counter()
             assert r.status == 200, r.status
             if i >= 20:

@@ -84,17 +84,25 @@ def step(srv: Server, runs: int) -> tuple[list[float], list[float], list[float]]
         first = c.describe(name)["replicas"][0]["id"]
         stop = threading.Event()
 
-        def client(stop: threading.Event = stop) -> None:
+        failed: list[str] = []  # requests that got no answer: printed, not a thread's traceback
+
+        def client(stop: threading.Event = stop, failed: list[str] = failed) -> None:
             with requests.Session() as s:
                 while not stop.is_set():
-                    s.post(url, data=b"{}", headers={"Authorization": token}, timeout=30)
+                    try:
+                        s.post(url, data=b"{}", headers={"Authorization": token}, timeout=30)
+                    except requests.RequestException as err:
+                        failed.append(repr(err))
 
-        def prober(stop: threading.Event = stop) -> None:
+        def prober(stop: threading.Event = stop, failed: list[str] = failed) -> None:
             # an instant request every 10 ms: the 2nd replica's first answer comes right after it
             # is routed (the 1 s requests of the 4 clients would arrive only when one finishes)
             with requests.Session() as s:
                 while not stop.is_set():
-                    s.get(url + "/v1/models", headers={"Authorization": token}, timeout=30)
+                    try:
+                        s.get(url + "/v1/models", headers={"Authorization": token}, timeout=30)
+                    except requests.RequestException as err:
+                        failed.append(repr(err))
                     time.sleep(0.01)
 
         t0 = time.time()
@@ -117,6 +125,8 @@ def step(srv: Server, runs: int) -> tuple[list[float], list[float], list[float]]
         stop.set()
         for t in threads:
             t.join(10)
+        if failed:
+            print(f"  {len(failed)} requests got no answer during the step, the first: {failed[0]}")
         up = _events(srv, name, "Autoscaled", t0)
         rdy = [e for e in _events(srv, name, "Ready", t0)]
         if up:

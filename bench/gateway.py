@@ -542,9 +542,9 @@ def main() -> None:
     print()
     print(
         "| upstream | setup | req/s | p50 ms | p99 ms | CPU s/10k req "
-        "| vs nginx: req/s | CPU | added p50 vs direct (server mode: vs its replica) |"
+        "| vs nginx: req/s | CPU | added p50 vs direct (server mode: vs its replica) | socket errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, med in rows:
         ng, direct = med["nginx"], med["direct"]
         for name, r in med.items():
@@ -558,10 +558,9 @@ def main() -> None:
             )
             base = med.get(REPLICA_ROW, direct) if name == SERVER_ROW else direct
             added = f"{r.p50_ms - base.p50_ms:+.2f} ms" if not upstream else ""
-            errs = f" ({r.errors} errors)" if r.errors else ""
             print(
-                f"| {label} | {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
-                f"| {cpu_ratio} | {added} |"
+                f"| {label} | {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} | {ratio} "
+                f"| {cpu_ratio} | {added} | {r.errors} |"
             )
 
     if lat_rows:

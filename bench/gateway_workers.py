@@ -88,14 +88,13 @@ def report(results: dict[str, list[Result]], n: int, cores: int, own: bool, args
         else f"wrk, upstream and proxies share all {cores} cores (the goal assumes cores of the proxy's own)"
     )
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration:g}s, median of {args.runs}; {where}\n")
-    print("| setup | req/s | p50 ms | p99 ms | CPU s/10k req | vs 1 worker |")
-    print("|---|---|---|---|---|---|")
+    print("| setup | req/s | p50 ms | p99 ms | CPU s/10k req | vs 1 worker | socket errors |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in med.items():
         cpu = f"{r.cpu_per_10k:.3f}" if r.cpu_per_10k is not None else ""
-        errs = f" ({r.errors} errors)" if r.errors else ""
         print(
-            f"| {name}{errs} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} "
-            f"| {r.rps / one.rps:.2f}x |"
+            f"| {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} "
+            f"| {r.rps / one.rps:.2f}x | {r.errors} |"
         )
     ratio = many.rps / one.rps
     ng_ratio = med[f"nginx, {n} workers"].rps / med["nginx, 1 worker"].rps

@@ -146,7 +146,8 @@ async def measure(url: str, port: int, args: argparse.Namespace) -> dict[str, fl
     after, dt = scrape(url), time.monotonic() - t0
     await scraper.close()
     window = now - t0
-    gauge = scraper.gauges[("r1", RUNNING)].mean(window, now)
+    series = scraper.gauges.get(("r1", RUNNING))  # none when every scrape timed out
+    gauge = series.mean(window, now) if series is not None else None
     return {
         "requests": len(latencies),
         "ours": scraper.total(view, metric, window, now) or 0.0,

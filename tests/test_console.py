@@ -208,9 +208,9 @@ def test_a_weight_slider_moves_live_traffic(browser: Any, srv: Server):
         applied = time.monotonic()
         green0 = count("green")
         # Within a second on a quiet machine (277-708 ms, the live stream's 0.5 s tick included);
-        # the figure is printed, and the bound holds the live path under CI's load (a CI run at
-        # 3 workers on 2 cores missed 1 s once).
-        wait_for(lambda: count("green") >= green0 + 10, 5.0, 0.02, "green's count rising")
+        # the figure is printed. The bound only holds the live path (no reload): a CI run at 3
+        # workers on 2 cores missed 1 s once.
+        wait_for(lambda: count("green") >= green0 + 10, 15.0, 0.02, "green's count rising")
         follow_s = time.monotonic() - applied
         blue = count("blue")
         time.sleep(1.0)
@@ -236,7 +236,7 @@ def _rollout_paused_resumed_and_aborted(page: Any, srv: Server) -> None:
     assert status() == "Paused"
     page.evaluate("window.sameDocument = true")
     srv.client.request("POST", "/api/v1/groups/canary/rollout/resume")
-    wait_for(lambda: status() == "Running", 5, 0.1, "resumed by the API, on the page without a reload")
+    wait_for(lambda: status() == "Running", 15, 0.1, "resumed by the API, on the page without a reload")
     assert page.evaluate("window.sameDocument") is True
     _shot(page, "group-rollout")
     page.check("#rollout input[name=confirm]")

@@ -1,7 +1,7 @@
 """End to end: mirroring through a real server, gateway and test-server replicas. A 5% mirror
 sends about 5% copies to the candidate (a binomial bound) and clients only ever see the primary;
 a slow candidate (the test server's latency knob) or a broken one (failure rate 1) changes
-neither the primary's p99 beyond noise nor a single client answer; a streamed request with a
+neither the primary's p90 beyond noise nor a single client answer; a streamed request with a
 chunked body is mirrored whole without holding the primary; `group compare` reports the pairs."""
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def mirrored(srv: Server, group: str, service: str) -> dict[str, Any]:
     return stats
 
 
-def p99(latencies: list[float]) -> float:
+def quantile(latencies: list[float], q: float) -> float:
     ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 def test_a_5_percent_mirror_copies_about_5_percent_and_clients_see_only_the_primary(srv: Server) -> None:
@@ -111,9 +111,12 @@ def test_a_slow_or_broken_candidate_neither_slows_nor_fails_the_primary(srv: Ser
     c.group_weights(name, mirror_weights={candidate: 50})  # half the requests are copied
     with_mirror, statuses = primary_latencies(srv, info, n)
     assert set(base_status) == {200} and set(statuses) == {200}  # not a single client error
-    # A copy that held the primary would add 400 ms (slow) to half the requests; noise on a shared
-    # machine is a few ms. p99 within twice the baseline or 25 ms of it.
-    assert p99(with_mirror) <= max(2 * p99(base), p99(base) + 0.025), (p99(base), p99(with_mirror))
+    # A copy that held the primary would add 400 ms (slow) to half the requests, so to the p90;
+    # a loaded machine stalls a request now and then (the p99 of two windows a few seconds apart
+    # can differ twofold), not one in ten by 200 ms.
+    figures = {f"p{round(q * 100)}": (quantile(base, q), quantile(with_mirror, q)) for q in (0.5, 0.9, 0.99)}
+    print(f"primary latency (s), without and with copies: {figures}")
+    assert quantile(with_mirror, 0.9) < quantile(base, 0.9) + 0.2, figures
     wait_for(lambda: mirrored(srv, name, candidate)["in_flight"] == 0, 20, what="copies answered")
     m = mirrored(srv, name, candidate)
     if candidate == "broken":

@@ -46,12 +46,15 @@ def test_a_burst_above_the_limit_gets_429_with_retry_after(server: Server):
         return requests.post(url, data=b"{}", headers={"Authorization": token}, timeout=10)
 
     time.sleep(1.1)  # a full bucket: 5 tokens
+    t0 = time.monotonic()
     with ThreadPoolExecutor(20) as pool:
         burst = list(pool.map(call, range(20)))
+    spread_s = time.monotonic() - t0  # the gateway saw every request within this
     codes = sorted(r.status_code for r in burst)
-    # 5 tokens at most, plus what refilled while the 20 requests went out (5/s over well under
-    # a second): at least 10 of 20 are refused.
-    assert codes.count(200) >= 5 and codes.count(429) >= 10, codes
+    # 5 tokens, plus what refilled while the 20 requests went out (5/s over the measured spread:
+    # well under a second on a quiet machine, so at least 10 of 20 refused there)
+    assert 5 <= codes.count(200) <= 5 + int(5 * spread_s) + 1, (codes, spread_s)
+    assert codes.count(429) >= 1, codes
     refused = next(r for r in burst if r.status_code == 429)
     assert refused.headers["Retry-After"] == "1"
     assert refused.json()["error"]["code"] == "rate_limited"

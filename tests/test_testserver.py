@@ -329,9 +329,9 @@ async def _text(url: str) -> tuple[int, str]:
 
 
 async def test_in_flight_gauge_counts_concurrent_work_requests() -> None:
-    async with running(Knobs(latency_ms=400)) as srv:
+    async with running(Knobs(latency_ms=2000)) as srv:
         calls = [asyncio.create_task(_call(srv.url, "POST", "/echo", {})) for _ in range(3)]
-        async with asyncio.timeout(5):  # wait until all three are inside the server (400 ms each)
+        async with asyncio.timeout(5):  # wait until all three are inside the server (2 s each)
             while srv.state.in_flight < 3:
                 await asyncio.sleep(0.01)
         _, text = await _text(srv.url + "/metrics")
@@ -358,16 +358,21 @@ async def test_vllm_shaped_running_gauge_and_seconds_histogram(vllm: bool) -> No
 
 
 async def test_max_concurrency_queues_work_beyond_the_limit() -> None:
-    # 2 at once, 200 ms each: 6 requests sent together finish in 3 waves, at ~0.2, 0.4, 0.6 s
-    async with running(Knobs(latency_ms=200, max_concurrency=2)) as srv:
+    # 2 at once, 500 ms each: 6 requests sent together finish in 3 waves, at ~0.5, 1.0, 1.5 s
+    async with running(Knobs(latency_ms=500, max_concurrency=2)) as srv:
         t0 = time.monotonic()
 
-        async def one() -> float:
-            await _call(srv.url, "POST", "/echo", {})
-            return time.monotonic() - t0
+        async def one() -> int:
+            status, _, _ = await _call(srv.url, "POST", "/echo", {})
+            done.append(time.monotonic() - t0)
+            return status
 
-        done = sorted(await asyncio.gather(*(one() for _ in range(6))))
-    assert done[1] < 0.35 and 0.38 < done[3] < 0.55 and done[5] >= 0.58
+        done: list[float] = []
+        statuses = await asyncio.gather(*(one() for _ in range(6)))
+    done.sort()
+    assert statuses == [200] * 6  # queued, not refused
+    assert done[3] >= 0.98 and done[5] >= 1.48  # never more than 2 at once
+    assert done[5] < 2.9, done  # 2 at once, not 1: one at a time takes 6 x 0.5 s = 3 s
 
 
 async def _codes(knobs: Knobs, n: int) -> list[int]:

@@ -216,7 +216,9 @@ def test_cron_rule_fires_and_prescaling_starts_replicas_before_its_time(shared_s
     assert time.time() < rule_at - 30, "the first replica took too long for this test's schedule"
     lead = c.autoscaling(name)["prescale_lead_s"]
     assert 1.0 <= lead < Defaults.PRESCALE_FALLBACK_S  # p90 of the measured cold start + 1 s margin
-    wait_for(lambda: c.describe(name)["ready_replicas"] == 2, 60, what="the rule's second replica")
+    # the second replica starts about `lead` before the rule (60 s from the deploy), then has 30 s
+    wait_for(lambda: c.describe(name)["ready_replicas"] == 2, rule_at + 30 - time.time(),
+             what="the rule's second replica")  # fmt: skip
     a = c.autoscaling(name)
     if time.time() >= rule_at:
         assert a["bounds"]["rule"] == "soon" and a["bounds"]["min_replicas"] == 2

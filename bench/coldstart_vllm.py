@@ -160,9 +160,8 @@ def standbys(work: Path) -> dict[str, dict[str, float]]:
     try:
         names = {"frozen": "minilm_frozen", "hot": "minilm_hot"}
         for mode, name in names.items():
-            spec = eas_json()
+            spec = eas_json(standby_mode=mode)
             spec["name"], spec["token"] = name, f"{name}-token-0123456789"
-            spec["metadata"]["standby"] = {"replicas": 1, "mode": mode}
             del spec["autoscaler"]  # the scale call is the decision here
             spec["metadata"]["cpu"] = 0.5  # four replicas admitted on a 2-core machine
             # four vLLM starts side by side: minutes each on a busy 2-core machine

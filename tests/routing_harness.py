@@ -8,7 +8,6 @@ gateway runs in this process on its own uvloop thread, so commit and apply times
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from openeas.gateway.routing.source import StoreRoutingSource
 from openeas.kernel.routing import RoutingTable
 from openeas.spec import ServiceSpec, parse_spec
 from openeas.store import Store
+from openeas.telemetry.coldstart import nearest_rank
 from tests.conftest_gateway import LoopThread
 
 TOKEN = "token-for-tests-123"
@@ -173,5 +173,4 @@ def change_cycle(n: int) -> list[tuple[str, Callable[[Store], object], Callable[
 
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+    return nearest_rank(sorted(values), q)

@@ -119,7 +119,7 @@ def replica_work(srv: Server, service: str) -> tuple[int, int]:
 
 def test_cancel_and_resume_from_the_cli(server: Server, tmp_path: Path) -> None:
     c = server.client
-    c.deploy(service_spec("slowb", args="--latency-ms 20"))
+    c.deploy(service_spec("slowb", args="--latency-ms 100"))  # 8 shards of 1.25 s: the cancel lands mid-job
     c.wait_ready("slowb", 1, timeout_s=60)
     ids = write_input(tmp_path / "in.jsonl", 400)
     r = cli(server, "batch", "submit", "--service", "slowb", "--input", str(tmp_path / "in.jsonl"),
